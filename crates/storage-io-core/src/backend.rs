@@ -1,0 +1,209 @@
+//! The [`StorageIo`] trait: the contract every backend keeps.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::buf::IoBuf;
+use crate::direct::{OpenOptions, open_file};
+use crate::error::{Result, StorageIoError, SubmitError};
+use crate::op::{Capabilities, IoCompletion, IoFd, IoToken};
+use crate::stats::IoStats;
+
+/// Non-blocking disk I/O: submit operations, get tokens, poll completions.
+///
+/// One instance belongs to one thread at a time (`Send`, not `Sync`); run one per worker thread.
+/// Every backend — inline sync, the thread pool, io_uring, the testkit's MemIo and FaultyIo, or
+/// yours — keeps these eight rules, and `storage_io_testkit::conformance::run` checks them:
+///
+/// 1. **Non-blocking.** `submit_*` enqueue and return a token; [`poll_completions`] never blocks.
+///    [`wait_completions`] is the one call that may block, up to its timeout.
+/// 2. **Unique tokens.** Tokens come from one counter per instance, across every op kind. Each
+///    accepted op yields exactly one [`IoCompletion`]. [`pending_count`] = accepted − delivered.
+/// 3. **Buffers come back.** A read's buffer moves in at submit and comes back in its completion,
+///    filled, on success *and* on error; a refused submit hands it back in [`SubmitError`].
+///    [`submit_write`] copies the caller's bytes into backend-owned memory before returning;
+///    [`submit_write_buf`] moves an owned buffer in and hands it back. Nothing is freed while
+///    the kernel or a worker may still touch it.
+/// 4. **Datasync is a barrier.** A datasync or fsync on fd F covers every write and append to F
+///    *submitted* before it, and its completion is delivered after theirs.
+/// 5. **Short I/O is finished, not reported.** A short transfer is continued for the remainder;
+///    end of file on a read is a successful short count ([`IoCompletion::is_eof`]). `EAGAIN` and
+///    `EINTR` are retried; a full queue is drained, never dropped.
+/// 6. **Ring-0 rules on the hot path.** After warm-up, `submit_*` and `poll_completions` do not
+///    allocate, take no lock another thread holds for long, and do not panic.
+/// 7. **Errors keep their errno** inside one [`StorageIoError`]. Bad input — an unknown fd,
+///    misaligned direct I/O, an oversized transfer — is an error at submit, never a panic.
+/// 8. **Teardown is safe.** [`deregister_fd`] and `Drop` wait for that fd's (all) in-flight ops
+///    before closing fds or freeing memory; a stale [`IoFd`] is refused, never aliased.
+///
+/// Appends: each file has an append cursor, starting at its length when registered. An append
+/// takes the next `len` bytes at the cursor at submit time (so appends in flight never overlap)
+/// and its completion says where it landed. Writes that end past the cursor move it too.
+///
+/// ```
+/// use storage_io_core::{IoCompletion, StorageIo};
+///
+/// /// Writes `data` at offset 0, makes it durable, reads it back: works on any backend.
+/// fn roundtrip(io: &mut dyn StorageIo, file: std::fs::File, data: &[u8]) -> Vec<u8> {
+///     let fd = io.register_fd(file).unwrap();
+///     io.submit_write(fd, data, 0).unwrap();
+///     io.submit_datasync(fd).unwrap();
+///     io.submit_read(fd, vec![0; data.len()].into(), 0).unwrap();
+///     let mut done: Vec<IoCompletion> = Vec::new();
+///     io.wait_completions(&mut done, 3, None).unwrap();
+///     io.deregister_fd(fd).unwrap();
+///     let read = done.into_iter().find(|c| c.op == storage_io_core::OpKind::Read).unwrap();
+///     read.buf.unwrap().into_vec()
+/// }
+/// # let _ = roundtrip;
+/// ```
+///
+/// [`poll_completions`]: StorageIo::poll_completions
+/// [`wait_completions`]: StorageIo::wait_completions
+/// [`pending_count`]: StorageIo::pending_count
+/// [`submit_write`]: StorageIo::submit_write
+/// [`submit_write_buf`]: StorageIo::submit_write_buf
+/// [`deregister_fd`]: StorageIo::deregister_fd
+pub trait StorageIo: Send {
+    /// What this backend is and can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The backend's short name (`sync`, `thread_pool`, `io_uring`, …).
+    fn name(&self) -> &'static str {
+        self.capabilities().name
+    }
+
+    /// Takes ownership of an open file and returns its handle. If the file was opened with
+    /// direct I/O, every later request on it must be aligned (see [`crate::direct_alignment`]).
+    fn register_fd(&mut self, file: File) -> Result<IoFd>;
+
+    /// Waits for every in-flight op on `fd` (their completions stay queued for the next poll),
+    /// then releases the handle and returns the file. Later use of `fd` is `BadFd`.
+    fn deregister_fd(&mut self, fd: IoFd) -> Result<File>;
+
+    /// Opens `path` and registers it. The default opens a real file (falling back from direct to
+    /// buffered I/O where the file system refuses it, with a warning); in-memory backends
+    /// override this to open their own files.
+    fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
+        let opened = open_file(path, options)?;
+        self.register_fd(opened.file)
+    }
+
+    /// The file's current length in bytes, including writes completed but not yet synced.
+    fn file_len(&mut self, fd: IoFd) -> Result<u64>;
+
+    /// Makes the directory entry of files created or removed in `dir` durable (fsync on the
+    /// directory). The default does it on the real directory.
+    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
+        sync_dir_default(dir)
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into `buf`; the buffer comes back in the completion,
+    /// truncated to the bytes read.
+    fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>>;
+
+    /// Writes a copy of `data` at `offset`; `data` may be reused as soon as this returns.
+    fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken>;
+
+    /// Writes the bytes of an owned buffer at `offset` without copying; the buffer comes back
+    /// in the completion.
+    fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>>;
+
+    /// Writes a copy of `data` at the file's append cursor (see the trait docs).
+    fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken>;
+
+    /// `fdatasync` on `fd`, ordered after every write to `fd` submitted before it.
+    fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken>;
+
+    /// `fsync` on `fd`, ordered after every write to `fd` submitted before it.
+    fn submit_fsync(&mut self, fd: IoFd) -> Result<IoToken>;
+
+    /// Pushes queued submissions to the kernel or the workers; returns how many were pushed.
+    /// Backends that start every op at submit return 0.
+    fn flush(&mut self) -> Result<usize>;
+
+    /// Moves every completion that is ready into `out` without blocking; returns how many.
+    /// Reuse `out` between calls so that polling never allocates.
+    fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize;
+
+    /// Blocks until at least `min` completions are in `out` (counting only those added by this
+    /// call), or `timeout` passes, or nothing is pending; returns how many were added.
+    /// `min` larger than [`pending_count`](StorageIo::pending_count) waits for all pending ops.
+    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, min: usize, timeout: Option<Duration>) -> Result<usize>;
+
+    /// Ops accepted and not yet delivered by a poll.
+    fn pending_count(&self) -> usize;
+
+    /// Counters, bytes, errors, in-flight gauge and latency histogram of this instance.
+    fn stats(&self) -> &IoStats;
+}
+
+/// fsync on a directory, as the default [`StorageIo::sync_dir`] does.
+pub fn sync_dir_default(dir: &Path) -> Result<()> {
+    let handle = File::open(dir).map_err(|e| StorageIoError::from_io(crate::OpKind::Fsync, &e))?;
+    handle
+        .sync_all()
+        .map_err(|e| StorageIoError::from_io(crate::OpKind::Fsync, &e))
+}
+
+impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
+    fn capabilities(&self) -> Capabilities {
+        (**self).capabilities()
+    }
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn register_fd(&mut self, file: File) -> Result<IoFd> {
+        (**self).register_fd(file)
+    }
+    fn deregister_fd(&mut self, fd: IoFd) -> Result<File> {
+        (**self).deregister_fd(fd)
+    }
+    fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
+        (**self).open_file(path, options)
+    }
+    fn file_len(&mut self, fd: IoFd) -> Result<u64> {
+        (**self).file_len(fd)
+    }
+    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
+        (**self).sync_dir(dir)
+    }
+    fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        (**self).submit_read(fd, buf, offset)
+    }
+    fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
+        (**self).submit_write(fd, data, offset)
+    }
+    fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        (**self).submit_write_buf(fd, buf, offset)
+    }
+    fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
+        (**self).submit_append(fd, data)
+    }
+    fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
+        (**self).submit_datasync(fd)
+    }
+    fn submit_fsync(&mut self, fd: IoFd) -> Result<IoToken> {
+        (**self).submit_fsync(fd)
+    }
+    fn flush(&mut self) -> Result<usize> {
+        (**self).flush()
+    }
+    fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        (**self).poll_completions(out)
+    }
+    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, min: usize, timeout: Option<Duration>) -> Result<usize> {
+        (**self).wait_completions(out, min, timeout)
+    }
+    fn pending_count(&self) -> usize {
+        (**self).pending_count()
+    }
+    fn stats(&self) -> &IoStats {
+        (**self).stats()
+    }
+}
+
+/// Builds one backend per worker; what the scheduler, the WAL and the async file API take, so
+/// that they run on any backend (`Arc<dyn Fn(usize) -> Result<Box<dyn StorageIo>>>`).
+pub type BackendFactory = std::sync::Arc<dyn Fn(usize) -> Result<Box<dyn StorageIo>> + Send + Sync>;

@@ -1,0 +1,301 @@
+//! Opening files for direct I/O, with an honest fallback, and checking requests against a
+//! file's alignment.
+//!
+//! This is the one corner of core that touches the OS (`O_DIRECT`, `F_GETFL`), behind `cfg`;
+//! everything else in core is plain Rust.
+
+use std::fs::File;
+use std::path::Path;
+
+use crate::error::{InvalidArgument, Result, StorageIoError};
+use crate::op::OpKind;
+
+/// How to open a file through [`open_file`] or [`StorageIo::open_file`](crate::StorageIo::open_file).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct OpenOptions {
+    /// Open for reading. Default true.
+    pub read: bool,
+    /// Open for writing. Default true.
+    pub write: bool,
+    /// Create the file if it does not exist. Default false.
+    pub create: bool,
+    /// Fail if the file exists (implies create). Default false.
+    pub create_new: bool,
+    /// Truncate to zero length on open. Default false.
+    pub truncate: bool,
+    /// Ask for direct I/O (bypass the page cache). Falls back to buffered where the file system
+    /// refuses, with a warning. Default false.
+    pub direct: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            read: true,
+            write: true,
+            create: false,
+            create_new: false,
+            truncate: false,
+            direct: false,
+        }
+    }
+}
+
+impl OpenOptions {
+    /// Read and write, creating the file if missing.
+    pub fn create() -> Self {
+        OpenOptions {
+            create: true,
+            ..OpenOptions::default()
+        }
+    }
+
+    /// Read only.
+    pub fn read_only() -> Self {
+        OpenOptions {
+            write: false,
+            ..OpenOptions::default()
+        }
+    }
+
+    /// The same options with direct I/O asked for (or not).
+    pub fn with_direct(mut self, direct: bool) -> Self {
+        self.direct = direct;
+        self
+    }
+
+    /// The same options with truncation on open (or not).
+    pub fn with_truncate(mut self, truncate: bool) -> Self {
+        self.truncate = truncate;
+        self
+    }
+
+    fn std_options(&self) -> std::fs::OpenOptions {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(self.read)
+            .write(self.write)
+            .create(self.create)
+            .create_new(self.create_new)
+            .truncate(self.truncate);
+        o
+    }
+}
+
+/// Whether a file ended up with direct I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectMode {
+    /// Direct I/O granted; every request must be aligned to `align` bytes.
+    Direct {
+        /// The alignment requests must keep.
+        align: usize,
+    },
+    /// Buffered I/O (the page cache), because it was asked for or because direct I/O was refused.
+    Buffered {
+        /// Why direct I/O is not in effect; `None` when it was not asked for.
+        fallback_reason: Option<String>,
+    },
+}
+
+impl DirectMode {
+    /// True when direct I/O is in effect.
+    pub fn is_direct(&self) -> bool {
+        matches!(self, DirectMode::Direct { .. })
+    }
+}
+
+/// A file opened by [`open_file`], with the I/O mode actually in effect.
+#[derive(Debug)]
+pub struct OpenedFile {
+    /// The open file.
+    pub file: File,
+    /// Direct or buffered, and why.
+    pub mode: DirectMode,
+}
+
+/// Opens `path`. With `options.direct`, tries `O_DIRECT` first; where the file system refuses it
+/// (tmpfs answers `EINVAL`) or the platform lacks it, opens buffered, logs a warning, and says so
+/// in [`OpenedFile::mode`].
+///
+/// ```
+/// use storage_io_core::{open_file, OpenOptions};
+/// let dir = tempfile::tempdir().unwrap();
+/// let opened = open_file(&dir.path().join("data"), &OpenOptions::create().with_direct(true)).unwrap();
+/// println!("direct I/O in effect: {}", opened.mode.is_direct());
+/// ```
+pub fn open_file(path: &Path, options: &OpenOptions) -> Result<OpenedFile> {
+    let open_err = |e: std::io::Error| {
+        tracing::debug!(path = %path.display(), error = %e, "open failed");
+        StorageIoError::from_io(OpKind::Read, &e)
+    };
+    if !options.direct {
+        let file = options.std_options().open(path).map_err(open_err)?;
+        return Ok(OpenedFile {
+            file,
+            mode: DirectMode::Buffered { fallback_reason: None },
+        });
+    }
+    match open_direct(path, options) {
+        Ok(file) => {
+            let align = direct_alignment(&file).unwrap_or(crate::buf::DEFAULT_ALIGNMENT);
+            Ok(OpenedFile {
+                file,
+                mode: DirectMode::Direct { align },
+            })
+        }
+        Err(e) if e.raw_os_error() == Some(EINVAL) || e.kind() == std::io::ErrorKind::Unsupported => {
+            let reason = format!("the file system refused direct I/O ({e}); using buffered I/O");
+            tracing::warn!(path = %path.display(), "{reason}");
+            let file = options.std_options().open(path).map_err(open_err)?;
+            Ok(OpenedFile {
+                file,
+                mode: DirectMode::Buffered {
+                    fallback_reason: Some(reason),
+                },
+            })
+        }
+        Err(e) => Err(open_err(e)),
+    }
+}
+
+const EINVAL: i32 = 22;
+
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn open_direct(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = options.std_options();
+    o.custom_flags(libc::O_DIRECT);
+    o.open(path)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+fn open_direct(_path: &Path, _options: &OpenOptions) -> std::io::Result<File> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "O_DIRECT is not available on this platform",
+    ))
+}
+
+/// The alignment a file's requests must keep: `Some(4096)` when it was opened with direct I/O
+/// (the conservative logical-block size), `None` for buffered files.
+pub fn direct_alignment(file: &File) -> Option<usize> {
+    direct_alignment_impl(file)
+}
+
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn direct_alignment_impl(file: &File) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL only reads the status flags of a descriptor that `file` keeps open for the
+    // whole call; it takes no pointers.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    (flags >= 0 && flags & libc::O_DIRECT != 0).then_some(crate::buf::DEFAULT_ALIGNMENT)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+fn direct_alignment_impl(_file: &File) -> Option<usize> {
+    None
+}
+
+/// Checks one transfer before a backend accepts it: the length against `max_io_bytes`, the end
+/// offset against overflow, and — for a direct-I/O file (`align` is `Some`) — that offset, length
+/// and buffer address are multiples of the alignment.
+pub fn validate_transfer(
+    align: Option<usize>,
+    offset: u64,
+    len: usize,
+    buf_addr: usize,
+    max_io_bytes: usize,
+) -> Result<()> {
+    if len > max_io_bytes {
+        return Err(StorageIoError::InvalidArgument(InvalidArgument::TooLarge {
+            len,
+            max: max_io_bytes,
+        }));
+    }
+    let end_ok = offset
+        .checked_add(len as u64)
+        .is_some_and(|end| end <= i64::MAX as u64);
+    if !end_ok {
+        return Err(StorageIoError::InvalidArgument(InvalidArgument::OffsetOverflow { offset, len }));
+    }
+    if let Some(align) = align {
+        let a = align as u64;
+        if offset % a != 0 || (len as u64) % a != 0 || (buf_addr as u64) % a != 0 {
+            return Err(StorageIoError::InvalidArgument(InvalidArgument::Misaligned {
+                offset,
+                len,
+                buf_addr,
+                align,
+            }));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_transfer_names_each_fault() {
+        assert!(validate_transfer(None, 3, 5, 1, 1 << 20).is_ok());
+        assert!(validate_transfer(Some(4096), 4096, 8192, 4096 * 3, 1 << 20).is_ok());
+        for (off, len, addr) in [(1, 4096, 0), (0, 100, 0), (0, 4096, 8)] {
+            assert!(matches!(
+                validate_transfer(Some(4096), off, len, addr, 1 << 20),
+                Err(StorageIoError::InvalidArgument(InvalidArgument::Misaligned { .. }))
+            ));
+        }
+        assert!(matches!(
+            validate_transfer(None, 0, 2 << 20, 0, 1 << 20),
+            Err(StorageIoError::InvalidArgument(InvalidArgument::TooLarge { .. }))
+        ));
+        assert!(matches!(
+            validate_transfer(None, u64::MAX - 1, 10, 0, 1 << 20),
+            Err(StorageIoError::InvalidArgument(InvalidArgument::OffsetOverflow { .. }))
+        ));
+    }
+
+    #[test]
+    fn buffered_open_reports_buffered_without_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open_file(&dir.path().join("f"), &OpenOptions::create()).unwrap();
+        assert_eq!(opened.mode, DirectMode::Buffered { fallback_reason: None });
+        assert_eq!(direct_alignment(&opened.file), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn direct_open_is_granted_or_falls_back_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = open_file(&dir.path().join("f"), &OpenOptions::create().with_direct(true)).unwrap();
+        match &opened.mode {
+            DirectMode::Direct { align } => {
+                assert_eq!(direct_alignment(&opened.file), Some(*align));
+            }
+            DirectMode::Buffered { fallback_reason } => {
+                let reason = fallback_reason.as_deref().unwrap_or_default();
+                assert!(reason.contains("refused direct I/O"), "{reason}");
+                eprintln!("note: {} does not support O_DIRECT: {reason}", dir.path().display());
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn direct_open_on_tmpfs_falls_back_when_dev_shm_is_tmpfs() {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            eprintln!("skipping: /dev/shm is missing, no tmpfs to test the fallback on");
+            return;
+        }
+        let dir = tempfile::tempdir_in(shm).unwrap();
+        let opened = open_file(&dir.path().join("f"), &OpenOptions::create().with_direct(true)).unwrap();
+        // tmpfs refuses O_DIRECT on older kernels (EINVAL) and accepts it on newer ones; either
+        // way the helper must give a usable file and say which mode is in effect.
+        match opened.mode {
+            DirectMode::Direct { .. } => assert!(direct_alignment(&opened.file).is_some()),
+            DirectMode::Buffered { fallback_reason } => assert!(fallback_reason.is_some()),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! # storage-io-core
+//!
+//! The bottom layer (L0) of storage-io: the [`StorageIo`] trait that every disk I/O backend
+//! implements, and the values that cross it — [`IoFd`], [`IoToken`], [`IoCompletion`],
+//! [`IoBuf`]/[`AlignedBuf`], [`StorageIoError`] — plus [`BufferPool`], [`IoConfig`] and
+//! [`IoStats`]. It holds no backend: the inline and thread-pool backends live in
+//! `storage-io-sync`, io_uring in `storage-io-uring`, and the conformance suite that checks any
+//! backend against the contract in `storage-io-testkit`.
+//!
+//! ```text
+//! L3  storage-io (façade)
+//! L2  storage-io-scheduler, storage-io-wal
+//! L1  storage-io-uring, storage-io-sync, storage-io-testkit
+//! L0  storage-io-core   <- this crate
+//! ```
+//!
+//! A submit/poll round trip, generic over the backend:
+//!
+//! ```
+//! use storage_io_core::{AlignedBuf, IoCompletion, StorageIo};
+//!
+//! fn read_page(io: &mut dyn StorageIo, fd: storage_io_core::IoFd, page: u64) -> Vec<u8> {
+//!     let buf = AlignedBuf::page_aligned(4096).unwrap();
+//!     let token = io.submit_read(fd, buf.into(), page * 4096).map_err(|e| e.error).unwrap();
+//!     let mut done: Vec<IoCompletion> = Vec::with_capacity(8);
+//!     io.wait_completions(&mut done, 1, None).unwrap();
+//!     let c = done.pop().unwrap();
+//!     assert_eq!(c.token, token);
+//!     c.result.unwrap();
+//!     c.buf.unwrap().into_vec()
+//! }
+//! # let _ = read_page;
+//! ```
+//!
+//! Core has no OS-specific code except the direct-I/O open helper ([`open_file`]), which needs
+//! `O_DIRECT` and sits behind `cfg`.
+
+mod backend;
+mod buf;
+mod config;
+mod direct;
+mod error;
+mod fd_table;
+mod op;
+mod stats;
+
+pub use backend::{BackendFactory, StorageIo, sync_dir_default};
+pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf};
+pub use config::{BackendKind, IoConfig};
+pub use direct::{DirectMode, OpenOptions, OpenedFile, direct_alignment, open_file, validate_transfer};
+pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
+pub use fd_table::FdTable;
+pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind, TokenCounter};
+pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};

@@ -1,0 +1,250 @@
+//! [`IoStats`]: per-op-kind counters, bytes, errors, an in-flight gauge and latency histograms,
+//! cheap enough to leave on.
+//!
+//! A backend owns one `IoStats` and updates it on its own thread (no atomics, no locks); callers
+//! read it through [`StorageIo::stats`](crate::StorageIo::stats) and take a serialisable
+//! [`IoStatsSnapshot`], which can be merged across workers. Recording never allocates: the
+//! histograms are sized at construction and record saturating at their bounds.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::op::OpKind;
+
+/// Highest latency a histogram tracks exactly; longer ones are recorded as this value.
+const MAX_TRACKED_NS: u64 = 60_000_000_000;
+
+/// Live statistics of one backend instance.
+#[derive(Debug, Clone)]
+pub struct IoStats {
+    kinds: [KindStats; 5],
+    in_flight: u64,
+    max_in_flight: u64,
+}
+
+#[derive(Debug, Clone)]
+struct KindStats {
+    submitted: u64,
+    completed: u64,
+    errors: u64,
+    bytes: u64,
+    latency_ns: Histogram<u64>,
+}
+
+impl KindStats {
+    fn new() -> Self {
+        KindStats {
+            submitted: 0,
+            completed: 0,
+            errors: 0,
+            bytes: 0,
+            latency_ns: new_histogram(),
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // Two significant figures: 1% resolution at every magnitude, about 20 KiB per histogram.
+    match Histogram::new_with_bounds(1, MAX_TRACKED_NS, 2) {
+        Ok(h) => h,
+        Err(_) => unreachable!("constant bounds are valid"),
+    }
+}
+
+impl Default for IoStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IoStats {
+    /// Empty statistics.
+    pub fn new() -> Self {
+        IoStats {
+            kinds: std::array::from_fn(|_| KindStats::new()),
+            in_flight: 0,
+            max_in_flight: 0,
+        }
+    }
+
+    /// Records that an op of `kind` was accepted.
+    #[inline]
+    pub fn record_submit(&mut self, kind: OpKind) {
+        self.kinds[kind.index()].submitted += 1;
+        self.in_flight += 1;
+        self.max_in_flight = self.max_in_flight.max(self.in_flight);
+    }
+
+    /// Records that an op of `kind` completed: `Ok(bytes)` or an error, after `latency`.
+    #[inline]
+    pub fn record_complete(&mut self, kind: OpKind, result: Result<usize, ()>, latency: Duration) {
+        let k = &mut self.kinds[kind.index()];
+        k.completed += 1;
+        match result {
+            Ok(bytes) => k.bytes += bytes as u64,
+            Err(()) => k.errors += 1,
+        }
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
+        k.latency_ns.saturating_record(ns);
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Ops accepted and not yet completed.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+
+    /// The most ops ever in flight at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.max_in_flight
+    }
+
+    /// Ops of `kind` completed so far.
+    pub fn completed(&self, kind: OpKind) -> u64 {
+        self.kinds[kind.index()].completed
+    }
+
+    /// Failed ops of `kind` so far.
+    pub fn errors(&self, kind: OpKind) -> u64 {
+        self.kinds[kind.index()].errors
+    }
+
+    /// Bytes moved by ops of `kind` so far.
+    pub fn bytes(&self, kind: OpKind) -> u64 {
+        self.kinds[kind.index()].bytes
+    }
+
+    /// The latency histogram of `kind`, in nanoseconds.
+    pub fn latency_ns(&self, kind: OpKind) -> &Histogram<u64> {
+        &self.kinds[kind.index()].latency_ns
+    }
+
+    /// Adds another instance's numbers to these (for totals across workers).
+    pub fn merge(&mut self, other: &IoStats) {
+        for (mine, theirs) in self.kinds.iter_mut().zip(other.kinds.iter()) {
+            mine.submitted += theirs.submitted;
+            mine.completed += theirs.completed;
+            mine.errors += theirs.errors;
+            mine.bytes += theirs.bytes;
+            // Same bounds on both sides, so adding cannot fail.
+            let _ = mine.latency_ns.add(&theirs.latency_ns);
+        }
+        self.in_flight += other.in_flight;
+        self.max_in_flight = self.max_in_flight.max(other.max_in_flight);
+    }
+
+    /// A plain, serialisable copy of the numbers.
+    pub fn snapshot(&self) -> IoStatsSnapshot {
+        IoStatsSnapshot {
+            ops: OpKind::ALL
+                .iter()
+                .map(|&kind| {
+                    let k = &self.kinds[kind.index()];
+                    let h = &k.latency_ns;
+                    let us = |ns: u64| ns as f64 / 1000.0;
+                    OpKindSnapshot {
+                        kind,
+                        submitted: k.submitted,
+                        completed: k.completed,
+                        errors: k.errors,
+                        bytes: k.bytes,
+                        latency_us_mean: h.mean() / 1000.0,
+                        latency_us_p50: us(h.value_at_quantile(0.50)),
+                        latency_us_p99: us(h.value_at_quantile(0.99)),
+                        latency_us_max: us(h.max()),
+                    }
+                })
+                .collect(),
+            in_flight: self.in_flight,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+}
+
+/// A copy of [`IoStats`] for reports and metrics.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IoStatsSnapshot {
+    /// One entry per op kind, in [`OpKind::ALL`] order.
+    pub ops: Vec<OpKindSnapshot>,
+    /// Ops in flight when the snapshot was taken.
+    pub in_flight: u64,
+    /// The most ops ever in flight at once.
+    pub max_in_flight: u64,
+}
+
+/// The numbers of one op kind.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OpKindSnapshot {
+    /// Which op kind.
+    pub kind: OpKind,
+    /// Ops accepted.
+    pub submitted: u64,
+    /// Ops completed (success or error).
+    pub completed: u64,
+    /// Ops that failed.
+    pub errors: u64,
+    /// Bytes moved by successful ops.
+    pub bytes: u64,
+    /// Mean latency, microseconds.
+    pub latency_us_mean: f64,
+    /// Median latency, microseconds.
+    pub latency_us_p50: f64,
+    /// 99th percentile latency, microseconds.
+    pub latency_us_p99: f64,
+    /// Largest latency, microseconds.
+    pub latency_us_max: f64,
+}
+
+impl IoStatsSnapshot {
+    /// The entry for `kind`.
+    pub fn op(&self, kind: OpKind) -> &OpKindSnapshot {
+        &self.ops[kind.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_bytes_errors_and_latency_per_kind() {
+        let mut s = IoStats::new();
+        s.record_submit(OpKind::Read);
+        s.record_submit(OpKind::Read);
+        s.record_submit(OpKind::Datasync);
+        assert_eq!(s.in_flight(), 3);
+        s.record_complete(OpKind::Read, Ok(4096), Duration::from_micros(100));
+        s.record_complete(OpKind::Read, Err(()), Duration::from_micros(300));
+        s.record_complete(OpKind::Datasync, Ok(0), Duration::from_millis(2));
+        let snap = s.snapshot();
+        let r = snap.op(OpKind::Read);
+        assert_eq!((r.submitted, r.completed, r.errors, r.bytes), (2, 2, 1, 4096));
+        assert!((99.0..=101.0).contains(&r.latency_us_p50), "{r:?}");
+        assert!(r.latency_us_max >= 299.0, "{r:?}");
+        assert_eq!(snap.in_flight, 0);
+        assert_eq!(snap.max_in_flight, 3);
+    }
+
+    #[test]
+    fn merge_adds_workers_together() {
+        let mut a = IoStats::new();
+        let mut b = IoStats::new();
+        for s in [&mut a, &mut b] {
+            s.record_submit(OpKind::Write);
+            s.record_complete(OpKind::Write, Ok(10), Duration::from_micros(5));
+        }
+        a.merge(&b);
+        assert_eq!(a.completed(OpKind::Write), 2);
+        assert_eq!(a.bytes(OpKind::Write), 20);
+        assert_eq!(a.latency_ns(OpKind::Write).len(), 2);
+    }
+
+    #[test]
+    fn absurd_latencies_saturate_instead_of_failing() {
+        let mut s = IoStats::new();
+        s.record_submit(OpKind::Fsync);
+        s.record_complete(OpKind::Fsync, Ok(0), Duration::from_secs(3600));
+        assert_eq!(s.latency_ns(OpKind::Fsync).len(), 1);
+    }
+}
