@@ -79,8 +79,8 @@ pub trait StorageIo: Send {
     fn register_fd(&mut self, file: File) -> Result<IoFd>;
 
     /// Waits for every in-flight op on `fd` (their completions stay queued for the next poll),
-    /// then releases the handle and returns the file. Later use of `fd` is `BadFd`.
-    fn deregister_fd(&mut self, fd: IoFd) -> Result<File>;
+    /// then releases the handle and closes the file. Later use of `fd` is `BadFd`.
+    fn deregister_fd(&mut self, fd: IoFd) -> Result<()>;
 
     /// Opens `path` and registers it. The default opens a real file (falling back from direct to
     /// buffered I/O where the file system refuses it, with a warning); in-memory backends
@@ -97,6 +97,12 @@ pub trait StorageIo: Send {
     /// directory). The default does it on the real directory.
     fn sync_dir(&mut self, dir: &Path) -> Result<()> {
         sync_dir_default(dir)
+    }
+
+    /// Removes the file at `path` (the removal is durable once [`sync_dir`](StorageIo::sync_dir)
+    /// runs on its directory). The default removes a real file.
+    fn remove_file(&mut self, path: &Path) -> Result<()> {
+        std::fs::remove_file(path).map_err(|e| StorageIoError::from_io(crate::OpKind::Write, &e))
     }
 
     /// Reads `buf.len()` bytes at `offset` into `buf`; the buffer comes back in the completion,
@@ -157,8 +163,11 @@ impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     fn register_fd(&mut self, file: File) -> Result<IoFd> {
         (**self).register_fd(file)
     }
-    fn deregister_fd(&mut self, fd: IoFd) -> Result<File> {
+    fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
         (**self).deregister_fd(fd)
+    }
+    fn remove_file(&mut self, path: &Path) -> Result<()> {
+        (**self).remove_file(path)
     }
     fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
         (**self).open_file(path, options)

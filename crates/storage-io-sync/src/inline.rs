@@ -1,0 +1,238 @@
+//! [`SyncStorageIo`]: every op runs to the end inside `submit_*`; completions wait for the next
+//! poll. Deterministic, thread-free, allocation-free after warm-up.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+use storage_io_core::{
+    Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
+    StorageIo, StorageIoError, SubmitError, TokenCounter, direct_alignment, validate_transfer,
+};
+
+use crate::exec;
+
+struct SyncFile {
+    file: File,
+    align: Option<usize>,
+    append_cursor: u64,
+}
+
+/// The inline backend: blocking I/O performed in `submit_*`, completions staged for
+/// `poll_completions` in submission order.
+///
+/// It is the reference backend for tests (results never depend on timing) and suits callers who
+/// want no threads and no kernel queue. Completions staged but not yet polled count against
+/// `queue_depth`, so a caller that never polls gets `QueueFull`, not unbounded memory.
+///
+/// ```
+/// use storage_io_core::{IoConfig, StorageIo};
+/// use storage_io_sync::SyncStorageIo;
+///
+/// let mut io = SyncStorageIo::new(&IoConfig::default()).unwrap();
+/// let fd = io.register_fd(tempfile::tempfile().unwrap()).unwrap();
+/// io.submit_append(fd, b"hello").unwrap();
+/// io.submit_datasync(fd).unwrap();
+/// let mut done = Vec::new();
+/// assert_eq!(io.poll_completions(&mut done), 2);
+/// assert!(done.iter().all(|c| c.is_ok()));
+/// ```
+pub struct SyncStorageIo {
+    config: IoConfig,
+    files: FdTable<SyncFile>,
+    tokens: TokenCounter,
+    ready: VecDeque<IoCompletion>,
+    stats: IoStats,
+}
+
+impl SyncStorageIo {
+    /// Builds the backend; fails only on an invalid config.
+    pub fn new(config: &IoConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(SyncStorageIo {
+            config: config.clone(),
+            files: FdTable::with_capacity(config.max_files),
+            tokens: TokenCounter::new(),
+            ready: VecDeque::with_capacity(config.queue_depth),
+            stats: IoStats::new(),
+        })
+    }
+
+    fn admit(&self) -> Result<()> {
+        if self.ready.len() >= self.config.queue_depth {
+            return Err(StorageIoError::QueueFull {
+                limit: self.config.queue_depth,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        op: OpKind,
+        fd: IoFd,
+        offset: u64,
+        len_requested: usize,
+        started: Instant,
+        result: Result<usize>,
+        buf: Option<IoBuf>,
+    ) -> IoToken {
+        let token = self.tokens.next_token();
+        self.stats.record_submit(op);
+        self.stats
+            .record_complete(op, result.as_ref().map(|&n| n).map_err(|_| ()), started.elapsed());
+        self.ready.push_back(IoCompletion {
+            token,
+            op,
+            fd,
+            offset,
+            len_requested,
+            result,
+            buf,
+        });
+        token
+    }
+
+    fn write_inner(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<(OpKind, u64, Result<usize>)> {
+        self.admit()?;
+        let max = self.config.max_io_bytes;
+        let f = self.files.get_mut(fd)?;
+        let (op, offset) = match offset {
+            Some(o) => (OpKind::Write, o),
+            None => (OpKind::Append, f.append_cursor),
+        };
+        validate_transfer(f.align, offset, data.len(), data.as_ptr() as usize, max)?;
+        let end = offset + data.len() as u64;
+        if op == OpKind::Append || end > f.append_cursor {
+            // The cursor moves at submit, as in the asynchronous backends, even if the write fails:
+            // a failed append leaves a hole rather than letting a later append land on top of it.
+            f.append_cursor = end;
+        }
+        Ok((op, offset, exec::write_all_at(&f.file, data, offset, op)))
+    }
+
+    fn sync_inner(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
+        self.admit()?;
+        let started = Instant::now();
+        let f = self.files.get(fd)?;
+        let result = exec::sync(&f.file, op);
+        Ok(self.finish(op, fd, 0, 0, started, result, None))
+    }
+}
+
+impl StorageIo for SyncStorageIo {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "sync",
+            max_in_flight: self.config.queue_depth,
+            asynchronous: false,
+            worker_threads: 0,
+            registered_buffers: false,
+            registered_files: false,
+            sqpoll: false,
+            direct_io: cfg!(unix),
+            max_io_bytes: self.config.max_io_bytes,
+            notes: Vec::new(),
+        }
+    }
+
+    fn register_fd(&mut self, file: File) -> Result<IoFd> {
+        let append_cursor = file
+            .metadata()
+            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?
+            .len();
+        let align = direct_alignment(&file);
+        self.files.insert(SyncFile {
+            file,
+            align,
+            append_cursor,
+        })
+    }
+
+    fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
+        // Ops finish inside submit, so nothing is ever in flight; staged completions stay queued.
+        self.files.remove(fd)?;
+        Ok(())
+    }
+
+    fn file_len(&mut self, fd: IoFd) -> Result<u64> {
+        let f = self.files.get(fd)?;
+        f.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
+    }
+
+    fn submit_read(&mut self, fd: IoFd, mut buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        let checked = self.admit().and_then(|()| {
+            let f = self.files.get(fd)?;
+            validate_transfer(f.align, offset, buf.len(), buf.addr(), self.config.max_io_bytes)?;
+            Ok(f)
+        });
+        let f = match checked {
+            Ok(f) => f,
+            Err(e) => return Err(SubmitError::new(e, buf)),
+        };
+        let started = Instant::now();
+        let len = buf.len();
+        let result = exec::read_full_at(&f.file, &mut buf, offset);
+        if let Ok(n) = result {
+            buf.truncate(n);
+        }
+        Ok(self.finish(OpKind::Read, fd, offset, len, started, result, Some(buf)))
+    }
+
+    fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
+        let started = Instant::now();
+        let (op, offset, result) = self.write_inner(fd, data, Some(offset))?;
+        Ok(self.finish(op, fd, offset, data.len(), started, result, None))
+    }
+
+    fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        let started = Instant::now();
+        match self.write_inner(fd, &buf, Some(offset)) {
+            Ok((op, offset, result)) => {
+                let len = buf.len();
+                Ok(self.finish(op, fd, offset, len, started, result, Some(buf)))
+            }
+            Err(e) => Err(SubmitError::new(e, buf)),
+        }
+    }
+
+    fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
+        let started = Instant::now();
+        let (op, offset, result) = self.write_inner(fd, data, None)?;
+        Ok(self.finish(op, fd, offset, data.len(), started, result, None))
+    }
+
+    fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
+        self.sync_inner(fd, OpKind::Datasync)
+    }
+
+    fn submit_fsync(&mut self, fd: IoFd) -> Result<IoToken> {
+        self.sync_inner(fd, OpKind::Fsync)
+    }
+
+    fn flush(&mut self) -> Result<usize> {
+        Ok(0)
+    }
+
+    fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        let n = self.ready.len();
+        out.extend(self.ready.drain(..));
+        n
+    }
+
+    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, _min: usize, _timeout: Option<Duration>) -> Result<usize> {
+        // Everything accepted has already completed, so there is never anything to wait for.
+        Ok(self.poll_completions(out))
+    }
+
+    fn pending_count(&self) -> usize {
+        self.ready.len()
+    }
+
+    fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+}

@@ -1,0 +1,510 @@
+//! [`ThreadPoolStorageIo`]: blocking `pread`/`pwrite`/`fdatasync` on worker threads, the way
+//! PostgreSQL's `io_method=worker` does it. The caller's thread only queues jobs and collects
+//! results; it never blocks in `submit_*` or `poll_completions`.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use storage_io_core::{
+    Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
+    StorageIo, StorageIoError, SubmitError, TokenCounter, direct_alignment, validate_transfer,
+};
+
+use crate::exec;
+
+/// What a job carries to and from its worker.
+enum Payload {
+    /// A read into the caller's buffer.
+    Read(IoBuf),
+    /// A write of the caller's owned buffer (handed back).
+    WriteOwned(IoBuf),
+    /// A write of bytes copied into a staging buffer owned by the backend (recycled).
+    WriteCopied(Vec<u8>),
+    /// datasync or fsync.
+    Sync,
+}
+
+struct Job {
+    token: IoToken,
+    op: OpKind,
+    fd: IoFd,
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+    payload: Payload,
+    submitted_at: Instant,
+}
+
+struct Done {
+    token: IoToken,
+    op: OpKind,
+    fd: IoFd,
+    offset: u64,
+    len: usize,
+    payload: Payload,
+    submitted_at: Instant,
+    result: Result<usize>,
+}
+
+struct PoolFile {
+    file: Arc<File>,
+    align: Option<usize>,
+    append_cursor: u64,
+    /// Ops of this fd at a worker or held back here.
+    ops_in_flight: usize,
+    /// Writes and appends of this fd at a worker.
+    writes_at_workers: usize,
+    /// Jobs held back to keep the datasync barrier: a sync waits here until every write before
+    /// it is done, and writes submitted after a held sync queue behind it.
+    held: VecDeque<Job>,
+}
+
+/// The thread-pool backend.
+///
+/// `workers` threads share one job queue (so a slow op never strands others behind it) and send
+/// results back on one completion channel. Datasync and fsync are barriers per fd: a sync is
+/// held in the caller's thread until every write to that fd submitted before it has completed,
+/// then dispatched; writes submitted while it is held queue behind it. Reads are never held.
+///
+/// ```
+/// use storage_io_core::{IoConfig, StorageIo};
+/// use storage_io_sync::ThreadPoolStorageIo;
+///
+/// let mut io = ThreadPoolStorageIo::new(&IoConfig { workers: 2, ..IoConfig::default() }).unwrap();
+/// let fd = io.register_fd(tempfile::tempfile().unwrap()).unwrap();
+/// for i in 0..8u64 {
+///     io.submit_write(fd, &[i as u8; 512], i * 512).unwrap();
+/// }
+/// io.submit_datasync(fd).unwrap();
+/// let mut done = Vec::new();
+/// io.wait_completions(&mut done, 9, None).unwrap();
+/// assert_eq!(done.last().unwrap().op, storage_io_core::OpKind::Datasync);
+/// ```
+pub struct ThreadPoolStorageIo {
+    config: IoConfig,
+    files: FdTable<PoolFile>,
+    tokens: TokenCounter,
+    jobs: Option<flume::Sender<Job>>,
+    results: flume::Receiver<Done>,
+    workers: Vec<JoinHandle<()>>,
+    /// Completions received from workers but not yet handed to the caller.
+    ready: VecDeque<IoCompletion>,
+    /// Accepted and not yet delivered.
+    pending: usize,
+    /// Dispatched to a worker or held, and not yet received back.
+    outstanding: usize,
+    /// Recycled staging buffers for copied writes.
+    staging: Vec<Vec<u8>>,
+    stats: IoStats,
+}
+
+impl ThreadPoolStorageIo {
+    /// Starts `config.effective_workers()` worker threads.
+    pub fn new(config: &IoConfig) -> Result<Self> {
+        config.validate()?;
+        let (job_tx, job_rx) = flume::unbounded::<Job>();
+        let (done_tx, done_rx) = flume::unbounded::<Done>();
+        let n = config.effective_workers();
+        let mut workers = Vec::with_capacity(n);
+        for i in 0..n {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("storage-io-worker-{i}"))
+                .spawn(move || worker_loop(&job_rx, &done_tx));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start an I/O worker thread");
+                    return Err(StorageIoError::from_io(OpKind::Read, &e));
+                }
+            }
+        }
+        Ok(ThreadPoolStorageIo {
+            config: config.clone(),
+            files: FdTable::with_capacity(config.max_files),
+            tokens: TokenCounter::new(),
+            jobs: Some(job_tx),
+            results: done_rx,
+            workers,
+            ready: VecDeque::with_capacity(config.queue_depth),
+            pending: 0,
+            outstanding: 0,
+            staging: Vec::with_capacity(config.queue_depth),
+            stats: IoStats::new(),
+        })
+    }
+
+    fn admit(&self) -> Result<()> {
+        if self.jobs.is_none() {
+            return Err(StorageIoError::Closed);
+        }
+        if self.pending >= self.config.queue_depth {
+            return Err(StorageIoError::QueueFull {
+                limit: self.config.queue_depth,
+            });
+        }
+        Ok(())
+    }
+
+    /// Accepts a validated job: counts it, then dispatches it or holds it behind a barrier.
+    /// On failure the payload comes back, so an owned buffer is never lost.
+    fn accept(
+        &mut self,
+        fd: IoFd,
+        op: OpKind,
+        offset: u64,
+        len: usize,
+        payload: Payload,
+    ) -> Result<IoToken, (StorageIoError, Payload)> {
+        let f = match self.files.get_mut(fd) {
+            Ok(f) => f,
+            Err(e) => return Err((e, payload)),
+        };
+        let token = self.tokens.next_token();
+        let job = Job {
+            token,
+            op,
+            fd,
+            file: Arc::clone(&f.file),
+            offset,
+            len,
+            payload,
+            submitted_at: Instant::now(),
+        };
+        f.ops_in_flight += 1;
+        let must_hold = match op {
+            OpKind::Datasync | OpKind::Fsync => f.writes_at_workers > 0 || !f.held.is_empty(),
+            OpKind::Write | OpKind::Append => !f.held.is_empty(),
+            OpKind::Read => false,
+        };
+        self.pending += 1;
+        self.outstanding += 1;
+        self.stats.record_submit(op);
+        if must_hold {
+            f.held.push_back(job);
+        } else {
+            if op.is_write() {
+                f.writes_at_workers += 1;
+            }
+            send(self.jobs.as_ref(), job);
+        }
+        Ok(token)
+    }
+
+    fn staging_copy(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut v = self
+            .staging
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.config.buffer_size.max(data.len())));
+        v.clear();
+        v.extend_from_slice(data);
+        v
+    }
+
+    fn write_checked(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<(OpKind, u64)> {
+        self.admit()?;
+        let max = self.config.max_io_bytes;
+        let f = self.files.get_mut(fd)?;
+        let (op, offset) = match offset {
+            Some(o) => (OpKind::Write, o),
+            None => (OpKind::Append, f.append_cursor),
+        };
+        validate_transfer(f.align, offset, data.len(), data.as_ptr() as usize, max)?;
+        let end = offset + data.len() as u64;
+        if op == OpKind::Append || end > f.append_cursor {
+            f.append_cursor = end;
+        }
+        Ok((op, offset))
+    }
+
+    /// Turns a worker's result into a completion, releases held jobs of its fd, and recycles
+    /// the staging buffer.
+    fn on_done(&mut self, done: Done) {
+        self.outstanding -= 1;
+        let latency = done.submitted_at.elapsed();
+        self.stats
+            .record_complete(done.op, done.result.as_ref().map(|&n| n).map_err(|_| ()), latency);
+        let buf = match done.payload {
+            Payload::Read(mut b) => {
+                if let Ok(n) = done.result {
+                    b.truncate(n);
+                }
+                Some(b)
+            }
+            Payload::WriteOwned(b) => Some(b),
+            Payload::WriteCopied(v) => {
+                if self.staging.len() < self.staging.capacity() && v.capacity() <= self.config.buffer_size {
+                    self.staging.push(v);
+                }
+                None
+            }
+            Payload::Sync => None,
+        };
+        if let Ok(f) = self.files.get_mut(done.fd) {
+            f.ops_in_flight -= 1;
+            if done.op.is_write() {
+                f.writes_at_workers -= 1;
+            }
+            release_held(f, self.jobs.as_ref());
+        }
+        self.ready.push_back(IoCompletion {
+            token: done.token,
+            op: done.op,
+            fd: done.fd,
+            offset: done.offset,
+            len_requested: done.len,
+            result: done.result,
+            buf,
+        });
+    }
+
+    /// Blocks for one worker result; false if none can come.
+    fn receive_one(&mut self, deadline: Option<Instant>) -> bool {
+        if self.outstanding == 0 {
+            return false;
+        }
+        let got = match deadline {
+            Some(d) => self.results.recv_deadline(d).ok(),
+            None => self.results.recv().ok(),
+        };
+        match got {
+            Some(done) => {
+                self.on_done(done);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn drain_results(&mut self) {
+        while let Ok(done) = self.results.try_recv() {
+            self.on_done(done);
+        }
+    }
+
+    fn deliver(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        let n = self.ready.len();
+        self.pending -= n;
+        out.extend(self.ready.drain(..));
+        n
+    }
+}
+
+/// Hands the caller's buffer back from a refused owned-buffer submission.
+fn give_back((error, payload): (StorageIoError, Payload)) -> SubmitError<IoBuf> {
+    let buf = match payload {
+        Payload::Read(b) | Payload::WriteOwned(b) => b,
+        Payload::WriteCopied(_) | Payload::Sync => IoBuf::Vec(Vec::new()),
+    };
+    SubmitError::new(error, buf)
+}
+
+/// Dispatches held jobs of one fd that the barrier now allows.
+fn release_held(f: &mut PoolFile, jobs: Option<&flume::Sender<Job>>) {
+    while let Some(front) = f.held.front() {
+        if front.op.is_sync() && f.writes_at_workers > 0 {
+            return;
+        }
+        let Some(job) = f.held.pop_front() else { return };
+        if job.op.is_write() {
+            f.writes_at_workers += 1;
+        }
+        send(jobs, job);
+    }
+}
+
+fn send(jobs: Option<&flume::Sender<Job>>, job: Job) {
+    // The workers own the receiving side until the backend is dropped, and they only exit once
+    // every sender is gone, so this send cannot fail while `self` is alive.
+    if let Some(tx) = jobs
+        && tx.send(job).is_err()
+    {
+        tracing::error!("I/O worker pool is gone; an op was lost");
+    }
+}
+
+fn worker_loop(jobs: &flume::Receiver<Job>, done: &flume::Sender<Done>) {
+    while let Ok(job) = jobs.recv() {
+        let Job {
+            token,
+            op,
+            fd,
+            file,
+            offset,
+            len,
+            mut payload,
+            submitted_at,
+        } = job;
+        let result = match &mut payload {
+            Payload::Read(buf) => exec::read_full_at(&file, buf, offset),
+            Payload::WriteOwned(buf) => exec::write_all_at(&file, buf, offset, op),
+            Payload::WriteCopied(v) => exec::write_all_at(&file, v, offset, op),
+            Payload::Sync => exec::sync(&file, op),
+        };
+        // Drop our handle on the file before reporting, so deregister_fd can take it back.
+        drop(file);
+        let reply = Done {
+            token,
+            op,
+            fd,
+            offset,
+            len,
+            payload,
+            submitted_at,
+            result,
+        };
+        if done.send(reply).is_err() {
+            return;
+        }
+    }
+}
+
+impl StorageIo for ThreadPoolStorageIo {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "thread_pool",
+            max_in_flight: self.config.queue_depth,
+            asynchronous: true,
+            worker_threads: self.workers.len(),
+            registered_buffers: false,
+            registered_files: false,
+            sqpoll: false,
+            direct_io: cfg!(unix),
+            max_io_bytes: self.config.max_io_bytes,
+            notes: Vec::new(),
+        }
+    }
+
+    fn register_fd(&mut self, file: File) -> Result<IoFd> {
+        let append_cursor = file
+            .metadata()
+            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?
+            .len();
+        let align = direct_alignment(&file);
+        self.files.insert(PoolFile {
+            file: Arc::new(file),
+            align,
+            append_cursor,
+            ops_in_flight: 0,
+            writes_at_workers: 0,
+            held: VecDeque::new(),
+        })
+    }
+
+    fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
+        while self.files.get(fd)?.ops_in_flight > 0 {
+            if !self.receive_one(None) {
+                break;
+            }
+        }
+        // Every op of this fd has come back, and workers drop their handle before replying,
+        // so the table holds the last reference and the file closes here.
+        self.files.remove(fd)?;
+        Ok(())
+    }
+
+    fn file_len(&mut self, fd: IoFd) -> Result<u64> {
+        self.files
+            .get(fd)?
+            .file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
+    }
+
+    fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        let checked = self.admit().and_then(|()| {
+            let f = self.files.get(fd)?;
+            validate_transfer(f.align, offset, buf.len(), buf.addr(), self.config.max_io_bytes)
+        });
+        if let Err(e) = checked {
+            return Err(SubmitError::new(e, buf));
+        }
+        let len = buf.len();
+        self.accept(fd, OpKind::Read, offset, len, Payload::Read(buf))
+            .map_err(give_back)
+    }
+
+    fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
+        let (op, offset) = self.write_checked(fd, data, Some(offset))?;
+        let copy = self.staging_copy(data);
+        self.accept(fd, op, offset, data.len(), Payload::WriteCopied(copy))
+            .map_err(|(e, _)| e)
+    }
+
+    fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        let (op, offset) = match self.write_checked(fd, &buf, Some(offset)) {
+            Ok(x) => x,
+            Err(e) => return Err(SubmitError::new(e, buf)),
+        };
+        let len = buf.len();
+        self.accept(fd, op, offset, len, Payload::WriteOwned(buf))
+            .map_err(give_back)
+    }
+
+    fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
+        let (op, offset) = self.write_checked(fd, data, None)?;
+        let copy = self.staging_copy(data);
+        self.accept(fd, op, offset, data.len(), Payload::WriteCopied(copy))
+            .map_err(|(e, _)| e)
+    }
+
+    fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
+        self.admit()?;
+        self.accept(fd, OpKind::Datasync, 0, 0, Payload::Sync)
+            .map_err(|(e, _)| e)
+    }
+
+    fn submit_fsync(&mut self, fd: IoFd) -> Result<IoToken> {
+        self.admit()?;
+        self.accept(fd, OpKind::Fsync, 0, 0, Payload::Sync)
+            .map_err(|(e, _)| e)
+    }
+
+    fn flush(&mut self) -> Result<usize> {
+        // Jobs go to the workers at submit.
+        Ok(0)
+    }
+
+    fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        self.drain_results();
+        self.deliver(out)
+    }
+
+    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, min: usize, timeout: Option<Duration>) -> Result<usize> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.drain_results();
+        while self.ready.len() < min {
+            if !self.receive_one(deadline) {
+                break;
+            }
+        }
+        self.drain_results();
+        Ok(self.deliver(out))
+    }
+
+    fn pending_count(&self) -> usize {
+        self.pending
+    }
+
+    fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+}
+
+impl Drop for ThreadPoolStorageIo {
+    fn drop(&mut self) {
+        // Every buffer a worker holds must come home before the backend goes: wait for all.
+        while self.receive_one(None) {}
+        self.jobs = None;
+        for h in self.workers.drain(..) {
+            if h.join().is_err() {
+                tracing::error!("an I/O worker thread panicked");
+            }
+        }
+    }
+}
