@@ -1,1 +1,32 @@
-//! x
+//! # storage-io-testkit
+//!
+//! Test tools for any [`StorageIo`](storage_io_core::StorageIo) backend (layer L1, depends on
+//! `storage-io-core` only). Add it as a dev-dependency.
+//!
+//! - [`conformance::run`]: one call checks the whole contract — read-after-write, unique tokens,
+//!   buffers coming back, the datasync barrier, appends, bad fds, deregistering with ops in
+//!   flight, errno-keeping errors, direct-I/O alignment, EOF, queue-full, and thousands of random
+//!   ops against an in-memory model.
+//! - [`memio::MemFs`] / [`memio::MemIo`]: in-memory files with a volatile and a durable state;
+//!   `crash()` drops unsynced writes (optionally tearing the last one at 512-byte sectors).
+//! - [`faulty::FaultyIo`]: wraps any backend and injects EIO/ENOSPC/EAGAIN, short transfers, and
+//!   delayed or reordered completions, at the Nth op or on a seeded schedule.
+//!
+//! ```
+//! use storage_io_core::{OpKind, OpenOptions, StorageIo};
+//! use storage_io_testkit::faulty::{Fault, FaultPlan, FaultyIo};
+//! use storage_io_testkit::memio::MemFs;
+//!
+//! let fs = MemFs::new(1);
+//! let mut io = FaultyIo::new(fs.backend(), FaultPlan::new(1).fail_nth(OpKind::Datasync, 1, Fault::Eio));
+//! let fd = io.open_file("/wal/0".as_ref(), &OpenOptions::create()).unwrap();
+//! io.submit_append(fd, b"commit").unwrap();
+//! io.submit_datasync(fd).unwrap();
+//! let mut done = Vec::new();
+//! io.wait_completions(&mut done, 2, None).unwrap();
+//! assert_eq!(done[1].result.as_ref().unwrap_err().errno(), 5); // EIO, never success
+//! ```
+
+pub mod conformance;
+pub mod faulty;
+pub mod memio;

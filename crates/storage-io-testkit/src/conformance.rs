@@ -1,0 +1,907 @@
+//! The conformance suite: one call checks the whole [`StorageIo`] contract against any backend.
+//!
+//! ```no_run
+//! // In your backend crate's tests/conformance.rs:
+//! use storage_io_core::{IoConfig, StorageIo};
+//! #[test]
+//! fn my_backend_conformance() {
+//!     storage_io_testkit::conformance::run(|| -> Box<dyn StorageIo> {
+//!         Box::new(storage_io_sync::SyncStorageIo::new(&IoConfig::default()).unwrap())
+//!     });
+//! }
+//! ```
+//!
+//! Every case opens its files through the backend ([`StorageIo::open_file`]), so in-memory
+//! backends run the suite too; the direct-I/O case needs real files and says so when it skips.
+//! A failing case panics with the case's name and what the contract expected.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use storage_io_core::{
+    AlignedBuf, InvalidArgument, IoBuf, IoCompletion, IoFd, IoToken, OpKind, OpenOptions, StorageIo,
+    StorageIoError, open_file,
+};
+
+/// How long any wait for completions may take before the suite calls the backend stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(30);
+
+/// Options of a conformance run.
+#[derive(Debug, Clone)]
+pub struct ConformanceOptions {
+    /// Where real files are made; a fresh temporary directory is created inside it.
+    /// Default: `STORAGE_IO_TEST_DIR` if set, else the system temporary directory.
+    pub dir: Option<PathBuf>,
+    /// Random op sequences checked against the in-memory model. Default 48
+    /// (`STORAGE_IO_CONFORMANCE_CASES` overrides).
+    pub model_cases: u32,
+    /// Longest random op sequence. Default 160.
+    pub model_max_ops: usize,
+    /// Print a line per case to stderr. Default true.
+    pub verbose: bool,
+}
+
+impl Default for ConformanceOptions {
+    fn default() -> Self {
+        ConformanceOptions {
+            dir: std::env::var_os("STORAGE_IO_TEST_DIR").map(PathBuf::from),
+            model_cases: std::env::var("STORAGE_IO_CONFORMANCE_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(48),
+            model_max_ops: 160,
+            verbose: true,
+        }
+    }
+}
+
+/// The names of every case, in the order [`run`] runs them.
+pub const CASES: &[&str] = &[
+    "read_after_write",
+    "unique_tokens_across_op_kinds",
+    "write_datasync_returns_buffers_and_drains",
+    "datasync_completes_after_earlier_writes",
+    "append_assigns_offsets_in_order",
+    "bad_fd_is_refused_and_buffers_come_back",
+    "deregister_waits_for_in_flight_ops",
+    "errors_return_buffers_and_keep_errno",
+    "direct_io_alignment_is_enforced",
+    "eof_reads_are_short_successes",
+    "queue_full_is_reported_and_nothing_is_lost",
+    "wait_completions_returns_when_idle",
+    "stats_count_every_op",
+    "random_ops_match_the_model",
+];
+
+/// Runs every case against backends made by `make` (a fresh backend per case), with default
+/// options. Panics on the first violation, naming the case.
+pub fn run<F>(make: F)
+where
+    F: Fn() -> Box<dyn StorageIo>,
+{
+    run_with(make, &ConformanceOptions::default());
+}
+
+/// Runs every case with `options`.
+pub fn run_with<F>(make: F, options: &ConformanceOptions)
+where
+    F: Fn() -> Box<dyn StorageIo>,
+{
+    let tmp = match &options.dir {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .expect("conformance: cannot create a temporary directory (set STORAGE_IO_TEST_DIR)");
+    let mut ctx = Ctx {
+        make: &make,
+        root: tmp.path().to_path_buf(),
+        next: 0,
+        options: options.clone(),
+        backend: make().name(),
+    };
+    type Case = fn(&mut Ctx<'_>);
+    let cases: [Case; 14] = [
+        read_after_write,
+        unique_tokens_across_op_kinds,
+        write_datasync_returns_buffers_and_drains,
+        datasync_completes_after_earlier_writes,
+        append_assigns_offsets_in_order,
+        bad_fd_is_refused_and_buffers_come_back,
+        deregister_waits_for_in_flight_ops,
+        errors_return_buffers_and_keep_errno,
+        direct_io_alignment_is_enforced,
+        eof_reads_are_short_successes,
+        queue_full_is_reported_and_nothing_is_lost,
+        wait_completions_returns_when_idle,
+        stats_count_every_op,
+        random_ops_match_the_model,
+    ];
+    for (name, case) in CASES.iter().zip(cases) {
+        let started = Instant::now();
+        case(&mut ctx);
+        if options.verbose {
+            eprintln!(
+                "conformance [{}] {name}: ok ({} ms)",
+                ctx.backend,
+                started.elapsed().as_millis()
+            );
+        }
+    }
+}
+
+struct Ctx<'a> {
+    make: &'a dyn Fn() -> Box<dyn StorageIo>,
+    root: PathBuf,
+    next: usize,
+    options: ConformanceOptions,
+    backend: &'static str,
+}
+
+impl Ctx<'_> {
+    fn backend(&self) -> Box<dyn StorageIo> {
+        (self.make)()
+    }
+
+    fn path(&mut self, name: &str) -> PathBuf {
+        self.next += 1;
+        self.root.join(format!("{}-{name}", self.next))
+    }
+
+    fn create(&mut self, io: &mut dyn StorageIo, name: &str) -> (IoFd, PathBuf) {
+        let path = self.path(name);
+        let fd = io
+            .open_file(&path, &OpenOptions::create())
+            .unwrap_or_else(|e| panic!("open_file({}) failed: {e}", path.display()));
+        (fd, path)
+    }
+}
+
+/// How many ops of a burst of `wanted` fit in the backend's queue (leaving one slot spare).
+fn burst(io: &dyn StorageIo, wanted: usize) -> usize {
+    wanted.min(io.capabilities().max_in_flight.saturating_sub(1)).max(1)
+}
+
+/// Deterministic test bytes.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Waits until nothing is pending, returning every completion in delivery order.
+fn drain(io: &mut dyn StorageIo) -> Vec<IoCompletion> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + STUCK_AFTER;
+    while io.pending_count() > 0 {
+        let want = io.pending_count();
+        io.wait_completions(&mut out, want, Some(Duration::from_millis(200)))
+            .expect("wait_completions failed");
+        assert!(
+            Instant::now() < deadline,
+            "backend stuck: {} ops still pending after {STUCK_AFTER:?}",
+            io.pending_count()
+        );
+    }
+    io.poll_completions(&mut out);
+    out
+}
+
+fn ok_bytes(c: &IoCompletion) -> usize {
+    match &c.result {
+        Ok(n) => *n,
+        Err(e) => panic!("{} {} failed: {e}", c.op, c.token),
+    }
+}
+
+/// Reads `len` bytes at `offset` and waits for them.
+fn read_back(io: &mut dyn StorageIo, fd: IoFd, offset: u64, len: usize) -> Vec<u8> {
+    let token = io
+        .submit_read(fd, IoBuf::Vec(vec![0; len]), offset)
+        .map_err(|e| e.error)
+        .expect("submit_read");
+    let done = drain(io);
+    let c = done
+        .into_iter()
+        .find(|c| c.token == token)
+        .expect("the read's completion");
+    let n = ok_bytes(&c);
+    let buf = c.buf.expect("a read hands its buffer back").into_vec();
+    assert_eq!(buf.len(), n, "the returned buffer is truncated to the bytes read");
+    buf
+}
+
+fn read_after_write(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, _) = ctx.create(io.as_mut(), "raw");
+    let a = pattern(1, 4096);
+    let b = pattern(2, 10_000);
+    let c = pattern(3, 1);
+    io.submit_write(fd, &a, 0).expect("write a");
+    io.submit_write_buf(fd, IoBuf::Vec(b.clone()), 4096)
+        .map_err(|e| e.error)
+        .expect("write b");
+    io.submit_write(fd, &c, 20_000).expect("write c");
+    for comp in drain(io.as_mut()) {
+        assert_eq!(ok_bytes(&comp), comp.len_requested, "writes are never short on success");
+    }
+    assert_eq!(read_back(io.as_mut(), fd, 0, 4096), a);
+    assert_eq!(read_back(io.as_mut(), fd, 4096, b.len()), b);
+    assert_eq!(read_back(io.as_mut(), fd, 20_000, 1), c);
+    // A read across the boundary of two writes, and the hole between b and c reads as zeros.
+    let across = read_back(io.as_mut(), fd, 4000, 200);
+    assert_eq!(&across[..96], &a[4000..]);
+    assert_eq!(&across[96..], &b[..104]);
+    let hole = read_back(io.as_mut(), fd, 14_096, 100);
+    assert!(hole.iter().all(|&x| x == 0), "a hole reads as zeros");
+    assert_eq!(io.file_len(fd).expect("file_len"), 20_001);
+}
+
+fn unique_tokens_across_op_kinds(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, _) = ctx.create(io.as_mut(), "tokens");
+    let mut submitted: HashMap<IoToken, OpKind> = HashMap::new();
+    let mut delivered = Vec::new();
+    let limit = io.capabilities().max_in_flight;
+    for i in 0..60u64 {
+        if io.pending_count() + 5 > limit {
+            delivered.extend(drain(io.as_mut()));
+        }
+        let data = pattern(i, 512);
+        let kinds = [
+            (OpKind::Write, io.submit_write(fd, &data, i * 512)),
+            (OpKind::Append, io.submit_append(fd, &data)),
+            (OpKind::Datasync, io.submit_datasync(fd)),
+            (
+                OpKind::Read,
+                io.submit_read(fd, IoBuf::Vec(vec![0; 512]), i * 512)
+                    .map_err(|e| e.error),
+            ),
+            (OpKind::Fsync, io.submit_fsync(fd)),
+        ];
+        for (kind, r) in kinds {
+            let t = r.unwrap_or_else(|e| panic!("submit {kind}: {e}"));
+            assert!(
+                submitted.insert(t, kind).is_none(),
+                "token {t} handed out twice (second time for a {kind})"
+            );
+        }
+        if i % 7 == 0 {
+            delivered.extend(drain(io.as_mut()));
+        }
+    }
+    delivered.extend(drain(io.as_mut()));
+    assert_eq!(delivered.len(), submitted.len(), "exactly one completion per accepted op");
+    let mut seen = HashSet::new();
+    for c in &delivered {
+        assert!(seen.insert(c.token), "token {} delivered twice", c.token);
+        assert_eq!(submitted.get(&c.token), Some(&c.op), "completion {} has the wrong op kind", c.token);
+        ok_bytes(c);
+    }
+    assert_eq!(io.pending_count(), 0);
+}
+
+fn write_datasync_returns_buffers_and_drains(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, _) = ctx.create(io.as_mut(), "wds");
+    let mut expected = HashMap::new();
+    // 32 writes and 8 syncs, or as many as fit in the backend's queue.
+    let writes = (burst(io.as_ref(), 40) * 4 / 5).max(4) as u64 / 4 * 4;
+    for i in 0..writes {
+        let data = pattern(100 + i, 4096);
+        let t = io
+            .submit_write_buf(fd, IoBuf::Vec(data.clone()), i * 4096)
+            .map_err(|e| e.error)
+            .expect("submit_write_buf");
+        expected.insert(t, data);
+        if i % 4 == 3 {
+            io.submit_datasync(fd).expect("submit_datasync");
+        }
+    }
+    assert!(io.pending_count() > 0 || !io.capabilities().asynchronous);
+    let done = drain(io.as_mut());
+    assert_eq!(done.len() as u64, writes + writes / 4);
+    for c in done {
+        ok_bytes(&c);
+        if let Some(data) = expected.remove(&c.token) {
+            let buf = c.buf.expect("an owned write hands its buffer back");
+            assert_eq!(buf.as_slice(), &data[..], "the returned buffer is unchanged");
+        } else {
+            assert_eq!(c.op, OpKind::Datasync);
+            assert!(c.buf.is_none());
+        }
+    }
+    assert!(expected.is_empty(), "every owned buffer came back");
+    assert_eq!(io.pending_count(), 0, "pending_count is 0 once everything is delivered");
+}
+
+fn datasync_completes_after_earlier_writes(ctx: &mut Ctx<'_>) {
+    for sync_kind in [OpKind::Datasync, OpKind::Fsync] {
+        let mut io = ctx.backend();
+        let (a, _) = ctx.create(io.as_mut(), "barrier-a");
+        let (b, _) = ctx.create(io.as_mut(), "barrier-b");
+        let mut before = HashSet::new();
+        let limit = io.capabilities().max_in_flight;
+        let later = (limit / 4).clamp(1, 16) as u64;
+        let per_file = (limit.saturating_sub(2 + later as usize) / 2).clamp(1, 48) as u64;
+        for i in 0..per_file {
+            before.insert(io.submit_write(a, &pattern(i, 8192), i * 8192).expect("write a"));
+            io.submit_write(b, &pattern(i, 512), i * 512).expect("write b");
+        }
+        before.insert(io.submit_append(a, &pattern(99, 100)).expect("append a"));
+        let sync = match sync_kind {
+            OpKind::Fsync => io.submit_fsync(a),
+            _ => io.submit_datasync(a),
+        }
+        .expect("submit sync");
+        for i in 0..later {
+            io.submit_write(a, &pattern(1000 + i, 4096), (100 + i) * 8192)
+                .expect("later write");
+        }
+        let done = drain(io.as_mut());
+        let pos = done.iter().position(|c| c.token == sync).expect("the sync completes");
+        ok_bytes(&done[pos]);
+        let earlier: HashSet<IoToken> = done[..pos].iter().map(|c| c.token).collect();
+        let missing = before.difference(&earlier).count();
+        assert_eq!(
+            missing, 0,
+            "{sync_kind} on fd A was delivered before {missing} of the writes to A submitted before it"
+        );
+    }
+}
+
+fn append_assigns_offsets_in_order(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, path) = ctx.create(io.as_mut(), "append");
+    io.submit_write(fd, b"0123456789", 0).expect("write header");
+    drain(io.as_mut());
+    let mut expect = b"0123456789".to_vec();
+    let mut tokens = Vec::new();
+    for i in 0..burst(io.as_ref(), 50) {
+        let rec = pattern(i as u64, 1 + (i * 37) % 700);
+        tokens.push((io.submit_append(fd, &rec).expect("append"), expect.len() as u64, rec.len()));
+        expect.extend_from_slice(&rec);
+    }
+    let done: HashMap<IoToken, IoCompletion> = drain(io.as_mut()).into_iter().map(|c| (c.token, c)).collect();
+    for (t, offset, len) in tokens {
+        let c = &done[&t];
+        assert_eq!(c.op, OpKind::Append);
+        assert_eq!(c.offset, offset, "appends take consecutive offsets in submission order");
+        assert_eq!(ok_bytes(c), len);
+    }
+    assert_eq!(read_back(io.as_mut(), fd, 0, expect.len() + 10), expect);
+    // The cursor of a reopened file starts at its length.
+    io.deregister_fd(fd).expect("deregister");
+    let fd = io.open_file(&path, &OpenOptions::default()).expect("reopen");
+    io.submit_append(fd, b"tail").expect("append after reopen");
+    let c = drain(io.as_mut()).pop().expect("completion");
+    assert_eq!(c.offset, expect.len() as u64);
+}
+
+fn bad_fd_is_refused_and_buffers_come_back(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, _) = ctx.create(io.as_mut(), "badfd");
+    let forged = IoFd {
+        slot: 60_000,
+        generation: 7,
+    };
+    io.deregister_fd(fd).expect("deregister");
+    for bad in [forged, fd] {
+        let marker = pattern(5, 300);
+        let err = io
+            .submit_read(bad, IoBuf::Vec(marker.clone()), 0)
+            .expect_err("a read on a bad fd is refused");
+        assert_eq!(err.error, StorageIoError::BadFd { fd: bad });
+        assert_eq!(err.buf.as_slice(), &marker[..], "the refused buffer comes back unchanged");
+        let err = io
+            .submit_write_buf(bad, IoBuf::Vec(marker.clone()), 0)
+            .expect_err("an owned write on a bad fd is refused");
+        assert_eq!(err.buf.as_slice(), &marker[..]);
+        assert_eq!(io.submit_write(bad, b"x", 0), Err(StorageIoError::BadFd { fd: bad }));
+        assert_eq!(io.submit_append(bad, b"x"), Err(StorageIoError::BadFd { fd: bad }));
+        assert_eq!(io.submit_datasync(bad), Err(StorageIoError::BadFd { fd: bad }));
+        assert_eq!(io.submit_fsync(bad), Err(StorageIoError::BadFd { fd: bad }));
+        assert!(matches!(io.file_len(bad), Err(StorageIoError::BadFd { .. })));
+        assert!(matches!(io.deregister_fd(bad), Err(StorageIoError::BadFd { .. })));
+    }
+    assert_eq!(io.pending_count(), 0, "refused ops are not pending");
+    // A new file may take the old slot; the stale handle must still be refused.
+    let (fresh, _) = ctx.create(io.as_mut(), "badfd-new");
+    assert_ne!(fresh, fd);
+    assert!(io.submit_write(fd, b"x", 0).is_err());
+}
+
+fn deregister_waits_for_in_flight_ops(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, path) = ctx.create(io.as_mut(), "dereg");
+    let mut submitted = HashSet::new();
+    let writes = (burst(io.as_ref(), 73) * 8 / 9).max(1) as u64;
+    for i in 0..writes {
+        submitted.insert(io.submit_write(fd, &pattern(i, 4096), i * 4096).expect("write"));
+        if i % 8 == 0 {
+            submitted.insert(
+                io.submit_read(fd, IoBuf::Vec(vec![0; 4096]), 0)
+                    .map_err(|e| e.error)
+                    .expect("read"),
+            );
+        }
+    }
+    submitted.insert(io.submit_datasync(fd).expect("datasync"));
+    io.deregister_fd(fd).expect("deregister with ops in flight");
+    let done = drain(io.as_mut());
+    let got: HashSet<IoToken> = done.iter().map(|c| c.token).collect();
+    assert_eq!(got, submitted, "every op in flight at deregister still completes, exactly once");
+    for c in &done {
+        ok_bytes(c);
+    }
+    let fd = io.open_file(&path, &OpenOptions::default()).expect("reopen");
+    for i in [0, writes / 2, writes - 1] {
+        assert_eq!(read_back(io.as_mut(), fd, i * 4096, 4096), pattern(i, 4096));
+    }
+}
+
+fn errors_return_buffers_and_keep_errno(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, path) = ctx.create(io.as_mut(), "errors");
+    io.submit_write(fd, &pattern(9, 8192), 0).expect("seed data");
+    drain(io.as_mut());
+    io.deregister_fd(fd).expect("deregister");
+    let ro = io.open_file(&path, &OpenOptions::read_only()).expect("open read-only");
+    let wo = io
+        .open_file(
+            &path,
+            &OpenOptions {
+                read: false,
+                ..OpenOptions::default()
+            },
+        )
+        .expect("open write-only");
+    let marker = pattern(77, 4096);
+    let check = |r: Result<IoToken, storage_io_core::SubmitError<IoBuf>>, io: &mut dyn StorageIo, what: &str| {
+        match r {
+            Err(e) => assert_eq!(e.buf.as_slice(), &marker[..], "{what}: refused buffer comes back"),
+            Ok(t) => {
+                let c = drain(io).into_iter().find(|c| c.token == t).expect("completion");
+                let err = c.result.as_ref().expect_err(what);
+                assert!(
+                    matches!(err, StorageIoError::Io { errno, .. } if *errno > 0),
+                    "{what}: the error keeps its errno, got {err:?}"
+                );
+                let buf = c.buf.as_ref().unwrap_or_else(|| panic!("{what}: buffer comes back on error"));
+                assert_eq!(buf.len(), marker.len(), "{what}: buffer comes back whole");
+            }
+        }
+    };
+    check(io.submit_write_buf(ro, IoBuf::Vec(marker.clone()), 0), io.as_mut(), "write on a read-only file");
+    check(io.submit_read(wo, IoBuf::Vec(marker.clone()), 0), io.as_mut(), "read on a write-only file");
+    // The file is unchanged by the failed write.
+    assert_eq!(read_back(io.as_mut(), ro, 0, 8192), pattern(9, 8192));
+    // Oversized transfers are refused at submit, whatever the file.
+    let max = io.capabilities().max_io_bytes;
+    let err = io.submit_write(wo, &vec![0u8; max + 1], 0).expect_err("oversized write");
+    assert!(matches!(err, StorageIoError::InvalidArgument(InvalidArgument::TooLarge { .. })), "{err:?}");
+    assert_eq!(io.pending_count(), 0);
+}
+
+fn direct_io_alignment_is_enforced(ctx: &mut Ctx<'_>) {
+    let path = ctx.path("direct");
+    let opened = match open_file(&path, &OpenOptions::create().with_direct(true)) {
+        Ok(o) => o,
+        Err(e) => panic!("cannot create {}: {e}", path.display()),
+    };
+    if !opened.mode.is_direct() {
+        eprintln!(
+            "conformance [{}] direct_io_alignment_is_enforced: SKIPPED: {} does not support O_DIRECT \
+             (set STORAGE_IO_TEST_DIR to a directory on ext4/xfs)",
+            ctx.backend,
+            ctx.root.display()
+        );
+        return;
+    }
+    let mut io = ctx.backend();
+    let fd = match io.register_fd(opened.file) {
+        Ok(fd) => fd,
+        Err(StorageIoError::Unsupported { what }) => {
+            eprintln!(
+                "conformance [{}] direct_io_alignment_is_enforced: SKIPPED: backend takes no real files ({what})",
+                ctx.backend
+            );
+            return;
+        }
+        Err(e) => panic!("register_fd of an O_DIRECT file failed: {e}"),
+    };
+    let aligned = || AlignedBuf::page_aligned(4096).expect("aligned buffer");
+    let mut data = aligned();
+    data.copy_from_slice(&pattern(4, 4096));
+    io.submit_write_buf(fd, data.into(), 4096)
+        .map_err(|e| e.error)
+        .expect("an aligned direct write is accepted");
+    let done = drain(io.as_mut());
+    ok_bytes(&done[0]);
+    // Misaligned offset, length and buffer address are each refused with the buffer back.
+    let mut odd_len = aligned();
+    odd_len.truncate(1000);
+    let mut shifted = AlignedBuf::page_aligned(8192).expect("aligned buffer");
+    shifted.truncate(4096 + 512);
+    let shifted_vec = IoBuf::Vec(vec![0u8; 4097]);
+    let misaligned_addr = if shifted_vec.is_aligned_to(4096) {
+        IoBuf::Vec(vec![0u8; 4096 + 1])
+    } else {
+        shifted_vec
+    };
+    let cases: Vec<(&str, IoBuf, u64)> = vec![
+        ("offset", aligned().into(), 100),
+        ("length", odd_len.into(), 0),
+        ("buffer address and length", misaligned_addr, 0),
+    ];
+    for (what, buf, offset) in cases {
+        let len = buf.len();
+        let err = io
+            .submit_read(fd, buf, offset)
+            .expect_err("misaligned direct read must be refused");
+        assert!(
+            matches!(err.error, StorageIoError::InvalidArgument(InvalidArgument::Misaligned { .. })),
+            "misaligned {what}: expected Misaligned, got {:?}",
+            err.error
+        );
+        assert_eq!(err.buf.len(), len, "misaligned {what}: buffer comes back");
+    }
+    let err = io.submit_write(fd, &[1u8; 100], 0).expect_err("misaligned direct write");
+    assert!(matches!(err, StorageIoError::InvalidArgument(InvalidArgument::Misaligned { .. })));
+    let t = io
+        .submit_read(fd, aligned().into(), 4096)
+        .map_err(|e| e.error)
+        .expect("aligned direct read");
+    let c = drain(io.as_mut()).into_iter().find(|c| c.token == t).expect("read completes");
+    assert_eq!(c.buf.expect("buffer").as_slice(), &pattern(4, 4096)[..]);
+    assert_eq!(io.pending_count(), 0);
+}
+
+fn eof_reads_are_short_successes(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, _) = ctx.create(io.as_mut(), "eof");
+    io.submit_write(fd, &pattern(8, 5000), 0).expect("write");
+    drain(io.as_mut());
+    let t1 = io.submit_read(fd, IoBuf::Vec(vec![0xAA; 8192]), 0).map_err(|e| e.error).expect("read");
+    let t2 = io.submit_read(fd, IoBuf::Vec(vec![0xAA; 100]), 10_000).map_err(|e| e.error).expect("read");
+    let t3 = io.submit_read(fd, IoBuf::Vec(vec![0xAA; 1000]), 4500).map_err(|e| e.error).expect("read");
+    let done: HashMap<IoToken, IoCompletion> = drain(io.as_mut()).into_iter().map(|c| (c.token, c)).collect();
+    let c1 = &done[&t1];
+    assert_eq!(c1.result, Ok(5000));
+    assert!(c1.is_eof(), "a read cut by end of file is a typed EOF");
+    assert_eq!(c1.buf.as_ref().expect("buf").as_slice(), &pattern(8, 5000)[..]);
+    assert_eq!(done[&t2].result, Ok(0), "a read wholly past the end reads 0 bytes");
+    assert_eq!(done[&t2].buf.as_ref().expect("buf").len(), 0);
+    assert_eq!(done[&t3].result, Ok(500));
+    let full = io.submit_read(fd, IoBuf::Vec(vec![0; 5000]), 0).map_err(|e| e.error).expect("read");
+    let c = drain(io.as_mut()).into_iter().find(|c| c.token == full).expect("completion");
+    assert!(!c.is_eof(), "a read that got all it asked for is not EOF");
+}
+
+fn queue_full_is_reported_and_nothing_is_lost(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, _) = ctx.create(io.as_mut(), "qfull");
+    let limit = io.capabilities().max_in_flight;
+    let mut accepted = 0usize;
+    let mut refused = None;
+    for i in 0..=limit as u64 + 8 {
+        match io.submit_write(fd, &pattern(i, 64), i * 64) {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (at, err) = refused.unwrap_or_else(|| panic!("{} ops accepted without polling; max_in_flight is {limit}", accepted));
+    assert!(
+        matches!(err, StorageIoError::QueueFull { .. }),
+        "expected QueueFull at op {at}, got {err:?}"
+    );
+    assert!(accepted <= limit, "accepted {accepted} ops, more than max_in_flight {limit}");
+    let done = drain(io.as_mut());
+    assert_eq!(done.len(), accepted, "every accepted op completes after QueueFull");
+    io.submit_write(fd, b"again", 0).expect("submits work again after draining");
+    drain(io.as_mut());
+}
+
+fn wait_completions_returns_when_idle(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, _) = ctx.create(io.as_mut(), "idle");
+    let mut out = Vec::new();
+    let started = Instant::now();
+    let n = io
+        .wait_completions(&mut out, 4, Some(Duration::from_secs(5)))
+        .expect("wait with nothing pending");
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "wait_completions with nothing pending must not sit out its timeout"
+    );
+    assert_eq!(io.poll_completions(&mut out), 0, "polling an idle backend finds nothing");
+    for i in 0..5u64 {
+        io.submit_write(fd, b"abc", i * 3).expect("write");
+    }
+    let n = io.wait_completions(&mut out, 100, None).expect("wait for more than pending");
+    assert_eq!(n, 5, "asking for more than is pending waits for all of them");
+    assert_eq!(io.pending_count(), 0);
+}
+
+fn stats_count_every_op(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, _) = ctx.create(io.as_mut(), "stats");
+    for i in 0..10u64 {
+        io.submit_write(fd, &[1u8; 100], i * 100).expect("write");
+    }
+    io.submit_datasync(fd).expect("datasync");
+    io.submit_read(fd, IoBuf::Vec(vec![0; 1000]), 0).map_err(|e| e.error).expect("read");
+    drain(io.as_mut());
+    let s = io.stats();
+    assert_eq!(s.completed(OpKind::Write), 10);
+    assert_eq!(s.bytes(OpKind::Write), 1000);
+    assert_eq!(s.completed(OpKind::Datasync), 1);
+    assert_eq!(s.completed(OpKind::Read), 1);
+    assert_eq!(s.bytes(OpKind::Read), 1000);
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.latency_ns(OpKind::Write).len(), 10);
+}
+
+/// One step of a random op sequence.
+#[derive(Debug, Clone)]
+enum ModelOp {
+    Write { file: usize, offset: u32, len: u16, seed: u8, owned: bool },
+    Append { file: usize, len: u16, seed: u8 },
+    Read { file: usize, offset: u32, len: u16 },
+    Sync { file: usize, full: bool },
+    Poll,
+    Wait,
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    prop_oneof![
+        6 => (0..2usize, 0..49_152u32, 1..6000u16, any::<u8>(), any::<bool>())
+            .prop_map(|(file, offset, len, seed, owned)| ModelOp::Write { file, offset, len, seed, owned }),
+        3 => (0..2usize, 1..3000u16, any::<u8>()).prop_map(|(file, len, seed)| ModelOp::Append { file, len, seed }),
+        5 => (0..2usize, 0..60_000u32, 1..8000u16).prop_map(|(file, offset, len)| ModelOp::Read { file, offset, len }),
+        2 => (0..2usize, any::<bool>()).prop_map(|(file, full)| ModelOp::Sync { file, full }),
+        2 => Just(ModelOp::Poll),
+        1 => Just(ModelOp::Wait),
+    ]
+}
+
+enum Expect {
+    Write { file: usize, offset: u64, len: usize, owned: Option<Vec<u8>> },
+    Read { file: usize, expected: Vec<u8> },
+    Sync { writes_before: Vec<IoToken> },
+}
+
+struct Harness<'a> {
+    io: &'a mut dyn StorageIo,
+    fds: [IoFd; 2],
+    model: [Vec<u8>; 2],
+    cursor: [u64; 2],
+    expect: HashMap<IoToken, Expect>,
+    /// Writes in flight per file: token and byte range.
+    writes: [Vec<(IoToken, u64, u64)>; 2],
+    /// Reads in flight per file: token and start offset.
+    reads: [Vec<(IoToken, u64)>; 2],
+    delivered: HashSet<IoToken>,
+    out: Vec<IoCompletion>,
+}
+
+impl Harness<'_> {
+    fn check(&mut self) -> Result<(), TestCaseError> {
+        let batch = std::mem::take(&mut self.out);
+        for c in batch {
+            let exp = self
+                .expect
+                .remove(&c.token)
+                .ok_or_else(|| TestCaseError::fail(format!("unknown or repeated token {}", c.token)))?;
+            self.delivered.insert(c.token);
+            match exp {
+                Expect::Write { file, offset, len, owned } => {
+                    prop_assert_eq!(&c.result, &Ok(len), "write {}", c.token);
+                    prop_assert_eq!(c.offset, offset, "write offset");
+                    if let Some(data) = owned {
+                        prop_assert_eq!(c.buf.as_ref().map(|b| b.as_slice()), Some(&data[..]));
+                    }
+                    self.writes[file].retain(|w| w.0 != c.token);
+                }
+                Expect::Read { file, expected } => {
+                    if c.result != Ok(expected.len()) {
+                        let fd = self.fds[file];
+                        let now = self.io.file_len(fd);
+                        prop_assert!(
+                            false,
+                            "read {} of file {} at {} (len {}): got {:?}, model says {} bytes; model length {}, \
+                             file length now {:?}, writes in flight {:?}",
+                            c.token, file, c.offset, c.len_requested, c.result, expected.len(),
+                            self.model[file].len(), now, self.writes[file]
+                        );
+                    }
+                    self.reads[file].retain(|r| r.0 != c.token);
+                    let got = c.buf.as_ref().map(|b| b.as_slice().to_vec()).unwrap_or_default();
+                    prop_assert!(got == expected, "read {} at {} returned other bytes", c.token, c.offset);
+                }
+                Expect::Sync { writes_before } => {
+                    prop_assert!(c.result.is_ok(), "sync failed: {:?}", c.result);
+                    for w in writes_before {
+                        prop_assert!(self.delivered.contains(&w), "sync {} delivered before write {}", c.token, w);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_all(&mut self) -> Result<(), TestCaseError> {
+        let deadline = Instant::now() + STUCK_AFTER;
+        while self.io.pending_count() > 0 {
+            let want = self.io.pending_count();
+            self.io
+                .wait_completions(&mut self.out, want, Some(Duration::from_millis(200)))
+                .map_err(|e| TestCaseError::fail(format!("wait_completions: {e}")))?;
+            prop_assert!(Instant::now() < deadline, "backend stuck with ops pending");
+        }
+        self.check()
+    }
+
+    /// Makes room when the backend says its queue is full.
+    fn retry<T>(&mut self, mut f: impl FnMut(&mut dyn StorageIo) -> Result<T, StorageIoError>) -> Result<T, TestCaseError> {
+        loop {
+            match f(&mut *self.io) {
+                Err(StorageIoError::QueueFull { .. }) => self.wait_all()?,
+                Err(e) => return Err(TestCaseError::fail(format!("submit failed: {e}"))),
+                Ok(t) => return Ok(t),
+            }
+        }
+    }
+
+    /// Ops in flight are unordered (as in io_uring): before a write that could change what an
+    /// in-flight read sees — its bytes, or the file length under it — wait for the reads.
+    /// Two overlapping writes in flight may land in either order, so wait for those too.
+    fn settle_before_write(&mut self, file: usize, start: u64, end: u64) -> Result<(), TestCaseError> {
+        let read_affected = self.reads[file].iter().any(|&(_, r)| r < end);
+        let overlaps = self.writes[file].iter().any(|&(_, s, e)| s < end && start < e);
+        if read_affected || overlaps {
+            self.wait_all()?;
+        }
+        Ok(())
+    }
+
+    fn apply_write(&mut self, file: usize, offset: u64, data: &[u8]) {
+        let end = offset as usize + data.len();
+        let m = &mut self.model[file];
+        if m.len() < end {
+            m.resize(end, 0);
+        }
+        m[offset as usize..end].copy_from_slice(data);
+        self.cursor[file] = self.cursor[file].max(end as u64);
+    }
+
+    fn step(&mut self, op: &ModelOp) -> Result<(), TestCaseError> {
+        match *op {
+            ModelOp::Write { file, offset, len, seed, owned } => {
+                let data = pattern(u64::from(seed) << 16 | u64::from(len), usize::from(len));
+                let offset = u64::from(offset);
+                self.settle_before_write(file, offset, offset + data.len() as u64)?;
+                let fd = self.fds[file];
+                let t = if owned {
+                    self.retry(|io| io.submit_write_buf(fd, IoBuf::Vec(data.clone()), offset).map_err(|e| e.error))?
+                } else {
+                    self.retry(|io| io.submit_write(fd, &data, offset))?
+                };
+                self.apply_write(file, offset, &data);
+                self.writes[file].push((t, offset, offset + data.len() as u64));
+                let owned = owned.then(|| data.clone());
+                self.expect.insert(t, Expect::Write { file, offset, len: data.len(), owned });
+            }
+            ModelOp::Append { file, len, seed } => {
+                let data = pattern(u64::from(seed) << 20 | u64::from(len), usize::from(len));
+                let at = self.cursor[file];
+                self.settle_before_write(file, at, at + data.len() as u64)?;
+                let fd = self.fds[file];
+                let t = self.retry(|io| io.submit_append(fd, &data))?;
+                let offset = self.cursor[file];
+                self.apply_write(file, offset, &data);
+                self.writes[file].push((t, offset, offset + data.len() as u64));
+                self.expect.insert(t, Expect::Write { file, offset, len: data.len(), owned: None });
+            }
+            ModelOp::Read { file, offset, len } => {
+                let (offset, len) = (u64::from(offset), usize::from(len));
+                // A read racing a write in flight may see either state; wait first so the model
+                // has one answer.
+                // A write in flight at or past the read's start can change the bytes or the file
+                // length the read sees.
+                if self.writes[file].iter().any(|&(_, _, end)| end > offset) {
+                    self.wait_all()?;
+                }
+                let m = &self.model[file];
+                let start = (offset as usize).min(m.len());
+                let expected = m[start..(start + len).min(m.len())].to_vec();
+                let fd = self.fds[file];
+                let t = self.retry(|io| io.submit_read(fd, IoBuf::Vec(vec![0; len]), offset).map_err(|e| e.error))?;
+                self.reads[file].push((t, offset));
+                self.expect.insert(t, Expect::Read { file, expected });
+            }
+            ModelOp::Sync { file, full } => {
+                let fd = self.fds[file];
+                let t = self.retry(|io| if full { io.submit_fsync(fd) } else { io.submit_datasync(fd) })?;
+                let writes_before = self.writes[file].iter().map(|w| w.0).collect();
+                self.expect.insert(t, Expect::Sync { writes_before });
+            }
+            ModelOp::Poll => {
+                self.io.poll_completions(&mut self.out);
+                self.check()?;
+            }
+            ModelOp::Wait => self.wait_all()?,
+        }
+        Ok(())
+    }
+}
+
+fn random_ops_match_the_model(ctx: &mut Ctx<'_>) {
+    let config = ProptestConfig {
+        cases: ctx.options.model_cases,
+        failure_persistence: None,
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let strategy = proptest::collection::vec(model_op(), 1..ctx.options.model_max_ops);
+    let root = ctx.root.clone();
+    let make = ctx.make;
+    let case_no = std::sync::atomic::AtomicUsize::new(0);
+    let result = runner.run(&strategy, |ops| {
+        let n = case_no.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = root.join(format!("model-{n}"));
+        std::fs::create_dir_all(&dir).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        run_model_case(make, &dir, &ops)
+    });
+    if let Err(e) = result {
+        panic!("random ops diverged from the model: {e}");
+    }
+}
+
+fn run_model_case(make: &dyn Fn() -> Box<dyn StorageIo>, dir: &Path, ops: &[ModelOp]) -> Result<(), TestCaseError> {
+    let mut io = make();
+    let mut open = |name: &str| {
+        io.open_file(&dir.join(name), &OpenOptions::create().with_truncate(true))
+            .map_err(|e| TestCaseError::fail(format!("open: {e}")))
+    };
+    let fds = [open("f0")?, open("f1")?];
+    let mut h = Harness {
+        io: io.as_mut(),
+        fds,
+        model: [Vec::new(), Vec::new()],
+        cursor: [0, 0],
+        expect: HashMap::new(),
+        writes: [Vec::new(), Vec::new()],
+        reads: [Vec::new(), Vec::new()],
+        delivered: HashSet::new(),
+        out: Vec::new(),
+    };
+    for op in ops {
+        h.step(op)?;
+    }
+    h.wait_all()?;
+    prop_assert!(h.expect.is_empty(), "{} ops never completed", h.expect.len());
+    for file in 0..2 {
+        let fd = h.fds[file];
+        let len = h.io.file_len(fd).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(len, h.model[file].len() as u64, "file {} length", file);
+        let want = h.model[file].clone();
+        let got = read_back(h.io, fd, 0, want.len());
+        prop_assert!(got == want, "file {} contents differ from the model", file);
+    }
+    prop_assert_eq!(h.io.pending_count(), 0);
+    Ok(())
+}

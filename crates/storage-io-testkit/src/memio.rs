@@ -1,0 +1,536 @@
+//! [`MemFs`] and [`MemIo`]: an in-memory file system and backend that model what survives a
+//! crash.
+//!
+//! Each file has a *volatile* state (what reads see: the page cache) and a *durable* state
+//! (what a crash leaves). A datasync or fsync makes the file's data durable; creating or removing
+//! a file becomes durable when its directory is synced with `sync_dir`. [`MemFs::crash`] throws
+//! away everything volatile — optionally tearing each file's last unsynced write at 512-byte
+//! sector granularity — and invalidates every backend opened before it. Randomness comes from
+//! the seed given to [`MemFs::new`], so a crash is reproducible.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use storage_io_core::{
+    Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result,
+    StorageIo, StorageIoError, SubmitError, TokenCounter, validate_transfer,
+};
+
+/// The sector size a torn write is cut at.
+pub const SECTOR_BYTES: usize = 512;
+
+const ENOENT: i32 = 2;
+const EBADF: i32 = 9;
+const EEXIST: i32 = 17;
+
+/// How a crash treats each file's last write that was not yet synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TearMode {
+    /// Drop every unsynced write whole.
+    #[default]
+    None,
+    /// Keep a random prefix of the last unsynced write's sectors (a torn tail).
+    Prefix,
+    /// Keep a random subset of the last unsynced write's sectors (sectors land out of order).
+    AnySectors,
+}
+
+/// What a crash does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CrashOptions {
+    /// How to treat the last unsynced write of each file.
+    pub tear: TearMode,
+}
+
+#[derive(Debug, Clone)]
+struct WriteRecord {
+    offset: u64,
+    data: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct MemFile {
+    /// What reads see; `None` when the file is removed.
+    live: Option<Vec<u8>>,
+    /// What a crash leaves of the data.
+    durable: Vec<u8>,
+    /// Whether the file exists after a crash.
+    durable_exists: bool,
+    /// Writes since the last sync, oldest first (the last one may be torn by a crash).
+    unsynced: Vec<WriteRecord>,
+}
+
+#[derive(Debug)]
+struct FsState {
+    files: BTreeMap<PathBuf, MemFile>,
+    rng: SmallRng,
+    /// Bumped by every crash; backends from an older epoch are dead.
+    epoch: u64,
+    syncs: u64,
+    crashes: u64,
+}
+
+/// An in-memory file system shared by any number of [`MemIo`] backends (one per worker).
+///
+/// ```
+/// use storage_io_core::{OpenOptions, StorageIo};
+/// use storage_io_testkit::memio::{CrashOptions, MemFs};
+///
+/// let fs = MemFs::new(7);
+/// let mut io = fs.backend();
+/// let fd = io.open_file("/db/a".as_ref(), &OpenOptions::create()).unwrap();
+/// io.sync_dir("/db".as_ref()).unwrap();
+/// io.submit_write(fd, b"durable", 0).unwrap();
+/// io.submit_datasync(fd).unwrap();
+/// io.submit_write(fd, b"lost", 7).unwrap();
+/// fs.crash(CrashOptions::default());
+/// assert_eq!(fs.read_file("/db/a".as_ref()).unwrap(), b"durable");
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemFs {
+    state: Arc<Mutex<FsState>>,
+}
+
+impl MemFs {
+    /// An empty file system whose crash randomness is seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        MemFs {
+            state: Arc::new(Mutex::new(FsState {
+                files: BTreeMap::new(),
+                rng: SmallRng::seed_from_u64(seed),
+                epoch: 0,
+                syncs: 0,
+                crashes: 0,
+            })),
+        }
+    }
+
+    /// A backend on this file system with default limits.
+    pub fn backend(&self) -> MemIo {
+        self.backend_with(&IoConfig::default())
+    }
+
+    /// A backend on this file system with the queue depth, file and size limits of `config`.
+    pub fn backend_with(&self, config: &IoConfig) -> MemIo {
+        let epoch = self.state.lock().epoch;
+        MemIo {
+            fs: self.clone(),
+            epoch,
+            queue_depth: config.queue_depth,
+            max_io_bytes: config.max_io_bytes,
+            files: FdTable::with_capacity(config.max_files),
+            tokens: TokenCounter::new(),
+            ready: VecDeque::with_capacity(config.queue_depth),
+            stats: IoStats::new(),
+        }
+    }
+
+    /// Simulates power loss: every file goes back to its durable state (with the last unsynced
+    /// write torn as `options` says), unsynced creations and removals are undone, and every
+    /// backend made before now fails with `Closed`. Returns the paths whose content changed.
+    pub fn crash(&self, options: CrashOptions) -> Vec<PathBuf> {
+        let mut st = self.state.lock();
+        st.epoch += 1;
+        st.crashes += 1;
+        let FsState { files, rng, .. } = &mut *st;
+        let mut changed = Vec::new();
+        files.retain(|path, f| {
+            let mut after = f.durable.clone();
+            if let (Some(last), true) = (f.unsynced.last(), f.durable_exists) {
+                tear_into(&mut after, last, options.tear, rng);
+            }
+            let before = f.live.take();
+            if before.as_ref() != Some(&after) || !f.durable_exists {
+                changed.push(path.clone());
+            }
+            f.unsynced.clear();
+            if f.durable_exists {
+                f.durable = after.clone();
+                f.live = Some(after);
+                true
+            } else {
+                false
+            }
+        });
+        changed
+    }
+
+    /// The volatile contents of `path` (what a read sees now).
+    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        self.state.lock().files.get(path).and_then(|f| f.live.clone())
+    }
+
+    /// The contents `path` would have after a crash without tearing.
+    pub fn durable_contents(&self, path: &Path) -> Option<Vec<u8>> {
+        let st = self.state.lock();
+        let f = st.files.get(path)?;
+        f.durable_exists.then(|| f.durable.clone())
+    }
+
+    /// Paths of the files that exist now, sorted.
+    pub fn list(&self) -> Vec<PathBuf> {
+        let st = self.state.lock();
+        st.files
+            .iter()
+            .filter(|(_, f)| f.live.is_some())
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Data syncs (datasync + fsync) performed so far, across all backends.
+    pub fn sync_count(&self) -> u64 {
+        self.state.lock().syncs
+    }
+
+    /// Crashes simulated so far.
+    pub fn crash_count(&self) -> u64 {
+        self.state.lock().crashes
+    }
+}
+
+/// Applies the kept sectors of a torn `write` onto `data`.
+fn tear_into(data: &mut Vec<u8>, write: &WriteRecord, mode: TearMode, rng: &mut SmallRng) {
+    if mode == TearMode::None || write.data.is_empty() {
+        return;
+    }
+    // Sector boundaries are absolute file offsets, as on a disk.
+    let start = write.offset as usize;
+    let end = start + write.data.len();
+    let mut cuts = vec![start];
+    let mut next = (start / SECTOR_BYTES + 1) * SECTOR_BYTES;
+    while next < end {
+        cuts.push(next);
+        next += SECTOR_BYTES;
+    }
+    cuts.push(end);
+    let sectors = cuts.len() - 1;
+    let keep: Vec<bool> = match mode {
+        TearMode::Prefix => {
+            let n = rng.random_range(0..=sectors);
+            (0..sectors).map(|i| i < n).collect()
+        }
+        TearMode::AnySectors => (0..sectors).map(|_| rng.random_bool(0.5)).collect(),
+        TearMode::None => return,
+    };
+    for (i, kept) in keep.into_iter().enumerate() {
+        if !kept {
+            continue;
+        }
+        let (a, b) = (cuts[i], cuts[i + 1]);
+        if data.len() < b {
+            data.resize(b, 0);
+        }
+        data[a..b].copy_from_slice(&write.data[a - start..b - start]);
+    }
+}
+
+struct MemHandle {
+    path: PathBuf,
+    readable: bool,
+    writable: bool,
+    append_cursor: u64,
+}
+
+/// A backend whose files live in a [`MemFs`]. Ops complete inside `submit_*` (like the inline
+/// sync backend) and completions wait for the next poll, so runs are deterministic.
+///
+/// Files are opened by path with [`StorageIo::open_file`]; `register_fd` with a real `File` is
+/// unsupported. After [`MemFs::crash`], every op of a backend made before the crash fails with
+/// `Closed`: make a new backend, as a restarted process would.
+pub struct MemIo {
+    fs: MemFs,
+    epoch: u64,
+    queue_depth: usize,
+    max_io_bytes: usize,
+    files: FdTable<MemHandle>,
+    tokens: TokenCounter,
+    ready: VecDeque<IoCompletion>,
+    stats: IoStats,
+}
+
+impl MemIo {
+    /// The file system this backend works on.
+    pub fn fs(&self) -> &MemFs {
+        &self.fs
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if self.fs.state.lock().epoch != self.epoch {
+            return Err(StorageIoError::Closed);
+        }
+        Ok(())
+    }
+
+    fn admit(&self) -> Result<()> {
+        self.check_alive()?;
+        if self.ready.len() >= self.queue_depth {
+            return Err(StorageIoError::QueueFull {
+                limit: self.queue_depth,
+            });
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site per op kind; a struct would only rename these
+    fn finish(
+        &mut self,
+        op: OpKind,
+        fd: IoFd,
+        offset: u64,
+        len: usize,
+        started: Instant,
+        result: Result<usize>,
+        buf: Option<IoBuf>,
+    ) -> IoToken {
+        let token = self.tokens.next_token();
+        self.stats.record_submit(op);
+        self.stats
+            .record_complete(op, result.as_ref().map(|&n| n).map_err(|_| ()), started.elapsed());
+        self.ready.push_back(IoCompletion {
+            token,
+            op,
+            fd,
+            offset,
+            len_requested: len,
+            result,
+            buf,
+        });
+        token
+    }
+
+    fn write_inner(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<(OpKind, u64, Result<usize>)> {
+        self.admit()?;
+        let h = self.files.get_mut(fd)?;
+        let (op, offset) = match offset {
+            Some(o) => (OpKind::Write, o),
+            None => (OpKind::Append, h.append_cursor),
+        };
+        validate_transfer(None, offset, data.len(), data.as_ptr() as usize, self.max_io_bytes)?;
+        let end = offset + data.len() as u64;
+        if op == OpKind::Append || end > h.append_cursor {
+            h.append_cursor = end;
+        }
+        if !h.writable {
+            return Ok((op, offset, Err(StorageIoError::os(op, EBADF))));
+        }
+        let mut st = self.fs.state.lock();
+        let Some(file) = st.files.get_mut(&h.path) else {
+            return Ok((op, offset, Err(StorageIoError::os(op, ENOENT))));
+        };
+        let Some(live) = file.live.as_mut() else {
+            return Ok((op, offset, Err(StorageIoError::os(op, ENOENT))));
+        };
+        let (start, end) = (offset as usize, end as usize);
+        if live.len() < end {
+            live.resize(end, 0);
+        }
+        live[start..end].copy_from_slice(data);
+        file.unsynced.push(WriteRecord {
+            offset,
+            data: data.to_vec(),
+        });
+        Ok((op, offset, Ok(data.len())))
+    }
+
+    fn sync_inner(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
+        self.admit()?;
+        let started = Instant::now();
+        let path = &self.files.get(fd)?.path;
+        let mut st = self.fs.state.lock();
+        st.syncs += 1;
+        let result = match st.files.get_mut(path) {
+            Some(f) => {
+                if let Some(live) = &f.live {
+                    f.durable.clone_from(live);
+                }
+                f.unsynced.clear();
+                Ok(0)
+            }
+            None => Err(StorageIoError::os(op, ENOENT)),
+        };
+        drop(st);
+        Ok(self.finish(op, fd, 0, 0, started, result, None))
+    }
+}
+
+impl StorageIo for MemIo {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "mem",
+            max_in_flight: self.queue_depth,
+            asynchronous: false,
+            worker_threads: 0,
+            registered_buffers: false,
+            registered_files: false,
+            sqpoll: false,
+            direct_io: false,
+            max_io_bytes: self.max_io_bytes,
+            notes: vec!["in-memory files; crash() drops unsynced writes".to_string()],
+        }
+    }
+
+    fn register_fd(&mut self, _file: File) -> Result<IoFd> {
+        Err(StorageIoError::unsupported(
+            "MemIo keeps its files in memory; open them by path with open_file",
+        ))
+    }
+
+    fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
+        self.check_alive()?;
+        let mut st = self.fs.state.lock();
+        let entry = st.files.entry(path.to_path_buf()).or_default();
+        match (&mut entry.live, options.create || options.create_new) {
+            (Some(_), _) if options.create_new => return Err(StorageIoError::os(OpKind::Write, EEXIST)),
+            (Some(data), _) => {
+                if options.truncate && options.write {
+                    data.clear();
+                }
+            }
+            (live @ None, true) => {
+                *live = Some(Vec::new());
+                // A new name, or one brought back after a removal, is durable only after sync_dir.
+                entry.durable_exists = false;
+                entry.durable.clear();
+            }
+            (None, false) => return Err(StorageIoError::os(OpKind::Read, ENOENT)),
+        }
+        let len = entry.live.as_ref().map_or(0, |d| d.len() as u64);
+        drop(st);
+        self.files.insert(MemHandle {
+            path: path.to_path_buf(),
+            readable: options.read,
+            writable: options.write,
+            append_cursor: len,
+        })
+    }
+
+    fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
+        self.files.remove(fd).map(|_| ())
+    }
+
+    fn file_len(&mut self, fd: IoFd) -> Result<u64> {
+        self.check_alive()?;
+        let path = &self.files.get(fd)?.path;
+        let st = self.fs.state.lock();
+        st.files
+            .get(path)
+            .and_then(|f| f.live.as_ref())
+            .map(|d| d.len() as u64)
+            .ok_or(StorageIoError::os(OpKind::Read, ENOENT))
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
+        self.check_alive()?;
+        let mut st = self.fs.state.lock();
+        for (path, f) in st.files.iter_mut() {
+            if path.parent() == Some(dir) {
+                f.durable_exists = f.live.is_some();
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_file(&mut self, path: &Path) -> Result<()> {
+        self.check_alive()?;
+        let mut st = self.fs.state.lock();
+        match st.files.get_mut(path) {
+            Some(f) if f.live.is_some() => {
+                f.live = None;
+                f.unsynced.clear();
+                Ok(())
+            }
+            _ => Err(StorageIoError::os(OpKind::Write, ENOENT)),
+        }
+    }
+
+    fn submit_read(&mut self, fd: IoFd, mut buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        let checked = self.admit().and_then(|()| {
+            let h = self.files.get(fd)?;
+            validate_transfer(None, offset, buf.len(), buf.addr(), self.max_io_bytes)?;
+            Ok((h.path.clone(), h.readable))
+        });
+        let (path, readable) = match checked {
+            Ok(x) => x,
+            Err(e) => return Err(SubmitError::new(e, buf)),
+        };
+        let started = Instant::now();
+        let len = buf.len();
+        let result = if readable {
+            let st = self.fs.state.lock();
+            match st.files.get(&path).and_then(|f| f.live.as_ref()) {
+                Some(data) => {
+                    let start = (offset as usize).min(data.len());
+                    let n = (data.len() - start).min(len);
+                    buf[..n].copy_from_slice(&data[start..start + n]);
+                    Ok(n)
+                }
+                None => Err(StorageIoError::os(OpKind::Read, ENOENT)),
+            }
+        } else {
+            Err(StorageIoError::os(OpKind::Read, EBADF))
+        };
+        if let Ok(n) = result {
+            buf.truncate(n);
+        }
+        Ok(self.finish(OpKind::Read, fd, offset, len, started, result, Some(buf)))
+    }
+
+    fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
+        let started = Instant::now();
+        let (op, offset, result) = self.write_inner(fd, data, Some(offset))?;
+        Ok(self.finish(op, fd, offset, data.len(), started, result, None))
+    }
+
+    fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        let started = Instant::now();
+        match self.write_inner(fd, &buf, Some(offset)) {
+            Ok((op, offset, result)) => {
+                let len = buf.len();
+                Ok(self.finish(op, fd, offset, len, started, result, Some(buf)))
+            }
+            Err(e) => Err(SubmitError::new(e, buf)),
+        }
+    }
+
+    fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
+        let started = Instant::now();
+        let (op, offset, result) = self.write_inner(fd, data, None)?;
+        Ok(self.finish(op, fd, offset, data.len(), started, result, None))
+    }
+
+    fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
+        self.sync_inner(fd, OpKind::Datasync)
+    }
+
+    fn submit_fsync(&mut self, fd: IoFd) -> Result<IoToken> {
+        self.sync_inner(fd, OpKind::Fsync)
+    }
+
+    fn flush(&mut self) -> Result<usize> {
+        Ok(0)
+    }
+
+    fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        let n = self.ready.len();
+        out.extend(self.ready.drain(..));
+        n
+    }
+
+    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, _min: usize, _timeout: Option<Duration>) -> Result<usize> {
+        Ok(self.poll_completions(out))
+    }
+
+    fn pending_count(&self) -> usize {
+        self.ready.len()
+    }
+
+    fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+}
