@@ -1,0 +1,139 @@
+//! MemIo's crash model: a crash drops exactly the unsynced writes.
+
+use std::path::Path;
+
+use storage_io_core::{IoCompletion, OpenOptions, StorageIo, StorageIoError};
+use storage_io_testkit::memio::{CrashOptions, MemFs, SECTOR_BYTES, TearMode};
+
+fn drain(io: &mut dyn StorageIo) -> Vec<IoCompletion> {
+    let mut out = Vec::new();
+    io.wait_completions(&mut out, usize::MAX, None).unwrap();
+    for c in &out {
+        assert!(c.is_ok(), "{:?}", c.result);
+    }
+    out
+}
+
+#[test]
+fn crash_drops_exactly_the_unsynced_writes() {
+    let fs = MemFs::new(1);
+    let mut io = fs.backend();
+    let a = Path::new("/d/a");
+    let b = Path::new("/d/b");
+    let fa = io.open_file(a, &OpenOptions::create()).unwrap();
+    let fb = io.open_file(b, &OpenOptions::create()).unwrap();
+    io.sync_dir(Path::new("/d")).unwrap();
+    io.submit_write(fa, b"aaaa", 0).unwrap();
+    io.submit_write(fb, b"bbbb", 0).unwrap();
+    io.submit_datasync(fa).unwrap(); // a's write is durable, b's is not
+    io.submit_write(fa, b"AA", 4).unwrap(); // unsynced, after the sync
+    drain(&mut io);
+    assert_eq!(fs.read_file(a).unwrap(), b"aaaaAA", "reads see the page cache");
+
+    let changed = fs.crash(CrashOptions::default());
+    assert_eq!(fs.read_file(a).unwrap(), b"aaaa");
+    assert_eq!(fs.read_file(b).unwrap(), b"", "b's data was never synced");
+    assert_eq!(changed.len(), 2);
+    assert_eq!(fs.crash_count(), 1);
+}
+
+#[test]
+fn files_created_without_a_directory_sync_vanish_in_a_crash() {
+    let fs = MemFs::new(2);
+    let mut io = fs.backend();
+    let kept = Path::new("/wal/000001");
+    let lost = Path::new("/wal/000002");
+    let fk = io.open_file(kept, &OpenOptions::create()).unwrap();
+    io.sync_dir(Path::new("/wal")).unwrap();
+    let fl = io.open_file(lost, &OpenOptions::create()).unwrap();
+    io.submit_write(fk, b"k", 0).unwrap();
+    io.submit_write(fl, b"l", 0).unwrap();
+    io.submit_datasync(fk).unwrap();
+    io.submit_datasync(fl).unwrap(); // data synced, but the name never was
+    drain(&mut io);
+    fs.crash(CrashOptions::default());
+    assert_eq!(fs.list(), vec![kept.to_path_buf()]);
+    assert_eq!(fs.read_file(kept).unwrap(), b"k");
+}
+
+#[test]
+fn a_removal_is_undone_by_a_crash_until_the_directory_is_synced() {
+    let fs = MemFs::new(3);
+    let mut io = fs.backend();
+    let p = Path::new("/x/seg");
+    let fd = io.open_file(p, &OpenOptions::create()).unwrap();
+    io.sync_dir(Path::new("/x")).unwrap();
+    io.submit_write(fd, b"old", 0).unwrap();
+    io.submit_fsync(fd).unwrap();
+    drain(&mut io);
+    io.remove_file(p).unwrap();
+    assert!(fs.read_file(p).is_none());
+    fs.crash(CrashOptions::default());
+    assert_eq!(fs.read_file(p).unwrap(), b"old", "an unsynced removal is undone");
+
+    let mut io = fs.backend();
+    io.remove_file(p).unwrap();
+    io.sync_dir(Path::new("/x")).unwrap();
+    fs.crash(CrashOptions::default());
+    assert!(fs.read_file(p).is_none(), "a synced removal stays");
+}
+
+#[test]
+fn backends_from_before_a_crash_are_closed() {
+    let fs = MemFs::new(4);
+    let mut io = fs.backend();
+    let fd = io.open_file(Path::new("/f"), &OpenOptions::create()).unwrap();
+    fs.crash(CrashOptions::default());
+    assert_eq!(io.submit_write(fd, b"x", 0), Err(StorageIoError::Closed));
+    let mut fresh = fs.backend();
+    assert!(fresh.open_file(Path::new("/f"), &OpenOptions::default()).is_err(), "the name was never synced");
+}
+
+#[test]
+fn torn_prefix_keeps_whole_sectors_of_the_last_write_only() {
+    let mut seen_lengths = std::collections::BTreeSet::new();
+    for seed in 0..64 {
+        let fs = MemFs::new(seed);
+        let mut io = fs.backend();
+        let p = Path::new("/t/log");
+        let fd = io.open_file(p, &OpenOptions::create()).unwrap();
+        io.sync_dir(Path::new("/t")).unwrap();
+        io.submit_write(fd, &[1u8; 1000], 0).unwrap();
+        io.submit_datasync(fd).unwrap();
+        io.submit_write(fd, &[2u8; 300], 1000).unwrap(); // unsynced, dropped whole
+        io.submit_write(fd, &[3u8; 4 * SECTOR_BYTES], 2048).unwrap(); // the last one: torn
+        drain(&mut io);
+        fs.crash(CrashOptions { tear: TearMode::Prefix });
+        let after = fs.read_file(p).unwrap();
+        assert_eq!(&after[..1000], &[1u8; 1000][..], "synced data survives (seed {seed})");
+        if after.len() > 1000 {
+            assert!(after[1000..2048].iter().all(|&x| x == 0), "the earlier unsynced write is gone");
+            let kept = after.len() - 2048;
+            assert_eq!(kept % SECTOR_BYTES, 0, "tears fall on sector boundaries");
+            assert!(after[2048..].iter().all(|&x| x == 3));
+        }
+        seen_lengths.insert(after.len());
+        // Recovery twice gives the same state: a second crash with nothing new changes nothing.
+        let again = fs.crash(CrashOptions { tear: TearMode::Prefix });
+        assert!(again.is_empty(), "a second crash changed {again:?}");
+    }
+    assert!(seen_lengths.len() >= 3, "the seed varies the tear point: {seen_lengths:?}");
+}
+
+#[test]
+fn any_sector_tearing_is_reproducible_from_the_seed() {
+    let run = |seed| {
+        let fs = MemFs::new(seed);
+        let mut io = fs.backend();
+        let p = Path::new("/s/f");
+        let fd = io.open_file(p, &OpenOptions::create()).unwrap();
+        io.sync_dir(Path::new("/s")).unwrap();
+        io.submit_write(fd, &[9u8; 8 * SECTOR_BYTES], 0).unwrap();
+        drain(&mut io);
+        fs.crash(CrashOptions { tear: TearMode::AnySectors });
+        fs.read_file(p).unwrap()
+    };
+    assert_eq!(run(11), run(11));
+    let variants: std::collections::BTreeSet<Vec<u8>> = (0..16).map(run).collect();
+    assert!(variants.len() > 1);
+}
