@@ -1,1 +1,194 @@
-fn main() {}
+//! Project automation for storage-io.
+//!
+//! - `cargo xtask ci`: everything CI checks, in order, failing fast: rustfmt, clippy (warnings
+//!   denied), all tests, docs (warnings denied), the layering rule, and a bench smoke run.
+//! - `cargo xtask bench [ARGS]`: builds the io-patterns driver in release mode and runs it on a
+//!   temp file under `target/`; every argument is passed on (see `cargo xtask bench --help`).
+//! - `cargo xtask layering`: only the layering check.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(&root, &args[1..]),
+        Some("bench") => bench(&root, &args[1..], false),
+        Some("layering") => layering(&root),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            println!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 ci         fmt, clippy -D warnings, tests, docs, layering, bench smoke (what CI runs)\n  \
+                 bench      the queue-depth benchmark (cargo xtask bench --help for flags)\n  \
+                 layering   check that no crate depends on a crate of a higher layer"
+            );
+            Ok(())
+        }
+        Some(other) => bail!("unknown xtask command {other:?}; try `cargo xtask help`"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()))
+}
+
+fn run_step(name: &str, cmd: &mut Command) -> Result<()> {
+    let started = Instant::now();
+    eprintln!("\n==> {name}: {cmd:?}");
+    let status = cmd.status().with_context(|| format!("could not start {name}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("{name} failed ({status}) after {secs:.1} s");
+    }
+    eprintln!("==> {name}: ok in {secs:.1} s");
+    Ok(())
+}
+
+fn ci(root: &Path, args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if in_ci && std::env::var_os("STORAGE_IO_REQUIRE_URING").is_none() {
+        eprintln!("note: CI is set but STORAGE_IO_REQUIRE_URING is not; io_uring tests may skip instead of failing");
+    }
+    let skip_bench = args.iter().any(|a| a == "--no-bench");
+    run_step("rustfmt", cargo().current_dir(root).args(["fmt", "--all", "--", "--check"]))?;
+    run_step(
+        "clippy",
+        cargo()
+            .current_dir(root)
+            .args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+    )?;
+    run_step("tests", cargo().current_dir(root).args(["test", "--workspace", "--locked"]))?;
+    run_step(
+        "docs",
+        cargo()
+            .current_dir(root)
+            .env("RUSTDOCFLAGS", "-D warnings")
+            .args(["doc", "--workspace", "--no-deps", "--locked"]),
+    )?;
+    eprintln!("\n==> layering");
+    layering(root)?;
+    if !skip_bench {
+        eprintln!("\n==> bench smoke");
+        bench(root, &["--smoke".to_string()], true)?;
+    }
+    eprintln!("\nci: all steps passed in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn bench(root: &Path, args: &[String], debug: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.current_dir(root).args(["run", "--quiet", "--locked"]);
+    if !debug {
+        cmd.arg("--release");
+    }
+    cmd.args(["-p", "storage-io-benches", "--bin", "io-patterns", "--"]);
+    cmd.args(args);
+    run_step("io-patterns", &mut cmd)
+}
+
+/// The layer of each workspace crate; tools may depend on anything.
+fn layer_of(name: &str) -> Option<u8> {
+    Some(match name {
+        "storage-io-core" => 0,
+        "storage-io-uring" | "storage-io-sync" | "storage-io-testkit" => 1,
+        "storage-io-scheduler" | "storage-io-wal" => 2,
+        "storage-io" => 3,
+        "storage-io-benches" | "xtask" => 9,
+        _ => return None,
+    })
+}
+
+/// Crates that would make core OS-specific.
+const FORBIDDEN_IN_CORE: &[&str] = &["io-uring", "nix", "storage-io-uring"];
+
+fn layering(root: &Path) -> Result<()> {
+    let out = cargo()
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
+        .output()
+        .context("cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parse cargo metadata")?;
+    let problems = check_layers(&meta)?;
+    if !problems.is_empty() {
+        bail!("layering violated:\n  {}", problems.join("\n  "));
+    }
+    eprintln!("layering: ok (no crate depends on a higher layer; core has no OS-specific crates)");
+    Ok(())
+}
+
+fn check_layers(meta: &serde_json::Value) -> Result<Vec<String>> {
+    let packages = meta["packages"].as_array().context("metadata has no packages")?;
+    let members: Vec<&str> = packages.iter().filter_map(|p| p["name"].as_str()).collect();
+    let mut problems = Vec::new();
+    for p in packages {
+        let name = p["name"].as_str().unwrap_or("?");
+        let Some(layer) = layer_of(name) else {
+            problems.push(format!("{name}: not in the layer map of xtask/src/main.rs; give it a layer"));
+            continue;
+        };
+        for dep in p["dependencies"].as_array().into_iter().flatten() {
+            let dep_name = dep["name"].as_str().unwrap_or("?");
+            let kind = dep["kind"].as_str().unwrap_or("normal");
+            if layer == 0 && FORBIDDEN_IN_CORE.contains(&dep_name) && kind != "dev" {
+                problems.push(format!("{name} (L0) depends on {dep_name}: core must stay OS-neutral"));
+            }
+            if !members.contains(&dep_name) {
+                continue;
+            }
+            let Some(dep_layer) = layer_of(dep_name) else { continue };
+            let ok = if kind == "dev" { dep_layer <= layer } else { dep_layer < layer };
+            if !ok {
+                problems.push(format!(
+                    "{name} (L{layer}) has a {kind} dependency on {dep_name} (L{dep_layer}); arrows only point down"
+                ));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pkgs: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({ "packages": pkgs })
+    }
+
+    #[test]
+    fn upward_and_os_specific_dependencies_are_reported() {
+        let m = meta(serde_json::json!([
+            {"name": "storage-io-core", "dependencies": [{"name": "nix", "kind": null}]},
+            {"name": "storage-io-sync", "dependencies": [
+                {"name": "storage-io-core", "kind": null},
+                {"name": "storage-io-testkit", "kind": "dev"},
+                {"name": "storage-io-scheduler", "kind": null}
+            ]},
+            {"name": "storage-io-testkit", "dependencies": [{"name": "storage-io-sync", "kind": null}]},
+            {"name": "storage-io-scheduler", "dependencies": []},
+            {"name": "mystery", "dependencies": []}
+        ]));
+        let problems = check_layers(&m).unwrap();
+        let text = problems.join("\n");
+        assert!(text.contains("storage-io-core (L0) depends on nix"), "{text}");
+        assert!(text.contains("storage-io-sync (L1) has a normal dependency on storage-io-scheduler"), "{text}");
+        assert!(text.contains("storage-io-testkit (L1) has a normal dependency on storage-io-sync"), "{text}");
+        assert!(text.contains("mystery: not in the layer map"), "{text}");
+        assert!(!text.contains("dev dependency on storage-io-testkit"), "{text}");
+        assert_eq!(problems.len(), 4, "{text}");
+    }
+}
