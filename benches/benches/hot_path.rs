@@ -1,6 +1,7 @@
 //! Microbenchmarks of the paths every op takes: submit+poll on the inline backend (page-cache
 //! resident data, so the backend's own overhead shows), and buffer-pool acquire/release.
 #![allow(missing_docs)] // criterion_group! expands to an undocumented pub fn
+#![allow(clippy::unwrap_used)] // a bench set-up failure should stop the bench loudly
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use storage_io_core::{AlignedBuf, BufferPool, BufferPoolConfig, IoBuf, IoConfig, OpenOptions, StorageIo};
@@ -9,7 +10,9 @@ use storage_io_sync::SyncStorageIo;
 fn submit_poll(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut io = SyncStorageIo::new(&IoConfig::default()).unwrap();
-    let fd = io.open_file(&dir.path().join("f"), &OpenOptions::create()).unwrap();
+    let fd = io
+        .open_file(&dir.path().join("f"), &OpenOptions::create())
+        .unwrap();
     io.submit_write(fd, &vec![1u8; 1 << 20], 0).unwrap();
     let mut done = Vec::with_capacity(8);
     io.poll_completions(&mut done);

@@ -58,17 +58,33 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
     let started = Instant::now();
     let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
     if in_ci && std::env::var_os("STORAGE_IO_REQUIRE_URING").is_none() {
-        eprintln!("note: CI is set but STORAGE_IO_REQUIRE_URING is not; io_uring tests may skip instead of failing");
+        eprintln!(
+            "note: CI is set but STORAGE_IO_REQUIRE_URING is not; io_uring tests may skip instead of failing"
+        );
     }
     let skip_bench = args.iter().any(|a| a == "--no-bench");
-    run_step("rustfmt", cargo().current_dir(root).args(["fmt", "--all", "--", "--check"]))?;
+    run_step(
+        "rustfmt",
+        cargo().current_dir(root).args(["fmt", "--all", "--", "--check"]),
+    )?;
     run_step(
         "clippy",
+        cargo().current_dir(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run_step(
+        "tests",
         cargo()
             .current_dir(root)
-            .args(["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]),
+            .args(["test", "--workspace", "--locked"]),
     )?;
-    run_step("tests", cargo().current_dir(root).args(["test", "--workspace", "--locked"]))?;
     run_step(
         "docs",
         cargo()
@@ -82,7 +98,10 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
         eprintln!("\n==> bench smoke");
         bench(root, &["--smoke".to_string()], true)?;
     }
-    eprintln!("\nci: all steps passed in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "\nci: all steps passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -137,20 +156,30 @@ fn check_layers(meta: &serde_json::Value) -> Result<Vec<String>> {
     for p in packages {
         let name = p["name"].as_str().unwrap_or("?");
         let Some(layer) = layer_of(name) else {
-            problems.push(format!("{name}: not in the layer map of xtask/src/main.rs; give it a layer"));
+            problems.push(format!(
+                "{name}: not in the layer map of xtask/src/main.rs; give it a layer"
+            ));
             continue;
         };
         for dep in p["dependencies"].as_array().into_iter().flatten() {
             let dep_name = dep["name"].as_str().unwrap_or("?");
             let kind = dep["kind"].as_str().unwrap_or("normal");
             if layer == 0 && FORBIDDEN_IN_CORE.contains(&dep_name) && kind != "dev" {
-                problems.push(format!("{name} (L0) depends on {dep_name}: core must stay OS-neutral"));
+                problems.push(format!(
+                    "{name} (L0) depends on {dep_name}: core must stay OS-neutral"
+                ));
             }
             if !members.contains(&dep_name) {
                 continue;
             }
-            let Some(dep_layer) = layer_of(dep_name) else { continue };
-            let ok = if kind == "dev" { dep_layer <= layer } else { dep_layer < layer };
+            let Some(dep_layer) = layer_of(dep_name) else {
+                continue;
+            };
+            let ok = if kind == "dev" {
+                dep_layer <= layer
+            } else {
+                dep_layer < layer
+            };
             if !ok {
                 problems.push(format!(
                     "{name} (L{layer}) has a {kind} dependency on {dep_name} (L{dep_layer}); arrows only point down"
@@ -185,8 +214,14 @@ mod tests {
         let problems = check_layers(&m).unwrap();
         let text = problems.join("\n");
         assert!(text.contains("storage-io-core (L0) depends on nix"), "{text}");
-        assert!(text.contains("storage-io-sync (L1) has a normal dependency on storage-io-scheduler"), "{text}");
-        assert!(text.contains("storage-io-testkit (L1) has a normal dependency on storage-io-sync"), "{text}");
+        assert!(
+            text.contains("storage-io-sync (L1) has a normal dependency on storage-io-scheduler"),
+            "{text}"
+        );
+        assert!(
+            text.contains("storage-io-testkit (L1) has a normal dependency on storage-io-sync"),
+            "{text}"
+        );
         assert!(text.contains("mystery: not in the layer map"), "{text}");
         assert!(!text.contains("dev dependency on storage-io-testkit"), "{text}");
         assert_eq!(problems.len(), 4, "{text}");

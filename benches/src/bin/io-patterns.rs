@@ -20,7 +20,10 @@ use storage_io_core::{
 use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
 
 #[derive(Parser, Debug)]
-#[command(name = "io-patterns", about = "Queue-depth benchmark of storage-io backends on one file")]
+#[command(
+    name = "io-patterns",
+    about = "Queue-depth benchmark of storage-io backends on one file"
+)]
 struct Args {
     /// A tiny run that only proves the driver works (CI uses it).
     #[arg(long, conflicts_with_all = ["quick", "full"])]
@@ -58,7 +61,7 @@ struct Args {
     /// Also write the JSON results here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Output directory (default target/bench/<timestamp>).
+    /// Output directory (default `target/bench/<timestamp>`).
     #[arg(long)]
     out_dir: Option<PathBuf>,
 }
@@ -95,18 +98,27 @@ fn plan(args: &Args) -> Result<Plan> {
     };
     let workloads = list(
         &args.workload,
-        if args.smoke { &["rand_read", "rand_write"] } else { &["seq_read", "rand_read", "rand_write"] },
+        if args.smoke {
+            &["rand_read", "rand_write"]
+        } else {
+            &["seq_read", "rand_read", "rand_write"]
+        },
         &["seq_read", "rand_read", "rand_write"],
         "workload",
     )?;
-    let backends = list(&args.backend, &["sync", "thread_pool"], &["sync", "thread_pool"], "backend")?;
+    let backends = list(
+        &args.backend,
+        &["sync", "thread_pool"],
+        &["sync", "thread_pool"],
+        "backend",
+    )?;
     let modes = match args.io.as_deref().unwrap_or("both") {
         "direct" => vec![true],
         "buffered" => vec![false],
         "both" => vec![true, false],
         other => bail!("unknown --io {other:?}; expected direct, buffered or both"),
     };
-    if args.block_size == 0 || args.block_size % 512 != 0 {
+    if args.block_size == 0 || !args.block_size.is_multiple_of(512) {
         bail!("--block-size must be a positive multiple of 512 (4096 for direct I/O on most disks)");
     }
     let qds = if args.qd.is_empty() { qds } else { args.qd.clone() };
@@ -178,10 +190,15 @@ fn main() -> Result<()> {
         .clone()
         .unwrap_or_else(|| root.join("bench").join(timestamp()));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
-    let file = args.file.clone().unwrap_or_else(|| root.join("bench").join("io-patterns.dat"));
+    let file = args
+        .file
+        .clone()
+        .unwrap_or_else(|| root.join("bench").join("io-patterns.dat"));
     prepare_file(&file, plan.size_bytes)?;
 
-    let direct_ok = open_file(&file, &OpenOptions::default().with_direct(true))?.mode.is_direct();
+    let direct_ok = open_file(&file, &OpenOptions::default().with_direct(true))?
+        .mode
+        .is_direct();
     if !direct_ok && plan.modes.contains(&true) {
         eprintln!(
             "note: {} refuses O_DIRECT; direct cells are skipped (use --file on ext4/xfs)",
@@ -214,8 +231,17 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for (workload, backend, direct, qd) in &cells {
         bar.set_message(format!("{workload} {backend} {} qd{qd}", mode_name(*direct)));
-        let row = run_cell(&file, plan.size_bytes, workload, backend, *direct, *qd, args.block_size, plan.duration)
-            .with_context(|| format!("cell {workload}/{backend}/{}/qd{qd}", mode_name(*direct)))?;
+        let row = run_cell(
+            &file,
+            plan.size_bytes,
+            workload,
+            backend,
+            *direct,
+            *qd,
+            args.block_size,
+            plan.duration,
+        )
+        .with_context(|| format!("cell {workload}/{backend}/{}/qd{qd}", mode_name(*direct)))?;
         if bar.is_hidden() {
             eprintln!(
                 "  {workload:<10} {backend:<11} {:<8} qd{qd:<3} {:>9.0} IOPS  p99 {:>8.1} us",
@@ -290,8 +316,14 @@ fn prepare_file(path: &Path, size: u64) -> Result<()> {
         return Ok(());
     }
     eprintln!("io-patterns: filling {} to {} MiB", path.display(), size >> 20);
-    let file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(path)?;
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 1).collect();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)?;
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 1)
+        .collect();
     let mut off = have - have % (1 << 20);
     while off < size {
         std::os::unix::fs::FileExt::write_all_at(&file, &chunk, off)?;
@@ -450,7 +482,11 @@ fn run_cell(
         cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
         ops,
         errors,
-        qd_achieved: if depth_samples > 0 { depth_sum as f64 / depth_samples as f64 } else { 0.0 },
+        qd_achieved: if depth_samples > 0 {
+            depth_sum as f64 / depth_samples as f64
+        } else {
+            0.0
+        },
     })
 }
 

@@ -136,7 +136,12 @@ pub trait StorageIo: Send {
     /// Blocks until at least `min` completions are in `out` (counting only those added by this
     /// call), or `timeout` passes, or nothing is pending; returns how many were added.
     /// `min` larger than [`pending_count`](StorageIo::pending_count) waits for all pending ops.
-    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, min: usize, timeout: Option<Duration>) -> Result<usize>;
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize>;
 
     /// Ops accepted and not yet delivered by a poll.
     fn pending_count(&self) -> usize;
@@ -202,7 +207,12 @@ impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
         (**self).poll_completions(out)
     }
-    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, min: usize, timeout: Option<Duration>) -> Result<usize> {
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
         (**self).wait_completions(out, min, timeout)
     }
     fn pending_count(&self) -> usize {

@@ -131,7 +131,7 @@ impl AlignedBuf {
 
     /// Appends `data` after the current length; fails if it would pass the capacity.
     pub fn extend_from_slice(&mut self, data: &[u8]) -> Result<()> {
-        let end = self.len.checked_add(data.len()).unwrap_or(usize::MAX);
+        let end = self.len.saturating_add(data.len());
         if end > self.cap {
             return Err(StorageIoError::InvalidArgument(InvalidArgument::TooLarge {
                 len: end,
@@ -224,7 +224,12 @@ impl Drop for AlignedBuf {
         }
         // SAFETY: ptr was allocated by alloc_zeroed with exactly this size and alignment (cap and
         // align never change after construction) and is freed once, here.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.cap, self.align)) }
+        unsafe {
+            alloc::dealloc(
+                self.ptr.as_ptr(),
+                Layout::from_size_align_unchecked(self.cap, self.align),
+            )
+        }
     }
 }
 
@@ -289,7 +294,7 @@ impl IoBuf {
 
     /// True when the buffer's address is a multiple of `align`.
     pub fn is_aligned_to(&self, align: usize) -> bool {
-        align <= 1 || self.addr() % align == 0
+        align <= 1 || self.addr().is_multiple_of(align)
     }
 
     /// Copies the bytes in use into a `Vec` (or returns the `Vec` itself without copying).
@@ -412,7 +417,9 @@ impl BufferPool {
         let mut specs = config.classes.clone();
         specs.sort_unstable();
         if specs.is_empty() {
-            return Err(StorageIoError::invalid("a buffer pool needs at least one size class"));
+            return Err(StorageIoError::invalid(
+                "a buffer pool needs at least one size class",
+            ));
         }
         let mut classes = Vec::with_capacity(specs.len());
         for (i, &(size_bytes, limit)) in specs.iter().enumerate() {
@@ -422,7 +429,9 @@ impl BufferPool {
                 ));
             }
             if i > 0 && specs[i - 1].0 == size_bytes {
-                return Err(StorageIoError::invalid("buffer pool size classes must be distinct"));
+                return Err(StorageIoError::invalid(
+                    "buffer pool size classes must be distinct",
+                ));
             }
             layout_for(size_bytes, config.align)?;
             classes.push(Arc::new(PoolClass {
@@ -444,12 +453,17 @@ impl BufferPool {
     pub fn acquire(&self, len: usize) -> Result<AlignedBuf> {
         let Some(class) = self.classes.iter().find(|c| c.size_bytes >= len) else {
             let max = self.classes.last().map_or(0, |c| c.size_bytes);
-            return Err(StorageIoError::InvalidArgument(InvalidArgument::TooLarge { len, max }));
+            return Err(StorageIoError::InvalidArgument(InvalidArgument::TooLarge {
+                len,
+                max,
+            }));
         };
         // Reserve a slot first so that concurrent acquires never exceed the limit.
         let reserved = class
             .outstanding
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < class.limit).then_some(n + 1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < class.limit).then_some(n + 1)
+            });
         if reserved.is_err() {
             return Err(StorageIoError::BufferExhausted {
                 size_bytes: class.size_bytes,

@@ -47,9 +47,9 @@ impl FromStr for BackendKind {
             "io_uring" | "uring" => Ok(BackendKind::IoUring),
             "thread_pool" | "threadpool" | "pool" => Ok(BackendKind::ThreadPool),
             "sync" => Ok(BackendKind::Sync),
-            other => Err(StorageIoError::InvalidArgument(InvalidArgument::Message(format!(
-                "unknown backend {other:?}; expected one of auto, io_uring, thread_pool, sync"
-            )))),
+            other => Err(StorageIoError::InvalidArgument(InvalidArgument::Message(
+                format!("unknown backend {other:?}; expected one of auto, io_uring, thread_pool, sync"),
+            ))),
         }
     }
 }
@@ -144,9 +144,9 @@ impl IoConfig {
             match value.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => Ok(true),
                 "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(StorageIoError::InvalidArgument(InvalidArgument::Message(format!(
-                    "{name}={value:?} is not a boolean (use 1/0, true/false, on/off)"
-                )))),
+                _ => Err(StorageIoError::InvalidArgument(InvalidArgument::Message(
+                    format!("{name}={value:?} is not a boolean (use 1/0, true/false, on/off)"),
+                ))),
             }
         }
         if let Some(v) = lookup("STORAGE_IO_BACKEND") {
@@ -247,7 +247,8 @@ mod tests {
         .into_iter()
         .collect();
         let mut cfg = IoConfig::default();
-        cfg.apply_overrides(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        cfg.apply_overrides(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
         assert_eq!(cfg.backend, BackendKind::ThreadPool);
         assert_eq!(cfg.queue_depth, 32);
         assert!(cfg.direct_io);

@@ -132,7 +132,9 @@ pub fn open_file(path: &Path, options: &OpenOptions) -> Result<OpenedFile> {
         let file = options.std_options().open(path).map_err(open_err)?;
         return Ok(OpenedFile {
             file,
-            mode: DirectMode::Buffered { fallback_reason: None },
+            mode: DirectMode::Buffered {
+                fallback_reason: None,
+            },
         });
     }
     match open_direct(path, options) {
@@ -216,11 +218,17 @@ pub fn validate_transfer(
         .checked_add(len as u64)
         .is_some_and(|end| end <= i64::MAX as u64);
     if !end_ok {
-        return Err(StorageIoError::InvalidArgument(InvalidArgument::OffsetOverflow { offset, len }));
+        return Err(StorageIoError::InvalidArgument(InvalidArgument::OffsetOverflow {
+            offset,
+            len,
+        }));
     }
     if let Some(align) = align {
         let a = align as u64;
-        if offset % a != 0 || (len as u64) % a != 0 || (buf_addr as u64) % a != 0 {
+        if !offset.is_multiple_of(a)
+            || !(len as u64).is_multiple_of(a)
+            || !(buf_addr as u64).is_multiple_of(a)
+        {
             return Err(StorageIoError::InvalidArgument(InvalidArgument::Misaligned {
                 offset,
                 len,
@@ -243,7 +251,9 @@ mod tests {
         for (off, len, addr) in [(1, 4096, 0), (0, 100, 0), (0, 4096, 8)] {
             assert!(matches!(
                 validate_transfer(Some(4096), off, len, addr, 1 << 20),
-                Err(StorageIoError::InvalidArgument(InvalidArgument::Misaligned { .. }))
+                Err(StorageIoError::InvalidArgument(
+                    InvalidArgument::Misaligned { .. }
+                ))
             ));
         }
         assert!(matches!(
@@ -252,7 +262,9 @@ mod tests {
         ));
         assert!(matches!(
             validate_transfer(None, u64::MAX - 1, 10, 0, 1 << 20),
-            Err(StorageIoError::InvalidArgument(InvalidArgument::OffsetOverflow { .. }))
+            Err(StorageIoError::InvalidArgument(
+                InvalidArgument::OffsetOverflow { .. }
+            ))
         ));
     }
 
@@ -260,7 +272,12 @@ mod tests {
     fn buffered_open_reports_buffered_without_reason() {
         let dir = tempfile::tempdir().unwrap();
         let opened = open_file(&dir.path().join("f"), &OpenOptions::create()).unwrap();
-        assert_eq!(opened.mode, DirectMode::Buffered { fallback_reason: None });
+        assert_eq!(
+            opened.mode,
+            DirectMode::Buffered {
+                fallback_reason: None
+            }
+        );
         assert_eq!(direct_alignment(&opened.file), None);
     }
 
@@ -276,7 +293,10 @@ mod tests {
             DirectMode::Buffered { fallback_reason } => {
                 let reason = fallback_reason.as_deref().unwrap_or_default();
                 assert!(reason.contains("refused direct I/O"), "{reason}");
-                eprintln!("note: {} does not support O_DIRECT: {reason}", dir.path().display());
+                eprintln!(
+                    "note: {} does not support O_DIRECT: {reason}",
+                    dir.path().display()
+                );
             }
         }
     }

@@ -51,10 +51,12 @@ impl<T> FdTable<T> {
     /// Stores `value` and returns its handle; fails when every slot is taken.
     pub fn insert(&mut self, value: T) -> Result<IoFd> {
         let Some(slot) = self.free.pop() else {
-            return Err(StorageIoError::InvalidArgument(InvalidArgument::Message(format!(
-                "fd table full: {} files registered; deregister one or raise max_files",
-                self.slots.len()
-            ))));
+            return Err(StorageIoError::InvalidArgument(InvalidArgument::Message(
+                format!(
+                    "fd table full: {} files registered; deregister one or raise max_files",
+                    self.slots.len()
+                ),
+            )));
         };
         let entry = &mut self.slots[slot as usize];
         entry.value = Some(value);

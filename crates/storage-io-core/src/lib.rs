@@ -41,6 +41,7 @@ mod config;
 mod direct;
 mod error;
 mod fd_table;
+mod inline_queue;
 mod op;
 mod stats;
 
@@ -50,5 +51,6 @@ pub use config::{BackendKind, IoConfig};
 pub use direct::{DirectMode, OpenOptions, OpenedFile, direct_alignment, open_file, validate_transfer};
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 pub use fd_table::FdTable;
+pub use inline_queue::InlineQueue;
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind, TokenCounter};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};

@@ -43,7 +43,12 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> Result<u
 }
 
 /// Writes all of `data` at `offset`, continuing after short writes.
-pub(crate) fn write_all_at(file: &File, data: &[u8], offset: u64, op: OpKind) -> Result<usize, StorageIoError> {
+pub(crate) fn write_all_at(
+    file: &File,
+    data: &[u8],
+    offset: u64,
+    op: OpKind,
+) -> Result<usize, StorageIoError> {
     let mut done = 0;
     while done < data.len() {
         match write_at(file, &data[done..], offset + done as u64) {
@@ -100,6 +105,10 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         let ro = File::open(&path).unwrap();
         let err = write_all_at(&ro, b"y", 0, OpKind::Append).unwrap_err();
-        assert_eq!(err, StorageIoError::os(OpKind::Append, 9), "EBADF on a read-only fd");
+        assert_eq!(
+            err,
+            StorageIoError::os(OpKind::Append, 9),
+            "EBADF on a read-only fd"
+        );
     }
 }

@@ -1,13 +1,12 @@
 //! [`SyncStorageIo`]: every op runs to the end inside `submit_*`; completions wait for the next
 //! poll. Deterministic, thread-free, allocation-free after warm-up.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::time::{Duration, Instant};
 
 use storage_io_core::{
-    Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
-    StorageIo, StorageIoError, SubmitError, TokenCounter, direct_alignment, validate_transfer,
+    Capabilities, FdTable, InlineQueue, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind,
+    Result, StorageIo, StorageIoError, SubmitError, direct_alignment, validate_transfer,
 };
 
 use crate::exec;
@@ -40,9 +39,7 @@ struct SyncFile {
 pub struct SyncStorageIo {
     config: IoConfig,
     files: FdTable<SyncFile>,
-    tokens: TokenCounter,
-    ready: VecDeque<IoCompletion>,
-    stats: IoStats,
+    queue: InlineQueue,
 }
 
 impl SyncStorageIo {
@@ -52,49 +49,36 @@ impl SyncStorageIo {
         Ok(SyncStorageIo {
             config: config.clone(),
             files: FdTable::with_capacity(config.max_files),
-            tokens: TokenCounter::new(),
-            ready: VecDeque::with_capacity(config.queue_depth),
-            stats: IoStats::new(),
+            queue: InlineQueue::new(config.queue_depth),
         })
-    }
-
-    fn admit(&self) -> Result<()> {
-        if self.ready.len() >= self.config.queue_depth {
-            return Err(StorageIoError::QueueFull {
-                limit: self.config.queue_depth,
-            });
-        }
-        Ok(())
     }
 
     fn finish(
         &mut self,
-        op: OpKind,
-        fd: IoFd,
-        offset: u64,
-        len_requested: usize,
         started: Instant,
+        (op, fd, offset, len_requested): (OpKind, IoFd, u64, usize),
         result: Result<usize>,
         buf: Option<IoBuf>,
     ) -> IoToken {
-        let token = self.tokens.next_token();
-        self.stats.record_submit(op);
-        self.stats
-            .record_complete(op, result.as_ref().map(|&n| n).map_err(|_| ()), started.elapsed());
-        self.ready.push_back(IoCompletion {
-            token,
+        let done = IoCompletion {
+            token: IoToken(0),
             op,
             fd,
             offset,
             len_requested,
             result,
             buf,
-        });
-        token
+        };
+        self.queue.complete(started, done)
     }
 
-    fn write_inner(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<(OpKind, u64, Result<usize>)> {
-        self.admit()?;
+    fn write_inner(
+        &mut self,
+        fd: IoFd,
+        data: &[u8],
+        offset: Option<u64>,
+    ) -> Result<(OpKind, u64, Result<usize>)> {
+        self.queue.admit()?;
         let max = self.config.max_io_bytes;
         let f = self.files.get_mut(fd)?;
         let (op, offset) = match offset {
@@ -112,11 +96,11 @@ impl SyncStorageIo {
     }
 
     fn sync_inner(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
-        self.admit()?;
+        self.queue.admit()?;
         let started = Instant::now();
         let f = self.files.get(fd)?;
         let result = exec::sync(&f.file, op);
-        Ok(self.finish(op, fd, 0, 0, started, result, None))
+        Ok(self.finish(started, (op, fd, 0, 0), result, None))
     }
 }
 
@@ -164,7 +148,7 @@ impl StorageIo for SyncStorageIo {
     }
 
     fn submit_read(&mut self, fd: IoFd, mut buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
-        let checked = self.admit().and_then(|()| {
+        let checked = self.queue.admit().and_then(|()| {
             let f = self.files.get(fd)?;
             validate_transfer(f.align, offset, buf.len(), buf.addr(), self.config.max_io_bytes)?;
             Ok(f)
@@ -179,13 +163,13 @@ impl StorageIo for SyncStorageIo {
         if let Ok(n) = result {
             buf.truncate(n);
         }
-        Ok(self.finish(OpKind::Read, fd, offset, len, started, result, Some(buf)))
+        Ok(self.finish(started, (OpKind::Read, fd, offset, len), result, Some(buf)))
     }
 
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
         let started = Instant::now();
         let (op, offset, result) = self.write_inner(fd, data, Some(offset))?;
-        Ok(self.finish(op, fd, offset, data.len(), started, result, None))
+        Ok(self.finish(started, (op, fd, offset, data.len()), result, None))
     }
 
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
@@ -193,7 +177,7 @@ impl StorageIo for SyncStorageIo {
         match self.write_inner(fd, &buf, Some(offset)) {
             Ok((op, offset, result)) => {
                 let len = buf.len();
-                Ok(self.finish(op, fd, offset, len, started, result, Some(buf)))
+                Ok(self.finish(started, (op, fd, offset, len), result, Some(buf)))
             }
             Err(e) => Err(SubmitError::new(e, buf)),
         }
@@ -202,7 +186,7 @@ impl StorageIo for SyncStorageIo {
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
         let started = Instant::now();
         let (op, offset, result) = self.write_inner(fd, data, None)?;
-        Ok(self.finish(op, fd, offset, data.len(), started, result, None))
+        Ok(self.finish(started, (op, fd, offset, data.len()), result, None))
     }
 
     fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
@@ -218,21 +202,24 @@ impl StorageIo for SyncStorageIo {
     }
 
     fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
-        let n = self.ready.len();
-        out.extend(self.ready.drain(..));
-        n
+        self.queue.poll(out)
     }
 
-    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, _min: usize, _timeout: Option<Duration>) -> Result<usize> {
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        _min: usize,
+        _timeout: Option<Duration>,
+    ) -> Result<usize> {
         // Everything accepted has already completed, so there is never anything to wait for.
         Ok(self.poll_completions(out))
     }
 
     fn pending_count(&self) -> usize {
-        self.ready.len()
+        self.queue.pending()
     }
 
     fn stats(&self) -> &IoStats {
-        &self.stats
+        self.queue.stats()
     }
 }

@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use storage_io_core::{
-    Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
-    StorageIo, StorageIoError, SubmitError, TokenCounter, direct_alignment, validate_transfer,
+    Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result, StorageIo,
+    StorageIoError, SubmitError, TokenCounter, direct_alignment, validate_transfer,
 };
 
 use crate::exec;
@@ -475,7 +475,12 @@ impl StorageIo for ThreadPoolStorageIo {
         self.deliver(out)
     }
 
-    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, min: usize, timeout: Option<Duration>) -> Result<usize> {
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
         let deadline = timeout.map(|t| Instant::now() + t);
         self.drain_results();
         while self.ready.len() < min {

@@ -59,7 +59,9 @@ fn sync_backend_submit_and_poll_do_not_alloc_in_steady_state() {
 
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut io = SyncStorageIo::new(&IoConfig::default()).unwrap();
-    let fd = io.open_file(&dir.path().join("f"), &OpenOptions::create()).unwrap();
+    let fd = io
+        .open_file(&dir.path().join("f"), &OpenOptions::create())
+        .unwrap();
     let mut done: Vec<IoCompletion> = Vec::with_capacity(64);
     let mut read_buf = Some(IoBuf::from(AlignedBuf::page_aligned(4096).unwrap()));
     let mut write_buf = Some(IoBuf::from(AlignedBuf::page_aligned(4096).unwrap()));
@@ -74,8 +76,10 @@ fn sync_backend_submit_and_poll_do_not_alloc_in_steady_state() {
         if let IoBuf::Aligned(b) = &mut rb {
             b.set_len(4096).unwrap();
         }
-        io.submit_read(fd, rb, (i % 64) * 4096).map_err(|e| e.error).unwrap();
-        if i % 16 == 0 {
+        io.submit_read(fd, rb, (i % 64) * 4096)
+            .map_err(|e| e.error)
+            .unwrap();
+        if i.is_multiple_of(16) {
             io.submit_datasync(fd).unwrap();
         }
         io.poll_completions(done);
@@ -98,6 +102,9 @@ fn sync_backend_submit_and_poll_do_not_alloc_in_steady_state() {
             round(&mut io, &mut done, i);
         }
     });
-    assert_eq!(allocs, 0, "{allocs} heap allocations in 2000 rounds of submit+poll");
+    assert_eq!(
+        allocs, 0,
+        "{allocs} heap allocations in 2000 rounds of submit+poll"
+    );
     assert_eq!(io.pending_count(), 0);
 }

@@ -161,7 +161,9 @@ impl Ctx<'_> {
 
 /// How many ops of a burst of `wanted` fit in the backend's queue (leaving one slot spare).
 fn burst(io: &dyn StorageIo, wanted: usize) -> usize {
-    wanted.min(io.capabilities().max_in_flight.saturating_sub(1)).max(1)
+    wanted
+        .min(io.capabilities().max_in_flight.saturating_sub(1))
+        .max(1)
 }
 
 /// Deterministic test bytes.
@@ -231,7 +233,11 @@ fn read_after_write(ctx: &mut Ctx<'_>) {
         .expect("write b");
     io.submit_write(fd, &c, 20_000).expect("write c");
     for comp in drain(io.as_mut()) {
-        assert_eq!(ok_bytes(&comp), comp.len_requested, "writes are never short on success");
+        assert_eq!(
+            ok_bytes(&comp),
+            comp.len_requested,
+            "writes are never short on success"
+        );
     }
     assert_eq!(read_back(io.as_mut(), fd, 0, 4096), a);
     assert_eq!(read_back(io.as_mut(), fd, 4096, b.len()), b);
@@ -279,11 +285,20 @@ fn unique_tokens_across_op_kinds(ctx: &mut Ctx<'_>) {
         }
     }
     delivered.extend(drain(io.as_mut()));
-    assert_eq!(delivered.len(), submitted.len(), "exactly one completion per accepted op");
+    assert_eq!(
+        delivered.len(),
+        submitted.len(),
+        "exactly one completion per accepted op"
+    );
     let mut seen = HashSet::new();
     for c in &delivered {
         assert!(seen.insert(c.token), "token {} delivered twice", c.token);
-        assert_eq!(submitted.get(&c.token), Some(&c.op), "completion {} has the wrong op kind", c.token);
+        assert_eq!(
+            submitted.get(&c.token),
+            Some(&c.op),
+            "completion {} has the wrong op kind",
+            c.token
+        );
         ok_bytes(c);
     }
     assert_eq!(io.pending_count(), 0);
@@ -320,7 +335,11 @@ fn write_datasync_returns_buffers_and_drains(ctx: &mut Ctx<'_>) {
         }
     }
     assert!(expected.is_empty(), "every owned buffer came back");
-    assert_eq!(io.pending_count(), 0, "pending_count is 0 once everything is delivered");
+    assert_eq!(
+        io.pending_count(),
+        0,
+        "pending_count is 0 once everything is delivered"
+    );
 }
 
 fn datasync_completes_after_earlier_writes(ctx: &mut Ctx<'_>) {
@@ -347,7 +366,10 @@ fn datasync_completes_after_earlier_writes(ctx: &mut Ctx<'_>) {
                 .expect("later write");
         }
         let done = drain(io.as_mut());
-        let pos = done.iter().position(|c| c.token == sync).expect("the sync completes");
+        let pos = done
+            .iter()
+            .position(|c| c.token == sync)
+            .expect("the sync completes");
         ok_bytes(&done[pos]);
         let earlier: HashSet<IoToken> = done[..pos].iter().map(|c| c.token).collect();
         let missing = before.difference(&earlier).count();
@@ -367,14 +389,21 @@ fn append_assigns_offsets_in_order(ctx: &mut Ctx<'_>) {
     let mut tokens = Vec::new();
     for i in 0..burst(io.as_ref(), 50) {
         let rec = pattern(i as u64, 1 + (i * 37) % 700);
-        tokens.push((io.submit_append(fd, &rec).expect("append"), expect.len() as u64, rec.len()));
+        tokens.push((
+            io.submit_append(fd, &rec).expect("append"),
+            expect.len() as u64,
+            rec.len(),
+        ));
         expect.extend_from_slice(&rec);
     }
     let done: HashMap<IoToken, IoCompletion> = drain(io.as_mut()).into_iter().map(|c| (c.token, c)).collect();
     for (t, offset, len) in tokens {
         let c = &done[&t];
         assert_eq!(c.op, OpKind::Append);
-        assert_eq!(c.offset, offset, "appends take consecutive offsets in submission order");
+        assert_eq!(
+            c.offset, offset,
+            "appends take consecutive offsets in submission order"
+        );
         assert_eq!(ok_bytes(c), len);
     }
     assert_eq!(read_back(io.as_mut(), fd, 0, expect.len() + 10), expect);
@@ -400,13 +429,23 @@ fn bad_fd_is_refused_and_buffers_come_back(ctx: &mut Ctx<'_>) {
             .submit_read(bad, IoBuf::Vec(marker.clone()), 0)
             .expect_err("a read on a bad fd is refused");
         assert_eq!(err.error, StorageIoError::BadFd { fd: bad });
-        assert_eq!(err.buf.as_slice(), &marker[..], "the refused buffer comes back unchanged");
+        assert_eq!(
+            err.buf.as_slice(),
+            &marker[..],
+            "the refused buffer comes back unchanged"
+        );
         let err = io
             .submit_write_buf(bad, IoBuf::Vec(marker.clone()), 0)
             .expect_err("an owned write on a bad fd is refused");
         assert_eq!(err.buf.as_slice(), &marker[..]);
-        assert_eq!(io.submit_write(bad, b"x", 0), Err(StorageIoError::BadFd { fd: bad }));
-        assert_eq!(io.submit_append(bad, b"x"), Err(StorageIoError::BadFd { fd: bad }));
+        assert_eq!(
+            io.submit_write(bad, b"x", 0),
+            Err(StorageIoError::BadFd { fd: bad })
+        );
+        assert_eq!(
+            io.submit_append(bad, b"x"),
+            Err(StorageIoError::BadFd { fd: bad })
+        );
         assert_eq!(io.submit_datasync(bad), Err(StorageIoError::BadFd { fd: bad }));
         assert_eq!(io.submit_fsync(bad), Err(StorageIoError::BadFd { fd: bad }));
         assert!(matches!(io.file_len(bad), Err(StorageIoError::BadFd { .. })));
@@ -438,7 +477,10 @@ fn deregister_waits_for_in_flight_ops(ctx: &mut Ctx<'_>) {
     io.deregister_fd(fd).expect("deregister with ops in flight");
     let done = drain(io.as_mut());
     let got: HashSet<IoToken> = done.iter().map(|c| c.token).collect();
-    assert_eq!(got, submitted, "every op in flight at deregister still completes, exactly once");
+    assert_eq!(
+        got, submitted,
+        "every op in flight at deregister still completes, exactly once"
+    );
     for c in &done {
         ok_bytes(c);
     }
@@ -448,13 +490,41 @@ fn deregister_waits_for_in_flight_ops(ctx: &mut Ctx<'_>) {
     }
 }
 
+/// The op must fail — refused at submit with the buffer back, or completed with an errno-keeping
+/// error and the buffer back.
+fn expect_failure_with_buffer(
+    io: &mut dyn StorageIo,
+    submitted: Result<IoToken, storage_io_core::SubmitError<IoBuf>>,
+    marker: &[u8],
+    what: &str,
+) {
+    match submitted {
+        Err(e) => assert_eq!(e.buf.as_slice(), marker, "{what}: refused buffer comes back"),
+        Ok(t) => {
+            let c = drain(io).into_iter().find(|c| c.token == t).expect("completion");
+            let err = c.result.as_ref().expect_err(what);
+            assert!(
+                matches!(err, StorageIoError::Io { errno, .. } if *errno > 0),
+                "{what}: the error keeps its errno, got {err:?}"
+            );
+            let buf = c
+                .buf
+                .as_ref()
+                .unwrap_or_else(|| panic!("{what}: buffer comes back on error"));
+            assert_eq!(buf.len(), marker.len(), "{what}: buffer comes back whole");
+        }
+    }
+}
+
 fn errors_return_buffers_and_keep_errno(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, path) = ctx.create(io.as_mut(), "errors");
     io.submit_write(fd, &pattern(9, 8192), 0).expect("seed data");
     drain(io.as_mut());
     io.deregister_fd(fd).expect("deregister");
-    let ro = io.open_file(&path, &OpenOptions::read_only()).expect("open read-only");
+    let ro = io
+        .open_file(&path, &OpenOptions::read_only())
+        .expect("open read-only");
     let wo = io
         .open_file(
             &path,
@@ -465,29 +535,24 @@ fn errors_return_buffers_and_keep_errno(ctx: &mut Ctx<'_>) {
         )
         .expect("open write-only");
     let marker = pattern(77, 4096);
-    let check = |r: Result<IoToken, storage_io_core::SubmitError<IoBuf>>, io: &mut dyn StorageIo, what: &str| {
-        match r {
-            Err(e) => assert_eq!(e.buf.as_slice(), &marker[..], "{what}: refused buffer comes back"),
-            Ok(t) => {
-                let c = drain(io).into_iter().find(|c| c.token == t).expect("completion");
-                let err = c.result.as_ref().expect_err(what);
-                assert!(
-                    matches!(err, StorageIoError::Io { errno, .. } if *errno > 0),
-                    "{what}: the error keeps its errno, got {err:?}"
-                );
-                let buf = c.buf.as_ref().unwrap_or_else(|| panic!("{what}: buffer comes back on error"));
-                assert_eq!(buf.len(), marker.len(), "{what}: buffer comes back whole");
-            }
-        }
-    };
-    check(io.submit_write_buf(ro, IoBuf::Vec(marker.clone()), 0), io.as_mut(), "write on a read-only file");
-    check(io.submit_read(wo, IoBuf::Vec(marker.clone()), 0), io.as_mut(), "read on a write-only file");
+    let r = io.submit_write_buf(ro, IoBuf::Vec(marker.clone()), 0);
+    expect_failure_with_buffer(io.as_mut(), r, &marker, "write on a read-only file");
+    let r = io.submit_read(wo, IoBuf::Vec(marker.clone()), 0);
+    expect_failure_with_buffer(io.as_mut(), r, &marker, "read on a write-only file");
     // The file is unchanged by the failed write.
     assert_eq!(read_back(io.as_mut(), ro, 0, 8192), pattern(9, 8192));
     // Oversized transfers are refused at submit, whatever the file.
     let max = io.capabilities().max_io_bytes;
-    let err = io.submit_write(wo, &vec![0u8; max + 1], 0).expect_err("oversized write");
-    assert!(matches!(err, StorageIoError::InvalidArgument(InvalidArgument::TooLarge { .. })), "{err:?}");
+    let err = io
+        .submit_write(wo, &vec![0u8; max + 1], 0)
+        .expect_err("oversized write");
+    assert!(
+        matches!(
+            err,
+            StorageIoError::InvalidArgument(InvalidArgument::TooLarge { .. })
+        ),
+        "{err:?}"
+    );
     assert_eq!(io.pending_count(), 0);
 }
 
@@ -548,19 +613,30 @@ fn direct_io_alignment_is_enforced(ctx: &mut Ctx<'_>) {
             .submit_read(fd, buf, offset)
             .expect_err("misaligned direct read must be refused");
         assert!(
-            matches!(err.error, StorageIoError::InvalidArgument(InvalidArgument::Misaligned { .. })),
+            matches!(
+                err.error,
+                StorageIoError::InvalidArgument(InvalidArgument::Misaligned { .. })
+            ),
             "misaligned {what}: expected Misaligned, got {:?}",
             err.error
         );
         assert_eq!(err.buf.len(), len, "misaligned {what}: buffer comes back");
     }
-    let err = io.submit_write(fd, &[1u8; 100], 0).expect_err("misaligned direct write");
-    assert!(matches!(err, StorageIoError::InvalidArgument(InvalidArgument::Misaligned { .. })));
+    let err = io
+        .submit_write(fd, &[1u8; 100], 0)
+        .expect_err("misaligned direct write");
+    assert!(matches!(
+        err,
+        StorageIoError::InvalidArgument(InvalidArgument::Misaligned { .. })
+    ));
     let t = io
         .submit_read(fd, aligned().into(), 4096)
         .map_err(|e| e.error)
         .expect("aligned direct read");
-    let c = drain(io.as_mut()).into_iter().find(|c| c.token == t).expect("read completes");
+    let c = drain(io.as_mut())
+        .into_iter()
+        .find(|c| c.token == t)
+        .expect("read completes");
     assert_eq!(c.buf.expect("buffer").as_slice(), &pattern(4, 4096)[..]);
     assert_eq!(io.pending_count(), 0);
 }
@@ -570,19 +646,38 @@ fn eof_reads_are_short_successes(ctx: &mut Ctx<'_>) {
     let (fd, _) = ctx.create(io.as_mut(), "eof");
     io.submit_write(fd, &pattern(8, 5000), 0).expect("write");
     drain(io.as_mut());
-    let t1 = io.submit_read(fd, IoBuf::Vec(vec![0xAA; 8192]), 0).map_err(|e| e.error).expect("read");
-    let t2 = io.submit_read(fd, IoBuf::Vec(vec![0xAA; 100]), 10_000).map_err(|e| e.error).expect("read");
-    let t3 = io.submit_read(fd, IoBuf::Vec(vec![0xAA; 1000]), 4500).map_err(|e| e.error).expect("read");
+    let t1 = io
+        .submit_read(fd, IoBuf::Vec(vec![0xAA; 8192]), 0)
+        .map_err(|e| e.error)
+        .expect("read");
+    let t2 = io
+        .submit_read(fd, IoBuf::Vec(vec![0xAA; 100]), 10_000)
+        .map_err(|e| e.error)
+        .expect("read");
+    let t3 = io
+        .submit_read(fd, IoBuf::Vec(vec![0xAA; 1000]), 4500)
+        .map_err(|e| e.error)
+        .expect("read");
     let done: HashMap<IoToken, IoCompletion> = drain(io.as_mut()).into_iter().map(|c| (c.token, c)).collect();
     let c1 = &done[&t1];
     assert_eq!(c1.result, Ok(5000));
     assert!(c1.is_eof(), "a read cut by end of file is a typed EOF");
     assert_eq!(c1.buf.as_ref().expect("buf").as_slice(), &pattern(8, 5000)[..]);
-    assert_eq!(done[&t2].result, Ok(0), "a read wholly past the end reads 0 bytes");
+    assert_eq!(
+        done[&t2].result,
+        Ok(0),
+        "a read wholly past the end reads 0 bytes"
+    );
     assert_eq!(done[&t2].buf.as_ref().expect("buf").len(), 0);
     assert_eq!(done[&t3].result, Ok(500));
-    let full = io.submit_read(fd, IoBuf::Vec(vec![0; 5000]), 0).map_err(|e| e.error).expect("read");
-    let c = drain(io.as_mut()).into_iter().find(|c| c.token == full).expect("completion");
+    let full = io
+        .submit_read(fd, IoBuf::Vec(vec![0; 5000]), 0)
+        .map_err(|e| e.error)
+        .expect("read");
+    let c = drain(io.as_mut())
+        .into_iter()
+        .find(|c| c.token == full)
+        .expect("completion");
     assert!(!c.is_eof(), "a read that got all it asked for is not EOF");
 }
 
@@ -601,15 +696,28 @@ fn queue_full_is_reported_and_nothing_is_lost(ctx: &mut Ctx<'_>) {
             }
         }
     }
-    let (at, err) = refused.unwrap_or_else(|| panic!("{} ops accepted without polling; max_in_flight is {limit}", accepted));
+    let (at, err) = refused.unwrap_or_else(|| {
+        panic!(
+            "{} ops accepted without polling; max_in_flight is {limit}",
+            accepted
+        )
+    });
     assert!(
         matches!(err, StorageIoError::QueueFull { .. }),
         "expected QueueFull at op {at}, got {err:?}"
     );
-    assert!(accepted <= limit, "accepted {accepted} ops, more than max_in_flight {limit}");
+    assert!(
+        accepted <= limit,
+        "accepted {accepted} ops, more than max_in_flight {limit}"
+    );
     let done = drain(io.as_mut());
-    assert_eq!(done.len(), accepted, "every accepted op completes after QueueFull");
-    io.submit_write(fd, b"again", 0).expect("submits work again after draining");
+    assert_eq!(
+        done.len(),
+        accepted,
+        "every accepted op completes after QueueFull"
+    );
+    io.submit_write(fd, b"again", 0)
+        .expect("submits work again after draining");
     drain(io.as_mut());
 }
 
@@ -626,11 +734,17 @@ fn wait_completions_returns_when_idle(ctx: &mut Ctx<'_>) {
         started.elapsed() < Duration::from_secs(4),
         "wait_completions with nothing pending must not sit out its timeout"
     );
-    assert_eq!(io.poll_completions(&mut out), 0, "polling an idle backend finds nothing");
+    assert_eq!(
+        io.poll_completions(&mut out),
+        0,
+        "polling an idle backend finds nothing"
+    );
     for i in 0..5u64 {
         io.submit_write(fd, b"abc", i * 3).expect("write");
     }
-    let n = io.wait_completions(&mut out, 100, None).expect("wait for more than pending");
+    let n = io
+        .wait_completions(&mut out, 100, None)
+        .expect("wait for more than pending");
     assert_eq!(n, 5, "asking for more than is pending waits for all of them");
     assert_eq!(io.pending_count(), 0);
 }
@@ -642,7 +756,9 @@ fn stats_count_every_op(ctx: &mut Ctx<'_>) {
         io.submit_write(fd, &[1u8; 100], i * 100).expect("write");
     }
     io.submit_datasync(fd).expect("datasync");
-    io.submit_read(fd, IoBuf::Vec(vec![0; 1000]), 0).map_err(|e| e.error).expect("read");
+    io.submit_read(fd, IoBuf::Vec(vec![0; 1000]), 0)
+        .map_err(|e| e.error)
+        .expect("read");
     drain(io.as_mut());
     let s = io.stats();
     assert_eq!(s.completed(OpKind::Write), 10);
@@ -657,10 +773,27 @@ fn stats_count_every_op(ctx: &mut Ctx<'_>) {
 /// One step of a random op sequence.
 #[derive(Debug, Clone)]
 enum ModelOp {
-    Write { file: usize, offset: u32, len: u16, seed: u8, owned: bool },
-    Append { file: usize, len: u16, seed: u8 },
-    Read { file: usize, offset: u32, len: u16 },
-    Sync { file: usize, full: bool },
+    Write {
+        file: usize,
+        offset: u32,
+        len: u16,
+        seed: u8,
+        owned: bool,
+    },
+    Append {
+        file: usize,
+        len: u16,
+        seed: u8,
+    },
+    Read {
+        file: usize,
+        offset: u32,
+        len: u16,
+    },
+    Sync {
+        file: usize,
+        full: bool,
+    },
     Poll,
     Wait,
 }
@@ -678,9 +811,19 @@ fn model_op() -> impl Strategy<Value = ModelOp> {
 }
 
 enum Expect {
-    Write { file: usize, offset: u64, len: usize, owned: Option<Vec<u8>> },
-    Read { file: usize, expected: Vec<u8> },
-    Sync { writes_before: Vec<IoToken> },
+    Write {
+        file: usize,
+        offset: u64,
+        len: usize,
+        owned: Option<Vec<u8>>,
+    },
+    Read {
+        file: usize,
+        expected: Vec<u8>,
+    },
+    Sync {
+        writes_before: Vec<IoToken>,
+    },
 }
 
 struct Harness<'a> {
@@ -707,7 +850,12 @@ impl Harness<'_> {
                 .ok_or_else(|| TestCaseError::fail(format!("unknown or repeated token {}", c.token)))?;
             self.delivered.insert(c.token);
             match exp {
-                Expect::Write { file, offset, len, owned } => {
+                Expect::Write {
+                    file,
+                    offset,
+                    len,
+                    owned,
+                } => {
                     prop_assert_eq!(&c.result, &Ok(len), "write {}", c.token);
                     prop_assert_eq!(c.offset, offset, "write offset");
                     if let Some(data) = owned {
@@ -723,18 +871,35 @@ impl Harness<'_> {
                             false,
                             "read {} of file {} at {} (len {}): got {:?}, model says {} bytes; model length {}, \
                              file length now {:?}, writes in flight {:?}",
-                            c.token, file, c.offset, c.len_requested, c.result, expected.len(),
-                            self.model[file].len(), now, self.writes[file]
+                            c.token,
+                            file,
+                            c.offset,
+                            c.len_requested,
+                            c.result,
+                            expected.len(),
+                            self.model[file].len(),
+                            now,
+                            self.writes[file]
                         );
                     }
                     self.reads[file].retain(|r| r.0 != c.token);
                     let got = c.buf.as_ref().map(|b| b.as_slice().to_vec()).unwrap_or_default();
-                    prop_assert!(got == expected, "read {} at {} returned other bytes", c.token, c.offset);
+                    prop_assert!(
+                        got == expected,
+                        "read {} at {} returned other bytes",
+                        c.token,
+                        c.offset
+                    );
                 }
                 Expect::Sync { writes_before } => {
                     prop_assert!(c.result.is_ok(), "sync failed: {:?}", c.result);
                     for w in writes_before {
-                        prop_assert!(self.delivered.contains(&w), "sync {} delivered before write {}", c.token, w);
+                        prop_assert!(
+                            self.delivered.contains(&w),
+                            "sync {} delivered before write {}",
+                            c.token,
+                            w
+                        );
                     }
                 }
             }
@@ -755,7 +920,10 @@ impl Harness<'_> {
     }
 
     /// Makes room when the backend says its queue is full.
-    fn retry<T>(&mut self, mut f: impl FnMut(&mut dyn StorageIo) -> Result<T, StorageIoError>) -> Result<T, TestCaseError> {
+    fn retry<T>(
+        &mut self,
+        mut f: impl FnMut(&mut dyn StorageIo) -> Result<T, StorageIoError>,
+    ) -> Result<T, TestCaseError> {
         loop {
             match f(&mut *self.io) {
                 Err(StorageIoError::QueueFull { .. }) => self.wait_all()?,
@@ -789,20 +957,37 @@ impl Harness<'_> {
 
     fn step(&mut self, op: &ModelOp) -> Result<(), TestCaseError> {
         match *op {
-            ModelOp::Write { file, offset, len, seed, owned } => {
+            ModelOp::Write {
+                file,
+                offset,
+                len,
+                seed,
+                owned,
+            } => {
                 let data = pattern(u64::from(seed) << 16 | u64::from(len), usize::from(len));
                 let offset = u64::from(offset);
                 self.settle_before_write(file, offset, offset + data.len() as u64)?;
                 let fd = self.fds[file];
                 let t = if owned {
-                    self.retry(|io| io.submit_write_buf(fd, IoBuf::Vec(data.clone()), offset).map_err(|e| e.error))?
+                    self.retry(|io| {
+                        io.submit_write_buf(fd, IoBuf::Vec(data.clone()), offset)
+                            .map_err(|e| e.error)
+                    })?
                 } else {
                     self.retry(|io| io.submit_write(fd, &data, offset))?
                 };
                 self.apply_write(file, offset, &data);
                 self.writes[file].push((t, offset, offset + data.len() as u64));
                 let owned = owned.then(|| data.clone());
-                self.expect.insert(t, Expect::Write { file, offset, len: data.len(), owned });
+                self.expect.insert(
+                    t,
+                    Expect::Write {
+                        file,
+                        offset,
+                        len: data.len(),
+                        owned,
+                    },
+                );
             }
             ModelOp::Append { file, len, seed } => {
                 let data = pattern(u64::from(seed) << 20 | u64::from(len), usize::from(len));
@@ -813,7 +998,15 @@ impl Harness<'_> {
                 let offset = self.cursor[file];
                 self.apply_write(file, offset, &data);
                 self.writes[file].push((t, offset, offset + data.len() as u64));
-                self.expect.insert(t, Expect::Write { file, offset, len: data.len(), owned: None });
+                self.expect.insert(
+                    t,
+                    Expect::Write {
+                        file,
+                        offset,
+                        len: data.len(),
+                        owned: None,
+                    },
+                );
             }
             ModelOp::Read { file, offset, len } => {
                 let (offset, len) = (u64::from(offset), usize::from(len));
@@ -828,13 +1021,22 @@ impl Harness<'_> {
                 let start = (offset as usize).min(m.len());
                 let expected = m[start..(start + len).min(m.len())].to_vec();
                 let fd = self.fds[file];
-                let t = self.retry(|io| io.submit_read(fd, IoBuf::Vec(vec![0; len]), offset).map_err(|e| e.error))?;
+                let t = self.retry(|io| {
+                    io.submit_read(fd, IoBuf::Vec(vec![0; len]), offset)
+                        .map_err(|e| e.error)
+                })?;
                 self.reads[file].push((t, offset));
                 self.expect.insert(t, Expect::Read { file, expected });
             }
             ModelOp::Sync { file, full } => {
                 let fd = self.fds[file];
-                let t = self.retry(|io| if full { io.submit_fsync(fd) } else { io.submit_datasync(fd) })?;
+                let t = self.retry(|io| {
+                    if full {
+                        io.submit_fsync(fd)
+                    } else {
+                        io.submit_datasync(fd)
+                    }
+                })?;
                 let writes_before = self.writes[file].iter().map(|w| w.0).collect();
                 self.expect.insert(t, Expect::Sync { writes_before });
             }
@@ -871,7 +1073,11 @@ fn random_ops_match_the_model(ctx: &mut Ctx<'_>) {
     }
 }
 
-fn run_model_case(make: &dyn Fn() -> Box<dyn StorageIo>, dir: &Path, ops: &[ModelOp]) -> Result<(), TestCaseError> {
+fn run_model_case(
+    make: &dyn Fn() -> Box<dyn StorageIo>,
+    dir: &Path,
+    ops: &[ModelOp],
+) -> Result<(), TestCaseError> {
     let mut io = make();
     let mut open = |name: &str| {
         io.open_file(&dir.join(name), &OpenOptions::create().with_truncate(true))
@@ -896,7 +1102,9 @@ fn run_model_case(make: &dyn Fn() -> Box<dyn StorageIo>, dir: &Path, ops: &[Mode
     prop_assert!(h.expect.is_empty(), "{} ops never completed", h.expect.len());
     for file in 0..2 {
         let fd = h.fds[file];
-        let len = h.io.file_len(fd).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let len =
+            h.io.file_len(fd)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(len, h.model[file].len() as u64, "file {} length", file);
         let want = h.model[file].clone();
         let got = read_back(h.io, fd, 0, want.len());

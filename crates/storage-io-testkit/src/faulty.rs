@@ -256,7 +256,15 @@ impl<B: StorageIo> FaultyIo<B> {
     }
 
     /// Completes an op without passing it on.
-    fn inject(&mut self, op: OpKind, fd: IoFd, offset: u64, len: usize, errno: i32, buf: Option<IoBuf>) -> IoToken {
+    fn inject(
+        &mut self,
+        op: OpKind,
+        fd: IoFd,
+        offset: u64,
+        len: usize,
+        errno: i32,
+        buf: Option<IoBuf>,
+    ) -> IoToken {
         let token = self.tokens.next_token();
         self.pending += 1;
         self.ready.push_back(IoCompletion {
@@ -329,10 +337,8 @@ impl<B: StorageIo> FaultyIo<B> {
                             _ => p.short_len.min(n),
                         };
                         c.result = Ok(short);
-                        if let Some(b) = c.buf.as_mut() {
-                            if c.op == OpKind::Read {
-                                b.truncate(short);
-                            }
+                        if let (Some(b), OpKind::Read) = (c.buf.as_mut(), c.op) {
+                            b.truncate(short);
                         }
                     }
                 }
@@ -404,7 +410,10 @@ impl<B: StorageIo> FaultyIo<B> {
 impl<B: StorageIo> StorageIo for FaultyIo<B> {
     fn capabilities(&self) -> Capabilities {
         let mut c = self.inner.capabilities();
-        c.notes.push(format!("wrapped by FaultyIo with {} rule(s)", self.plan.rules.len()));
+        c.notes.push(format!(
+            "wrapped by FaultyIo with {} rule(s)",
+            self.plan.rules.len()
+        ));
         c
     }
 
@@ -450,7 +459,12 @@ impl<B: StorageIo> StorageIo for FaultyIo<B> {
         self.write_like(OpKind::Write, fd, data, offset)
     }
 
-    fn submit_write_buf(&mut self, fd: IoFd, mut buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+    fn submit_write_buf(
+        &mut self,
+        fd: IoFd,
+        mut buf: IoBuf,
+        offset: u64,
+    ) -> Result<IoToken, SubmitError<IoBuf>> {
         let fault = self.decide(OpKind::Write);
         if let Some(e) = fault.and_then(Fault::errno) {
             let len = buf.len();
@@ -491,12 +505,21 @@ impl<B: StorageIo> StorageIo for FaultyIo<B> {
         self.deliver(out)
     }
 
-    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, min: usize, timeout: Option<Duration>) -> Result<usize> {
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let mut scratch = std::mem::take(&mut self.scratch);
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let want = if self.inner.pending_count() > 0 && self.ready.len() < min { 1 } else { 0 };
+            let want = if self.inner.pending_count() > 0 && self.ready.len() < min {
+                1
+            } else {
+                0
+            };
             let r = self.inner.wait_completions(&mut scratch, want, left);
             self.scratch = scratch;
             r?;

@@ -8,7 +8,7 @@
 //! sector granularity — and invalidates every backend opened before it. Randomness comes from
 //! the seed given to [`MemFs::new`], so a crash is reproducible.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,8 +18,8 @@ use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use storage_io_core::{
-    Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result,
-    StorageIo, StorageIoError, SubmitError, TokenCounter, validate_transfer,
+    Capabilities, FdTable, InlineQueue, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind,
+    OpenOptions, Result, StorageIo, StorageIoError, SubmitError, validate_transfer,
 };
 
 /// The sector size a torn write is cut at.
@@ -122,12 +122,9 @@ impl MemFs {
         MemIo {
             fs: self.clone(),
             epoch,
-            queue_depth: config.queue_depth,
             max_io_bytes: config.max_io_bytes,
             files: FdTable::with_capacity(config.max_files),
-            tokens: TokenCounter::new(),
-            ready: VecDeque::with_capacity(config.queue_depth),
-            stats: IoStats::new(),
+            queue: InlineQueue::new(config.queue_depth),
         }
     }
 
@@ -246,12 +243,9 @@ struct MemHandle {
 pub struct MemIo {
     fs: MemFs,
     epoch: u64,
-    queue_depth: usize,
     max_io_bytes: usize,
     files: FdTable<MemHandle>,
-    tokens: TokenCounter,
-    ready: VecDeque<IoCompletion>,
-    stats: IoStats,
+    queue: InlineQueue,
 }
 
 impl MemIo {
@@ -269,49 +263,47 @@ impl MemIo {
 
     fn admit(&self) -> Result<()> {
         self.check_alive()?;
-        if self.ready.len() >= self.queue_depth {
-            return Err(StorageIoError::QueueFull {
-                limit: self.queue_depth,
-            });
-        }
-        Ok(())
+        self.queue.admit()
     }
 
-    #[allow(clippy::too_many_arguments)] // one call site per op kind; a struct would only rename these
     fn finish(
         &mut self,
-        op: OpKind,
-        fd: IoFd,
-        offset: u64,
-        len: usize,
         started: Instant,
+        (op, fd, offset, len_requested): (OpKind, IoFd, u64, usize),
         result: Result<usize>,
         buf: Option<IoBuf>,
     ) -> IoToken {
-        let token = self.tokens.next_token();
-        self.stats.record_submit(op);
-        self.stats
-            .record_complete(op, result.as_ref().map(|&n| n).map_err(|_| ()), started.elapsed());
-        self.ready.push_back(IoCompletion {
-            token,
+        let done = IoCompletion {
+            token: IoToken(0),
             op,
             fd,
             offset,
-            len_requested: len,
+            len_requested,
             result,
             buf,
-        });
-        token
+        };
+        self.queue.complete(started, done)
     }
 
-    fn write_inner(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<(OpKind, u64, Result<usize>)> {
+    fn write_inner(
+        &mut self,
+        fd: IoFd,
+        data: &[u8],
+        offset: Option<u64>,
+    ) -> Result<(OpKind, u64, Result<usize>)> {
         self.admit()?;
         let h = self.files.get_mut(fd)?;
         let (op, offset) = match offset {
             Some(o) => (OpKind::Write, o),
             None => (OpKind::Append, h.append_cursor),
         };
-        validate_transfer(None, offset, data.len(), data.as_ptr() as usize, self.max_io_bytes)?;
+        validate_transfer(
+            None,
+            offset,
+            data.len(),
+            data.as_ptr() as usize,
+            self.max_io_bytes,
+        )?;
         let end = offset + data.len() as u64;
         if op == OpKind::Append || end > h.append_cursor {
             h.append_cursor = end;
@@ -355,7 +347,7 @@ impl MemIo {
             None => Err(StorageIoError::os(op, ENOENT)),
         };
         drop(st);
-        Ok(self.finish(op, fd, 0, 0, started, result, None))
+        Ok(self.finish(started, (op, fd, 0, 0), result, None))
     }
 }
 
@@ -363,7 +355,7 @@ impl StorageIo for MemIo {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             name: "mem",
-            max_in_flight: self.queue_depth,
+            max_in_flight: self.queue.limit(),
             asynchronous: false,
             worker_threads: 0,
             registered_buffers: false,
@@ -478,13 +470,13 @@ impl StorageIo for MemIo {
         if let Ok(n) = result {
             buf.truncate(n);
         }
-        Ok(self.finish(OpKind::Read, fd, offset, len, started, result, Some(buf)))
+        Ok(self.finish(started, (OpKind::Read, fd, offset, len), result, Some(buf)))
     }
 
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
         let started = Instant::now();
         let (op, offset, result) = self.write_inner(fd, data, Some(offset))?;
-        Ok(self.finish(op, fd, offset, data.len(), started, result, None))
+        Ok(self.finish(started, (op, fd, offset, data.len()), result, None))
     }
 
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
@@ -492,7 +484,7 @@ impl StorageIo for MemIo {
         match self.write_inner(fd, &buf, Some(offset)) {
             Ok((op, offset, result)) => {
                 let len = buf.len();
-                Ok(self.finish(op, fd, offset, len, started, result, Some(buf)))
+                Ok(self.finish(started, (op, fd, offset, len), result, Some(buf)))
             }
             Err(e) => Err(SubmitError::new(e, buf)),
         }
@@ -501,7 +493,7 @@ impl StorageIo for MemIo {
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
         let started = Instant::now();
         let (op, offset, result) = self.write_inner(fd, data, None)?;
-        Ok(self.finish(op, fd, offset, data.len(), started, result, None))
+        Ok(self.finish(started, (op, fd, offset, data.len()), result, None))
     }
 
     fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
@@ -517,20 +509,23 @@ impl StorageIo for MemIo {
     }
 
     fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
-        let n = self.ready.len();
-        out.extend(self.ready.drain(..));
-        n
+        self.queue.poll(out)
     }
 
-    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, _min: usize, _timeout: Option<Duration>) -> Result<usize> {
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        _min: usize,
+        _timeout: Option<Duration>,
+    ) -> Result<usize> {
         Ok(self.poll_completions(out))
     }
 
     fn pending_count(&self) -> usize {
-        self.ready.len()
+        self.queue.pending()
     }
 
     fn stats(&self) -> &IoStats {
-        &self.stats
+        self.queue.stats()
     }
 }

@@ -32,7 +32,10 @@ fn memio_conformance() {
 fn faulty_delays_over_sync_conformance() {
     conformance::run_with(
         || -> Box<dyn StorageIo> {
-            Box::new(FaultyIo::new(SyncStorageIo::new(&IoConfig::default()).unwrap(), delays(1)))
+            Box::new(FaultyIo::new(
+                SyncStorageIo::new(&IoConfig::default()).unwrap(),
+                delays(1),
+            ))
         },
         &options(),
     );

@@ -7,7 +7,8 @@ use storage_io_testkit::memio::{CrashOptions, MemFs, SECTOR_BYTES, TearMode};
 
 fn drain(io: &mut dyn StorageIo) -> Vec<IoCompletion> {
     let mut out = Vec::new();
-    io.wait_completions(&mut out, usize::MAX, None).unwrap();
+    io.wait_completions(&mut out, usize::MAX, None)
+        .expect("wait_completions");
     for c in &out {
         assert!(c.is_ok(), "{:?}", c.result);
     }
@@ -86,7 +87,10 @@ fn backends_from_before_a_crash_are_closed() {
     fs.crash(CrashOptions::default());
     assert_eq!(io.submit_write(fd, b"x", 0), Err(StorageIoError::Closed));
     let mut fresh = fs.backend();
-    assert!(fresh.open_file(Path::new("/f"), &OpenOptions::default()).is_err(), "the name was never synced");
+    assert!(
+        fresh.open_file(Path::new("/f"), &OpenOptions::default()).is_err(),
+        "the name was never synced"
+    );
 }
 
 #[test]
@@ -103,21 +107,35 @@ fn torn_prefix_keeps_whole_sectors_of_the_last_write_only() {
         io.submit_write(fd, &[2u8; 300], 1000).unwrap(); // unsynced, dropped whole
         io.submit_write(fd, &[3u8; 4 * SECTOR_BYTES], 2048).unwrap(); // the last one: torn
         drain(&mut io);
-        fs.crash(CrashOptions { tear: TearMode::Prefix });
+        fs.crash(CrashOptions {
+            tear: TearMode::Prefix,
+        });
         let after = fs.read_file(p).unwrap();
-        assert_eq!(&after[..1000], &[1u8; 1000][..], "synced data survives (seed {seed})");
+        assert_eq!(
+            &after[..1000],
+            &[1u8; 1000][..],
+            "synced data survives (seed {seed})"
+        );
         if after.len() > 1000 {
-            assert!(after[1000..2048].iter().all(|&x| x == 0), "the earlier unsynced write is gone");
+            assert!(
+                after[1000..2048].iter().all(|&x| x == 0),
+                "the earlier unsynced write is gone"
+            );
             let kept = after.len() - 2048;
             assert_eq!(kept % SECTOR_BYTES, 0, "tears fall on sector boundaries");
             assert!(after[2048..].iter().all(|&x| x == 3));
         }
         seen_lengths.insert(after.len());
         // Recovery twice gives the same state: a second crash with nothing new changes nothing.
-        let again = fs.crash(CrashOptions { tear: TearMode::Prefix });
+        let again = fs.crash(CrashOptions {
+            tear: TearMode::Prefix,
+        });
         assert!(again.is_empty(), "a second crash changed {again:?}");
     }
-    assert!(seen_lengths.len() >= 3, "the seed varies the tear point: {seen_lengths:?}");
+    assert!(
+        seen_lengths.len() >= 3,
+        "the seed varies the tear point: {seen_lengths:?}"
+    );
 }
 
 #[test]
@@ -130,7 +148,9 @@ fn any_sector_tearing_is_reproducible_from_the_seed() {
         io.sync_dir(Path::new("/s")).unwrap();
         io.submit_write(fd, &[9u8; 8 * SECTOR_BYTES], 0).unwrap();
         drain(&mut io);
-        fs.crash(CrashOptions { tear: TearMode::AnySectors });
+        fs.crash(CrashOptions {
+            tear: TearMode::AnySectors,
+        });
         fs.read_file(p).unwrap()
     };
     assert_eq!(run(11), run(11));
