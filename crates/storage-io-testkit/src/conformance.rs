@@ -752,22 +752,25 @@ fn wait_completions_returns_when_idle(ctx: &mut Ctx<'_>) {
 fn stats_count_every_op(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "stats");
-    for i in 0..10u64 {
+    let writes = burst(io.as_ref(), 10) as u64;
+    for i in 0..writes {
         io.submit_write(fd, &[1u8; 100], i * 100).expect("write");
     }
     io.submit_datasync(fd).expect("datasync");
+    drain(io.as_mut());
+    // Ops in flight together are unordered: read only once the writes are done.
     io.submit_read(fd, IoBuf::Vec(vec![0; 1000]), 0)
         .map_err(|e| e.error)
         .expect("read");
     drain(io.as_mut());
     let s = io.stats();
-    assert_eq!(s.completed(OpKind::Write), 10);
-    assert_eq!(s.bytes(OpKind::Write), 1000);
+    assert_eq!(s.completed(OpKind::Write), writes);
+    assert_eq!(s.bytes(OpKind::Write), writes * 100);
     assert_eq!(s.completed(OpKind::Datasync), 1);
     assert_eq!(s.completed(OpKind::Read), 1);
-    assert_eq!(s.bytes(OpKind::Read), 1000);
+    assert_eq!(s.bytes(OpKind::Read), writes * 100);
     assert_eq!(s.in_flight(), 0);
-    assert_eq!(s.latency_ns(OpKind::Write).len(), 10);
+    assert_eq!(s.latency_ns(OpKind::Write).len() as u64, writes);
 }
 
 /// One step of a random op sequence.

@@ -1,0 +1,182 @@
+//! Can io_uring be used here? A small ring, the opcodes we need, and a typed reason when not.
+
+use std::fmt;
+
+/// Why io_uring cannot be used on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// Not Linux: io_uring does not exist here.
+    NotLinux,
+    /// `ENOSYS`: the kernel predates io_uring (5.1) or was built without it.
+    NoKernelSupport,
+    /// `EPERM`: forbidden — `kernel.io_uring_disabled` is set, or a seccomp filter (common in
+    /// containers) blocks `io_uring_setup`.
+    PermissionDenied,
+    /// `ENOMEM`: the ring could not be allocated (RLIMIT_MEMLOCK on kernels before 5.12).
+    OutOfMemory,
+    /// The kernel lacks an opcode this backend needs.
+    MissingOpcode(&'static str),
+    /// Any other failure of `io_uring_setup`, with its errno.
+    Other(i32),
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unavailable::NotLinux => f.write_str("io_uring exists only on Linux"),
+            Unavailable::NoKernelSupport => {
+                f.write_str("the kernel has no io_uring (ENOSYS); it needs Linux 5.6 or newer built with CONFIG_IO_URING")
+            }
+            Unavailable::PermissionDenied => f.write_str(
+                "io_uring_setup is not permitted (EPERM): check sysctl kernel.io_uring_disabled and the container's seccomp profile",
+            ),
+            Unavailable::OutOfMemory => {
+                f.write_str("io_uring_setup ran out of memory (ENOMEM): raise RLIMIT_MEMLOCK (ulimit -l)")
+            }
+            Unavailable::MissingOpcode(op) => write!(f, "the kernel's io_uring lacks the {op} opcode"),
+            Unavailable::Other(errno) => write!(
+                f,
+                "io_uring_setup failed: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// What the probe found when io_uring is usable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// `uname -r`.
+    pub kernel: String,
+    /// The kernel keeps completions that do not fit the CQ instead of dropping them.
+    pub nodrop: bool,
+    /// `io_uring_enter` takes a timeout argument (needed for `wait_completions` with a timeout).
+    pub ext_arg: bool,
+}
+
+/// The running kernel's release string, or "unknown".
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// Creates a small ring, checks the opcodes this backend uses, and says why not when it cannot.
+/// Never panics. Logs the outcome with `tracing`.
+pub fn probe() -> Result<ProbeReport, Unavailable> {
+    let outcome = probe_impl();
+    match &outcome {
+        Ok(r) => tracing::debug!(kernel = %r.kernel, nodrop = r.nodrop, "io_uring probe passed"),
+        Err(why) => tracing::info!(kernel = %kernel_release(), reason = %why, "io_uring unavailable"),
+    }
+    outcome
+}
+
+#[cfg(target_os = "linux")]
+fn probe_impl() -> Result<ProbeReport, Unavailable> {
+    use io_uring::{IoUring, Probe, opcode};
+
+    let ring = IoUring::new(8).map_err(|e| unavailable_from(&e))?;
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| unavailable_from(&e))?;
+    let needed: [(u8, &'static str); 6] = [
+        (opcode::Read::CODE, "IORING_OP_READ"),
+        (opcode::Write::CODE, "IORING_OP_WRITE"),
+        (opcode::ReadFixed::CODE, "IORING_OP_READ_FIXED"),
+        (opcode::WriteFixed::CODE, "IORING_OP_WRITE_FIXED"),
+        (opcode::Fsync::CODE, "IORING_OP_FSYNC"),
+        (opcode::Nop::CODE, "IORING_OP_NOP"),
+    ];
+    for (code, name) in needed {
+        if !probe.is_supported(code) {
+            return Err(Unavailable::MissingOpcode(name));
+        }
+    }
+    Ok(ProbeReport {
+        kernel: kernel_release(),
+        nodrop: ring.params().is_feature_nodrop(),
+        ext_arg: ring.params().is_feature_ext_arg(),
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn probe_impl() -> Result<ProbeReport, Unavailable> {
+    Err(Unavailable::NotLinux)
+}
+
+/// Maps an `io_uring_setup`/`register` failure to a reason.
+#[cfg(target_os = "linux")]
+pub(crate) fn unavailable_from(e: &std::io::Error) -> Unavailable {
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) => Unavailable::NoKernelSupport,
+        Some(libc::EPERM) | Some(libc::EACCES) => Unavailable::PermissionDenied,
+        Some(libc::ENOMEM) => Unavailable::OutOfMemory,
+        Some(n) => Unavailable::Other(n),
+        None => Unavailable::Other(libc::EIO),
+    }
+}
+
+/// True when `STORAGE_IO_REQUIRE_URING` asks for io_uring tests to fail instead of skipping.
+pub fn uring_required() -> bool {
+    std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// For tests that need io_uring: `true` when it is usable. When it is not, prints a loud skip
+/// line naming `test` and the reason and returns `false` — or panics if `STORAGE_IO_REQUIRE_URING`
+/// is set (as in CI), so a missing io_uring can never pass as a skip there.
+pub fn usable_or_skip(test: &str) -> bool {
+    match probe() {
+        Ok(_) => true,
+        Err(why) if uring_required() => {
+            panic!("{test}: io_uring is required (STORAGE_IO_REQUIRE_URING is set) but unavailable: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: io_uring unavailable: {why} (set STORAGE_IO_REQUIRE_URING=1 to fail instead)");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_says_what_to_do() {
+        for (why, needle) in [
+            (Unavailable::PermissionDenied, "io_uring_disabled"),
+            (Unavailable::NoKernelSupport, "5.6"),
+            (Unavailable::OutOfMemory, "RLIMIT_MEMLOCK"),
+            (Unavailable::MissingOpcode("IORING_OP_READ"), "IORING_OP_READ"),
+            (Unavailable::Other(22), "Invalid argument"),
+        ] {
+            assert!(why.to_string().contains(needle), "{why}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn errno_maps_to_a_typed_reason() {
+        use std::io::Error;
+        assert_eq!(unavailable_from(&Error::from_raw_os_error(libc::ENOSYS)), Unavailable::NoKernelSupport);
+        assert_eq!(unavailable_from(&Error::from_raw_os_error(libc::EPERM)), Unavailable::PermissionDenied);
+        assert_eq!(unavailable_from(&Error::from_raw_os_error(libc::ENOMEM)), Unavailable::OutOfMemory);
+        assert_eq!(unavailable_from(&Error::from_raw_os_error(libc::EINVAL)), Unavailable::Other(libc::EINVAL));
+    }
+
+    #[test]
+    fn probe_reports_the_kernel_or_a_reason() {
+        match probe() {
+            Ok(report) => assert!(!report.kernel.is_empty()),
+            Err(why) => {
+                assert!(!uring_required(), "io_uring required but unavailable: {why}");
+                eprintln!("SKIPPED probe_reports_the_kernel_or_a_reason: {why}");
+            }
+        }
+    }
+}

@@ -1,0 +1,873 @@
+//! [`UringStorageIo`]: the io_uring backend.
+//!
+//! Layout of one instance:
+//! - one ring, SQ = `queue_depth`, CQ = 2 × `queue_depth`; at most `queue_depth` ops in flight
+//!   (each holds one op slot), so the CQ cannot overflow — and if the kernel ever reports an
+//!   overflow anyway, the next enter flushes it (`IORING_FEAT_NODROP`);
+//! - preallocated op slots; an SQE's `user_data` is its slot index;
+//! - a sparse fixed-file table of `max_files` entries: `register_fd` fills the slot with the same
+//!   index as the `IoFd`, and SQEs use `types::Fixed`;
+//! - a pool of `queue_depth` registered buffers of `buffer_size` bytes (`ReadFixed`/`WriteFixed`
+//!   when a slot is free and the transfer fits; plain `Read`/`Write` otherwise). If registration
+//!   fails (RLIMIT_MEMLOCK), the backend runs unregistered and says so in `capabilities().notes`.
+//!
+//! **Datasync barrier.** io_uring does not order SQEs. A datasync/fsync on fd F is held in user
+//! space while any write to F is in the kernel, and pushed when the last one is reaped; writes to
+//! F submitted while a sync is held queue behind it. `IOSQE_IO_DRAIN` would stall every file's
+//! ops behind the sync, and `IOSQE_IO_LINK` only chains SQEs submitted together, so neither
+//! covers "every earlier write to F" without hurting unrelated I/O.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use io_uring::{IoUring, opcode, squeue, types};
+use storage_io_core::{
+    AlignedBuf, Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
+    StorageIo, StorageIoError, SubmitError, TokenCounter, direct_alignment, validate_transfer,
+};
+
+use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
+
+/// How often one op may come back with `EAGAIN`/`EINTR` before the error is reported.
+const MAX_RETRIES: u32 = 64;
+
+/// Where the bytes of an op live while the kernel has them.
+enum Payload {
+    /// Nothing (free slot, or a sync).
+    None,
+    /// A read straight into the caller's buffer.
+    Read(IoBuf),
+    /// A read into registered buffer `idx`, copied into the caller's buffer on completion.
+    ReadFixed { idx: u16, user: IoBuf },
+    /// A write of the caller's owned buffer (handed back).
+    WriteOwned(IoBuf),
+    /// A copied write staged in registered buffer `idx`.
+    WriteFixed { idx: u16 },
+    /// A copied write staged in backend heap memory (recycled).
+    WriteHeap(AlignedBuf),
+    /// datasync or fsync.
+    Sync,
+}
+
+struct Slot {
+    token: IoToken,
+    op: OpKind,
+    fd: IoFd,
+    offset: u64,
+    len: usize,
+    /// Bytes transferred so far (short transfers are continued).
+    done: usize,
+    retries: u32,
+    payload: Payload,
+    started: Instant,
+}
+
+impl Slot {
+    fn empty() -> Self {
+        Slot {
+            token: IoToken(0),
+            op: OpKind::Read,
+            fd: IoFd {
+                slot: 0,
+                generation: 0,
+            },
+            offset: 0,
+            len: 0,
+            done: 0,
+            retries: 0,
+            payload: Payload::None,
+            started: Instant::now(),
+        }
+    }
+}
+
+struct UringFile {
+    file: File,
+    raw: RawFd,
+    align: Option<usize>,
+    append_cursor: u64,
+    /// Ops of this fd in the kernel or held.
+    ops_in_flight: usize,
+    /// Writes of this fd in the kernel.
+    writes_in_kernel: usize,
+    /// Slots held back by the datasync barrier, in submission order.
+    held: VecDeque<u32>,
+}
+
+/// Registered (fixed) buffers: one allocation split in `count` slices of `size` bytes.
+struct FixedBuffers {
+    memory: AlignedBuf,
+    size: usize,
+    free: Vec<u16>,
+}
+
+impl FixedBuffers {
+    fn ptr(&mut self, idx: u16) -> *mut u8 {
+        // SAFETY: idx < count (indices come only from `free`, filled with 0..count), so the
+        // offset stays inside `memory`, which is count * size bytes long.
+        unsafe { self.memory.as_mut_ptr().add(idx as usize * self.size) }
+    }
+
+    fn slice(&self, idx: u16, len: usize) -> &[u8] {
+        let start = idx as usize * self.size;
+        &self.memory[start..start + len.min(self.size)]
+    }
+
+    fn slice_mut(&mut self, idx: u16, len: usize) -> &mut [u8] {
+        let start = idx as usize * self.size;
+        &mut self.memory[start..start + len.min(self.size)]
+    }
+}
+
+/// The io_uring backend. Build it with [`UringStorageIo::new`]; it fails with a typed reason
+/// (never a panic) when io_uring is unavailable.
+///
+/// ```no_run
+/// use storage_io_core::{IoConfig, OpenOptions, StorageIo};
+/// use storage_io_uring::UringStorageIo;
+///
+/// let mut io = UringStorageIo::new(&IoConfig::default()).expect("io_uring available");
+/// let fd = io.open_file("data.bin".as_ref(), &OpenOptions::create().with_direct(true)).unwrap();
+/// io.submit_write(fd, &[7u8; 4096], 0).unwrap();
+/// io.submit_datasync(fd).unwrap();
+/// let mut done = Vec::new();
+/// io.wait_completions(&mut done, 2, None).unwrap();
+/// ```
+pub struct UringStorageIo {
+    // Field order matters for Drop: the ring closes (and unregisters buffers and files) before
+    // the buffer memory and the files are freed.
+    ring: IoUring,
+    fixed: Option<FixedBuffers>,
+    files: FdTable<UringFile>,
+    config: IoConfig,
+    registered_files: bool,
+    sqpoll: bool,
+    ext_arg: bool,
+    notes: Vec<String>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    tokens: TokenCounter,
+    ready: VecDeque<IoCompletion>,
+    /// Accepted and not yet delivered.
+    pending: usize,
+    /// SQEs the kernel owns or will own (pushed, not yet reaped).
+    in_kernel: usize,
+    /// Staging memory for copied writes that get no registered buffer.
+    heap_staging: Vec<AlignedBuf>,
+    /// Reaped CQEs waiting to be processed (preallocated; no allocation while reaping).
+    reaped: Vec<(u64, i32)>,
+    stats: IoStats,
+    report: ProbeReport,
+}
+
+// SAFETY: UringStorageIo owns its ring, buffers and files outright; the raw pointers inside
+// (registered buffer memory, SQE addresses) point only into memory this struct owns. Nothing is
+// shared with another thread, so moving the whole instance to another thread is sound, which is
+// all `Send` permits (it is not `Sync`).
+unsafe impl Send for UringStorageIo {}
+
+impl UringStorageIo {
+    /// Builds the ring. Fails with `Unsupported` naming the reason when io_uring cannot be used,
+    /// or when SQPOLL was asked for and the kernel refused it.
+    pub fn new(config: &IoConfig) -> Result<Self> {
+        config.validate()?;
+        let report = probe().map_err(unsupported)?;
+        let qd = u32::try_from(config.queue_depth).unwrap_or(u32::MAX);
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(qd.saturating_mul(2));
+        if let Some(idle_ms) = config.sqpoll_idle_ms {
+            builder.setup_sqpoll(idle_ms);
+        }
+        let ring = builder.build(qd).map_err(|e| {
+            let why = unavailable_from(&e);
+            if config.sqpoll_idle_ms.is_some() {
+                StorageIoError::Unsupported {
+                    what: format!("io_uring with SQPOLL could not be set up: {why} (turn sqpoll_idle_ms off)").into(),
+                }
+            } else {
+                unsupported(why)
+            }
+        })?;
+        let mut notes = vec![format!("kernel {}", report.kernel)];
+        if !report.nodrop {
+            notes.push("kernel lacks IORING_FEAT_NODROP; in-flight ops are capped at queue_depth".into());
+        }
+
+        let max_files = u32::try_from(config.max_files).unwrap_or(u32::MAX);
+        let registered_files = match ring.submitter().register_files_sparse(max_files) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not register a fixed-file table; using plain fds");
+                notes.push(format!("registered files off: {e}"));
+                false
+            }
+        };
+
+        let fixed = if config.fixed_buffers {
+            match register_buffers(&ring, config.queue_depth.min(u16::MAX as usize), config.buffer_size) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let hint = if e.raw_os_error() == Some(libc::ENOMEM) {
+                        " (RLIMIT_MEMLOCK too low: raise ulimit -l or lower queue_depth/buffer_size)"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!(error = %e, "{}", format!("running without registered buffers{hint}"));
+                    notes.push(format!("registered buffers off: {e}{hint}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let slots = (0..config.queue_depth).map(|_| Slot::empty()).collect();
+        Ok(UringStorageIo {
+            sqpoll: config.sqpoll_idle_ms.is_some(),
+            ext_arg: report.ext_arg,
+            ring,
+            fixed,
+            files: FdTable::with_capacity(config.max_files),
+            config: config.clone(),
+            registered_files,
+            notes,
+            slots,
+            free_slots: (0..config.queue_depth as u32).rev().collect(),
+            tokens: TokenCounter::new(),
+            ready: VecDeque::with_capacity(config.queue_depth),
+            pending: 0,
+            in_kernel: 0,
+            heap_staging: Vec::with_capacity(config.queue_depth),
+            reaped: Vec::with_capacity(config.queue_depth * 2),
+            stats: IoStats::new(),
+            report,
+        })
+    }
+
+    /// What the probe found when this instance was built.
+    pub fn probe_report(&self) -> &ProbeReport {
+        &self.report
+    }
+
+    fn admit(&self) -> Result<()> {
+        if self.pending >= self.config.queue_depth || self.free_slots.is_empty() {
+            return Err(StorageIoError::QueueFull {
+                limit: self.config.queue_depth,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes a slot, fills it, and pushes its SQE (or holds it behind a barrier).
+    fn start(&mut self, fd: IoFd, op: OpKind, offset: u64, len: usize, payload: Payload) -> Result<IoToken, Payload> {
+        let Some(idx) = self.free_slots.pop() else {
+            return Err(payload);
+        };
+        let token = self.tokens.next_token();
+        self.slots[idx as usize] = Slot {
+            token,
+            op,
+            fd,
+            offset,
+            len,
+            done: 0,
+            retries: 0,
+            payload,
+            started: Instant::now(),
+        };
+        self.pending += 1;
+        self.stats.record_submit(op);
+        let hold = match self.files.get_mut(fd) {
+            Ok(f) => {
+                f.ops_in_flight += 1;
+                match op {
+                    OpKind::Datasync | OpKind::Fsync => f.writes_in_kernel > 0 || !f.held.is_empty(),
+                    OpKind::Write | OpKind::Append => !f.held.is_empty(),
+                    OpKind::Read => false,
+                }
+            }
+            Err(_) => false,
+        };
+        if hold {
+            if let Ok(f) = self.files.get_mut(fd) {
+                f.held.push_back(idx);
+            }
+        } else {
+            self.push_slot(idx);
+        }
+        Ok(token)
+    }
+
+    /// Builds and pushes the SQE for slot `idx` (for its remaining bytes).
+    fn push_slot(&mut self, idx: u32) {
+        let entry = self.build_entry(idx);
+        let slot = &self.slots[idx as usize];
+        if slot.op.is_write()
+            && let Ok(f) = self.files.get_mut(slot.fd)
+        {
+            f.writes_in_kernel += 1;
+        }
+        self.in_kernel += 1;
+        self.push_entry(&entry);
+    }
+
+    fn build_entry(&mut self, idx: u32) -> squeue::Entry {
+        let registered_files = self.registered_files;
+        let slot = &mut self.slots[idx as usize];
+        let (raw, fixed_index) = match self.files.get(slot.fd) {
+            Ok(f) => (f.raw, slot.fd.slot),
+            // The fd table keeps every fd with ops in flight (deregister waits), so this is
+            // unreachable; a NOP completes the slot harmlessly if it ever happens.
+            Err(_) => return opcode::Nop::new().build().user_data(u64::from(idx)),
+        };
+        let done = slot.done;
+        let offset = slot.offset + done as u64;
+        let remaining = u32::try_from(slot.len - done).unwrap_or(u32::MAX);
+        macro_rules! with_fd {
+            ($make:expr) => {
+                if registered_files {
+                    let t = types::Fixed(fixed_index);
+                    $make(t)
+                } else {
+                    let t = types::Fd(raw);
+                    $make(t)
+                }
+            };
+        }
+        let entry = match &mut slot.payload {
+            Payload::Read(buf) => {
+                // SAFETY: done <= len == buf.len(), so the pointer stays inside the buffer. The
+                // buffer is owned by this slot until its completion is reaped, and moving the
+                // IoBuf value does not move its heap memory, so the kernel's pointer stays valid.
+                let ptr = unsafe { buf.as_mut_slice().as_mut_ptr().add(done) };
+                with_fd!(|t| opcode::Read::new(t, ptr, remaining).offset(offset).build())
+            }
+            Payload::ReadFixed { idx: b, .. } => {
+                let b = *b;
+                let base = self.fixed.as_mut().map(|f| f.ptr(b));
+                match base {
+                    Some(base) => {
+                        // SAFETY: done < len <= buffer size, so base + done stays inside
+                        // registered buffer b, which lives (in `self.fixed`) until the ring closes.
+                        let ptr = unsafe { base.add(done) };
+                        with_fd!(|t| opcode::ReadFixed::new(t, ptr, remaining, b).offset(offset).build())
+                    }
+                    None => opcode::Nop::new().build(),
+                }
+            }
+            Payload::WriteOwned(buf) => {
+                // SAFETY: as for Read: in bounds, owned by the slot until reaped, heap-stable.
+                let ptr = unsafe { buf.as_slice().as_ptr().add(done) };
+                with_fd!(|t| opcode::Write::new(t, ptr, remaining).offset(offset).build())
+            }
+            Payload::WriteHeap(buf) => {
+                // SAFETY: as for Read: in bounds, owned by the slot until reaped, heap-stable.
+                let ptr = unsafe { buf.as_ptr().add(done) };
+                with_fd!(|t| opcode::Write::new(t, ptr, remaining).offset(offset).build())
+            }
+            Payload::WriteFixed { idx: b } => {
+                let b = *b;
+                let base = self.fixed.as_mut().map(|f| f.ptr(b));
+                match base {
+                    Some(base) => {
+                        // SAFETY: as for ReadFixed.
+                        let ptr = unsafe { base.add(done) }.cast_const();
+                        with_fd!(|t| opcode::WriteFixed::new(t, ptr, remaining, b).offset(offset).build())
+                    }
+                    None => opcode::Nop::new().build(),
+                }
+            }
+            Payload::Sync => {
+                let flags = if slot.op == OpKind::Fsync {
+                    types::FsyncFlags::empty()
+                } else {
+                    types::FsyncFlags::DATASYNC
+                };
+                with_fd!(|t| opcode::Fsync::new(t).flags(flags).build())
+            }
+            Payload::None => opcode::Nop::new().build(),
+        };
+        entry.user_data(u64::from(idx))
+    }
+
+    /// Pushes one SQE, submitting to make room when the SQ is full.
+    fn push_entry(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: every pointer inside `entry` refers to memory owned by an op slot or by the
+            // registered buffers, which stay alive and untouched until the CQE for this
+            // user_data is reaped (see build_entry).
+            let pushed = unsafe { self.ring.submission().push(entry) };
+            if pushed.is_ok() {
+                return;
+            }
+            // The SQ is full of SQEs the kernel has not taken yet: hand them over, then retry.
+            if self.enter(0, None).is_err() {
+                self.reap();
+            }
+        }
+    }
+
+    /// Submits queued SQEs and, if `want` > 0, waits for that many completions or the timeout.
+    /// EINTR and EBUSY (a full CQ) are handled by reaping and returning; the caller loops.
+    fn enter(&mut self, want: usize, timeout: Option<Duration>) -> std::io::Result<usize> {
+        let submitter = self.ring.submitter();
+        let r = match timeout {
+            Some(t) if want > 0 && self.ext_arg => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                submitter.submit_with_args(want, &args)
+            }
+            _ => submitter.submit_and_wait(want),
+        };
+        match r {
+            Ok(n) => Ok(n),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => Ok(0),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => {
+                // The CQ is full (or the kernel is short of memory for a moment): make room.
+                self.reap();
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves every CQE into completions (continuing short transfers and retries).
+    fn reap(&mut self) {
+        loop {
+            self.reaped.clear();
+            {
+                let mut cq = self.ring.completion();
+                cq.sync();
+                for cqe in &mut cq {
+                    self.reaped.push((cqe.user_data(), cqe.result()));
+                    if self.reaped.len() == self.reaped.capacity() {
+                        break;
+                    }
+                }
+            }
+            if self.reaped.is_empty() {
+                return;
+            }
+            for i in 0..self.reaped.len() {
+                let (user_data, res) = self.reaped[i];
+                self.on_cqe(user_data, res);
+            }
+        }
+    }
+
+    fn on_cqe(&mut self, user_data: u64, res: i32) {
+        let Ok(idx) = u32::try_from(user_data) else { return };
+        if idx as usize >= self.slots.len() {
+            return;
+        }
+        self.in_kernel -= 1;
+        let slot = &mut self.slots[idx as usize];
+        if slot.op.is_write()
+            && let Ok(f) = self.files.get_mut(slot.fd)
+        {
+            f.writes_in_kernel -= 1;
+        }
+        let outcome: Option<Result<usize>> = if res < 0 {
+            let errno = -res;
+            if (errno == libc::EAGAIN || errno == libc::EINTR) && slot.retries < MAX_RETRIES {
+                slot.retries += 1;
+                None
+            } else {
+                Some(Err(StorageIoError::os(slot.op, errno)))
+            }
+        } else {
+            let n = res as usize;
+            match slot.op {
+                OpKind::Datasync | OpKind::Fsync => Some(Ok(0)),
+                OpKind::Read => {
+                    slot.done += n;
+                    // 0 bytes means end of file: a successful short read.
+                    if n == 0 || slot.done >= slot.len {
+                        Some(Ok(slot.done))
+                    } else {
+                        None
+                    }
+                }
+                OpKind::Write | OpKind::Append => {
+                    slot.done += n;
+                    if slot.done >= slot.len {
+                        Some(Ok(slot.len))
+                    } else if n == 0 {
+                        Some(Err(StorageIoError::os(slot.op, libc::EIO)))
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        match outcome {
+            // Short transfer or EAGAIN: continue the same op where it stopped.
+            None => self.push_slot(idx),
+            Some(result) => self.finish(idx, result),
+        }
+    }
+
+    fn finish(&mut self, idx: u32, result: Result<usize>) {
+        let slot = &mut self.slots[idx as usize];
+        let payload = std::mem::replace(&mut slot.payload, Payload::None);
+        let (token, op, fd, offset, len, started) =
+            (slot.token, slot.op, slot.fd, slot.offset, slot.len, slot.started);
+        let buf = match payload {
+            Payload::Read(mut b) => {
+                if let Ok(n) = result {
+                    b.truncate(n);
+                }
+                Some(b)
+            }
+            Payload::ReadFixed { idx: b, mut user } => {
+                if let (Ok(n), Some(fixed)) = (&result, self.fixed.as_mut()) {
+                    user.as_mut_slice()[..*n].copy_from_slice(fixed.slice(b, *n));
+                    user.truncate(*n);
+                }
+                if let Some(fixed) = self.fixed.as_mut() {
+                    fixed.free.push(b);
+                }
+                Some(user)
+            }
+            Payload::WriteOwned(b) => Some(b),
+            Payload::WriteFixed { idx: b } => {
+                if let Some(fixed) = self.fixed.as_mut() {
+                    fixed.free.push(b);
+                }
+                None
+            }
+            Payload::WriteHeap(b) => {
+                if self.heap_staging.len() < self.heap_staging.capacity() && b.capacity() <= self.config.buffer_size {
+                    self.heap_staging.push(b);
+                }
+                None
+            }
+            Payload::Sync | Payload::None => None,
+        };
+        self.stats
+            .record_complete(op, result.as_ref().map(|&n| n).map_err(|_| ()), started.elapsed());
+        self.free_slots.push(idx);
+        self.ready.push_back(IoCompletion {
+            token,
+            op,
+            fd,
+            offset,
+            len_requested: len,
+            result,
+            buf,
+        });
+        self.release_held(fd);
+    }
+
+    /// After an op of `fd` finished: dispatch held ops the barrier now allows.
+    fn release_held(&mut self, fd: IoFd) {
+        let Ok(f) = self.files.get_mut(fd) else { return };
+        f.ops_in_flight -= 1;
+        loop {
+            let Ok(f) = self.files.get_mut(fd) else { return };
+            let Some(&front) = f.held.front() else { return };
+            if self.slots[front as usize].op.is_sync() && f.writes_in_kernel > 0 {
+                return;
+            }
+            f.held.pop_front();
+            self.push_slot(front);
+        }
+    }
+
+    /// Stages a copied write: a registered buffer when one is free and big enough, else heap.
+    fn stage_copy(&mut self, data: &[u8]) -> Result<Payload> {
+        if let Some(fixed) = self.fixed.as_mut()
+            && data.len() <= fixed.size
+            && let Some(b) = fixed.free.pop()
+        {
+            fixed.slice_mut(b, data.len()).copy_from_slice(data);
+            return Ok(Payload::WriteFixed { idx: b });
+        }
+        let mut buf = match self.heap_staging.pop() {
+            Some(b) if b.capacity() >= data.len() => b,
+            _ => AlignedBuf::zeroed(self.config.buffer_size.max(data.len()), storage_io_core::DEFAULT_ALIGNMENT)?,
+        };
+        buf.clear();
+        buf.extend_from_slice(data)?;
+        Ok(Payload::WriteHeap(buf))
+    }
+
+    fn write_checked(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<(OpKind, u64)> {
+        self.admit()?;
+        let max = self.config.max_io_bytes;
+        let f = self.files.get_mut(fd)?;
+        let (op, offset) = match offset {
+            Some(o) => (OpKind::Write, o),
+            None => (OpKind::Append, f.append_cursor),
+        };
+        validate_transfer(f.align, offset, data.len(), data.as_ptr() as usize, max)?;
+        let end = offset + data.len() as u64;
+        if op == OpKind::Append || end > f.append_cursor {
+            f.append_cursor = end;
+        }
+        Ok((op, offset))
+    }
+
+    fn copied_write(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<IoToken> {
+        let (op, offset) = self.write_checked(fd, data, offset)?;
+        let payload = self.stage_copy(data)?;
+        self.start(fd, op, offset, data.len(), payload)
+            .map_err(|_| StorageIoError::QueueFull {
+                limit: self.config.queue_depth,
+            })
+    }
+
+    fn sync(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
+        self.admit()?;
+        self.files.get(fd)?;
+        self.start(fd, op, 0, 0, Payload::Sync)
+            .map_err(|_| StorageIoError::QueueFull {
+                limit: self.config.queue_depth,
+            })
+    }
+
+    fn deliver(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        let n = self.ready.len();
+        self.pending -= n;
+        out.extend(self.ready.drain(..));
+        n
+    }
+
+    /// Submits what is queued and blocks until every op of `fd` (or of all fds) is reaped.
+    fn wait_idle(&mut self, fd: Option<IoFd>) {
+        loop {
+            let busy = match fd {
+                Some(fd) => self.files.get(fd).map_or(0, |f| f.ops_in_flight),
+                None => self.in_kernel,
+            };
+            if busy == 0 || self.in_kernel == 0 {
+                return;
+            }
+            if let Err(e) = self.enter(1, None) {
+                tracing::error!(error = %e, "io_uring_enter failed while waiting for in-flight ops");
+                return;
+            }
+            self.reap();
+        }
+    }
+}
+
+fn unsupported(why: Unavailable) -> StorageIoError {
+    StorageIoError::Unsupported {
+        what: format!("io_uring unavailable: {why}").into(),
+    }
+}
+
+fn register_buffers(ring: &IoUring, count: usize, size: usize) -> std::io::Result<FixedBuffers> {
+    let total = count
+        .checked_mul(size)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut memory = AlignedBuf::zeroed(total, storage_io_core::DEFAULT_ALIGNMENT)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let base = memory.as_mut_ptr();
+    let iovecs: Vec<libc::iovec> = (0..count)
+        .map(|i| libc::iovec {
+            // SAFETY: i < count, so i * size < total: the pointer stays inside `memory`.
+            iov_base: unsafe { base.add(i * size) }.cast(),
+            iov_len: size,
+        })
+        .collect();
+    // SAFETY: every iovec points into `memory`, which is moved into the returned FixedBuffers and
+    // kept by UringStorageIo until after the ring (declared first) is dropped, which unregisters
+    // the buffers. Moving `memory` does not move its heap allocation.
+    unsafe { ring.submitter().register_buffers(&iovecs)? };
+    Ok(FixedBuffers {
+        memory,
+        size,
+        free: (0..count as u16).rev().collect(),
+    })
+}
+
+impl StorageIo for UringStorageIo {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "io_uring",
+            max_in_flight: self.config.queue_depth,
+            asynchronous: true,
+            worker_threads: 0,
+            registered_buffers: self.fixed.is_some(),
+            registered_files: self.registered_files,
+            sqpoll: self.sqpoll,
+            direct_io: true,
+            max_io_bytes: self.config.max_io_bytes,
+            notes: self.notes.clone(),
+        }
+    }
+
+    fn register_fd(&mut self, file: File) -> Result<IoFd> {
+        let append_cursor = file
+            .metadata()
+            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?
+            .len();
+        let raw = file.as_raw_fd();
+        let align = direct_alignment(&file);
+        let fd = self.files.insert(UringFile {
+            file,
+            raw,
+            align,
+            append_cursor,
+            ops_in_flight: 0,
+            writes_in_kernel: 0,
+            held: VecDeque::new(),
+        })?;
+        if self.registered_files
+            && let Err(e) = self.ring.submitter().register_files_update(fd.slot, &[raw])
+        {
+            self.files.remove(fd)?;
+            return Err(StorageIoError::from_io(OpKind::Read, &e));
+        }
+        Ok(fd)
+    }
+
+    fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
+        self.files.get(fd)?;
+        self.wait_idle(Some(fd));
+        if self.registered_files {
+            // Clear the fixed-file slot before the fd closes, so no later SQE can reach it.
+            self.ring
+                .submitter()
+                .register_files_update(fd.slot, &[-1])
+                .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+        }
+        self.files.remove(fd)?;
+        Ok(())
+    }
+
+    fn file_len(&mut self, fd: IoFd) -> Result<u64> {
+        self.files
+            .get(fd)?
+            .file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
+    }
+
+    fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        let checked = self.admit().and_then(|()| {
+            let f = self.files.get(fd)?;
+            validate_transfer(f.align, offset, buf.len(), buf.addr(), self.config.max_io_bytes)
+        });
+        if let Err(e) = checked {
+            return Err(SubmitError::new(e, buf));
+        }
+        let len = buf.len();
+        let fixed_idx = match self.fixed.as_mut() {
+            Some(f) if len <= f.size => f.free.pop(),
+            _ => None,
+        };
+        let payload = match fixed_idx {
+            Some(idx) => Payload::ReadFixed { idx, user: buf },
+            None => Payload::Read(buf),
+        };
+        self.start(fd, OpKind::Read, offset, len, payload).map_err(|p| {
+            let limit = self.config.queue_depth;
+            let buf = match p {
+                Payload::ReadFixed { idx, user } => {
+                    if let Some(f) = self.fixed.as_mut() {
+                        f.free.push(idx);
+                    }
+                    user
+                }
+                Payload::Read(b) => b,
+                _ => IoBuf::Vec(Vec::new()),
+            };
+            SubmitError::new(StorageIoError::QueueFull { limit }, buf)
+        })
+    }
+
+    fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
+        self.copied_write(fd, data, Some(offset))
+    }
+
+    fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        let (op, offset) = match self.write_checked(fd, &buf, Some(offset)) {
+            Ok(x) => x,
+            Err(e) => return Err(SubmitError::new(e, buf)),
+        };
+        let len = buf.len();
+        self.start(fd, op, offset, len, Payload::WriteOwned(buf)).map_err(|p| {
+            let buf = match p {
+                Payload::WriteOwned(b) => b,
+                _ => IoBuf::Vec(Vec::new()),
+            };
+            SubmitError::new(
+                StorageIoError::QueueFull {
+                    limit: self.config.queue_depth,
+                },
+                buf,
+            )
+        })
+    }
+
+    fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
+        self.copied_write(fd, data, None)
+    }
+
+    fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
+        self.sync(fd, OpKind::Datasync)
+    }
+
+    fn submit_fsync(&mut self, fd: IoFd) -> Result<IoToken> {
+        self.sync(fd, OpKind::Fsync)
+    }
+
+    fn flush(&mut self) -> Result<usize> {
+        self.enter(0, None)
+            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
+    }
+
+    fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        if !self.ring.submission().is_empty() || self.ring.submission().cq_overflow() {
+            // Hand queued SQEs to the kernel without waiting; a failure here leaves them queued
+            // for the next poll or wait.
+            let _ = self.enter(0, None);
+        }
+        self.reap();
+        self.deliver(out)
+    }
+
+    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, min: usize, timeout: Option<Duration>) -> Result<usize> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.reap();
+        while self.ready.len() < min && self.in_kernel > 0 {
+            let left = match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    Some(d - now)
+                }
+                None => None,
+            };
+            let want = (min - self.ready.len()).min(self.in_kernel).max(1);
+            self.enter(want, left)
+                .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+            self.reap();
+        }
+        Ok(self.deliver(out))
+    }
+
+    fn pending_count(&self) -> usize {
+        self.pending
+    }
+
+    fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+}
+
+impl Drop for UringStorageIo {
+    fn drop(&mut self) {
+        // The kernel may still write into slot buffers and registered memory: wait for every op
+        // before anything is freed. Held ops never reached the kernel and are simply dropped.
+        self.wait_idle(None);
+    }
+}
