@@ -1,62 +1,15 @@
 //! Ring-0 rule: after warm-up, submit + poll on `SyncStorageIo` allocate nothing.
-//!
-//! A counting global allocator counts allocations made on the measuring thread only, so the test
-//! harness's own threads cannot disturb the count.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, IoConfig, OpenOptions, StorageIo};
+use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, IoConfig, OpKind, OpenOptions, StorageIo};
 use storage_io_sync::SyncStorageIo;
-
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts on the side.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller upholds GlobalAlloc::alloc's contract, which System shares.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: ptr came from System.alloc/realloc with this layout, per the caller's contract.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: as for dealloc; new_size is the caller's, per GlobalAlloc::realloc.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use storage_io_testkit::alloc::{CountingAllocator, count_allocations, counting_is_installed};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
-    let before = ALLOCS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    let r = f();
-    COUNTING.with(|c| c.set(false));
-    (r, ALLOCS.load(Ordering::Relaxed) - before)
-}
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 #[test]
 fn sync_backend_submit_and_poll_do_not_alloc_in_steady_state() {
-    // The counter must see an allocation, or a zero below would prove nothing.
-    let (_b, probe) = counted(|| Box::new([0u8; 64]));
-    assert_eq!(probe, 1, "the counting allocator is not counting");
-
+    assert!(counting_is_installed(), "the counting allocator is not counting");
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut io = SyncStorageIo::new(&IoConfig::default()).unwrap();
     let fd = io
@@ -86,8 +39,8 @@ fn sync_backend_submit_and_poll_do_not_alloc_in_steady_state() {
         for c in done.drain(..) {
             assert!(c.is_ok(), "{:?}", c.result);
             match (c.op, c.buf) {
-                (storage_io_core::OpKind::Read, Some(b)) => read_buf = Some(b),
-                (storage_io_core::OpKind::Write, Some(b)) => write_buf = Some(b),
+                (OpKind::Read, Some(b)) => read_buf = Some(b),
+                (OpKind::Write, Some(b)) => write_buf = Some(b),
                 _ => {}
             }
         }
@@ -97,7 +50,7 @@ fn sync_backend_submit_and_poll_do_not_alloc_in_steady_state() {
     for i in 0..32 {
         round(&mut io, &mut done, i);
     }
-    let ((), allocs) = counted(|| {
+    let ((), allocs) = count_allocations(|| {
         for i in 32..2032 {
             round(&mut io, &mut done, i);
         }

@@ -9,6 +9,7 @@
 //!   ops against an in-memory model.
 //! - [`memio::MemFs`] / [`memio::MemIo`]: in-memory files with a volatile and a durable state;
 //!   `crash()` drops unsynced writes (optionally tearing the last one at 512-byte sectors).
+//! - [`alloc::CountingAllocator`]: counts heap allocations on one thread, for Ring-0 tests.
 //! - [`faulty::FaultyIo`]: wraps any backend and injects EIO/ENOSPC/EAGAIN, short transfers, and
 //!   delayed or reordered completions, at the Nth op or on a seeded schedule.
 //!
@@ -27,6 +28,7 @@
 //! assert_eq!(done[1].result.as_ref().unwrap_err().errno(), 5); // EIO, never success
 //! ```
 
+pub mod alloc;
 pub mod conformance;
 pub mod faulty;
 pub mod memio;

@@ -136,7 +136,9 @@ pub fn usable_or_skip(test: &str) -> bool {
             panic!("{test}: io_uring is required (STORAGE_IO_REQUIRE_URING is set) but unavailable: {why}")
         }
         Err(why) => {
-            eprintln!("SKIPPED {test}: io_uring unavailable: {why} (set STORAGE_IO_REQUIRE_URING=1 to fail instead)");
+            eprintln!(
+                "SKIPPED {test}: io_uring unavailable: {why} (set STORAGE_IO_REQUIRE_URING=1 to fail instead)"
+            );
             false
         }
     }
@@ -163,10 +165,22 @@ mod tests {
     #[test]
     fn errno_maps_to_a_typed_reason() {
         use std::io::Error;
-        assert_eq!(unavailable_from(&Error::from_raw_os_error(libc::ENOSYS)), Unavailable::NoKernelSupport);
-        assert_eq!(unavailable_from(&Error::from_raw_os_error(libc::EPERM)), Unavailable::PermissionDenied);
-        assert_eq!(unavailable_from(&Error::from_raw_os_error(libc::ENOMEM)), Unavailable::OutOfMemory);
-        assert_eq!(unavailable_from(&Error::from_raw_os_error(libc::EINVAL)), Unavailable::Other(libc::EINVAL));
+        assert_eq!(
+            unavailable_from(&Error::from_raw_os_error(libc::ENOSYS)),
+            Unavailable::NoKernelSupport
+        );
+        assert_eq!(
+            unavailable_from(&Error::from_raw_os_error(libc::EPERM)),
+            Unavailable::PermissionDenied
+        );
+        assert_eq!(
+            unavailable_from(&Error::from_raw_os_error(libc::ENOMEM)),
+            Unavailable::OutOfMemory
+        );
+        assert_eq!(
+            unavailable_from(&Error::from_raw_os_error(libc::EINVAL)),
+            Unavailable::Other(libc::EINVAL)
+        );
     }
 
     #[test]

@@ -184,7 +184,10 @@ impl UringStorageIo {
             let why = unavailable_from(&e);
             if config.sqpoll_idle_ms.is_some() {
                 StorageIoError::Unsupported {
-                    what: format!("io_uring with SQPOLL could not be set up: {why} (turn sqpoll_idle_ms off)").into(),
+                    what: format!(
+                        "io_uring with SQPOLL could not be set up: {why} (turn sqpoll_idle_ms off)"
+                    )
+                    .into(),
                 }
             } else {
                 unsupported(why)
@@ -206,7 +209,11 @@ impl UringStorageIo {
         };
 
         let fixed = if config.fixed_buffers {
-            match register_buffers(&ring, config.queue_depth.min(u16::MAX as usize), config.buffer_size) {
+            match register_buffers(
+                &ring,
+                config.queue_depth.min(u16::MAX as usize),
+                config.buffer_size,
+            ) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     let hint = if e.raw_os_error() == Some(libc::ENOMEM) {
@@ -261,7 +268,14 @@ impl UringStorageIo {
     }
 
     /// Takes a slot, fills it, and pushes its SQE (or holds it behind a barrier).
-    fn start(&mut self, fd: IoFd, op: OpKind, offset: u64, len: usize, payload: Payload) -> Result<IoToken, Payload> {
+    fn start(
+        &mut self,
+        fd: IoFd,
+        op: OpKind,
+        offset: u64,
+        len: usize,
+        payload: Payload,
+    ) -> Result<IoToken, Payload> {
         let Some(idx) = self.free_slots.pop() else {
             return Err(payload);
         };
@@ -352,7 +366,9 @@ impl UringStorageIo {
                         // SAFETY: done < len <= buffer size, so base + done stays inside
                         // registered buffer b, which lives (in `self.fixed`) until the ring closes.
                         let ptr = unsafe { base.add(done) };
-                        with_fd!(|t| opcode::ReadFixed::new(t, ptr, remaining, b).offset(offset).build())
+                        with_fd!(|t| opcode::ReadFixed::new(t, ptr, remaining, b)
+                            .offset(offset)
+                            .build())
                     }
                     None => opcode::Nop::new().build(),
                 }
@@ -374,7 +390,9 @@ impl UringStorageIo {
                     Some(base) => {
                         // SAFETY: as for ReadFixed.
                         let ptr = unsafe { base.add(done) }.cast_const();
-                        with_fd!(|t| opcode::WriteFixed::new(t, ptr, remaining, b).offset(offset).build())
+                        with_fd!(|t| opcode::WriteFixed::new(t, ptr, remaining, b)
+                            .offset(offset)
+                            .build())
                     }
                     None => opcode::Nop::new().build(),
                 }
@@ -539,7 +557,9 @@ impl UringStorageIo {
                 None
             }
             Payload::WriteHeap(b) => {
-                if self.heap_staging.len() < self.heap_staging.capacity() && b.capacity() <= self.config.buffer_size {
+                if self.heap_staging.len() < self.heap_staging.capacity()
+                    && b.capacity() <= self.config.buffer_size
+                {
                     self.heap_staging.push(b);
                 }
                 None
@@ -587,7 +607,10 @@ impl UringStorageIo {
         }
         let mut buf = match self.heap_staging.pop() {
             Some(b) if b.capacity() >= data.len() => b,
-            _ => AlignedBuf::zeroed(self.config.buffer_size.max(data.len()), storage_io_core::DEFAULT_ALIGNMENT)?,
+            _ => AlignedBuf::zeroed(
+                self.config.buffer_size.max(data.len()),
+                storage_io_core::DEFAULT_ALIGNMENT,
+            )?,
         };
         buf.clear();
         buf.extend_from_slice(data)?;
@@ -792,18 +815,19 @@ impl StorageIo for UringStorageIo {
             Err(e) => return Err(SubmitError::new(e, buf)),
         };
         let len = buf.len();
-        self.start(fd, op, offset, len, Payload::WriteOwned(buf)).map_err(|p| {
-            let buf = match p {
-                Payload::WriteOwned(b) => b,
-                _ => IoBuf::Vec(Vec::new()),
-            };
-            SubmitError::new(
-                StorageIoError::QueueFull {
-                    limit: self.config.queue_depth,
-                },
-                buf,
-            )
-        })
+        self.start(fd, op, offset, len, Payload::WriteOwned(buf))
+            .map_err(|p| {
+                let buf = match p {
+                    Payload::WriteOwned(b) => b,
+                    _ => IoBuf::Vec(Vec::new()),
+                };
+                SubmitError::new(
+                    StorageIoError::QueueFull {
+                        limit: self.config.queue_depth,
+                    },
+                    buf,
+                )
+            })
     }
 
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
@@ -833,7 +857,12 @@ impl StorageIo for UringStorageIo {
         self.deliver(out)
     }
 
-    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, min: usize, timeout: Option<Duration>) -> Result<usize> {
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
         let deadline = timeout.map(|t| Instant::now() + t);
         self.reap();
         while self.ready.len() < min && self.in_kernel > 0 {

@@ -1,0 +1,294 @@
+//! The io_uring traps that sank other systems, each as a test.
+
+#![cfg(target_os = "linux")]
+
+use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use storage_io_core::{
+    AlignedBuf, InvalidArgument, IoCompletion, IoConfig, IoFd, OpenOptions, StorageIo, StorageIoError,
+    open_file,
+};
+use storage_io_uring::{UringStorageIo, usable_or_skip};
+
+fn dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn drain(io: &mut dyn StorageIo) -> Vec<IoCompletion> {
+    let mut out = Vec::new();
+    while io.pending_count() > 0 {
+        io.wait_completions(&mut out, io.pending_count(), Some(Duration::from_secs(10)))
+            .expect("wait_completions");
+    }
+    out
+}
+
+fn page(i: u64) -> Vec<u8> {
+    (0..4096u64).map(|j| (i * 31 + j) as u8).collect()
+}
+
+#[test]
+fn uring_datasync_in_one_batch_with_many_writes_completes_after_all_of_them() {
+    if !usable_or_skip("uring_datasync_in_one_batch_with_many_writes_completes_after_all_of_them") {
+        return;
+    }
+    let d = dir();
+    for direct in [false, true] {
+        let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
+        let fd = io
+            .open_file(
+                &d.path().join(format!("batch-{direct}")),
+                &OpenOptions::create().with_direct(direct),
+            )
+            .unwrap();
+        // 100 writes and the datasync are pushed into the SQ without any flush in between, so
+        // the kernel sees them in one io_uring_enter.
+        let mut writes = HashSet::new();
+        for i in 0..100u64 {
+            let mut buf = AlignedBuf::page_aligned(4096).unwrap();
+            buf.copy_from_slice(&page(i));
+            writes.insert(
+                io.submit_write_buf(fd, buf.into(), i * 4096)
+                    .map_err(|e| e.error)
+                    .unwrap(),
+            );
+        }
+        let sync = io.submit_datasync(fd).unwrap();
+        let done = drain(&mut io);
+        let pos = done.iter().position(|c| c.token == sync).unwrap();
+        assert!(done[pos].is_ok());
+        let before: HashSet<_> = done[..pos].iter().map(|c| c.token).collect();
+        assert!(
+            writes.is_subset(&before),
+            "direct={direct}: the datasync overtook a write"
+        );
+    }
+}
+
+#[test]
+fn uring_drop_with_ops_in_flight_waits_for_the_kernel() {
+    if !usable_or_skip("uring_drop_with_ops_in_flight_waits_for_the_kernel") {
+        return;
+    }
+    let d = dir();
+    let path = d.path().join("drop");
+    for round in 0..20u64 {
+        let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
+        let fd = io
+            .open_file(&path, &OpenOptions::create().with_direct(true))
+            .unwrap();
+        for i in 0..64u64 {
+            let mut buf = AlignedBuf::page_aligned(4096).unwrap();
+            buf.copy_from_slice(&page(i + round));
+            io.submit_write_buf(fd, buf.into(), i * 4096)
+                .map_err(|e| e.error)
+                .unwrap();
+            io.submit_read(
+                fd,
+                AlignedBuf::page_aligned(4096).unwrap().into(),
+                64 * 4096 + i * 4096,
+            )
+            .map_err(|e| e.error)
+            .unwrap();
+        }
+        io.flush().unwrap();
+        // Dropping now must wait for the kernel before freeing the 128 buffers it is using.
+        drop(io);
+        let f = std::fs::File::open(&path).unwrap();
+        let mut got = vec![0u8; 4096];
+        for i in [0u64, 63] {
+            f.read_exact_at(&mut got, i * 4096).unwrap();
+            assert_eq!(
+                got,
+                page(i + round),
+                "write {i} of round {round} landed before drop returned"
+            );
+        }
+    }
+}
+
+#[test]
+fn uring_deregister_with_ops_in_flight_waits_and_the_slot_is_not_aliased() {
+    if !usable_or_skip("uring_deregister_with_ops_in_flight_waits_and_the_slot_is_not_aliased") {
+        return;
+    }
+    let d = dir();
+    let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
+    let a = io.open_file(&d.path().join("a"), &OpenOptions::create()).unwrap();
+    for i in 0..50u64 {
+        io.submit_write(a, &page(i), i * 4096).unwrap();
+    }
+    io.submit_datasync(a).unwrap();
+    io.deregister_fd(a).unwrap();
+    // The next file takes the same fixed-file slot; the old handle must not reach it.
+    let b = io.open_file(&d.path().join("b"), &OpenOptions::create()).unwrap();
+    assert_eq!(a.slot, b.slot);
+    assert_eq!(
+        io.submit_write(a, b"stale", 0),
+        Err(StorageIoError::BadFd { fd: a })
+    );
+    let done = drain(&mut io);
+    assert_eq!(done.len(), 51, "every op in flight at deregister completed");
+    assert!(done.iter().all(IoCompletion::is_ok));
+    assert_eq!(io.file_len(b).unwrap(), 0, "nothing meant for a reached b");
+    let a_len = std::fs::metadata(d.path().join("a")).unwrap().len();
+    assert_eq!(a_len, 50 * 4096);
+}
+
+#[test]
+fn uring_tiny_cq_under_a_burst_loses_nothing() {
+    if !usable_or_skip("uring_tiny_cq_under_a_burst_loses_nothing") {
+        return;
+    }
+    let d = dir();
+    for qd in [1usize, 2, 3] {
+        let mut io = UringStorageIo::new(&IoConfig {
+            queue_depth: qd,
+            ..IoConfig::default()
+        })
+        .unwrap();
+        let fd = io
+            .open_file(&d.path().join(format!("burst-{qd}")), &OpenOptions::create())
+            .unwrap();
+        let mut tokens = HashSet::new();
+        let mut done = Vec::new();
+        let mut i = 0u64;
+        while i < 2000 {
+            match io.submit_write(fd, &[i as u8; 64], i * 64) {
+                Ok(t) => {
+                    tokens.insert(t);
+                    i += 1;
+                }
+                Err(StorageIoError::QueueFull { limit }) => {
+                    assert_eq!(limit, qd);
+                    io.poll_completions(&mut done);
+                    if io.pending_count() >= qd {
+                        io.wait_completions(&mut done, 1, Some(Duration::from_secs(10)))
+                            .unwrap();
+                    }
+                }
+                Err(e) => panic!("qd {qd}: {e}"),
+            }
+        }
+        done.extend(drain(&mut io));
+        let got: HashSet<_> = done.iter().map(|c| c.token).collect();
+        assert_eq!(got, tokens, "qd {qd}: every op completed exactly once");
+        assert_eq!(io.file_len(fd).unwrap(), 2000 * 64);
+    }
+}
+
+#[test]
+fn uring_misaligned_and_absurd_requests_are_errors_not_panics() {
+    if !usable_or_skip("uring_misaligned_and_absurd_requests_are_errors_not_panics") {
+        return;
+    }
+    let d = dir();
+    let path = d.path().join("direct");
+    let opened = open_file(&path, &OpenOptions::create().with_direct(true)).unwrap();
+    assert!(
+        opened.mode.is_direct(),
+        "{} is on ext4; O_DIRECT must be granted",
+        path.display()
+    );
+    let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
+    let fd = io.register_fd(opened.file).unwrap();
+    let offsets = [
+        0u64,
+        1,
+        511,
+        4095,
+        4096,
+        u64::MAX - 4096,
+        u64::MAX,
+        i64::MAX as u64,
+    ];
+    let lens = [0usize, 1, 512, 4095, 4096, 4097, 8192];
+    for &off in &offsets {
+        for &len in &lens {
+            let buf = AlignedBuf::page_aligned(len).unwrap();
+            match io.submit_read(fd, buf.into(), off) {
+                Ok(_) => assert!(
+                    off % 4096 == 0 && len % 4096 == 0,
+                    "accepted misaligned read {off}/{len}"
+                ),
+                Err(e) => {
+                    assert!(
+                        matches!(e.error, StorageIoError::InvalidArgument(_)),
+                        "{off}/{len}: {:?}",
+                        e.error
+                    );
+                    assert_eq!(e.buf.len(), len);
+                }
+            }
+            let r = io.submit_write(fd, &vec![0u8; len], off);
+            if let Err(e) = r {
+                assert!(
+                    matches!(e, StorageIoError::InvalidArgument(_)),
+                    "{off}/{len}: {e:?}"
+                );
+            }
+        }
+    }
+    // Aligned offsets past the end of the device-sized range come back as I/O errors, not panics.
+    for c in drain(&mut io) {
+        if let Err(e) = &c.result {
+            assert!(matches!(e, StorageIoError::Io { .. }), "{e:?}");
+        }
+    }
+    let huge = io.submit_write(fd, &vec![0u8; (64 << 20) + 4096], 0).unwrap_err();
+    assert!(matches!(
+        huge,
+        StorageIoError::InvalidArgument(InvalidArgument::TooLarge { .. })
+    ));
+    let forged = IoFd {
+        slot: u32::MAX,
+        generation: u32::MAX,
+    };
+    assert!(matches!(
+        io.submit_datasync(forged),
+        Err(StorageIoError::BadFd { .. })
+    ));
+    assert_eq!(io.pending_count(), 0);
+}
+
+#[test]
+fn uring_reads_across_eof_are_finished_short_successes_with_direct_io() {
+    if !usable_or_skip("uring_reads_across_eof_are_finished_short_successes_with_direct_io") {
+        return;
+    }
+    let d = dir();
+    let path = d.path().join("eof");
+    std::fs::write(&path, vec![5u8; 3 * 4096]).unwrap();
+    let opened = open_file(&path, &OpenOptions::default().with_direct(true)).unwrap();
+    let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
+    let fd = io.register_fd(opened.file).unwrap();
+    let t = io
+        .submit_read(fd, AlignedBuf::page_aligned(8 * 4096).unwrap().into(), 2 * 4096)
+        .map_err(|e| e.error)
+        .unwrap();
+    let c = drain(&mut io).into_iter().find(|c| c.token == t).unwrap();
+    assert_eq!(c.result, Ok(4096));
+    assert!(c.is_eof());
+    assert_eq!(c.buf.unwrap().as_slice(), &[5u8; 4096][..]);
+}
+
+#[test]
+fn uring_capabilities_report_registered_buffers_and_files() {
+    if !usable_or_skip("uring_capabilities_report_registered_buffers_and_files") {
+        return;
+    }
+    let io = UringStorageIo::new(&IoConfig::default()).unwrap();
+    let caps = io.capabilities();
+    assert_eq!(caps.name, "io_uring");
+    assert!(caps.registered_files, "{:?}", caps.notes);
+    assert!(caps.registered_buffers, "{:?}", caps.notes);
+    assert!(caps.notes.iter().any(|n| n.starts_with("kernel ")));
+    let off = UringStorageIo::new(&IoConfig {
+        fixed_buffers: false,
+        ..IoConfig::default()
+    })
+    .unwrap();
+    assert!(!off.capabilities().registered_buffers);
+}
