@@ -770,7 +770,7 @@ fn stats_count_every_op(ctx: &mut Ctx<'_>) {
     assert_eq!(s.completed(OpKind::Read), 1);
     assert_eq!(s.bytes(OpKind::Read), writes * 100);
     assert_eq!(s.in_flight(), 0);
-    assert_eq!(s.latency_ns(OpKind::Write).len() as u64, writes);
+    assert_eq!(s.latency_ns(OpKind::Write).len(), writes);
 }
 
 /// One step of a random op sequence.
