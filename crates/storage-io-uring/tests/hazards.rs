@@ -13,7 +13,7 @@ use storage_io_core::{
 use storage_io_uring::{UringStorageIo, usable_or_skip};
 
 fn dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir under target/")
 }
 
 fn drain(io: &mut dyn StorageIo) -> Vec<IoCompletion> {
