@@ -1,4 +1,5 @@
 //! Ring-0 rule: after warm-up, submit + poll on `SyncStorageIo` allocate nothing.
+#![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, IoConfig, OpKind, OpenOptions, StorageIo};
 use storage_io_sync::SyncStorageIo;

@@ -1,4 +1,5 @@
 //! The testkit's conformance suite against both portable backends.
+#![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use storage_io_core::{IoConfig, StorageIo};
 use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};

@@ -1,5 +1,6 @@
 //! The conformance suite on the testkit's own backends: MemIo, and FaultyIo wrapping real
 //! backends with only contract-respecting faults (delays and reordering).
+#![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use storage_io_core::{IoConfig, OpKind, StorageIo};
 use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};

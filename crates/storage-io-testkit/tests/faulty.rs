@@ -1,4 +1,5 @@
 //! FaultyIo injects what its plan says, keeps tokens unique, and never breaks the barrier.
+#![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use std::collections::HashSet;
 use std::path::Path;

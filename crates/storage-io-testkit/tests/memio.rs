@@ -1,4 +1,5 @@
 //! MemIo's crash model: a crash drops exactly the unsynced writes.
+#![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use std::path::Path;
 

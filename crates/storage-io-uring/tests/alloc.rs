@@ -3,6 +3,7 @@
 //! datasyncs, with and without registered buffers.
 
 #![cfg(target_os = "linux")]
+#![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ fn steady_state_allocations(config: &IoConfig, direct: bool) -> u64 {
         .collect();
     let payload = AlignedBuf::from_slice(&[9u8; 4096], 4096).unwrap();
 
-    let mut round = |io: &mut UringStorageIo, done: &mut Vec<IoCompletion>, bufs: &mut Vec<IoBuf>, i: u64| {
+    let round = |io: &mut UringStorageIo, done: &mut Vec<IoCompletion>, bufs: &mut Vec<IoBuf>, i: u64| {
         io.submit_write(fd, &payload, (i % 64) * 4096).unwrap();
         io.submit_append(fd, &payload).unwrap();
         let mut rb = bufs.pop().unwrap();

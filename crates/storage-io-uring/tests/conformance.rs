@@ -1,6 +1,7 @@
 //! The testkit's conformance suite on io_uring, in the configurations users will run.
 
 #![cfg(target_os = "linux")]
+#![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use storage_io_core::{IoConfig, StorageIo};
 use storage_io_testkit::conformance::{self, ConformanceOptions};

@@ -1,6 +1,7 @@
 //! The io_uring traps that sank other systems, each as a test.
 
 #![cfg(target_os = "linux")]
+#![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt;
