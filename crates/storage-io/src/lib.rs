@@ -1,0 +1,182 @@
+//! # storage-io
+//!
+//! Asynchronous disk I/O for database and streaming engines — the top layer (L3). Depend on this
+//! crate alone: it re-exports the [`StorageIo`] contract and its types from `storage-io-core`,
+//! the portable backends from `storage-io-sync`, and (feature `io-uring`, on by default, Linux)
+//! the io_uring backend, and it picks the best backend at run time.
+//!
+//! ```no_run
+//! use storage_io::{IoConfig, OpenOptions, StorageIo};
+//!
+//! // io_uring where the kernel allows it, else the thread pool; STORAGE_IO_BACKEND overrides.
+//! let mut io = storage_io::open_backend(&IoConfig::default())?;
+//! println!("using {}", io.name());
+//! let fd = io.open_file("pages.db".as_ref(), &OpenOptions::create().with_direct(true))?;
+//! io.submit_write(fd, &[0u8; 4096], 0)?;
+//! io.submit_datasync(fd)?;
+//! let mut done = Vec::new();
+//! io.wait_completions(&mut done, 2, None)?;
+//! # Ok::<(), storage_io::StorageIoError>(())
+//! ```
+//!
+//! Multi-threaded users (a scheduler with one backend per worker) take a factory instead:
+//! [`backend_factory`] decides once and builds the same kind for every worker.
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use storage_io_core::*;
+pub use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
+pub use storage_io_uring::UringStorageIo;
+#[cfg(feature = "io-uring")]
+pub use storage_io_uring::{ProbeReport, Unavailable, probe};
+
+/// Whether io_uring can be used, as auto-selection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UringStatus {
+    /// The probe passed on this kernel.
+    Available {
+        /// The kernel release it passed on.
+        kernel: String,
+    },
+    /// The probe failed, for this reason.
+    Unavailable {
+        /// Why (from the probe: ENOSYS, EPERM, missing opcode, …).
+        reason: String,
+    },
+    /// This build has no io_uring backend (feature `io-uring` off, or not Linux).
+    NotCompiled,
+}
+
+impl fmt::Display for UringStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UringStatus::Available { kernel } => write!(f, "io_uring available on kernel {kernel}"),
+            UringStatus::Unavailable { reason } => write!(f, "io_uring unavailable: {reason}"),
+            UringStatus::NotCompiled => {
+                f.write_str("io_uring not compiled in (enable the io-uring feature, on Linux)")
+            }
+        }
+    }
+}
+
+/// Probes io_uring on this machine (cheap: one small ring, created and closed).
+pub fn uring_status() -> UringStatus {
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
+    {
+        match storage_io_uring::probe() {
+            Ok(report) => UringStatus::Available {
+                kernel: report.kernel,
+            },
+            Err(why) => UringStatus::Unavailable {
+                reason: why.to_string(),
+            },
+        }
+    }
+    #[cfg(not(all(feature = "io-uring", target_os = "linux")))]
+    {
+        UringStatus::NotCompiled
+    }
+}
+
+/// The backend chosen, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// What will be built (never `Auto`).
+    pub kind: BackendKind,
+    /// One sentence a log reader can act on.
+    pub reason: String,
+}
+
+/// Decides which backend to build, without building it: `env_backend` (the value of
+/// `STORAGE_IO_BACKEND`, if set) overrides `config.backend`; `auto` takes io_uring when `uring`
+/// says it is available and the thread pool otherwise. Asking for io_uring where it is not
+/// available is an error naming the reason — never a silent fallback.
+pub fn select_backend(
+    config: &IoConfig,
+    env_backend: Option<&str>,
+    uring: &UringStatus,
+) -> Result<Selection> {
+    let (kind, source) = match env_backend {
+        Some(v) if !v.trim().is_empty() => (v.parse::<BackendKind>()?, "STORAGE_IO_BACKEND"),
+        _ => (config.backend, "the config"),
+    };
+    match kind {
+        BackendKind::Auto => Ok(match uring {
+            UringStatus::Available { kernel } => Selection {
+                kind: BackendKind::IoUring,
+                reason: format!("auto: io_uring probe passed on kernel {kernel}"),
+            },
+            other => Selection {
+                kind: BackendKind::ThreadPool,
+                reason: format!("auto: {other}; using the thread pool"),
+            },
+        }),
+        BackendKind::IoUring => match uring {
+            UringStatus::Available { kernel } => Ok(Selection {
+                kind,
+                reason: format!("io_uring asked for by {source}; probe passed on kernel {kernel}"),
+            }),
+            other => Err(StorageIoError::Unsupported {
+                what: format!("io_uring was asked for by {source} but {other}").into(),
+            }),
+        },
+        BackendKind::ThreadPool | BackendKind::Sync => Ok(Selection {
+            kind,
+            reason: format!("{kind} asked for by {source}"),
+        }),
+    }
+}
+
+/// Builds one backend of an already selected kind.
+pub fn build_backend(kind: BackendKind, config: &IoConfig) -> Result<Box<dyn StorageIo>> {
+    Ok(match kind {
+        BackendKind::Sync => Box::new(SyncStorageIo::new(config)?),
+        BackendKind::ThreadPool => Box::new(ThreadPoolStorageIo::new(config)?),
+        BackendKind::IoUring => {
+            #[cfg(all(feature = "io-uring", target_os = "linux"))]
+            {
+                Box::new(UringStorageIo::new(config)?)
+            }
+            #[cfg(not(all(feature = "io-uring", target_os = "linux")))]
+            {
+                return Err(StorageIoError::unsupported(
+                    "io_uring is not compiled into this build (enable the io-uring feature, on Linux)",
+                ));
+            }
+        }
+        BackendKind::Auto => return build_backend(select(config)?.kind, config),
+    })
+}
+
+fn select(config: &IoConfig) -> Result<Selection> {
+    config.validate()?;
+    let env = std::env::var("STORAGE_IO_BACKEND").ok();
+    let selection = select_backend(config, env.as_deref(), &uring_status())?;
+    tracing::info!(backend = %selection.kind, reason = %selection.reason, "storage-io backend selected");
+    Ok(selection)
+}
+
+/// Selects (see [`select_backend`]; the environment's `STORAGE_IO_BACKEND` applies), logs the
+/// choice and why, and builds the backend.
+pub fn open_backend(config: &IoConfig) -> Result<Box<dyn StorageIo>> {
+    let selection = select(config)?;
+    build_backend(selection.kind, config)
+}
+
+/// Selects once and returns a factory that builds that kind for every worker, with the choice.
+///
+/// ```no_run
+/// let (factory, selection) = storage_io::backend_factory(&storage_io::IoConfig::default())?;
+/// println!("{}", selection.reason);
+/// let per_worker: Vec<_> = (0..4).map(|w| factory(w)).collect::<Result<_, _>>()?;
+/// # Ok::<(), storage_io::StorageIoError>(())
+/// ```
+pub fn backend_factory(config: &IoConfig) -> Result<(BackendFactory, Selection)> {
+    let selection = select(config)?;
+    let kind = selection.kind;
+    let config = config.clone();
+    let factory: BackendFactory = Arc::new(move |_worker| build_backend(kind, &config));
+    Ok((factory, selection))
+}
