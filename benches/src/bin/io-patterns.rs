@@ -15,9 +15,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use storage_io_core::{
-    AlignedBuf, IoBuf, IoCompletion, IoConfig, IoToken, OpKind, OpenOptions, StorageIo, open_file,
+    AlignedBuf, BackendKind, IoBuf, IoCompletion, IoConfig, IoToken, OpKind, OpenOptions, StorageIo,
+    open_file,
 };
-use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,7 +37,7 @@ struct Args {
     /// Workloads: seq_read, rand_read, rand_write.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
-    /// Backends: sync, thread_pool.
+    /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll.
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
     /// I/O mode: direct, buffered or both.
@@ -108,8 +108,8 @@ fn plan(args: &Args) -> Result<Plan> {
     )?;
     let backends = list(
         &args.backend,
-        &["sync", "thread_pool"],
-        &["sync", "thread_pool"],
+        &["sync", "thread_pool", "uring"],
+        BACKENDS,
         "backend",
     )?;
     let modes = match args.io.as_deref().unwrap_or("both") {
@@ -333,17 +333,38 @@ fn prepare_file(path: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
+/// Every backend variant the driver knows.
+const BACKENDS: &[&str] = &["sync", "thread_pool", "uring", "uring_nofixed", "uring_sqpoll"];
+
 fn make_backend(name: &str, qd: usize) -> Result<Box<dyn StorageIo>> {
     let config = IoConfig {
         queue_depth: qd.max(1),
         workers: qd.clamp(1, 32),
+        // One registered buffer per slot, sized for the block (the driver's blocks are 4 KiB by default).
+        buffer_size: 64 << 10,
         ..IoConfig::default()
     };
-    Ok(match name {
-        "sync" => Box::new(SyncStorageIo::new(&config)?),
-        "thread_pool" => Box::new(ThreadPoolStorageIo::new(&config)?),
+    let (kind, config) = match name {
+        "sync" => (BackendKind::Sync, config),
+        "thread_pool" => (BackendKind::ThreadPool, config),
+        "uring" => (BackendKind::IoUring, config),
+        "uring_nofixed" => (
+            BackendKind::IoUring,
+            IoConfig {
+                fixed_buffers: false,
+                ..config
+            },
+        ),
+        "uring_sqpoll" => (
+            BackendKind::IoUring,
+            IoConfig {
+                sqpoll_idle_ms: Some(50),
+                ..config
+            },
+        ),
         other => bail!("unknown backend {other}"),
-    })
+    };
+    Ok(storage_io::build_backend(kind, &config)?)
 }
 
 /// Drops the file's pages from the page cache so a buffered cell starts cold.

@@ -175,12 +175,27 @@ impl UringStorageIo {
         config.validate()?;
         let report = probe().map_err(unsupported)?;
         let qd = u32::try_from(config.queue_depth).unwrap_or(u32::MAX);
-        let mut builder = IoUring::builder();
-        builder.setup_cqsize(qd.saturating_mul(2));
-        if let Some(idle_ms) = config.sqpoll_idle_ms {
-            builder.setup_sqpoll(idle_ms);
-        }
-        let ring = builder.build(qd).map_err(|e| {
+        // COOP_TASKRUN + TASKRUN_FLAG (Linux 5.19+): completions do not interrupt this thread
+        // with an IPI; they are run at our next io_uring_enter, and the SQ ring's TASKRUN flag
+        // tells a non-blocking poll when to enter. SINGLE_ISSUER/DEFER_TASKRUN are not used:
+        // a backend is `Send` and may move to another thread between calls.
+        let build = |coop: bool| {
+            let mut builder = IoUring::builder();
+            builder.setup_cqsize(qd.saturating_mul(2));
+            if coop {
+                builder.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            if let Some(idle_ms) = config.sqpoll_idle_ms {
+                builder.setup_sqpoll(idle_ms);
+            }
+            builder.build(qd)
+        };
+        let (ring, coop_taskrun) = match build(true) {
+            Ok(ring) => (Ok(ring), true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (build(false), false),
+            Err(e) => (Err(e), false),
+        };
+        let ring = ring.map_err(|e| {
             let why = unavailable_from(&e);
             if config.sqpoll_idle_ms.is_some() {
                 StorageIoError::Unsupported {
@@ -194,6 +209,9 @@ impl UringStorageIo {
             }
         })?;
         let mut notes = vec![format!("kernel {}", report.kernel)];
+        if !coop_taskrun {
+            notes.push("kernel lacks IORING_SETUP_COOP_TASKRUN; completions interrupt the thread".into());
+        }
         if !report.nodrop {
             notes.push("kernel lacks IORING_FEAT_NODROP; in-flight ops are capped at queue_depth".into());
         }
@@ -848,7 +866,11 @@ impl StorageIo for UringStorageIo {
     }
 
     fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
-        if !self.ring.submission().is_empty() || self.ring.submission().cq_overflow() {
+        let must_enter = {
+            let sq = self.ring.submission();
+            !sq.is_empty() || sq.cq_overflow() || sq.taskrun()
+        };
+        if must_enter {
             // Hand queued SQEs to the kernel without waiting; a failure here leaves them queued
             // for the next poll or wait.
             let _ = self.enter(0, None);
