@@ -80,6 +80,19 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
         ]),
     )?;
     run_step(
+        "clippy (storage-io without the io-uring feature)",
+        cargo().current_dir(root).args([
+            "clippy",
+            "-p",
+            "storage-io",
+            "--no-default-features",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run_step(
         "tests",
         cargo()
             .current_dir(root)
