@@ -240,9 +240,62 @@ pub fn validate_transfer(
     Ok(())
 }
 
+/// Plans one write on a file whose append cursor is `cursor`: `offset` = `Some` for a positional
+/// write, `None` for an append at the cursor. Validates the transfer (see [`validate_transfer`]),
+/// then moves the cursor past the write when it is an append or ends beyond it — at submit time,
+/// so appends in flight never overlap, and a failed append leaves a hole rather than letting a
+/// later append land on top of it. Returns the op kind and the offset to write at.
+pub fn plan_write(
+    cursor: &mut u64,
+    align: Option<usize>,
+    offset: Option<u64>,
+    data: &[u8],
+    max_io_bytes: usize,
+) -> Result<(OpKind, u64)> {
+    let (op, offset) = match offset {
+        Some(o) => (OpKind::Write, o),
+        None => (OpKind::Append, *cursor),
+    };
+    validate_transfer(align, offset, data.len(), data.as_ptr() as usize, max_io_bytes)?;
+    let end = offset + data.len() as u64;
+    if op == OpKind::Append || end > *cursor {
+        *cursor = end;
+    }
+    Ok((op, offset))
+}
+
+/// What a backend learns about a file when it is registered: its length (the append cursor's
+/// start) and the direct-I/O alignment it requires, if any.
+pub fn file_facts(file: &File) -> Result<(u64, Option<usize>)> {
+    let len = file
+        .metadata()
+        .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?
+        .len();
+    Ok((len, direct_alignment(file)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plan_write_moves_the_cursor_for_appends_and_extending_writes() {
+        let mut cursor = 10;
+        assert_eq!(
+            plan_write(&mut cursor, None, None, b"abc", 100).unwrap(),
+            (OpKind::Append, 10)
+        );
+        assert_eq!(cursor, 13);
+        assert_eq!(
+            plan_write(&mut cursor, None, Some(0), b"xy", 100).unwrap(),
+            (OpKind::Write, 0)
+        );
+        assert_eq!(cursor, 13, "a write inside the file leaves the cursor");
+        plan_write(&mut cursor, None, Some(20), b"z", 100).unwrap();
+        assert_eq!(cursor, 21, "a write past the cursor moves it");
+        assert!(plan_write(&mut cursor, Some(4096), None, b"odd", 100).is_err());
+        assert_eq!(cursor, 21, "a refused write leaves the cursor");
+    }
 
     #[test]
     fn validate_transfer_names_each_fault() {

@@ -48,7 +48,10 @@ mod stats;
 pub use backend::{BackendFactory, StorageIo, sync_dir_default};
 pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf};
 pub use config::{BackendKind, IoConfig};
-pub use direct::{DirectMode, OpenOptions, OpenedFile, direct_alignment, open_file, validate_transfer};
+pub use direct::{
+    DirectMode, OpenOptions, OpenedFile, direct_alignment, file_facts, open_file, plan_write,
+    validate_transfer,
+};
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 pub use fd_table::FdTable;
 pub use inline_queue::InlineQueue;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use storage_io_core::{
     Capabilities, FdTable, InlineQueue, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind,
-    Result, StorageIo, StorageIoError, SubmitError, direct_alignment, validate_transfer,
+    Result, StorageIo, StorageIoError, SubmitError, file_facts, plan_write, validate_transfer,
 };
 
 use crate::exec;
@@ -81,17 +81,7 @@ impl SyncStorageIo {
         self.queue.admit()?;
         let max = self.config.max_io_bytes;
         let f = self.files.get_mut(fd)?;
-        let (op, offset) = match offset {
-            Some(o) => (OpKind::Write, o),
-            None => (OpKind::Append, f.append_cursor),
-        };
-        validate_transfer(f.align, offset, data.len(), data.as_ptr() as usize, max)?;
-        let end = offset + data.len() as u64;
-        if op == OpKind::Append || end > f.append_cursor {
-            // The cursor moves at submit, as in the asynchronous backends, even if the write fails:
-            // a failed append leaves a hole rather than letting a later append land on top of it.
-            f.append_cursor = end;
-        }
+        let (op, offset) = plan_write(&mut f.append_cursor, f.align, offset, data, max)?;
         Ok((op, offset, exec::write_all_at(&f.file, data, offset, op)))
     }
 
@@ -121,11 +111,7 @@ impl StorageIo for SyncStorageIo {
     }
 
     fn register_fd(&mut self, file: File) -> Result<IoFd> {
-        let append_cursor = file
-            .metadata()
-            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?
-            .len();
-        let align = direct_alignment(&file);
+        let (append_cursor, align) = file_facts(&file)?;
         self.files.insert(SyncFile {
             file,
             align,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use storage_io_core::{
     Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result, StorageIo,
-    StorageIoError, SubmitError, TokenCounter, direct_alignment, validate_transfer,
+    StorageIoError, SubmitError, TokenCounter, file_facts, plan_write, validate_transfer,
 };
 
 use crate::exec;
@@ -209,15 +209,7 @@ impl ThreadPoolStorageIo {
         self.admit()?;
         let max = self.config.max_io_bytes;
         let f = self.files.get_mut(fd)?;
-        let (op, offset) = match offset {
-            Some(o) => (OpKind::Write, o),
-            None => (OpKind::Append, f.append_cursor),
-        };
-        validate_transfer(f.align, offset, data.len(), data.as_ptr() as usize, max)?;
-        let end = offset + data.len() as u64;
-        if op == OpKind::Append || end > f.append_cursor {
-            f.append_cursor = end;
-        }
+        let (op, offset) = plan_write(&mut f.append_cursor, f.align, offset, data, max)?;
         Ok((op, offset))
     }
 
@@ -380,11 +372,7 @@ impl StorageIo for ThreadPoolStorageIo {
     }
 
     fn register_fd(&mut self, file: File) -> Result<IoFd> {
-        let append_cursor = file
-            .metadata()
-            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?
-            .len();
-        let align = direct_alignment(&file);
+        let (append_cursor, align) = file_facts(&file)?;
         self.files.insert(PoolFile {
             file: Arc::new(file),
             align,

@@ -19,7 +19,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use storage_io_core::{
     Capabilities, FdTable, InlineQueue, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind,
-    OpenOptions, Result, StorageIo, StorageIoError, SubmitError, validate_transfer,
+    OpenOptions, Result, StorageIo, StorageIoError, SubmitError, plan_write, validate_transfer,
 };
 
 /// The sector size a torn write is cut at.
@@ -293,21 +293,8 @@ impl MemIo {
     ) -> Result<(OpKind, u64, Result<usize>)> {
         self.admit()?;
         let h = self.files.get_mut(fd)?;
-        let (op, offset) = match offset {
-            Some(o) => (OpKind::Write, o),
-            None => (OpKind::Append, h.append_cursor),
-        };
-        validate_transfer(
-            None,
-            offset,
-            data.len(),
-            data.as_ptr() as usize,
-            self.max_io_bytes,
-        )?;
+        let (op, offset) = plan_write(&mut h.append_cursor, None, offset, data, self.max_io_bytes)?;
         let end = offset + data.len() as u64;
-        if op == OpKind::Append || end > h.append_cursor {
-            h.append_cursor = end;
-        }
         if !h.writable {
             return Ok((op, offset, Err(StorageIoError::os(op, EBADF))));
         }

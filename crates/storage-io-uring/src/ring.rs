@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, opcode, squeue, types};
 use storage_io_core::{
     AlignedBuf, Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
-    StorageIo, StorageIoError, SubmitError, TokenCounter, direct_alignment, validate_transfer,
+    StorageIo, StorageIoError, SubmitError, TokenCounter, file_facts, plan_write, validate_transfer,
 };
 
 use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
@@ -639,15 +639,7 @@ impl UringStorageIo {
         self.admit()?;
         let max = self.config.max_io_bytes;
         let f = self.files.get_mut(fd)?;
-        let (op, offset) = match offset {
-            Some(o) => (OpKind::Write, o),
-            None => (OpKind::Append, f.append_cursor),
-        };
-        validate_transfer(f.align, offset, data.len(), data.as_ptr() as usize, max)?;
-        let end = offset + data.len() as u64;
-        if op == OpKind::Append || end > f.append_cursor {
-            f.append_cursor = end;
-        }
+        let (op, offset) = plan_write(&mut f.append_cursor, f.align, offset, data, max)?;
         Ok((op, offset))
     }
 
@@ -743,12 +735,8 @@ impl StorageIo for UringStorageIo {
     }
 
     fn register_fd(&mut self, file: File) -> Result<IoFd> {
-        let append_cursor = file
-            .metadata()
-            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?
-            .len();
+        let (append_cursor, align) = file_facts(&file)?;
         let raw = file.as_raw_fd();
-        let align = direct_alignment(&file);
         let fd = self.files.insert(UringFile {
             file,
             raw,
