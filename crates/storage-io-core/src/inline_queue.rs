@@ -4,8 +4,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use crate::buf::IoBuf;
 use crate::error::{Result, StorageIoError};
-use crate::op::{IoCompletion, IoToken, TokenCounter};
+use crate::op::{IoCompletion, IoFd, IoToken, OpKind, TokenCounter};
 use crate::stats::IoStats;
 
 /// Completions of ops that already ran, waiting for the next poll.
@@ -52,6 +53,27 @@ impl InlineQueue {
         token
     }
 
+    /// Builds the completion of a finished op from its parts and queues it (see
+    /// [`InlineQueue::complete`]); returns the token.
+    pub fn finish(
+        &mut self,
+        started: Instant,
+        (op, fd, offset, len_requested): (OpKind, IoFd, u64, usize),
+        result: Result<usize>,
+        buf: Option<IoBuf>,
+    ) -> IoToken {
+        let done = IoCompletion {
+            token: IoToken(0),
+            op,
+            fd,
+            offset,
+            len_requested,
+            result,
+            buf,
+        };
+        self.complete(started, done)
+    }
+
     /// Moves every queued completion into `out`, oldest first; returns how many.
     pub fn poll(&mut self, out: &mut Vec<IoCompletion>) -> usize {
         let n = self.ready.len();
@@ -78,7 +100,6 @@ impl InlineQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{IoFd, OpKind};
 
     fn done(op: OpKind) -> IoCompletion {
         IoCompletion {

@@ -53,25 +53,6 @@ impl SyncStorageIo {
         })
     }
 
-    fn finish(
-        &mut self,
-        started: Instant,
-        (op, fd, offset, len_requested): (OpKind, IoFd, u64, usize),
-        result: Result<usize>,
-        buf: Option<IoBuf>,
-    ) -> IoToken {
-        let done = IoCompletion {
-            token: IoToken(0),
-            op,
-            fd,
-            offset,
-            len_requested,
-            result,
-            buf,
-        };
-        self.queue.complete(started, done)
-    }
-
     fn write_inner(
         &mut self,
         fd: IoFd,
@@ -90,7 +71,7 @@ impl SyncStorageIo {
         let started = Instant::now();
         let f = self.files.get(fd)?;
         let result = exec::sync(&f.file, op);
-        Ok(self.finish(started, (op, fd, 0, 0), result, None))
+        Ok(self.queue.finish(started, (op, fd, 0, 0), result, None))
     }
 }
 
@@ -149,13 +130,17 @@ impl StorageIo for SyncStorageIo {
         if let Ok(n) = result {
             buf.truncate(n);
         }
-        Ok(self.finish(started, (OpKind::Read, fd, offset, len), result, Some(buf)))
+        Ok(self
+            .queue
+            .finish(started, (OpKind::Read, fd, offset, len), result, Some(buf)))
     }
 
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
         let started = Instant::now();
         let (op, offset, result) = self.write_inner(fd, data, Some(offset))?;
-        Ok(self.finish(started, (op, fd, offset, data.len()), result, None))
+        Ok(self
+            .queue
+            .finish(started, (op, fd, offset, data.len()), result, None))
     }
 
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
@@ -163,7 +148,9 @@ impl StorageIo for SyncStorageIo {
         match self.write_inner(fd, &buf, Some(offset)) {
             Ok((op, offset, result)) => {
                 let len = buf.len();
-                Ok(self.finish(started, (op, fd, offset, len), result, Some(buf)))
+                Ok(self
+                    .queue
+                    .finish(started, (op, fd, offset, len), result, Some(buf)))
             }
             Err(e) => Err(SubmitError::new(e, buf)),
         }
@@ -172,7 +159,9 @@ impl StorageIo for SyncStorageIo {
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
         let started = Instant::now();
         let (op, offset, result) = self.write_inner(fd, data, None)?;
-        Ok(self.finish(started, (op, fd, offset, data.len()), result, None))
+        Ok(self
+            .queue
+            .finish(started, (op, fd, offset, data.len()), result, None))
     }
 
     fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
