@@ -267,11 +267,14 @@ pub fn plan_write(
 /// What a backend learns about a file when it is registered: its length (the append cursor's
 /// start) and the direct-I/O alignment it requires, if any.
 pub fn file_facts(file: &File) -> Result<(u64, Option<usize>)> {
-    let len = file
-        .metadata()
-        .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?
-        .len();
-    Ok((len, direct_alignment(file)))
+    Ok((file_len_of(file)?, direct_alignment(file)))
+}
+
+/// The current length of an open file (an `fstat`), as every real-file backend's `file_len`.
+pub fn file_len_of(file: &File) -> Result<u64> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
 }
 
 #[cfg(test)]

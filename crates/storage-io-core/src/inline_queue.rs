@@ -97,6 +97,19 @@ impl InlineQueue {
     }
 }
 
+/// Moves every completion in `ready` into `out`, oldest first, and takes them off `pending`
+/// (accepted − delivered); returns how many. The delivery step of the asynchronous backends.
+pub fn deliver_ready(
+    ready: &mut VecDeque<IoCompletion>,
+    pending: &mut usize,
+    out: &mut Vec<IoCompletion>,
+) -> usize {
+    let n = ready.len();
+    *pending -= n;
+    out.extend(ready.drain(..));
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,11 +49,11 @@ pub use backend::{BackendFactory, StorageIo, sync_dir_default};
 pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf};
 pub use config::{BackendKind, IoConfig};
 pub use direct::{
-    DirectMode, OpenOptions, OpenedFile, direct_alignment, file_facts, open_file, plan_write,
+    DirectMode, OpenOptions, OpenedFile, direct_alignment, file_facts, file_len_of, open_file, plan_write,
     validate_transfer,
 };
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 pub use fd_table::FdTable;
-pub use inline_queue::InlineQueue;
+pub use inline_queue::{InlineQueue, deliver_ready};
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind, TokenCounter};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use storage_io_core::{
     Capabilities, FdTable, InlineQueue, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind,
-    Result, StorageIo, StorageIoError, SubmitError, file_facts, plan_write, validate_transfer,
+    Result, StorageIo, SubmitError, file_facts, file_len_of, plan_write, validate_transfer,
 };
 
 use crate::exec;
@@ -107,11 +107,7 @@ impl StorageIo for SyncStorageIo {
     }
 
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
-        let f = self.files.get(fd)?;
-        f.file
-            .metadata()
-            .map(|m| m.len())
-            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
+        file_len_of(&self.files.get(fd)?.file)
     }
 
     fn submit_read(&mut self, fd: IoFd, mut buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {

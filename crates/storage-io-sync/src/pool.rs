@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use storage_io_core::{
     Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result, StorageIo,
-    StorageIoError, SubmitError, TokenCounter, file_facts, plan_write, validate_transfer,
+    StorageIoError, SubmitError, TokenCounter, deliver_ready, file_facts, file_len_of, plan_write,
+    validate_transfer,
 };
 
 use crate::exec;
@@ -279,10 +280,7 @@ impl ThreadPoolStorageIo {
     }
 
     fn deliver(&mut self, out: &mut Vec<IoCompletion>) -> usize {
-        let n = self.ready.len();
-        self.pending -= n;
-        out.extend(self.ready.drain(..));
-        n
+        deliver_ready(&mut self.ready, &mut self.pending, out)
     }
 }
 
@@ -396,12 +394,7 @@ impl StorageIo for ThreadPoolStorageIo {
     }
 
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
-        self.files
-            .get(fd)?
-            .file
-            .metadata()
-            .map(|m| m.len())
-            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
+        file_len_of(&self.files.get(fd)?.file)
     }
 
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {

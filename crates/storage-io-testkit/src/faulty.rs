@@ -23,7 +23,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use storage_io_core::{
     Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result, StorageIo,
-    StorageIoError, SubmitError, TokenCounter,
+    StorageIoError, SubmitError, TokenCounter, deliver_ready,
 };
 
 /// The errno values injected.
@@ -400,10 +400,7 @@ impl<B: StorageIo> FaultyIo<B> {
     }
 
     fn deliver(&mut self, out: &mut Vec<IoCompletion>) -> usize {
-        let n = self.ready.len();
-        self.pending -= n;
-        out.extend(self.ready.drain(..));
-        n
+        deliver_ready(&mut self.ready, &mut self.pending, out)
     }
 }
 

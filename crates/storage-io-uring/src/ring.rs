@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, opcode, squeue, types};
 use storage_io_core::{
     AlignedBuf, Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
-    StorageIo, StorageIoError, SubmitError, TokenCounter, file_facts, plan_write, validate_transfer,
+    StorageIo, StorageIoError, SubmitError, TokenCounter, deliver_ready, file_facts, file_len_of, plan_write,
+    validate_transfer,
 };
 
 use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
@@ -662,10 +663,7 @@ impl UringStorageIo {
     }
 
     fn deliver(&mut self, out: &mut Vec<IoCompletion>) -> usize {
-        let n = self.ready.len();
-        self.pending -= n;
-        out.extend(self.ready.drain(..));
-        n
+        deliver_ready(&mut self.ready, &mut self.pending, out)
     }
 
     /// Submits what is queued and blocks until every op of `fd` (or of all fds) is reaped.
@@ -770,12 +768,7 @@ impl StorageIo for UringStorageIo {
     }
 
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
-        self.files
-            .get(fd)?
-            .file
-            .metadata()
-            .map(|m| m.len())
-            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
+        file_len_of(&self.files.get(fd)?.file)
     }
 
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
