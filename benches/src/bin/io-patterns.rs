@@ -337,13 +337,16 @@ fn prepare_file(path: &Path, size: u64) -> Result<()> {
 const BACKENDS: &[&str] = &["sync", "thread_pool", "uring", "uring_nofixed", "uring_sqpoll"];
 
 fn make_backend(name: &str, qd: usize) -> Result<Box<dyn StorageIo>> {
-    let config = IoConfig {
+    let mut config = IoConfig {
         queue_depth: qd.max(1),
         workers: qd.clamp(1, 32),
         // One registered buffer per slot, sized for the block (the driver's blocks are 4 KiB by default).
         buffer_size: 64 << 10,
         ..IoConfig::default()
     };
+    // STORAGE_IO_* variables tune the backends under test (e.g. STORAGE_IO_SUBMIT_BATCH).
+    config.apply_env()?;
+    config.queue_depth = qd.max(1);
     let (kind, config) = match name {
         "sync" => (BackendKind::Sync, config),
         "thread_pool" => (BackendKind::ThreadPool, config),

@@ -330,6 +330,11 @@ impl UringStorageIo {
         } else {
             self.push_slot(idx);
         }
+        let batch = self.config.submit_batch;
+        if batch > 0 && self.ring.submission().len() >= batch {
+            // A failure leaves the SQEs queued; flush/poll/wait hand them over and report it.
+            let _ = self.enter(0, None);
+        }
         Ok(token)
     }
 
@@ -868,6 +873,17 @@ impl StorageIo for UringStorageIo {
     ) -> Result<usize> {
         let deadline = timeout.map(|t| Instant::now() + t);
         self.reap();
+        if self.ready.len() >= min || self.in_kernel == 0 {
+            // Nothing to wait for, but SQEs queued since the last enter must still reach the
+            // kernel now: returning without submitting them would leave the device idle for a
+            // whole round and quietly lower the queue depth the caller asked for.
+            if !self.ring.submission().is_empty() {
+                self.enter(0, None)
+                    .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+                self.reap();
+            }
+            return Ok(self.deliver(out));
+        }
         while self.ready.len() < min && self.in_kernel > 0 {
             let left = match deadline {
                 Some(d) => {

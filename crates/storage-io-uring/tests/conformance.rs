@@ -31,10 +31,12 @@ fn uring_conformance() {
 
 #[test]
 fn uring_unregistered_conformance() {
+    // Also the deferred-submit path: requests reach the kernel only at flush/poll/wait.
     run(
         "uring_unregistered_conformance",
         IoConfig {
             fixed_buffers: false,
+            submit_batch: 0,
             ..IoConfig::default()
         },
     );
@@ -49,6 +51,7 @@ fn uring_small_ring_small_buffers_conformance() {
         IoConfig {
             queue_depth: 8,
             buffer_size: 4096,
+            submit_batch: 3,
             ..IoConfig::default()
         },
     );
