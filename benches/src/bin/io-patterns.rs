@@ -1,40 +1,40 @@
-//! io-patterns: the queue-depth benchmark driver behind `cargo xtask bench`.
+//! io-patterns: the queue-depth benchmark behind `cargo xtask bench`.
 //!
-//! Runs each cell (workload × backend × I/O mode × queue depth) for a fixed time on one file,
-//! keeping `qd` ops in flight, and reports IOPS, MB/s, latency percentiles and CPU time per op.
-//! Writes `results.json` and `report.md` under `target/bench/<timestamp>/`.
+//! Runs each cell (workload × backend × I/O mode × page-cache regime × queue depth) for a fixed
+//! time on one file, keeping `qd` ops in flight, and the same cells with fio beside ours when fio
+//! is installed. Writes `results.json`, `report.md` (tables, ours/fio ratios, guidance) and SVG
+//! plots under `target/bench/<timestamp>/`.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
-use storage_io_core::{
-    AlignedBuf, BackendKind, IoBuf, IoCompletion, IoConfig, IoToken, OpKind, OpenOptions, StorageIo,
-    open_file,
-};
+use storage_io_benches::cache::{self, MemCap};
+use storage_io_benches::engine::{self, BACKENDS, Cell, WORKLOADS};
+use storage_io_benches::fio::{self, FioEngine, FioJob};
+use storage_io_benches::{Machine, Report, Row, fold_rounds, plot, report, signal, timestamp};
+use storage_io_core::{OpenOptions, open_file};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "io-patterns",
-    about = "Queue-depth benchmark of storage-io backends on one file"
+    about = "Queue-depth benchmark of storage-io backends, with fio beside them on the same file",
+    after_help = "Default: a quick run (about 3 minutes) on a temp file under target/bench/.\n\
+                  Output: target/bench/<timestamp>/report.md, results.json and SVG plots."
 )]
 struct Args {
     /// A tiny run that only proves the driver works (CI uses it).
     #[arg(long, conflicts_with_all = ["quick", "full"])]
     smoke: bool,
-    /// The default: a run of a few minutes.
-    #[arg(long)]
+    /// The default: every workload and the main backends, hot and thrash regimes, one round.
+    #[arg(long, conflicts_with = "full")]
     quick: bool,
-    /// Longer cells and a bigger file.
+    /// Everything: all backends and regimes, longer cells, a 1 GiB file, three rounds (median).
     #[arg(long)]
     full: bool,
-    /// Workloads: seq_read, rand_read, rand_write.
+    /// Workloads: seq_read, rand_read, rand_write, multistream_scan.
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll.
@@ -46,48 +46,105 @@ struct Args {
     /// Queue depths.
     #[arg(long, value_delimiter = ',')]
     qd: Vec<usize>,
+    /// Page-cache regimes for buffered cells: hot, pressure (cache ≈ file / 1.5), thrash (cache ≈ file / 4).
+    #[arg(long, value_delimiter = ',')]
+    regime: Vec<String>,
+    /// Run on this file (e.g. on the disk you care about). Created, filled and removed afterwards
+    /// if missing; an existing file is only read unless --allow-write.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Let rand_write cells overwrite an existing --file.
+    #[arg(long)]
+    allow_write: bool,
+    /// Size of the file in MiB (a new file is filled to this size).
+    #[arg(long)]
+    size_mib: Option<u64>,
     /// Seconds per cell.
     #[arg(long)]
     duration: Option<f64>,
+    /// Rounds per cell; the report shows the median round (ours and fio alternate within a round).
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Block size in bytes (a multiple of 4096 for direct I/O).
     #[arg(long, default_value_t = 4096)]
     block_size: usize,
-    /// File to run on (created and filled if missing or too small). Default: a temp file under target/.
+    /// Concurrent sequential streams of multistream_scan.
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// Do not run fio even if it is installed.
     #[arg(long)]
-    file: Option<PathBuf>,
-    /// Size of the file in MiB.
-    #[arg(long)]
-    size_mib: Option<u64>,
+    no_fio: bool,
     /// Also write the JSON results here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Compare with an earlier results.json and flag regressions (IOPS −10 %, p99 +25 %).
+    #[arg(long)]
+    compare: Option<PathBuf>,
     /// Output directory (default `target/bench/<timestamp>`).
     #[arg(long)]
     out_dir: Option<PathBuf>,
 }
 
+/// What to run, after defaults.
 struct Plan {
     workloads: Vec<String>,
     backends: Vec<String>,
     modes: Vec<bool>,
+    regimes: Vec<String>,
     qds: Vec<usize>,
     duration: Duration,
     size_bytes: u64,
+    rounds: usize,
 }
 
+const REGIMES: &[&str] = &["hot", "pressure", "thrash"];
+
 fn plan(args: &Args) -> Result<Plan> {
-    let (dur, size_mib, qds): (f64, u64, Vec<usize>) = if args.smoke {
-        (0.2, 16, vec![1, 4])
+    struct Preset {
+        duration: f64,
+        size_mib: u64,
+        qds: &'static [usize],
+        workloads: &'static [&'static str],
+        backends: &'static [&'static str],
+        regimes: &'static [&'static str],
+        rounds: usize,
+    }
+    let preset = if args.smoke {
+        Preset {
+            duration: 0.2,
+            size_mib: 16,
+            qds: &[1, 4],
+            workloads: &["rand_read", "rand_write"],
+            backends: &["sync", "thread_pool", "uring"],
+            regimes: &["hot", "thrash"],
+            rounds: 1,
+        }
     } else if args.full {
-        (5.0, 1024, vec![1, 4, 16, 32])
+        Preset {
+            duration: 3.0,
+            size_mib: 1024,
+            qds: &[1, 4, 16, 32],
+            workloads: WORKLOADS,
+            backends: BACKENDS,
+            regimes: REGIMES,
+            rounds: 3,
+        }
     } else {
-        (1.5, 256, vec![1, 4, 16, 32])
+        Preset {
+            duration: 0.5,
+            size_mib: 256,
+            qds: &[1, 4, 16, 32],
+            workloads: WORKLOADS,
+            backends: &["sync", "thread_pool", "uring"],
+            regimes: &["hot", "thrash"],
+            rounds: 1,
+        }
     };
     let list = |given: &Vec<String>, default: &[&str], known: &[&str], what: &str| -> Result<Vec<String>> {
         let v: Vec<String> = if given.is_empty() {
             default.iter().map(|s| s.to_string()).collect()
         } else {
-            given.clone()
+            given.iter().map(|s| s.trim().to_string()).collect()
         };
         for x in &v {
             if !known.contains(&x.as_str()) {
@@ -96,164 +153,350 @@ fn plan(args: &Args) -> Result<Plan> {
         }
         Ok(v)
     };
-    let workloads = list(
-        &args.workload,
-        if args.smoke {
-            &["rand_read", "rand_write"]
-        } else {
-            &["seq_read", "rand_read", "rand_write"]
-        },
-        &["seq_read", "rand_read", "rand_write"],
-        "workload",
-    )?;
-    let backends = list(
-        &args.backend,
-        &["sync", "thread_pool", "uring"],
-        BACKENDS,
-        "backend",
-    )?;
+    let workloads = list(&args.workload, preset.workloads, WORKLOADS, "workload")?;
+    let backends = list(&args.backend, preset.backends, BACKENDS, "backend")?;
+    let regimes = list(&args.regime, preset.regimes, REGIMES, "regime")?;
     let modes = match args.io.as_deref().unwrap_or("both") {
         "direct" => vec![true],
         "buffered" => vec![false],
         "both" => vec![true, false],
         other => bail!("unknown --io {other:?}; expected direct, buffered or both"),
     };
-    if args.block_size == 0 || !args.block_size.is_multiple_of(512) {
-        bail!("--block-size must be a positive multiple of 512 (4096 for direct I/O on most disks)");
+    if args.block_size == 0 || !args.block_size.is_multiple_of(512) || args.block_size > 64 << 20 {
+        bail!("--block-size must be a multiple of 512 up to 64 MiB (4096 for direct I/O on most disks)");
     }
-    let qds = if args.qd.is_empty() { qds } else { args.qd.clone() };
+    let qds = if args.qd.is_empty() {
+        preset.qds.to_vec()
+    } else {
+        args.qd.clone()
+    };
     if qds.iter().any(|&q| q == 0 || q > 4096) {
         bail!("--qd values must be between 1 and 4096");
     }
-    let duration = Duration::from_secs_f64(args.duration.unwrap_or(dur).clamp(0.05, 3600.0));
-    let size_bytes = args.size_mib.unwrap_or(size_mib).max(1) << 20;
+    if args.streams == 0 || args.streams > 4096 {
+        bail!("--streams must be between 1 and 4096");
+    }
+    let duration = match args.duration {
+        Some(d) if !(0.05..=3600.0).contains(&d) => bail!("--duration must be between 0.05 and 3600 seconds"),
+        Some(d) => d,
+        None => preset.duration,
+    };
+    let rounds = args.rounds.unwrap_or(preset.rounds);
+    if rounds == 0 || rounds > 100 {
+        bail!("--rounds must be between 1 and 100");
+    }
+    let size_mib = args.size_mib.unwrap_or(preset.size_mib);
+    if size_mib == 0 {
+        bail!("--size-mib must be at least 1");
+    }
     Ok(Plan {
         workloads,
         backends,
         modes,
+        regimes,
         qds,
-        duration,
-        size_bytes,
+        duration: Duration::from_secs_f64(duration),
+        size_bytes: size_mib << 20,
+        rounds,
     })
 }
 
-#[derive(Serialize, Clone, Debug)]
-struct Latency {
-    mean: f64,
-    p50: f64,
-    p95: f64,
-    p99: f64,
-    max: f64,
+/// The file under test; removed on drop when the bench created it.
+struct BenchFile {
+    path: PathBuf,
+    created: bool,
 }
 
-#[derive(Serialize, Clone, Debug)]
-struct Row {
-    workload: String,
-    engine: &'static str,
-    backend: String,
-    io: &'static str,
-    regime: &'static str,
-    qd: usize,
-    block_size: usize,
-    iops: f64,
-    mb_s: f64,
-    lat_us: Latency,
-    cpu_us_per_op: f64,
-    ops: u64,
-    errors: u64,
-    qd_achieved: f64,
+impl Drop for BenchFile {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
-#[derive(Serialize)]
-struct Machine {
-    cores: usize,
-    kernel: String,
-    file: String,
-    file_size_bytes: u64,
-    direct_io_granted: bool,
+/// Creates (and fills) the file, or checks an existing one. Returns it and the bytes to use.
+fn prepare_file(given: Option<&Path>, root: &Path, size: u64, block: usize) -> Result<(BenchFile, u64)> {
+    let (path, must_create) = match given {
+        Some(p) => (p.to_path_buf(), !p.exists()),
+        None => (
+            root.join("bench")
+                .join(format!("io-patterns-{}.dat", std::process::id())),
+            true,
+        ),
+    };
+    if !must_create {
+        let have = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+        if !have.is_file() {
+            bail!("{} is not a regular file", path.display());
+        }
+        let usable = have.len().min(size) / block as u64 * block as u64;
+        if usable < (1 << 20) {
+            bail!(
+                "{} has {} bytes; the bench needs at least 1 MiB (or give a new path to create)",
+                path.display(),
+                have.len()
+            );
+        }
+        return Ok((BenchFile { path, created: false }, usable));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let guard = BenchFile { path, created: true };
+    eprintln!(
+        "io-patterns: filling {} with {} MiB",
+        guard.path.display(),
+        size >> 20
+    );
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&guard.path)
+        .with_context(|| format!("create {}", guard.path.display()))?;
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 1)
+        .collect();
+    let mut off = 0;
+    while off < size {
+        if signal::stopped() {
+            bail!("interrupted while filling the file");
+        }
+        let n = (size - off).min(chunk.len() as u64) as usize;
+        std::os::unix::fs::FileExt::write_all_at(&file, &chunk[..n], off)
+            .with_context(|| format!("fill {}", guard.path.display()))?;
+        off += n as u64;
+    }
+    file.sync_all()?;
+    Ok((guard, size))
 }
 
-#[derive(Serialize)]
-struct Report {
-    machine: Machine,
-    results: Vec<Row>,
+/// One thing to run: a cell of ours or of fio's, in a regime.
+enum Job {
+    Ours(Cell),
+    Fio(FioJob),
 }
 
-fn main() -> Result<()> {
+struct Step {
+    job: Job,
+    regime: String,
+}
+
+impl Step {
+    fn label(&self) -> String {
+        let (w, b, d, q) = match &self.job {
+            Job::Ours(c) => (c.workload.clone(), c.backend.clone(), c.direct, c.qd),
+            Job::Fio(f) => (
+                f.workload.clone(),
+                format!("fio {}", f.engine.name()),
+                f.direct,
+                f.qd,
+            ),
+        };
+        format!(
+            "{w} {b} {} {} qd{q}",
+            if d { "direct" } else { "buffered" },
+            self.regime
+        )
+    }
+}
+
+fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_ok: bool) -> Vec<Step> {
+    let mut out = Vec::new();
+    for _round in 0..plan.rounds {
+        for w in &plan.workloads {
+            for &direct in plan.modes.iter().filter(|&&d| !d || direct_ok) {
+                // Direct I/O has no cache in front of the disk yet (the scheduler's page cache will
+                // be it): one `uncached` regime stands for all three.
+                let regimes: Vec<String> = if direct {
+                    vec!["uncached".into()]
+                } else {
+                    plan.regimes.clone()
+                };
+                for regime in regimes {
+                    for &qd in &plan.qds {
+                        for b in &plan.backends {
+                            out.push(Step {
+                                job: Job::Ours(Cell {
+                                    workload: w.clone(),
+                                    backend: b.clone(),
+                                    direct,
+                                    qd,
+                                    block: args.block_size,
+                                    duration: plan.duration,
+                                    size,
+                                    streams: args.streams,
+                                }),
+                                regime: regime.clone(),
+                            });
+                        }
+                        if fio_on && fio::supports(w) {
+                            for engine in FioEngine::ALL {
+                                out.push(Step {
+                                    job: Job::Fio(FioJob {
+                                        workload: w.clone(),
+                                        engine,
+                                        direct,
+                                        qd,
+                                        block: args.block_size,
+                                        duration: plan.duration,
+                                        size,
+                                        file: file.to_path_buf(),
+                                        invalidate: regime != "hot",
+                                    }),
+                                    regime: regime.clone(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn main() {
+    signal::install();
+    match run() {
+        Ok(true) => std::process::exit(130),
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!("io-patterns: error: {e:#}");
+            std::process::exit(if signal::stopped() { 130 } else { 1 });
+        }
+    }
+}
+
+/// The whole bench; `Ok(true)` when it was interrupted (partial results are still written).
+fn run() -> Result<bool> {
     let args = Args::parse();
     let plan = plan(&args)?;
     let root = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"));
+    let started = timestamp();
     let out_dir = args
         .out_dir
         .clone()
-        .unwrap_or_else(|| root.join("bench").join(timestamp()));
+        .unwrap_or_else(|| root.join("bench").join(&started));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
-    let file = args
-        .file
-        .clone()
-        .unwrap_or_else(|| root.join("bench").join("io-patterns.dat"));
-    prepare_file(&file, plan.size_bytes)?;
-
-    let direct_ok = open_file(&file, &OpenOptions::default().with_direct(true))?
+    let old = match &args.compare {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+            Some(
+                serde_json::from_str::<Report>(&text)
+                    .with_context(|| format!("{} is not a results.json", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    let (file, size) = prepare_file(args.file.as_deref(), &root, plan.size_bytes, args.block_size)?;
+    if !file.created && !args.allow_write && plan.workloads.iter().any(|w| w == "rand_write") {
+        bail!(
+            "refusing to run rand_write on the existing file {} (it would overwrite its data); \
+             give a path that does not exist yet, drop rand_write, or pass --allow-write",
+            file.path.display()
+        );
+    }
+    let mut notes = Vec::new();
+    let direct_ok = open_file(&file.path, &OpenOptions::default().with_direct(true))?
         .mode
         .is_direct();
     if !direct_ok && plan.modes.contains(&true) {
-        eprintln!(
-            "note: {} refuses O_DIRECT; direct cells are skipped (use --file on ext4/xfs)",
-            file.display()
-        );
+        notes.push(format!(
+            "{} refuses O_DIRECT (tmpfs?): direct cells were skipped; use --file on ext4/xfs",
+            file.path.display()
+        ));
     }
-    let mut cells: Vec<(String, String, bool, usize)> = Vec::new();
-    for w in &plan.workloads {
-        for b in &plan.backends {
-            for &d in plan.modes.iter().filter(|&&d| !d || direct_ok) {
-                for &q in &plan.qds {
-                    cells.push((w.clone(), b.clone(), d, q));
-                }
+    let fio_version = if args.no_fio { None } else { fio::version() };
+    if !args.no_fio && fio_version.is_none() {
+        eprintln!(
+            "io-patterns: fio not found, running without it; to put fio beside us: apt-get install fio"
+        );
+        notes.push("fio was not installed (apt-get install fio), so there are no fio rows".into());
+    }
+    let capped_regimes = plan.modes.contains(&false) && plan.regimes.iter().any(|r| r != "hot");
+    let (mut cap, cache_cap) = if capped_regimes {
+        match MemCap::create() {
+            Ok(c) => {
+                let how = format!(
+                    "memory cgroup {} (limit: file/1.5 for pressure, file/4 for thrash, plus the memory of \
+                     the process under it: 40 MiB for fio, 8 MiB + buffers for ours)",
+                    c.path().display()
+                );
+                (Some(c), how)
+            }
+            Err(why) => {
+                notes.push(format!(
+                    "pressure/thrash buffered cells were skipped: no memory cgroup could be made ({why}); \
+                     run as root or in a delegated cgroup"
+                ));
+                (None, format!("none ({why})"))
             }
         }
+    } else {
+        (None, "not needed".into())
+    };
+    let mut all = steps(&plan, &file.path, size, &args, fio_version.is_some(), direct_ok);
+    if cap.is_none() {
+        all.retain(|s| s.regime == "hot" || s.regime == "uncached");
     }
-    let bar = ProgressBar::new(cells.len() as u64);
+    let secs = all.len() as f64 * (plan.duration.as_secs_f64() + 0.05);
+    eprintln!(
+        "io-patterns: {} cells × {:.1} s (≈ {:.0} s) on {} ({} MiB), block {} B → {}",
+        all.len(),
+        plan.duration.as_secs_f64(),
+        secs,
+        file.path.display(),
+        size >> 20,
+        args.block_size,
+        out_dir.display()
+    );
+    let bar = ProgressBar::new(all.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} cells, ETA {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    eprintln!(
-        "io-patterns: {} cells × {:.1} s on {} ({} MiB), block {} B",
-        cells.len(),
-        plan.duration.as_secs_f64(),
-        file.display(),
-        plan.size_bytes >> 20,
-        args.block_size
-    );
     let mut rows = Vec::new();
-    for (workload, backend, direct, qd) in &cells {
-        bar.set_message(format!("{workload} {backend} {} qd{qd}", mode_name(*direct)));
-        let row = run_cell(
-            &file,
-            plan.size_bytes,
-            workload,
-            backend,
-            *direct,
-            *qd,
-            args.block_size,
-            plan.duration,
-        )
-        .with_context(|| format!("cell {workload}/{backend}/{}/qd{qd}", mode_name(*direct)))?;
+    let mut interrupted = false;
+    for step in &all {
+        if signal::stopped() {
+            interrupted = true;
+            break;
+        }
+        bar.set_message(step.label());
+        let row = run_step(step, &file.path, size, cap.as_mut());
+        let mut row = match row {
+            Ok(r) => r,
+            Err(_) if signal::stopped() => {
+                interrupted = true;
+                break;
+            }
+            Err(e) => return Err(e.context(format!("cell {}", step.label()))),
+        };
+        row.regime = step.regime.clone();
         if bar.is_hidden() {
             eprintln!(
-                "  {workload:<10} {backend:<11} {:<8} qd{qd:<3} {:>9.0} IOPS  p99 {:>8.1} us",
-                mode_name(*direct),
+                "  {:<52} {:>9.0} IOPS  p99 {:>8.1} us  {:>5.2} CPU us/op",
+                step.label(),
                 row.iops,
-                row.lat_us.p99
+                row.lat_us.p99,
+                row.cpu_us_per_op
             );
         }
         rows.push(row);
         bar.inc(1);
     }
     bar.finish_and_clear();
+    drop(cap);
+    if interrupted {
+        notes.push(format!(
+            "interrupted after {} of {} cells: partial results",
+            rows.len(),
+            all.len()
+        ));
+    }
 
     let report = Report {
         machine: Machine {
@@ -261,299 +504,115 @@ fn main() -> Result<()> {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
-            file: file.display().to_string(),
-            file_size_bytes: plan.size_bytes,
+            mem_total_bytes: mem_total(),
+            file: file.path.display().to_string(),
+            file_size_bytes: size,
             direct_io_granted: direct_ok,
+            fio: fio_version,
+            cache_cap,
+            cell_seconds: plan.duration.as_secs_f64(),
+            rounds: plan.rounds,
+            started,
         },
-        results: rows,
+        results: fold_rounds(rows),
     };
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(out_dir.join("results.json"), &json)?;
     if let Some(p) = &args.json {
         std::fs::write(p, &json).with_context(|| format!("write {}", p.display()))?;
     }
-    let md = markdown(&report);
+    let plots = plot::write_plots(&report.results, &out_dir)?;
+    let mut md = report::markdown(&report, &notes);
+    if !plots.is_empty() {
+        md.push_str("\n## Plots\n\n");
+        for p in &plots {
+            if let Some(name) = p.file_name() {
+                let name = name.to_string_lossy();
+                md.push_str(&format!("![{name}]({name})\n"));
+            }
+        }
+    }
+    if let (Some(old), Some(old_path)) = (&old, &args.compare) {
+        let found = report::compare(old, &report, 0.10, 0.25);
+        md.push_str(&report::compare_section(
+            &old_path.display().to_string(),
+            old,
+            &report,
+            &found,
+        ));
+        for r in &found {
+            eprintln!("io-patterns: REGRESSION {}: {}", r.key, r.what);
+        }
+    }
     std::fs::write(out_dir.join("report.md"), &md)?;
     println!("{md}");
-    eprintln!("wrote {}", out_dir.join("report.md").display());
-    Ok(())
+    eprintln!(
+        "io-patterns: wrote {} ({} rows, {} plots)",
+        out_dir.join("report.md").display(),
+        report.results.len(),
+        plots.len()
+    );
+    Ok(interrupted)
 }
 
-fn mode_name(direct: bool) -> &'static str {
-    if direct { "direct" } else { "buffered" }
-}
-
-fn timestamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    // Civil date from days since 1970-01-01 (proleptic Gregorian, UTC).
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Creates or extends the file to `size` bytes of non-zero data, synced.
-fn prepare_file(path: &Path, size: u64) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let have = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    if have >= size {
-        return Ok(());
-    }
-    eprintln!("io-patterns: filling {} to {} MiB", path.display(), size >> 20);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(path)?;
-    let chunk: Vec<u8> = (0..1u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 | 1)
-        .collect();
-    let mut off = have - have % (1 << 20);
-    while off < size {
-        std::os::unix::fs::FileExt::write_all_at(&file, &chunk, off)?;
-        off += 1 << 20;
-    }
-    file.sync_all()?;
-    Ok(())
-}
-
-/// Every backend variant the driver knows.
-const BACKENDS: &[&str] = &["sync", "thread_pool", "uring", "uring_nofixed", "uring_sqpoll"];
-
-fn make_backend(name: &str, qd: usize) -> Result<Box<dyn StorageIo>> {
-    let mut config = IoConfig {
-        queue_depth: qd.max(1),
-        workers: qd.clamp(1, 32),
-        // One registered buffer per slot, sized for the block (the driver's blocks are 4 KiB by default).
-        buffer_size: 64 << 10,
-        ..IoConfig::default()
+/// Prepares the page cache for the step's regime, runs it, and records residency.
+fn run_step(step: &Step, path: &Path, size: u64, mut cap: Option<&mut MemCap>) -> Result<Row> {
+    let direct = match &step.job {
+        Job::Ours(c) => c.direct,
+        Job::Fio(f) => f.direct,
     };
-    // STORAGE_IO_* variables tune the backends under test (e.g. STORAGE_IO_SUBMIT_BATCH).
-    config.apply_env()?;
-    config.queue_depth = qd.max(1);
-    let (kind, config) = match name {
-        "sync" => (BackendKind::Sync, config),
-        "thread_pool" => (BackendKind::ThreadPool, config),
-        "uring" => (BackendKind::IoUring, config),
-        "uring_nofixed" => (
-            BackendKind::IoUring,
-            IoConfig {
-                fixed_buffers: false,
-                ..config
-            },
-        ),
-        "uring_sqpoll" => (
-            BackendKind::IoUring,
-            IoConfig {
-                sqpoll_idle_ms: Some(50),
-                ..config
-            },
-        ),
-        other => bail!("unknown backend {other}"),
+    let divisor = match step.regime.as_str() {
+        "pressure" => Some(1.5),
+        "thrash" => Some(4.0),
+        _ => None,
     };
-    Ok(storage_io::build_backend(kind, &config)?)
-}
-
-/// Drops the file's pages from the page cache so a buffered cell starts cold.
-fn drop_cache(path: &Path) {
-    if let Ok(f) = std::fs::File::open(path) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: posix_fadvise only takes the descriptor `f` keeps open for the call, and plain
-        // integers; it touches no memory of ours.
-        unsafe {
-            libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-        }
-    }
-}
-
-fn cpu_time() -> Duration {
-    // SAFETY: rusage is plain old data, so all-zero bytes are a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes one rusage into the struct we own, which lives across the call.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
-#[allow(clippy::too_many_arguments)] // one cell's coordinates; a struct would only rename them
-fn run_cell(
-    path: &Path,
-    size: u64,
-    workload: &str,
-    backend: &str,
-    direct: bool,
-    qd: usize,
-    block: usize,
-    duration: Duration,
-) -> Result<Row> {
     if !direct {
-        drop_cache(path);
-    }
-    let opened = open_file(path, &OpenOptions::default().with_direct(direct))?;
-    let mut io = make_backend(backend, qd)?;
-    let fd = io.register_fd(opened.file)?;
-    let blocks = (size / block as u64).max(1);
-    let mut free: Vec<IoBuf> = (0..qd)
-        .map(|_| AlignedBuf::zeroed(block, 4096).map(IoBuf::from))
-        .collect::<Result<_, _>>()?;
-    let mut started_at: HashMap<IoToken, Instant> = HashMap::with_capacity(qd * 2);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let mut done: Vec<IoCompletion> = Vec::with_capacity(qd);
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
-    let mut seq = 0u64;
-    let (mut ops, mut errors, mut depth_sum, mut depth_samples) = (0u64, 0u64, 0u64, 0u64);
-    let write = workload == "rand_write";
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let deadline = t0 + duration;
-    loop {
-        let now = Instant::now();
-        let submitting = now < deadline;
-        while submitting && io.pending_count() < qd {
-            let Some(mut buf) = free.pop() else { break };
-            let page = if workload == "seq_read" {
-                seq = (seq + 1) % blocks;
-                seq
-            } else {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % blocks
-            };
-            if let IoBuf::Aligned(b) = &mut buf {
-                b.set_len(block)?;
+        if step.regime == "hot" {
+            if cache::residency(path)? < 0.95 {
+                cache::warm(path)?;
             }
-            let offset = page * block as u64;
-            // Stamp before submit: the inline backend does the whole op inside submit_*.
-            let stamp = Instant::now();
-            let submitted = if write {
-                io.submit_write_buf(fd, buf, offset)
-            } else {
-                io.submit_read(fd, buf, offset)
-            };
-            match submitted {
-                Ok(t) => {
-                    started_at.insert(t, stamp);
-                }
-                Err(e) => bail!("submit failed: {}", e.error),
-            }
-        }
-        if io.pending_count() == 0 {
-            break;
-        }
-        depth_sum += io.pending_count() as u64;
-        depth_samples += 1;
-        io.wait_completions(&mut done, 1, Some(Duration::from_secs(10)))?;
-        let now = Instant::now();
-        for c in done.drain(..) {
-            if let Some(t) = started_at.remove(&c.token) {
-                hist.saturating_record((now - t).as_nanos().max(1) as u64);
-            }
-            match c.result {
-                Ok(_) => ops += 1,
-                Err(_) => errors += 1,
-            }
-            if let Some(b) = c.buf {
-                free.push(b);
-            }
-            debug_assert!(matches!(c.op, OpKind::Read | OpKind::Write));
-        }
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_time() - cpu0).as_secs_f64();
-    io.deregister_fd(fd)?;
-    if errors > 0 {
-        bail!("{errors} ops failed");
-    }
-    let us = |ns: u64| ns as f64 / 1000.0;
-    let iops = ops as f64 / elapsed;
-    Ok(Row {
-        workload: workload.to_string(),
-        engine: "storage-io",
-        backend: backend.to_string(),
-        io: mode_name(direct),
-        regime: if direct { "direct" } else { "cold" },
-        qd,
-        block_size: block,
-        iops,
-        mb_s: iops * block as f64 / 1e6,
-        lat_us: Latency {
-            mean: hist.mean() / 1000.0,
-            p50: us(hist.value_at_quantile(0.50)),
-            p95: us(hist.value_at_quantile(0.95)),
-            p99: us(hist.value_at_quantile(0.99)),
-            max: us(hist.max()),
-        },
-        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
-        ops,
-        errors,
-        qd_achieved: if depth_samples > 0 {
-            depth_sum as f64 / depth_samples as f64
         } else {
-            0.0
-        },
-    })
+            cache::drop_cache(path)?;
+        }
+    }
+    // The cap holds the page cache the regime allows plus the memory the process under it
+    // allocates meanwhile (no swap here, so that part cannot be reclaimed): fio's own memory
+    // (about 30 MiB measured) or our buffers and per-cell tables.
+    let slack: u64 = match &step.job {
+        Job::Fio(f) => (40 << 20) + (f.qd * f.block) as u64,
+        Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
+    };
+    let capped = match (divisor, cap.as_deref_mut()) {
+        (Some(d), Some(c)) if !direct => {
+            c.set_limit((size as f64 / d) as u64 + slack)
+                .map_err(anyhow::Error::msg)?;
+            c.enter().map_err(anyhow::Error::msg)?;
+            Some(c)
+        }
+        _ => None,
+    };
+    let result = match &step.job {
+        Job::Ours(c) => engine::run_cell(path, c, &signal::stopped),
+        Job::Fio(f) => f.run(),
+    };
+    if let Some(c) = capped {
+        c.leave().map_err(anyhow::Error::msg)?;
+    }
+    let mut row = result?;
+    if !direct {
+        // What the cache held by the end: shows the regime was what its name says.
+        row.cache_resident_pct = Some(cache::residency(path)? * 100.0);
+    }
+    Ok(row)
 }
 
-fn markdown(report: &Report) -> String {
-    let mut s = String::new();
-    let m = &report.machine;
-    let _ = writeln!(s, "# io-patterns report\n");
-    let _ = writeln!(
-        s,
-        "{} cores, kernel {}, file {} ({} MiB), direct I/O granted: {}\n",
-        m.cores,
-        m.kernel,
-        m.file,
-        m.file_size_bytes >> 20,
-        m.direct_io_granted
-    );
-    let _ = writeln!(
-        s,
-        "| workload | backend | io | qd | IOPS | MB/s | p50 us | p99 us | CPU us/op | qd achieved | vs sync |"
-    );
-    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &report.results {
-        let base = report
-            .results
-            .iter()
-            .find(|b| b.backend == "sync" && b.workload == r.workload && b.io == r.io && b.qd == r.qd)
-            .map(|b| format!("{:.2}×", r.iops / b.iops.max(1e-9)))
-            .unwrap_or_else(|| "–".into());
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {} |",
-            r.workload,
-            r.backend,
-            r.io,
-            r.qd,
-            r.iops,
-            r.mb_s,
-            r.lat_us.p50,
-            r.lat_us.p99,
-            r.cpu_us_per_op,
-            r.qd_achieved,
-            base
-        );
-    }
-    s
+fn mem_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
 }

@@ -1,0 +1,312 @@
+//! Our side of a cell: one backend, one file, `qd` ops kept in flight for a fixed time.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+use storage_io_core::{
+    AlignedBuf, BackendKind, IoBuf, IoCompletion, IoConfig, IoToken, OpenOptions, StorageIo, open_file,
+};
+
+use crate::{Latency, Row};
+
+/// Every workload the driver knows.
+pub const WORKLOADS: &[&str] = &["seq_read", "rand_read", "rand_write", "multistream_scan"];
+
+/// Every backend variant the driver knows.
+pub const BACKENDS: &[&str] = &["sync", "thread_pool", "uring", "uring_nofixed", "uring_sqpoll"];
+
+/// One cell of ours.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// One of [`WORKLOADS`].
+    pub workload: String,
+    /// One of [`BACKENDS`].
+    pub backend: String,
+    /// O_DIRECT or buffered.
+    pub direct: bool,
+    /// Ops kept in flight.
+    pub qd: usize,
+    /// Bytes per op.
+    pub block: usize,
+    /// How long to submit for.
+    pub duration: Duration,
+    /// Bytes of the file used, from offset 0.
+    pub size: u64,
+    /// Sequential streams of `multistream_scan`.
+    pub streams: usize,
+}
+
+/// Builds the backend a cell names, sized for `qd`. `STORAGE_IO_*` variables tune it (for
+/// example `STORAGE_IO_SUBMIT_BATCH`), except the queue depth, which the cell sets.
+pub fn make_backend(name: &str, qd: usize) -> Result<Box<dyn StorageIo>> {
+    let mut config = IoConfig {
+        workers: qd.clamp(1, 32),
+        ..IoConfig::default()
+    };
+    config.apply_env()?;
+    config.queue_depth = qd.max(1);
+    let (kind, config) = match name {
+        "sync" => (BackendKind::Sync, config),
+        "thread_pool" => (BackendKind::ThreadPool, config),
+        "uring" => (BackendKind::IoUring, config),
+        "uring_nofixed" => (
+            BackendKind::IoUring,
+            IoConfig {
+                fixed_buffers: false,
+                ..config
+            },
+        ),
+        "uring_sqpoll" => (
+            BackendKind::IoUring,
+            IoConfig {
+                sqpoll_idle_ms: Some(50),
+                ..config
+            },
+        ),
+        other => bail!(
+            "unknown backend {other:?}; expected one of {}",
+            BACKENDS.join(", ")
+        ),
+    };
+    Ok(storage_io::build_backend(kind, &config)?)
+}
+
+/// User + system CPU time of this process so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: rusage is plain old data, so all-zero bytes are a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into the struct we own, which lives across the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Where the next op of a cell goes.
+struct Offsets {
+    blocks: u64,
+    rng: u64,
+    cursors: Vec<u64>,
+    next_stream: usize,
+    random: bool,
+}
+
+impl Offsets {
+    fn new(cell: &Cell) -> Offsets {
+        let blocks = (cell.size / cell.block as u64).max(1);
+        let streams = if cell.workload == "multistream_scan" {
+            cell.streams.clamp(1, blocks as usize)
+        } else {
+            1
+        };
+        // Stream s starts at its own slice of the file and wraps within the whole file.
+        let cursors = (0..streams as u64).map(|s| s * blocks / streams as u64).collect();
+        Offsets {
+            blocks,
+            rng: 0x2545_F491_4F6C_DD1D,
+            cursors,
+            next_stream: 0,
+            random: matches!(cell.workload.as_str(), "rand_read" | "rand_write"),
+        }
+    }
+
+    /// The next block number.
+    fn next(&mut self) -> u64 {
+        if self.random {
+            // xorshift64: uniform offsets with repetition (fio --norandommap does the same).
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            return self.rng % self.blocks;
+        }
+        let s = self.next_stream;
+        self.next_stream = (s + 1) % self.cursors.len();
+        let page = self.cursors[s];
+        self.cursors[s] = (page + 1) % self.blocks;
+        page
+    }
+}
+
+/// Runs one cell of ours on `path` and measures it. `stop` ends it early (Ctrl-C).
+pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
+    let (qd, block) = (cell.qd.max(1), cell.block);
+    let opened = open_file(path, &OpenOptions::default().with_direct(cell.direct))?;
+    if cell.direct && !opened.mode.is_direct() {
+        bail!("{} refuses O_DIRECT", path.display());
+    }
+    let mut io = make_backend(&cell.backend, qd)?;
+    let fd = io.register_fd(opened.file)?;
+    let mut offsets = Offsets::new(cell);
+    let mut free: Vec<IoBuf> = (0..qd)
+        .map(|i| {
+            let b = AlignedBuf::from_slice(&vec![i as u8 | 1; block], 4096)?;
+            Ok(IoBuf::from(b))
+        })
+        .collect::<Result<_, storage_io_core::StorageIoError>>()?;
+    let mut started_at: HashMap<IoToken, Instant> = HashMap::with_capacity(qd * 2);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut done: Vec<IoCompletion> = Vec::with_capacity(qd);
+    let (mut ops, mut errors, mut depth_sum, mut waits) = (0u64, 0u64, 0u64, 0u64);
+    let mut first_error = None;
+    let write = cell.workload == "rand_write";
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + cell.duration;
+    loop {
+        let submitting = Instant::now() < deadline && !stop();
+        while submitting && io.pending_count() < qd {
+            let Some(mut buf) = free.pop() else { break };
+            if let IoBuf::Aligned(b) = &mut buf {
+                b.set_len(block)?;
+            }
+            let offset = offsets.next() * block as u64;
+            // Stamp before submit: the inline backend does the whole op inside submit_*.
+            let stamp = Instant::now();
+            let submitted = if write {
+                io.submit_write_buf(fd, buf, offset)
+            } else {
+                io.submit_read(fd, buf, offset)
+            };
+            match submitted {
+                Ok(t) => {
+                    started_at.insert(t, stamp);
+                }
+                Err(e) => bail!("submit failed: {}", e.error),
+            }
+        }
+        if io.pending_count() == 0 {
+            break;
+        }
+        depth_sum += io.pending_count() as u64;
+        waits += 1;
+        io.wait_completions(&mut done, 1, Some(Duration::from_secs(10)))?;
+        let now = Instant::now();
+        for c in done.drain(..) {
+            if let Some(t) = started_at.remove(&c.token) {
+                hist.saturating_record((now - t).as_nanos().max(1) as u64);
+            }
+            match c.result {
+                Ok(_) => ops += 1,
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+            if let Some(b) = c.buf {
+                free.push(b);
+            }
+        }
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
+    io.deregister_fd(fd)?;
+    if let Some(e) = first_error {
+        bail!("{errors} of {} ops failed; the first: {e}", ops + errors);
+    }
+    let us = |ns: u64| ns as f64 / 1000.0;
+    let iops = ops as f64 / elapsed;
+    let per_wait = |x: u64| if waits > 0 { x as f64 / waits as f64 } else { 0.0 };
+    Ok(Row {
+        workload: cell.workload.clone(),
+        engine: "storage-io".into(),
+        backend: cell.backend.clone(),
+        io: if cell.direct { "direct" } else { "buffered" }.into(),
+        regime: String::new(),
+        qd,
+        block_size: block,
+        iops,
+        mb_s: iops * block as f64 / 1e6,
+        lat_us: Latency {
+            mean: hist.mean() / 1000.0,
+            p50: us(hist.value_at_quantile(0.50)),
+            p95: us(hist.value_at_quantile(0.95)),
+            p99: us(hist.value_at_quantile(0.99)),
+            max: us(hist.max()),
+        },
+        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
+        ops,
+        errors,
+        qd_achieved: per_wait(depth_sum),
+        completions_per_wait: per_wait(ops),
+        streams: (cell.workload == "multistream_scan").then_some(offsets.cursors.len()),
+        ..Row::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(workload: &str) -> Cell {
+        Cell {
+            workload: workload.into(),
+            backend: "sync".into(),
+            direct: false,
+            qd: 4,
+            block: 4096,
+            duration: Duration::from_millis(50),
+            size: 1 << 20,
+            streams: 4,
+        }
+    }
+
+    #[test]
+    fn offsets_follow_the_workload() {
+        let mut seq = Offsets::new(&cell("seq_read"));
+        assert_eq!(
+            (0..5).map(|_| seq.next()).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4]
+        );
+        let mut multi = Offsets::new(&cell("multistream_scan"));
+        // 256 blocks, 4 streams at 0, 64, 128, 192, taken in turn.
+        assert_eq!(
+            (0..6).map(|_| multi.next()).collect::<Vec<_>>(),
+            vec![0, 64, 128, 192, 1, 65]
+        );
+        let mut rand = Offsets::new(&cell("rand_read"));
+        let picks: Vec<u64> = (0..1000).map(|_| rand.next()).collect();
+        assert!(picks.iter().all(|&p| p < 256));
+        let distinct: std::collections::HashSet<_> = picks.iter().collect();
+        assert!(
+            distinct.len() > 200,
+            "random offsets should cover the file: {}",
+            distinct.len()
+        );
+    }
+
+    #[test]
+    fn a_cell_runs_and_counts_its_ops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
+        for w in WORKLOADS {
+            let row = run_cell(&path, &cell(w), &|| false).unwrap();
+            assert!(row.ops > 0, "{w}: no ops");
+            assert_eq!(row.errors, 0);
+            assert!(
+                row.lat_us.p50 > 0.0 && row.lat_us.p50 <= row.lat_us.max,
+                "{w}: {:?}",
+                row.lat_us
+            );
+            assert_eq!(row.streams.is_some(), *w == "multistream_scan");
+        }
+        let stopped = run_cell(&path, &cell("rand_read"), &|| true).unwrap();
+        assert_eq!(stopped.ops, 0, "a stop before the first submit runs nothing");
+        assert!(
+            run_cell(
+                &path,
+                &Cell {
+                    backend: "nvme".into(),
+                    ..cell("rand_read")
+                },
+                &|| false
+            )
+            .is_err()
+        );
+    }
+}

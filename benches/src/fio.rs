@@ -1,0 +1,255 @@
+//! fio beside us: the same cell (file, block size, queue depth, direct flag, duration) run by
+//! fio, parsed from its JSON output into the same [`Row`] as ours.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{Latency, Row};
+
+/// The fio engines we compare with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FioEngine {
+    /// `psync`: one blocking `pread`/`pwrite` per thread; queue depth `qd` is `qd` threads.
+    Psync,
+    /// `io_uring` with plain buffers and descriptors.
+    IoUring,
+    /// `io_uring` with `fixedbufs` and `registerfiles` (what our uring backend does).
+    IoUringFixed,
+}
+
+impl FioEngine {
+    /// Every engine, in report order.
+    pub const ALL: [FioEngine; 3] = [FioEngine::Psync, FioEngine::IoUring, FioEngine::IoUringFixed];
+
+    /// The name in rows and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            FioEngine::Psync => "psync",
+            FioEngine::IoUring => "io_uring",
+            FioEngine::IoUringFixed => "io_uring+fixed",
+        }
+    }
+}
+
+/// One fio run.
+#[derive(Debug, Clone)]
+pub struct FioJob {
+    /// `seq_read`, `rand_read` or `rand_write`.
+    pub workload: String,
+    /// Which engine.
+    pub engine: FioEngine,
+    /// O_DIRECT or buffered.
+    pub direct: bool,
+    /// Queue depth (threads for psync).
+    pub qd: usize,
+    /// Block size in bytes.
+    pub block: usize,
+    /// Run time.
+    pub duration: Duration,
+    /// Bytes of the file to use, from offset 0.
+    pub size: u64,
+    /// The file.
+    pub file: PathBuf,
+    /// Drop the file's cache before the run (fio `--invalidate=1`); false for hot runs.
+    pub invalidate: bool,
+}
+
+/// fio's version string, or `None` when fio is not installed.
+pub fn version() -> Option<String> {
+    let out = Command::new("fio").arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether fio can run `workload`.
+pub fn supports(workload: &str) -> bool {
+    matches!(workload, "seq_read" | "rand_read" | "rand_write")
+}
+
+impl FioJob {
+    /// fio's command-line arguments for this job.
+    pub fn args(&self) -> Vec<String> {
+        let rw = match self.workload.as_str() {
+            "seq_read" => "read",
+            "rand_write" => "randwrite",
+            _ => "randread",
+        };
+        let mut a = vec![
+            "--name=storage-io-bench".to_string(),
+            format!("--filename={}", self.file.display()),
+            format!("--rw={rw}"),
+            format!("--bs={}", self.block),
+            format!("--direct={}", u8::from(self.direct)),
+            format!("--runtime={:.3}", self.duration.as_secs_f64()),
+            "--time_based".to_string(),
+            format!("--invalidate={}", u8::from(self.invalidate)),
+            // The file exists and is filled already: never lay it out or extend it.
+            "--allow_file_create=0".to_string(),
+            "--output-format=json".to_string(),
+        ];
+        if rw.starts_with("rand") {
+            // Uniform offsets with repetition, like our driver (fio's default visits each block once).
+            a.push("--norandommap".to_string());
+        }
+        match self.engine {
+            FioEngine::Psync => {
+                a.push("--ioengine=psync".to_string());
+                // psync has no queue: depth qd is qd threads, each on its own slice of the file.
+                let jobs = self.qd.max(1) as u64;
+                let slice = (self.size / jobs) / self.block as u64 * self.block as u64;
+                a.push(format!("--size={}", slice.max(self.block as u64)));
+                if jobs > 1 {
+                    a.extend([
+                        "--thread".to_string(),
+                        format!("--numjobs={jobs}"),
+                        format!("--offset_increment={slice}"),
+                        "--group_reporting".to_string(),
+                    ]);
+                }
+            }
+            FioEngine::IoUring | FioEngine::IoUringFixed => {
+                a.push("--ioengine=io_uring".to_string());
+                a.push(format!("--iodepth={}", self.qd));
+                a.push(format!("--size={}", self.size));
+                if self.engine == FioEngine::IoUringFixed {
+                    a.push("--fixedbufs".to_string());
+                    a.push("--registerfiles".to_string());
+                }
+            }
+        }
+        a
+    }
+
+    /// Runs fio and parses its result into a row (regime left for the caller to fill).
+    pub fn run(&self) -> Result<Row> {
+        let out = Command::new("fio")
+            .args(self.args())
+            .output()
+            .context("start fio")?;
+        if !out.status.success() {
+            bail!(
+                "fio failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        self.parse(&text)
+    }
+
+    /// Parses fio's `--output-format=json` text.
+    pub fn parse(&self, text: &str) -> Result<Row> {
+        // fio may print notes before the JSON object.
+        let start = text.find('{').context("fio printed no JSON")?;
+        let v: Value = serde_json::from_str(&text[start..]).context("parse fio JSON")?;
+        let job = &v["jobs"][0];
+        let side = if self.workload == "rand_write" {
+            &job["write"]
+        } else {
+            &job["read"]
+        };
+        let num = |x: &Value| x.as_f64().unwrap_or(0.0);
+        let ios = num(&side["total_ios"]);
+        let runtime_ms = num(&job["job_runtime"]).max(num(&side["runtime"]));
+        if ios <= 0.0 || runtime_ms <= 0.0 {
+            bail!("fio reported no I/O for {}", self.engine.name());
+        }
+        let pct = &side["clat_ns"]["percentile"];
+        let us = |ns: f64| ns / 1000.0;
+        // usr/sys are percentages of the (summed) job run time.
+        let cpu_s = (num(&job["usr_cpu"]) + num(&job["sys_cpu"])) / 100.0 * runtime_ms / 1000.0;
+        let iops = num(&side["iops"]);
+        Ok(Row {
+            workload: self.workload.clone(),
+            engine: "fio".into(),
+            backend: self.engine.name().into(),
+            io: if self.direct { "direct" } else { "buffered" }.into(),
+            regime: String::new(),
+            qd: self.qd,
+            block_size: self.block,
+            iops,
+            mb_s: num(&side["bw_bytes"]) / 1e6,
+            lat_us: Latency {
+                mean: us(num(&side["lat_ns"]["mean"])),
+                p50: us(num(&pct["50.000000"])),
+                p95: us(num(&pct["95.000000"])),
+                p99: us(num(&pct["99.000000"])),
+                max: us(num(&side["lat_ns"]["max"])),
+            },
+            cpu_us_per_op: cpu_s * 1e6 / ios,
+            ops: ios as u64,
+            qd_achieved: self.qd as f64,
+            completions_per_wait: 0.0,
+            ..Row::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(engine: FioEngine, qd: usize) -> FioJob {
+        FioJob {
+            workload: "rand_read".into(),
+            engine,
+            direct: true,
+            qd,
+            block: 4096,
+            duration: Duration::from_millis(1500),
+            size: 64 << 20,
+            file: "/data/f".into(),
+            invalidate: false,
+        }
+    }
+
+    #[test]
+    fn args_match_the_cell() {
+        let a = job(FioEngine::IoUringFixed, 32).args().join(" ");
+        for want in [
+            "--rw=randread",
+            "--bs=4096",
+            "--direct=1",
+            "--iodepth=32",
+            "--fixedbufs",
+            "--registerfiles",
+            "--invalidate=0",
+            "--runtime=1.500",
+            "--norandommap",
+        ] {
+            assert!(a.contains(want), "{want} missing from {a}");
+        }
+        let p = job(FioEngine::Psync, 4).args().join(" ");
+        assert!(p.contains("--numjobs=4") && p.contains("--thread"), "{p}");
+        assert!(p.contains(&format!("--size={}", 16 << 20)), "{p}");
+        assert!(!p.contains("iodepth"), "{p}");
+        let plain = job(FioEngine::IoUring, 1).args().join(" ");
+        assert!(!plain.contains("fixedbufs"), "{plain}");
+    }
+
+    #[test]
+    fn json_is_parsed_into_a_row() {
+        let text = r#"note: something
+        {"jobs": [{"job_runtime": 2000, "usr_cpu": 5.0, "sys_cpu": 15.0,
+          "read": {"iops": 50000.0, "bw_bytes": 204800000, "total_ios": 100000, "runtime": 2000,
+                   "lat_ns": {"mean": 600000.0, "max": 5000000},
+                   "clat_ns": {"percentile": {"50.000000": 550000, "95.000000": 900000, "99.000000": 1200000}}},
+          "write": {"iops": 0.0}}]}"#;
+        let row = job(FioEngine::IoUring, 32).parse(text).unwrap();
+        assert_eq!(row.engine, "fio");
+        assert_eq!(row.backend, "io_uring");
+        assert_eq!(row.iops, 50000.0);
+        assert_eq!(row.lat_us.p99, 1200.0);
+        assert_eq!(row.lat_us.mean, 600.0);
+        // 20 % of 2 s = 0.4 s over 100 000 ops = 4 us per op.
+        assert!((row.cpu_us_per_op - 4.0).abs() < 1e-9, "{}", row.cpu_us_per_op);
+        assert!(job(FioEngine::IoUring, 1).parse("garbage").is_err());
+        let empty = r#"{"jobs": [{"job_runtime": 0, "read": {"total_ios": 0}}]}"#;
+        assert!(job(FioEngine::IoUring, 1).parse(empty).is_err());
+    }
+}

@@ -1,0 +1,248 @@
+//! The queue-depth benchmark behind `cargo xtask bench`: our engine's cells, fio's cells on the
+//! same file, page-cache regimes, the report with its guidance, SVG plots and `--compare`.
+//!
+//! The binary `io-patterns` drives it; this library holds the parts that have tests.
+
+pub mod cache;
+pub mod engine;
+pub mod fio;
+pub mod plot;
+pub mod report;
+pub mod signal;
+
+use serde::{Deserialize, Serialize};
+
+/// Latency percentiles of a cell, in microseconds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Latency {
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest seen.
+    pub max: f64,
+}
+
+/// One measured cell: the JSON row of `results.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Row {
+    /// `seq_read`, `rand_read`, `rand_write` or `multistream_scan`.
+    pub workload: String,
+    /// `storage-io` or `fio`.
+    pub engine: String,
+    /// Ours: `sync`, `thread_pool`, `uring`, `uring_nofixed`, `uring_sqpoll`; fio: `psync`,
+    /// `io_uring`, `io_uring+fixed`.
+    pub backend: String,
+    /// `direct` or `buffered`.
+    pub io: String,
+    /// `hot`, `pressure`, `thrash`, or `uncached` (direct I/O: no cache in front of the disk).
+    pub regime: String,
+    /// Queue depth asked for.
+    pub qd: usize,
+    /// Bytes per I/O.
+    pub block_size: usize,
+    /// Completed I/Os per second (median over rounds).
+    pub iops: f64,
+    /// Megabytes (10^6) per second.
+    pub mb_s: f64,
+    /// Latency from submit to completion seen by the caller.
+    pub lat_us: Latency,
+    /// User + system CPU time of the whole process per completed I/O.
+    pub cpu_us_per_op: f64,
+    /// I/Os completed.
+    pub ops: u64,
+    /// I/Os that failed.
+    #[serde(default)]
+    pub errors: u64,
+    /// Mean ops in flight, sampled each time the driver waited (the queue depth achieved).
+    #[serde(default)]
+    pub qd_achieved: f64,
+    /// Mean completions handed back per wait (how bunched completions arrive); 0 for fio.
+    #[serde(default)]
+    pub completions_per_wait: f64,
+    /// Concurrent sequential streams (multistream_scan only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<usize>,
+    /// Percent of the file in the page cache when the cell ended (buffered cells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_resident_pct: Option<f64>,
+    /// IOPS of every round, when more than one was run; `iops` is their median.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iops_rounds: Vec<f64>,
+}
+
+impl Row {
+    /// What identifies a cell across runs (for medians and `--compare`).
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}/{}/{}/{}/qd{}/bs{}",
+            self.workload, self.engine, self.backend, self.io, self.regime, self.qd, self.block_size
+        )
+    }
+
+    /// "uring" or "fio io_uring+fixed": the series name in tables and plots.
+    pub fn series(&self) -> String {
+        if self.engine == "fio" {
+            format!("fio {}", self.backend)
+        } else {
+            self.backend.clone()
+        }
+    }
+}
+
+/// The machine and run the results come from.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Machine {
+    /// Logical CPUs.
+    pub cores: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// Total RAM in bytes.
+    pub mem_total_bytes: u64,
+    /// The file measured.
+    pub file: String,
+    /// Its size.
+    pub file_size_bytes: u64,
+    /// Whether the file system granted O_DIRECT.
+    pub direct_io_granted: bool,
+    /// fio's version, when fio was run.
+    pub fio: Option<String>,
+    /// How the page cache was capped for `pressure`/`thrash`, or why it could not be.
+    pub cache_cap: String,
+    /// Seconds per cell.
+    pub cell_seconds: f64,
+    /// Rounds per cell (median reported).
+    pub rounds: usize,
+    /// When the run started (UTC, `YYYYMMDD-HHMMSS`).
+    pub started: String,
+}
+
+/// `results.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Report {
+    /// Where the numbers come from.
+    pub machine: Machine,
+    /// One row per cell.
+    pub results: Vec<Row>,
+}
+
+/// The median of `values` (mean of the middle two for an even count); 0 for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Folds the rounds of each cell into one row: the round with the median IOPS, carrying every
+/// round's IOPS in `iops_rounds`. Order of first appearance is kept.
+pub fn fold_rounds(rows: Vec<Row>) -> Vec<Row> {
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: std::collections::HashMap<String, Vec<Row>> = std::collections::HashMap::new();
+    for r in rows {
+        let k = r.key();
+        if !groups.contains_key(&k) {
+            order.push(k.clone());
+        }
+        groups.entry(k).or_default().push(r);
+    }
+    order
+        .into_iter()
+        .filter_map(|k| {
+            let mut g = groups.remove(&k)?;
+            if g.len() == 1 {
+                return g.pop();
+            }
+            let runs: Vec<f64> = g.iter().map(|r| r.iops).collect();
+            g.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+            let mut row = g.swap_remove(g.len() / 2);
+            row.iops_rounds = runs;
+            Some(row)
+        })
+        .collect()
+}
+
+/// UTC `YYYYMMDD-HHMMSS` for directory names.
+pub fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Civil date from days since 1970-01-01 (proleptic Gregorian, UTC).
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(backend: &str, iops: f64) -> Row {
+        Row {
+            workload: "rand_read".into(),
+            engine: "storage-io".into(),
+            backend: backend.into(),
+            io: "direct".into(),
+            regime: "uncached".into(),
+            qd: 4,
+            block_size: 4096,
+            iops,
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn rounds_fold_to_the_median_round() {
+        let folded = fold_rounds(vec![
+            row("uring", 10.0),
+            row("sync", 5.0),
+            row("uring", 30.0),
+            row("uring", 20.0),
+        ]);
+        assert_eq!(folded.len(), 2);
+        assert_eq!(folded[0].backend, "uring");
+        assert_eq!(folded[0].iops, 20.0);
+        assert_eq!(folded[0].iops_rounds, vec![10.0, 30.0, 20.0]);
+        assert_eq!(folded[1].iops, 5.0);
+        assert!(folded[1].iops_rounds.is_empty());
+    }
+
+    #[test]
+    fn median_handles_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn timestamps_are_sortable_names() {
+        let t = timestamp();
+        assert_eq!(t.len(), 15, "{t}");
+        assert_eq!(&t[8..9], "-");
+        assert!(t.starts_with("20"), "{t}");
+    }
+}

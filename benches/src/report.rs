@@ -1,0 +1,481 @@
+//! `report.md`: tables per workload × I/O mode × regime with ours/fio ratio columns, the
+//! guidance drawn from the same run, and the `--compare` check against an older run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use crate::{Report, Row};
+
+/// Groups rows by (workload, io, regime) in a stable order.
+fn groups(rows: &[Row]) -> BTreeMap<(String, String, String), Vec<&Row>> {
+    let mut g: BTreeMap<(String, String, String), Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        g.entry((r.workload.clone(), r.io.clone(), r.regime.clone()))
+            .or_default()
+            .push(r);
+    }
+    g
+}
+
+/// The row of `backend` (ours or fio's) in the same cell as `r`.
+fn peer<'a>(rows: &'a [Row], r: &Row, engine: &str, backend: &str) -> Option<&'a Row> {
+    rows.iter().find(|p| {
+        p.engine == engine
+            && p.backend == backend
+            && p.workload == r.workload
+            && p.io == r.io
+            && p.regime == r.regime
+            && p.qd == r.qd
+            && p.block_size == r.block_size
+    })
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
+}
+
+fn kilo(x: f64) -> String {
+    if x >= 10_000.0 {
+        format!("{:.1}k", x / 1000.0)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// The whole report.md text.
+pub fn markdown(report: &Report, notes: &[String]) -> String {
+    let mut s = String::new();
+    let m = &report.machine;
+    let _ = writeln!(s, "# storage-io bench report ({})\n", m.started);
+    let _ = writeln!(
+        s,
+        "{} cores, {:.1} GiB RAM, kernel {}; file `{}` ({} MiB), O_DIRECT granted: {}; {:.1} s per cell, \
+         {} round(s) per cell (median shown); fio: {}; page-cache cap: {}.\n",
+        m.cores,
+        m.mem_total_bytes as f64 / f64::from(1u32 << 30),
+        m.kernel,
+        m.file,
+        m.file_size_bytes >> 20,
+        m.direct_io_granted,
+        m.cell_seconds,
+        m.rounds,
+        m.fio.as_deref().unwrap_or("not run"),
+        m.cache_cap
+    );
+    for n in notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    if !notes.is_empty() {
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "Latency is submit → completion as the caller sees it (µs). CPU is user+system time of the whole \
+         process per I/O (fio: its own usr+sys). `vs fio` columns divide our IOPS by fio's in the same \
+         cell: io_uring+fixed for our io_uring backends, psync (qd threads) for sync and thread_pool.\n"
+    );
+    for ((workload, io, regime), rows) in groups(&report.results) {
+        let _ = writeln!(s, "## {workload} · {io} · {regime}\n");
+        let _ = writeln!(
+            s,
+            "| series | qd | IOPS | MB/s | mean | p50 | p95 | p99 | max | CPU µs/op | qd achieved | per wait | vs fio | CPU vs fio |"
+        );
+        let _ = writeln!(
+            s,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let mut sorted = rows.clone();
+        sorted.sort_by(|a, b| {
+            (a.engine.as_str(), a.series(), a.qd).cmp(&(b.engine.as_str(), b.series(), b.qd))
+        });
+        for r in sorted {
+            let fio_peer = if r.engine == "fio" {
+                None
+            } else if r.backend.starts_with("uring") {
+                peer(&report.results, r, "fio", "io_uring+fixed")
+            } else {
+                peer(&report.results, r, "fio", "psync")
+            };
+            let (vs, cpu_vs) = match fio_peer {
+                Some(p) => (
+                    format!("{} {}", ratio(r.iops, p.iops), p.backend),
+                    ratio(r.cpu_us_per_op, p.cpu_us_per_op),
+                ),
+                None => ("–".into(), "–".into()),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {} | {} |",
+                r.series(),
+                r.qd,
+                kilo(r.iops),
+                r.mb_s,
+                r.lat_us.mean,
+                r.lat_us.p50,
+                r.lat_us.p95,
+                r.lat_us.p99,
+                r.lat_us.max,
+                r.cpu_us_per_op,
+                r.qd_achieved,
+                r.completions_per_wait,
+                vs,
+                cpu_vs
+            );
+        }
+        s.push('\n');
+    }
+    s.push_str(&guidance(&report.results));
+    s
+}
+
+/// Our best row (by IOPS) among `rows` matching the filter.
+fn best(rows: &[Row], f: impl Fn(&Row) -> bool) -> Option<&Row> {
+    rows.iter()
+        .filter(|r| r.engine == "storage-io" && f(r))
+        .max_by(|a, b| a.iops.total_cmp(&b.iops))
+}
+
+/// The guidance section, drawn only from `rows`.
+pub fn guidance(rows: &[Row]) -> String {
+    let mut s = String::from("## Guidance (from this run's numbers)\n\n");
+    let workloads: BTreeSet<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
+    let qds: BTreeSet<usize> = rows.iter().map(|r| r.qd).collect();
+    let mut said = false;
+
+    // 1. Direct vs buffered, per workload and buffered regime.
+    let mut direct_wins_cold = Vec::new();
+    for &w in &workloads {
+        let regimes: BTreeSet<&str> = rows
+            .iter()
+            .filter(|r| r.workload == w && r.io == "buffered")
+            .map(|r| r.regime.as_str())
+            .collect();
+        for regime in regimes {
+            let mut wins = Vec::new();
+            let mut loses = Vec::new();
+            for &q in &qds {
+                let d = best(rows, |r| r.workload == w && r.io == "direct" && r.qd == q);
+                let b = best(rows, |r| {
+                    r.workload == w && r.io == "buffered" && r.regime == regime && r.qd == q
+                });
+                if let (Some(d), Some(b)) = (d, b) {
+                    let text = format!(
+                        "qd {q}: {} {} vs {} {}",
+                        d.backend,
+                        kilo(d.iops),
+                        b.backend,
+                        kilo(b.iops)
+                    );
+                    if d.iops > b.iops {
+                        wins.push(text)
+                    } else {
+                        loses.push(text)
+                    }
+                }
+            }
+            if wins.is_empty() && loses.is_empty() {
+                continue;
+            }
+            said = true;
+            let verdict = if loses.is_empty() {
+                "**direct I/O wins at every queue depth**"
+            } else if wins.is_empty() {
+                "**buffered I/O wins at every queue depth**"
+            } else {
+                "mixed"
+            };
+            if !wins.is_empty() && regime != "hot" {
+                direct_wins_cold.push(format!("{w} ({regime})"));
+            }
+            let _ = writeln!(
+                s,
+                "- {w}, page cache {regime}: {verdict} (best of ours, direct vs buffered IOPS; {}).",
+                wins.iter()
+                    .chain(loses.iter())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+        }
+    }
+
+    // 2. io_uring vs thread pool vs sync, and where the curves cross.
+    for ((w, io, regime), group) in groups(rows) {
+        let of = |b: &str, q: usize| {
+            group
+                .iter()
+                .find(|r| r.engine == "storage-io" && r.backend == b && r.qd == q)
+        };
+        let mut crossing = None;
+        let mut parts = Vec::new();
+        for &q in &qds {
+            if let (Some(u), Some(t)) = (of("uring", q), of("thread_pool", q)) {
+                parts.push(format!("qd {q} {}", ratio(u.iops, t.iops)));
+                if u.iops > t.iops {
+                    crossing.get_or_insert(q);
+                } else {
+                    crossing = None;
+                }
+            }
+        }
+        if parts.is_empty() {
+            continue;
+        }
+        said = true;
+        let cross = match crossing {
+            Some(q) if Some(&q) == qds.first() => "io_uring leads from the lowest depth".to_string(),
+            Some(q) => format!("io_uring overtakes the thread pool at qd {q} and stays ahead"),
+            None => "the thread pool ends ahead of io_uring".to_string(),
+        };
+        let sync_note = qds
+            .iter()
+            .rev()
+            .find_map(|&q| Some((q, of("uring", q)?, of("sync", q)?)))
+            .map(|(q, u, y)| format!("; vs sync at qd {q}: {}", ratio(u.iops, y.iops)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "- {w} · {io} · {regime}: io_uring / thread pool IOPS {} — {cross}{sync_note}.",
+            parts.join(", ")
+        );
+    }
+
+    // 3. Ours against fio.
+    let mut ratios = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.engine == "storage-io" && r.backend == "uring")
+    {
+        if let Some(p) = peer(rows, r, "fio", "io_uring+fixed") {
+            ratios.push((r.iops / p.iops.max(1e-9), r));
+        }
+    }
+    if !ratios.is_empty() {
+        said = true;
+        let values: Vec<f64> = ratios.iter().map(|(x, _)| *x).collect();
+        let (worst, at) = ratios
+            .iter()
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(x, r)| (*x, format!("{} {} {} qd {}", r.workload, r.io, r.regime, r.qd)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "- Our io_uring backend vs fio io_uring+fixedbufs+registerfiles: median {:.2}× over {} cells, lowest {:.2}× ({at}).",
+            crate::median(&values),
+            values.len(),
+            worst
+        );
+    }
+
+    // 4. What to configure.
+    let mut advice = Vec::new();
+    if !direct_wins_cold.is_empty() {
+        advice.push(format!(
+            "set `direct_io = true` when the working set is larger than the cache: direct I/O won in {}",
+            direct_wins_cold.join(", ")
+        ));
+    }
+    if let Some(knee) = knee(rows) {
+        advice.push(knee);
+    }
+    if rows.iter().any(|r| r.backend == "uring") {
+        advice.push(
+            "keep `backend = auto` (io_uring where the probe passes); pin `thread_pool` only where the rows above show it ahead"
+                .into(),
+        );
+    }
+    if !advice.is_empty() {
+        said = true;
+        let _ = writeln!(s, "\n**What to configure:**\n");
+        for a in advice {
+            let _ = writeln!(s, "- {a}");
+        }
+    }
+    if !said {
+        s.push_str("Not enough cells in this run to compare (run with more backends, modes or depths).\n");
+    }
+    s
+}
+
+/// The smallest queue depth at which our io_uring backend reaches 90 % of its best random-read
+/// IOPS on direct I/O: deeper queues only add latency beyond it.
+fn knee(rows: &[Row]) -> Option<String> {
+    let mut pts: Vec<&Row> = rows
+        .iter()
+        .filter(|r| {
+            r.engine == "storage-io" && r.backend == "uring" && r.workload == "rand_read" && r.io == "direct"
+        })
+        .collect();
+    if pts.len() < 2 {
+        return None;
+    }
+    pts.sort_by_key(|r| r.qd);
+    let top = pts.iter().map(|r| r.iops).fold(0.0, f64::max);
+    let k = pts.iter().find(|r| r.iops >= 0.9 * top)?;
+    Some(format!(
+        "random reads reach 90 % of their best IOPS at qd {} ({} of {}; p99 {:.0} µs there) — a `queue_depth` \
+         of about that many ops in flight per disk is enough",
+        k.qd,
+        kilo(k.iops),
+        kilo(top),
+        k.lat_us.p99
+    ))
+}
+
+/// A cell that got worse between two runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Regression {
+    /// The cell ([`Row::key`]).
+    pub key: String,
+    /// What got worse, with both numbers.
+    pub what: String,
+}
+
+/// Compares `new` with `old` cell by cell: IOPS down by more than `iops_drop` (0.10 = 10 %) or
+/// p99 up by more than `p99_rise` is a regression. Cells in only one run are skipped.
+pub fn compare(old: &Report, new: &Report, iops_drop: f64, p99_rise: f64) -> Vec<Regression> {
+    let mut out = Vec::new();
+    for n in &new.results {
+        let key = n.key();
+        let Some(o) = old.results.iter().find(|o| o.key() == key) else {
+            continue;
+        };
+        if o.iops > 0.0 && n.iops < o.iops * (1.0 - iops_drop) {
+            out.push(Regression {
+                key: key.clone(),
+                what: format!(
+                    "IOPS {} → {} ({:+.0} %)",
+                    kilo(o.iops),
+                    kilo(n.iops),
+                    (n.iops / o.iops - 1.0) * 100.0
+                ),
+            });
+        }
+        if o.lat_us.p99 > 0.0 && n.lat_us.p99 > o.lat_us.p99 * (1.0 + p99_rise) {
+            out.push(Regression {
+                key,
+                what: format!(
+                    "p99 {:.0} µs → {:.0} µs ({:+.0} %)",
+                    o.lat_us.p99,
+                    n.lat_us.p99,
+                    (n.lat_us.p99 / o.lat_us.p99 - 1.0) * 100.0
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// The `--compare` section of the report.
+pub fn compare_section(old_name: &str, old: &Report, new: &Report, found: &[Regression]) -> String {
+    let shared = new
+        .results
+        .iter()
+        .filter(|n| old.results.iter().any(|o| o.key() == n.key()))
+        .count();
+    let mut s = format!("\n## Compared with {old_name}\n\n{shared} cells in both runs; ");
+    if found.is_empty() {
+        s.push_str("no regressions (IOPS −10 % or p99 +25 % would be flagged).\n");
+    } else {
+        let _ = writeln!(s, "{} regression(s):\n", found.len());
+        for r in found {
+            let _ = writeln!(s, "- **{}**: {}", r.key, r.what);
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Latency;
+
+    fn row(engine: &str, backend: &str, io: &str, regime: &str, qd: usize, iops: f64) -> Row {
+        Row {
+            workload: "rand_read".into(),
+            engine: engine.into(),
+            backend: backend.into(),
+            io: io.into(),
+            regime: regime.into(),
+            qd,
+            block_size: 4096,
+            iops,
+            cpu_us_per_op: 5.0,
+            lat_us: Latency {
+                p99: 100.0 * qd as f64,
+                ..Latency::default()
+            },
+            ..Row::default()
+        }
+    }
+
+    fn sample() -> Vec<Row> {
+        let mut v = Vec::new();
+        for (q, u, t, f, b) in [
+            (1, 10e3, 12e3, 10e3, 30e3),
+            (4, 30e3, 25e3, 31e3, 31e3),
+            (16, 60e3, 40e3, 62e3, 32e3),
+        ] {
+            v.push(row("storage-io", "uring", "direct", "uncached", q, u));
+            v.push(row("storage-io", "thread_pool", "direct", "uncached", q, t));
+            v.push(row("fio", "io_uring+fixed", "direct", "uncached", q, f));
+            v.push(row("storage-io", "thread_pool", "buffered", "thrash", q, b));
+        }
+        v
+    }
+
+    #[test]
+    fn guidance_names_the_crossing_the_winner_and_the_fio_ratio() {
+        let g = guidance(&sample());
+        assert!(g.contains("io_uring overtakes the thread pool at qd 4"), "{g}");
+        assert!(g.contains("page cache thrash: mixed"), "{g}");
+        assert!(g.contains("qd 16: uring 60.0k vs thread_pool 32.0k"), "{g}");
+        assert!(g.contains("median 0.97×"), "{g}");
+        assert!(g.contains("set `direct_io = true`"), "{g}");
+        assert!(g.contains("90 % of their best IOPS at qd 16"), "{g}");
+    }
+
+    #[test]
+    fn markdown_has_a_table_per_group_with_ratio_columns() {
+        let report = Report {
+            results: sample(),
+            ..Report::default()
+        };
+        let md = markdown(&report, &["a note".into()]);
+        assert!(md.contains("## rand_read · direct · uncached"), "{md}");
+        assert!(md.contains("## rand_read · buffered · thrash"), "{md}");
+        assert!(md.contains("| uring | 16 | 60.0k |"), "{md}");
+        assert!(md.contains("0.97× io_uring+fixed"), "{md}");
+        assert!(md.contains("- a note"), "{md}");
+        assert!(md.contains("## Guidance"), "{md}");
+    }
+
+    #[test]
+    fn compare_flags_drops_and_latency_rises_only() {
+        let old = Report {
+            results: sample(),
+            ..Report::default()
+        };
+        let mut newer = old.clone();
+        newer.results[0].iops *= 0.5; // uring qd1 halves
+        newer.results[1].lat_us.p99 *= 2.0; // thread_pool qd1 p99 doubles
+        newer.results[2].iops *= 1.5; // an improvement is not flagged
+        newer
+            .results
+            .push(row("storage-io", "sync", "direct", "uncached", 1, 1.0)); // new cell
+        let found = compare(&old, &newer, 0.10, 0.25);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].key.contains("uring") && found[0].what.contains("-50 %"),
+            "{found:?}"
+        );
+        assert!(found[1].what.starts_with("p99"), "{found:?}");
+        let text = compare_section("old.json", &old, &newer, &found);
+        assert!(text.contains("12 cells in both runs; 2 regression(s)"), "{text}");
+        assert!(compare(&old, &old, 0.10, 0.25).is_empty());
+    }
+}
