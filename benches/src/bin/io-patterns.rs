@@ -556,7 +556,7 @@ fn run() -> Result<bool> {
 }
 
 /// Prepares the page cache for the step's regime, runs it, and records residency.
-fn run_step(step: &Step, path: &Path, size: u64, mut cap: Option<&mut MemCap>) -> Result<Row> {
+fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Result<Row> {
     let direct = match &step.job {
         Job::Ours(c) => c.direct,
         Job::Fio(f) => f.direct,
@@ -582,7 +582,7 @@ fn run_step(step: &Step, path: &Path, size: u64, mut cap: Option<&mut MemCap>) -
         Job::Fio(f) => (40 << 20) + (f.qd * f.block) as u64,
         Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
     };
-    let capped = match (divisor, cap.as_deref_mut()) {
+    let capped = match (divisor, cap) {
         (Some(d), Some(c)) if !direct => {
             c.set_limit((size as f64 / d) as u64 + slack)
                 .map_err(anyhow::Error::msg)?;
