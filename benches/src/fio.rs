@@ -85,7 +85,8 @@ impl FioJob {
             format!("--rw={rw}"),
             format!("--bs={}", self.block),
             format!("--direct={}", u8::from(self.direct)),
-            format!("--runtime={:.3}", self.duration.as_secs_f64()),
+            // fio reads a bare "0.5" as 0 s; milliseconds keep short cells exact.
+            format!("--runtime={}ms", self.duration.as_millis().max(1)),
             "--time_based".to_string(),
             format!("--invalidate={}", u8::from(self.invalidate)),
             // The file exists and is filled already: never lay it out or extend it.
@@ -159,6 +160,16 @@ impl FioJob {
         if ios <= 0.0 || runtime_ms <= 0.0 {
             bail!("fio reported no I/O for {}", self.engine.name());
         }
+        // A run much shorter or longer than asked means fio read its options differently from
+        // what we meant; its numbers would not be comparable.
+        let wall_ms = num(&side["runtime"]);
+        let want_ms = self.duration.as_secs_f64() * 1000.0;
+        if wall_ms > 0.0 && (wall_ms < want_ms * 0.5 || wall_ms > want_ms * 2.0 + 200.0) {
+            bail!(
+                "fio ran {wall_ms:.0} ms where {want_ms:.0} ms was asked; check its options: {}",
+                self.args().join(" ")
+            );
+        }
         let pct = &side["clat_ns"]["percentile"];
         let us = |ns: f64| ns / 1000.0;
         // usr/sys are percentages of the (summed) job run time.
@@ -219,7 +230,7 @@ mod tests {
             "--fixedbufs",
             "--registerfiles",
             "--invalidate=0",
-            "--runtime=1.500",
+            "--runtime=1500ms",
             "--norandommap",
         ] {
             assert!(a.contains(want), "{want} missing from {a}");
@@ -236,7 +247,7 @@ mod tests {
     fn json_is_parsed_into_a_row() {
         let text = r#"note: something
         {"jobs": [{"job_runtime": 2000, "usr_cpu": 5.0, "sys_cpu": 15.0,
-          "read": {"iops": 50000.0, "bw_bytes": 204800000, "total_ios": 100000, "runtime": 2000,
+          "read": {"iops": 50000.0, "bw_bytes": 204800000, "total_ios": 100000, "runtime": 1500,
                    "lat_ns": {"mean": 600000.0, "max": 5000000},
                    "clat_ns": {"percentile": {"50.000000": 550000, "95.000000": 900000, "99.000000": 1200000}}},
           "write": {"iops": 0.0}}]}"#;
@@ -246,10 +257,16 @@ mod tests {
         assert_eq!(row.iops, 50000.0);
         assert_eq!(row.lat_us.p99, 1200.0);
         assert_eq!(row.lat_us.mean, 600.0);
-        // 20 % of 2 s = 0.4 s over 100 000 ops = 4 us per op.
+        // 20 % of 2 s (summed over jobs) = 0.4 s over 100 000 ops = 4 us per op.
         assert!((row.cpu_us_per_op - 4.0).abs() < 1e-9, "{}", row.cpu_us_per_op);
         assert!(job(FioEngine::IoUring, 1).parse("garbage").is_err());
         let empty = r#"{"jobs": [{"job_runtime": 0, "read": {"total_ios": 0}}]}"#;
         assert!(job(FioEngine::IoUring, 1).parse(empty).is_err());
+        let too_short = text.replace("\"runtime\": 1500", "\"runtime\": 10");
+        let err = job(FioEngine::IoUring, 32).parse(&too_short).unwrap_err();
+        assert!(
+            err.to_string().contains("fio ran 10 ms where 1500 ms was asked"),
+            "{err}"
+        );
     }
 }

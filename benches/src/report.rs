@@ -76,13 +76,14 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
         s,
         "Latency is submit → completion as the caller sees it (µs). CPU is user+system time of the whole \
          process per I/O (fio: its own usr+sys). `vs fio` columns divide our IOPS by fio's in the same \
-         cell: io_uring+fixed for our io_uring backends, psync (qd threads) for sync and thread_pool.\n"
+         cell: io_uring+fixed for our io_uring backends, psync (qd threads) for sync and thread_pool. \
+         `cached %` is the share of the file in the page cache when the cell ended (buffered cells).\n"
     );
     for ((workload, io, regime), rows) in groups(&report.results) {
         let _ = writeln!(s, "## {workload} · {io} · {regime}\n");
         let _ = writeln!(
             s,
-            "| series | qd | IOPS | MB/s | mean | p50 | p95 | p99 | max | CPU µs/op | qd achieved | per wait | vs fio | CPU vs fio |"
+            "| series | qd | IOPS | MB/s | mean | p50 | p95 | p99 | max | CPU µs/op | qd achieved | per wait | cached % | vs fio | CPU vs fio |"
         );
         let _ = writeln!(
             s,
@@ -109,7 +110,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {} | {} |",
+                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {} | {} | {} |",
                 r.series(),
                 r.qd,
                 kilo(r.iops),
@@ -122,6 +123,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
                 r.cpu_us_per_op,
                 r.qd_achieved,
                 r.completions_per_wait,
+                r.cache_resident_pct.map_or("–".into(), |p| format!("{p:.0}")),
                 vs,
                 cpu_vs
             );

@@ -422,7 +422,7 @@ fn run() -> Result<bool> {
             Ok(c) => {
                 let how = format!(
                     "memory cgroup {} (limit: file/1.5 for pressure, file/4 for thrash, plus the memory of \
-                     the process under it: 40 MiB for fio, 8 MiB + buffers for ours)",
+                     the process under it: 16 MiB for fio, 8 MiB for ours, plus buffers)",
                     c.path().display()
                 );
                 (Some(c), how)
@@ -577,9 +577,9 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     }
     // The cap holds the page cache the regime allows plus the memory the process under it
     // allocates meanwhile (no swap here, so that part cannot be reclaimed): fio's own memory
-    // (about 30 MiB measured) or our buffers and per-cell tables.
+    // (30 MiB resident, most of it shared libraries charged elsewhere) or our buffers and per-cell tables.
     let slack: u64 = match &step.job {
-        Job::Fio(f) => (40 << 20) + (f.qd * f.block) as u64,
+        Job::Fio(f) => (16 << 20) + (f.qd * f.block) as u64,
         Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
     };
     let capped = match (divisor, cap) {
