@@ -74,6 +74,9 @@ struct Args {
     /// Do not run fio even if it is installed.
     #[arg(long)]
     no_fio: bool,
+    /// fio engines to run beside us: psync, io_uring, io_uring+fixed.
+    #[arg(long, value_delimiter = ',')]
+    fio_engine: Vec<String>,
     /// Also write the JSON results here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -92,6 +95,7 @@ struct Plan {
     modes: Vec<bool>,
     regimes: Vec<String>,
     qds: Vec<usize>,
+    fio_engines: Vec<FioEngine>,
     duration: Duration,
     size_bytes: u64,
     rounds: usize,
@@ -185,6 +189,23 @@ fn plan(args: &Args) -> Result<Plan> {
     if rounds == 0 || rounds > 100 {
         bail!("--rounds must be between 1 and 100");
     }
+    let fio_engines = if args.fio_engine.is_empty() {
+        FioEngine::ALL.to_vec()
+    } else {
+        args.fio_engine
+            .iter()
+            .map(|name| {
+                FioEngine::ALL
+                    .into_iter()
+                    .find(|e| e.name() == name.trim())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown --fio-engine {name:?}; expected one of psync, io_uring, io_uring+fixed"
+                        )
+                    })
+            })
+            .collect::<Result<_>>()?
+    };
     let size_mib = args.size_mib.unwrap_or(preset.size_mib);
     if size_mib == 0 {
         bail!("--size-mib must be at least 1");
@@ -195,6 +216,7 @@ fn plan(args: &Args) -> Result<Plan> {
         modes,
         regimes,
         qds,
+        fio_engines,
         duration: Duration::from_secs_f64(duration),
         size_bytes: size_mib << 20,
         rounds,
@@ -331,7 +353,7 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
                             });
                         }
                         if fio_on && fio::supports(w) {
-                            for engine in FioEngine::ALL {
+                            for &engine in &plan.fio_engines {
                                 out.push(Step {
                                     job: Job::Fio(FioJob {
                                         workload: w.clone(),

@@ -103,9 +103,10 @@ pub struct IoConfig {
     /// once this many are waiting, without waiting for `flush`/`poll`/`wait`. Small values keep
     /// the device fed steadily: on a virtio disk, handing 32 reads over at once and then waiting
     /// settles into bursts that cost a fifth of the IOPS at qd 32, and 1 (one `io_uring_enter`
-    /// per request, as fio does) measured best at every depth. Larger values save system calls
-    /// where the device copes with bursts. 0 means only `flush`, `poll_completions` and
-    /// `wait_completions` submit.
+    /// per request, as fio does) measured best at every depth. A lone request while nothing else
+    /// is in the kernel is left for the next wait, which submits and waits in one system call.
+    /// Larger values save system calls where the device copes with bursts. 0 means only `flush`,
+    /// `poll_completions` and `wait_completions` submit.
     pub submit_batch: usize,
 }
 

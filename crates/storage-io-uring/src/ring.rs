@@ -330,8 +330,13 @@ impl UringStorageIo {
         } else {
             self.push_slot(idx);
         }
+        // Hand queued SQEs over once `submit_batch` wait, except a lone SQE while the kernel has
+        // nothing else of ours: then the caller's next wait submits it in the same system call
+        // (at qd 1 that halves the io_uring_enter calls), and a second submit releases both.
         let batch = self.config.submit_batch;
-        if batch > 0 && self.ring.submission().len() >= batch {
+        let queued = self.ring.submission().len();
+        let busy = self.in_kernel > queued;
+        if batch > 0 && queued >= batch && (queued > 1 || busy) {
             // A failure leaves the SQEs queued; flush/poll/wait hand them over and report it.
             let _ = self.enter(0, None);
         }
