@@ -150,6 +150,7 @@ pub fn guidance(rows: &[Row]) -> String {
 
     // 1. Direct vs buffered, per workload and buffered regime.
     let mut direct_wins_cold = Vec::new();
+    let mut buffered_wins_cold = Vec::new();
     for &w in &workloads {
         let regimes: BTreeSet<&str> = rows
             .iter()
@@ -157,50 +158,46 @@ pub fn guidance(rows: &[Row]) -> String {
             .map(|r| r.regime.as_str())
             .collect();
         for regime in regimes {
-            let mut wins = Vec::new();
-            let mut loses = Vec::new();
+            let (mut wins, mut total, mut cells) = (0, 0, Vec::new());
             for &q in &qds {
                 let d = best(rows, |r| r.workload == w && r.io == "direct" && r.qd == q);
                 let b = best(rows, |r| {
                     r.workload == w && r.io == "buffered" && r.regime == regime && r.qd == q
                 });
                 if let (Some(d), Some(b)) = (d, b) {
-                    let text = format!(
+                    total += 1;
+                    wins += usize::from(d.iops > b.iops);
+                    cells.push(format!(
                         "qd {q}: {} {} vs {} {}",
                         d.backend,
                         kilo(d.iops),
                         b.backend,
                         kilo(b.iops)
-                    );
-                    if d.iops > b.iops {
-                        wins.push(text)
-                    } else {
-                        loses.push(text)
-                    }
+                    ));
                 }
             }
-            if wins.is_empty() && loses.is_empty() {
+            if total == 0 {
                 continue;
             }
             said = true;
-            let verdict = if loses.is_empty() {
-                "**direct I/O wins at every queue depth**"
-            } else if wins.is_empty() {
-                "**buffered I/O wins at every queue depth**"
+            let verdict = if wins == total {
+                "**direct I/O wins at every queue depth**".to_string()
+            } else if wins == 0 {
+                "**buffered I/O wins at every queue depth**".to_string()
             } else {
-                "mixed"
+                format!("direct I/O wins at {wins} of {total} queue depths")
             };
-            if !wins.is_empty() && regime != "hot" {
-                direct_wins_cold.push(format!("{w} ({regime})"));
+            if regime != "hot" {
+                if 2 * wins > total {
+                    direct_wins_cold.push(format!("{w} ({regime})"));
+                } else {
+                    buffered_wins_cold.push(format!("{w} ({regime})"));
+                }
             }
             let _ = writeln!(
                 s,
                 "- {w}, page cache {regime}: {verdict} (best of ours, direct vs buffered IOPS; {}).",
-                wins.iter()
-                    .chain(loses.iter())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                cells.join("; ")
             );
         }
     }
@@ -277,8 +274,16 @@ pub fn guidance(rows: &[Row]) -> String {
     let mut advice = Vec::new();
     if !direct_wins_cold.is_empty() {
         advice.push(format!(
-            "set `direct_io = true` when the working set is larger than the cache: direct I/O won in {}",
+            "set `direct_io = true` when the working set is larger than the cache: direct I/O won at most \
+             queue depths in {}",
             direct_wins_cold.join(", ")
+        ));
+    }
+    if !buffered_wins_cold.is_empty() {
+        advice.push(format!(
+            "keep `direct_io = false` for {}: even with the cache capped, buffered I/O won at most queue \
+             depths (read-ahead and the hits that remain)",
+            buffered_wins_cold.join(", ")
         ));
     }
     if let Some(knee) = knee(rows) {
@@ -434,10 +439,17 @@ mod tests {
     fn guidance_names_the_crossing_the_winner_and_the_fio_ratio() {
         let g = guidance(&sample());
         assert!(g.contains("io_uring overtakes the thread pool at qd 4"), "{g}");
-        assert!(g.contains("page cache thrash: mixed"), "{g}");
+        assert!(
+            g.contains("page cache thrash: direct I/O wins at 1 of 3 queue depths"),
+            "{g}"
+        );
+        assert!(
+            g.contains("keep `direct_io = false` for rand_read (thrash)"),
+            "{g}"
+        );
         assert!(g.contains("qd 16: uring 60.0k vs thread_pool 32.0k"), "{g}");
         assert!(g.contains("median 0.97×"), "{g}");
-        assert!(g.contains("set `direct_io = true`"), "{g}");
+        assert!(!g.contains("set `direct_io = true`"), "{g}");
         assert!(g.contains("90 % of their best IOPS at qd 16"), "{g}");
     }
 
