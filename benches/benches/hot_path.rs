@@ -20,20 +20,7 @@ fn submit_poll(c: &mut Criterion) {
     let mut done = Vec::with_capacity(8);
     io.poll_completions(&mut done);
     done.clear();
-    let mut buf = Some(IoBuf::from(AlignedBuf::page_aligned(4096).unwrap()));
     let mut page = 0u64;
-    c.bench_function("sync_read_4k_cached_submit_poll", |b| {
-        b.iter(|| {
-            let mut rb = buf.take().unwrap();
-            if let IoBuf::Aligned(a) = &mut rb {
-                a.set_len(4096).unwrap();
-            }
-            page = (page + 1) % 256;
-            io.submit_read(fd, rb, page * 4096).map_err(|e| e.error).unwrap();
-            io.poll_completions(&mut done);
-            buf = done.pop().and_then(|c| c.buf);
-        })
-    });
     c.bench_function("sync_write_4k_cached_submit_poll", |b| {
         let data = [3u8; 4096];
         b.iter(|| {

@@ -197,22 +197,28 @@ pub fn timestamp() -> String {
     )
 }
 
+/// A 4 KiB rand_read row for tests.
+#[cfg(test)]
+pub(crate) fn test_row(engine: &str, backend: &str, io: &str, regime: &str, qd: usize, iops: f64) -> Row {
+    Row {
+        workload: "rand_read".into(),
+        engine: engine.into(),
+        backend: backend.into(),
+        io: io.into(),
+        regime: regime.into(),
+        qd,
+        block_size: 4096,
+        iops,
+        ..Row::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn row(backend: &str, iops: f64) -> Row {
-        Row {
-            workload: "rand_read".into(),
-            engine: "storage-io".into(),
-            backend: backend.into(),
-            io: "direct".into(),
-            regime: "uncached".into(),
-            qd: 4,
-            block_size: 4096,
-            iops,
-            ..Row::default()
-        }
+        test_row("storage-io", backend, "direct", "uncached", 4, iops)
     }
 
     #[test]

@@ -106,16 +106,7 @@ mod tests {
                 ("fio", "io_uring+fixed", "direct", "uncached"),
                 ("storage-io", "thread_pool", "buffered", "thrash"),
             ] {
-                rows.push(Row {
-                    workload: "rand_read".into(),
-                    engine: engine.into(),
-                    backend: backend.into(),
-                    io: io.into(),
-                    regime: regime.into(),
-                    qd,
-                    iops,
-                    ..Row::default()
-                });
+                rows.push(crate::test_row(engine, backend, io, regime, qd, iops));
             }
         }
         let paths = write_plots(&rows, dir.path()).unwrap();

@@ -403,20 +403,12 @@ mod tests {
 
     fn row(engine: &str, backend: &str, io: &str, regime: &str, qd: usize, iops: f64) -> Row {
         Row {
-            workload: "rand_read".into(),
-            engine: engine.into(),
-            backend: backend.into(),
-            io: io.into(),
-            regime: regime.into(),
-            qd,
-            block_size: 4096,
-            iops,
             cpu_us_per_op: 5.0,
             lat_us: Latency {
                 p99: 100.0 * qd as f64,
                 ..Latency::default()
             },
-            ..Row::default()
+            ..crate::test_row(engine, backend, io, regime, qd, iops)
         }
     }
 
