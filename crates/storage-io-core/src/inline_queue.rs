@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::buf::IoBuf;
-use crate::error::{Result, StorageIoError};
+use crate::error::{Result, StorageIoError, SubmitError};
 use crate::op::{IoCompletion, IoFd, IoToken, OpKind, TokenCounter};
 use crate::stats::IoStats;
 
@@ -94,6 +94,45 @@ impl InlineQueue {
     /// Stats of every op completed through this queue.
     pub fn stats(&self) -> &IoStats {
         &self.stats
+    }
+}
+
+/// What an inline backend's write step did: the op it became (`Write` or `Append`), the offset
+/// it went to, and the outcome.
+pub type InlineWrite = (OpKind, u64, Result<usize>);
+
+/// The write paths shared by backends that finish every op inside `submit_*` (the inline sync
+/// backend, the testkit's in-memory one): implement the two required methods, and
+/// `submit_write`, `submit_write_buf` and `submit_append` become one call each.
+pub trait InlineBackend {
+    /// The backend's completion queue.
+    fn inline_queue(&mut self) -> &mut InlineQueue;
+
+    /// Admits, validates, plans (append cursor) and performs one write of `data`; `offset`
+    /// `None` is an append. An `Err` refuses the op at submit; an `Ok` carries its outcome.
+    fn inline_write(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<InlineWrite>;
+
+    /// `submit_write` / `submit_append`: the data is the caller's, nothing is kept.
+    fn write_copied(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<IoToken> {
+        let started = Instant::now();
+        let (op, offset, result) = self.inline_write(fd, data, offset)?;
+        Ok(self
+            .inline_queue()
+            .finish(started, (op, fd, offset, data.len()), result, None))
+    }
+
+    /// `submit_write_buf`: the buffer comes back in the completion, or in the error.
+    fn write_owned(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        let started = Instant::now();
+        match self.inline_write(fd, &buf, Some(offset)) {
+            Ok((op, offset, result)) => {
+                let len = buf.len();
+                Ok(self
+                    .inline_queue()
+                    .finish(started, (op, fd, offset, len), result, Some(buf)))
+            }
+            Err(e) => Err(SubmitError::new(e, buf)),
+        }
     }
 }
 

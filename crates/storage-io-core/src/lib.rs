@@ -54,6 +54,6 @@ pub use direct::{
 };
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 pub use fd_table::FdTable;
-pub use inline_queue::{InlineQueue, deliver_ready};
+pub use inline_queue::{InlineBackend, InlineQueue, InlineWrite, deliver_ready};
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind, TokenCounter};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};

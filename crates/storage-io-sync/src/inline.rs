@@ -5,8 +5,9 @@ use std::fs::File;
 use std::time::{Duration, Instant};
 
 use storage_io_core::{
-    Capabilities, FdTable, InlineQueue, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind,
-    Result, StorageIo, SubmitError, file_facts, file_len_of, plan_write, validate_transfer,
+    Capabilities, FdTable, InlineBackend, InlineQueue, InlineWrite, IoBuf, IoCompletion, IoConfig, IoFd,
+    IoStats, IoToken, OpKind, Result, StorageIo, SubmitError, file_facts, file_len_of, plan_write,
+    validate_transfer,
 };
 
 use crate::exec;
@@ -53,25 +54,26 @@ impl SyncStorageIo {
         })
     }
 
-    fn write_inner(
-        &mut self,
-        fd: IoFd,
-        data: &[u8],
-        offset: Option<u64>,
-    ) -> Result<(OpKind, u64, Result<usize>)> {
-        self.queue.admit()?;
-        let max = self.config.max_io_bytes;
-        let f = self.files.get_mut(fd)?;
-        let (op, offset) = plan_write(&mut f.append_cursor, f.align, offset, data, max)?;
-        Ok((op, offset, exec::write_all_at(&f.file, data, offset, op)))
-    }
-
     fn sync_inner(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
         self.queue.admit()?;
         let started = Instant::now();
         let f = self.files.get(fd)?;
         let result = exec::sync(&f.file, op);
         Ok(self.queue.finish(started, (op, fd, 0, 0), result, None))
+    }
+}
+
+impl InlineBackend for SyncStorageIo {
+    fn inline_queue(&mut self) -> &mut InlineQueue {
+        &mut self.queue
+    }
+
+    fn inline_write(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<InlineWrite> {
+        self.queue.admit()?;
+        let max = self.config.max_io_bytes;
+        let f = self.files.get_mut(fd)?;
+        let (op, offset) = plan_write(&mut f.append_cursor, f.align, offset, data, max)?;
+        Ok((op, offset, exec::write_all_at(&f.file, data, offset, op)))
     }
 }
 
@@ -132,32 +134,15 @@ impl StorageIo for SyncStorageIo {
     }
 
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
-        let started = Instant::now();
-        let (op, offset, result) = self.write_inner(fd, data, Some(offset))?;
-        Ok(self
-            .queue
-            .finish(started, (op, fd, offset, data.len()), result, None))
+        self.write_copied(fd, data, Some(offset))
     }
 
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
-        let started = Instant::now();
-        match self.write_inner(fd, &buf, Some(offset)) {
-            Ok((op, offset, result)) => {
-                let len = buf.len();
-                Ok(self
-                    .queue
-                    .finish(started, (op, fd, offset, len), result, Some(buf)))
-            }
-            Err(e) => Err(SubmitError::new(e, buf)),
-        }
+        self.write_owned(fd, buf, offset)
     }
 
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
-        let started = Instant::now();
-        let (op, offset, result) = self.write_inner(fd, data, None)?;
-        Ok(self
-            .queue
-            .finish(started, (op, fd, offset, data.len()), result, None))
+        self.write_copied(fd, data, None)
     }
 
     fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {

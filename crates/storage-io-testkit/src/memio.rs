@@ -18,8 +18,9 @@ use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use storage_io_core::{
-    Capabilities, FdTable, InlineQueue, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind,
-    OpenOptions, Result, StorageIo, StorageIoError, SubmitError, plan_write, validate_transfer,
+    Capabilities, FdTable, InlineBackend, InlineQueue, InlineWrite, IoBuf, IoCompletion, IoConfig, IoFd,
+    IoStats, IoToken, OpKind, OpenOptions, Result, StorageIo, StorageIoError, SubmitError, plan_write,
+    validate_transfer,
 };
 
 /// The sector size a torn write is cut at.
@@ -266,12 +267,33 @@ impl MemIo {
         self.queue.admit()
     }
 
-    fn write_inner(
-        &mut self,
-        fd: IoFd,
-        data: &[u8],
-        offset: Option<u64>,
-    ) -> Result<(OpKind, u64, Result<usize>)> {
+    fn sync_inner(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
+        self.admit()?;
+        let started = Instant::now();
+        let path = &self.files.get(fd)?.path;
+        let mut st = self.fs.state.lock();
+        st.syncs += 1;
+        let result = match st.files.get_mut(path) {
+            Some(f) => {
+                if let Some(live) = &f.live {
+                    f.durable.clone_from(live);
+                }
+                f.unsynced.clear();
+                Ok(0)
+            }
+            None => Err(StorageIoError::os(op, ENOENT)),
+        };
+        drop(st);
+        Ok(self.queue.finish(started, (op, fd, 0, 0), result, None))
+    }
+}
+
+impl InlineBackend for MemIo {
+    fn inline_queue(&mut self) -> &mut InlineQueue {
+        &mut self.queue
+    }
+
+    fn inline_write(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<InlineWrite> {
         self.admit()?;
         let h = self.files.get_mut(fd)?;
         let (op, offset) = plan_write(&mut h.append_cursor, None, offset, data, self.max_io_bytes)?;
@@ -296,26 +318,6 @@ impl MemIo {
             data: data.to_vec(),
         });
         Ok((op, offset, Ok(data.len())))
-    }
-
-    fn sync_inner(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
-        self.admit()?;
-        let started = Instant::now();
-        let path = &self.files.get(fd)?.path;
-        let mut st = self.fs.state.lock();
-        st.syncs += 1;
-        let result = match st.files.get_mut(path) {
-            Some(f) => {
-                if let Some(live) = &f.live {
-                    f.durable.clone_from(live);
-                }
-                f.unsynced.clear();
-                Ok(0)
-            }
-            None => Err(StorageIoError::os(op, ENOENT)),
-        };
-        drop(st);
-        Ok(self.queue.finish(started, (op, fd, 0, 0), result, None))
     }
 }
 
@@ -444,32 +446,15 @@ impl StorageIo for MemIo {
     }
 
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
-        let started = Instant::now();
-        let (op, offset, result) = self.write_inner(fd, data, Some(offset))?;
-        Ok(self
-            .queue
-            .finish(started, (op, fd, offset, data.len()), result, None))
+        self.write_copied(fd, data, Some(offset))
     }
 
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
-        let started = Instant::now();
-        match self.write_inner(fd, &buf, Some(offset)) {
-            Ok((op, offset, result)) => {
-                let len = buf.len();
-                Ok(self
-                    .queue
-                    .finish(started, (op, fd, offset, len), result, Some(buf)))
-            }
-            Err(e) => Err(SubmitError::new(e, buf)),
-        }
+        self.write_owned(fd, buf, offset)
     }
 
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
-        let started = Instant::now();
-        let (op, offset, result) = self.write_inner(fd, data, None)?;
-        Ok(self
-            .queue
-            .finish(started, (op, fd, offset, data.len()), result, None))
+        self.write_copied(fd, data, None)
     }
 
     fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
