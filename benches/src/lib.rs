@@ -58,7 +58,7 @@ pub struct Row {
     /// I/Os that failed.
     #[serde(default)]
     pub errors: u64,
-    /// Mean ops in flight, sampled each time the driver waited (the queue depth achieved).
+    /// Mean ops in flight, sampled each time the driver waited (the queue depth achieved); 0 for fio.
     #[serde(default)]
     pub qd_achieved: f64,
     /// Mean completions handed back per wait (how bunched completions arrive); 0 for fio.

@@ -38,6 +38,11 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// A driver-side measurement, or "–" where the engine (fio) does not report it.
+fn measured(x: f64) -> String {
+    if x > 0.0 { format!("{x:.1}") } else { "–".into() }
+}
+
 fn kilo(x: f64) -> String {
     if x >= 10_000.0 {
         format!("{:.1}k", x / 1000.0)
@@ -110,7 +115,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {} | {} | {} |",
+                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} |",
                 r.series(),
                 r.qd,
                 kilo(r.iops),
@@ -121,8 +126,8 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
                 r.lat_us.p99,
                 r.lat_us.max,
                 r.cpu_us_per_op,
-                r.qd_achieved,
-                r.completions_per_wait,
+                measured(r.qd_achieved),
+                measured(r.completions_per_wait),
                 r.cache_resident_pct.map_or("–".into(), |p| format!("{p:.0}")),
                 vs,
                 cpu_vs
