@@ -1,7 +1,7 @@
 //! The [`StorageIo`] trait: the contract every backend keeps.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::buf::IoBuf;
@@ -105,6 +105,19 @@ pub trait StorageIo: Send {
         std::fs::remove_file(path).map_err(|e| StorageIoError::from_io(crate::OpKind::Write, &e))
     }
 
+    /// The paths of the entries directly inside `dir`, sorted. Components above the backend
+    /// (the WAL finding its segments) list directories through this, so in-memory backends can
+    /// answer for their own files. The default lists the real directory.
+    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
+        list_dir_default(dir)
+    }
+
+    /// Creates `dir` and its missing parents (no error if it exists). The default creates real
+    /// directories; in-memory backends, which have no directories, accept any path.
+    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| StorageIoError::from_io(crate::OpKind::Write, &e))
+    }
+
     /// Reads `buf.len()` bytes at `offset` into `buf`; the buffer comes back in the completion,
     /// truncated to the bytes read.
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>>;
@@ -158,6 +171,17 @@ pub fn sync_dir_default(dir: &Path) -> Result<()> {
         .map_err(|e| StorageIoError::from_io(crate::OpKind::Fsync, &e))
 }
 
+/// The sorted entries of a real directory, as the default [`StorageIo::list_dir`] gives them.
+pub fn list_dir_default(dir: &Path) -> Result<Vec<PathBuf>> {
+    let to_err = |e: std::io::Error| StorageIoError::from_io(crate::OpKind::Read, &e);
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(to_err)? {
+        paths.push(entry.map_err(to_err)?.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
 impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
@@ -182,6 +206,12 @@ impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     }
     fn sync_dir(&mut self, dir: &Path) -> Result<()> {
         (**self).sync_dir(dir)
+    }
+    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
+        (**self).list_dir(dir)
+    }
+    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
+        (**self).create_dir_all(dir)
     }
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
         (**self).submit_read(fd, buf, offset)

@@ -45,7 +45,7 @@ mod inline_queue;
 mod op;
 mod stats;
 
-pub use backend::{BackendFactory, StorageIo, sync_dir_default};
+pub use backend::{BackendFactory, StorageIo, list_dir_default, sync_dir_default};
 pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf};
 pub use config::{BackendKind, IoConfig};
 pub use direct::{

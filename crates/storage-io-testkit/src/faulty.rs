@@ -442,6 +442,14 @@ impl<B: StorageIo> StorageIo for FaultyIo<B> {
         self.inner.remove_file(path)
     }
 
+    fn list_dir(&mut self, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+        self.inner.list_dir(dir)
+    }
+
+    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
         let fault = self.decide(OpKind::Read);
         if let Some(e) = fault.and_then(Fault::errno) {

@@ -75,6 +75,10 @@ struct FsState {
     epoch: u64,
     syncs: u64,
     crashes: u64,
+    /// A crash armed by [`MemFs::crash_after_ops`]: mutating ops left before it fires.
+    scheduled: Option<(u64, CrashOptions)>,
+    /// Mutating ops (writes, syncs, creations, removals) performed so far.
+    mutations: u64,
 }
 
 /// An in-memory file system shared by any number of [`MemIo`] backends (one per worker).
@@ -108,6 +112,8 @@ impl MemFs {
                 epoch: 0,
                 syncs: 0,
                 crashes: 0,
+                scheduled: None,
+                mutations: 0,
             })),
         }
     }
@@ -133,32 +139,86 @@ impl MemFs {
     /// write torn as `options` says), unsynced creations and removals are undone, and every
     /// backend made before now fails with `Closed`. Returns the paths whose content changed.
     pub fn crash(&self, options: CrashOptions) -> Vec<PathBuf> {
-        let mut st = self.state.lock();
-        st.epoch += 1;
-        st.crashes += 1;
-        let FsState { files, rng, .. } = &mut *st;
-        let mut changed = Vec::new();
-        files.retain(|path, f| {
-            let mut after = f.durable.clone();
-            if let (Some(last), true) = (f.unsynced.last(), f.durable_exists) {
-                tear_into(&mut after, last, options.tear, rng);
-            }
-            let before = f.live.take();
-            if before.as_ref() != Some(&after) || !f.durable_exists {
-                changed.push(path.clone());
-            }
-            f.unsynced.clear();
-            if f.durable_exists {
-                f.durable = after.clone();
-                f.live = Some(after);
-                true
-            } else {
-                false
-            }
-        });
-        changed
+        crash_locked(&mut self.state.lock(), options)
     }
 
+    /// Arms a crash that fires instead of the `n`-th mutating op from now (1 = the next one):
+    /// a write, append, datasync, fsync, file creation, removal or `sync_dir`, on any backend
+    /// of this file system. The op that hits it fails with `Closed`, as does everything after.
+    /// This puts crash points between any two steps of a component's I/O, not only between
+    /// its calls. `n = 0` disarms.
+    ///
+    /// ```
+    /// use storage_io_core::{OpenOptions, StorageIo};
+    /// use storage_io_testkit::memio::{CrashOptions, MemFs};
+    ///
+    /// let fs = MemFs::new(3);
+    /// let mut io = fs.backend();
+    /// let fd = io.open_file("/d/f".as_ref(), &OpenOptions::create()).unwrap(); // op 1
+    /// fs.crash_after_ops(2, CrashOptions::default());
+    /// io.submit_write(fd, b"a", 0).unwrap(); // op 2: runs
+    /// assert!(io.submit_datasync(fd).is_err()); // op 3: the crash fires here
+    /// assert_eq!(fs.crash_count(), 1);
+    /// assert_eq!(fs.read_file("/d/f".as_ref()), None); // the creation was never made durable
+    /// ```
+    pub fn crash_after_ops(&self, n: u64, options: CrashOptions) {
+        self.state.lock().scheduled = (n > 0).then_some((n, options));
+    }
+
+    /// Mutating ops performed so far on this file system (what [`MemFs::crash_after_ops`]
+    /// counts), so a test can size its range of crash points.
+    pub fn mutation_count(&self) -> u64 {
+        self.state.lock().mutations
+    }
+
+    /// Counts one mutating op; fires an armed crash when its count runs out.
+    fn tick(&self, epoch: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        if st.epoch != epoch {
+            return Err(StorageIoError::Closed);
+        }
+        st.mutations += 1;
+        if let Some((left, options)) = st.scheduled.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                let options = *options;
+                st.scheduled = None;
+                crash_locked(&mut st, options);
+                return Err(StorageIoError::Closed);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The body of [`MemFs::crash`], on already-locked state.
+fn crash_locked(st: &mut FsState, options: CrashOptions) -> Vec<PathBuf> {
+    st.epoch += 1;
+    st.crashes += 1;
+    let FsState { files, rng, .. } = &mut *st;
+    let mut changed = Vec::new();
+    files.retain(|path, f| {
+        let mut after = f.durable.clone();
+        if let (Some(last), true) = (f.unsynced.last(), f.durable_exists) {
+            tear_into(&mut after, last, options.tear, rng);
+        }
+        let before = f.live.take();
+        if before.as_ref() != Some(&after) || !f.durable_exists {
+            changed.push(path.clone());
+        }
+        f.unsynced.clear();
+        if f.durable_exists {
+            f.durable = after.clone();
+            f.live = Some(after);
+            true
+        } else {
+            false
+        }
+    });
+    changed
+}
+
+impl MemFs {
     /// The volatile contents of `path` (what a read sees now).
     pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
         self.state.lock().files.get(path).and_then(|f| f.live.clone())
@@ -269,6 +329,7 @@ impl MemIo {
 
     fn sync_inner(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
         self.admit()?;
+        self.fs.tick(self.epoch)?;
         let started = Instant::now();
         let path = &self.files.get(fd)?.path;
         let mut st = self.fs.state.lock();
@@ -295,6 +356,7 @@ impl InlineBackend for MemIo {
 
     fn inline_write(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<InlineWrite> {
         self.admit()?;
+        self.fs.tick(self.epoch)?;
         let h = self.files.get_mut(fd)?;
         let (op, offset) = plan_write(&mut h.append_cursor, None, offset, data, self.max_io_bytes)?;
         let end = offset + data.len() as u64;
@@ -345,6 +407,9 @@ impl StorageIo for MemIo {
 
     fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
         self.check_alive()?;
+        if options.create || options.create_new || (options.truncate && options.write) {
+            self.fs.tick(self.epoch)?;
+        }
         let mut st = self.fs.state.lock();
         let entry = st.files.entry(path.to_path_buf()).or_default();
         match (&mut entry.live, options.create || options.create_new) {
@@ -388,7 +453,7 @@ impl StorageIo for MemIo {
     }
 
     fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        self.check_alive()?;
+        self.fs.tick(self.epoch)?;
         let mut st = self.fs.state.lock();
         for (path, f) in st.files.iter_mut() {
             if path.parent() == Some(dir) {
@@ -399,7 +464,7 @@ impl StorageIo for MemIo {
     }
 
     fn remove_file(&mut self, path: &Path) -> Result<()> {
-        self.check_alive()?;
+        self.fs.tick(self.epoch)?;
         let mut st = self.fs.state.lock();
         match st.files.get_mut(path) {
             Some(f) if f.live.is_some() => {
@@ -409,6 +474,22 @@ impl StorageIo for MemIo {
             }
             _ => Err(StorageIoError::os(OpKind::Write, ENOENT)),
         }
+    }
+
+    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
+        self.check_alive()?;
+        let st = self.fs.state.lock();
+        Ok(st
+            .files
+            .iter()
+            .filter(|(p, f)| f.live.is_some() && p.parent() == Some(dir))
+            .map(|(p, _)| p.clone())
+            .collect())
+    }
+
+    fn create_dir_all(&mut self, _dir: &Path) -> Result<()> {
+        // MemFs has no directories: a file's directory is its path's parent.
+        self.check_alive()
     }
 
     fn submit_read(&mut self, fd: IoFd, mut buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
