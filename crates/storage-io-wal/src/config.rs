@@ -1,0 +1,139 @@
+//! [`WalConfig`]: every knob of the WAL, with its default.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::WalError;
+use crate::format::{MIN_SEGMENT_BYTES, max_payload_bytes};
+
+/// When a commit counts as done, and who pays for the fdatasync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum SyncMode {
+    /// Every [`commit`](crate::WalManager::commit) returns after an fdatasync that covers its
+    /// record. The first committer to find no flush running writes and syncs everything
+    /// appended so far; committers that arrive meanwhile wait for the next flush, which one of
+    /// them leads. No delay is added to gather a batch.
+    Sync,
+    /// Group commit: like `Sync`, but the leader waits up to `max_delay_us` (or until
+    /// `max_batch_bytes` are waiting) for more committers to join before it writes. One write
+    /// and one fdatasync per segment touched cover the whole batch.
+    Group {
+        /// Longest a leader waits for more records before writing, in microseconds.
+        max_delay_us: u64,
+        /// A leader stops waiting once this many bytes are ready.
+        max_batch_bytes: usize,
+    },
+    /// [`commit`](crate::WalManager::commit) returns once the record is appended in memory; a
+    /// background thread writes and syncs every `interval_ms`. A crash may lose the last
+    /// interval's commits (PostgreSQL's `synchronous_commit = off`).
+    Async {
+        /// Time between background flushes, in milliseconds.
+        interval_ms: u64,
+    },
+    /// Records are written to the OS but never synced: a commit survives a process crash, not
+    /// a power loss. For tests and throw-away data.
+    None,
+}
+
+impl SyncMode {
+    /// True when a flush ends with an fdatasync.
+    pub fn syncs(self) -> bool {
+        !matches!(self, SyncMode::None)
+    }
+}
+
+/// What recovery does when it finds an invalid record that is followed by valid ones. A torn
+/// tail (nothing valid after the first invalid frame) is always cut off: that is what a crash
+/// during a write leaves. The table in `docs/architecture.md` lists every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryPolicy {
+    /// Keep the log up to the first invalid record and cut everything after it, reporting how
+    /// many valid records were cut ([`RecoveryReport::skipped_valid_records`]). A crash in the
+    /// middle of a flush that spans sectors or segments can leave valid but never-acknowledged
+    /// records after a hole, so this is the default.
+    ///
+    /// [`RecoveryReport::skipped_valid_records`]: crate::RecoveryReport::skipped_valid_records
+    #[default]
+    PointInTime,
+    /// Refuse to open ([`WalError::Corrupt`]) when valid records follow an invalid one, so
+    /// that nothing is cut without a person looking. Use it on storage that never tears a
+    /// write; after a crash mid-flush it may refuse a log that `PointInTime` would open.
+    Strict,
+}
+
+/// Configuration of a [`WalManager`](crate::WalManager) (serde; unknown fields are refused).
+///
+/// ```
+/// use storage_io_wal::{SyncMode, WalConfig};
+/// let config: WalConfig = serde_json::from_str(
+///     r#"{ "segment_size_bytes": 16777216, "sync_mode": { "mode": "group", "max_delay_us": 200, "max_batch_bytes": 65536 } }"#,
+/// ).unwrap();
+/// assert_eq!(config.segment_size_bytes, 16 << 20);
+/// assert!(matches!(config.sync_mode, SyncMode::Group { max_delay_us: 200, .. }));
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalConfig {
+    /// Size of every segment file, in bytes. Default 64 MiB. An existing log keeps the size it
+    /// was written with (read from its segment headers).
+    pub segment_size_bytes: u64,
+    /// When commits are durable. Default `Group { max_delay_us: 0, max_batch_bytes: 1 MiB }`:
+    /// batches form while the previous fdatasync runs, with no added delay.
+    pub sync_mode: SyncMode,
+    /// Zero-fill each new segment to its full size before the first record goes in, so that
+    /// later fdatasyncs update no file size or extent map and a full disk shows up when a
+    /// segment is created rather than in the middle of a commit. Default true.
+    pub preallocate: bool,
+    /// What recovery does with valid records after an invalid one. Default `PointInTime`.
+    pub recovery: RecoveryPolicy,
+    /// Largest single write handed to the backend, in bytes (larger flushes are split).
+    /// Default 1 MiB; keep it at or below the backend's `max_io_bytes`.
+    pub write_chunk_bytes: usize,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            segment_size_bytes: 64 << 20,
+            sync_mode: SyncMode::Group {
+                max_delay_us: 0,
+                max_batch_bytes: 1 << 20,
+            },
+            preallocate: true,
+            recovery: RecoveryPolicy::PointInTime,
+            write_chunk_bytes: 1 << 20,
+        }
+    }
+}
+
+impl WalConfig {
+    /// Checks every field; the error says which one is wrong and what would be right.
+    pub fn validate(&self) -> Result<(), WalError> {
+        if self.segment_size_bytes < MIN_SEGMENT_BYTES || self.segment_size_bytes > u32::MAX as u64 {
+            return Err(WalError::InvalidConfig(format!(
+                "segment_size_bytes = {} is out of range: use {MIN_SEGMENT_BYTES} to {} bytes",
+                self.segment_size_bytes,
+                u32::MAX
+            )));
+        }
+        if self.write_chunk_bytes < 4096 {
+            return Err(WalError::InvalidConfig(format!(
+                "write_chunk_bytes = {} is too small: use at least 4096",
+                self.write_chunk_bytes
+            )));
+        }
+        if let SyncMode::Async { interval_ms: 0 } = self.sync_mode {
+            return Err(WalError::InvalidConfig(
+                "sync_mode async needs interval_ms > 0 (use sync or group for immediate durability)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest record payload this configuration accepts.
+    pub fn max_record_bytes(&self) -> u64 {
+        max_payload_bytes(self.segment_size_bytes)
+    }
+}

@@ -1,0 +1,299 @@
+//! The on-disk format: segment headers, record frames, and the scanner that reads them back.
+//!
+//! A segment file holds a 32-byte header, then records back to back, then (once the writer has
+//! moved on) a segment-end record; the rest is zeros. Every position in the log has one LSN:
+//! `segment number × segment size + offset in the segment`, so an LSN names its segment and its
+//! offset without an index.
+//!
+//! ```text
+//! segment header (32 B): magic "SIOW" | version u16 | reserved u16 | segment_size u64 |
+//!                        first_lsn u64 | crc32c of the 24 bytes before u32 | reserved u32
+//! record header  (20 B): payload_len u32 | kind u8 | reserved [u8; 3] | lsn u64 |
+//!                        crc32c of the 16 header bytes before it and the payload u32
+//! ```
+//!
+//! All integers are little-endian. A record never spans two segments: when the next record
+//! does not fit, the writer closes the segment with a segment-end record and starts the next
+//! segment. Each record carries its own LSN, so a stale record left in a reused or recycled
+//! file never validates at another position.
+
+use std::ops::Range;
+
+/// Bytes of the header at the start of every segment.
+pub const SEGMENT_HEADER_BYTES: u64 = 32;
+/// Bytes of the frame before every record's payload.
+pub const RECORD_HEADER_BYTES: u64 = 20;
+/// The smallest segment size accepted (a header and a few small records).
+pub const MIN_SEGMENT_BYTES: u64 = 512;
+
+const MAGIC: [u8; 4] = *b"SIOW";
+const VERSION: u16 = 1;
+pub(crate) const KIND_DATA: u8 = 1;
+pub(crate) const KIND_SEGMENT_END: u8 = 2;
+
+/// The largest payload one record may carry in segments of `segment_size` bytes: the segment
+/// less its header, the record's frame and room for the segment-end record.
+pub const fn max_payload_bytes(segment_size: u64) -> u64 {
+    segment_size.saturating_sub(SEGMENT_HEADER_BYTES + 2 * RECORD_HEADER_BYTES)
+}
+
+/// Appends the header of segment `segment_no` to `out`.
+pub(crate) fn encode_segment_header(out: &mut Vec<u8>, segment_size: u64, segment_no: u64) {
+    let start = out.len();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&segment_size.to_le_bytes());
+    out.extend_from_slice(&(segment_no * segment_size).to_le_bytes());
+    let crc = crc32c::crc32c(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// The segment size written in a segment header, if the header is intact (magic, version and
+/// checksum); the caller still checks the size and first LSN against what it expects.
+pub(crate) fn decode_segment_header(bytes: &[u8]) -> Option<(u64, u64)> {
+    let h = bytes.get(..SEGMENT_HEADER_BYTES as usize)?;
+    if h[..4] != MAGIC || u16_at(h, 4) != VERSION || u16_at(h, 6) != 0 || u32_at(h, 28) != 0 {
+        return None;
+    }
+    if crc32c::crc32c(&h[..24]) != u32_at(h, 24) {
+        return None;
+    }
+    Some((u64_at(h, 8), u64_at(h, 16)))
+}
+
+/// Appends one record frame and its payload to `out`.
+pub(crate) fn encode_record(out: &mut Vec<u8>, kind: u8, lsn: u64, payload: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&lsn.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..]), payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// What is found at one position of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// A valid data record with this payload length.
+    Data(usize),
+    /// A valid segment-end record: the log continues in the next segment.
+    SegmentEnd,
+    /// Anything else: zeros, a torn or corrupt frame, a stale record from another position.
+    Invalid,
+}
+
+/// Decodes the frame at `pos` of a segment image whose first byte has LSN `base_lsn`.
+/// `segment_size` bounds the payload, so a corrupt length cannot reach past the segment.
+pub(crate) fn decode_frame(image: &[u8], pos: usize, base_lsn: u64, segment_size: u64) -> Frame {
+    let hdr = RECORD_HEADER_BYTES as usize;
+    let Some(h) = image.get(pos..pos.saturating_add(hdr)) else {
+        return Frame::Invalid;
+    };
+    let len = u32_at(h, 0) as usize;
+    let kind = h[4];
+    if h[5..8] != [0, 0, 0] || u64_at(h, 8) != base_lsn + pos as u64 {
+        return Frame::Invalid;
+    }
+    let room = (segment_size as usize).saturating_sub(pos + hdr);
+    let payload = match kind {
+        KIND_DATA if len <= room => image.get(pos + hdr..pos + hdr + len),
+        KIND_SEGMENT_END if len == 0 => Some(&[][..]),
+        _ => None,
+    };
+    let Some(payload) = payload else {
+        return Frame::Invalid;
+    };
+    if crc32c::crc32c_append(crc32c::crc32c(&h[..16]), payload) != u32_at(h, 16) {
+        return Frame::Invalid;
+    }
+    if kind == KIND_DATA {
+        Frame::Data(len)
+    } else {
+        Frame::SegmentEnd
+    }
+}
+
+/// How the scan of one segment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScanEnd {
+    /// The header is missing, corrupt, or names another segment or size.
+    BadHeader,
+    /// A valid segment-end record at this offset: the log goes on in the next segment.
+    Switched(usize),
+    /// The first offset that holds no valid record.
+    Stopped(usize),
+}
+
+/// The records of one segment image, in order, and where the scan ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentScan {
+    /// (LSN, payload range in the image) of each valid data record.
+    pub records: Vec<(u64, Range<usize>)>,
+    /// Where and why the scan stopped.
+    pub end: ScanEnd,
+}
+
+/// Scans segment `segment_no` from its header until the first position without a valid record.
+/// `image` is the file's content (it may be shorter than the segment: missing bytes are invalid).
+pub(crate) fn scan_segment(image: &[u8], segment_no: u64, segment_size: u64) -> SegmentScan {
+    let base = segment_no * segment_size;
+    let mut records = Vec::new();
+    if decode_segment_header(image) != Some((segment_size, base)) {
+        return SegmentScan {
+            records,
+            end: ScanEnd::BadHeader,
+        };
+    }
+    let mut pos = SEGMENT_HEADER_BYTES as usize;
+    let end = loop {
+        match decode_frame(image, pos, base, segment_size) {
+            Frame::Data(len) => {
+                let start = pos + RECORD_HEADER_BYTES as usize;
+                records.push((base + pos as u64, start..start + len));
+                pos = start + len;
+            }
+            Frame::SegmentEnd => break ScanEnd::Switched(pos),
+            Frame::Invalid => break ScanEnd::Stopped(pos),
+        }
+    };
+    SegmentScan { records, end }
+}
+
+/// Offsets at or after `from` in a segment image that hold a valid record (data or
+/// segment-end): what recovery looks for past the first invalid frame, to tell a torn tail
+/// (nothing valid after it) from damage in the middle of the log.
+pub(crate) fn valid_frames_after(image: &[u8], from: usize, segment_no: u64, segment_size: u64) -> Vec<u64> {
+    let base = segment_no * segment_size;
+    let last = image.len().saturating_sub(RECORD_HEADER_BYTES as usize);
+    (from..=last)
+        .filter(|&pos| {
+            // The LSN field must equal the position: a cheap filter before the checksum.
+            image[pos + 8..pos + 16] == (base + pos as u64).to_le_bytes()
+                && decode_frame(image, pos, base, segment_size) != Frame::Invalid
+        })
+        .map(|pos| base + pos as u64)
+        .collect()
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = 4096;
+
+    fn image(records: &[&[u8]], close: bool) -> Vec<u8> {
+        let mut img = Vec::new();
+        encode_segment_header(&mut img, SEG, 3);
+        for r in records {
+            let lsn = 3 * SEG + img.len() as u64;
+            encode_record(&mut img, KIND_DATA, lsn, r);
+        }
+        if close {
+            let lsn = 3 * SEG + img.len() as u64;
+            encode_record(&mut img, KIND_SEGMENT_END, lsn, &[]);
+        }
+        img.resize(SEG as usize, 0);
+        img
+    }
+
+    #[test]
+    fn records_round_trip_with_their_lsns() {
+        let img = image(&[b"alpha", b"", b"gamma!"], false);
+        let scan = scan_segment(&img, 3, SEG);
+        let payloads: Vec<&[u8]> = scan.records.iter().map(|(_, r)| &img[r.clone()]).collect();
+        assert_eq!(payloads, [&b"alpha"[..], b"", b"gamma!"]);
+        assert_eq!(scan.records[0].0, 3 * SEG + SEGMENT_HEADER_BYTES);
+        let end = SEGMENT_HEADER_BYTES as usize + 3 * RECORD_HEADER_BYTES as usize + 11;
+        assert_eq!(scan.end, ScanEnd::Stopped(end));
+        assert!(valid_frames_after(&img, end, 3, SEG).is_empty());
+    }
+
+    #[test]
+    fn a_closed_segment_says_so() {
+        let img = image(&[b"x"], true);
+        assert!(matches!(scan_segment(&img, 3, SEG).end, ScanEnd::Switched(_)));
+    }
+
+    #[test]
+    fn a_segment_read_as_another_number_or_size_has_a_bad_header() {
+        let img = image(&[b"x"], false);
+        assert_eq!(scan_segment(&img, 4, SEG).end, ScanEnd::BadHeader);
+        assert_eq!(scan_segment(&img, 3, SEG * 2).end, ScanEnd::BadHeader);
+        assert_eq!(scan_segment(&[], 3, SEG).end, ScanEnd::BadHeader);
+    }
+
+    #[test]
+    fn every_single_bit_flip_in_a_record_is_caught() {
+        let img = image(&[b"payload under test"], false);
+        let first = SEGMENT_HEADER_BYTES as usize;
+        let last = first + RECORD_HEADER_BYTES as usize + 18;
+        for byte in first..last {
+            for bit in 0..8 {
+                let mut bad = img.clone();
+                bad[byte] ^= 1 << bit;
+                let scan = scan_segment(&bad, 3, SEG);
+                assert!(
+                    scan.records.is_empty(),
+                    "flip at byte {byte} bit {bit} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_length_cannot_reach_past_the_segment() {
+        let mut img = image(&[b"abc"], false);
+        let at = SEGMENT_HEADER_BYTES as usize;
+        img[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(scan_segment(&img, 3, SEG).end, ScanEnd::Stopped(at));
+    }
+
+    #[test]
+    fn damage_in_the_middle_leaves_later_records_findable() {
+        let img = image(&[b"one", b"two", b"three"], false);
+        let scan = scan_segment(&img, 3, SEG);
+        let second = (scan.records[1].0 - 3 * SEG) as usize;
+        let mut bad = img.clone();
+        bad[second + RECORD_HEADER_BYTES as usize] ^= 0xff;
+        let scan = scan_segment(&bad, 3, SEG);
+        assert_eq!(scan.end, ScanEnd::Stopped(second));
+        let after = valid_frames_after(&bad, second + 1, 3, SEG);
+        assert_eq!(after, vec![img_lsn_of_third(&img)]);
+    }
+
+    fn img_lsn_of_third(img: &[u8]) -> u64 {
+        scan_segment(img, 3, SEG).records[2].0
+    }
+
+    #[test]
+    fn max_payload_leaves_room_for_the_segment_end() {
+        let max = max_payload_bytes(SEG) as usize;
+        let mut img = Vec::new();
+        encode_segment_header(&mut img, SEG, 0);
+        let lsn = img.len() as u64;
+        encode_record(&mut img, KIND_DATA, lsn, &vec![7u8; max]);
+        let lsn = img.len() as u64;
+        encode_record(&mut img, KIND_SEGMENT_END, lsn, &[]);
+        assert_eq!(img.len() as u64, SEG);
+        let scan = scan_segment(&img, 0, SEG);
+        assert_eq!(scan.records.len(), 1);
+        assert!(matches!(scan.end, ScanEnd::Switched(_)));
+    }
+}

@@ -1,0 +1,86 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/` and for the test that replays their
+//! corpus. Not part of the API.
+
+use crate::config::RecoveryPolicy;
+use crate::format::{
+    KIND_DATA, RECORD_HEADER_BYTES, ScanEnd, encode_record, scan_segment, valid_frames_after,
+};
+use crate::recovery::Planner;
+
+/// Segment size the fuzz inputs are cut into.
+pub const FUZZ_SEGMENT_BYTES: u64 = 512;
+
+/// Treats `data` as a log: byte 0 picks the first segment number and whether segment numbers
+/// skip, the rest is cut into 512-byte segment images. Runs the record decoder and the recovery
+/// planner over it and panics if any invariant breaks:
+/// - every decoded record lies inside its segment, carries its own position as LSN, and
+///   re-encodes to exactly the bytes it was decoded from;
+/// - a scan never ends before its last record, and nothing before the end is reported as
+///   "valid after the end";
+/// - the plan's end lies inside a segment, and the torn range to zero starts at the end.
+pub fn check_log_image(data: &[u8]) {
+    let Some((&control, rest)) = data.split_first() else {
+        return;
+    };
+    let size = FUZZ_SEGMENT_BYTES;
+    let first = u64::from(control & 0x0f);
+    let skip = u64::from(control >> 7);
+    let mut planner = Planner::new(size);
+    let mut fed = Vec::new();
+    for (i, image) in rest.chunks(size as usize).enumerate() {
+        let segment = first + i as u64 * (1 + skip);
+        check_segment(image, segment, size);
+        planner.feed(segment, image);
+        fed.push(segment);
+    }
+    for policy in [RecoveryPolicy::PointInTime, RecoveryPolicy::Strict] {
+        let mut again = Planner::new(size);
+        for (i, image) in rest.chunks(size as usize).enumerate() {
+            again.feed(fed[i], image);
+        }
+        if let Ok(plan) = again.finish(policy) {
+            assert!(
+                plan.end_offset < size,
+                "end offset {} outside the segment",
+                plan.end_offset
+            );
+            assert!(plan.end_offset == 0 || plan.zero_to >= plan.end_offset);
+            assert!(plan.kept.iter().all(|s| fed.contains(s)));
+            assert!(plan.kept.iter().all(|s| *s <= plan.end_segment));
+            assert!(plan.remove.iter().all(|s| *s >= plan.end_segment));
+        }
+    }
+    let _ = planner.finish(RecoveryPolicy::PointInTime);
+}
+
+fn check_segment(image: &[u8], segment: u64, size: u64) {
+    let base = segment * size;
+    let scan = scan_segment(image, segment, size);
+    let mut last_end = 0;
+    for (lsn, range) in &scan.records {
+        assert!(
+            range.end <= image.len() && range.end as u64 <= size,
+            "record past the segment"
+        );
+        let frame_start = range.start - RECORD_HEADER_BYTES as usize;
+        assert_eq!(*lsn, base + frame_start as u64, "a record's LSN is its position");
+        let mut again = Vec::new();
+        encode_record(&mut again, KIND_DATA, *lsn, &image[range.clone()]);
+        assert_eq!(
+            again,
+            image[frame_start..range.end],
+            "decode then encode changed the record"
+        );
+        last_end = range.end;
+    }
+    match scan.end {
+        ScanEnd::Stopped(at) | ScanEnd::Switched(at) => {
+            assert!(at >= last_end, "scan ended inside a record");
+            if let ScanEnd::Stopped(at) = scan.end {
+                let after = valid_frames_after(image, at + 1, segment, size);
+                assert!(after.iter().all(|l| *l > base + at as u64));
+            }
+        }
+        ScanEnd::BadHeader => assert!(scan.records.is_empty()),
+    }
+}

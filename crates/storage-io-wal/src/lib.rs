@@ -1,0 +1,73 @@
+//! # storage-io-wal
+//!
+//! The write-ahead log an engine commits through (layer L2: depends on `storage-io-core` only,
+//! and runs over any backend — io_uring, the thread pool, the inline sync backend, or the
+//! testkit's `MemIo` and `FaultyIo` — through a [`BackendFactory`](storage_io_core::BackendFactory)).
+//!
+//! ```text
+//! L3  storage-io (façade)
+//! L2  storage-io-scheduler, storage-io-wal   <- this crate
+//! L1  storage-io-uring, storage-io-sync, storage-io-testkit
+//! L0  storage-io-core
+//! ```
+//!
+//! - **Records** are framed as length + kind + LSN + CRC32C, back to back in fixed-size,
+//!   zero-filled segment files whose headers carry a magic, a version and their first LSN
+//!   ([`format`]). A record never spans two segments. An [`Lsn`] is a byte position in the log.
+//! - **Group commit** ([`SyncMode`]): one leader writes the whole queued batch and issues one
+//!   fdatasync that covers every committer that joined it.
+//! - **Failure**: a failed write or fdatasync *poisons* the WAL ([`WalError::Poisoned`]): it is
+//!   never retried as success, and nothing more is accepted until the log is reopened. A full
+//!   disk is the exception that loses nothing ([`WalError::DiskFull`]).
+//! - **Recovery** scans every segment, verifies each record, zeroes a torn tail and follows a
+//!   [`RecoveryPolicy`] for damage in the middle (the table is in `docs/architecture.md` and
+//!   on [`recovery`]).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use storage_io_core::{BackendFactory, StorageIo};
+//! use storage_io_testkit::memio::{CrashOptions, MemFs};
+//! use storage_io_wal::{WalConfig, WalManager};
+//!
+//! let fs = MemFs::new(7);
+//! let factory: BackendFactory = { let fs = fs.clone(); Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>)) };
+//! let (wal, _) = WalManager::open("/wal", WalConfig::default(), factory.clone()).unwrap();
+//! wal.commit(b"durable").unwrap();
+//! wal.append(b"only queued").unwrap();
+//! std::mem::forget(wal); // the process dies: no close, no flush
+//! fs.crash(CrashOptions::default());
+//!
+//! let (wal, _) = WalManager::open("/wal", WalConfig::default(), factory).unwrap();
+//! let got: Vec<Vec<u8>> = wal.reader(wal.first_lsn()).unwrap().map(|r| r.unwrap().1).collect();
+//! assert_eq!(got, vec![b"durable".to_vec()]);
+//! ```
+
+mod config;
+mod error;
+pub mod format;
+mod manager;
+mod reader;
+pub mod recovery;
+mod segio;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use config::{RecoveryPolicy, SyncMode, WalConfig};
+pub use error::WalError;
+pub use manager::{WalManager, WalStats};
+pub use reader::WalReader;
+pub use recovery::RecoveryReport;
+
+/// A log sequence number: the byte position of a record in the log
+/// (`segment number × segment size + offset in the segment`). Later records have larger LSNs.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct Lsn(pub u64);
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

@@ -1,0 +1,605 @@
+//! [`WalManager`]: appends, group commit, durability waits, truncation, close.
+//!
+//! Appends copy the framed record into an in-memory queue under a short lock and get their LSN
+//! at once. Whoever then needs durability and finds no flush running becomes the *leader*: it
+//! takes the whole queue, writes it with one write per segment touched, issues one fdatasync
+//! per segment, and wakes every waiter the flush covered. Committers that arrive meanwhile queue
+//! their records behind it and wait; the next leader is one of them, so a batch forms while the
+//! previous fdatasync runs. The backend is owned by whichever thread leads (a `Mutex` that only
+//! the leader and `truncate_before` take), so a single committer pays no thread hand-off.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use serde::{Deserialize, Serialize};
+use storage_io_core::{BackendFactory, OpKind, StorageIoError};
+
+use crate::Lsn;
+use crate::config::{SyncMode, WalConfig};
+use crate::error::WalError;
+use crate::format::{
+    KIND_DATA, KIND_SEGMENT_END, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, encode_record,
+    encode_segment_header, max_payload_bytes,
+};
+use crate::reader::WalReader;
+use crate::recovery::{RecoveryReport, recover};
+use crate::segio::{IoFailure, SegmentIo, WriteJob};
+
+const ENOSPC: i32 = 28;
+
+/// Bytes queued for one segment, starting at `offset` in it (0 = the segment's header: the
+/// flush creates the file).
+#[derive(Debug)]
+struct Piece {
+    segment: u64,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// LSN the next record gets.
+    next_lsn: u64,
+    /// Framed records not yet written, in LSN order.
+    pieces: Vec<Piece>,
+    pending_bytes: usize,
+    /// A leader is writing (or gathering) a batch.
+    flushing: bool,
+    /// The leader is waiting for more records (group delay); appends wake it when the batch is full.
+    gathering: bool,
+    written_lsn: u64,
+    durable_lsn: u64,
+    first_lsn: u64,
+    first_segment: u64,
+    poisoned: Option<StorageIoError>,
+    disk_full: Option<StorageIoError>,
+    /// Bumped by every flush that failed for a full disk, so its waiters can tell.
+    disk_full_seq: u64,
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    appends: AtomicU64,
+    flushes: AtomicU64,
+    datasyncs: AtomicU64,
+    bytes_written: AtomicU64,
+}
+
+/// Counters of one [`WalManager`] since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalStats {
+    /// Records appended.
+    pub appends: u64,
+    /// Flushes written (each one write per segment touched).
+    pub flushes: u64,
+    /// fdatasyncs issued by flushes: fewer than commits when group commit works.
+    pub datasyncs: u64,
+    /// Bytes of records (and segment headers) written by flushes.
+    pub bytes_written: u64,
+}
+
+struct Shared {
+    config: WalConfig,
+    segment_size: u64,
+    dir: PathBuf,
+    factory: BackendFactory,
+    state: Mutex<State>,
+    /// Signalled when a flush ends, the WAL fails or closes, or a gathering leader's batch fills.
+    cond: Condvar,
+    /// Wakes the background flusher of `SyncMode::Async` (close).
+    tick: Condvar,
+    writer: Mutex<SegmentIo>,
+    counters: Counters,
+}
+
+/// The write-ahead log. Share it between threads with `Arc`; every method takes `&self`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use storage_io_core::{BackendFactory, StorageIo};
+/// use storage_io_testkit::memio::MemFs;
+/// use storage_io_wal::{WalConfig, WalManager};
+///
+/// let fs = MemFs::new(1); // in memory here; storage_io::backend_factory gives a real one
+/// let factory: BackendFactory = { let fs = fs.clone(); Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>)) };
+/// let (wal, next) = WalManager::open("/db/wal", WalConfig::default(), factory.clone()).unwrap();
+/// let lsn = wal.commit(b"insert into t values (1)").unwrap(); // durable when it returns
+/// assert!(lsn >= next);
+/// wal.close().unwrap();
+///
+/// let (wal, _) = WalManager::open("/db/wal", WalConfig::default(), factory).unwrap();
+/// let records: Vec<_> = wal.reader(wal.first_lsn()).unwrap().map(|r| r.unwrap().1).collect();
+/// assert_eq!(records, vec![b"insert into t values (1)".to_vec()]);
+/// ```
+pub struct WalManager {
+    shared: Arc<Shared>,
+    background: Mutex<Option<JoinHandle<()>>>,
+    report: RecoveryReport,
+}
+
+impl WalManager {
+    /// Opens (creating if needed) the log in `dir`, recovers it, and returns the manager and the
+    /// LSN the next record will get. `factory(0)` builds the backend the log writes through;
+    /// readers build theirs with `factory(1)`.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: WalConfig,
+        factory: BackendFactory,
+    ) -> Result<(WalManager, Lsn), WalError> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let backend = factory(0)?;
+        let mut io = SegmentIo::new(backend, &dir, config.segment_size_bytes, config.write_chunk_bytes);
+        let (plan, report) = recover(&mut io, &config)?;
+        let segment_size = report.segment_size_bytes;
+        let mut state = State {
+            next_lsn: report.next_lsn.0,
+            pieces: Vec::new(),
+            pending_bytes: 0,
+            flushing: false,
+            gathering: false,
+            written_lsn: report.next_lsn.0,
+            durable_lsn: report.next_lsn.0,
+            first_lsn: report.first_lsn.0,
+            first_segment: plan.kept.first().copied().unwrap_or(plan.end_segment),
+            poisoned: None,
+            disk_full: None,
+            disk_full_seq: 0,
+            closed: false,
+        };
+        if plan.end_offset == 0 {
+            // The next segment does not exist yet: its header is the first thing queued.
+            let mut bytes = Vec::with_capacity(SEGMENT_HEADER_BYTES as usize);
+            encode_segment_header(&mut bytes, segment_size, plan.end_segment);
+            state.pending_bytes = bytes.len();
+            state.pieces.push(Piece {
+                segment: plan.end_segment,
+                offset: 0,
+                bytes,
+            });
+            state.written_lsn = plan.end_segment * segment_size;
+            state.durable_lsn = state.written_lsn;
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            backend = io.backend_name(),
+            records = report.records,
+            next_lsn = %report.next_lsn,
+            torn_tail_bytes = report.torn_tail_bytes,
+            "wal opened"
+        );
+        let shared = Arc::new(Shared {
+            segment_size,
+            dir,
+            factory,
+            state: Mutex::new(state),
+            cond: Condvar::new(),
+            tick: Condvar::new(),
+            writer: Mutex::new(io),
+            counters: Counters::default(),
+            config,
+        });
+        let background = match shared.config.sync_mode {
+            SyncMode::Async { interval_ms } => {
+                let s = Arc::clone(&shared);
+                let handle = std::thread::Builder::new()
+                    .name("wal-flusher".into())
+                    .spawn(move || s.background(Duration::from_millis(interval_ms)))
+                    .map_err(|e| WalError::Io(StorageIoError::from_io(OpKind::Write, &e)))?;
+                Some(handle)
+            }
+            _ => None,
+        };
+        let next = report.next_lsn;
+        Ok((
+            WalManager {
+                shared,
+                background: Mutex::new(background),
+                report,
+            },
+            next,
+        ))
+    }
+
+    /// Appends one record and returns its LSN. The record is queued in memory: it is durable
+    /// after [`wait_durable`](WalManager::wait_durable) of this LSN (or a later one) returns.
+    pub fn append(&self, record: &[u8]) -> Result<Lsn, WalError> {
+        self.shared.check_size(record.len())?;
+        let mut st = self.shared.state.lock();
+        self.shared.admit(&mut st)?;
+        Ok(Lsn(self.shared.place(&mut st, record)))
+    }
+
+    /// Appends several records at consecutive positions, all or none (sizes are checked before
+    /// any is queued); returns their LSNs.
+    pub fn append_batch<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Vec<Lsn>, WalError> {
+        let records: Vec<&[u8]> = records.into_iter().collect();
+        for r in &records {
+            self.shared.check_size(r.len())?;
+        }
+        let mut st = self.shared.state.lock();
+        self.shared.admit(&mut st)?;
+        Ok(records
+            .iter()
+            .map(|r| Lsn(self.shared.place(&mut st, r)))
+            .collect())
+    }
+
+    /// Appends one record and returns once it is durable as the sync mode defines it (at once
+    /// under `Async`, whose background thread makes it durable later).
+    pub fn commit(&self, record: &[u8]) -> Result<Lsn, WalError> {
+        let lsn = self.append(record)?;
+        if !matches!(self.shared.config.sync_mode, SyncMode::Async { .. }) {
+            self.wait_durable(lsn)?;
+        }
+        Ok(lsn)
+    }
+
+    /// Blocks until the record at `lsn` (and everything before it) is durable, leading a flush
+    /// if none is running. Errors: the WAL failed ([`WalError::Poisoned`]), the disk is full
+    /// ([`WalError::DiskFull`]: not durable yet), or `lsn` was never appended.
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
+        let mut st = self.shared.state.lock();
+        if lsn.0 >= st.next_lsn || lsn.0 < st.first_lsn {
+            return Err(WalError::LsnOutOfRange {
+                lsn,
+                first: Lsn(st.first_lsn),
+                next: Lsn(st.next_lsn),
+            });
+        }
+        self.shared.sync_to(&mut st, lsn.0 + 1)
+    }
+
+    /// Makes everything appended so far durable; returns the durable end of the log.
+    pub fn flush(&self) -> Result<Lsn, WalError> {
+        let mut st = self.shared.state.lock();
+        let target = st.next_lsn;
+        self.shared.sync_to(&mut st, target)?;
+        Ok(Lsn(st.durable_lsn))
+    }
+
+    /// Everything before this LSN is durable.
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(self.shared.state.lock().durable_lsn)
+    }
+
+    /// The LSN the next record will get.
+    pub fn next_lsn(&self) -> Lsn {
+        Lsn(self.shared.state.lock().next_lsn)
+    }
+
+    /// The first LSN still in the log (moves forward with [`truncate_before`](WalManager::truncate_before)).
+    pub fn first_lsn(&self) -> Lsn {
+        Lsn(self.shared.state.lock().first_lsn)
+    }
+
+    /// The segment size the log uses (from its headers when it existed before).
+    pub fn segment_size_bytes(&self) -> u64 {
+        self.shared.segment_size
+    }
+
+    /// The largest record payload this log accepts.
+    pub fn max_record_bytes(&self) -> u64 {
+        max_payload_bytes(self.shared.segment_size)
+    }
+
+    /// What recovery found when the log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> WalStats {
+        let c = &self.shared.counters;
+        WalStats {
+            appends: c.appends.load(Ordering::Relaxed),
+            flushes: c.flushes.load(Ordering::Relaxed),
+            datasyncs: c.datasyncs.load(Ordering::Relaxed),
+            bytes_written: c.bytes_written.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Iterates the records written so far from `from` (an LSN the log holds, usually a
+    /// record's or [`first_lsn`](WalManager::first_lsn)), through a backend of its own
+    /// (`factory(1)`). Records appended after this call are not seen.
+    pub fn reader(&self, from: Lsn) -> Result<WalReader, WalError> {
+        let (first, next, limit) = {
+            let st = self.shared.state.lock();
+            (st.first_lsn, st.next_lsn, st.written_lsn)
+        };
+        if from.0 < first || from.0 > next {
+            return Err(WalError::LsnOutOfRange {
+                lsn: from,
+                first: Lsn(first),
+                next: Lsn(next),
+            });
+        }
+        let io = (self.shared.factory)(1)?;
+        Ok(WalReader::new(
+            io,
+            &self.shared.dir,
+            self.shared.segment_size,
+            from.0,
+            limit,
+        ))
+    }
+
+    /// Removes the segments that hold only records before `lsn` (after a checkpoint), then syncs
+    /// the directory; returns how many were removed. `lsn` must be durable.
+    pub fn truncate_before(&self, lsn: Lsn) -> Result<usize, WalError> {
+        let first_segment = {
+            let st = self.shared.state.lock();
+            if lsn.0 > st.durable_lsn || lsn.0 < st.first_lsn {
+                return Err(WalError::LsnOutOfRange {
+                    lsn,
+                    first: Lsn(st.first_lsn),
+                    next: Lsn(st.durable_lsn),
+                });
+            }
+            st.first_segment
+        };
+        let keep_from = lsn.0 / self.shared.segment_size;
+        if keep_from <= first_segment {
+            return Ok(0);
+        }
+        {
+            let mut w = self.shared.writer.lock();
+            for s in first_segment..keep_from {
+                w.remove(s)?;
+            }
+            w.sync_dir()?;
+        }
+        let mut st = self.shared.state.lock();
+        st.first_segment = keep_from;
+        st.first_lsn = keep_from * self.shared.segment_size + SEGMENT_HEADER_BYTES;
+        Ok((keep_from - first_segment) as usize)
+    }
+
+    /// Makes everything appended durable and stops accepting records (later calls get
+    /// [`WalError::Closed`]). Dropping the manager does the same and logs a failure.
+    pub fn close(&self) -> Result<(), WalError> {
+        let result = {
+            let mut st = self.shared.state.lock();
+            if st.closed {
+                return Ok(());
+            }
+            let result = if st.poisoned.is_none() {
+                let target = st.next_lsn;
+                self.shared.sync_to(&mut st, target)
+            } else {
+                Ok(())
+            };
+            st.closed = true;
+            result
+        };
+        self.shared.tick.notify_all();
+        self.shared.cond.notify_all();
+        if let Some(handle) = self.background.lock().take() {
+            let _ = handle.join();
+        }
+        result
+    }
+}
+
+impl Drop for WalManager {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!(error = %e, "closing the wal on drop failed: records after the durable lsn may be lost");
+        }
+    }
+}
+
+impl Shared {
+    fn check_size(&self, len: usize) -> Result<(), WalError> {
+        let max = max_payload_bytes(self.segment_size);
+        if len as u64 > max {
+            return Err(WalError::RecordTooLarge { len, max });
+        }
+        Ok(())
+    }
+
+    /// Refuses appends to a closed or failed WAL; on a full disk, first retries the queued flush.
+    fn admit(&self, st: &mut MutexGuard<'_, State>) -> Result<(), WalError> {
+        if st.closed {
+            return Err(WalError::Closed);
+        }
+        if let Some(cause) = &st.poisoned {
+            return Err(WalError::Poisoned { cause: cause.clone() });
+        }
+        if st.disk_full.is_some() {
+            let target = st.next_lsn;
+            self.sync_to(st, target)?;
+        }
+        Ok(())
+    }
+
+    /// Frames `record` into the queue and returns its LSN; closes the segment first when the
+    /// record (plus the segment-end frame) does not fit.
+    fn place(&self, st: &mut State, record: &[u8]) -> u64 {
+        let size = self.segment_size;
+        let need = RECORD_HEADER_BYTES + record.len() as u64;
+        if st.next_lsn % size + need + RECORD_HEADER_BYTES > size {
+            let end_lsn = st.next_lsn;
+            self.queue(st, |buf| encode_record(buf, KIND_SEGMENT_END, end_lsn, &[]));
+            let next_segment = st.next_lsn / size + 1;
+            st.next_lsn = next_segment * size;
+            self.queue(st, |buf| encode_segment_header(buf, size, next_segment));
+        }
+        let lsn = st.next_lsn;
+        self.queue(st, |buf| encode_record(buf, KIND_DATA, lsn, record));
+        self.counters.appends.fetch_add(1, Ordering::Relaxed);
+        if st.gathering
+            && let SyncMode::Group { max_batch_bytes, .. } = self.config.sync_mode
+            && st.pending_bytes >= max_batch_bytes
+        {
+            self.cond.notify_all();
+        }
+        lsn
+    }
+
+    /// Appends bytes at `next_lsn` to the queue (extending the last piece when contiguous).
+    fn queue(&self, st: &mut State, encode: impl FnOnce(&mut Vec<u8>)) {
+        let segment = st.next_lsn / self.segment_size;
+        let offset = st.next_lsn % self.segment_size;
+        let contiguous = st
+            .pieces
+            .last()
+            .is_some_and(|p| p.segment == segment && p.offset + p.bytes.len() as u64 == offset);
+        if !contiguous {
+            st.pieces.push(Piece {
+                segment,
+                offset,
+                bytes: Vec::with_capacity(4096),
+            });
+        }
+        let piece = st.pieces.last_mut().expect("a piece was just ensured");
+        let before = piece.bytes.len();
+        encode(&mut piece.bytes);
+        let added = piece.bytes.len() - before;
+        st.next_lsn += added as u64;
+        st.pending_bytes += added;
+    }
+
+    /// Waits until everything before `target` is durable, leading flushes as needed.
+    fn sync_to(&self, st: &mut MutexGuard<'_, State>, target: u64) -> Result<(), WalError> {
+        let seen_full = st.disk_full_seq;
+        loop {
+            if let Some(cause) = &st.poisoned {
+                return Err(WalError::Poisoned { cause: cause.clone() });
+            }
+            if st.durable_lsn >= target {
+                return Ok(());
+            }
+            if st.disk_full_seq != seen_full {
+                let cause = st
+                    .disk_full
+                    .clone()
+                    .unwrap_or(StorageIoError::os(OpKind::Write, ENOSPC));
+                return Err(WalError::DiskFull { cause });
+            }
+            if !st.flushing {
+                self.lead(st)?;
+                continue;
+            }
+            self.cond.wait(st);
+        }
+    }
+
+    /// Writes and syncs the whole queue as one batch (the caller found no flush running).
+    fn lead(&self, st: &mut MutexGuard<'_, State>) -> Result<(), WalError> {
+        st.flushing = true;
+        if let SyncMode::Group {
+            max_delay_us,
+            max_batch_bytes,
+        } = self.config.sync_mode
+            && max_delay_us > 0
+        {
+            st.gathering = true;
+            let deadline = Instant::now() + Duration::from_micros(max_delay_us);
+            while st.pending_bytes < max_batch_bytes && !self.cond.wait_until(st, deadline).timed_out() {}
+            st.gathering = false;
+        }
+        let pieces = std::mem::take(&mut st.pieces);
+        let bytes = std::mem::replace(&mut st.pending_bytes, 0);
+        let end = st.next_lsn;
+        let result = MutexGuard::unlocked(st, || self.write_batch(&pieces));
+        st.flushing = false;
+        let outcome = match result {
+            Ok(()) => {
+                st.written_lsn = end;
+                st.durable_lsn = end;
+                st.disk_full = None;
+                Ok(())
+            }
+            Err(f) if f.error.errno() == ENOSPC && !f.op.is_sync() => {
+                // Nothing of this batch is known durable; keep it queued, in order, for a retry.
+                let mut back = pieces;
+                back.append(&mut st.pieces);
+                st.pieces = back;
+                st.pending_bytes += bytes;
+                st.disk_full = Some(f.error.clone());
+                st.disk_full_seq += 1;
+                tracing::warn!(error = %f.error, "wal disk full; records stay queued until space is back");
+                Err(WalError::DiskFull { cause: f.error })
+            }
+            Err(f) => {
+                tracing::error!(op = %f.op, error = %f.error, "wal failed; it accepts nothing more until reopened");
+                st.pieces.clear();
+                st.pending_bytes = 0;
+                st.poisoned = Some(f.error.clone());
+                Err(WalError::Poisoned { cause: f.error })
+            }
+        };
+        self.cond.notify_all();
+        outcome
+    }
+
+    /// One flush: create new segments, write each piece, one datasync per segment, and a
+    /// directory sync when a segment was created.
+    fn write_batch(&self, pieces: &[Piece]) -> Result<(), IoFailure> {
+        let mut w = self.writer.lock();
+        let mut created = false;
+        let mut jobs = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            let fd = if p.offset == 0 {
+                created = true;
+                w.create(p.segment, self.config.preallocate)?
+            } else {
+                w.existing(p.segment)?
+            };
+            jobs.push(WriteJob {
+                fd,
+                offset: p.offset,
+                data: &p.bytes,
+            });
+        }
+        let sync = self.config.sync_mode.syncs();
+        w.write_all(&jobs, sync)?;
+        if created {
+            w.sync_dir().map_err(|error| IoFailure {
+                op: OpKind::Fsync,
+                error,
+            })?;
+        }
+        if let Some(last) = pieces.last() {
+            w.close_below(last.segment);
+        }
+        let c = &self.counters;
+        c.flushes.fetch_add(1, Ordering::Relaxed);
+        let bytes: usize = pieces.iter().map(|p| p.bytes.len()).sum();
+        c.bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
+        if sync {
+            let mut segments: Vec<u64> = pieces.iter().map(|p| p.segment).collect();
+            segments.dedup();
+            c.datasyncs.fetch_add(segments.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The `Async` mode's flusher: every `interval`, flush what is queued.
+    fn background(&self, interval: Duration) {
+        let mut st = self.state.lock();
+        let mut next = Instant::now() + interval;
+        loop {
+            while !st.closed && !self.tick.wait_until(&mut st, next).timed_out() {}
+            if st.closed {
+                return;
+            }
+            next = Instant::now() + interval;
+            if st.pending_bytes > 0 && st.poisoned.is_none() {
+                let target = st.next_lsn;
+                if let Err(e) = self.sync_to(&mut st, target) {
+                    tracing::warn!(error = %e, "background wal flush failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! Recovery: scan the segments, find where the log really ends, and make the files say so.
+//!
+//! The decision is a pure function of the segment images ([`Planner`]), so the fuzz target and
+//! the unit tests drive it without any I/O; [`recover`] feeds it from the backend and applies
+//! its [`Plan`].
+//!
+//! | what the scan finds | `PointInTime` (default) | `Strict` |
+//! |---|---|---|
+//! | every segment valid to its last record, then zeros | keep everything | same |
+//! | a torn or zeroed record with nothing valid after it (a crash mid-write) | cut there, zero the torn bytes | same |
+//! | an invalid record with valid records after it, same or later segments | cut at the invalid record; report the valid records cut | refuse to open: `Corrupt` |
+//! | a segment whose header is invalid (torn creation, or damage) | the log ends where that segment begins | same, but refuse if valid records follow |
+//! | a missing segment number in the sequence | the log ends at the gap; later segments removed | refuse if they hold valid records |
+//! | segment files after the end | removed, then the directory synced | refuse if they hold valid records |
+
+use serde::{Deserialize, Serialize};
+
+use crate::Lsn;
+use crate::config::{RecoveryPolicy, WalConfig};
+use crate::error::WalError;
+use crate::format::{SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment, valid_frames_after};
+use crate::segio::SegmentIo;
+
+/// What recovery found and did, returned by [`WalManager::recovery_report`](crate::WalManager::recovery_report).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryReport {
+    /// Segment size of the log (read from its headers when the log exists).
+    pub segment_size_bytes: u64,
+    /// Segments kept.
+    pub segments: usize,
+    /// Valid records kept.
+    pub records: u64,
+    /// LSN of the first position still in the log.
+    pub first_lsn: Lsn,
+    /// LSN the next record gets.
+    pub next_lsn: Lsn,
+    /// Bytes of a torn tail that were zeroed (0 after a clean shutdown).
+    pub torn_tail_bytes: u64,
+    /// Where the log was cut if an invalid record was followed by valid ones.
+    pub corruption_at: Option<Lsn>,
+    /// Valid records after the cut, dropped by the `PointInTime` policy.
+    pub skipped_valid_records: usize,
+    /// Segment numbers removed because they lay after the end of the log.
+    pub removed_segments: Vec<u64>,
+}
+
+/// Where the log ends, and what to clean up so that the files agree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Segment the next record goes into.
+    pub end_segment: u64,
+    /// Offset in it of the next record; 0 = that segment must be (re)created with a header.
+    pub end_offset: u64,
+    /// In the end segment: bytes `[end_offset, zero_to)` hold garbage to zero.
+    pub zero_to: u64,
+    /// Segments with a valid header up to and including the end (kept).
+    pub kept: Vec<u64>,
+    /// Segments to remove: after the end, and the end segment itself when its header is bad.
+    pub remove: Vec<u64>,
+    pub records: u64,
+    pub corruption_at: Option<u64>,
+    pub skipped_valid: usize,
+}
+
+/// Decides where the log ends from the segment images, fed in order.
+#[derive(Debug)]
+pub(crate) struct Planner {
+    segment_size: u64,
+    plan: Plan,
+    /// Set once the end is found: later images only count as "valid after the end".
+    ended: bool,
+    expected: Option<u64>,
+    first_valid_after: Option<u64>,
+}
+
+impl Planner {
+    pub(crate) fn new(segment_size: u64) -> Self {
+        Planner {
+            segment_size,
+            plan: Plan::default(),
+            ended: false,
+            expected: None,
+            first_valid_after: None,
+        }
+    }
+
+    /// Takes the next segment (`segment` numbers must increase).
+    pub(crate) fn feed(&mut self, segment: u64, image: &[u8]) {
+        if !self.ended && self.expected.is_some_and(|e| e != segment) {
+            // A missing segment: the log ends where it should have begun.
+            self.end_at(self.expected.unwrap_or(segment), 0, 0);
+        }
+        if self.ended {
+            self.plan.remove.push(segment);
+            let scan = scan_segment(image, segment, self.segment_size);
+            let mut after = scan.records.iter().map(|r| r.0).collect::<Vec<_>>();
+            if scan.records.is_empty() {
+                // A bad header hides nothing from the frame search.
+                after = valid_frames_after(image, SEGMENT_HEADER_BYTES as usize, segment, self.segment_size);
+            }
+            self.note_valid_after(&after);
+            return;
+        }
+        let scan = scan_segment(image, segment, self.segment_size);
+        self.plan.records += scan.records.len() as u64;
+        match scan.end {
+            ScanEnd::Switched(_) => {
+                self.plan.kept.push(segment);
+                self.expected = Some(segment + 1);
+            }
+            ScanEnd::Stopped(at) => {
+                self.plan.kept.push(segment);
+                let zero_to = image.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1).max(at);
+                self.end_at(segment, at as u64, zero_to as u64);
+                let after = valid_frames_after(image, at + 1, segment, self.segment_size);
+                self.note_valid_after(&after);
+            }
+            ScanEnd::BadHeader => {
+                self.end_at(segment, 0, 0);
+                self.plan.remove.push(segment);
+                let after =
+                    valid_frames_after(image, SEGMENT_HEADER_BYTES as usize, segment, self.segment_size);
+                self.note_valid_after(&after);
+            }
+        }
+    }
+
+    fn end_at(&mut self, segment: u64, offset: u64, zero_to: u64) {
+        self.ended = true;
+        self.plan.end_segment = segment;
+        self.plan.end_offset = offset;
+        self.plan.zero_to = zero_to;
+    }
+
+    fn note_valid_after(&mut self, lsns: &[u64]) {
+        if let Some(first) = lsns.first() {
+            if self.plan.corruption_at.is_none() {
+                self.plan.corruption_at =
+                    Some(self.plan.end_segment * self.segment_size + self.plan.end_offset);
+                self.first_valid_after = Some(*first);
+            }
+            self.plan.skipped_valid += lsns.len();
+        }
+    }
+
+    /// The plan, or `Corrupt` when the policy refuses to cut valid records.
+    pub(crate) fn finish(mut self, policy: RecoveryPolicy) -> Result<Plan, WalError> {
+        if !self.ended {
+            // Every segment was closed (or there were none): start the next one.
+            let next = self.expected.unwrap_or(0);
+            self.end_at(next, 0, 0);
+        }
+        if policy == RecoveryPolicy::Strict
+            && let (Some(at), Some(first)) = (self.plan.corruption_at, self.first_valid_after)
+        {
+            return Err(WalError::Corrupt {
+                at: Lsn(at),
+                valid_after: self.plan.skipped_valid,
+                first_valid_after: Lsn(first),
+            });
+        }
+        Ok(self.plan)
+    }
+}
+
+/// Reads the segment size from the first segment whose header is intact.
+fn segment_size_on_disk(io: &mut SegmentIo, segments: &[u64]) -> Result<Option<u64>, WalError> {
+    for &s in segments {
+        if let Some(image) = io.read_segment(s)?
+            && let Some((size, first)) = decode_segment_header(&image)
+            && size > 0
+            && first == s.wrapping_mul(size)
+        {
+            return Ok(Some(size));
+        }
+    }
+    Ok(None)
+}
+
+/// Recovers the log in `io`'s directory: returns the plan (already applied: torn bytes zeroed,
+/// segments after the end removed, the directory and the kept segments synced) and the report.
+pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, RecoveryReport), WalError> {
+    let segments = io.list_segments()?;
+    let segment_size = match segment_size_on_disk(io, &segments)? {
+        Some(size) if size != config.segment_size_bytes => {
+            tracing::warn!(
+                on_disk = size,
+                configured = config.segment_size_bytes,
+                "the wal keeps the segment size it was written with"
+            );
+            size
+        }
+        Some(size) => size,
+        None => config.segment_size_bytes,
+    };
+    io.set_segment_size(segment_size);
+    let mut planner = Planner::new(segment_size);
+    for &s in &segments {
+        let image = io.read_segment(s)?.unwrap_or_default();
+        planner.feed(s, &image);
+    }
+    let plan = planner.finish(config.recovery)?;
+
+    // Make the files agree with the plan. Zero the torn tail first, so that no stale frame can
+    // line up with a record written later; then remove what lies after the end.
+    let torn = plan.zero_to.saturating_sub(plan.end_offset);
+    if plan.end_offset > 0 && torn > 0 {
+        let fd = io.existing(plan.end_segment)?;
+        let zeros = vec![0u8; torn as usize];
+        let job = crate::segio::WriteJob {
+            fd,
+            offset: plan.end_offset,
+            data: &zeros,
+        };
+        io.write_all(&[job], true).map_err(|f| WalError::Io(f.error))?;
+    }
+    for &s in &plan.remove {
+        io.remove(s)?;
+    }
+    if !plan.remove.is_empty() {
+        io.sync_dir()?;
+    }
+    // What the scan read may be in the page cache only (a process crash): make it durable
+    // before anything is built on it.
+    for &s in &plan.kept {
+        io.existing(s)?;
+    }
+    io.sync_open().map_err(|f| WalError::Io(f.error))?;
+    io.close_below(plan.end_segment);
+
+    let first_segment = plan.kept.first().copied().unwrap_or(plan.end_segment);
+    let next = plan.end_segment * segment_size + plan.end_offset.max(SEGMENT_HEADER_BYTES);
+    let report = RecoveryReport {
+        segment_size_bytes: segment_size,
+        segments: plan.kept.len(),
+        records: plan.records,
+        first_lsn: Lsn(first_segment * segment_size + SEGMENT_HEADER_BYTES),
+        next_lsn: Lsn(next),
+        torn_tail_bytes: torn,
+        corruption_at: plan.corruption_at.map(Lsn),
+        skipped_valid_records: plan.skipped_valid,
+        removed_segments: plan.remove.clone(),
+    };
+    if report.skipped_valid_records > 0 {
+        tracing::warn!(
+            cut_at = %Lsn(plan.corruption_at.unwrap_or(0)),
+            skipped = report.skipped_valid_records,
+            "wal recovery cut the log at an invalid record that valid records follow"
+        );
+    }
+    Ok((plan, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{KIND_DATA, KIND_SEGMENT_END, encode_record, encode_segment_header};
+
+    const SEG: u64 = 1024;
+
+    fn segment(n: u64, records: &[&[u8]], close: bool) -> Vec<u8> {
+        let mut img = Vec::new();
+        encode_segment_header(&mut img, SEG, n);
+        for r in records {
+            let lsn = n * SEG + img.len() as u64;
+            encode_record(&mut img, KIND_DATA, lsn, r);
+        }
+        if close {
+            let lsn = n * SEG + img.len() as u64;
+            encode_record(&mut img, KIND_SEGMENT_END, lsn, &[]);
+        }
+        img.resize(SEG as usize, 0);
+        img
+    }
+
+    fn plan(images: &[(u64, Vec<u8>)], policy: RecoveryPolicy) -> Result<Plan, WalError> {
+        let mut p = Planner::new(SEG);
+        for (n, img) in images {
+            p.feed(*n, img);
+        }
+        p.finish(policy)
+    }
+
+    #[test]
+    fn an_empty_directory_starts_segment_zero() {
+        let p = plan(&[], RecoveryPolicy::Strict).unwrap();
+        assert_eq!((p.end_segment, p.end_offset), (0, 0));
+    }
+
+    #[test]
+    fn a_clean_log_ends_after_its_last_record() {
+        let imgs = [
+            (4, segment(4, &[b"a", b"b"], true)),
+            (5, segment(5, &[b"c"], false)),
+        ];
+        let p = plan(&imgs, RecoveryPolicy::Strict).unwrap();
+        assert_eq!(p.records, 3);
+        assert_eq!(p.kept, vec![4, 5]);
+        assert_eq!(p.end_segment, 5);
+        assert_eq!(p.end_offset, SEGMENT_HEADER_BYTES + 21);
+        assert!(p.remove.is_empty() && p.corruption_at.is_none());
+    }
+
+    #[test]
+    fn a_closed_last_segment_starts_the_next() {
+        let p = plan(&[(0, segment(0, &[b"a"], true))], RecoveryPolicy::Strict).unwrap();
+        assert_eq!((p.end_segment, p.end_offset), (1, 0));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_zeroed_under_both_policies() {
+        let mut img = segment(0, &[b"keep", b"torn record"], false);
+        let second = SEGMENT_HEADER_BYTES as usize + 24;
+        img[second + 25] ^= 1;
+        for policy in [RecoveryPolicy::Strict, RecoveryPolicy::PointInTime] {
+            let p = plan(&[(0, img.clone())], policy).unwrap();
+            assert_eq!(p.records, 1);
+            assert_eq!(p.end_offset, second as u64);
+            assert_eq!(p.zero_to, (second + 20 + 11) as u64);
+        }
+    }
+
+    #[test]
+    fn damage_with_valid_records_after_it_is_cut_or_refused_by_policy() {
+        let mut img = segment(0, &[b"one", b"two", b"three"], false);
+        let second = SEGMENT_HEADER_BYTES as usize + 23;
+        img[second + 21] ^= 0x10;
+        let p = plan(&[(0, img.clone())], RecoveryPolicy::PointInTime).unwrap();
+        assert_eq!(p.records, 1);
+        assert_eq!(p.skipped_valid, 1);
+        assert_eq!(p.corruption_at, Some(second as u64));
+        let err = plan(&[(0, img)], RecoveryPolicy::Strict).unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { valid_after: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_missing_segment_ends_the_log_and_later_ones_go() {
+        let imgs = [(0, segment(0, &[b"a"], true)), (2, segment(2, &[b"c"], false))];
+        let p = plan(&imgs, RecoveryPolicy::PointInTime).unwrap();
+        assert_eq!((p.end_segment, p.end_offset), (1, 0));
+        assert_eq!(p.remove, vec![2]);
+        assert_eq!(p.skipped_valid, 1);
+        assert!(plan(&imgs, RecoveryPolicy::Strict).is_err());
+    }
+
+    #[test]
+    fn a_bad_header_on_the_last_segment_is_a_torn_creation() {
+        let imgs = [(0, segment(0, &[b"a"], true)), (1, vec![0u8; SEG as usize])];
+        let p = plan(&imgs, RecoveryPolicy::Strict).unwrap();
+        assert_eq!((p.end_segment, p.end_offset), (1, 0));
+        assert_eq!(p.remove, vec![1]);
+        assert_eq!(p.kept, vec![0]);
+    }
+}

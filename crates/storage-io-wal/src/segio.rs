@@ -1,0 +1,350 @@
+//! [`SegmentIo`]: the WAL's side of a [`StorageIo`] backend — segment files by number, a cache
+//! of open segments, and blocking helpers (write, sync, read a whole segment) built on
+//! submit/wait.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use storage_io_core::{IoCompletion, IoFd, IoToken, OpKind, OpenOptions, StorageIo, StorageIoError};
+
+/// The file name of segment `n`: 16 hex digits, so names sort in log order.
+pub(crate) fn segment_file_name(n: u64) -> String {
+    format!("{n:016x}.wal")
+}
+
+/// The segment number of a WAL file name, or `None` for any other file.
+pub(crate) fn parse_segment_name(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let hex = name.strip_suffix(".wal")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// A failed op, with its kind, so the caller can tell a full disk from a failed sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IoFailure {
+    pub op: OpKind,
+    pub error: StorageIoError,
+}
+
+impl From<StorageIoError> for IoFailure {
+    fn from(error: StorageIoError) -> Self {
+        let op = match &error {
+            StorageIoError::Io { op, .. } => *op,
+            _ => OpKind::Write,
+        };
+        IoFailure { op, error }
+    }
+}
+
+/// One write of a flush: `data` at `offset` of the segment open as `fd`.
+pub(crate) struct WriteJob<'a> {
+    pub fd: IoFd,
+    pub offset: u64,
+    pub data: &'a [u8],
+}
+
+/// The WAL's handle on its backend.
+pub(crate) struct SegmentIo {
+    io: Box<dyn StorageIo>,
+    dir: PathBuf,
+    segment_size: u64,
+    write_chunk: usize,
+    open: BTreeMap<u64, IoFd>,
+    done: Vec<IoCompletion>,
+    zeros: Vec<u8>,
+}
+
+impl SegmentIo {
+    pub(crate) fn new(io: Box<dyn StorageIo>, dir: &Path, segment_size: u64, write_chunk: usize) -> Self {
+        let write_chunk = write_chunk.min(io.capabilities().max_io_bytes.max(4096));
+        SegmentIo {
+            io,
+            dir: dir.to_path_buf(),
+            segment_size,
+            write_chunk,
+            open: BTreeMap::new(),
+            done: Vec::with_capacity(64),
+            zeros: Vec::new(),
+        }
+    }
+
+    pub(crate) fn set_segment_size(&mut self, segment_size: u64) {
+        self.segment_size = segment_size;
+    }
+
+    pub(crate) fn backend_name(&self) -> &'static str {
+        self.io.name()
+    }
+
+    fn path_of(&self, segment: u64) -> PathBuf {
+        self.dir.join(segment_file_name(segment))
+    }
+
+    /// Segment numbers present in the directory, in order (creating the directory if needed).
+    pub(crate) fn list_segments(&mut self) -> Result<Vec<u64>, StorageIoError> {
+        self.io.create_dir_all(&self.dir)?;
+        let mut segments: Vec<u64> = self
+            .io
+            .list_dir(&self.dir)?
+            .iter()
+            .filter_map(|p| parse_segment_name(p))
+            .collect();
+        segments.sort_unstable();
+        Ok(segments)
+    }
+
+    /// The handle of an existing segment (opened and cached on first use).
+    pub(crate) fn existing(&mut self, segment: u64) -> Result<IoFd, StorageIoError> {
+        if let Some(fd) = self.open.get(&segment) {
+            return Ok(*fd);
+        }
+        let fd = self
+            .io
+            .open_file(&self.path_of(segment), &OpenOptions::default())?;
+        self.open.insert(segment, fd);
+        Ok(fd)
+    }
+
+    /// Creates segment `segment` (empty, or zero-filled to full size with `preallocate`) and
+    /// caches its handle. The zero-fill has completed when this returns, so later writes to the
+    /// same range cannot be overtaken by it; the caller's next datasync on the handle covers it
+    /// and a `sync_dir` makes the name durable.
+    pub(crate) fn create(&mut self, segment: u64, preallocate: bool) -> Result<IoFd, IoFailure> {
+        let opts = OpenOptions::create().with_truncate(true);
+        let fd = self.io.open_file(&self.path_of(segment), &opts)?;
+        self.open.insert(segment, fd);
+        if preallocate {
+            if self.zeros.len() != self.write_chunk {
+                self.zeros = vec![0; self.write_chunk];
+            }
+            let zeros = std::mem::take(&mut self.zeros);
+            let jobs: Vec<WriteJob<'_>> = (0..self.segment_size)
+                .step_by(zeros.len())
+                .map(|offset| {
+                    let len = (self.segment_size - offset).min(zeros.len() as u64) as usize;
+                    WriteJob {
+                        fd,
+                        offset,
+                        data: &zeros[..len],
+                    }
+                })
+                .collect();
+            let result = self.write_all(&jobs, false);
+            drop(jobs);
+            self.zeros = zeros;
+            result?;
+        }
+        Ok(fd)
+    }
+
+    /// Closes the handles of segments below `segment` (the writer has moved past them).
+    pub(crate) fn close_below(&mut self, segment: u64) {
+        let keep = self.open.split_off(&segment);
+        for (_, fd) in std::mem::replace(&mut self.open, keep) {
+            if let Err(e) = self.io.deregister_fd(fd) {
+                tracing::warn!(error = %e, "closing an old wal segment failed");
+            }
+        }
+    }
+
+    /// Removes segment `segment` (closing it first). A missing file is not an error.
+    pub(crate) fn remove(&mut self, segment: u64) -> Result<(), StorageIoError> {
+        if let Some(fd) = self.open.remove(&segment) {
+            self.io.deregister_fd(fd)?;
+        }
+        match self.io.remove_file(&self.path_of(segment)) {
+            Err(StorageIoError::Io { errno: 2, .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    pub(crate) fn sync_dir(&mut self) -> Result<(), StorageIoError> {
+        self.io.sync_dir(&self.dir)
+    }
+
+    /// Writes every job (split into `write_chunk` pieces), continuing short writes, then — with
+    /// `sync` — makes them durable with one datasync per file. Datasyncs are submitted right
+    /// behind the writes: the backend's barrier orders them after every write to the same file.
+    /// Returns the first failure; every submitted op has completed either way.
+    pub(crate) fn write_all(&mut self, jobs: &[WriteJob<'_>], sync: bool) -> Result<(), IoFailure> {
+        let mut flight = Flight::default();
+        let mut queue: Vec<Span> = Vec::new();
+        for (job, j) in jobs.iter().zip(0..) {
+            let mut at = 0;
+            while at < job.data.len() {
+                let end = (at + self.write_chunk).min(job.data.len());
+                queue.push(Span {
+                    job: j,
+                    start: at,
+                    end,
+                });
+                at = end;
+            }
+        }
+        let mut to_sync: Vec<IoFd> = Vec::new();
+        if sync {
+            push_distinct(&mut to_sync, jobs.iter().map(|j| j.fd));
+        }
+        loop {
+            for span in queue.drain(..) {
+                let job = &jobs[span.job];
+                let data = &job.data[span.start..span.end];
+                let offset = job.offset + span.start as u64;
+                if let Some(t) =
+                    self.submit_with_room(&mut flight, |io| io.submit_write(job.fd, data, offset))?
+                {
+                    flight.writes.insert(t, span);
+                }
+            }
+            if flight.first_err.is_none() {
+                for fd in to_sync.drain(..) {
+                    self.submit_with_room(&mut flight, |io| io.submit_datasync(fd))?;
+                }
+            }
+            while self.io.pending_count() > 0 {
+                self.reap(&mut flight, usize::MAX)?;
+            }
+            if flight.first_err.is_some() || flight.short.is_empty() {
+                break;
+            }
+            // A continued write needs a datasync submitted after it.
+            queue = std::mem::take(&mut flight.short);
+            if sync {
+                push_distinct(&mut to_sync, queue.iter().map(|s| jobs[s.job].fd));
+            }
+        }
+        flight.first_err.map_or(Ok(()), Err)
+    }
+
+    /// Submits one op, reaping completions while the backend's queue is full. A refusal other
+    /// than a full queue is recorded as the flight's failure (`Ok(None)`).
+    fn submit_with_room(
+        &mut self,
+        flight: &mut Flight,
+        mut submit: impl FnMut(&mut dyn StorageIo) -> Result<IoToken, StorageIoError>,
+    ) -> Result<Option<IoToken>, IoFailure> {
+        loop {
+            match submit(&mut *self.io) {
+                Ok(t) => return Ok(Some(t)),
+                Err(StorageIoError::QueueFull { .. }) => self.reap(flight, 1)?,
+                Err(e) => {
+                    flight.first_err.get_or_insert(IoFailure::from(e));
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Waits for at least `min` completions (every pending one with `usize::MAX`), recording
+    /// the first error and queueing the rest of each short write.
+    fn reap(&mut self, flight: &mut Flight, min: usize) -> Result<(), IoFailure> {
+        self.done.clear();
+        self.io.wait_completions(&mut self.done, min, None)?;
+        for c in self.done.drain(..) {
+            let span = flight.writes.remove(&c.token);
+            match (c.result, span) {
+                (Err(error), _) => {
+                    flight.first_err.get_or_insert(IoFailure { op: c.op, error });
+                }
+                // No progress at all: a full device that answers 0 instead of ENOSPC.
+                (Ok(0), Some(s)) if s.end > s.start => {
+                    flight.first_err.get_or_insert(IoFailure {
+                        op: c.op,
+                        error: StorageIoError::os(c.op, ENOSPC),
+                    });
+                }
+                (Ok(n), Some(s)) if n < s.end - s.start => flight.short.push(Span {
+                    start: s.start + n,
+                    ..s
+                }),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Datasyncs every open segment (recovery: what the scan read may still be only in the page
+    /// cache after a process crash).
+    pub(crate) fn sync_open(&mut self) -> Result<(), IoFailure> {
+        let fds: Vec<IoFd> = self.open.values().copied().collect();
+        let jobs: Vec<WriteJob<'_>> = fds
+            .into_iter()
+            .map(|fd| WriteJob {
+                fd,
+                offset: 0,
+                data: &[],
+            })
+            .collect();
+        self.write_all(&jobs, true)
+    }
+
+    /// The whole content of segment `segment`, or `None` if the file does not exist.
+    pub(crate) fn read_segment(&mut self, segment: u64) -> Result<Option<Vec<u8>>, StorageIoError> {
+        let fd = match self.existing(segment) {
+            Ok(fd) => fd,
+            Err(StorageIoError::Io { errno: 2, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        read_whole(&mut *self.io, &mut self.done, fd, self.write_chunk).map(Some)
+    }
+}
+
+/// Reads a whole file through a backend, chunk by chunk, in order.
+pub(crate) fn read_whole(
+    io: &mut dyn StorageIo,
+    done: &mut Vec<IoCompletion>,
+    fd: IoFd,
+    chunk: usize,
+) -> Result<Vec<u8>, StorageIoError> {
+    let len = io.file_len(fd)? as usize;
+    let mut image = Vec::with_capacity(len);
+    while image.len() < len {
+        let want = (len - image.len()).min(chunk);
+        let buf = vec![0u8; want];
+        io.submit_read(fd, buf.into(), image.len() as u64)
+            .map_err(|e| e.error)?;
+        done.clear();
+        io.wait_completions(done, 1, None)?;
+        let c = done.pop().ok_or(StorageIoError::invalid(
+            "backend returned no completion for a read",
+        ))?;
+        let n = c.result?;
+        let buf = c
+            .buf
+            .ok_or(StorageIoError::invalid("backend lost a read buffer"))?;
+        image.extend_from_slice(&buf[..n]);
+        if n < want {
+            break; // end of file moved under us: what was read is the file
+        }
+    }
+    Ok(image)
+}
+
+const ENOSPC: i32 = 28;
+
+/// A piece of one job's data: `data[start..end]`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    job: usize,
+    start: usize,
+    end: usize,
+}
+
+/// What is in flight during one `write_all`.
+#[derive(Default)]
+struct Flight {
+    writes: HashMap<IoToken, Span>,
+    short: Vec<Span>,
+    first_err: Option<IoFailure>,
+}
+
+fn push_distinct(out: &mut Vec<IoFd>, fds: impl Iterator<Item = IoFd>) {
+    for fd in fds {
+        if !out.contains(&fd) {
+            out.push(fd);
+        }
+    }
+}
