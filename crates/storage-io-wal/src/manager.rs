@@ -428,8 +428,9 @@ impl Shared {
         let need = RECORD_HEADER_BYTES + record.len() as u64;
         if st.next_lsn % size + need + RECORD_HEADER_BYTES > size {
             let end_lsn = st.next_lsn;
+            // From the frame's start: the frame may end exactly on the segment boundary.
+            let next_segment = end_lsn / size + 1;
             self.queue(st, |buf| encode_record(buf, KIND_SEGMENT_END, end_lsn, &[]));
-            let next_segment = st.next_lsn / size + 1;
             st.next_lsn = next_segment * size;
             self.queue(st, |buf| encode_segment_header(buf, size, next_segment));
         }
