@@ -1,0 +1,169 @@
+//! Torn tails at every byte offset of the last record, and bit flips in the middle of the log
+//! under both recovery policies.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use storage_io_core::{OpenOptions, StorageIo};
+use storage_io_testkit::memio::MemFs;
+use storage_io_wal::format::RECORD_HEADER_BYTES;
+use storage_io_wal::{Lsn, RecoveryPolicy, WalConfig, WalError, WalManager};
+
+use common::{DIR, mem_factory, read_all, small_config};
+
+const SEG: u64 = 4096;
+
+fn segment_path(n: u64) -> PathBuf {
+    Path::new(DIR).join(format!("{n:016x}.wal"))
+}
+
+/// Overwrites bytes of a file and makes them durable, as damage on the disk would be.
+fn poke(fs: &MemFs, path: &Path, offset: u64, bytes: &[u8]) {
+    let mut io = fs.backend();
+    let fd = io.open_file(path, &OpenOptions::default()).unwrap();
+    io.submit_write(fd, bytes, offset).unwrap();
+    io.submit_datasync(fd).unwrap();
+    let mut done = Vec::new();
+    io.wait_completions(&mut done, 2, None).unwrap();
+    assert!(done.iter().all(|c| c.is_ok()));
+}
+
+/// A log of `n` committed records in segment 0; returns them.
+fn log_of(fs: &MemFs, n: usize, config: &WalConfig) -> Vec<(Lsn, Vec<u8>)> {
+    let (wal, _) = WalManager::open(DIR, config.clone(), mem_factory(fs)).unwrap();
+    for i in 0..n {
+        wal.commit(format!("record number {i} with some payload").as_bytes())
+            .unwrap();
+    }
+    let all = read_all(&wal);
+    wal.close().unwrap();
+    all
+}
+
+#[test]
+fn torn_tail_at_every_byte_offset_of_the_last_record_is_cut_cleanly() {
+    let config = small_config(SEG);
+    let template = MemFs::new(1);
+    let records = log_of(&template, 5, &config);
+    let (last_lsn, last_payload) = records.last().unwrap().clone();
+    let frame_len = RECORD_HEADER_BYTES as usize + last_payload.len();
+    let image = template.read_file(&segment_path(0)).unwrap();
+    for keep in 0..frame_len {
+        for garbage in [false, true] {
+            let fs = MemFs::new(2);
+            // The segment as a crash in the middle of the last record's write leaves it: the
+            // first `keep` bytes of the frame landed, the rest is zeros or stale garbage.
+            let mut torn = image.clone();
+            let start = last_lsn.0 as usize;
+            for (i, b) in torn[start + keep..start + frame_len].iter_mut().enumerate() {
+                *b = if garbage { 0xA5 ^ (i as u8) } else { 0 };
+            }
+            poke_new(&fs, &segment_path(0), &torn);
+            let (wal, next) = WalManager::open(DIR, config.clone(), mem_factory(&fs)).unwrap();
+            let ctx = format!("torn after {keep} bytes (garbage: {garbage})");
+            assert_eq!(read_all(&wal), records[..4], "{ctx}");
+            assert_eq!(
+                next, last_lsn,
+                "{ctx}: the next record goes where the torn one was"
+            );
+            let report = wal.recovery_report();
+            assert_eq!(report.skipped_valid_records, 0, "{ctx}");
+            assert!(report.corruption_at.is_none(), "{ctx}");
+            // The torn bytes are zeroed, so a new record cannot line up with stale ones.
+            let lsn = wal.commit(b"replacement").unwrap();
+            assert_eq!(lsn, last_lsn);
+            drop(wal);
+            let (wal, _) = WalManager::open(DIR, config.clone(), mem_factory(&fs)).unwrap();
+            let got = read_all(&wal);
+            assert_eq!(got.len(), 5, "{ctx}");
+            assert_eq!(got[4], (last_lsn, b"replacement".to_vec()), "{ctx}");
+        }
+    }
+}
+
+/// Creates a durable file with `content`.
+fn poke_new(fs: &MemFs, path: &Path, content: &[u8]) {
+    let mut io = fs.backend();
+    io.open_file(path, &OpenOptions::create()).unwrap();
+    io.sync_dir(path.parent().unwrap()).unwrap();
+    poke(fs, path, 0, content);
+}
+
+#[test]
+fn bit_flip_in_the_middle_is_cut_under_point_in_time_and_refused_under_strict() {
+    let config = small_config(SEG);
+    let template = MemFs::new(3);
+    let records = log_of(&template, 8, &config);
+    let image = template.read_file(&segment_path(0)).unwrap();
+    for victim in [0usize, 3, 6] {
+        for byte_in_frame in [0usize, 4, 9, 17, 25] {
+            let (lsn, _) = &records[victim];
+            let mut bad = image.clone();
+            bad[lsn.0 as usize + byte_in_frame] ^= 0x08;
+            let ctx = format!("flip in record {victim} at frame byte {byte_in_frame}");
+
+            let fs = MemFs::new(4);
+            poke_new(&fs, &segment_path(0), &bad);
+            let strict = WalConfig {
+                recovery: RecoveryPolicy::Strict,
+                ..config.clone()
+            };
+            match WalManager::open(DIR, strict, mem_factory(&fs)) {
+                Err(WalError::Corrupt {
+                    at,
+                    valid_after,
+                    first_valid_after,
+                }) => {
+                    assert_eq!(at, *lsn, "{ctx}");
+                    assert_eq!(valid_after, 7 - victim, "{ctx}");
+                    assert_eq!(first_valid_after, records[victim + 1].0, "{ctx}");
+                }
+                Err(other) => panic!("{ctx}: strict gave {other}"),
+                Ok(_) => panic!("{ctx}: strict opened a log with valid records after damage"),
+            }
+            // Refusing changed nothing on disk.
+            assert_eq!(
+                fs.read_file(&segment_path(0)).unwrap(),
+                bad,
+                "{ctx}: strict wrote"
+            );
+
+            let (wal, next) = WalManager::open(DIR, config.clone(), mem_factory(&fs)).unwrap();
+            assert_eq!(read_all(&wal), records[..victim], "{ctx}");
+            assert_eq!(next, *lsn, "{ctx}");
+            let report = wal.recovery_report();
+            assert_eq!(report.corruption_at, Some(*lsn), "{ctx}");
+            assert_eq!(report.skipped_valid_records, 7 - victim, "{ctx}");
+        }
+    }
+}
+
+#[test]
+fn torn_segment_header_at_the_tail_is_a_torn_creation() {
+    let config = small_config(512);
+    let fs = MemFs::new(5);
+    let records = {
+        let (wal, _) = WalManager::open(DIR, config.clone(), mem_factory(&fs)).unwrap();
+        for i in 0..40u8 {
+            wal.commit(&[i; 30]).unwrap();
+        }
+        read_all(&wal)
+    };
+    let segments = fs.list();
+    assert!(
+        segments.len() >= 3,
+        "the test needs several segments: {segments:?}"
+    );
+    let last = segments.last().unwrap().clone();
+    let kept: Vec<_> = records
+        .iter()
+        .filter(|(lsn, _)| lsn.0 / 512 < segments.len() as u64 - 1)
+        .cloned()
+        .collect();
+    poke(&fs, &last, 3, &[0xff]);
+    let (wal, _) = WalManager::open(DIR, config, mem_factory(&fs)).unwrap();
+    assert_eq!(read_all(&wal), kept);
+    assert_eq!(wal.recovery_report().removed_segments.len(), 1);
+}
