@@ -10,16 +10,16 @@ use storage_io_testkit::faulty::{FaultPlan, FaultyIo};
 use storage_io_testkit::memio::MemFs;
 use storage_io_wal::{Lsn, SyncMode, WalConfig, WalManager};
 
-pub const DIR: &str = "/wal";
+pub(crate) const DIR: &str = "/wal";
 
 /// Backends on one in-memory file system.
-pub fn mem_factory(fs: &MemFs) -> BackendFactory {
+pub(crate) fn mem_factory(fs: &MemFs) -> BackendFactory {
     let fs = fs.clone();
     Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>))
 }
 
 /// Backends on one in-memory file system, the writer's (index 0) wrapped with `plan`.
-pub fn faulty_factory(fs: &MemFs, plan: FaultPlan) -> BackendFactory {
+pub(crate) fn faulty_factory(fs: &MemFs, plan: FaultPlan) -> BackendFactory {
     let fs = fs.clone();
     Arc::new(move |worker| {
         if worker == 0 {
@@ -31,7 +31,7 @@ pub fn faulty_factory(fs: &MemFs, plan: FaultPlan) -> BackendFactory {
 }
 
 /// Real files through the inline sync backend.
-pub fn sync_factory() -> BackendFactory {
+pub(crate) fn sync_factory() -> BackendFactory {
     Arc::new(|_| {
         let io = storage_io_sync::SyncStorageIo::new(&storage_io_core::IoConfig::default())?;
         Ok(Box::new(io) as Box<dyn StorageIo>)
@@ -39,7 +39,7 @@ pub fn sync_factory() -> BackendFactory {
 }
 
 /// Small segments so that tests cross segment boundaries often.
-pub fn small_config(segment_size_bytes: u64) -> WalConfig {
+pub(crate) fn small_config(segment_size_bytes: u64) -> WalConfig {
     WalConfig {
         segment_size_bytes,
         sync_mode: SyncMode::Sync,
@@ -48,14 +48,14 @@ pub fn small_config(segment_size_bytes: u64) -> WalConfig {
 }
 
 /// Every record in the log, in order.
-pub fn read_all(wal: &WalManager) -> Vec<(Lsn, Vec<u8>)> {
+pub(crate) fn read_all(wal: &WalManager) -> Vec<(Lsn, Vec<u8>)> {
     wal.reader(wal.first_lsn())
         .expect("reader")
         .map(|r| r.expect("a record the reader returns verifies"))
         .collect()
 }
 
-pub fn open(dir: &Path, config: &WalConfig, factory: &BackendFactory) -> WalManager {
+pub(crate) fn open(dir: &Path, config: &WalConfig, factory: &BackendFactory) -> WalManager {
     WalManager::open(dir, config.clone(), factory.clone())
         .expect("open")
         .0
