@@ -51,7 +51,7 @@ fn workload(seed: u64, max_payload: usize) -> Vec<Op> {
 fn config(seed: u64) -> WalConfig {
     WalConfig {
         segment_size_bytes: 512,
-        sync_mode: if seed % 2 == 0 {
+        sync_mode: if seed.is_multiple_of(2) {
             SyncMode::Sync
         } else {
             SyncMode::Group {
@@ -59,7 +59,7 @@ fn config(seed: u64) -> WalConfig {
                 max_batch_bytes: 1 << 20,
             }
         },
-        preallocate: seed % 3 != 0,
+        preallocate: !seed.is_multiple_of(3),
         ..WalConfig::default()
     }
 }
@@ -180,7 +180,7 @@ fn crash_at_ten_thousand_points_loses_no_acknowledged_record() {
         }
         let total = fs.mutation_count();
         for k in 1..=total {
-            let recovery_crash = (k % 7 == 0).then_some(1 + k % 3);
+            let recovery_crash = k.is_multiple_of(7).then_some(1 + k % 3);
             assert!(
                 crash_point(seed, &ops, k, recovery_crash),
                 "seed {seed}: crash at op {k} did not fire"
