@@ -13,7 +13,13 @@ use storage_io_core::{
 use crate::{Latency, Row};
 
 /// Every workload the driver knows.
-pub const WORKLOADS: &[&str] = &["seq_read", "rand_read", "rand_write", "multistream_scan"];
+pub const WORKLOADS: &[&str] = &[
+    "seq_read",
+    "rand_read",
+    "rand_write",
+    "multistream_scan",
+    "wal_commit",
+];
 
 /// Every backend variant the driver knows.
 pub const BACKENDS: &[&str] = &["sync", "thread_pool", "uring", "uring_nofixed", "uring_sqpoll"];

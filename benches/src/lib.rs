@@ -9,6 +9,7 @@ pub mod fio;
 pub mod plot;
 pub mod report;
 pub mod signal;
+pub mod wal;
 
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +89,10 @@ impl Row {
     pub fn series(&self) -> String {
         if self.engine == "fio" {
             format!("fio {}", self.backend)
+        } else if self.engine == wal::ENGINE_RAW {
+            format!("{} raw 4K write+fdatasync", self.backend)
+        } else if self.engine == wal::ENGINE_WAL {
+            format!("wal on {}", self.backend)
         } else {
             self.backend.clone()
         }

@@ -135,6 +135,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
         }
         s.push('\n');
     }
+    s.push_str(&crate::wal::section(&report.results));
     s.push_str(&guidance(&report.results));
     s
 }

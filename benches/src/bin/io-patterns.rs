@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use storage_io_benches::cache::{self, MemCap};
 use storage_io_benches::engine::{self, BACKENDS, Cell, WORKLOADS};
 use storage_io_benches::fio::{self, FioEngine, FioJob};
-use storage_io_benches::{Machine, Report, Row, fold_rounds, plot, report, signal, timestamp};
+use storage_io_benches::{Machine, Report, Row, fold_rounds, plot, report, signal, timestamp, wal};
 use storage_io_core::{OpenOptions, open_file};
 
 #[derive(Parser, Debug)]
@@ -34,7 +34,8 @@ struct Args {
     /// Everything: all backends and regimes, longer cells, a 1 GiB file, three rounds (median).
     #[arg(long)]
     full: bool,
-    /// Workloads: seq_read, rand_read, rand_write, multistream_scan.
+    /// Workloads: seq_read, rand_read, rand_write, multistream_scan, wal_commit (for wal_commit,
+    /// --qd is the number of concurrent committers; default 1, 8, 64).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll.
@@ -118,7 +119,7 @@ fn plan(args: &Args) -> Result<Plan> {
             duration: 0.2,
             size_mib: 16,
             qds: &[1, 4],
-            workloads: &["rand_read", "rand_write"],
+            workloads: &["rand_read", "rand_write", "wal_commit"],
             backends: &["sync", "thread_pool", "uring"],
             regimes: &["hot", "thrash"],
             rounds: 1,
@@ -298,6 +299,17 @@ fn prepare_file(given: Option<&Path>, root: &Path, size: u64, block: usize) -> R
 enum Job {
     Ours(Cell),
     Fio(FioJob),
+    /// `committers` threads committing through the WAL on a backend.
+    Wal {
+        backend: String,
+        committers: usize,
+        duration: Duration,
+    },
+    /// The raw 4 KiB write + fdatasync peer of the WAL cells, on a backend.
+    RawSync {
+        backend: String,
+        duration: Duration,
+    },
 }
 
 struct Step {
@@ -315,6 +327,10 @@ impl Step {
                 f.direct,
                 f.qd,
             ),
+            Job::Wal {
+                backend, committers, ..
+            } => (wal::WORKLOAD.into(), backend.clone(), false, *committers),
+            Job::RawSync { backend, .. } => (wal::WORKLOAD.into(), format!("{backend} raw"), false, 1),
         };
         format!(
             "{w} {b} {} {} qd{q}",
@@ -328,6 +344,10 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
     let mut out = Vec::new();
     for _round in 0..plan.rounds {
         for w in &plan.workloads {
+            if w == wal::WORKLOAD {
+                out.extend(wal_steps(plan, args));
+                continue;
+            }
             for &direct in plan.modes.iter().filter(|&&d| !d || direct_ok) {
                 // Direct I/O has no cache in front of the disk yet (the scheduler's page cache will
                 // be it): one `uncached` regime stands for all three.
@@ -374,6 +394,41 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
                     }
                 }
             }
+        }
+    }
+    out
+}
+
+/// The wal_commit cells: per backend, the raw peer then each committer count.
+fn wal_steps(plan: &Plan, args: &Args) -> Vec<Step> {
+    let committers: Vec<usize> = if !args.qd.is_empty() {
+        args.qd.clone()
+    } else if args.smoke {
+        vec![1, 4]
+    } else if args.full {
+        vec![1, 4, 16, 64]
+    } else {
+        vec![1, 8, 64]
+    };
+    let regime = wal::REGIME.to_string();
+    let mut out = Vec::new();
+    for b in &plan.backends {
+        out.push(Step {
+            job: Job::RawSync {
+                backend: b.clone(),
+                duration: plan.duration,
+            },
+            regime: regime.clone(),
+        });
+        for &c in &committers {
+            out.push(Step {
+                job: Job::Wal {
+                    backend: b.clone(),
+                    committers: c,
+                    duration: plan.duration,
+                },
+                regime: regime.clone(),
+            });
         }
     }
     out
@@ -580,9 +635,19 @@ fn run() -> Result<bool> {
 
 /// Prepares the page cache for the step's regime, runs it, and records residency.
 fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Result<Row> {
+    // WAL cells write in a directory of their own beside the bench file; no cache regime.
+    let wal_root = path.parent().unwrap_or(Path::new("."));
     let direct = match &step.job {
         Job::Ours(c) => c.direct,
         Job::Fio(f) => f.direct,
+        Job::Wal {
+            backend,
+            committers,
+            duration,
+        } => return wal::run_wal_cell(wal_root, backend, *committers, *duration, &signal::stopped),
+        Job::RawSync { backend, duration } => {
+            return wal::run_raw_cell(wal_root, backend, *duration, &signal::stopped);
+        }
     };
     let divisor = match step.regime.as_str() {
         "pressure" => Some(1.5),
@@ -604,6 +669,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let slack: u64 = match &step.job {
         Job::Fio(f) => (16 << 20) + (f.qd * f.block) as u64,
         Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
+        Job::Wal { .. } | Job::RawSync { .. } => 0,
     };
     let capped = match (divisor, cap) {
         (Some(d), Some(c)) if !direct => {
@@ -617,6 +683,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let result = match &step.job {
         Job::Ours(c) => engine::run_cell(path, c, &signal::stopped),
         Job::Fio(f) => f.run(),
+        Job::Wal { .. } | Job::RawSync { .. } => unreachable!("WAL cells returned above"),
     };
     if let Some(c) = capped {
         c.leave().map_err(anyhow::Error::msg)?;

@@ -1,0 +1,291 @@
+//! The `wal_commit` workload: N threads committing 128-byte records through `storage-io-wal`
+//! (default group commit) on one backend, and beside it the raw peer — one thread doing a 4 KiB
+//! write + fdatasync round trip on the same backend, in the same directory.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+use storage_io_core::{BackendFactory, IoCompletion, OpenOptions, StorageIoError};
+use storage_io_wal::{WalConfig, WalManager};
+
+use crate::engine::{cpu_time, make_backend};
+use crate::{Latency, Row};
+
+/// The workload's name.
+pub const WORKLOAD: &str = "wal_commit";
+/// `Row::engine` of a WAL cell.
+pub const ENGINE_WAL: &str = "storage-io-wal";
+/// `Row::engine` of the raw write + fdatasync peer.
+pub const ENGINE_RAW: &str = "raw";
+/// Payload bytes per committed record.
+pub const RECORD_BYTES: usize = 128;
+/// The regime label of WAL rows (they have no page-cache regime).
+pub const REGIME: &str = "fdatasync";
+
+/// A fresh directory for one cell, removed on drop.
+struct CellDir(PathBuf);
+
+impl CellDir {
+    fn new(root: &Path, label: &str) -> Result<CellDir> {
+        let dir = root.join(format!("wal-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(CellDir(dir))
+    }
+}
+
+impl Drop for CellDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn factory(backend: &str) -> Result<BackendFactory> {
+    // Fail here, with the reason, rather than inside the WAL.
+    drop(make_backend(backend, 64)?);
+    let name = backend.to_string();
+    Ok(Arc::new(move |_| {
+        make_backend(&name, 64).map_err(|e| StorageIoError::Unsupported {
+            what: e.to_string().into(),
+        })
+    }))
+}
+
+fn latency(hist: &Histogram<u64>) -> Latency {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Latency {
+        mean: hist.mean() / 1000.0,
+        p50: us(hist.value_at_quantile(0.50)),
+        p95: us(hist.value_at_quantile(0.95)),
+        p99: us(hist.value_at_quantile(0.99)),
+        max: us(hist.max()),
+    }
+}
+
+/// `(ops, seconds, CPU seconds)` of a cell.
+type Measured = (u64, f64, f64);
+
+fn row(
+    engine: &str,
+    backend: &str,
+    qd: usize,
+    block: usize,
+    (ops, secs, cpu): Measured,
+    hist: &Histogram<u64>,
+) -> Row {
+    let iops = ops as f64 / secs;
+    Row {
+        workload: WORKLOAD.into(),
+        engine: engine.into(),
+        backend: backend.into(),
+        io: "buffered".into(),
+        regime: REGIME.into(),
+        qd,
+        block_size: block,
+        iops,
+        mb_s: iops * block as f64 / 1e6,
+        lat_us: latency(hist),
+        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
+        ops,
+        ..Row::default()
+    }
+}
+
+/// `committers` threads commit 128-byte records for `duration`; commits/s and commit latency.
+pub fn run_wal_cell(
+    root: &Path,
+    backend: &str,
+    committers: usize,
+    duration: Duration,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<Row> {
+    let dir = CellDir::new(root, &format!("{backend}-{committers}"))?;
+    let config = WalConfig {
+        segment_size_bytes: 64 << 20,
+        ..WalConfig::default()
+    };
+    let (wal, _) = WalManager::open(&dir.0, config, factory(backend)?)?;
+    // Warm-up: the first flush creates and zero-fills the first segment.
+    wal.commit(&[0u8; RECORD_BYTES])?;
+    let wal = &wal;
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + duration;
+    let results: Vec<Result<(u64, Histogram<u64>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..committers.max(1))
+            .map(|t| {
+                s.spawn(move || -> Result<(u64, Histogram<u64>)> {
+                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                    let record = [t as u8; RECORD_BYTES];
+                    let mut n = 0u64;
+                    while Instant::now() < deadline && !stop() {
+                        let started = Instant::now();
+                        wal.commit(&record)?;
+                        hist.saturating_record(started.elapsed().as_nanos().max(1) as u64);
+                        n += 1;
+                    }
+                    Ok((n, hist))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| bail!("a committer thread panicked")))
+            .collect()
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut ops = 0;
+    for r in results {
+        let (n, h) = r?;
+        ops += n;
+        hist.add(&h)?;
+    }
+    let stats = wal.stats();
+    let mut out = row(
+        ENGINE_WAL,
+        backend,
+        committers,
+        RECORD_BYTES,
+        (ops, secs, cpu),
+        &hist,
+    );
+    // Commits per fdatasync: how well group commit batches.
+    out.completions_per_wait = ops as f64 / stats.datasyncs.max(1) as f64;
+    Ok(out)
+}
+
+/// One thread: 4 KiB write + fdatasync, waited for, over and over, on `backend`.
+pub fn run_raw_cell(root: &Path, backend: &str, duration: Duration, stop: &dyn Fn() -> bool) -> Result<Row> {
+    const BLOCK: usize = 4096;
+    const SPAN_BLOCKS: u64 = 256;
+    let dir = CellDir::new(root, &format!("{backend}-raw"))?;
+    let mut io = make_backend(backend, 4)?;
+    let fd = io.open_file(&dir.0.join("raw.dat"), &OpenOptions::create())?;
+    // Preallocated like a WAL segment, so that fdatasync writes no size change.
+    let zeros = vec![0u8; BLOCK * SPAN_BLOCKS as usize];
+    io.submit_write(fd, &zeros, 0)?;
+    io.submit_datasync(fd)?;
+    let mut done: Vec<IoCompletion> = Vec::with_capacity(4);
+    io.wait_completions(&mut done, 2, None)?;
+    done.clear();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let block = [7u8; BLOCK];
+    let mut ops = 0u64;
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    while t0.elapsed() < duration && !stop() {
+        let started = Instant::now();
+        io.submit_write(fd, &block, (ops % SPAN_BLOCKS) * BLOCK as u64)?;
+        io.submit_datasync(fd)?;
+        io.wait_completions(&mut done, 2, None)?;
+        for c in done.drain(..) {
+            if let Err(e) = c.result {
+                bail!("raw {} failed: {e}", c.op);
+            }
+        }
+        hist.saturating_record(started.elapsed().as_nanos().max(1) as u64);
+        ops += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
+    io.deregister_fd(fd)?;
+    Ok(row(ENGINE_RAW, backend, 1, BLOCK, (ops, secs, cpu), &hist))
+}
+
+/// The report's WAL section: the issue's three questions, answered from `rows`.
+pub fn section(rows: &[Row]) -> String {
+    let wal: Vec<&Row> = rows.iter().filter(|r| r.workload == WORKLOAD).collect();
+    if wal.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("## WAL commit (128-byte records, group commit)\n\n");
+    let _ = writeln!(
+        s,
+        "`qd` is the number of concurrent committers; a commit returns once an fdatasync covers it. \
+         `per wait` in the table above is commits per fdatasync. The raw peer is one thread doing a \
+         4 KiB write + fdatasync round trip on the same backend in the same directory.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| backend | 1 committer commits/s | most committers | commits/s | × 1 committer | 1-committer mean µs | raw write+fdatasync mean µs | latency vs raw |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut backends: Vec<&str> = wal.iter().map(|r| r.backend.as_str()).collect();
+    backends.sort_unstable();
+    backends.dedup();
+    for b in &backends {
+        let ours = |q: usize| {
+            wal.iter()
+                .find(|r| r.engine == ENGINE_WAL && r.backend == *b && r.qd == q)
+        };
+        let single = ours(1);
+        let most = wal
+            .iter()
+            .filter(|r| r.engine == ENGINE_WAL && r.backend == *b)
+            .max_by_key(|r| r.qd);
+        let raw = wal.iter().find(|r| r.engine == ENGINE_RAW && r.backend == *b);
+        let f = |x: Option<f64>, d: usize| x.map_or("–".to_string(), |v| format!("{v:.d$}"));
+        let _ = writeln!(
+            s,
+            "| {b} | {} | {} | {} | {} | {} | {} | {} |",
+            f(single.map(|r| r.iops), 0),
+            most.map_or("–".into(), |r| r.qd.to_string()),
+            f(most.map(|r| r.iops), 0),
+            f(single.zip(most).map(|(a, m)| m.iops / a.iops.max(1e-9)), 1),
+            f(single.map(|r| r.lat_us.mean), 0),
+            f(raw.map(|r| r.lat_us.mean), 0),
+            f(
+                single
+                    .zip(raw)
+                    .map(|(a, r)| a.lat_us.mean / r.lat_us.mean.max(1e-9)),
+                2
+            ),
+        );
+    }
+    let mean = |b: &str| {
+        wal.iter()
+            .find(|r| r.engine == ENGINE_WAL && r.backend == b && r.qd == 1)
+            .map(|r| r.lat_us.mean)
+    };
+    if let (Some(u), Some(p)) = (mean("uring"), mean("thread_pool")) {
+        let _ = writeln!(
+            s,
+            "\nSingle-committer append+sync latency, io_uring vs thread pool: {:+.0} % ({u:.0} vs {p:.0} µs){}.",
+            (u / p - 1.0) * 100.0,
+            mean("sync").map_or(String::new(), |x| format!("; inline sync: {x:.0} µs"))
+        );
+    }
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_and_raw_cells_run_and_the_section_answers_from_them() {
+        let root = tempfile::tempdir().unwrap();
+        let never = || false;
+        let short = Duration::from_millis(100);
+        let mut rows = vec![
+            run_wal_cell(root.path(), "sync", 1, short, &never).unwrap(),
+            run_wal_cell(root.path(), "sync", 4, short, &never).unwrap(),
+            run_raw_cell(root.path(), "sync", short, &never).unwrap(),
+        ];
+        assert!(rows.iter().all(|r| r.ops > 0 && r.lat_us.mean > 0.0));
+        assert!(rows[1].completions_per_wait >= 1.0);
+        rows[2].lat_us.mean = rows[0].lat_us.mean / 2.0;
+        let text = section(&rows);
+        assert!(text.contains("| sync |"), "{text}");
+        assert!(text.contains("2.00"), "latency vs raw ratio: {text}");
+        // Nothing left behind.
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+}
