@@ -49,6 +49,10 @@ struct State {
     pending_bytes: usize,
     /// A leader is writing (or gathering) a batch.
     flushing: bool,
+    /// Flushes started so far; the one in flight (if any) has this number.
+    flushes_started: u64,
+    /// End LSN of the flush in flight (`u64::MAX` while its leader is still gathering).
+    flush_end: u64,
     /// The leader is waiting for more records (group delay); appends wake it when the batch is full.
     gathering: bool,
     written_lsn: u64,
@@ -89,8 +93,13 @@ struct Shared {
     dir: PathBuf,
     factory: BackendFactory,
     state: Mutex<State>,
-    /// Signalled when a flush ends, the WAL fails or closes, or a gathering leader's batch fills.
-    cond: Condvar,
+    /// Waiters sleep on `covered[n % 2]` for flush `n`, the first whose batch holds their record.
+    /// When flush `n` ends it wakes exactly its waiters, plus one waiter of flush `n + 1` to
+    /// lead it: a waiter is woken once per commit, not once per flush. Both are woken when the
+    /// WAL fails, the disk is full, or the WAL closes.
+    covered: [Condvar; 2],
+    /// Wakes a leader that is gathering a batch (group delay) once the batch is full.
+    gather: Condvar,
     /// Wakes the background flusher of `SyncMode::Async` (close).
     tick: Condvar,
     writer: Mutex<SegmentIo>,
@@ -142,6 +151,8 @@ impl WalManager {
             pieces: Vec::new(),
             pending_bytes: 0,
             flushing: false,
+            flushes_started: 0,
+            flush_end: 0,
             gathering: false,
             written_lsn: report.next_lsn.0,
             durable_lsn: report.next_lsn.0,
@@ -178,7 +189,8 @@ impl WalManager {
             dir,
             factory,
             state: Mutex::new(state),
-            cond: Condvar::new(),
+            covered: [Condvar::new(), Condvar::new()],
+            gather: Condvar::new(),
             tick: Condvar::new(),
             writer: Mutex::new(io),
             counters: Counters::default(),
@@ -381,7 +393,7 @@ impl WalManager {
             result
         };
         self.shared.tick.notify_all();
-        self.shared.cond.notify_all();
+        self.shared.wake_everyone();
         if let Some(handle) = self.background.lock().take() {
             let _ = handle.join();
         }
@@ -441,7 +453,7 @@ impl Shared {
             && let SyncMode::Group { max_batch_bytes, .. } = self.config.sync_mode
             && st.pending_bytes >= max_batch_bytes
         {
-            self.cond.notify_all();
+            self.gather.notify_all();
         }
         lsn
     }
@@ -490,13 +502,19 @@ impl Shared {
                 self.lead(st)?;
                 continue;
             }
-            self.cond.wait(st);
+            // The flush in flight covers `target`, or the next one will.
+            let needed = st.flushes_started + u64::from(target > st.flush_end);
+            self.covered[(needed % 2) as usize].wait(st);
         }
     }
 
     /// Writes and syncs the whole queue as one batch (the caller found no flush running).
     fn lead(&self, st: &mut MutexGuard<'_, State>) -> Result<(), WalError> {
         st.flushing = true;
+        st.flushes_started += 1;
+        let this = st.flushes_started;
+        // Records appended while the leader gathers join this flush.
+        st.flush_end = u64::MAX;
         if let SyncMode::Group {
             max_delay_us,
             max_batch_bytes,
@@ -505,12 +523,13 @@ impl Shared {
         {
             st.gathering = true;
             let deadline = Instant::now() + Duration::from_micros(max_delay_us);
-            while st.pending_bytes < max_batch_bytes && !self.cond.wait_until(st, deadline).timed_out() {}
+            while st.pending_bytes < max_batch_bytes && !self.gather.wait_until(st, deadline).timed_out() {}
             st.gathering = false;
         }
         let pieces = std::mem::take(&mut st.pieces);
         let bytes = std::mem::replace(&mut st.pending_bytes, 0);
         let end = st.next_lsn;
+        st.flush_end = end;
         let result = MutexGuard::unlocked(st, || self.write_batch(&pieces));
         st.flushing = false;
         let outcome = match result {
@@ -518,7 +537,12 @@ impl Shared {
                 st.written_lsn = end;
                 st.durable_lsn = end;
                 st.disk_full = None;
-                Ok(())
+                self.covered[(this % 2) as usize].notify_all();
+                if st.pending_bytes > 0 {
+                    // Elect the next leader among the waiters of the next flush.
+                    self.covered[((this + 1) % 2) as usize].notify_one();
+                }
+                return Ok(());
             }
             Err(f) if f.error.errno() == ENOSPC && !f.op.is_sync() => {
                 // Nothing of this batch is known durable; keep it queued, in order, for a retry.
@@ -539,8 +563,16 @@ impl Shared {
                 Err(WalError::Poisoned { cause: f.error })
             }
         };
-        self.cond.notify_all();
+        self.wake_everyone();
         outcome
+    }
+
+    /// Wakes every waiter (failure, full disk, close): each re-checks the state.
+    fn wake_everyone(&self) {
+        for c in &self.covered {
+            c.notify_all();
+        }
+        self.gather.notify_all();
     }
 
     /// One flush: create new segments, write each piece, one datasync per segment, and a
