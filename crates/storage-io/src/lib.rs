@@ -31,6 +31,8 @@ pub use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
 pub use storage_io_uring::UringStorageIo;
 #[cfg(feature = "io-uring")]
 pub use storage_io_uring::{ProbeReport, Unavailable, probe};
+/// The write-ahead log (`storage-io-wal`); [`open_wal`] opens one on the auto-selected backend.
+pub use storage_io_wal as wal;
 
 /// Whether io_uring can be used, as auto-selection sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,4 +181,24 @@ pub fn backend_factory(config: &IoConfig) -> Result<(BackendFactory, Selection)>
     let config = config.clone();
     let factory: BackendFactory = Arc::new(move |_worker| build_backend(kind, &config));
     Ok((factory, selection))
+}
+
+/// Opens (and recovers) the write-ahead log in `dir` on the backend `io` selects (io_uring where
+/// the probe passes, else the thread pool; `STORAGE_IO_BACKEND` overrides); returns the log and
+/// the LSN its next record gets.
+///
+/// ```no_run
+/// use storage_io::wal::WalConfig;
+/// let (wal, _next) = storage_io::open_wal("db/wal", WalConfig::default(), &storage_io::IoConfig::default())?;
+/// wal.commit(b"begin; insert; commit")?; // durable when it returns
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn open_wal(
+    dir: impl AsRef<std::path::Path>,
+    config: wal::WalConfig,
+    io: &IoConfig,
+) -> std::result::Result<(wal::WalManager, wal::Lsn), wal::WalError> {
+    let (factory, selection) = backend_factory(io)?;
+    tracing::info!(?selection, "wal backend selected");
+    wal::WalManager::open(dir, config, factory)
 }
