@@ -13,7 +13,7 @@
 //!
 //! - **Records** are framed as length + kind + LSN + CRC32C, back to back in fixed-size,
 //!   zero-filled segment files whose headers carry a magic, a version and their first LSN
-//!   ([`format`]). A record never spans two segments. An [`Lsn`] is a byte position in the log.
+//!   ([`format`](mod@format)). A record never spans two segments. An [`Lsn`] is a byte position in the log.
 //! - **Group commit** ([`SyncMode`]): one leader writes the whole queued batch and issues one
 //!   fdatasync that covers every committer that joined it.
 //! - **Failure**: a failed write or fdatasync *poisons* the WAL ([`WalError::Poisoned`]): it is

@@ -1,8 +1,8 @@
 //! Recovery: scan the segments, find where the log really ends, and make the files say so.
 //!
-//! The decision is a pure function of the segment images ([`Planner`]), so the fuzz target and
-//! the unit tests drive it without any I/O; [`recover`] feeds it from the backend and applies
-//! its [`Plan`].
+//! The decision is a pure function of the segment images (the `Planner`), so the fuzz target
+//! and the unit tests drive it without any I/O; `recover` feeds it from the backend and applies
+//! its plan.
 //!
 //! | what the scan finds | `PointInTime` (default) | `Strict` |
 //! |---|---|---|
