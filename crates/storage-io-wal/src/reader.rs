@@ -8,8 +8,8 @@ use storage_io_core::{IoCompletion, OpenOptions, StorageIo, StorageIoError};
 
 use crate::Lsn;
 use crate::error::WalError;
-use crate::format::{ScanEnd, decode_segment_header, scan_segment};
-use crate::segio::{parse_segment_name, read_whole, segment_file_name};
+use crate::format::{SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment};
+use crate::segio::{parse_segment_name, read_prefix, read_whole, segment_file_name};
 
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
@@ -64,9 +64,15 @@ impl WalReader {
             return Ok(WalReader::new(io, dir, 1 << 20, 0, 0));
         };
         let fd = io.open_file(&dir.join(segment_file_name(first)), &OpenOptions::read_only())?;
-        let image = read_whole(&mut *io, &mut done, fd, 4096);
+        let header = read_prefix(
+            &mut *io,
+            &mut done,
+            fd,
+            SEGMENT_HEADER_BYTES as usize,
+            READ_CHUNK_BYTES,
+        );
         io.deregister_fd(fd)?;
-        let segment_size = decode_segment_header(&image?).map_or(1 << 20, |(size, _)| size.max(1));
+        let segment_size = decode_segment_header(&header?).map_or(1 << 20, |(size, _)| size.max(1));
         Ok(WalReader::new(
             io,
             dir,

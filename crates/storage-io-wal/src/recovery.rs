@@ -166,8 +166,7 @@ impl Planner {
 /// Reads the segment size from the first segment whose header is intact.
 fn segment_size_on_disk(io: &mut SegmentIo, segments: &[u64]) -> Result<Option<u64>, WalError> {
     for &s in segments {
-        if let Some(image) = io.read_segment(s)?
-            && let Some((size, first)) = decode_segment_header(&image)
+        if let Some((size, first)) = decode_segment_header(&io.read_header(s)?)
             && size > 0
             && first == s.wrapping_mul(size)
         {

@@ -281,6 +281,13 @@ impl SegmentIo {
         self.write_all(&jobs, true)
     }
 
+    /// The first `SEGMENT_HEADER_BYTES` of segment `segment` (its header, if intact).
+    pub(crate) fn read_header(&mut self, segment: u64) -> Result<Vec<u8>, StorageIoError> {
+        let fd = self.existing(segment)?;
+        let len = crate::format::SEGMENT_HEADER_BYTES as usize;
+        read_prefix(&mut *self.io, &mut self.done, fd, len, len)
+    }
+
     /// The whole content of segment `segment`, or `None` if the file does not exist.
     pub(crate) fn read_segment(&mut self, segment: u64) -> Result<Option<Vec<u8>>, StorageIoError> {
         let fd = match self.existing(segment) {
@@ -300,6 +307,17 @@ pub(crate) fn read_whole(
     chunk: usize,
 ) -> Result<Vec<u8>, StorageIoError> {
     let len = io.file_len(fd)? as usize;
+    read_prefix(io, done, fd, len, chunk)
+}
+
+/// Reads the first `len` bytes of a file (fewer if it is shorter), chunk by chunk, in order.
+pub(crate) fn read_prefix(
+    io: &mut dyn StorageIo,
+    done: &mut Vec<IoCompletion>,
+    fd: IoFd,
+    len: usize,
+    chunk: usize,
+) -> Result<Vec<u8>, StorageIoError> {
     let mut image = Vec::with_capacity(len);
     while image.len() < len {
         let want = (len - image.len()).min(chunk);
