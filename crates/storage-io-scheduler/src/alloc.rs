@@ -1,0 +1,356 @@
+//! Page allocation: which page ids are in use, and the crash-safe image of that on disk.
+//!
+//! **Invariant:** a page id is handed out by `allocate` only if no acknowledged allocation
+//! holds it; an acknowledged allocate or deallocate survives a crash.
+//!
+//! The state is two numbers and a set: `next` (every id below it was handed out once) and the
+//! free ids below `next`. It is written whole, as an *image*, alternately into two files
+//! (`pages.alloc.0` and `pages.alloc.1`): image `seq` goes to file `seq % 2`, and is followed
+//! by an fdatasync before anyone is told. A crash can tear only the file being written, so the
+//! other file still holds the previous image; opening picks the valid image with the highest
+//! sequence number. No rename and no directory sync is needed after the files exist.
+//!
+//! Image layout (little endian): magic `SIOA`, version u32, page size u32, reserved u32,
+//! seq u64, next u64, free count u64, the free ids (u64 each), CRC32C of everything before it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use storage_io_core::{IoCompletion, IoFd, IoToken, OpenOptions, StorageIo, StorageIoError};
+
+use crate::PageId;
+use crate::error::{Result, SchedulerError};
+
+const MAGIC: &[u8; 4] = b"SIOA";
+const VERSION: u32 = 1;
+const HEADER_BYTES: usize = 40;
+
+/// The file names of the two image slots.
+pub(crate) fn meta_paths(dir: &Path) -> [PathBuf; 2] {
+    [dir.join("pages.alloc.0"), dir.join("pages.alloc.1")]
+}
+
+/// Which page ids are in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Allocator {
+    next: u64,
+    free: BTreeSet<u64>,
+    /// Sequence number of the last image built.
+    seq: u64,
+}
+
+impl Allocator {
+    pub(crate) fn new() -> Self {
+        Allocator {
+            next: 0,
+            free: BTreeSet::new(),
+            seq: 0,
+        }
+    }
+
+    /// Hands out the lowest free id, or a new one past the end.
+    pub(crate) fn allocate(&mut self, max_pages: u64) -> Result<PageId> {
+        if let Some(id) = self.free.pop_first() {
+            return Ok(PageId(id));
+        }
+        if self.next >= max_pages {
+            return Err(SchedulerError::OutOfPages);
+        }
+        self.next += 1;
+        Ok(PageId(self.next - 1))
+    }
+
+    pub(crate) fn deallocate(&mut self, page: PageId) -> Result<()> {
+        if !self.is_allocated(page) {
+            return Err(SchedulerError::NotAllocated(page));
+        }
+        self.free.insert(page.0);
+        Ok(())
+    }
+
+    pub(crate) fn is_allocated(&self, page: PageId) -> bool {
+        page.0 < self.next && !self.free.contains(&page.0)
+    }
+
+    /// Pages in use.
+    pub(crate) fn allocated_count(&self) -> u64 {
+        self.next - self.free.len() as u64
+    }
+
+    /// Serialises the state as the next image (bumps the sequence number).
+    pub(crate) fn next_image(&mut self, page_size: usize) -> (u64, Vec<u8>) {
+        self.seq += 1;
+        (self.seq, self.encode(page_size))
+    }
+
+    fn encode(&self, page_size: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_BYTES + 8 * self.free.len() + 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(page_size as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.next.to_le_bytes());
+        out.extend_from_slice(&(self.free.len() as u64).to_le_bytes());
+        for id in &self.free {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses an image; `Err` says why it is not a valid one. Bytes after the image (left by a
+    /// longer earlier image in the same file) are ignored.
+    pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<(Allocator, u32), String> {
+        if bytes.len() < HEADER_BYTES + 4 {
+            return Err(format!("{} bytes is shorter than an image header", bytes.len()));
+        }
+        if &bytes[0..4] != MAGIC {
+            return Err("bad magic (not an allocation image)".into());
+        }
+        let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let u64_at = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(b)
+        };
+        let version = u32_at(4);
+        if version != VERSION {
+            return Err(format!("version {version}, this build reads version {VERSION}"));
+        }
+        let page_size = u32_at(8);
+        let seq = u64_at(16);
+        let next = u64_at(24);
+        let free_count = u64_at(32);
+        let body = free_count
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(HEADER_BYTES as u64))
+            .filter(|&n| n + 4 <= bytes.len() as u64)
+            .ok_or_else(|| format!("free count {free_count} runs past the end of the file"))?
+            as usize;
+        let stored = u32_at(body);
+        if crc32c::crc32c(&bytes[..body]) != stored {
+            return Err("checksum mismatch (torn or damaged write)".into());
+        }
+        let mut free = BTreeSet::new();
+        for i in 0..free_count as usize {
+            let id = u64_at(HEADER_BYTES + 8 * i);
+            if id >= next || !free.insert(id) {
+                return Err(format!("free id {id} is past the end ({next}) or listed twice"));
+            }
+        }
+        Ok((Allocator { next, free, seq }, page_size))
+    }
+}
+
+/// Waits for the completions of `tokens` (in that order) on a backend used by one thread only.
+pub(crate) fn wait_for(
+    io: &mut dyn StorageIo,
+    tokens: &[IoToken],
+    what: &'static str,
+) -> Result<Vec<IoCompletion>> {
+    let mut done: Vec<IoCompletion> = Vec::new();
+    while tokens.iter().any(|t| !done.iter().any(|c| c.token == *t)) {
+        if io.pending_count() == 0 {
+            return Err(SchedulerError::Worker(format!(
+                "{what}: the backend lost a completion"
+            )));
+        }
+        io.wait_completions(&mut done, 1, None)
+            .map_err(|source| SchedulerError::Backend { what, source })?;
+    }
+    Ok(tokens
+        .iter()
+        .filter_map(|t| {
+            done.iter()
+                .position(|c| c.token == *t)
+                .map(|i| done.swap_remove(i))
+        })
+        .collect())
+}
+
+fn read_whole(io: &mut dyn StorageIo, fd: IoFd) -> Result<Vec<u8>> {
+    let what = "reading allocation metadata";
+    let len = io
+        .file_len(fd)
+        .map_err(|source| SchedulerError::Backend { what, source })? as usize;
+    let token = io
+        .submit_read(fd, vec![0; len].into(), 0)
+        .map_err(|e| SchedulerError::Backend {
+            what,
+            source: e.error,
+        })?;
+    let done = wait_for(io, &[token], what)?.pop();
+    let done = done.ok_or_else(|| SchedulerError::Worker(format!("{what}: no completion")))?;
+    done.result
+        .map_err(|source| SchedulerError::Backend { what, source })?;
+    Ok(done.buf.map(|b| b.into_vec()).unwrap_or_default())
+}
+
+/// Writes `image` into slot `seq % 2` and datasyncs it, synchronously.
+pub(crate) fn write_image_blocking(io: &mut dyn StorageIo, fd: IoFd, image: &[u8]) -> Result<()> {
+    let what = "writing allocation metadata";
+    let backend = |source: StorageIoError| SchedulerError::Backend { what, source };
+    let write = io.submit_write(fd, image, 0).map_err(backend)?;
+    let sync = io.submit_datasync(fd).map_err(backend)?;
+    for done in wait_for(io, &[write, sync], what)? {
+        done.result.map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// A crash while a fresh directory was being set up leaves both slots blank (empty or zeros)
+/// and the page file empty: nothing was ever acknowledged, so start fresh.
+fn blank_fresh(io: &mut dyn StorageIo, fds: &[IoFd; 2], data_len: u64) -> Result<bool> {
+    if data_len > 0 {
+        return Ok(false);
+    }
+    for fd in fds {
+        if read_whole(io, *fd)?.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Opens both slots (creating them) and loads the newest valid image. A fresh directory gets an
+/// empty allocator whose first image is written before this returns. Returns the allocator and
+/// the slot fds.
+pub(crate) fn load(
+    io: &mut dyn StorageIo,
+    dir: &Path,
+    page_size: usize,
+    data_len: u64,
+) -> Result<(Allocator, [IoFd; 2])> {
+    let what = "opening allocation metadata";
+    let paths = meta_paths(dir);
+    let existed: Vec<bool> = {
+        let listed = io
+            .list_dir(dir)
+            .map_err(|source| SchedulerError::Backend { what, source })?;
+        paths.iter().map(|p| listed.contains(p)).collect()
+    };
+    let mut fds = Vec::with_capacity(2);
+    for path in &paths {
+        fds.push(
+            io.open_file(path, &OpenOptions::create())
+                .map_err(|source| SchedulerError::Backend { what, source })?,
+        );
+    }
+    let fds = [fds[0], fds[1]];
+    if !existed.iter().any(|&e| e) || blank_fresh(io, &fds, data_len)? {
+        if data_len > 0 {
+            return Err(SchedulerError::CorruptMetadata {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "the page file has {data_len} bytes but there is no allocation metadata \
+                     (pages.alloc.0/1); restore those files rather than starting over"
+                ),
+            });
+        }
+        let mut alloc = Allocator::new();
+        let (_, image) = alloc.next_image(page_size);
+        write_image_blocking(io, fds[1], &image)?;
+        io.sync_dir(dir)
+            .map_err(|source| SchedulerError::Backend { what, source })?;
+        return Ok((alloc, fds));
+    }
+    let mut best: Option<Allocator> = None;
+    let mut reasons = Vec::new();
+    for (i, fd) in fds.iter().enumerate() {
+        let bytes = read_whole(io, *fd)?;
+        match Allocator::decode(&bytes) {
+            Ok((alloc, stored_page_size)) => {
+                if stored_page_size as usize != page_size {
+                    return Err(SchedulerError::CorruptMetadata {
+                        path: paths[i].clone(),
+                        reason: format!(
+                            "the page file was created with {stored_page_size}-byte pages; open it with page_size = {stored_page_size}, not {page_size}"
+                        ),
+                    });
+                }
+                if best.as_ref().is_none_or(|b| alloc.seq > b.seq) {
+                    best = Some(alloc);
+                }
+            }
+            Err(reason) => reasons.push(format!("{}: {reason}", paths[i].display())),
+        }
+    }
+    match best {
+        Some(alloc) => {
+            if !reasons.is_empty() {
+                tracing::warn!(
+                    ?reasons,
+                    seq = alloc.seq,
+                    "one allocation image was torn; using the other"
+                );
+            }
+            Ok((alloc, fds))
+        }
+        None => Err(SchedulerError::CorruptMetadata {
+            path: dir.to_path_buf(),
+            reason: format!("no valid image in either slot: {}", reasons.join("; ")),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocate_reuses_the_lowest_free_id_and_refuses_double_free() {
+        let mut a = Allocator::new();
+        let ids: Vec<u64> = (0..4).map(|_| a.allocate(u64::MAX).unwrap().0).collect();
+        assert_eq!(ids, [0, 1, 2, 3]);
+        a.deallocate(PageId(2)).unwrap();
+        a.deallocate(PageId(1)).unwrap();
+        assert!(matches!(
+            a.deallocate(PageId(1)),
+            Err(SchedulerError::NotAllocated(PageId(1)))
+        ));
+        assert!(matches!(
+            a.deallocate(PageId(9)),
+            Err(SchedulerError::NotAllocated(PageId(9)))
+        ));
+        assert!(!a.is_allocated(PageId(1)));
+        assert_eq!(a.allocate(u64::MAX).unwrap(), PageId(1));
+        assert_eq!(a.allocated_count(), 3);
+        assert!(matches!(
+            Allocator::new().allocate(0),
+            Err(SchedulerError::OutOfPages)
+        ));
+    }
+
+    #[test]
+    fn images_round_trip_and_any_damage_is_detected() {
+        let mut a = Allocator::new();
+        for _ in 0..10 {
+            a.allocate(u64::MAX).unwrap();
+        }
+        a.deallocate(PageId(3)).unwrap();
+        a.deallocate(PageId(7)).unwrap();
+        let (seq, image) = a.next_image(4096);
+        let (back, page_size) = Allocator::decode(&image).unwrap();
+        assert_eq!((back.clone(), page_size, back.seq), (a.clone(), 4096, seq));
+        // Trailing bytes from an older, longer image are ignored.
+        let mut longer = image.clone();
+        longer.extend_from_slice(&[0xAB; 100]);
+        assert_eq!(Allocator::decode(&longer).unwrap().0, a);
+        for cut in 0..image.len() {
+            assert!(
+                Allocator::decode(&image[..cut]).is_err(),
+                "a {cut}-byte prefix was accepted"
+            );
+        }
+        for byte in 0..image.len() {
+            let mut flipped = image.clone();
+            flipped[byte] ^= 0x10;
+            assert!(
+                Allocator::decode(&flipped).is_err(),
+                "a flip at byte {byte} was accepted"
+            );
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! [`BatchState`] (a multi-page read answered once, in request order) and [`SyncBarrier`]
+//! (a sync answered once every worker has synced).
+//!
+//! **Invariant:** each sends exactly one answer, when the last part arrives, whatever order the
+//! parts arrive in and whichever workers they come from.
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+
+use crate::PageId;
+use crate::error::{Result, SchedulerError};
+use crate::reply::Answer;
+
+/// A `schedule_read_pages` call in progress: one slot per requested page, filled by index.
+pub(crate) struct BatchState {
+    pages: Vec<PageId>,
+    inner: Mutex<BatchSlots>,
+    answer: Answer<Vec<BytesMut>>,
+}
+
+struct BatchSlots {
+    slots: Vec<Option<BytesMut>>,
+    remaining: usize,
+    error: Option<SchedulerError>,
+}
+
+impl BatchState {
+    pub(crate) fn new(pages: Vec<PageId>, answer: Answer<Vec<BytesMut>>) -> Self {
+        let n = pages.len();
+        BatchState {
+            pages,
+            inner: Mutex::new(BatchSlots {
+                slots: (0..n).map(|_| None).collect(),
+                remaining: n,
+                error: None,
+            }),
+            answer,
+        }
+    }
+
+    /// Records the page at `index`. The first error wins and names its index and page; the
+    /// answer goes out when the last page is in.
+    pub(crate) fn complete(&self, index: usize, result: Result<BytesMut>) {
+        let mut inner = self.inner.lock();
+        match result {
+            Ok(page) => inner.slots[index] = Some(page),
+            Err(e) => {
+                if inner.error.is_none() {
+                    inner.error = Some(SchedulerError::Batch {
+                        index,
+                        page: self.pages[index],
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+        inner.remaining -= 1;
+        if inner.remaining > 0 {
+            return;
+        }
+        let answer = match inner.error.take() {
+            Some(e) => Err(e),
+            None => Ok(inner.slots.drain(..).map(Option::unwrap_or_default).collect()),
+        };
+        drop(inner);
+        let _ = self.answer.send(answer);
+    }
+}
+
+/// A `schedule_sync` call in progress: answered when every worker has reported.
+pub(crate) struct SyncBarrier {
+    inner: Mutex<(usize, Option<SchedulerError>)>,
+    answer: Answer<()>,
+}
+
+impl SyncBarrier {
+    pub(crate) fn new(parts: usize, answer: Answer<()>) -> Self {
+        SyncBarrier {
+            inner: Mutex::new((parts, None)),
+            answer,
+        }
+    }
+
+    pub(crate) fn arrive(&self, result: Result<()>) {
+        let mut inner = self.inner.lock();
+        if let Err(e) = result {
+            inner.1.get_or_insert(e);
+        }
+        inner.0 -= 1;
+        if inner.0 == 0 {
+            let answer = inner.1.take().map_or(Ok(()), Err);
+            drop(inner);
+            let _ = self.answer.send(answer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reply::Reply;
+
+    #[test]
+    fn batch_answers_in_request_order_once_the_last_page_lands() {
+        let (tx, reply) = Reply::channel();
+        let batch = BatchState::new(vec![PageId(9), PageId(3), PageId(5)], tx);
+        batch.complete(2, Ok(BytesMut::from(&b"five"[..])));
+        batch.complete(0, Ok(BytesMut::from(&b"nine"[..])));
+        assert!(reply.try_recv().is_none());
+        batch.complete(1, Ok(BytesMut::from(&b"three"[..])));
+        let pages = reply.recv().unwrap();
+        assert_eq!(pages, vec![&b"nine"[..], &b"three"[..], &b"five"[..]]);
+    }
+
+    #[test]
+    fn batch_reports_the_first_error_with_its_page() {
+        let (tx, reply) = Reply::channel();
+        let batch = BatchState::new(vec![PageId(1), PageId(2), PageId(3)], tx);
+        batch.complete(1, Err(SchedulerError::NotAllocated(PageId(2))));
+        batch.complete(2, Err(SchedulerError::Closed));
+        batch.complete(0, Ok(BytesMut::new()));
+        match reply.recv() {
+            Err(SchedulerError::Batch {
+                index: 1,
+                page: PageId(2),
+                ..
+            }) => {}
+            other => panic!("expected the error of index 1, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn barrier_answers_after_every_part() {
+        let (tx, reply) = Reply::channel();
+        let barrier = SyncBarrier::new(2, tx);
+        barrier.arrive(Ok(()));
+        assert!(reply.try_recv().is_none());
+        barrier.arrive(Err(SchedulerError::Closed));
+        assert!(matches!(reply.recv(), Err(SchedulerError::Closed)));
+    }
+}

@@ -1,0 +1,169 @@
+//! [`IOSchedulerConfig`]: how many workers, how deep, how big a page.
+
+use serde::{Deserialize, Serialize};
+use storage_io_core::BackendKind;
+
+use crate::error::SchedulerError;
+
+/// Smallest page size accepted: one 512-byte sector, the unit direct I/O aligns to.
+pub const MIN_PAGE_SIZE: usize = 512;
+/// Largest page size accepted (1 MiB, the largest buffer class of the core pool).
+pub const MAX_PAGE_SIZE: usize = 1 << 20;
+
+/// Configuration of a [`DiskScheduler`](crate::DiskScheduler) (serde; unknown fields are
+/// refused). `backend`, `fixed_buffers` and `sqpoll_idle_ms` say which backend the façade
+/// (`storage_io::open_scheduler`) builds; a scheduler opened with your own factory ignores them.
+///
+/// ```
+/// use storage_io_scheduler::IOSchedulerConfig;
+/// let config: IOSchedulerConfig =
+///     serde_json::from_str(r#"{ "workers": 2, "page_size": 8192, "direct_io": true }"#).unwrap();
+/// assert_eq!(config.queue_depth, 32); // the default
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IOSchedulerConfig {
+    /// Worker threads, each with its own backend. Default `max(1, available_parallelism / 2)`:
+    /// the other half of the cores is left to the callers and the dispatcher.
+    pub workers: usize,
+    /// Most ops one worker keeps in flight on its backend (capped by the backend's own limit).
+    /// Default 32.
+    pub queue_depth: usize,
+    /// Page size in bytes: a multiple of 512, from 512 to 1 MiB. Default 4096. An existing
+    /// page file must be opened with the size it was created with.
+    pub page_size: usize,
+    /// Open the page file with O_DIRECT (falls back to buffered I/O, with a warning, where the
+    /// file system refuses it). Default false.
+    pub direct_io: bool,
+    /// Backend the façade builds for each worker. Default `auto`.
+    pub backend: BackendKind,
+    /// io_uring only: register a pool of fixed buffers. Default true.
+    pub fixed_buffers: bool,
+    /// io_uring only: use SQPOLL with this idle timeout. Default off (it burns a core).
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Most adjacent pages merged into one read (batch reads and read streams). Pages are also
+    /// routed to workers in extents of this many pages, so a run that could merge is always on
+    /// one worker. Default 16 (64 KiB at 4 KiB pages).
+    pub max_combine_pages: usize,
+    /// How long a worker with ops in flight waits for a completion before it looks at its
+    /// request channel again, in microseconds. Default 50.
+    pub poll_interval_us: u64,
+}
+
+impl Default for IOSchedulerConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        IOSchedulerConfig {
+            workers: (cores / 2).max(1),
+            queue_depth: 32,
+            page_size: 4096,
+            direct_io: false,
+            backend: BackendKind::Auto,
+            fixed_buffers: true,
+            sqpoll_idle_ms: None,
+            max_combine_pages: 16,
+            poll_interval_us: 50,
+        }
+    }
+}
+
+impl IOSchedulerConfig {
+    /// Checks every field; the error names the field and the accepted range.
+    pub fn validate(&self) -> Result<(), SchedulerError> {
+        let bad = |msg: String| Err(SchedulerError::InvalidConfig(msg));
+        if self.workers == 0 || self.workers > 256 {
+            return bad(format!(
+                "workers = {} is out of range: use 1 to 256",
+                self.workers
+            ));
+        }
+        if self.queue_depth == 0 || self.queue_depth > 4096 {
+            return bad(format!(
+                "queue_depth = {} is out of range: use 1 to 4096",
+                self.queue_depth
+            ));
+        }
+        if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&self.page_size)
+            || !self.page_size.is_multiple_of(MIN_PAGE_SIZE)
+        {
+            return bad(format!(
+                "page_size = {} is not allowed: use a multiple of {MIN_PAGE_SIZE} from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}",
+                self.page_size
+            ));
+        }
+        if self.max_combine_pages == 0
+            || self.max_combine_pages.saturating_mul(self.page_size) > MAX_PAGE_SIZE
+        {
+            return bad(format!(
+                "max_combine_pages = {} is out of range: use 1 to {} for {}-byte pages (merged reads stay within 1 MiB)",
+                self.max_combine_pages,
+                MAX_PAGE_SIZE / self.page_size.max(1),
+                self.page_size
+            ));
+        }
+        if self.poll_interval_us == 0 || self.poll_interval_us > 1_000_000 {
+            return bad(format!(
+                "poll_interval_us = {} is out of range: use 1 to 1000000",
+                self.poll_interval_us
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_fields_are_named() {
+        IOSchedulerConfig::default().validate().unwrap();
+        for (config, field) in [
+            (
+                IOSchedulerConfig {
+                    workers: 0,
+                    ..Default::default()
+                },
+                "workers",
+            ),
+            (
+                IOSchedulerConfig {
+                    queue_depth: 0,
+                    ..Default::default()
+                },
+                "queue_depth",
+            ),
+            (
+                IOSchedulerConfig {
+                    page_size: 1000,
+                    ..Default::default()
+                },
+                "page_size",
+            ),
+            (
+                IOSchedulerConfig {
+                    max_combine_pages: 257,
+                    ..Default::default()
+                },
+                "max_combine_pages",
+            ),
+            (
+                IOSchedulerConfig {
+                    poll_interval_us: 0,
+                    ..Default::default()
+                },
+                "poll_interval_us",
+            ),
+        ] {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<IOSchedulerConfig>(r#"{ "page_sise": 4096 }"#).unwrap_err();
+        assert!(err.to_string().contains("page_sise"), "{err}");
+    }
+}

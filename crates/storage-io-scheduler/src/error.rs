@@ -1,0 +1,91 @@
+//! [`SchedulerError`]: every backend error, normalised, plus the scheduler's own.
+
+use std::path::PathBuf;
+
+use storage_io_core::StorageIoError;
+
+use crate::PageId;
+
+/// Everything a scheduler call can fail with. Cloneable, because one failed I/O can answer
+/// several callers (reads that shared it through single flight).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchedulerError {
+    /// The backend failed an I/O on this page (the errno is inside).
+    #[error("i/o on page {page} failed: {source}")]
+    Io {
+        /// The page whose read or write failed.
+        page: PageId,
+        /// The backend's error.
+        source: StorageIoError,
+    },
+    /// The backend failed an operation that is not about one page (a sync, opening a file,
+    /// writing the allocation metadata).
+    #[error("{what} failed: {source}")]
+    Backend {
+        /// What the scheduler was doing.
+        what: &'static str,
+        /// The backend's error.
+        source: StorageIoError,
+    },
+    /// The page was never allocated, or was freed: reading it would give meaningless bytes.
+    #[error("page {0} is not allocated (never allocated, or deallocated); allocate a page first")]
+    NotAllocated(PageId),
+    /// A write's payload is not exactly one page.
+    #[error("write to page {page} has {len} bytes; pages are {page_size} bytes")]
+    WrongSize {
+        /// The page written.
+        page: PageId,
+        /// Bytes handed in.
+        len: usize,
+        /// The configured page size.
+        page_size: usize,
+    },
+    /// One page of a [`schedule_read_pages`](crate::DiskScheduler::schedule_read_pages) batch
+    /// failed; the batch returns no pages.
+    #[error("batch read failed at index {index} (page {page}): {source}")]
+    Batch {
+        /// Position of the failed page in the request.
+        index: usize,
+        /// The page.
+        page: PageId,
+        /// Why it failed.
+        source: Box<SchedulerError>,
+    },
+    /// The scheduler was shut down before this call was accepted.
+    #[error("the scheduler is shut down; open a new one")]
+    Closed,
+    /// A config field is out of range.
+    #[error("invalid scheduler config: {0}")]
+    InvalidConfig(String),
+    /// The page file's allocation metadata is unreadable; nothing was changed.
+    #[error("allocation metadata in {path} is unusable: {reason}")]
+    CorruptMetadata {
+        /// The directory or file concerned.
+        path: PathBuf,
+        /// What is wrong and what to check.
+        reason: String,
+    },
+    /// Every page id is taken.
+    #[error("no page id is left (the page file would pass 2^64 bytes)")]
+    OutOfPages,
+    /// A worker thread could not start or died.
+    #[error("scheduler worker failed: {0}")]
+    Worker(String),
+}
+
+impl SchedulerError {
+    /// The errno of the backend error inside, if any.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            SchedulerError::Io { source, .. } | SchedulerError::Backend { source, .. } => {
+                Some(source.errno())
+            }
+            SchedulerError::Batch { source, .. } => source.errno(),
+            _ => None,
+        }
+    }
+}
+
+/// Results of scheduler calls.
+pub type Result<T, E = SchedulerError> = std::result::Result<T, E>;

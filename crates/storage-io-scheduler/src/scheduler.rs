@@ -1,0 +1,479 @@
+//! [`DiskScheduler`]: the public API, the dispatcher thread, and opening a page file.
+//!
+//! **Invariant:** every call accepted before [`DiskScheduler::shutdown`] is answered with its
+//! real result; every call after gets `Closed`. A call is *accepted* when its request is in the
+//! dispatcher's channel, which happens under a read lock that shutdown takes for writing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo};
+
+use crate::PageId;
+use crate::alloc::{self, Allocator};
+use crate::batch::{BatchState, SyncBarrier};
+use crate::config::IOSchedulerConfig;
+use crate::error::{Result, SchedulerError};
+use crate::reply::{Answer, Reply};
+use crate::stream::ReadStream;
+use crate::worker::{AllocAnswer, Counters, Worker, WorkerMsg, WorkerSetup};
+
+/// The page file inside the scheduler's directory.
+pub const PAGE_FILE: &str = "pages.db";
+
+enum Request {
+    Read {
+        page: PageId,
+        answer: Answer<BytesMut>,
+    },
+    Write {
+        page: PageId,
+        data: Bytes,
+        durable: bool,
+        answer: Answer<()>,
+    },
+    ReadPages {
+        pages: Vec<PageId>,
+        answer: Answer<Vec<BytesMut>>,
+    },
+    Allocate(Answer<PageId>),
+    Deallocate {
+        page: PageId,
+        answer: Answer<()>,
+    },
+    Sync(Answer<()>),
+    Shutdown,
+}
+
+/// A snapshot of what the scheduler has done since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    /// Read ops submitted to backends (a merged run of pages counts once).
+    pub read_ios: u64,
+    /// Pages those reads covered.
+    pub pages_read: u64,
+    /// Reads answered by joining a read of the same page already in flight (single flight).
+    pub reads_joined: u64,
+    /// Reads answered from a write to the same page that had not completed yet.
+    pub reads_from_pending_writes: u64,
+    /// Write ops submitted to backends.
+    pub write_ios: u64,
+    /// fdatasyncs of the page file (durable writes and sync barriers, per worker).
+    pub syncs: u64,
+    /// Allocation images written (each followed by an fdatasync).
+    pub metadata_writes: u64,
+    /// Pages allocated now (as of the last allocate or deallocate the dispatcher handled).
+    pub allocated_pages: u64,
+}
+
+/// Page-level I/O for a buffer pool or table heap, over any backend.
+///
+/// Pages live in one file (`pages.db`) in the scheduler's directory, at `page_id × page_size`.
+/// Every call returns a [`Reply`] at once; the I/O happens on worker threads, each with its own
+/// backend from the factory. See the crate docs for an example.
+pub struct DiskScheduler {
+    tx: RwLock<Option<flume::Sender<Request>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    config: IOSchedulerConfig,
+    dir: PathBuf,
+    counters: Arc<Counters>,
+    allocated: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for DiskScheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskScheduler")
+            .field("dir", &self.dir)
+            .field("config", &self.config)
+            .field("open", &self.tx.read().is_some())
+            .finish()
+    }
+}
+
+impl DiskScheduler {
+    /// Opens (or creates) the page file in `dir` and starts the dispatcher and
+    /// `config.workers` workers; worker `i` runs on `factory(i)`.
+    ///
+    /// Fails on a bad config, a backend that cannot be built, an unreadable directory, or
+    /// allocation metadata that does not match the page file (nothing is changed then).
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: IOSchedulerConfig,
+        factory: BackendFactory,
+    ) -> Result<DiskScheduler> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let backend = |what: &'static str| move |source| SchedulerError::Backend { what, source };
+        let open_data = OpenOptions::create().with_direct(config.direct_io);
+        let data_path = dir.join(PAGE_FILE);
+
+        // Worker 0's backend also loads the allocation state.
+        let mut first = factory(0).map_err(backend("building the backend of worker 0"))?;
+        first
+            .create_dir_all(&dir)
+            .map_err(backend("creating the scheduler directory"))?;
+        let data_fd = first
+            .open_file(&data_path, &open_data)
+            .map_err(backend("opening the page file"))?;
+        let data_len = first
+            .file_len(data_fd)
+            .map_err(backend("reading the page file length"))?;
+        let (allocator, meta_fds) = alloc::load(first.as_mut(), &dir, config.page_size, data_len)?;
+        let counters = Arc::new(Counters::default());
+        let setup = |io: Box<dyn StorageIo>, data_fd: IoFd, meta_fds: Option<[IoFd; 2]>| WorkerSetup {
+            io,
+            data_fd,
+            meta_fds,
+            page_size: config.page_size,
+            queue_depth: config.queue_depth,
+            max_combine_pages: config.max_combine_pages,
+            poll_interval: Duration::from_micros(config.poll_interval_us),
+            counters: Arc::clone(&counters),
+        };
+        let mut setups = vec![setup(first, data_fd, Some(meta_fds))];
+        for i in 1..config.workers {
+            let mut io = factory(i).map_err(backend("building a worker backend"))?;
+            let fd = io
+                .open_file(&data_path, &open_data)
+                .map_err(backend("opening the page file"))?;
+            setups.push(setup(io, fd, None));
+        }
+
+        let mut threads = Vec::with_capacity(config.workers + 1);
+        let mut worker_txs = Vec::with_capacity(config.workers);
+        for (i, setup) in setups.into_iter().enumerate() {
+            let (tx, rx) = flume::unbounded();
+            let worker = Worker::new(setup);
+            let handle = std::thread::Builder::new()
+                .name(format!("sio-sched-w{i}"))
+                .spawn(move || worker.run(rx))
+                .map_err(|e| SchedulerError::Worker(format!("spawning worker {i}: {e}")))?;
+            threads.push(handle);
+            worker_txs.push(tx);
+        }
+        let allocated = Arc::new(std::sync::atomic::AtomicU64::new(allocator.allocated_count()));
+        let (tx, rx) = flume::unbounded();
+        let dispatcher = Dispatcher {
+            workers: worker_txs,
+            allocator,
+            page_size: config.page_size,
+            extent_pages: config.max_combine_pages as u64,
+            max_pages: u64::MAX / config.page_size as u64,
+            allocated: Arc::clone(&allocated),
+            pending_alloc: Vec::new(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("sio-sched-dispatch".into())
+            .spawn(move || dispatcher.run(rx))
+            .map_err(|e| SchedulerError::Worker(format!("spawning the dispatcher: {e}")))?;
+        threads.push(handle);
+        tracing::debug!(dir = %dir.display(), workers = config.workers, "disk scheduler open");
+        Ok(DiskScheduler {
+            tx: RwLock::new(Some(tx)),
+            threads: Mutex::new(threads),
+            config,
+            dir,
+            counters,
+            allocated,
+        })
+    }
+
+    fn send<T>(&self, make: impl FnOnce(Answer<T>) -> Request) -> Reply<T> {
+        let (answer, reply) = Reply::channel();
+        let guard = self.tx.read();
+        match guard.as_ref() {
+            Some(tx) => {
+                if let Err(flume::SendError(req)) = tx.send(make(answer)) {
+                    // The dispatcher is gone (it panicked): answer here rather than hang.
+                    drop(req);
+                    return Reply::ready(Err(SchedulerError::Worker(
+                        "the dispatcher thread is gone".into(),
+                    )));
+                }
+                reply
+            }
+            None => Reply::ready(Err(SchedulerError::Closed)),
+        }
+    }
+
+    /// Reads one page. A page never allocated or freed is `NotAllocated`; a page allocated and
+    /// never written reads as zeros (a reused page id reads as whatever it held before).
+    pub fn schedule_read(&self, page: PageId) -> Reply<BytesMut> {
+        self.send(|answer| Request::Read { page, answer })
+    }
+
+    /// Writes one page (`data` must be exactly `page_size` bytes). Answered when the write has
+    /// completed (in the page cache for buffered I/O); reads scheduled after this call see
+    /// `data` even before then.
+    pub fn schedule_write(&self, page: PageId, data: Bytes) -> Reply<()> {
+        self.write(page, data, false)
+    }
+
+    /// Like [`schedule_write`](Self::schedule_write), then an fdatasync: answered when the
+    /// page is durable.
+    pub fn schedule_write_durable(&self, page: PageId, data: Bytes) -> Reply<()> {
+        self.write(page, data, true)
+    }
+
+    fn write(&self, page: PageId, data: Bytes, durable: bool) -> Reply<()> {
+        if data.len() != self.config.page_size {
+            return Reply::ready(Err(SchedulerError::WrongSize {
+                page,
+                len: data.len(),
+                page_size: self.config.page_size,
+            }));
+        }
+        self.send(|answer| Request::Write {
+            page,
+            data,
+            durable,
+            answer,
+        })
+    }
+
+    /// Reads many pages at once; the answer lists them in request order, whatever order they
+    /// completed in. Adjacent pages are read together (up to `max_combine_pages`); a page
+    /// listed twice is read once. If any page fails, the answer is the first error, with its
+    /// index and page.
+    pub fn schedule_read_pages(&self, pages: Vec<PageId>) -> Reply<Vec<BytesMut>> {
+        self.send(|answer| Request::ReadPages { pages, answer })
+    }
+
+    /// Allocates a page id (the lowest free one, else a new one past the end). Answered once
+    /// the allocation is durable.
+    pub fn schedule_allocate(&self) -> Reply<PageId> {
+        self.send(Request::Allocate)
+    }
+
+    /// Frees a page id; later reads and writes of it are `NotAllocated` until it is allocated
+    /// again. Answered once durable.
+    pub fn schedule_deallocate(&self, page: PageId) -> Reply<()> {
+        self.send(|answer| Request::Deallocate { page, answer })
+    }
+
+    /// A barrier: answered once every write accepted before this call is durable.
+    pub fn schedule_sync(&self) -> Reply<()> {
+        self.send(Request::Sync)
+    }
+
+    /// Reads pages `range` in order, keeping up to `distance` pages in flight ahead of the
+    /// consumer (adjacent pages merged). See [`ReadStream`].
+    pub fn read_stream(&self, range: std::ops::Range<PageId>, distance: usize) -> ReadStream<'_> {
+        ReadStream::new(self, range, distance)
+    }
+
+    /// Stops accepting calls, finishes everything accepted, and joins every thread. Later
+    /// calls get `Closed`; calling it twice is fine. Dropping the scheduler does the same.
+    pub fn shutdown(&self) -> Result<()> {
+        {
+            let mut tx = self.tx.write();
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(Request::Shutdown);
+            }
+        }
+        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
+        let mut panicked = Vec::new();
+        for t in threads {
+            let name = t.thread().name().unwrap_or("?").to_string();
+            if t.join().is_err() {
+                panicked.push(name);
+            }
+        }
+        if panicked.is_empty() {
+            Ok(())
+        } else {
+            Err(SchedulerError::Worker(format!(
+                "threads panicked: {}",
+                panicked.join(", ")
+            )))
+        }
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &IOSchedulerConfig {
+        &self.config
+    }
+
+    /// Page size in bytes.
+    pub fn page_size(&self) -> usize {
+        self.config.page_size
+    }
+
+    /// The directory holding the page file.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> SchedulerStats {
+        let c = &self.counters;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        SchedulerStats {
+            read_ios: get(&c.read_ios),
+            pages_read: get(&c.pages_read),
+            reads_joined: get(&c.reads_joined),
+            reads_from_pending_writes: get(&c.reads_from_pending_writes),
+            write_ios: get(&c.write_ios),
+            syncs: get(&c.syncs),
+            metadata_writes: get(&c.metadata_writes),
+            allocated_pages: get(&self.allocated),
+        }
+    }
+}
+
+impl Drop for DiskScheduler {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "disk scheduler shutdown");
+        }
+    }
+}
+
+struct Dispatcher {
+    workers: Vec<flume::Sender<WorkerMsg>>,
+    allocator: Allocator,
+    page_size: usize,
+    extent_pages: u64,
+    max_pages: u64,
+    allocated: Arc<std::sync::atomic::AtomicU64>,
+    pending_alloc: Vec<AllocAnswer>,
+}
+
+impl Dispatcher {
+    /// Pages go to workers by extent (`max_combine_pages` pages): one page always goes to the
+    /// same worker, which keeps its writes ordered and its reads single-flight without any
+    /// shared state, and a run of adjacent pages that could merge is on one worker.
+    fn worker_of(&self, page: u64) -> usize {
+        ((page / self.extent_pages) % self.workers.len() as u64) as usize
+    }
+
+    fn to_worker(&self, worker: usize, msg: WorkerMsg) {
+        // A worker only stops after Shutdown, which it gets last; a send can fail only if it
+        // panicked, and then the request's answer is dropped and its caller sees `Closed`.
+        if self.workers[worker].send(msg).is_err() {
+            tracing::error!(worker, "scheduler worker is gone");
+        }
+    }
+
+    fn run(mut self, rx: flume::Receiver<Request>) {
+        let mut stop = false;
+        while !stop {
+            let Ok(first) = rx.recv() else { break };
+            stop = self.handle(first);
+            while !stop {
+                match rx.try_recv() {
+                    Ok(req) => stop = self.handle(req),
+                    Err(_) => break,
+                }
+            }
+            // Every allocation change handled in this round becomes durable in one image.
+            if !self.pending_alloc.is_empty() {
+                let (seq, image) = self.allocator.next_image(self.page_size);
+                let answers = std::mem::take(&mut self.pending_alloc);
+                self.to_worker(0, WorkerMsg::Persist { seq, image, answers });
+            }
+            self.allocated
+                .store(self.allocator.allocated_count(), Ordering::Relaxed);
+        }
+        for w in 0..self.workers.len() {
+            self.to_worker(w, WorkerMsg::Shutdown);
+        }
+        // Requests that raced with shutdown cannot exist (shutdown holds the write lock while
+        // it sends Shutdown), but answer any leftovers rather than leave a caller hanging.
+        while let Ok(req) = rx.try_recv() {
+            drop(req);
+        }
+    }
+
+    /// Handles one request; true on Shutdown.
+    fn handle(&mut self, req: Request) -> bool {
+        match req {
+            Request::Read { page, answer } => {
+                if !self.allocator.is_allocated(page) {
+                    let _ = answer.send(Err(SchedulerError::NotAllocated(page)));
+                } else {
+                    self.to_worker(self.worker_of(page.0), WorkerMsg::Read { page: page.0, answer });
+                }
+            }
+            Request::Write {
+                page,
+                data,
+                durable,
+                answer,
+            } => {
+                if !self.allocator.is_allocated(page) {
+                    let _ = answer.send(Err(SchedulerError::NotAllocated(page)));
+                } else {
+                    let msg = WorkerMsg::Write {
+                        page: page.0,
+                        data,
+                        durable,
+                        answer,
+                    };
+                    self.to_worker(self.worker_of(page.0), msg);
+                }
+            }
+            Request::ReadPages { pages, answer } => self.read_pages(pages, answer),
+            Request::Allocate(answer) => match self.allocator.allocate(self.max_pages) {
+                Ok(page) => self.pending_alloc.push(AllocAnswer::Allocate(page, answer)),
+                Err(e) => {
+                    let _ = answer.send(Err(e));
+                }
+            },
+            Request::Deallocate { page, answer } => match self.allocator.deallocate(page) {
+                Ok(()) => self.pending_alloc.push(AllocAnswer::Deallocate(answer)),
+                Err(e) => {
+                    let _ = answer.send(Err(e));
+                }
+            },
+            Request::Sync(answer) => {
+                let barrier = Arc::new(SyncBarrier::new(self.workers.len(), answer));
+                for w in 0..self.workers.len() {
+                    self.to_worker(w, WorkerMsg::Sync(Arc::clone(&barrier)));
+                }
+            }
+            Request::Shutdown => return true,
+        }
+        false
+    }
+
+    fn read_pages(&mut self, pages: Vec<PageId>, answer: Answer<Vec<BytesMut>>) {
+        if pages.is_empty() {
+            let _ = answer.send(Ok(Vec::new()));
+            return;
+        }
+        if let Some((index, &page)) = pages
+            .iter()
+            .enumerate()
+            .find(|(_, p)| !self.allocator.is_allocated(**p))
+        {
+            let _ = answer.send(Err(SchedulerError::Batch {
+                index,
+                page,
+                source: Box::new(SchedulerError::NotAllocated(page)),
+            }));
+            return;
+        }
+        let mut parts: Vec<Vec<(usize, u64)>> = vec![Vec::new(); self.workers.len()];
+        for (index, page) in pages.iter().enumerate() {
+            parts[self.worker_of(page.0)].push((index, page.0));
+        }
+        let batch = Arc::new(BatchState::new(pages, answer));
+        for (w, items) in parts.into_iter().enumerate() {
+            if !items.is_empty() {
+                self.to_worker(
+                    w,
+                    WorkerMsg::Batch {
+                        batch: Arc::clone(&batch),
+                        items,
+                    },
+                );
+            }
+        }
+    }
+}

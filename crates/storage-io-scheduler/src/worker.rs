@@ -1,0 +1,664 @@
+//! One scheduler worker: owns a backend and its fds, keeps up to `queue_depth` ops in flight.
+//!
+//! **Invariants** (per worker; the dispatcher routes every page to one worker, so they hold
+//! per page too):
+//! - *Read your writes.* From the moment a write to page P is accepted until it completes, a
+//!   read of P is answered with that write's bytes (the newest accepted write), not from disk.
+//! - *Writes to one page reach the backend one at a time, in order.* The backend does not order
+//!   overlapping writes (io_uring may run them in any order), so a later write waits.
+//! - *Single flight.* A read of P joins a read of P already in flight, unless a write to P was
+//!   accepted after that read was issued.
+//! - *A sync covers every write accepted before it.* A barrier sync is queued behind writes that
+//!   wait for an earlier write to their page, and the backend's datasync barrier does the rest.
+//! - *Exactly one answer per call*, including on errors and at shutdown.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use storage_io_core::{
+    AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf, IoCompletion, IoFd, IoToken,
+    StorageIo, StorageIoError,
+};
+
+use crate::PageId;
+use crate::batch::{BatchState, SyncBarrier};
+use crate::error::{Result, SchedulerError};
+use crate::reply::Answer;
+
+/// What the dispatcher hands a worker.
+pub(crate) enum WorkerMsg {
+    Read {
+        page: u64,
+        answer: Answer<BytesMut>,
+    },
+    Write {
+        page: u64,
+        data: Bytes,
+        durable: bool,
+        answer: Answer<()>,
+    },
+    /// This worker's share of a batch: (index in the request, page).
+    Batch {
+        batch: Arc<BatchState>,
+        items: Vec<(usize, u64)>,
+    },
+    Sync(Arc<SyncBarrier>),
+    /// Write this allocation image into slot `seq % 2`, datasync it, then answer.
+    Persist {
+        seq: u64,
+        image: Vec<u8>,
+        answers: Vec<AllocAnswer>,
+    },
+    Shutdown,
+}
+
+/// An allocation change waiting for its image to be durable.
+pub(crate) enum AllocAnswer {
+    Allocate(PageId, Answer<PageId>),
+    Deallocate(Answer<()>),
+}
+
+impl AllocAnswer {
+    fn send(self, result: std::result::Result<(), &StorageIoError>) {
+        let err = |e: &StorageIoError| SchedulerError::Backend {
+            what: "writing allocation metadata",
+            source: e.clone(),
+        };
+        match self {
+            AllocAnswer::Allocate(page, a) => {
+                let _ = a.send(result.map(|()| page).map_err(err));
+            }
+            AllocAnswer::Deallocate(a) => {
+                let _ = a.send(result.map_err(err));
+            }
+        }
+    }
+}
+
+/// Counters shared by the workers and read by [`DiskScheduler::stats`](crate::DiskScheduler::stats).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) read_ios: AtomicU64,
+    pub(crate) pages_read: AtomicU64,
+    pub(crate) reads_joined: AtomicU64,
+    pub(crate) reads_from_pending_writes: AtomicU64,
+    pub(crate) write_ios: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) metadata_writes: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// Who gets a page when a read completes.
+enum Waiter {
+    Single(Answer<BytesMut>),
+    Batch(Arc<BatchState>, usize),
+}
+
+impl Waiter {
+    fn send(self, result: Result<BytesMut>) {
+        match self {
+            Waiter::Single(a) => {
+                let _ = a.send(result);
+            }
+            Waiter::Batch(batch, index) => batch.complete(index, result),
+        }
+    }
+}
+
+type OpId = u64;
+
+struct ReadOp {
+    first: u64,
+    /// Waiters of each page of the run, by position.
+    waiters: Vec<Vec<Waiter>>,
+}
+
+struct WriteOp {
+    page: u64,
+    data: Bytes,
+    answer: Option<Answer<()>>,
+    /// The datasync submitted right behind a durable write.
+    sync: Option<OpId>,
+    /// The sync's result, if it (against the contract) came back before the write.
+    sync_result: Option<std::result::Result<(), StorageIoError>>,
+}
+
+enum SyncOp {
+    /// The fdatasync of a durable write; the answer moves in when the write succeeds.
+    Durable {
+        page: u64,
+        write: OpId,
+        answer: Option<Answer<()>>,
+    },
+    Barrier(Arc<SyncBarrier>),
+}
+
+enum Op {
+    Read(ReadOp),
+    Write(WriteOp),
+    Sync(SyncOp),
+    MetaWrite {
+        slot: usize,
+        image: Vec<u8>,
+        sync: OpId,
+    },
+    MetaSync {
+        slot: usize,
+        answers: Vec<AllocAnswer>,
+        failed: Option<StorageIoError>,
+    },
+}
+
+/// A write waiting for the write before it to the same page.
+struct Parked {
+    seq: u64,
+    data: Bytes,
+    durable: bool,
+    answer: Answer<()>,
+}
+
+#[derive(Default)]
+struct PageWrites {
+    /// The write op of this page that is queued or in flight.
+    active: Option<OpId>,
+    parked: VecDeque<Parked>,
+    /// The newest accepted bytes: what a read of this page sees.
+    latest: Bytes,
+}
+
+/// Static facts a worker needs.
+pub(crate) struct WorkerSetup {
+    pub(crate) io: Box<dyn StorageIo>,
+    pub(crate) data_fd: IoFd,
+    /// Worker 0 only: the two allocation-image slots.
+    pub(crate) meta_fds: Option<[IoFd; 2]>,
+    pub(crate) page_size: usize,
+    pub(crate) queue_depth: usize,
+    pub(crate) max_combine_pages: usize,
+    pub(crate) poll_interval: Duration,
+    pub(crate) counters: Arc<Counters>,
+}
+
+pub(crate) struct Worker {
+    io: Box<dyn StorageIo>,
+    data_fd: IoFd,
+    meta_fds: Option<[IoFd; 2]>,
+    page_size: usize,
+    max_in_flight: usize,
+    max_combine_pages: usize,
+    poll_interval: Duration,
+    counters: Arc<Counters>,
+    buffers: Option<BufferPool>,
+
+    next_op: OpId,
+    ops: HashMap<OpId, Op>,
+    ready: VecDeque<OpId>,
+    in_flight: HashMap<IoToken, OpId>,
+    /// Reads in flight (or queued) that a new read of the page may join.
+    joinable: HashMap<u64, OpId>,
+    writes: HashMap<u64, PageWrites>,
+    write_seq: u64,
+    /// Sequence numbers of parked writes.
+    parked: BTreeSet<u64>,
+    /// Barrier syncs waiting for the writes accepted before them to leave the parking.
+    barriers: VecDeque<(u64, Arc<SyncBarrier>)>,
+    persists: VecDeque<(u64, Vec<u8>, Vec<AllocAnswer>)>,
+    persist_busy: bool,
+    completions: Vec<IoCompletion>,
+}
+
+impl Worker {
+    pub(crate) fn new(setup: WorkerSetup) -> Self {
+        let caps = setup.io.capabilities();
+        let max_in_flight = setup.queue_depth.min(caps.max_in_flight.max(1));
+        // Read buffers come from a small aligned pool (a merged read is at most 1 MiB); if a
+        // class runs dry, reads allocate instead of waiting.
+        let page_size = setup.page_size;
+        let mut classes = vec![(page_size, max_in_flight * 2)];
+        if setup.max_combine_pages > 1 {
+            classes.push((page_size * setup.max_combine_pages, max_in_flight));
+        }
+        let buffers = BufferPool::new(BufferPoolConfig {
+            classes,
+            align: DEFAULT_ALIGNMENT,
+        })
+        .ok();
+        Worker {
+            io: setup.io,
+            data_fd: setup.data_fd,
+            meta_fds: setup.meta_fds,
+            page_size,
+            max_in_flight,
+            max_combine_pages: setup.max_combine_pages,
+            poll_interval: setup.poll_interval,
+            counters: setup.counters,
+            buffers,
+            next_op: 0,
+            ops: HashMap::new(),
+            ready: VecDeque::new(),
+            in_flight: HashMap::new(),
+            joinable: HashMap::new(),
+            writes: HashMap::new(),
+            write_seq: 0,
+            parked: BTreeSet::new(),
+            barriers: VecDeque::new(),
+            persists: VecDeque::new(),
+            persist_busy: false,
+            completions: Vec::with_capacity(64),
+        }
+    }
+
+    /// Serves `rx` until a `Shutdown` arrives (or every sender is gone), then finishes every
+    /// accepted op and returns.
+    pub(crate) fn run(mut self, rx: flume::Receiver<WorkerMsg>) {
+        let mut stopping = false;
+        loop {
+            if !stopping && self.is_idle() {
+                match rx.recv() {
+                    Ok(WorkerMsg::Shutdown) | Err(_) => stopping = true,
+                    Ok(msg) => self.accept(msg),
+                }
+            }
+            // Take whatever else is queued (bounded, so completions are not starved).
+            let mut taken = 0;
+            while !stopping && taken < 256 {
+                match rx.try_recv() {
+                    Ok(WorkerMsg::Shutdown) | Err(flume::TryRecvError::Disconnected) => stopping = true,
+                    Ok(msg) => self.accept(msg),
+                    Err(flume::TryRecvError::Empty) => break,
+                }
+                taken += 1;
+            }
+            self.pump();
+            if self.in_flight.is_empty() {
+                if stopping && self.is_idle() {
+                    break;
+                }
+                continue;
+            }
+            // With ops in flight, wait for one; while still accepting, wake up now and then to
+            // look at the request channel.
+            let timeout = (!stopping).then_some(self.poll_interval);
+            self.completions.clear();
+            let mut done = std::mem::take(&mut self.completions);
+            if let Err(e) = self.io.wait_completions(&mut done, 1, timeout) {
+                tracing::error!(error = %e, "scheduler worker: waiting for completions failed");
+                self.io.poll_completions(&mut done);
+            }
+            for c in done.drain(..) {
+                self.complete(c);
+            }
+            self.completions = done;
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.ops.is_empty() && self.persists.is_empty() && self.barriers.is_empty()
+    }
+
+    fn new_op(&mut self, op: Op) -> OpId {
+        let id = self.next_op;
+        self.next_op += 1;
+        self.ops.insert(id, op);
+        id
+    }
+
+    fn accept(&mut self, msg: WorkerMsg) {
+        match msg {
+            WorkerMsg::Read { page, answer } => self.accept_reads(vec![(page, Waiter::Single(answer))]),
+            WorkerMsg::Batch { batch, items } => {
+                let reads = items
+                    .into_iter()
+                    .map(|(index, page)| (page, Waiter::Batch(Arc::clone(&batch), index)))
+                    .collect();
+                self.accept_reads(reads);
+            }
+            WorkerMsg::Write {
+                page,
+                data,
+                durable,
+                answer,
+            } => self.accept_write(page, data, durable, answer),
+            WorkerMsg::Sync(barrier) => self.barriers.push_back((self.write_seq, barrier)),
+            WorkerMsg::Persist { seq, image, answers } => self.persists.push_back((seq, image, answers)),
+            WorkerMsg::Shutdown => {}
+        }
+    }
+
+    fn accept_reads(&mut self, reads: Vec<(u64, Waiter)>) {
+        let mut need: BTreeMap<u64, Vec<Waiter>> = BTreeMap::new();
+        for (page, waiter) in reads {
+            if let Some(w) = self.writes.get(&page) {
+                bump(&self.counters.reads_from_pending_writes, 1);
+                waiter.send(Ok(BytesMut::from(&w.latest[..])));
+            } else if let Some(&op) = self.joinable.get(&page) {
+                if let Some(Op::Read(read)) = self.ops.get_mut(&op) {
+                    bump(&self.counters.reads_joined, 1);
+                    read.waiters[(page - read.first) as usize].push(waiter);
+                }
+            } else {
+                need.entry(page).or_default().push(waiter);
+            }
+        }
+        // Adjacent pages become one read of up to max_combine pages (the dispatcher routes
+        // whole extents of that many pages to one worker, and sizes batches accordingly).
+        let mut run: Vec<Vec<Waiter>> = Vec::new();
+        let mut run_first = 0u64;
+        let max_run = self.max_combine_pages;
+        for (page, waiters) in need {
+            if !run.is_empty() && (page != run_first + run.len() as u64 || run.len() == max_run) {
+                self.start_read(run_first, std::mem::take(&mut run));
+            }
+            if run.is_empty() {
+                run_first = page;
+            }
+            run.push(waiters);
+        }
+        if !run.is_empty() {
+            self.start_read(run_first, run);
+        }
+    }
+
+    fn start_read(&mut self, first: u64, waiters: Vec<Vec<Waiter>>) {
+        let count = waiters.len() as u64;
+        let id = self.new_op(Op::Read(ReadOp { first, waiters }));
+        for page in first..first + count {
+            self.joinable.insert(page, id);
+        }
+        self.ready.push_back(id);
+    }
+
+    fn accept_write(&mut self, page: u64, data: Bytes, durable: bool, answer: Answer<()>) {
+        self.write_seq += 1;
+        let seq = self.write_seq;
+        // Reads accepted from now on must see this write, not join an older read.
+        self.joinable.remove(&page);
+        let state = self.writes.entry(page).or_default();
+        state.latest = data.clone();
+        if state.active.is_some() {
+            state.parked.push_back(Parked {
+                seq,
+                data,
+                durable,
+                answer,
+            });
+            self.parked.insert(seq);
+            return;
+        }
+        self.start_write(page, data, durable, answer);
+    }
+
+    fn start_write(&mut self, page: u64, data: Bytes, durable: bool, answer: Answer<()>) {
+        let id = self.new_op(Op::Write(WriteOp {
+            page,
+            data,
+            answer: Some(answer),
+            sync: None,
+            sync_result: None,
+        }));
+        self.ready.push_back(id);
+        if durable {
+            let sync = self.new_op(Op::Sync(SyncOp::Durable {
+                page,
+                write: id,
+                answer: None,
+            }));
+            self.ready.push_back(sync);
+            if let Some(Op::Write(w)) = self.ops.get_mut(&id) {
+                w.sync = Some(sync);
+            }
+        }
+        if let Some(state) = self.writes.get_mut(&page) {
+            state.active = Some(id);
+        }
+    }
+
+    /// Moves barrier syncs and allocation images to the ready queue when they may go, then
+    /// submits ready ops up to the in-flight limit.
+    fn pump(&mut self) {
+        while let Some(&(seq, _)) = self.barriers.front() {
+            if self.parked.first().is_some_and(|&oldest| oldest <= seq) {
+                break;
+            }
+            if let Some((_, barrier)) = self.barriers.pop_front() {
+                let id = self.new_op(Op::Sync(SyncOp::Barrier(barrier)));
+                self.ready.push_back(id);
+            }
+        }
+        if !self.persist_busy && !self.persists.is_empty() {
+            // Images are whole snapshots: only the newest queued one needs writing, and it
+            // answers everyone queued. One image at a time, so a crash tears at most one slot.
+            let mut answers = Vec::new();
+            let mut newest = None;
+            while let Some((seq, image, mut more)) = self.persists.pop_front() {
+                answers.append(&mut more);
+                newest = Some((seq, image));
+            }
+            if let Some((seq, image)) = newest {
+                let slot = (seq % 2) as usize;
+                let sync = self.new_op(Op::MetaSync {
+                    slot,
+                    answers,
+                    failed: None,
+                });
+                let write = self.new_op(Op::MetaWrite { slot, image, sync });
+                self.ready.push_back(write);
+                self.ready.push_back(sync);
+                self.persist_busy = true;
+            }
+        }
+        let mut submitted = false;
+        while self.in_flight.len() < self.max_in_flight {
+            let Some(id) = self.ready.pop_front() else { break };
+            self.submit(id);
+            submitted = true;
+        }
+        if submitted && let Err(e) = self.io.flush() {
+            tracing::warn!(error = %e, "scheduler worker: flushing submissions failed");
+        }
+    }
+
+    fn read_buf(&self, len: usize) -> std::result::Result<IoBuf, StorageIoError> {
+        if let Some(pool) = &self.buffers
+            && let Ok(buf) = pool.acquire(len)
+        {
+            return Ok(buf.into());
+        }
+        Ok(AlignedBuf::zeroed(len, DEFAULT_ALIGNMENT)?.into())
+    }
+
+    fn submit(&mut self, id: OpId) {
+        let ps = self.page_size as u64;
+        let submitted = match self.ops.get(&id) {
+            Some(Op::Read(read)) => {
+                let len = read.waiters.len() * self.page_size;
+                let offset = read.first * ps;
+                match self.read_buf(len) {
+                    Ok(buf) => self
+                        .io
+                        .submit_read(self.data_fd, buf, offset)
+                        .map_err(|e| e.error),
+                    Err(e) => Err(e),
+                }
+            }
+            Some(Op::Write(w)) => self.io.submit_write(self.data_fd, &w.data, w.page * ps),
+            Some(Op::Sync(_)) => self.io.submit_datasync(self.data_fd),
+            Some(Op::MetaWrite { slot, image, .. }) => match self.meta_fds {
+                Some(fds) => self.io.submit_write(fds[*slot], image, 0),
+                None => Err(StorageIoError::invalid(
+                    "allocation image sent to a worker without metadata files",
+                )),
+            },
+            Some(Op::MetaSync { slot, .. }) => match self.meta_fds {
+                Some(fds) => self.io.submit_datasync(fds[*slot]),
+                None => Err(StorageIoError::invalid(
+                    "allocation image sent to a worker without metadata files",
+                )),
+            },
+            None => return,
+        };
+        match submitted {
+            Ok(token) => {
+                self.in_flight.insert(token, id);
+            }
+            Err(e) => self.finish(id, Err(e), None),
+        }
+    }
+
+    fn complete(&mut self, c: IoCompletion) {
+        let Some(id) = self.in_flight.remove(&c.token) else {
+            tracing::warn!(token = ?c.token, "scheduler worker: completion for an unknown token");
+            return;
+        };
+        self.finish(id, c.result, c.buf);
+    }
+
+    fn finish(&mut self, id: OpId, result: std::result::Result<usize, StorageIoError>, buf: Option<IoBuf>) {
+        let Some(op) = self.ops.remove(&id) else { return };
+        match op {
+            Op::Read(read) => self.finish_read(id, read, result, buf),
+            Op::Write(w) => self.finish_write(w, result.map(|_| ())),
+            Op::Sync(SyncOp::Durable { page, write, answer }) => {
+                bump(&self.counters.syncs, 1);
+                let result = result.map(|_| ());
+                match answer {
+                    Some(a) => {
+                        let _ = a.send(result.map_err(|source| SchedulerError::Io {
+                            page: PageId(page),
+                            source,
+                        }));
+                    }
+                    None => {
+                        if let Some(Op::Write(w)) = self.ops.get_mut(&write) {
+                            w.sync_result = Some(result);
+                        }
+                    }
+                }
+            }
+            Op::Sync(SyncOp::Barrier(barrier)) => {
+                bump(&self.counters.syncs, 1);
+                barrier.arrive(result.map(|_| ()).map_err(|source| SchedulerError::Backend {
+                    what: "fdatasync of the page file",
+                    source,
+                }));
+            }
+            Op::MetaWrite { sync, .. } => {
+                bump(&self.counters.metadata_writes, 1);
+                if let Err(e) = result
+                    && let Some(Op::MetaSync { failed, .. }) = self.ops.get_mut(&sync)
+                {
+                    failed.get_or_insert(e);
+                }
+            }
+            Op::MetaSync { answers, failed, .. } => {
+                self.persist_busy = false;
+                let result = match failed {
+                    Some(e) => Err(e),
+                    None => result.map(|_| ()),
+                };
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "allocation metadata could not be made durable");
+                }
+                for a in answers {
+                    a.send(result.as_ref().map(|_| ()));
+                }
+            }
+        }
+    }
+
+    fn finish_read(
+        &mut self,
+        id: OpId,
+        read: ReadOp,
+        result: std::result::Result<usize, StorageIoError>,
+        buf: Option<IoBuf>,
+    ) {
+        let count = read.waiters.len() as u64;
+        for page in read.first..read.first + count {
+            if self.joinable.get(&page) == Some(&id) {
+                self.joinable.remove(&page);
+            }
+        }
+        bump(&self.counters.read_ios, 1);
+        bump(&self.counters.pages_read, count);
+        let ps = self.page_size;
+        match result {
+            Ok(n) => {
+                let data = buf.as_ref().map_or(&[][..], |b| &b.as_slice()[..n.min(b.len())]);
+                for (i, waiters) in read.waiters.into_iter().enumerate() {
+                    // Past the end of the file is a page allocated but never written: zeros.
+                    let start = (i * ps).min(data.len());
+                    let end = ((i + 1) * ps).min(data.len());
+                    let mut page = BytesMut::zeroed(ps);
+                    page[..end - start].copy_from_slice(&data[start..end]);
+                    let mut waiters = waiters.into_iter().peekable();
+                    while let Some(w) = waiters.next() {
+                        if waiters.peek().is_none() {
+                            w.send(Ok(page));
+                            break;
+                        }
+                        w.send(Ok(page.clone()));
+                    }
+                }
+            }
+            Err(source) => {
+                for (i, waiters) in read.waiters.into_iter().enumerate() {
+                    for w in waiters {
+                        w.send(Err(SchedulerError::Io {
+                            page: PageId(read.first + i as u64),
+                            source: source.clone(),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_write(&mut self, w: WriteOp, result: std::result::Result<(), StorageIoError>) {
+        bump(&self.counters.write_ios, 1);
+        let page = PageId(w.page);
+        let as_error = |source| SchedulerError::Io { page, source };
+        if let Some(answer) = w.answer {
+            match (result, w.sync) {
+                (Err(e), _) => {
+                    // The sync behind a failed write must not answer success for it.
+                    let _ = answer.send(Err(as_error(e)));
+                }
+                (Ok(()), None) => {
+                    let _ = answer.send(Ok(()));
+                }
+                (Ok(()), Some(sync)) => match w.sync_result {
+                    Some(r) => {
+                        let _ = answer.send(r.map_err(as_error));
+                    }
+                    None => {
+                        if let Some(Op::Sync(SyncOp::Durable { answer: slot, .. })) = self.ops.get_mut(&sync)
+                        {
+                            *slot = Some(answer);
+                        }
+                    }
+                },
+            }
+        }
+        // Next write to this page, if one is parked; otherwise reads go to disk again.
+        let Some(state) = self.writes.get_mut(&w.page) else {
+            return;
+        };
+        state.active = None;
+        match state.parked.pop_front() {
+            Some(next) => {
+                self.parked.remove(&next.seq);
+                self.start_write(w.page, next.data, next.durable, next.answer);
+            }
+            None => {
+                self.writes.remove(&w.page);
+            }
+        }
+    }
+}
