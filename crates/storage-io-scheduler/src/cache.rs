@@ -8,7 +8,8 @@
 //!   stays cached and dirty and the caller gets the error, so nothing is lost.
 //!
 //! Eviction is CLOCK (second chance): the hand skips pinned or busy frames and clears the
-//! reference bit of recently used ones before taking one.
+//! reference bit of recently used ones before taking one. A page enters with its bit clear and
+//! a hit sets it, so pages touched once (a scan) go before pages touched again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -250,10 +251,12 @@ impl PageCache {
                 st.table.remove(&old);
                 st.stats.evictions += 1;
             }
+            // A page starts without its reference bit: only a second use earns it a second
+            // chance, so a scan of pages used once cannot push out the pages in real use.
             st.meta[victim] = FrameMeta {
                 page: Some(page),
                 pins: 1,
-                referenced: true,
+                referenced: false,
                 dirty: !read,
                 state: if read {
                     FrameState::Loading

@@ -20,12 +20,16 @@ use storage_io_testkit::memio::MemFs;
 #[test]
 fn order_of_batch_reads_survives_reordered_and_delayed_completions() {
     let fs = MemFs::new(1);
-    let plan = FaultPlan::new(9)
-        .reorder(true)
-        .with_probability(Some(OpKind::Read), 0.3, Fault::Delay { polls: 3 });
+    let plan =
+        FaultPlan::new(9)
+            .reorder(true)
+            .with_probability(Some(OpKind::Read), 0.3, Fault::Delay { polls: 3 });
     let sched = open(&faulty_factory(&fs, plan), config(3));
     let pages = allocate(&sched, 64);
-    let writes: Vec<Reply<()>> = pages.iter().map(|&p| sched.schedule_write(p, page_bytes(p, 1))).collect();
+    let writes: Vec<Reply<()>> = pages
+        .iter()
+        .map(|&p| sched.schedule_write(p, page_bytes(p, 1)))
+        .collect();
     for w in writes {
         w.recv().unwrap();
     }
@@ -42,10 +46,17 @@ fn order_of_batch_reads_survives_reordered_and_delayed_completions() {
         }
         let got = sched.schedule_read_pages(want.clone()).recv().unwrap();
         let stamps: Vec<u64> = got.iter().map(|p| stamp(p).0).collect();
-        assert_eq!(stamps, want.iter().map(|p| p.0).collect::<Vec<_>>(), "round {round}");
+        assert_eq!(
+            stamps,
+            want.iter().map(|p| p.0).collect::<Vec<_>>(),
+            "round {round}"
+        );
     }
     let stats = sched.stats();
-    assert!(stats.read_ios < stats.pages_read, "adjacent pages were never merged: {stats:?}");
+    assert!(
+        stats.read_ios < stats.pages_read,
+        "adjacent pages were never merged: {stats:?}"
+    );
     assert!(sched.schedule_read_pages(Vec::new()).recv().unwrap().is_empty());
 }
 
@@ -62,8 +73,13 @@ fn single_flight_concurrent_reads_of_one_page_share_one_io() {
     let first = sched.schedule_read(page);
     let others: Vec<_> = (0..7).map(|_| sched.schedule_read(page)).collect();
     let batch = sched.schedule_read_pages(vec![page, page]);
-    wait_until("the other reads to join", || sched.stats().reads_joined - before.reads_joined == 9);
-    assert!(first.try_recv().is_none(), "the read was answered while its completion was held");
+    wait_until("the other reads to join", || {
+        sched.stats().reads_joined - before.reads_joined == 9
+    });
+    assert!(
+        first.try_recv().is_none(),
+        "the read was answered while its completion was held"
+    );
     gate.store(true, Ordering::Release);
 
     assert_eq!(stamp(&first.recv().unwrap()), (page.0, 7));
@@ -71,7 +87,11 @@ fn single_flight_concurrent_reads_of_one_page_share_one_io() {
         assert_eq!(stamp(&r.recv().unwrap()), (page.0, 7));
     }
     assert_eq!(batch.recv().unwrap().len(), 2);
-    assert_eq!(sched.stats().read_ios - before.read_ios, 1, "ten reads of one page cost one I/O");
+    assert_eq!(
+        sched.stats().read_ios - before.read_ios,
+        1,
+        "ten reads of one page cost one I/O"
+    );
 }
 
 #[test]
@@ -90,15 +110,26 @@ fn single_flight_never_joins_a_read_issued_before_a_newer_write() {
     let new_after_write = sched.schedule_read(page);
     gate.store(true, Ordering::Release);
 
-    assert_eq!(stamp(&old.recv().unwrap()), (page.0, 1), "a read accepted before the write");
-    assert_eq!(stamp(&new.recv().unwrap()), (page.0, 2), "a read accepted after the write");
+    assert_eq!(
+        stamp(&old.recv().unwrap()),
+        (page.0, 1),
+        "a read accepted before the write"
+    );
+    assert_eq!(
+        stamp(&new.recv().unwrap()),
+        (page.0, 2),
+        "a read accepted after the write"
+    );
     assert_eq!(stamp(&new_after_write.recv().unwrap()), (page.0, 2));
 }
 
 #[test]
 fn order_read_your_writes_with_delayed_writes_in_flight() {
     let fs = MemFs::new(4);
-    let plan = FaultPlan::new(4).reorder(true).with_probability(Some(OpKind::Write), 0.5, Fault::Delay { polls: 4 });
+    let plan =
+        FaultPlan::new(4)
+            .reorder(true)
+            .with_probability(Some(OpKind::Write), 0.5, Fault::Delay { polls: 4 });
     let sched = open(&faulty_factory(&fs, plan), config(2));
     let pages = allocate(&sched, 8);
     let mut pending = Vec::new();
@@ -139,8 +170,10 @@ fn shutdown_under_load_answers_every_call_and_loses_no_acknowledged_write() {
                 let mut version = 0;
                 loop {
                     version += 1;
-                    let replies: Vec<_> =
-                        mine.iter().map(|&p| sched.schedule_write(p, page_bytes(p, version))).collect();
+                    let replies: Vec<_> = mine
+                        .iter()
+                        .map(|&p| sched.schedule_write(p, page_bytes(p, version)))
+                        .collect();
                     let mut closed = false;
                     for (i, r) in replies.into_iter().enumerate() {
                         match r.recv() {
@@ -158,15 +191,24 @@ fn shutdown_under_load_answers_every_call_and_loses_no_acknowledged_write() {
         .collect();
     wait_until("some writes", || sched.stats().write_ios > 200);
     sched.shutdown().unwrap();
-    assert!(matches!(sched.schedule_read(pages[0]).recv(), Err(SchedulerError::Closed)));
-    assert!(matches!(sched.schedule_allocate().recv(), Err(SchedulerError::Closed)));
+    assert!(matches!(
+        sched.schedule_read(pages[0]).recv(),
+        Err(SchedulerError::Closed)
+    ));
+    assert!(matches!(
+        sched.schedule_allocate().recv(),
+        Err(SchedulerError::Closed)
+    ));
     let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
 
     let sched = open(&mem_factory(&fs), config(2));
     for (mine, acked) in results {
         for (p, v) in mine.into_iter().zip(acked) {
             let (_, on_disk) = stamp(&sched.schedule_read(p).recv().unwrap());
-            assert!(on_disk >= v, "page {p}: acknowledged version {v}, found {on_disk}");
+            assert!(
+                on_disk >= v,
+                "page {p}: acknowledged version {v}, found {on_disk}"
+            );
         }
     }
 }
@@ -177,7 +219,10 @@ fn shutdown_by_drop_with_ops_in_flight_answers_them_all() {
     let plan = FaultPlan::new(6).with_probability(None, 0.5, Fault::Delay { polls: 5 });
     let sched = open(&faulty_factory(&fs, plan), config(2));
     let pages = allocate(&sched, 16);
-    let writes: Vec<_> = pages.iter().map(|&p| sched.schedule_write(p, page_bytes(p, 1))).collect();
+    let writes: Vec<_> = pages
+        .iter()
+        .map(|&p| sched.schedule_write(p, page_bytes(p, 1)))
+        .collect();
     let reads: Vec<_> = pages.iter().map(|&p| sched.schedule_read(p)).collect();
     let batch = sched.schedule_read_pages(pages.clone());
     let sync = sched.schedule_sync();
@@ -209,7 +254,13 @@ fn faults_eio_on_one_page_of_a_batch_reaches_that_caller_and_the_scheduler_goes_
     let sched = open(&faulty_factory(&fs, plan), config(1));
     let want = vec![PageId(30), PageId(0), PageId(20), PageId(10)];
     match sched.schedule_read_pages(want.clone()).recv() {
-        Err(e @ SchedulerError::Batch { index: 2, page: PageId(20), .. }) => {
+        Err(
+            e @ SchedulerError::Batch {
+                index: 2,
+                page: PageId(20),
+                ..
+            },
+        ) => {
             assert_eq!(e.errno(), Some(5), "{e}");
             assert!(e.to_string().contains("page 20"), "{e}");
         }
@@ -217,7 +268,10 @@ fn faults_eio_on_one_page_of_a_batch_reaches_that_caller_and_the_scheduler_goes_
     }
     // The scheduler keeps working, and the same pages read fine now.
     let got = sched.schedule_read_pages(want.clone()).recv().unwrap();
-    assert_eq!(got.iter().map(|p| stamp(p).0).collect::<Vec<_>>(), vec![30, 0, 20, 10]);
+    assert_eq!(
+        got.iter().map(|p| stamp(p).0).collect::<Vec<_>>(),
+        vec![30, 0, 20, 10]
+    );
 }
 
 #[test]
@@ -228,16 +282,28 @@ fn faults_failed_write_and_failed_fsync_reach_their_callers() {
         .fail_nth(OpKind::Datasync, 3, Fault::Enospc);
     let sched = open(&faulty_factory(&fs, plan), config(1));
     let page = allocate(&sched, 1)[0];
-    let err = sched.schedule_write(page, page_bytes(page, 1)).recv().unwrap_err();
-    assert!(matches!(err, SchedulerError::Io { page: p, .. } if p == page), "{err}");
+    let err = sched
+        .schedule_write(page, page_bytes(page, 1))
+        .recv()
+        .unwrap_err();
+    assert!(
+        matches!(err, SchedulerError::Io { page: p, .. } if p == page),
+        "{err}"
+    );
     assert_eq!(err.errno(), Some(5));
     // A failed write is not served to readers afterwards: the old (zero) page is on disk.
     assert_eq!(sched.schedule_read(page).recv().unwrap()[..], [0u8; PAGE][..]);
     // Datasyncs so far: initial image, allocate image. The 3rd is this durable write's.
     sched.schedule_write(page, page_bytes(page, 2)).recv().unwrap();
-    let err = sched.schedule_write_durable(page, page_bytes(page, 3)).recv().unwrap_err();
+    let err = sched
+        .schedule_write_durable(page, page_bytes(page, 3))
+        .recv()
+        .unwrap_err();
     assert_eq!(err.errno(), Some(28), "{err}");
-    sched.schedule_write_durable(page, page_bytes(page, 4)).recv().unwrap();
+    sched
+        .schedule_write_durable(page, page_bytes(page, 4))
+        .recv()
+        .unwrap();
     sched.schedule_sync().recv().unwrap();
 }
 
@@ -249,7 +315,10 @@ fn bad_input_gets_clear_errors() {
     assert!(matches!(err, SchedulerError::NotAllocated(PageId(3))));
     assert!(err.to_string().contains("not allocated"), "{err}");
     let page = allocate(&sched, 1)[0];
-    let err = sched.schedule_write(page, Bytes::from(vec![0u8; 100])).recv().unwrap_err();
+    let err = sched
+        .schedule_write(page, Bytes::from(vec![0u8; 100]))
+        .recv()
+        .unwrap_err();
     assert!(err.to_string().contains("100 bytes"), "{err}");
     assert!(matches!(
         sched.schedule_write(PageId(9), page_bytes(PageId(9), 1)).recv(),
@@ -258,8 +327,14 @@ fn bad_input_gets_clear_errors() {
     // A page allocated and never written reads as zeros.
     assert_eq!(sched.schedule_read(page).recv().unwrap()[..], [0u8; PAGE][..]);
     sched.schedule_deallocate(page).recv().unwrap();
-    assert!(matches!(sched.schedule_read(page).recv(), Err(SchedulerError::NotAllocated(_))));
-    assert!(matches!(sched.schedule_deallocate(page).recv(), Err(SchedulerError::NotAllocated(_))));
+    assert!(matches!(
+        sched.schedule_read(page).recv(),
+        Err(SchedulerError::NotAllocated(_))
+    ));
+    assert!(matches!(
+        sched.schedule_deallocate(page).recv(),
+        Err(SchedulerError::NotAllocated(_))
+    ));
     match sched.schedule_read_pages(vec![PageId(0), PageId(5)]).recv() {
         Err(SchedulerError::Batch { index: 0, .. }) => {}
         other => panic!("expected a batch error at index 0, got {other:?}"),
@@ -277,7 +352,10 @@ fn reopen_with_a_different_page_size_is_refused_and_changes_nothing() {
     let fs = MemFs::new(10);
     let sched = open(&mem_factory(&fs), config(1));
     let page = allocate(&sched, 1)[0];
-    sched.schedule_write_durable(page, page_bytes(page, 1)).recv().unwrap();
+    sched
+        .schedule_write_durable(page, page_bytes(page, 1))
+        .recv()
+        .unwrap();
     sched.shutdown().unwrap();
     drop(sched);
     let other = IOSchedulerConfig {
@@ -293,7 +371,10 @@ fn reopen_with_a_different_page_size_is_refused_and_changes_nothing() {
 #[test]
 fn read_stream_yields_pages_in_order_with_a_bounded_window() {
     let fs = MemFs::new(11);
-    let plan = FaultPlan::new(11).reorder(true).with_probability(Some(OpKind::Read), 0.3, Fault::Delay { polls: 2 });
+    let plan =
+        FaultPlan::new(11)
+            .reorder(true)
+            .with_probability(Some(OpKind::Read), 0.3, Fault::Delay { polls: 2 });
     let sched = open(&faulty_factory(&fs, plan), config(2));
     let pages = allocate(&sched, 100);
     for &p in &pages {
@@ -303,7 +384,11 @@ fn read_stream_yields_pages_in_order_with_a_bounded_window() {
     let mut stream = sched.read_stream(PageId(5)..PageId(95), 8);
     let mut seen = Vec::new();
     while let Some(item) = stream.next() {
-        assert!(stream.in_flight_pages() <= 8, "window exceeded: {}", stream.in_flight_pages());
+        assert!(
+            stream.in_flight_pages() <= 8,
+            "window exceeded: {}",
+            stream.in_flight_pages()
+        );
         let (id, bytes) = item.unwrap();
         assert_eq!(stamp(&bytes), (id.0, 3));
         seen.push(id.0);
@@ -321,7 +406,10 @@ fn read_stream_yields_pages_in_order_with_a_bounded_window() {
     let items: Vec<_> = sched.read_stream(PageId(40)..PageId(60), 4).collect();
     // Runs are read whole (extents of 4): 40..48 arrive, the run 48..52 fails as one.
     assert!(items[..8].iter().all(|r| r.is_ok()));
-    assert!(matches!(items.last(), Some(Err(SchedulerError::Batch { page: PageId(50), .. }))));
+    assert!(matches!(
+        items.last(),
+        Some(Err(SchedulerError::Batch { page: PageId(50), .. }))
+    ));
     assert_eq!(items.len(), 9, "the stream ends at the error");
 }
 
@@ -337,7 +425,10 @@ fn read_stream_over_many_workers_merges_runs_within_extents() {
         },
     );
     allocate(&sched, 64);
-    let ids: Vec<u64> = sched.read_stream(PageId(0)..PageId(64), 64).map(|r| r.unwrap().0.0).collect();
+    let ids: Vec<u64> = sched
+        .read_stream(PageId(0)..PageId(64), 64)
+        .map(|r| r.unwrap().0.0)
+        .collect();
     assert_eq!(ids, (0..64).collect::<Vec<_>>());
     assert_eq!(sched.stats().read_ios, 8, "64 pages in extents of 8 are 8 reads");
 }

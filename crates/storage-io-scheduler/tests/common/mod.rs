@@ -62,7 +62,9 @@ pub(crate) fn stamp(bytes: &[u8]) -> (u64, u32) {
 }
 
 pub(crate) fn allocate(sched: &DiskScheduler, n: usize) -> Vec<PageId> {
-    (0..n).map(|_| sched.schedule_allocate().recv().expect("allocate")).collect()
+    (0..n)
+        .map(|_| sched.schedule_allocate().recv().expect("allocate"))
+        .collect()
 }
 
 /// Waits until `cond` holds (checked every millisecond) or panics after 10 s.
@@ -172,13 +174,22 @@ impl StorageIo for Gated {
         self.inner.poll_completions(&mut got);
         self.sort(got, out)
     }
-    fn wait_completions(&mut self, out: &mut Vec<IoCompletion>, min: usize, timeout: Option<Duration>) -> Result<usize> {
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
         let mut got = Vec::new();
         self.inner.wait_completions(&mut got, min, timeout)?;
         let n = self.sort(got, out);
         if n == 0 && !self.held.is_empty() {
             // Only held reads are pending: don't let the worker spin.
-            std::thread::sleep(timeout.unwrap_or(Duration::from_millis(1)).min(Duration::from_millis(1)));
+            std::thread::sleep(
+                timeout
+                    .unwrap_or(Duration::from_millis(1))
+                    .min(Duration::from_millis(1)),
+            );
         }
         Ok(n)
     }

@@ -1,0 +1,169 @@
+//! The page cache: eviction with write-back, one fetch for two misses, pins, failures.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use storage_io_core::OpKind;
+use storage_io_scheduler::{PageCache, PageId, SchedulerError};
+use storage_io_testkit::faulty::{Fault, FaultPlan};
+use storage_io_testkit::memio::MemFs;
+
+#[test]
+fn cache_evicts_with_clock_and_writes_dirty_pages_back() {
+    let fs = MemFs::new(1);
+    let sched = Arc::new(open(&mem_factory(&fs), config(2)));
+    let cache = PageCache::new(Arc::clone(&sched), 4).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..16u32 {
+        let page = cache.new_page().unwrap();
+        page.write().copy_from_slice(&page_bytes(page.id(), i));
+        ids.push((page.id(), i));
+    }
+    let s = cache.stats();
+    assert_eq!(s.evictions, 12);
+    assert_eq!(s.write_backs, 12, "every evicted page was dirty");
+    for &(id, v) in &ids {
+        assert_eq!(stamp(&cache.fetch(id).unwrap().read()), (id.0, v));
+    }
+    cache.flush_all().unwrap();
+    drop(cache);
+    sched.shutdown().unwrap();
+    let sched = open(&mem_factory(&fs), config(2));
+    for &(id, v) in &ids {
+        assert_eq!(stamp(&sched.schedule_read(id).recv().unwrap()), (id.0, v));
+    }
+}
+
+#[test]
+fn cache_hot_pages_survive_a_scan_thanks_to_the_reference_bit() {
+    let fs = MemFs::new(2);
+    let sched = Arc::new(open(&mem_factory(&fs), config(1)));
+    let pages = allocate(&sched, 20);
+    let cache = PageCache::new(Arc::clone(&sched), 4).unwrap();
+    let hot = pages[0];
+    for &p in &pages[1..] {
+        drop(cache.fetch(hot).unwrap()); // touched between every miss
+        drop(cache.fetch(p).unwrap());
+    }
+    let s = cache.stats();
+    assert_eq!(
+        s.misses, 20,
+        "the hot page was read once, the 19 others once each: {s:?}"
+    );
+    assert_eq!(s.hits, 18);
+}
+
+#[test]
+fn cache_single_flight_two_misses_on_one_page_fetch_once() {
+    let fs = MemFs::new(3);
+    let gate = Arc::new(AtomicBool::new(true));
+    let sched = Arc::new(open(&Gated::factory(&fs, Arc::clone(&gate)), config(1)));
+    let page = allocate(&sched, 1)[0];
+    sched.schedule_write(page, page_bytes(page, 5)).recv().unwrap();
+    let cache = Arc::new(PageCache::new(Arc::clone(&sched), 4).unwrap());
+    let before = sched.stats().read_ios;
+
+    gate.store(false, Ordering::Release);
+    let fetchers: Vec<_> = (0..2)
+        .map(|_| {
+            let cache = Arc::clone(&cache);
+            std::thread::spawn(move || stamp(&cache.fetch(page).unwrap().read()))
+        })
+        .collect();
+    wait_until("one miss and one waiter", || {
+        let s = cache.stats();
+        s.misses == 1 && s.waited_for_load >= 1
+    });
+    gate.store(true, Ordering::Release);
+    for f in fetchers {
+        assert_eq!(f.join().unwrap(), (page.0, 5));
+    }
+    assert_eq!(sched.stats().read_ios - before, 1);
+    assert_eq!(cache.stats().misses, 1);
+}
+
+#[test]
+fn cache_with_every_frame_pinned_says_so() {
+    let fs = MemFs::new(4);
+    let sched = Arc::new(open(&mem_factory(&fs), config(1)));
+    let pages = allocate(&sched, 3);
+    let cache = PageCache::new(Arc::clone(&sched), 2).unwrap();
+    let _a = cache.fetch(pages[0]).unwrap();
+    let _b = cache.fetch(pages[1]).unwrap();
+    let err = cache.fetch(pages[2]).unwrap_err();
+    assert!(err.to_string().contains("pinned"), "{err}");
+    assert!(PageCache::new(Arc::clone(&sched), 0).is_err());
+    // A read error reaches the caller and frees the frame.
+    drop(_b);
+    assert!(matches!(
+        cache.fetch(PageId(99)),
+        Err(SchedulerError::NotAllocated(_))
+    ));
+    assert!(cache.fetch(pages[2]).is_ok());
+}
+
+#[test]
+fn cache_failed_write_back_keeps_the_page_dirty_and_loses_nothing() {
+    let fs = MemFs::new(5);
+    // Writes: 1 = initial allocation image, 2 and 3 = two allocation images, 4 = the first
+    // write-back, which fails.
+    let plan = FaultPlan::new(5).fail_nth(OpKind::Write, 4, Fault::Eio);
+    let sched = Arc::new(open(&faulty_factory(&fs, plan), config(1)));
+    let cache = PageCache::new(Arc::clone(&sched), 1).unwrap();
+    let a = cache.new_page().unwrap();
+    a.write().copy_from_slice(&page_bytes(a.id(), 1));
+    let a_id = a.id();
+    drop(a);
+    let err = cache.new_page().unwrap_err(); // allocates page 1, cannot evict page 0
+    assert_eq!(err.errno(), Some(5), "{err}");
+    // Page 0 is still cached with its bytes, and a flush now succeeds.
+    assert_eq!(stamp(&cache.fetch(a_id).unwrap().read()), (a_id.0, 1));
+    cache.flush_all().unwrap();
+    drop(cache);
+    sched.shutdown().unwrap();
+    let sched = open(&mem_factory(&fs), config(1));
+    assert_eq!(stamp(&sched.schedule_read(a_id).recv().unwrap()), (a_id.0, 1));
+}
+
+#[test]
+fn cache_concurrent_increments_are_all_kept() {
+    let fs = MemFs::new(6);
+    let sched = Arc::new(open(&mem_factory(&fs), config(2)));
+    let pages = allocate(&sched, 24);
+    let cache = Arc::new(PageCache::new(Arc::clone(&sched), 6).unwrap());
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let cache = Arc::clone(&cache);
+            let pages = pages.clone();
+            std::thread::spawn(move || {
+                let mut rng = SmallRng::seed_from_u64(t);
+                for _ in 0..300 {
+                    let p = pages[rng.random_range(0..pages.len())];
+                    let page = cache.fetch(p).unwrap();
+                    let mut bytes = page.write();
+                    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+                    bytes[..8].copy_from_slice(&(n + 1).to_le_bytes());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    cache.flush_all().unwrap();
+    let total: u64 = sched
+        .schedule_read_pages(pages.clone())
+        .recv()
+        .unwrap()
+        .iter()
+        .map(|b| u64::from_le_bytes(b[..8].try_into().unwrap()))
+        .sum();
+    assert_eq!(total, 1200, "every increment made under a write guard is on disk");
+    assert!(cache.stats().evictions > 0);
+}

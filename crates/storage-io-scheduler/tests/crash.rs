@@ -1,0 +1,177 @@
+//! Crash simulation on MemIo: a crash at every mutating op of a workload (and during open).
+//! After each, the page file reopens, every acknowledged allocation and deallocation holds, and
+//! every page made durable (a durable write or a sync) has its bytes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+
+use common::*;
+use storage_io_scheduler::{DiskScheduler, PageId, SchedulerError};
+use storage_io_testkit::memio::{CrashOptions, MemFs, TearMode};
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Allocate,
+    Deallocate(u64),
+    Write(u64),
+    WriteDurable(u64),
+    Sync,
+}
+
+const WORKLOAD: &[Step] = &[
+    Step::Allocate,
+    Step::Allocate,
+    Step::Allocate,
+    Step::WriteDurable(0),
+    Step::Write(1),
+    Step::Allocate,
+    Step::WriteDurable(2),
+    Step::Sync,
+    Step::Deallocate(1),
+    Step::Write(3),
+    Step::WriteDurable(0),
+    Step::Allocate, // reuses 1
+    Step::Deallocate(2),
+    Step::Write(1),
+    Step::Sync,
+    Step::Allocate, // reuses 2
+    Step::WriteDurable(2),
+    Step::Deallocate(0),
+];
+
+/// What the acknowledged prefix of the workload guarantees.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Durable {
+    next: u64,
+    free: BTreeSet<u64>,
+    /// Page -> (version durable, newest version written after it, if any).
+    pages: HashMap<u64, (u32, Option<u32>)>,
+}
+
+impl Durable {
+    fn allocated(&self, p: u64) -> bool {
+        p < self.next && !self.free.contains(&p)
+    }
+}
+
+/// Runs the workload until the first error (the crash); returns what was acknowledged and the
+/// step that failed, if any.
+fn run_workload(sched: &DiskScheduler) -> (Durable, Option<Step>) {
+    let mut d = Durable::default();
+    // Written but not yet covered by a sync: page -> version.
+    let mut unsynced: HashMap<u64, u32> = HashMap::new();
+    for (i, &step) in WORKLOAD.iter().enumerate() {
+        let version = i as u32 + 1;
+        let ok = match step {
+            Step::Allocate => sched.schedule_allocate().recv().map(|p| {
+                assert_eq!(p.0, d.free.first().copied().unwrap_or(d.next));
+                if !d.free.remove(&p.0) {
+                    d.next += 1;
+                }
+            }),
+            Step::Deallocate(p) => sched.schedule_deallocate(PageId(p)).recv().map(|()| {
+                d.free.insert(p);
+            }),
+            Step::Write(p) => sched
+                .schedule_write(PageId(p), page_bytes(PageId(p), version))
+                .recv()
+                .map(|()| {
+                    unsynced.insert(p, version);
+                    d.pages.entry(p).or_insert((0, None)).1 = Some(version);
+                }),
+            Step::WriteDurable(p) => sched
+                .schedule_write_durable(PageId(p), page_bytes(PageId(p), version))
+                .recv()
+                .map(|()| {
+                    unsynced.remove(&p);
+                    d.pages.insert(p, (version, None));
+                }),
+            Step::Sync => sched.schedule_sync().recv().map(|()| {
+                for (p, v) in unsynced.drain() {
+                    d.pages.insert(p, (v, None));
+                }
+            }),
+        };
+        if ok.is_err() {
+            return (d, Some(step));
+        }
+    }
+    (d, None)
+}
+
+fn check_after_crash(fs: &MemFs, d: &Durable, failed: Option<Step>, point: &str) {
+    let sched = DiskScheduler::open(DIR, config(2), mem_factory(fs))
+        .unwrap_or_else(|e| panic!("{point}: the page file must reopen after any crash: {e}"));
+    for p in 0..d.next + 1 {
+        // The step that failed may or may not have landed.
+        let uncertain = matches!(failed, Some(Step::Deallocate(q)) if q == p)
+            || (matches!(failed, Some(Step::Allocate)) && p == d.free.first().copied().unwrap_or(d.next));
+        let got = sched.schedule_read(PageId(p)).recv();
+        if uncertain {
+            continue;
+        }
+        if !d.allocated(p) {
+            assert!(
+                matches!(got, Err(SchedulerError::NotAllocated(_))),
+                "{point}: page {p} is not allocated after the acknowledged steps, got {got:?}"
+            );
+            continue;
+        }
+        let bytes = got.unwrap_or_else(|e| panic!("{point}: page {p} was allocated and acknowledged: {e}"));
+        if let Some(&(version, later)) = d.pages.get(&p) {
+            let pending =
+                later.is_some() || matches!(failed, Some(Step::Write(q) | Step::WriteDurable(q)) if q == p);
+            if !pending && version > 0 {
+                assert_eq!(
+                    stamp(&bytes),
+                    (p, version),
+                    "{point}: page {p} lost its durable bytes"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn crash_at_every_op_keeps_acknowledged_allocations_and_durable_pages() {
+    // How many mutating ops the workload takes, opening included.
+    let dry = MemFs::new(0);
+    {
+        let sched = DiskScheduler::open(DIR, config(2), mem_factory(&dry)).unwrap();
+        let (_, failed) = run_workload(&sched);
+        assert!(failed.is_none());
+    }
+    let total = dry.mutation_count();
+    assert!(
+        total > 20,
+        "the workload is too small to be interesting: {total} ops"
+    );
+
+    let mut points = 0;
+    for seed in 0..12u64 {
+        let tear = [TearMode::None, TearMode::Prefix, TearMode::AnySectors][seed as usize % 3];
+        let options = CrashOptions { tear };
+        for n in 1..=total + 1 {
+            let fs = MemFs::new(seed * 1000 + n);
+            fs.crash_after_ops(n, options);
+            let point = format!("seed {seed}, crash at op {n} of {total} ({tear:?})");
+            let (d, failed) = match DiskScheduler::open(DIR, config(2), mem_factory(&fs)) {
+                Ok(sched) => {
+                    let r = run_workload(&sched);
+                    let _ = sched.shutdown();
+                    r
+                }
+                Err(_) => (Durable::default(), None), // crashed while opening
+            };
+            if fs.crash_count() == 0 {
+                fs.crash_after_ops(0, options); // disarm, then crash at the end instead
+                fs.crash(options);
+            }
+            check_after_crash(&fs, &d, failed, &point);
+            points += 1;
+        }
+    }
+    assert!(points >= 12 * total as usize);
+}
