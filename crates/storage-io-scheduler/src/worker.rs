@@ -464,7 +464,8 @@ impl Worker {
         }
     }
 
-    fn read_buf(&self, len: usize) -> std::result::Result<IoBuf, StorageIoError> {
+    /// An aligned buffer of `len` bytes from the worker's pool (or freshly allocated).
+    fn aligned_buf(&self, len: usize) -> std::result::Result<IoBuf, StorageIoError> {
         if let Some(pool) = &self.buffers
             && let Ok(buf) = pool.acquire(len)
         {
@@ -479,7 +480,7 @@ impl Worker {
             Some(Op::Read(read)) => {
                 let len = read.waiters.len() * self.page_size;
                 let offset = read.first * ps;
-                match self.read_buf(len) {
+                match self.aligned_buf(len) {
                     Ok(buf) => self
                         .io
                         .submit_read(self.data_fd, buf, offset)
@@ -487,7 +488,23 @@ impl Worker {
                     Err(e) => Err(e),
                 }
             }
-            Some(Op::Write(w)) => self.io.submit_write(self.data_fd, &w.data, w.page * ps),
+            Some(Op::Write(w)) => {
+                if (w.data.as_ptr() as usize).is_multiple_of(DEFAULT_ALIGNMENT) {
+                    self.io.submit_write(self.data_fd, &w.data, w.page * ps)
+                } else {
+                    // Direct I/O needs an aligned source: stage the page in an aligned buffer
+                    // that moves into the backend and comes back with the completion.
+                    match self.aligned_buf(w.data.len()) {
+                        Ok(mut buf) => {
+                            buf.as_mut_slice().copy_from_slice(&w.data);
+                            self.io
+                                .submit_write_buf(self.data_fd, buf, w.page * ps)
+                                .map_err(|e| e.error)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            }
             Some(Op::Sync(_)) => self.io.submit_datasync(self.data_fd),
             Some(Op::MetaWrite { slot, image, .. }) => match self.meta_fds {
                 Some(fds) => self.io.submit_write(fds[*slot], image, 0),

@@ -26,6 +26,9 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use storage_io_core::*;
+/// The page scheduler (`storage-io-scheduler`); [`open_scheduler`] opens one on the
+/// auto-selected backend.
+pub use storage_io_scheduler as scheduler;
 pub use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
 pub use storage_io_uring::UringStorageIo;
@@ -201,4 +204,37 @@ pub fn open_wal(
     let (factory, selection) = backend_factory(io)?;
     tracing::info!(?selection, "wal backend selected");
     wal::WalManager::open(dir, config, factory)
+}
+
+/// Opens the page scheduler in `dir`, one backend per worker, of the kind `config.backend`
+/// selects (`auto`: io_uring where the probe passes, else the thread pool;
+/// `STORAGE_IO_BACKEND` overrides). The backends get the scheduler's `queue_depth`,
+/// `fixed_buffers`, `sqpoll_idle_ms` and `direct_io`.
+///
+/// ```no_run
+/// use storage_io::scheduler::{IOSchedulerConfig, PageCache};
+/// let sched = std::sync::Arc::new(storage_io::open_scheduler("db/pages", IOSchedulerConfig::default())?);
+/// let page = sched.schedule_allocate().recv()?;
+/// sched.schedule_write_durable(page, vec![0u8; 4096].into()).recv()?;
+/// let cache = PageCache::new(sched, 1024)?; // a buffer pool of 1024 frames on top
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn open_scheduler(
+    dir: impl AsRef<std::path::Path>,
+    config: scheduler::IOSchedulerConfig,
+) -> std::result::Result<scheduler::DiskScheduler, scheduler::SchedulerError> {
+    let io = IoConfig {
+        backend: config.backend,
+        queue_depth: config.queue_depth,
+        fixed_buffers: config.fixed_buffers,
+        sqpoll_idle_ms: config.sqpoll_idle_ms,
+        direct_io: config.direct_io,
+        ..IoConfig::default()
+    };
+    let (factory, selection) = backend_factory(&io).map_err(|source| scheduler::SchedulerError::Backend {
+        what: "selecting a backend",
+        source,
+    })?;
+    tracing::info!(?selection, "scheduler backend selected");
+    scheduler::DiskScheduler::open(dir, config, factory)
 }
