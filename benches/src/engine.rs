@@ -19,6 +19,10 @@ pub const WORKLOADS: &[&str] = &[
     "rand_write",
     "multistream_scan",
     "wal_commit",
+    "scheduler_rand_read",
+    "scheduler_batch_read",
+    "raw_round_read",
+    "scheduler_seq_scan",
 ];
 
 /// Every backend variant the driver knows.
@@ -140,6 +144,9 @@ impl Offsets {
 
 /// Runs one cell of ours on `path` and measures it. `stop` ends it early (Ctrl-C).
 pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
+    if crate::sched::runs(&cell.workload) {
+        return crate::sched::run_cell(path, cell, stop);
+    }
     let (qd, block) = (cell.qd.max(1), cell.block);
     let opened = open_file(path, &OpenOptions::default().with_direct(cell.direct))?;
     if cell.direct && !opened.mode.is_direct() {

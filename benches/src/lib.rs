@@ -9,6 +9,7 @@ pub mod fio;
 pub mod plot;
 pub mod report;
 pub mod signal;
+pub mod sched;
 pub mod wal;
 
 use serde::{Deserialize, Serialize};

@@ -60,6 +60,15 @@ impl Allocator {
         Ok(PageId(self.next - 1))
     }
 
+    /// Hands out `n` new, adjacent ids past the end (the free list is not used, so the pages
+    /// are contiguous on disk: bulk loading, extending a table).
+    pub(crate) fn allocate_extent(&mut self, n: u64, max_pages: u64) -> Result<std::ops::Range<PageId>> {
+        let end = self.next.checked_add(n).filter(|&e| e <= max_pages).ok_or(SchedulerError::OutOfPages)?;
+        let start = self.next;
+        self.next = end;
+        Ok(PageId(start)..PageId(end))
+    }
+
     pub(crate) fn deallocate(&mut self, page: PageId) -> Result<()> {
         if !self.is_allocated(page) {
             return Err(SchedulerError::NotAllocated(page));

@@ -42,6 +42,10 @@ enum Request {
         answer: Answer<Vec<BytesMut>>,
     },
     Allocate(Answer<PageId>),
+    AllocateExtent {
+        pages: u64,
+        answer: Answer<std::ops::Range<PageId>>,
+    },
     Deallocate {
         page: PageId,
         answer: Answer<()>,
@@ -250,6 +254,13 @@ impl DiskScheduler {
         self.send(Request::Allocate)
     }
 
+    /// Allocates `pages` new, adjacent page ids past the end (never from the free list, so
+    /// they are contiguous on disk: for bulk loads and extending a table). Answered once
+    /// durable, with one allocation image however many pages.
+    pub fn schedule_allocate_extent(&self, pages: u64) -> Reply<std::ops::Range<PageId>> {
+        self.send(|answer| Request::AllocateExtent { pages, answer })
+    }
+
     /// Frees a page id; later reads and writes of it are `NotAllocated` until it is allocated
     /// again. Answered once durable.
     pub fn schedule_deallocate(&self, page: PageId) -> Reply<()> {
@@ -421,6 +432,12 @@ impl Dispatcher {
             Request::ReadPages { pages, answer } => self.read_pages(pages, answer),
             Request::Allocate(answer) => match self.allocator.allocate(self.max_pages) {
                 Ok(page) => self.pending_alloc.push(AllocAnswer::Allocate(page, answer)),
+                Err(e) => {
+                    let _ = answer.send(Err(e));
+                }
+            },
+            Request::AllocateExtent { pages, answer } => match self.allocator.allocate_extent(pages, self.max_pages) {
+                Ok(range) => self.pending_alloc.push(AllocAnswer::Extent(range, answer)),
                 Err(e) => {
                     let _ = answer.send(Err(e));
                 }

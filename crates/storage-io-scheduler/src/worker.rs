@@ -58,6 +58,7 @@ pub(crate) enum WorkerMsg {
 /// An allocation change waiting for its image to be durable.
 pub(crate) enum AllocAnswer {
     Allocate(PageId, Answer<PageId>),
+    Extent(std::ops::Range<PageId>, Answer<std::ops::Range<PageId>>),
     Deallocate(Answer<()>),
 }
 
@@ -70,6 +71,9 @@ impl AllocAnswer {
         match self {
             AllocAnswer::Allocate(page, a) => {
                 let _ = a.send(result.map(|()| page).map_err(err));
+            }
+            AllocAnswer::Extent(range, a) => {
+                let _ = a.send(result.map(|()| range).map_err(err));
             }
             AllocAnswer::Deallocate(a) => {
                 let _ = a.send(result.map_err(err));

@@ -1,0 +1,263 @@
+//! The scheduler workloads, on the same file as the raw cells:
+//! - `scheduler_rand_read`: random page reads through `DiskScheduler::schedule_read`, `qd`
+//!   of them outstanding from one client thread (the raw peer is `rand_read` at the same qd).
+//! - `scheduler_batch_read`: `schedule_read_pages` of `qd` random pages, one batch at a time;
+//!   an op is a batch. Its peer `raw_round_read` submits `qd` random reads on the bare backend
+//!   and waits for all of them: one round.
+//! - `scheduler_seq_scan`: a `ReadStream` over the file with `qd` pages in flight (adjacent
+//!   pages merged); its peers are `seq_read` and fio's sequential read at the same qd.
+//!
+//! The scheduler needs its own directory: the bench file is hard-linked into a fresh one as
+//! `pages.db` (same inode, so literally the same file), and every page of it is allocated
+//! with one `schedule_allocate_extent`.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use storage_io_core::{AlignedBuf, BackendFactory, IoBuf, IoCompletion, OpenOptions, StorageIoError, open_file};
+use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PAGE_FILE, PageId};
+
+use crate::engine::{Cell, cpu_time, make_backend};
+use crate::{Latency, Row};
+
+/// Random page reads through the scheduler.
+pub const RAND_READ: &str = "scheduler_rand_read";
+/// Batches of random pages through `schedule_read_pages`.
+pub const BATCH_READ: &str = "scheduler_batch_read";
+/// The raw peer of a batch: `qd` random reads submitted together, waited for together.
+pub const RAW_ROUND: &str = "raw_round_read";
+/// A sequential scan through a `ReadStream`.
+pub const SEQ_SCAN: &str = "scheduler_seq_scan";
+
+/// Whether this module runs `workload`.
+pub fn runs(workload: &str) -> bool {
+    [RAND_READ, BATCH_READ, RAW_ROUND, SEQ_SCAN].contains(&workload)
+}
+
+/// Runs a cell of one of this module's workloads.
+pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
+    if cell.workload == RAW_ROUND {
+        run_raw_round_cell(file, cell, stop)
+    } else {
+        run_scheduler_cell(file, cell, stop)
+    }
+}
+
+/// A scheduler directory around a hard link to the bench file; removed on drop (the bench
+/// file itself stays).
+struct SchedDir(PathBuf);
+
+impl SchedDir {
+    fn new(file: &Path) -> Result<SchedDir> {
+        let dir = PathBuf::from(format!("{}.sched-{}", file.display(), std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let guard = SchedDir(dir);
+        // An empty page file first, so a fresh scheduler writes its allocation images...
+        drop(std::fs::File::create(guard.0.join(PAGE_FILE))?);
+        Ok(guard)
+    }
+}
+
+impl Drop for SchedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn factory(backend: &str, qd: usize) -> Result<BackendFactory> {
+    drop(make_backend(backend, qd)?);
+    let name = backend.to_string();
+    Ok(Arc::new(move |_| {
+        make_backend(&name, qd).map_err(|e| StorageIoError::Unsupported {
+            what: e.to_string().into(),
+        })
+    }))
+}
+
+/// Opens a scheduler whose page file is `file`, with every page allocated.
+fn open_on(file: &Path, cell: &Cell, dir: &SchedDir) -> Result<DiskScheduler> {
+    let pages = (cell.size / cell.block as u64).max(1);
+    let config = IOSchedulerConfig {
+        workers: 1,
+        queue_depth: cell.qd.max(1),
+        page_size: cell.block,
+        direct_io: cell.direct,
+        ..IOSchedulerConfig::default()
+    };
+    {
+        let sched = DiskScheduler::open(&dir.0, config.clone(), factory(&cell.backend, cell.qd.max(1))?)?;
+        sched.schedule_allocate_extent(pages).recv()?;
+        sched.shutdown()?;
+    }
+    // ...then swap in the bench file under the same name.
+    let page_file = dir.0.join(PAGE_FILE);
+    std::fs::remove_file(&page_file)?;
+    std::fs::hard_link(file, &page_file)
+        .with_context(|| format!("hard-link {} into {}", file.display(), dir.0.display()))?;
+    Ok(DiskScheduler::open(&dir.0, config, factory(&cell.backend, cell.qd.max(1))?)?)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn latency(hist: &Histogram<u64>) -> Latency {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    Latency {
+        mean: hist.mean() / 1000.0,
+        p50: us(hist.value_at_quantile(0.50)),
+        p95: us(hist.value_at_quantile(0.95)),
+        p99: us(hist.value_at_quantile(0.99)),
+        max: us(hist.max()),
+    }
+}
+
+fn row(cell: &Cell, ops: u64, pages_per_op: usize, secs: f64, cpu: f64, hist: &Histogram<u64>) -> Row {
+    let iops = ops as f64 / secs;
+    Row {
+        workload: cell.workload.clone(),
+        engine: "storage-io".into(),
+        backend: cell.backend.clone(),
+        io: if cell.direct { "direct" } else { "buffered" }.into(),
+        regime: String::new(),
+        qd: cell.qd,
+        block_size: cell.block,
+        iops,
+        mb_s: iops * (cell.block * pages_per_op) as f64 / 1e6,
+        lat_us: latency(hist),
+        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
+        ops,
+        ..Row::default()
+    }
+}
+
+/// Runs a `scheduler_*` cell on `file`.
+fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
+    let dir = SchedDir::new(file)?;
+    let sched = open_on(file, cell, &dir)?;
+    let pages = (cell.size / cell.block as u64).max(1);
+    let qd = cell.qd.max(1);
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let batch = cell.workload == BATCH_READ;
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + cell.duration;
+    let mut ops = 0u64;
+    if cell.workload == SEQ_SCAN {
+        // Whole passes over the file until the time is up; each page is an op.
+        'scan: while Instant::now() < deadline && !stop() {
+            let mut last = Instant::now();
+            for item in sched.read_stream(PageId(0)..PageId(pages), qd) {
+                item?;
+                let now = Instant::now();
+                hist.saturating_record((now - last).as_nanos().max(1) as u64);
+                last = now;
+                ops += 1;
+                if now >= deadline || stop() {
+                    break 'scan;
+                }
+            }
+        }
+    } else if batch {
+        while Instant::now() < deadline && !stop() {
+            let want: Vec<PageId> = (0..qd).map(|_| PageId(rng.below(pages))).collect();
+            let start = Instant::now();
+            let got = sched.schedule_read_pages(want).recv()?;
+            hist.saturating_record(start.elapsed().as_nanos().max(1) as u64);
+            if got.len() != qd {
+                bail!("a batch of {qd} pages returned {}", got.len());
+            }
+            ops += 1;
+        }
+    } else {
+        let mut outstanding = VecDeque::with_capacity(qd);
+        loop {
+            let submitting = Instant::now() < deadline && !stop();
+            while submitting && outstanding.len() < qd {
+                let page = PageId(rng.below(pages));
+                outstanding.push_back((Instant::now(), sched.schedule_read(page)));
+            }
+            // Block on the oldest, then take every other answer that is already in.
+            let Some((start, reply)) = outstanding.pop_front() else { break };
+            reply.recv()?;
+            let now = Instant::now();
+            hist.saturating_record((now - start).as_nanos().max(1) as u64);
+            ops += 1;
+            let mut i = 0;
+            while i < outstanding.len() {
+                if let Some(r) = outstanding[i].1.try_recv() {
+                    r?;
+                    hist.saturating_record((now - outstanding[i].0).as_nanos().max(1) as u64);
+                    ops += 1;
+                    outstanding.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
+    sched.shutdown()?;
+    Ok(row(cell, ops, if batch { qd } else { 1 }, secs, cpu, &hist))
+}
+
+/// The raw peer of `scheduler_batch_read`: `qd` random reads submitted at once on the bare
+/// backend and waited for together, one round at a time.
+fn run_raw_round_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
+    let qd = cell.qd.max(1);
+    let opened = open_file(file, &OpenOptions::default().with_direct(cell.direct))?;
+    let mut io = make_backend(&cell.backend, qd)?;
+    let fd = io.register_fd(opened.file)?;
+    let pages = (cell.size / cell.block as u64).max(1);
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut bufs: Vec<IoBuf> = (0..qd)
+        .map(|_| AlignedBuf::zeroed(cell.block, 4096).map(IoBuf::from))
+        .collect::<Result<_, _>>()?;
+    let mut done: Vec<IoCompletion> = Vec::with_capacity(qd);
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + cell.duration;
+    let mut ops = 0u64;
+    while Instant::now() < deadline && !stop() {
+        let start = Instant::now();
+        for buf in bufs.drain(..) {
+            if let Err(e) = io.submit_read(fd, buf, rng.below(pages) * cell.block as u64) {
+                bail!("submit failed: {}", e.error);
+            }
+        }
+        while done.len() < qd {
+            let want = qd - done.len();
+            io.wait_completions(&mut done, want, Some(Duration::from_secs(10)))?;
+        }
+        hist.saturating_record(start.elapsed().as_nanos().max(1) as u64);
+        for c in done.drain(..) {
+            c.result?;
+            if let Some(mut b) = c.buf {
+                if let IoBuf::Aligned(a) = &mut b {
+                    a.set_len(cell.block)?;
+                }
+                bufs.push(b);
+            }
+        }
+        ops += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
+    io.deregister_fd(fd)?;
+    Ok(row(cell, ops, qd, secs, cpu, &hist))
+}
