@@ -8,8 +8,8 @@ pub mod engine;
 pub mod fio;
 pub mod plot;
 pub mod report;
-pub mod signal;
 pub mod sched;
+pub mod signal;
 pub mod wal;
 
 use serde::{Deserialize, Serialize};

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use storage_io_core::{AlignedBuf, BackendFactory, IoBuf, IoCompletion, OpenOptions, StorageIoError, open_file};
+use storage_io_core::{
+    AlignedBuf, BackendFactory, IoBuf, IoCompletion, OpenOptions, StorageIoError, open_file,
+};
 use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PAGE_FILE, PageId};
 
 use crate::engine::{Cell, cpu_time, make_backend};
@@ -99,7 +101,11 @@ fn open_on(file: &Path, cell: &Cell, dir: &SchedDir) -> Result<DiskScheduler> {
     std::fs::remove_file(&page_file)?;
     std::fs::hard_link(file, &page_file)
         .with_context(|| format!("hard-link {} into {}", file.display(), dir.0.display()))?;
-    Ok(DiskScheduler::open(&dir.0, config, factory(&cell.backend, cell.qd.max(1))?)?)
+    Ok(DiskScheduler::open(
+        &dir.0,
+        config,
+        factory(&cell.backend, cell.qd.max(1))?,
+    )?)
 }
 
 struct Rng(u64);
@@ -191,7 +197,9 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
                 outstanding.push_back((Instant::now(), sched.schedule_read(page)));
             }
             // Block on the oldest, then take every other answer that is already in.
-            let Some((start, reply)) = outstanding.pop_front() else { break };
+            let Some((start, reply)) = outstanding.pop_front() else {
+                break;
+            };
             reply.recv()?;
             let now = Instant::now();
             hist.saturating_record((now - start).as_nanos().max(1) as u64);

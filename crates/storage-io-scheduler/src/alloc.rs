@@ -63,7 +63,11 @@ impl Allocator {
     /// Hands out `n` new, adjacent ids past the end (the free list is not used, so the pages
     /// are contiguous on disk: bulk loading, extending a table).
     pub(crate) fn allocate_extent(&mut self, n: u64, max_pages: u64) -> Result<std::ops::Range<PageId>> {
-        let end = self.next.checked_add(n).filter(|&e| e <= max_pages).ok_or(SchedulerError::OutOfPages)?;
+        let end = self
+            .next
+            .checked_add(n)
+            .filter(|&e| e <= max_pages)
+            .ok_or(SchedulerError::OutOfPages)?;
         let start = self.next;
         self.next = end;
         Ok(PageId(start)..PageId(end))
@@ -201,9 +205,13 @@ fn read_whole(io: &mut dyn StorageIo, fd: IoFd) -> Result<Vec<u8>> {
 pub(crate) fn write_image_blocking(io: &mut dyn StorageIo, fd: IoFd, image: &[u8]) -> Result<()> {
     let what = "writing allocation metadata";
     let backend = |source: StorageIoError| SchedulerError::Backend { what, source };
+    // One op at a time: a backend may allow only one in flight.
     let write = io.submit_write(fd, image, 0).map_err(backend)?;
+    for done in wait_for(io, &[write], what)? {
+        done.result.map_err(backend)?;
+    }
     let sync = io.submit_datasync(fd).map_err(backend)?;
-    for done in wait_for(io, &[write, sync], what)? {
+    for done in wait_for(io, &[sync], what)? {
         done.result.map_err(backend)?;
     }
     Ok(())

@@ -436,12 +436,14 @@ impl Dispatcher {
                     let _ = answer.send(Err(e));
                 }
             },
-            Request::AllocateExtent { pages, answer } => match self.allocator.allocate_extent(pages, self.max_pages) {
-                Ok(range) => self.pending_alloc.push(AllocAnswer::Extent(range, answer)),
-                Err(e) => {
-                    let _ = answer.send(Err(e));
+            Request::AllocateExtent { pages, answer } => {
+                match self.allocator.allocate_extent(pages, self.max_pages) {
+                    Ok(range) => self.pending_alloc.push(AllocAnswer::Extent(range, answer)),
+                    Err(e) => {
+                        let _ = answer.send(Err(e));
+                    }
                 }
-            },
+            }
             Request::Deallocate { page, answer } => match self.allocator.deallocate(page) {
                 Ok(()) => self.pending_alloc.push(AllocAnswer::Deallocate(answer)),
                 Err(e) => {

@@ -455,14 +455,34 @@ fn recv_async_answers_from_a_plain_executor() {
 fn allocate_extent_hands_out_adjacent_new_pages_and_survives_reopen() {
     let fs = MemFs::new(14);
     let sched = open(&mem_factory(&fs), config(2));
-    assert_eq!(sched.schedule_allocate_extent(10).recv().unwrap(), PageId(0)..PageId(10));
+    assert_eq!(
+        sched.schedule_allocate_extent(10).recv().unwrap(),
+        PageId(0)..PageId(10)
+    );
     sched.schedule_deallocate(PageId(3)).recv().unwrap();
-    assert_eq!(sched.schedule_allocate_extent(2).recv().unwrap(), PageId(10)..PageId(12));
-    assert_eq!(sched.schedule_allocate().recv().unwrap(), PageId(3), "single pages reuse the free list");
-    assert!(matches!(sched.schedule_allocate_extent(u64::MAX).recv(), Err(SchedulerError::OutOfPages)));
+    assert_eq!(
+        sched.schedule_allocate_extent(2).recv().unwrap(),
+        PageId(10)..PageId(12)
+    );
+    assert_eq!(
+        sched.schedule_allocate().recv().unwrap(),
+        PageId(3),
+        "single pages reuse the free list"
+    );
+    assert!(matches!(
+        sched.schedule_allocate_extent(u64::MAX).recv(),
+        Err(SchedulerError::OutOfPages)
+    ));
     sched.shutdown().unwrap();
     drop(sched);
     let sched = open(&mem_factory(&fs), config(2));
     assert_eq!(sched.stats().allocated_pages, 12);
-    assert_eq!(sched.schedule_read_pages((0..12).map(PageId).collect()).recv().unwrap().len(), 12);
+    assert_eq!(
+        sched
+            .schedule_read_pages((0..12).map(PageId).collect())
+            .recv()
+            .unwrap()
+            .len(),
+        12
+    );
 }
