@@ -58,6 +58,12 @@ impl<T> Reply<T> {
         self.rx.recv_async().await.unwrap_or(Err(SchedulerError::Closed))
     }
 
+    /// The underlying flume receiver, borrowed (to wait on many replies at once with
+    /// `flume::Selector`).
+    pub fn receiver(&self) -> &flume::Receiver<Result<T>> {
+        &self.rx
+    }
+
     /// The underlying flume receiver, for `select!` and friends.
     pub fn into_receiver(self) -> flume::Receiver<Result<T>> {
         self.rx
