@@ -221,7 +221,6 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     if let Some(e) = first_error {
         bail!("{errors} of {} ops failed; the first: {e}", ops + errors);
     }
-    let us = |ns: u64| ns as f64 / 1000.0;
     let iops = ops as f64 / elapsed;
     let per_wait = |x: u64| if waits > 0 { x as f64 / waits as f64 } else { 0.0 };
     Ok(Row {
@@ -234,13 +233,7 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
         block_size: block,
         iops,
         mb_s: iops * block as f64 / 1e6,
-        lat_us: Latency {
-            mean: hist.mean() / 1000.0,
-            p50: us(hist.value_at_quantile(0.50)),
-            p95: us(hist.value_at_quantile(0.95)),
-            p99: us(hist.value_at_quantile(0.99)),
-            max: us(hist.max()),
-        },
+        lat_us: Latency::from_histogram_ns(&hist),
         cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
         ops,
         errors,

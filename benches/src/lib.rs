@@ -29,6 +29,20 @@ pub struct Latency {
     pub max: f64,
 }
 
+impl Latency {
+    /// The percentiles of a histogram of nanoseconds, in microseconds.
+    pub fn from_histogram_ns(hist: &hdrhistogram::Histogram<u64>) -> Latency {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Latency {
+            mean: hist.mean() / 1000.0,
+            p50: us(hist.value_at_quantile(0.50)),
+            p95: us(hist.value_at_quantile(0.95)),
+            p99: us(hist.value_at_quantile(0.99)),
+            max: us(hist.max()),
+        }
+    }
+}
+
 /// One measured cell: the JSON row of `results.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Row {

@@ -119,17 +119,6 @@ impl Rng {
     }
 }
 
-fn latency(hist: &Histogram<u64>) -> Latency {
-    let us = |ns: u64| ns as f64 / 1000.0;
-    Latency {
-        mean: hist.mean() / 1000.0,
-        p50: us(hist.value_at_quantile(0.50)),
-        p95: us(hist.value_at_quantile(0.95)),
-        p99: us(hist.value_at_quantile(0.99)),
-        max: us(hist.max()),
-    }
-}
-
 fn row(cell: &Cell, ops: u64, pages_per_op: usize, secs: f64, cpu: f64, hist: &Histogram<u64>) -> Row {
     let iops = ops as f64 / secs;
     Row {
@@ -142,7 +131,7 @@ fn row(cell: &Cell, ops: u64, pages_per_op: usize, secs: f64, cpu: f64, hist: &H
         block_size: cell.block,
         iops,
         mb_s: iops * (cell.block * pages_per_op) as f64 / 1e6,
-        lat_us: latency(hist),
+        lat_us: Latency::from_histogram_ns(hist),
         cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
         ops,
         ..Row::default()

@@ -55,17 +55,6 @@ fn factory(backend: &str) -> Result<BackendFactory> {
     }))
 }
 
-fn latency(hist: &Histogram<u64>) -> Latency {
-    let us = |ns: u64| ns as f64 / 1000.0;
-    Latency {
-        mean: hist.mean() / 1000.0,
-        p50: us(hist.value_at_quantile(0.50)),
-        p95: us(hist.value_at_quantile(0.95)),
-        p99: us(hist.value_at_quantile(0.99)),
-        max: us(hist.max()),
-    }
-}
-
 /// `(ops, seconds, CPU seconds)` of a cell.
 type Measured = (u64, f64, f64);
 
@@ -88,7 +77,7 @@ fn row(
         block_size: block,
         iops,
         mb_s: iops * block as f64 / 1e6,
-        lat_us: latency(hist),
+        lat_us: Latency::from_histogram_ns(hist),
         cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
         ops,
         ..Row::default()
