@@ -217,20 +217,6 @@ pub(crate) fn write_image_blocking(io: &mut dyn StorageIo, fd: IoFd, image: &[u8
     Ok(())
 }
 
-/// A crash while a fresh directory was being set up leaves both slots blank (empty or zeros)
-/// and the page file empty: nothing was ever acknowledged, so start fresh.
-fn blank_fresh(io: &mut dyn StorageIo, fds: &[IoFd; 2], data_len: u64) -> Result<bool> {
-    if data_len > 0 {
-        return Ok(false);
-    }
-    for fd in fds {
-        if read_whole(io, *fd)?.iter().any(|&b| b != 0) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 /// Opens both slots (creating them) and loads the newest valid image. A fresh directory gets an
 /// empty allocator whose first image is written before this returns. Returns the allocator and
 /// the slot fds.
@@ -256,7 +242,16 @@ pub(crate) fn load(
         );
     }
     let fds = [fds[0], fds[1]];
-    if !existed.iter().any(|&e| e) || blank_fresh(io, &fds, data_len)? {
+    // Each slot is read once; a new directory has nothing to read.
+    let slots: Vec<Vec<u8>> = if existed.iter().any(|&e| e) {
+        vec![read_whole(io, fds[0])?, read_whole(io, fds[1])?]
+    } else {
+        vec![Vec::new(), Vec::new()]
+    };
+    // A crash while a fresh directory was being set up leaves both slots blank (empty or
+    // zeros) and the page file empty: nothing was ever acknowledged, so start fresh.
+    let blank = slots.iter().all(|s| s.iter().all(|&b| b == 0));
+    if (blank && data_len == 0) || !existed.iter().any(|&e| e) {
         if data_len > 0 {
             return Err(SchedulerError::CorruptMetadata {
                 path: dir.to_path_buf(),
@@ -275,9 +270,8 @@ pub(crate) fn load(
     }
     let mut best: Option<Allocator> = None;
     let mut reasons = Vec::new();
-    for (i, fd) in fds.iter().enumerate() {
-        let bytes = read_whole(io, *fd)?;
-        match Allocator::decode(&bytes) {
+    for (i, bytes) in slots.iter().enumerate() {
+        match Allocator::decode(bytes) {
             Ok((alloc, stored_page_size)) => {
                 if stored_page_size as usize != page_size {
                     return Err(SchedulerError::CorruptMetadata {

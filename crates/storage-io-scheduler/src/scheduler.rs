@@ -395,7 +395,8 @@ impl Dispatcher {
             self.to_worker(w, WorkerMsg::Shutdown);
         }
         // Requests that raced with shutdown cannot exist (shutdown holds the write lock while
-        // it sends Shutdown), but answer any leftovers rather than leave a caller hanging.
+        // it sends Shutdown). Any leftover is dropped with its sender, and its caller's `recv`
+        // answers `Closed` instead of hanging.
         while let Ok(req) = rx.try_recv() {
             drop(req);
         }
