@@ -9,9 +9,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use storage_io_core::{
-    Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result, StorageIo,
-    StorageIoError, SubmitError, TokenCounter, deliver_ready, file_facts, file_len_of, plan_write,
-    validate_transfer,
+    AlignedBuf, Capabilities, DEFAULT_ALIGNMENT, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats,
+    IoToken, OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter, deliver_ready, file_facts,
+    file_len_of, plan_write, validate_transfer,
 };
 
 use crate::exec;
@@ -22,8 +22,9 @@ enum Payload {
     Read(IoBuf),
     /// A write of the caller's owned buffer (handed back).
     WriteOwned(IoBuf),
-    /// A write of bytes copied into a staging buffer owned by the backend (recycled).
-    WriteCopied(Vec<u8>),
+    /// A write of bytes copied into a staging buffer owned by the backend (recycled). Aligned,
+    /// so the copy of an aligned direct-I/O write is still aligned when it reaches pwrite.
+    WriteCopied(AlignedBuf),
     /// datasync or fsync.
     Sync,
 }
@@ -98,7 +99,7 @@ pub struct ThreadPoolStorageIo {
     /// Dispatched to a worker or held, and not yet received back.
     outstanding: usize,
     /// Recycled staging buffers for copied writes.
-    staging: Vec<Vec<u8>>,
+    staging: Vec<AlignedBuf>,
     stats: IoStats,
 }
 
@@ -196,14 +197,14 @@ impl ThreadPoolStorageIo {
         Ok(token)
     }
 
-    fn staging_copy(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut v = self
-            .staging
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.config.buffer_size.max(data.len())));
-        v.clear();
-        v.extend_from_slice(data);
-        v
+    fn staging_copy(&mut self, data: &[u8]) -> Result<AlignedBuf> {
+        let mut buf = match self.staging.pop() {
+            Some(b) if b.capacity() >= data.len() => b,
+            _ => AlignedBuf::zeroed(self.config.buffer_size.max(data.len()), DEFAULT_ALIGNMENT)?,
+        };
+        buf.clear();
+        buf.extend_from_slice(data)?;
+        Ok(buf)
     }
 
     fn write_checked(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<(OpKind, u64)> {
@@ -412,7 +413,7 @@ impl StorageIo for ThreadPoolStorageIo {
 
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
         let (op, offset) = self.write_checked(fd, data, Some(offset))?;
-        let copy = self.staging_copy(data);
+        let copy = self.staging_copy(data)?;
         self.accept(fd, op, offset, data.len(), Payload::WriteCopied(copy))
             .map_err(|(e, _)| e)
     }
@@ -429,7 +430,7 @@ impl StorageIo for ThreadPoolStorageIo {
 
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
         let (op, offset) = self.write_checked(fd, data, None)?;
-        let copy = self.staging_copy(data);
+        let copy = self.staging_copy(data)?;
         self.accept(fd, op, offset, data.len(), Payload::WriteCopied(copy))
             .map_err(|(e, _)| e)
     }

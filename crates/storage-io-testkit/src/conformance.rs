@@ -591,6 +591,14 @@ fn direct_io_alignment_is_enforced(ctx: &mut Ctx<'_>) {
         .expect("an aligned direct write is accepted");
     let done = drain(io.as_mut());
     ok_bytes(&done[0]);
+    // A copied write from an aligned slice is accepted too, and its backend-owned copy must
+    // still be aligned when it reaches the kernel (else EINVAL at completion).
+    let mut src = aligned();
+    src.copy_from_slice(&pattern(5, 4096));
+    io.submit_write(fd, &src, 8192)
+        .expect("an aligned copied direct write is accepted");
+    let done = drain(io.as_mut());
+    ok_bytes(&done[0]);
     // Misaligned offset, length and buffer address are each refused with the buffer back.
     let mut odd_len = aligned();
     odd_len.truncate(1000);
