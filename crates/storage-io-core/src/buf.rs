@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
+use crossbeam_queue::ArrayQueue;
 
 use crate::error::{InvalidArgument, Result, StorageIoError};
 
@@ -344,13 +344,20 @@ struct PoolClass {
     limit: usize,
     /// Buffers handed out and not yet dropped.
     outstanding: AtomicUsize,
-    /// Free buffers; preallocated to `limit` entries so giving one back never allocates.
-    free: Mutex<Vec<RawBuf>>,
+    /// Free buffers: a lock-free bounded queue of `limit` entries, so acquire and release take
+    /// no lock and giving one back never allocates.
+    free: ArrayQueue<RawBuf>,
 }
 
 impl PoolClass {
     fn give_back(&self, raw: RawBuf) {
-        self.free.lock().push(raw);
+        // At most `limit` buffers of a class exist (acquire reserves before allocating, prefill
+        // stops at the limit), so the queue has room; if it ever had not, free the memory.
+        if let Err(raw) = self.free.push(raw) {
+            // SAFETY: pool buffers are allocated with this class's layout; `raw` was just given
+            // back by its only owner and is on no list.
+            unsafe { alloc::dealloc(raw.0.as_ptr(), self.layout()) }
+        }
         self.outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -363,7 +370,7 @@ impl PoolClass {
 impl Drop for PoolClass {
     fn drop(&mut self) {
         let layout = self.layout();
-        for raw in self.free.get_mut().drain(..) {
+        while let Some(raw) = self.free.pop() {
             // SAFETY: every RawBuf on the free list was allocated by alloc_zeroed with this
             // class's layout, and the list is its only owner; it is freed once, here.
             unsafe { alloc::dealloc(raw.0.as_ptr(), layout) }
@@ -395,7 +402,8 @@ impl Default for BufferPoolConfig {
 /// [`BufferPool::acquire`] hands out the smallest class that fits, with its length set to the
 /// size asked for; dropping the buffer gives it back (its capacity unchanged). Memory is allocated
 /// lazily up to each class's limit; past it, `acquire` fails with `BufferExhausted` instead of
-/// growing. Each class has its own short lock, so classes never contend with each other.
+/// growing. Each class keeps its free buffers in a lock-free bounded queue, so acquire and release
+/// take no lock at all.
 ///
 /// ```
 /// use storage_io_core::{BufferPool, BufferPoolConfig};
@@ -439,7 +447,7 @@ impl BufferPool {
                 align: config.align,
                 limit,
                 outstanding: AtomicUsize::new(0),
-                free: Mutex::new(Vec::with_capacity(limit)),
+                free: ArrayQueue::new(limit),
             }));
         }
         Ok(BufferPool {
@@ -470,7 +478,7 @@ impl BufferPool {
                 limit: class.limit,
             });
         }
-        let reused = class.free.lock().pop();
+        let reused = class.free.pop();
         let ptr = match reused {
             Some(raw) => raw.0,
             None => {
@@ -497,14 +505,18 @@ impl BufferPool {
     pub fn prefill(&self) {
         for class in self.classes.iter() {
             let layout = class.layout();
-            let mut free = class.free.lock();
-            let have = free.len() + class.outstanding.load(Ordering::Acquire);
+            let have = class.free.len() + class.outstanding.load(Ordering::Acquire);
             for _ in have..class.limit {
                 // SAFETY: as in acquire: non-zero size, valid alignment.
                 let raw = unsafe { alloc::alloc_zeroed(layout) };
-                match NonNull::new(raw) {
-                    Some(p) => free.push(RawBuf(p)),
-                    None => alloc::handle_alloc_error(layout),
+                let Some(p) = NonNull::new(raw) else {
+                    alloc::handle_alloc_error(layout)
+                };
+                if let Err(extra) = class.free.push(RawBuf(p)) {
+                    // Buffers came back concurrently and filled the list: this one is surplus.
+                    // SAFETY: allocated just above with `layout`, owned by nothing else.
+                    unsafe { alloc::dealloc(extra.0.as_ptr(), layout) }
+                    break;
                 }
             }
         }

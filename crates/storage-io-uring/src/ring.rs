@@ -1,7 +1,8 @@
 //! [`UringStorageIo`]: the io_uring backend.
 //!
 //! Layout of one instance:
-//! - one ring, SQ = `queue_depth`, CQ = 2 × `queue_depth`; at most `queue_depth` ops in flight
+//! - one ring, SQ = `sq_depth` (default `queue_depth`), CQ = 2 × the larger of the two; at most
+//!   `queue_depth` ops in flight
 //!   (each holds one op slot), so the CQ cannot overflow — and if the kernel ever reports an
 //!   overflow anyway, the next enter flushes it (`IORING_FEAT_NODROP`);
 //! - preallocated op slots; an SQE's `user_data` is its slot index;
@@ -175,21 +176,26 @@ impl UringStorageIo {
     pub fn new(config: &IoConfig) -> Result<Self> {
         config.validate()?;
         let report = probe().map_err(unsupported)?;
-        let qd = u32::try_from(config.queue_depth).unwrap_or(u32::MAX);
+        let sq = u32::try_from(config.effective_sq_depth()).unwrap_or(u32::MAX);
+        // The CQ holds every op in flight twice over, whichever of the SQ and the in-flight cap
+        // is larger.
+        let cq = u32::try_from(config.effective_sq_depth().max(config.queue_depth))
+            .unwrap_or(u32::MAX)
+            .saturating_mul(2);
         // COOP_TASKRUN + TASKRUN_FLAG (Linux 5.19+): completions do not interrupt this thread
         // with an IPI; they are run at our next io_uring_enter, and the SQ ring's TASKRUN flag
         // tells a non-blocking poll when to enter. SINGLE_ISSUER/DEFER_TASKRUN are not used:
         // a backend is `Send` and may move to another thread between calls.
         let build = |coop: bool| {
             let mut builder = IoUring::builder();
-            builder.setup_cqsize(qd.saturating_mul(2));
+            builder.setup_cqsize(cq);
             if coop {
                 builder.setup_coop_taskrun().setup_taskrun_flag();
             }
             if let Some(idle_ms) = config.sqpoll_idle_ms {
                 builder.setup_sqpoll(idle_ms);
             }
-            builder.build(qd)
+            builder.build(sq)
         };
         let (ring, coop_taskrun) = match build(true) {
             Ok(ring) => (Ok(ring), true),

@@ -144,9 +144,12 @@ fn uring_tiny_cq_under_a_burst_loses_nothing() {
         return;
     }
     let d = dir();
-    for qd in [1usize, 2, 3] {
+    // The last case keeps 64 ops in flight through a 2-entry SQ (sq_depth < queue_depth): a
+    // full SQ is submitted and retried, never dropped.
+    for (qd, sq_depth) in [(1usize, 0usize), (2, 0), (3, 0), (64, 2)] {
         let mut io = UringStorageIo::new(&IoConfig {
             queue_depth: qd,
+            sq_depth,
             ..IoConfig::default()
         })
         .unwrap();

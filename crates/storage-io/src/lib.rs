@@ -96,8 +96,9 @@ pub struct Selection {
 
 /// Decides which backend to build, without building it: `env_backend` (the value of
 /// `STORAGE_IO_BACKEND`, if set) overrides `config.backend`; `auto` takes io_uring when `uring`
-/// says it is available and the thread pool otherwise. Asking for io_uring where it is not
-/// available is an error naming the reason — never a silent fallback.
+/// says it is available (and `config.enable_io_uring` allows it) and the thread pool otherwise.
+/// Asking for io_uring where it is not available or not enabled is an error naming the reason —
+/// never a silent fallback.
 pub fn select_backend(
     config: &IoConfig,
     env_backend: Option<&str>,
@@ -107,6 +108,21 @@ pub fn select_backend(
         Some(v) if !v.trim().is_empty() => (v.parse::<BackendKind>()?, "STORAGE_IO_BACKEND"),
         _ => (config.backend, "the config"),
     };
+    if !config.enable_io_uring {
+        return match kind {
+            BackendKind::Auto => Ok(Selection {
+                kind: BackendKind::ThreadPool,
+                reason: "auto: io_uring is disabled by enable_io_uring = false; using the thread pool".into(),
+            }),
+            BackendKind::IoUring => Err(StorageIoError::Unsupported {
+                what: format!("io_uring was asked for by {source} but enable_io_uring = false").into(),
+            }),
+            BackendKind::ThreadPool | BackendKind::Sync => Ok(Selection {
+                kind,
+                reason: format!("{kind} asked for by {source}"),
+            }),
+        };
+    }
     match kind {
         BackendKind::Auto => Ok(match uring {
             UringStatus::Available { kernel } => Selection {

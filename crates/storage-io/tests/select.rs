@@ -121,3 +121,19 @@ fn auto_backend_conformance() {
         },
     );
 }
+
+#[test]
+fn auto_respects_enable_io_uring_false() {
+    let cfg = IoConfig {
+        enable_io_uring: false,
+        ..IoConfig::default()
+    };
+    let s = select_backend(&cfg, None, &available()).unwrap();
+    assert_eq!(s.kind, BackendKind::ThreadPool);
+    assert!(s.reason.contains("enable_io_uring"), "{}", s.reason);
+    let err = select_backend(&cfg, Some("io_uring"), &available()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("STORAGE_IO_BACKEND") && text.contains("enable_io_uring"), "{text}");
+    let s = select_backend(&cfg, Some("sync"), &available()).unwrap();
+    assert_eq!(s.kind, BackendKind::Sync);
+}
