@@ -298,7 +298,11 @@ impl IoConfig {
 
     /// The io_uring submission-queue size to use: `sq_depth`, or `queue_depth` when it is 0.
     pub fn effective_sq_depth(&self) -> usize {
-        if self.sq_depth > 0 { self.sq_depth } else { self.queue_depth }
+        if self.sq_depth > 0 {
+            self.sq_depth
+        } else {
+            self.queue_depth
+        }
     }
 
     /// The worker count to use: `workers`, or max(2, available cores) when it is 0.

@@ -5,7 +5,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use common::*;
@@ -15,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use storage_io_core::OpKind;
 use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId, Reply, SchedulerError};
 use storage_io_testkit::faulty::{Fault, FaultPlan};
+use storage_io_testkit::gated::Gate;
 use storage_io_testkit::memio::MemFs;
 
 #[test]
@@ -63,13 +63,14 @@ fn order_of_batch_reads_survives_reordered_and_delayed_completions() {
 #[test]
 fn single_flight_concurrent_reads_of_one_page_share_one_io() {
     let fs = MemFs::new(2);
-    let gate = Arc::new(AtomicBool::new(true));
-    let sched = open(&Gated::factory(&fs, Arc::clone(&gate)), config(1));
+    let gate = Gate::new();
+    gate.open();
+    let sched = open(&gated_factory(&fs, &gate), config(1));
     let page = allocate(&sched, 1)[0];
     sched.schedule_write(page, page_bytes(page, 7)).recv().unwrap();
     let before = sched.stats();
 
-    gate.store(false, Ordering::Release); // reads now stay in flight until the gate opens
+    gate.close(); // reads now stay in flight until the gate opens
     let first = sched.schedule_read(page);
     let others: Vec<_> = (0..7).map(|_| sched.schedule_read(page)).collect();
     let batch = sched.schedule_read_pages(vec![page, page]);
@@ -80,7 +81,7 @@ fn single_flight_concurrent_reads_of_one_page_share_one_io() {
         first.try_recv().is_none(),
         "the read was answered while its completion was held"
     );
-    gate.store(true, Ordering::Release);
+    gate.open();
 
     assert_eq!(stamp(&first.recv().unwrap()), (page.0, 7));
     for r in others {
@@ -97,18 +98,19 @@ fn single_flight_concurrent_reads_of_one_page_share_one_io() {
 #[test]
 fn single_flight_never_joins_a_read_issued_before_a_newer_write() {
     let fs = MemFs::new(3);
-    let gate = Arc::new(AtomicBool::new(true));
-    let sched = open(&Gated::factory(&fs, Arc::clone(&gate)), config(1));
+    let gate = Gate::new();
+    gate.open();
+    let sched = open(&gated_factory(&fs, &gate), config(1));
     let page = allocate(&sched, 1)[0];
     sched.schedule_write(page, page_bytes(page, 1)).recv().unwrap();
 
-    gate.store(false, Ordering::Release);
+    gate.close();
     let old = sched.schedule_read(page);
     let write = sched.schedule_write(page, page_bytes(page, 2));
     let new = sched.schedule_read(page);
     write.recv().unwrap();
     let new_after_write = sched.schedule_read(page);
-    gate.store(true, Ordering::Release);
+    gate.open();
 
     assert_eq!(
         stamp(&old.recv().unwrap()),

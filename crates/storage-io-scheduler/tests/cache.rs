@@ -4,7 +4,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::*;
 use rand::rngs::SmallRng;
@@ -12,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use storage_io_core::OpKind;
 use storage_io_scheduler::{PageCache, PageId, SchedulerError};
 use storage_io_testkit::faulty::{Fault, FaultPlan};
+use storage_io_testkit::gated::Gate;
 use storage_io_testkit::memio::MemFs;
 
 #[test]
@@ -62,14 +62,15 @@ fn cache_hot_pages_survive_a_scan_thanks_to_the_reference_bit() {
 #[test]
 fn cache_single_flight_two_misses_on_one_page_fetch_once() {
     let fs = MemFs::new(3);
-    let gate = Arc::new(AtomicBool::new(true));
-    let sched = Arc::new(open(&Gated::factory(&fs, Arc::clone(&gate)), config(1)));
+    let gate = Gate::new();
+    gate.open();
+    let sched = Arc::new(open(&gated_factory(&fs, &gate), config(1)));
     let page = allocate(&sched, 1)[0];
     sched.schedule_write(page, page_bytes(page, 5)).recv().unwrap();
     let cache = Arc::new(PageCache::new(Arc::clone(&sched), 4).unwrap());
     let before = sched.stats().read_ios;
 
-    gate.store(false, Ordering::Release);
+    gate.close();
     let fetchers: Vec<_> = (0..2)
         .map(|_| {
             let cache = Arc::clone(&cache);
@@ -80,7 +81,7 @@ fn cache_single_flight_two_misses_on_one_page_fetch_once() {
         let s = cache.stats();
         s.misses == 1 && s.waited_for_load >= 1
     });
-    gate.store(true, Ordering::Release);
+    gate.open();
     for f in fetchers {
         assert_eq!(f.join().unwrap(), (page.0, 5));
     }

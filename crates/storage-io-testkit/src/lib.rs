@@ -12,6 +12,8 @@
 //! - [`alloc::CountingAllocator`]: counts heap allocations on one thread, for Ring-0 tests.
 //! - [`faulty::FaultyIo`]: wraps any backend and injects EIO/ENOSPC/EAGAIN, short transfers, and
 //!   delayed or reordered completions, at the Nth op or on a seeded schedule.
+//! - [`gated::GatedIo`]: holds completions back until the test opens a [`gated::Gate`], to keep
+//!   ops in flight without sleeps.
 //!
 //! ```
 //! use storage_io_core::{OpKind, OpenOptions, StorageIo};
@@ -31,4 +33,5 @@
 pub mod alloc;
 pub mod conformance;
 pub mod faulty;
+pub mod gated;
 pub mod memio;

@@ -25,6 +25,13 @@
 use std::fmt;
 use std::sync::Arc;
 
+mod fs;
+
+pub use fs::{
+    AsyncFile, AsyncFileSystem, AsyncIoMetrics, IoBufferPool, LATENCY_BUCKETS_SECONDS, OpMetrics, OwnedBuf,
+    POOL_CLASSES, PoolClassMetrics,
+};
+
 pub use storage_io_core::*;
 /// The page scheduler (`storage-io-scheduler`); [`open_scheduler`] opens one on the
 /// auto-selected backend.
@@ -253,4 +260,31 @@ pub fn open_scheduler(
     })?;
     tracing::info!(?selection, "scheduler backend selected");
     scheduler::DiskScheduler::open(dir, config, factory)
+}
+
+/// Reads an [`IoConfig`] from a TOML (`.toml`) or JSON (`.json`) file, applies the
+/// `STORAGE_IO_*` environment overrides on top, and validates it. Missing fields take their
+/// defaults; unknown fields are refused with their name.
+///
+/// ```no_run
+/// // storage-io.toml:  backend = "io_uring"
+/// //                   queue_depth = 64
+/// //                   io_workers = 2
+/// let config = storage_io::load_config("storage-io.toml")?;
+/// let fs = storage_io::AsyncFileSystem::new(&config)?;
+/// # Ok::<(), storage_io::StorageIoError>(())
+/// ```
+pub fn load_config(path: impl AsRef<std::path::Path>) -> Result<IoConfig> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+    let bad = |what: String| {
+        StorageIoError::InvalidArgument(InvalidArgument::Message(format!("{}: {what}", path.display())))
+    };
+    let mut config: IoConfig = match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => toml::from_str(&text).map_err(|e| bad(e.to_string()))?,
+        Some("json") => serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?,
+        _ => return Err(bad("a config file must end in .toml or .json".into())),
+    };
+    config.apply_env()?;
+    Ok(config)
 }

@@ -133,7 +133,10 @@ fn auto_respects_enable_io_uring_false() {
     assert!(s.reason.contains("enable_io_uring"), "{}", s.reason);
     let err = select_backend(&cfg, Some("io_uring"), &available()).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("STORAGE_IO_BACKEND") && text.contains("enable_io_uring"), "{text}");
+    assert!(
+        text.contains("STORAGE_IO_BACKEND") && text.contains("enable_io_uring"),
+        "{text}"
+    );
     let s = select_backend(&cfg, Some("sync"), &available()).unwrap();
     assert_eq!(s.kind, BackendKind::Sync);
 }

@@ -1,0 +1,494 @@
+//! The async file API: [`AsyncFileSystem`] and [`AsyncFile`], on any backend, from any executor.
+//!
+//! Operations take an owned buffer and give it back with the result, so the memory the kernel
+//! writes into belongs to the operation until it completes — on success, on error, and when the
+//! caller's future is dropped half-way (the worker then drops the buffer, but only after the
+//! backend has handed it back). Futures are completed from the I/O workers through wakers and
+//! need no particular runtime: tokio, a plain `block_on`, or anything that polls.
+//!
+//! ```no_run
+//! use storage_io::{AsyncFileSystem, IoConfig};
+//! # async fn demo() -> storage_io::Result<()> {
+//! let fs = AsyncFileSystem::new(&IoConfig::default())?; // io_uring where the kernel allows it
+//! let log = fs.open_append("segment-0.log").await?;
+//! let (at, _record) = log.append(b"hello".to_vec()).await;
+//! log.sync_data().await?; // durable from here on
+//! let (n, buf) = log.read_at(vec![0u8; 5], at?).await;
+//! assert_eq!((n?, &buf[..]), (5, &b"hello"[..]));
+//! # Ok(()) }
+//! ```
+
+mod buf;
+mod metrics;
+mod slot;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+use storage_io_core::{
+    BackendFactory, DirectMode, IoConfig, IoFd, IoStats, OpKind, OpenOptions, Result, StorageIoError,
+};
+
+pub use buf::{IoBufferPool, OwnedBuf, POOL_CLASSES};
+pub use metrics::{AsyncIoMetrics, LATENCY_BUCKETS_SECONDS, OpMetrics, PoolClassMetrics};
+use slot::slot;
+use worker::{Request, Worker, WorkerShared};
+
+/// A set of I/O workers serving [`AsyncFile`]s: the entry point of the async file API.
+///
+/// `IoConfig::io_workers` threads each own one backend (built by the façade's auto-selection, or
+/// by your factory) and keep up to `queue_depth` operations in flight. Each file is opened on one
+/// worker (round robin) and registered with that worker's backend; all its operations go there,
+/// in the order they are made. Cloning is cheap and shares the workers.
+///
+/// Stopping: [`AsyncFileSystem::shutdown`], or dropping the last clone and the last file. Every
+/// operation requested before the stop completes with its real result; every later one fails
+/// with `Closed` (and gets its buffer back). Nothing hangs.
+#[derive(Clone)]
+pub struct AsyncFileSystem {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Taken (under the write lock) at shutdown, so no request can follow a worker's `Shutdown`.
+    senders: RwLock<Option<Vec<flume::Sender<Request>>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    workers: Vec<Arc<WorkerShared>>,
+    next_worker: AtomicUsize,
+    config: IoConfig,
+    backend: String,
+    pool: IoBufferPool,
+}
+
+impl AsyncFileSystem {
+    /// Starts the workers on the backend the façade selects for `config` (io_uring where the
+    /// probe passes, else the thread pool; `STORAGE_IO_BACKEND` overrides), logging the kernel
+    /// version, the backend chosen and why.
+    pub fn new(config: &IoConfig) -> Result<Self> {
+        config.validate()?;
+        match crate::uring_status() {
+            crate::UringStatus::Available { kernel } => tracing::info!(%kernel, "io_uring available"),
+            other => tracing::info!(status = %other, "io_uring not in use"),
+        }
+        let (factory, selection) = crate::backend_factory(config)?;
+        tracing::info!(
+            backend = %selection.kind,
+            reason = %selection.reason,
+            io_workers = config.effective_io_workers(),
+            "async file system starting"
+        );
+        Self::with_factory(config, factory)
+    }
+
+    /// Starts the workers on backends from `factory` (one per worker: yours, the testkit's, or
+    /// one from [`backend_factory`](crate::backend_factory)).
+    pub fn with_factory(config: &IoConfig, factory: BackendFactory) -> Result<Self> {
+        config.validate()?;
+        let pool = IoBufferPool::new(config)?;
+        let count = config.effective_io_workers();
+        let mut backends = Vec::with_capacity(count);
+        for w in 0..count {
+            backends.push(factory(w)?);
+        }
+        let backend = backends.first().map_or("none", |b| b.name()).to_string();
+        let mut senders = Vec::with_capacity(count);
+        let mut threads = Vec::with_capacity(count);
+        let mut workers = Vec::with_capacity(count);
+        for (w, io) in backends.into_iter().enumerate() {
+            let (tx, rx) = flume::unbounded();
+            let shared = Arc::new(WorkerShared::new());
+            let worker = Worker::new(io, rx, Arc::clone(&shared), config.queue_depth);
+            let handle = std::thread::Builder::new()
+                .name(format!("storage-io-worker-{w}"))
+                .spawn(move || worker.run())
+                .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+            senders.push(tx);
+            threads.push(handle);
+            workers.push(shared);
+        }
+        Ok(AsyncFileSystem {
+            shared: Arc::new(Shared {
+                senders: RwLock::new(Some(senders)),
+                threads: Mutex::new(threads),
+                workers,
+                next_worker: AtomicUsize::new(0),
+                config: config.clone(),
+                backend,
+                pool,
+            }),
+        })
+    }
+
+    /// Opens an existing file read-only.
+    pub async fn open(&self, path: impl AsRef<Path>) -> Result<AsyncFile> {
+        self.open_with(path, OpenOptions::read_only(), None).await
+    }
+
+    /// Opens an existing file for reading and writing.
+    pub async fn open_rw(&self, path: impl AsRef<Path>) -> Result<AsyncFile> {
+        self.open_with(path, OpenOptions::default(), None).await
+    }
+
+    /// Creates a file for reading and writing, truncating it if it exists.
+    pub async fn create(&self, path: impl AsRef<Path>) -> Result<AsyncFile> {
+        self.open_with(path, OpenOptions::create().with_truncate(true), None)
+            .await
+    }
+
+    /// Opens a file for appending (creating it if missing; existing contents are kept, and
+    /// appends land after them). With `preallocate_wal` on, `preallocate_size` bytes are
+    /// reserved first (see [`AsyncFile::allocate`]).
+    pub async fn open_append(&self, path: impl AsRef<Path>) -> Result<AsyncFile> {
+        let config = &self.shared.config;
+        let reserve = config.preallocate_wal.then_some(config.preallocate_size);
+        self.open_with(path, OpenOptions::create(), reserve).await
+    }
+
+    /// Opens with explicit options. `IoConfig::direct_io` turns direct I/O on for every open
+    /// (as does `options.direct`); where the file system refuses it, the file is opened
+    /// buffered with a warning and [`AsyncFile::mode`] says so.
+    pub async fn open_with(
+        &self,
+        path: impl AsRef<Path>,
+        mut options: OpenOptions,
+        preallocate_bytes: Option<u64>,
+    ) -> Result<AsyncFile> {
+        options.direct |= self.shared.config.direct_io;
+        let path = path.as_ref().to_path_buf();
+        let worker = self.shared.next_worker.fetch_add(1, Ordering::Relaxed) % self.shared.workers.len();
+        let (reply, waiting) = slot();
+        self.shared.send(
+            worker,
+            Request::Open {
+                path: path.clone(),
+                options,
+                preallocate_bytes,
+                reply,
+            },
+        );
+        let opened = waiting.await.unwrap_or_else(|| Err(worker_gone()))?;
+        Ok(AsyncFile {
+            fs: Arc::clone(&self.shared),
+            worker,
+            fd: opened.fd,
+            mode: opened.mode,
+            path,
+            closed: false,
+        })
+    }
+
+    /// The buffer pool sized by `IoConfig::buffer_pool_size`: aligned buffers for direct I/O.
+    pub fn buffers(&self) -> &IoBufferPool {
+        &self.shared.pool
+    }
+
+    /// The backend the workers run (`io_uring`, `thread_pool`, `sync`, …).
+    pub fn backend(&self) -> &str {
+        &self.shared.backend
+    }
+
+    /// The number of I/O worker threads.
+    pub fn workers(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    /// Counters, latency histograms and gauges, as of now.
+    pub fn metrics(&self) -> AsyncIoMetrics {
+        self.shared.metrics()
+    }
+
+    /// Stops the workers: everything requested before this call completes (with its real
+    /// result), every later request fails with `Closed`, files are closed, threads joined.
+    /// Blocks until the workers have drained; from async code, call it where blocking is
+    /// allowed (tokio: `spawn_blocking`). Calling it again does nothing.
+    pub fn shutdown(&self) {
+        self.shared.shutdown();
+    }
+}
+
+impl std::fmt::Debug for AsyncFileSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncFileSystem")
+            .field("backend", &self.shared.backend)
+            .field("workers", &self.shared.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Hands a request to a worker, or — after shutdown — answers it with `Closed` right here.
+    fn send(&self, worker: usize, request: Request) {
+        let refused = {
+            let senders = self.senders.read();
+            match senders.as_ref().and_then(|s| s.get(worker)) {
+                Some(tx) => tx.send(request).err().map(|e| e.into_inner()),
+                None => Some(request),
+            }
+        };
+        if let Some(request) = refused {
+            refuse(request, StorageIoError::Closed);
+        }
+    }
+
+    fn metrics(&self) -> AsyncIoMetrics {
+        let mut total = IoStats::new();
+        let (mut in_flight, mut queued, mut max_in_flight) = (0, 0, 0);
+        for w in &self.workers {
+            total.merge(&w.stats.lock());
+            in_flight += w.in_flight.load(Ordering::Relaxed);
+            queued += w.backlog.load(Ordering::Relaxed);
+            max_in_flight = max_in_flight.max(w.max_in_flight.load(Ordering::Relaxed));
+        }
+        if let Some(senders) = self.senders.read().as_ref() {
+            queued += senders.iter().map(|s| s.len() as u64).sum::<u64>();
+        }
+        AsyncIoMetrics {
+            backend: self.backend.clone(),
+            workers: self.workers.len(),
+            ops: OpKind::ALL
+                .iter()
+                .map(|&k| OpMetrics::from_stats(&total, k))
+                .collect(),
+            in_flight,
+            queued,
+            max_in_flight,
+            buffer_pool: self
+                .pool
+                .usage()
+                .into_iter()
+                .map(|(size_bytes, outstanding, limit)| PoolClassMetrics {
+                    size_bytes,
+                    outstanding,
+                    limit,
+                })
+                .collect(),
+        }
+    }
+
+    fn shutdown(&self) {
+        let Some(senders) = self.senders.write().take() else {
+            return;
+        };
+        for tx in &senders {
+            let _ = tx.send(Request::Shutdown);
+        }
+        drop(senders);
+        let threads = std::mem::take(&mut *self.threads.lock());
+        let me = std::thread::current().id();
+        for handle in threads {
+            // A task dropped by a waker on a worker thread can drop the last handle there; that
+            // worker finishes on its own after draining, so it is not joined from itself.
+            if handle.thread().id() == me {
+                continue;
+            }
+            if handle.join().is_err() {
+                tracing::error!("an io worker panicked; its in-flight operations failed with Closed");
+            }
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Answers a request that never reached a worker.
+fn refuse(request: Request, error: StorageIoError) {
+    match request {
+        Request::Open { reply, .. } => drop(reply.complete(Err(error))),
+        Request::Read { buf, reply, .. } | Request::Write { buf, reply, .. } => {
+            drop(reply.complete((Err(error), buf)));
+        }
+        Request::Append { buf, reply, .. } => drop(reply.complete((Err(error), buf))),
+        Request::Sync { reply, .. } | Request::Allocate { reply, .. } => drop(reply.complete(Err(error))),
+        Request::Size { reply, .. } => drop(reply.complete(Err(error))),
+        Request::Close { reply, .. } => {
+            if let Some(reply) = reply {
+                drop(reply.complete(Err(error)));
+            }
+        }
+        Request::Shutdown => {}
+    }
+}
+
+/// What a future gets if its worker vanished without answering (a worker panic: a bug).
+fn worker_gone() -> StorageIoError {
+    tracing::error!("an io worker stopped without answering a request");
+    StorageIoError::Closed
+}
+
+/// A file opened through an [`AsyncFileSystem`]. Share it between tasks with `Arc`; every method
+/// takes `&self` and many operations may be in flight at once.
+///
+/// Dropping the file closes it after the operations already requested (use
+/// [`AsyncFile::close`] to learn the result).
+pub struct AsyncFile {
+    fs: Arc<Shared>,
+    worker: usize,
+    fd: IoFd,
+    mode: DirectMode,
+    path: PathBuf,
+    closed: bool,
+}
+
+impl AsyncFile {
+    /// Reads `buf.len()` bytes at `offset` into `buf`. The buffer comes back truncated to the
+    /// bytes read (fewer than asked only at end of file), on success and on error.
+    pub async fn read_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> (Result<usize>, B) {
+        let (reply, waiting) = slot();
+        let request = Request::Read {
+            fd: self.fd,
+            buf: buf.into_io_buf(),
+            offset,
+            at: Instant::now(),
+            reply,
+        };
+        self.fs.send(self.worker, request);
+        buf_result(waiting.await)
+    }
+
+    /// Writes all of `buf` at `offset` without copying it; the buffer comes back with the result.
+    pub async fn write_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> (Result<usize>, B) {
+        let (reply, waiting) = slot();
+        let request = Request::Write {
+            fd: self.fd,
+            buf: buf.into_io_buf(),
+            offset,
+            at: Instant::now(),
+            reply,
+        };
+        self.fs.send(self.worker, request);
+        buf_result(waiting.await)
+    }
+
+    /// Writes all of `buf` at the end of the file and answers the offset it landed at. Appends
+    /// in flight at once never overlap: each takes its place when the worker submits it, in the
+    /// order they were requested.
+    pub async fn append<B: OwnedBuf>(&self, buf: B) -> (Result<u64>, B) {
+        let (reply, waiting) = slot();
+        let request = Request::Append {
+            fd: self.fd,
+            buf: buf.into_io_buf(),
+            at: Instant::now(),
+            reply,
+        };
+        self.fs.send(self.worker, request);
+        buf_result(waiting.await)
+    }
+
+    /// `fdatasync`: every write and append requested on this file before the call is durable
+    /// when it returns `Ok`.
+    pub async fn sync_data(&self) -> Result<()> {
+        self.sync(OpKind::Datasync).await
+    }
+
+    /// `fsync`: as [`AsyncFile::sync_data`], plus all metadata.
+    pub async fn sync_all(&self) -> Result<()> {
+        self.sync(OpKind::Fsync).await
+    }
+
+    async fn sync(&self, kind: OpKind) -> Result<()> {
+        let (reply, waiting) = slot();
+        let request = Request::Sync {
+            fd: self.fd,
+            kind,
+            at: Instant::now(),
+            reply,
+        };
+        self.fs.send(self.worker, request);
+        waiting.await.unwrap_or_else(|| Err(worker_gone()))
+    }
+
+    /// The file's length in bytes, counting every write completed so far.
+    pub async fn size(&self) -> Result<u64> {
+        let (reply, waiting) = slot();
+        self.fs.send(self.worker, Request::Size { fd: self.fd, reply });
+        waiting.await.unwrap_or_else(|| Err(worker_gone()))
+    }
+
+    /// Reserves disk space for the first `len` bytes (`fallocate` with `FALLOC_FL_KEEP_SIZE`):
+    /// the size and the append position do not change, and writes inside the reserved range
+    /// cannot fail for lack of space. `ENOSPC` if the space is not there; `EOPNOTSUPP` on file
+    /// systems without fallocate; Linux only.
+    pub async fn allocate(&self, len: u64) -> Result<()> {
+        let (reply, waiting) = slot();
+        self.fs.send(
+            self.worker,
+            Request::Allocate {
+                fd: self.fd,
+                len,
+                reply,
+            },
+        );
+        waiting.await.unwrap_or_else(|| Err(worker_gone()))
+    }
+
+    /// Closes the file after every operation requested before, and says whether that went well.
+    pub async fn close(mut self) -> Result<()> {
+        self.closed = true;
+        let (reply, waiting) = slot();
+        self.fs.send(
+            self.worker,
+            Request::Close {
+                fd: self.fd,
+                reply: Some(reply),
+            },
+        );
+        waiting.await.unwrap_or_else(|| Err(worker_gone()))
+    }
+
+    /// Direct or buffered I/O, and why (direct I/O falls back to buffered where refused).
+    pub fn mode(&self) -> &DirectMode {
+        &self.mode
+    }
+
+    /// True when direct I/O is in effect: offsets, lengths and buffers must then be aligned to
+    /// 4096 bytes (use [`IoBufferPool`] or `AlignedBuf`).
+    pub fn is_direct(&self) -> bool {
+        self.mode.is_direct()
+    }
+
+    /// The path the file was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::fmt::Debug for AsyncFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncFile")
+            .field("path", &self.path)
+            .field("worker", &self.worker)
+            .field("fd", &self.fd)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl Drop for AsyncFile {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.fs.send(
+                self.worker,
+                Request::Close {
+                    fd: self.fd,
+                    reply: None,
+                },
+            );
+        }
+    }
+}
+
+fn buf_result<T, B: OwnedBuf>(answer: Option<(Result<T>, storage_io_core::IoBuf)>) -> (Result<T>, B) {
+    match answer {
+        Some((result, buf)) => (result, B::from_io_buf(buf)),
+        None => (Err(worker_gone()), B::lost()),
+    }
+}

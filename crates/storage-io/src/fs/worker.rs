@@ -1,0 +1,511 @@
+//! The I/O worker: one thread, one backend, many operations in flight.
+//!
+//! A worker takes requests from its channel in arrival order and keeps up to `queue_depth` of
+//! them in flight on its backend (the pipelining a one-op-at-a-time worker lacks). Requests that
+//! find no free slot wait in a FIFO backlog, so operations on one file reach the backend in the
+//! order they were made — which is what makes `sync_data` cover every write requested before it
+//! (the backend's datasync barrier does the rest). Opens, closes, `size` and `allocate` run on the
+//! worker thread itself when their turn comes, never on the caller's executor thread.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use storage_io_core::{
+    DirectMode, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result, StorageIo,
+    StorageIoError, open_file,
+};
+
+use super::slot::Completer;
+
+/// How long a worker with operations in flight waits for a completion before looking at its
+/// channel again: the most a new request waits for a busy worker to notice it.
+const POLL_INTERVAL: Duration = Duration::from_micros(20);
+
+/// A file the worker opened: its handle and whether direct I/O is in effect.
+pub(crate) struct Opened {
+    pub(crate) fd: IoFd,
+    pub(crate) mode: DirectMode,
+}
+
+/// The reply of a read or write: the result and the caller's buffer.
+pub(crate) type BufReply = Completer<(Result<usize>, IoBuf)>;
+
+/// One request from an [`AsyncFile`](super::AsyncFile) or the file system.
+pub(crate) enum Request {
+    Open {
+        path: PathBuf,
+        options: OpenOptions,
+        preallocate_bytes: Option<u64>,
+        reply: Completer<Result<Opened>>,
+    },
+    Read {
+        fd: IoFd,
+        buf: IoBuf,
+        offset: u64,
+        at: Instant,
+        reply: BufReply,
+    },
+    Write {
+        fd: IoFd,
+        buf: IoBuf,
+        offset: u64,
+        at: Instant,
+        reply: BufReply,
+    },
+    Append {
+        fd: IoFd,
+        buf: IoBuf,
+        at: Instant,
+        reply: Completer<(Result<u64>, IoBuf)>,
+    },
+    Sync {
+        fd: IoFd,
+        kind: OpKind,
+        at: Instant,
+        reply: Completer<Result<()>>,
+    },
+    Size {
+        fd: IoFd,
+        reply: Completer<Result<u64>>,
+    },
+    Allocate {
+        fd: IoFd,
+        len: u64,
+        reply: Completer<Result<()>>,
+    },
+    Close {
+        fd: IoFd,
+        reply: Option<Completer<Result<()>>>,
+    },
+    /// Always the last message a worker gets: drain, close every file, exit.
+    Shutdown,
+}
+
+impl Request {
+    /// True for the requests that occupy a backend slot while in flight.
+    fn needs_slot(&self) -> bool {
+        matches!(
+            self,
+            Request::Read { .. } | Request::Write { .. } | Request::Append { .. } | Request::Sync { .. }
+        )
+    }
+}
+
+/// What the worker keeps per operation in flight.
+enum InFlight {
+    Buf {
+        kind: OpKind,
+        at: Instant,
+        reply: BufReply,
+    },
+    Append {
+        at: Instant,
+        buf: IoBuf,
+        reply: Completer<(Result<u64>, IoBuf)>,
+    },
+    Sync {
+        kind: OpKind,
+        at: Instant,
+        reply: Completer<Result<()>>,
+    },
+}
+
+/// The part of a worker other threads read: metrics and gauges.
+pub(crate) struct WorkerShared {
+    /// End-to-end latency histograms and counters per op kind.
+    pub(crate) stats: Mutex<IoStats>,
+    /// Operations in flight on the backend now.
+    pub(crate) in_flight: AtomicU64,
+    /// Requests taken from the channel and waiting for a slot.
+    pub(crate) backlog: AtomicU64,
+    /// The most operations ever in flight at once.
+    pub(crate) max_in_flight: AtomicU64,
+}
+
+impl WorkerShared {
+    pub(crate) fn new() -> Self {
+        WorkerShared {
+            stats: Mutex::new(IoStats::new()),
+            in_flight: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+        }
+    }
+}
+
+pub(crate) struct Worker {
+    io: Box<dyn StorageIo>,
+    rx: flume::Receiver<Request>,
+    shared: Arc<WorkerShared>,
+    queue_depth: usize,
+    backlog: VecDeque<Request>,
+    in_flight: HashMap<IoToken, InFlight>,
+    /// A second handle on each open file, for `allocate` (the backend owns the first).
+    files: HashMap<IoFd, File>,
+    done: Vec<IoCompletion>,
+    /// Latencies and results of completions delivered this round, recorded under one lock.
+    finished: Vec<(OpKind, std::result::Result<usize, ()>, Duration)>,
+    closing: bool,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        io: Box<dyn StorageIo>,
+        rx: flume::Receiver<Request>,
+        shared: Arc<WorkerShared>,
+        queue_depth: usize,
+    ) -> Self {
+        let queue_depth = queue_depth.min(io.capabilities().max_in_flight).max(1);
+        Worker {
+            io,
+            rx,
+            shared,
+            queue_depth,
+            backlog: VecDeque::with_capacity(queue_depth * 2),
+            in_flight: HashMap::with_capacity(queue_depth * 2),
+            files: HashMap::new(),
+            done: Vec::with_capacity(queue_depth),
+            finished: Vec::with_capacity(queue_depth),
+            closing: false,
+        }
+    }
+
+    /// Serves requests until `Shutdown` (or every sender is gone), then finishes everything
+    /// accepted and closes every file.
+    pub(crate) fn run(mut self) {
+        loop {
+            self.take_requests();
+            self.start_ready();
+            if let Err(e) = self.io.flush() {
+                tracing::warn!(error = %e, "io worker: flush failed; completions will report it");
+            }
+            self.collect();
+            self.publish_gauges();
+            if self.closing && self.backlog.is_empty() && self.io.pending_count() == 0 {
+                break;
+            }
+        }
+        for (fd, _) in std::mem::take(&mut self.files) {
+            if let Err(e) = self.io.deregister_fd(fd) {
+                tracing::warn!(%fd, error = %e, "io worker: closing a file at shutdown failed");
+            }
+        }
+    }
+
+    /// Blocks for a request when there is nothing else to do; otherwise takes what is queued.
+    fn take_requests(&mut self) {
+        if !self.closing && self.backlog.is_empty() && self.io.pending_count() == 0 {
+            match self.rx.recv() {
+                Ok(r) => self.accept(r),
+                Err(_) => self.closing = true,
+            }
+        }
+        while !self.closing {
+            match self.rx.try_recv() {
+                Ok(r) => self.accept(r),
+                Err(flume::TryRecvError::Empty) => break,
+                Err(flume::TryRecvError::Disconnected) => self.closing = true,
+            }
+        }
+    }
+
+    fn accept(&mut self, request: Request) {
+        match request {
+            Request::Shutdown => self.closing = true,
+            r => self.backlog.push_back(r),
+        }
+    }
+
+    /// Starts backlog requests in order while there are free slots.
+    fn start_ready(&mut self) {
+        while let Some(head) = self.backlog.front() {
+            if head.needs_slot() && self.io.pending_count() >= self.queue_depth {
+                return;
+            }
+            let Some(request) = self.backlog.pop_front() else {
+                return;
+            };
+            if let Some(back) = self.start(request) {
+                // The backend is full after all (its own limit): retry after completions.
+                self.backlog.push_front(back);
+                return;
+            }
+        }
+    }
+
+    /// Starts one request; gives it back if the backend's queue is full.
+    fn start(&mut self, request: Request) -> Option<Request> {
+        match request {
+            Request::Read {
+                fd,
+                buf,
+                offset,
+                at,
+                reply,
+            } => {
+                // Cancelled (its future dropped) before it started: nothing to do.
+                if reply.is_abandoned() {
+                    return None;
+                }
+                match self.io.submit_read(fd, buf, offset) {
+                    Ok(token) => {
+                        self.track(
+                            token,
+                            OpKind::Read,
+                            InFlight::Buf {
+                                kind: OpKind::Read,
+                                at,
+                                reply,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let (error, buf) = e.into_parts();
+                        if matches!(error, StorageIoError::QueueFull { .. }) {
+                            return Some(Request::Read {
+                                fd,
+                                buf,
+                                offset,
+                                at,
+                                reply,
+                            });
+                        }
+                        self.refused(OpKind::Read, at);
+                        let _ = reply.complete((Err(error), buf));
+                    }
+                }
+            }
+            Request::Write {
+                fd,
+                buf,
+                offset,
+                at,
+                reply,
+            } => {
+                if reply.is_abandoned() {
+                    return None;
+                }
+                match self.io.submit_write_buf(fd, buf, offset) {
+                    Ok(token) => {
+                        self.track(
+                            token,
+                            OpKind::Write,
+                            InFlight::Buf {
+                                kind: OpKind::Write,
+                                at,
+                                reply,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let (error, buf) = e.into_parts();
+                        if matches!(error, StorageIoError::QueueFull { .. }) {
+                            return Some(Request::Write {
+                                fd,
+                                buf,
+                                offset,
+                                at,
+                                reply,
+                            });
+                        }
+                        self.refused(OpKind::Write, at);
+                        let _ = reply.complete((Err(error), buf));
+                    }
+                }
+            }
+            Request::Append { fd, buf, at, reply } => {
+                if reply.is_abandoned() {
+                    return None;
+                }
+                match self.io.submit_append(fd, &buf) {
+                    Ok(token) => self.track(token, OpKind::Append, InFlight::Append { at, buf, reply }),
+                    Err(StorageIoError::QueueFull { .. }) => {
+                        return Some(Request::Append { fd, buf, at, reply });
+                    }
+                    Err(error) => {
+                        self.refused(OpKind::Append, at);
+                        let _ = reply.complete((Err(error), buf));
+                    }
+                }
+            }
+            Request::Sync { fd, kind, at, reply } => {
+                let submitted = if kind == OpKind::Fsync {
+                    self.io.submit_fsync(fd)
+                } else {
+                    self.io.submit_datasync(fd)
+                };
+                match submitted {
+                    Ok(token) => self.track(token, kind, InFlight::Sync { kind, at, reply }),
+                    Err(StorageIoError::QueueFull { .. }) => {
+                        return Some(Request::Sync { fd, kind, at, reply });
+                    }
+                    Err(error) => {
+                        self.refused(kind, at);
+                        let _ = reply.complete(Err(error));
+                    }
+                }
+            }
+            Request::Open {
+                path,
+                options,
+                preallocate_bytes,
+                reply,
+            } => {
+                let _ = reply.complete(self.open(&path, &options, preallocate_bytes));
+            }
+            Request::Size { fd, reply } => {
+                let _ = reply.complete(self.io.file_len(fd));
+            }
+            Request::Allocate { fd, len, reply } => {
+                let result = match self.files.get(&fd) {
+                    Some(file) => reserve(file, len),
+                    None => Err(StorageIoError::BadFd { fd }),
+                };
+                let _ = reply.complete(result);
+            }
+            Request::Close { fd, reply } => {
+                // deregister_fd waits for this file's ops in flight; their completions stay
+                // queued for the next collect.
+                let result = self.io.deregister_fd(fd);
+                self.files.remove(&fd);
+                if let Some(reply) = reply {
+                    let _ = reply.complete(result);
+                } else if let Err(e) = result {
+                    tracing::warn!(%fd, error = %e, "io worker: closing a dropped file failed");
+                }
+            }
+            Request::Shutdown => self.closing = true,
+        }
+        None
+    }
+
+    fn open(
+        &mut self,
+        path: &std::path::Path,
+        options: &OpenOptions,
+        preallocate_bytes: Option<u64>,
+    ) -> Result<Opened> {
+        let opened = open_file(path, options)?;
+        let meta = opened
+            .file
+            .try_clone()
+            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+        if let Some(len) = preallocate_bytes {
+            reserve(&meta, len)?;
+        }
+        let fd = self.io.register_fd(opened.file)?;
+        self.files.insert(fd, meta);
+        Ok(Opened {
+            fd,
+            mode: opened.mode,
+        })
+    }
+
+    fn track(&mut self, token: IoToken, kind: OpKind, op: InFlight) {
+        self.shared.stats.lock().record_submit(kind);
+        self.in_flight.insert(token, op);
+    }
+
+    /// Counts an op the backend refused at submit (bad fd, misaligned, …) as a failed op.
+    fn refused(&mut self, kind: OpKind, at: Instant) {
+        let mut stats = self.shared.stats.lock();
+        stats.record_submit(kind);
+        stats.record_complete(kind, Err(()), at.elapsed());
+    }
+
+    /// Waits a little for completions (or blocks, when nothing new can start) and delivers them.
+    fn collect(&mut self) {
+        if self.io.pending_count() == 0 {
+            return;
+        }
+        let can_start_more = self.backlog.front().is_some_and(|r| !r.needs_slot());
+        let timeout = if can_start_more || self.closing {
+            Some(Duration::ZERO)
+        } else {
+            Some(POLL_INTERVAL)
+        };
+        if let Err(e) = self.io.wait_completions(&mut self.done, 1, timeout) {
+            tracing::warn!(error = %e, "io worker: waiting for completions failed");
+        }
+        self.io.poll_completions(&mut self.done);
+        let now = Instant::now();
+        let mut done = std::mem::take(&mut self.done);
+        for c in done.drain(..) {
+            self.deliver(c, now);
+        }
+        self.done = done;
+        if !self.finished.is_empty() {
+            let mut stats = self.shared.stats.lock();
+            for (kind, result, latency) in self.finished.drain(..) {
+                stats.record_complete(kind, result, latency);
+            }
+        }
+    }
+
+    fn deliver(&mut self, c: IoCompletion, now: Instant) {
+        let Some(op) = self.in_flight.remove(&c.token) else {
+            tracing::warn!(token = %c.token, "io worker: completion for an unknown token");
+            return;
+        };
+        let outcome = c.result.as_ref().map(|&n| n).map_err(|_| ());
+        match op {
+            InFlight::Buf { kind, at, reply } => {
+                self.finished.push((kind, outcome, now - at));
+                let buf = c.buf.unwrap_or_else(|| IoBuf::Vec(Vec::new()));
+                // A cancelled caller's buffer is dropped here, after the backend gave it back.
+                let _ = reply.complete((c.result, buf));
+            }
+            InFlight::Append { at, buf, reply } => {
+                self.finished.push((OpKind::Append, outcome, now - at));
+                let _ = reply.complete((c.result.map(|_| c.offset), buf));
+            }
+            InFlight::Sync { kind, at, reply } => {
+                self.finished.push((kind, outcome, now - at));
+                let _ = reply.complete(c.result.map(|_| ()));
+            }
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let in_flight = self.io.pending_count() as u64;
+        self.shared.in_flight.store(in_flight, Ordering::Relaxed);
+        self.shared
+            .backlog
+            .store(self.backlog.len() as u64, Ordering::Relaxed);
+        self.shared.max_in_flight.fetch_max(in_flight, Ordering::Relaxed);
+    }
+}
+
+/// Reserves disk space for the first `len` bytes of `file` without changing its size
+/// (`fallocate` with `FALLOC_FL_KEEP_SIZE`).
+#[cfg(target_os = "linux")]
+fn reserve(file: &File, len: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = i64::try_from(len).map_err(|_| StorageIoError::invalid("allocate: length exceeds i64::MAX"))?;
+    if len == 0 {
+        return Ok(());
+    }
+    loop {
+        // SAFETY: fallocate reads no memory of ours; the fd is open for as long as `file` lives.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(StorageIoError::from_io(OpKind::Write, &e));
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve(_file: &File, _len: u64) -> Result<()> {
+    Err(StorageIoError::unsupported(
+        "allocate (fallocate) is only implemented on Linux",
+    ))
+}
