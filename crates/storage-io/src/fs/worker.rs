@@ -26,6 +26,9 @@ use super::slot::Completer;
 /// channel again: the most a new request waits for a busy worker to notice it.
 const POLL_INTERVAL: Duration = Duration::from_micros(20);
 
+/// The wait for completions while draining at shutdown (nothing else to watch then).
+const DRAIN_WAIT: Duration = Duration::from_millis(100);
+
 /// A file the worker opened: its handle and whether direct I/O is in effect.
 pub(crate) struct Opened {
     pub(crate) fd: IoFd,
@@ -418,18 +421,14 @@ impl Worker {
         stats.record_complete(kind, Err(()), at.elapsed());
     }
 
-    /// Waits a little for completions (or blocks, when nothing new can start) and delivers them.
+    /// Waits a little for completions (longer when draining) and delivers them.
     fn collect(&mut self) {
         if self.io.pending_count() == 0 {
             return;
         }
-        let can_start_more = self.backlog.front().is_some_and(|r| !r.needs_slot());
-        let timeout = if can_start_more || self.closing {
-            Some(Duration::ZERO)
-        } else {
-            Some(POLL_INTERVAL)
-        };
-        if let Err(e) = self.io.wait_completions(&mut self.done, 1, timeout) {
+        // Draining after Shutdown, no new request can come: block until something completes.
+        let timeout = if self.closing { DRAIN_WAIT } else { POLL_INTERVAL };
+        if let Err(e) = self.io.wait_completions(&mut self.done, 1, Some(timeout)) {
             tracing::warn!(error = %e, "io worker: waiting for completions failed");
         }
         self.io.poll_completions(&mut self.done);
