@@ -28,8 +28,8 @@ use std::sync::Arc;
 mod fs;
 
 pub use fs::{
-    AsyncFile, AsyncFileSystem, AsyncIoMetrics, IoBufferPool, LATENCY_BUCKETS_SECONDS, OpMetrics, OwnedBuf,
-    POOL_CLASSES, PoolClassMetrics,
+    AsyncFile, AsyncFileSystem, AsyncIoMetrics, BufOp, IoBufferPool, LATENCY_BUCKETS_SECONDS, Op, OpMetrics,
+    OwnedBuf, POOL_CLASSES, PoolClassMetrics,
 };
 
 pub use storage_io_core::*;

@@ -329,12 +329,26 @@ fn cancellation_never_frees_a_buffer_in_flight_nor_loses_its_completion() {
     let (n, buf) = block_on(file.read_at(vec![0u8; 4096], 0));
     assert_eq!(n.unwrap(), 4096);
     assert!(buf.iter().all(|&b| b == 3));
-    // A future dropped before its worker saw it is skipped, not run.
+    // A request dropped while it still waits for a free slot is skipped, not run: fill all 32
+    // slots with held reads, queue a write behind them, drop it, then let everything through.
     gate.close();
-    let write = Box::pin(file.write_at(vec![9u8; 4096], 0));
-    drop(write); // never polled: never sent
+    let reads: Vec<_> = (0..32u64)
+        .map(|i| file.read_at(vec![0u8; 512], i * 512))
+        .collect();
+    wait_until("32 reads in flight", || fs.metrics().in_flight == 32);
+    let write = file.write_at(vec![9u8; 4096], 0);
+    wait_until("the write queued behind them", || fs.metrics().queued == 1);
+    drop(write);
     gate.open();
+    for r in reads {
+        assert_eq!(block_on(r).0.unwrap(), 512);
+    }
     block_on(file.sync_data()).unwrap();
+    assert_eq!(
+        fs.metrics().op(OpKind::Write).completed,
+        0,
+        "the dropped write never ran"
+    );
     assert!(std::fs::read(&path).unwrap()[..4096].iter().all(|&b| b == 3));
 }
 
@@ -615,4 +629,24 @@ fn load_config_reads_toml_and_json_and_names_what_is_wrong() {
             .contains(".toml or .json")
     );
     assert!(storage_io::load_config(dir.path().join("missing.toml")).is_err());
+}
+
+#[test]
+fn calls_take_effect_in_call_order_whatever_the_poll_order() {
+    for kind in backends("calls_take_effect_in_call_order_whatever_the_poll_order") {
+        let dir = real_dir();
+        let fs = fs_on(kind, &config(1));
+        let log = block_on(fs.open_append(dir.path().join("log"))).unwrap();
+        let ops: Vec<_> = (0..50u8).map(|i| log.append(vec![i; 10])).collect();
+        let size = log.size();
+        // Awaited last-first: the positions still follow the calls.
+        let mut offsets: Vec<u64> = ops.into_iter().rev().map(|op| block_on(op).0.unwrap()).collect();
+        offsets.reverse();
+        assert_eq!(offsets, (0..50).map(|i| i * 10).collect::<Vec<u64>>(), "{kind}");
+        assert_eq!(
+            block_on(size).unwrap(),
+            500,
+            "{kind}: size() saw every append called before it"
+        );
+    }
 }

@@ -23,20 +23,24 @@ mod metrics;
 mod slot;
 mod worker;
 
+use std::future::Future;
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use storage_io_core::{
-    BackendFactory, DirectMode, IoConfig, IoFd, IoStats, OpKind, OpenOptions, Result, StorageIoError,
+    BackendFactory, DirectMode, IoBuf, IoConfig, IoFd, IoStats, OpKind, OpenOptions, Result, StorageIoError,
 };
 
 pub use buf::{IoBufferPool, OwnedBuf, POOL_CLASSES};
 pub use metrics::{AsyncIoMetrics, LATENCY_BUCKETS_SECONDS, OpMetrics, PoolClassMetrics};
-use slot::slot;
+use slot::{Waiting, slot};
 use worker::{Request, Worker, WorkerShared};
 
 /// A set of I/O workers serving [`AsyncFile`]s: the entry point of the async file API.
@@ -327,6 +331,12 @@ fn worker_gone() -> StorageIoError {
 /// A file opened through an [`AsyncFileSystem`]. Share it between tasks with `Arc`; every method
 /// takes `&self` and many operations may be in flight at once.
 ///
+/// Each method sends its request **when it is called** and returns a future ([`BufOp`] or
+/// [`Op`]) that waits for the answer. So operations on a file take effect in the order the calls
+/// were made, whatever order their futures are polled in: start a batch of appends, then
+/// `sync_data`, then await them all, and the sync covers the appends. The futures borrow
+/// nothing, so they can be moved into spawned tasks.
+///
 /// Dropping the file closes it after the operations already requested (use
 /// [`AsyncFile::close`] to learn the result).
 pub struct AsyncFile {
@@ -341,7 +351,7 @@ pub struct AsyncFile {
 impl AsyncFile {
     /// Reads `buf.len()` bytes at `offset` into `buf`. The buffer comes back truncated to the
     /// bytes read (fewer than asked only at end of file), on success and on error.
-    pub async fn read_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> (Result<usize>, B) {
+    pub fn read_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> BufOp<usize, B> {
         let (reply, waiting) = slot();
         let request = Request::Read {
             fd: self.fd,
@@ -351,11 +361,14 @@ impl AsyncFile {
             reply,
         };
         self.fs.send(self.worker, request);
-        buf_result(waiting.await)
+        BufOp {
+            waiting,
+            buf: PhantomData,
+        }
     }
 
     /// Writes all of `buf` at `offset` without copying it; the buffer comes back with the result.
-    pub async fn write_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> (Result<usize>, B) {
+    pub fn write_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> BufOp<usize, B> {
         let (reply, waiting) = slot();
         let request = Request::Write {
             fd: self.fd,
@@ -365,13 +378,16 @@ impl AsyncFile {
             reply,
         };
         self.fs.send(self.worker, request);
-        buf_result(waiting.await)
+        BufOp {
+            waiting,
+            buf: PhantomData,
+        }
     }
 
     /// Writes all of `buf` at the end of the file and answers the offset it landed at. Appends
     /// in flight at once never overlap: each takes its place when the worker submits it, in the
     /// order they were requested.
-    pub async fn append<B: OwnedBuf>(&self, buf: B) -> (Result<u64>, B) {
+    pub fn append<B: OwnedBuf>(&self, buf: B) -> BufOp<u64, B> {
         let (reply, waiting) = slot();
         let request = Request::Append {
             fd: self.fd,
@@ -380,21 +396,24 @@ impl AsyncFile {
             reply,
         };
         self.fs.send(self.worker, request);
-        buf_result(waiting.await)
+        BufOp {
+            waiting,
+            buf: PhantomData,
+        }
     }
 
     /// `fdatasync`: every write and append requested on this file before the call is durable
     /// when it returns `Ok`.
-    pub async fn sync_data(&self) -> Result<()> {
-        self.sync(OpKind::Datasync).await
+    pub fn sync_data(&self) -> Op<()> {
+        self.sync(OpKind::Datasync)
     }
 
     /// `fsync`: as [`AsyncFile::sync_data`], plus all metadata.
-    pub async fn sync_all(&self) -> Result<()> {
-        self.sync(OpKind::Fsync).await
+    pub fn sync_all(&self) -> Op<()> {
+        self.sync(OpKind::Fsync)
     }
 
-    async fn sync(&self, kind: OpKind) -> Result<()> {
+    fn sync(&self, kind: OpKind) -> Op<()> {
         let (reply, waiting) = slot();
         let request = Request::Sync {
             fd: self.fd,
@@ -403,21 +422,22 @@ impl AsyncFile {
             reply,
         };
         self.fs.send(self.worker, request);
-        waiting.await.unwrap_or_else(|| Err(worker_gone()))
+        Op { waiting }
     }
 
-    /// The file's length in bytes, counting every write completed so far.
-    pub async fn size(&self) -> Result<u64> {
+    /// The file's length in bytes, after every write and append requested before this call
+    /// has completed.
+    pub fn size(&self) -> Op<u64> {
         let (reply, waiting) = slot();
         self.fs.send(self.worker, Request::Size { fd: self.fd, reply });
-        waiting.await.unwrap_or_else(|| Err(worker_gone()))
+        Op { waiting }
     }
 
     /// Reserves disk space for the first `len` bytes (`fallocate` with `FALLOC_FL_KEEP_SIZE`):
     /// the size and the append position do not change, and writes inside the reserved range
     /// cannot fail for lack of space. `ENOSPC` if the space is not there; `EOPNOTSUPP` on file
     /// systems without fallocate; Linux only.
-    pub async fn allocate(&self, len: u64) -> Result<()> {
+    pub fn allocate(&self, len: u64) -> Op<()> {
         let (reply, waiting) = slot();
         self.fs.send(
             self.worker,
@@ -427,11 +447,11 @@ impl AsyncFile {
                 reply,
             },
         );
-        waiting.await.unwrap_or_else(|| Err(worker_gone()))
+        Op { waiting }
     }
 
     /// Closes the file after every operation requested before, and says whether that went well.
-    pub async fn close(mut self) -> Result<()> {
+    pub fn close(mut self) -> Op<()> {
         self.closed = true;
         let (reply, waiting) = slot();
         self.fs.send(
@@ -441,7 +461,7 @@ impl AsyncFile {
                 reply: Some(reply),
             },
         );
-        waiting.await.unwrap_or_else(|| Err(worker_gone()))
+        Op { waiting }
     }
 
     /// Direct or buffered I/O, and why (direct I/O falls back to buffered where refused).
@@ -486,9 +506,42 @@ impl Drop for AsyncFile {
     }
 }
 
-fn buf_result<T, B: OwnedBuf>(answer: Option<(Result<T>, storage_io_core::IoBuf)>) -> (Result<T>, B) {
-    match answer {
-        Some((result, buf)) => (result, B::from_io_buf(buf)),
-        None => (Err(worker_gone()), B::lost()),
+/// The answer to an operation that moved a buffer in: the result and the buffer.
+///
+/// The request was sent when the method was called; this future only waits for the answer.
+/// Dropping it cancels the operation if its worker has not started it; otherwise the operation
+/// runs to completion and the buffer is dropped once the backend has given it back.
+#[must_use = "the operation was sent; await the future to get the result and the buffer back"]
+pub struct BufOp<T, B> {
+    waiting: Waiting<(Result<T>, IoBuf)>,
+    buf: PhantomData<fn() -> B>,
+}
+
+impl<T, B: OwnedBuf> Future for BufOp<T, B> {
+    type Output = (Result<T>, B);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.waiting).poll(cx).map(|answer| match answer {
+            Some((result, buf)) => (result, B::from_io_buf(buf)),
+            None => (Err(worker_gone()), B::lost()),
+        })
+    }
+}
+
+/// The answer to an operation without a buffer (sync, size, allocate, close).
+///
+/// As with [`BufOp`], the request was sent when the method was called.
+#[must_use = "the operation was sent; await the future to learn its result"]
+pub struct Op<T> {
+    waiting: Waiting<Result<T>>,
+}
+
+impl<T> Future for Op<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        Pin::new(&mut self.waiting)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or_else(|| Err(worker_gone())))
     }
 }

@@ -90,6 +90,15 @@ pub(crate) enum Request {
 }
 
 impl Request {
+    /// For `size` and `allocate`: the file whose ops in flight must complete first, so that they
+    /// see every write requested before them.
+    fn fence(&self) -> Option<IoFd> {
+        match self {
+            Request::Size { fd, .. } | Request::Allocate { fd, .. } => Some(*fd),
+            _ => None,
+        }
+    }
+
     /// True for the requests that occupy a backend slot while in flight.
     fn needs_slot(&self) -> bool {
         matches!(
@@ -148,6 +157,8 @@ pub(crate) struct Worker {
     queue_depth: usize,
     backlog: VecDeque<Request>,
     in_flight: HashMap<IoToken, InFlight>,
+    /// Ops in flight per file.
+    busy: HashMap<IoFd, usize>,
     /// A second handle on each open file, for `allocate` (the backend owns the first).
     files: HashMap<IoFd, File>,
     done: Vec<IoCompletion>,
@@ -171,6 +182,7 @@ impl Worker {
             queue_depth,
             backlog: VecDeque::with_capacity(queue_depth * 2),
             in_flight: HashMap::with_capacity(queue_depth * 2),
+            busy: HashMap::new(),
             files: HashMap::new(),
             done: Vec::with_capacity(queue_depth),
             finished: Vec::with_capacity(queue_depth),
@@ -230,6 +242,10 @@ impl Worker {
             if head.needs_slot() && self.io.pending_count() >= self.queue_depth {
                 return;
             }
+            // Later requests wait behind a fence too: they must not overtake it.
+            if head.fence().is_some_and(|fd| self.busy.contains_key(&fd)) {
+                return;
+            }
             let Some(request) = self.backlog.pop_front() else {
                 return;
             };
@@ -258,6 +274,7 @@ impl Worker {
                 match self.io.submit_read(fd, buf, offset) {
                     Ok(token) => {
                         self.track(
+                            fd,
                             token,
                             OpKind::Read,
                             InFlight::Buf {
@@ -296,6 +313,7 @@ impl Worker {
                 match self.io.submit_write_buf(fd, buf, offset) {
                     Ok(token) => {
                         self.track(
+                            fd,
                             token,
                             OpKind::Write,
                             InFlight::Buf {
@@ -326,7 +344,7 @@ impl Worker {
                     return None;
                 }
                 match self.io.submit_append(fd, &buf) {
-                    Ok(token) => self.track(token, OpKind::Append, InFlight::Append { at, buf, reply }),
+                    Ok(token) => self.track(fd, token, OpKind::Append, InFlight::Append { at, buf, reply }),
                     Err(StorageIoError::QueueFull { .. }) => {
                         return Some(Request::Append { fd, buf, at, reply });
                     }
@@ -343,7 +361,7 @@ impl Worker {
                     self.io.submit_datasync(fd)
                 };
                 match submitted {
-                    Ok(token) => self.track(token, kind, InFlight::Sync { kind, at, reply }),
+                    Ok(token) => self.track(fd, token, kind, InFlight::Sync { kind, at, reply }),
                     Err(StorageIoError::QueueFull { .. }) => {
                         return Some(Request::Sync { fd, kind, at, reply });
                     }
@@ -409,8 +427,9 @@ impl Worker {
         })
     }
 
-    fn track(&mut self, token: IoToken, kind: OpKind, op: InFlight) {
+    fn track(&mut self, fd: IoFd, token: IoToken, kind: OpKind, op: InFlight) {
         self.shared.stats.lock().record_submit(kind);
+        *self.busy.entry(fd).or_insert(0) += 1;
         self.in_flight.insert(token, op);
     }
 
@@ -451,6 +470,12 @@ impl Worker {
             tracing::warn!(token = %c.token, "io worker: completion for an unknown token");
             return;
         };
+        if let Some(n) = self.busy.get_mut(&c.fd) {
+            *n -= 1;
+            if *n == 0 {
+                self.busy.remove(&c.fd);
+            }
+        }
         let outcome = c.result.as_ref().map(|&n| n).map_err(|_| ());
         match op {
             InFlight::Buf { kind, at, reply } => {
