@@ -23,6 +23,8 @@ pub const WORKLOADS: &[&str] = &[
     "scheduler_batch_read",
     "raw_round_read",
     "scheduler_seq_scan",
+    "segment_append",
+    "segment_read",
 ];
 
 /// Every backend variant the driver knows.
@@ -146,6 +148,9 @@ impl Offsets {
 pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
     if crate::sched::runs(&cell.workload) {
         return crate::sched::run_cell(path, cell, stop);
+    }
+    if crate::segment::runs(&cell.workload) {
+        return crate::segment::run_cell(path, cell, stop);
     }
     let (qd, block) = (cell.qd.max(1), cell.block);
     let opened = open_file(path, &OpenOptions::default().with_direct(cell.direct))?;

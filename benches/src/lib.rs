@@ -9,6 +9,7 @@ pub mod fio;
 pub mod plot;
 pub mod report;
 pub mod sched;
+pub mod segment;
 pub mod signal;
 pub mod wal;
 

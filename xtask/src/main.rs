@@ -99,6 +99,23 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
             .args(["test", "--workspace", "--locked"]),
     )?;
     run_step(
+        "example segment_log (a segment log on tokio through the async file API)",
+        cargo().current_dir(root).args([
+            "run",
+            "--quiet",
+            "--locked",
+            "-p",
+            "storage-io",
+            "--example",
+            "segment_log",
+            "--",
+            "--records",
+            "3000",
+            "--segment-bytes",
+            "131072",
+        ]),
+    )?;
+    run_step(
         "docs",
         cargo()
             .current_dir(root)

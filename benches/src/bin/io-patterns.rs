@@ -35,7 +35,9 @@ struct Args {
     #[arg(long)]
     full: bool,
     /// Workloads: seq_read, rand_read, rand_write, multistream_scan, wal_commit (for wal_commit,
-    /// --qd is the number of concurrent committers; default 1, 8, 64).
+    /// --qd is the number of concurrent committers; default 1, 8, 64), scheduler_rand_read,
+    /// scheduler_batch_read, raw_round_read, scheduler_seq_scan, segment_append (qd appends + one
+    /// sync per op), segment_read (sequential reads through the async file API).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll.
@@ -119,7 +121,13 @@ fn plan(args: &Args) -> Result<Plan> {
             duration: 0.2,
             size_mib: 16,
             qds: &[1, 4],
-            workloads: &["rand_read", "rand_write", "wal_commit"],
+            workloads: &[
+                "rand_read",
+                "rand_write",
+                "wal_commit",
+                "segment_append",
+                "segment_read",
+            ],
             backends: &["sync", "thread_pool", "uring"],
             regimes: &["hot", "thrash"],
             rounds: 1,

@@ -29,7 +29,7 @@ mod fs;
 
 pub use fs::{
     AsyncFile, AsyncFileSystem, AsyncIoMetrics, BufOp, IoBufferPool, LATENCY_BUCKETS_SECONDS, Op, OpMetrics,
-    OwnedBuf, POOL_CLASSES, PoolClassMetrics,
+    OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
 };
 
 pub use storage_io_core::*;

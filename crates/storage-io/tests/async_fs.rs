@@ -4,35 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use storage_io::{
     AlignedBuf, AsyncFileSystem, BackendFactory, BackendKind, IoConfig, OpKind, StorageIo, StorageIoError,
-    SyncStorageIo,
+    SyncStorageIo, block_on,
 };
 use storage_io_testkit::gated::{Gate, GatedIo};
-
-/// A minimal executor: polls on this thread, parks until woken. No runtime involved.
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = pin!(fut);
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -376,8 +356,10 @@ fn shutdown_with_ops_in_flight_answers_every_op() {
         std::thread::spawn(move || fs.shutdown())
     };
     // Once the shutdown has begun, new requests are refused at once...
+    // (Opening a missing file answers NotFound from a live worker, Closed once stopping.)
+    let missing = dir.path().join("missing");
     wait_until("new requests refused", || {
-        matches!(block_on(file.size()), Err(StorageIoError::Closed))
+        matches!(block_on(fs.open(&missing)), Err(StorageIoError::Closed))
     });
     // ...while the 20 accepted writes still complete, with their real results.
     gate.open();

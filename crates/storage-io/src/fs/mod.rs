@@ -506,6 +506,38 @@ impl Drop for AsyncFile {
     }
 }
 
+/// Runs a future to completion on the calling thread, parking it between polls: a way for
+/// synchronous code (a CLI, a benchmark, a test) to use the async file API without a runtime.
+/// It is not an executor for tasks; inside async code, just `.await`.
+///
+/// ```no_run
+/// let fs = storage_io::AsyncFileSystem::new(&storage_io::IoConfig::default())?;
+/// let file = storage_io::block_on(fs.open("data.bin"))?;
+/// let (n, buf) = storage_io::block_on(file.read_at(vec![0u8; 4096], 0));
+/// # Ok::<(), storage_io::StorageIoError>(())
+/// ```
+pub fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        // A wake that came before this park makes it return at once (the token is kept).
+        std::thread::park();
+    }
+}
+
 /// The answer to an operation that moved a buffer in: the result and the buffer.
 ///
 /// The request was sent when the method was called; this future only waits for the answer.

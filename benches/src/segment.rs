@@ -1,0 +1,151 @@
+//! The segment-log workloads, through the async file API (`storage_io::AsyncFile`) on one I/O
+//! worker, so that io_uring and the thread pool can be compared the way an async log server
+//! would use them:
+//! - `segment_append`: one op = `qd` appends of `block` bytes, all in flight at once, then one
+//!   `sync_data` covering them (a produce request acknowledged when durable). At qd 1 this is the
+//!   append + fdatasync latency. The segment is a fresh file beside the bench file, removed after.
+//! - `segment_read`: a consumer reading the bench file front to back in `block`-byte reads,
+//!   `qd` of them in flight; throughput is the figure of merit.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+use storage_io::{
+    AlignedBuf, AsyncFileSystem, BackendFactory, IoConfig, OpenOptions, StorageIoError, block_on,
+};
+
+use crate::engine::{Cell, cpu_time, make_backend};
+use crate::{Latency, Row};
+
+/// Batches of appends, each made durable by one sync.
+pub const APPEND: &str = "segment_append";
+/// A sequential consumer.
+pub const READ: &str = "segment_read";
+
+/// Whether this module runs `workload`.
+pub fn runs(workload: &str) -> bool {
+    [APPEND, READ].contains(&workload)
+}
+
+/// A segment file beside the bench file, removed on drop.
+struct SegmentFile(PathBuf);
+
+impl Drop for SegmentFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn file_system(cell: &Cell) -> Result<AsyncFileSystem> {
+    let qd = cell.qd.max(1);
+    drop(make_backend(&cell.backend, qd)?); // fail here, with the reason
+    let name = cell.backend.clone();
+    let factory: BackendFactory = Arc::new(move |_| {
+        make_backend(&name, qd).map_err(|e| StorageIoError::Unsupported {
+            what: e.to_string().into(),
+        })
+    });
+    let config = IoConfig {
+        io_workers: 1,
+        queue_depth: qd,
+        direct_io: cell.direct,
+        ..IoConfig::default()
+    };
+    Ok(AsyncFileSystem::with_factory(&config, factory)?)
+}
+
+/// A `block`-byte buffer of `fill` bytes, aligned for direct I/O.
+fn buffer(block: usize, fill: u8) -> Result<AlignedBuf> {
+    Ok(AlignedBuf::from_slice(&vec![fill; block], 4096)?)
+}
+
+/// Runs a `segment_*` cell on `file`.
+pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
+    let fs = file_system(cell)?;
+    let qd = cell.qd.max(1);
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let (mut ops, mut bytes) = (0u64, 0u64);
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + cell.duration;
+    if cell.workload == APPEND {
+        let segment = SegmentFile(PathBuf::from(format!(
+            "{}.segment-{}",
+            file.display(),
+            std::process::id()
+        )));
+        let log = block_on(fs.open_with(&segment.0, OpenOptions::create().with_truncate(true), None))?;
+        if cell.direct && !log.is_direct() {
+            bail!("{} refuses O_DIRECT", segment.0.display());
+        }
+        let mut bufs: Vec<AlignedBuf> = (0..qd)
+            .map(|i| buffer(cell.block, i as u8))
+            .collect::<Result<_>>()?;
+        while Instant::now() < deadline && !stop() {
+            let start = Instant::now();
+            let appends: Vec<_> = bufs.drain(..).map(|b| log.append(b)).collect();
+            let sync = log.sync_data();
+            for append in appends {
+                let (at, buf) = block_on(append);
+                at?;
+                bufs.push(buf);
+            }
+            block_on(sync)?;
+            hist.saturating_record(start.elapsed().as_nanos().max(1) as u64);
+            ops += 1;
+            bytes += (qd * cell.block) as u64;
+        }
+    } else {
+        let data = block_on(fs.open_with(file, OpenOptions::read_only(), None))?;
+        if cell.direct && !data.is_direct() {
+            bail!("{} refuses O_DIRECT", file.display());
+        }
+        let blocks = (cell.size / cell.block as u64).max(1);
+        let mut next = 0u64;
+        let mut in_flight = VecDeque::with_capacity(qd);
+        let mut free: Vec<AlignedBuf> = (0..qd).map(|_| buffer(cell.block, 0)).collect::<Result<_>>()?;
+        loop {
+            let submitting = Instant::now() < deadline && !stop();
+            while submitting && in_flight.len() < qd {
+                let Some(buf) = free.pop() else { break };
+                in_flight.push_back((Instant::now(), data.read_at(buf, next * cell.block as u64)));
+                next = (next + 1) % blocks;
+            }
+            // The consumer takes blocks in file order.
+            let Some((start, read)) = in_flight.pop_front() else {
+                break;
+            };
+            let (n, buf) = block_on(read);
+            bytes += n? as u64;
+            hist.saturating_record(start.elapsed().as_nanos().max(1) as u64);
+            ops += 1;
+            free.push(buf);
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
+    let m = fs.metrics();
+    fs.shutdown();
+    let iops = ops as f64 / secs;
+    Ok(Row {
+        workload: cell.workload.clone(),
+        engine: "storage-io".into(),
+        backend: cell.backend.clone(),
+        io: if cell.direct { "direct" } else { "buffered" }.into(),
+        regime: String::new(),
+        qd: cell.qd,
+        block_size: cell.block,
+        iops,
+        mb_s: bytes as f64 / secs / 1e6,
+        lat_us: Latency::from_histogram_ns(&hist),
+        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
+        ops,
+        errors: m.ops.iter().map(|o| o.errors).sum(),
+        qd_achieved: 0.0,
+        ..Row::default()
+    })
+}
