@@ -21,6 +21,11 @@
 //!
 //! Multi-threaded users (a scheduler with one backend per worker) take a factory instead:
 //! [`backend_factory`] decides once and builds the same kind for every worker.
+//!
+//! Async engines use [`AsyncFileSystem`] and [`AsyncFile`]: owned buffers in and out, many
+//! operations in flight per file, futures that any executor can drive, an aligned
+//! [`IoBufferPool`], and [`AsyncIoMetrics`] with a Prometheus rendering. The page scheduler
+//! ([`scheduler`]) and the write-ahead log ([`wal`]) are re-exported too.
 
 use std::fmt;
 use std::sync::Arc;
