@@ -307,7 +307,7 @@ impl Drop for Shared {
 fn refuse(request: Request, error: StorageIoError) {
     match request {
         Request::Open { reply, .. } => drop(reply.complete(Err(error))),
-        Request::Read { buf, reply, .. } | Request::Write { buf, reply, .. } => {
+        Request::Transfer { buf, reply, .. } => {
             drop(reply.complete((Err(error), buf)));
         }
         Request::Append { buf, reply, .. } => drop(reply.complete((Err(error), buf))),
@@ -352,25 +352,18 @@ impl AsyncFile {
     /// Reads `buf.len()` bytes at `offset` into `buf`. The buffer comes back truncated to the
     /// bytes read (fewer than asked only at end of file), on success and on error.
     pub fn read_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> BufOp<usize, B> {
-        let (reply, waiting) = slot();
-        let request = Request::Read {
-            fd: self.fd,
-            buf: buf.into_io_buf(),
-            offset,
-            at: Instant::now(),
-            reply,
-        };
-        self.fs.send(self.worker, request);
-        BufOp {
-            waiting,
-            buf: PhantomData,
-        }
+        self.transfer(OpKind::Read, buf, offset)
     }
 
     /// Writes all of `buf` at `offset` without copying it; the buffer comes back with the result.
     pub fn write_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> BufOp<usize, B> {
+        self.transfer(OpKind::Write, buf, offset)
+    }
+
+    fn transfer<B: OwnedBuf>(&self, kind: OpKind, buf: B, offset: u64) -> BufOp<usize, B> {
         let (reply, waiting) = slot();
-        let request = Request::Write {
+        let request = Request::Transfer {
+            kind,
             fd: self.fd,
             buf: buf.into_io_buf(),
             offset,

@@ -46,14 +46,9 @@ pub(crate) enum Request {
         preallocate_bytes: Option<u64>,
         reply: Completer<Result<Opened>>,
     },
-    Read {
-        fd: IoFd,
-        buf: IoBuf,
-        offset: u64,
-        at: Instant,
-        reply: BufReply,
-    },
-    Write {
+    /// A read into, or a write from, the caller's buffer (`kind` is `Read` or `Write`).
+    Transfer {
+        kind: OpKind,
         fd: IoFd,
         buf: IoBuf,
         offset: u64,
@@ -103,7 +98,7 @@ impl Request {
     fn needs_slot(&self) -> bool {
         matches!(
             self,
-            Request::Read { .. } | Request::Write { .. } | Request::Append { .. } | Request::Sync { .. }
+            Request::Transfer { .. } | Request::Append { .. } | Request::Sync { .. }
         )
     }
 }
@@ -260,7 +255,8 @@ impl Worker {
     /// Starts one request; gives it back if the backend's queue is full.
     fn start(&mut self, request: Request) -> Option<Request> {
         match request {
-            Request::Read {
+            Request::Transfer {
+                kind,
                 fd,
                 buf,
                 offset,
@@ -271,23 +267,18 @@ impl Worker {
                 if reply.is_abandoned() {
                     return None;
                 }
-                match self.io.submit_read(fd, buf, offset) {
-                    Ok(token) => {
-                        self.track(
-                            fd,
-                            token,
-                            OpKind::Read,
-                            InFlight::Buf {
-                                kind: OpKind::Read,
-                                at,
-                                reply,
-                            },
-                        );
-                    }
+                let submitted = if kind == OpKind::Read {
+                    self.io.submit_read(fd, buf, offset)
+                } else {
+                    self.io.submit_write_buf(fd, buf, offset)
+                };
+                match submitted {
+                    Ok(token) => self.track(fd, token, kind, InFlight::Buf { kind, at, reply }),
                     Err(e) => {
                         let (error, buf) = e.into_parts();
                         if matches!(error, StorageIoError::QueueFull { .. }) {
-                            return Some(Request::Read {
+                            return Some(Request::Transfer {
+                                kind,
                                 fd,
                                 buf,
                                 offset,
@@ -295,46 +286,7 @@ impl Worker {
                                 reply,
                             });
                         }
-                        self.refused(OpKind::Read, at);
-                        let _ = reply.complete((Err(error), buf));
-                    }
-                }
-            }
-            Request::Write {
-                fd,
-                buf,
-                offset,
-                at,
-                reply,
-            } => {
-                if reply.is_abandoned() {
-                    return None;
-                }
-                match self.io.submit_write_buf(fd, buf, offset) {
-                    Ok(token) => {
-                        self.track(
-                            fd,
-                            token,
-                            OpKind::Write,
-                            InFlight::Buf {
-                                kind: OpKind::Write,
-                                at,
-                                reply,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let (error, buf) = e.into_parts();
-                        if matches!(error, StorageIoError::QueueFull { .. }) {
-                            return Some(Request::Write {
-                                fd,
-                                buf,
-                                offset,
-                                at,
-                                reply,
-                            });
-                        }
-                        self.refused(OpKind::Write, at);
+                        self.refused(kind, at);
                         let _ = reply.complete((Err(error), buf));
                     }
                 }
