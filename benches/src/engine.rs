@@ -249,6 +249,33 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     })
 }
 
+/// The row of a cell that ran `ops` ops of `blocks_per_op` × `cell.block` bytes each.
+pub(crate) fn cell_row(
+    cell: &Cell,
+    ops: u64,
+    blocks_per_op: usize,
+    secs: f64,
+    cpu: f64,
+    hist: &Histogram<u64>,
+) -> Row {
+    let iops = ops as f64 / secs;
+    Row {
+        workload: cell.workload.clone(),
+        engine: "storage-io".into(),
+        backend: cell.backend.clone(),
+        io: if cell.direct { "direct" } else { "buffered" }.into(),
+        regime: String::new(),
+        qd: cell.qd,
+        block_size: cell.block,
+        iops,
+        mb_s: iops * (cell.block * blocks_per_op) as f64 / 1e6,
+        lat_us: Latency::from_histogram_ns(hist),
+        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
+        ops,
+        ..Row::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,8 +23,8 @@ use storage_io_core::{
 };
 use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PAGE_FILE, PageId};
 
-use crate::engine::{Cell, cpu_time, make_backend};
-use crate::{Latency, Row};
+use crate::Row;
+use crate::engine::{Cell, cell_row, cpu_time, make_backend};
 
 /// Random page reads through the scheduler.
 pub const RAND_READ: &str = "scheduler_rand_read";
@@ -119,25 +119,6 @@ impl Rng {
     }
 }
 
-fn row(cell: &Cell, ops: u64, pages_per_op: usize, secs: f64, cpu: f64, hist: &Histogram<u64>) -> Row {
-    let iops = ops as f64 / secs;
-    Row {
-        workload: cell.workload.clone(),
-        engine: "storage-io".into(),
-        backend: cell.backend.clone(),
-        io: if cell.direct { "direct" } else { "buffered" }.into(),
-        regime: String::new(),
-        qd: cell.qd,
-        block_size: cell.block,
-        iops,
-        mb_s: iops * (cell.block * pages_per_op) as f64 / 1e6,
-        lat_us: Latency::from_histogram_ns(hist),
-        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
-        ops,
-        ..Row::default()
-    }
-}
-
 /// Runs a `scheduler_*` cell on `file`.
 fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
     let dir = SchedDir::new(file)?;
@@ -209,7 +190,7 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     sched.shutdown()?;
-    Ok(row(cell, ops, if batch { qd } else { 1 }, secs, cpu, &hist))
+    Ok(cell_row(cell, ops, if batch { qd } else { 1 }, secs, cpu, &hist))
 }
 
 /// The raw peer of `scheduler_batch_read`: `qd` random reads submitted at once on the bare
@@ -256,5 +237,5 @@ fn run_raw_round_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     io.deregister_fd(fd)?;
-    Ok(row(cell, ops, qd, secs, cpu, &hist))
+    Ok(cell_row(cell, ops, qd, secs, cpu, &hist))
 }

@@ -18,8 +18,8 @@ use storage_io::{
     AlignedBuf, AsyncFileSystem, BackendFactory, IoConfig, OpenOptions, StorageIoError, block_on,
 };
 
-use crate::engine::{Cell, cpu_time, make_backend};
-use crate::{Latency, Row};
+use crate::Row;
+use crate::engine::{Cell, cell_row, cpu_time, make_backend};
 
 /// Batches of appends, each made durable by one sync.
 pub const APPEND: &str = "segment_append";
@@ -68,7 +68,7 @@ pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     let fs = file_system(cell)?;
     let qd = cell.qd.max(1);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let (mut ops, mut bytes) = (0u64, 0u64);
+    let mut ops = 0u64;
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let deadline = t0 + cell.duration;
@@ -97,7 +97,6 @@ pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
             block_on(sync)?;
             hist.saturating_record(start.elapsed().as_nanos().max(1) as u64);
             ops += 1;
-            bytes += (qd * cell.block) as u64;
         }
     } else {
         let data = block_on(fs.open_with(file, OpenOptions::read_only(), None))?;
@@ -120,7 +119,10 @@ pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
                 break;
             };
             let (n, buf) = block_on(read);
-            bytes += n? as u64;
+            let n = n?;
+            if n != cell.block {
+                bail!("a {}-byte read inside the file returned {n} bytes", cell.block);
+            }
             hist.saturating_record(start.elapsed().as_nanos().max(1) as u64);
             ops += 1;
             free.push(buf);
@@ -130,22 +132,9 @@ pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     let m = fs.metrics();
     fs.shutdown();
-    let iops = ops as f64 / secs;
+    let blocks_per_op = if cell.workload == APPEND { qd } else { 1 };
     Ok(Row {
-        workload: cell.workload.clone(),
-        engine: "storage-io".into(),
-        backend: cell.backend.clone(),
-        io: if cell.direct { "direct" } else { "buffered" }.into(),
-        regime: String::new(),
-        qd: cell.qd,
-        block_size: cell.block,
-        iops,
-        mb_s: bytes as f64 / secs / 1e6,
-        lat_us: Latency::from_histogram_ns(&hist),
-        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
-        ops,
         errors: m.ops.iter().map(|o| o.errors).sum(),
-        qd_achieved: 0.0,
-        ..Row::default()
+        ..cell_row(cell, ops, blocks_per_op, secs, cpu, &hist)
     })
 }
