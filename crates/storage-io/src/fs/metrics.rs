@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use storage_io_core::{IoStats, OpKind};
+use storage_io_core::{IoStats, IoStatsSnapshot, OpKind};
 
 /// Upper bounds (seconds) of the latency histogram buckets in the Prometheus rendering.
 pub const LATENCY_BUCKETS_SECONDS: [f64; 16] = [
@@ -67,18 +67,18 @@ pub struct PoolClassMetrics {
 }
 
 impl OpMetrics {
-    pub(crate) fn from_stats(stats: &IoStats, kind: OpKind) -> Self {
+    pub(crate) fn from_stats(stats: &IoStats, snapshot: &IoStatsSnapshot, kind: OpKind) -> Self {
         let h = stats.latency_ns(kind);
-        let us = |ns: u64| ns as f64 / 1e3;
+        let k = snapshot.op(kind);
         OpMetrics {
             kind,
-            completed: stats.completed(kind),
-            errors: stats.errors(kind),
-            bytes: stats.bytes(kind),
-            latency_us_mean: h.mean() / 1e3,
-            latency_us_p50: us(h.value_at_quantile(0.5)),
-            latency_us_p99: us(h.value_at_quantile(0.99)),
-            latency_us_max: us(h.max()),
+            completed: k.completed,
+            errors: k.errors,
+            bytes: k.bytes,
+            latency_us_mean: k.latency_us_mean,
+            latency_us_p50: k.latency_us_p50,
+            latency_us_p99: k.latency_us_p99,
+            latency_us_max: k.latency_us_max,
             latency_buckets: LATENCY_BUCKETS_SECONDS
                 .iter()
                 .map(|&le| h.count_between(0, (le * 1e9) as u64))
