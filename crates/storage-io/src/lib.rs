@@ -184,9 +184,14 @@ pub fn build_backend(kind: BackendKind, config: &IoConfig) -> Result<Box<dyn Sto
 }
 
 fn select(config: &IoConfig) -> Result<Selection> {
+    select_with(config, &uring_status())
+}
+
+/// [`select`] with an io_uring status already probed.
+fn select_with(config: &IoConfig, uring: &UringStatus) -> Result<Selection> {
     config.validate()?;
     let env = std::env::var("STORAGE_IO_BACKEND").ok();
-    let selection = select_backend(config, env.as_deref(), &uring_status())?;
+    let selection = select_backend(config, env.as_deref(), uring)?;
     tracing::info!(backend = %selection.kind, reason = %selection.reason, "storage-io backend selected");
     Ok(selection)
 }
@@ -208,10 +213,13 @@ pub fn open_backend(config: &IoConfig) -> Result<Box<dyn StorageIo>> {
 /// ```
 pub fn backend_factory(config: &IoConfig) -> Result<(BackendFactory, Selection)> {
     let selection = select(config)?;
-    let kind = selection.kind;
+    Ok((factory_of(selection.kind, config), selection))
+}
+
+/// A factory building `kind` with `config` for every worker.
+fn factory_of(kind: BackendKind, config: &IoConfig) -> BackendFactory {
     let config = config.clone();
-    let factory: BackendFactory = Arc::new(move |_worker| build_backend(kind, &config));
-    Ok((factory, selection))
+    Arc::new(move |_worker| build_backend(kind, &config))
 }
 
 /// Opens (and recovers) the write-ahead log in `dir` on the backend `io` selects (io_uring where

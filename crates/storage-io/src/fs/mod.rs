@@ -74,12 +74,14 @@ impl AsyncFileSystem {
     /// probe passes, else the thread pool; `STORAGE_IO_BACKEND` overrides), logging the kernel
     /// version, the backend chosen and why.
     pub fn new(config: &IoConfig) -> Result<Self> {
-        config.validate()?;
-        match crate::uring_status() {
+        // One probe serves both the log line and the selection.
+        let uring = crate::uring_status();
+        match &uring {
             crate::UringStatus::Available { kernel } => tracing::info!(%kernel, "io_uring available"),
             other => tracing::info!(status = %other, "io_uring not in use"),
         }
-        let (factory, selection) = crate::backend_factory(config)?;
+        let selection = crate::select_with(config, &uring)?;
+        let factory = crate::factory_of(selection.kind, config);
         tracing::info!(
             backend = %selection.kind,
             reason = %selection.reason,
@@ -251,12 +253,13 @@ impl Shared {
         if let Some(senders) = self.senders.read().as_ref() {
             queued += senders.iter().map(|s| s.len() as u64).sum::<u64>();
         }
+        let snapshot = total.snapshot();
         AsyncIoMetrics {
             backend: self.backend.clone(),
             workers: self.workers.len(),
             ops: OpKind::ALL
                 .iter()
-                .map(|&k| OpMetrics::from_stats(&total, k))
+                .map(|&k| OpMetrics::from_stats(&total, &snapshot, k))
                 .collect(),
             in_flight,
             queued,
