@@ -30,6 +30,38 @@ fn peer<'a>(rows: &'a [Row], r: &Row, engine: &str, backend: &str) -> Option<&'a
     })
 }
 
+/// Ours ÷ the peer's IOPS, pair by pair: round i of ours against round i of the peer (they ran
+/// back to back), so drift of a shared disk between rounds cancels. Returns the median ratio and,
+/// when there was more than one pair, the lowest and highest. Rows of one round fall back to
+/// one ratio.
+pub fn pair_ratio(ours: &Row, peer: &Row) -> Option<(f64, Option<(f64, f64)>)> {
+    let n = ours.iops_rounds.len();
+    if n > 1 && n == peer.iops_rounds.len() {
+        let pairs: Vec<f64> = ours
+            .iops_rounds
+            .iter()
+            .zip(&peer.iops_rounds)
+            .filter(|(_, p)| **p > 0.0)
+            .map(|(o, p)| o / p)
+            .collect();
+        if pairs.len() == n {
+            let lo = pairs.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = pairs.iter().copied().fold(0.0, f64::max);
+            return Some((crate::median(&pairs), Some((lo, hi))));
+        }
+    }
+    (peer.iops > 0.0).then(|| (ours.iops / peer.iops, None))
+}
+
+/// `0.97×`, or `0.97× (0.91–1.04)` with the spread of the pairs.
+fn pair_ratio_text(ours: &Row, peer: &Row) -> String {
+    match pair_ratio(ours, peer) {
+        Some((m, Some((lo, hi)))) => format!("{m:.2}× ({lo:.2}–{hi:.2})"),
+        Some((m, None)) => format!("{m:.2}×"),
+        None => "–".into(),
+    }
+}
+
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}×", a / b)
@@ -80,8 +112,10 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
     let _ = writeln!(
         s,
         "Latency is submit → completion as the caller sees it (µs). CPU is user+system time of the whole \
-         process per I/O (fio: its own usr+sys). `vs fio` columns divide our IOPS by fio's in the same \
+         process per I/O (fio: its own usr+sys). `vs fio` divides our IOPS by fio's in the same \
          cell: io_uring+fixed for our io_uring backends, psync (qd threads) for sync and thread_pool. \
+         With several rounds it is the median of the per-round ratios (ours and fio ran back to back \
+         in each round), with the lowest and highest in brackets. \
          `cached %` is the share of the file in the page cache when the cell ended (buffered cells).\n"
     );
     for ((workload, io, regime), rows) in groups(&report.results) {
@@ -108,7 +142,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
             };
             let (vs, cpu_vs) = match fio_peer {
                 Some(p) => (
-                    format!("{} {}", ratio(r.iops, p.iops), p.backend),
+                    format!("{} {}", pair_ratio_text(r, p), p.backend),
                     ratio(r.cpu_us_per_op, p.cpu_us_per_op),
                 ),
                 None => ("–".into(), "–".into()),
@@ -255,21 +289,40 @@ pub fn guidance(rows: &[Row]) -> String {
         .iter()
         .filter(|r| r.engine == "storage-io" && r.backend == "uring")
     {
-        if let Some(p) = peer(rows, r, "fio", "io_uring+fixed") {
-            ratios.push((r.iops / p.iops.max(1e-9), r));
+        if let Some((m, spread)) = peer(rows, r, "fio", "io_uring+fixed").and_then(|p| pair_ratio(r, p)) {
+            ratios.push((m, spread, r));
         }
     }
     if !ratios.is_empty() {
         said = true;
-        let values: Vec<f64> = ratios.iter().map(|(x, _)| *x).collect();
+        let values: Vec<f64> = ratios.iter().map(|(x, _, _)| *x).collect();
         let (worst, at) = ratios
             .iter()
             .min_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(x, r)| (*x, format!("{} {} {} qd {}", r.workload, r.io, r.regime, r.qd)))
+            .map(|(x, _, r)| (*x, format!("{} {} {} qd {}", r.workload, r.io, r.regime, r.qd)))
             .unwrap_or_default();
+        let spread = {
+            let lows: Vec<f64> = ratios
+                .iter()
+                .filter_map(|(_, s, _)| s.map(|(lo, _)| lo))
+                .collect();
+            let highs: Vec<f64> = ratios
+                .iter()
+                .filter_map(|(_, s, _)| s.map(|(_, hi)| hi))
+                .collect();
+            if lows.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; single pairs ranged {:.2}–{:.2}×",
+                    lows.iter().copied().fold(f64::INFINITY, f64::min),
+                    highs.iter().copied().fold(0.0, f64::max)
+                )
+            }
+        };
         let _ = writeln!(
             s,
-            "- Our io_uring backend vs fio io_uring+fixedbufs+registerfiles: median {:.2}× over {} cells, lowest {:.2}× ({at}).",
+            "- Our io_uring backend vs fio io_uring+fixedbufs+registerfiles: median {:.2}× over {} cells, lowest cell {:.2}× ({at}){spread}.",
             crate::median(&values),
             values.len(),
             worst
@@ -449,6 +502,36 @@ mod tests {
         assert!(g.contains("median 0.97×"), "{g}");
         assert!(!g.contains("set `direct_io = true`"), "{g}");
         assert!(g.contains("90 % of their best IOPS at qd 16"), "{g}");
+    }
+
+    #[test]
+    fn fio_ratio_is_the_median_of_back_to_back_pairs() {
+        // The disk drifted: round 2 was slow for both. Pairs 1.0, 1.0, 0.5 → median 1.0, while
+        // the ratio of the median rounds alone would say 20/20 = 1.0 only by luck.
+        let ours = Row {
+            iops_rounds: vec![30.0, 10.0, 20.0],
+            ..row("storage-io", "uring", "direct", "uncached", 32, 20.0)
+        };
+        let fio = Row {
+            iops_rounds: vec![30.0, 10.0, 40.0],
+            ..row("fio", "io_uring+fixed", "direct", "uncached", 32, 30.0)
+        };
+        assert_eq!(pair_ratio(&ours, &fio), Some((1.0, Some((0.5, 1.0)))));
+        assert_eq!(pair_ratio_text(&ours, &fio), "1.00× (0.50–1.00)");
+        // One round (or rounds that do not pair up): the plain ratio.
+        let single = row("storage-io", "uring", "direct", "uncached", 32, 15.0);
+        assert_eq!(pair_ratio(&single, &fio), Some((0.5, None)));
+        let zero = row("fio", "io_uring+fixed", "direct", "uncached", 32, 0.0);
+        assert_eq!(pair_ratio(&single, &zero), None);
+        let md = markdown(
+            &Report {
+                results: vec![ours, fio],
+                ..Report::default()
+            },
+            &[],
+        );
+        assert!(md.contains("1.00× (0.50–1.00) io_uring+fixed"), "{md}");
+        assert!(md.contains("single pairs ranged 0.50–1.00×"), "{md}");
     }
 
     #[test]
