@@ -9,6 +9,7 @@ use crate::direct::{OpenOptions, open_file};
 use crate::error::{Result, StorageIoError, SubmitError};
 use crate::op::{Capabilities, IoCompletion, IoFd, IoToken};
 use crate::stats::IoStats;
+use crate::wake::WaitWaker;
 
 /// Non-blocking disk I/O: submit operations, get tokens, poll completions.
 ///
@@ -156,6 +157,17 @@ pub trait StorageIo: Send {
         timeout: Option<Duration>,
     ) -> Result<usize>;
 
+    /// A handle that lets another thread interrupt a blocked
+    /// [`wait_completions`](StorageIo::wait_completions) (see [`WaitWaker`]): after
+    /// [`WaitWaker::wake`], the wait in progress — or, if none is, the next one — returns early,
+    /// possibly with fewer completions than asked for. A thread that serves a request channel
+    /// and a backend can then block without a timeout: producers send, then wake.
+    ///
+    /// `None` (the default) means the backend cannot be interrupted; wait with a timeout.
+    fn wait_waker(&mut self) -> Option<WaitWaker> {
+        None
+    }
+
     /// Ops accepted and not yet delivered by a poll.
     fn pending_count(&self) -> usize;
 
@@ -244,6 +256,9 @@ impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
         timeout: Option<Duration>,
     ) -> Result<usize> {
         (**self).wait_completions(out, min, timeout)
+    }
+    fn wait_waker(&mut self) -> Option<WaitWaker> {
+        (**self).wait_waker()
     }
     fn pending_count(&self) -> usize {
         (**self).pending_count()

@@ -44,6 +44,7 @@ mod fd_table;
 mod inline_queue;
 mod op;
 mod stats;
+mod wake;
 
 pub use backend::{BackendFactory, StorageIo, list_dir_default, sync_dir_default};
 pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf};
@@ -57,3 +58,4 @@ pub use fd_table::FdTable;
 pub use inline_queue::{InlineBackend, InlineQueue, InlineWrite, deliver_ready};
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind, TokenCounter};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};
+pub use wake::{WaitWaker, WakeState};

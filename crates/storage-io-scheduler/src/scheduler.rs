@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
-use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo};
+use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo, WaitWaker};
 
 use crate::PageId;
 use crate::alloc::{self, Allocator};
@@ -153,12 +153,13 @@ impl DiskScheduler {
         for (i, setup) in setups.into_iter().enumerate() {
             let (tx, rx) = flume::unbounded();
             let worker = Worker::new(setup);
+            let waker = worker.waker();
             let handle = std::thread::Builder::new()
                 .name(format!("sio-sched-w{i}"))
                 .spawn(move || worker.run(rx))
                 .map_err(|e| SchedulerError::Worker(format!("spawning worker {i}: {e}")))?;
             threads.push(handle);
-            worker_txs.push(tx);
+            worker_txs.push((tx, waker));
         }
         let allocated = Arc::new(std::sync::atomic::AtomicU64::new(allocator.allocated_count()));
         let (tx, rx) = flume::unbounded();
@@ -346,7 +347,8 @@ impl Drop for DiskScheduler {
 }
 
 struct Dispatcher {
-    workers: Vec<flume::Sender<WorkerMsg>>,
+    /// Each worker's channel, and its backend's waker (sent to, then woken).
+    workers: Vec<(flume::Sender<WorkerMsg>, Option<WaitWaker>)>,
     allocator: Allocator,
     page_size: usize,
     extent_pages: u64,
@@ -366,8 +368,12 @@ impl Dispatcher {
     fn to_worker(&self, worker: usize, msg: WorkerMsg) {
         // A worker only stops after Shutdown, which it gets last; a send can fail only if it
         // panicked, and then the request's answer is dropped and its caller sees `Closed`.
-        if self.workers[worker].send(msg).is_err() {
+        let (tx, waker) = &self.workers[worker];
+        if tx.send(msg).is_err() {
             tracing::error!(worker, "scheduler worker is gone");
+        }
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 

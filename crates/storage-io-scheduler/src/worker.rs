@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use storage_io_core::{
     AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf, IoCompletion, IoFd, IoToken,
-    StorageIo, StorageIoError,
+    StorageIo, StorageIoError, WaitWaker,
 };
 
 use crate::PageId;
@@ -196,7 +196,10 @@ pub(crate) struct Worker {
     page_size: usize,
     max_in_flight: usize,
     max_combine_pages: usize,
-    poll_interval: Duration,
+    /// How long a wait for completions may block while requests could arrive: `None` when the
+    /// backend has a [`WaitWaker`] (the dispatcher wakes the worker after each send).
+    poll_interval: Option<Duration>,
+    waker: Option<WaitWaker>,
     counters: Arc<Counters>,
     buffers: Option<BufferPool>,
 
@@ -218,8 +221,9 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(setup: WorkerSetup) -> Self {
+    pub(crate) fn new(mut setup: WorkerSetup) -> Self {
         let caps = setup.io.capabilities();
+        let waker = setup.io.wait_waker();
         let max_in_flight = setup.queue_depth.min(caps.max_in_flight.max(1));
         // Read buffers come from a small aligned pool (a merged read is at most 1 MiB); if a
         // class runs dry, reads allocate instead of waiting.
@@ -240,7 +244,8 @@ impl Worker {
             page_size,
             max_in_flight,
             max_combine_pages: setup.max_combine_pages,
-            poll_interval: setup.poll_interval,
+            poll_interval: waker.is_none().then_some(setup.poll_interval),
+            waker,
             counters: setup.counters,
             buffers,
             next_op: 0,
@@ -286,9 +291,10 @@ impl Worker {
                 }
                 continue;
             }
-            // With ops in flight, wait for one; while still accepting, wake up now and then to
-            // look at the request channel.
-            let timeout = (!stopping).then_some(self.poll_interval);
+            // With ops in flight, wait for one. While still accepting, the dispatcher's wake ends
+            // the wait when a request arrives; a backend without a waker is woken now and then
+            // by a timeout to look at the request channel.
+            let timeout = if stopping { None } else { self.poll_interval };
             self.completions.clear();
             let mut done = std::mem::take(&mut self.completions);
             if let Err(e) = self.io.wait_completions(&mut done, 1, timeout) {
@@ -300,6 +306,11 @@ impl Worker {
             }
             self.completions = done;
         }
+    }
+
+    /// What the dispatcher calls after sending to this worker, if the backend can be woken.
+    pub(crate) fn waker(&self) -> Option<WaitWaker> {
+        self.waker.clone()
     }
 
     fn is_idle(&self) -> bool {

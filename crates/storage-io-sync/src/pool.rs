@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use storage_io_core::{
     AlignedBuf, Capabilities, DEFAULT_ALIGNMENT, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats,
-    IoToken, OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter, deliver_ready, file_facts,
-    file_len_of, plan_write, validate_transfer,
+    IoToken, OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter, WaitWaker, WakeState,
+    deliver_ready, file_facts, file_len_of, plan_write, validate_transfer,
 };
 
 use crate::exec;
@@ -90,7 +90,12 @@ pub struct ThreadPoolStorageIo {
     files: FdTable<PoolFile>,
     tokens: TokenCounter,
     jobs: Option<flume::Sender<Job>>,
-    results: flume::Receiver<Done>,
+    /// Completions from the workers; `None` is a kick from a [`WaitWaker`].
+    results: flume::Receiver<Option<Done>>,
+    /// Kept to hand to wakers.
+    results_tx: flume::Sender<Option<Done>>,
+    /// Set up by the first `wait_waker` call.
+    wake: Option<Arc<WakeState>>,
     workers: Vec<JoinHandle<()>>,
     /// Completions received from workers but not yet handed to the caller.
     ready: VecDeque<IoCompletion>,
@@ -108,7 +113,7 @@ impl ThreadPoolStorageIo {
     pub fn new(config: &IoConfig) -> Result<Self> {
         config.validate()?;
         let (job_tx, job_rx) = flume::unbounded::<Job>();
-        let (done_tx, done_rx) = flume::unbounded::<Done>();
+        let (done_tx, done_rx) = flume::unbounded::<Option<Done>>();
         let n = config.effective_workers();
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
@@ -131,6 +136,8 @@ impl ThreadPoolStorageIo {
             tokens: TokenCounter::new(),
             jobs: Some(job_tx),
             results: done_rx,
+            results_tx: done_tx,
+            wake: None,
             workers,
             ready: VecDeque::with_capacity(config.queue_depth),
             pending: 0,
@@ -266,17 +273,21 @@ impl ThreadPoolStorageIo {
             None => self.results.recv().ok(),
         };
         match got {
-            Some(done) => {
+            Some(Some(done)) => {
                 self.on_done(done);
                 true
             }
+            // A kick: the caller looks at the wake state.
+            Some(None) => true,
             None => false,
         }
     }
 
     fn drain_results(&mut self) {
-        while let Ok(done) = self.results.try_recv() {
-            self.on_done(done);
+        while let Ok(msg) = self.results.try_recv() {
+            if let Some(done) = msg {
+                self.on_done(done);
+            }
         }
     }
 
@@ -318,7 +329,7 @@ fn send(jobs: Option<&flume::Sender<Job>>, job: Job) {
     }
 }
 
-fn worker_loop(jobs: &flume::Receiver<Job>, done: &flume::Sender<Done>) {
+fn worker_loop(jobs: &flume::Receiver<Job>, done: &flume::Sender<Option<Done>>) {
     while let Ok(job) = jobs.recv() {
         let Job {
             token,
@@ -348,7 +359,7 @@ fn worker_loop(jobs: &flume::Receiver<Job>, done: &flume::Sender<Done>) {
             submitted_at,
             result,
         };
-        if done.send(reply).is_err() {
+        if done.send(Some(reply)).is_err() {
             return;
         }
     }
@@ -466,12 +477,26 @@ impl StorageIo for ThreadPoolStorageIo {
         let deadline = timeout.map(|t| Instant::now() + t);
         self.drain_results();
         while self.ready.len() < min {
-            if !self.receive_one(deadline) {
+            if self.wake.as_ref().is_some_and(|w| !w.arm()) {
+                break;
+            }
+            let received = self.receive_one(deadline);
+            let woken = self.wake.as_ref().is_some_and(|w| w.disarm());
+            if !received || woken {
                 break;
             }
         }
         self.drain_results();
         Ok(self.deliver(out))
+    }
+
+    fn wait_waker(&mut self) -> Option<WaitWaker> {
+        let state = Arc::clone(self.wake.get_or_insert_with(|| Arc::new(WakeState::new())));
+        let tx = self.results_tx.clone();
+        Some(WaitWaker::new(state, move || {
+            // The backend may be gone; then there is nobody to wake.
+            let _ = tx.send(None);
+        }))
     }
 
     fn pending_count(&self) -> usize {

@@ -20,20 +20,68 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, squeue, types};
 use storage_io_core::{
     AlignedBuf, Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
-    StorageIo, StorageIoError, SubmitError, TokenCounter, deliver_ready, file_facts, file_len_of, plan_write,
-    validate_transfer,
+    StorageIo, StorageIoError, SubmitError, TokenCounter, WaitWaker, WakeState, deliver_ready, file_facts,
+    file_len_of, plan_write, validate_transfer,
 };
 
 use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
 
 /// How often one op may come back with `EAGAIN`/`EINTR` before the error is reported.
 const MAX_RETRIES: u32 = 64;
+
+/// `user_data` of the read on the wake eventfd (op slots use their index, far below this).
+const WAKE_TAG: u64 = u64::MAX;
+
+/// What [`StorageIo::wait_waker`] needs: an eventfd with a read on it in the ring while the
+/// owner blocks. A waker writes the eventfd, the read completes, and the CQE ends the wait.
+struct RingWake {
+    state: Arc<WakeState>,
+    efd: Arc<OwnedFd>,
+    /// Where the read puts the eventfd counter; boxed so its address is stable.
+    counter: Box<u64>,
+    /// The read is in the ring (pushed and not yet reaped).
+    read_armed: bool,
+}
+
+impl RingWake {
+    fn new() -> std::io::Result<Self> {
+        // A blocking eventfd: io_uring completes a read on an O_NONBLOCK file at once with
+        // EAGAIN instead of waiting for a write.
+        // SAFETY: eventfd takes no pointers; it returns a new fd or -1.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd that nothing else owns.
+        let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(RingWake {
+            state: Arc::new(WakeState::new()),
+            efd: Arc::new(efd),
+            counter: Box::new(0),
+            read_armed: false,
+        })
+    }
+
+    fn waker(&self) -> WaitWaker {
+        let efd = Arc::clone(&self.efd);
+        WaitWaker::new(Arc::clone(&self.state), move || kick_eventfd(efd.as_raw_fd()))
+    }
+}
+
+/// Adds 1 to an eventfd counter. The counter only overflows after 2^64 - 2 unread kicks, and a
+/// failed kick can only delay the owner until its next completion, so errors are ignored.
+fn kick_eventfd(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live local u64 to an fd the caller keeps open.
+    let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+}
 
 /// Where the bytes of an op live while the kernel has them.
 enum Payload {
@@ -162,6 +210,8 @@ pub struct UringStorageIo {
     reaped: Vec<(u64, i32)>,
     stats: IoStats,
     report: ProbeReport,
+    /// Set up by the first `wait_waker` call.
+    wake: Option<RingWake>,
 }
 
 // SAFETY: UringStorageIo owns its ring, buffers and files outright; the raw pointers inside
@@ -275,6 +325,7 @@ impl UringStorageIo {
             reaped: Vec::with_capacity(config.queue_depth * 2),
             stats: IoStats::new(),
             report,
+            wake: None,
         })
     }
 
@@ -511,6 +562,14 @@ impl UringStorageIo {
     }
 
     fn on_cqe(&mut self, user_data: u64, res: i32) {
+        if user_data == WAKE_TAG {
+            // The eventfd read finished (a kick, or an error such as ECANCELED): re-armed
+            // before the next blocking wait.
+            if let Some(w) = self.wake.as_mut() {
+                w.read_armed = false;
+            }
+            return;
+        }
         let Ok(idx) = u32::try_from(user_data) else { return };
         if idx as usize >= self.slots.len() {
             return;
@@ -698,6 +757,29 @@ impl UringStorageIo {
             }
             self.reap();
         }
+    }
+}
+
+impl UringStorageIo {
+    /// Before blocking: puts the eventfd read in the ring if it is not there, then arms the
+    /// wake state. `false` means a wake is pending (or the read could not be queued): do not
+    /// block.
+    fn arm_wake(&mut self) -> bool {
+        let Some(w) = self.wake.as_mut() else { return true };
+        if !w.read_armed {
+            let ptr: *mut u64 = &mut *w.counter;
+            let entry = opcode::Read::new(types::Fd(w.efd.as_raw_fd()), ptr.cast(), 8)
+                .build()
+                .user_data(WAKE_TAG);
+            w.read_armed = true;
+            self.push_entry(&entry);
+        }
+        self.wake.as_ref().is_none_or(|w| w.state.arm())
+    }
+
+    /// After blocking: `true` when a wake arrived and the wait should return.
+    fn disarm_wake(&self) -> bool {
+        self.wake.as_ref().is_some_and(|w| w.state.disarm())
     }
 }
 
@@ -907,11 +989,31 @@ impl StorageIo for UringStorageIo {
                 None => None,
             };
             let want = (min - self.ready.len()).min(self.in_kernel).max(1);
-            self.enter(want, left)
-                .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+            if !self.arm_wake() {
+                break;
+            }
+            let entered = self.enter(want, left);
+            let woken = self.disarm_wake();
+            entered.map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
             self.reap();
+            if woken {
+                break;
+            }
         }
         Ok(self.deliver(out))
+    }
+
+    fn wait_waker(&mut self) -> Option<WaitWaker> {
+        if self.wake.is_none() {
+            match RingWake::new() {
+                Ok(w) => self.wake = Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no eventfd for waking io_uring waits; callers must poll");
+                    return None;
+                }
+            }
+        }
+        self.wake.as_ref().map(RingWake::waker)
     }
 
     fn pending_count(&self) -> usize {
@@ -925,6 +1027,23 @@ impl StorageIo for UringStorageIo {
 
 impl Drop for UringStorageIo {
     fn drop(&mut self) {
+        // The eventfd read writes into `counter`: end it with a kick and reap it before the
+        // box is freed.
+        if let Some(fd) = self
+            .wake
+            .as_ref()
+            .filter(|w| w.read_armed)
+            .map(|w| w.efd.as_raw_fd())
+        {
+            kick_eventfd(fd);
+            while self.wake.as_ref().is_some_and(|w| w.read_armed) {
+                if let Err(e) = self.enter(1, None) {
+                    tracing::error!(error = %e, "io_uring_enter failed while ending the wake read");
+                    break;
+                }
+                self.reap();
+            }
+        }
         // The kernel may still write into slot buffers and registered memory: wait for every op
         // before anything is freed. Held ops never reached the kernel and are simply dropped.
         self.wait_idle(None);

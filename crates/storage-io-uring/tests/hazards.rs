@@ -296,3 +296,83 @@ fn uring_capabilities_report_registered_buffers_and_files() {
     .unwrap();
     assert!(!off.capabilities().registered_buffers);
 }
+
+/// A read on a pipe stays in the kernel until someone writes the pipe: an op that only ends
+/// when the test says so.
+fn pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into the array we own.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    use std::os::fd::FromRawFd;
+    // SAFETY: both fds are fresh and owned by nobody else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+#[test]
+fn uring_wait_waker_ends_a_blocked_wait_and_no_wake_is_lost() {
+    if !usable_or_skip("uring_wait_waker_ends_a_blocked_wait_and_no_wake_is_lost") {
+        return;
+    }
+    use std::io::Write;
+    let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
+    let waker = io.wait_waker().expect("io_uring offers a waker");
+    let (rx, mut tx) = pipe();
+    let fd = io.register_fd(rx).unwrap();
+    io.submit_read(fd, vec![0u8; 8].into(), 0).unwrap();
+    let mut out = Vec::new();
+
+    // 1. A wake from another thread ends a wait that has no timeout and no completion coming.
+    for _ in 0..3 {
+        let w = waker.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            w.wake();
+        });
+        let n = io.wait_completions(&mut out, 1, None).unwrap();
+        assert_eq!(n, 0, "woken, not completed");
+        assert_eq!(io.pending_count(), 1);
+        t.join().unwrap();
+    }
+
+    // 2. A wake before the wait is kept: the next wait returns at once.
+    waker.wake();
+    assert_eq!(io.wait_completions(&mut out, 1, None).unwrap(), 0);
+
+    // 3. Many wakes racing with many waits: every wait the producer asked for ends (a lost
+    //    wake would hang here, since the pipe read never completes on its own).
+    let rounds = 2000;
+    let (ask, asked) = std::sync::mpsc::channel::<()>();
+    let (ack, acked) = std::sync::mpsc::channel::<()>();
+    let producer = std::thread::spawn({
+        let waker = waker.clone();
+        move || {
+            for _ in 0..rounds {
+                asked.recv().unwrap();
+                waker.wake();
+                acked.recv().unwrap();
+            }
+        }
+    });
+    for _ in 0..rounds {
+        ask.send(()).unwrap();
+        io.wait_completions(&mut out, 1, None).unwrap();
+        ack.send(()).unwrap();
+    }
+    producer.join().unwrap();
+
+    // 4. The read still completes normally, and drop with the wake read armed is clean.
+    tx.write_all(b"12345678").unwrap();
+    let done = drain(&mut io);
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].result.as_ref().copied().unwrap(), 8);
+    assert_eq!(done[0].buf.as_ref().unwrap().as_slice(), b"12345678");
+    io.deregister_fd(fd).unwrap();
+    drop(io);
+    waker.wake(); // the backend is gone: harmless
+}
