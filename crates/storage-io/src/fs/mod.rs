@@ -36,6 +36,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use storage_io_core::{
     BackendFactory, DirectMode, IoBuf, IoConfig, IoFd, IoStats, OpKind, OpenOptions, Result, StorageIoError,
+    WaitWaker,
 };
 
 pub use buf::{IoBufferPool, OwnedBuf, POOL_CLASSES};
@@ -60,7 +61,8 @@ pub struct AsyncFileSystem {
 
 struct Shared {
     /// Taken (under the write lock) at shutdown, so no request can follow a worker's `Shutdown`.
-    senders: RwLock<Option<Vec<flume::Sender<Request>>>>,
+    /// Each worker's channel and its backend's waker (send, then wake).
+    senders: RwLock<Option<Vec<WorkerInbox>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     workers: Vec<Arc<WorkerShared>>,
     next_worker: AtomicUsize,
@@ -109,11 +111,12 @@ impl AsyncFileSystem {
             let (tx, rx) = flume::unbounded();
             let shared = Arc::new(WorkerShared::new());
             let worker = Worker::new(io, rx, Arc::clone(&shared), config.queue_depth);
+            let waker = worker.waker();
             let handle = std::thread::Builder::new()
                 .name(format!("storage-io-worker-{w}"))
                 .spawn(move || worker.run())
                 .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
-            senders.push(tx);
+            senders.push((tx, waker));
             threads.push(handle);
             workers.push(shared);
         }
@@ -226,13 +229,22 @@ impl std::fmt::Debug for AsyncFileSystem {
     }
 }
 
+/// Where requests for one worker go: its channel, and its backend's waker if it has one.
+type WorkerInbox = (flume::Sender<Request>, Option<WaitWaker>);
+
 impl Shared {
     /// Hands a request to a worker, or — after shutdown — answers it with `Closed` right here.
     fn send(&self, worker: usize, request: Request) {
         let refused = {
             let senders = self.senders.read();
             match senders.as_ref().and_then(|s| s.get(worker)) {
-                Some(tx) => tx.send(request).err().map(|e| e.into_inner()),
+                Some((tx, waker)) => {
+                    let refused = tx.send(request).err().map(|e| e.into_inner());
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                    refused
+                }
                 None => Some(request),
             }
         };
@@ -251,7 +263,7 @@ impl Shared {
             max_in_flight = max_in_flight.max(w.max_in_flight.load(Ordering::Relaxed));
         }
         if let Some(senders) = self.senders.read().as_ref() {
-            queued += senders.iter().map(|s| s.len() as u64).sum::<u64>();
+            queued += senders.iter().map(|(s, _)| s.len() as u64).sum::<u64>();
         }
         let snapshot = total.snapshot();
         AsyncIoMetrics {
@@ -281,8 +293,11 @@ impl Shared {
         let Some(senders) = self.senders.write().take() else {
             return;
         };
-        for tx in &senders {
+        for (tx, waker) in &senders {
             let _ = tx.send(Request::Shutdown);
+            if let Some(w) = waker {
+                w.wake();
+            }
         }
         drop(senders);
         let threads = std::mem::take(&mut *self.threads.lock());

@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use storage_io_core::{
     DirectMode, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result, StorageIo,
-    StorageIoError, open_file,
+    StorageIoError, WaitWaker, open_file,
 };
 
 use super::slot::Completer;
 
 /// How long a worker with operations in flight waits for a completion before looking at its
-/// channel again: the most a new request waits for a busy worker to notice it.
+/// channel again, when its backend offers no [`WaitWaker`]: the most a new request waits for a
+/// busy worker to notice it.
 const POLL_INTERVAL: Duration = Duration::from_micros(20);
 
 /// The wait for completions while draining at shutdown (nothing else to watch then).
@@ -160,16 +161,20 @@ pub(crate) struct Worker {
     /// Latencies and results of completions delivered this round, recorded under one lock.
     finished: Vec<(OpKind, std::result::Result<usize, ()>, Duration)>,
     closing: bool,
+    /// The backend's waker: with one, the worker blocks for completions without a timeout and
+    /// senders wake it; without one, it looks at its channel every [`POLL_INTERVAL`].
+    waker: Option<WaitWaker>,
 }
 
 impl Worker {
     pub(crate) fn new(
-        io: Box<dyn StorageIo>,
+        mut io: Box<dyn StorageIo>,
         rx: flume::Receiver<Request>,
         shared: Arc<WorkerShared>,
         queue_depth: usize,
     ) -> Self {
         let queue_depth = queue_depth.min(io.capabilities().max_in_flight).max(1);
+        let waker = io.wait_waker();
         Worker {
             io,
             rx,
@@ -182,7 +187,13 @@ impl Worker {
             done: Vec::with_capacity(queue_depth),
             finished: Vec::with_capacity(queue_depth),
             closing: false,
+            waker,
         }
+    }
+
+    /// What senders call after queueing a request, if the backend can be woken.
+    pub(crate) fn waker(&self) -> Option<WaitWaker> {
+        self.waker.clone()
     }
 
     /// Serves requests until `Shutdown` (or every sender is gone), then finishes everything
@@ -398,8 +409,14 @@ impl Worker {
             return;
         }
         // Draining after Shutdown, no new request can come: block until something completes.
-        let timeout = if self.closing { DRAIN_WAIT } else { POLL_INTERVAL };
-        if let Err(e) = self.io.wait_completions(&mut self.done, 1, Some(timeout)) {
+        // Otherwise a sender's wake ends the wait when a request arrives, or, for a backend
+        // without a waker, a short timeout does.
+        let timeout = match (self.closing, &self.waker) {
+            (true, _) => Some(DRAIN_WAIT),
+            (false, Some(_)) => None,
+            (false, None) => Some(POLL_INTERVAL),
+        };
+        if let Err(e) = self.io.wait_completions(&mut self.done, 1, timeout) {
             tracing::warn!(error = %e, "io worker: waiting for completions failed");
         }
         self.io.poll_completions(&mut self.done);
