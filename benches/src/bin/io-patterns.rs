@@ -21,7 +21,7 @@ use storage_io_core::{OpenOptions, open_file};
 #[command(
     name = "io-patterns",
     about = "Queue-depth benchmark of storage-io backends, with fio beside them on the same file",
-    after_help = "Default: a quick run (about 3 minutes) on a temp file under target/bench/.\n\
+    after_help = "Default: a quick run (several minutes; --workload narrows it) on a temp file under target/bench/.\n\
                   Output: target/bench/<timestamp>/report.md, results.json and SVG plots."
 )]
 struct Args {
