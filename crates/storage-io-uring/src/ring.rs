@@ -767,6 +767,9 @@ impl UringStorageIo {
     fn arm_wake(&mut self) -> bool {
         let Some(w) = self.wake.as_mut() else { return true };
         if !w.read_armed {
+            // The kernel writes 8 bytes to `counter` when the read completes. The box lives in
+            // `self.wake` until the read is reaped (Drop kicks and reaps it first), so the
+            // pointer stays valid for as long as push_entry's contract requires.
             let ptr: *mut u64 = &mut *w.counter;
             let entry = opcode::Read::new(types::Fd(w.efd.as_raw_fd()), ptr.cast(), 8)
                 .build()
