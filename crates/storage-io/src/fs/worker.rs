@@ -158,8 +158,6 @@ pub(crate) struct Worker {
     /// A second handle on each open file, for `allocate` (the backend owns the first).
     files: HashMap<IoFd, File>,
     done: Vec<IoCompletion>,
-    /// Latencies and results of completions delivered this round, recorded under one lock.
-    finished: Vec<(OpKind, std::result::Result<usize, ()>, Duration)>,
     closing: bool,
     /// The backend's waker: with one, the worker blocks for completions without a timeout and
     /// senders wake it; without one, it looks at its channel every [`POLL_INTERVAL`].
@@ -185,7 +183,6 @@ impl Worker {
             busy: HashMap::new(),
             files: HashMap::new(),
             done: Vec::with_capacity(queue_depth),
-            finished: Vec::with_capacity(queue_depth),
             closing: false,
             waker,
         }
@@ -420,21 +417,23 @@ impl Worker {
             tracing::warn!(error = %e, "io worker: waiting for completions failed");
         }
         self.io.poll_completions(&mut self.done);
+        if self.done.is_empty() {
+            return;
+        }
         let now = Instant::now();
         let mut done = std::mem::take(&mut self.done);
+        // Stats are recorded before any reply goes out, under one lock for the round: a caller
+        // that reads the metrics after its op completed sees that op counted.
+        let shared = Arc::clone(&self.shared);
+        let mut stats = shared.stats.lock();
         for c in done.drain(..) {
-            self.deliver(c, now);
+            self.deliver(c, now, &mut stats);
         }
+        drop(stats);
         self.done = done;
-        if !self.finished.is_empty() {
-            let mut stats = self.shared.stats.lock();
-            for (kind, result, latency) in self.finished.drain(..) {
-                stats.record_complete(kind, result, latency);
-            }
-        }
     }
 
-    fn deliver(&mut self, c: IoCompletion, now: Instant) {
+    fn deliver(&mut self, c: IoCompletion, now: Instant, stats: &mut IoStats) {
         let Some(op) = self.in_flight.remove(&c.token) else {
             tracing::warn!(token = %c.token, "io worker: completion for an unknown token");
             return;
@@ -448,17 +447,17 @@ impl Worker {
         let outcome = c.result.as_ref().map(|&n| n).map_err(|_| ());
         match op {
             InFlight::Buf { kind, at, reply } => {
-                self.finished.push((kind, outcome, now - at));
+                stats.record_complete(kind, outcome, now - at);
                 let buf = c.buf.unwrap_or_else(|| IoBuf::Vec(Vec::new()));
                 // A cancelled caller's buffer is dropped here, after the backend gave it back.
                 let _ = reply.complete((c.result, buf));
             }
             InFlight::Append { at, buf, reply } => {
-                self.finished.push((OpKind::Append, outcome, now - at));
+                stats.record_complete(OpKind::Append, outcome, now - at);
                 let _ = reply.complete((c.result.map(|_| c.offset), buf));
             }
             InFlight::Sync { kind, at, reply } => {
-                self.finished.push((kind, outcome, now - at));
+                stats.record_complete(kind, outcome, now - at);
                 let _ = reply.complete(c.result.map(|_| ()));
             }
         }
