@@ -27,6 +27,11 @@ pub struct OpenOptions {
     /// Ask for direct I/O (bypass the page cache). Falls back to buffered where the file system
     /// refuses, with a warning. Default false.
     pub direct: bool,
+    /// Open with `O_DSYNC`: every write is durable (data, and the metadata needed to read it
+    /// back) when it completes, so no datasync is needed after it. Kept when direct I/O falls
+    /// back to buffered. A backend that opens its own files (an in-memory one) must honour it.
+    /// Default false.
+    pub dsync: bool,
 }
 
 impl Default for OpenOptions {
@@ -38,6 +43,7 @@ impl Default for OpenOptions {
             create_new: false,
             truncate: false,
             direct: false,
+            dsync: false,
         }
     }
 }
@@ -65,6 +71,12 @@ impl OpenOptions {
         self
     }
 
+    /// The same options with `O_DSYNC` asked for (or not): writes are durable when they complete.
+    pub fn with_dsync(mut self, dsync: bool) -> Self {
+        self.dsync = dsync;
+        self
+    }
+
     /// The same options with truncation on open (or not).
     pub fn with_truncate(mut self, truncate: bool) -> Self {
         self.truncate = truncate;
@@ -78,6 +90,9 @@ impl OpenOptions {
             .create(self.create)
             .create_new(self.create_new)
             .truncate(self.truncate);
+        if self.dsync {
+            add_dsync(&mut o);
+        }
         o
     }
 }
@@ -128,6 +143,9 @@ pub fn open_file(path: &Path, options: &OpenOptions) -> Result<OpenedFile> {
         tracing::debug!(path = %path.display(), error = %e, "open failed");
         StorageIoError::from_io(OpKind::Read, &e)
     };
+    if options.dsync && cfg!(not(unix)) {
+        return Err(StorageIoError::unsupported("O_DSYNC is not available on this platform"));
+    }
     if !options.direct {
         let file = options.std_options().open(path).map_err(open_err)?;
         return Ok(OpenedFile {
@@ -162,11 +180,23 @@ pub fn open_file(path: &Path, options: &OpenOptions) -> Result<OpenedFile> {
 
 const EINVAL: i32 = 22;
 
+#[cfg(unix)]
+fn add_dsync(o: &mut std::fs::OpenOptions) {
+    use std::os::unix::fs::OpenOptionsExt;
+    o.custom_flags(libc::O_DSYNC);
+}
+
+#[cfg(not(unix))]
+fn add_dsync(_o: &mut std::fs::OpenOptions) {
+    // No O_DSYNC here: `open_file` refuses `dsync` on such platforms before getting this far.
+}
+
 #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
 fn open_direct(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut o = options.std_options();
-    o.custom_flags(libc::O_DIRECT);
+    let dsync = if options.dsync { libc::O_DSYNC } else { 0 };
+    o.custom_flags(libc::O_DIRECT | dsync);
     o.open(path)
 }
 
@@ -338,6 +368,34 @@ mod tests {
     }
 
     #[cfg(target_os = "linux")]
+    #[cfg(unix)]
+    fn status_flags(file: &File) -> i32 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_GETFL reads the status flags of a descriptor `file` keeps open; no pointers.
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn dsync_is_set_on_buffered_and_direct_opens_and_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = open_file(&dir.path().join("a"), &OpenOptions::create()).unwrap();
+        assert_eq!(status_flags(&plain.file) & libc::O_DSYNC, 0);
+        let buffered = open_file(&dir.path().join("b"), &OpenOptions::create().with_dsync(true)).unwrap();
+        assert_ne!(status_flags(&buffered.file) & libc::O_DSYNC, 0);
+        let direct = open_file(
+            &dir.path().join("c"),
+            &OpenOptions::create().with_direct(true).with_dsync(true),
+        )
+        .unwrap();
+        // Granted or fallen back to buffered (tmpfs), the file keeps O_DSYNC.
+        assert_ne!(status_flags(&direct.file) & libc::O_DSYNC, 0, "{:?}", direct.mode);
+        assert_eq!(
+            status_flags(&direct.file) & libc::O_DIRECT != 0,
+            direct.mode.is_direct()
+        );
+    }
+
     #[test]
     fn direct_open_is_granted_or_falls_back_with_a_reason() {
         let dir = tempfile::tempdir().unwrap();

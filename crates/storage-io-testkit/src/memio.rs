@@ -2,7 +2,8 @@
 //! crash.
 //!
 //! Each file has a *volatile* state (what reads see: the page cache) and a *durable* state
-//! (what a crash leaves). A datasync or fsync makes the file's data durable; creating or removing
+//! (what a crash leaves). A datasync or fsync makes the file's data durable, and so does each
+//! write to a file opened with `OpenOptions::dsync` (`O_DSYNC`); creating or removing
 //! a file becomes durable when its directory is synced with `sync_dir`. [`MemFs::crash`] throws
 //! away everything volatile — optionally tearing each file's last unsynced write at 512-byte
 //! sector granularity — and invalidates every backend opened before it. Randomness comes from
@@ -173,6 +174,13 @@ impl MemFs {
 
     /// Counts one mutating op; fires an armed crash when its count runs out.
     fn tick(&self, epoch: u64) -> Result<()> {
+        self.tick_with(epoch, None)
+    }
+
+    /// [`tick`](MemFs::tick) for a write to an `O_DSYNC` file, given as `(path, offset, data)`:
+    /// such a write goes to the disk at once, so a crash that fires on it may leave some of its
+    /// sectors on the disk (as the crash's tear mode says).
+    fn tick_with(&self, epoch: u64, interrupted: Option<(&Path, u64, &[u8])>) -> Result<()> {
         let mut st = self.state.lock();
         if st.epoch != epoch {
             return Err(StorageIoError::Closed);
@@ -184,6 +192,17 @@ impl MemFs {
                 let options = *options;
                 st.scheduled = None;
                 crash_locked(&mut st, options);
+                if let Some((path, offset, data)) = interrupted {
+                    let FsState { files, rng, .. } = &mut *st;
+                    if let Some(f) = files.get_mut(path) {
+                        let write = WriteRecord {
+                            offset,
+                            data: data.to_vec(),
+                        };
+                        tear_into(&mut f.durable, &write, options.tear, rng);
+                        f.live = Some(f.durable.clone());
+                    }
+                }
                 return Err(StorageIoError::Closed);
             }
         }
@@ -292,6 +311,8 @@ struct MemHandle {
     path: PathBuf,
     readable: bool,
     writable: bool,
+    /// Opened with `O_DSYNC`: each write is durable when it completes.
+    dsync: bool,
     append_cursor: u64,
 }
 
@@ -356,8 +377,12 @@ impl InlineBackend for MemIo {
 
     fn inline_write(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<InlineWrite> {
         self.admit()?;
-        self.fs.tick(self.epoch)?;
         let h = self.files.get_mut(fd)?;
+        let interrupted = (h.dsync && h.writable).then(|| {
+            let at = offset.unwrap_or(h.append_cursor);
+            (h.path.as_path(), at, data)
+        });
+        self.fs.tick_with(self.epoch, interrupted)?;
         let (op, offset) = plan_write(&mut h.append_cursor, None, offset, data, self.max_io_bytes)?;
         let end = offset + data.len() as u64;
         if !h.writable {
@@ -375,10 +400,18 @@ impl InlineBackend for MemIo {
             live.resize(end, 0);
         }
         live[start..end].copy_from_slice(data);
-        file.unsynced.push(WriteRecord {
-            offset,
-            data: data.to_vec(),
-        });
+        if h.dsync {
+            // O_DSYNC: on the disk when it completes (earlier unsynced writes stay unsynced).
+            if file.durable.len() < end {
+                file.durable.resize(end, 0);
+            }
+            file.durable[start..end].copy_from_slice(data);
+        } else {
+            file.unsynced.push(WriteRecord {
+                offset,
+                data: data.to_vec(),
+            });
+        }
         Ok((op, offset, Ok(data.len())))
     }
 }
@@ -433,6 +466,7 @@ impl StorageIo for MemIo {
             path: path.to_path_buf(),
             readable: options.read,
             writable: options.write,
+            dsync: options.dsync,
             append_cursor: len,
         })
     }

@@ -81,7 +81,8 @@ pub struct WalStats {
     pub appends: u64,
     /// Flushes written (each one write per segment touched).
     pub flushes: u64,
-    /// fdatasyncs issued by flushes: fewer than commits when group commit works.
+    /// fdatasyncs issued by flushes: fewer than commits when group commit works; none with
+    /// [`WalConfig::direct_io`], whose writes are durable when they complete.
     pub datasyncs: u64,
     /// Bytes of records (and segment headers) written by flushes.
     pub bytes_written: u64,
@@ -143,9 +144,21 @@ impl WalManager {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let backend = factory(0)?;
-        let mut io = SegmentIo::new(backend, &dir, config.segment_size_bytes, config.write_chunk_bytes);
+        let mut io = SegmentIo::new(
+            backend,
+            &dir,
+            config.segment_size_bytes,
+            config.write_chunk_bytes,
+            config.direct_io,
+        );
         let (plan, report) = recover(&mut io, &config)?;
         let segment_size = report.segment_size_bytes;
+        if config.direct_io && !segment_size.is_multiple_of(4096) {
+            return Err(WalError::InvalidConfig(format!(
+                "the log in {} has segments of {segment_size} bytes, not a multiple of 4096: open it without direct_io",
+                dir.display()
+            )));
+        }
         let mut state = State {
             next_lsn: report.next_lsn.0,
             pieces: Vec::new(),
@@ -594,8 +607,7 @@ impl Shared {
                 data: &p.bytes,
             });
         }
-        let sync = self.config.sync_mode.syncs();
-        w.write_all(&jobs, sync)?;
+        let datasyncs = w.write_all(&jobs, self.config.sync_mode.syncs())?;
         if created {
             w.sync_dir().map_err(|error| IoFailure {
                 op: OpKind::Fsync,
@@ -609,11 +621,7 @@ impl Shared {
         c.flushes.fetch_add(1, Ordering::Relaxed);
         let bytes: usize = pieces.iter().map(|p| p.bytes.len()).sum();
         c.bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
-        if sync {
-            let mut segments: Vec<u64> = pieces.iter().map(|p| p.segment).collect();
-            segments.dedup();
-            c.datasyncs.fetch_add(segments.len() as u64, Ordering::Relaxed);
-        }
+        c.datasyncs.fetch_add(datasyncs as u64, Ordering::Relaxed);
         Ok(())
     }
 

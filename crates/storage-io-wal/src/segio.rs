@@ -5,7 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use storage_io_core::{IoCompletion, IoFd, IoToken, OpKind, OpenOptions, StorageIo, StorageIoError};
+use storage_io_core::{
+    AlignedBuf, DEFAULT_ALIGNMENT, IoBuf, IoCompletion, IoFd, IoToken, OpKind, OpenOptions, StorageIo,
+    StorageIoError,
+};
+
+/// The block that direct-mode writes are widened to: offsets, lengths and buffers are multiples.
+const BLOCK: usize = DEFAULT_ALIGNMENT;
 
 /// The file name of segment `n`: 16 hex digits, so names sort in log order.
 pub(crate) fn segment_file_name(n: u64) -> String {
@@ -46,6 +52,37 @@ pub(crate) struct WriteJob<'a> {
     pub data: &'a [u8],
 }
 
+/// The last block a direct-mode flush wrote, exactly as it is on the disk.
+struct TailBlock {
+    fd: IoFd,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+/// One write of a direct-mode flush: block-aligned, from the caller's memory when that was
+/// aligned already, else from a widened copy.
+enum Widened<'a> {
+    Borrowed(IoFd, u64, &'a [u8]),
+    Owned(IoFd, u64, AlignedBuf),
+}
+
+impl Widened<'_> {
+    fn job(&self) -> WriteJob<'_> {
+        match self {
+            Widened::Borrowed(fd, offset, data) => WriteJob {
+                fd: *fd,
+                offset: *offset,
+                data,
+            },
+            Widened::Owned(fd, offset, buf) => WriteJob {
+                fd: *fd,
+                offset: *offset,
+                data: buf,
+            },
+        }
+    }
+}
+
 /// The WAL's handle on its backend.
 pub(crate) struct SegmentIo {
     io: Box<dyn StorageIo>,
@@ -54,12 +91,27 @@ pub(crate) struct SegmentIo {
     write_chunk: usize,
     open: BTreeMap<u64, IoFd>,
     done: Vec<IoCompletion>,
-    zeros: Vec<u8>,
+    zeros: Option<AlignedBuf>,
+    /// Segments are opened `O_DIRECT | O_DSYNC`: every write is widened to whole blocks and is
+    /// durable when it completes, so flushes issue no datasync.
+    direct: bool,
+    /// Direct mode: the partly filled block the last flush ended in, so that the next flush,
+    /// which starts inside it, need not read it back from the disk.
+    tail: Option<TailBlock>,
 }
 
 impl SegmentIo {
-    pub(crate) fn new(io: Box<dyn StorageIo>, dir: &Path, segment_size: u64, write_chunk: usize) -> Self {
-        let write_chunk = write_chunk.min(io.capabilities().max_io_bytes.max(4096));
+    pub(crate) fn new(
+        io: Box<dyn StorageIo>,
+        dir: &Path,
+        segment_size: u64,
+        write_chunk: usize,
+        direct: bool,
+    ) -> Self {
+        let mut write_chunk = write_chunk.min(io.capabilities().max_io_bytes.max(BLOCK));
+        if direct {
+            write_chunk = (write_chunk / BLOCK).max(1) * BLOCK;
+        }
         SegmentIo {
             io,
             dir: dir.to_path_buf(),
@@ -67,8 +119,17 @@ impl SegmentIo {
             write_chunk,
             open: BTreeMap::new(),
             done: Vec::with_capacity(64),
-            zeros: Vec::new(),
+            zeros: None,
+            direct,
+            tail: None,
         }
+    }
+
+    /// How segments are opened for writing.
+    fn write_options(&self) -> OpenOptions {
+        OpenOptions::default()
+            .with_direct(self.direct)
+            .with_dsync(self.direct)
     }
 
     pub(crate) fn set_segment_size(&mut self, segment_size: u64) {
@@ -101,9 +162,8 @@ impl SegmentIo {
         if let Some(fd) = self.open.get(&segment) {
             return Ok(*fd);
         }
-        let fd = self
-            .io
-            .open_file(&self.path_of(segment), &OpenOptions::default())?;
+        let options = self.write_options();
+        let fd = self.io.open_file(&self.path_of(segment), &options)?;
         self.open.insert(segment, fd);
         Ok(fd)
     }
@@ -113,14 +173,18 @@ impl SegmentIo {
     /// same range cannot be overtaken by it; the caller's next datasync on the handle covers it
     /// and a `sync_dir` makes the name durable.
     pub(crate) fn create(&mut self, segment: u64, preallocate: bool) -> Result<IoFd, IoFailure> {
-        let opts = OpenOptions::create().with_truncate(true);
+        let opts = OpenOptions {
+            create: true,
+            truncate: true,
+            ..self.write_options()
+        };
         let fd = self.io.open_file(&self.path_of(segment), &opts)?;
         self.open.insert(segment, fd);
         if preallocate {
-            if self.zeros.len() != self.write_chunk {
-                self.zeros = vec![0; self.write_chunk];
-            }
-            let zeros = std::mem::take(&mut self.zeros);
+            let zeros = match self.zeros.take() {
+                Some(z) if z.len() == self.write_chunk => z,
+                _ => AlignedBuf::zeroed(self.write_chunk, BLOCK)?,
+            };
             let jobs: Vec<WriteJob<'_>> = (0..self.segment_size)
                 .step_by(zeros.len())
                 .map(|offset| {
@@ -134,7 +198,7 @@ impl SegmentIo {
                 .collect();
             let result = self.write_all(&jobs, false);
             drop(jobs);
-            self.zeros = zeros;
+            self.zeros = Some(zeros);
             result?;
         }
         Ok(fd)
@@ -144,6 +208,7 @@ impl SegmentIo {
     pub(crate) fn close_below(&mut self, segment: u64) {
         let keep = self.open.split_off(&segment);
         for (_, fd) in std::mem::replace(&mut self.open, keep) {
+            self.forget_tail(fd);
             if let Err(e) = self.io.deregister_fd(fd) {
                 tracing::warn!(error = %e, "closing an old wal segment failed");
             }
@@ -153,6 +218,7 @@ impl SegmentIo {
     /// Removes segment `segment` (closing it first). A missing file is not an error.
     pub(crate) fn remove(&mut self, segment: u64) -> Result<(), StorageIoError> {
         if let Some(fd) = self.open.remove(&segment) {
+            self.forget_tail(fd);
             self.io.deregister_fd(fd)?;
         }
         match self.io.remove_file(&self.path_of(segment)) {
@@ -165,11 +231,140 @@ impl SegmentIo {
         self.io.sync_dir(&self.dir)
     }
 
+    /// Writes every job and makes it durable (with `sync`; in direct mode every write is), then
+    /// returns how many datasyncs that took. See [`submit_jobs`](SegmentIo::submit_jobs); in
+    /// direct mode the jobs are first widened to whole blocks (see [`widen`](SegmentIo::widen)).
+    /// Returns the first failure; every submitted op has completed either way.
+    pub(crate) fn write_all(&mut self, jobs: &[WriteJob<'_>], sync: bool) -> Result<usize, IoFailure> {
+        if !self.direct {
+            return self.submit_jobs(jobs, sync);
+        }
+        let result = self.widen(jobs).and_then(|(widened, tail)| {
+            let jobs: Vec<WriteJob<'_>> = widened.iter().map(Widened::job).collect();
+            self.submit_jobs(&jobs, false)?;
+            Ok(tail)
+        });
+        match result {
+            Ok(tail) => {
+                if tail.is_some() {
+                    self.tail = tail;
+                }
+                Ok(0)
+            }
+            Err(f) => {
+                // What the failed flush left in its blocks is unknown: read them back next time.
+                self.tail = None;
+                Err(f)
+            }
+        }
+    }
+
+    /// Direct mode: turns jobs into block-aligned writes. Jobs that continue each other inside
+    /// one block are merged (two writes in flight to one block could land in either order); a
+    /// write that starts inside a block gets the block's earlier bytes — from the cached tail
+    /// of the last flush, else read back from the disk — and every write is padded with zeros
+    /// to a block boundary. Rewriting those earlier bytes is safe under a torn write: each
+    /// sector of the block holds the same bytes before and after. Also returns the block the
+    /// last write ends in, as the next tail.
+    fn widen<'a>(
+        &mut self,
+        jobs: &[WriteJob<'a>],
+    ) -> Result<(Vec<Widened<'a>>, Option<TailBlock>), IoFailure> {
+        let block = BLOCK as u64;
+        // Runs of jobs on one file where each starts where the previous ended, mid-block.
+        let mut runs: Vec<(IoFd, u64, Vec<&'a [u8]>)> = Vec::new();
+        for job in jobs.iter().filter(|j| !j.data.is_empty()) {
+            if let Some((fd, offset, parts)) = runs.last_mut() {
+                let end = *offset + parts.iter().map(|p| p.len() as u64).sum::<u64>();
+                if *fd == job.fd && end == job.offset && !end.is_multiple_of(block) {
+                    parts.push(job.data);
+                    continue;
+                }
+            }
+            runs.push((job.fd, job.offset, vec![job.data]));
+        }
+        let mut out: Vec<Widened<'a>> = Vec::with_capacity(runs.len());
+        let mut spans: Vec<(IoFd, u64, u64)> = Vec::with_capacity(runs.len());
+        for (fd, offset, parts) in runs {
+            let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+            let start = offset - offset % block;
+            let end = (offset + len).div_ceil(block) * block;
+            if spans.iter().any(|&(f, s, e)| f == fd && s < end && start < e) {
+                return Err(IoFailure::from(StorageIoError::invalid(
+                    "direct-mode wal writes of one flush share a block",
+                )));
+            }
+            spans.push((fd, start, end));
+            let aligned_in_place = parts.len() == 1
+                && start == offset
+                && end == offset + len
+                && (parts[0].as_ptr() as usize).is_multiple_of(BLOCK);
+            if aligned_in_place {
+                out.push(Widened::Borrowed(fd, offset, parts[0]));
+                continue;
+            }
+            let mut buf = AlignedBuf::zeroed((end - start) as usize, BLOCK)?;
+            let head = (offset - start) as usize;
+            if head > 0 {
+                let earlier = match &self.tail {
+                    Some(t) if t.fd == fd && t.offset == start => t.bytes[..head].to_vec(),
+                    _ => self.read_block(fd, start)?[..head].to_vec(),
+                };
+                buf[..head].copy_from_slice(&earlier);
+            }
+            let mut at = head;
+            for p in parts {
+                buf[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            out.push(Widened::Owned(fd, start, buf));
+        }
+        let tail = out.last().map(|w| {
+            let job = w.job();
+            let last = job.data.len() - BLOCK;
+            TailBlock {
+                fd: job.fd,
+                offset: job.offset + last as u64,
+                bytes: job.data[last..].to_vec(),
+            }
+        });
+        Ok((out, tail))
+    }
+
+    /// Reads the block at `offset` (aligned) of `fd`, zeros past the end of the file.
+    fn read_block(&mut self, fd: IoFd, offset: u64) -> Result<Vec<u8>, IoFailure> {
+        let buf = IoBuf::Aligned(AlignedBuf::zeroed(BLOCK, BLOCK)?);
+        self.io
+            .submit_read(fd, buf, offset)
+            .map_err(|e| IoFailure::from(e.error))?;
+        self.done.clear();
+        self.io.wait_completions(&mut self.done, 1, None)?;
+        let c = self.done.pop().ok_or(StorageIoError::invalid(
+            "backend returned no completion for a read",
+        ))?;
+        let n = c.result.map_err(|error| IoFailure {
+            op: OpKind::Read,
+            error,
+        })?;
+        let mut block = vec![0u8; BLOCK];
+        if let Some(buf) = c.buf {
+            block[..n].copy_from_slice(&buf[..n]);
+        }
+        Ok(block)
+    }
+
+    fn forget_tail(&mut self, fd: IoFd) {
+        if self.tail.as_ref().is_some_and(|t| t.fd == fd) {
+            self.tail = None;
+        }
+    }
+
     /// Writes every job (split into `write_chunk` pieces), continuing short writes, then — with
     /// `sync` — makes them durable with one datasync per file. Datasyncs are submitted right
     /// behind the writes: the backend's barrier orders them after every write to the same file.
-    /// Returns the first failure; every submitted op has completed either way.
-    pub(crate) fn write_all(&mut self, jobs: &[WriteJob<'_>], sync: bool) -> Result<(), IoFailure> {
+    /// Returns the number of datasyncs, or the first failure; every submitted op has completed
+    /// either way.
+    fn submit_jobs(&mut self, jobs: &[WriteJob<'_>], sync: bool) -> Result<usize, IoFailure> {
         let mut flight = Flight::default();
         let mut queue: Vec<Span> = Vec::new();
         for (job, j) in jobs.iter().zip(0..) {
@@ -188,6 +383,7 @@ impl SegmentIo {
         if sync {
             push_distinct(&mut to_sync, jobs.iter().map(|j| j.fd));
         }
+        let mut synced = 0;
         loop {
             for span in queue.drain(..) {
                 let job = &jobs[span.job];
@@ -201,7 +397,12 @@ impl SegmentIo {
             }
             if flight.first_err.is_none() {
                 for fd in to_sync.drain(..) {
-                    self.submit_with_room(&mut flight, |io| io.submit_datasync(fd))?;
+                    if self
+                        .submit_with_room(&mut flight, |io| io.submit_datasync(fd))?
+                        .is_some()
+                    {
+                        synced += 1;
+                    }
                 }
             }
             while self.io.pending_count() > 0 {
@@ -216,7 +417,7 @@ impl SegmentIo {
                 push_distinct(&mut to_sync, queue.iter().map(|s| jobs[s.job].fd));
             }
         }
-        flight.first_err.map_or(Ok(()), Err)
+        flight.first_err.map_or(Ok(synced), Err)
     }
 
     /// Submits one op, reaping completions while the backend's queue is full. A refusal other
@@ -267,35 +468,45 @@ impl SegmentIo {
     }
 
     /// Datasyncs every open segment (recovery: what the scan read may still be only in the page
-    /// cache after a process crash).
+    /// cache after a process crash, whatever mode wrote it).
     pub(crate) fn sync_open(&mut self) -> Result<(), IoFailure> {
-        let fds: Vec<IoFd> = self.open.values().copied().collect();
-        let jobs: Vec<WriteJob<'_>> = fds
-            .into_iter()
-            .map(|fd| WriteJob {
+        let jobs: Vec<WriteJob<'_>> = self
+            .open
+            .values()
+            .map(|&fd| WriteJob {
                 fd,
                 offset: 0,
                 data: &[],
             })
             .collect();
-        self.write_all(&jobs, true)
+        self.submit_jobs(&jobs, true).map(drop)
+    }
+
+    /// Opens segment `segment` read-only for a scan (buffered, so any buffer will do).
+    fn open_for_read(&mut self, segment: u64) -> Result<IoFd, StorageIoError> {
+        self.io
+            .open_file(&self.path_of(segment), &OpenOptions::read_only())
     }
 
     /// The first `SEGMENT_HEADER_BYTES` of segment `segment` (its header, if intact).
     pub(crate) fn read_header(&mut self, segment: u64) -> Result<Vec<u8>, StorageIoError> {
-        let fd = self.existing(segment)?;
+        let fd = self.open_for_read(segment)?;
         let len = crate::format::SEGMENT_HEADER_BYTES as usize;
-        read_prefix(&mut *self.io, &mut self.done, fd, len, len)
+        let header = read_prefix(&mut *self.io, &mut self.done, fd, len, len);
+        self.io.deregister_fd(fd)?;
+        header
     }
 
     /// The whole content of segment `segment`, or `None` if the file does not exist.
     pub(crate) fn read_segment(&mut self, segment: u64) -> Result<Option<Vec<u8>>, StorageIoError> {
-        let fd = match self.existing(segment) {
+        let fd = match self.open_for_read(segment) {
             Ok(fd) => fd,
             Err(StorageIoError::Io { errno: 2, .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        read_whole(&mut *self.io, &mut self.done, fd, self.write_chunk).map(Some)
+        let image = read_whole(&mut *self.io, &mut self.done, fd, self.write_chunk);
+        self.io.deregister_fd(fd)?;
+        image.map(Some)
     }
 }
 

@@ -43,6 +43,14 @@ fn invalid_config_names_the_field() {
         ),
         (
             WalConfig {
+                segment_size_bytes: 6000,
+                direct_io: true,
+                ..WalConfig::default()
+            },
+            "multiple of 4096",
+        ),
+        (
+            WalConfig {
                 sync_mode: SyncMode::Async { interval_ms: 0 },
                 ..WalConfig::default()
             },
