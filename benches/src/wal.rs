@@ -84,17 +84,32 @@ fn row(
     }
 }
 
+/// One WAL cell: who commits, how, for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct WalCell<'a> {
+    /// The backend's name (as `make_backend` takes it).
+    pub backend: &'a str,
+    /// Concurrent committer threads.
+    pub committers: usize,
+    /// The WAL's `direct_io` mode (O_DIRECT | O_DSYNC, no fdatasync).
+    pub direct: bool,
+    /// How long the committers run.
+    pub duration: Duration,
+}
+
 /// `committers` threads commit 128-byte records for `duration`; commits/s and commit latency.
-pub fn run_wal_cell(
-    root: &Path,
-    backend: &str,
-    committers: usize,
-    duration: Duration,
-    stop: &(dyn Fn() -> bool + Sync),
-) -> Result<Row> {
-    let dir = CellDir::new(root, &format!("{backend}-{committers}"))?;
+pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + Sync)) -> Result<Row> {
+    let WalCell {
+        backend,
+        committers,
+        direct,
+        duration,
+    } = *cell;
+    let mode = if direct { "direct" } else { "buffered" };
+    let dir = CellDir::new(root, &format!("{backend}-{mode}-{committers}"))?;
     let config = WalConfig {
         segment_size_bytes: 64 << 20,
+        direct_io: direct,
         ..WalConfig::default()
     };
     let (wal, _) = WalManager::open(&dir.0, config, factory(backend)?)?;
@@ -144,8 +159,11 @@ pub fn run_wal_cell(
         (ops, secs, cpu),
         &hist,
     );
-    // Commits per fdatasync: how well group commit batches.
-    out.completions_per_wait = ops as f64 / stats.datasyncs.max(1) as f64;
+    out.io = mode.into();
+    // Commits per fdatasync (per flush in direct mode, which issues none): how well group
+    // commit batches.
+    let syncs = if direct { stats.flushes } else { stats.datasyncs };
+    out.completions_per_wait = ops as f64 / syncs.max(1) as f64;
     Ok(out)
 }
 
@@ -196,33 +214,39 @@ pub fn section(rows: &[Row]) -> String {
     let mut s = String::from("## WAL commit (128-byte records, group commit)\n\n");
     let _ = writeln!(
         s,
-        "`qd` is the number of concurrent committers; a commit returns once an fdatasync covers it. \
-         `per wait` in the table above is commits per fdatasync. The raw peer is one thread doing a \
-         4 KiB write + fdatasync round trip on the same backend in the same directory.\n"
+        "`qd` is the number of concurrent committers; a commit returns once an fdatasync covers it \
+         (with `direct_io`, once its O_DIRECT | O_DSYNC write completes: no fdatasync). `per wait` \
+         in the table above is commits per fdatasync (per flush with `direct_io`). The raw peer is \
+         one thread doing a 4 KiB write + fdatasync round trip on the same backend in the same \
+         directory.\n"
     );
     let _ = writeln!(
         s,
         "| backend | 1 committer commits/s | most committers | commits/s | × 1 committer | 1-committer mean µs | raw write+fdatasync mean µs | latency vs raw |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
-    let mut backends: Vec<&str> = wal.iter().map(|r| r.backend.as_str()).collect();
-    backends.sort_unstable();
-    backends.dedup();
-    for b in &backends {
-        let ours = |q: usize| {
-            wal.iter()
-                .find(|r| r.engine == ENGINE_WAL && r.backend == *b && r.qd == q)
-        };
-        let single = ours(1);
-        let most = wal
-            .iter()
-            .filter(|r| r.engine == ENGINE_WAL && r.backend == *b)
-            .max_by_key(|r| r.qd);
-        let raw = wal.iter().find(|r| r.engine == ENGINE_RAW && r.backend == *b);
+    // One line per backend and WAL mode (buffered + fdatasync, or direct_io's O_DSYNC writes).
+    let mut lines: Vec<(&str, &str)> = wal
+        .iter()
+        .filter(|r| r.engine == ENGINE_WAL)
+        .map(|r| (r.backend.as_str(), r.io.as_str()))
+        .collect();
+    lines.sort_unstable();
+    lines.dedup();
+    for (b, io) in lines {
+        let mine = |r: &&&Row| r.engine == ENGINE_WAL && r.backend == b && r.io == io;
+        let single = wal.iter().filter(mine).find(|r| r.qd == 1);
+        let most = wal.iter().filter(mine).max_by_key(|r| r.qd);
+        let raw = wal.iter().find(|r| r.engine == ENGINE_RAW && r.backend == b);
         let f = |x: Option<f64>, d: usize| x.map_or("–".to_string(), |v| format!("{v:.d$}"));
+        let label = if io == "direct" {
+            format!("{b} (direct_io)")
+        } else {
+            b.to_string()
+        };
         let _ = writeln!(
             s,
-            "| {b} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} |",
             f(single.map(|r| r.iops), 0),
             most.map_or("–".into(), |r| r.qd.to_string()),
             f(most.map(|r| r.iops), 0),
@@ -239,7 +263,7 @@ pub fn section(rows: &[Row]) -> String {
     }
     let mean = |b: &str| {
         wal.iter()
-            .find(|r| r.engine == ENGINE_WAL && r.backend == b && r.qd == 1)
+            .find(|r| r.engine == ENGINE_WAL && r.backend == b && r.io == "buffered" && r.qd == 1)
             .map(|r| r.lat_us.mean)
     };
     if let (Some(u), Some(p)) = (mean("uring"), mean("thread_pool")) {
@@ -263,10 +287,17 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let never = || false;
         let short = Duration::from_millis(100);
+        let cell = |committers, direct| WalCell {
+            backend: "sync",
+            committers,
+            direct,
+            duration: short,
+        };
         let mut rows = vec![
-            run_wal_cell(root.path(), "sync", 1, short, &never).unwrap(),
-            run_wal_cell(root.path(), "sync", 4, short, &never).unwrap(),
+            run_wal_cell(root.path(), &cell(1, false), &never).unwrap(),
+            run_wal_cell(root.path(), &cell(4, false), &never).unwrap(),
             run_raw_cell(root.path(), "sync", short, &never).unwrap(),
+            run_wal_cell(root.path(), &cell(4, true), &never).unwrap(),
         ];
         assert!(rows.iter().all(|r| r.ops > 0 && r.lat_us.mean > 0.0));
         assert!(rows[1].completions_per_wait >= 1.0);
@@ -274,6 +305,8 @@ mod tests {
         let text = section(&rows);
         assert!(text.contains("| sync |"), "{text}");
         assert!(text.contains("2.00"), "latency vs raw ratio: {text}");
+        assert_eq!(rows[3].io, "direct");
+        assert!(text.contains("| sync (direct_io) | – | 4 |"), "{text}");
         // Nothing left behind.
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     }

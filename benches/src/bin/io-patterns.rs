@@ -307,10 +307,12 @@ fn prepare_file(given: Option<&Path>, root: &Path, size: u64, block: usize) -> R
 enum Job {
     Ours(Cell),
     Fio(FioJob),
-    /// `committers` threads committing through the WAL on a backend.
+    /// `committers` threads committing through the WAL on a backend (`direct`: the WAL's
+    /// O_DIRECT | O_DSYNC mode).
     Wal {
         backend: String,
         committers: usize,
+        direct: bool,
         duration: Duration,
     },
     /// The raw 4 KiB write + fdatasync peer of the WAL cells, on a backend.
@@ -336,8 +338,11 @@ impl Step {
                 f.qd,
             ),
             Job::Wal {
-                backend, committers, ..
-            } => (wal::WORKLOAD.into(), backend.clone(), false, *committers),
+                backend,
+                committers,
+                direct,
+                ..
+            } => (wal::WORKLOAD.into(), backend.clone(), *direct, *committers),
             Job::RawSync { backend, .. } => (wal::WORKLOAD.into(), format!("{backend} raw"), false, 1),
         };
         format!(
@@ -428,15 +433,18 @@ fn wal_steps(plan: &Plan, args: &Args) -> Vec<Step> {
             },
             regime: regime.clone(),
         });
-        for &c in &committers {
-            out.push(Step {
-                job: Job::Wal {
-                    backend: b.clone(),
-                    committers: c,
-                    duration: plan.duration,
-                },
-                regime: regime.clone(),
-            });
+        for &direct in &plan.modes {
+            for &c in &committers {
+                out.push(Step {
+                    job: Job::Wal {
+                        backend: b.clone(),
+                        committers: c,
+                        direct,
+                        duration: plan.duration,
+                    },
+                    regime: regime.clone(),
+                });
+            }
         }
     }
     out
@@ -651,8 +659,17 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
         Job::Wal {
             backend,
             committers,
+            direct,
             duration,
-        } => return wal::run_wal_cell(wal_root, backend, *committers, *duration, &signal::stopped),
+        } => {
+            let cell = wal::WalCell {
+                backend,
+                committers: *committers,
+                direct: *direct,
+                duration: *duration,
+            };
+            return wal::run_wal_cell(wal_root, &cell, &signal::stopped);
+        }
         Job::RawSync { backend, duration } => {
             return wal::run_raw_cell(wal_root, backend, *duration, &signal::stopped);
         }
