@@ -534,7 +534,8 @@ fn run() -> Result<bool> {
     };
     let mut all = steps(&plan, &file.path, size, &args, fio_version.is_some(), direct_ok);
     if cap.is_none() {
-        all.retain(|s| s.regime == "hot" || s.regime == "uncached");
+        // Without a cache cap only the cache-independent cells can run (WAL cells have none).
+        all.retain(|s| s.regime == "hot" || s.regime == "uncached" || s.regime == wal::REGIME);
     }
     let secs = all.len() as f64 * (plan.duration.as_secs_f64() + 0.05);
     eprintln!(
