@@ -11,7 +11,6 @@
 //! `pages.db` (same inode, so literally the same file), and every page of it is allocated
 //! with one `schedule_allocate_extent`.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -159,31 +158,28 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
             ops += 1;
         }
     } else {
-        let mut outstanding = VecDeque::with_capacity(qd);
+        // Up to `qd` reads in flight, answered on one channel with the slot as the tag: the
+        // client waits for whichever read lands first, as a buffer pool with many misses would.
+        let (done, answers) = flume::unbounded();
+        let mut started = vec![t0; qd];
+        let mut free: Vec<u64> = (0..qd as u64).collect();
         loop {
-            let submitting = Instant::now() < deadline && !stop();
-            while submitting && outstanding.len() < qd {
-                let page = PageId(rng.below(pages));
-                outstanding.push_back((Instant::now(), sched.schedule_read(page)));
-            }
-            // Block on the oldest, then take every other answer that is already in.
-            let Some((start, reply)) = outstanding.pop_front() else {
-                break;
-            };
-            reply.recv()?;
-            let now = Instant::now();
-            hist.saturating_record((now - start).as_nanos().max(1) as u64);
-            ops += 1;
-            let mut i = 0;
-            while i < outstanding.len() {
-                if let Some(r) = outstanding[i].1.try_recv() {
-                    r?;
-                    hist.saturating_record((now - outstanding[i].0).as_nanos().max(1) as u64);
-                    ops += 1;
-                    outstanding.remove(i);
-                } else {
-                    i += 1;
+            if Instant::now() < deadline && !stop() {
+                while let Some(tag) = free.pop() {
+                    started[tag as usize] = Instant::now();
+                    sched.schedule_read_tagged(PageId(rng.below(pages)), tag, &done);
                 }
+            }
+            if free.len() == qd {
+                break;
+            }
+            let first = answers.recv()?;
+            let now = Instant::now();
+            for read in std::iter::once(first).chain(answers.try_iter()) {
+                read.result?;
+                hist.saturating_record((now - started[read.tag as usize]).as_nanos().max(1) as u64);
+                ops += 1;
+                free.push(read.tag);
             }
         }
     }

@@ -60,7 +60,7 @@ mod worker;
 pub use cache::{PageCache, PageCacheStats, PageReadGuard, PageWriteGuard, PinnedPage};
 pub use config::{IOSchedulerConfig, MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 pub use error::{Result, SchedulerError};
-pub use reply::Reply;
+pub use reply::{PageRead, Reply};
 pub use scheduler::{DiskScheduler, PAGE_FILE, SchedulerStats};
 pub use stream::ReadStream;
 

@@ -1,8 +1,75 @@
-//! [`Reply`]: the answer to one scheduler call, on its own channel.
+//! [`Reply`]: the answer to one scheduler call, on its own channel; [`PageRead`]: the answer
+//! to a tagged read, on a channel the caller owns.
 
 use std::time::Duration;
 
+use bytes::BytesMut;
+
+use crate::PageId;
 use crate::error::{Result, SchedulerError};
+
+/// The answer to [`DiskScheduler::schedule_read_tagged`](crate::DiskScheduler::schedule_read_tagged),
+/// sent on the caller's channel: the caller's tag, the page, and the bytes or the error.
+#[derive(Debug)]
+pub struct PageRead {
+    /// The tag the caller chose when it scheduled the read.
+    pub tag: u64,
+    /// The page that was read.
+    pub page: PageId,
+    /// The page's bytes, or why it could not be read.
+    pub result: Result<BytesMut>,
+}
+
+/// Where the answer to one page read goes: the call's own [`Reply`], or a caller's channel of
+/// tagged answers. A tagged answer that is dropped unsent (a worker that died) sends `Closed`,
+/// so a caller waiting on its channel never waits for an answer that cannot come.
+#[derive(Debug)]
+pub(crate) struct PageAnswer(Option<PageAnswerTo>);
+
+#[derive(Debug)]
+enum PageAnswerTo {
+    Own(Answer<BytesMut>),
+    Tagged {
+        tag: u64,
+        page: PageId,
+        to: flume::Sender<PageRead>,
+    },
+}
+
+impl PageAnswer {
+    pub(crate) fn own(answer: Answer<BytesMut>) -> Self {
+        PageAnswer(Some(PageAnswerTo::Own(answer)))
+    }
+
+    pub(crate) fn tagged(tag: u64, page: PageId, to: flume::Sender<PageRead>) -> Self {
+        PageAnswer(Some(PageAnswerTo::Tagged { tag, page, to }))
+    }
+
+    /// Sends the answer (a caller that went away is not an error).
+    pub(crate) fn send(mut self, result: Result<BytesMut>) {
+        match self.0.take() {
+            Some(PageAnswerTo::Own(a)) => {
+                let _ = a.send(result);
+            }
+            Some(PageAnswerTo::Tagged { tag, page, to }) => {
+                let _ = to.send(PageRead { tag, page, result });
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for PageAnswer {
+    fn drop(&mut self) {
+        if let Some(PageAnswerTo::Tagged { tag, page, to }) = self.0.take() {
+            let _ = to.send(PageRead {
+                tag,
+                page,
+                result: Err(SchedulerError::Closed),
+            });
+        }
+    }
+}
 
 /// The answer to one scheduler call. Block on it ([`recv`](Reply::recv)), poll it
 /// ([`try_recv`](Reply::try_recv)), or await it ([`recv_async`](Reply::recv_async)) from any

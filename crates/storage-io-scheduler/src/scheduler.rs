@@ -19,7 +19,7 @@ use crate::alloc::{self, Allocator};
 use crate::batch::{BatchState, SyncBarrier};
 use crate::config::IOSchedulerConfig;
 use crate::error::{Result, SchedulerError};
-use crate::reply::{Answer, Reply};
+use crate::reply::{Answer, PageAnswer, PageRead, Reply};
 use crate::stream::ReadStream;
 use crate::worker::{AllocAnswer, Counters, Worker, WorkerMsg, WorkerSetup};
 
@@ -29,7 +29,7 @@ pub const PAGE_FILE: &str = "pages.db";
 enum Request {
     Read {
         page: PageId,
-        answer: Answer<BytesMut>,
+        answer: PageAnswer,
     },
     Write {
         page: PageId,
@@ -209,7 +209,45 @@ impl DiskScheduler {
     /// Reads one page. A page never allocated or freed is `NotAllocated`; a page allocated and
     /// never written reads as zeros (a reused page id reads as whatever it held before).
     pub fn schedule_read(&self, page: PageId) -> Reply<BytesMut> {
-        self.send(|answer| Request::Read { page, answer })
+        self.send(|answer| Request::Read {
+            page,
+            answer: PageAnswer::own(answer),
+        })
+    }
+
+    /// Reads one page and sends the answer, with `tag`, on the caller's channel `done` — the
+    /// same answer as [`schedule_read`](Self::schedule_read), without a channel per call. A
+    /// caller with many reads in flight waits on one channel for whichever lands first.
+    /// Exactly one [`PageRead`] per call arrives on `done` (`Closed` after shutdown), unless
+    /// every receiver of `done` is gone.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use storage_io_core::{BackendFactory, StorageIo};
+    /// # use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig};
+    /// # use storage_io_testkit::memio::MemFs;
+    /// # let fs = MemFs::new(1);
+    /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
+    /// let sched = DiskScheduler::open("/db", IOSchedulerConfig::default(), factory).unwrap();
+    /// let pages: Vec<_> = (0..8).map(|_| sched.schedule_allocate().recv().unwrap()).collect();
+    /// let (done, answers) = flume::unbounded();
+    /// for (tag, &page) in pages.iter().enumerate() {
+    ///     sched.schedule_read_tagged(page, tag as u64, &done);
+    /// }
+    /// for _ in 0..pages.len() {
+    ///     let read = answers.recv().unwrap(); // in completion order
+    ///     assert_eq!(read.page, pages[read.tag as usize]);
+    ///     assert_eq!(read.result.unwrap().len(), 4096);
+    /// }
+    /// ```
+    pub fn schedule_read_tagged(&self, page: PageId, tag: u64, done: &flume::Sender<PageRead>) {
+        let answer = PageAnswer::tagged(tag, page, done.clone());
+        let guard = self.tx.read();
+        match guard.as_ref() {
+            // A send that fails drops the request, and its answer sends `Closed`.
+            Some(tx) => drop(tx.send(Request::Read { page, answer })),
+            None => answer.send(Err(SchedulerError::Closed)),
+        }
     }
 
     /// Writes one page (`data` must be exactly `page_size` bytes). Answered when the write has
@@ -413,7 +451,7 @@ impl Dispatcher {
         match req {
             Request::Read { page, answer } => {
                 if !self.allocator.is_allocated(page) {
-                    let _ = answer.send(Err(SchedulerError::NotAllocated(page)));
+                    answer.send(Err(SchedulerError::NotAllocated(page)));
                 } else {
                     self.to_worker(self.worker_of(page.0), WorkerMsg::Read { page: page.0, answer });
                 }

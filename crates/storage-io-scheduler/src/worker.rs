@@ -26,13 +26,13 @@ use storage_io_core::{
 use crate::PageId;
 use crate::batch::{BatchState, SyncBarrier};
 use crate::error::{Result, SchedulerError};
-use crate::reply::Answer;
+use crate::reply::{Answer, PageAnswer};
 
 /// What the dispatcher hands a worker.
 pub(crate) enum WorkerMsg {
     Read {
         page: u64,
-        answer: Answer<BytesMut>,
+        answer: PageAnswer,
     },
     Write {
         page: u64,
@@ -100,16 +100,14 @@ fn bump(counter: &AtomicU64, by: u64) {
 
 /// Who gets a page when a read completes.
 enum Waiter {
-    Single(Answer<BytesMut>),
+    Single(PageAnswer),
     Batch(Arc<BatchState>, usize),
 }
 
 impl Waiter {
     fn send(self, result: Result<BytesMut>) {
         match self {
-            Waiter::Single(a) => {
-                let _ = a.send(result);
-            }
+            Waiter::Single(a) => a.send(result),
             Waiter::Batch(batch, index) => batch.complete(index, result),
         }
     }

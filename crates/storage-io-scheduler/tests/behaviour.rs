@@ -488,3 +488,43 @@ fn allocate_extent_hands_out_adjacent_new_pages_and_survives_reopen() {
         12
     );
 }
+
+#[test]
+fn tagged_reads_answer_once_each_on_the_callers_channel_in_completion_order() {
+    let fs = MemFs::new(21);
+    let gate = Gate::new();
+    gate.open();
+    let sched = open(&gated_factory(&fs, &gate), config(2));
+    let pages = allocate(&sched, 16);
+    for &p in &pages {
+        sched.schedule_write(p, page_bytes(p, 5)).recv().unwrap();
+    }
+    let (done, answers) = flume::unbounded();
+    gate.close();
+    for (tag, &p) in pages.iter().enumerate() {
+        sched.schedule_read_tagged(p, 100 + tag as u64, &done);
+    }
+    // A page never allocated, and a read of the same page twice (single flight): each call
+    // still gets exactly one answer with its own tag.
+    sched.schedule_read_tagged(PageId(9_999), 7, &done);
+    sched.schedule_read_tagged(pages[3], 8, &done);
+    let refused = answers.recv().unwrap();
+    assert_eq!((refused.tag, refused.page), (7, PageId(9_999)));
+    assert!(matches!(refused.result, Err(SchedulerError::NotAllocated(_))));
+    assert!(answers.try_recv().is_err(), "reads are held at the gate");
+    gate.open();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..17 {
+        let r = answers.recv().unwrap();
+        assert!(seen.insert(r.tag), "tag {} answered twice", r.tag);
+        let want = if r.tag == 8 { pages[3] } else { pages[(r.tag - 100) as usize] };
+        assert_eq!(r.page, want);
+        assert_eq!(stamp(&r.result.unwrap()), (want.0, 5));
+    }
+    assert!(answers.try_recv().is_err(), "one answer per call");
+
+    // After shutdown a tagged read is answered `Closed` at once.
+    sched.shutdown().unwrap();
+    sched.schedule_read_tagged(pages[0], 1, &done);
+    assert!(matches!(answers.recv().unwrap().result, Err(SchedulerError::Closed)));
+}
