@@ -144,7 +144,9 @@ pub fn open_file(path: &Path, options: &OpenOptions) -> Result<OpenedFile> {
         StorageIoError::from_io(OpKind::Read, &e)
     };
     if options.dsync && cfg!(not(unix)) {
-        return Err(StorageIoError::unsupported("O_DSYNC is not available on this platform"));
+        return Err(StorageIoError::unsupported(
+            "O_DSYNC is not available on this platform",
+        ));
     }
     if !options.direct {
         let file = options.std_options().open(path).map_err(open_err)?;

@@ -517,7 +517,11 @@ fn tagged_reads_answer_once_each_on_the_callers_channel_in_completion_order() {
     for _ in 0..17 {
         let r = answers.recv().unwrap();
         assert!(seen.insert(r.tag), "tag {} answered twice", r.tag);
-        let want = if r.tag == 8 { pages[3] } else { pages[(r.tag - 100) as usize] };
+        let want = if r.tag == 8 {
+            pages[3]
+        } else {
+            pages[(r.tag - 100) as usize]
+        };
         assert_eq!(r.page, want);
         assert_eq!(stamp(&r.result.unwrap()), (want.0, 5));
     }
@@ -526,5 +530,8 @@ fn tagged_reads_answer_once_each_on_the_callers_channel_in_completion_order() {
     // After shutdown a tagged read is answered `Closed` at once.
     sched.shutdown().unwrap();
     sched.schedule_read_tagged(pages[0], 1, &done);
-    assert!(matches!(answers.recv().unwrap().result, Err(SchedulerError::Closed)));
+    assert!(matches!(
+        answers.recv().unwrap().result,
+        Err(SchedulerError::Closed)
+    ));
 }

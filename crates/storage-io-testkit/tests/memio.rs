@@ -191,16 +191,22 @@ fn dsync_writes_are_durable_at_completion_and_an_interrupted_one_may_tear() {
         io.sync_dir(Path::new("/d")).unwrap();
         io.submit_write(fd, &[1u8; 1024], 0).unwrap();
         drain(&mut io);
-        fs.crash_after_ops(1, CrashOptions {
-            tear: TearMode::Prefix,
-        });
+        fs.crash_after_ops(
+            1,
+            CrashOptions {
+                tear: TearMode::Prefix,
+            },
+        );
         assert!(matches!(
             io.submit_write(fd, &[3u8; 1024], 0),
             Err(StorageIoError::Closed)
         ));
         let after = fs.read_file(path).unwrap();
         assert_eq!(after.len(), 1024);
-        let new_sectors = after.chunks(SECTOR_BYTES).take_while(|s| s.iter().all(|&b| b == 3)).count();
+        let new_sectors = after
+            .chunks(SECTOR_BYTES)
+            .take_while(|s| s.iter().all(|&b| b == 3))
+            .count();
         assert!(
             after[new_sectors * SECTOR_BYTES..].iter().all(|&b| b == 1),
             "a prefix of whole sectors is new, the rest old"

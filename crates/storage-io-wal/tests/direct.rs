@@ -34,11 +34,14 @@ fn open_flags_in(dir: &Path) -> Vec<u32> {
         if target.parent() != Some(dir) {
             continue;
         }
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", entry.file_name().to_string_lossy()));
-        if let Some(octal) = info
-            .ok()
-            .and_then(|i| i.lines().find_map(|l| l.strip_prefix("flags:").map(|f| f.trim().to_string())))
-        {
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ));
+        if let Some(octal) = info.ok().and_then(|i| {
+            i.lines()
+                .find_map(|l| l.strip_prefix("flags:").map(|f| f.trim().to_string()))
+        }) {
             flags.push(u32::from_str_radix(&octal, 8).unwrap());
         }
     }
