@@ -306,11 +306,15 @@ impl SegmentIo {
             let mut buf = AlignedBuf::zeroed((end - start) as usize, BLOCK)?;
             let head = (offset - start) as usize;
             if head > 0 {
-                let earlier = match &self.tail {
-                    Some(t) if t.fd == fd && t.offset == start => t.bytes[..head].to_vec(),
-                    _ => self.read_block(fd, start)?[..head].to_vec(),
-                };
-                buf[..head].copy_from_slice(&earlier);
+                match &self.tail {
+                    Some(t) if t.fd == fd && t.offset == start => {
+                        buf[..head].copy_from_slice(&t.bytes[..head])
+                    }
+                    _ => {
+                        let block = self.read_block(fd, start)?;
+                        buf[..head].copy_from_slice(&block[..head]);
+                    }
+                }
             }
             let mut at = head;
             for p in parts {
