@@ -115,7 +115,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
          process per I/O (fio: its own usr+sys). `vs fio` divides our IOPS by fio's in the same \
          cell: io_uring+fixed for our io_uring backends, psync (qd threads) for sync and thread_pool. \
          With several rounds it is the median of the per-round ratios (ours and fio ran back to back \
-         in each round), with the lowest and highest in brackets. \
+         in each round, fio first in every other round), with the lowest and highest in brackets. \
          `cached %` is the share of the file in the page cache when the cell ended (buffered cells).\n"
     );
     for ((workload, io, regime), rows) in groups(&report.results) {

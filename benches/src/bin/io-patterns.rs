@@ -355,8 +355,14 @@ impl Step {
 
 fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_ok: bool) -> Vec<Step> {
     let mut out = Vec::new();
-    for _round in 0..plan.rounds {
-        for w in &plan.workloads {
+    for round in 0..plan.rounds {
+        // Every other round runs the workloads in reverse, so a scheduler cell and its raw
+        // peer (different workloads) also take turns going first.
+        let mut workloads: Vec<&String> = plan.workloads.iter().collect();
+        if round % 2 == 1 {
+            workloads.reverse();
+        }
+        for w in workloads {
             if w == wal::WORKLOAD {
                 out.extend(wal_steps(plan, args));
                 continue;
@@ -371,8 +377,11 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
                 };
                 for regime in regimes {
                     for &qd in &plan.qds {
+                        // Ours and fio back to back; fio goes first in every other round, so
+                        // neither side always meets the disk in the state the other left it.
+                        let mut pair = Vec::new();
                         for b in &plan.backends {
-                            out.push(Step {
+                            pair.push(Step {
                                 job: Job::Ours(Cell {
                                     workload: w.clone(),
                                     backend: b.clone(),
@@ -387,8 +396,9 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
                             });
                         }
                         if fio_on && fio::supports(w) {
+                            let ours = pair.len();
                             for &engine in &plan.fio_engines {
-                                out.push(Step {
+                                pair.push(Step {
                                     job: Job::Fio(FioJob {
                                         workload: w.clone(),
                                         engine,
@@ -403,7 +413,11 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
                                     regime: regime.clone(),
                                 });
                             }
+                            if round % 2 == 1 {
+                                pair.rotate_left(ours);
+                            }
                         }
+                        out.append(&mut pair);
                     }
                 }
             }
