@@ -92,6 +92,11 @@ impl FioJob {
             // The file exists and is filled already: never lay it out or extend it.
             "--allow_file_create=0".to_string(),
             "--output-format=json".to_string(),
+            // Percentiles of the whole latency (submission + completion), like ours. fio's
+            // default completion-only percentiles start once the submitting system call has
+            // returned; at qd 1 on io_uring the read often finished inside it, and the p50
+            // came out at about 1 µs.
+            "--lat_percentiles=1".to_string(),
         ];
         if rw.starts_with("rand") {
             // Uniform offsets with repetition, like our driver (fio's default visits each block once).
@@ -170,7 +175,12 @@ impl FioJob {
                 self.args().join(" ")
             );
         }
-        let pct = &side["clat_ns"]["percentile"];
+        // Total-latency percentiles (`--lat_percentiles=1`); an fio that ignored the option
+        // only has completion latency.
+        let pct = match &side["lat_ns"]["percentile"] {
+            Value::Null => &side["clat_ns"]["percentile"],
+            p => p,
+        };
         let us = |ns: f64| ns / 1000.0;
         // usr/sys are percentages of the (summed) job run time.
         let cpu_s = (num(&job["usr_cpu"]) + num(&job["sys_cpu"])) / 100.0 * runtime_ms / 1000.0;
@@ -226,6 +236,7 @@ mod tests {
             "--bs=4096",
             "--direct=1",
             "--iodepth=32",
+            "--lat_percentiles=1",
             "--fixedbufs",
             "--registerfiles",
             "--invalidate=0",
@@ -256,6 +267,13 @@ mod tests {
         assert_eq!(row.iops, 50000.0);
         assert_eq!(row.lat_us.p99, 1200.0);
         assert_eq!(row.lat_us.mean, 600.0);
+        // With `--lat_percentiles=1` the total-latency percentiles are used, not clat's.
+        let with_total = text.replace(
+            r#""lat_ns": {"mean": 600000.0, "max": 5000000}"#,
+            r#""lat_ns": {"mean": 600000.0, "max": 5000000, "percentile": {"50.000000": 580000, "95.000000": 950000, "99.000000": 1300000}}"#,
+        );
+        let row = job(FioEngine::IoUring, 32).parse(&with_total).unwrap();
+        assert_eq!((row.lat_us.p50, row.lat_us.p99), (580.0, 1300.0));
         // 20 % of 2 s (summed over jobs) = 0.4 s over 100 000 ops = 4 us per op.
         assert!((row.cpu_us_per_op - 4.0).abs() < 1e-9, "{}", row.cpu_us_per_op);
         assert!(job(FioEngine::IoUring, 1).parse("garbage").is_err());
