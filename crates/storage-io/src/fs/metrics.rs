@@ -55,6 +55,9 @@ pub struct OpMetrics {
     pub latency_seconds_sum: f64,
 }
 
+/// Reads one figure of a buffer-pool size class (for the Prometheus text).
+type ClassField = fn(&PoolClassMetrics) -> usize;
+
 /// One size class of the buffer pool.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PoolClassMetrics {
@@ -197,31 +200,28 @@ impl AsyncIoMetrics {
             header(&mut out, name, "gauge", help);
             let _ = writeln!(out, "storage_io_{name} {value}");
         }
-        header(
-            &mut out,
-            "buffer_pool_outstanding",
-            "gauge",
-            "Pool buffers handed out, by size class.",
-        );
-        for c in &self.buffer_pool {
-            let _ = writeln!(
-                out,
-                "storage_io_buffer_pool_outstanding{{size_bytes=\"{}\"}} {}",
-                c.size_bytes, c.outstanding
-            );
-        }
-        header(
-            &mut out,
-            "buffer_pool_limit",
-            "gauge",
-            "Bound of each buffer pool size class.",
-        );
-        for c in &self.buffer_pool {
-            let _ = writeln!(
-                out,
-                "storage_io_buffer_pool_limit{{size_bytes=\"{}\"}} {}",
-                c.size_bytes, c.limit
-            );
+        let per_class: [(&str, &str, ClassField); 2] = [
+            (
+                "buffer_pool_outstanding",
+                "Pool buffers handed out, by size class.",
+                |c: &PoolClassMetrics| c.outstanding,
+            ),
+            (
+                "buffer_pool_limit",
+                "Bound of each buffer pool size class.",
+                |c: &PoolClassMetrics| c.limit,
+            ),
+        ];
+        for (name, help, value) in per_class {
+            header(&mut out, name, "gauge", help);
+            for c in &self.buffer_pool {
+                let _ = writeln!(
+                    out,
+                    "storage_io_{name}{{size_bytes=\"{}\"}} {}",
+                    c.size_bytes,
+                    value(c)
+                );
+            }
         }
         out
     }
