@@ -105,6 +105,8 @@ impl Row {
     pub fn series(&self) -> String {
         if self.engine == "fio" {
             format!("fio {}", self.backend)
+        } else if self.engine == wal::ENGINE_RAW && self.io == "direct" {
+            format!("{} raw 4K O_DIRECT|O_DSYNC write", self.backend)
         } else if self.engine == wal::ENGINE_RAW {
             format!("{} raw 4K write+fdatasync", self.backend)
         } else if self.engine == wal::ENGINE_WAL {

@@ -1,6 +1,7 @@
 //! The `wal_commit` workload: N threads committing 128-byte records through `storage-io-wal`
-//! (default group commit) on one backend, and beside it the raw peer — one thread doing a 4 KiB
-//! write + fdatasync round trip on the same backend, in the same directory.
+//! (default group commit) on one backend, and beside it the raw peer — one thread doing durable
+//! 4 KiB writes one at a time on the same backend, in the same directory: write + fdatasync for
+//! the buffered WAL, an O_DIRECT | O_DSYNC write for its `direct_io` mode.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
-use storage_io_core::{BackendFactory, IoCompletion, OpenOptions, StorageIoError};
+use storage_io_core::{
+    AlignedBuf, BackendFactory, IoBuf, IoCompletion, OpenOptions, StorageIoError, open_file,
+};
 use storage_io_wal::{WalConfig, WalManager};
 
 use crate::engine::{cpu_time, make_backend};
@@ -167,33 +170,65 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
     Ok(out)
 }
 
-/// One thread: 4 KiB write + fdatasync, waited for, over and over, on `backend`.
-pub fn run_raw_cell(root: &Path, backend: &str, duration: Duration, stop: &dyn Fn() -> bool) -> Result<Row> {
+/// One thread doing durable 4 KiB writes, each waited for, over and over, on `backend`: a write +
+/// fdatasync, or (`direct`) one O_DIRECT | O_DSYNC write, the WAL `direct_io` mode's way.
+pub fn run_raw_cell(
+    root: &Path,
+    backend: &str,
+    direct: bool,
+    duration: Duration,
+    stop: &dyn Fn() -> bool,
+) -> Result<Row> {
     const BLOCK: usize = 4096;
     const SPAN_BLOCKS: u64 = 256;
-    let dir = CellDir::new(root, &format!("{backend}-raw"))?;
+    let mode = if direct { "direct" } else { "buffered" };
+    let dir = CellDir::new(root, &format!("{backend}-{mode}-raw"))?;
+    let path = dir.0.join("raw.dat");
     let mut io = make_backend(backend, 4)?;
-    let fd = io.open_file(&dir.0.join("raw.dat"), &OpenOptions::create())?;
-    // Preallocated like a WAL segment, so that fdatasync writes no size change.
-    let zeros = vec![0u8; BLOCK * SPAN_BLOCKS as usize];
-    io.submit_write(fd, &zeros, 0)?;
-    io.submit_datasync(fd)?;
     let mut done: Vec<IoCompletion> = Vec::with_capacity(4);
-    io.wait_completions(&mut done, 2, None)?;
-    done.clear();
+    // Preallocated like a WAL segment (written and synced once), so that no durable write
+    // below changes the file's size.
+    {
+        let fd = io.open_file(&path, &OpenOptions::create())?;
+        io.submit_write(fd, &vec![0u8; BLOCK * SPAN_BLOCKS as usize], 0)?;
+        io.submit_datasync(fd)?;
+        io.wait_completions(&mut done, 2, None)?;
+        if let Some(e) = done.drain(..).find_map(|c| c.result.err()) {
+            bail!("preparing the raw file failed: {e}");
+        }
+        io.deregister_fd(fd)?;
+    }
+    let options = OpenOptions::create().with_direct(direct).with_dsync(direct);
+    let opened = open_file(&path, &options)?;
+    if direct && !opened.mode.is_direct() {
+        bail!("{} refuses O_DIRECT", path.display());
+    }
+    let fd = io.register_fd(opened.file)?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let block = [7u8; BLOCK];
+    let mut buf = Some(IoBuf::from(AlignedBuf::from_slice(&[7u8; BLOCK], 4096)?));
+    let per_op = if direct { 1 } else { 2 };
     let mut ops = 0u64;
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     while t0.elapsed() < duration && !stop() {
         let started = Instant::now();
-        io.submit_write(fd, &block, (ops % SPAN_BLOCKS) * BLOCK as u64)?;
-        io.submit_datasync(fd)?;
-        io.wait_completions(&mut done, 2, None)?;
+        let Some(b) = buf.take() else {
+            bail!("the backend kept the raw write's buffer");
+        };
+        io.submit_write_buf(fd, b, (ops % SPAN_BLOCKS) * BLOCK as u64)?;
+        if !direct {
+            io.submit_datasync(fd)?;
+        }
+        while done.len() < per_op {
+            let want = per_op - done.len();
+            io.wait_completions(&mut done, want, None)?;
+        }
         for c in done.drain(..) {
             if let Err(e) = c.result {
                 bail!("raw {} failed: {e}", c.op);
+            }
+            if c.buf.is_some() {
+                buf = c.buf;
             }
         }
         hist.saturating_record(started.elapsed().as_nanos().max(1) as u64);
@@ -202,7 +237,9 @@ pub fn run_raw_cell(root: &Path, backend: &str, duration: Duration, stop: &dyn F
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     io.deregister_fd(fd)?;
-    Ok(row(ENGINE_RAW, backend, 1, BLOCK, (ops, secs, cpu), &hist))
+    let mut out = row(ENGINE_RAW, backend, 1, BLOCK, (ops, secs, cpu), &hist);
+    out.io = mode.into();
+    Ok(out)
 }
 
 /// The report's WAL section: the issue's three questions, answered from `rows`.
@@ -217,12 +254,13 @@ pub fn section(rows: &[Row]) -> String {
         "`qd` is the number of concurrent committers; a commit returns once an fdatasync covers it \
          (with `direct_io`, once its O_DIRECT | O_DSYNC write completes: no fdatasync). `per wait` \
          in the table above is commits per fdatasync (per flush with `direct_io`). The raw peer is \
-         one thread doing a 4 KiB write + fdatasync round trip on the same backend in the same \
-         directory.\n"
+         one thread doing durable 4 KiB writes one at a time on the same backend in the same \
+         directory: write + fdatasync beside the buffered WAL, one O_DIRECT | O_DSYNC write beside \
+         `direct_io`.\n"
     );
     let _ = writeln!(
         s,
-        "| backend | 1 committer commits/s | most committers | commits/s | × 1 committer | 1-committer mean µs | raw write+fdatasync mean µs | latency vs raw |"
+        "| backend | 1 committer commits/s | most committers | commits/s | × 1 committer | 1-committer mean µs | raw durable write mean µs | latency vs raw |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     // One line per backend and WAL mode (buffered + fdatasync, or direct_io's O_DSYNC writes).
@@ -237,7 +275,9 @@ pub fn section(rows: &[Row]) -> String {
         let mine = |r: &&&Row| r.engine == ENGINE_WAL && r.backend == b && r.io == io;
         let single = wal.iter().filter(mine).find(|r| r.qd == 1);
         let most = wal.iter().filter(mine).max_by_key(|r| r.qd);
-        let raw = wal.iter().find(|r| r.engine == ENGINE_RAW && r.backend == b);
+        let raw = wal
+            .iter()
+            .find(|r| r.engine == ENGINE_RAW && r.backend == b && r.io == io);
         let f = |x: Option<f64>, d: usize| x.map_or("–".to_string(), |v| format!("{v:.d$}"));
         let label = if io == "direct" {
             format!("{b} (direct_io)")
@@ -296,7 +336,7 @@ mod tests {
         let mut rows = vec![
             run_wal_cell(root.path(), &cell(1, false), &never).unwrap(),
             run_wal_cell(root.path(), &cell(4, false), &never).unwrap(),
-            run_raw_cell(root.path(), "sync", short, &never).unwrap(),
+            run_raw_cell(root.path(), "sync", false, short, &never).unwrap(),
             run_wal_cell(root.path(), &cell(4, true), &never).unwrap(),
         ];
         assert!(rows.iter().all(|r| r.ops > 0 && r.lat_us.mean > 0.0));
@@ -308,6 +348,32 @@ mod tests {
         assert_eq!(rows[3].io, "direct");
         assert!(text.contains("| sync (direct_io) | – | 4 |"), "{text}");
         // Nothing left behind.
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_direct_raw_peer_writes_o_dsync_and_sits_beside_the_direct_wal_line() {
+        // O_DIRECT needs a real file system (tmpfs refuses it): the package directory is on one.
+        let root = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let never = || false;
+        let short = Duration::from_millis(100);
+        let raw = run_raw_cell(root.path(), "sync", true, short, &never).unwrap();
+        assert_eq!((raw.io.as_str(), raw.engine.as_str()), ("direct", ENGINE_RAW));
+        assert!(raw.ops > 0 && raw.lat_us.mean > 0.0);
+        let cell = WalCell {
+            backend: "sync",
+            committers: 1,
+            direct: true,
+            duration: short,
+        };
+        let mut wal = run_wal_cell(root.path(), &cell, &never).unwrap();
+        wal.lat_us.mean = raw.lat_us.mean * 1.5;
+        let mut buffered_raw = raw.clone();
+        buffered_raw.io = "buffered".into();
+        buffered_raw.lat_us.mean = raw.lat_us.mean * 100.0;
+        // The direct line is compared with the direct peer, not the buffered one.
+        let text = section(&[buffered_raw, raw, wal]);
+        assert!(text.contains("| 1.50 |"), "{text}");
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     }
 }

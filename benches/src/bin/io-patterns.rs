@@ -315,9 +315,11 @@ enum Job {
         direct: bool,
         duration: Duration,
     },
-    /// The raw 4 KiB write + fdatasync peer of the WAL cells, on a backend.
+    /// The raw durable 4 KiB write peer of the WAL cells, on a backend: write + fdatasync, or
+    /// (`direct`) one O_DIRECT | O_DSYNC write, like the WAL's `direct_io` mode.
     RawSync {
         backend: String,
+        direct: bool,
         duration: Duration,
     },
 }
@@ -343,7 +345,9 @@ impl Step {
                 direct,
                 ..
             } => (wal::WORKLOAD.into(), backend.clone(), *direct, *committers),
-            Job::RawSync { backend, .. } => (wal::WORKLOAD.into(), format!("{backend} raw"), false, 1),
+            Job::RawSync { backend, direct, .. } => {
+                (wal::WORKLOAD.into(), format!("{backend} raw"), *direct, 1)
+            }
         };
         format!(
             "{w} {b} {} {} qd{q}",
@@ -426,7 +430,7 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
     out
 }
 
-/// The wal_commit cells: per backend, the raw peer then each committer count.
+/// The wal_commit cells: per backend and mode, the raw peer then each committer count.
 fn wal_steps(plan: &Plan, args: &Args) -> Vec<Step> {
     let committers: Vec<usize> = if !args.qd.is_empty() {
         args.qd.clone()
@@ -440,14 +444,15 @@ fn wal_steps(plan: &Plan, args: &Args) -> Vec<Step> {
     let regime = wal::REGIME.to_string();
     let mut out = Vec::new();
     for b in &plan.backends {
-        out.push(Step {
-            job: Job::RawSync {
-                backend: b.clone(),
-                duration: plan.duration,
-            },
-            regime: regime.clone(),
-        });
         for &direct in &plan.modes {
+            out.push(Step {
+                job: Job::RawSync {
+                    backend: b.clone(),
+                    direct,
+                    duration: plan.duration,
+                },
+                regime: regime.clone(),
+            });
             for &c in &committers {
                 out.push(Step {
                     job: Job::Wal {
@@ -685,8 +690,12 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
             };
             return wal::run_wal_cell(wal_root, &cell, &signal::stopped);
         }
-        Job::RawSync { backend, duration } => {
-            return wal::run_raw_cell(wal_root, backend, *duration, &signal::stopped);
+        Job::RawSync {
+            backend,
+            direct,
+            duration,
+        } => {
+            return wal::run_raw_cell(wal_root, backend, *direct, *duration, &signal::stopped);
         }
     };
     let divisor = match step.regime.as_str() {
