@@ -177,14 +177,17 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     let deadline = t0 + cell.duration;
     loop {
         let submitting = Instant::now() < deadline && !stop();
+        // One stamp per refill, taken before its first submit: an op's latency includes the
+        // time it waits behind the submits of the ops refilled before it (each may be a system
+        // call), as an application with these reads ready at once would see (and as fio's
+        // total latency counts). The inline backend does the whole op inside submit_*.
+        let stamp = Instant::now();
         while submitting && io.pending_count() < qd {
             let Some(mut buf) = free.pop() else { break };
             if let IoBuf::Aligned(b) = &mut buf {
                 b.set_len(block)?;
             }
             let offset = offsets.next() * block as u64;
-            // Stamp before submit: the inline backend does the whole op inside submit_*.
-            let stamp = Instant::now();
             let submitted = if write {
                 io.submit_write_buf(fd, buf, offset)
             } else {

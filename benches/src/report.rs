@@ -111,7 +111,9 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
     }
     let _ = writeln!(
         s,
-        "Latency is submit → completion as the caller sees it (µs). CPU is user+system time of the whole \
+        "Latency is submit → completion as the caller sees it (µs), from the moment the caller \
+         starts refilling its free slots, so an op's time waiting behind the submits of ops refilled \
+         before it counts (fio's total latency counts it too). CPU is user+system time of the whole \
          process per I/O (fio: its own usr+sys). `vs fio` divides our IOPS by fio's in the same \
          cell: io_uring+fixed for our io_uring backends, psync (qd threads) for sync and thread_pool. \
          With several rounds it is the median of the per-round ratios (ours and fio ran back to back \
