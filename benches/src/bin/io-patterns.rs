@@ -368,7 +368,7 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
         }
         for w in workloads {
             if w == wal::WORKLOAD {
-                out.extend(wal_steps(plan, args));
+                out.extend(wal_steps(plan, args, direct_ok));
                 continue;
             }
             for &direct in plan.modes.iter().filter(|&&d| !d || direct_ok) {
@@ -430,8 +430,10 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
     out
 }
 
-/// The wal_commit cells: per backend and mode, the raw peer then each committer count.
-fn wal_steps(plan: &Plan, args: &Args) -> Vec<Step> {
+/// The wal_commit cells: per backend and mode, the raw peer then each committer count. Like
+/// the other direct cells, the `direct_io` ones are skipped where the file system refuses
+/// O_DIRECT (their directory is beside the bench file).
+fn wal_steps(plan: &Plan, args: &Args, direct_ok: bool) -> Vec<Step> {
     let committers: Vec<usize> = if !args.qd.is_empty() {
         args.qd.clone()
     } else if args.smoke {
@@ -444,7 +446,7 @@ fn wal_steps(plan: &Plan, args: &Args) -> Vec<Step> {
     let regime = wal::REGIME.to_string();
     let mut out = Vec::new();
     for b in &plan.backends {
-        for &direct in &plan.modes {
+        for &direct in plan.modes.iter().filter(|&&d| !d || direct_ok) {
             out.push(Step {
                 job: Job::RawSync {
                     backend: b.clone(),
