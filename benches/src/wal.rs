@@ -353,7 +353,8 @@ mod tests {
 
     #[test]
     fn the_direct_raw_peer_writes_o_dsync_and_sits_beside_the_direct_wal_line() {
-        // O_DIRECT needs a real file system (tmpfs refuses it): the package directory is on one.
+        // O_DIRECT needs a file system that grants it (tmpfs before Linux 6.6 does not): the
+        // package directory is on the build disk.
         let root = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let never = || false;
         let short = Duration::from_millis(100);
