@@ -49,6 +49,8 @@ pub struct Cell {
     pub size: u64,
     /// Sequential streams of `multistream_scan`.
     pub streams: usize,
+    /// Worker threads of the `scheduler_*` cells; `None` is the scheduler's own default.
+    pub sched_workers: Option<usize>,
 }
 
 /// Builds the backend a cell names, sized for `qd`. `STORAGE_IO_*` variables tune it (for
@@ -293,6 +295,7 @@ mod tests {
             duration: Duration::from_millis(50),
             size: 1 << 20,
             streams: 4,
+            sched_workers: None,
         }
     }
 

@@ -84,6 +84,9 @@ pub struct Row {
     /// Concurrent sequential streams (multistream_scan only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streams: Option<usize>,
+    /// Worker threads of the scheduler (`scheduler_*` cells only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sched_workers: Option<usize>,
     /// Percent of the file in the page cache when the cell ended (buffered cells).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_resident_pct: Option<f64>,
@@ -111,6 +114,9 @@ impl Row {
             format!("{} raw 4K write+fdatasync", self.backend)
         } else if self.engine == wal::ENGINE_WAL {
             format!("wal on {}", self.backend)
+        } else if let Some(n) = self.sched_workers {
+            let s = if n == 1 { "" } else { "s" };
+            format!("{} ({n} scheduler worker{s})", self.backend)
         } else {
             self.backend.clone()
         }
@@ -258,6 +264,27 @@ mod tests {
         assert_eq!(folded[0].iops_rounds, vec![10.0, 30.0, 20.0]);
         assert_eq!(folded[1].iops, 5.0);
         assert!(folded[1].iops_rounds.is_empty());
+    }
+
+    #[test]
+    fn scheduler_series_name_their_worker_count_and_keep_it_through_folding() {
+        let sched = |workers, iops| Row {
+            workload: "scheduler_rand_read".into(),
+            sched_workers: Some(workers),
+            ..row("uring", iops)
+        };
+        assert_eq!(sched(1, 1.0).series(), "uring (1 scheduler worker)");
+        assert_eq!(sched(2, 1.0).series(), "uring (2 scheduler workers)");
+        assert_eq!(
+            row("uring", 1.0).series(),
+            "uring",
+            "raw rows have no worker count"
+        );
+        let folded = fold_rounds(vec![sched(2, 3.0), sched(2, 1.0), sched(2, 2.0)]);
+        assert_eq!(folded.len(), 1);
+        assert_eq!(folded[0].sched_workers, Some(2));
+        let json = serde_json::to_string(&row("uring", 1.0)).unwrap();
+        assert!(!json.contains("sched_workers"), "absent for raw rows: {json}");
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! - `scheduler_seq_scan`: a `ReadStream` over the file with `qd` pages in flight (adjacent
 //!   pages merged); its peers are `seq_read` and fio's sequential read at the same qd.
 //!
+//! The scheduler runs with its default worker count, max(1, cores / 2), unless
+//! `--sched-workers` sets one; each worker owns one backend, and the series label names the
+//! count.
+//!
 //! The scheduler needs its own directory: the bench file is hard-linked into a fresh one as
 //! `pages.db` (same inode, so literally the same file), and every page of it is allocated
 //! with one `schedule_allocate_extent`.
@@ -84,7 +88,7 @@ fn factory(backend: &str, qd: usize) -> Result<BackendFactory> {
 fn open_on(file: &Path, cell: &Cell, dir: &SchedDir) -> Result<DiskScheduler> {
     let pages = (cell.size / cell.block as u64).max(1);
     let config = IOSchedulerConfig {
-        workers: 1,
+        workers: workers_of(cell),
         queue_depth: cell.qd.max(1),
         page_size: cell.block,
         direct_io: cell.direct,
@@ -105,6 +109,13 @@ fn open_on(file: &Path, cell: &Cell, dir: &SchedDir) -> Result<DiskScheduler> {
         config,
         factory(&cell.backend, cell.qd.max(1))?,
     )?)
+}
+
+/// The scheduler's worker count for `cell`: the one asked for, or the scheduler's default
+/// (what a user who does not set it gets).
+fn workers_of(cell: &Cell) -> usize {
+    cell.sched_workers
+        .unwrap_or_else(|| IOSchedulerConfig::default().workers)
 }
 
 struct Rng(u64);
@@ -186,7 +197,10 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     sched.shutdown()?;
-    Ok(cell_row(cell, ops, if batch { qd } else { 1 }, secs, cpu, &hist))
+    Ok(Row {
+        sched_workers: Some(workers_of(cell)),
+        ..cell_row(cell, ops, if batch { qd } else { 1 }, secs, cpu, &hist)
+    })
 }
 
 /// The raw peer of `scheduler_batch_read`: `qd` random reads submitted at once on the bare

@@ -74,6 +74,10 @@ struct Args {
     /// Concurrent sequential streams of multistream_scan.
     #[arg(long, default_value_t = 4)]
     streams: usize,
+    /// Worker threads of the scheduler_* cells (default: the scheduler's own default,
+    /// max(1, cores / 2)); each worker owns one backend (one ring for io_uring).
+    #[arg(long)]
+    sched_workers: Option<usize>,
     /// Do not run fio even if it is installed.
     #[arg(long)]
     no_fio: bool,
@@ -189,6 +193,9 @@ fn plan(args: &Args) -> Result<Plan> {
     }
     if args.streams == 0 || args.streams > 4096 {
         bail!("--streams must be between 1 and 4096");
+    }
+    if args.sched_workers.is_some_and(|n| n == 0 || n > 256) {
+        bail!("--sched-workers must be between 1 and 256");
     }
     let duration = match args.duration {
         Some(d) if !(0.05..=3600.0).contains(&d) => bail!("--duration must be between 0.05 and 3600 seconds"),
@@ -395,6 +402,7 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
                                     duration: plan.duration,
                                     size,
                                     streams: args.streams,
+                                    sched_workers: args.sched_workers,
                                 }),
                                 regime: regime.clone(),
                             });
