@@ -249,6 +249,7 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
         errors,
         qd_achieved: per_wait(depth_sum),
         completions_per_wait: per_wait(ops),
+        backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(elapsed)),
         streams: (cell.workload == "multistream_scan").then_some(offsets.cursors.len()),
         ..Row::default()
     })
@@ -338,6 +339,16 @@ mod tests {
                 row.lat_us
             );
             assert_eq!(row.streams.is_some(), *w == "multistream_scan");
+            if !crate::segment::runs(w) {
+                // Little's law over the cell: some ops were in the backend, never more than
+                // the driver kept outstanding.
+                let qd = cell(w).qd as f64;
+                assert!(
+                    row.backend_qd > 0.0 && row.backend_qd <= qd * 1.01,
+                    "{w}: {} ops held on average at qd {qd}",
+                    row.backend_qd
+                );
+            }
         }
         let stopped = run_cell(&path, &cell("rand_read"), &|| true).unwrap();
         assert_eq!(stopped.ops, 0, "a stop before the first submit runs nothing");

@@ -81,6 +81,12 @@ pub struct Row {
     /// Mean completions handed back per wait (how bunched completions arrive); 0 for fio.
     #[serde(default)]
     pub completions_per_wait: f64,
+    /// Mean ops the backend held over the cell (its ops' total submit → completion time over
+    /// wall time, by Little's law); for scheduler cells, summed over the workers' backends.
+    /// Below `qd`, the rest of the queue depth was in the caller's (or the scheduler's) hands
+    /// instead of the kernel's. 0 where not measured (fio, the WAL cells).
+    #[serde(default)]
+    pub backend_qd: f64,
     /// Concurrent sequential streams (multistream_scan only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streams: Option<usize>,

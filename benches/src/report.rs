@@ -118,17 +118,21 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
          cell: io_uring+fixed for our io_uring backends, psync (qd threads) for sync and thread_pool. \
          With several rounds it is the median of the per-round ratios (ours and fio ran back to back \
          in each round, fio first in every other round), with the lowest and highest in brackets. \
+         `qd achieved` is the mean number of ops outstanding each time the driver waited; `qd in \
+         backend` the mean number the backend held (its ops' total submit → completion time over \
+         the cell's wall time, by Little's law; for the scheduler, summed over its workers' \
+         backends): the difference was in the caller's or the scheduler's hands, not the kernel's. \
          `cached %` is the share of the file in the page cache when the cell ended (buffered cells).\n"
     );
     for ((workload, io, regime), rows) in groups(&report.results) {
         let _ = writeln!(s, "## {workload} · {io} · {regime}\n");
         let _ = writeln!(
             s,
-            "| series | qd | IOPS | MB/s | mean | p50 | p95 | p99 | max | CPU µs/op | qd achieved | per wait | cached % | vs fio | CPU vs fio |"
+            "| series | qd | IOPS | MB/s | mean | p50 | p95 | p99 | max | CPU µs/op | qd achieved | qd in backend | per wait | cached % | vs fio | CPU vs fio |"
         );
         let _ = writeln!(
             s,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         let mut sorted = rows.clone();
         sorted.sort_by(|a, b| {
@@ -151,7 +155,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} |",
                 r.series(),
                 r.qd,
                 kilo(r.iops),
@@ -163,6 +167,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
                 r.lat_us.max,
                 r.cpu_us_per_op,
                 measured(r.qd_achieved),
+                measured(r.backend_qd),
                 measured(r.completions_per_wait),
                 r.cache_resident_pct.map_or("–".into(), |p| format!("{p:.0}")),
                 vs,
@@ -331,6 +336,12 @@ pub fn guidance(rows: &[Row]) -> String {
         );
     }
 
+    // 3b. The scheduler against its raw peer: the IOPS ratio, and where the missing depth went.
+    for line in scheduler_lines(rows) {
+        said = true;
+        let _ = writeln!(s, "{line}");
+    }
+
     // 4. What to configure.
     let mut advice = Vec::new();
     if !direct_wins_cold.is_empty() {
@@ -438,6 +449,49 @@ pub fn compare(old: &Report, new: &Report, iops_drop: f64, p99_rise: f64) -> Vec
     out
 }
 
+/// One line per `scheduler_rand_read` cell that has its raw `rand_read` peer (same backend, I/O
+/// mode and qd): the IOPS ratio and, where both were measured, how many reads the backends held
+/// on average against the raw loop.
+fn scheduler_lines(rows: &[Row]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.engine == "storage-io" && r.workload == crate::sched::RAND_READ)
+    {
+        let Some(raw) = rows.iter().find(|p| {
+            p.engine == "storage-io"
+                && p.workload == "rand_read"
+                && p.backend == r.backend
+                && p.io == r.io
+                && p.qd == r.qd
+                && p.block_size == r.block_size
+        }) else {
+            continue;
+        };
+        let Some((m, spread)) = pair_ratio(r, raw) else {
+            continue;
+        };
+        let spread = spread.map_or(String::new(), |(lo, hi)| format!(" ({lo:.2}–{hi:.2})"));
+        let mut line = format!(
+            "- Scheduler random reads, {} {} qd {}: {m:.2}×{spread} the raw backend's IOPS",
+            r.series(),
+            r.io,
+            r.qd
+        );
+        if r.backend_qd > 0.0 && raw.backend_qd > 0.0 {
+            let _ = write!(
+                line,
+                "; the backends held {:.1} of the {} reads outstanding on average, the raw loop {:.1} \
+                 (the rest were on their way through the scheduler's threads or the caller)",
+                r.backend_qd, r.qd, raw.backend_qd
+            );
+        }
+        line.push('.');
+        out.push(line);
+    }
+    out
+}
+
 /// The `--compare` section of the report.
 pub fn compare_section(old_name: &str, old: &Report, new: &Report, found: &[Regression]) -> String {
     let shared = new
@@ -534,6 +588,56 @@ mod tests {
         );
         assert!(md.contains("1.00× (0.50–1.00) io_uring+fixed"), "{md}");
         assert!(md.contains("single pairs ranged 0.50–1.00×"), "{md}");
+    }
+
+    #[test]
+    fn scheduler_reads_are_set_beside_the_raw_loop_with_the_depth_each_kept_in_the_backend() {
+        let raw = Row {
+            iops_rounds: vec![40.0, 50.0],
+            backend_qd: 25.0,
+            ..row("storage-io", "uring", "direct", "uncached", 32, 45.0)
+        };
+        let sched = Row {
+            workload: crate::sched::RAND_READ.into(),
+            sched_workers: Some(1),
+            iops_rounds: vec![32.0, 45.0],
+            backend_qd: 19.6,
+            ..row("storage-io", "uring", "direct", "uncached", 32, 38.0)
+        };
+        let g = guidance(&[raw.clone(), sched.clone()]);
+        assert!(
+            g.contains(
+                "Scheduler random reads, uring (1 scheduler worker) direct qd 32: 0.85× (0.80–0.90) \
+                 the raw backend's IOPS; the backends held 19.6 of the 32 reads outstanding on \
+                 average, the raw loop 25.0"
+            ),
+            "{g}"
+        );
+        // Without the held depth (a report from before it was measured) the ratio stays.
+        let old = Row {
+            backend_qd: 0.0,
+            ..sched
+        };
+        let g = guidance(&[raw, old]);
+        assert!(g.contains("0.85× (0.80–0.90) the raw backend's IOPS."), "{g}");
+        // No raw peer, no line.
+        assert!(!guidance(&sample()).contains("Scheduler random reads"));
+    }
+
+    #[test]
+    fn every_table_line_has_as_many_cells_as_the_header() {
+        let md = markdown(
+            &Report {
+                results: sample(),
+                ..Report::default()
+            },
+            &[],
+        );
+        let header = md.lines().find(|l| l.starts_with("| series |")).unwrap();
+        let cells = header.matches('|').count();
+        for line in md.lines().filter(|l| l.starts_with('|')) {
+            assert_eq!(line.matches('|').count(), cells, "{line}");
+        }
     }
 
     #[test]

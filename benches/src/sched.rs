@@ -138,6 +138,8 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let batch = cell.workload == BATCH_READ;
+    // Allocating the pages wrote metadata through the backends: only the cell's ops count.
+    let held0 = sched.stats().backend_held_ns;
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let deadline = t0 + cell.duration;
@@ -197,8 +199,12 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     sched.shutdown()?;
+    // After shutdown every op has completed and been counted (a scan may leave reads in
+    // flight when it stops; they end before the workers do).
+    let held = (sched.stats().backend_held_ns - held0) as f64 / 1e9;
     Ok(Row {
         sched_workers: Some(workers_of(cell)),
+        backend_qd: held / t0.elapsed().as_secs_f64(),
         ..cell_row(cell, ops, if batch { qd } else { 1 }, secs, cpu, &hist)
     })
 }
@@ -247,5 +253,8 @@ fn run_raw_round_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     io.deregister_fd(fd)?;
-    Ok(cell_row(cell, ops, qd, secs, cpu, &hist))
+    Ok(Row {
+        backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(secs)),
+        ..cell_row(cell, ops, qd, secs, cpu, &hist)
+    })
 }

@@ -21,6 +21,7 @@ pub struct IoStats {
     kinds: [KindStats; 5],
     in_flight: u64,
     max_in_flight: u64,
+    held_ns: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +66,7 @@ impl IoStats {
             kinds: std::array::from_fn(|_| KindStats::new()),
             in_flight: 0,
             max_in_flight: 0,
+            held_ns: 0,
         }
     }
 
@@ -87,6 +89,7 @@ impl IoStats {
         }
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
         k.latency_ns.saturating_record(ns);
+        self.held_ns = self.held_ns.saturating_add(ns);
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
@@ -115,6 +118,41 @@ impl IoStats {
         self.kinds[kind.index()].bytes
     }
 
+    /// Total submit → completion time of every completed op, in nanoseconds (exact, unlike
+    /// the histograms). Divided by a span of wall time in which the backend was busy, it is the
+    /// mean number of ops the backend held then ([`mean_ops_held`](Self::mean_ops_held)).
+    pub fn held_ns(&self) -> u64 {
+        self.held_ns
+    }
+
+    /// The mean number of ops in the backend over `wall` (Little's law: total time ops spent
+    /// between submit and completion, divided by `wall`), counting ops completed so far.
+    ///
+    /// A caller that keeps 32 ops outstanding but takes time to hand each completion back
+    /// sees fewer than 32 here: the gap is how much of its queue depth never reached the
+    /// backend. 0 for an empty span.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use storage_io_core::{IoStats, OpKind};
+    ///
+    /// let mut stats = IoStats::new();
+    /// for _ in 0..4 {
+    ///     stats.record_submit(OpKind::Read);
+    ///     stats.record_complete(OpKind::Read, Ok(4096), Duration::from_millis(5));
+    /// }
+    /// // Four 5 ms reads within 10 ms of wall time: two in the backend on average.
+    /// assert_eq!(stats.mean_ops_held(Duration::from_millis(10)), 2.0);
+    /// ```
+    pub fn mean_ops_held(&self, wall: Duration) -> f64 {
+        let wall = wall.as_nanos() as f64;
+        if wall > 0.0 {
+            self.held_ns as f64 / wall
+        } else {
+            0.0
+        }
+    }
+
     /// The latency histogram of `kind`, in nanoseconds.
     pub fn latency_ns(&self, kind: OpKind) -> &Histogram<u64> {
         &self.kinds[kind.index()].latency_ns
@@ -132,6 +170,7 @@ impl IoStats {
         }
         self.in_flight += other.in_flight;
         self.max_in_flight = self.max_in_flight.max(other.max_in_flight);
+        self.held_ns = self.held_ns.saturating_add(other.held_ns);
     }
 
     /// A plain, serialisable copy of the numbers.
@@ -158,6 +197,7 @@ impl IoStats {
                 .collect(),
             in_flight: self.in_flight,
             max_in_flight: self.max_in_flight,
+            held_ns: self.held_ns,
         }
     }
 }
@@ -171,6 +211,10 @@ pub struct IoStatsSnapshot {
     pub in_flight: u64,
     /// The most ops ever in flight at once.
     pub max_in_flight: u64,
+    /// Total submit → completion time of the completed ops, nanoseconds (see
+    /// [`IoStats::held_ns`]).
+    #[serde(default)]
+    pub held_ns: u64,
 }
 
 /// The numbers of one op kind.
@@ -235,9 +279,28 @@ mod tests {
             s.record_complete(OpKind::Write, Ok(10), Duration::from_micros(5));
         }
         a.merge(&b);
+        assert_eq!(a.held_ns(), 10_000);
         assert_eq!(a.completed(OpKind::Write), 2);
         assert_eq!(a.bytes(OpKind::Write), 20);
         assert_eq!(a.latency_ns(OpKind::Write).len(), 2);
+    }
+
+    #[test]
+    fn held_time_is_exact_and_gives_the_mean_ops_held() {
+        let mut s = IoStats::new();
+        assert_eq!(
+            s.mean_ops_held(Duration::ZERO),
+            0.0,
+            "an empty span is not a division by zero"
+        );
+        for us in [100, 250, 650] {
+            s.record_submit(OpKind::Read);
+            s.record_complete(OpKind::Read, Ok(4096), Duration::from_micros(us));
+        }
+        // Exact nanoseconds, not the histogram's two significant figures.
+        assert_eq!(s.held_ns(), 1_000_000);
+        assert_eq!(s.snapshot().held_ns, 1_000_000);
+        assert_eq!(s.mean_ops_held(Duration::from_micros(500)), 2.0);
     }
 
     #[test]

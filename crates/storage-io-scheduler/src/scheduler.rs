@@ -73,6 +73,14 @@ pub struct SchedulerStats {
     pub metadata_writes: u64,
     /// Pages allocated now (as of the last allocate or deallocate the dispatcher handled).
     pub allocated_pages: u64,
+    /// Total submit → completion time of every op the workers' backends ran, in nanoseconds
+    /// (as of each worker's last batch of completions; complete after shutdown).
+    ///
+    /// The difference of two readings divided by the wall time between them is the mean number
+    /// of ops the backends held (Little's law): set it beside the reads a client keeps
+    /// outstanding to see how many of them were in the backends rather than on their way
+    /// through the scheduler's threads.
+    pub backend_held_ns: u64,
 }
 
 /// Page-level I/O for a buffer pool or table heap, over any backend.
@@ -372,6 +380,7 @@ impl DiskScheduler {
             syncs: get(&c.syncs),
             metadata_writes: get(&c.metadata_writes),
             allocated_pages: get(&self.allocated),
+            backend_held_ns: get(&c.backend_held_ns),
         }
     }
 }

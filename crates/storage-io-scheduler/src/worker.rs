@@ -92,6 +92,8 @@ pub(crate) struct Counters {
     pub(crate) write_ios: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) metadata_writes: AtomicU64,
+    /// Sum of the workers' backend `held_ns` (published after each batch of completions).
+    pub(crate) backend_held_ns: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -216,6 +218,8 @@ pub(crate) struct Worker {
     persists: VecDeque<(u64, Vec<u8>, Vec<AllocAnswer>)>,
     persist_busy: bool,
     completions: Vec<IoCompletion>,
+    /// This worker's backend `held_ns` as last added to `counters.backend_held_ns`.
+    held_published: u64,
 }
 
 impl Worker {
@@ -258,6 +262,7 @@ impl Worker {
             persists: VecDeque::new(),
             persist_busy: false,
             completions: Vec::with_capacity(64),
+            held_published: 0,
         }
     }
 
@@ -303,7 +308,18 @@ impl Worker {
                 self.complete(c);
             }
             self.completions = done;
+            self.publish_held();
         }
+    }
+
+    /// Adds the backend's op time since the last call to the shared counter.
+    fn publish_held(&mut self) {
+        let held = self.io.stats().held_ns();
+        bump(
+            &self.counters.backend_held_ns,
+            held.saturating_sub(self.held_published),
+        );
+        self.held_published = held;
     }
 
     /// What the dispatcher calls after sending to this worker, if the backend can be woken.
