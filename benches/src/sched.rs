@@ -138,7 +138,8 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let batch = cell.workload == BATCH_READ;
-    // Allocating the pages wrote metadata through the backends: only the cell's ops count.
+    // Allocating the pages wrote metadata through the backends (published before the answer
+    // came back): only the cell's ops count.
     let held0 = sched.stats().backend_held_ns;
     let cpu0 = cpu_time();
     let t0 = Instant::now();

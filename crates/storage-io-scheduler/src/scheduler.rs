@@ -74,7 +74,8 @@ pub struct SchedulerStats {
     /// Pages allocated now (as of the last allocate or deallocate the dispatcher handled).
     pub allocated_pages: u64,
     /// Total submit → completion time of every op the workers' backends ran, in nanoseconds
-    /// (as of each worker's last batch of completions; complete after shutdown).
+    /// (published before the answers of each batch of completions go out, so it covers every
+    /// op whose answer a caller holds; complete after shutdown).
     ///
     /// The difference of two readings divided by the wall time between them is the mean number
     /// of ops the backends held (Little's law): set it beside the reads a client keeps

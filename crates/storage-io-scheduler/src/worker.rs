@@ -92,7 +92,7 @@ pub(crate) struct Counters {
     pub(crate) write_ios: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) metadata_writes: AtomicU64,
-    /// Sum of the workers' backend `held_ns` (published after each batch of completions).
+    /// Sum of the workers' backend `held_ns` (published before each batch's answers go out).
     pub(crate) backend_held_ns: AtomicU64,
 }
 
@@ -304,11 +304,13 @@ impl Worker {
                 tracing::error!(error = %e, "scheduler worker: waiting for completions failed");
                 self.io.poll_completions(&mut done);
             }
+            // The backend counted these ops when it reaped them: publish before answering, so
+            // a caller holding an answer sees its op's time in the stats.
+            self.publish_held();
             for c in done.drain(..) {
                 self.complete(c);
             }
             self.completions = done;
-            self.publish_held();
         }
     }
 
