@@ -52,6 +52,7 @@ mod batch;
 mod cache;
 mod config;
 mod error;
+mod idhash;
 mod reply;
 mod scheduler;
 mod stream;

@@ -12,7 +12,7 @@
 //!   wait for an earlier write to their page, and the backend's datasync barrier does the rest.
 //! - *Exactly one answer per call*, including on errors and at shutdown.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use storage_io_core::{
 use crate::PageId;
 use crate::batch::{BatchState, SyncBarrier};
 use crate::error::{Result, SchedulerError};
+use crate::idhash::IdMap;
 use crate::reply::{Answer, PageAnswer};
 
 /// What the dispatcher hands a worker.
@@ -204,12 +205,12 @@ pub(crate) struct Worker {
     buffers: Option<BufferPool>,
 
     next_op: OpId,
-    ops: HashMap<OpId, Op>,
+    ops: IdMap<OpId, Op>,
     ready: VecDeque<OpId>,
-    in_flight: HashMap<IoToken, OpId>,
+    in_flight: IdMap<IoToken, OpId>,
     /// Reads in flight (or queued) that a new read of the page may join.
-    joinable: HashMap<u64, OpId>,
-    writes: HashMap<u64, PageWrites>,
+    joinable: IdMap<u64, OpId>,
+    writes: IdMap<u64, PageWrites>,
     write_seq: u64,
     /// Sequence numbers of parked writes.
     parked: BTreeSet<u64>,
@@ -251,11 +252,11 @@ impl Worker {
             counters: setup.counters,
             buffers,
             next_op: 0,
-            ops: HashMap::new(),
+            ops: IdMap::default(),
             ready: VecDeque::new(),
-            in_flight: HashMap::new(),
-            joinable: HashMap::new(),
-            writes: HashMap::new(),
+            in_flight: IdMap::default(),
+            joinable: IdMap::default(),
+            writes: IdMap::default(),
             write_seq: 0,
             parked: BTreeSet::new(),
             barriers: VecDeque::new(),
@@ -278,15 +279,7 @@ impl Worker {
                 }
             }
             // Take whatever else is queued (bounded, so completions are not starved).
-            let mut taken = 0;
-            while !stopping && taken < 256 {
-                match rx.try_recv() {
-                    Ok(WorkerMsg::Shutdown) | Err(flume::TryRecvError::Disconnected) => stopping = true,
-                    Ok(msg) => self.accept(msg),
-                    Err(flume::TryRecvError::Empty) => break,
-                }
-                taken += 1;
-            }
+            self.take_requests(&rx, &mut stopping);
             self.pump();
             if self.in_flight.is_empty() {
                 if stopping && self.is_idle() {
@@ -307,11 +300,32 @@ impl Worker {
             // The backend counted these ops when it reaped them: publish before answering, so
             // a caller holding an answer sees its op's time in the stats.
             self.publish_held();
+            // The device often returns the whole queue at once. Requests that callers send
+            // back while the rest are still being answered are taken and submitted between
+            // completions, so the device gets new work before the last answer goes out.
             for c in done.drain(..) {
                 self.complete(c);
+                if self.take_requests(&rx, &mut stopping) > 0 {
+                    self.pump();
+                }
             }
             self.completions = done;
         }
+    }
+
+    /// Accepts what is queued on `rx` (bounded, so completions are not starved); returns how
+    /// many requests were taken.
+    fn take_requests(&mut self, rx: &flume::Receiver<WorkerMsg>, stopping: &mut bool) -> usize {
+        let mut taken = 0;
+        while !*stopping && taken < 256 {
+            match rx.try_recv() {
+                Ok(WorkerMsg::Shutdown) | Err(flume::TryRecvError::Disconnected) => *stopping = true,
+                Ok(msg) => self.accept(msg),
+                Err(flume::TryRecvError::Empty) => break,
+            }
+            taken += 1;
+        }
+        taken
     }
 
     /// Adds the backend's op time since the last call to the shared counter.
@@ -342,7 +356,11 @@ impl Worker {
 
     fn accept(&mut self, msg: WorkerMsg) {
         match msg {
-            WorkerMsg::Read { page, answer } => self.accept_reads(vec![(page, Waiter::Single(answer))]),
+            WorkerMsg::Read { page, answer } => {
+                if let Some(waiter) = self.join_or_answer(page, Waiter::Single(answer)) {
+                    self.start_read(page, vec![vec![waiter]]);
+                }
+            }
             WorkerMsg::Batch { batch, items } => {
                 let reads = items
                     .into_iter()
@@ -365,15 +383,7 @@ impl Worker {
     fn accept_reads(&mut self, reads: Vec<(u64, Waiter)>) {
         let mut need: BTreeMap<u64, Vec<Waiter>> = BTreeMap::new();
         for (page, waiter) in reads {
-            if let Some(w) = self.writes.get(&page) {
-                bump(&self.counters.reads_from_pending_writes, 1);
-                waiter.send(Ok(BytesMut::from(&w.latest[..])));
-            } else if let Some(&op) = self.joinable.get(&page) {
-                if let Some(Op::Read(read)) = self.ops.get_mut(&op) {
-                    bump(&self.counters.reads_joined, 1);
-                    read.waiters[(page - read.first) as usize].push(waiter);
-                }
-            } else {
+            if let Some(waiter) = self.join_or_answer(page, waiter) {
                 need.entry(page).or_default().push(waiter);
             }
         }
@@ -394,6 +404,24 @@ impl Worker {
         if !run.is_empty() {
             self.start_read(run_first, run);
         }
+    }
+
+    /// Answers a read of `page` from a pending write, or joins it to a read of the page in
+    /// flight; gives the waiter back when the page has to be read.
+    fn join_or_answer(&mut self, page: u64, waiter: Waiter) -> Option<Waiter> {
+        if let Some(w) = self.writes.get(&page) {
+            bump(&self.counters.reads_from_pending_writes, 1);
+            waiter.send(Ok(BytesMut::from(&w.latest[..])));
+            return None;
+        }
+        if let Some(&op) = self.joinable.get(&page)
+            && let Some(Op::Read(read)) = self.ops.get_mut(&op)
+        {
+            bump(&self.counters.reads_joined, 1);
+            read.waiters[(page - read.first) as usize].push(waiter);
+            return None;
+        }
+        Some(waiter)
     }
 
     fn start_read(&mut self, first: u64, waiters: Vec<Vec<Waiter>>) {
@@ -643,8 +671,9 @@ impl Worker {
                     // Past the end of the file is a page allocated but never written: zeros.
                     let start = (i * ps).min(data.len());
                     let end = ((i + 1) * ps).min(data.len());
-                    let mut page = BytesMut::zeroed(ps);
-                    page[..end - start].copy_from_slice(&data[start..end]);
+                    let mut page = BytesMut::with_capacity(ps);
+                    page.extend_from_slice(&data[start..end]);
+                    page.resize(ps, 0);
                     let mut waiters = waiters.into_iter().peekable();
                     while let Some(w) = waiters.next() {
                         if waiters.peek().is_none() {

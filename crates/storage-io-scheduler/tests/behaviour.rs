@@ -561,3 +561,58 @@ fn backend_held_time_counts_every_worker_and_is_complete_after_shutdown() {
     );
     assert_eq!(sched.stats(), s, "nothing changes after shutdown");
 }
+
+#[test]
+fn order_a_read_sent_back_while_a_burst_is_answered_is_submitted_before_the_burst_ends() {
+    // A device that returns the whole queue at once leaves the worker answering many reads in a
+    // row. A caller that sends its next read after the first answer must not wait for the last:
+    // the worker takes requests between completions, so the device gets new work at once.
+    let fs = MemFs::new(23);
+    let gate = Gate::new();
+    gate.open();
+    let sched = open(&gated_factory(&fs, &gate), config(1));
+    let pages = allocate(&sched, 17);
+    gate.close();
+    // No room in the channel: each answer waits for this thread, so the burst is answered only
+    // as fast as the test takes the answers.
+    let (done, answers) = flume::bounded(0);
+    let burst = 16u64;
+    let before = gate.submitted();
+    for (tag, &p) in pages[..burst as usize].iter().enumerate() {
+        sched.schedule_read_tagged(p, tag as u64, &done);
+    }
+    wait_until("the burst to reach the backend", || {
+        gate.submitted() == before + burst
+    });
+    gate.open();
+    let mut taken = vec![answers.recv().unwrap()];
+    let extra = sched.schedule_read(pages[burst as usize]);
+    while gate.submitted() < before + burst + 1 && (taken.len() as u64) < burst {
+        // Give the worker a moment to pick the new read up before taking the next answer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        while gate.submitted() < before + burst + 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if gate.submitted() < before + burst + 1 {
+            taken.push(answers.recv().unwrap());
+        }
+    }
+    assert_eq!(
+        gate.submitted(),
+        before + burst + 1,
+        "the new read was not submitted while the burst was being answered"
+    );
+    assert!(
+        (taken.len() as u64) < burst,
+        "the new read waited for the whole burst: {} of {burst} answers taken first",
+        taken.len()
+    );
+    while (taken.len() as u64) < burst {
+        taken.push(answers.recv().unwrap());
+    }
+    let mut tags: Vec<u64> = taken.iter().map(|r| r.tag).collect();
+    tags.sort_unstable();
+    assert_eq!(tags, (0..burst).collect::<Vec<_>>(), "one answer per read");
+    assert!(taken.into_iter().all(|r| r.result.is_ok()));
+    assert_eq!(extra.recv().unwrap().len(), PAGE);
+}

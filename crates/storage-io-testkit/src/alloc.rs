@@ -3,12 +3,18 @@
 //! Install it in the test binary, then count what a closure allocates on the calling thread
 //! (other threads, such as the test harness's, are not counted):
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static ALLOC: storage_io_testkit::alloc::CountingAllocator = storage_io_testkit::alloc::CountingAllocator;
 //!
-//! let (_, allocations) = storage_io_testkit::alloc::count_allocations(|| hot_path());
-//! assert_eq!(allocations, 0);
+//! fn main() {
+//!     use storage_io_testkit::alloc::count_allocations;
+//!     let mut ring: Vec<u64> = Vec::with_capacity(16); // warm-up: allocate up front
+//!     let ((), allocations) = count_allocations(|| ring.push(1));
+//!     assert_eq!(allocations, 0, "pushing within capacity allocates nothing");
+//!     let (page, allocations) = count_allocations(|| vec![0u8; 4096]);
+//!     assert_eq!((page.len(), allocations), (4096, 1));
+//! }
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};

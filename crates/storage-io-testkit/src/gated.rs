@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use storage_io_core::{
@@ -14,9 +14,17 @@ use storage_io_core::{
     SubmitError,
 };
 
-/// A switch shared between a test and its [`GatedIo`] backends. It starts closed.
+/// A switch shared between a test and its [`GatedIo`] backends. It starts closed. It also
+/// counts the ops of the gated kinds submitted through those backends, so a test can see when
+/// a request has reached a backend without waiting for its completion.
 #[derive(Debug, Clone, Default)]
-pub struct Gate(Arc<AtomicBool>);
+pub struct Gate(Arc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: AtomicBool,
+    submitted: AtomicU64,
+}
 
 impl Gate {
     /// A closed gate.
@@ -26,17 +34,23 @@ impl Gate {
 
     /// Lets held completions (and all later ones) through at the next poll.
     pub fn open(&self) {
-        self.0.store(true, Ordering::Release);
+        self.0.open.store(true, Ordering::Release);
     }
 
     /// Holds completions of the gated kinds again from the next poll on.
     pub fn close(&self) {
-        self.0.store(false, Ordering::Release);
+        self.0.open.store(false, Ordering::Release);
     }
 
     /// True when completions pass.
     pub fn is_open(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.open.load(Ordering::Acquire)
+    }
+
+    /// Ops of the gated kinds that the backends on this gate have accepted so far (whether the
+    /// gate was open or not).
+    pub fn submitted(&self) -> u64 {
+        self.0.submitted.load(Ordering::Acquire)
     }
 }
 
@@ -55,6 +69,7 @@ impl Gate {
 /// io.submit_read(fd, vec![0; 8].into(), 0).unwrap();
 /// let mut done = Vec::new();
 /// assert_eq!(io.poll_completions(&mut done), 0); // held
+/// assert_eq!(gate.submitted(), 1); // but it did reach the backend
 /// gate.open();
 /// assert_eq!(io.poll_completions(&mut done), 1);
 /// ```
@@ -86,6 +101,14 @@ impl<B: StorageIo> GatedIo<B> {
     /// Completions held back right now.
     pub fn held(&self) -> usize {
         self.held.len()
+    }
+
+    /// Counts an accepted op of kind `op` if it is gated; passes the submit result through.
+    fn count<T, E>(&self, op: OpKind, result: std::result::Result<T, E>) -> std::result::Result<T, E> {
+        if result.is_ok() && self.kinds.contains(&op) {
+            self.gate.0.submitted.fetch_add(1, Ordering::AcqRel);
+        }
+        result
     }
 
     /// Moves this round's completions into `out` or the held list; returns how many reached `out`.
@@ -135,22 +158,28 @@ impl<B: StorageIo> StorageIo for GatedIo<B> {
         self.inner.create_dir_all(dir)
     }
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
-        self.inner.submit_read(fd, buf, offset)
+        let result = self.inner.submit_read(fd, buf, offset);
+        self.count(OpKind::Read, result)
     }
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
-        self.inner.submit_write(fd, data, offset)
+        let result = self.inner.submit_write(fd, data, offset);
+        self.count(OpKind::Write, result)
     }
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
-        self.inner.submit_write_buf(fd, buf, offset)
+        let result = self.inner.submit_write_buf(fd, buf, offset);
+        self.count(OpKind::Write, result)
     }
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
-        self.inner.submit_append(fd, data)
+        let result = self.inner.submit_append(fd, data);
+        self.count(OpKind::Append, result)
     }
     fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
-        self.inner.submit_datasync(fd)
+        let result = self.inner.submit_datasync(fd);
+        self.count(OpKind::Datasync, result)
     }
     fn submit_fsync(&mut self, fd: IoFd) -> Result<IoToken> {
-        self.inner.submit_fsync(fd)
+        let result = self.inner.submit_fsync(fd);
+        self.count(OpKind::Fsync, result)
     }
     fn flush(&mut self) -> Result<usize> {
         self.inner.flush()
