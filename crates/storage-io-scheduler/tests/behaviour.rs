@@ -14,7 +14,6 @@ use rand::{Rng, SeedableRng};
 use storage_io_core::OpKind;
 use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId, Reply, SchedulerError};
 use storage_io_testkit::faulty::{Fault, FaultPlan};
-use storage_io_testkit::gated::Gate;
 use storage_io_testkit::memio::MemFs;
 
 #[test]
@@ -62,10 +61,7 @@ fn order_of_batch_reads_survives_reordered_and_delayed_completions() {
 
 #[test]
 fn single_flight_concurrent_reads_of_one_page_share_one_io() {
-    let fs = MemFs::new(2);
-    let gate = Gate::new();
-    gate.open();
-    let sched = open(&gated_factory(&fs, &gate), config(1));
+    let (gate, sched) = open_gated(2, 1);
     let page = allocate(&sched, 1)[0];
     sched.schedule_write(page, page_bytes(page, 7)).recv().unwrap();
     let before = sched.stats();
@@ -97,10 +93,7 @@ fn single_flight_concurrent_reads_of_one_page_share_one_io() {
 
 #[test]
 fn single_flight_never_joins_a_read_issued_before_a_newer_write() {
-    let fs = MemFs::new(3);
-    let gate = Gate::new();
-    gate.open();
-    let sched = open(&gated_factory(&fs, &gate), config(1));
+    let (gate, sched) = open_gated(3, 1);
     let page = allocate(&sched, 1)[0];
     sched.schedule_write(page, page_bytes(page, 1)).recv().unwrap();
 
@@ -491,10 +484,7 @@ fn allocate_extent_hands_out_adjacent_new_pages_and_survives_reopen() {
 
 #[test]
 fn tagged_reads_answer_once_each_on_the_callers_channel_in_completion_order() {
-    let fs = MemFs::new(21);
-    let gate = Gate::new();
-    gate.open();
-    let sched = open(&gated_factory(&fs, &gate), config(2));
+    let (gate, sched) = open_gated(21, 2);
     let pages = allocate(&sched, 16);
     for &p in &pages {
         sched.schedule_write(p, page_bytes(p, 5)).recv().unwrap();
@@ -567,10 +557,7 @@ fn order_a_read_sent_back_while_a_burst_is_answered_is_submitted_before_the_burs
     // A device that returns the whole queue at once leaves the worker answering many reads in a
     // row. A caller that sends its next read after the first answer must not wait for the last:
     // the worker takes requests between completions, so the device gets new work at once.
-    let fs = MemFs::new(23);
-    let gate = Gate::new();
-    gate.open();
-    let sched = open(&gated_factory(&fs, &gate), config(1));
+    let (gate, sched) = open_gated(23, 1);
     let pages = allocate(&sched, 17);
     gate.close();
     // No room in the channel: each answer waits for this thread, so the burst is answered only

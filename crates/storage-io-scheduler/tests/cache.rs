@@ -11,7 +11,6 @@ use rand::{Rng, SeedableRng};
 use storage_io_core::OpKind;
 use storage_io_scheduler::{PageCache, PageId, SchedulerError};
 use storage_io_testkit::faulty::{Fault, FaultPlan};
-use storage_io_testkit::gated::Gate;
 use storage_io_testkit::memio::MemFs;
 
 #[test]
@@ -61,10 +60,8 @@ fn cache_hot_pages_survive_a_scan_thanks_to_the_reference_bit() {
 
 #[test]
 fn cache_single_flight_two_misses_on_one_page_fetch_once() {
-    let fs = MemFs::new(3);
-    let gate = Gate::new();
-    gate.open();
-    let sched = Arc::new(open(&gated_factory(&fs, &gate), config(1)));
+    let (gate, sched) = open_gated(3, 1);
+    let sched = Arc::new(sched);
     let page = allocate(&sched, 1)[0];
     sched.schedule_write(page, page_bytes(page, 5)).recv().unwrap();
     let cache = Arc::new(PageCache::new(Arc::clone(&sched), 4).unwrap());

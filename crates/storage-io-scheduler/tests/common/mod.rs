@@ -81,6 +81,16 @@ pub(crate) fn real_dir(name: &str) -> tempfile::TempDir {
 
 /// Backends whose read completions wait for `gate` (the testkit's GatedIo over MemFs), so a
 /// test can keep a read in flight for as long as it needs.
+/// A scheduler of `workers` workers whose reads wait at a gate, on a fresh file system seeded
+/// with `seed`. The gate starts open (allocation and writes pass); close it to hold reads.
+pub(crate) fn open_gated(seed: u64, workers: usize) -> (Gate, DiskScheduler) {
+    let fs = MemFs::new(seed);
+    let gate = Gate::new();
+    gate.open();
+    let sched = open(&gated_factory(&fs, &gate), config(workers));
+    (gate, sched)
+}
+
 pub(crate) fn gated_factory(fs: &MemFs, gate: &Gate) -> BackendFactory {
     let fs = fs.clone();
     let gate = gate.clone();
