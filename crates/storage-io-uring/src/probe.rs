@@ -53,7 +53,8 @@ pub struct ProbeReport {
     pub kernel: String,
     /// The kernel keeps completions that do not fit the CQ instead of dropping them.
     pub nodrop: bool,
-    /// `io_uring_enter` takes a timeout argument (needed for `wait_completions` with a timeout).
+    /// `io_uring_enter` takes a timeout argument (Linux 5.11). Without it, every deadline of
+    /// `wait_completions` is a timeout op in the ring.
     pub ext_arg: bool,
 }
 
@@ -84,13 +85,14 @@ fn probe_impl() -> Result<ProbeReport, Unavailable> {
     ring.submitter()
         .register_probe(&mut probe)
         .map_err(|e| unavailable_from(&e))?;
-    let needed: [(u8, &'static str); 6] = [
+    let needed: [(u8, &'static str); 7] = [
         (opcode::Read::CODE, "IORING_OP_READ"),
         (opcode::Write::CODE, "IORING_OP_WRITE"),
         (opcode::ReadFixed::CODE, "IORING_OP_READ_FIXED"),
         (opcode::WriteFixed::CODE, "IORING_OP_WRITE_FIXED"),
         (opcode::Fsync::CODE, "IORING_OP_FSYNC"),
         (opcode::Nop::CODE, "IORING_OP_NOP"),
+        (opcode::Timeout::CODE, "IORING_OP_TIMEOUT"),
     ];
     for (code, name) in needed {
         if !probe.is_supported(code) {

@@ -376,3 +376,99 @@ fn uring_wait_waker_ends_a_blocked_wait_and_no_wake_is_lost() {
     drop(io);
     waker.wake(); // the backend is gone: harmless
 }
+
+/// A wait for more completions than will come must still end on a wake: the wake's CQE is one,
+/// so the kernel may only be asked for one while the wake read is in the ring.
+#[test]
+fn uring_wait_waker_ends_a_wait_for_more_than_one_completion() {
+    if !usable_or_skip("uring_wait_waker_ends_a_wait_for_more_than_one_completion") {
+        return;
+    }
+    use std::io::Write;
+    let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
+    let waker = io.wait_waker().expect("io_uring offers a waker");
+    let (rx, mut tx) = pipe();
+    let fd = io.register_fd(rx).unwrap();
+    io.submit_read(fd, vec![0u8; 4].into(), 0).unwrap();
+    io.submit_read(fd, vec![0u8; 4].into(), 0).unwrap();
+    // The wait runs on its own thread so that a wait that ignores the wake fails the test
+    // instead of hanging it.
+    let (back, io_back) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let n = io.wait_completions(&mut out, 2, None).unwrap();
+        back.send((io, n)).unwrap();
+    });
+    let mut answer = None;
+    for _ in 0..100 {
+        waker.wake();
+        if let Ok(got) = io_back.recv_timeout(Duration::from_millis(100)) {
+            answer = Some(got);
+            break;
+        }
+    }
+    let Some((mut io, n)) = answer else {
+        // Let the waiter finish so the process can end, then fail.
+        tx.write_all(b"12345678").unwrap();
+        waiter.join().unwrap();
+        panic!("a wake did not end wait_completions(min = 2) within 10 s");
+    };
+    waiter.join().unwrap();
+    assert_eq!(n, 0, "woken, not completed");
+    assert_eq!(io.pending_count(), 2);
+    tx.write_all(b"12345678").unwrap();
+    let done = drain(&mut io);
+    assert_eq!(done.len(), 2);
+    io.deregister_fd(fd).unwrap();
+}
+
+/// Deadlines are kept as timer ops in the ring, one serving many waits. A later wait with an
+/// earlier deadline must still end at its own deadline, not the older timer's; waits for one
+/// and for several completions both end on time; and ops keep completing normally afterwards.
+#[test]
+fn uring_wait_deadlines_end_each_wait_whatever_timer_an_earlier_wait_left() {
+    if !usable_or_skip("uring_wait_deadlines_end_each_wait_whatever_timer_an_earlier_wait_left") {
+        return;
+    }
+    use std::io::Write;
+    use std::time::Instant;
+    let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
+    let waker = io.wait_waker().expect("io_uring offers a waker");
+    let (rx, mut tx) = pipe();
+    let fd = io.register_fd(rx).unwrap();
+    io.submit_read(fd, vec![0u8; 4].into(), 0).unwrap();
+    io.submit_read(fd, vec![0u8; 4].into(), 0).unwrap();
+    let mut out = Vec::new();
+
+    // Many waits with a far deadline, each ended by a wake: they leave a timer 60 s out.
+    for _ in 0..200 {
+        waker.wake();
+        assert_eq!(
+            io.wait_completions(&mut out, 1, Some(Duration::from_secs(60)))
+                .unwrap(),
+            0
+        );
+    }
+    // Nearer deadlines, for one and for two completions: each ends at its own deadline.
+    for (min, ms) in [(1, 30), (2, 30), (1, 80), (1, 10), (2, 10)] {
+        let asked = Duration::from_millis(ms);
+        let t = Instant::now();
+        assert_eq!(io.wait_completions(&mut out, min, Some(asked)).unwrap(), 0);
+        let took = t.elapsed();
+        assert!(
+            took >= asked,
+            "min {min}: returned after {took:?}, before its {asked:?} deadline"
+        );
+        assert!(
+            took < Duration::from_secs(20),
+            "min {min}: a {asked:?} deadline took {took:?} (waited for the older 60 s timer?)"
+        );
+    }
+    assert_eq!(io.pending_count(), 2);
+    tx.write_all(b"12345678").unwrap();
+    let done = drain(&mut io);
+    assert_eq!(done.len(), 2);
+    assert!(done.iter().all(|c| c.result.as_ref().is_ok_and(|&n| n == 4)));
+    io.deregister_fd(fd).unwrap();
+    drop(io); // with the 60 s timer still in the ring
+}
