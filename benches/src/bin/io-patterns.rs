@@ -31,7 +31,7 @@ struct Args {
     /// The default: every workload and the main backends, hot and thrash regimes, one round.
     #[arg(long, conflicts_with = "full")]
     quick: bool,
-    /// Everything: all backends and regimes, longer cells, a 1 GiB file, three rounds (median).
+    /// Everything: all backends and regimes, longer cells, a 1 GiB file, four rounds (median).
     #[arg(long)]
     full: bool,
     /// Workloads: seq_read, rand_read, rand_write, multistream_scan, wal_commit (for wal_commit,
@@ -65,7 +65,8 @@ struct Args {
     /// Seconds per cell.
     #[arg(long)]
     duration: Option<f64>,
-    /// Rounds per cell; the report shows the median round (ours and fio alternate within a round).
+    /// Rounds per cell: 1, or an even number so both sides of a comparison go first equally
+    /// often. The report shows the median round (ours and fio alternate within a round).
     #[arg(long)]
     rounds: Option<usize>,
     /// Block size in bytes (a multiple of 4096 for direct I/O).
@@ -138,13 +139,15 @@ fn plan(args: &Args) -> Result<Plan> {
         }
     } else if args.full {
         Preset {
-            duration: 3.0,
+            // Four rounds so that ours and fio (and each scheduler cell and its raw peer) go
+            // first equally often; 2 s cells keep the run as long as three 3 s rounds were.
+            duration: 2.0,
             size_mib: 1024,
             qds: &[1, 4, 16, 32],
             workloads: WORKLOADS,
             backends: BACKENDS,
             regimes: REGIMES,
-            rounds: 3,
+            rounds: 4,
         }
     } else {
         Preset {
@@ -205,6 +208,14 @@ fn plan(args: &Args) -> Result<Plan> {
     let rounds = args.rounds.unwrap_or(preset.rounds);
     if rounds == 0 || rounds > 100 {
         bail!("--rounds must be between 1 and 100");
+    }
+    if rounds > 1 && rounds % 2 == 1 {
+        bail!(
+            "--rounds {rounds} is odd: the two sides of a comparison take turns going first, so \
+             an odd count lets one of them lead once more; use {} or {} (or 1 for a quick look)",
+            rounds - 1,
+            rounds + 1
+        );
     }
     let fio_engines = if args.fio_engine.is_empty() {
         FioEngine::ALL.to_vec()
@@ -764,4 +775,40 @@ fn mem_total() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_of(argv: &[&str]) -> Result<Plan> {
+        let args = Args::try_parse_from(std::iter::once("io-patterns").chain(argv.iter().copied()))?;
+        plan(&args)
+    }
+
+    #[test]
+    fn rounds_are_one_or_even_so_each_side_leads_equally_often() {
+        for ok in ["1", "2", "4", "100"] {
+            assert_eq!(
+                plan_of(&["--rounds", ok]).unwrap().rounds,
+                ok.parse::<usize>().unwrap()
+            );
+        }
+        for odd in ["3", "5", "99"] {
+            let Err(e) = plan_of(&["--rounds", odd]) else {
+                panic!("--rounds {odd} accepted")
+            };
+            let e = e.to_string();
+            assert!(e.contains("is odd") && e.contains("or 1 for a quick look"), "{e}");
+        }
+        for out in ["0", "101"] {
+            assert!(plan_of(&["--rounds", out]).is_err(), "--rounds {out} accepted");
+        }
+        assert_eq!(
+            plan_of(&["--full"]).unwrap().rounds % 2,
+            0,
+            "the full preset's rounds"
+        );
+        assert_eq!(plan_of(&[]).unwrap().rounds, 1, "the quick preset's rounds");
+    }
 }
