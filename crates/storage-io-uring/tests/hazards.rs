@@ -377,6 +377,28 @@ fn uring_wait_waker_ends_a_blocked_wait_and_no_wake_is_lost() {
     waker.wake(); // the backend is gone: harmless
 }
 
+/// A backend, its waker, and two 4-byte reads in flight on a pipe: they end only when
+/// [`end_stuck_reads`] writes the pipe end returned here.
+fn two_stuck_reads() -> (UringStorageIo, storage_io_core::WaitWaker, IoFd, std::fs::File) {
+    let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
+    let waker = io.wait_waker().expect("io_uring offers a waker");
+    let (rx, tx) = pipe();
+    let fd = io.register_fd(rx).unwrap();
+    io.submit_read(fd, vec![0u8; 4].into(), 0).unwrap();
+    io.submit_read(fd, vec![0u8; 4].into(), 0).unwrap();
+    (io, waker, fd, tx)
+}
+
+/// Feeds both reads of [`two_stuck_reads`], collects them, and closes the pipe's read end.
+fn end_stuck_reads(io: &mut UringStorageIo, fd: IoFd, tx: &std::fs::File) -> Vec<IoCompletion> {
+    use std::io::Write;
+    let mut tx = tx;
+    tx.write_all(b"12345678").unwrap();
+    let done = drain(io);
+    io.deregister_fd(fd).unwrap();
+    done
+}
+
 /// A wait for more completions than will come must still end on a wake: the wake's CQE is one,
 /// so the kernel may only be asked for one while the wake read is in the ring.
 #[test]
@@ -385,16 +407,12 @@ fn uring_wait_waker_ends_a_wait_for_more_than_one_completion() {
         return;
     }
     use std::io::Write;
-    let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
-    let waker = io.wait_waker().expect("io_uring offers a waker");
-    let (rx, mut tx) = pipe();
-    let fd = io.register_fd(rx).unwrap();
-    io.submit_read(fd, vec![0u8; 4].into(), 0).unwrap();
-    io.submit_read(fd, vec![0u8; 4].into(), 0).unwrap();
+    let (io, waker, fd, tx) = two_stuck_reads();
     // The wait runs on its own thread so that a wait that ignores the wake fails the test
     // instead of hanging it.
     let (back, io_back) = std::sync::mpsc::channel();
     let waiter = std::thread::spawn(move || {
+        let mut io = io;
         let mut out = Vec::new();
         let n = io.wait_completions(&mut out, 2, None).unwrap();
         back.send((io, n)).unwrap();
@@ -409,17 +427,15 @@ fn uring_wait_waker_ends_a_wait_for_more_than_one_completion() {
     }
     let Some((mut io, n)) = answer else {
         // Let the waiter finish so the process can end, then fail.
-        tx.write_all(b"12345678").unwrap();
+        (&tx).write_all(b"12345678").unwrap();
         waiter.join().unwrap();
         panic!("a wake did not end wait_completions(min = 2) within 10 s");
     };
     waiter.join().unwrap();
     assert_eq!(n, 0, "woken, not completed");
     assert_eq!(io.pending_count(), 2);
-    tx.write_all(b"12345678").unwrap();
-    let done = drain(&mut io);
+    let done = end_stuck_reads(&mut io, fd, &tx);
     assert_eq!(done.len(), 2);
-    io.deregister_fd(fd).unwrap();
 }
 
 /// Deadlines are kept as timer ops in the ring, one serving many waits. A later wait with an
@@ -430,14 +446,8 @@ fn uring_wait_deadlines_end_each_wait_whatever_timer_an_earlier_wait_left() {
     if !usable_or_skip("uring_wait_deadlines_end_each_wait_whatever_timer_an_earlier_wait_left") {
         return;
     }
-    use std::io::Write;
     use std::time::Instant;
-    let mut io = UringStorageIo::new(&IoConfig::default()).unwrap();
-    let waker = io.wait_waker().expect("io_uring offers a waker");
-    let (rx, mut tx) = pipe();
-    let fd = io.register_fd(rx).unwrap();
-    io.submit_read(fd, vec![0u8; 4].into(), 0).unwrap();
-    io.submit_read(fd, vec![0u8; 4].into(), 0).unwrap();
+    let (mut io, waker, fd, tx) = two_stuck_reads();
     let mut out = Vec::new();
 
     // Many waits with a far deadline, each ended by a wake: they leave a timer 60 s out.
@@ -465,10 +475,8 @@ fn uring_wait_deadlines_end_each_wait_whatever_timer_an_earlier_wait_left() {
         );
     }
     assert_eq!(io.pending_count(), 2);
-    tx.write_all(b"12345678").unwrap();
-    let done = drain(&mut io);
+    let done = end_stuck_reads(&mut io, fd, &tx);
     assert_eq!(done.len(), 2);
     assert!(done.iter().all(|c| c.result.as_ref().is_ok_and(|&n| n == 4)));
-    io.deregister_fd(fd).unwrap();
     drop(io); // with the 60 s timer still in the ring
 }
