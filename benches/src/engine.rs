@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use storage_io_core::{
-    AlignedBuf, BackendKind, IoBuf, IoCompletion, IoConfig, IoToken, OpenOptions, StorageIo, open_file,
+    AlignedBuf, BackendKind, IoBuf, IoCompletion, IoConfig, IoStats, IoToken, OpenOptions, StorageIo,
+    open_file,
 };
 
 use crate::{Latency, Row};
@@ -250,9 +251,21 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
         qd_achieved: per_wait(depth_sum),
         completions_per_wait: per_wait(ops),
         backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(elapsed)),
+        submit_call_us: submit_call_us(io.stats()),
+        submit_calls_per_op: per_op(io.stats().submit_calls(), ops),
         streams: (cell.workload == "multistream_scan").then_some(offsets.cursors.len()),
         ..Row::default()
     })
+}
+
+/// The mean submit-only system call of `stats`, in µs (0 when there was none).
+pub(crate) fn submit_call_us(stats: &IoStats) -> f64 {
+    stats.mean_submit_call().map_or(0.0, |d| d.as_secs_f64() * 1e6)
+}
+
+/// `calls` per op over `ops` ops (0 for none).
+pub(crate) fn per_op(calls: u64, ops: u64) -> f64 {
+    if ops > 0 { calls as f64 / ops as f64 } else { 0.0 }
 }
 
 /// The row of a cell that ran `ops` ops of `blocks_per_op` × `cell.block` bytes each.

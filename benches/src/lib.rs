@@ -87,6 +87,15 @@ pub struct Row {
     /// instead of the kernel's. 0 where not measured (fio, the WAL cells).
     #[serde(default)]
     pub backend_qd: f64,
+    /// Mean wall time, µs, of a system call that only handed queued requests to the kernel
+    /// (io_uring backends; see `IoStats::mean_submit_call`). On a VM most of it is notifying the
+    /// virtual disk, and it decides how much batching submissions is worth. 0 where not measured.
+    #[serde(default)]
+    pub submit_call_us: f64,
+    /// Submit-only system calls per op (`submit_call_us` is the mean of these); 0 where not
+    /// measured.
+    #[serde(default)]
+    pub submit_calls_per_op: f64,
     /// Concurrent sequential streams (multistream_scan only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streams: Option<usize>,

@@ -256,6 +256,8 @@ fn run_raw_round_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     io.deregister_fd(fd)?;
     Ok(Row {
         backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(secs)),
+        submit_call_us: crate::engine::submit_call_us(io.stats()),
+        submit_calls_per_op: crate::engine::per_op(io.stats().submit_calls(), ops * qd as u64),
         ..cell_row(cell, ops, qd, secs, cpu, &hist)
     })
 }

@@ -592,6 +592,10 @@ impl UringStorageIo {
     /// Submits queued SQEs and, if `want` > 0, waits for that many completions or the timeout.
     /// EINTR and EBUSY (a full CQ) are handled by reaping and returning; the caller loops.
     fn enter(&mut self, want: usize, timeout: Option<Duration>) -> std::io::Result<usize> {
+        // A call that only submits is timed for the stats (what handing requests over costs;
+        // see `IoStats::mean_submit_call`). Under SQPOLL the kernel thread takes the SQEs and
+        // the call does not submit anything itself.
+        let timed = (want == 0 && !self.sqpoll && !self.ring.submission().is_empty()).then(Instant::now);
         let submitter = self.ring.submitter();
         let r = match timeout {
             Some(t) if want > 0 && self.ext_arg => {
@@ -601,6 +605,9 @@ impl UringStorageIo {
             }
             _ => submitter.submit_and_wait(want),
         };
+        if let Some(t0) = timed {
+            self.stats.record_submit_call(t0.elapsed());
+        }
         match r {
             Ok(n) => Ok(n),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => Ok(0),

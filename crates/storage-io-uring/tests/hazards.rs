@@ -297,6 +297,60 @@ fn uring_capabilities_report_registered_buffers_and_files() {
     assert!(!off.capabilities().registered_buffers);
 }
 
+#[test]
+fn uring_stats_time_the_calls_that_only_submit_and_not_the_waits() {
+    if !usable_or_skip("uring_stats_time_the_calls_that_only_submit_and_not_the_waits") {
+        return;
+    }
+    let d = dir();
+    let path = d.path().join("f");
+    std::fs::write(&path, vec![7u8; 8 * 4096]).unwrap();
+    let reads = |io: &mut UringStorageIo, fd: IoFd| {
+        for i in 0..4u64 {
+            let buf = AlignedBuf::zeroed(4096, 4096).unwrap();
+            io.submit_read(fd, buf.into(), i * 4096).unwrap();
+        }
+    };
+    // Batches of two: the first read waits for a second (the kernel has nothing of ours yet),
+    // the second hands both over, the fourth hands over the third and itself.
+    let mut io = UringStorageIo::new(&IoConfig {
+        submit_batch: 2,
+        ..IoConfig::default()
+    })
+    .unwrap();
+    let fd = io
+        .register_fd(open_file(&path, &OpenOptions::default()).unwrap().file)
+        .unwrap();
+    reads(&mut io, fd);
+    assert_eq!(io.stats().submit_calls(), 2);
+    assert!(io.stats().mean_submit_call().unwrap() > Duration::ZERO);
+    let done = drain(&mut io);
+    assert_eq!(done.len(), 4);
+    assert!(done.iter().all(|c| matches!(c.result, Ok(4096))), "{done:?}");
+    io.flush().unwrap();
+    assert_eq!(
+        io.stats().submit_calls(),
+        2,
+        "waits and a flush with nothing queued are not submit calls"
+    );
+
+    // Batch 0: submits queue only; the flush hands all four over in one call.
+    let mut io = UringStorageIo::new(&IoConfig {
+        submit_batch: 0,
+        ..IoConfig::default()
+    })
+    .unwrap();
+    let fd = io
+        .register_fd(open_file(&path, &OpenOptions::default()).unwrap().file)
+        .unwrap();
+    reads(&mut io, fd);
+    assert_eq!(io.stats().submit_calls(), 0);
+    io.flush().unwrap();
+    assert_eq!(io.stats().submit_calls(), 1);
+    assert_eq!(drain(&mut io).len(), 4);
+    assert_eq!(io.stats().snapshot().submit_calls, 1);
+}
+
 /// A read on a pipe stays in the kernel until someone writes the pipe: an op that only ends
 /// when the test says so.
 fn pipe() -> (std::fs::File, std::fs::File) {
