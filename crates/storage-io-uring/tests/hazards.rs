@@ -305,23 +305,24 @@ fn uring_stats_time_the_calls_that_only_submit_and_not_the_waits() {
     let d = dir();
     let path = d.path().join("f");
     std::fs::write(&path, vec![7u8; 8 * 4096]).unwrap();
-    let reads = |io: &mut UringStorageIo, fd: IoFd| {
+    // A backend with `submit_batch` that has been handed four reads of the file.
+    let four_reads = |submit_batch: usize| {
+        let mut io = UringStorageIo::new(&IoConfig {
+            submit_batch,
+            ..IoConfig::default()
+        })
+        .unwrap();
+        let file = open_file(&path, &OpenOptions::default()).unwrap().file;
+        let fd = io.register_fd(file).unwrap();
         for i in 0..4u64 {
             let buf = AlignedBuf::zeroed(4096, 4096).unwrap();
             io.submit_read(fd, buf.into(), i * 4096).unwrap();
         }
+        io
     };
     // Batches of two: the first read waits for a second (the kernel has nothing of ours yet),
     // the second hands both over, the fourth hands over the third and itself.
-    let mut io = UringStorageIo::new(&IoConfig {
-        submit_batch: 2,
-        ..IoConfig::default()
-    })
-    .unwrap();
-    let fd = io
-        .register_fd(open_file(&path, &OpenOptions::default()).unwrap().file)
-        .unwrap();
-    reads(&mut io, fd);
+    let mut io = four_reads(2);
     assert_eq!(io.stats().submit_calls(), 2);
     assert!(io.stats().mean_submit_call().unwrap() > Duration::ZERO);
     let done = drain(&mut io);
@@ -335,15 +336,7 @@ fn uring_stats_time_the_calls_that_only_submit_and_not_the_waits() {
     );
 
     // Batch 0: submits queue only; the flush hands all four over in one call.
-    let mut io = UringStorageIo::new(&IoConfig {
-        submit_batch: 0,
-        ..IoConfig::default()
-    })
-    .unwrap();
-    let fd = io
-        .register_fd(open_file(&path, &OpenOptions::default()).unwrap().file)
-        .unwrap();
-    reads(&mut io, fd);
+    let mut io = four_reads(0);
     assert_eq!(io.stats().submit_calls(), 0);
     io.flush().unwrap();
     assert_eq!(io.stats().submit_calls(), 1);
