@@ -233,6 +233,7 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
         bail!("{errors} of {} ops failed; the first: {e}", ops + errors);
     }
     let iops = ops as f64 / elapsed;
+    let (submit_call_us, submit_calls_per_op) = submit_calls(io.stats(), ops);
     let per_wait = |x: u64| if waits > 0 { x as f64 / waits as f64 } else { 0.0 };
     Ok(Row {
         workload: cell.workload.clone(),
@@ -251,21 +252,23 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
         qd_achieved: per_wait(depth_sum),
         completions_per_wait: per_wait(ops),
         backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(elapsed)),
-        submit_call_us: submit_call_us(io.stats()),
-        submit_calls_per_op: per_op(io.stats().submit_calls(), ops),
+        submit_call_us,
+        submit_calls_per_op,
         streams: (cell.workload == "multistream_scan").then_some(offsets.cursors.len()),
         ..Row::default()
     })
 }
 
-/// The mean submit-only system call of `stats`, in µs (0 when there was none).
-pub(crate) fn submit_call_us(stats: &IoStats) -> f64 {
-    stats.mean_submit_call().map_or(0.0, |d| d.as_secs_f64() * 1e6)
-}
-
-/// `calls` per op over `ops` ops (0 for none).
-pub(crate) fn per_op(calls: u64, ops: u64) -> f64 {
-    if ops > 0 { calls as f64 / ops as f64 } else { 0.0 }
+/// A row's `submit_call_us` and `submit_calls_per_op` from `stats`, over `ops` ops (0 where
+/// there were none).
+pub(crate) fn submit_calls(stats: &IoStats, ops: u64) -> (f64, f64) {
+    let us = stats.mean_submit_call().map_or(0.0, |d| d.as_secs_f64() * 1e6);
+    let per_op = if ops > 0 {
+        stats.submit_calls() as f64 / ops as f64
+    } else {
+        0.0
+    };
+    (us, per_op)
 }
 
 /// The row of a cell that ran `ops` ops of `blocks_per_op` × `cell.block` bytes each.

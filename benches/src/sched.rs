@@ -254,10 +254,11 @@ fn run_raw_round_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     io.deregister_fd(fd)?;
+    let (submit_call_us, submit_calls_per_op) = crate::engine::submit_calls(io.stats(), ops * qd as u64);
     Ok(Row {
         backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(secs)),
-        submit_call_us: crate::engine::submit_call_us(io.stats()),
-        submit_calls_per_op: crate::engine::per_op(io.stats().submit_calls(), ops * qd as u64),
+        submit_call_us,
+        submit_calls_per_op,
         ..cell_row(cell, ops, qd, secs, cpu, &hist)
     })
 }
