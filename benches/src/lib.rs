@@ -189,6 +189,42 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// A distribution-free 95 % confidence interval for the median of `values`: the order
+/// statistics x(j) and x(n + 1 − j) of the sorted values, where j is the largest rank with
+/// P(Binomial(n, ½) < j) ≤ 2.5 %. It assumes only that the values are independent draws of one
+/// distribution (for the bench: rounds of a back-to-back pair). `None` for fewer than 6 finite
+/// values, where even the whole range covers less than 95 %.
+///
+/// ```
+/// use storage_io_benches::median_ci95;
+///
+/// assert_eq!(median_ci95(&[1.0, 2.0, 3.0, 4.0, 5.0]), None);
+/// // With 6 values only the whole range covers 95 %; with 20 it is the 6th to the 15th.
+/// assert_eq!(median_ci95(&[3.0, 1.0, 2.0, 6.0, 5.0, 4.0]), Some((1.0, 6.0)));
+/// let twenty: Vec<f64> = (1..=20).map(f64::from).collect();
+/// assert_eq!(median_ci95(&twenty), Some((6.0, 15.0)));
+/// ```
+pub fn median_ci95(values: &[f64]) -> Option<(f64, f64)> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    let n = v.len();
+    if n < 6 {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    // P(B = i) for B ~ Binomial(n, ½), from P(B = 0) = 2^-n; `below` sums P(B < j).
+    let mut p = 0.5f64.powi(n as i32);
+    let mut below = 0.0;
+    let mut j = 0;
+    while j < n / 2 && below + p <= 0.025 {
+        below += p;
+        p = p * (n - j) as f64 / (j + 1) as f64;
+        j += 1;
+    }
+    // j ≥ 1 holds from n = 6 (2^-6 < 2.5 %); ranks are 1-based.
+    let j = j.max(1);
+    Some((v[j - 1], v[n - j]))
+}
+
 /// Folds the rounds of each cell into one row: the round with the median IOPS, carrying every
 /// round's IOPS in `iops_rounds`. Order of first appearance is kept.
 pub fn fold_rounds(rows: Vec<Row>) -> Vec<Row> {

@@ -30,11 +30,38 @@ fn peer<'a>(rows: &'a [Row], r: &Row, engine: &str, backend: &str) -> Option<&'a
     })
 }
 
+/// Ours ÷ a peer's IOPS (see [`pair_ratio`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairRatio {
+    /// The median of the per-round ratios, or the one ratio of single-round rows.
+    pub median: f64,
+    /// The lowest and highest per-round ratio, with more than one pair.
+    pub spread: Option<(f64, f64)>,
+    /// A 95 % confidence interval of the median ([`median_ci95`](crate::median_ci95)), with
+    /// 6 pairs or more. When it includes 1.0 the run cannot tell the two apart.
+    pub ci95: Option<(f64, f64)>,
+    /// Round pairs behind the figures (1 for single-round rows).
+    pub pairs: usize,
+}
+
+impl PairRatio {
+    /// `0.97×`, `0.97× (0.91–1.04)` with the spread of the pairs, and `0.97× (0.91–1.04; CI
+    /// 0.95–0.99)` with its confidence interval too.
+    pub fn text(&self) -> String {
+        let m = self.median;
+        match (self.spread, self.ci95) {
+            (Some((lo, hi)), Some((clo, chi))) => format!("{m:.2}× ({lo:.2}–{hi:.2}; CI {clo:.2}–{chi:.2})"),
+            (Some((lo, hi)), None) => format!("{m:.2}× ({lo:.2}–{hi:.2})"),
+            _ => format!("{m:.2}×"),
+        }
+    }
+}
+
 /// Ours ÷ the peer's IOPS, pair by pair: round i of ours against round i of the peer (they ran
-/// back to back), so drift of a shared disk between rounds cancels. Returns the median ratio and,
-/// when there was more than one pair, the lowest and highest. Rows of one round fall back to
-/// one ratio.
-pub fn pair_ratio(ours: &Row, peer: &Row) -> Option<(f64, Option<(f64, f64)>)> {
+/// back to back), so drift of a shared disk between rounds cancels. Gives the median ratio and,
+/// when there was more than one pair, the lowest and highest, and from 6 pairs a 95 %
+/// confidence interval of the median. Rows of one round fall back to one ratio.
+pub fn pair_ratio(ours: &Row, peer: &Row) -> Option<PairRatio> {
     let n = ours.iops_rounds.len();
     if n > 1 && n == peer.iops_rounds.len() {
         let pairs: Vec<f64> = ours
@@ -47,19 +74,63 @@ pub fn pair_ratio(ours: &Row, peer: &Row) -> Option<(f64, Option<(f64, f64)>)> {
         if pairs.len() == n {
             let lo = pairs.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = pairs.iter().copied().fold(0.0, f64::max);
-            return Some((crate::median(&pairs), Some((lo, hi))));
+            return Some(PairRatio {
+                median: crate::median(&pairs),
+                spread: Some((lo, hi)),
+                ci95: crate::median_ci95(&pairs),
+                pairs: n,
+            });
         }
     }
-    (peer.iops > 0.0).then(|| (ours.iops / peer.iops, None))
+    (peer.iops > 0.0).then(|| PairRatio {
+        median: ours.iops / peer.iops,
+        spread: None,
+        ci95: None,
+        pairs: 1,
+    })
 }
 
-/// `0.97×`, or `0.97× (0.91–1.04)` with the spread of the pairs.
 fn pair_ratio_text(ours: &Row, peer: &Row) -> String {
-    match pair_ratio(ours, peer) {
-        Some((m, Some((lo, hi)))) => format!("{m:.2}× ({lo:.2}–{hi:.2})"),
-        Some((m, None)) => format!("{m:.2}×"),
-        None => "–".into(),
+    pair_ratio(ours, peer).map_or_else(|| "–".into(), |r| r.text())
+}
+
+/// `rand_read direct uncached qd 4`: which cell a guidance line means.
+fn cell_name(r: &Row) -> String {
+    format!("{} {} {} qd {}", r.workload, r.io, r.regime, r.qd)
+}
+
+/// What the confidence intervals of ours ÷ fio say: which cells are ahead or behind beyond the
+/// run's noise, and which it cannot tell apart. `None` when no cell had 6 rounds.
+fn fio_verdict(ratios: &[(PairRatio, &Row)]) -> Option<String> {
+    let (mut ahead, mut behind, mut even) = (Vec::new(), Vec::new(), Vec::new());
+    for (pr, r) in ratios {
+        let Some((lo, hi)) = pr.ci95 else { continue };
+        let cell = format!("{} ({:.2}–{:.2})", cell_name(r), lo, hi);
+        if lo > 1.0 {
+            ahead.push(cell);
+        } else if hi < 1.0 {
+            behind.push(cell);
+        } else {
+            even.push(cell);
+        }
     }
+    if ahead.is_empty() && behind.is_empty() && even.is_empty() {
+        return None;
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    Some(format!(
+        "- By the 95 % confidence intervals of those medians: ahead of fio in {}; behind in {}; \
+         not told apart in {} (more or shorter rounds narrow an interval: `--rounds 40 --duration 0.25`).",
+        list(&ahead),
+        list(&behind),
+        list(&even)
+    ))
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -99,7 +170,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
     let _ = writeln!(s, "# storage-io bench report ({})\n", m.started);
     let _ = writeln!(
         s,
-        "{} cores, {:.1} GiB RAM, kernel {}; file `{}` ({} MiB), O_DIRECT granted: {}; {:.1} s per cell, \
+        "{} cores, {:.1} GiB RAM, kernel {}; file `{}` ({} MiB), O_DIRECT granted: {}; {} s per cell, \
          {} round(s) per cell (median shown); fio: {}; page-cache cap: {}.\n",
         m.cores,
         m.mem_total_bytes as f64 / f64::from(1u32 << 30),
@@ -107,7 +178,8 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
         m.file,
         m.file_size_bytes >> 20,
         m.direct_io_granted,
-        m.cell_seconds,
+        // 0.25 stays 0.25 and 2 stays 2: the shortest exact form, to the millisecond.
+        (m.cell_seconds * 1000.0).round() / 1000.0,
         m.rounds,
         m.fio.as_deref().unwrap_or("not run"),
         m.cache_cap
@@ -126,7 +198,9 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
          process per I/O (fio: its own usr+sys). `vs fio` divides our IOPS by fio's in the same \
          cell: io_uring+fixed for our io_uring backends, psync (qd threads) for sync and thread_pool. \
          With several rounds it is the median of the per-round ratios (ours and fio ran back to back \
-         in each round, fio first in every other round), with the lowest and highest in brackets. \
+         in each round, fio first in every other round), with the lowest and highest in brackets and, \
+         from 6 rounds, a 95 % confidence interval of the median (`CI`): where it includes 1.00× \
+         the run cannot tell the two apart. \
          `qd achieved` is the mean number of ops outstanding each time the driver waited; `qd in \
          backend` the mean number the backend held (its ops' total submit → completion time over \
          the cell's wall time, by Little's law; for the scheduler, summed over its workers' \
@@ -310,36 +384,27 @@ pub fn guidance(rows: &[Row]) -> String {
         .iter()
         .filter(|r| r.engine == "storage-io" && r.backend == "uring")
     {
-        if let Some((m, spread)) = peer(rows, r, "fio", "io_uring+fixed").and_then(|p| pair_ratio(r, p)) {
-            ratios.push((m, spread, r));
+        if let Some(pr) = peer(rows, r, "fio", "io_uring+fixed").and_then(|p| pair_ratio(r, p)) {
+            ratios.push((pr, r));
         }
     }
     if !ratios.is_empty() {
         said = true;
-        let values: Vec<f64> = ratios.iter().map(|(x, _, _)| *x).collect();
+        let values: Vec<f64> = ratios.iter().map(|(pr, _)| pr.median).collect();
         let (worst, at) = ratios
             .iter()
-            .min_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(x, _, r)| (*x, format!("{} {} {} qd {}", r.workload, r.io, r.regime, r.qd)))
+            .min_by(|a, b| a.0.median.total_cmp(&b.0.median))
+            .map(|(pr, r)| (pr.median, cell_name(r)))
             .unwrap_or_default();
-        let spread = {
-            let lows: Vec<f64> = ratios
-                .iter()
-                .filter_map(|(_, s, _)| s.map(|(lo, _)| lo))
-                .collect();
-            let highs: Vec<f64> = ratios
-                .iter()
-                .filter_map(|(_, s, _)| s.map(|(_, hi)| hi))
-                .collect();
-            if lows.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; single pairs ranged {:.2}–{:.2}×",
-                    lows.iter().copied().fold(f64::INFINITY, f64::min),
-                    highs.iter().copied().fold(0.0, f64::max)
-                )
-            }
+        let spreads: Vec<(f64, f64)> = ratios.iter().filter_map(|(pr, _)| pr.spread).collect();
+        let spread = if spreads.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; single pairs ranged {:.2}–{:.2}×",
+                spreads.iter().map(|s| s.0).fold(f64::INFINITY, f64::min),
+                spreads.iter().map(|s| s.1).fold(0.0, f64::max)
+            )
         };
         let _ = writeln!(
             s,
@@ -348,6 +413,9 @@ pub fn guidance(rows: &[Row]) -> String {
             values.len(),
             worst
         );
+        if let Some(line) = fio_verdict(&ratios) {
+            let _ = writeln!(s, "{line}");
+        }
     }
 
     // 3b. The scheduler against its raw peer: the IOPS ratio, and where the missing depth went.
@@ -482,7 +550,10 @@ fn scheduler_lines(rows: &[Row]) -> Vec<String> {
         }) else {
             continue;
         };
-        let Some((m, spread)) = pair_ratio(r, raw) else {
+        let Some(PairRatio {
+            median: m, spread, ..
+        }) = pair_ratio(r, raw)
+        else {
             continue;
         };
         let spread = spread.map_or(String::new(), |(lo, hi)| format!(" ({lo:.2}–{hi:.2})"));
@@ -586,11 +657,22 @@ mod tests {
             iops_rounds: vec![30.0, 10.0, 40.0],
             ..row("fio", "io_uring+fixed", "direct", "uncached", 32, 30.0)
         };
-        assert_eq!(pair_ratio(&ours, &fio), Some((1.0, Some((0.5, 1.0)))));
+        assert_eq!(
+            pair_ratio(&ours, &fio),
+            Some(PairRatio {
+                median: 1.0,
+                spread: Some((0.5, 1.0)),
+                ci95: None,
+                pairs: 3
+            })
+        );
         assert_eq!(pair_ratio_text(&ours, &fio), "1.00× (0.50–1.00)");
         // One round (or rounds that do not pair up): the plain ratio.
         let single = row("storage-io", "uring", "direct", "uncached", 32, 15.0);
-        assert_eq!(pair_ratio(&single, &fio), Some((0.5, None)));
+        assert_eq!(
+            pair_ratio(&single, &fio).map(|r| (r.median, r.spread)),
+            Some((0.5, None))
+        );
         let zero = row("fio", "io_uring+fixed", "direct", "uncached", 32, 0.0);
         assert_eq!(pair_ratio(&single, &zero), None);
         let md = markdown(
@@ -602,6 +684,60 @@ mod tests {
         );
         assert!(md.contains("1.00× (0.50–1.00) io_uring+fixed"), "{md}");
         assert!(md.contains("single pairs ranged 0.50–1.00×"), "{md}");
+    }
+
+    #[test]
+    fn fio_verdict_sorts_cells_by_where_their_confidence_interval_lies() {
+        // Twelve rounds per cell. qd 1: every pair 0.9 → behind. qd 4: pairs around 1.0 → not
+        // told apart. qd 16: every pair 1.1 → ahead. qd 32 ran once: no interval, not listed.
+        let fio_rounds = vec![100.0; 12];
+        let cell = |qd: usize, ours: Vec<f64>| {
+            let fio = Row {
+                iops_rounds: fio_rounds.clone(),
+                ..row("fio", "io_uring+fixed", "direct", "uncached", qd, 100.0)
+            };
+            let ours = Row {
+                iops_rounds: ours,
+                ..row("storage-io", "uring", "direct", "uncached", qd, 100.0)
+            };
+            [ours, fio]
+        };
+        let mut rows = Vec::new();
+        rows.extend(cell(1, vec![90.0; 12]));
+        rows.extend(cell(
+            4,
+            vec![
+                95.0, 105.0, 96.0, 104.0, 97.0, 103.0, 98.0, 102.0, 99.0, 101.0, 100.0, 100.0,
+            ],
+        ));
+        rows.extend(cell(16, vec![110.0; 12]));
+        rows.push(row("storage-io", "uring", "direct", "uncached", 32, 100.0));
+        rows.push(row("fio", "io_uring+fixed", "direct", "uncached", 32, 100.0));
+        let g = guidance(&rows);
+        assert!(
+            g.contains("ahead of fio in rand_read direct uncached qd 16 (1.10–1.10)"),
+            "{g}"
+        );
+        assert!(
+            g.contains("behind in rand_read direct uncached qd 1 (0.90–0.90)"),
+            "{g}"
+        );
+        assert!(
+            g.contains("not told apart in rand_read direct uncached qd 4 (0.97–1.03)"),
+            "{g}"
+        );
+        assert!(!g.contains("qd 32 ("), "{g}");
+        let pr = pair_ratio(&rows[2], &rows[3]).unwrap();
+        assert_eq!(pr.text(), "1.00× (0.95–1.05; CI 0.97–1.03)");
+        // Fewer than 6 rounds: no interval and no verdict line.
+        let short: Vec<Row> = rows
+            .iter()
+            .map(|r| Row {
+                iops_rounds: r.iops_rounds.iter().take(4).copied().collect(),
+                ..r.clone()
+            })
+            .collect();
+        assert!(!guidance(&short).contains("confidence intervals"));
     }
 
     #[test]
