@@ -233,7 +233,7 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
         bail!("{errors} of {} ops failed; the first: {e}", ops + errors);
     }
     let iops = ops as f64 / elapsed;
-    let (submit_call_us, submit_calls_per_op) = submit_calls(io.stats(), ops);
+    let (submit_call_us, submit_calls_per_op) = submit_calls_of(io.stats(), ops);
     let per_wait = |x: u64| if waits > 0 { x as f64 / waits as f64 } else { 0.0 };
     Ok(Row {
         workload: cell.workload.clone(),
@@ -259,16 +259,21 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     })
 }
 
-/// A row's `submit_call_us` and `submit_calls_per_op` from `stats`, over `ops` ops (0 where
-/// there were none).
-pub(crate) fn submit_calls(stats: &IoStats, ops: u64) -> (f64, f64) {
-    let us = stats.mean_submit_call().map_or(0.0, |d| d.as_secs_f64() * 1e6);
-    let per_op = if ops > 0 {
-        stats.submit_calls() as f64 / ops as f64
+/// A row's `submit_call_us` and `submit_calls_per_op`: `calls` submit-only system calls that
+/// took `call_ns` in all, over `ops` ops (0 where there were none).
+pub(crate) fn submit_calls(calls: u64, call_ns: u64, ops: u64) -> (f64, f64) {
+    let us = if calls > 0 {
+        call_ns as f64 / calls as f64 / 1e3
     } else {
         0.0
     };
+    let per_op = if ops > 0 { calls as f64 / ops as f64 } else { 0.0 };
     (us, per_op)
+}
+
+/// [`submit_calls`] of one backend's stats.
+pub(crate) fn submit_calls_of(stats: &IoStats, ops: u64) -> (f64, f64) {
+    submit_calls(stats.submit_calls(), stats.submit_call_ns(), ops)
 }
 
 /// The row of a cell that ran `ops` ops of `blocks_per_op` × `cell.block` bytes each.

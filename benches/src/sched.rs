@@ -140,7 +140,7 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let batch = cell.workload == BATCH_READ;
     // Allocating the pages wrote metadata through the backends (published before the answer
     // came back): only the cell's ops count.
-    let held0 = sched.stats().backend_held_ns;
+    let before = sched.stats();
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let deadline = t0 + cell.duration;
@@ -202,10 +202,20 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     sched.shutdown()?;
     // After shutdown every op has completed and been counted (a scan may leave reads in
     // flight when it stops; they end before the workers do).
-    let held = (sched.stats().backend_held_ns - held0) as f64 / 1e9;
+    let after = sched.stats();
+    let held = (after.backend_held_ns - before.backend_held_ns) as f64 / 1e9;
+    // Per page read, as the raw peers count them.
+    let reads = ops * if batch { qd as u64 } else { 1 };
+    let (submit_call_us, submit_calls_per_op) = crate::engine::submit_calls(
+        after.backend_submit_calls - before.backend_submit_calls,
+        after.backend_submit_call_ns - before.backend_submit_call_ns,
+        reads,
+    );
     Ok(Row {
         sched_workers: Some(workers_of(cell)),
         backend_qd: held / t0.elapsed().as_secs_f64(),
+        submit_call_us,
+        submit_calls_per_op,
         ..cell_row(cell, ops, if batch { qd } else { 1 }, secs, cpu, &hist)
     })
 }
@@ -254,7 +264,7 @@ fn run_raw_round_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     io.deregister_fd(fd)?;
-    let (submit_call_us, submit_calls_per_op) = crate::engine::submit_calls(io.stats(), ops * qd as u64);
+    let (submit_call_us, submit_calls_per_op) = crate::engine::submit_calls_of(io.stats(), ops * qd as u64);
     Ok(Row {
         backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(secs)),
         submit_call_us,

@@ -112,6 +112,13 @@ impl IoStats {
         self.submit_calls
     }
 
+    /// Total wall time of the calls counted by [`submit_calls`](Self::submit_calls), in
+    /// nanoseconds. Differences of two readings give the mean over a span, as the scheduler's
+    /// stats do across its workers.
+    pub fn submit_call_ns(&self) -> u64 {
+        self.submit_call_ns
+    }
+
     /// The mean wall time of a submit-only system call, or `None` if there was none.
     ///
     /// On a virtual machine this is mostly the cost of notifying the virtual disk: some

@@ -82,6 +82,12 @@ pub struct SchedulerStats {
     /// outstanding to see how many of them were in the backends rather than on their way
     /// through the scheduler's threads.
     pub backend_held_ns: u64,
+    /// System calls of the workers' backends that only handed queued requests to the kernel
+    /// (io_uring; see `IoStats::submit_calls`), published with `backend_held_ns`.
+    pub backend_submit_calls: u64,
+    /// Their total wall time in nanoseconds: over a span, the difference of two readings
+    /// divided by the difference in `backend_submit_calls` is what one such call cost.
+    pub backend_submit_call_ns: u64,
 }
 
 /// Page-level I/O for a buffer pool or table heap, over any backend.
@@ -382,6 +388,8 @@ impl DiskScheduler {
             metadata_writes: get(&c.metadata_writes),
             allocated_pages: get(&self.allocated),
             backend_held_ns: get(&c.backend_held_ns),
+            backend_submit_calls: get(&c.backend_submit_calls),
+            backend_submit_call_ns: get(&c.backend_submit_call_ns),
         }
     }
 }

@@ -95,6 +95,10 @@ pub(crate) struct Counters {
     pub(crate) metadata_writes: AtomicU64,
     /// Sum of the workers' backend `held_ns` (published before each batch's answers go out).
     pub(crate) backend_held_ns: AtomicU64,
+    /// Sum of the workers' backend `submit_calls` (published with `backend_held_ns`).
+    pub(crate) backend_submit_calls: AtomicU64,
+    /// Sum of the workers' backend `submit_call_ns` (published with `backend_held_ns`).
+    pub(crate) backend_submit_call_ns: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -219,8 +223,9 @@ pub(crate) struct Worker {
     persists: VecDeque<(u64, Vec<u8>, Vec<AllocAnswer>)>,
     persist_busy: bool,
     completions: Vec<IoCompletion>,
-    /// This worker's backend `held_ns` as last added to `counters.backend_held_ns`.
-    held_published: u64,
+    /// This worker's backend `held_ns`, `submit_calls` and `submit_call_ns` as last added to
+    /// the shared counters.
+    published: [u64; 3],
 }
 
 impl Worker {
@@ -263,7 +268,7 @@ impl Worker {
             persists: VecDeque::new(),
             persist_busy: false,
             completions: Vec::with_capacity(64),
-            held_published: 0,
+            published: [0; 3],
         }
     }
 
@@ -299,7 +304,7 @@ impl Worker {
             }
             // The backend counted these ops when it reaped them: publish before answering, so
             // a caller holding an answer sees its op's time in the stats.
-            self.publish_held();
+            self.publish_backend_stats();
             // The device often returns the whole queue at once. Requests that callers send
             // back while the rest are still being answered are taken and submitted between
             // completions, so the device gets new work before the last answer goes out.
@@ -328,14 +333,20 @@ impl Worker {
         taken
     }
 
-    /// Adds the backend's op time since the last call to the shared counter.
-    fn publish_held(&mut self) {
-        let held = self.io.stats().held_ns();
-        bump(
-            &self.counters.backend_held_ns,
-            held.saturating_sub(self.held_published),
-        );
-        self.held_published = held;
+    /// Adds the backend's op time and submit calls since the last call to the shared counters.
+    fn publish_backend_stats(&mut self) {
+        let stats = self.io.stats();
+        let now = [stats.held_ns(), stats.submit_calls(), stats.submit_call_ns()];
+        let c = &self.counters;
+        let shared = [
+            &c.backend_held_ns,
+            &c.backend_submit_calls,
+            &c.backend_submit_call_ns,
+        ];
+        for ((counter, now), last) in shared.into_iter().zip(now).zip(&mut self.published) {
+            bump(counter, now.saturating_sub(*last));
+            *last = now;
+        }
     }
 
     /// What the dispatcher calls after sending to this worker, if the backend can be woken.

@@ -1,0 +1,57 @@
+//! The scheduler on the io_uring backend, for what only a kernel-backed backend produces.
+#![cfg(target_os = "linux")]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use storage_io_core::{BackendFactory, IoConfig, StorageIo};
+use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId};
+use storage_io_uring::{UringStorageIo, usable_or_skip};
+
+#[test]
+fn backend_submit_calls_of_the_workers_reach_the_scheduler_stats() {
+    if !usable_or_skip("backend_submit_calls_of_the_workers_reach_the_scheduler_stats") {
+        return;
+    }
+    let dir = real_dir("sched-uring");
+    // submit_batch 1 (the default): a read is handed to the kernel by a submit-only system call
+    // as soon as a second one is queued behind it.
+    let factory: BackendFactory = Arc::new(|_| {
+        let io = UringStorageIo::new(&IoConfig {
+            queue_depth: 32,
+            submit_batch: 1,
+            ..IoConfig::default()
+        })?;
+        Ok(Box::new(io) as Box<dyn StorageIo>)
+    });
+    let config = IOSchedulerConfig {
+        workers: 1,
+        ..IOSchedulerConfig::default()
+    };
+    let sched = DiskScheduler::open(dir.path(), config, factory).unwrap();
+    let pages = allocate(&sched, 32);
+    for &p in &pages {
+        sched.schedule_write(p, page_bytes(p, 1)).recv().unwrap();
+    }
+    let before = sched.stats();
+    // Every other page, so no two merge: one batch, 16 reads submitted in a row.
+    let want: Vec<PageId> = pages.iter().step_by(2).copied().collect();
+    let got = sched.schedule_read_pages(want.clone()).recv().unwrap();
+    for (bytes, &p) in got.iter().zip(&want) {
+        assert_eq!(stamp(bytes), (p.0, 1));
+    }
+    sched.shutdown().unwrap();
+    let after = sched.stats();
+    assert_eq!(after.read_ios - before.read_ios, 16);
+    let calls = after.backend_submit_calls - before.backend_submit_calls;
+    assert!(
+        (1..=16).contains(&calls),
+        "{calls} submit-only calls for 16 reads submitted in a row"
+    );
+    let ns = after.backend_submit_call_ns - before.backend_submit_call_ns;
+    assert!(ns >= calls * 100, "{calls} system calls took only {ns} ns in all");
+    assert_eq!(sched.stats(), after, "nothing changes after shutdown");
+}
