@@ -124,9 +124,15 @@ fn fio_verdict(ratios: &[(PairRatio, &Row)]) -> Option<String> {
             v.join(", ")
         }
     };
+    // Only where an interval straddles 1.0 and fewer pairs than the suggestion made it.
+    let hint = if !even.is_empty() && ratios.iter().any(|(pr, _)| pr.ci95.is_some() && pr.pairs < 40) {
+        " (more or shorter rounds narrow an interval: `--rounds 40 --duration 0.25`)"
+    } else {
+        ""
+    };
     Some(format!(
         "- By the 95 % confidence intervals of those medians: ahead of fio in {}; behind in {}; \
-         not told apart in {} (more or shorter rounds narrow an interval: `--rounds 40 --duration 0.25`).",
+         not told apart in {}{hint}.",
         list(&ahead),
         list(&behind),
         list(&even)
@@ -727,6 +733,7 @@ mod tests {
             "{g}"
         );
         assert!(!g.contains("qd 32 ("), "{g}");
+        assert!(g.contains("`--rounds 40 --duration 0.25`"), "{g}");
         let pr = pair_ratio(&rows[2], &rows[3]).unwrap();
         assert_eq!(pr.text(), "1.00× (0.95–1.05; CI 0.97–1.03)");
         // Fewer than 6 rounds: no interval and no verdict line.
@@ -738,6 +745,26 @@ mod tests {
             })
             .collect();
         assert!(!guidance(&short).contains("confidence intervals"));
+        // Forty rounds already: the verdict stands without the suggestion.
+        let long: Vec<Row> = rows
+            .iter()
+            .map(|r| Row {
+                iops_rounds: r
+                    .iops_rounds
+                    .iter()
+                    .cycle()
+                    .take(r.iops_rounds.len() * 4)
+                    .copied()
+                    .collect(),
+                ..r.clone()
+            })
+            .collect();
+        let g = guidance(&long);
+        assert!(
+            g.contains("not told apart in rand_read direct uncached qd 4"),
+            "{g}"
+        );
+        assert!(!g.contains("--rounds 40"), "{g}");
     }
 
     #[test]
