@@ -204,8 +204,9 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     // flight when it stops; they end before the workers do).
     let after = sched.stats();
     let held = (after.backend_held_ns - before.backend_held_ns) as f64 / 1e9;
-    // Per page read, as the raw peers count them.
-    let reads = ops * if batch { qd as u64 } else { 1 };
+    // Submit calls per page read, as the raw peers count them.
+    let pages_per_op = if batch { qd } else { 1 };
+    let reads = ops * pages_per_op as u64;
     let (submit_call_us, submit_calls_per_op) = crate::engine::submit_calls(
         after.backend_submit_calls - before.backend_submit_calls,
         after.backend_submit_call_ns - before.backend_submit_call_ns,
@@ -216,7 +217,7 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
         backend_qd: held / t0.elapsed().as_secs_f64(),
         submit_call_us,
         submit_calls_per_op,
-        ..cell_row(cell, ops, if batch { qd } else { 1 }, secs, cpu, &hist)
+        ..cell_row(cell, ops, pages_per_op, secs, cpu, &hist)
     })
 }
 
