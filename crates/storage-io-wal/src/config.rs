@@ -86,6 +86,15 @@ pub struct WalConfig {
     /// later fdatasyncs update no file size or extent map and a full disk shows up when a
     /// segment is created rather than in the middle of a commit. Default true.
     pub preallocate: bool,
+    /// With `preallocate`, zero-fill the next segment on a background thread (through its own
+    /// backend, `factory(2)`) while the current one fills, so the flush that moves into a new
+    /// segment writes only its records instead of the whole segment first. If the next segment
+    /// is not ready yet the flush waits for the fill under way; if preparing it failed, or the
+    /// factory gives no backend for the thread, the flush creates it as without this. A crash
+    /// can leave a prepared segment past the end of the log, which recovery removes (and lists
+    /// in [`RecoveryReport::removed_segments`](crate::RecoveryReport::removed_segments)); a
+    /// clean close removes it. Default true.
+    pub prepare_ahead: bool,
     /// What recovery does with valid records after an invalid one. Default `PointInTime`.
     pub recovery: RecoveryPolicy,
     /// Largest single write handed to the backend, in bytes (larger flushes are split).
@@ -111,6 +120,7 @@ impl Default for WalConfig {
                 max_batch_bytes: 1 << 20,
             },
             preallocate: true,
+            prepare_ahead: true,
             recovery: RecoveryPolicy::PointInTime,
             write_chunk_bytes: 1 << 20,
             direct_io: false,

@@ -56,6 +56,7 @@ mod config;
 mod error;
 pub mod format;
 mod manager;
+mod prepare;
 mod reader;
 pub mod recovery;
 mod segio;

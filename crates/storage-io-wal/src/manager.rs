@@ -25,6 +25,7 @@ use crate::format::{
     KIND_DATA, KIND_SEGMENT_END, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, encode_record,
     encode_segment_header, max_payload_bytes,
 };
+use crate::prepare::Preparer;
 use crate::reader::WalReader;
 use crate::recovery::{RecoveryReport, recover};
 use crate::segio::{IoFailure, SegmentIo, WriteJob};
@@ -72,6 +73,7 @@ struct Counters {
     flushes: AtomicU64,
     datasyncs: AtomicU64,
     bytes_written: AtomicU64,
+    segments_prepared: AtomicU64,
 }
 
 /// Counters of one [`WalManager`] since it was opened.
@@ -86,6 +88,9 @@ pub struct WalStats {
     pub datasyncs: u64,
     /// Bytes of records (and segment headers) written by flushes.
     pub bytes_written: u64,
+    /// New segments a flush took ready-made from the background preparer
+    /// ([`WalConfig::prepare_ahead`]) instead of zero-filling them itself.
+    pub segments_prepared: u64,
 }
 
 struct Shared {
@@ -104,6 +109,8 @@ struct Shared {
     /// Wakes the background flusher of `SyncMode::Async` (close).
     tick: Condvar,
     writer: Mutex<SegmentIo>,
+    /// Zero-fills the next segment ahead of the writer (`prepare_ahead`).
+    preparer: Option<Preparer>,
     counters: Counters,
 }
 
@@ -135,7 +142,8 @@ pub struct WalManager {
 impl WalManager {
     /// Opens (creating if needed) the log in `dir`, recovers it, and returns the manager and the
     /// LSN the next record will get. `factory(0)` builds the backend the log writes through;
-    /// readers build theirs with `factory(1)`.
+    /// readers build theirs with `factory(1)`, and the segment preparer
+    /// ([`WalConfig::prepare_ahead`]) with `factory(2)`.
     pub fn open(
         dir: impl AsRef<Path>,
         config: WalConfig,
@@ -197,6 +205,15 @@ impl WalManager {
             torn_tail_bytes = report.torn_tail_bytes,
             "wal opened"
         );
+        let preparer = if config.preallocate && config.prepare_ahead {
+            start_preparer(&factory, &dir, segment_size, &config)
+        } else {
+            None
+        };
+        if let Some(p) = &preparer {
+            // The segment the next switch moves into (or the first, for a log that has none).
+            p.request(plan.end_segment + u64::from(plan.end_offset > 0));
+        }
         let shared = Arc::new(Shared {
             segment_size,
             dir,
@@ -206,6 +223,7 @@ impl WalManager {
             gather: Condvar::new(),
             tick: Condvar::new(),
             writer: Mutex::new(io),
+            preparer,
             counters: Counters::default(),
             config,
         });
@@ -329,6 +347,7 @@ impl WalManager {
             flushes: c.flushes.load(Ordering::Relaxed),
             datasyncs: c.datasyncs.load(Ordering::Relaxed),
             bytes_written: c.bytes_written.load(Ordering::Relaxed),
+            segments_prepared: c.segments_prepared.load(Ordering::Relaxed),
         }
     }
 
@@ -410,7 +429,39 @@ impl WalManager {
         if let Some(handle) = self.background.lock().take() {
             let _ = handle.join();
         }
+        if let Some(p) = &self.shared.preparer {
+            // After the last flush: a segment prepared and never taken is removed.
+            p.stop();
+        }
         result
+    }
+}
+
+/// Starts the segment preparer on a backend of its own; `None` (with a warning) when the factory
+/// gives no backend for it or the thread cannot start: flushes then create segments themselves.
+fn start_preparer(
+    factory: &BackendFactory,
+    dir: &Path,
+    segment_size: u64,
+    config: &WalConfig,
+) -> Option<Preparer> {
+    let started = factory(2).map_err(|e| e.to_string()).and_then(|backend| {
+        let io = SegmentIo::new(
+            backend,
+            dir,
+            segment_size,
+            config.write_chunk_bytes,
+            config.direct_io,
+        );
+        let sync = config.sync_mode.syncs() && !config.direct_io;
+        Preparer::start(io, sync).map_err(|e| e.to_string())
+    });
+    match started {
+        Ok(p) => Some(p),
+        Err(error) => {
+            tracing::warn!(%error, "the wal cannot prepare segments in the background; flushes will zero-fill them");
+            None
+        }
     }
 }
 
@@ -596,8 +647,18 @@ impl Shared {
         let mut jobs = Vec::with_capacity(pieces.len());
         for p in pieces {
             let fd = if p.offset == 0 {
-                created = true;
-                w.create(p.segment, self.config.preallocate)?
+                let prepared = self.preparer.as_ref().is_some_and(|pr| pr.take(p.segment));
+                if let Some(pr) = &self.preparer {
+                    pr.request(p.segment + 1);
+                }
+                if prepared {
+                    // Zero-filled, durable and named in the directory already.
+                    self.counters.segments_prepared.fetch_add(1, Ordering::Relaxed);
+                    w.existing(p.segment)?
+                } else {
+                    created = true;
+                    w.create(p.segment, self.config.preallocate)?
+                }
             } else {
                 w.existing(p.segment)?
             };

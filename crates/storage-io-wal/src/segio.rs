@@ -181,27 +181,50 @@ impl SegmentIo {
         let fd = self.io.open_file(&self.path_of(segment), &opts)?;
         self.open.insert(segment, fd);
         if preallocate {
-            let zeros = match self.zeros.take() {
-                Some(z) if z.len() == self.write_chunk => z,
-                _ => AlignedBuf::zeroed(self.write_chunk, BLOCK)?,
-            };
-            let jobs: Vec<WriteJob<'_>> = (0..self.segment_size)
-                .step_by(zeros.len())
-                .map(|offset| {
-                    let len = (self.segment_size - offset).min(zeros.len() as u64) as usize;
-                    WriteJob {
-                        fd,
-                        offset,
-                        data: &zeros[..len],
-                    }
-                })
-                .collect();
-            let result = self.write_all(&jobs, false);
-            drop(jobs);
-            self.zeros = Some(zeros);
-            result?;
+            self.zero_fill(fd, self.segment_size, false, &|| false)?;
         }
         Ok(fd)
+    }
+
+    /// Writes zeros over the whole segment open as `fd`, `group` bytes (rounded up to whole
+    /// `write_chunk`s) in flight at a time, each group made durable with a datasync before the
+    /// next when `sync_each`; `stop` is asked between groups, and a `true` ends the fill early.
+    /// Returns whether it filled the whole segment.
+    pub(crate) fn zero_fill(
+        &mut self,
+        fd: IoFd,
+        group: u64,
+        sync_each: bool,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<bool, IoFailure> {
+        let zeros = match self.zeros.take() {
+            Some(z) if z.len() == self.write_chunk => z,
+            _ => AlignedBuf::zeroed(self.write_chunk, BLOCK)?,
+        };
+        let chunk = zeros.len() as u64;
+        let group = group.div_ceil(chunk).max(1) * chunk;
+        let mut result = Ok(true);
+        for start in (0..self.segment_size).step_by(group as usize) {
+            if stop() {
+                result = Ok(false);
+                break;
+            }
+            let end = (start + group).min(self.segment_size);
+            let jobs: Vec<WriteJob<'_>> = (start..end)
+                .step_by(chunk as usize)
+                .map(|offset| WriteJob {
+                    fd,
+                    offset,
+                    data: &zeros[..(end - offset).min(chunk) as usize],
+                })
+                .collect();
+            if let Err(f) = self.write_all(&jobs, sync_each) {
+                result = Err(f);
+                break;
+            }
+        }
+        self.zeros = Some(zeros);
+        result
     }
 
     /// Closes the handles of segments below `segment` (the writer has moved past them).
