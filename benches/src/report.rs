@@ -130,9 +130,17 @@ fn fio_verdict(ratios: &[(PairRatio, &Row)]) -> Option<String> {
     } else {
         ""
     };
+    // The interval covers this run's rounds only. A disk with slow and fast phases changes the
+    // ratio itself from phase to phase, so runs minutes apart can disagree beyond it.
+    let confirm = if ahead.is_empty() && behind.is_empty() {
+        ""
+    } else {
+        " An interval speaks for this run's rounds only: where the disk has slow and fast phases \
+         (a VM's does), the ratio itself moves with them, so confirm a verdict with a second run."
+    };
     Some(format!(
         "- By the 95 % confidence intervals of those medians: ahead of fio in {}; behind in {}; \
-         not told apart in {}{hint}.",
+         not told apart in {}{hint}.{confirm}",
         list(&ahead),
         list(&behind),
         list(&even)
@@ -734,6 +742,7 @@ mod tests {
         );
         assert!(!g.contains("qd 32 ("), "{g}");
         assert!(g.contains("`--rounds 40 --duration 0.25`"), "{g}");
+        assert!(g.contains("confirm a verdict with a second run"), "{g}");
         let pr = pair_ratio(&rows[2], &rows[3]).unwrap();
         assert_eq!(pr.text(), "1.00× (0.95–1.05; CI 0.97–1.03)");
         // Fewer than 6 rounds: no interval and no verdict line.
@@ -765,6 +774,14 @@ mod tests {
             "{g}"
         );
         assert!(!g.contains("--rounds 40"), "{g}");
+        // Nothing called ahead or behind: nothing to confirm.
+        let even_only: Vec<Row> = long.iter().filter(|r| r.qd == 4).cloned().collect();
+        let g = guidance(&even_only);
+        assert!(
+            g.contains("not told apart in rand_read direct uncached qd 4"),
+            "{g}"
+        );
+        assert!(!g.contains("second run"), "{g}");
     }
 
     #[test]
