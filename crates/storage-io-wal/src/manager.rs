@@ -647,10 +647,11 @@ impl Shared {
         let mut jobs = Vec::with_capacity(pieces.len());
         for p in pieces {
             let fd = if p.offset == 0 {
-                let prepared = self.preparer.as_ref().is_some_and(|pr| pr.take(p.segment));
-                if let Some(pr) = &self.preparer {
+                let prepared = self.preparer.as_ref().is_some_and(|pr| {
+                    let taken = pr.take(p.segment);
                     pr.request(p.segment + 1);
-                }
+                    taken
+                });
                 if prepared {
                     // Zero-filled, durable and named in the directory already.
                     self.counters.segments_prepared.fetch_add(1, Ordering::Relaxed);

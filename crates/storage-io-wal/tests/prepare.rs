@@ -25,6 +25,22 @@ fn commit_many(wal: &WalManager, n: u8) -> Vec<(Lsn, Vec<u8>)> {
         .collect()
 }
 
+/// Backends on `fs`, the preparer's (worker 2) passed through `preparer` first.
+fn factory_with_preparer(
+    fs: &MemFs,
+    preparer: impl Fn(Box<dyn StorageIo>) -> Result<Box<dyn StorageIo>, StorageIoError> + Send + Sync + 'static,
+) -> BackendFactory {
+    let inner = mem_factory(fs);
+    Arc::new(move |worker| {
+        let backend = inner(worker)?;
+        if worker == 2 {
+            preparer(backend)
+        } else {
+            Ok(backend)
+        }
+    })
+}
+
 fn segment_files(fs: &MemFs) -> Vec<PathBuf> {
     fs.list()
         .into_iter()
@@ -66,13 +82,8 @@ fn prepared_segments_carry_the_log_and_a_clean_close_leaves_none_behind() {
 #[test]
 fn without_a_backend_for_the_preparer_flushes_create_segments_themselves() {
     let fs = MemFs::new(2);
-    let inner = mem_factory(&fs);
-    let factory: BackendFactory = Arc::new(move |worker| {
-        if worker == 2 {
-            Err(StorageIoError::invalid("no backend for worker 2 in this test"))
-        } else {
-            inner(worker)
-        }
+    let factory = factory_with_preparer(&fs, |_| {
+        Err(StorageIoError::invalid("no backend for worker 2 in this test"))
     });
     let (wal, _) = WalManager::open(DIR, small_config(512), factory.clone()).unwrap();
     let written = commit_many(&wal, 40);
@@ -86,15 +97,9 @@ fn without_a_backend_for_the_preparer_flushes_create_segments_themselves() {
 #[test]
 fn a_failing_preparer_neither_poisons_the_log_nor_leaves_files() {
     let fs = MemFs::new(3);
-    let inner = mem_factory(&fs);
-    let factory: BackendFactory = Arc::new(move |worker| {
-        let backend = inner(worker)?;
-        if worker == 2 {
-            let plan = FaultPlan::new(3).with_probability(Some(OpKind::Write), 1.0, Fault::Eio);
-            Ok(Box::new(FaultyIo::new(backend, plan)) as Box<dyn StorageIo>)
-        } else {
-            Ok(backend)
-        }
+    let factory = factory_with_preparer(&fs, |backend| {
+        let plan = FaultPlan::new(3).with_probability(Some(OpKind::Write), 1.0, Fault::Eio);
+        Ok(Box::new(FaultyIo::new(backend, plan)) as Box<dyn StorageIo>)
     });
     let (wal, _) = WalManager::open(DIR, small_config(512), factory.clone()).unwrap();
     let written = commit_many(&wal, 40);
