@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use storage_io_core::{
@@ -172,15 +172,23 @@ impl MemFs {
         self.state.lock().mutations
     }
 
-    /// Counts one mutating op; fires an armed crash when its count runs out.
-    fn tick(&self, epoch: u64) -> Result<()> {
+    /// Counts one mutating op; fires an armed crash when its count runs out. On success it
+    /// returns the state still locked, and the op makes its change under that same lock: with
+    /// two threads doing I/O, a crash fired by one can then never fall between another's count
+    /// and its change (a write or sync that counted before the crash would otherwise land
+    /// after it, and a sync would report success for data the crash dropped).
+    fn tick(&self, epoch: u64) -> Result<MutexGuard<'_, FsState>> {
         self.tick_with(epoch, None)
     }
 
     /// [`tick`](MemFs::tick) for a write to an `O_DSYNC` file, given as `(path, offset, data)`:
     /// such a write goes to the disk at once, so a crash that fires on it may leave some of its
     /// sectors on the disk (as the crash's tear mode says).
-    fn tick_with(&self, epoch: u64, interrupted: Option<(&Path, u64, &[u8])>) -> Result<()> {
+    fn tick_with(
+        &self,
+        epoch: u64,
+        interrupted: Option<(&Path, u64, &[u8])>,
+    ) -> Result<MutexGuard<'_, FsState>> {
         let mut st = self.state.lock();
         if st.epoch != epoch {
             return Err(StorageIoError::Closed);
@@ -206,7 +214,7 @@ impl MemFs {
                 return Err(StorageIoError::Closed);
             }
         }
-        Ok(())
+        Ok(st)
     }
 }
 
@@ -350,10 +358,9 @@ impl MemIo {
 
     fn sync_inner(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
         self.admit()?;
-        self.fs.tick(self.epoch)?;
-        let started = Instant::now();
         let path = &self.files.get(fd)?.path;
-        let mut st = self.fs.state.lock();
+        let mut st = self.fs.tick(self.epoch)?;
+        let started = Instant::now();
         st.syncs += 1;
         let result = match st.files.get_mut(path) {
             Some(f) => {
@@ -382,13 +389,12 @@ impl InlineBackend for MemIo {
             let at = offset.unwrap_or(h.append_cursor);
             (h.path.as_path(), at, data)
         });
-        self.fs.tick_with(self.epoch, interrupted)?;
+        let mut st = self.fs.tick_with(self.epoch, interrupted)?;
         let (op, offset) = plan_write(&mut h.append_cursor, None, offset, data, self.max_io_bytes)?;
         let end = offset + data.len() as u64;
         if !h.writable {
             return Ok((op, offset, Err(StorageIoError::os(op, EBADF))));
         }
-        let mut st = self.fs.state.lock();
         let Some(file) = st.files.get_mut(&h.path) else {
             return Ok((op, offset, Err(StorageIoError::os(op, ENOENT))));
         };
@@ -440,10 +446,11 @@ impl StorageIo for MemIo {
 
     fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
         self.check_alive()?;
-        if options.create || options.create_new || (options.truncate && options.write) {
-            self.fs.tick(self.epoch)?;
-        }
-        let mut st = self.fs.state.lock();
+        let mut st = if options.create || options.create_new || (options.truncate && options.write) {
+            self.fs.tick(self.epoch)?
+        } else {
+            self.fs.state.lock()
+        };
         let entry = st.files.entry(path.to_path_buf()).or_default();
         match (&mut entry.live, options.create || options.create_new) {
             (Some(_), _) if options.create_new => return Err(StorageIoError::os(OpKind::Write, EEXIST)),
@@ -487,8 +494,7 @@ impl StorageIo for MemIo {
     }
 
     fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        self.fs.tick(self.epoch)?;
-        let mut st = self.fs.state.lock();
+        let mut st = self.fs.tick(self.epoch)?;
         for (path, f) in st.files.iter_mut() {
             if path.parent() == Some(dir) {
                 f.durable_exists = f.live.is_some();
@@ -498,8 +504,7 @@ impl StorageIo for MemIo {
     }
 
     fn remove_file(&mut self, path: &Path) -> Result<()> {
-        self.fs.tick(self.epoch)?;
-        let mut st = self.fs.state.lock();
+        let mut st = self.fs.tick(self.epoch)?;
         match st.files.get_mut(path) {
             Some(f) if f.live.is_some() => {
                 f.live = None;
