@@ -29,7 +29,14 @@ pub const WORKLOADS: &[&str] = &[
 ];
 
 /// Every backend variant the driver knows.
-pub const BACKENDS: &[&str] = &["sync", "thread_pool", "uring", "uring_nofixed", "uring_sqpoll"];
+pub const BACKENDS: &[&str] = &[
+    "sync",
+    "thread_pool",
+    "uring",
+    "uring_nofixed",
+    "uring_sqpoll",
+    "uring_heapbuf",
+];
 
 /// One cell of ours.
 #[derive(Debug, Clone)]
@@ -66,7 +73,7 @@ pub fn make_backend(name: &str, qd: usize) -> Result<Box<dyn StorageIo>> {
     let (kind, config) = match name {
         "sync" => (BackendKind::Sync, config),
         "thread_pool" => (BackendKind::ThreadPool, config),
-        "uring" => (BackendKind::IoUring, config),
+        "uring" | "uring_heapbuf" => (BackendKind::IoUring, config),
         "uring_nofixed" => (
             BackendKind::IoUring,
             IoConfig {
@@ -163,9 +170,18 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     let mut io = make_backend(&cell.backend, qd)?;
     let fd = io.register_fd(opened.file)?;
     let mut offsets = Offsets::new(cell);
+    // Buffers from the backend (`alloc_buf`): io_uring lends its registered buffers, so reads
+    // and writes on them need no copy, as with fio's fixedbufs. `uring_heapbuf` brings its own
+    // heap buffers instead, which io_uring stages through registered memory and copies.
+    let own = cell.backend == "uring_heapbuf";
     let mut free: Vec<IoBuf> = (0..qd)
         .map(|i| {
-            let b = AlignedBuf::from_slice(&vec![i as u8 | 1; block], 4096)?;
+            let mut b = if own {
+                AlignedBuf::zeroed(block, 4096)?
+            } else {
+                io.alloc_buf(block)?
+            };
+            b.fill(i as u8 | 1);
             Ok(IoBuf::from(b))
         })
         .collect::<Result<_, storage_io_core::StorageIoError>>()?;

@@ -51,7 +51,7 @@ pub struct Row {
     pub workload: String,
     /// `storage-io` or `fio`.
     pub engine: String,
-    /// Ours: `sync`, `thread_pool`, `uring`, `uring_nofixed`, `uring_sqpoll`; fio: `psync`,
+    /// Ours: `sync`, `thread_pool`, `uring`, `uring_nofixed`, `uring_sqpoll`, `uring_heapbuf`; fio: `psync`,
     /// `io_uring`, `io_uring+fixed`.
     pub backend: String,
     /// `direct` or `buffered`.

@@ -40,7 +40,7 @@ struct Args {
     /// sync per op), segment_read (sequential reads through the async file API).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
-    /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll.
+    /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll, uring_heapbuf (the caller's own heap buffers: reads staged in registered memory and copied).
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
     /// I/O mode: direct, buffered or both.

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::buf::IoBuf;
+use crate::buf::{AlignedBuf, IoBuf};
 use crate::direct::{OpenOptions, open_file};
 use crate::error::{Result, StorageIoError, SubmitError};
 use crate::op::{Capabilities, IoCompletion, IoFd, IoToken};
@@ -119,6 +119,33 @@ pub trait StorageIo: Send {
         std::fs::create_dir_all(dir).map_err(|e| StorageIoError::from_io(crate::OpKind::Write, &e))
     }
 
+    /// An aligned buffer of `len` bytes (capacity at least `len`) that suits this backend best.
+    ///
+    /// A backend with memory registered with the kernel lends one of those buffers when one is
+    /// free and `len` fits: reads into it and writes from it then skip the copy through the
+    /// backend's own registered memory. The io_uring backend does this; where none is free, and
+    /// on every other backend (this default), it is a fresh zeroed allocation at
+    /// [`DEFAULT_ALIGNMENT`](crate::DEFAULT_ALIGNMENT). A lent buffer holds whatever its last
+    /// use left in it, goes back on drop, and stays valid after the backend is gone; holding
+    /// many for long leaves the backend fewer for its own staging, never fewer ops.
+    ///
+    /// ```
+    /// use storage_io_core::StorageIo;
+    ///
+    /// fn read_first_page(io: &mut dyn StorageIo, fd: storage_io_core::IoFd) -> storage_io_core::Result<u8> {
+    ///     let buf = io.alloc_buf(4096)?;
+    ///     io.submit_read(fd, buf.into(), 0).map_err(|e| e.error)?;
+    ///     let mut done = Vec::new();
+    ///     io.wait_completions(&mut done, 1, None)?;
+    ///     let page = done.pop().and_then(|c| c.buf).expect("a read hands its buffer back");
+    ///     Ok(page.first().copied().unwrap_or(0))
+    /// }
+    /// # let _ = read_first_page;
+    /// ```
+    fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
+        AlignedBuf::zeroed(len, crate::DEFAULT_ALIGNMENT)
+    }
+
     /// Reads `buf.len()` bytes at `offset` into `buf`; the buffer comes back in the completion,
     /// truncated to the bytes read.
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>>;
@@ -224,6 +251,9 @@ impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     }
     fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
         (**self).create_dir_all(dir)
+    }
+    fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
+        (**self).alloc_buf(len)
     }
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
         (**self).submit_read(fd, buf, offset)

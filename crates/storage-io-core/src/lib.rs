@@ -47,7 +47,7 @@ mod stats;
 mod wake;
 
 pub use backend::{BackendFactory, StorageIo, list_dir_default, sync_dir_default};
-pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf};
+pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, FixedBufs, IoBuf};
 pub use config::{BackendKind, IoConfig};
 pub use direct::{
     DirectMode, OpenOptions, OpenedFile, direct_alignment, file_facts, file_len_of, open_file, plan_write,

@@ -74,6 +74,7 @@ pub const CASES: &[&str] = &[
     "wait_completions_returns_when_idle",
     "stats_count_every_op",
     "random_ops_match_the_model",
+    "alloc_buf_carries_io_and_outlives_the_backend",
 ];
 
 /// Runs every case against backends made by `make` (a fresh backend per case), with default
@@ -103,7 +104,7 @@ where
         backend: make().name(),
     };
     type Case = fn(&mut Ctx<'_>);
-    let cases: [Case; 14] = [
+    let cases: [Case; 15] = [
         read_after_write,
         unique_tokens_across_op_kinds,
         write_datasync_returns_buffers_and_drains,
@@ -118,6 +119,7 @@ where
         wait_completions_returns_when_idle,
         stats_count_every_op,
         random_ops_match_the_model,
+        alloc_buf_carries_io_and_outlives_the_backend,
     ];
     for (name, case) in CASES.iter().zip(cases) {
         let started = Instant::now();
@@ -1059,6 +1061,67 @@ impl Harness<'_> {
         }
         Ok(())
     }
+}
+
+/// [`StorageIo::alloc_buf`]: aligned buffers of the asked length, more of them than the backend
+/// has in flight (a lending backend runs out of its own and must fall back), usable for owned
+/// writes and reads, and valid after the backend is dropped.
+fn alloc_buf_carries_io_and_outlives_the_backend(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, _) = ctx.create(io.as_mut(), "alloc-buf");
+    let empty = io.alloc_buf(0).expect("alloc_buf(0)");
+    assert!(empty.is_empty(), "alloc_buf(0) has length 0");
+    let count = io.capabilities().max_in_flight.clamp(1, 64) + 2;
+    let mut bufs: Vec<AlignedBuf> = (0..count)
+        .map(|i| {
+            let mut b = io.alloc_buf(4096).expect("alloc_buf(4096)");
+            assert_eq!(b.len(), 4096, "alloc_buf sets the length asked for");
+            assert!(b.capacity() >= 4096);
+            assert_eq!(b.as_ptr() as usize % 4096, 0, "alloc_buf is page-aligned");
+            b.copy_from_slice(&pattern(100 + i as u64, 4096));
+            b
+        })
+        .collect();
+    let per_burst = burst(io.as_ref(), 8);
+    let mut written = 0;
+    while written < count {
+        let end = (written + per_burst).min(count);
+        for (i, b) in bufs.drain(..end - written).enumerate() {
+            let offset = ((written + i) * 4096) as u64;
+            io.submit_write_buf(fd, b.into(), offset)
+                .map_err(|e| e.error)
+                .expect("submit_write_buf with an alloc_buf buffer");
+        }
+        for c in drain(io.as_mut()) {
+            ok_bytes(&c);
+        }
+        written = end;
+    }
+    for i in 0..count {
+        let buf = io.alloc_buf(4096).expect("alloc_buf for a read");
+        let token = io
+            .submit_read(fd, buf.into(), (i * 4096) as u64)
+            .map_err(|e| e.error)
+            .expect("submit_read into an alloc_buf buffer");
+        let c = drain(io.as_mut())
+            .into_iter()
+            .find(|c| c.token == token)
+            .expect("the read's completion");
+        assert_eq!(ok_bytes(&c), 4096);
+        let got = c.buf.expect("a read hands its buffer back");
+        assert!(
+            got.as_slice() == pattern(100 + i as u64, 4096).as_slice(),
+            "page {i} read back wrong"
+        );
+    }
+    let mut kept = io.alloc_buf(4096).expect("alloc_buf");
+    kept.fill(7);
+    drop(io);
+    kept[0] = 8;
+    assert!(
+        kept[0] == 8 && kept[4095] == 7,
+        "a buffer from alloc_buf stays valid after its backend is dropped"
+    );
 }
 
 fn random_ops_match_the_model(ctx: &mut Ctx<'_>) {

@@ -22,8 +22,8 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use storage_io_core::{
-    Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result, StorageIo,
-    StorageIoError, SubmitError, TokenCounter, deliver_ready,
+    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result,
+    StorageIo, StorageIoError, SubmitError, TokenCounter, deliver_ready,
 };
 
 /// The errno values injected.
@@ -448,6 +448,10 @@ impl<B: StorageIo> StorageIo for FaultyIo<B> {
 
     fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
         self.inner.create_dir_all(dir)
+    }
+
+    fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
+        self.inner.alloc_buf(len)
     }
 
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use storage_io_core::{
-    Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result, StorageIo,
-    SubmitError,
+    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result,
+    StorageIo, SubmitError,
 };
 
 /// A switch shared between a test and its [`GatedIo`] backends. It starts closed. It also
@@ -156,6 +156,9 @@ impl<B: StorageIo> StorageIo for GatedIo<B> {
     }
     fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
         self.inner.create_dir_all(dir)
+    }
+    fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
+        self.inner.alloc_buf(len)
     }
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
         let result = self.inner.submit_read(fd, buf, offset);

@@ -9,9 +9,13 @@
 //! - preallocated op slots; an SQE's `user_data` is its slot index;
 //! - a sparse fixed-file table of `max_files` entries: `register_fd` fills the slot with the same
 //!   index as the `IoFd`, and SQEs use `types::Fixed`;
-//! - a pool of `queue_depth` registered buffers of `buffer_size` bytes (`ReadFixed`/`WriteFixed`
-//!   when a slot is free and the transfer fits; plain `Read`/`Write` otherwise). If registration
-//!   fails (RLIMIT_MEMLOCK), the backend runs unregistered and says so in `capabilities().notes`.
+//! - a pool of `queue_depth` registered buffers of `buffer_size` bytes (a [`FixedBufs`] area).
+//!   [`StorageIo::alloc_buf`] lends them to callers, and I/O on a lent buffer is done in place
+//!   with `ReadFixed`/`WriteFixed`. A read into any other buffer is staged in a free registered
+//!   buffer and copied out on completion, and a copied write (`submit_write`, `submit_append`)
+//!   is staged in one; with none free or a transfer too big, plain `Read`/`Write` on the
+//!   caller's memory. If registration fails (RLIMIT_MEMLOCK), the backend runs unregistered
+//!   and says so in `capabilities().notes`.
 //!
 //! **Datasync barrier.** io_uring does not order SQEs. A datasync/fsync on fd F is held in user
 //! space while any write to F is in the kernel, and pushed when the last one is reaped; writes to
@@ -27,9 +31,9 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, squeue, types};
 use storage_io_core::{
-    AlignedBuf, Capabilities, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
-    StorageIo, StorageIoError, SubmitError, TokenCounter, WaitWaker, WakeState, deliver_ready, file_facts,
-    file_len_of, plan_write, validate_transfer,
+    AlignedBuf, Capabilities, FdTable, FixedBufs, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken,
+    OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter, WaitWaker, WakeState,
+    deliver_ready, file_facts, file_len_of, plan_write, validate_transfer,
 };
 
 use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
@@ -162,16 +166,15 @@ fn kick_eventfd(fd: RawFd) {
 enum Payload {
     /// Nothing (free slot, or a sync).
     None,
-    /// A read straight into the caller's buffer.
+    /// A read straight into the caller's buffer (in place with `ReadFixed` when it is one of
+    /// our registered buffers).
     Read(IoBuf),
-    /// A read into registered buffer `idx`, copied into the caller's buffer on completion.
-    ReadFixed { idx: u16, user: IoBuf },
-    /// A write of the caller's owned buffer (handed back).
+    /// A read into a registered staging buffer, copied into the caller's buffer on completion.
+    ReadStaged { staging: AlignedBuf, user: IoBuf },
+    /// A write of the caller's owned buffer (handed back; `WriteFixed` when it is registered).
     WriteOwned(IoBuf),
-    /// A copied write staged in registered buffer `idx`.
-    WriteFixed { idx: u16 },
-    /// A copied write staged in backend heap memory (recycled).
-    WriteHeap(AlignedBuf),
+    /// A copied write, staged in a registered buffer or in backend heap memory (recycled).
+    WriteStaged(AlignedBuf),
     /// datasync or fsync.
     Sync,
 }
@@ -221,28 +224,11 @@ struct UringFile {
     held: VecDeque<u32>,
 }
 
-/// Registered (fixed) buffers: one allocation split in `count` slices of `size` bytes.
-struct FixedBuffers {
-    memory: AlignedBuf,
-    size: usize,
-    free: Vec<u16>,
-}
-
-impl FixedBuffers {
-    fn ptr(&mut self, idx: u16) -> *mut u8 {
-        // SAFETY: idx < count (indices come only from `free`, filled with 0..count), so the
-        // offset stays inside `memory`, which is count * size bytes long.
-        unsafe { self.memory.as_mut_ptr().add(idx as usize * self.size) }
-    }
-
-    fn slice(&self, idx: u16, len: usize) -> &[u8] {
-        let start = idx as usize * self.size;
-        &self.memory[start..start + len.min(self.size)]
-    }
-
-    fn slice_mut(&mut self, idx: u16, len: usize) -> &mut [u8] {
-        let start = idx as usize * self.size;
-        &mut self.memory[start..start + len.min(self.size)]
+/// The registered-buffer index of `buf` when it is one of `fixed`'s buffers.
+fn registered_index(fixed: Option<&FixedBufs>, buf: &IoBuf) -> Option<u16> {
+    match (fixed, buf) {
+        (Some(f), IoBuf::Aligned(b)) => f.index_of(b),
+        _ => None,
     }
 }
 
@@ -264,7 +250,9 @@ pub struct UringStorageIo {
     // Field order matters for Drop: the ring closes (and unregisters buffers and files) before
     // the buffer memory and the files are freed.
     ring: IoUring,
-    fixed: Option<FixedBuffers>,
+    /// The registered buffers. Lent buffers hold the memory alive past the ring, and the
+    /// ring's close unregisters it before this field drops.
+    fixed: Option<FixedBufs>,
     files: FdTable<UringFile>,
     config: IoConfig,
     registered_files: bool,
@@ -283,6 +271,8 @@ pub struct UringStorageIo {
     heap_staging: Vec<AlignedBuf>,
     /// Reaped CQEs waiting to be processed (preallocated; no allocation while reaping).
     reaped: Vec<(u64, i32)>,
+    /// Reads and writes done in place on a caller's lent registered buffer.
+    in_place_ops: u64,
     stats: IoStats,
     report: ProbeReport,
     /// Set up by the first `wait_waker` call.
@@ -398,6 +388,7 @@ impl UringStorageIo {
             in_kernel: 0,
             heap_staging: Vec::with_capacity(config.queue_depth),
             reaped: Vec::with_capacity(config.queue_depth * 2),
+            in_place_ops: 0,
             stats: IoStats::new(),
             report,
             wake: None,
@@ -408,6 +399,12 @@ impl UringStorageIo {
     /// What the probe found when this instance was built.
     pub fn probe_report(&self) -> &ProbeReport {
         &self.report
+    }
+
+    /// How many reads and writes were done in place on a buffer this backend lent
+    /// ([`StorageIo::alloc_buf`]), with no copy through its own registered memory.
+    pub fn in_place_ops(&self) -> u64 {
+        self.in_place_ops
     }
 
     fn admit(&self) -> Result<()> {
@@ -512,52 +509,58 @@ impl UringStorageIo {
                 }
             };
         }
+        // A registered buffer goes in by index (`*Fixed`), any other memory by address. The
+        // kernel checks that a fixed transfer lies inside the buffer of that index.
+        macro_rules! read_into {
+            ($ptr:expr, $index:expr) => {
+                match $index {
+                    Some(b) => with_fd!(|t| opcode::ReadFixed::new(t, $ptr, remaining, b)
+                        .offset(offset)
+                        .build()),
+                    None => with_fd!(|t| opcode::Read::new(t, $ptr, remaining).offset(offset).build()),
+                }
+            };
+        }
+        macro_rules! write_from {
+            ($ptr:expr, $index:expr) => {
+                match $index {
+                    Some(b) => with_fd!(|t| opcode::WriteFixed::new(t, $ptr, remaining, b)
+                        .offset(offset)
+                        .build()),
+                    None => with_fd!(|t| opcode::Write::new(t, $ptr, remaining)
+                        .offset(offset)
+                        .build()),
+                }
+            };
+        }
+        let fixed = self.fixed.as_ref();
         let entry = match &mut slot.payload {
             Payload::Read(buf) => {
+                let index = registered_index(fixed, buf);
                 // SAFETY: done <= len == buf.len(), so the pointer stays inside the buffer. The
                 // buffer is owned by this slot until its completion is reaped, and moving the
                 // IoBuf value does not move its heap memory, so the kernel's pointer stays valid.
                 let ptr = unsafe { buf.as_mut_slice().as_mut_ptr().add(done) };
-                with_fd!(|t| opcode::Read::new(t, ptr, remaining).offset(offset).build())
+                read_into!(ptr, index)
             }
-            Payload::ReadFixed { idx: b, .. } => {
-                let b = *b;
-                let base = self.fixed.as_mut().map(|f| f.ptr(b));
-                match base {
-                    Some(base) => {
-                        // SAFETY: done < len <= buffer size, so base + done stays inside
-                        // registered buffer b, which lives (in `self.fixed`) until the ring closes.
-                        let ptr = unsafe { base.add(done) };
-                        with_fd!(|t| opcode::ReadFixed::new(t, ptr, remaining, b)
-                            .offset(offset)
-                            .build())
-                    }
-                    None => opcode::Nop::new().build(),
-                }
+            Payload::ReadStaged { staging, .. } => {
+                let index = fixed.and_then(|f| f.index_of(staging));
+                // SAFETY: as for Read: done <= len == staging.len(), and the staging buffer is
+                // owned by the slot until reaped; its memory (a registered area) never moves.
+                let ptr = unsafe { staging.as_mut_ptr().add(done) };
+                read_into!(ptr, index)
             }
             Payload::WriteOwned(buf) => {
+                let index = registered_index(fixed, buf);
                 // SAFETY: as for Read: in bounds, owned by the slot until reaped, heap-stable.
                 let ptr = unsafe { buf.as_slice().as_ptr().add(done) };
-                with_fd!(|t| opcode::Write::new(t, ptr, remaining).offset(offset).build())
+                write_from!(ptr, index)
             }
-            Payload::WriteHeap(buf) => {
+            Payload::WriteStaged(buf) => {
+                let index = fixed.and_then(|f| f.index_of(buf));
                 // SAFETY: as for Read: in bounds, owned by the slot until reaped, heap-stable.
                 let ptr = unsafe { buf.as_ptr().add(done) };
-                with_fd!(|t| opcode::Write::new(t, ptr, remaining).offset(offset).build())
-            }
-            Payload::WriteFixed { idx: b } => {
-                let b = *b;
-                let base = self.fixed.as_mut().map(|f| f.ptr(b));
-                match base {
-                    Some(base) => {
-                        // SAFETY: as for ReadFixed.
-                        let ptr = unsafe { base.add(done) }.cast_const();
-                        with_fd!(|t| opcode::WriteFixed::new(t, ptr, remaining, b)
-                            .offset(offset)
-                            .build())
-                    }
-                    None => opcode::Nop::new().build(),
-                }
+                write_from!(ptr, index)
             }
             Payload::Sync => {
                 let flags = if slot.op == OpKind::Fsync {
@@ -719,25 +722,19 @@ impl UringStorageIo {
                 }
                 Some(b)
             }
-            Payload::ReadFixed { idx: b, mut user } => {
-                if let (Ok(n), Some(fixed)) = (&result, self.fixed.as_mut()) {
-                    user.as_mut_slice()[..*n].copy_from_slice(fixed.slice(b, *n));
-                    user.truncate(*n);
+            Payload::ReadStaged { staging, mut user } => {
+                if let Ok(n) = result {
+                    user.as_mut_slice()[..n].copy_from_slice(&staging[..n]);
+                    user.truncate(n);
                 }
-                if let Some(fixed) = self.fixed.as_mut() {
-                    fixed.free.push(b);
-                }
+                // Dropping the staging buffer puts it back on the registered free list.
                 Some(user)
             }
             Payload::WriteOwned(b) => Some(b),
-            Payload::WriteFixed { idx: b } => {
-                if let Some(fixed) = self.fixed.as_mut() {
-                    fixed.free.push(b);
-                }
-                None
-            }
-            Payload::WriteHeap(b) => {
-                if self.heap_staging.len() < self.heap_staging.capacity()
+            Payload::WriteStaged(b) => {
+                // Registered staging goes back to its free list on drop; heap staging is kept.
+                if !b.is_pooled()
+                    && self.heap_staging.len() < self.heap_staging.capacity()
                     && b.capacity() <= self.config.buffer_size
                 {
                     self.heap_staging.push(b);
@@ -778,12 +775,9 @@ impl UringStorageIo {
 
     /// Stages a copied write: a registered buffer when one is free and big enough, else heap.
     fn stage_copy(&mut self, data: &[u8]) -> Result<Payload> {
-        if let Some(fixed) = self.fixed.as_mut()
-            && data.len() <= fixed.size
-            && let Some(b) = fixed.free.pop()
-        {
-            fixed.slice_mut(b, data.len()).copy_from_slice(data);
-            return Ok(Payload::WriteFixed { idx: b });
+        if let Some(mut b) = self.fixed.as_ref().and_then(|f| f.take(data.len())) {
+            b.copy_from_slice(data);
+            return Ok(Payload::WriteStaged(b));
         }
         let mut buf = match self.heap_staging.pop() {
             Some(b) if b.capacity() >= data.len() => b,
@@ -794,7 +788,7 @@ impl UringStorageIo {
         };
         buf.clear();
         buf.extend_from_slice(data)?;
-        Ok(Payload::WriteHeap(buf))
+        Ok(Payload::WriteStaged(buf))
     }
 
     fn write_checked(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<(OpKind, u64)> {
@@ -912,29 +906,28 @@ fn unsupported(why: Unavailable) -> StorageIoError {
     }
 }
 
-fn register_buffers(ring: &IoUring, count: usize, size: usize) -> std::io::Result<FixedBuffers> {
-    let total = count
-        .checked_mul(size)
+/// Allocates `count` buffers of `size` bytes (rounded up to a whole page) and registers them.
+fn register_buffers(ring: &IoUring, count: usize, size: usize) -> std::io::Result<FixedBufs> {
+    let align = storage_io_core::DEFAULT_ALIGNMENT;
+    let size = size
+        .checked_next_multiple_of(align)
         .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let mut memory = AlignedBuf::zeroed(total, storage_io_core::DEFAULT_ALIGNMENT)
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    let base = memory.as_mut_ptr();
-    let iovecs: Vec<libc::iovec> = (0..count)
-        .map(|i| libc::iovec {
-            // SAFETY: i < count, so i * size < total: the pointer stays inside `memory`.
-            iov_base: unsafe { base.add(i * size) }.cast(),
-            iov_len: size,
+    let fixed =
+        FixedBufs::new(count, size, align).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let iovecs: Vec<libc::iovec> = fixed
+        .regions()
+        .map(|(base, len)| libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
         })
         .collect();
-    // SAFETY: every iovec points into `memory`, which is moved into the returned FixedBuffers and
-    // kept by UringStorageIo until after the ring (declared first) is dropped, which unregisters
-    // the buffers. Moving `memory` does not move its heap allocation.
+    // SAFETY: every iovec is one buffer of the area, which stays allocated while the returned
+    // FixedBufs (kept by UringStorageIo until after the ring, declared first, closes and so
+    // unregisters the buffers) or any buffer lent from it lives. The kernel writes a registered
+    // buffer only for a ReadFixed naming its index, which this backend issues only while it
+    // owns that buffer (a lent one moved in by the caller, or its own staging).
     unsafe { ring.submitter().register_buffers(&iovecs)? };
-    Ok(FixedBuffers {
-        memory,
-        size,
-        free: (0..count as u16).rev().collect(),
-    })
+    Ok(fixed)
 }
 
 impl StorageIo for UringStorageIo {
@@ -992,6 +985,15 @@ impl StorageIo for UringStorageIo {
         file_len_of(&self.files.get(fd)?.file)
     }
 
+    /// Lends a free registered buffer when `len` fits one (see [`StorageIo::alloc_buf`]); else
+    /// a fresh aligned allocation.
+    fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
+        match self.fixed.as_ref().and_then(|f| f.take(len)) {
+            Some(buf) => Ok(buf),
+            None => AlignedBuf::zeroed(len, storage_io_core::DEFAULT_ALIGNMENT),
+        }
+    }
+
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
         let checked = self.admit().and_then(|()| {
             let f = self.files.get(fd)?;
@@ -1001,28 +1003,27 @@ impl StorageIo for UringStorageIo {
             return Err(SubmitError::new(e, buf));
         }
         let len = buf.len();
-        let fixed_idx = match self.fixed.as_mut() {
-            Some(f) if len <= f.size => f.free.pop(),
+        let in_place = registered_index(self.fixed.as_ref(), &buf).is_some();
+        let staging = match self.fixed.as_ref() {
+            Some(f) if !in_place => f.take(len),
             _ => None,
         };
-        let payload = match fixed_idx {
-            Some(idx) => Payload::ReadFixed { idx, user: buf },
+        let payload = match staging {
+            Some(staging) => Payload::ReadStaged { staging, user: buf },
             None => Payload::Read(buf),
         };
-        self.start(fd, OpKind::Read, offset, len, payload).map_err(|p| {
+        let token = self.start(fd, OpKind::Read, offset, len, payload).map_err(|p| {
             let limit = self.config.queue_depth;
             let buf = match p {
-                Payload::ReadFixed { idx, user } => {
-                    if let Some(f) = self.fixed.as_mut() {
-                        f.free.push(idx);
-                    }
-                    user
-                }
+                // The staging buffer goes back to the free list as it drops here.
+                Payload::ReadStaged { user, .. } => user,
                 Payload::Read(b) => b,
                 _ => IoBuf::Vec(Vec::new()),
             };
             SubmitError::new(StorageIoError::QueueFull { limit }, buf)
-        })
+        })?;
+        self.in_place_ops += u64::from(in_place);
+        Ok(token)
     }
 
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
@@ -1035,7 +1036,9 @@ impl StorageIo for UringStorageIo {
             Err(e) => return Err(SubmitError::new(e, buf)),
         };
         let len = buf.len();
-        self.start(fd, op, offset, len, Payload::WriteOwned(buf))
+        let in_place = registered_index(self.fixed.as_ref(), &buf).is_some();
+        let token = self
+            .start(fd, op, offset, len, Payload::WriteOwned(buf))
             .map_err(|p| {
                 let buf = match p {
                     Payload::WriteOwned(b) => b,
@@ -1047,7 +1050,9 @@ impl StorageIo for UringStorageIo {
                     },
                     buf,
                 )
-            })
+            })?;
+        self.in_place_ops += u64::from(in_place);
+        Ok(token)
     }
 
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {

@@ -1,6 +1,7 @@
 //! Ring-0 rule on io_uring: after warm-up, submit + poll allocate nothing — copied writes staged
 //! in registered buffers, reads through registered buffers, owned-buffer writes, appends and
-//! datasyncs, with and without registered buffers.
+//! datasyncs, with and without registered buffers, and with the caller's buffers lent by the
+//! backend (I/O in place on registered memory).
 
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
@@ -14,7 +15,7 @@ use storage_io_uring::{UringStorageIo, usable_or_skip};
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
-fn steady_state_allocations(config: &IoConfig, direct: bool) -> u64 {
+fn steady_state_allocations(config: &IoConfig, direct: bool, lent: bool) -> u64 {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut io = UringStorageIo::new(config).unwrap();
     let fd = io
@@ -22,7 +23,14 @@ fn steady_state_allocations(config: &IoConfig, direct: bool) -> u64 {
         .unwrap();
     let mut done: Vec<IoCompletion> = Vec::with_capacity(256);
     let mut bufs: Vec<IoBuf> = (0..8)
-        .map(|_| AlignedBuf::page_aligned(4096).unwrap().into())
+        .map(|_| {
+            let buf = if lent {
+                io.alloc_buf(4096).unwrap()
+            } else {
+                AlignedBuf::page_aligned(4096).unwrap()
+            };
+            buf.into()
+        })
         .collect();
     let payload = AlignedBuf::from_slice(&[9u8; 4096], 4096).unwrap();
 
@@ -64,6 +72,12 @@ fn steady_state_allocations(config: &IoConfig, direct: bool) -> u64 {
             round(&mut io, &mut done, &mut bufs, i);
         }
     });
+    if lent {
+        assert!(
+            io.in_place_ops() >= 2 * 1064,
+            "the lent buffers were not used in place"
+        );
+    }
     allocs
 }
 
@@ -73,9 +87,10 @@ fn uring_submit_and_poll_do_not_alloc_in_steady_state() {
         return;
     }
     assert!(counting_is_installed(), "the counting allocator is not counting");
-    for (what, config, direct) in [
-        ("registered buffers, buffered", IoConfig::default(), false),
-        ("registered buffers, direct", IoConfig::default(), true),
+    for (what, config, direct, lent) in [
+        ("registered buffers, buffered", IoConfig::default(), false, false),
+        ("registered buffers, direct", IoConfig::default(), true, false),
+        ("lent registered buffers, direct", IoConfig::default(), true, true),
         (
             "no registered buffers, direct",
             IoConfig {
@@ -83,9 +98,10 @@ fn uring_submit_and_poll_do_not_alloc_in_steady_state() {
                 ..IoConfig::default()
             },
             true,
+            false,
         ),
     ] {
-        let allocs = steady_state_allocations(&config, direct);
+        let allocs = steady_state_allocations(&config, direct, lent);
         assert_eq!(
             allocs, 0,
             "{what}: {allocs} allocations in 1000 rounds of submit+poll"
