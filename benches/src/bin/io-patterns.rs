@@ -107,6 +107,35 @@ struct Plan {
     duration: Duration,
     size_bytes: u64,
     rounds: usize,
+    /// The quick preset with the rounds and the duration left to it: a narrow selection gets
+    /// [`NARROW_ROUNDS`] short rounds instead of one (see [`widen_if_narrow`]).
+    widen_if_narrow: bool,
+}
+
+/// A quick run of at most this many cells per round is narrow enough to repeat.
+const NARROW_MAX_CELLS: usize = 24;
+/// Rounds of a narrow quick run: enough for the report's 95 % confidence interval (from 6).
+const NARROW_ROUNDS: usize = 10;
+// The report gives a confidence interval from 6 rounds, and the sides take turns going first.
+const _: () = assert!(NARROW_ROUNDS >= 6 && NARROW_ROUNDS.is_multiple_of(2));
+/// Seconds per cell of a narrow quick run (10 rounds of 24 cells, with fio's start-up, ≈ 2 min).
+const NARROW_DURATION: f64 = 0.25;
+
+/// A quick run narrowed to a few cells (`--workload rand_read --backend uring --io direct`
+/// is 16) takes seconds at one round, and one round of a cell on a noisy disk says little. Such a
+/// run gets [`NARROW_ROUNDS`] rounds of [`NARROW_DURATION`] s instead, so each comparison with
+/// fio comes with a confidence interval. Returns the note for the report when it widens.
+fn widen_if_narrow(plan: &mut Plan, cells_per_round: usize) -> Option<String> {
+    if !plan.widen_if_narrow || cells_per_round == 0 || cells_per_round > NARROW_MAX_CELLS {
+        return None;
+    }
+    plan.rounds = NARROW_ROUNDS;
+    plan.duration = Duration::from_secs_f64(NARROW_DURATION);
+    Some(format!(
+        "a narrow quick run ({cells_per_round} cells): {NARROW_ROUNDS} rounds of {NARROW_DURATION} s \
+         instead of one, so each comparison with fio has a confidence interval (--rounds 1 for a \
+         single round)"
+    ))
 }
 
 const REGIMES: &[&str] = &["hot", "pressure", "thrash"];
@@ -248,6 +277,7 @@ fn plan(args: &Args) -> Result<Plan> {
         duration: Duration::from_secs_f64(duration),
         size_bytes: size_mib << 20,
         rounds,
+        widen_if_narrow: !args.smoke && !args.full && args.rounds.is_none() && args.duration.is_none(),
     })
 }
 
@@ -505,7 +535,7 @@ fn main() {
 /// The whole bench; `Ok(true)` when it was interrupted (partial results are still written).
 fn run() -> Result<bool> {
     let args = Args::parse();
-    let plan = plan(&args)?;
+    let mut plan = plan(&args)?;
     let root = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"));
@@ -572,10 +602,19 @@ fn run() -> Result<bool> {
     } else {
         (None, "not needed".into())
     };
-    let mut all = steps(&plan, &file.path, size, &args, fio_version.is_some(), direct_ok);
-    if cap.is_none() {
-        // Without a cache cap only the cache-independent cells can run (WAL cells have none).
-        all.retain(|s| s.regime == "hot" || s.regime == "uncached" || s.regime == wal::REGIME);
+    let select = |plan: &Plan| {
+        let mut all = steps(plan, &file.path, size, &args, fio_version.is_some(), direct_ok);
+        if cap.is_none() {
+            // Without a cache cap only the cache-independent cells can run (WAL cells have none).
+            all.retain(|s| s.regime == "hot" || s.regime == "uncached" || s.regime == wal::REGIME);
+        }
+        all
+    };
+    let mut all = select(&plan);
+    if let Some(note) = widen_if_narrow(&mut plan, all.len()) {
+        eprintln!("io-patterns: {note}");
+        notes.push(note);
+        all = select(&plan);
     }
     let secs = all.len() as f64 * (plan.duration.as_secs_f64() + 0.05);
     eprintln!(
@@ -811,5 +850,30 @@ mod tests {
             "the full preset's rounds"
         );
         assert_eq!(plan_of(&[]).unwrap().rounds, 1, "the quick preset's rounds");
+    }
+
+    #[test]
+    fn a_narrow_quick_run_gets_rounds_enough_for_a_confidence_interval() {
+        let narrow = ["--workload", "rand_read", "--backend", "uring", "--io", "direct"];
+        let mut plan = plan_of(&narrow).unwrap();
+        let note = widen_if_narrow(&mut plan, 16).expect("16 cells is narrow");
+        assert_eq!(plan.rounds, NARROW_ROUNDS);
+        assert_eq!(plan.duration, Duration::from_secs_f64(NARROW_DURATION));
+        assert!(note.contains("16 cells") && note.contains("--rounds 1"), "{note}");
+        // The whole quick preset is not narrow; explicit rounds or durations are kept as given.
+        let mut wide = plan_of(&[]).unwrap();
+        assert!(widen_if_narrow(&mut wide, NARROW_MAX_CELLS + 1).is_none());
+        assert_eq!(wide.rounds, 1);
+        for given in [
+            &["--rounds", "1"][..],
+            &["--duration", "0.4"],
+            &["--full"],
+            &["--smoke"],
+        ] {
+            let mut p = plan_of(&[&narrow[..], given].concat()).unwrap();
+            let before = (p.rounds, p.duration);
+            assert!(widen_if_narrow(&mut p, 4).is_none(), "{given:?}");
+            assert_eq!((p.rounds, p.duration), before, "{given:?}");
+        }
     }
 }
