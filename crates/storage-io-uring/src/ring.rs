@@ -921,11 +921,10 @@ fn register_buffers(ring: &IoUring, count: usize, size: usize) -> std::io::Resul
             iov_len: len,
         })
         .collect();
-    // SAFETY: every iovec is one buffer of the area, which stays allocated while the returned
-    // FixedBufs (kept by UringStorageIo until after the ring, declared first, closes and so
-    // unregisters the buffers) or any buffer lent from it lives. The kernel writes a registered
-    // buffer only for a ReadFixed naming its index, which this backend issues only while it
-    // owns that buffer (a lent one moved in by the caller, or its own staging).
+    // The kernel writes a registered buffer only for a ReadFixed naming its index, which this
+    // backend issues only while a slot owns that buffer (lent and moved in, or its own staging).
+    // SAFETY: each iovec is one buffer of the area, allocated while the FixedBufs (dropped after
+    // the ring, which unregisters them) or any buffer lent from it lives.
     unsafe { ring.submitter().register_buffers(&iovecs)? };
     Ok(fixed)
 }

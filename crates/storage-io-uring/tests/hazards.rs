@@ -13,18 +13,8 @@ use storage_io_core::{
 };
 use storage_io_uring::{UringStorageIo, usable_or_skip};
 
-fn dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir under target/")
-}
-
-fn drain(io: &mut dyn StorageIo) -> Vec<IoCompletion> {
-    let mut out = Vec::new();
-    while io.pending_count() > 0 {
-        io.wait_completions(&mut out, io.pending_count(), Some(Duration::from_secs(10)))
-            .expect("wait_completions");
-    }
-    out
-}
+mod common;
+use common::{dir, drain};
 
 fn page(i: u64) -> Vec<u8> {
     (0..4096u64).map(|j| (i * 31 + j) as u8).collect()

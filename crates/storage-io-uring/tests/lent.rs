@@ -5,25 +5,14 @@
 #![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
 
 use storage_io_core::{
     AlignedBuf, IoBuf, IoCompletion, IoConfig, IoFd, OpenOptions, StorageIo, StorageIoError,
 };
 use storage_io_uring::{UringStorageIo, usable_or_skip};
 
-fn dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir under target/")
-}
-
-fn drain(io: &mut dyn StorageIo) -> Vec<IoCompletion> {
-    let mut out = Vec::new();
-    while io.pending_count() > 0 {
-        io.wait_completions(&mut out, io.pending_count(), Some(Duration::from_secs(10)))
-            .expect("wait_completions");
-    }
-    out
-}
+mod common;
+use common::{dir, drain};
 
 fn page(i: u64) -> Vec<u8> {
     (0..4096u64).map(|j| (i * 131 + j * 7) as u8).collect()
