@@ -4,11 +4,19 @@
 //! holds it; an acknowledged allocate or deallocate survives a crash.
 //!
 //! The state is two numbers and a set: `next` (every id below it was handed out once) and the
-//! free ids below `next`. It is written whole, as an *image*, alternately into two files
-//! (`pages.alloc.0` and `pages.alloc.1`): image `seq` goes to file `seq % 2`, and is followed
-//! by an fdatasync before anyone is told. A crash can tear only the file being written, so the
-//! other file still holds the previous image; opening picks the valid image with the highest
-//! sequence number. No rename and no directory sync is needed after the files exist.
+//! free ids below `next`. It is written whole, as an *image*, into one of two files
+//! (`pages.alloc.0` and `pages.alloc.1`, the *slots*), and is followed by an fdatasync before
+//! anyone is told. Opening picks the valid image with the highest sequence number. No rename
+//! and no directory sync is needed after the files exist.
+//!
+//! **Invariant (image slots):** an image is never written into the slot that holds the newest
+//! durable image (the last one whose fdatasync succeeded, or the one opening loaded). It goes
+//! into the other slot, and only when its fdatasync succeeds does that slot become the durable
+//! one. One image is written at a time, so a crash tears at most the slot being written and the
+//! durable slot still holds every acknowledged change. A failed write or sync leaves the durable
+//! slot where it was: the next image goes into the same (failed) slot again. Images queued
+//! behind one in flight are collapsed into the newest (each is a whole snapshot); it too goes
+//! into the slot that is not the durable one once the image in flight completes.
 //!
 //! Image layout (little endian): magic `SIOA`, version u32, page size u32, reserved u32,
 //! seq u64, next u64, free count u64, the free ids (u64 each), CRC32C of everything before it.
@@ -201,7 +209,7 @@ fn read_whole(io: &mut dyn StorageIo, fd: IoFd) -> Result<Vec<u8>> {
     Ok(done.buf.map(|b| b.into_vec()).unwrap_or_default())
 }
 
-/// Writes `image` into slot `seq % 2` and datasyncs it, synchronously.
+/// Writes `image` into the slot `fd` and datasyncs it, synchronously.
 pub(crate) fn write_image_blocking(io: &mut dyn StorageIo, fd: IoFd, image: &[u8]) -> Result<()> {
     let what = "writing allocation metadata";
     let backend = |source: StorageIoError| SchedulerError::Backend { what, source };
@@ -217,15 +225,30 @@ pub(crate) fn write_image_blocking(io: &mut dyn StorageIo, fd: IoFd, image: &[u8
     Ok(())
 }
 
+/// The two image slots of an open page file, and which one holds the newest durable image.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetaSlots {
+    pub(crate) fds: [IoFd; 2],
+    /// The slot of the newest durable image: never written until another slot is durable.
+    pub(crate) durable: usize,
+}
+
+impl MetaSlots {
+    /// The slot the next image goes into.
+    pub(crate) fn target(&self) -> usize {
+        1 - self.durable
+    }
+}
+
 /// Opens both slots (creating them) and loads the newest valid image. A fresh directory gets an
 /// empty allocator whose first image is written before this returns. Returns the allocator and
-/// the slot fds.
+/// the slots.
 pub(crate) fn load(
     io: &mut dyn StorageIo,
     dir: &Path,
     page_size: usize,
     data_len: u64,
-) -> Result<(Allocator, [IoFd; 2])> {
+) -> Result<(Allocator, MetaSlots)> {
     let what = "opening allocation metadata";
     let paths = meta_paths(dir);
     let existed: Vec<bool> = {
@@ -266,9 +289,9 @@ pub(crate) fn load(
         write_image_blocking(io, fds[1], &image)?;
         io.sync_dir(dir)
             .map_err(|source| SchedulerError::Backend { what, source })?;
-        return Ok((alloc, fds));
+        return Ok((alloc, MetaSlots { fds, durable: 1 }));
     }
-    let mut best: Option<Allocator> = None;
+    let mut best: Option<(Allocator, usize)> = None;
     let mut reasons = Vec::new();
     for (i, bytes) in slots.iter().enumerate() {
         match Allocator::decode(bytes) {
@@ -281,15 +304,15 @@ pub(crate) fn load(
                         ),
                     });
                 }
-                if best.as_ref().is_none_or(|b| alloc.seq > b.seq) {
-                    best = Some(alloc);
+                if best.as_ref().is_none_or(|(b, _)| alloc.seq > b.seq) {
+                    best = Some((alloc, i));
                 }
             }
             Err(reason) => reasons.push(format!("{}: {reason}", paths[i].display())),
         }
     }
     match best {
-        Some(alloc) => {
+        Some((alloc, durable)) => {
             if !reasons.is_empty() {
                 tracing::warn!(
                     ?reasons,
@@ -297,7 +320,7 @@ pub(crate) fn load(
                     "one allocation image was torn; using the other"
                 );
             }
-            Ok((alloc, fds))
+            Ok((alloc, MetaSlots { fds, durable }))
         }
         None => Err(SchedulerError::CorruptMetadata {
             path: dir.to_path_buf(),

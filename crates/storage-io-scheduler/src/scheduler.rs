@@ -142,19 +142,19 @@ impl DiskScheduler {
         let data_len = first
             .file_len(data_fd)
             .map_err(backend("reading the page file length"))?;
-        let (allocator, meta_fds) = alloc::load(first.as_mut(), &dir, config.page_size, data_len)?;
+        let (allocator, meta) = alloc::load(first.as_mut(), &dir, config.page_size, data_len)?;
         let counters = Arc::new(Counters::default());
-        let setup = |io: Box<dyn StorageIo>, data_fd: IoFd, meta_fds: Option<[IoFd; 2]>| WorkerSetup {
+        let setup = |io: Box<dyn StorageIo>, data_fd: IoFd, meta: Option<alloc::MetaSlots>| WorkerSetup {
             io,
             data_fd,
-            meta_fds,
+            meta,
             page_size: config.page_size,
             queue_depth: config.queue_depth,
             max_combine_pages: config.max_combine_pages,
             poll_interval: Duration::from_micros(config.poll_interval_us),
             counters: Arc::clone(&counters),
         };
-        let mut setups = vec![setup(first, data_fd, Some(meta_fds))];
+        let mut setups = vec![setup(first, data_fd, Some(meta))];
         for i in 1..config.workers {
             let mut io = factory(i).map_err(backend("building a worker backend"))?;
             let fd = io
@@ -446,9 +446,9 @@ impl Dispatcher {
             }
             // Every allocation change handled in this round becomes durable in one image.
             if !self.pending_alloc.is_empty() {
-                let (seq, image) = self.allocator.next_image(self.page_size);
+                let (_, image) = self.allocator.next_image(self.page_size);
                 let answers = std::mem::take(&mut self.pending_alloc);
-                self.to_worker(0, WorkerMsg::Persist { seq, image, answers });
+                self.to_worker(0, WorkerMsg::Persist { image, answers });
             }
             self.allocated
                 .store(self.allocator.allocated_count(), Ordering::Relaxed);

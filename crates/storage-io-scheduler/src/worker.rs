@@ -24,6 +24,7 @@ use storage_io_core::{
 };
 
 use crate::PageId;
+use crate::alloc::MetaSlots;
 use crate::batch::{BatchState, SyncBarrier};
 use crate::error::{Result, SchedulerError};
 use crate::idhash::IdMap;
@@ -47,9 +48,9 @@ pub(crate) enum WorkerMsg {
         items: Vec<(usize, u64)>,
     },
     Sync(Arc<SyncBarrier>),
-    /// Write this allocation image into slot `seq % 2`, datasync it, then answer.
+    /// Write this allocation image into the slot that is not the durable one, datasync it,
+    /// then answer.
     Persist {
-        seq: u64,
         image: Vec<u8>,
         answers: Vec<AllocAnswer>,
     },
@@ -190,7 +191,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) io: Box<dyn StorageIo>,
     pub(crate) data_fd: IoFd,
     /// Worker 0 only: the two allocation-image slots.
-    pub(crate) meta_fds: Option<[IoFd; 2]>,
+    pub(crate) meta: Option<MetaSlots>,
     pub(crate) page_size: usize,
     pub(crate) queue_depth: usize,
     pub(crate) max_combine_pages: usize,
@@ -201,7 +202,8 @@ pub(crate) struct WorkerSetup {
 pub(crate) struct Worker {
     io: Box<dyn StorageIo>,
     data_fd: IoFd,
-    meta_fds: Option<[IoFd; 2]>,
+    /// The allocation-image slots (worker 0 only); `durable` moves when an image's sync succeeds.
+    meta: Option<MetaSlots>,
     page_size: usize,
     max_in_flight: usize,
     max_combine_pages: usize,
@@ -224,7 +226,7 @@ pub(crate) struct Worker {
     parked: BTreeSet<u64>,
     /// Barrier syncs waiting for the writes accepted before them to leave the parking.
     barriers: VecDeque<(u64, Arc<SyncBarrier>)>,
-    persists: VecDeque<(u64, Vec<u8>, Vec<AllocAnswer>)>,
+    persists: VecDeque<(Vec<u8>, Vec<AllocAnswer>)>,
     persist_busy: bool,
     completions: Vec<IoCompletion>,
     /// This worker's backend `held_ns`, `submit_calls` and `submit_call_ns` as last added to
@@ -252,7 +254,7 @@ impl Worker {
         Worker {
             io: setup.io,
             data_fd: setup.data_fd,
-            meta_fds: setup.meta_fds,
+            meta: setup.meta,
             page_size,
             max_in_flight,
             max_combine_pages: setup.max_combine_pages,
@@ -390,7 +392,7 @@ impl Worker {
                 answer,
             } => self.accept_write(page, data, durable, answer),
             WorkerMsg::Sync(barrier) => self.barriers.push_back((self.write_seq, barrier)),
-            WorkerMsg::Persist { seq, image, answers } => self.persists.push_back((seq, image, answers)),
+            WorkerMsg::Persist { image, answers } => self.persists.push_back((image, answers)),
             WorkerMsg::Shutdown => {}
         }
     }
@@ -507,15 +509,16 @@ impl Worker {
         }
         if !self.persist_busy && !self.persists.is_empty() {
             // Images are whole snapshots: only the newest queued one needs writing, and it
-            // answers everyone queued. One image at a time, so a crash tears at most one slot.
+            // answers everyone queued. One image at a time, so a crash tears at most one slot,
+            // and never the durable one (see alloc.rs, "image slots").
             let mut answers = Vec::new();
             let mut newest = None;
-            while let Some((seq, image, mut more)) = self.persists.pop_front() {
+            while let Some((image, mut more)) = self.persists.pop_front() {
                 answers.append(&mut more);
-                newest = Some((seq, image));
+                newest = Some(image);
             }
-            if let Some((seq, image)) = newest {
-                let slot = (seq % 2) as usize;
+            if let Some(image) = newest {
+                let slot = self.meta.map_or(0, |m| m.target());
                 let sync = self.new_op(Op::MetaSync {
                     slot,
                     answers,
@@ -580,14 +583,14 @@ impl Worker {
                 }
             }
             Some(Op::Sync(_)) => self.io.submit_datasync(self.data_fd),
-            Some(Op::MetaWrite { slot, image, .. }) => match self.meta_fds {
-                Some(fds) => self.io.submit_write(fds[*slot], image, 0),
+            Some(Op::MetaWrite { slot, image, .. }) => match self.meta {
+                Some(m) => self.io.submit_write(m.fds[*slot], image, 0),
                 None => Err(StorageIoError::invalid(
                     "allocation image sent to a worker without metadata files",
                 )),
             },
-            Some(Op::MetaSync { slot, .. }) => match self.meta_fds {
-                Some(fds) => self.io.submit_datasync(fds[*slot]),
+            Some(Op::MetaSync { slot, .. }) => match self.meta {
+                Some(m) => self.io.submit_datasync(m.fds[*slot]),
                 None => Err(StorageIoError::invalid(
                     "allocation image sent to a worker without metadata files",
                 )),
@@ -647,14 +650,24 @@ impl Worker {
                     failed.get_or_insert(e);
                 }
             }
-            Op::MetaSync { answers, failed, .. } => {
+            Op::MetaSync {
+                slot,
+                answers,
+                failed,
+            } => {
                 self.persist_busy = false;
                 let result = match failed {
                     Some(e) => Err(e),
                     None => result.map(|_| ()),
                 };
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "allocation metadata could not be made durable");
+                match &result {
+                    // This slot now holds the newest durable image; the other may be written.
+                    Ok(()) => {
+                        if let Some(m) = &mut self.meta {
+                            m.durable = slot;
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "allocation metadata could not be made durable"),
                 }
                 for a in answers {
                     a.send(result.as_ref().map(|_| ()));

@@ -92,9 +92,13 @@ pub(crate) fn open_gated(seed: u64, workers: usize) -> (Gate, DiskScheduler) {
 }
 
 pub(crate) fn gated_factory(fs: &MemFs, gate: &Gate) -> BackendFactory {
+    gated_factory_for(fs, gate, &[OpKind::Read])
+}
+
+/// Backends whose completions of `kinds` wait for `gate`.
+pub(crate) fn gated_factory_for(fs: &MemFs, gate: &Gate, kinds: &[OpKind]) -> BackendFactory {
     let fs = fs.clone();
     let gate = gate.clone();
-    Arc::new(move |_| {
-        Ok(Box::new(GatedIo::new(fs.backend(), gate.clone(), &[OpKind::Read])) as Box<dyn StorageIo>)
-    })
+    let kinds = kinds.to_vec();
+    Arc::new(move |_| Ok(Box::new(GatedIo::new(fs.backend(), gate.clone(), &kinds)) as Box<dyn StorageIo>))
 }
