@@ -6,6 +6,22 @@
 //!   waits for it.
 //! - A dirty page is written back before its frame is reused; if that write fails the page
 //!   stays cached and dirty and the caller gets the error, so nothing is lost.
+//! - *No lost update.* `PinnedPage::write` takes the frame's lock before it marks the page
+//!   dirty, and a write-back clears the dirty bit before it copies the bytes (under the frame's
+//!   read lock): every change is either in the copy written back or still marked dirty.
+//! - *`flush_all` covers every page dirty when it began.* A frame whose write-back another
+//!   thread has under way (an eviction, another flush) is waited for, not skipped, so the sync
+//!   that ends `flush_all` is sent after every such write was accepted.
+//! - A frame being written back is never chosen as a victim, so the bytes copied for the write
+//!   are always the page's own.
+//! - `new_page` always gives zeros, marked dirty, even when the id was freed and the cache still
+//!   holds the old page's frame. A write-back that fails with `NotAllocated` (the page was
+//!   deallocated behind the cache) drops the dead bytes instead of failing every eviction;
+//!   [`PageCache::deallocate`] frees a page and its frame together.
+//!
+//! Lock order: a frame's lock may be taken before the state lock (as `write` does), so the state
+//! lock is held while taking a frame's lock only for a frame no other thread can reach (a victim
+//! being mapped, or a frame still loading).
 //!
 //! Eviction is CLOCK (second chance): the hand skips pinned or busy frames and clears the
 //! reference bit of recently used ones before taking one. A page enters with its bit clear and
@@ -36,6 +52,20 @@ struct FrameMeta {
     referenced: bool,
     dirty: bool,
     state: FrameState,
+    /// A thread is writing this frame back (with the state lock released): the frame is not a
+    /// victim, and `flush_all` waits for it.
+    writing_back: bool,
+}
+
+impl FrameMeta {
+    const EMPTY: FrameMeta = FrameMeta {
+        page: None,
+        pins: 0,
+        referenced: false,
+        dirty: false,
+        state: FrameState::Empty,
+        writing_back: false,
+    };
 }
 
 struct State {
@@ -58,6 +88,10 @@ pub struct PageCacheStats {
     pub evictions: u64,
     /// Dirty pages written back (on eviction or flush).
     pub write_backs: u64,
+    /// Times `flush_all` waited for a write-back that another thread had under way.
+    pub flush_waits: u64,
+    /// Dirty pages dropped because their page had been deallocated behind the cache.
+    pub freed_discarded: u64,
 }
 
 /// A buffer pool of `frames` pages over a scheduler.
@@ -83,6 +117,32 @@ pub struct PageCache {
     frames: Vec<RwLock<Box<[u8]>>>,
     state: Mutex<State>,
     changed: Condvar,
+    /// Unit tests only: called at the [`HookPoint`]s, to force an interleaving.
+    #[cfg(test)]
+    hook: Mutex<Option<Arc<dyn Fn(HookPoint) + Send + Sync>>>,
+}
+
+/// Places where a unit test can stop a thread to force an interleaving.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HookPoint {
+    /// In `PinnedPage::write`, between its two steps (taking the frame lock and marking the
+    /// page dirty).
+    WriteBetweenSteps,
+    /// In `write_back`, after the state lock is released and before the bytes are copied.
+    WriteBackUnlocked,
+    /// `flush_all` is about to wait for another thread's write-back of a frame.
+    FlushWaits,
+}
+
+impl PageCache {
+    #[cfg(test)]
+    fn hook(&self, point: HookPoint) {
+        let hook = self.hook.lock().clone();
+        if let Some(hook) = hook {
+            hook(point);
+        }
+    }
 }
 
 impl std::fmt::Debug for PageCache {
@@ -126,8 +186,13 @@ impl PinnedPage<'_> {
     /// Changes the page's bytes; the page becomes dirty and is written back before its frame
     /// is reused, or by [`PageCache::flush_all`].
     pub fn write(&self) -> PageWriteGuard<'_> {
+        // The frame's lock first: a write-back copies under the read lock after clearing the
+        // dirty bit, so it either sees this change or finds the bit set again.
+        let guard = self.cache.frames[self.frame].write();
+        #[cfg(test)]
+        self.cache.hook(HookPoint::WriteBetweenSteps);
         self.cache.state.lock().meta[self.frame].dirty = true;
-        self.cache.frames[self.frame].write()
+        guard
     }
 }
 
@@ -151,13 +216,6 @@ impl PageCache {
             ));
         }
         let page_size = sched.page_size();
-        let empty = FrameMeta {
-            page: None,
-            pins: 0,
-            referenced: false,
-            dirty: false,
-            state: FrameState::Empty,
-        };
         Ok(PageCache {
             sched,
             page_size,
@@ -166,11 +224,13 @@ impl PageCache {
                 .collect(),
             state: Mutex::new(State {
                 table: HashMap::with_capacity(frames),
-                meta: vec![empty; frames],
+                meta: vec![FrameMeta::EMPTY; frames],
                 hand: 0,
                 stats: PageCacheStats::default(),
             }),
             changed: Condvar::new(),
+            #[cfg(test)]
+            hook: Mutex::new(None),
         })
     }
 
@@ -197,10 +257,34 @@ impl PageCache {
     }
 
     /// Allocates a new page through the scheduler and pins it zero-filled and dirty, without
-    /// reading anything.
+    /// reading anything. An id freed earlier may come back; the page is zeros all the same.
     pub fn new_page(&self) -> Result<PinnedPage<'_>> {
         let page = self.sched.schedule_allocate().recv()?;
         self.pin(page, false)
+    }
+
+    /// Deallocates `page` through the scheduler and drops its frame, dirty or not (the bytes of
+    /// a freed page are dead). Fails without changing anything if the page is pinned.
+    pub fn deallocate(&self, page: PageId) -> Result<()> {
+        let mut st = self.state.lock();
+        while let Some(&f) = st.table.get(&page) {
+            let m = st.meta[f];
+            if m.pins > 0 {
+                return Err(SchedulerError::InvalidConfig(format!(
+                    "page {page} is pinned; drop its PinnedPage before deallocating it"
+                )));
+            }
+            if m.writing_back || m.state == FrameState::Loading {
+                self.changed.wait(&mut st);
+                continue;
+            }
+            st.table.remove(&page);
+            st.meta[f] = FrameMeta::EMPTY;
+            self.changed.notify_all();
+            break;
+        }
+        drop(st);
+        self.sched.schedule_deallocate(page).recv()
     }
 
     fn pin(&self, page: PageId, read: bool) -> Result<PinnedPage<'_>> {
@@ -213,11 +297,19 @@ impl PageCache {
                         let m = &mut st.meta[f];
                         m.pins += 1;
                         m.referenced = true;
-                        return Ok(PinnedPage {
+                        let pinned = PinnedPage {
                             cache: self,
                             frame: f,
                             page,
-                        });
+                        };
+                        if !read {
+                            // A new page on an id freed while its old frame stayed cached: the
+                            // old bytes are dead. Zeros, marked dirty (by `write`, after its
+                            // frame lock, so a concurrent flush cannot lose them).
+                            drop(st);
+                            pinned.write().fill(0);
+                        }
+                        return Ok(pinned);
                     }
                     // Another thread is reading it in or writing it back: wait, don't read twice.
                     FrameState::Loading | FrameState::WritingBack => {
@@ -263,9 +355,12 @@ impl PageCache {
                 } else {
                     FrameState::Ready
                 },
+                writing_back: false,
             };
             st.table.insert(page, victim);
             if !read {
+                // No other thread can reach this frame yet (it was an idle victim and the
+                // state lock is still held), so taking its lock here cannot wait.
                 self.frames[victim].write().fill(0);
                 return Ok(PinnedPage {
                     cache: self,
@@ -276,12 +371,13 @@ impl PageCache {
             st.stats.misses += 1;
             drop(st);
             let result = self.sched.schedule_read(page).recv();
-            let mut st2 = self.state.lock();
             match result {
                 Ok(bytes) => {
+                    // The frame is still loading: nobody else touches its bytes.
                     self.frames[victim]
                         .write()
                         .copy_from_slice(&bytes[..self.page_size]);
+                    let mut st2 = self.state.lock();
                     st2.meta[victim].state = FrameState::Ready;
                     self.changed.notify_all();
                     return Ok(PinnedPage {
@@ -291,14 +387,9 @@ impl PageCache {
                     });
                 }
                 Err(e) => {
+                    let mut st2 = self.state.lock();
                     st2.table.remove(&page);
-                    st2.meta[victim] = FrameMeta {
-                        page: None,
-                        pins: 0,
-                        referenced: false,
-                        dirty: false,
-                        state: FrameState::Empty,
-                    };
+                    st2.meta[victim] = FrameMeta::EMPTY;
                     self.changed.notify_all();
                     return Err(e);
                 }
@@ -314,7 +405,10 @@ impl PageCache {
             let f = st.hand;
             st.hand = (st.hand + 1) % n;
             let m = &mut st.meta[f];
-            if m.pins > 0 || matches!(m.state, FrameState::Loading | FrameState::WritingBack) {
+            if m.pins > 0
+                || m.writing_back
+                || matches!(m.state, FrameState::Loading | FrameState::WritingBack)
+            {
                 continue;
             }
             if m.state == FrameState::Empty || !m.referenced {
@@ -326,7 +420,8 @@ impl PageCache {
     }
 
     /// Writes frame `f` back through the scheduler with the state lock released; on failure
-    /// the page stays cached and dirty.
+    /// the page stays cached and dirty. A page deallocated behind the cache (`NotAllocated`)
+    /// has dead bytes: they are dropped and the frame is clean.
     fn write_back<'s>(
         &'s self,
         mut st: parking_lot::MutexGuard<'s, State>,
@@ -338,13 +433,17 @@ impl PageCache {
         };
         let prior = st.meta[f].state;
         st.meta[f].dirty = false;
+        st.meta[f].writing_back = true;
         if st.meta[f].pins == 0 {
             st.meta[f].state = FrameState::WritingBack;
         }
         drop(st);
+        #[cfg(test)]
+        self.hook(HookPoint::WriteBackUnlocked);
         let data = Bytes::copy_from_slice(&self.frames[f].read());
         let result = self.sched.schedule_write(page, data).recv();
         let mut st = self.state.lock();
+        st.meta[f].writing_back = false;
         if st.meta[f].state == FrameState::WritingBack {
             st.meta[f].state = prior;
         }
@@ -354,6 +453,11 @@ impl PageCache {
                 st.stats.write_backs += 1;
                 Ok(st)
             }
+            Err(SchedulerError::NotAllocated(_)) => {
+                tracing::debug!(%page, "page cache: dropped the dirty bytes of a deallocated page");
+                st.stats.freed_discarded += 1;
+                Ok(st)
+            }
             Err(e) => {
                 st.meta[f].dirty = true;
                 Err(e)
@@ -361,15 +465,170 @@ impl PageCache {
         }
     }
 
-    /// Writes back every dirty page (pinned ones too, as they are now) and syncs.
+    /// Writes back every dirty page (pinned ones too, as they are now) and syncs. When it
+    /// returns `Ok`, every page that was dirty when it began is durable, including pages whose
+    /// write-back another thread had under way (those are waited for).
     pub fn flush_all(&self) -> Result<()> {
         let mut st = self.state.lock();
         for f in 0..self.frames.len() {
-            if st.meta[f].dirty && st.meta[f].state == FrameState::Ready {
-                st = self.write_back(st, f)?;
+            loop {
+                let m = st.meta[f];
+                if m.writing_back {
+                    // Its write is not accepted yet: the sync below might go first.
+                    st.stats.flush_waits += 1;
+                    #[cfg(test)]
+                    {
+                        drop(st);
+                        self.hook(HookPoint::FlushWaits);
+                        st = self.state.lock();
+                        if !st.meta[f].writing_back {
+                            continue;
+                        }
+                    }
+                    self.changed.wait(&mut st);
+                    continue;
+                }
+                if m.dirty && m.state == FrameState::Ready {
+                    st = self.write_back(st, f)?;
+                }
+                break;
             }
         }
         drop(st);
         self.sched.schedule_sync().recv()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+    use std::path::Path;
+    use std::sync::mpsc;
+
+    use storage_io_core::{BackendFactory, StorageIo};
+    use storage_io_testkit::memio::MemFs;
+
+    use super::*;
+    use crate::{IOSchedulerConfig, PAGE_FILE};
+
+    const DIR: &str = "/db";
+
+    fn cache_on(fs: &MemFs, frames: usize) -> PageCache {
+        let fs = fs.clone();
+        let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
+        let config = IOSchedulerConfig {
+            workers: 1,
+            ..IOSchedulerConfig::default()
+        };
+        let sched = DiskScheduler::open(DIR, config, factory).unwrap();
+        PageCache::new(Arc::new(sched), frames).unwrap()
+    }
+
+    /// Stops the first thread that reaches `point` until the returned sender sends; the
+    /// receiver hears of every point reached.
+    fn stop_at(cache: &PageCache, point: HookPoint) -> (mpsc::Sender<()>, mpsc::Receiver<HookPoint>) {
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let (seen_tx, seen_rx) = mpsc::channel();
+        let go_rx = Mutex::new(Some(go_rx));
+        let seen_tx = Mutex::new(seen_tx);
+        *cache.hook.lock() = Some(Arc::new(move |p| {
+            let _ = seen_tx.lock().send(p);
+            if p == point
+                && let Some(go) = go_rx.lock().take()
+            {
+                let _ = go.recv();
+            }
+        }));
+        (go_tx, seen_rx)
+    }
+
+    fn durable_page(fs: &MemFs, page: PageId, page_size: usize) -> Vec<u8> {
+        let file = fs
+            .durable_contents(&Path::new(DIR).join(PAGE_FILE))
+            .unwrap_or_default();
+        let at = page.0 as usize * page_size;
+        file.get(at..at + page_size)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// A write racing a `flush_all`: the flush must not clear the page's dirty bit and write
+    /// back the old bytes while the writer's new bytes go into the frame unmarked.
+    #[test]
+    fn page_cache_lost_update_when_flush_all_runs_between_the_steps_of_write() {
+        let fs = MemFs::new(1);
+        let cache = cache_on(&fs, 1);
+        let id = {
+            let page = cache.new_page().unwrap();
+            page.write()[0] = 1;
+            page.id()
+        };
+        cache.flush_all().unwrap();
+        let (go, seen) = stop_at(&cache, HookPoint::WriteBetweenSteps);
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let page = cache.fetch(id).unwrap();
+                page.write()[0] = 2;
+            });
+            assert_eq!(seen.recv().unwrap(), HookPoint::WriteBetweenSteps);
+            let flushed = cache.flush_all();
+            go.send(()).unwrap();
+            writer.join().unwrap();
+            flushed.unwrap();
+        });
+        *cache.hook.lock() = None;
+        // Evict the page (a one-frame cache), then read it from the scheduler.
+        drop(cache.new_page().unwrap());
+        let back = cache.scheduler().schedule_read(id).recv().unwrap();
+        assert_eq!(back[0], 2, "the write after the flush was lost on eviction");
+    }
+
+    /// `flush_all` while another thread's write-back of a dirty page is under way (an
+    /// eviction): it must not return before that page is durable.
+    #[test]
+    fn flush_all_waits_for_a_write_back_in_progress() {
+        let fs = MemFs::new(2);
+        let cache = cache_on(&fs, 1);
+        let ps = cache.page_size;
+        let id = {
+            let page = cache.new_page().unwrap();
+            page.write()[0] = 7;
+            page.id()
+        };
+        let (go, seen) = stop_at(&cache, HookPoint::WriteBackUnlocked);
+        std::thread::scope(|s| {
+            // The eviction of `id` (the cache has one frame) stops before its write is sent.
+            let evictor = s.spawn(|| drop(cache.new_page().unwrap()));
+            assert_eq!(seen.recv().unwrap(), HookPoint::WriteBackUnlocked);
+            let (done_tx, done_rx) = mpsc::channel();
+            let (cache, fs) = (&cache, &fs);
+            let flusher = s.spawn(move || {
+                cache.flush_all().unwrap();
+                let _ = done_tx.send(durable_page(fs, id, ps));
+            });
+            // Either the flush returns (wrong: the eviction's write is not even sent yet), or
+            // it says it waits for the write-back. The stopped evictor is let go before any
+            // assertion, so a failure cannot leave it waiting.
+            let durable = loop {
+                if let Ok(durable) = done_rx.try_recv() {
+                    break durable;
+                }
+                if let Ok(HookPoint::FlushWaits) = seen.try_recv() {
+                    go.send(()).unwrap();
+                    break done_rx.recv().unwrap();
+                }
+                std::thread::yield_now();
+            };
+            let _ = go.send(());
+            evictor.join().unwrap();
+            flusher.join().unwrap();
+            assert_eq!(
+                durable.first(),
+                Some(&7),
+                "flush_all returned while the page dirty when it began was not durable"
+            );
+        });
+        assert!(cache.stats().flush_waits >= 1);
     }
 }
