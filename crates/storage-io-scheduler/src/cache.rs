@@ -119,8 +119,11 @@ pub struct PageCache {
     changed: Condvar,
     /// Unit tests only: called at the [`HookPoint`]s, to force an interleaving.
     #[cfg(test)]
-    hook: Mutex<Option<Arc<dyn Fn(HookPoint) + Send + Sync>>>,
+    hook: Mutex<Option<TestHook>>,
 }
+
+#[cfg(test)]
+type TestHook = Arc<dyn Fn(HookPoint) + Send + Sync>;
 
 /// Places where a unit test can stop a thread to force an interleaving.
 #[cfg(test)]
