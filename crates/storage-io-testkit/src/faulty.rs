@@ -16,6 +16,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
@@ -103,6 +105,59 @@ pub struct FaultPlan {
     seed: u64,
     rules: Vec<FaultRule>,
     reorder: bool,
+    switch: Option<FaultSwitch>,
+}
+
+/// A switch a test shares with the [`FaultyIo`] backends of a plan made with
+/// [`FaultPlan::only_while`]: while it is off, no rule of the plan fires (nor counts an op), so
+/// a test can fill the disk and free it again from outside a component that owns its backends.
+///
+/// ```
+/// use storage_io_core::{OpKind, OpenOptions, StorageIo};
+/// use storage_io_testkit::faulty::{Fault, FaultPlan, FaultSwitch, FaultyIo};
+/// use storage_io_testkit::memio::MemFs;
+///
+/// let full = FaultSwitch::new();
+/// let plan = FaultPlan::new(1)
+///     .with_probability(Some(OpKind::Write), 1.0, Fault::Enospc)
+///     .only_while(&full);
+/// let mut io = FaultyIo::new(MemFs::new(1).backend(), plan);
+/// let fd = io.open_file("/f".as_ref(), &OpenOptions::create()).unwrap();
+/// let mut done = Vec::new();
+/// full.set(true);
+/// io.submit_write(fd, b"x", 0).unwrap();
+/// io.wait_completions(&mut done, 1, None).unwrap();
+/// assert_eq!(done.pop().unwrap().result.unwrap_err().errno(), Some(28)); // ENOSPC
+/// full.set(false);
+/// io.submit_write(fd, b"x", 0).unwrap();
+/// io.wait_completions(&mut done, 1, None).unwrap();
+/// assert!(done.pop().unwrap().result.is_ok());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct FaultSwitch(Arc<AtomicBool>);
+
+impl FaultSwitch {
+    /// A switch, off.
+    pub fn new() -> Self {
+        FaultSwitch::default()
+    }
+
+    /// Turns the plan's faults on or off (from the next op on).
+    pub fn set(&self, on: bool) {
+        self.0.store(on, Ordering::Release);
+    }
+
+    /// True while the plan's faults are on.
+    pub fn is_on(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl PartialEq for FaultSwitch {
+    /// Two switches are equal when they are the same switch.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl FaultPlan {
@@ -112,7 +167,14 @@ impl FaultPlan {
             seed,
             rules: Vec::new(),
             reorder: false,
+            switch: None,
         }
+    }
+
+    /// Makes every rule of the plan fire only while `switch` is on.
+    pub fn only_while(mut self, switch: &FaultSwitch) -> Self {
+        self.switch = Some(switch.clone());
+        self
     }
 
     /// Adds a rule.
@@ -233,6 +295,9 @@ impl<B: StorageIo> FaultyIo<B> {
 
     /// Decides the fault, if any, for the next op of kind `op`.
     fn decide(&mut self, op: OpKind) -> Option<Fault> {
+        if self.plan.switch.as_ref().is_some_and(|s| !s.is_on()) {
+            return None;
+        }
         let mut chosen = None;
         for (i, rule) in self.plan.rules.iter().enumerate() {
             if rule.op.is_some_and(|k| k != op) {
