@@ -75,6 +75,16 @@ pub enum WalError {
     /// The WAL was closed.
     #[error("wal closed: it accepts no more records")]
     Closed,
+
+    /// The log's directory holds a file named like a segment that this WAL cannot have
+    /// written (its positions would pass 2^64). Nothing was changed; the file is left alone.
+    #[error("{} is named like a wal segment but no log can have written it ({reason}); move it out of the wal directory", path.display())]
+    ForeignFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it cannot be a segment of this log.
+        reason: String,
+    },
 }
 
 impl WalError {

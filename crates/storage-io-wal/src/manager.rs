@@ -377,33 +377,41 @@ impl WalManager {
     }
 
     /// Removes the segments that hold only records before `lsn` (after a checkpoint), then syncs
-    /// the directory; returns how many were removed. `lsn` must be durable.
+    /// the directory; returns how many were removed. `lsn` must be durable; one before
+    /// [`first_lsn`](WalManager::first_lsn) was truncated already and removes nothing.
+    ///
+    /// The newest segment file is always kept, even when every record in it is before `lsn`
+    /// (a log whose durable end is exactly a segment boundary): it is what tells recovery where
+    /// the log goes on, so that LSNs never go backwards after a crash. Calls from several
+    /// threads are serialised; `first_lsn` only moves forward.
     pub fn truncate_before(&self, lsn: Lsn) -> Result<usize, WalError> {
-        let first_segment = {
+        let size = self.shared.segment_size;
+        // The writer's lock first and for the whole call: a second truncation waits, then
+        // starts from what this one left.
+        let mut w = self.shared.writer.lock();
+        let (first_segment, keep_from) = {
             let st = self.shared.state.lock();
-            if lsn.0 > st.durable_lsn || lsn.0 < st.first_lsn {
+            if lsn.0 > st.durable_lsn {
                 return Err(WalError::LsnOutOfRange {
                     lsn,
                     first: Lsn(st.first_lsn),
                     next: Lsn(st.durable_lsn),
                 });
             }
-            st.first_segment
+            // The segment holding the last byte written exists on disk; it stays.
+            let newest = st.written_lsn.saturating_sub(1) / size;
+            (st.first_segment, (lsn.0 / size).min(newest))
         };
-        let keep_from = lsn.0 / self.shared.segment_size;
         if keep_from <= first_segment {
             return Ok(0);
         }
-        {
-            let mut w = self.shared.writer.lock();
-            for s in first_segment..keep_from {
-                w.remove(s)?;
-            }
-            w.sync_dir()?;
+        for s in first_segment..keep_from {
+            w.remove(s)?;
         }
+        w.sync_dir()?;
         let mut st = self.shared.state.lock();
         st.first_segment = keep_from;
-        st.first_lsn = keep_from * self.shared.segment_size + SEGMENT_HEADER_BYTES;
+        st.first_lsn = keep_from * size + SEGMENT_HEADER_BYTES;
         Ok((keep_from - first_segment) as usize)
     }
 

@@ -193,6 +193,18 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
         None => config.segment_size_bytes,
     };
     io.set_segment_size(segment_size);
+    // A segment's positions are `number * size ..`: a number for which they pass 2^64 cannot be
+    // a segment of this log. Refuse before changing anything, naming the file.
+    if let Some(&s) = segments.iter().find(|&&s| {
+        s.checked_add(1)
+            .and_then(|e| e.checked_mul(segment_size))
+            .is_none()
+    }) {
+        return Err(WalError::ForeignFile {
+            path: io.path_of(s),
+            reason: format!("segment number {s} of {segment_size}-byte segments"),
+        });
+    }
     let mut planner = Planner::new(segment_size);
     for &s in &segments {
         let image = io.read_segment(s)?.unwrap_or_default();

@@ -140,7 +140,7 @@ impl SegmentIo {
         self.io.name()
     }
 
-    fn path_of(&self, segment: u64) -> PathBuf {
+    pub(crate) fn path_of(&self, segment: u64) -> PathBuf {
         self.dir.join(segment_file_name(segment))
     }
 
@@ -172,12 +172,18 @@ impl SegmentIo {
     /// caches its handle. The zero-fill has completed when this returns, so later writes to the
     /// same range cannot be overtaken by it; the caller's next datasync on the handle covers it
     /// and a `sync_dir` makes the name durable.
+    /// A handle this segment still has open (from an earlier attempt that failed, on a full
+    /// disk) is closed first, so retries leak nothing.
     pub(crate) fn create(&mut self, segment: u64, preallocate: bool) -> Result<IoFd, IoFailure> {
         let opts = OpenOptions {
             create: true,
             truncate: true,
             ..self.write_options()
         };
+        if let Some(old) = self.open.remove(&segment) {
+            self.forget_tail(old);
+            self.io.deregister_fd(old)?;
+        }
         let fd = self.io.open_file(&self.path_of(segment), &opts)?;
         self.open.insert(segment, fd);
         if preallocate {
@@ -459,7 +465,7 @@ impl SegmentIo {
                 Ok(t) => return Ok(Some(t)),
                 Err(StorageIoError::QueueFull { .. }) => self.reap(flight, 1)?,
                 Err(e) => {
-                    flight.first_err.get_or_insert(IoFailure::from(e));
+                    flight.fail(IoFailure::from(e));
                     return Ok(None);
                 }
             }
@@ -474,16 +480,12 @@ impl SegmentIo {
         for c in self.done.drain(..) {
             let span = flight.writes.remove(&c.token);
             match (c.result, span) {
-                (Err(error), _) => {
-                    flight.first_err.get_or_insert(IoFailure { op: c.op, error });
-                }
+                (Err(error), _) => flight.fail(IoFailure { op: c.op, error }),
                 // No progress at all: a full device that answers 0 instead of ENOSPC.
-                (Ok(0), Some(s)) if s.end > s.start => {
-                    flight.first_err.get_or_insert(IoFailure {
-                        op: c.op,
-                        error: StorageIoError::os(c.op, ENOSPC),
-                    });
-                }
+                (Ok(0), Some(s)) if s.end > s.start => flight.fail(IoFailure {
+                    op: c.op,
+                    error: StorageIoError::os(c.op, ENOSPC),
+                }),
                 (Ok(n), Some(s)) if n < s.end - s.start => flight.short.push(Span {
                     start: s.start + n,
                     ..s
@@ -594,7 +596,20 @@ struct Span {
 struct Flight {
     writes: HashMap<IoToken, Span>,
     short: Vec<Span>,
+    /// The failure the flight reports: the first one, unless a sync failed too.
     first_err: Option<IoFailure>,
+}
+
+impl Flight {
+    /// Records a failure. A failed sync outranks any other failure of the flight, whatever came
+    /// first: it must reach the WAL (which poisons itself), not hide behind a write's ENOSPC
+    /// that would be retried as a full disk.
+    fn fail(&mut self, failure: IoFailure) {
+        match &self.first_err {
+            Some(f) if f.op.is_sync() || !failure.op.is_sync() => {}
+            _ => self.first_err = Some(failure),
+        }
+    }
 }
 
 fn push_distinct(out: &mut Vec<IoFd>, fds: impl Iterator<Item = IoFd>) {

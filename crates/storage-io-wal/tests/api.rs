@@ -4,7 +4,10 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use storage_io_core::{OpenOptions, StorageIo};
 
 use storage_io_testkit::memio::{CrashOptions, MemFs};
 use storage_io_wal::{Lsn, SyncMode, WalConfig, WalError, WalManager, WalReader};
@@ -212,4 +215,75 @@ fn close_makes_queued_records_durable() {
     fs.crash(CrashOptions::default());
     let (wal, _) = WalManager::open(DIR, config, mem_factory(&fs)).unwrap();
     assert_eq!(read_all(&wal)[0].1, b"queued only");
+}
+
+/// Two `truncate_before` calls at once, one further than the other: `first_lsn` must end at the
+/// further one (it never moves backwards), and a reader from `first_lsn` must work.
+#[test]
+fn concurrent_truncate_before_never_moves_first_lsn_backwards() {
+    for round in 0..60u64 {
+        let fs = MemFs::new(round);
+        let config = WalConfig {
+            preallocate: false,
+            ..small_config(512)
+        };
+        let (wal, _) = WalManager::open(DIR, config, mem_factory(&fs)).unwrap();
+        let lsns: Vec<Lsn> = (0..200u8).map(|i| wal.commit(&[i; 40]).unwrap()).collect();
+        let (near, far) = (lsns[20], lsns[180]);
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            let a = s.spawn(|| {
+                barrier.wait();
+                wal.truncate_before(far).unwrap()
+            });
+            let b = s.spawn(|| {
+                barrier.wait();
+                wal.truncate_before(near).unwrap()
+            });
+            a.join().unwrap();
+            b.join().unwrap();
+        });
+        let first = wal.first_lsn();
+        assert!(
+            first > lsns[170],
+            "round {round}: first_lsn {first} moved back behind the further truncation ({far})"
+        );
+        let reader = wal
+            .reader(first)
+            .unwrap_or_else(|e| panic!("round {round}: reader(first_lsn {first}): {e}"));
+        let records: Vec<_> = reader.map(|r| r.unwrap()).collect();
+        assert_eq!(records.last().unwrap().1, vec![199u8; 40], "round {round}");
+    }
+}
+
+/// A file named like a segment whose number no log can reach (its LSNs would pass 2^64):
+/// opening refuses with an error naming it, and removes nothing.
+#[test]
+fn a_stray_file_named_like_a_segment_is_refused_and_kept() {
+    for name in ["ffffffffffffffff.wal", "0100000000000000.wal"] {
+        let fs = MemFs::new(9);
+        let config = small_config(512);
+        {
+            let (wal, _) = WalManager::open(DIR, config.clone(), mem_factory(&fs)).unwrap();
+            wal.commit(b"kept").unwrap();
+        }
+        let stray = Path::new(DIR).join(name);
+        {
+            let mut io = fs.backend();
+            let fd = io.open_file(&stray, &OpenOptions::create()).unwrap();
+            io.submit_write(fd, &[7u8; 600], 0).unwrap();
+            io.submit_datasync(fd).unwrap();
+            let mut done = Vec::new();
+            io.wait_completions(&mut done, 2, None).unwrap();
+            io.sync_dir(Path::new(DIR)).unwrap();
+        }
+        let before = fs.list();
+        let err = match WalManager::open(DIR, config.clone(), mem_factory(&fs)) {
+            Ok(_) => panic!("{name}: a log with a stray segment-named file opened"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(name), "{name}: the error must name the file: {err}");
+        assert_eq!(fs.list(), before, "{name}: opening removed or created files");
+        assert_eq!(fs.read_file(&stray).unwrap(), vec![7u8; 600]);
+    }
 }

@@ -197,3 +197,21 @@ fn short_writes_are_finished_not_trusted() {
     fs.crash(CrashOptions::default());
     assert_eq!(reopen_records(&fs, &config), payloads);
 }
+
+/// One flush whose write meets a full disk and whose fdatasync fails: the failed fdatasync must
+/// poison the WAL (the write's ENOSPC, reported first, must not hide it as a retryable full disk).
+#[test]
+fn a_failed_fdatasync_poisons_even_when_a_write_of_its_flush_hit_a_full_disk() {
+    let fs = MemFs::new(8);
+    let config = WalConfig {
+        preallocate: false,
+        ..small_config(512)
+    };
+    // The first flush: one write (segment header and record) and one datasync.
+    let plan = FaultPlan::new(8)
+        .fail_nth(OpKind::Write, 1, Fault::Enospc)
+        .fail_nth(OpKind::Datasync, 1, Fault::Eio);
+    let (wal, _) = WalManager::open(DIR, config, faulty_factory(&fs, plan)).unwrap();
+    assert_poisoned(wal.commit(b"one"), EIO);
+    assert_poisoned(wal.append(b"two"), EIO);
+}
