@@ -296,6 +296,24 @@ impl Drop for BenchFile {
 }
 
 /// Creates (and fills) the file, or checks an existing one. Returns it and the bytes to use.
+/// A `--file` in a directory that does not exist is refused, as fio refuses it: the bench
+/// creates the file, never the directories above it (a typo must not leave a tree behind).
+fn check_file_dir(file: &Path) -> Result<()> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => return Ok(()),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => bail!("--file {}: {} is not a directory", file.display(), dir.display()),
+        Err(e) => bail!(
+            "--file {}: directory {} does not exist ({e}); create it first or pick another path",
+            file.display(),
+            dir.display()
+        ),
+    }
+}
+
 fn prepare_file(given: Option<&Path>, root: &Path, size: u64, block: usize) -> Result<(BenchFile, u64)> {
     let (path, must_create) = match given {
         Some(p) => (p.to_path_buf(), !p.exists()),
@@ -320,7 +338,10 @@ fn prepare_file(given: Option<&Path>, root: &Path, size: u64, block: usize) -> R
         }
         return Ok((BenchFile { path, created: false }, usable));
     }
-    if let Some(dir) = path.parent() {
+    if given.is_none()
+        && let Some(dir) = path.parent()
+    {
+        // Only the default location under the target dir is made on demand.
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     let guard = BenchFile { path, created: true };
@@ -539,6 +560,9 @@ fn run() -> Result<bool> {
     let root = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"));
+    if let Some(file) = &args.file {
+        check_file_dir(file)?;
+    }
     let started = timestamp();
     let out_dir = args
         .out_dir
