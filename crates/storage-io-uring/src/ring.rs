@@ -41,6 +41,9 @@ use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
 /// How often one op may come back with `EAGAIN`/`EINTR` before the error is reported.
 const MAX_RETRIES: u32 = 64;
 
+/// Tries to make room in a full SQ before the kernel is taken to refuse it for good.
+const SQ_FULL_ROUNDS: usize = 1024;
+
 /// `user_data` of the read on the wake eventfd (op slots use their index, far below this).
 const WAKE_TAG: u64 = u64::MAX;
 
@@ -113,6 +116,13 @@ impl RingTimers {
     }
 
     /// Its CQE arrived (expired, or cancelled as the ring closed).
+    /// Forgets the timer `entry` was built for (its SQE never reached the ring).
+    fn disarm(&mut self, entry: &squeue::Entry) {
+        if let Some(i @ 0..=1) = TIMER_TAG.checked_sub(entry.get_user_data()) {
+            self.fires_at[i as usize] = None;
+        }
+    }
+
     fn reaped(&mut self, user_data: u64) -> bool {
         match TIMER_TAG.checked_sub(user_data) {
             Some(i @ 0..=1) => {
@@ -271,6 +281,12 @@ pub struct UringStorageIo {
     heap_staging: Vec<AlignedBuf>,
     /// Reaped CQEs waiting to be processed (preallocated; no allocation while reaping).
     reaped: Vec<(u64, i32)>,
+    /// `reap` is running: a nested call returns at once (the running one takes what is left).
+    reaping: bool,
+    /// Slots to push (continuations, released syncs) that came up while reaping. They are
+    /// pushed after the batch, never from inside it: pushing into a full SQ may need an enter
+    /// that reaps. Empty whenever `reap` is not running. Counted in `in_kernel` already.
+    deferred: VecDeque<u32>,
     /// Reads and writes done in place on a caller's lent registered buffer.
     in_place_ops: u64,
     stats: IoStats,
@@ -278,6 +294,20 @@ pub struct UringStorageIo {
     /// Set up by the first `wait_waker` call.
     wake: Option<RingWake>,
     timers: RingTimers,
+    /// Unit tests only: `io_uring_enter` failures to inject.
+    #[cfg(test)]
+    enter_fault: Option<EnterFault>,
+}
+
+/// Unit tests only: makes every `every`-th `io_uring_enter` fail with `errno` (before the system
+/// call, so nothing is submitted), `left` times.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy)]
+struct EnterFault {
+    errno: i32,
+    every: u32,
+    left: u32,
+    calls: u32,
 }
 
 // SAFETY: UringStorageIo owns its ring, buffers and files outright; the raw pointers inside
@@ -348,6 +378,14 @@ impl UringStorageIo {
             }
         };
 
+        if let Some(why) = sqpoll_refusal(
+            config.sqpoll_idle_ms.is_some(),
+            registered_files,
+            ring.params().is_feature_sqpoll_nonfixed(),
+        ) {
+            return Err(StorageIoError::Unsupported { what: why.into() });
+        }
+
         let fixed = if config.fixed_buffers {
             match register_buffers(
                 &ring,
@@ -388,11 +426,15 @@ impl UringStorageIo {
             in_kernel: 0,
             heap_staging: Vec::with_capacity(config.queue_depth),
             reaped: Vec::with_capacity(config.queue_depth * 2),
+            reaping: false,
+            deferred: VecDeque::with_capacity(config.queue_depth),
             in_place_ops: 0,
             stats: IoStats::new(),
             report,
             wake: None,
             timers: RingTimers::new(),
+            #[cfg(test)]
+            enter_fault: None,
         })
     }
 
@@ -416,7 +458,10 @@ impl UringStorageIo {
         Ok(())
     }
 
-    /// Takes a slot, fills it, and pushes its SQE (or holds it behind a barrier).
+    /// Takes a slot, fills it, and pushes its SQE (or holds it behind a barrier). On failure
+    /// (no free slot, or the SQ could not take the entry) nothing was accepted and the payload
+    /// comes back with the error.
+    #[allow(clippy::result_large_err)] // a refusal hands the payload back; boxing it would allocate on that path
     fn start(
         &mut self,
         fd: IoFd,
@@ -424,9 +469,10 @@ impl UringStorageIo {
         offset: u64,
         len: usize,
         payload: Payload,
-    ) -> Result<IoToken, Payload> {
+    ) -> Result<IoToken, (StorageIoError, Payload)> {
         let Some(idx) = self.free_slots.pop() else {
-            return Err(payload);
+            let limit = self.config.queue_depth;
+            return Err((StorageIoError::QueueFull { limit }, payload));
         };
         let token = self.tokens.next_token();
         self.slots[idx as usize] = Slot {
@@ -441,7 +487,6 @@ impl UringStorageIo {
             started: Instant::now(),
         };
         self.pending += 1;
-        self.stats.record_submit(op);
         let hold = match self.files.get_mut(fd) {
             Ok(f) => {
                 f.ops_in_flight += 1;
@@ -457,9 +502,17 @@ impl UringStorageIo {
             if let Ok(f) = self.files.get_mut(fd) {
                 f.held.push_back(idx);
             }
-        } else {
-            self.push_slot(idx);
+        } else if let Err(e) = self.push_slot(idx) {
+            // The SQ never took it: undo the admission and hand the payload back.
+            let payload = std::mem::replace(&mut self.slots[idx as usize].payload, Payload::None);
+            self.free_slots.push(idx);
+            self.pending -= 1;
+            if let Ok(f) = self.files.get_mut(fd) {
+                f.ops_in_flight -= 1;
+            }
+            return Err((StorageIoError::from_io(op, &e), payload));
         }
+        self.stats.record_submit(op);
         // Hand queued SQEs over once `submit_batch` wait, except a lone SQE while the kernel has
         // nothing else of ours: then the caller's next wait submits it in the same system call
         // (at qd 1 that halves the io_uring_enter calls), and a second submit releases both.
@@ -473,17 +526,38 @@ impl UringStorageIo {
         Ok(token)
     }
 
-    /// Builds and pushes the SQE for slot `idx` (for its remaining bytes).
-    fn push_slot(&mut self, idx: u32) {
+    /// Builds and pushes the SQE for slot `idx` (for its remaining bytes). While reaping, the
+    /// slot is queued in `deferred` instead, and `reap` pushes it after the batch. Either way it
+    /// counts as in the kernel from now on (so a held sync keeps waiting for a deferred write).
+    /// On `Err` the SQ could not take it (a persistent enter failure) and nothing was counted.
+    fn push_slot(&mut self, idx: u32) -> std::io::Result<()> {
+        self.count_in_kernel(idx, true);
+        if self.reaping {
+            self.deferred.push_back(idx);
+            return Ok(());
+        }
         let entry = self.build_entry(idx);
+        self.push_entry(&entry)
+            .inspect_err(|_| self.count_in_kernel(idx, false))
+    }
+
+    /// Counts slot `idx` into (`true`) or out of the kernel's share.
+    fn count_in_kernel(&mut self, idx: u32, into: bool) {
         let slot = &self.slots[idx as usize];
         if slot.op.is_write()
             && let Ok(f) = self.files.get_mut(slot.fd)
         {
-            f.writes_in_kernel += 1;
+            if into {
+                f.writes_in_kernel += 1;
+            } else {
+                f.writes_in_kernel -= 1;
+            }
         }
-        self.in_kernel += 1;
-        self.push_entry(&entry);
+        if into {
+            self.in_kernel += 1;
+        } else {
+            self.in_kernel -= 1;
+        }
     }
 
     fn build_entry(&mut self, idx: u32) -> squeue::Entry {
@@ -575,20 +649,66 @@ impl UringStorageIo {
         entry.user_data(u64::from(idx))
     }
 
-    /// Pushes one SQE, submitting to make room when the SQ is full.
-    fn push_entry(&mut self, entry: &squeue::Entry) {
-        loop {
-            // SAFETY: every pointer inside `entry` refers to memory owned by an op slot or by the
-            // registered buffers, which stay alive and untouched until the CQE for this
-            // user_data is reaped (see build_entry).
-            let pushed = unsafe { self.ring.submission().push(entry) };
-            if pushed.is_ok() {
-                return;
+    /// Pushes one SQE, submitting to make room when the SQ is full. Never called while
+    /// reaping (see `deferred`). Fails with the enter error when the kernel refuses SQEs for
+    /// good, or with EBUSY when it takes none in [`SQ_FULL_ROUNDS`] tries.
+    fn push_entry(&mut self, entry: &squeue::Entry) -> std::io::Result<()> {
+        for _ in 0..SQ_FULL_ROUNDS {
+            if self.try_push(entry) {
+                return Ok(());
             }
             // The SQ is full of SQEs the kernel has not taken yet: hand them over, then retry.
-            if self.enter(0, None).is_err() {
+            // A kernel that takes none (a full CQ, EBUSY) gets its completions reaped first.
+            if self.make_sq_room()? == 0 {
                 self.reap();
             }
+        }
+        Err(std::io::Error::from_raw_os_error(libc::EBUSY))
+    }
+
+    /// Pushes one SQE if the SQ has room.
+    fn try_push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: every pointer inside `entry` refers to memory owned by an op slot or by the
+        // registered buffers, which stay alive and untouched until the CQE for this user_data
+        // is reaped (see build_entry); the wake read and the timers keep theirs likewise.
+        unsafe { self.ring.submission().push(entry) }.is_ok()
+    }
+
+    /// Hands queued SQEs to the kernel because the SQ is full; returns how many it took. Under
+    /// SQPOLL the kernel thread takes them: wait for it to make room.
+    fn make_sq_room(&mut self) -> std::io::Result<usize> {
+        if self.sqpoll {
+            self.ring.submitter().squeue_wait()?;
+            return Ok(1);
+        }
+        self.enter(0, None)
+    }
+
+    /// While reaping: pushes the deferred slots the SQ has room for, handing SQEs to the kernel
+    /// when it is full. Returns when all are in the SQ, or when the kernel takes none (then the
+    /// caller reaps and comes back); a persistent enter failure is returned.
+    fn push_deferred(&mut self) -> std::io::Result<()> {
+        while let Some(&idx) = self.deferred.front() {
+            let entry = self.build_entry(idx);
+            if self.try_push(&entry) {
+                self.deferred.pop_front();
+                continue;
+            }
+            if self.make_sq_room()? == 0 {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes every deferred slot with `error` (they never reached the kernel).
+    fn fail_deferred(&mut self, error: &std::io::Error) {
+        tracing::error!(%error, "io_uring refuses submissions; failing the ops that could not be pushed");
+        while let Some(idx) = self.deferred.pop_front() {
+            self.count_in_kernel(idx, false);
+            let op = self.slots[idx as usize].op;
+            // Finishing may release held syncs into `deferred`: they fail too.
+            self.finish(idx, Err(StorageIoError::from_io(op, error)));
         }
     }
 
@@ -599,6 +719,21 @@ impl UringStorageIo {
         // see `IoStats::mean_submit_call`). Under SQPOLL the kernel thread takes the SQEs and
         // the call does not submit anything itself.
         let timed = (want == 0 && !self.sqpoll && !self.ring.submission().is_empty()).then(Instant::now);
+        #[cfg(test)]
+        if let Some(f) = self.enter_fault.as_mut() {
+            f.calls += 1;
+            if f.left > 0 && f.calls.is_multiple_of(f.every) {
+                f.left -= 1;
+                let errno = f.errno;
+                return match errno {
+                    libc::EBUSY | libc::EAGAIN => {
+                        self.reap();
+                        Ok(0)
+                    }
+                    _ => Err(std::io::Error::from_raw_os_error(errno)),
+                };
+            }
+        }
         let submitter = self.ring.submitter();
         let r = match timeout {
             Some(t) if want > 0 && self.ext_arg => {
@@ -615,7 +750,8 @@ impl UringStorageIo {
             Ok(n) => Ok(n),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => Ok(0),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => {
-                // The CQ is full (or the kernel is short of memory for a moment): make room.
+                // The CQ is full (or the kernel is short of memory for a moment): make room. While
+                // reaping this is a no-op, and the reaping loop takes the CQEs itself.
                 self.reap();
                 Ok(0)
             }
@@ -624,7 +760,17 @@ impl UringStorageIo {
     }
 
     /// Moves every CQE into completions (continuing short transfers and retries).
+    ///
+    /// Not re-entrant: a call from inside (an enter that met a full CQ while pushing) returns
+    /// at once. Each batch is taken out of the CQ before any of it is handled, and the
+    /// continuations it starts are pushed after it (`deferred`), so nothing handled here can
+    /// reap underneath the loop. It returns with `deferred` empty.
     fn reap(&mut self) {
+        if self.reaping {
+            return;
+        }
+        self.reaping = true;
+        let mut idle_rounds = 0;
         loop {
             self.reaped.clear();
             {
@@ -637,14 +783,29 @@ impl UringStorageIo {
                     }
                 }
             }
-            if self.reaped.is_empty() {
-                return;
-            }
-            for i in 0..self.reaped.len() {
+            let got = self.reaped.len();
+            for i in 0..got {
                 let (user_data, res) = self.reaped[i];
                 self.on_cqe(user_data, res);
             }
+            if let Err(e) = self.push_deferred() {
+                self.fail_deferred(&e);
+            }
+            if self.deferred.is_empty() {
+                if got == 0 {
+                    break;
+                }
+                continue;
+            }
+            // The SQ is full and the kernel takes nothing until its CQEs are reaped; if none
+            // come for many rounds it is refusing for good.
+            idle_rounds = if got == 0 { idle_rounds + 1 } else { 0 };
+            if idle_rounds > SQ_FULL_ROUNDS {
+                self.fail_deferred(&std::io::Error::from_raw_os_error(libc::EBUSY));
+                break;
+            }
         }
+        self.reaping = false;
     }
 
     fn on_cqe(&mut self, user_data: u64, res: i32) {
@@ -704,8 +865,14 @@ impl UringStorageIo {
             }
         };
         match outcome {
-            // Short transfer or EAGAIN: continue the same op where it stopped.
-            None => self.push_slot(idx),
+            // Short transfer or EAGAIN: continue the same op where it stopped (deferred: this
+            // runs inside `reap`).
+            None => {
+                if let Err(e) = self.push_slot(idx) {
+                    let op = self.slots[idx as usize].op;
+                    self.finish(idx, Err(StorageIoError::from_io(op, &e)));
+                }
+            }
             Some(result) => self.finish(idx, result),
         }
     }
@@ -769,7 +936,10 @@ impl UringStorageIo {
                 return;
             }
             f.held.pop_front();
-            self.push_slot(front);
+            if let Err(e) = self.push_slot(front) {
+                let op = self.slots[front as usize].op;
+                self.finish(front, Err(StorageIoError::from_io(op, &e)));
+            }
         }
     }
 
@@ -803,38 +973,34 @@ impl UringStorageIo {
         let (op, offset) = self.write_checked(fd, data, offset)?;
         let payload = self.stage_copy(data)?;
         self.start(fd, op, offset, data.len(), payload)
-            .map_err(|_| StorageIoError::QueueFull {
-                limit: self.config.queue_depth,
-            })
+            .map_err(|(e, _)| e)
     }
 
     fn sync(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
         self.admit()?;
         self.files.get(fd)?;
-        self.start(fd, op, 0, 0, Payload::Sync)
-            .map_err(|_| StorageIoError::QueueFull {
-                limit: self.config.queue_depth,
-            })
+        self.start(fd, op, 0, 0, Payload::Sync).map_err(|(e, _)| e)
     }
 
     fn deliver(&mut self, out: &mut Vec<IoCompletion>) -> usize {
         deliver_ready(&mut self.ready, &mut self.pending, out)
     }
 
-    /// Submits what is queued and blocks until every op of `fd` (or of all fds) is reaped.
-    fn wait_idle(&mut self, fd: Option<IoFd>) {
+    /// Submits what is queued and blocks until every op of `fd` (or of all fds) is reaped. An
+    /// enter failure other than EINTR/EBUSY/EAGAIN is returned: ops may still be in the SQ or
+    /// the kernel then, and the caller must not free what they use.
+    fn wait_idle(&mut self, fd: Option<IoFd>) -> std::io::Result<()> {
         loop {
             let busy = match fd {
                 Some(fd) => self.files.get(fd).map_or(0, |f| f.ops_in_flight),
                 None => self.in_kernel,
             };
             if busy == 0 || self.in_kernel == 0 {
-                return;
+                return Ok(());
             }
-            if let Err(e) = self.enter(1, None) {
+            self.enter(1, None).inspect_err(|e| {
                 tracing::error!(error = %e, "io_uring_enter failed while waiting for in-flight ops");
-                return;
-            }
+            })?;
             self.reap();
         }
     }
@@ -844,8 +1010,10 @@ impl UringStorageIo {
     /// Before blocking: puts the eventfd read in the ring if it is not there, then arms the
     /// wake state. `false` means a wake is pending (or the read could not be queued): do not
     /// block.
-    fn arm_wake(&mut self) -> bool {
-        let Some(w) = self.wake.as_mut() else { return true };
+    fn arm_wake(&mut self) -> std::io::Result<bool> {
+        let Some(w) = self.wake.as_mut() else {
+            return Ok(true);
+        };
         if !w.read_armed {
             // The kernel writes 8 bytes to `counter` when the read completes. The box lives in
             // `self.wake` until the read is reaped (Drop kicks and reaps it first), so the
@@ -855,9 +1023,14 @@ impl UringStorageIo {
                 .build()
                 .user_data(WAKE_TAG);
             w.read_armed = true;
-            self.push_entry(&entry);
+            if let Err(e) = self.push_entry(&entry) {
+                if let Some(w) = self.wake.as_mut() {
+                    w.read_armed = false;
+                }
+                return Err(e);
+            }
         }
-        self.wake.as_ref().is_none_or(|w| w.state.arm())
+        Ok(self.wake.as_ref().is_none_or(|w| w.state.arm()))
     }
 
     /// How to block for `want` completions until `deadline` (`left` from now): the CQE count
@@ -868,36 +1041,55 @@ impl UringStorageIo {
     /// for more keeps EXT_ARG, which ends it on time without a return to user space per CQE.
     /// Without EXT_ARG (kernels before 5.11) every deadline uses a ring timer; if both are in
     /// the ring and fire later than this deadline, the wait may end that much late.
-    fn plan_wait(&mut self, want: usize, deadline: Option<(Instant, Duration)>) -> (usize, Option<Duration>) {
+    fn plan_wait(
+        &mut self,
+        want: usize,
+        deadline: Option<(Instant, Duration)>,
+    ) -> std::io::Result<(usize, Option<Duration>)> {
         let want = if self.wake.as_ref().is_some_and(|w| w.read_armed) {
             1
         } else {
             want
         };
         let Some((deadline, left)) = deadline else {
-            return (want, None);
+            return Ok((want, None));
         };
         if want > 1 && self.ext_arg {
-            return (want, Some(left));
+            return Ok((want, Some(left)));
         }
         if self.timers.covers(deadline) {
-            return (1, None);
+            return Ok((1, None));
         }
         if let Some(entry) = self.timers.arm(deadline, left) {
-            self.push_entry(&entry);
-            return (1, None);
+            if let Err(e) = self.push_entry(&entry) {
+                self.timers.disarm(&entry);
+                return Err(e);
+            }
+            return Ok((1, None));
         }
-        if self.ext_arg {
+        Ok(if self.ext_arg {
             (want, Some(left))
         } else {
             (1, None)
-        }
+        })
     }
 
     /// After blocking: `true` when a wake arrived and the wait should return.
     fn disarm_wake(&self) -> bool {
         self.wake.as_ref().is_some_and(|w| w.state.disarm())
     }
+}
+
+/// Why SQPOLL cannot be used, if it cannot: before Linux 5.11 (no `IORING_FEAT_SQPOLL_NONFIXED`)
+/// the SQ thread accepts only registered files, so without the fixed-file table (sparse
+/// registration came in 5.19) every op would fail with EBADF.
+fn sqpoll_refusal(sqpoll: bool, registered_files: bool, sqpoll_nonfixed: bool) -> Option<String> {
+    (sqpoll && !registered_files && !sqpoll_nonfixed).then(|| {
+        "io_uring SQPOLL on this kernel (before 5.11) works only with registered files, and the \
+         fixed-file table could not be registered (sparse registration needs 5.19): turn \
+         sqpoll_idle_ms off"
+            .to_string()
+    })
 }
 
 fn unsupported(why: Unavailable) -> StorageIoError {
@@ -968,7 +1160,10 @@ impl StorageIo for UringStorageIo {
 
     fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
         self.files.get(fd)?;
-        self.wait_idle(Some(fd));
+        // An op of `fd` may still be in the SQ or the kernel if this fails: keep the fd (and its
+        // fixed-file slot) and report the failure.
+        self.wait_idle(Some(fd))
+            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
         if self.registered_files {
             // Clear the fixed-file slot before the fd closes, so no later SQE can reach it.
             self.ring
@@ -1011,16 +1206,17 @@ impl StorageIo for UringStorageIo {
             Some(staging) => Payload::ReadStaged { staging, user: buf },
             None => Payload::Read(buf),
         };
-        let token = self.start(fd, OpKind::Read, offset, len, payload).map_err(|p| {
-            let limit = self.config.queue_depth;
-            let buf = match p {
-                // The staging buffer goes back to the free list as it drops here.
-                Payload::ReadStaged { user, .. } => user,
-                Payload::Read(b) => b,
-                _ => IoBuf::Vec(Vec::new()),
-            };
-            SubmitError::new(StorageIoError::QueueFull { limit }, buf)
-        })?;
+        let token = self
+            .start(fd, OpKind::Read, offset, len, payload)
+            .map_err(|(e, p)| {
+                let buf = match p {
+                    // The staging buffer goes back to the free list as it drops here.
+                    Payload::ReadStaged { user, .. } => user,
+                    Payload::Read(b) => b,
+                    _ => IoBuf::Vec(Vec::new()),
+                };
+                SubmitError::new(e, buf)
+            })?;
         self.in_place_ops += u64::from(in_place);
         Ok(token)
     }
@@ -1038,17 +1234,12 @@ impl StorageIo for UringStorageIo {
         let in_place = registered_index(self.fixed.as_ref(), &buf).is_some();
         let token = self
             .start(fd, op, offset, len, Payload::WriteOwned(buf))
-            .map_err(|p| {
+            .map_err(|(e, p)| {
                 let buf = match p {
                     Payload::WriteOwned(b) => b,
                     _ => IoBuf::Vec(Vec::new()),
                 };
-                SubmitError::new(
-                    StorageIoError::QueueFull {
-                        limit: self.config.queue_depth,
-                    },
-                    buf,
-                )
+                SubmitError::new(e, buf)
             })?;
         self.in_place_ops += u64::from(in_place);
         Ok(token)
@@ -1116,10 +1307,11 @@ impl StorageIo for UringStorageIo {
                 None => None,
             };
             let want = (min - self.ready.len()).min(self.in_kernel).max(1);
-            if !self.arm_wake() {
+            let enter_err = |e: std::io::Error| StorageIoError::from_io(OpKind::Read, &e);
+            if !self.arm_wake().map_err(enter_err)? {
                 break;
             }
-            let (want, left) = self.plan_wait(want, deadline.zip(left));
+            let (want, left) = self.plan_wait(want, deadline.zip(left)).map_err(enter_err)?;
             let entered = self.enter(want, left);
             let woken = self.disarm_wake();
             entered.map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
@@ -1174,7 +1366,17 @@ impl Drop for UringStorageIo {
         }
         // The kernel may still write into slot buffers and registered memory: wait for every op
         // before anything is freed. Held ops never reached the kernel and are simply dropped.
-        self.wait_idle(None);
+        let idle = self.wait_idle(None);
+        if idle.is_err() || self.wake.as_ref().is_some_and(|w| w.read_armed) {
+            // The kernel may still use memory this instance owns, and no wait can tell when it
+            // stops: leak that memory rather than free it under the kernel.
+            tracing::error!("io_uring ops still in flight at drop; leaking their buffers");
+            std::mem::forget(std::mem::take(&mut self.slots));
+            std::mem::forget(self.fixed.take());
+            std::mem::forget(self.wake.take());
+            std::mem::forget(std::mem::replace(&mut self.timers, RingTimers::new()));
+            return;
+        }
         // An SQPOLL thread reads SQEs on its own time, and a timer's SQE points at a timespec
         // in `self.timers`: let it take every SQE before that memory goes (a bounded wait; the
         // thread polls the SQ while it has work).
@@ -1186,6 +1388,136 @@ impl Drop for UringStorageIo {
                 let _ = self.enter(0, None);
                 std::thread::yield_now();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+    use std::io::Write;
+
+    use super::*;
+    use crate::usable_or_skip;
+
+    const FILE_BYTES: usize = 4096;
+
+    /// A backend with an SQ of one entry, and a file of `FILE_BYTES` bytes of a known pattern.
+    fn tiny_sq(queue_depth: usize) -> (UringStorageIo, IoFd, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&pattern()).unwrap();
+        let config = IoConfig {
+            queue_depth,
+            sq_depth: 1,
+            ..IoConfig::default()
+        };
+        let mut io = UringStorageIo::new(&config).unwrap();
+        let fd = io
+            .open_file(&path, &storage_io_core::OpenOptions::read_only())
+            .unwrap();
+        (io, fd, dir)
+    }
+
+    fn pattern() -> Vec<u8> {
+        (0..FILE_BYTES).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Reads of twice the file: each comes back short at the end of the file and is continued
+    /// from inside the reaping loop (the continuation reads 0 bytes: EOF).
+    fn submit_eof_reads(io: &mut UringStorageIo, fd: IoFd, n: usize) {
+        for _ in 0..n {
+            io.submit_read(fd, vec![0u8; 2 * FILE_BYTES].into(), 0).unwrap();
+        }
+    }
+
+    fn check_reads(done: &[IoCompletion], n: usize) {
+        assert_eq!(done.len(), n, "every read completes once");
+        for c in done {
+            assert_eq!(*c.result.as_ref().unwrap(), FILE_BYTES, "a short read at EOF");
+            assert_eq!(&c.buf.as_ref().unwrap()[..], &pattern()[..]);
+        }
+    }
+
+    #[test]
+    fn sqpoll_without_registered_files_is_refused_where_the_kernel_needs_them() {
+        let refusal = sqpoll_refusal(true, false, false).expect("refused");
+        assert!(refusal.contains("sqpoll_idle_ms"), "says what to do: {refusal}");
+        assert_eq!(sqpoll_refusal(true, true, false), None, "registered files: fine");
+        assert_eq!(sqpoll_refusal(true, false, true), None, "5.11+: plain fds work");
+        assert_eq!(sqpoll_refusal(false, false, false), None, "no SQPOLL asked");
+    }
+
+    /// With the SQ full and `io_uring_enter` failing for good, a submit must return the error
+    /// (and the buffer), not spin; the op that was already in the SQ still completes later.
+    #[test]
+    fn uring_push_entry_returns_a_persistent_enter_error_instead_of_spinning() {
+        if !usable_or_skip("uring_push_entry_returns_a_persistent_enter_error_instead_of_spinning") {
+            return;
+        }
+        let (mut io, fd, _dir) = tiny_sq(8);
+        io.submit_read(fd, vec![0u8; FILE_BYTES].into(), 0).unwrap(); // fills the SQ
+        io.enter_fault = Some(EnterFault {
+            errno: libc::EINVAL,
+            every: 1,
+            left: u32::MAX,
+            calls: 0,
+        });
+        let refused = io
+            .submit_read(fd, vec![7u8; FILE_BYTES].into(), 0)
+            .expect_err("the SQ is full and the kernel refuses it");
+        assert_eq!(refused.error.errno(), libc::EINVAL);
+        assert_eq!(refused.buf.len(), FILE_BYTES, "the buffer comes back");
+        assert_eq!(io.pending_count(), 1, "the refused read was not accepted");
+        // deregister_fd cannot wait for the read in the SQ: it must keep the fd and say so.
+        assert!(io.deregister_fd(fd).is_err());
+        assert_eq!(
+            io.file_len(fd).unwrap(),
+            FILE_BYTES as u64,
+            "the fd is still registered"
+        );
+        io.enter_fault = None;
+        let mut done = Vec::new();
+        while io.pending_count() > 0 {
+            io.wait_completions(&mut done, 1, Some(Duration::from_secs(10)))
+                .unwrap();
+        }
+        check_reads(&done, 1);
+        io.deregister_fd(fd).unwrap();
+    }
+
+    /// Continuations pushed while reaping meet a full SQ, and the enter that would make room
+    /// fails with EBUSY (which reaps to make CQ room): that must not re-enter the reaping loop
+    /// (an index panic, CQEs taken from the ring and lost).
+    #[test]
+    fn uring_reaping_is_not_reentrant_when_a_continuation_meets_a_full_sq_and_ebusy() {
+        if !usable_or_skip("uring_reaping_is_not_reentrant_when_a_continuation_meets_a_full_sq_and_ebusy") {
+            return;
+        }
+        for every in [1, 2, 3] {
+            let n = 48;
+            let (mut io, fd, _dir) = tiny_sq(64);
+            submit_eof_reads(&mut io, fd, n);
+            io.enter_fault = Some(EnterFault {
+                errno: libc::EBUSY,
+                every,
+                left: 40,
+                calls: 0,
+            });
+            let mut done = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while io.pending_count() > 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "every {every}: {} of {n} reads completed; the rest were lost",
+                    done.len()
+                );
+                io.wait_completions(&mut done, n, Some(Duration::from_millis(100)))
+                    .unwrap();
+            }
+            check_reads(&done, n);
         }
     }
 }
