@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::buf::{AlignedBuf, IoBuf};
-use crate::direct::{OpenOptions, open_file};
+use crate::direct::{DirectMode, OpenOptions, open_file};
 use crate::error::{Result, StorageIoError, SubmitError};
 use crate::op::{Capabilities, IoCompletion, IoFd, IoToken};
 use crate::stats::IoStats;
@@ -89,6 +89,22 @@ pub trait StorageIo: Send {
     fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
         let opened = open_file(path, options)?;
         self.register_fd(opened.file)
+    }
+
+    /// Opens `path` and registers it like [`open_file`](StorageIo::open_file), and also says
+    /// which I/O mode is in effect and, for a file the OS knows, gives a second handle on it
+    /// (for what the backend does not do, such as `fallocate`). The default opens a real file;
+    /// a backend that overrides `open_file` overrides this too, so that components opening
+    /// through it (the async file API) work on it, in-memory backends included.
+    fn open_file_with_mode(&mut self, path: &Path, options: &OpenOptions) -> Result<OpenedFd> {
+        let opened = open_file(path, options)?;
+        let file = opened.file.try_clone().ok();
+        let fd = self.register_fd(opened.file)?;
+        Ok(OpenedFd {
+            fd,
+            mode: opened.mode,
+            file,
+        })
     }
 
     /// The file's current length in bytes, including writes completed but not yet synced.
@@ -221,6 +237,18 @@ pub fn list_dir_default(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
+/// A file opened through a backend by [`StorageIo::open_file_with_mode`].
+#[derive(Debug)]
+pub struct OpenedFd {
+    /// The backend's handle.
+    pub fd: IoFd,
+    /// Whether direct I/O is in effect (and why not, if it was asked for).
+    pub mode: DirectMode,
+    /// A second OS handle on the same file, when there is an OS file (`None` on in-memory
+    /// backends).
+    pub file: Option<File>,
+}
+
 impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     fn capabilities(&self) -> Capabilities {
         (**self).capabilities()
@@ -239,6 +267,9 @@ impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     }
     fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
         (**self).open_file(path, options)
+    }
+    fn open_file_with_mode(&mut self, path: &Path, options: &OpenOptions) -> Result<OpenedFd> {
+        (**self).open_file_with_mode(path, options)
     }
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
         (**self).file_len(fd)

@@ -46,7 +46,7 @@ mod op;
 mod stats;
 mod wake;
 
-pub use backend::{BackendFactory, StorageIo, list_dir_default, sync_dir_default};
+pub use backend::{BackendFactory, OpenedFd, StorageIo, list_dir_default, sync_dir_default};
 pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, FixedBufs, IoBuf};
 pub use config::{BackendKind, IoConfig};
 pub use direct::{

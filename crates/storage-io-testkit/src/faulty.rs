@@ -24,8 +24,8 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use storage_io_core::{
-    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result,
-    StorageIo, StorageIoError, SubmitError, TokenCounter, deliver_ready,
+    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd,
+    Result, StorageIo, StorageIoError, SubmitError, TokenCounter, deliver_ready,
 };
 
 /// The errno values injected.
@@ -127,7 +127,7 @@ pub struct FaultPlan {
 /// full.set(true);
 /// io.submit_write(fd, b"x", 0).unwrap();
 /// io.wait_completions(&mut done, 1, None).unwrap();
-/// assert_eq!(done.pop().unwrap().result.unwrap_err().errno(), Some(28)); // ENOSPC
+/// assert_eq!(done.pop().unwrap().result.unwrap_err().errno(), 28); // ENOSPC
 /// full.set(false);
 /// io.submit_write(fd, b"x", 0).unwrap();
 /// io.wait_completions(&mut done, 1, None).unwrap();
@@ -493,6 +493,9 @@ impl<B: StorageIo> StorageIo for FaultyIo<B> {
 
     fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
         self.inner.open_file(path, options)
+    }
+    fn open_file_with_mode(&mut self, path: &Path, options: &OpenOptions) -> Result<OpenedFd> {
+        self.inner.open_file_with_mode(path, options)
     }
 
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use storage_io_core::{
-    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result,
-    StorageIo, SubmitError,
+    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd,
+    Result, StorageIo, SubmitError,
 };
 
 /// A switch shared between a test and its [`GatedIo`] backends. It starts closed. It also
@@ -141,6 +141,9 @@ impl<B: StorageIo> StorageIo for GatedIo<B> {
     }
     fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
         self.inner.open_file(path, options)
+    }
+    fn open_file_with_mode(&mut self, path: &Path, options: &OpenOptions) -> Result<OpenedFd> {
+        self.inner.open_file_with_mode(path, options)
     }
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
         self.inner.file_len(fd)

@@ -19,9 +19,9 @@ use parking_lot::{Mutex, MutexGuard};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use storage_io_core::{
-    Capabilities, FdTable, InlineBackend, InlineQueue, InlineWrite, IoBuf, IoCompletion, IoConfig, IoFd,
-    IoStats, IoToken, OpKind, OpenOptions, Result, StorageIo, StorageIoError, SubmitError, plan_write,
-    validate_transfer,
+    Capabilities, DirectMode, FdTable, InlineBackend, InlineQueue, InlineWrite, IoBuf, IoCompletion,
+    IoConfig, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd, Result, StorageIo, StorageIoError,
+    SubmitError, plan_write, validate_transfer,
 };
 
 /// The sector size a torn write is cut at.
@@ -475,6 +475,18 @@ impl StorageIo for MemIo {
             writable: options.write,
             dsync: options.dsync,
             append_cursor: len,
+        })
+    }
+    /// An in-memory file: no OS handle, and buffered (the model has no page cache to bypass).
+    fn open_file_with_mode(&mut self, path: &Path, options: &OpenOptions) -> Result<OpenedFd> {
+        let fd = self.open_file(path, options)?;
+        let fallback_reason = options
+            .direct
+            .then(|| "an in-memory file has no direct I/O".to_string());
+        Ok(OpenedFd {
+            fd,
+            mode: DirectMode::Buffered { fallback_reason },
+            file: None,
         })
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Records get consecutive offsets and are appended to the active segment file
 //! (`<base offset>.log`); a segment that reaches `--segment-bytes` is closed and a new one
-//! started. Each record is framed as `[len u32][crc32c u32][payload]`. A batch is appended with
+//! started. Each record is framed as `[len u32][crc32c u32][payload]`, the checksum taken over
+//! the length and the payload (so a run of zeros, the hole a torn write can leave, is never a
+//! valid frame). A batch is appended with
 //! every record in flight at once and made durable by one `sync_data` (group commit); an
 //! in-memory index maps offsets to file positions, and reopening rebuilds it by scanning the
 //! segments (a torn tail — a frame whose CRC fails — ends the scan).
@@ -39,11 +41,18 @@ struct SegmentLog {
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_le_bytes();
     let mut f = Vec::with_capacity(HEADER + payload.len());
-    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    f.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    f.extend_from_slice(&len);
+    f.extend_from_slice(&checksum(len, payload).to_le_bytes());
     f.extend_from_slice(payload);
     f
+}
+
+/// CRC32C of a frame's length bytes and payload: four zero bytes alone do not check out, so
+/// zeros are not an empty record.
+fn checksum(len: [u8; 4], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len), payload)
 }
 
 impl SegmentLog {
@@ -78,12 +87,13 @@ impl SegmentLog {
         ensure!(n? as u64 == len, "segment {base_offset} shrank while being read");
         let (mut pos, mut index) = (0usize, Vec::new());
         while pos + HEADER <= data.len() {
-            let plen = u32::from_le_bytes(data[pos..pos + 4].try_into()?) as usize;
+            let len: [u8; 4] = data[pos..pos + 4].try_into()?;
+            let plen = u32::from_le_bytes(len) as usize;
             let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into()?);
             let Some(payload) = data.get(pos + HEADER..pos + HEADER + plen) else {
                 break;
             };
-            if crc32c::crc32c(payload) != crc {
+            if checksum(len, payload) != crc {
                 break;
             }
             index.push((pos as u64, plen as u32));
@@ -111,6 +121,8 @@ impl SegmentLog {
     async fn roll(&mut self, base_offset: u64) -> anyhow::Result<()> {
         let file = self.fs.open_append(self.path(base_offset)).await?;
         ensure!(file.size().await? == 0, "segment {base_offset} already exists");
+        // The new segment's name must survive a crash, or so would none of its records.
+        self.fs.sync_dir(&self.dir).await?;
         self.segments.push(Segment {
             base_offset,
             file,

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use storage_io_core::{
     DirectMode, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result, StorageIo,
-    StorageIoError, WaitWaker, open_file,
+    StorageIoError, WaitWaker,
 };
 
 use super::slot::Completer;
@@ -71,6 +71,11 @@ pub(crate) enum Request {
     Size {
         fd: IoFd,
         reply: Completer<Result<u64>>,
+    },
+    /// Makes the creations and removals of files in `dir` durable (through the backend).
+    SyncDir {
+        dir: PathBuf,
+        reply: Completer<Result<()>>,
     },
     Allocate {
         fd: IoFd,
@@ -155,8 +160,9 @@ pub(crate) struct Worker {
     in_flight: HashMap<IoToken, InFlight>,
     /// Ops in flight per file.
     busy: HashMap<IoFd, usize>,
-    /// A second handle on each open file, for `allocate` (the backend owns the first).
-    files: HashMap<IoFd, File>,
+    /// Each open file, with a second OS handle on it for `allocate` where there is an OS file
+    /// (the backend owns the first; an in-memory backend's files have none).
+    files: HashMap<IoFd, Option<File>>,
     done: Vec<IoCompletion>,
     closing: bool,
     /// The backend's waker: with one, the worker blocks for completions without a timeout and
@@ -342,9 +348,13 @@ impl Worker {
             Request::Size { fd, reply } => {
                 let _ = reply.complete(self.io.file_len(fd));
             }
+            Request::SyncDir { dir, reply } => {
+                let _ = reply.complete(self.io.sync_dir(&dir));
+            }
             Request::Allocate { fd, len, reply } => {
                 let result = match self.files.get(&fd) {
-                    Some(file) => reserve(file, len),
+                    Some(Some(file)) => reserve(file, len),
+                    Some(None) => Err(no_os_file()),
                     None => Err(StorageIoError::BadFd { fd }),
                 };
                 let _ = reply.complete(result);
@@ -365,24 +375,30 @@ impl Worker {
         None
     }
 
+    /// Opens through the backend, so any backend can host the async API (an in-memory one
+    /// opens its own files).
     fn open(
         &mut self,
         path: &std::path::Path,
         options: &OpenOptions,
         preallocate_bytes: Option<u64>,
     ) -> Result<Opened> {
-        let opened = open_file(path, options)?;
-        let meta = opened
-            .file
-            .try_clone()
-            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+        let opened = self.io.open_file_with_mode(path, options)?;
         if let Some(len) = preallocate_bytes {
-            reserve(&meta, len)?;
+            let reserved = match &opened.file {
+                Some(file) => reserve(file, len),
+                None => Err(no_os_file()),
+            };
+            if let Err(e) = reserved {
+                if let Err(close) = self.io.deregister_fd(opened.fd) {
+                    tracing::warn!(error = %close, "io worker: closing a file whose preallocation failed");
+                }
+                return Err(e);
+            }
         }
-        let fd = self.io.register_fd(opened.file)?;
-        self.files.insert(fd, meta);
+        self.files.insert(opened.fd, opened.file);
         Ok(Opened {
-            fd,
+            fd: opened.fd,
             mode: opened.mode,
         })
     }
@@ -476,6 +492,13 @@ impl Worker {
 /// Reserves disk space for the first `len` bytes of `file` without changing its size
 /// (`fallocate` with `FALLOC_FL_KEEP_SIZE`).
 #[cfg(target_os = "linux")]
+/// `allocate` (and preallocation) on a backend whose files are not OS files.
+fn no_os_file() -> StorageIoError {
+    StorageIoError::unsupported(
+        "allocate needs an OS file; this backend's files are not (open without preallocate_wal)",
+    )
+}
+
 fn reserve(file: &File, len: u64) -> Result<()> {
     use std::os::fd::AsRawFd;
     let len = i64::try_from(len).map_err(|_| StorageIoError::invalid("allocate: length exceeds i64::MAX"))?;
