@@ -42,6 +42,7 @@ mod direct;
 mod error;
 mod fd_table;
 mod inline_queue;
+mod nowait;
 mod op;
 mod stats;
 mod wake;
@@ -56,6 +57,9 @@ pub use direct::{
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 pub use fd_table::FdTable;
 pub use inline_queue::{InlineBackend, InlineQueue, InlineWrite, deliver_ready};
+#[cfg(unix)]
+pub use nowait::read_nowait;
+pub use nowait::{NowaitGate, NowaitRead};
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind, TokenCounter};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};
 pub use wake::{WaitWaker, WakeState};

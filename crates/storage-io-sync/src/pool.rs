@@ -10,11 +10,22 @@ use std::time::{Duration, Instant};
 
 use storage_io_core::{
     AlignedBuf, Capabilities, DEFAULT_ALIGNMENT, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats,
-    IoToken, OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter, WaitWaker, WakeState,
-    deliver_ready, file_facts, file_len_of, plan_write, validate_transfer,
+    IoToken, NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter,
+    WaitWaker, WakeState, deliver_ready, file_facts, file_len_of, plan_write, validate_transfer,
 };
 
 use crate::exec;
+
+#[cfg(unix)]
+fn nowait_read(file: &File, buf: &mut [u8], offset: u64) -> NowaitRead {
+    use std::os::fd::AsRawFd;
+    storage_io_core::read_nowait(file.as_raw_fd(), buf, offset)
+}
+
+#[cfg(not(unix))]
+fn nowait_read(_file: &File, _buf: &mut [u8], _offset: u64) -> NowaitRead {
+    NowaitRead::Unsupported
+}
 
 /// What a job carries to and from its worker.
 enum Payload {
@@ -36,6 +47,8 @@ struct Job {
     file: Arc<File>,
     offset: u64,
     len: usize,
+    /// A read's first bytes already in the buffer (a partial page-cache hit at submit).
+    skip: usize,
     payload: Payload,
     submitted_at: Instant,
 }
@@ -62,6 +75,8 @@ struct PoolFile {
     /// Jobs held back to keep the datasync barrier: a sync waits here until every write before
     /// it is done, and writes submitted after a held sync queue behind it.
     held: VecDeque<Job>,
+    /// Whether to try this file's next read from the page cache (`nowait_reads`).
+    nowait: NowaitGate,
 }
 
 /// The thread-pool backend.
@@ -106,6 +121,8 @@ pub struct ThreadPoolStorageIo {
     /// Recycled staging buffers for copied writes.
     staging: Vec<AlignedBuf>,
     stats: IoStats,
+    /// Reads answered from the page cache at submit (`nowait_reads`).
+    nowait_hits: u64,
 }
 
 impl ThreadPoolStorageIo {
@@ -144,6 +161,7 @@ impl ThreadPoolStorageIo {
             outstanding: 0,
             staging: Vec::with_capacity(config.queue_depth),
             stats: IoStats::new(),
+            nowait_hits: 0,
         })
     }
 
@@ -161,12 +179,14 @@ impl ThreadPoolStorageIo {
 
     /// Accepts a validated job: counts it, then dispatches it or holds it behind a barrier.
     /// On failure the payload comes back, so an owned buffer is never lost.
+    #[allow(clippy::too_many_arguments)] // the job's fields
     fn accept(
         &mut self,
         fd: IoFd,
         op: OpKind,
         offset: u64,
         len: usize,
+        skip: usize,
         payload: Payload,
     ) -> Result<IoToken, (StorageIoError, Payload)> {
         let f = match self.files.get_mut(fd) {
@@ -181,6 +201,7 @@ impl ThreadPoolStorageIo {
             file: Arc::clone(&f.file),
             offset,
             len,
+            skip,
             payload,
             submitted_at: Instant::now(),
         };
@@ -291,6 +312,57 @@ impl ThreadPoolStorageIo {
         }
     }
 
+    /// With `nowait_reads`, tries a buffered read of `buf` at `offset` from the page cache on the
+    /// caller's thread. `None` when not tried (off, an `O_DIRECT` file, or the file's gate says
+    /// its reads keep missing).
+    fn try_nowait(&mut self, fd: IoFd, buf: &mut IoBuf, offset: u64) -> Option<NowaitRead> {
+        if !self.config.nowait_reads {
+            return None;
+        }
+        let f = self.files.get_mut(fd).ok()?;
+        if f.align.is_some() || !f.nowait.should_try() {
+            return None;
+        }
+        let outcome = nowait_read(&f.file, buf.as_mut_slice(), offset);
+        f.nowait.record_outcome(outcome);
+        Some(outcome)
+    }
+
+    /// A read the page cache answered whole at submit: no worker is woken; its completion waits
+    /// in `ready` for the next poll (`ready` holds at most `queue_depth`, its capacity).
+    fn complete_at_submit(
+        &mut self,
+        fd: IoFd,
+        mut buf: IoBuf,
+        offset: u64,
+        n: usize,
+        started: Instant,
+    ) -> IoToken {
+        let len = buf.len();
+        buf.truncate(n);
+        let token = self.tokens.next_token();
+        self.pending += 1;
+        self.nowait_hits += 1;
+        self.stats.record_submit(OpKind::Read);
+        self.stats.record_complete(OpKind::Read, Ok(n), started.elapsed());
+        self.ready.push_back(IoCompletion {
+            token,
+            op: OpKind::Read,
+            fd,
+            offset,
+            len_requested: len,
+            result: Ok(n),
+            buf: Some(buf),
+        });
+        token
+    }
+
+    /// How many reads were answered from the page cache at submit (`IoConfig::nowait_reads`),
+    /// without a worker.
+    pub fn nowait_hits(&self) -> u64 {
+        self.nowait_hits
+    }
+
     fn deliver(&mut self, out: &mut Vec<IoCompletion>) -> usize {
         deliver_ready(&mut self.ready, &mut self.pending, out)
     }
@@ -338,11 +410,14 @@ fn worker_loop(jobs: &flume::Receiver<Job>, done: &flume::Sender<Option<Done>>) 
             file,
             offset,
             len,
+            skip,
             mut payload,
             submitted_at,
         } = job;
         let result = match &mut payload {
-            Payload::Read(buf) => exec::read_full_at(&file, buf, offset),
+            Payload::Read(buf) => {
+                exec::read_full_at(&file, &mut buf[skip..], offset + skip as u64).map(|n| skip + n)
+            }
             Payload::WriteOwned(buf) => exec::write_all_at(&file, buf, offset, op),
             Payload::WriteCopied(v) => exec::write_all_at(&file, v, offset, op),
             Payload::Sync => exec::sync(&file, op),
@@ -390,6 +465,7 @@ impl StorageIo for ThreadPoolStorageIo {
             ops_in_flight: 0,
             writes_at_workers: 0,
             held: VecDeque::new(),
+            nowait: NowaitGate::default(),
         })
     }
 
@@ -418,14 +494,21 @@ impl StorageIo for ThreadPoolStorageIo {
             return Err(SubmitError::new(e, buf));
         }
         let len = buf.len();
-        self.accept(fd, OpKind::Read, offset, len, Payload::Read(buf))
+        let mut buf = buf;
+        let started = Instant::now();
+        let skip = match self.try_nowait(fd, &mut buf, offset) {
+            Some(NowaitRead::Done(n)) => return Ok(self.complete_at_submit(fd, buf, offset, n, started)),
+            Some(NowaitRead::Partial(n)) => n,
+            _ => 0,
+        };
+        self.accept(fd, OpKind::Read, offset, len, skip, Payload::Read(buf))
             .map_err(give_back)
     }
 
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
         let (op, offset) = self.write_checked(fd, data, Some(offset))?;
         let copy = self.staging_copy(data)?;
-        self.accept(fd, op, offset, data.len(), Payload::WriteCopied(copy))
+        self.accept(fd, op, offset, data.len(), 0, Payload::WriteCopied(copy))
             .map_err(|(e, _)| e)
     }
 
@@ -435,26 +518,26 @@ impl StorageIo for ThreadPoolStorageIo {
             Err(e) => return Err(SubmitError::new(e, buf)),
         };
         let len = buf.len();
-        self.accept(fd, op, offset, len, Payload::WriteOwned(buf))
+        self.accept(fd, op, offset, len, 0, Payload::WriteOwned(buf))
             .map_err(give_back)
     }
 
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
         let (op, offset) = self.write_checked(fd, data, None)?;
         let copy = self.staging_copy(data)?;
-        self.accept(fd, op, offset, data.len(), Payload::WriteCopied(copy))
+        self.accept(fd, op, offset, data.len(), 0, Payload::WriteCopied(copy))
             .map_err(|(e, _)| e)
     }
 
     fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
         self.admit()?;
-        self.accept(fd, OpKind::Datasync, 0, 0, Payload::Sync)
+        self.accept(fd, OpKind::Datasync, 0, 0, 0, Payload::Sync)
             .map_err(|(e, _)| e)
     }
 
     fn submit_fsync(&mut self, fd: IoFd) -> Result<IoToken> {
         self.admit()?;
-        self.accept(fd, OpKind::Fsync, 0, 0, Payload::Sync)
+        self.accept(fd, OpKind::Fsync, 0, 0, 0, Payload::Sync)
             .map_err(|(e, _)| e)
     }
 

@@ -38,6 +38,24 @@ fn thread_pool_backend_conformance() {
 }
 
 #[test]
+fn thread_pool_without_nowait_reads_conformance() {
+    // Every read goes to a worker (the page-cache fast path off).
+    conformance::run_with(
+        || -> Box<dyn StorageIo> {
+            Box::new(
+                ThreadPoolStorageIo::new(&IoConfig {
+                    workers: 2,
+                    nowait_reads: false,
+                    ..IoConfig::default()
+                })
+                .unwrap(),
+            )
+        },
+        &options(),
+    );
+}
+
+#[test]
 fn thread_pool_single_worker_conformance() {
     // One worker serialises everything: the barrier logic must not deadlock on it.
     conformance::run_with(
@@ -56,4 +74,38 @@ fn thread_pool_single_worker_conformance() {
             ..options()
         },
     );
+}
+
+/// A cached read on the thread pool completes at submit without a worker (its completion waits
+/// for the next poll); with `nowait_reads` off every read goes to a worker.
+#[test]
+fn thread_pool_cached_read_completes_at_submit_without_a_worker() {
+    use std::io::Write;
+    use storage_io_core::OpenOptions;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("hot");
+    let data: Vec<u8> = (0..12288).map(|i| (i % 239) as u8).collect();
+    std::fs::File::create(&path).unwrap().write_all(&data).unwrap();
+    for nowait_reads in [true, false] {
+        let mut io = ThreadPoolStorageIo::new(&IoConfig {
+            workers: 1,
+            nowait_reads,
+            ..IoConfig::default()
+        })
+        .unwrap();
+        let fd = io.open_file(&path, &OpenOptions::read_only()).unwrap();
+        io.submit_read(fd, vec![0u8; 4096].into(), 4096).unwrap();
+        // Past the end: the cached 4 KiB at submit, the rest (EOF) at a worker.
+        io.submit_read(fd, vec![0u8; 8192].into(), 8192).unwrap();
+        let mut done = Vec::new();
+        while io.pending_count() > 0 {
+            io.wait_completions(&mut done, 2, None).unwrap();
+        }
+        done.sort_by_key(|c| c.offset);
+        assert_eq!(io.nowait_hits(), u64::from(nowait_reads));
+        assert_eq!(done[0].result.as_ref().copied().unwrap(), 4096);
+        assert_eq!(&done[0].buf.as_ref().unwrap()[..], &data[4096..8192]);
+        assert_eq!(done[1].result.as_ref().copied().unwrap(), 4096);
+        assert_eq!(&done[1].buf.as_ref().unwrap()[..], &data[8192..]);
+    }
 }

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, opcode, squeue, types};
 use storage_io_core::{
     AlignedBuf, Capabilities, FdTable, FixedBufs, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken,
-    OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter, WaitWaker, WakeState,
-    deliver_ready, file_facts, file_len_of, plan_write, validate_transfer,
+    NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter, WaitWaker,
+    WakeState, deliver_ready, file_facts, file_len_of, plan_write, read_nowait, validate_transfer,
 };
 
 use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
@@ -232,6 +232,8 @@ struct UringFile {
     writes_in_kernel: usize,
     /// Slots held back by the datasync barrier, in submission order.
     held: VecDeque<u32>,
+    /// Whether to try this file's next read from the page cache (`nowait_reads`).
+    nowait: NowaitGate,
 }
 
 /// The registered-buffer index of `buf` when it is one of `fixed`'s buffers.
@@ -289,6 +291,8 @@ pub struct UringStorageIo {
     deferred: VecDeque<u32>,
     /// Reads and writes done in place on a caller's lent registered buffer.
     in_place_ops: u64,
+    /// Reads answered from the page cache at submit (`nowait_reads`), never in the ring.
+    nowait_hits: u64,
     stats: IoStats,
     report: ProbeReport,
     /// Set up by the first `wait_waker` call.
@@ -429,6 +433,7 @@ impl UringStorageIo {
             reaping: false,
             deferred: VecDeque::with_capacity(config.queue_depth),
             in_place_ops: 0,
+            nowait_hits: 0,
             stats: IoStats::new(),
             report,
             wake: None,
@@ -449,6 +454,28 @@ impl UringStorageIo {
         self.in_place_ops
     }
 
+    /// How many reads were answered from the page cache at submit (`IoConfig::nowait_reads`),
+    /// without entering the ring.
+    pub fn nowait_hits(&self) -> u64 {
+        self.nowait_hits
+    }
+
+    /// With `nowait_reads`, tries a buffered read of `buf` at `offset` from the page cache on
+    /// this thread. `None` when not tried (off, an `O_DIRECT` file, or the file's gate says its
+    /// reads keep missing).
+    fn try_nowait(&mut self, fd: IoFd, buf: &mut IoBuf, offset: u64) -> Option<NowaitRead> {
+        if !self.config.nowait_reads {
+            return None;
+        }
+        let f = self.files.get_mut(fd).ok()?;
+        if f.align.is_some() || !f.nowait.should_try() {
+            return None;
+        }
+        let outcome = read_nowait(f.raw, buf.as_mut_slice(), offset);
+        f.nowait.record_outcome(outcome);
+        Some(outcome)
+    }
+
     fn admit(&self) -> Result<()> {
         if self.pending >= self.config.queue_depth || self.free_slots.is_empty() {
             return Err(StorageIoError::QueueFull {
@@ -462,12 +489,14 @@ impl UringStorageIo {
     /// (no free slot, or the SQ could not take the entry) nothing was accepted and the payload
     /// comes back with the error.
     #[allow(clippy::result_large_err)] // a refusal hands the payload back; boxing it would allocate on that path
+    #[allow(clippy::too_many_arguments)] // the op's fields, as the slot stores them
     fn start(
         &mut self,
         fd: IoFd,
         op: OpKind,
         offset: u64,
         len: usize,
+        done: usize,
         payload: Payload,
     ) -> Result<IoToken, (StorageIoError, Payload)> {
         let Some(idx) = self.free_slots.pop() else {
@@ -481,7 +510,7 @@ impl UringStorageIo {
             fd,
             offset,
             len,
-            done: 0,
+            done,
             retries: 0,
             payload,
             started: Instant::now(),
@@ -972,14 +1001,44 @@ impl UringStorageIo {
     fn copied_write(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<IoToken> {
         let (op, offset) = self.write_checked(fd, data, offset)?;
         let payload = self.stage_copy(data)?;
-        self.start(fd, op, offset, data.len(), payload)
+        self.start(fd, op, offset, data.len(), 0, payload)
             .map_err(|(e, _)| e)
     }
 
     fn sync(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
         self.admit()?;
         self.files.get(fd)?;
-        self.start(fd, op, 0, 0, Payload::Sync).map_err(|(e, _)| e)
+        self.start(fd, op, 0, 0, 0, Payload::Sync).map_err(|(e, _)| e)
+    }
+
+    /// A read the page cache answered whole at submit: its completion waits in `ready` for the
+    /// next poll, as on the inline backend (no slot, nothing in the ring; `ready` holds at most
+    /// `queue_depth`, its capacity, so this does not allocate).
+    fn complete_at_submit(
+        &mut self,
+        fd: IoFd,
+        mut buf: IoBuf,
+        offset: u64,
+        n: usize,
+        started: Instant,
+    ) -> IoToken {
+        let len = buf.len();
+        buf.truncate(n);
+        let token = self.tokens.next_token();
+        self.pending += 1;
+        self.nowait_hits += 1;
+        self.stats.record_submit(OpKind::Read);
+        self.stats.record_complete(OpKind::Read, Ok(n), started.elapsed());
+        self.ready.push_back(IoCompletion {
+            token,
+            op: OpKind::Read,
+            fd,
+            offset,
+            len_requested: len,
+            result: Ok(n),
+            buf: Some(buf),
+        });
+        token
     }
 
     fn deliver(&mut self, out: &mut Vec<IoCompletion>) -> usize {
@@ -1148,6 +1207,7 @@ impl StorageIo for UringStorageIo {
             ops_in_flight: 0,
             writes_in_kernel: 0,
             held: VecDeque::new(),
+            nowait: NowaitGate::default(),
         })?;
         if self.registered_files
             && let Err(e) = self.ring.submitter().register_files_update(fd.slot, &[raw])
@@ -1197,9 +1257,18 @@ impl StorageIo for UringStorageIo {
             return Err(SubmitError::new(e, buf));
         }
         let len = buf.len();
+        let mut buf = buf;
+        let started = Instant::now();
+        let done = match self.try_nowait(fd, &mut buf, offset) {
+            Some(NowaitRead::Done(n)) => return Ok(self.complete_at_submit(fd, buf, offset, n, started)),
+            Some(NowaitRead::Partial(n)) => n,
+            _ => 0,
+        };
         let in_place = registered_index(self.fixed.as_ref(), &buf).is_some();
+        // A read continued after a partial cache hit goes into the caller's buffer (its first
+        // bytes are filled already), not through staging.
         let staging = match self.fixed.as_ref() {
-            Some(f) if !in_place => f.take(len),
+            Some(f) if !in_place && done == 0 => f.take(len),
             _ => None,
         };
         let payload = match staging {
@@ -1207,7 +1276,7 @@ impl StorageIo for UringStorageIo {
             None => Payload::Read(buf),
         };
         let token = self
-            .start(fd, OpKind::Read, offset, len, payload)
+            .start(fd, OpKind::Read, offset, len, done, payload)
             .map_err(|(e, p)| {
                 let buf = match p {
                     // The staging buffer goes back to the free list as it drops here.
@@ -1233,7 +1302,7 @@ impl StorageIo for UringStorageIo {
         let len = buf.len();
         let in_place = registered_index(self.fixed.as_ref(), &buf).is_some();
         let token = self
-            .start(fd, op, offset, len, Payload::WriteOwned(buf))
+            .start(fd, op, offset, len, 0, Payload::WriteOwned(buf))
             .map_err(|(e, p)| {
                 let buf = match p {
                     Payload::WriteOwned(b) => b,
@@ -1412,6 +1481,8 @@ mod tests {
         let config = IoConfig {
             queue_depth,
             sq_depth: 1,
+            // These tests are about the ring: reads of the (cached) file must go through it.
+            nowait_reads: false,
             ..IoConfig::default()
         };
         let mut io = UringStorageIo::new(&config).unwrap();

@@ -58,6 +58,18 @@ fn uring_small_ring_small_buffers_conformance() {
 }
 
 #[test]
+fn uring_without_nowait_reads_conformance() {
+    // Every read goes through the ring (the page-cache fast path off).
+    run(
+        "uring_without_nowait_reads_conformance",
+        IoConfig {
+            nowait_reads: false,
+            ..IoConfig::default()
+        },
+    );
+}
+
+#[test]
 fn uring_sqpoll_conformance() {
     run(
         "uring_sqpoll_conformance",

@@ -299,6 +299,8 @@ fn uring_stats_time_the_calls_that_only_submit_and_not_the_waits() {
     let four_reads = |submit_batch: usize| {
         let mut io = UringStorageIo::new(&IoConfig {
             submit_batch,
+            // The file was just written: its reads must go through the ring, not the cache.
+            nowait_reads: false,
             ..IoConfig::default()
         })
         .unwrap();
