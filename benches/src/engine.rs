@@ -36,6 +36,8 @@ pub const BACKENDS: &[&str] = &[
     "uring_nofixed",
     "uring_sqpoll",
     "uring_heapbuf",
+    "uring_nowait_off",
+    "thread_pool_nowait_off",
 ];
 
 /// One cell of ours.
@@ -78,6 +80,21 @@ pub fn make_backend(name: &str, qd: usize) -> Result<Box<dyn StorageIo>> {
             BackendKind::IoUring,
             IoConfig {
                 fixed_buffers: false,
+                ..config
+            },
+        ),
+        // The page-cache fast path off (`nowait_reads`): every read through the ring / a worker.
+        "uring_nowait_off" => (
+            BackendKind::IoUring,
+            IoConfig {
+                nowait_reads: false,
+                ..config
+            },
+        ),
+        "thread_pool_nowait_off" => (
+            BackendKind::ThreadPool,
+            IoConfig {
+                nowait_reads: false,
                 ..config
             },
         ),

@@ -51,7 +51,8 @@ pub struct Row {
     pub workload: String,
     /// `storage-io` or `fio`.
     pub engine: String,
-    /// Ours: `sync`, `thread_pool`, `uring`, `uring_nofixed`, `uring_sqpoll`, `uring_heapbuf`; fio: `psync`,
+    /// Ours: `sync`, `thread_pool`, `uring`, `uring_nofixed`, `uring_sqpoll`, `uring_heapbuf`,
+    /// `uring_nowait_off`, `thread_pool_nowait_off`; fio: `psync`,
     /// `io_uring`, `io_uring+fixed`.
     pub backend: String,
     /// `direct` or `buffered`.

@@ -290,6 +290,83 @@ fn best(rows: &[Row], f: impl Fn(&Row) -> bool) -> Option<&Row> {
         .max_by(|a, b| a.iops.total_cmp(&b.iops))
 }
 
+/// The median of the per-round ratios of two of our rows, as `text()` shows it.
+fn ours_vs(a: &Row, b: &Row) -> String {
+    pair_ratio(a, b).map_or_else(|| "–".into(), |r| r.text())
+}
+
+/// The guidance lines about the page-cache fast path, if the run has the cells for them.
+fn fast_path_guidance(rows: &[Row], qds: &BTreeSet<usize>) -> Option<String> {
+    let mut s = String::new();
+    // (hot cells where io_uring held ≥ 0.95× sync, hot cells) and (other cells where io_uring
+    // held ≥ 0.97× its fast path off, other cells).
+    let (mut hot_ok, mut hot, mut cold_ok, mut cold) = (0, 0, 0, 0);
+    for ((w, io, regime), group) in groups(rows) {
+        let of = |b: &str, q: usize| {
+            group
+                .iter()
+                .find(|r| r.engine == "storage-io" && r.backend == b && r.qd == q)
+                .copied()
+        };
+        let mut parts = Vec::new();
+        for &q in qds {
+            for (on, off) in [
+                ("uring", "uring_nowait_off"),
+                ("thread_pool", "thread_pool_nowait_off"),
+            ] {
+                let Some(a) = of(on, q) else { continue };
+                let mut bits = Vec::new();
+                if let Some(b) = of(off, q) {
+                    bits.push(format!("{} of off", ours_vs(a, b)));
+                    if on == "uring" && regime != "hot" {
+                        cold += 1;
+                        cold_ok += usize::from(pair_ratio(a, b).is_some_and(|r| r.median >= 0.97));
+                    }
+                }
+                if let Some(y) = of("sync", q).filter(|_| io == "buffered") {
+                    bits.push(format!("{} of sync", ours_vs(a, y)));
+                    if on == "uring" && regime == "hot" {
+                        hot += 1;
+                        hot_ok += usize::from(pair_ratio(a, y).is_some_and(|r| r.median >= 0.95));
+                    }
+                }
+                if !bits.is_empty() && (io == "buffered" || of(off, q).is_some()) {
+                    parts.push(format!("{on} qd {q} {}", bits.join(", ")));
+                }
+            }
+        }
+        if !parts.is_empty() {
+            let _ = writeln!(
+                s,
+                "- {w} · {io} · {regime}: page-cache fast path (`nowait_reads`, IOPS on ÷ off, and ÷ sync) — {}.",
+                parts.join("; ")
+            );
+        }
+    }
+    let mut facts = Vec::new();
+    if hot > 0 {
+        facts.push(format!(
+            "in {hot_ok} of {hot} hot cells io_uring held ≥ 0.95× the inline sync backend"
+        ));
+    }
+    if cold > 0 {
+        facts.push(format!(
+            "in {cold_ok} of {cold} uncached cells ≥ 0.97× io_uring with the fast path off"
+        ));
+    }
+    if !facts.is_empty() {
+        let verdict = match (hot > 0 && cold > 0, hot_ok == hot && cold_ok == cold) {
+            (true, true) => "auto (io_uring) now holds its own on hot and cold data alike",
+            (_, false) => "auto (io_uring) does not yet hold its own everywhere",
+            (false, true) => {
+                "this run has only hot or only uncached cells, so it cannot say whether auto holds on both"
+            }
+        };
+        let _ = writeln!(s, "- {verdict}: {}.", facts.join(", and "));
+    }
+    (!s.is_empty()).then_some(s)
+}
+
 /// The guidance section, drawn only from `rows`.
 pub fn guidance(rows: &[Row]) -> String {
     let mut s = String::from("## Guidance (from this run's numbers)\n\n");
@@ -390,6 +467,14 @@ pub fn guidance(rows: &[Row]) -> String {
             "- {w} · {io} · {regime}: io_uring / thread pool IOPS {} — {cross}{sync_note}.",
             parts.join(", ")
         );
+    }
+
+    // 2b. The page-cache fast path (`nowait_reads`): each queued backend with it on and off,
+    // and against the inline backend, in the buffered cells; then whether `auto` (io_uring with
+    // the fast path) now holds its own on hot and cold data alike.
+    if let Some(lines) = fast_path_guidance(rows, &qds) {
+        said = true;
+        s.push_str(&lines);
     }
 
     // 3. Ours against fio.
@@ -657,6 +742,41 @@ mod tests {
         assert!(g.contains("median 0.97×"), "{g}");
         assert!(!g.contains("set `direct_io = true`"), "{g}");
         assert!(g.contains("90 % of their best IOPS at qd 16"), "{g}");
+    }
+
+    #[test]
+    fn fast_path_guidance_compares_on_off_and_sync_and_gives_a_verdict() {
+        let mut rows = Vec::new();
+        for (backend, hot, cold) in [
+            ("sync", 700e3, 0.0),
+            ("uring", 690e3, 90e3),
+            ("uring_nowait_off", 570e3, 91e3),
+            ("thread_pool", 600e3, 70e3),
+            ("thread_pool_nowait_off", 60e3, 70e3),
+        ] {
+            rows.push(row("storage-io", backend, "buffered", "hot", 1, hot));
+            if cold > 0.0 {
+                rows.push(row("storage-io", backend, "direct", "uncached", 1, cold));
+            }
+        }
+        let g = guidance(&rows);
+        assert!(
+            g.contains("rand_read · buffered · hot: page-cache fast path"),
+            "{g}"
+        );
+        assert!(g.contains("uring qd 1 1.21× of off, 0.99× of sync"), "{g}");
+        assert!(g.contains("thread_pool qd 1 10.00× of off, 0.86× of sync"), "{g}");
+        assert!(
+            g.contains("rand_read · direct · uncached: page-cache fast path"),
+            "{g}"
+        );
+        assert!(
+            g.contains("auto (io_uring) now holds its own on hot and cold data alike: in 1 of 1 hot cells"),
+            "{g}"
+        );
+        // Only hot cells: no verdict on both.
+        let hot_only: Vec<Row> = rows.into_iter().filter(|r| r.regime == "hot").collect();
+        assert!(guidance(&hot_only).contains("cannot say whether auto holds on both"));
     }
 
     #[test]

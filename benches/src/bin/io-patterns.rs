@@ -40,7 +40,7 @@ struct Args {
     /// sync per op), segment_read (sequential reads through the async file API).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
-    /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll, uring_heapbuf (the caller's own heap buffers: reads staged in registered memory and copied).
+    /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll, uring_heapbuf (the caller's own heap buffers: reads staged in registered memory and copied), uring_nowait_off and thread_pool_nowait_off (buffered reads never answered from the page cache at submit).
     #[arg(long, value_delimiter = ',')]
     backend: Vec<String>,
     /// I/O mode: direct, buffered or both.

@@ -305,6 +305,11 @@ impl ThreadPoolStorageIo {
     }
 
     fn drain_results(&mut self) {
+        // Nothing at a worker and no waker to send kicks: the channel is empty, and a poll of
+        // reads answered at submit need not lock it to find out.
+        if self.outstanding == 0 && self.wake.is_none() {
+            return;
+        }
         while let Ok(msg) = self.results.try_recv() {
             if let Some(done) = msg {
                 self.on_done(done);
@@ -313,9 +318,9 @@ impl ThreadPoolStorageIo {
     }
 
     /// With `nowait_reads`, tries a buffered read of `buf` at `offset` from the page cache on the
-    /// caller's thread. `None` when not tried (off, an `O_DIRECT` file, or the file's gate says
+    /// caller's thread, with the time it started. `None` when not tried (off, an `O_DIRECT` file, or the file's gate says
     /// its reads keep missing).
-    fn try_nowait(&mut self, fd: IoFd, buf: &mut IoBuf, offset: u64) -> Option<NowaitRead> {
+    fn try_nowait(&mut self, fd: IoFd, buf: &mut IoBuf, offset: u64) -> Option<(NowaitRead, Instant)> {
         if !self.config.nowait_reads {
             return None;
         }
@@ -323,9 +328,10 @@ impl ThreadPoolStorageIo {
         if f.align.is_some() || !f.nowait.should_try() {
             return None;
         }
+        let started = Instant::now();
         let outcome = nowait_read(&f.file, buf.as_mut_slice(), offset);
         f.nowait.record_outcome(outcome);
-        Some(outcome)
+        Some((outcome, started))
     }
 
     /// A read the page cache answered whole at submit: no worker is woken; its completion waits
@@ -495,10 +501,11 @@ impl StorageIo for ThreadPoolStorageIo {
         }
         let len = buf.len();
         let mut buf = buf;
-        let started = Instant::now();
         let skip = match self.try_nowait(fd, &mut buf, offset) {
-            Some(NowaitRead::Done(n)) => return Ok(self.complete_at_submit(fd, buf, offset, n, started)),
-            Some(NowaitRead::Partial(n)) => n,
+            Some((NowaitRead::Done(n), started)) => {
+                return Ok(self.complete_at_submit(fd, buf, offset, n, started));
+            }
+            Some((NowaitRead::Partial(n), _)) => n,
             _ => 0,
         };
         self.accept(fd, OpKind::Read, offset, len, skip, Payload::Read(buf))

@@ -461,9 +461,9 @@ impl UringStorageIo {
     }
 
     /// With `nowait_reads`, tries a buffered read of `buf` at `offset` from the page cache on
-    /// this thread. `None` when not tried (off, an `O_DIRECT` file, or the file's gate says its
+    /// this thread, with the time it started. `None` when not tried (off, an `O_DIRECT` file, or the file's gate says its
     /// reads keep missing).
-    fn try_nowait(&mut self, fd: IoFd, buf: &mut IoBuf, offset: u64) -> Option<NowaitRead> {
+    fn try_nowait(&mut self, fd: IoFd, buf: &mut IoBuf, offset: u64) -> Option<(NowaitRead, Instant)> {
         if !self.config.nowait_reads {
             return None;
         }
@@ -471,9 +471,10 @@ impl UringStorageIo {
         if f.align.is_some() || !f.nowait.should_try() {
             return None;
         }
+        let started = Instant::now();
         let outcome = read_nowait(f.raw, buf.as_mut_slice(), offset);
         f.nowait.record_outcome(outcome);
-        Some(outcome)
+        Some((outcome, started))
     }
 
     fn admit(&self) -> Result<()> {
@@ -1258,10 +1259,11 @@ impl StorageIo for UringStorageIo {
         }
         let len = buf.len();
         let mut buf = buf;
-        let started = Instant::now();
         let done = match self.try_nowait(fd, &mut buf, offset) {
-            Some(NowaitRead::Done(n)) => return Ok(self.complete_at_submit(fd, buf, offset, n, started)),
-            Some(NowaitRead::Partial(n)) => n,
+            Some((NowaitRead::Done(n), started)) => {
+                return Ok(self.complete_at_submit(fd, buf, offset, n, started));
+            }
+            Some((NowaitRead::Partial(n), _)) => n,
             _ => 0,
         };
         let in_place = registered_index(self.fixed.as_ref(), &buf).is_some();
@@ -1341,7 +1343,11 @@ impl StorageIo for UringStorageIo {
             // for the next poll or wait.
             let _ = self.enter(0, None);
         }
-        self.reap();
+        // With none of our ops in the kernel there is nothing to reap but a wake read's or a
+        // timer's CQE, which the next wait takes (reads answered at submit skip the CQ here).
+        if self.in_kernel > 0 || must_enter {
+            self.reap();
+        }
         self.deliver(out)
     }
 
