@@ -11,6 +11,58 @@
 
 #[cfg(unix)]
 use std::os::fd::RawFd;
+use std::time::Instant;
+
+use crate::buf::IoBuf;
+use crate::op::{IoCompletion, IoFd, IoToken, OpKind};
+use crate::stats::IoStats;
+
+/// A queued backend's attempt at a read from the page cache: tried when `enabled`, the file is
+/// buffered (`align` is `None`) and its `gate` says so. Returns the outcome (already recorded in
+/// the gate) and when the attempt started, or `None` when it was not tried.
+#[cfg(unix)]
+pub fn try_cached_read(
+    enabled: bool,
+    align: Option<usize>,
+    gate: &mut NowaitGate,
+    fd: RawFd,
+    buf: &mut [u8],
+    offset: u64,
+) -> Option<(NowaitRead, Instant)> {
+    if !enabled || align.is_some() || !gate.should_try() {
+        return None;
+    }
+    let started = Instant::now();
+    let outcome = read_nowait(fd, buf, offset);
+    gate.record_outcome(outcome);
+    Some((outcome, started))
+}
+
+/// The completion of a read the page cache answered whole at submit (`n` bytes of `buf`, read at
+/// `offset` of `fd`), counted in `stats` as submitted and completed.
+pub fn cached_read_completion(
+    token: IoToken,
+    stats: &mut IoStats,
+    fd: IoFd,
+    mut buf: IoBuf,
+    offset: u64,
+    n: usize,
+    started: Instant,
+) -> IoCompletion {
+    let len = buf.len();
+    buf.truncate(n);
+    stats.record_submit(OpKind::Read);
+    stats.record_complete(OpKind::Read, Ok(n), started.elapsed());
+    IoCompletion {
+        token,
+        op: OpKind::Read,
+        fd,
+        offset,
+        len_requested: len,
+        result: Ok(n),
+        buf: Some(buf),
+    }
+}
 
 /// What one non-blocking read attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,20 +11,32 @@ use std::time::{Duration, Instant};
 use storage_io_core::{
     AlignedBuf, Capabilities, DEFAULT_ALIGNMENT, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats,
     IoToken, NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter,
-    WaitWaker, WakeState, deliver_ready, file_facts, file_len_of, plan_write, validate_transfer,
+    WaitWaker, WakeState, cached_read_completion, deliver_ready, file_facts, file_len_of, plan_write,
+    validate_transfer,
 };
 
 use crate::exec;
 
 #[cfg(unix)]
-fn nowait_read(file: &File, buf: &mut [u8], offset: u64) -> NowaitRead {
+fn cached_read(
+    enabled: bool,
+    f: &mut PoolFile,
+    buf: &mut [u8],
+    offset: u64,
+) -> Option<(NowaitRead, Instant)> {
     use std::os::fd::AsRawFd;
-    storage_io_core::read_nowait(file.as_raw_fd(), buf, offset)
+    let raw = f.file.as_raw_fd();
+    storage_io_core::try_cached_read(enabled, f.align, &mut f.nowait, raw, buf, offset)
 }
 
 #[cfg(not(unix))]
-fn nowait_read(_file: &File, _buf: &mut [u8], _offset: u64) -> NowaitRead {
-    NowaitRead::Unsupported
+fn cached_read(
+    _enabled: bool,
+    _f: &mut PoolFile,
+    _buf: &mut [u8],
+    _offset: u64,
+) -> Option<(NowaitRead, Instant)> {
+    None
 }
 
 /// What a job carries to and from its worker.
@@ -321,17 +333,9 @@ impl ThreadPoolStorageIo {
     /// caller's thread, with the time it started. `None` when not tried (off, an `O_DIRECT` file, or the file's gate says
     /// its reads keep missing).
     fn try_nowait(&mut self, fd: IoFd, buf: &mut IoBuf, offset: u64) -> Option<(NowaitRead, Instant)> {
-        if !self.config.nowait_reads {
-            return None;
-        }
+        let enabled = self.config.nowait_reads;
         let f = self.files.get_mut(fd).ok()?;
-        if f.align.is_some() || !f.nowait.should_try() {
-            return None;
-        }
-        let started = Instant::now();
-        let outcome = nowait_read(&f.file, buf.as_mut_slice(), offset);
-        f.nowait.record_outcome(outcome);
-        Some((outcome, started))
+        cached_read(enabled, f, buf.as_mut_slice(), offset)
     }
 
     /// A read the page cache answered whole at submit: no worker is woken; its completion waits
@@ -339,27 +343,16 @@ impl ThreadPoolStorageIo {
     fn complete_at_submit(
         &mut self,
         fd: IoFd,
-        mut buf: IoBuf,
+        buf: IoBuf,
         offset: u64,
         n: usize,
         started: Instant,
     ) -> IoToken {
-        let len = buf.len();
-        buf.truncate(n);
         let token = self.tokens.next_token();
         self.pending += 1;
         self.nowait_hits += 1;
-        self.stats.record_submit(OpKind::Read);
-        self.stats.record_complete(OpKind::Read, Ok(n), started.elapsed());
-        self.ready.push_back(IoCompletion {
-            token,
-            op: OpKind::Read,
-            fd,
-            offset,
-            len_requested: len,
-            result: Ok(n),
-            buf: Some(buf),
-        });
+        let done = cached_read_completion(token, &mut self.stats, fd, buf, offset, n, started);
+        self.ready.push_back(done);
         token
     }
 

@@ -33,7 +33,8 @@ use io_uring::{IoUring, opcode, squeue, types};
 use storage_io_core::{
     AlignedBuf, Capabilities, FdTable, FixedBufs, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken,
     NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter, WaitWaker,
-    WakeState, deliver_ready, file_facts, file_len_of, plan_write, read_nowait, validate_transfer,
+    WakeState, cached_read_completion, deliver_ready, file_facts, file_len_of, plan_write, try_cached_read,
+    validate_transfer,
 };
 
 use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
@@ -464,17 +465,9 @@ impl UringStorageIo {
     /// this thread, with the time it started. `None` when not tried (off, an `O_DIRECT` file, or the file's gate says its
     /// reads keep missing).
     fn try_nowait(&mut self, fd: IoFd, buf: &mut IoBuf, offset: u64) -> Option<(NowaitRead, Instant)> {
-        if !self.config.nowait_reads {
-            return None;
-        }
+        let enabled = self.config.nowait_reads;
         let f = self.files.get_mut(fd).ok()?;
-        if f.align.is_some() || !f.nowait.should_try() {
-            return None;
-        }
-        let started = Instant::now();
-        let outcome = read_nowait(f.raw, buf.as_mut_slice(), offset);
-        f.nowait.record_outcome(outcome);
-        Some((outcome, started))
+        try_cached_read(enabled, f.align, &mut f.nowait, f.raw, buf.as_mut_slice(), offset)
     }
 
     fn admit(&self) -> Result<()> {
@@ -1018,27 +1011,16 @@ impl UringStorageIo {
     fn complete_at_submit(
         &mut self,
         fd: IoFd,
-        mut buf: IoBuf,
+        buf: IoBuf,
         offset: u64,
         n: usize,
         started: Instant,
     ) -> IoToken {
-        let len = buf.len();
-        buf.truncate(n);
         let token = self.tokens.next_token();
         self.pending += 1;
         self.nowait_hits += 1;
-        self.stats.record_submit(OpKind::Read);
-        self.stats.record_complete(OpKind::Read, Ok(n), started.elapsed());
-        self.ready.push_back(IoCompletion {
-            token,
-            op: OpKind::Read,
-            fd,
-            offset,
-            len_requested: len,
-            result: Ok(n),
-            buf: Some(buf),
-        });
+        let done = cached_read_completion(token, &mut self.stats, fd, buf, offset, n, started);
+        self.ready.push_back(done);
         token
     }
 
