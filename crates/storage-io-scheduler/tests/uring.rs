@@ -23,6 +23,8 @@ fn backend_submit_calls_of_the_workers_reach_the_scheduler_stats() {
         let io = UringStorageIo::new(&IoConfig {
             queue_depth: 32,
             submit_batch: 1,
+            // The pages were just written: their reads must go through the ring, not the cache.
+            nowait_reads: false,
             ..IoConfig::default()
         })?;
         Ok(Box::new(io) as Box<dyn StorageIo>)
