@@ -5,12 +5,16 @@
 //! - `cargo xtask bench [ARGS]`: builds the io-patterns driver in release mode and runs it on a
 //!   temp file under `target/`; every argument is passed on (see `cargo xtask bench --help`).
 //! - `cargo xtask layering`: only the layering check.
+//! - `cargo xtask fuzz [--target NAME] [--time SECONDS]`, `cargo xtask sanitize [address|thread]`:
+//!   the nightly-only checks (see fuzz.rs), not part of `ci`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+
+mod fuzz;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,13 +23,17 @@ fn main() -> Result<()> {
         Some("ci") => ci(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..], false),
         Some("layering") => layering(&root),
+        Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
+        Some("sanitize") => fuzz::sanitize(&root, &args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             println!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  ci         fmt, clippy -D warnings, tests, docs, layering, bench smoke (what CI runs)\n  \
                  bench      the queue-depth benchmark (cargo xtask bench --help for flags)\n  \
-                 layering   check that no crate depends on a crate of a higher layer"
+                 layering   check that no crate depends on a crate of a higher layer\n  \
+                 fuzz       [--target NAME] [--time SECONDS]: run the cargo-fuzz targets (nightly, cargo-fuzz)\n  \
+                 sanitize   [address|thread]: the tests under AddressSanitizer / ThreadSanitizer (nightly)"
             );
             Ok(())
         }

@@ -104,6 +104,16 @@ impl Allocator {
         (self.seq, self.encode(page_size))
     }
 
+    /// The image of the current state with its current sequence number (what `decode` read).
+    pub(crate) fn encode_as_is(&self, page_size: usize) -> Vec<u8> {
+        self.encode(page_size)
+    }
+
+    /// `next` and the free ids.
+    pub(crate) fn parts(&self) -> (u64, &BTreeSet<u64>) {
+        (self.next, &self.free)
+    }
+
     fn encode(&self, page_size: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_BYTES + 8 * self.free.len() + 4);
         out.extend_from_slice(MAGIC);
@@ -141,6 +151,9 @@ impl Allocator {
             return Err(format!("version {version}, this build reads version {VERSION}"));
         }
         let page_size = u32_at(8);
+        if u32_at(12) != 0 {
+            return Err("reserved field is not zero".into());
+        }
         let seq = u64_at(16);
         let next = u64_at(24);
         let free_count = u64_at(32);
@@ -154,12 +167,16 @@ impl Allocator {
         if crc32c::crc32c(&bytes[..body]) != stored {
             return Err("checksum mismatch (torn or damaged write)".into());
         }
+        // Free ids are written in increasing order; anything else was not written by us.
         let mut free = BTreeSet::new();
         for i in 0..free_count as usize {
             let id = u64_at(HEADER_BYTES + 8 * i);
-            if id >= next || !free.insert(id) {
-                return Err(format!("free id {id} is past the end ({next}) or listed twice"));
+            if id >= next || free.last().is_some_and(|&last| id <= last) {
+                return Err(format!(
+                    "free id {id} is past the end ({next}), listed twice or out of order"
+                ));
             }
+            free.insert(id);
         }
         Ok((Allocator { next, free, seq }, page_size))
     }

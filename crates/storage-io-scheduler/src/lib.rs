@@ -52,6 +52,8 @@ mod batch;
 mod cache;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod idhash;
 mod reply;
 mod scheduler;

@@ -84,3 +84,33 @@ fn check_segment(image: &[u8], segment: u64, size: u64) {
         ScanEnd::BadHeader => assert!(scan.records.is_empty()),
     }
 }
+
+/// The frame decoder on its own: `data` is byte 0 (a position, mod 64, and a base LSN, in its
+/// top bits) and then one segment image. Panics if a frame decodes as valid yet does not fit its
+/// segment, or does not re-encode to exactly the bytes it was decoded from.
+pub fn check_frame(data: &[u8]) {
+    let Some((&control, image)) = data.split_first() else {
+        return;
+    };
+    let size = FUZZ_SEGMENT_BYTES;
+    let pos = usize::from(control & 0x3f);
+    let base = u64::from(control >> 6) * size;
+    match crate::format::decode_frame(image, pos, base, size) {
+        crate::format::Frame::Data(len) => {
+            let end = pos + RECORD_HEADER_BYTES as usize + len;
+            assert!(
+                end as u64 <= size,
+                "a frame of {len} bytes at {pos} passes the segment end"
+            );
+            let mut again = Vec::new();
+            let payload = &image[pos + RECORD_HEADER_BYTES as usize..end];
+            encode_record(&mut again, KIND_DATA, base + pos as u64, payload);
+            assert_eq!(
+                again,
+                &image[pos..end],
+                "a decoded frame does not re-encode to itself"
+            );
+        }
+        crate::format::Frame::SegmentEnd | crate::format::Frame::Invalid => {}
+    }
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use storage_io_testkit::memio::MemFs;
 use storage_io_wal::WalManager;
-use storage_io_wal::fuzzing::{FUZZ_SEGMENT_BYTES, check_log_image};
+use storage_io_wal::fuzzing::{FUZZ_SEGMENT_BYTES, check_frame, check_log_image};
 
 use common::{DIR, mem_factory, small_config};
 
@@ -111,4 +111,44 @@ proptest::proptest! {
         }
         check_log_image(&image);
     }
+}
+
+/// Seeds of the `wal_frame` target: the first segment of real logs, with the control byte at the
+/// first record (position 32, base LSN 0), and a few positions that hold no frame.
+fn frame_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (records, seed) in [(1, 1), (6, 2)] {
+        let image = log_image(records, seed);
+        let segment = &image[1..1 + FUZZ_SEGMENT_BYTES as usize];
+        for control in [32u8, 0, 40] {
+            let mut input = vec![control];
+            input.extend_from_slice(segment);
+            out.push((format!("frame-{records}-{control}"), input));
+        }
+    }
+    out
+}
+
+#[test]
+fn wal_frame_fuzz_corpus_replays_without_breaking_an_invariant() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/wal_frame");
+    if std::env::var_os("STORAGE_IO_WAL_WRITE_CORPUS").is_some() {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in frame_seeds() {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+    for (name, bytes) in frame_seeds() {
+        std::panic::catch_unwind(|| check_frame(&bytes)).unwrap_or_else(|_| panic!("seed {name}"));
+    }
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&dir).expect("the wal_frame corpus is in the repository") {
+        check_frame(&std::fs::read(entry.unwrap().path()).unwrap());
+        replayed += 1;
+    }
+    assert!(
+        replayed >= 6,
+        "only {replayed} corpus inputs in {}",
+        dir.display()
+    );
 }

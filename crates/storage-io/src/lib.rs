@@ -31,6 +31,8 @@ use std::fmt;
 use std::sync::Arc;
 
 mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use fs::{
     AsyncFile, AsyncFileSystem, AsyncIoMetrics, BufOp, IoBufferPool, LATENCY_BUCKETS_SECONDS, Op, OpMetrics,
