@@ -67,13 +67,14 @@ struct Seen {
 }
 
 /// Batches of appends, all in flight at once, each batch followed by one `sync_data` (the
-/// example's group commit); the segment's creation is made durable by `sync_dir` first.
-fn workload(fs: &AsyncFileSystem, seen: &mut Seen) {
+/// example's group commit). With `sync_dir`, the segment's creation is made durable by an
+/// explicit `sync_dir` first; without, the first `sync_data` of a created file does it.
+fn workload(fs: &AsyncFileSystem, seen: &mut Seen, sync_dir: bool) {
     block_on(async {
         let Ok(log) = fs.open_append(SEGMENT).await else {
             return;
         };
-        if fs.sync_dir(DIR).await.is_err() {
+        if sync_dir && fs.sync_dir(DIR).await.is_err() {
             return;
         }
         let mut i = 0;
@@ -100,6 +101,12 @@ fn tear(k: u64) -> TearMode {
 
 #[test]
 fn async_file_api_on_memio_keeps_every_append_a_completed_sync_data_covers_across_a_crash() {
+    for sync_dir in [true, false] {
+        sweep(sync_dir);
+    }
+}
+
+fn sweep(sync_dir: bool) {
     let config = IoConfig {
         io_workers: 1,
         ..IoConfig::default()
@@ -108,7 +115,7 @@ fn async_file_api_on_memio_keeps_every_append_a_completed_sync_data_covers_acros
         let mem = MemFs::new(0);
         let fs = AsyncFileSystem::with_factory(&config, mem_factory(&mem)).unwrap();
         let mut seen = Seen::default();
-        workload(&fs, &mut seen);
+        workload(&fs, &mut seen, sync_dir);
         fs.shutdown();
         assert_eq!(seen.covered, 19, "the dry run must complete");
         mem.mutation_count()
@@ -120,13 +127,13 @@ fn async_file_api_on_memio_keeps_every_append_a_completed_sync_data_covers_acros
         mem.crash_after_ops(k, CrashOptions { tear: tear(k) });
         let fs = AsyncFileSystem::with_factory(&config, mem_factory(&mem)).unwrap();
         let mut seen = Seen::default();
-        workload(&fs, &mut seen);
+        workload(&fs, &mut seen, sync_dir);
         fs.shutdown();
         if mem.crash_count() == 0 {
             mem.crash_after_ops(0, CrashOptions::default());
             mem.crash(CrashOptions { tear: tear(k) });
         }
-        let ctx = format!("crash at op {k} of {total} ({:?})", tear(k));
+        let ctx = format!("sync_dir {sync_dir}, crash at op {k} of {total} ({:?})", tear(k));
         let data = mem.read_file(Path::new(SEGMENT)).unwrap_or_default();
         for (at, p) in &seen.appended[..seen.covered] {
             let f = frame(p);

@@ -192,8 +192,9 @@ impl AsyncFileSystem {
     }
 
     /// Makes the creation (and removal) of the files in `dir` durable: an fsync of the directory,
-    /// through a worker's backend. A file created since the last call may be gone after a crash
-    /// until this returns, however many `sync_data` calls its contents had.
+    /// through a worker's backend. The first `sync_data`/`sync_all` of a file opened with
+    /// `create` does this for its own directory already; call it for removals, or to make the
+    /// names of many new files durable at once.
     ///
     /// ```no_run
     /// # async fn demo(fs: storage_io::AsyncFileSystem) -> storage_io::Result<()> {

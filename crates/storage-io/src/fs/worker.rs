@@ -163,6 +163,10 @@ pub(crate) struct Worker {
     /// Each open file, with a second OS handle on it for `allocate` where there is an OS file
     /// (the backend owns the first; an in-memory backend's files have none).
     files: HashMap<IoFd, Option<File>>,
+    /// Files opened with `create` whose directory has not been synced since: the first sync of
+    /// such a file syncs its directory first, so that a completed `sync_data` of a new file's
+    /// appends survives a crash (the data is durable, and so is the name it is under).
+    unsynced_names: HashMap<IoFd, PathBuf>,
     done: Vec<IoCompletion>,
     closing: bool,
     /// The backend's waker: with one, the worker blocks for completions without a timeout and
@@ -188,6 +192,7 @@ impl Worker {
             in_flight: HashMap::with_capacity(queue_depth * 2),
             busy: HashMap::new(),
             files: HashMap::new(),
+            unsynced_names: HashMap::new(),
             done: Vec::with_capacity(queue_depth),
             closing: false,
             waker,
@@ -321,6 +326,18 @@ impl Worker {
                 }
             }
             Request::Sync { fd, kind, at, reply } => {
+                let dir = self.unsynced_names.get(&fd).map(|p| match p.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                    _ => PathBuf::from("."),
+                });
+                if let Some(dir) = dir
+                    && let Err(error) = self.io.sync_dir(&dir)
+                {
+                    self.refused(kind, at);
+                    let _ = reply.complete(Err(error));
+                    return None;
+                }
+                self.unsynced_names.remove(&fd);
                 let submitted = if kind == OpKind::Fsync {
                     self.io.submit_fsync(fd)
                 } else {
@@ -364,6 +381,7 @@ impl Worker {
                 // queued for the next collect.
                 let result = self.io.deregister_fd(fd);
                 self.files.remove(&fd);
+                self.unsynced_names.remove(&fd);
                 if let Some(reply) = reply {
                     let _ = reply.complete(result);
                 } else if let Err(e) = result {
@@ -397,6 +415,9 @@ impl Worker {
             }
         }
         self.files.insert(opened.fd, opened.file);
+        if options.create || options.create_new {
+            self.unsynced_names.insert(opened.fd, path.to_path_buf());
+        }
         Ok(Opened {
             fd: opened.fd,
             mode: opened.mode,
