@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use storage_io_scheduler::PageId;
 use storage_io_scheduler::fuzzing::check_alloc_image;
+use storage_io_testkit::corpus::replay;
 use storage_io_testkit::memio::MemFs;
 
 /// Images the scheduler wrote: a fresh one, after allocations, after frees.
@@ -33,23 +34,5 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn sched_alloc_image_fuzz_corpus_replays_without_breaking_an_invariant() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/sched_alloc_image");
-    if std::env::var_os("STORAGE_IO_WRITE_CORPUS").is_some() {
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in seeds() {
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
-    }
-    for (name, bytes) in seeds() {
-        std::panic::catch_unwind(|| check_alloc_image(&bytes)).unwrap_or_else(|_| panic!("seed {name}"));
-    }
-    let mut replayed = 0;
-    for entry in std::fs::read_dir(&dir).expect("the sched_alloc_image corpus is in the repository") {
-        check_alloc_image(&std::fs::read(entry.unwrap().path()).unwrap());
-        replayed += 1;
-    }
-    assert!(
-        replayed >= 4,
-        "only {replayed} corpus inputs in {}",
-        dir.display()
-    );
+    replay(&dir, &seeds(), "STORAGE_IO_WRITE_CORPUS", 4, check_alloc_image);
 }

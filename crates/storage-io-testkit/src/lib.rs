@@ -32,6 +32,7 @@
 
 pub mod alloc;
 pub mod conformance;
+pub mod corpus;
 pub mod faulty;
 pub mod gated;
 pub mod memio;

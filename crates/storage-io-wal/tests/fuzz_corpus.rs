@@ -7,6 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
+use storage_io_testkit::corpus::replay;
 use storage_io_testkit::memio::MemFs;
 use storage_io_wal::WalManager;
 use storage_io_wal::fuzzing::{FUZZ_SEGMENT_BYTES, check_frame, check_log_image};
@@ -132,23 +133,11 @@ fn frame_seeds() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn wal_frame_fuzz_corpus_replays_without_breaking_an_invariant() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/wal_frame");
-    if std::env::var_os("STORAGE_IO_WAL_WRITE_CORPUS").is_some() {
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in frame_seeds() {
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
-    }
-    for (name, bytes) in frame_seeds() {
-        std::panic::catch_unwind(|| check_frame(&bytes)).unwrap_or_else(|_| panic!("seed {name}"));
-    }
-    let mut replayed = 0;
-    for entry in std::fs::read_dir(&dir).expect("the wal_frame corpus is in the repository") {
-        check_frame(&std::fs::read(entry.unwrap().path()).unwrap());
-        replayed += 1;
-    }
-    assert!(
-        replayed >= 6,
-        "only {replayed} corpus inputs in {}",
-        dir.display()
+    replay(
+        &dir,
+        &frame_seeds(),
+        "STORAGE_IO_WAL_WRITE_CORPUS",
+        6,
+        check_frame,
     );
 }

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use storage_io::fuzzing::check_config_text;
 use storage_io::scheduler::IOSchedulerConfig;
 use storage_io::wal::WalConfig;
+use storage_io_testkit::corpus::replay;
 
 fn seeds() -> Vec<(String, Vec<u8>)> {
     let texts: [(u8, &str, String, String); 3] = [
@@ -48,23 +49,5 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn config_text_fuzz_corpus_replays_without_breaking_an_invariant() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/config_text");
-    if std::env::var_os("STORAGE_IO_WRITE_CORPUS").is_some() {
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in seeds() {
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
-    }
-    for (name, bytes) in seeds() {
-        std::panic::catch_unwind(|| check_config_text(&bytes)).unwrap_or_else(|_| panic!("seed {name}"));
-    }
-    let mut replayed = 0;
-    for entry in std::fs::read_dir(&dir).expect("the config_text corpus is in the repository") {
-        check_config_text(&std::fs::read(entry.unwrap().path()).unwrap());
-        replayed += 1;
-    }
-    assert!(
-        replayed >= 9,
-        "only {replayed} corpus inputs in {}",
-        dir.display()
-    );
+    replay(&dir, &seeds(), "STORAGE_IO_WRITE_CORPUS", 9, check_config_text);
 }
