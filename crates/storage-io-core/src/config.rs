@@ -94,7 +94,8 @@ pub struct IoConfig {
     /// Which backend to build.
     pub backend: BackendKind,
     /// Operations one backend instance keeps in flight before `submit_*` answers `QueueFull`
-    /// (the io_uring SQ size; the CQ is twice that).
+    /// (the io_uring SQ size unless `sq_depth` sets it; the CQ is twice the larger of the two,
+    /// plus room for the backend's wake read and wait timers).
     pub queue_depth: usize,
     /// Worker threads of the thread-pool backend; 0 picks max(2, available cores).
     pub workers: usize,

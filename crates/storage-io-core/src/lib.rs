@@ -33,7 +33,8 @@
 //! ```
 //!
 //! Core has no OS-specific code except the direct-I/O open helper ([`open_file`]), which needs
-//! `O_DIRECT` and sits behind `cfg`.
+//! `O_DIRECT`, and the page-cache read attempt (`read_nowait`, `preadv2(RWF_NOWAIT)`); both sit
+//! behind `cfg` and use `libc`.
 
 mod backend;
 mod buf;

@@ -8,7 +8,8 @@ use std::fmt;
 pub enum Unavailable {
     /// Not Linux: io_uring does not exist here.
     NotLinux,
-    /// `ENOSYS`: the kernel predates io_uring (5.1) or was built without it.
+    /// `ENOSYS`: the kernel has no io_uring (it came in 5.1; this backend needs 5.6 for the
+    /// opcodes it uses) or was built without it.
     NoKernelSupport,
     /// `EPERM`: forbidden — `kernel.io_uring_disabled` is set, or a seccomp filter (common in
     /// containers) blocks `io_uring_setup`.
