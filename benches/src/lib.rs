@@ -47,7 +47,8 @@ impl Latency {
 /// One measured cell: the JSON row of `results.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Row {
-    /// `seq_read`, `rand_read`, `rand_write` or `multistream_scan`.
+    /// One of [`engine::WORKLOADS`] (`seq_read`, `rand_read`, `rand_write`, `multistream_scan`,
+    /// `wal_commit`, the `scheduler_*` and `raw_round_read` cells, `segment_append`, `segment_read`).
     pub workload: String,
     /// `storage-io` or `fio`.
     pub engine: String,
