@@ -104,17 +104,13 @@ impl Allocator {
         (self.seq, self.encode(page_size))
     }
 
-    /// The image of the current state with its current sequence number (what `decode` read).
-    pub(crate) fn encode_as_is(&self, page_size: usize) -> Vec<u8> {
-        self.encode(page_size)
-    }
-
     /// `next` and the free ids.
     pub(crate) fn parts(&self) -> (u64, &BTreeSet<u64>) {
         (self.next, &self.free)
     }
 
-    fn encode(&self, page_size: usize) -> Vec<u8> {
+    /// The image of the current state with its current sequence number (what `decode` read).
+    pub(crate) fn encode(&self, page_size: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_BYTES + 8 * self.free.len() + 4);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());

@@ -461,9 +461,8 @@ impl UringStorageIo {
         self.nowait_hits
     }
 
-    /// With `nowait_reads`, tries a buffered read of `buf` at `offset` from the page cache on
-    /// this thread, with the time it started. `None` when not tried (off, an `O_DIRECT` file, or the file's gate says its
-    /// reads keep missing).
+    /// This backend's side of [`try_cached_read`]: the read of `buf` at `offset` from the page
+    /// cache, tried on this thread when `nowait_reads` and the file allow it.
     fn try_nowait(&mut self, fd: IoFd, buf: &mut IoBuf, offset: u64) -> Option<(NowaitRead, Instant)> {
         let enabled = self.config.nowait_reads;
         let f = self.files.get_mut(fd).ok()?;
