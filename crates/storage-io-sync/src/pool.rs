@@ -556,8 +556,12 @@ impl StorageIo for ThreadPoolStorageIo {
         min: usize,
         timeout: Option<Duration>,
     ) -> Result<usize> {
-        let deadline = timeout.map(|t| Instant::now() + t);
         self.drain_results();
+        if self.ready.len() >= min {
+            // Reads answered at submit: no clock needed.
+            return Ok(self.deliver(out));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
         while self.ready.len() < min {
             if self.wake.as_ref().is_some_and(|w| !w.arm()) {
                 break;

@@ -1338,7 +1338,11 @@ impl StorageIo for UringStorageIo {
         min: usize,
         timeout: Option<Duration>,
     ) -> Result<usize> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // Reads answered at submit leave nothing in the kernel: deliver them without touching
+        // the CQ or the clock (as `poll_completions` does).
+        if self.in_kernel == 0 && self.deferred.is_empty() && self.ring.submission().is_empty() {
+            return Ok(self.deliver(out));
+        }
         self.reap();
         if self.ready.len() >= min || self.in_kernel == 0 {
             // Nothing to wait for, but SQEs queued since the last enter must still reach the
@@ -1351,6 +1355,7 @@ impl StorageIo for UringStorageIo {
             }
             return Ok(self.deliver(out));
         }
+        let deadline = timeout.map(|t| Instant::now() + t);
         while self.ready.len() < min && self.in_kernel > 0 {
             let left = match deadline {
                 Some(d) => {
