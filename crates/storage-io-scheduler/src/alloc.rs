@@ -33,6 +33,10 @@ const MAGIC: &[u8; 4] = b"SIOA";
 const VERSION: u32 = 1;
 const HEADER_BYTES: usize = 40;
 
+/// How far past the end `allocate_at` may reach: the ids it skips go on the free list, and
+/// each costs 8 bytes of every later allocation image (1 Mi ids: 8 MiB).
+pub const MAX_ALLOCATE_AT_GAP: u64 = 1 << 20;
+
 /// The file names of the two image slots.
 pub(crate) fn meta_paths(dir: &Path) -> [PathBuf; 2] {
     [dir.join("pages.alloc.0"), dir.join("pages.alloc.1")]
@@ -68,6 +72,13 @@ impl Allocator {
         Ok(PageId(self.next - 1))
     }
 
+    /// Like [`allocate`](Self::allocate), and whether the id came off the free list (it was
+    /// handed out before and may still hold that page's bytes).
+    pub(crate) fn allocate_reporting_reuse(&mut self, max_pages: u64) -> Result<(PageId, bool)> {
+        let reused = !self.free.is_empty();
+        self.allocate(max_pages).map(|page| (page, reused))
+    }
+
     /// Hands out `n` new, adjacent ids past the end (the free list is not used, so the pages
     /// are contiguous on disk: bulk loading, extending a table).
     pub(crate) fn allocate_extent(&mut self, n: u64, max_pages: u64) -> Result<std::ops::Range<PageId>> {
@@ -79,6 +90,44 @@ impl Allocator {
         let start = self.next;
         self.next = end;
         Ok(PageId(start)..PageId(end))
+    }
+
+    /// Allocates `page` itself: taken off the free list, or, past the end, with every id
+    /// between the end and it put on the free list. `Ok(false)` if it was allocated already.
+    /// At most [`MAX_ALLOCATE_AT_GAP`] ids past the end, so the image stays bounded.
+    pub(crate) fn allocate_at(&mut self, page: PageId, max_pages: u64) -> Result<bool> {
+        if self.is_allocated(page) {
+            return Ok(false);
+        }
+        if page.0 < self.next {
+            self.free.remove(&page.0);
+            return Ok(true);
+        }
+        if page.0 >= max_pages {
+            return Err(SchedulerError::OutOfRange {
+                page,
+                limit: max_pages,
+            });
+        }
+        if page.0 - self.next > MAX_ALLOCATE_AT_GAP {
+            return Err(SchedulerError::AllocationGap {
+                page,
+                next: self.next,
+                max_gap: MAX_ALLOCATE_AT_GAP,
+            });
+        }
+        self.free.extend(self.next..page.0);
+        self.next = page.0 + 1;
+        Ok(true)
+    }
+
+    /// Every id below `pages` allocated, nothing free: an existing page file adopted whole.
+    pub(crate) fn adopting(pages: u64) -> Self {
+        Allocator {
+            next: pages,
+            free: BTreeSet::new(),
+            seq: 0,
+        }
     }
 
     pub(crate) fn deallocate(&mut self, page: PageId) -> Result<()> {
@@ -254,13 +303,15 @@ impl MetaSlots {
 }
 
 /// Opens both slots (creating them) and loads the newest valid image. A fresh directory gets an
-/// empty allocator whose first image is written before this returns. Returns the allocator and
-/// the slots.
+/// empty allocator whose first image is written before this returns; so does a page file with
+/// data and no images when `adopt` is set, with every page up to its length allocated.
+/// Returns the allocator and the slots.
 pub(crate) fn load(
     io: &mut dyn StorageIo,
     dir: &Path,
     page_size: usize,
     data_len: u64,
+    adopt: bool,
 ) -> Result<(Allocator, MetaSlots)> {
     let what = "opening allocation metadata";
     let paths = meta_paths(dir);
@@ -285,19 +336,21 @@ pub(crate) fn load(
         vec![Vec::new(), Vec::new()]
     };
     // A crash while a fresh directory was being set up leaves both slots blank (empty or
-    // zeros) and the page file empty: nothing was ever acknowledged, so start fresh.
+    // zeros) and the page file empty: nothing was ever acknowledged, so start fresh. (A crash
+    // while adopting a file leaves the same, with the file's data: adopt it again.)
     let blank = slots.iter().all(|s| s.iter().all(|&b| b == 0));
-    if (blank && data_len == 0) || !existed.iter().any(|&e| e) {
-        if data_len > 0 {
+    if (blank && (data_len == 0 || adopt)) || !existed.iter().any(|&e| e) {
+        if data_len > 0 && !adopt {
             return Err(SchedulerError::CorruptMetadata {
                 path: dir.to_path_buf(),
                 reason: format!(
                     "the page file has {data_len} bytes but there is no allocation metadata \
-                     (pages.alloc.0/1); restore those files rather than starting over"
+                     (pages.alloc.0/1); restore those files, or set adopt_existing = true to \
+                     adopt the file with every page up to its length allocated"
                 ),
             });
         }
-        let mut alloc = Allocator::new();
+        let mut alloc = Allocator::adopting(data_len.div_ceil(page_size as u64));
         let (_, image) = alloc.next_image(page_size);
         write_image_blocking(io, fds[1], &image)?;
         io.sync_dir(dir)

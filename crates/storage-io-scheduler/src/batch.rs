@@ -1,5 +1,6 @@
-//! [`BatchState`] (a multi-page read answered once, in request order) and [`SyncBarrier`]
-//! (a sync answered once every worker has synced).
+//! [`BatchState`] (a multi-page read answered once, in request order) and [`Join`] (a call
+//! answered once all of its parts have arrived: a sync once every worker has synced, an
+//! allocation once its image and the writes it waits for are durable).
 //!
 //! **Invariant:** each sends exactly one answer, when the last part arrives, whatever order the
 //! parts arrive in and whichever workers they come from.
@@ -67,30 +68,79 @@ impl BatchState {
     }
 }
 
-/// A `schedule_sync` call in progress: answered when every worker has reported.
-pub(crate) struct SyncBarrier {
-    inner: Mutex<(usize, Option<SchedulerError>)>,
-    answer: Answer<()>,
+/// One part of a call answered by several parts of work (a sync on every worker, an
+/// allocation image and the writes it depends on): each part reports here once.
+pub(crate) trait Part: Send + Sync {
+    fn arrive(&self, result: Result<()>);
 }
 
-impl SyncBarrier {
-    pub(crate) fn new(parts: usize, answer: Answer<()>) -> Self {
-        SyncBarrier {
-            inner: Mutex::new((parts, None)),
+/// A call in progress that is answered, with `value`, once all of its parts have arrived; the
+/// first error any part reported wins.
+pub(crate) struct Join<T> {
+    inner: Mutex<JoinState<T>>,
+    answer: Answer<T>,
+}
+
+struct JoinState<T> {
+    remaining: usize,
+    error: Option<SchedulerError>,
+    value: Option<T>,
+}
+
+/// A `schedule_sync` call in progress: answered when every worker has reported.
+pub(crate) type SyncBarrier = Join<()>;
+
+impl<T> Join<T> {
+    pub(crate) fn new(parts: usize, value: T, answer: Answer<T>) -> Self {
+        Join {
+            inner: Mutex::new(JoinState {
+                remaining: parts,
+                error: None,
+                value: Some(value),
+            }),
             answer,
         }
     }
+}
 
-    pub(crate) fn arrive(&self, result: Result<()>) {
+impl SyncBarrier {
+    pub(crate) fn barrier(parts: usize, answer: Answer<()>) -> Self {
+        Join::new(parts, (), answer)
+    }
+}
+
+impl<T: Send> Part for Join<T> {
+    fn arrive(&self, result: Result<()>) {
         let mut inner = self.inner.lock();
         if let Err(e) = result {
-            inner.1.get_or_insert(e);
+            inner.error.get_or_insert(e);
         }
-        inner.0 -= 1;
-        if inner.0 == 0 {
-            let answer = inner.1.take().map_or(Ok(()), Err);
+        inner.remaining -= 1;
+        if inner.remaining == 0 {
+            let answer = match inner.error.take() {
+                Some(e) => Err(e),
+                None => inner.value.take().ok_or(SchedulerError::Closed),
+            };
             drop(inner);
             let _ = self.answer.send(answer);
+        }
+    }
+}
+
+/// Where the answer to a write (or a zero page written for a reused id) goes: the caller's
+/// own reply, or one part of a [`Join`].
+pub(crate) enum Ack {
+    Answer(Answer<()>),
+    Part(std::sync::Arc<dyn Part>),
+}
+
+impl Ack {
+    pub(crate) fn send(self, result: Result<()>) {
+        match self {
+            Ack::Answer(a) => {
+                let _ = a.send(result);
+            }
+            Ack::Part(p) => p.arrive(result),
         }
     }
 }
@@ -130,9 +180,28 @@ mod tests {
     }
 
     #[test]
+    fn a_join_answers_its_value_after_every_part_or_the_first_error() {
+        let (tx, reply) = Reply::channel();
+        let join = std::sync::Arc::new(Join::new(3, PageId(7), tx));
+        Ack::Part(join.clone()).send(Ok(()));
+        join.arrive(Ok(()));
+        assert!(reply.try_recv().is_none());
+        join.arrive(Ok(()));
+        assert_eq!(reply.recv().unwrap(), PageId(7));
+        let (tx, reply) = Reply::channel();
+        let join = Join::new(2, PageId(7), tx);
+        join.arrive(Err(SchedulerError::NotAllocated(PageId(1))));
+        join.arrive(Err(SchedulerError::Closed));
+        assert!(matches!(
+            reply.recv(),
+            Err(SchedulerError::NotAllocated(PageId(1)))
+        ));
+    }
+
+    #[test]
     fn barrier_answers_after_every_part() {
         let (tx, reply) = Reply::channel();
-        let barrier = SyncBarrier::new(2, tx);
+        let barrier = SyncBarrier::barrier(2, tx);
         barrier.arrive(Ok(()));
         assert!(reply.try_recv().is_none());
         barrier.arrive(Err(SchedulerError::Closed));

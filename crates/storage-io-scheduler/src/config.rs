@@ -1,5 +1,7 @@
 //! [`IOSchedulerConfig`]: how many workers, how deep, how big a page.
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 use storage_io_core::BackendKind;
 
@@ -49,6 +51,58 @@ pub struct IOSchedulerConfig {
     /// How long a worker with ops in flight waits for a completion before it looks at its
     /// request channel again, in microseconds. Default 50.
     pub poll_interval_us: u64,
+    /// Who owns page allocation: the scheduler (`managed`, the default) or the engine
+    /// (`external`). See [`AllocationMode`].
+    pub allocation: AllocationMode,
+    /// The page file: a path relative to the scheduler's directory, or an absolute one.
+    /// Default `pages.db`. The allocation images (`managed`) stay in the directory.
+    pub page_file: PathBuf,
+    /// Page ids from this one up are refused (`OutOfRange`): reads, writes and allocations.
+    /// Default none: any id whose bytes end below 2^64.
+    pub max_pages: Option<u64>,
+    /// `managed` only: open a page file that has data but no allocation images by allocating
+    /// every page up to its length (rounded up), instead of refusing it. Never silent: without
+    /// this such a file is an error. Default false.
+    pub adopt_existing: bool,
+    /// `managed` only: when an allocate or deallocate is answered. See [`AllocDurability`].
+    pub alloc_durability: AllocDurability,
+    /// `managed` only: a page id handed out again after a deallocation reads as zeros, not as
+    /// what it held before (a zero page is written before the allocation is answered, durably
+    /// when `alloc_durability` is `immediate`). Fresh ids past the end always read as zeros.
+    /// Default false.
+    pub zero_on_reuse: bool,
+}
+
+/// Who owns page allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocationMode {
+    /// The scheduler's crash-safe allocator: page ids come from `schedule_allocate`, a page
+    /// never allocated (or freed) reads and writes as `NotAllocated`, and every change is kept
+    /// in two alternating allocation images.
+    #[default]
+    Managed,
+    /// The engine owns allocation (its own free list, in its own pages): every page id below
+    /// `max_pages` can be read and written, a page past the end of the file reads as zeros,
+    /// no allocation image is written, and `schedule_allocate` / `schedule_deallocate` are
+    /// refused with `ExternalAllocation`. An existing page file is adopted as it is.
+    External,
+}
+
+/// When a `managed` allocation change (allocate, allocate an extent, allocate at, deallocate)
+/// is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllocDurability {
+    /// Once the change is durable: one allocation image and an fdatasync per dispatcher round
+    /// (changes that arrive together share one).
+    #[default]
+    Immediate,
+    /// At once. The change becomes durable at the next durability point the caller asks for:
+    /// `schedule_sync`, or a durable write, which are answered only once every earlier change
+    /// is durable too. A crash before that point may undo it: an allocated id may be free
+    /// again, a freed one allocated (leaked, never handed out twice while the scheduler runs).
+    NextSync,
 }
 
 impl Default for IOSchedulerConfig {
@@ -64,6 +118,12 @@ impl Default for IOSchedulerConfig {
             sqpoll_idle_ms: None,
             max_combine_pages: 16,
             poll_interval_us: 50,
+            allocation: AllocationMode::Managed,
+            page_file: PathBuf::from(crate::PAGE_FILE),
+            max_pages: None,
+            adopt_existing: false,
+            alloc_durability: AllocDurability::Immediate,
+            zero_on_reuse: false,
         }
     }
 }
@@ -108,7 +168,46 @@ impl IOSchedulerConfig {
                 self.poll_interval_us
             ));
         }
+        if self.page_file.as_os_str().is_empty() || self.page_file.file_name().is_none() {
+            return bad(format!(
+                "page_file = {:?} does not name a file: use a file name such as \"pages.db\"",
+                self.page_file
+            ));
+        }
+        if let Some(max) = self.max_pages
+            && (max == 0 || max > self.id_limit())
+        {
+            return bad(format!(
+                "max_pages = {max} is out of range: use 1 to {} for {}-byte pages",
+                self.id_limit(),
+                self.page_size
+            ));
+        }
+        if self.allocation == AllocationMode::External {
+            let managed_only = [
+                ("adopt_existing", self.adopt_existing),
+                (
+                    "alloc_durability",
+                    self.alloc_durability != AllocDurability::Immediate,
+                ),
+                ("zero_on_reuse", self.zero_on_reuse),
+            ];
+            if let Some((field, _)) = managed_only.iter().find(|(_, set)| *set) {
+                return bad(format!(
+                    "{field} applies to allocation = managed only; with allocation = external the engine owns allocation (and any existing page file is adopted as it is)"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The first page id refused: `max_pages`, or the first whose bytes would pass 2^64.
+    pub fn page_limit(&self) -> u64 {
+        self.max_pages.unwrap_or_else(|| self.id_limit())
+    }
+
+    fn id_limit(&self) -> u64 {
+        u64::MAX / self.page_size.max(1) as u64
     }
 }
 
@@ -155,10 +254,57 @@ mod tests {
                 },
                 "poll_interval_us",
             ),
+            (
+                IOSchedulerConfig {
+                    page_file: PathBuf::new(),
+                    ..Default::default()
+                },
+                "page_file",
+            ),
+            (
+                IOSchedulerConfig {
+                    max_pages: Some(0),
+                    ..Default::default()
+                },
+                "max_pages",
+            ),
+            (
+                IOSchedulerConfig {
+                    allocation: AllocationMode::External,
+                    zero_on_reuse: true,
+                    ..Default::default()
+                },
+                "zero_on_reuse",
+            ),
+            (
+                IOSchedulerConfig {
+                    allocation: AllocationMode::External,
+                    adopt_existing: true,
+                    ..Default::default()
+                },
+                "adopt_existing",
+            ),
         ] {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn allocation_modes_read_from_text() {
+        let config: IOSchedulerConfig = serde_json::from_str(
+            r#"{ "allocation": "external", "page_file": "heap.dat", "max_pages": 1000 }"#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.allocation, AllocationMode::External);
+        assert_eq!(config.page_limit(), 1000);
+        let config: IOSchedulerConfig =
+            serde_json::from_str(r#"{ "alloc_durability": "next_sync", "zero_on_reuse": true }"#).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.alloc_durability, AllocDurability::NextSync);
+        let err = serde_json::from_str::<IOSchedulerConfig>(r#"{ "allocation": "engine" }"#).unwrap_err();
+        assert!(err.to_string().contains("managed"), "{err}");
     }
 
     #[test]

@@ -69,6 +69,38 @@ pub enum SchedulerError {
     /// Every page id is taken.
     #[error("no page id is left (the page file would pass 2^64 bytes)")]
     OutOfPages,
+    /// The page id is at or past the limit: `max_pages` of the config, or the largest id whose
+    /// bytes fit below 2^64.
+    #[error("page {page} is out of range: page ids go up to {limit} (exclusive; see max_pages)")]
+    OutOfRange {
+        /// The page asked for.
+        page: PageId,
+        /// The first id not accepted.
+        limit: u64,
+    },
+    /// `schedule_allocate_at` asked for a page so far past the end that the ids in between,
+    /// which go on the free list, would bloat every allocation image.
+    #[error(
+        "page {page} is {} ids past the end of the allocated range ({next}); allocate_at reaches at most {max_gap} ids past it",
+        page.0 - next
+    )]
+    AllocationGap {
+        /// The page asked for.
+        page: PageId,
+        /// The first id never handed out.
+        next: u64,
+        /// How far past `next` an allocation may reach.
+        max_gap: u64,
+    },
+    /// The scheduler runs with `allocation = external`: the engine owns page allocation, and
+    /// the scheduler's allocate / deallocate calls and redo phase do not exist.
+    #[error(
+        "{call} is not available: the scheduler was opened with allocation = external, so the engine owns page allocation (any page id below max_pages can be read and written)"
+    )]
+    ExternalAllocation {
+        /// The call that was refused.
+        call: &'static str,
+    },
     /// A worker thread could not start or died.
     #[error("scheduler worker failed: {0}")]
     Worker(String),

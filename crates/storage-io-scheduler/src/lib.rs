@@ -60,8 +60,9 @@ mod scheduler;
 mod stream;
 mod worker;
 
+pub use alloc::MAX_ALLOCATE_AT_GAP;
 pub use cache::{PageCache, PageCacheStats, PageReadGuard, PageWriteGuard, PinnedPage};
-pub use config::{IOSchedulerConfig, MAX_PAGE_SIZE, MIN_PAGE_SIZE};
+pub use config::{AllocDurability, AllocationMode, IOSchedulerConfig, MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 pub use error::{Result, SchedulerError};
 pub use reply::{PageRead, Reply};
 pub use scheduler::{DiskScheduler, PAGE_FILE, SchedulerStats};

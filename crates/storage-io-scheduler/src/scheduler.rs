@@ -16,14 +16,14 @@ use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo, WaitWaker};
 
 use crate::PageId;
 use crate::alloc::{self, Allocator};
-use crate::batch::{BatchState, SyncBarrier};
-use crate::config::IOSchedulerConfig;
+use crate::batch::{Ack, BatchState, Join, SyncBarrier};
+use crate::config::{AllocDurability, AllocationMode, IOSchedulerConfig};
 use crate::error::{Result, SchedulerError};
 use crate::reply::{Answer, PageAnswer, PageRead, Reply};
 use crate::stream::ReadStream;
 use crate::worker::{AllocAnswer, Counters, Worker, WorkerMsg, WorkerSetup};
 
-/// The page file inside the scheduler's directory.
+/// The page file inside the scheduler's directory, unless `page_file` names another.
 pub const PAGE_FILE: &str = "pages.db";
 
 enum Request {
@@ -42,6 +42,10 @@ enum Request {
         answer: Answer<Vec<BytesMut>>,
     },
     Allocate(Answer<PageId>),
+    AllocateAt {
+        page: PageId,
+        answer: Answer<bool>,
+    },
     AllocateExtent {
         pages: u64,
         answer: Answer<std::ops::Range<PageId>>,
@@ -51,6 +55,8 @@ enum Request {
         answer: Answer<()>,
     },
     Sync(Answer<()>),
+    BeginRedo(Answer<()>),
+    EndRedo(Answer<()>),
     Shutdown,
 }
 
@@ -129,7 +135,7 @@ impl DiskScheduler {
         let dir = dir.as_ref().to_path_buf();
         let backend = |what: &'static str| move |source| SchedulerError::Backend { what, source };
         let open_data = OpenOptions::create().with_direct(config.direct_io);
-        let data_path = dir.join(PAGE_FILE);
+        let data_path = dir.join(&config.page_file);
 
         // Worker 0's backend also loads the allocation state.
         let mut first = factory(0).map_err(backend("building the backend of worker 0"))?;
@@ -142,7 +148,20 @@ impl DiskScheduler {
         let data_len = first
             .file_len(data_fd)
             .map_err(backend("reading the page file length"))?;
-        let (allocator, meta) = alloc::load(first.as_mut(), &dir, config.page_size, data_len)?;
+        // External allocation: no allocation images, and the file is adopted as it is.
+        let (allocator, meta) = match config.allocation {
+            AllocationMode::Managed => {
+                let (allocator, meta) = alloc::load(
+                    first.as_mut(),
+                    &dir,
+                    config.page_size,
+                    data_len,
+                    config.adopt_existing,
+                )?;
+                (allocator, Some(meta))
+            }
+            AllocationMode::External => (Allocator::new(), None),
+        };
         let counters = Arc::new(Counters::default());
         let setup = |io: Box<dyn StorageIo>, data_fd: IoFd, meta: Option<alloc::MetaSlots>| WorkerSetup {
             io,
@@ -154,7 +173,7 @@ impl DiskScheduler {
             poll_interval: Duration::from_micros(config.poll_interval_us),
             counters: Arc::clone(&counters),
         };
-        let mut setups = vec![setup(first, data_fd, Some(meta))];
+        let mut setups = vec![setup(first, data_fd, meta)];
         for i in 1..config.workers {
             let mut io = factory(i).map_err(backend("building a worker backend"))?;
             let fd = io
@@ -176,14 +195,27 @@ impl DiskScheduler {
             threads.push(handle);
             worker_txs.push((tx, waker));
         }
-        let allocated = Arc::new(std::sync::atomic::AtomicU64::new(allocator.allocated_count()));
+        let external = config.allocation == AllocationMode::External;
+        let allocated = Arc::new(std::sync::atomic::AtomicU64::new(if external {
+            0
+        } else {
+            allocator.allocated_count()
+        }));
         let (tx, rx) = flume::unbounded();
         let dispatcher = Dispatcher {
             workers: worker_txs,
             allocator,
             page_size: config.page_size,
             extent_pages: config.max_combine_pages as u64,
-            max_pages: u64::MAX / config.page_size as u64,
+            max_pages: config.page_limit(),
+            external,
+            deferred: config.alloc_durability == AllocDurability::NextSync,
+            zero_page: config
+                .zero_on_reuse
+                .then(|| Bytes::from(vec![0u8; config.page_size])),
+            redo: false,
+            changes: 0,
+            counters: Arc::clone(&counters),
             allocated: Arc::clone(&allocated),
             pending_alloc: Vec::new(),
         };
@@ -221,8 +253,11 @@ impl DiskScheduler {
         }
     }
 
-    /// Reads one page. A page never allocated or freed is `NotAllocated`; a page allocated and
-    /// never written reads as zeros (a reused page id reads as whatever it held before).
+    /// Reads one page. With `managed` allocation a page never allocated or freed is
+    /// `NotAllocated`; a page allocated and never written reads as zeros (a reused page id
+    /// reads as whatever it held before, unless `zero_on_reuse` is set). With `external`
+    /// allocation any page below `max_pages` can be read; past the end of the file it is
+    /// zeros.
     pub fn schedule_read(&self, page: PageId) -> Reply<BytesMut> {
         self.send(|answer| Request::Read {
             page,
@@ -321,6 +356,61 @@ impl DiskScheduler {
         self.send(|answer| Request::Deallocate { page, answer })
     }
 
+    /// Allocates the page id `page` itself: taken off the free list, or, past the end, with the
+    /// ids in between put on the free list (at most `MAX_ALLOCATE_AT_GAP` of them). Answers
+    /// `true` once the allocation is durable, `false` if the page was allocated already. For an
+    /// engine that knows which page it needs (physical redo, a page id kept in its own
+    /// metadata).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use storage_io_core::{BackendFactory, StorageIo};
+    /// # use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId};
+    /// # use storage_io_testkit::memio::MemFs;
+    /// # let fs = MemFs::new(1);
+    /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
+    /// let sched = DiskScheduler::open("/db", IOSchedulerConfig::default(), factory).unwrap();
+    /// assert!(sched.schedule_allocate_at(PageId(5)).recv().unwrap());
+    /// assert!(!sched.schedule_allocate_at(PageId(5)).recv().unwrap()); // already allocated
+    /// assert_eq!(sched.schedule_allocate().recv().unwrap(), PageId(0)); // 0..5 went on the free list
+    /// ```
+    pub fn schedule_allocate_at(&self, page: PageId) -> Reply<bool> {
+        self.send(|answer| Request::AllocateAt { page, answer })
+    }
+
+    /// Starts a physical-redo phase (`managed` allocation): until
+    /// [`schedule_end_redo`](Self::schedule_end_redo), a write to a page that is not allocated
+    /// allocates it rather than failing with `NotAllocated`, and a read of such a page reads
+    /// what the file holds (zeros past its end). For recovery that replays page images from a
+    /// log in which deallocations are not logged. The allocations a redo makes become durable
+    /// at its end; a crash before then leaves them undone (and the redo is run again).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use bytes::Bytes;
+    /// # use storage_io_core::{BackendFactory, StorageIo};
+    /// # use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId};
+    /// # use storage_io_testkit::memio::MemFs;
+    /// # let fs = MemFs::new(1);
+    /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
+    /// let sched = DiskScheduler::open("/db", IOSchedulerConfig::default(), factory).unwrap();
+    /// sched.schedule_begin_redo().recv().unwrap();
+    /// // Replay a logged page image of page 3, which the allocator does not know.
+    /// sched.schedule_write(PageId(3), Bytes::from(vec![3u8; 4096])).recv().unwrap();
+    /// sched.schedule_end_redo().recv().unwrap(); // page 3 is allocated, durably
+    /// assert_eq!(sched.schedule_read(PageId(3)).recv().unwrap()[0], 3);
+    /// ```
+    pub fn schedule_begin_redo(&self) -> Reply<()> {
+        self.send(Request::BeginRedo)
+    }
+
+    /// Ends the redo phase begun by [`schedule_begin_redo`](Self::schedule_begin_redo):
+    /// answered once every allocation the redo made is durable (the pages it wrote are durable
+    /// only if their writes were, or after a [`schedule_sync`](Self::schedule_sync)).
+    pub fn schedule_end_redo(&self) -> Reply<()> {
+        self.send(Request::EndRedo)
+    }
+
     /// A barrier: answered once every write accepted before this call is durable.
     pub fn schedule_sync(&self) -> Reply<()> {
         self.send(Request::Sync)
@@ -408,8 +498,23 @@ struct Dispatcher {
     allocator: Allocator,
     page_size: usize,
     extent_pages: u64,
+    /// The first page id refused (`max_pages`).
     max_pages: u64,
+    /// `allocation = external`: every id below `max_pages` is readable and writable.
+    external: bool,
+    /// `alloc_durability = next_sync`: changes are answered at once and made durable at the
+    /// next sync or durable write.
+    deferred: bool,
+    /// `zero_on_reuse`: the zero page written over a reused id.
+    zero_page: Option<Bytes>,
+    /// In a physical-redo phase: writes allocate the pages they touch.
+    redo: bool,
+    /// Allocation changes made since open; worker 0 publishes how many of them the newest
+    /// durable image holds (`Counters::durable_alloc_changes`).
+    changes: u64,
+    counters: Arc<Counters>,
     allocated: Arc<std::sync::atomic::AtomicU64>,
+    /// Answers waiting for the next image, which goes out at the end of this round.
     pending_alloc: Vec<AllocAnswer>,
 }
 
@@ -448,10 +553,20 @@ impl Dispatcher {
             if !self.pending_alloc.is_empty() {
                 let (_, image) = self.allocator.next_image(self.page_size);
                 let answers = std::mem::take(&mut self.pending_alloc);
-                self.to_worker(0, WorkerMsg::Persist { image, answers });
+                let changes = self.changes;
+                self.to_worker(
+                    0,
+                    WorkerMsg::Persist {
+                        image,
+                        answers,
+                        changes,
+                    },
+                );
             }
-            self.allocated
-                .store(self.allocator.allocated_count(), Ordering::Relaxed);
+            if !self.external {
+                self.allocated
+                    .store(self.allocator.allocated_count(), Ordering::Relaxed);
+            }
         }
         for w in 0..self.workers.len() {
             self.to_worker(w, WorkerMsg::Shutdown);
@@ -464,64 +579,231 @@ impl Dispatcher {
         }
     }
 
+    /// Whether `page` may be read: allocated (`managed`), in a redo or `external` any id
+    /// below `max_pages`.
+    fn check_read(&self, page: PageId) -> Result<()> {
+        if page.0 >= self.max_pages {
+            return Err(SchedulerError::OutOfRange {
+                page,
+                limit: self.max_pages,
+            });
+        }
+        if self.external || self.redo || self.allocator.is_allocated(page) {
+            Ok(())
+        } else {
+            Err(SchedulerError::NotAllocated(page))
+        }
+    }
+
+    /// Whether `page` may be written; in a redo, an unallocated page is allocated here.
+    fn check_write(&mut self, page: PageId) -> Result<()> {
+        if self.external || self.allocator.is_allocated(page) {
+            return self.check_read(page);
+        }
+        if !self.redo {
+            return Err(SchedulerError::NotAllocated(page));
+        }
+        self.allocator.allocate_at(page, self.max_pages)?;
+        self.changes += 1;
+        Ok(())
+    }
+
+    /// Refuses an allocation call under `external` allocation.
+    fn managed(&self, call: &'static str) -> Result<()> {
+        if self.external {
+            Err(SchedulerError::ExternalAllocation { call })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// True when some allocation change is not yet in a durable image (as far as worker 0
+    /// has told; an image still in flight counts as not durable).
+    fn changes_not_durable(&self) -> bool {
+        self.changes > self.counters.durable_alloc_changes.load(Ordering::Acquire)
+    }
+
+    /// A change was made: `immediate` answers wait for this round's image, `next_sync` ones
+    /// are sent now.
+    fn changed(&mut self, answer: AllocAnswer) {
+        self.changes += 1;
+        if self.deferred {
+            answer.send(Ok(()));
+        } else {
+            self.pending_alloc.push(answer);
+        }
+    }
+
+    /// Writes the zero page over a reused `page` for `zero_on_reuse`, as one part of `ack`:
+    /// durably when changes are durable at once, else just before the allocation is answered.
+    fn zero_reused(&self, page: PageId, ack: Ack) {
+        let Some(zeros) = &self.zero_page else { return };
+        let msg = WorkerMsg::Write {
+            page: page.0,
+            data: zeros.clone(),
+            durable: !self.deferred,
+            answer: ack,
+        };
+        self.to_worker(self.worker_of(page.0), msg);
+    }
+
+    /// Answers an allocation of `page` that came off the free list (`reused`) with `value`:
+    /// with `zero_on_reuse`, only once the zero page is written (and, for `immediate`, durable
+    /// along with the image).
+    fn allocated_page<T: Send + 'static>(
+        &mut self,
+        page: PageId,
+        reused: bool,
+        value: T,
+        answer: Answer<T>,
+        plain: impl FnOnce(T, Answer<T>) -> AllocAnswer,
+    ) {
+        if !(reused && self.zero_page.is_some()) {
+            self.changed(plain(value, answer));
+            return;
+        }
+        // Immediate: the zero page's durable write and the image; next_sync: the write.
+        let parts = if self.deferred { 1 } else { 2 };
+        let join: Arc<Join<T>> = Arc::new(Join::new(parts, value, answer));
+        self.zero_reused(page, Ack::Part(join.clone()));
+        self.changes += 1;
+        if !self.deferred {
+            self.pending_alloc.push(AllocAnswer::Part(join));
+        }
+    }
+
     /// Handles one request; true on Shutdown.
     fn handle(&mut self, req: Request) -> bool {
         match req {
-            Request::Read { page, answer } => {
-                if !self.allocator.is_allocated(page) {
-                    answer.send(Err(SchedulerError::NotAllocated(page)));
-                } else {
-                    self.to_worker(self.worker_of(page.0), WorkerMsg::Read { page: page.0, answer });
-                }
-            }
+            Request::Read { page, answer } => match self.check_read(page) {
+                Ok(()) => self.to_worker(self.worker_of(page.0), WorkerMsg::Read { page: page.0, answer }),
+                Err(e) => answer.send(Err(e)),
+            },
             Request::Write {
                 page,
                 data,
                 durable,
                 answer,
-            } => {
-                if !self.allocator.is_allocated(page) {
-                    let _ = answer.send(Err(SchedulerError::NotAllocated(page)));
-                } else {
-                    let msg = WorkerMsg::Write {
-                        page: page.0,
-                        data,
-                        durable,
-                        answer,
-                    };
-                    self.to_worker(self.worker_of(page.0), msg);
-                }
-            }
+            } => self.write(page, data, durable, answer),
             Request::ReadPages { pages, answer } => self.read_pages(pages, answer),
-            Request::Allocate(answer) => match self.allocator.allocate(self.max_pages) {
-                Ok(page) => self.pending_alloc.push(AllocAnswer::Allocate(page, answer)),
-                Err(e) => {
-                    let _ = answer.send(Err(e));
-                }
-            },
-            Request::AllocateExtent { pages, answer } => {
-                match self.allocator.allocate_extent(pages, self.max_pages) {
-                    Ok(range) => self.pending_alloc.push(AllocAnswer::Extent(range, answer)),
+            Request::Allocate(answer) => {
+                let result = self
+                    .managed("schedule_allocate")
+                    .and_then(|()| self.allocator.allocate_reporting_reuse(self.max_pages));
+                match result {
+                    Ok((page, reused)) => {
+                        self.allocated_page(page, reused, page, answer, AllocAnswer::Allocate);
+                    }
                     Err(e) => {
                         let _ = answer.send(Err(e));
                     }
                 }
             }
-            Request::Deallocate { page, answer } => match self.allocator.deallocate(page) {
-                Ok(()) => self.pending_alloc.push(AllocAnswer::Deallocate(answer)),
+            Request::AllocateAt { page, answer } => {
+                let was_free = page.0 < self.allocator.parts().0;
+                let result = self
+                    .managed("schedule_allocate_at")
+                    .and_then(|()| self.allocator.allocate_at(page, self.max_pages));
+                match result {
+                    Ok(true) => {
+                        self.allocated_page(page, was_free, true, answer, AllocAnswer::AllocateAt);
+                    }
+                    // Already allocated: nothing changes, but the answer still means "durable".
+                    Ok(false) if !self.deferred && self.changes_not_durable() => {
+                        self.pending_alloc.push(AllocAnswer::AllocateAt(false, answer));
+                    }
+                    Ok(false) => {
+                        let _ = answer.send(Ok(false));
+                    }
+                    Err(e) => {
+                        let _ = answer.send(Err(e));
+                    }
+                }
+            }
+            Request::AllocateExtent { pages, answer } => {
+                let result = self
+                    .managed("schedule_allocate_extent")
+                    .and_then(|()| self.allocator.allocate_extent(pages, self.max_pages));
+                match result {
+                    Ok(range) => self.changed(AllocAnswer::Extent(range, answer)),
+                    Err(e) => {
+                        let _ = answer.send(Err(e));
+                    }
+                }
+            }
+            Request::Deallocate { page, answer } => {
+                let result = self
+                    .managed("schedule_deallocate")
+                    .and_then(|()| self.allocator.deallocate(page));
+                match result {
+                    Ok(()) => self.changed(AllocAnswer::Done(answer)),
+                    Err(e) => {
+                        let _ = answer.send(Err(e));
+                    }
+                }
+            }
+            Request::Sync(answer) => {
+                // With deferred changes a sync is also their durability point.
+                let image = self.deferred && self.changes_not_durable();
+                let parts = self.workers.len() + usize::from(image);
+                let barrier = Arc::new(SyncBarrier::barrier(parts, answer));
+                for w in 0..self.workers.len() {
+                    self.to_worker(w, WorkerMsg::Sync(barrier.clone()));
+                }
+                if image {
+                    self.pending_alloc.push(AllocAnswer::Part(barrier));
+                }
+            }
+            Request::BeginRedo(answer) => {
+                let _ = answer.send(self.managed("schedule_begin_redo").map(|()| self.redo = true));
+            }
+            Request::EndRedo(answer) => match self.managed("schedule_end_redo") {
+                Ok(()) => {
+                    self.redo = false;
+                    // Answered once an image with every change so far is durable (a new one
+                    // even when the redo changed nothing: the answer promises durability).
+                    self.pending_alloc.push(AllocAnswer::Done(answer));
+                }
                 Err(e) => {
                     let _ = answer.send(Err(e));
                 }
             },
-            Request::Sync(answer) => {
-                let barrier = Arc::new(SyncBarrier::new(self.workers.len(), answer));
-                for w in 0..self.workers.len() {
-                    self.to_worker(w, WorkerMsg::Sync(Arc::clone(&barrier)));
-                }
-            }
             Request::Shutdown => return true,
         }
         false
+    }
+
+    fn write(&mut self, page: PageId, data: Bytes, durable: bool, answer: Answer<()>) {
+        if let Err(e) = self.check_write(page) {
+            let _ = answer.send(Err(e));
+            return;
+        }
+        let worker = self.worker_of(page.0);
+        // A durable write is a durability point for deferred allocation changes: it is
+        // answered once they are durable too (and, with zero pages written for reused ids
+        // since, once every worker has synced them).
+        let ack = if durable && self.deferred && self.changes_not_durable() {
+            let barriers = if self.zero_page.is_some() {
+                self.workers.len()
+            } else {
+                0
+            };
+            let join = Arc::new(SyncBarrier::barrier(2 + barriers, answer));
+            for w in 0..barriers {
+                self.to_worker(w, WorkerMsg::Sync(join.clone()));
+            }
+            self.pending_alloc.push(AllocAnswer::Part(join.clone()));
+            Ack::Part(join)
+        } else {
+            Ack::Answer(answer)
+        };
+        let msg = WorkerMsg::Write {
+            page: page.0,
+            data,
+            durable,
+            answer: ack,
+        };
+        self.to_worker(worker, msg);
     }
 
     fn read_pages(&mut self, pages: Vec<PageId>, answer: Answer<Vec<BytesMut>>) {
@@ -529,15 +811,15 @@ impl Dispatcher {
             let _ = answer.send(Ok(Vec::new()));
             return;
         }
-        if let Some((index, &page)) = pages
+        if let Some((index, page, e)) = pages
             .iter()
             .enumerate()
-            .find(|(_, p)| !self.allocator.is_allocated(**p))
+            .find_map(|(i, &p)| self.check_read(p).err().map(|e| (i, p, e)))
         {
             let _ = answer.send(Err(SchedulerError::Batch {
                 index,
                 page,
-                source: Box::new(SchedulerError::NotAllocated(page)),
+                source: Box::new(e),
             }));
             return;
         }

@@ -25,7 +25,7 @@ use storage_io_core::{
 
 use crate::PageId;
 use crate::alloc::MetaSlots;
-use crate::batch::{BatchState, SyncBarrier};
+use crate::batch::{Ack, BatchState, Part};
 use crate::error::{Result, SchedulerError};
 use crate::idhash::IdMap;
 use crate::reply::{Answer, PageAnswer};
@@ -40,19 +40,22 @@ pub(crate) enum WorkerMsg {
         page: u64,
         data: Bytes,
         durable: bool,
-        answer: Answer<()>,
+        answer: Ack,
     },
     /// This worker's share of a batch: (index in the request, page).
     Batch {
         batch: Arc<BatchState>,
         items: Vec<(usize, u64)>,
     },
-    Sync(Arc<SyncBarrier>),
+    /// A sync of the page file covering every write accepted before it; one part of a join.
+    Sync(Arc<dyn Part>),
     /// Write this allocation image into the slot that is not the durable one, datasync it,
     /// then answer.
     Persist {
         image: Vec<u8>,
         answers: Vec<AllocAnswer>,
+        /// How many allocation changes since open the image holds.
+        changes: u64,
     },
     Shutdown,
 }
@@ -60,12 +63,18 @@ pub(crate) enum WorkerMsg {
 /// An allocation change waiting for its image to be durable.
 pub(crate) enum AllocAnswer {
     Allocate(PageId, Answer<PageId>),
+    /// `schedule_allocate_at`: whether the page was newly allocated.
+    AllocateAt(bool, Answer<bool>),
     Extent(std::ops::Range<PageId>, Answer<std::ops::Range<PageId>>),
-    Deallocate(Answer<()>),
+    /// A deallocation, or the end of a redo phase.
+    Done(Answer<()>),
+    /// One part of a join (an allocation that also waits for a zero page, a sync or durable
+    /// write that also waits for the image).
+    Part(Arc<dyn Part>),
 }
 
 impl AllocAnswer {
-    fn send(self, result: std::result::Result<(), &StorageIoError>) {
+    pub(crate) fn send(self, result: std::result::Result<(), &StorageIoError>) {
         let err = |e: &StorageIoError| SchedulerError::Backend {
             what: "writing allocation metadata",
             source: e.clone(),
@@ -77,9 +86,13 @@ impl AllocAnswer {
             AllocAnswer::Extent(range, a) => {
                 let _ = a.send(result.map(|()| range).map_err(err));
             }
-            AllocAnswer::Deallocate(a) => {
+            AllocAnswer::AllocateAt(fresh, a) => {
+                let _ = a.send(result.map(|()| fresh).map_err(err));
+            }
+            AllocAnswer::Done(a) => {
                 let _ = a.send(result.map_err(err));
             }
+            AllocAnswer::Part(p) => p.arrive(result.map_err(err)),
         }
     }
 }
@@ -94,6 +107,9 @@ pub(crate) struct Counters {
     pub(crate) write_ios: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) metadata_writes: AtomicU64,
+    /// How many allocation changes since open the newest durable image holds (worker 0
+    /// publishes it when an image's fdatasync succeeds).
+    pub(crate) durable_alloc_changes: AtomicU64,
     /// Sum of the workers' backend `held_ns` (published before each batch's answers go out).
     pub(crate) backend_held_ns: AtomicU64,
     /// Sum of the workers' backend `submit_calls` (published with `backend_held_ns`).
@@ -136,7 +152,7 @@ struct ReadOp {
 struct WriteOp {
     page: u64,
     data: Bytes,
-    answer: Option<Answer<()>>,
+    answer: Option<Ack>,
     /// The datasync submitted right behind a durable write.
     sync: Option<OpId>,
     /// The sync's result, if it (against the contract) came back before the write.
@@ -148,9 +164,9 @@ enum SyncOp {
     Durable {
         page: u64,
         write: OpId,
-        answer: Option<Answer<()>>,
+        answer: Option<Ack>,
     },
-    Barrier(Arc<SyncBarrier>),
+    Barrier(Arc<dyn Part>),
 }
 
 enum Op {
@@ -165,6 +181,8 @@ enum Op {
     MetaSync {
         slot: usize,
         answers: Vec<AllocAnswer>,
+        /// The allocation changes the image holds (published once it is durable).
+        changes: u64,
         failed: Option<StorageIoError>,
     },
 }
@@ -174,7 +192,7 @@ struct Parked {
     seq: u64,
     data: Bytes,
     durable: bool,
-    answer: Answer<()>,
+    answer: Ack,
 }
 
 #[derive(Default)]
@@ -225,8 +243,8 @@ pub(crate) struct Worker {
     /// Sequence numbers of parked writes.
     parked: BTreeSet<u64>,
     /// Barrier syncs waiting for the writes accepted before them to leave the parking.
-    barriers: VecDeque<(u64, Arc<SyncBarrier>)>,
-    persists: VecDeque<(Vec<u8>, Vec<AllocAnswer>)>,
+    barriers: VecDeque<(u64, Arc<dyn Part>)>,
+    persists: VecDeque<(Vec<u8>, Vec<AllocAnswer>, u64)>,
     persist_busy: bool,
     completions: Vec<IoCompletion>,
     /// This worker's backend `held_ns`, `submit_calls` and `submit_call_ns` as last added to
@@ -392,7 +410,11 @@ impl Worker {
                 answer,
             } => self.accept_write(page, data, durable, answer),
             WorkerMsg::Sync(barrier) => self.barriers.push_back((self.write_seq, barrier)),
-            WorkerMsg::Persist { image, answers } => self.persists.push_back((image, answers)),
+            WorkerMsg::Persist {
+                image,
+                answers,
+                changes,
+            } => self.persists.push_back((image, answers, changes)),
             WorkerMsg::Shutdown => {}
         }
     }
@@ -450,7 +472,7 @@ impl Worker {
         self.ready.push_back(id);
     }
 
-    fn accept_write(&mut self, page: u64, data: Bytes, durable: bool, answer: Answer<()>) {
+    fn accept_write(&mut self, page: u64, data: Bytes, durable: bool, answer: Ack) {
         self.write_seq += 1;
         let seq = self.write_seq;
         // Reads accepted from now on must see this write, not join an older read.
@@ -470,7 +492,7 @@ impl Worker {
         self.start_write(page, data, durable, answer);
     }
 
-    fn start_write(&mut self, page: u64, data: Bytes, durable: bool, answer: Answer<()>) {
+    fn start_write(&mut self, page: u64, data: Bytes, durable: bool, answer: Ack) {
         let id = self.new_op(Op::Write(WriteOp {
             page,
             data,
@@ -513,15 +535,16 @@ impl Worker {
             // and never the durable one (see alloc.rs, "image slots").
             let mut answers = Vec::new();
             let mut newest = None;
-            while let Some((image, mut more)) = self.persists.pop_front() {
+            while let Some((image, mut more, changes)) = self.persists.pop_front() {
                 answers.append(&mut more);
-                newest = Some(image);
+                newest = Some((image, changes));
             }
-            if let Some(image) = newest {
+            if let Some((image, changes)) = newest {
                 let slot = self.meta.map_or(0, |m| m.target());
                 let sync = self.new_op(Op::MetaSync {
                     slot,
                     answers,
+                    changes,
                     failed: None,
                 });
                 let write = self.new_op(Op::MetaWrite { slot, image, sync });
@@ -623,7 +646,7 @@ impl Worker {
                 let result = result.map(|_| ());
                 match answer {
                     Some(a) => {
-                        let _ = a.send(result.map_err(|source| SchedulerError::Io {
+                        a.send(result.map_err(|source| SchedulerError::Io {
                             page: PageId(page),
                             source,
                         }));
@@ -653,6 +676,7 @@ impl Worker {
             Op::MetaSync {
                 slot,
                 answers,
+                changes,
                 failed,
             } => {
                 self.persist_busy = false;
@@ -666,6 +690,11 @@ impl Worker {
                         if let Some(m) = &mut self.meta {
                             m.durable = slot;
                         }
+                        // Before the answers: a caller told "durable" must find the
+                        // dispatcher knowing it too.
+                        self.counters
+                            .durable_alloc_changes
+                            .fetch_max(changes, Ordering::Release);
                     }
                     Err(e) => tracing::error!(error = %e, "allocation metadata could not be made durable"),
                 }
@@ -733,15 +762,11 @@ impl Worker {
             match (result, w.sync) {
                 (Err(e), _) => {
                     // The sync behind a failed write must not answer success for it.
-                    let _ = answer.send(Err(as_error(e)));
+                    answer.send(Err(as_error(e)));
                 }
-                (Ok(()), None) => {
-                    let _ = answer.send(Ok(()));
-                }
+                (Ok(()), None) => answer.send(Ok(())),
                 (Ok(()), Some(sync)) => match w.sync_result {
-                    Some(r) => {
-                        let _ = answer.send(r.map_err(as_error));
-                    }
+                    Some(r) => answer.send(r.map_err(as_error)),
                     None => {
                         if let Some(Op::Sync(SyncOp::Durable { answer: slot, .. })) = self.ops.get_mut(&sync)
                         {
