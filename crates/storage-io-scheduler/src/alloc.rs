@@ -321,6 +321,18 @@ pub(crate) fn load(
             .map_err(|source| SchedulerError::Backend { what, source })?;
         paths.iter().map(|p| listed.contains(p)).collect()
     };
+    let no_images = |detail: &str| SchedulerError::CorruptMetadata {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "the page file has {data_len} bytes but there is no allocation metadata \
+             (pages.alloc.0/1{detail}); restore those files, or set adopt_existing = true to \
+             adopt the file with every page up to its length allocated"
+        ),
+    };
+    // Refused before anything is created: a second attempt gets the same answer.
+    if data_len > 0 && !adopt && !existed.iter().any(|&e| e) {
+        return Err(no_images(""));
+    }
     let mut fds = Vec::with_capacity(2);
     for path in &paths {
         fds.push(
@@ -340,22 +352,15 @@ pub(crate) fn load(
     // while adopting a file leaves the same, with the file's data: adopt it again.)
     let blank = slots.iter().all(|s| s.iter().all(|&b| b == 0));
     if (blank && (data_len == 0 || adopt)) || !existed.iter().any(|&e| e) {
-        if data_len > 0 && !adopt {
-            return Err(SchedulerError::CorruptMetadata {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "the page file has {data_len} bytes but there is no allocation metadata \
-                     (pages.alloc.0/1); restore those files, or set adopt_existing = true to \
-                     adopt the file with every page up to its length allocated"
-                ),
-            });
-        }
         let mut alloc = Allocator::adopting(data_len.div_ceil(page_size as u64));
         let (_, image) = alloc.next_image(page_size);
         write_image_blocking(io, fds[1], &image)?;
         io.sync_dir(dir)
             .map_err(|source| SchedulerError::Backend { what, source })?;
         return Ok((alloc, MetaSlots { fds, durable: 1 }));
+    }
+    if blank && !adopt {
+        return Err(no_images(" are empty"));
     }
     let mut best: Option<(Allocator, usize)> = None;
     let mut reasons = Vec::new();

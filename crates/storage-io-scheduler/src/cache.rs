@@ -34,6 +34,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::PageId;
+use crate::config::AllocationMode;
 use crate::error::{Result, SchedulerError};
 use crate::scheduler::DiskScheduler;
 
@@ -261,13 +262,40 @@ impl PageCache {
 
     /// Allocates a new page through the scheduler and pins it zero-filled and dirty, without
     /// reading anything. An id freed earlier may come back; the page is zeros all the same.
+    /// With `allocation = external` the scheduler allocates nothing (`ExternalAllocation`):
+    /// use [`create_page`](Self::create_page) with the engine's own id.
     pub fn new_page(&self) -> Result<PinnedPage<'_>> {
         let page = self.sched.schedule_allocate().recv()?;
         self.pin(page, false)
     }
 
+    /// Pins `page` as a new page, zero-filled and dirty, without reading it: for an engine that
+    /// owns allocation (`allocation = external`) and has just taken `page` off its own free
+    /// list, or after [`DiskScheduler::schedule_allocate_at`]. Whatever the page held before,
+    /// in the cache or on disk, is dead.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use storage_io_core::{BackendFactory, StorageIo};
+    /// # use storage_io_scheduler::{AllocationMode, DiskScheduler, IOSchedulerConfig, PageCache, PageId};
+    /// # use storage_io_testkit::memio::MemFs;
+    /// # let fs = MemFs::new(1);
+    /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
+    /// let config = IOSchedulerConfig { allocation: AllocationMode::External, ..Default::default() };
+    /// let sched = Arc::new(DiskScheduler::open("/db", config, factory).unwrap());
+    /// let cache = PageCache::new(sched, 8).unwrap();
+    /// let page = cache.create_page(PageId(42)).unwrap(); // the engine chose id 42
+    /// page.write()[0] = 1;
+    /// drop(page);
+    /// cache.flush_all().unwrap();
+    /// ```
+    pub fn create_page(&self, page: PageId) -> Result<PinnedPage<'_>> {
+        self.pin(page, false)
+    }
+
     /// Deallocates `page` through the scheduler and drops its frame, dirty or not (the bytes of
-    /// a freed page are dead). Fails without changing anything if the page is pinned.
+    /// a freed page are dead). Fails without changing anything if the page is pinned. With
+    /// `allocation = external` the engine keeps its own free list: only the frame is dropped.
     pub fn deallocate(&self, page: PageId) -> Result<()> {
         let mut st = self.state.lock();
         while let Some(&f) = st.table.get(&page) {
@@ -287,6 +315,9 @@ impl PageCache {
             break;
         }
         drop(st);
+        if self.sched.config().allocation == AllocationMode::External {
+            return Ok(());
+        }
         self.sched.schedule_deallocate(page).recv()
     }
 

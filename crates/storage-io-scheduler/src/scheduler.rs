@@ -148,6 +148,16 @@ impl DiskScheduler {
         let data_len = first
             .file_len(data_fd)
             .map_err(backend("reading the page file length"))?;
+        // An empty page file may be one this open created: its name must survive a crash
+        // (with managed allocation the images' first write syncs the scheduler directory, but
+        // the page file may live elsewhere).
+        if data_len == 0
+            && let Some(parent) = data_path.parent()
+        {
+            first
+                .sync_dir(parent)
+                .map_err(backend("syncing the page file's directory"))?;
+        }
         // External allocation: no allocation images, and the file is adopted as it is.
         let (allocator, meta) = match config.allocation {
             AllocationMode::Managed => {
@@ -567,6 +577,20 @@ impl Dispatcher {
                 self.allocated
                     .store(self.allocator.allocated_count(), Ordering::Relaxed);
             }
+        }
+        // A clean shutdown is a durability point too: deferred changes (and a redo never
+        // ended) go into a last image, which worker 0 writes before it stops.
+        if !self.external && self.changes_not_durable() {
+            let (_, image) = self.allocator.next_image(self.page_size);
+            let changes = self.changes;
+            self.to_worker(
+                0,
+                WorkerMsg::Persist {
+                    image,
+                    answers: Vec::new(),
+                    changes,
+                },
+            );
         }
         for w in 0..self.workers.len() {
             self.to_worker(w, WorkerMsg::Shutdown);

@@ -1,6 +1,9 @@
 //! Property test: random interleavings of read / write / read_pages / allocate / deallocate /
 //! sync, issued several at a time without waiting, on backends that reorder and delay
 //! completions, against an in-memory page model. Then a reopen must show the model's state.
+//! It runs in every allocation mode: managed (also with changes made durable at the next sync,
+//! and with reused ids zeroed) and external (the engine owns allocation; ids past `max_pages`
+//! are refused).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 mod common;
@@ -10,7 +13,9 @@ use std::collections::{BTreeSet, HashMap};
 use bytes::{Bytes, BytesMut};
 use common::*;
 use proptest::prelude::*;
-use storage_io_scheduler::{DiskScheduler, PageId, Reply, SchedulerError};
+use storage_io_scheduler::{
+    AllocDurability, AllocationMode, DiskScheduler, IOSchedulerConfig, PageId, Reply, SchedulerError,
+};
 use storage_io_testkit::faulty::{Fault, FaultPlan};
 use storage_io_testkit::memio::MemFs;
 
@@ -38,9 +43,55 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The allocation setups the model runs in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Managed,
+    /// Managed, with `alloc_durability = next_sync` and `zero_on_reuse`.
+    ManagedDeferredZeroing,
+    /// External, with `max_pages = EXTERNAL_MAX` (the steps touch ids up to 23).
+    External,
+}
+
+const EXTERNAL_MAX: u64 = 20;
+
+fn mode_config(mode: Mode) -> IOSchedulerConfig {
+    let base = config(2);
+    match mode {
+        Mode::Managed => base,
+        Mode::ManagedDeferredZeroing => IOSchedulerConfig {
+            alloc_durability: AllocDurability::NextSync,
+            zero_on_reuse: true,
+            ..base
+        },
+        Mode::External => IOSchedulerConfig {
+            allocation: AllocationMode::External,
+            max_pages: Some(EXTERNAL_MAX),
+            ..base
+        },
+    }
+}
+
+/// Why a call must fail.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Why {
+    NotAllocated(u64),
+    OutOfRange(u64),
+    External,
+}
+
+fn is(got: &SchedulerError, why: Why) -> bool {
+    match (got, why) {
+        (SchedulerError::NotAllocated(p), Why::NotAllocated(q)) => p.0 == q,
+        (SchedulerError::OutOfRange { page, .. }, Why::OutOfRange(q)) => page.0 == q,
+        (SchedulerError::ExternalAllocation { .. }, Why::External) => true,
+        _ => false,
+    }
+}
+
 /// The reference: which ids are allocated and the newest bytes of every page ever written.
-#[derive(Default)]
 struct Model {
+    mode: Mode,
     next: u64,
     free: BTreeSet<u64>,
     contents: HashMap<u64, Bytes>,
@@ -48,16 +99,54 @@ struct Model {
 }
 
 impl Model {
-    fn allocated(&self, p: u64) -> bool {
-        p < self.next && !self.free.contains(&p)
+    fn new(mode: Mode) -> Self {
+        Model {
+            mode,
+            next: 0,
+            free: BTreeSet::new(),
+            contents: HashMap::new(),
+            version: 0,
+        }
     }
-    fn allocate(&mut self) -> u64 {
+    /// Why page `p` cannot be read or written, if it cannot.
+    fn refuses(&self, p: u64) -> Option<Why> {
+        match self.mode {
+            Mode::External if p >= EXTERNAL_MAX => Some(Why::OutOfRange(p)),
+            Mode::External => None,
+            _ if p < self.next && !self.free.contains(&p) => None,
+            _ => Some(Why::NotAllocated(p)),
+        }
+    }
+    fn allocated(&self, p: u64) -> bool {
+        self.refuses(p).is_none()
+    }
+    fn allocate(&mut self) -> Result<u64, Why> {
+        if self.mode == Mode::External {
+            return Err(Why::External);
+        }
         match self.free.pop_first() {
-            Some(p) => p,
+            Some(p) => {
+                if self.mode == Mode::ManagedDeferredZeroing {
+                    self.contents.remove(&p); // zero_on_reuse
+                }
+                Ok(p)
+            }
             None => {
                 self.next += 1;
-                self.next - 1
+                Ok(self.next - 1)
             }
+        }
+    }
+    fn deallocate(&mut self, p: u64) -> Result<(), Why> {
+        match self.mode {
+            Mode::External => Err(Why::External),
+            _ => match self.refuses(p) {
+                Some(why) => Err(why),
+                None => {
+                    self.free.insert(p);
+                    Ok(())
+                }
+            },
         }
     }
     fn bytes(&self, p: u64) -> Bytes {
@@ -69,17 +158,17 @@ impl Model {
 }
 
 enum Expect {
-    Page(Reply<BytesMut>, Result<Bytes, u64>),
+    Page(Reply<BytesMut>, Result<Bytes, Why>),
     Pages(Reply<Vec<BytesMut>>, Result<Vec<Bytes>, usize>),
-    Unit(Reply<()>, Result<(), u64>),
-    Id(Reply<PageId>, u64),
+    Unit(Reply<()>, Result<(), Why>),
+    Id(Reply<PageId>, Result<u64, Why>),
 }
 
 fn check(e: Expect) -> Result<(), TestCaseError> {
     match e {
         Expect::Page(r, want) => match (r.recv(), want) {
             (Ok(got), Ok(want)) => prop_assert_eq!(stamp(&got), stamp(&want)),
-            (Err(SchedulerError::NotAllocated(p)), Err(want)) => prop_assert_eq!(p.0, want),
+            (Err(e), Err(why)) if is(&e, why) => {}
             (got, want) => prop_assert!(false, "read: got {got:?}, want {want:?}"),
         },
         Expect::Pages(r, want) => match (r.recv(), want) {
@@ -93,21 +182,25 @@ fn check(e: Expect) -> Result<(), TestCaseError> {
         },
         Expect::Unit(r, want) => match (r.recv(), want) {
             (Ok(()), Ok(())) => {}
-            (Err(SchedulerError::NotAllocated(p)), Err(want)) => prop_assert_eq!(p.0, want),
+            (Err(e), Err(why)) if is(&e, why) => {}
             (got, want) => prop_assert!(false, "write/deallocate/sync: got {got:?}, want {want:?}"),
         },
-        Expect::Id(r, want) => prop_assert_eq!(r.recv().unwrap().0, want),
+        Expect::Id(r, want) => match (r.recv(), want) {
+            (Ok(got), Ok(want)) => prop_assert_eq!(got.0, want),
+            (Err(e), Err(why)) if is(&e, why) => {}
+            (got, want) => prop_assert!(false, "allocate: got {got:?}, want {want:?}"),
+        },
     }
     Ok(())
 }
 
-fn run(steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError> {
+fn run(steps: Vec<Step>, seed: u64, mode: Mode) -> Result<(), TestCaseError> {
     let fs = MemFs::new(seed);
     let plan = FaultPlan::new(seed)
         .reorder(true)
         .with_probability(None, 0.3, Fault::Delay { polls: 3 });
-    let sched = open(&faulty_factory(&fs, plan), config(2));
-    let mut model = Model::default();
+    let sched = open(&faulty_factory(&fs, plan), mode_config(mode));
+    let mut model = Model::new(mode);
     let mut outstanding: Vec<Expect> = Vec::new();
     for s in steps {
         match s {
@@ -117,17 +210,14 @@ fn run(steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError> {
             }
             Step::Deallocate(p) => {
                 let p = p as u64;
-                let want = if model.allocated(p) { Ok(()) } else { Err(p) };
-                if want.is_ok() {
-                    model.free.insert(p);
-                }
+                let want = model.deallocate(p);
                 outstanding.push(Expect::Unit(sched.schedule_deallocate(PageId(p)), want));
             }
             Step::Write(p, durable) => {
                 let p = p as u64;
                 model.version += 1;
                 let data = page_bytes(PageId(p), model.version);
-                let want = if model.allocated(p) { Ok(()) } else { Err(p) };
+                let want = model.refuses(p).map_or(Ok(()), Err);
                 if want.is_ok() {
                     model.contents.insert(p, data.clone());
                 }
@@ -140,11 +230,7 @@ fn run(steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError> {
             }
             Step::Read(p) => {
                 let p = p as u64;
-                let want = if model.allocated(p) {
-                    Ok(model.bytes(p))
-                } else {
-                    Err(p)
-                };
+                let want = model.refuses(p).map_or_else(|| Ok(model.bytes(p)), Err);
                 outstanding.push(Expect::Page(sched.schedule_read(PageId(p)), want));
             }
             Step::ReadPages(ps) => {
@@ -173,20 +259,21 @@ fn run(steps: Vec<Step>, seed: u64) -> Result<(), TestCaseError> {
     drop(sched);
 
     // Everything acknowledged is there after a reopen (no crash: unsynced data counts too).
-    let sched = DiskScheduler::open(DIR, config(2), mem_factory(&fs)).unwrap();
-    prop_assert_eq!(
-        sched.stats().allocated_pages,
-        model.next - model.free.len() as u64
-    );
-    for p in 0..model.next + 2 {
+    let sched = DiskScheduler::open(DIR, mode_config(mode), mem_factory(&fs)).unwrap();
+    if mode != Mode::External {
+        prop_assert_eq!(
+            sched.stats().allocated_pages,
+            model.next - model.free.len() as u64
+        );
+    }
+    for p in 0..(model.next + 2).max(24) {
         let got = sched.schedule_read(PageId(p)).recv();
-        if model.allocated(p) {
-            prop_assert_eq!(stamp(&got.unwrap()), stamp(&model.bytes(p)));
-        } else {
-            prop_assert!(
-                matches!(got, Err(SchedulerError::NotAllocated(_))),
-                "page {p}: {got:?}"
-            );
+        match model.refuses(p) {
+            None => prop_assert_eq!(stamp(&got.unwrap()), stamp(&model.bytes(p))),
+            Some(why) => prop_assert!(
+                matches!(&got, Err(e) if is(e, why)),
+                "page {p}: {got:?}, want {why:?}"
+            ),
         }
     }
     Ok(())
@@ -197,7 +284,21 @@ proptest! {
 
     #[test]
     fn order_and_contents_match_the_page_model(steps in prop::collection::vec(step(), 1..80), seed in any::<u64>()) {
-        run(steps, seed)?;
+        run(steps, seed, Mode::Managed)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn external_allocation_matches_the_page_model(steps in prop::collection::vec(step(), 1..80), seed in any::<u64>()) {
+        run(steps, seed, Mode::External)?;
+    }
+
+    #[test]
+    fn deferred_zeroing_allocation_matches_the_page_model(steps in prop::collection::vec(step(), 1..80), seed in any::<u64>()) {
+        run(steps, seed, Mode::ManagedDeferredZeroing)?;
     }
 }
 
@@ -217,5 +318,7 @@ fn order_model_smoke_with_a_fixed_interleaving() {
         Step::Drain,
         Step::ReadPages(vec![9, 8, 7, 6, 5, 4, 3]),
     ]);
-    run(steps, 1).unwrap();
+    for mode in [Mode::Managed, Mode::ManagedDeferredZeroing, Mode::External] {
+        run(steps.clone(), 1, mode).unwrap();
+    }
 }
