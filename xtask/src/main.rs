@@ -124,6 +124,25 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
         ]),
     )?;
     run_step(
+        "example page_engine (engine-owned allocation and physical redo, with power cuts)",
+        cargo().current_dir(root).args([
+            "run",
+            "--quiet",
+            "--locked",
+            "-p",
+            "storage-io",
+            "--example",
+            "page_engine",
+            "--",
+            "--pushes",
+            "1500",
+            "--checkpoint-every",
+            "400",
+            "--crash-points",
+            "40",
+        ]),
+    )?;
+    run_step(
         "docs",
         cargo()
             .current_dir(root)
