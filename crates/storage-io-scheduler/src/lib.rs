@@ -22,7 +22,11 @@
 //!   read scheduled after a write to the page sees that write.
 //! - **Allocation** that survives crashes: page ids are handed out from a free list written to
 //!   two alternating checksummed images. Reading a page never allocated (or freed) is an
-//!   error, not zeros.
+//!   error, not zeros. Or the engine owns allocation ([`AllocationMode::External`]): any id
+//!   below `max_pages` reads and writes, in the engine's own file (`page_file`). For an
+//!   engine's recovery: `schedule_allocate_at`, a physical-redo phase
+//!   (`schedule_begin_redo`), changes made durable at the next sync
+//!   ([`AllocDurability::NextSync`]) and `zero_on_reuse`.
 //! - [`ReadStream`]: a sequential scan with a window of pages in flight ahead of the consumer.
 //! - [`PageCache`]: fixed frames, pin guards, CLOCK eviction, dirty write-back through the
 //!   scheduler, and one fetch for two misses on the same page.
