@@ -55,6 +55,7 @@ mod alloc;
 mod batch;
 mod cache;
 mod config;
+mod dispatch;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

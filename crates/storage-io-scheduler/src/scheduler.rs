@@ -1,4 +1,5 @@
-//! [`DiskScheduler`]: the public API, the dispatcher thread, and opening a page file.
+//! [`DiskScheduler`]: the public API and opening a page file (the dispatcher thread is in
+//! `dispatch.rs`).
 //!
 //! **Invariant:** every call accepted before [`DiskScheduler::shutdown`] is answered with its
 //! real result; every call after gets `Closed`. A call is *accepted* when its request is in the
@@ -12,53 +13,19 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
-use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo, WaitWaker};
+use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo};
 
 use crate::PageId;
 use crate::alloc::{self, Allocator};
-use crate::batch::{Ack, BatchState, Join, SyncBarrier};
-use crate::config::{AllocDurability, AllocationMode, IOSchedulerConfig};
+use crate::config::{AllocationMode, IOSchedulerConfig};
+use crate::dispatch::{Dispatcher, Request};
 use crate::error::{Result, SchedulerError};
 use crate::reply::{Answer, PageAnswer, PageRead, Reply};
 use crate::stream::ReadStream;
-use crate::worker::{AllocAnswer, Counters, Worker, WorkerMsg, WorkerSetup};
+use crate::worker::{Counters, Worker, WorkerSetup};
 
 /// The page file inside the scheduler's directory, unless `page_file` names another.
 pub const PAGE_FILE: &str = "pages.db";
-
-enum Request {
-    Read {
-        page: PageId,
-        answer: PageAnswer,
-    },
-    Write {
-        page: PageId,
-        data: Bytes,
-        durable: bool,
-        answer: Answer<()>,
-    },
-    ReadPages {
-        pages: Vec<PageId>,
-        answer: Answer<Vec<BytesMut>>,
-    },
-    Allocate(Answer<PageId>),
-    AllocateAt {
-        page: PageId,
-        answer: Answer<bool>,
-    },
-    AllocateExtent {
-        pages: u64,
-        answer: Answer<std::ops::Range<PageId>>,
-    },
-    Deallocate {
-        page: PageId,
-        answer: Answer<()>,
-    },
-    Sync(Answer<()>),
-    BeginRedo(Answer<()>),
-    EndRedo(Answer<()>),
-    Shutdown,
-}
 
 /// A snapshot of what the scheduler has done since it opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -212,23 +179,13 @@ impl DiskScheduler {
             allocator.allocated_count()
         }));
         let (tx, rx) = flume::unbounded();
-        let dispatcher = Dispatcher {
-            workers: worker_txs,
+        let dispatcher = Dispatcher::new(
+            worker_txs,
             allocator,
-            page_size: config.page_size,
-            extent_pages: config.max_combine_pages as u64,
-            max_pages: config.page_limit(),
-            external,
-            deferred: config.alloc_durability == AllocDurability::NextSync,
-            zero_page: config
-                .zero_on_reuse
-                .then(|| Bytes::from(vec![0u8; config.page_size])),
-            redo: false,
-            changes: 0,
-            counters: Arc::clone(&counters),
-            allocated: Arc::clone(&allocated),
-            pending_alloc: Vec::new(),
-        };
+            &config,
+            Arc::clone(&counters),
+            Arc::clone(&allocated),
+        );
         let handle = std::thread::Builder::new()
             .name("sio-sched-dispatch".into())
             .spawn(move || dispatcher.run(rx))
@@ -498,370 +455,6 @@ impl Drop for DiskScheduler {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "disk scheduler shutdown");
-        }
-    }
-}
-
-struct Dispatcher {
-    /// Each worker's channel, and its backend's waker (sent to, then woken).
-    workers: Vec<(flume::Sender<WorkerMsg>, Option<WaitWaker>)>,
-    allocator: Allocator,
-    page_size: usize,
-    extent_pages: u64,
-    /// The first page id refused (`max_pages`).
-    max_pages: u64,
-    /// `allocation = external`: every id below `max_pages` is readable and writable.
-    external: bool,
-    /// `alloc_durability = next_sync`: changes are answered at once and made durable at the
-    /// next sync or durable write.
-    deferred: bool,
-    /// `zero_on_reuse`: the zero page written over a reused id.
-    zero_page: Option<Bytes>,
-    /// In a physical-redo phase: writes allocate the pages they touch.
-    redo: bool,
-    /// Allocation changes made since open; worker 0 publishes how many of them the newest
-    /// durable image holds (`Counters::durable_alloc_changes`).
-    changes: u64,
-    counters: Arc<Counters>,
-    allocated: Arc<std::sync::atomic::AtomicU64>,
-    /// Answers waiting for the next image, which goes out at the end of this round.
-    pending_alloc: Vec<AllocAnswer>,
-}
-
-impl Dispatcher {
-    /// Pages go to workers by extent (`max_combine_pages` pages): one page always goes to the
-    /// same worker, which keeps its writes ordered and its reads single-flight without any
-    /// shared state, and a run of adjacent pages that could merge is on one worker.
-    fn worker_of(&self, page: u64) -> usize {
-        ((page / self.extent_pages) % self.workers.len() as u64) as usize
-    }
-
-    fn to_worker(&self, worker: usize, msg: WorkerMsg) {
-        // A worker only stops after Shutdown, which it gets last; a send can fail only if it
-        // panicked, and then the request's answer is dropped and its caller sees `Closed`.
-        let (tx, waker) = &self.workers[worker];
-        if tx.send(msg).is_err() {
-            tracing::error!(worker, "scheduler worker is gone");
-        }
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    fn run(mut self, rx: flume::Receiver<Request>) {
-        let mut stop = false;
-        while !stop {
-            let Ok(first) = rx.recv() else { break };
-            stop = self.handle(first);
-            while !stop {
-                match rx.try_recv() {
-                    Ok(req) => stop = self.handle(req),
-                    Err(_) => break,
-                }
-            }
-            // Every allocation change handled in this round becomes durable in one image.
-            if !self.pending_alloc.is_empty() {
-                let (_, image) = self.allocator.next_image(self.page_size);
-                let answers = std::mem::take(&mut self.pending_alloc);
-                let changes = self.changes;
-                self.to_worker(
-                    0,
-                    WorkerMsg::Persist {
-                        image,
-                        answers,
-                        changes,
-                    },
-                );
-            }
-            if !self.external {
-                self.allocated
-                    .store(self.allocator.allocated_count(), Ordering::Relaxed);
-            }
-        }
-        // A clean shutdown is a durability point too: deferred changes (and a redo never
-        // ended) go into a last image, which worker 0 writes before it stops.
-        if !self.external && self.changes_not_durable() {
-            let (_, image) = self.allocator.next_image(self.page_size);
-            let changes = self.changes;
-            self.to_worker(
-                0,
-                WorkerMsg::Persist {
-                    image,
-                    answers: Vec::new(),
-                    changes,
-                },
-            );
-        }
-        for w in 0..self.workers.len() {
-            self.to_worker(w, WorkerMsg::Shutdown);
-        }
-        // Requests that raced with shutdown cannot exist (shutdown holds the write lock while
-        // it sends Shutdown). Any leftover is dropped with its sender, and its caller's `recv`
-        // answers `Closed` instead of hanging.
-        while let Ok(req) = rx.try_recv() {
-            drop(req);
-        }
-    }
-
-    /// Whether `page` may be read: allocated (`managed`), in a redo or `external` any id
-    /// below `max_pages`.
-    fn check_read(&self, page: PageId) -> Result<()> {
-        if page.0 >= self.max_pages {
-            return Err(SchedulerError::OutOfRange {
-                page,
-                limit: self.max_pages,
-            });
-        }
-        if self.external || self.redo || self.allocator.is_allocated(page) {
-            Ok(())
-        } else {
-            Err(SchedulerError::NotAllocated(page))
-        }
-    }
-
-    /// Whether `page` may be written; in a redo, an unallocated page is allocated here.
-    fn check_write(&mut self, page: PageId) -> Result<()> {
-        if self.external || self.allocator.is_allocated(page) {
-            return self.check_read(page);
-        }
-        if !self.redo {
-            return Err(SchedulerError::NotAllocated(page));
-        }
-        self.allocator.allocate_at(page, self.max_pages)?;
-        self.changes += 1;
-        Ok(())
-    }
-
-    /// Refuses an allocation call under `external` allocation.
-    fn managed(&self, call: &'static str) -> Result<()> {
-        if self.external {
-            Err(SchedulerError::ExternalAllocation { call })
-        } else {
-            Ok(())
-        }
-    }
-
-    /// True when some allocation change is not yet in a durable image (as far as worker 0
-    /// has told; an image still in flight counts as not durable).
-    fn changes_not_durable(&self) -> bool {
-        self.changes > self.counters.durable_alloc_changes.load(Ordering::Acquire)
-    }
-
-    /// A change was made: `immediate` answers wait for this round's image, `next_sync` ones
-    /// are sent now.
-    fn changed(&mut self, answer: AllocAnswer) {
-        self.changes += 1;
-        if self.deferred {
-            answer.send(Ok(()));
-        } else {
-            self.pending_alloc.push(answer);
-        }
-    }
-
-    /// Writes the zero page over a reused `page` for `zero_on_reuse`, as one part of `ack`:
-    /// durably when changes are durable at once, else just before the allocation is answered.
-    fn zero_reused(&self, page: PageId, ack: Ack) {
-        let Some(zeros) = &self.zero_page else { return };
-        let msg = WorkerMsg::Write {
-            page: page.0,
-            data: zeros.clone(),
-            durable: !self.deferred,
-            answer: ack,
-        };
-        self.to_worker(self.worker_of(page.0), msg);
-    }
-
-    /// Answers an allocation of `page` that came off the free list (`reused`) with `value`:
-    /// with `zero_on_reuse`, only once the zero page is written (and, for `immediate`, durable
-    /// along with the image).
-    fn allocated_page<T: Send + 'static>(
-        &mut self,
-        page: PageId,
-        reused: bool,
-        value: T,
-        answer: Answer<T>,
-        plain: impl FnOnce(T, Answer<T>) -> AllocAnswer,
-    ) {
-        if !(reused && self.zero_page.is_some()) {
-            self.changed(plain(value, answer));
-            return;
-        }
-        // Immediate: the zero page's durable write and the image; next_sync: the write.
-        let parts = if self.deferred { 1 } else { 2 };
-        let join: Arc<Join<T>> = Arc::new(Join::new(parts, value, answer));
-        self.zero_reused(page, Ack::Part(join.clone()));
-        self.changes += 1;
-        if !self.deferred {
-            self.pending_alloc.push(AllocAnswer::Part(join));
-        }
-    }
-
-    /// Handles one request; true on Shutdown.
-    fn handle(&mut self, req: Request) -> bool {
-        match req {
-            Request::Read { page, answer } => match self.check_read(page) {
-                Ok(()) => self.to_worker(self.worker_of(page.0), WorkerMsg::Read { page: page.0, answer }),
-                Err(e) => answer.send(Err(e)),
-            },
-            Request::Write {
-                page,
-                data,
-                durable,
-                answer,
-            } => self.write(page, data, durable, answer),
-            Request::ReadPages { pages, answer } => self.read_pages(pages, answer),
-            Request::Allocate(answer) => {
-                let result = self
-                    .managed("schedule_allocate")
-                    .and_then(|()| self.allocator.allocate_reporting_reuse(self.max_pages));
-                match result {
-                    Ok((page, reused)) => {
-                        self.allocated_page(page, reused, page, answer, AllocAnswer::Allocate);
-                    }
-                    Err(e) => {
-                        let _ = answer.send(Err(e));
-                    }
-                }
-            }
-            Request::AllocateAt { page, answer } => {
-                let was_free = page.0 < self.allocator.parts().0;
-                let result = self
-                    .managed("schedule_allocate_at")
-                    .and_then(|()| self.allocator.allocate_at(page, self.max_pages));
-                match result {
-                    Ok(true) => {
-                        self.allocated_page(page, was_free, true, answer, AllocAnswer::AllocateAt);
-                    }
-                    // Already allocated: nothing changes, but the answer still means "durable".
-                    Ok(false) if !self.deferred && self.changes_not_durable() => {
-                        self.pending_alloc.push(AllocAnswer::AllocateAt(false, answer));
-                    }
-                    Ok(false) => {
-                        let _ = answer.send(Ok(false));
-                    }
-                    Err(e) => {
-                        let _ = answer.send(Err(e));
-                    }
-                }
-            }
-            Request::AllocateExtent { pages, answer } => {
-                let result = self
-                    .managed("schedule_allocate_extent")
-                    .and_then(|()| self.allocator.allocate_extent(pages, self.max_pages));
-                match result {
-                    Ok(range) => self.changed(AllocAnswer::Extent(range, answer)),
-                    Err(e) => {
-                        let _ = answer.send(Err(e));
-                    }
-                }
-            }
-            Request::Deallocate { page, answer } => {
-                let result = self
-                    .managed("schedule_deallocate")
-                    .and_then(|()| self.allocator.deallocate(page));
-                match result {
-                    Ok(()) => self.changed(AllocAnswer::Done(answer)),
-                    Err(e) => {
-                        let _ = answer.send(Err(e));
-                    }
-                }
-            }
-            Request::Sync(answer) => {
-                // With deferred changes a sync is also their durability point.
-                let image = self.deferred && self.changes_not_durable();
-                let parts = self.workers.len() + usize::from(image);
-                let barrier = Arc::new(SyncBarrier::barrier(parts, answer));
-                for w in 0..self.workers.len() {
-                    self.to_worker(w, WorkerMsg::Sync(barrier.clone()));
-                }
-                if image {
-                    self.pending_alloc.push(AllocAnswer::Part(barrier));
-                }
-            }
-            Request::BeginRedo(answer) => {
-                let _ = answer.send(self.managed("schedule_begin_redo").map(|()| self.redo = true));
-            }
-            Request::EndRedo(answer) => match self.managed("schedule_end_redo") {
-                Ok(()) => {
-                    self.redo = false;
-                    // Answered once an image with every change so far is durable (a new one
-                    // even when the redo changed nothing: the answer promises durability).
-                    self.pending_alloc.push(AllocAnswer::Done(answer));
-                }
-                Err(e) => {
-                    let _ = answer.send(Err(e));
-                }
-            },
-            Request::Shutdown => return true,
-        }
-        false
-    }
-
-    fn write(&mut self, page: PageId, data: Bytes, durable: bool, answer: Answer<()>) {
-        if let Err(e) = self.check_write(page) {
-            let _ = answer.send(Err(e));
-            return;
-        }
-        let worker = self.worker_of(page.0);
-        // A durable write is a durability point for deferred allocation changes: it is
-        // answered once they are durable too (and, with zero pages written for reused ids
-        // since, once every worker has synced them).
-        let ack = if durable && self.deferred && self.changes_not_durable() {
-            let barriers = if self.zero_page.is_some() {
-                self.workers.len()
-            } else {
-                0
-            };
-            let join = Arc::new(SyncBarrier::barrier(2 + barriers, answer));
-            for w in 0..barriers {
-                self.to_worker(w, WorkerMsg::Sync(join.clone()));
-            }
-            self.pending_alloc.push(AllocAnswer::Part(join.clone()));
-            Ack::Part(join)
-        } else {
-            Ack::Answer(answer)
-        };
-        let msg = WorkerMsg::Write {
-            page: page.0,
-            data,
-            durable,
-            answer: ack,
-        };
-        self.to_worker(worker, msg);
-    }
-
-    fn read_pages(&mut self, pages: Vec<PageId>, answer: Answer<Vec<BytesMut>>) {
-        if pages.is_empty() {
-            let _ = answer.send(Ok(Vec::new()));
-            return;
-        }
-        if let Some((index, page, e)) = pages
-            .iter()
-            .enumerate()
-            .find_map(|(i, &p)| self.check_read(p).err().map(|e| (i, p, e)))
-        {
-            let _ = answer.send(Err(SchedulerError::Batch {
-                index,
-                page,
-                source: Box::new(e),
-            }));
-            return;
-        }
-        let mut parts: Vec<Vec<(usize, u64)>> = vec![Vec::new(); self.workers.len()];
-        for (index, page) in pages.iter().enumerate() {
-            parts[self.worker_of(page.0)].push((index, page.0));
-        }
-        let batch = Arc::new(BatchState::new(pages, answer));
-        for (w, items) in parts.into_iter().enumerate() {
-            if !items.is_empty() {
-                self.to_worker(
-                    w,
-                    WorkerMsg::Batch {
-                        batch: Arc::clone(&batch),
-                        items,
-                    },
-                );
-            }
         }
     }
 }
