@@ -66,7 +66,7 @@ pub mod fuzzing;
 
 pub use config::{RecoveryPolicy, SyncMode, WalConfig};
 pub use error::WalError;
-pub use manager::{WalManager, WalStats};
+pub use manager::{Durable, WalManager, WalStats};
 pub use reader::WalReader;
 pub use recovery::RecoveryReport;
 

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,10 @@ use crate::prepare::Preparer;
 use crate::reader::WalReader;
 use crate::recovery::{RecoveryReport, recover};
 use crate::segio::{IoFailure, SegmentIo, WriteJob};
+
+mod async_commit;
+
+pub use async_commit::Durable;
 
 const ENOSPC: i32 = 28;
 
@@ -65,6 +70,13 @@ struct State {
     /// Bumped by every flush that failed for a full disk, so its waiters can tell.
     disk_full_seq: u64,
     closed: bool,
+    /// Async committers' wakers, by (target, id): woken once `durable_lsn >= target`, or on
+    /// failure, a full disk or close.
+    async_waiters: std::collections::BTreeMap<(u64, u64), Waker>,
+    next_waiter_id: u64,
+    /// The WAL I/O thread flushes until everything before this is durable (async commits
+    /// raise it as they append).
+    async_wanted: u64,
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +124,10 @@ struct Shared {
     /// Zero-fills the next segment ahead of the writer (`prepare_ahead`).
     preparer: Option<Preparer>,
     counters: Counters,
+    /// Wakes the WAL I/O thread that flushes for async committers.
+    io_wake: Condvar,
+    /// That thread, started by the first async commit.
+    io_thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// The write-ahead log. Share it between threads with `Arc`; every method takes `&self`.
@@ -183,6 +199,9 @@ impl WalManager {
             disk_full: None,
             disk_full_seq: 0,
             closed: false,
+            async_waiters: std::collections::BTreeMap::new(),
+            next_waiter_id: 0,
+            async_wanted: 0,
         };
         if plan.end_offset == 0 {
             // The next segment does not exist yet: its header is the first thing queued.
@@ -225,6 +244,8 @@ impl WalManager {
             writer: Mutex::new(io),
             preparer,
             counters: Counters::default(),
+            io_wake: Condvar::new(),
+            io_thread: Mutex::new(None),
             config,
         });
         let background = match shared.config.sync_mode {
@@ -433,8 +454,11 @@ impl WalManager {
             result
         };
         self.shared.tick.notify_all();
-        self.shared.wake_everyone();
+        self.shared.wake_everyone(&mut self.shared.state.lock());
         if let Some(handle) = self.background.lock().take() {
+            let _ = handle.join();
+        }
+        if let Some(handle) = self.shared.io_thread.lock().take() {
             let _ = handle.join();
         }
         if let Some(p) = &self.shared.preparer {
@@ -614,6 +638,10 @@ impl Shared {
                     // Elect the next leader among the waiters of the next flush.
                     self.covered[((this + 1) % 2) as usize].notify_one();
                 }
+                let ready = take_durable_waiters(st);
+                if !ready.is_empty() {
+                    MutexGuard::unlocked(st, || ready.into_iter().for_each(Waker::wake));
+                }
                 return Ok(());
             }
             Err(f) if f.error.errno() == ENOSPC && !f.op.is_sync() => {
@@ -635,16 +663,22 @@ impl Shared {
                 Err(WalError::Poisoned { cause: f.error })
             }
         };
-        self.wake_everyone();
+        self.wake_everyone(st);
         outcome
     }
 
-    /// Wakes every waiter (failure, full disk, close): each re-checks the state.
-    fn wake_everyone(&self) {
+    /// Wakes every waiter (failure, full disk, close): each re-checks the state. Async
+    /// committers are woken through their wakers, after `st` is unlocked.
+    fn wake_everyone(&self, st: &mut MutexGuard<'_, State>) {
         for c in &self.covered {
             c.notify_all();
         }
         self.gather.notify_all();
+        self.io_wake.notify_all();
+        let wakers = std::mem::take(&mut st.async_waiters);
+        if !wakers.is_empty() {
+            MutexGuard::unlocked(st, || wakers.into_values().for_each(Waker::wake));
+        }
     }
 
     /// One flush: create new segments, write each piece, one datasync per segment, and a
@@ -713,4 +747,16 @@ impl Shared {
             }
         }
     }
+}
+
+/// The wakers of async committers whose records are durable now.
+fn take_durable_waiters(st: &mut State) -> Vec<Waker> {
+    if st.async_waiters.is_empty() {
+        return Vec::new();
+    }
+    // Keys below (durable + 1, 0) have target <= durable.
+    let later = st.async_waiters.split_off(&(st.durable_lsn + 1, 0));
+    std::mem::replace(&mut st.async_waiters, later)
+        .into_values()
+        .collect()
 }
