@@ -131,6 +131,8 @@ impl Row {
             format!("{} raw 4K write+fdatasync", self.backend)
         } else if self.engine == wal::ENGINE_WAL {
             format!("wal on {}", self.backend)
+        } else if self.engine == wal::ENGINE_WAL_ASYNC {
+            format!("wal tasks on {}", self.backend)
         } else if let Some(n) = self.sched_workers {
             let s = if n == 1 { "" } else { "s" };
             format!("{} ({n} scheduler worker{s})", self.backend)

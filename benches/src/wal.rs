@@ -22,6 +22,8 @@ use crate::{Latency, Row};
 pub const WORKLOAD: &str = "wal_commit";
 /// `Row::engine` of a WAL cell.
 pub const ENGINE_WAL: &str = "storage-io-wal";
+/// `Row::engine` of a WAL cell whose committers are async tasks (`commit_async`).
+pub const ENGINE_WAL_ASYNC: &str = "storage-io-wal async";
 /// `Row::engine` of the raw write + fdatasync peer.
 pub const ENGINE_RAW: &str = "raw";
 /// Payload bytes per committed record.
@@ -92,8 +94,10 @@ fn row(
 pub struct WalCell<'a> {
     /// The backend's name (as `make_backend` takes it).
     pub backend: &'a str,
-    /// Concurrent committer threads.
+    /// Concurrent committers: threads, or (`tasks`) async tasks.
     pub committers: usize,
+    /// The committers are tasks on a 2-thread tokio runtime awaiting `commit_async`.
+    pub tasks: bool,
     /// The WAL's `direct_io` mode (O_DIRECT | O_DSYNC, no fdatasync).
     pub direct: bool,
     /// How long the committers run.
@@ -105,11 +109,13 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
     let WalCell {
         backend,
         committers,
+        tasks,
         direct,
         duration,
     } = *cell;
     let mode = if direct { "direct" } else { "buffered" };
-    let dir = CellDir::new(root, &format!("{backend}-{mode}-{committers}"))?;
+    let kind = if tasks { "tasks" } else { "threads" };
+    let dir = CellDir::new(root, &format!("{backend}-{mode}-{committers}-{kind}"))?;
     let config = WalConfig {
         segment_size_bytes: 64 << 20,
         direct_io: direct,
@@ -118,6 +124,9 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
     let (wal, _) = WalManager::open(&dir.0, config, factory(backend)?)?;
     // Warm-up: the first flush creates and zero-fills the first segment.
     wal.commit(&[0u8; RECORD_BYTES])?;
+    if tasks {
+        return run_task_cell(wal, cell, mode, stop);
+    }
     let wal = &wal;
     let cpu0 = cpu_time();
     let t0 = Instant::now();
@@ -168,6 +177,99 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
     let syncs = if direct { stats.flushes } else { stats.datasyncs };
     out.completions_per_wait = ops as f64 / syncs.max(1) as f64;
     Ok(out)
+}
+
+/// Latency histograms shared by many tasks: a task records into shard `task % SHARDS`.
+const SHARDS: usize = 32;
+
+/// `cell.committers` tasks on a 2-thread tokio runtime, each awaiting `commit_async` in a loop.
+fn run_task_cell(
+    wal: WalManager,
+    cell: &WalCell<'_>,
+    mode: &str,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<Row> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()?;
+    let wal = Arc::new(wal);
+    let shards: Arc<Vec<std::sync::Mutex<Histogram<u64>>>> = Arc::new(
+        (0..SHARDS)
+            .map(|_| Histogram::new_with_bounds(1, 60_000_000_000, 3).map(std::sync::Mutex::new))
+            .collect::<Result<_, _>>()?,
+    );
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + cell.duration;
+    let handles: Vec<_> = (0..cell.committers.max(1))
+        .map(|t| {
+            let wal = Arc::clone(&wal);
+            let shards = Arc::clone(&shards);
+            let stopped = Arc::clone(&stopped);
+            rt.spawn(async move {
+                let record = [t as u8; RECORD_BYTES];
+                let mut n = 0u64;
+                let mut local = Vec::with_capacity(64);
+                while Instant::now() < deadline && !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    let started = Instant::now();
+                    wal.commit_async(&record).await?;
+                    local.push(started.elapsed().as_nanos().max(1) as u64);
+                    n += 1;
+                    if local.len() == local.capacity() {
+                        flush_latencies(&shards[t % SHARDS], &mut local);
+                    }
+                }
+                flush_latencies(&shards[t % SHARDS], &mut local);
+                Ok::<u64, storage_io_wal::WalError>(n)
+            })
+        })
+        .collect();
+    // The caller's stop (Ctrl-C) reaches the tasks through a flag they check.
+    while Instant::now() < deadline && !stop() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut ops = 0;
+    for h in handles {
+        ops += rt.block_on(h)??;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for shard in shards.iter() {
+        let shard = shard
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a latency shard was poisoned"))?;
+        hist.add(&*shard)?;
+    }
+    let stats = wal.stats();
+    let mut out = row(
+        ENGINE_WAL_ASYNC,
+        cell.backend,
+        cell.committers,
+        RECORD_BYTES,
+        (ops, secs, cpu),
+        &hist,
+    );
+    out.io = mode.into();
+    let syncs = if cell.direct {
+        stats.flushes
+    } else {
+        stats.datasyncs
+    };
+    out.completions_per_wait = ops as f64 / syncs.max(1) as f64;
+    Ok(out)
+}
+
+fn flush_latencies(shard: &std::sync::Mutex<Histogram<u64>>, local: &mut Vec<u64>) {
+    if let Ok(mut h) = shard.lock() {
+        for &ns in local.iter() {
+            h.saturating_record(ns);
+        }
+    }
+    local.clear();
 }
 
 /// One thread doing durable 4 KiB writes, each waited for, over and over, on `backend`: a write +
@@ -301,6 +403,43 @@ pub fn section(rows: &[Row]) -> String {
             ),
         );
     }
+    let tasks: Vec<&&Row> = wal.iter().filter(|r| r.engine == ENGINE_WAL_ASYNC).collect();
+    if !tasks.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nAsync committers: `qd` tasks on a 2-thread tokio runtime, each awaiting `commit_async` in a \
+             loop (the WAL's I/O thread flushes; no task blocks its thread). Beside each, the thread \
+             committers' best rate on the same backend and mode.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| backend | tasks | commits/s | mean µs | p99 µs | CPU µs/commit | commits per flush | ÷ best thread cell |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in tasks {
+            let best_threads = wal
+                .iter()
+                .filter(|t| t.engine == ENGINE_WAL && t.backend == r.backend && t.io == r.io)
+                .map(|t| t.iops)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            let label = if r.io == "direct" {
+                format!("{} (direct_io)", r.backend)
+            } else {
+                r.backend.clone()
+            };
+            let _ = writeln!(
+                s,
+                "| {label} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {} |",
+                r.qd,
+                r.iops,
+                r.lat_us.mean,
+                r.lat_us.p99,
+                r.cpu_us_per_op,
+                r.completions_per_wait,
+                best_threads.map_or("–".into(), |b| format!("{:.2}×", r.iops / b.max(1e-9))),
+            );
+        }
+    }
     let mean = |b: &str| {
         wal.iter()
             .find(|r| r.engine == ENGINE_WAL && r.backend == b && r.io == "buffered" && r.qd == 1)
@@ -330,6 +469,7 @@ mod tests {
         let cell = |committers, direct| WalCell {
             backend: "sync",
             committers,
+            tasks: false,
             direct,
             duration: short,
         };
@@ -338,6 +478,15 @@ mod tests {
             run_wal_cell(root.path(), &cell(4, false), &never).unwrap(),
             run_raw_cell(root.path(), "sync", false, short, &never).unwrap(),
             run_wal_cell(root.path(), &cell(4, true), &never).unwrap(),
+            run_wal_cell(
+                root.path(),
+                &WalCell {
+                    tasks: true,
+                    ..cell(64, false)
+                },
+                &never,
+            )
+            .unwrap(),
         ];
         assert!(rows.iter().all(|r| r.ops > 0 && r.lat_us.mean > 0.0));
         assert!(rows[1].completions_per_wait >= 1.0);
@@ -347,6 +496,9 @@ mod tests {
         assert!(text.contains("2.00"), "latency vs raw ratio: {text}");
         assert_eq!(rows[3].io, "direct");
         assert!(text.contains("| sync (direct_io) | – | 4 |"), "{text}");
+        assert_eq!(rows[4].engine, ENGINE_WAL_ASYNC);
+        assert!(rows[4].completions_per_wait > 1.0, "64 tasks share flushes");
+        assert!(text.contains("| sync | 64 |"), "the async table: {text}");
         // Nothing left behind.
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
     }
@@ -364,6 +516,7 @@ mod tests {
         let cell = WalCell {
             backend: "sync",
             committers: 1,
+            tasks: false,
             direct: true,
             duration: short,
         };

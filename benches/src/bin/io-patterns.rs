@@ -49,6 +49,10 @@ struct Args {
     /// Queue depths.
     #[arg(long, value_delimiter = ',')]
     qd: Vec<usize>,
+    /// wal_commit: async committers, as task counts on a 2-thread tokio runtime (default 64,
+    /// 1024; --full adds 4096; --smoke 16). 0 runs none.
+    #[arg(long, value_delimiter = ',')]
+    wal_tasks: Vec<usize>,
     /// Page-cache regimes for buffered cells: hot, pressure (cache ≈ file / 1.5), thrash (cache ≈ file / 4).
     #[arg(long, value_delimiter = ',')]
     regime: Vec<String>,
@@ -381,6 +385,8 @@ enum Job {
     Wal {
         backend: String,
         committers: usize,
+        /// The committers are async tasks (`commit_async`), not threads.
+        tasks: bool,
         direct: bool,
         duration: Duration,
     },
@@ -411,9 +417,17 @@ impl Step {
             Job::Wal {
                 backend,
                 committers,
+                tasks,
                 direct,
                 ..
-            } => (wal::WORKLOAD.into(), backend.clone(), *direct, *committers),
+            } => {
+                let who = if *tasks {
+                    format!("{backend} tasks")
+                } else {
+                    backend.clone()
+                };
+                (wal::WORKLOAD.into(), who, *direct, *committers)
+            }
             Job::RawSync { backend, direct, .. } => {
                 (wal::WORKLOAD.into(), format!("{backend} raw"), *direct, 1)
             }
@@ -513,6 +527,15 @@ fn wal_steps(plan: &Plan, args: &Args, direct_ok: bool) -> Vec<Step> {
     } else {
         vec![1, 8, 64]
     };
+    let task_counts: Vec<usize> = if !args.wal_tasks.is_empty() {
+        args.wal_tasks.iter().copied().filter(|&n| n > 0).collect()
+    } else if args.smoke {
+        vec![16]
+    } else if args.full {
+        vec![64, 1024, 4096]
+    } else {
+        vec![64, 1024]
+    };
     let regime = wal::REGIME.to_string();
     let mut out = Vec::new();
     for b in &plan.backends {
@@ -525,11 +548,13 @@ fn wal_steps(plan: &Plan, args: &Args, direct_ok: bool) -> Vec<Step> {
                 },
                 regime: regime.clone(),
             });
-            for &c in &committers {
+            let threads = committers.iter().map(|&c| (c, false));
+            for (c, tasks) in threads.chain(task_counts.iter().map(|&c| (c, true))) {
                 out.push(Step {
                     job: Job::Wal {
                         backend: b.clone(),
                         committers: c,
+                        tasks,
                         direct,
                         duration: plan.duration,
                     },
@@ -764,12 +789,14 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
         Job::Wal {
             backend,
             committers,
+            tasks,
             direct,
             duration,
         } => {
             let cell = wal::WalCell {
                 backend,
                 committers: *committers,
+                tasks: *tasks,
                 direct: *direct,
                 duration: *duration,
             };
