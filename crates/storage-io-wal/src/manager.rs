@@ -34,6 +34,7 @@ use crate::segio::{IoFailure, SegmentIo, WriteJob};
 mod async_commit;
 
 pub use async_commit::Durable;
+use async_commit::Waiters;
 
 const ENOSPC: i32 = 28;
 
@@ -72,7 +73,7 @@ struct State {
     closed: bool,
     /// Async committers' wakers, by (target, id): woken once `durable_lsn >= target`, or on
     /// failure, a full disk or close.
-    async_waiters: std::collections::BTreeMap<(u64, u64), Waker>,
+    async_waiters: Waiters,
     next_waiter_id: u64,
     /// The WAL I/O thread flushes until everything before this is durable (async commits
     /// raise it as they append).
@@ -126,6 +127,11 @@ struct Shared {
     counters: Counters,
     /// Wakes the WAL I/O thread that flushes for async committers.
     io_wake: Condvar,
+    /// `durable_lsn`, readable without the state lock (a future polled after its flush finds
+    /// itself done here).
+    durable: AtomicU64,
+    /// The WAL I/O thread has been started (`io_thread` is set).
+    io_started: std::sync::atomic::AtomicBool,
     /// That thread, started by the first async commit.
     io_thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -199,7 +205,7 @@ impl WalManager {
             disk_full: None,
             disk_full_seq: 0,
             closed: false,
-            async_waiters: std::collections::BTreeMap::new(),
+            async_waiters: Waiters::default(),
             next_waiter_id: 0,
             async_wanted: 0,
         };
@@ -233,6 +239,7 @@ impl WalManager {
             // The segment the next switch moves into (or the first, for a log that has none).
             p.request(plan.end_segment + u64::from(plan.end_offset > 0));
         }
+        let state_durable = state.durable_lsn;
         let shared = Arc::new(Shared {
             segment_size,
             dir,
@@ -245,6 +252,8 @@ impl WalManager {
             preparer,
             counters: Counters::default(),
             io_wake: Condvar::new(),
+            durable: AtomicU64::new(state_durable),
+            io_started: std::sync::atomic::AtomicBool::new(false),
             io_thread: Mutex::new(None),
             config,
         });
@@ -632,13 +641,15 @@ impl Shared {
             Ok(()) => {
                 st.written_lsn = end;
                 st.durable_lsn = end;
+                self.durable.store(end, Ordering::Release);
                 st.disk_full = None;
                 self.covered[(this % 2) as usize].notify_all();
                 if st.pending_bytes > 0 {
                     // Elect the next leader among the waiters of the next flush.
                     self.covered[((this + 1) % 2) as usize].notify_one();
                 }
-                let ready = take_durable_waiters(st);
+                let durable = st.durable_lsn;
+                let ready = st.async_waiters.take_until(durable);
                 if !ready.is_empty() {
                     MutexGuard::unlocked(st, || ready.into_iter().for_each(Waker::wake));
                 }
@@ -675,9 +686,9 @@ impl Shared {
         }
         self.gather.notify_all();
         self.io_wake.notify_all();
-        let wakers = std::mem::take(&mut st.async_waiters);
+        let wakers = st.async_waiters.take_all();
         if !wakers.is_empty() {
-            MutexGuard::unlocked(st, || wakers.into_values().for_each(Waker::wake));
+            MutexGuard::unlocked(st, || wakers.into_iter().for_each(Waker::wake));
         }
     }
 
@@ -747,16 +758,4 @@ impl Shared {
             }
         }
     }
-}
-
-/// The wakers of async committers whose records are durable now.
-fn take_durable_waiters(st: &mut State) -> Vec<Waker> {
-    if st.async_waiters.is_empty() {
-        return Vec::new();
-    }
-    // Keys below (durable + 1, 0) have target <= durable.
-    let later = st.async_waiters.split_off(&(st.durable_lsn + 1, 0));
-    std::mem::replace(&mut st.async_waiters, later)
-        .into_values()
-        .collect()
 }

@@ -11,10 +11,12 @@
 //! A record is appended when `commit_async` is called, not when its future is first polled, so
 //! dropping the future loses nothing: the WAL I/O thread makes it durable all the same.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 
 use storage_io_core::{OpKind, StorageIoError};
 
@@ -150,16 +152,18 @@ fn admit_without_io(st: &State) -> Result<(), WalError> {
 /// only if the thread cannot start (what was appended stays queued for the next flush).
 fn want_flush(shared: &Arc<Shared>, st: &mut State) -> Result<(), WalError> {
     st.async_wanted = st.async_wanted.max(st.next_lsn);
-    let mut thread = shared.io_thread.lock();
-    if thread.is_none() && !st.closed {
-        let s = Arc::clone(shared);
-        let handle = std::thread::Builder::new()
-            .name("wal-io".into())
-            .spawn(move || s.flush_for_async())
-            .map_err(|e| WalError::Io(StorageIoError::from_io(OpKind::Write, &e)))?;
-        *thread = Some(handle);
+    if !shared.io_started.load(Ordering::Acquire) {
+        let mut thread = shared.io_thread.lock();
+        if thread.is_none() && !st.closed {
+            let s = Arc::clone(shared);
+            let handle = std::thread::Builder::new()
+                .name("wal-io".into())
+                .spawn(move || s.flush_for_async())
+                .map_err(|e| WalError::Io(StorageIoError::from_io(OpKind::Write, &e)))?;
+            *thread = Some(handle);
+            shared.io_started.store(true, Ordering::Release);
+        }
     }
-    drop(thread);
     if !st.flushing {
         shared.io_wake.notify_one();
     }
@@ -184,7 +188,14 @@ impl Shared {
                         if !matches!(e, WalError::Poisoned { .. } | WalError::Closed) {
                             tracing::warn!(error = %e, "wal flush for async committers failed");
                         }
-                        st.async_wanted = st.durable_lsn;
+                        // Unless an async commit came while the flush failed: its future
+                        // is younger than this failure and must be flushed (or failed) too.
+                        if st.async_wanted == target {
+                            st.async_wanted = st.durable_lsn;
+                        }
+                        // Look at `closed` again before sleeping: close may have come while
+                        // the flush was failing, and its wake-up would be lost.
+                        continue;
                     }
                 }
             }
@@ -201,11 +212,15 @@ impl Future for Durable {
         if let Some(e) = this.failed.take() {
             return Poll::Ready(Err(e));
         }
-        let mut st = this.shared.state.lock();
-        if let Some(key) = this.key.take() {
-            st.async_waiters.remove(&key);
+        // Done without the lock: the flush that made it durable has taken (or is taking) this
+        // future's waker off the list, so there is nothing to deregister either.
+        if this.shared.durable.load(Ordering::Acquire) >= this.target {
+            this.key = None;
+            return Poll::Ready(Ok(this.lsn));
         }
+        let mut st = this.shared.state.lock();
         if st.durable_lsn >= this.target {
+            this.key = None;
             return Poll::Ready(Ok(this.lsn));
         }
         if let Some(cause) = &st.poisoned {
@@ -221,9 +236,14 @@ impl Future for Durable {
         if st.closed {
             return Poll::Ready(Err(WalError::Closed));
         }
-        let key = (this.target, st.next_waiter_id);
-        st.next_waiter_id += 1;
-        st.async_waiters.insert(key, cx.waker().clone());
+        let key = match this.key {
+            Some(key) => key,
+            None => {
+                st.next_waiter_id += 1;
+                (this.target, st.next_waiter_id)
+            }
+        };
+        st.async_waiters.register(key, cx.waker());
         this.key = Some(key);
         Poll::Pending
     }
@@ -232,7 +252,54 @@ impl Future for Durable {
 impl Drop for Durable {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            self.shared.state.lock().async_waiters.remove(&key);
+            self.shared.state.lock().async_waiters.remove(key);
         }
+    }
+}
+
+/// Async committers' wakers, sorted by (target, id): a flush takes them from the front up to
+/// the new durable end. Targets arrive nearly in order (records are appended in LSN order), so
+/// an insert lands at or near the back.
+#[derive(Debug, Default)]
+pub(super) struct Waiters(VecDeque<((u64, u64), Waker)>);
+
+impl Waiters {
+    /// Registers `waker` under `key`, or refreshes the waker of a key registered already.
+    fn register(&mut self, key: (u64, u64), waker: &Waker) {
+        let at = self.position(key);
+        match self.0.get_mut(at) {
+            Some((k, w)) if *k == key => {
+                if !w.will_wake(waker) {
+                    w.clone_from(waker);
+                }
+            }
+            _ => self.0.insert(at, (key, waker.clone())),
+        }
+    }
+
+    fn remove(&mut self, key: (u64, u64)) {
+        let at = self.position(key);
+        if self.0.get(at).is_some_and(|(k, _)| *k == key) {
+            self.0.remove(at);
+        }
+    }
+
+    /// Where `key` is or would go.
+    fn position(&self, key: (u64, u64)) -> usize {
+        match self.0.back() {
+            Some((last, _)) if *last < key => self.0.len(),
+            _ => self.0.partition_point(|(k, _)| *k < key),
+        }
+    }
+
+    /// The wakers of every future whose target is at or below `durable`.
+    pub(super) fn take_until(&mut self, durable: u64) -> Vec<Waker> {
+        let n = self.0.partition_point(|((target, _), _)| *target <= durable);
+        self.0.drain(..n).map(|(_, w)| w).collect()
+    }
+
+    /// Every waker (a failure, a full disk, close).
+    pub(super) fn take_all(&mut self) -> Vec<Waker> {
+        self.0.drain(..).map(|(_, w)| w).collect()
     }
 }
