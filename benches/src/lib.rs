@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod engine;
 pub mod fio;
+pub mod peers;
 pub mod plot;
 pub mod report;
 pub mod sched;

@@ -32,10 +32,15 @@ pub const RECORD_BYTES: usize = 128;
 pub const REGIME: &str = "fdatasync";
 
 /// A fresh directory for one cell, removed on drop.
-struct CellDir(PathBuf);
+pub(crate) struct CellDir(PathBuf);
 
 impl CellDir {
-    fn new(root: &Path, label: &str) -> Result<CellDir> {
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub(crate) fn new(root: &Path, label: &str) -> Result<CellDir> {
         let dir = root.join(format!("wal-{}-{label}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -61,9 +66,9 @@ fn factory(backend: &str) -> Result<BackendFactory> {
 }
 
 /// `(ops, seconds, CPU seconds)` of a cell.
-type Measured = (u64, f64, f64);
+pub(crate) type Measured = (u64, f64, f64);
 
-fn row(
+pub(crate) fn row(
     engine: &str,
     backend: &str,
     qd: usize,
@@ -437,6 +442,61 @@ pub fn section(rows: &[Row]) -> String {
                 r.cpu_us_per_op,
                 r.completions_per_wait,
                 best_threads.map_or("–".into(), |b| format!("{:.2}×", r.iops / b.max(1e-9))),
+            );
+        }
+    }
+    let peer_rows: Vec<&&Row> = wal
+        .iter()
+        .filter(|r| r.engine == crate::peers::ENGINE_OKAYWAL)
+        .collect();
+    if !peer_rows.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nAgainst the best peer (okaywal: `begin_entry`, `write_chunk`, `commit`, thread committers, same \
+             directory and record size). Ours is the best of our rows at that committer count (any backend, \
+             buffered or `direct_io`); tasks are set against the peer's best thread cell.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| committers | ours commits/s | ours (where) | CPU µs/commit | best peer commits/s | peer CPU µs/commit | ours ÷ peer |"
+        );
+        let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|");
+        let best_peer = |qd: Option<usize>| {
+            peer_rows
+                .iter()
+                .filter(|r| qd.is_none_or(|q| r.qd == q))
+                .max_by(|a, b| a.iops.total_cmp(&b.iops))
+        };
+        let mut keys: Vec<(bool, usize)> = wal
+            .iter()
+            .filter(|r| r.engine == ENGINE_WAL || r.engine == ENGINE_WAL_ASYNC)
+            .map(|r| (r.engine == ENGINE_WAL_ASYNC, r.qd))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for (tasks, qd) in keys {
+            let engine = if tasks { ENGINE_WAL_ASYNC } else { ENGINE_WAL };
+            let Some(ours) = wal
+                .iter()
+                .filter(|r| r.engine == engine && r.qd == qd)
+                .max_by(|a, b| a.iops.total_cmp(&b.iops))
+            else {
+                continue;
+            };
+            let Some(peer) = best_peer(if tasks { None } else { Some(qd) }) else {
+                continue;
+            };
+            let what = if tasks { "tasks" } else { "threads" };
+            let mode = if ours.io == "direct" { " direct_io" } else { "" };
+            let _ = writeln!(
+                s,
+                "| {qd} {what} | {:.0} | {}{mode} | {:.2} | {:.0} | {:.2} | {:.2}× |",
+                ours.iops,
+                ours.backend,
+                ours.cpu_us_per_op,
+                peer.iops,
+                peer.cpu_us_per_op,
+                ours.iops / peer.iops.max(1e-9),
             );
         }
     }

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use storage_io_benches::cache::{self, MemCap};
 use storage_io_benches::engine::{self, BACKENDS, Cell, WORKLOADS};
 use storage_io_benches::fio::{self, FioEngine, FioJob};
-use storage_io_benches::{Machine, Report, Row, fold_rounds, plot, report, signal, timestamp, wal};
+use storage_io_benches::{Machine, Report, Row, fold_rounds, peers, plot, report, signal, timestamp, wal};
 use storage_io_core::{OpenOptions, open_file};
 
 #[derive(Parser, Debug)]
@@ -390,6 +390,11 @@ enum Job {
         direct: bool,
         duration: Duration,
     },
+    /// An external WAL beside ours (okaywal), with `committers` threads.
+    OkayWal {
+        committers: usize,
+        duration: Duration,
+    },
     /// The raw durable 4 KiB write peer of the WAL cells, on a backend: write + fdatasync, or
     /// (`direct`) one O_DIRECT | O_DSYNC write, like the WAL's `direct_io` mode.
     RawSync {
@@ -431,6 +436,7 @@ impl Step {
             Job::RawSync { backend, direct, .. } => {
                 (wal::WORKLOAD.into(), format!("{backend} raw"), *direct, 1)
             }
+            Job::OkayWal { committers, .. } => (wal::WORKLOAD.into(), "okaywal".into(), false, *committers),
         };
         format!(
             "{w} {b} {} {} qd{q}",
@@ -538,6 +544,18 @@ fn wal_steps(plan: &Plan, args: &Args, direct_ok: bool) -> Vec<Step> {
     };
     let regime = wal::REGIME.to_string();
     let mut out = Vec::new();
+    // The external peer, same committer counts (threads: it has no async API).
+    if peers::okaywal_missing().is_none() {
+        for &c in &committers {
+            out.push(Step {
+                job: Job::OkayWal {
+                    committers: c,
+                    duration: plan.duration,
+                },
+                regime: regime.clone(),
+            });
+        }
+    }
     for b in &plan.backends {
         for &direct in plan.modes.iter().filter(|&&d| !d || direct_ok) {
             out.push(Step {
@@ -621,6 +639,12 @@ fn run() -> Result<bool> {
             "{} refuses O_DIRECT (tmpfs?): direct cells were skipped; use --file on ext4/xfs",
             file.path.display()
         ));
+    }
+    if plan.workloads.iter().any(|w| w == wal::WORKLOAD)
+        && let Some(hint) = peers::okaywal_missing()
+    {
+        eprintln!("io-patterns: {hint}");
+        notes.push(hint.into());
     }
     let fio_version = if args.no_fio { None } else { fio::version() };
     if !args.no_fio && fio_version.is_none() {
@@ -809,6 +833,9 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
         } => {
             return wal::run_raw_cell(wal_root, backend, *direct, *duration, &signal::stopped);
         }
+        Job::OkayWal { committers, duration } => {
+            return peers::run_okaywal_cell(wal_root, *committers, *duration, &signal::stopped);
+        }
     };
     let divisor = match step.regime.as_str() {
         "pressure" => Some(1.5),
@@ -830,7 +857,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let slack: u64 = match &step.job {
         Job::Fio(f) => (16 << 20) + (f.qd * f.block) as u64,
         Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
-        Job::Wal { .. } | Job::RawSync { .. } => 0,
+        Job::Wal { .. } | Job::RawSync { .. } | Job::OkayWal { .. } => 0,
     };
     let capped = match (divisor, cap) {
         (Some(d), Some(c)) if !direct => {
@@ -844,7 +871,9 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let result = match &step.job {
         Job::Ours(c) => engine::run_cell(path, c, &signal::stopped),
         Job::Fio(f) => f.run(),
-        Job::Wal { .. } | Job::RawSync { .. } => unreachable!("WAL cells returned above"),
+        Job::Wal { .. } | Job::RawSync { .. } | Job::OkayWal { .. } => {
+            unreachable!("WAL cells returned above")
+        }
     };
     if let Some(c) = capped {
         c.leave().map_err(anyhow::Error::msg)?;

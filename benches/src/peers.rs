@@ -1,0 +1,166 @@
+//! The wal_commit workload's external peers, in the same rounds, directory and record size as
+//! our WAL: okaywal (pure Rust, its own group commit; feature `okaywal`, on by default). Each
+//! commit is `begin_entry`, one `write_chunk` of the record, `commit` (durable when it returns).
+//! A peer that is not built in is skipped with a one-line hint, like fio.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::Row;
+
+/// `Row::engine` of an okaywal cell.
+pub const ENGINE_OKAYWAL: &str = "okaywal";
+
+/// Why the okaywal cells cannot run, if they cannot.
+pub fn okaywal_missing() -> Option<&'static str> {
+    if cfg!(feature = "okaywal") {
+        None
+    } else {
+        Some("okaywal peer skipped: build the bench with `--features okaywal` (a crates.io dependency)")
+    }
+}
+
+/// `committers` threads committing `record_bytes`-byte records through okaywal for `duration`.
+#[cfg(feature = "okaywal")]
+pub fn run_okaywal_cell(
+    root: &Path,
+    committers: usize,
+    duration: Duration,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<Row> {
+    use std::time::Instant;
+
+    use anyhow::bail;
+    use hdrhistogram::Histogram;
+
+    use crate::engine::cpu_time;
+    use crate::wal::{CellDir, Measured, RECORD_BYTES, row};
+
+    /// Recovery and checkpoints that keep nothing: the bench only writes.
+    #[derive(Debug)]
+    struct Discard;
+
+    impl okaywal::LogManager for Discard {
+        fn recover(&mut self, _entry: &mut okaywal::Entry<'_>) -> std::io::Result<()> {
+            Ok(())
+        }
+
+        fn checkpoint_to(
+            &mut self,
+            _last: okaywal::EntryId,
+            _entries: &mut okaywal::SegmentReader,
+            _wal: &okaywal::WriteAheadLog,
+        ) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let dir = CellDir::new(root, &format!("okaywal-{committers}"))?;
+    let log = okaywal::WriteAheadLog::recover(dir.path(), Discard)?;
+    // Warm-up, like ours: the first commit creates the first log file.
+    commit(&log, &[0u8; RECORD_BYTES])?;
+    let log = &log;
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + duration;
+    let results: Vec<Result<(u64, Histogram<u64>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..committers.max(1))
+            .map(|t| {
+                s.spawn(move || -> Result<(u64, Histogram<u64>)> {
+                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                    let record = [t as u8; RECORD_BYTES];
+                    let mut n = 0u64;
+                    while Instant::now() < deadline && !stop() {
+                        let started = Instant::now();
+                        commit(log, &record)?;
+                        hist.saturating_record(started.elapsed().as_nanos().max(1) as u64);
+                        n += 1;
+                    }
+                    Ok((n, hist))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("an okaywal committer panicked"))
+            })
+            .collect()
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
+    let mut ops = 0;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    for r in results {
+        let (n, h) = r?;
+        ops += n;
+        hist.add(&h)?;
+    }
+    let measured: Measured = (ops, secs, cpu);
+    Ok(row(
+        ENGINE_OKAYWAL,
+        "okaywal",
+        committers,
+        RECORD_BYTES,
+        measured,
+        &hist,
+    ))
+}
+
+#[cfg(feature = "okaywal")]
+fn commit(log: &okaywal::WriteAheadLog, record: &[u8]) -> Result<()> {
+    let mut entry = log.begin_entry()?;
+    entry.write_chunk(record)?;
+    entry.commit()?;
+    Ok(())
+}
+
+/// Without the feature there is no okaywal cell to run.
+#[cfg(not(feature = "okaywal"))]
+pub fn run_okaywal_cell(
+    _root: &Path,
+    _committers: usize,
+    _duration: Duration,
+    _stop: &(dyn Fn() -> bool + Sync),
+) -> Result<Row> {
+    anyhow::bail!("{}", okaywal_missing().unwrap_or_default())
+}
+
+#[cfg(all(test, feature = "okaywal"))]
+mod tests {
+    use super::*;
+    use crate::wal::{WalCell, run_wal_cell, section};
+
+    #[test]
+    fn the_okaywal_peer_runs_beside_ours_and_the_section_divides_by_it() {
+        let root = tempfile::tempdir().unwrap();
+        let never = || false;
+        let short = Duration::from_millis(100);
+        let peer = run_okaywal_cell(root.path(), 4, short, &never).unwrap();
+        assert_eq!(peer.engine, ENGINE_OKAYWAL);
+        assert!(peer.ops > 0 && peer.lat_us.mean > 0.0);
+        let ours = run_wal_cell(
+            root.path(),
+            &WalCell {
+                backend: "sync",
+                committers: 4,
+                tasks: false,
+                direct: false,
+                duration: short,
+            },
+            &never,
+        )
+        .unwrap();
+        let text = section(&[peer, ours]);
+        assert!(text.contains("| 4 threads |"), "{text}");
+        assert!(text.contains("ours ÷ peer"), "{text}");
+        assert_eq!(
+            std::fs::read_dir(root.path()).unwrap().count(),
+            0,
+            "cell directories are removed"
+        );
+    }
+}
