@@ -126,7 +126,7 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
         direct_io: direct,
         ..WalConfig::default()
     };
-    let (wal, _) = WalManager::open(&dir.0, config, factory(backend)?)?;
+    let (wal, _) = WalManager::open(dir.path(), config, factory(backend)?)?;
     // Warm-up: the first flush creates and zero-fills the first segment.
     wal.commit(&[0u8; RECORD_BYTES])?;
     if tasks {
