@@ -494,8 +494,12 @@ impl<B: StorageIo> StorageIo for FaultyIo<B> {
     fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
         self.inner.open_file(path, options)
     }
+    /// Opens through the inner backend but withholds the second OS handle (`file: None`): a
+    /// caller that wrote or synced through it (the WAL's `inline_io` does, where there is one)
+    /// would go around the faults this wrapper exists to inject.
     fn open_file_with_mode(&mut self, path: &Path, options: &OpenOptions) -> Result<OpenedFd> {
-        self.inner.open_file_with_mode(path, options)
+        let opened = self.inner.open_file_with_mode(path, options)?;
+        Ok(OpenedFd { file: None, ..opened })
     }
 
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {

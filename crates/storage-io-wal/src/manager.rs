@@ -38,6 +38,11 @@ use async_commit::Waiters;
 
 const ENOSPC: i32 = 28;
 
+/// The next segment is prepared once the current one is 1 / `PREPARE_AT` full: early enough
+/// that its zero-fill (paced by the preparer) finishes long before the log needs it, late
+/// enough that a log just opened does not share the disk with it during its first commits.
+const PREPARE_AT: u64 = 2;
+
 /// Bytes queued for one segment, starting at `offset` in it (0 = the segment's header: the
 /// flush creates the file).
 #[derive(Debug)]
@@ -78,6 +83,8 @@ struct State {
     /// The WAL I/O thread flushes until everything before this is durable (async commits
     /// raise it as they append).
     async_wanted: u64,
+    /// The newest segment asked of the preparer.
+    prepare_asked: u64,
 }
 
 #[derive(Debug, Default)]
@@ -181,6 +188,9 @@ impl WalManager {
             config.write_chunk_bytes,
             config.direct_io,
         );
+        if config.inline_io {
+            io = io.inline_io();
+        }
         let (plan, report) = recover(&mut io, &config)?;
         let segment_size = report.segment_size_bytes;
         if config.direct_io && !segment_size.is_multiple_of(4096) {
@@ -208,6 +218,7 @@ impl WalManager {
             async_waiters: Waiters::default(),
             next_waiter_id: 0,
             async_wanted: 0,
+            prepare_asked: 0,
         };
         if plan.end_offset == 0 {
             // The next segment does not exist yet: its header is the first thing queued.
@@ -236,8 +247,13 @@ impl WalManager {
             None
         };
         if let Some(p) = &preparer {
-            // The segment the next switch moves into (or the first, for a log that has none).
-            p.request(plan.end_segment + u64::from(plan.end_offset > 0));
+            // The first segment, for a log that has none; else the next one once the current
+            // one is half full (see `PREPARE_AT`), which may be now.
+            if plan.end_offset == 0 {
+                p.request(plan.end_segment);
+            } else if plan.end_offset >= segment_size / PREPARE_AT {
+                p.request(plan.end_segment + 1);
+            }
         }
         let state_durable = state.durable_lsn;
         let shared = Arc::new(Shared {
@@ -643,6 +659,7 @@ impl Shared {
                 st.durable_lsn = end;
                 self.durable.store(end, Ordering::Release);
                 st.disk_full = None;
+                self.maybe_prepare_next(st, end);
                 self.covered[(this % 2) as usize].notify_all();
                 if st.pending_bytes > 0 {
                     // Elect the next leader among the waiters of the next flush.
@@ -678,6 +695,18 @@ impl Shared {
         outcome
     }
 
+    /// Asks the preparer for the segment after the one `end` is in, once `end` is past the
+    /// threshold (once per segment).
+    fn maybe_prepare_next(&self, st: &mut State, end: u64) {
+        let Some(preparer) = &self.preparer else { return };
+        let size = self.segment_size;
+        let next = end / size + 1;
+        if end % size >= size / PREPARE_AT && st.prepare_asked < next {
+            st.prepare_asked = next;
+            preparer.request(next);
+        }
+    }
+
     /// Wakes every waiter (failure, full disk, close): each re-checks the state. Async
     /// committers are woken through their wakers, after `st` is unlocked.
     fn wake_everyone(&self, st: &mut MutexGuard<'_, State>) {
@@ -700,11 +729,7 @@ impl Shared {
         let mut jobs = Vec::with_capacity(pieces.len());
         for p in pieces {
             let fd = if p.offset == 0 {
-                let prepared = self.preparer.as_ref().is_some_and(|pr| {
-                    let taken = pr.take(p.segment);
-                    pr.request(p.segment + 1);
-                    taken
-                });
+                let prepared = self.preparer.as_ref().is_some_and(|pr| pr.take(p.segment));
                 if prepared {
                     // Zero-filled, durable and named in the directory already.
                     self.counters.segments_prepared.fetch_add(1, Ordering::Relaxed);

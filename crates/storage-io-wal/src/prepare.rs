@@ -13,9 +13,11 @@
 //! work of preparing it. A clean close removes an unused one, so a reopened log finds nothing
 //! to remove.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -136,9 +138,26 @@ impl Drop for Preparer {
     }
 }
 
+/// The longest pause between two groups of zeros.
+const MAX_PAUSE: Duration = Duration::from_millis(20);
+
 fn run(mut io: SegmentIo, sync: bool, shared: Arc<Shared>) {
     let _farewell = Farewell(Arc::clone(&shared));
     let stopping = || shared.stop.load(Ordering::Acquire);
+    // Paced: before each group of zeros, a pause as long as the previous group took (at most
+    // `MAX_PAUSE`), so the fill takes at most half of the disk's time and the commits'
+    // writes and syncs never queue behind a long run of it.
+    let group_started: Cell<Option<Instant>> = Cell::new(None);
+    let paced = || {
+        if let Some(started) = group_started.get() {
+            let pause = started.elapsed().min(MAX_PAUSE);
+            let until = Instant::now() + pause;
+            let mut st = shared.state.lock();
+            while !stopping() && !shared.changed.wait_until(&mut st, until).timed_out() {}
+        }
+        group_started.set(Some(Instant::now()));
+        stopping()
+    };
     loop {
         let segment = {
             let mut st = shared.state.lock();
@@ -157,7 +176,8 @@ fn run(mut io: SegmentIo, sync: bool, shared: Arc<Shared>) {
             st.busy = Some(segment);
             segment
         };
-        let outcome = prepare(&mut io, segment, sync, &stopping);
+        group_started.set(None);
+        let outcome = prepare(&mut io, segment, sync, &paced);
         let mut st = shared.state.lock();
         st.busy = None;
         match outcome {
