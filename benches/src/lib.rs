@@ -129,7 +129,7 @@ impl Row {
         } else if self.engine == wal::ENGINE_RAW && self.io == "direct" {
             format!("{} raw 4K O_DIRECT|O_DSYNC write", self.backend)
         } else if self.engine == wal::ENGINE_RAW {
-            format!("{} raw 4K write+fdatasync", self.backend)
+            "raw 4K pwrite+fdatasync (caller's thread)".to_string()
         } else if self.engine == wal::ENGINE_WAL {
             format!("wal on {}", self.backend)
         } else if self.engine == wal::ENGINE_WAL_ASYNC {
