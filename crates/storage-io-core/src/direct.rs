@@ -309,9 +309,76 @@ pub fn file_len_of(file: &File) -> Result<u64> {
         .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
 }
 
+/// Whether the file system holding `path` is one known to make an `O_DIRECT | O_DSYNC` write
+/// durable when it completes, however it was submitted (pwrite, io_uring, libaio): ext4, XFS
+/// and btrfs. Elsewhere a caller that needs durability should add an fdatasync behind such
+/// writes. Measured on a FUSE file system (Linux 6.18): `O_DIRECT | O_DSYNC` writes submitted
+/// through io_uring or libaio reached the daemon with no sync at all, while the same writes
+/// through pwrite were synced. `Ok(false)` where the file system cannot be asked.
+///
+/// ```
+/// // The build directory is on a real disk file system here; a trusted one answers true.
+/// let trusted = storage_io_core::dsync_trusted_at(std::path::Path::new(".")).unwrap();
+/// # let _ = trusted;
+/// ```
+pub fn dsync_trusted_at(path: &Path) -> std::io::Result<bool> {
+    fs_magic(path).map(|m| m.is_some_and(dsync_trusted_magic))
+}
+
+/// Whether a file system, by its `statfs` magic number, honours `O_DSYNC` on direct writes
+/// submitted asynchronously (see [`dsync_trusted_at`]).
+pub fn dsync_trusted_magic(magic: i64) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    matches!(magic, EXT4 | XFS | BTRFS)
+}
+
+/// The `statfs` magic number of the file system holding `path`.
+#[cfg(target_os = "linux")]
+fn fs_magic(path: &Path) -> std::io::Result<Option<i64>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: `statfs` fills `buf`, a plain C struct for which all-zero bytes are a valid
+    // value; `c` is a NUL-terminated path that lives for the whole call.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `buf` is a valid, writable `statfs` and nothing is kept after the call.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Some(buf.f_type as i64))
+}
+
+/// Elsewhere the file system is not asked: nothing is trusted.
+#[cfg(not(target_os = "linux"))]
+fn fs_magic(_path: &Path) -> std::io::Result<Option<i64>> {
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn o_dsync_is_trusted_on_ext4_xfs_and_btrfs_only() {
+        for magic in [0xEF53, 0x5846_5342, 0x9123_683E] {
+            assert!(dsync_trusted_magic(magic), "{magic:#x}");
+        }
+        // FUSE, tmpfs, NFS, overlayfs.
+        for magic in [0x6573_5546, 0x0102_1994, 0x6969, 0x794C_7630] {
+            assert!(!dsync_trusted_magic(magic), "{magic:#x}");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_file_system_of_a_path_is_asked() {
+        // /proc is procfs: not a disk file system, never trusted.
+        assert!(!dsync_trusted_at(Path::new("/proc")).unwrap());
+        assert!(dsync_trusted_at(Path::new("/no/such/dir")).is_err());
+    }
 
     #[test]
     fn plan_write_moves_the_cursor_for_appends_and_extending_writes() {

@@ -52,8 +52,8 @@ pub use backend::{BackendFactory, OpenedFd, StorageIo, list_dir_default, sync_di
 pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, FixedBufs, IoBuf};
 pub use config::{BackendKind, IoConfig};
 pub use direct::{
-    DirectMode, OpenOptions, OpenedFile, direct_alignment, file_facts, file_len_of, open_file, plan_write,
-    validate_transfer,
+    DirectMode, OpenOptions, OpenedFile, direct_alignment, dsync_trusted_at, dsync_trusted_magic, file_facts,
+    file_len_of, open_file, plan_write, validate_transfer,
 };
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 pub use fd_table::FdTable;

@@ -107,7 +107,10 @@ pub struct WalConfig {
     /// previous flush) and pads the rest with zeros, which stay zeros until the next flush
     /// overwrites them. Needs `segment_size_bytes` to be a multiple of 4096. Where the file
     /// system refuses direct I/O (tmpfs), segments are opened buffered with `O_DSYNC`, with a
-    /// warning. Default false.
+    /// warning. O_DSYNC is trusted only where the file system is known to honour it for writes
+    /// submitted asynchronously (ext4, XFS, btrfs: `storage_io_core::dsync_trusted_at`); on any
+    /// other (FUSE, tmpfs, NFS, an in-memory backend) every flush adds an fdatasync, with a
+    /// warning at open. Default false.
     pub direct_io: bool,
     /// Buffered mode: each flush writes (`pwrite`) and fdatasyncs on the flushing thread (the
     /// committer that leads the flush, or the WAL I/O thread for async commits), on OS handles

@@ -104,7 +104,8 @@ pub struct WalStats {
     /// Flushes written (each one write per segment touched).
     pub flushes: u64,
     /// fdatasyncs issued by flushes: fewer than commits when group commit works; none with
-    /// [`WalConfig::direct_io`], whose writes are durable when they complete.
+    /// [`WalConfig::direct_io`] on ext4, XFS or btrfs, whose direct writes are durable when
+    /// they complete (on other file systems direct flushes add one).
     pub datasyncs: u64,
     /// Bytes of records (and segment headers) written by flushes.
     pub bytes_written: u64,
@@ -192,6 +193,10 @@ impl WalManager {
             io = io.inline_io();
         }
         let (plan, report) = recover(&mut io, &config)?;
+        // Direct mode trusts O_DSYNC only where the file system is known to honour it for
+        // writes submitted asynchronously; elsewhere every flush adds an fdatasync.
+        let dsync_trusted = !config.direct_io || dsync_trusted(&dir);
+        io.set_sync_direct(!dsync_trusted);
         let segment_size = report.segment_size_bytes;
         if config.direct_io && !segment_size.is_multiple_of(4096) {
             return Err(WalError::InvalidConfig(format!(
@@ -242,7 +247,7 @@ impl WalManager {
             "wal opened"
         );
         let preparer = if config.preallocate && config.prepare_ahead {
-            start_preparer(&factory, &dir, segment_size, &config)
+            start_preparer(&factory, &dir, segment_size, &config, dsync_trusted)
         } else {
             None
         };
@@ -501,16 +506,19 @@ fn start_preparer(
     dir: &Path,
     segment_size: u64,
     config: &WalConfig,
+    dsync_trusted: bool,
 ) -> Option<Preparer> {
     let started = factory(2).map_err(|e| e.to_string()).and_then(|backend| {
-        let io = SegmentIo::new(
+        let mut io = SegmentIo::new(
             backend,
             dir,
             segment_size,
             config.write_chunk_bytes,
             config.direct_io,
         );
-        let sync = config.sync_mode.syncs() && !config.direct_io;
+        io.set_sync_direct(config.direct_io && !dsync_trusted);
+        // Direct segments' writes are durable as they complete, where O_DSYNC is trusted.
+        let sync = config.sync_mode.syncs() && !(config.direct_io && dsync_trusted);
         Preparer::start(io, sync).map_err(|e| e.to_string())
     });
     match started {
@@ -781,6 +789,26 @@ impl Shared {
                     tracing::warn!(error = %e, "background wal flush failed");
                 }
             }
+        }
+    }
+}
+
+/// Whether `dir`'s file system honours O_DSYNC on direct writes however they are submitted
+/// (`storage_io_core::dsync_trusted_at`); a directory the OS cannot be asked about (an
+/// in-memory backend's) is not trusted, which costs only an fdatasync per flush.
+fn dsync_trusted(dir: &Path) -> bool {
+    match storage_io_core::dsync_trusted_at(dir) {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the wal's file system is not known to make O_DIRECT | O_DSYNC writes durable when they complete (only ext4, xfs and btrfs are); every direct_io flush adds an fdatasync"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::info!(dir = %dir.display(), error = %e, "cannot ask the file system about O_DSYNC; direct_io flushes add an fdatasync");
+            false
         }
     }
 }

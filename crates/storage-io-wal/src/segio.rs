@@ -102,6 +102,9 @@ pub(crate) struct SegmentIo {
     /// `inline_io`: an OS handle on each open segment (where the backend has one), so that a
     /// buffered flush writes and syncs on the flushing thread instead of through the backend.
     os_files: Option<HashMap<IoFd, File>>,
+    /// Direct mode on a file system that may not honour O_DSYNC for asynchronous direct
+    /// writes: every flush also datasyncs.
+    sync_direct: bool,
 }
 
 impl SegmentIo {
@@ -127,7 +130,13 @@ impl SegmentIo {
             direct,
             tail: None,
             os_files: None,
+            sync_direct: false,
         }
+    }
+
+    /// Direct mode: also datasync after every flush's writes (O_DSYNC not trusted).
+    pub(crate) fn set_sync_direct(&mut self, on: bool) {
+        self.sync_direct = on;
     }
 
     /// Buffered mode: makes flushes write (`pwrite`) and fdatasync on the calling thread, on OS
@@ -304,17 +313,18 @@ impl SegmentIo {
         if !self.direct {
             return self.submit_jobs(jobs, sync);
         }
+        let sync_direct = sync && self.sync_direct;
         let result = self.widen(jobs).and_then(|(widened, tail)| {
             let jobs: Vec<WriteJob<'_>> = widened.iter().map(Widened::job).collect();
-            self.submit_jobs(&jobs, false)?;
-            Ok(tail)
+            let synced = self.submit_jobs(&jobs, sync_direct)?;
+            Ok((tail, synced))
         });
         match result {
-            Ok(tail) => {
+            Ok((tail, synced)) => {
                 if tail.is_some() {
                     self.tail = tail;
                 }
-                Ok(0)
+                Ok(synced)
             }
             Err(f) => {
                 // What the failed flush left in its blocks is unknown: read them back next time.

@@ -101,3 +101,39 @@ fn direct_dsync_log_needs_no_datasync_and_mixes_with_buffered_across_reopen() {
     // up to 700 bytes crossed several 64 KiB segments.
     assert!(std::fs::read_dir(&dir).unwrap().count() > 2);
 }
+
+/// Where the file system is not known to honour O_DSYNC for direct writes submitted
+/// asynchronously (tmpfs here; FUSE is the case that loses data), every direct flush adds an
+/// fdatasync; on ext4 none.
+#[cfg(target_os = "linux")]
+#[test]
+fn direct_mode_adds_an_fdatasync_where_o_dsync_is_not_trusted() {
+    let commit_some = |dir: &Path| {
+        let (wal, _) = WalManager::open(dir, config(true), sync_factory()).unwrap();
+        for i in 0..20u32 {
+            wal.commit(&i.to_le_bytes()).unwrap();
+        }
+        let stats = wal.stats();
+        wal.close().unwrap();
+        stats
+    };
+    let ext4 = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    assert!(
+        storage_io_core::dsync_trusted_at(ext4.path()).unwrap(),
+        "the target directory is on ext4 here"
+    );
+    assert_eq!(
+        commit_some(ext4.path()).datasyncs,
+        0,
+        "O_DSYNC is trusted on ext4"
+    );
+    let shm = Path::new("/dev/shm");
+    assert!(shm.is_dir(), "this machine has a tmpfs at /dev/shm");
+    let tmpfs = tempfile::tempdir_in(shm).unwrap();
+    assert!(!storage_io_core::dsync_trusted_at(tmpfs.path()).unwrap());
+    let stats = commit_some(tmpfs.path());
+    assert!(
+        stats.datasyncs >= stats.flushes.min(20) && stats.datasyncs > 0,
+        "every flush on tmpfs syncs: {stats:?}"
+    );
+}
