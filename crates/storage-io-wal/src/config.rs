@@ -109,8 +109,9 @@ pub struct WalConfig {
     /// system refuses direct I/O (tmpfs), segments are opened buffered with `O_DSYNC`, with a
     /// warning. O_DSYNC is trusted only where the file system is known to honour it for writes
     /// submitted asynchronously (ext4, XFS, btrfs: `storage_io_core::dsync_trusted_at`); on any
-    /// other (FUSE, tmpfs, NFS, an in-memory backend) every flush adds an fdatasync, with a
-    /// warning at open. Default false.
+    /// other (FUSE, tmpfs, NFS) every flush adds an fdatasync, with a warning at open. An
+    /// in-memory backend's directory is not on an OS file system: its own O_DSYNC is trusted.
+    /// Default false.
     pub direct_io: bool,
     /// Buffered mode: each flush writes (`pwrite`) and fdatasyncs on the flushing thread (the
     /// committer that leads the flush, or the WAL I/O thread for async commits), on OS handles
