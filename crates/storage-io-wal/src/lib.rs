@@ -26,6 +26,11 @@
 //!   delay ([`SyncMode::Group`]'s `max_delay_us`) merges the cohorts, but only by idling the disk
 //!   while the woken committers come back. The bench's `CPU µs/op` column shows what each
 //!   sleep and wake-up costs.
+//! - **Async commits**: [`WalManager::commit_async`] and [`WalManager::durable`] return a
+//!   [`Durable`] future for committers on an executor (any runtime, or none); a `wal-io` thread
+//!   flushes for them, so no executor thread waits for the disk.
+//! - **Inline I/O** ([`WalConfig::inline_io`]): buffered flushes write and fdatasync on the
+//!   flushing thread rather than through the backend's queue (no io-wq round trip on io_uring).
 //! - **Failure**: a failed write or fdatasync *poisons* the WAL ([`WalError::Poisoned`]): it is
 //!   never retried as success, and nothing more is accepted until the log is reopened. A full
 //!   disk is the exception that loses nothing ([`WalError::DiskFull`]).
