@@ -8,6 +8,8 @@
 //! previous fdatasync runs. The backend is owned by whichever thread leads (a `Mutex` that only
 //! the leader and `truncate_before` take), so a single committer pays no thread hand-off.
 
+use std::collections::VecDeque;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,12 +61,17 @@ struct State {
     /// Framed records not yet written, in LSN order.
     pieces: Vec<Piece>,
     pending_bytes: usize,
-    /// A leader is writing (or gathering) a batch.
+    /// A leader is writing (or gathering) a batch: the write phase, one at a time.
     flushing: bool,
+    /// Flushes whose writes are done and whose fdatasyncs run (at most
+    /// `max_flushes_in_flight`, counting the one in its write phase).
+    in_sync: usize,
+    /// Flushes started and not yet published, oldest first: (number, end LSN, done). The end
+    /// is `u64::MAX` while the leader still gathers. A flush is published (its end becomes
+    /// `durable_lsn`) only when it and every flush before it are done.
+    in_flight: VecDeque<(u64, u64, bool)>,
     /// Flushes started so far; the one in flight (if any) has this number.
     flushes_started: u64,
-    /// End LSN of the flush in flight (`u64::MAX` while its leader is still gathering).
-    flush_end: u64,
     /// The leader is waiting for more records (group delay); appends wake it when the batch is full.
     gathering: bool,
     written_lsn: u64,
@@ -120,11 +127,15 @@ struct Shared {
     dir: PathBuf,
     factory: BackendFactory,
     state: Mutex<State>,
-    /// Waiters sleep on `covered[n % 2]` for flush `n`, the first whose batch holds their record.
+    /// Waiters sleep on `covered[n % covered.len()]` for flush `n`, the first whose batch holds
+    /// their record (`max_flushes_in_flight + 2` condvars, so the flushes in flight and the next
+    /// one never share one).
     /// When flush `n` ends it wakes exactly its waiters, plus one waiter of flush `n + 1` to
     /// lead it: a waiter is woken once per commit, not once per flush. Both are woken when the
     /// WAL fails, the disk is full, or the WAL closes.
-    covered: [Condvar; 2],
+    covered: Vec<Condvar>,
+    /// Flushes allowed in flight at once (1 unless buffered flushes go inline).
+    max_in_flight: usize,
     /// Wakes a leader that is gathering a batch (group delay) once the batch is full.
     gather: Condvar,
     /// Wakes the background flusher of `SyncMode::Async` (close).
@@ -209,8 +220,9 @@ impl WalManager {
             pieces: Vec::new(),
             pending_bytes: 0,
             flushing: false,
+            in_sync: 0,
+            in_flight: VecDeque::new(),
             flushes_started: 0,
-            flush_end: 0,
             gathering: false,
             written_lsn: report.next_lsn.0,
             durable_lsn: report.next_lsn.0,
@@ -261,12 +273,21 @@ impl WalManager {
             }
         }
         let state_durable = state.durable_lsn;
+        // Several flushes overlap only where a flush's fdatasync can run without the writer:
+        // buffered segments written inline (the fdatasyncs of one file run concurrently on
+        // ext4; direct mode's writes are its syncs, and stay one batch at a time).
+        let max_in_flight = if config.inline_io && !config.direct_io {
+            config.max_flushes_in_flight
+        } else {
+            1
+        };
         let shared = Arc::new(Shared {
             segment_size,
             dir,
             factory,
             state: Mutex::new(state),
-            covered: [Condvar::new(), Condvar::new()],
+            covered: (0..max_in_flight + 2).map(|_| Condvar::new()).collect(),
+            max_in_flight,
             gather: Condvar::new(),
             tick: Condvar::new(),
             writer: Mutex::new(io),
@@ -627,23 +648,60 @@ impl Shared {
                     .unwrap_or(StorageIoError::os(OpKind::Write, ENOSPC));
                 return Err(WalError::DiskFull { cause });
             }
-            if !st.flushing {
+            // The flush that holds `target`, if one has taken it.
+            let holder = st.in_flight.iter().find(|f| f.1 >= target).map(|f| f.0);
+            if holder.is_none() && !st.flushing && st.in_sync < self.max_in_flight {
                 self.lead(st)?;
                 continue;
             }
-            // The flush in flight covers `target`, or the next one will.
-            let needed = st.flushes_started + u64::from(target > st.flush_end);
-            self.covered[(needed % 2) as usize].wait(st);
+            // Wait for the flush that holds `target`, or for the next one (whose leader is
+            // elected when a write phase ends or a slot frees).
+            let needed = holder.unwrap_or(st.flushes_started + 1);
+            self.covered[needed as usize % self.covered.len()].wait(st);
         }
     }
 
-    /// Writes and syncs the whole queue as one batch (the caller found no flush running).
+    /// Wakes one waiter of the next flush to lead it, if records wait and a flush may start.
+    fn elect_next_leader(&self, st: &State) {
+        if st.pending_bytes > 0 && !st.flushing && st.in_sync < self.max_in_flight {
+            let next = st.flushes_started + 1;
+            self.covered[next as usize % self.covered.len()].notify_one();
+        }
+    }
+
+    /// Publishes every done flush at the front of `in_flight`: its end becomes durable and its
+    /// waiters (threads and futures) are woken.
+    fn publish(&self, st: &mut MutexGuard<'_, State>) {
+        let mut advanced = false;
+        while let Some(&(n, end, true)) = st.in_flight.front() {
+            st.in_flight.pop_front();
+            st.written_lsn = end;
+            st.durable_lsn = end;
+            self.durable.store(end, Ordering::Release);
+            st.disk_full = None;
+            self.maybe_prepare_next(st, end);
+            self.covered[n as usize % self.covered.len()].notify_all();
+            advanced = true;
+        }
+        if advanced {
+            let durable = st.durable_lsn;
+            let ready = st.async_waiters.take_until(durable);
+            if !ready.is_empty() {
+                MutexGuard::unlocked(st, || ready.into_iter().for_each(Waker::wake));
+            }
+        }
+    }
+
+    /// Writes and syncs the whole queue as one batch (the caller found that a flush may start
+    /// and that none holds its record). The write phase runs under the writer's lock, one at a
+    /// time; the fdatasyncs of an inline flush run after it, so the next flush may write (and
+    /// sync) meanwhile; a flush is published once every earlier one is.
     fn lead(&self, st: &mut MutexGuard<'_, State>) -> Result<(), WalError> {
         st.flushing = true;
         st.flushes_started += 1;
         let this = st.flushes_started;
         // Records appended while the leader gathers join this flush.
-        st.flush_end = u64::MAX;
+        st.in_flight.push_back((this, u64::MAX, false));
         if let SyncMode::Group {
             max_delay_us,
             max_batch_bytes,
@@ -658,30 +716,37 @@ impl Shared {
         let pieces = std::mem::take(&mut st.pieces);
         let bytes = std::mem::replace(&mut st.pending_bytes, 0);
         let end = st.next_lsn;
-        st.flush_end = end;
-        let result = MutexGuard::unlocked(st, || self.write_batch(&pieces));
+        if let Some(f) = st.in_flight.iter_mut().find(|f| f.0 == this) {
+            f.1 = end;
+        }
+        let written = MutexGuard::unlocked(st, || self.write_batch(&pieces));
         st.flushing = false;
+        let result = match written {
+            Ok(to_sync) => {
+                st.in_sync += 1;
+                // The next batch may start writing while this one syncs.
+                self.elect_next_leader(st);
+                let synced = MutexGuard::unlocked(st, || sync_handles(&to_sync));
+                st.in_sync -= 1;
+                self.counters
+                    .datasyncs
+                    .fetch_add(to_sync.len() as u64, Ordering::Relaxed);
+                synced
+            }
+            Err(f) => Err(f),
+        };
         let outcome = match result {
             Ok(()) => {
-                st.written_lsn = end;
-                st.durable_lsn = end;
-                self.durable.store(end, Ordering::Release);
-                st.disk_full = None;
-                self.maybe_prepare_next(st, end);
-                self.covered[(this % 2) as usize].notify_all();
-                if st.pending_bytes > 0 {
-                    // Elect the next leader among the waiters of the next flush.
-                    self.covered[((this + 1) % 2) as usize].notify_one();
+                if let Some(f) = st.in_flight.iter_mut().find(|f| f.0 == this) {
+                    f.2 = true;
                 }
-                let durable = st.durable_lsn;
-                let ready = st.async_waiters.take_until(durable);
-                if !ready.is_empty() {
-                    MutexGuard::unlocked(st, || ready.into_iter().for_each(Waker::wake));
-                }
+                self.publish(st);
+                self.elect_next_leader(st);
                 return Ok(());
             }
             Err(f) if f.error.errno() == ENOSPC && !f.op.is_sync() => {
                 // Nothing of this batch is known durable; keep it queued, in order, for a retry.
+                st.in_flight.retain(|f| f.0 != this);
                 let mut back = pieces;
                 back.append(&mut st.pieces);
                 st.pieces = back;
@@ -693,6 +758,7 @@ impl Shared {
             }
             Err(f) => {
                 tracing::error!(op = %f.op, error = %f.error, "wal failed; it accepts nothing more until reopened");
+                st.in_flight.retain(|f| f.0 != this);
                 st.pieces.clear();
                 st.pending_bytes = 0;
                 st.poisoned = Some(f.error.clone());
@@ -730,8 +796,9 @@ impl Shared {
     }
 
     /// One flush: create new segments, write each piece, one datasync per segment, and a
-    /// directory sync when a segment was created.
-    fn write_batch(&self, pieces: &[Piece]) -> Result<(), IoFailure> {
+    /// directory sync when a segment was created. Inline flushes return the segments still to
+    /// datasync (the caller syncs them after the writer is free); others are durable already.
+    fn write_batch(&self, pieces: &[Piece]) -> Result<Vec<Arc<File>>, IoFailure> {
         let mut w = self.writer.lock();
         let mut created = false;
         let mut jobs = Vec::with_capacity(pieces.len());
@@ -755,7 +822,7 @@ impl Shared {
                 data: &p.bytes,
             });
         }
-        let datasyncs = w.write_all(&jobs, self.config.sync_mode.syncs())?;
+        let (to_sync, datasyncs) = w.write_all_sync_later(&jobs, self.config.sync_mode.syncs())?;
         if created {
             w.sync_dir().map_err(|error| IoFailure {
                 op: OpKind::Fsync,
@@ -770,7 +837,7 @@ impl Shared {
         let bytes: usize = pieces.iter().map(|p| p.bytes.len()).sum();
         c.bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
         c.datasyncs.fetch_add(datasyncs as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(to_sync)
     }
 
     /// The `Async` mode's flusher: every `interval`, flush what is queued.
@@ -812,4 +879,15 @@ fn dsync_trusted(dir: &Path) -> bool {
             true
         }
     }
+}
+
+/// The fdatasyncs an inline flush left to do, on the segments' OS handles.
+fn sync_handles(files: &[Arc<File>]) -> Result<(), IoFailure> {
+    for file in files {
+        file.sync_data().map_err(|e| IoFailure {
+            op: OpKind::Datasync,
+            error: StorageIoError::from_io(OpKind::Datasync, &e),
+        })?;
+    }
+    Ok(())
 }

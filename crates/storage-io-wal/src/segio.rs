@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use storage_io_core::{
     AlignedBuf, DEFAULT_ALIGNMENT, IoBuf, IoCompletion, IoFd, IoToken, OpKind, OpenOptions, StorageIo,
@@ -101,7 +102,7 @@ pub(crate) struct SegmentIo {
     tail: Option<TailBlock>,
     /// `inline_io`: an OS handle on each open segment (where the backend has one), so that a
     /// buffered flush writes and syncs on the flushing thread instead of through the backend.
-    os_files: Option<HashMap<IoFd, File>>,
+    os_files: Option<HashMap<IoFd, Arc<File>>>,
     /// Direct mode on a file system that may not honour O_DSYNC for asynchronous direct
     /// writes: every flush also datasyncs.
     sync_direct: bool,
@@ -156,7 +157,7 @@ impl SegmentIo {
             Some(files) => {
                 let opened = self.io.open_file_with_mode(&path, options)?;
                 if let Some(file) = opened.file {
-                    files.insert(opened.fd, file);
+                    files.insert(opened.fd, Arc::new(file));
                 }
                 Ok(opened.fd)
             }
@@ -458,12 +459,7 @@ impl SegmentIo {
                 at = end;
             }
         }
-        if !self.direct
-            && self
-                .os_files
-                .as_ref()
-                .is_some_and(|files| jobs.iter().all(|j| files.contains_key(&j.fd)))
-        {
+        if self.inline_covers(jobs) {
             return self.inline_jobs(jobs, sync);
         }
         let mut to_sync: Vec<IoFd> = Vec::new();
@@ -505,6 +501,37 @@ impl SegmentIo {
             }
         }
         flight.first_err.map_or(Ok(synced), Err)
+    }
+
+    /// Writes every job like [`write_all`](Self::write_all) with `sync`, except that where the
+    /// writes went inline (`inline_io`, buffered) the fdatasyncs are left to the caller: it
+    /// gets the OS handles to sync, which it may do without this `SegmentIo` (another flush can
+    /// write meanwhile). An empty list means the jobs are durable already (or `sync` is off).
+    pub(crate) fn write_all_sync_later(
+        &mut self,
+        jobs: &[WriteJob<'_>],
+        sync: bool,
+    ) -> Result<(Vec<Arc<File>>, usize), IoFailure> {
+        if !self.inline_covers(jobs) {
+            return self.write_all(jobs, sync).map(|n| (Vec::new(), n));
+        }
+        self.inline_jobs(jobs, false)?;
+        let mut handles: Vec<Arc<File>> = Vec::new();
+        if sync && let Some(files) = &self.os_files {
+            let mut fds = Vec::new();
+            push_distinct(&mut fds, jobs.iter().map(|j| j.fd));
+            handles.extend(fds.iter().filter_map(|fd| files.get(fd).cloned()));
+        }
+        Ok((handles, 0))
+    }
+
+    /// Whether these jobs go inline: buffered mode, and an OS handle for every file.
+    fn inline_covers(&self, jobs: &[WriteJob<'_>]) -> bool {
+        !self.direct
+            && self
+                .os_files
+                .as_ref()
+                .is_some_and(|files| jobs.iter().all(|j| files.contains_key(&j.fd)))
     }
 
     /// `inline_io`, buffered mode: the jobs written with `pwrite` on this thread, then (with
