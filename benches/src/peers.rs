@@ -30,13 +30,7 @@ pub fn run_okaywal_cell(
     duration: Duration,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Row> {
-    use std::time::Instant;
-
-    use anyhow::bail;
-    use hdrhistogram::Histogram;
-
-    use crate::engine::cpu_time;
-    use crate::wal::{CellDir, Measured, RECORD_BYTES, row};
+    use crate::wal::{CellDir, RECORD_BYTES, commit_threads, row};
 
     /// Recovery and checkpoints that keep nothing: the bench only writes.
     #[derive(Debug)]
@@ -61,45 +55,7 @@ pub fn run_okaywal_cell(
     let log = okaywal::WriteAheadLog::recover(dir.path(), Discard)?;
     // Warm-up, like ours: the first commit creates the first log file.
     commit(&log, &[0u8; RECORD_BYTES])?;
-    let log = &log;
-    let cpu0 = cpu_time();
-    let t0 = Instant::now();
-    let deadline = t0 + duration;
-    let results: Vec<Result<(u64, Histogram<u64>)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..committers.max(1))
-            .map(|t| {
-                s.spawn(move || -> Result<(u64, Histogram<u64>)> {
-                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-                    let record = [t as u8; RECORD_BYTES];
-                    let mut n = 0u64;
-                    while Instant::now() < deadline && !stop() {
-                        let started = Instant::now();
-                        commit(log, &record)?;
-                        hist.saturating_record(started.elapsed().as_nanos().max(1) as u64);
-                        n += 1;
-                    }
-                    Ok((n, hist))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("an okaywal committer panicked"))
-            })
-            .collect()
-    });
-    let secs = t0.elapsed().as_secs_f64();
-    let cpu = (cpu_time() - cpu0).as_secs_f64();
-    let mut ops = 0;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    for r in results {
-        let (n, h) = r?;
-        ops += n;
-        hist.add(&h)?;
-    }
-    let measured: Measured = (ops, secs, cpu);
+    let (measured, hist) = commit_threads(committers, duration, stop, |record| commit(&log, record))?;
     Ok(row(
         ENGINE_OKAYWAL,
         "okaywal",

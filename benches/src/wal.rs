@@ -132,7 +132,30 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
     if tasks {
         return run_task_cell(wal, cell, mode, stop);
     }
-    let wal = &wal;
+    let (measured, hist) = commit_threads(committers, duration, stop, |record| {
+        wal.commit(record)?;
+        Ok(())
+    })?;
+    let ops = measured.0;
+    let stats = wal.stats();
+    let mut out = row(ENGINE_WAL, backend, committers, RECORD_BYTES, measured, &hist);
+    out.io = mode.into();
+    // Commits per fdatasync (per flush in direct mode, which issues none): how well group
+    // commit batches.
+    let syncs = if direct { stats.flushes } else { stats.datasyncs };
+    out.completions_per_wait = ops as f64 / syncs.max(1) as f64;
+    Ok(out)
+}
+
+/// `committers` threads, each committing its own `RECORD_BYTES`-byte record through `commit`
+/// until `duration` is up (or `stop`): the ops, wall and CPU seconds, and the commit latencies.
+pub(crate) fn commit_threads(
+    committers: usize,
+    duration: Duration,
+    stop: &(dyn Fn() -> bool + Sync),
+    commit: impl Fn(&[u8]) -> Result<()> + Sync,
+) -> Result<(Measured, Histogram<u64>)> {
+    let commit = &commit;
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let deadline = t0 + duration;
@@ -145,7 +168,7 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
                     let mut n = 0u64;
                     while Instant::now() < deadline && !stop() {
                         let started = Instant::now();
-                        wal.commit(&record)?;
+                        commit(&record)?;
                         hist.saturating_record(started.elapsed().as_nanos().max(1) as u64);
                         n += 1;
                     }
@@ -167,21 +190,7 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
         ops += n;
         hist.add(&h)?;
     }
-    let stats = wal.stats();
-    let mut out = row(
-        ENGINE_WAL,
-        backend,
-        committers,
-        RECORD_BYTES,
-        (ops, secs, cpu),
-        &hist,
-    );
-    out.io = mode.into();
-    // Commits per fdatasync (per flush in direct mode, which issues none): how well group
-    // commit batches.
-    let syncs = if direct { stats.flushes } else { stats.datasyncs };
-    out.completions_per_wait = ops as f64 / syncs.max(1) as f64;
-    Ok(out)
+    Ok(((ops, secs, cpu), hist))
 }
 
 /// Latency histograms shared by many tasks: a task records into shard `task % SHARDS`.

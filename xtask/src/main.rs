@@ -62,6 +62,26 @@ fn run_step(name: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Runs `crates/storage-io/examples/<name>.rs` (debug build, as the tests) with `args`.
+fn run_example(root: &Path, name: &str, what: &str, args: &[&str]) -> Result<()> {
+    run_step(
+        &format!("example {name} ({what})"),
+        cargo()
+            .current_dir(root)
+            .args([
+                "run",
+                "--quiet",
+                "--locked",
+                "-p",
+                "storage-io",
+                "--example",
+                name,
+                "--",
+            ])
+            .args(args),
+    )
+}
+
 fn ci(root: &Path, args: &[String]) -> Result<()> {
     let started = Instant::now();
     let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
@@ -106,41 +126,24 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
             .current_dir(root)
             .args(["test", "--workspace", "--locked"]),
     )?;
-    run_step(
-        "example segment_log (a segment log on tokio through the async file API)",
-        cargo().current_dir(root).args([
-            "run",
-            "--quiet",
-            "--locked",
-            "-p",
-            "storage-io",
-            "--example",
-            "segment_log",
-            "--",
-            "--records",
-            "3000",
-            "--segment-bytes",
-            "131072",
-        ]),
+    run_example(
+        root,
+        "segment_log",
+        "a segment log on tokio through the async file API",
+        &["--records", "3000", "--segment-bytes", "131072"],
     )?;
-    run_step(
-        "example page_engine (engine-owned allocation and physical redo, with power cuts)",
-        cargo().current_dir(root).args([
-            "run",
-            "--quiet",
-            "--locked",
-            "-p",
-            "storage-io",
-            "--example",
-            "page_engine",
-            "--",
+    run_example(
+        root,
+        "page_engine",
+        "engine-owned allocation and physical redo, with power cuts",
+        &[
             "--pushes",
             "1500",
             "--checkpoint-every",
             "400",
             "--crash-points",
             "40",
-        ]),
+        ],
     )?;
     run_step(
         "docs",

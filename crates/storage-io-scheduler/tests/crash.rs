@@ -14,15 +14,6 @@ use storage_io_testkit::faulty::{Fault, FaultPlan};
 use storage_io_testkit::gated::Gate;
 use storage_io_testkit::memio::{CrashOptions, MemFs, TearMode};
 
-#[derive(Debug, Clone, Copy)]
-enum Step {
-    Allocate,
-    Deallocate(u64),
-    Write(u64),
-    WriteDurable(u64),
-    Sync,
-}
-
 const WORKLOAD: &[Step] = &[
     Step::Allocate,
     Step::Allocate,

@@ -136,15 +136,6 @@ fn a_crash_at_every_op_of_a_physical_redo_is_recovered_by_redoing_it() {
     assert!(points >= 6 * total as usize);
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Step {
-    Allocate,
-    Deallocate(u64),
-    Write(u64),
-    WriteDurable(u64),
-    Sync,
-}
-
 const DEFERRED_WORKLOAD: &[Step] = &[
     Step::Allocate,
     Step::Allocate,

@@ -102,3 +102,13 @@ pub(crate) fn gated_factory_for(fs: &MemFs, gate: &Gate, kinds: &[OpKind]) -> Ba
     let kinds = kinds.to_vec();
     Arc::new(move |_| Ok(Box::new(GatedIo::new(fs.backend(), gate.clone(), &kinds)) as Box<dyn StorageIo>))
 }
+
+/// One call of a crash-test workload.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Step {
+    Allocate,
+    Deallocate(u64),
+    Write(u64),
+    WriteDurable(u64),
+    Sync,
+}
