@@ -37,6 +37,7 @@
 //! behind `cfg` and use `libc`.
 
 mod backend;
+mod barrier;
 mod buf;
 mod config;
 mod direct;
@@ -49,6 +50,7 @@ mod stats;
 mod wake;
 
 pub use backend::{BackendFactory, OpenedFd, StorageIo, list_dir_default, sync_dir_default};
+pub use barrier::DatasyncBarrier;
 pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, FixedBufs, IoBuf};
 pub use config::{BackendKind, IoConfig};
 pub use direct::{

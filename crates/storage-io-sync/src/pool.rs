@@ -9,10 +9,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use storage_io_core::{
-    AlignedBuf, Capabilities, DEFAULT_ALIGNMENT, FdTable, IoBuf, IoCompletion, IoConfig, IoFd, IoStats,
-    IoToken, NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter,
-    WaitWaker, WakeState, cached_read_completion, deliver_ready, file_facts, file_len_of, plan_write,
-    validate_transfer,
+    AlignedBuf, Capabilities, DEFAULT_ALIGNMENT, DatasyncBarrier, FdTable, IoBuf, IoCompletion, IoConfig,
+    IoFd, IoStats, IoToken, NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError,
+    TokenCounter, WaitWaker, WakeState, cached_read_completion, deliver_ready, file_facts, file_len_of,
+    plan_write, validate_transfer,
 };
 
 use crate::exec;
@@ -86,7 +86,7 @@ struct PoolFile {
     writes_at_workers: usize,
     /// Jobs held back to keep the datasync barrier: a sync waits here until every write before
     /// it is done, and writes submitted after a held sync queue behind it.
-    held: VecDeque<Job>,
+    held: DatasyncBarrier<Job>,
     /// Whether to try this file's next read from the page cache (`nowait_reads`).
     nowait: NowaitGate,
 }
@@ -218,16 +218,12 @@ impl ThreadPoolStorageIo {
             submitted_at: Instant::now(),
         };
         f.ops_in_flight += 1;
-        let must_hold = match op {
-            OpKind::Datasync | OpKind::Fsync => f.writes_at_workers > 0 || !f.held.is_empty(),
-            OpKind::Write | OpKind::Append => !f.held.is_empty(),
-            OpKind::Read => false,
-        };
+        let must_hold = f.held.must_hold(op, f.writes_at_workers);
         self.pending += 1;
         self.outstanding += 1;
         self.stats.record_submit(op);
         if must_hold {
-            f.held.push_back(job);
+            f.held.hold(job);
         } else {
             if op.is_write() {
                 f.writes_at_workers += 1;
@@ -377,11 +373,7 @@ fn give_back((error, payload): (StorageIoError, Payload)) -> SubmitError<IoBuf> 
 
 /// Dispatches held jobs of one fd that the barrier now allows.
 fn release_held(f: &mut PoolFile, jobs: Option<&flume::Sender<Job>>) {
-    while let Some(front) = f.held.front() {
-        if front.op.is_sync() && f.writes_at_workers > 0 {
-            return;
-        }
-        let Some(job) = f.held.pop_front() else { return };
+    while let Some(job) = f.held.next_released(f.writes_at_workers, |j| j.op) {
         if job.op.is_write() {
             f.writes_at_workers += 1;
         }
@@ -462,7 +454,7 @@ impl StorageIo for ThreadPoolStorageIo {
             append_cursor,
             ops_in_flight: 0,
             writes_at_workers: 0,
-            held: VecDeque::new(),
+            held: DatasyncBarrier::new(),
             nowait: NowaitGate::default(),
         })
     }

@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, squeue, types};
 use storage_io_core::{
-    AlignedBuf, Capabilities, FdTable, FixedBufs, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken,
-    NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError, TokenCounter, WaitWaker,
-    WakeState, cached_read_completion, deliver_ready, file_facts, file_len_of, plan_write, try_cached_read,
-    validate_transfer,
+    AlignedBuf, Capabilities, DatasyncBarrier, FdTable, FixedBufs, IoBuf, IoCompletion, IoConfig, IoFd,
+    IoStats, IoToken, NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError,
+    TokenCounter, WaitWaker, WakeState, cached_read_completion, deliver_ready, file_facts, file_len_of,
+    plan_write, try_cached_read, validate_transfer,
 };
 
 use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
@@ -232,7 +232,7 @@ struct UringFile {
     /// Writes of this fd in the kernel.
     writes_in_kernel: usize,
     /// Slots held back by the datasync barrier, in submission order.
-    held: VecDeque<u32>,
+    held: DatasyncBarrier<u32>,
     /// Whether to try this file's next read from the page cache (`nowait_reads`).
     nowait: NowaitGate,
 }
@@ -512,17 +512,13 @@ impl UringStorageIo {
         let hold = match self.files.get_mut(fd) {
             Ok(f) => {
                 f.ops_in_flight += 1;
-                match op {
-                    OpKind::Datasync | OpKind::Fsync => f.writes_in_kernel > 0 || !f.held.is_empty(),
-                    OpKind::Write | OpKind::Append => !f.held.is_empty(),
-                    OpKind::Read => false,
-                }
+                f.held.must_hold(op, f.writes_in_kernel)
             }
             Err(_) => false,
         };
         if hold {
             if let Ok(f) = self.files.get_mut(fd) {
-                f.held.push_back(idx);
+                f.held.hold(idx);
             }
         } else if let Err(e) = self.push_slot(idx) {
             // The SQ never took it: undo the admission and hand the payload back.
@@ -953,11 +949,13 @@ impl UringStorageIo {
         f.ops_in_flight -= 1;
         loop {
             let Ok(f) = self.files.get_mut(fd) else { return };
-            let Some(&front) = f.held.front() else { return };
-            if self.slots[front as usize].op.is_sync() && f.writes_in_kernel > 0 {
+            let slots = &self.slots;
+            let Some(front) = f
+                .held
+                .next_released(f.writes_in_kernel, |&i| slots[i as usize].op)
+            else {
                 return;
-            }
-            f.held.pop_front();
+            };
             if let Err(e) = self.push_slot(front) {
                 let op = self.slots[front as usize].op;
                 self.finish(front, Err(StorageIoError::from_io(op, &e)));
@@ -1188,7 +1186,7 @@ impl StorageIo for UringStorageIo {
             append_cursor,
             ops_in_flight: 0,
             writes_in_kernel: 0,
-            held: VecDeque::new(),
+            held: DatasyncBarrier::new(),
             nowait: NowaitGate::default(),
         })?;
         if self.registered_files
