@@ -141,7 +141,7 @@ pub struct OpenedFile {
 pub fn open_file(path: &Path, options: &OpenOptions) -> Result<OpenedFile> {
     let open_err = |e: std::io::Error| {
         tracing::debug!(path = %path.display(), error = %e, "open failed");
-        StorageIoError::from_io(OpKind::Read, &e)
+        StorageIoError::from_os("open", &e)
     };
     if options.dsync && cfg!(not(unix)) {
         return Err(StorageIoError::unsupported(
@@ -306,7 +306,7 @@ pub fn file_facts(file: &File) -> Result<(u64, Option<usize>)> {
 pub fn file_len_of(file: &File) -> Result<u64> {
     file.metadata()
         .map(|m| m.len())
-        .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
+        .map_err(|e| StorageIoError::from_os("fstat", &e))
 }
 
 /// Whether the file system holding `path` is one known to make an `O_DIRECT | O_DSYNC` write

@@ -56,6 +56,16 @@ pub enum StorageIoError {
     #[error("invalid argument: {0}")]
     InvalidArgument(InvalidArgument),
 
+    /// A system call that is not an I/O op failed: opening a file, setting up, registering
+    /// with or entering an io_uring, starting a thread, reserving space. `what` names it.
+    #[error("{what} failed: {} (os error {errno})", std::io::Error::from_raw_os_error(*errno))]
+    Os {
+        /// The call that failed, for example "open" or "io_uring_enter".
+        what: &'static str,
+        /// The raw OS error number.
+        errno: i32,
+    },
+
     /// The operating system failed the operation; `errno` is the raw OS error number.
     #[error("{op} failed: {} (os error {errno})", std::io::Error::from_raw_os_error(*errno))]
     Io {
@@ -129,10 +139,17 @@ impl fmt::Display for InvalidArgument {
     }
 }
 
-/// Error numbers used when a variant has no OS error of its own. Written out so that core keeps
-/// no dependency on `libc` off Unix; the values are the Linux ones.
+/// Error numbers used when a variant has no OS error of its own, and to tell retryable ones.
+#[cfg(unix)]
+mod errno {
+    pub(super) use libc::{EAGAIN, EBADF, EINTR, EINVAL, EIO, ENOBUFS, EOPNOTSUPP, ESHUTDOWN};
+}
+
+/// Off Unix core has no `libc`: the Linux numbers.
+#[cfg(not(unix))]
 mod errno {
     pub(super) const EIO: i32 = 5;
+    pub(super) const EINTR: i32 = 4;
     pub(super) const EBADF: i32 = 9;
     pub(super) const EAGAIN: i32 = 11;
     pub(super) const ENOBUFS: i32 = 105;
@@ -150,6 +167,14 @@ impl StorageIoError {
     pub fn from_io(op: OpKind, err: &std::io::Error) -> Self {
         let errno = err.raw_os_error().unwrap_or(errno::EIO);
         StorageIoError::Io { op, errno }
+    }
+
+    /// Builds an [`StorageIoError::Os`]: the system call `what` failed with `err`.
+    pub fn from_os(what: &'static str, err: &std::io::Error) -> Self {
+        StorageIoError::Os {
+            what,
+            errno: err.raw_os_error().unwrap_or(errno::EIO),
+        }
     }
 
     /// Shorthand for an [`StorageIoError::Io`] with a raw errno.
@@ -179,21 +204,23 @@ impl StorageIoError {
             StorageIoError::Closed => errno::ESHUTDOWN,
             StorageIoError::Unsupported { .. } => errno::EOPNOTSUPP,
             StorageIoError::InvalidArgument(_) => errno::EINVAL,
-            StorageIoError::Io { errno, .. } => *errno,
+            StorageIoError::Io { errno, .. } | StorageIoError::Os { errno, .. } => *errno,
         }
     }
 
     /// True when retrying the same request later may succeed (queue full, `EAGAIN`, `EINTR`).
     pub fn is_retryable(&self) -> bool {
         matches!(self, StorageIoError::QueueFull { .. })
-            || matches!(self, StorageIoError::Io { errno, .. } if *errno == errno::EAGAIN || *errno == 4)
+            || matches!(self, StorageIoError::Io { errno, .. } if *errno == errno::EAGAIN || *errno == errno::EINTR)
     }
 }
 
 impl From<StorageIoError> for std::io::Error {
     fn from(err: StorageIoError) -> Self {
         match err {
-            StorageIoError::Io { errno, .. } => std::io::Error::from_raw_os_error(errno),
+            StorageIoError::Io { errno, .. } | StorageIoError::Os { errno, .. } => {
+                std::io::Error::from_raw_os_error(errno)
+            }
             other => {
                 let kind = match other {
                     StorageIoError::QueueFull { .. } => std::io::ErrorKind::WouldBlock,
@@ -255,6 +282,29 @@ mod tests {
         assert!(text.contains("os error 28"), "{text}");
         let back: std::io::Error = err.into();
         assert_eq!(back.raw_os_error(), Some(28));
+    }
+
+    #[test]
+    fn a_failed_system_call_names_itself_not_an_io_op() {
+        let err = crate::open_file(
+            std::path::Path::new("/no/such/dir/file"),
+            &crate::OpenOptions::default(),
+        )
+        .map(drop)
+        .unwrap_err();
+        assert!(matches!(err, StorageIoError::Os { what: "open", .. }), "{err:?}");
+        assert!(err.to_string().starts_with("open failed"), "{err}");
+        let spawn = StorageIoError::from_os(
+            "spawning an I/O worker thread",
+            &std::io::Error::from_raw_os_error(11),
+        );
+        assert_eq!(spawn.errno(), errno::EAGAIN);
+        // Retryable means an I/O op's EAGAIN or EINTR (libc's numbers), not a failed call.
+        assert!(StorageIoError::os(OpKind::Read, errno::EINTR).is_retryable());
+        assert!(StorageIoError::os(OpKind::Read, errno::EAGAIN).is_retryable());
+        assert!(!spawn.is_retryable());
+        let back: std::io::Error = spawn.into();
+        assert_eq!(back.raw_os_error(), Some(11));
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl PageCache {
     }
 
     /// Pins `page`, reading it through the scheduler on a miss. Fails with the read's error,
-    /// with a failed write-back of the frame it needed, or with `InvalidConfig` when every
+    /// with a failed write-back of the frame it needed, or with `AllFramesPinned` when every
     /// frame is pinned.
     pub fn fetch(&self, page: PageId) -> Result<PinnedPage<'_>> {
         self.pin(page, true)
@@ -301,9 +301,7 @@ impl PageCache {
         while let Some(&f) = st.table.get(&page) {
             let m = st.meta[f];
             if m.pins > 0 {
-                return Err(SchedulerError::InvalidConfig(format!(
-                    "page {page} is pinned; drop its PinnedPage before deallocating it"
-                )));
+                return Err(SchedulerError::Pinned(page));
             }
             if m.writing_back || m.state == FrameState::Loading {
                 self.changed.wait(&mut st);
@@ -358,10 +356,9 @@ impl PageCache {
             }
             let Some(victim) = self.clock_victim(&mut st) else {
                 if st.meta.iter().all(|m| m.pins > 0) {
-                    return Err(SchedulerError::InvalidConfig(format!(
-                        "all {} page cache frames are pinned; unpin pages or use a bigger cache",
-                        self.frames.len()
-                    )));
+                    return Err(SchedulerError::AllFramesPinned {
+                        frames: self.frames.len(),
+                    });
                 }
                 // Frames are busy loading or writing back; one will free up.
                 self.changed.wait(&mut st);

@@ -101,6 +101,15 @@ pub enum SchedulerError {
         /// The call that was refused.
         call: &'static str,
     },
+    /// Every frame of the page cache is pinned: nothing can be evicted for another page.
+    #[error("all {frames} page cache frames are pinned; drop PinnedPages or use a bigger cache")]
+    AllFramesPinned {
+        /// The cache's frame count.
+        frames: usize,
+    },
+    /// The page is pinned in the page cache, so it cannot be deallocated.
+    #[error("page {0} is pinned; drop its PinnedPage before deallocating it")]
+    Pinned(PageId),
     /// A worker thread could not start or died.
     #[error("scheduler worker failed: {0}")]
     Worker(String),

@@ -95,7 +95,12 @@ fn cache_with_every_frame_pinned_says_so() {
     let _a = cache.fetch(pages[0]).unwrap();
     let _b = cache.fetch(pages[1]).unwrap();
     let err = cache.fetch(pages[2]).unwrap_err();
+    assert!(
+        matches!(err, SchedulerError::AllFramesPinned { frames: 2 }),
+        "{err}"
+    );
     assert!(err.to_string().contains("pinned"), "{err}");
+    assert!(matches!(cache.deallocate(pages[0]), Err(SchedulerError::Pinned(p)) if p == pages[0]));
     assert!(PageCache::new(Arc::clone(&sched), 0).is_err());
     // A read error reaches the caller and frees the frame.
     drop(_b);

@@ -155,7 +155,7 @@ impl ThreadPoolStorageIo {
                 Ok(h) => workers.push(h),
                 Err(e) => {
                     tracing::error!(error = %e, "could not start an I/O worker thread");
-                    return Err(StorageIoError::from_io(OpKind::Read, &e));
+                    return Err(StorageIoError::from_os("spawning an I/O worker thread", &e));
                 }
             }
         }

@@ -1193,7 +1193,7 @@ impl StorageIo for UringStorageIo {
             && let Err(e) = self.ring.submitter().register_files_update(fd.slot, &[raw])
         {
             self.files.remove(fd)?;
-            return Err(StorageIoError::from_io(OpKind::Read, &e));
+            return Err(StorageIoError::from_os("io_uring_register (files update)", &e));
         }
         Ok(fd)
     }
@@ -1203,13 +1203,13 @@ impl StorageIo for UringStorageIo {
         // An op of `fd` may still be in the SQ or the kernel if this fails: keep the fd (and its
         // fixed-file slot) and report the failure.
         self.wait_idle(Some(fd))
-            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+            .map_err(|e| StorageIoError::from_os("io_uring_enter", &e))?;
         if self.registered_files {
             // Clear the fixed-file slot before the fd closes, so no later SQE can reach it.
             self.ring
                 .submitter()
                 .register_files_update(fd.slot, &[-1])
-                .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+                .map_err(|e| StorageIoError::from_os("io_uring_register (files update)", &e))?;
         }
         self.files.remove(fd)?;
         Ok(())
@@ -1309,7 +1309,7 @@ impl StorageIo for UringStorageIo {
 
     fn flush(&mut self) -> Result<usize> {
         self.enter(0, None)
-            .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))
+            .map_err(|e| StorageIoError::from_os("io_uring_enter", &e))
     }
 
     fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
@@ -1348,7 +1348,7 @@ impl StorageIo for UringStorageIo {
             // whole round and quietly lower the queue depth the caller asked for.
             if !self.ring.submission().is_empty() {
                 self.enter(0, None)
-                    .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+                    .map_err(|e| StorageIoError::from_os("io_uring_enter", &e))?;
                 self.reap();
             }
             return Ok(self.deliver(out));
@@ -1366,14 +1366,14 @@ impl StorageIo for UringStorageIo {
                 None => None,
             };
             let want = (min - self.ready.len()).min(self.in_kernel).max(1);
-            let enter_err = |e: std::io::Error| StorageIoError::from_io(OpKind::Read, &e);
+            let enter_err = |e: std::io::Error| StorageIoError::from_os("io_uring_enter", &e);
             if !self.arm_wake().map_err(enter_err)? {
                 break;
             }
             let (want, left) = self.plan_wait(want, deadline.zip(left)).map_err(enter_err)?;
             let entered = self.enter(want, left);
             let woken = self.disarm_wake();
-            entered.map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+            entered.map_err(|e| StorageIoError::from_os("io_uring_enter", &e))?;
             self.reap();
             if woken {
                 break;

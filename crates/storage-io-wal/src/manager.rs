@@ -305,7 +305,9 @@ impl WalManager {
                 let handle = std::thread::Builder::new()
                     .name("wal-flusher".into())
                     .spawn(move || s.background(Duration::from_millis(interval_ms)))
-                    .map_err(|e| WalError::Io(StorageIoError::from_io(OpKind::Write, &e)))?;
+                    .map_err(|e| {
+                        WalError::Io(StorageIoError::from_os("spawning the wal flusher thread", &e))
+                    })?;
                 Some(handle)
             }
             _ => None,

@@ -291,7 +291,8 @@ pub fn open_scheduler(
 /// ```
 pub fn load_config(path: impl AsRef<std::path::Path>) -> Result<IoConfig> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| StorageIoError::from_os("reading the config file", &e))?;
     let bad = |what: String| {
         StorageIoError::InvalidArgument(InvalidArgument::Message(format!("{}: {what}", path.display())))
     };

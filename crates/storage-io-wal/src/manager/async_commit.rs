@@ -159,7 +159,7 @@ fn want_flush(shared: &Arc<Shared>, st: &mut State) -> Result<(), WalError> {
             let handle = std::thread::Builder::new()
                 .name("wal-io".into())
                 .spawn(move || s.flush_for_async())
-                .map_err(|e| WalError::Io(StorageIoError::from_io(OpKind::Write, &e)))?;
+                .map_err(|e| WalError::Io(StorageIoError::from_os("spawning the wal I/O thread", &e)))?;
             *thread = Some(handle);
             shared.io_started.store(true, Ordering::Release);
         }

@@ -115,7 +115,7 @@ impl AsyncFileSystem {
             let handle = std::thread::Builder::new()
                 .name(format!("storage-io-worker-{w}"))
                 .spawn(move || worker.run())
-                .map_err(|e| StorageIoError::from_io(OpKind::Read, &e))?;
+                .map_err(|e| StorageIoError::from_os("spawning an I/O worker thread", &e))?;
             senders.push((tx, waker));
             threads.push(handle);
             workers.push(shared);

@@ -534,7 +534,7 @@ fn reserve(file: &File, len: u64) -> Result<()> {
         }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(StorageIoError::from_io(OpKind::Write, &e));
+            return Err(StorageIoError::from_os("fallocate", &e));
         }
     }
 }
