@@ -120,3 +120,68 @@ mod tests {
         );
     }
 }
+
+/// `Row::engine` of a RocksDB cell.
+pub const ENGINE_ROCKSDB: &str = "rocksdb";
+
+/// Why the RocksDB cells cannot run, if they cannot.
+pub fn rocksdb_missing() -> Option<&'static str> {
+    if cfg!(feature = "rocksdb") {
+        None
+    } else {
+        Some(
+            "RocksDB peer skipped: apt-get install librocksdb-dev libclang-dev, then build the bench with \
+             ROCKSDB_LIB_DIR=/usr/lib/x86_64-linux-gnu and --features rocksdb",
+        )
+    }
+}
+
+/// `committers` threads putting `RECORD_BYTES`-byte values into RocksDB with a synced write each
+/// (`WriteOptions::set_sync(true)`: the write-ahead log is fsynced before the put returns).
+#[cfg(feature = "rocksdb")]
+pub fn run_rocksdb_cell(
+    root: &Path,
+    committers: usize,
+    duration: Duration,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<Row> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use crate::wal::{CellDir, RECORD_BYTES, commit_threads, row};
+
+    let dir = CellDir::new(root, &format!("rocksdb-{committers}"))?;
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    let db = rocksdb::DB::open(&options, dir.path())?;
+    let mut write = rocksdb::WriteOptions::default();
+    write.set_sync(true);
+    let key = AtomicU64::new(0);
+    let put = |value: &[u8]| -> Result<()> {
+        let k = key.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+        db.put_opt(k, value, &write)?;
+        Ok(())
+    };
+    put(&[0u8; RECORD_BYTES])?; // warm-up: the first write creates the log
+    let (measured, hist) = commit_threads(committers, duration, stop, put)?;
+    let out = row(
+        ENGINE_ROCKSDB,
+        "rocksdb",
+        committers,
+        RECORD_BYTES,
+        measured,
+        &hist,
+    );
+    drop(db);
+    Ok(out)
+}
+
+/// Without the feature there is no RocksDB cell to run.
+#[cfg(not(feature = "rocksdb"))]
+pub fn run_rocksdb_cell(
+    _root: &Path,
+    _committers: usize,
+    _duration: Duration,
+    _stop: &(dyn Fn() -> bool + Sync),
+) -> Result<Row> {
+    anyhow::bail!("{}", rocksdb_missing().unwrap_or_default())
+}

@@ -479,20 +479,21 @@ pub fn section(rows: &[Row]) -> String {
     }
     let peer_rows: Vec<&&Row> = wal
         .iter()
-        .filter(|r| r.engine == crate::peers::ENGINE_OKAYWAL)
+        .filter(|r| r.engine == crate::peers::ENGINE_OKAYWAL || r.engine == crate::peers::ENGINE_ROCKSDB)
         .collect();
     if !peer_rows.is_empty() {
         let _ = writeln!(
             s,
-            "\nAgainst the best peer (okaywal: `begin_entry`, `write_chunk`, `commit`, thread committers, same \
-             directory and record size). Ours is the best of our rows at that committer count (any backend, \
-             buffered or `direct_io`); tasks are set against the peer's best thread cell.\n"
+            "\nAgainst the best peer (okaywal: `begin_entry`, `write_chunk`, `commit`; RocksDB: a put with \
+             `set_sync(true)`; thread committers, same directory and record size). Ours is the best of our rows \
+             at that committer count (any backend, buffered or `direct_io`); tasks are set against the peers' \
+             best thread cell.\n"
         );
         let _ = writeln!(
             s,
-            "| committers | ours commits/s | ours (where) | CPU µs/commit | best peer commits/s | peer CPU µs/commit | ours ÷ peer |"
+            "| committers | ours commits/s | ours (where) | CPU µs/commit | best peer | its commits/s | its CPU µs/commit | ours ÷ peer |"
         );
-        let _ = writeln!(s, "|---|---:|---|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---|---:|---|---:|---:|---:|");
         let best_peer = |qd: Option<usize>| {
             peer_rows
                 .iter()
@@ -522,10 +523,11 @@ pub fn section(rows: &[Row]) -> String {
             let mode = if ours.io == "direct" { " direct_io" } else { "" };
             let _ = writeln!(
                 s,
-                "| {qd} {what} | {:.0} | {}{mode} | {:.2} | {:.0} | {:.2} | {:.2}× |",
+                "| {qd} {what} | {:.0} | {}{mode} | {:.2} | {} | {:.0} | {:.2} | {:.2}× |",
                 ours.iops,
                 ours.backend,
                 ours.cpu_us_per_op,
+                peer.engine,
                 peer.iops,
                 peer.cpu_us_per_op,
                 ours.iops / peer.iops.max(1e-9),

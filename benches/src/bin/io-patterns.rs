@@ -390,8 +390,10 @@ enum Job {
         direct: bool,
         duration: Duration,
     },
-    /// An external WAL beside ours (okaywal), with `committers` threads.
-    OkayWal {
+    /// An external WAL beside ours (`peers::ENGINE_OKAYWAL` or `peers::ENGINE_ROCKSDB`), with
+    /// `committers` threads.
+    Peer {
+        engine: &'static str,
         committers: usize,
         duration: Duration,
     },
@@ -436,7 +438,9 @@ impl Step {
             Job::RawSync { backend, direct, .. } => {
                 (wal::WORKLOAD.into(), format!("{backend} raw"), *direct, 1)
             }
-            Job::OkayWal { committers, .. } => (wal::WORKLOAD.into(), "okaywal".into(), false, *committers),
+            Job::Peer {
+                engine, committers, ..
+            } => (wal::WORKLOAD.into(), (*engine).into(), false, *committers),
         };
         format!(
             "{w} {b} {} {} qd{q}",
@@ -544,11 +548,16 @@ fn wal_steps(plan: &Plan, args: &Args, direct_ok: bool) -> Vec<Step> {
     };
     let regime = wal::REGIME.to_string();
     let mut out = Vec::new();
-    // The external peer, same committer counts (threads: it has no async API).
-    if peers::okaywal_missing().is_none() {
+    // The external peers, same committer counts (threads: they have no async API).
+    let built = [
+        (peers::ENGINE_OKAYWAL, peers::okaywal_missing().is_none()),
+        (peers::ENGINE_ROCKSDB, peers::rocksdb_missing().is_none()),
+    ];
+    for (engine, _) in built.iter().filter(|(_, here)| *here) {
         for &c in &committers {
             out.push(Step {
-                job: Job::OkayWal {
+                job: Job::Peer {
+                    engine,
                     committers: c,
                     duration: plan.duration,
                 },
@@ -640,11 +649,14 @@ fn run() -> Result<bool> {
             file.path.display()
         ));
     }
-    if plan.workloads.iter().any(|w| w == wal::WORKLOAD)
-        && let Some(hint) = peers::okaywal_missing()
-    {
-        eprintln!("io-patterns: {hint}");
-        notes.push(hint.into());
+    if plan.workloads.iter().any(|w| w == wal::WORKLOAD) {
+        for hint in [peers::okaywal_missing(), peers::rocksdb_missing()]
+            .into_iter()
+            .flatten()
+        {
+            eprintln!("io-patterns: {hint}");
+            notes.push(hint.into());
+        }
     }
     let fio_version = if args.no_fio { None } else { fio::version() };
     if !args.no_fio && fio_version.is_none() {
@@ -833,8 +845,16 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
         } => {
             return wal::run_raw_cell(wal_root, backend, *direct, *duration, &signal::stopped);
         }
-        Job::OkayWal { committers, duration } => {
-            return peers::run_okaywal_cell(wal_root, *committers, *duration, &signal::stopped);
+        Job::Peer {
+            engine,
+            committers,
+            duration,
+        } => {
+            return if *engine == peers::ENGINE_ROCKSDB {
+                peers::run_rocksdb_cell(wal_root, *committers, *duration, &signal::stopped)
+            } else {
+                peers::run_okaywal_cell(wal_root, *committers, *duration, &signal::stopped)
+            };
         }
     };
     let divisor = match step.regime.as_str() {
@@ -857,7 +877,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let slack: u64 = match &step.job {
         Job::Fio(f) => (16 << 20) + (f.qd * f.block) as u64,
         Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
-        Job::Wal { .. } | Job::RawSync { .. } | Job::OkayWal { .. } => 0,
+        Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } => 0,
     };
     let capped = match (divisor, cap) {
         (Some(d), Some(c)) if !direct => {
@@ -871,7 +891,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let result = match &step.job {
         Job::Ours(c) => engine::run_cell(path, c, &signal::stopped),
         Job::Fio(f) => f.run(),
-        Job::Wal { .. } | Job::RawSync { .. } | Job::OkayWal { .. } => {
+        Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } => {
             unreachable!("WAL cells returned above")
         }
     };
