@@ -10,8 +10,7 @@ use anyhow::Result;
 
 use crate::Row;
 
-/// `Row::engine` of an okaywal cell.
-pub const ENGINE_OKAYWAL: &str = "okaywal";
+pub use crate::wal::{ENGINE_OKAYWAL, ENGINE_ROCKSDB};
 
 /// Why the okaywal cells cannot run, if they cannot.
 pub fn okaywal_missing() -> Option<&'static str> {
@@ -120,9 +119,6 @@ mod tests {
         );
     }
 }
-
-/// `Row::engine` of a RocksDB cell.
-pub const ENGINE_ROCKSDB: &str = "rocksdb";
 
 /// Why the RocksDB cells cannot run, if they cannot.
 pub fn rocksdb_missing() -> Option<&'static str> {

@@ -24,6 +24,10 @@ pub const WORKLOAD: &str = "wal_commit";
 pub const ENGINE_WAL: &str = "storage-io-wal";
 /// `Row::engine` of a WAL cell whose committers are async tasks (`commit_async`).
 pub const ENGINE_WAL_ASYNC: &str = "storage-io-wal async";
+/// `Row::engine` of an okaywal cell (the peers live in `peers.rs`).
+pub const ENGINE_OKAYWAL: &str = "okaywal";
+/// `Row::engine` of a RocksDB cell.
+pub const ENGINE_ROCKSDB: &str = "rocksdb";
 /// `Row::engine` of the raw write + fdatasync peer.
 pub const ENGINE_RAW: &str = "raw";
 /// Payload bytes per committed record.
@@ -479,7 +483,7 @@ pub fn section(rows: &[Row]) -> String {
     }
     let peer_rows: Vec<&&Row> = wal
         .iter()
-        .filter(|r| r.engine == crate::peers::ENGINE_OKAYWAL || r.engine == crate::peers::ENGINE_ROCKSDB)
+        .filter(|r| r.engine == ENGINE_OKAYWAL || r.engine == ENGINE_ROCKSDB)
         .collect();
     if !peer_rows.is_empty() {
         let _ = writeln!(

@@ -21,7 +21,6 @@ use crate::config::{AllocationMode, IOSchedulerConfig};
 use crate::dispatch::{Dispatcher, Request};
 use crate::error::{Result, SchedulerError};
 use crate::reply::{Answer, PageAnswer, PageRead, Reply};
-use crate::stream::ReadStream;
 use crate::worker::{Counters, Worker, WorkerSetup};
 
 /// The page file inside the scheduler's directory, unless `page_file` names another.
@@ -381,12 +380,6 @@ impl DiskScheduler {
     /// A barrier: answered once every write accepted before this call is durable.
     pub fn schedule_sync(&self) -> Reply<()> {
         self.send(Request::Sync)
-    }
-
-    /// Reads pages `range` in order, keeping up to `distance` pages in flight ahead of the
-    /// consumer (adjacent pages merged). See [`ReadStream`].
-    pub fn read_stream(&self, range: std::ops::Range<PageId>, distance: usize) -> ReadStream<'_> {
-        ReadStream::new(self, range, distance)
     }
 
     /// Stops accepting calls, finishes everything accepted, and joins every thread. Later

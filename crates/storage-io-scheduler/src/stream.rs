@@ -41,6 +41,14 @@ pub struct ReadStream<'a> {
     failed: bool,
 }
 
+impl DiskScheduler {
+    /// Reads pages `range` in order, keeping up to `distance` pages in flight ahead of the
+    /// consumer (adjacent pages merged). See [`ReadStream`].
+    pub fn read_stream(&self, range: std::ops::Range<PageId>, distance: usize) -> ReadStream<'_> {
+        ReadStream::new(self, range, distance)
+    }
+}
+
 impl std::fmt::Debug for ReadStream<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReadStream")
