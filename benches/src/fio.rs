@@ -56,6 +56,21 @@ pub struct FioJob {
     pub file: PathBuf,
     /// Drop the file's cache before the run (fio `--invalidate=1`); false for hot runs.
     pub invalidate: bool,
+    /// Writes made durable one by one (the WAL's peers): none, an fdatasync after each write
+    /// (`--fdatasync=1`), or the file opened `O_DSYNC` (`--sync=dsync`).
+    pub sync: FioSync,
+}
+
+/// How a fio write job makes each write durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FioSync {
+    /// Not at all (the read and write workloads).
+    #[default]
+    None,
+    /// An fdatasync after every write.
+    Fdatasync,
+    /// The file opened with O_DSYNC (with `direct`: O_DIRECT | O_DSYNC).
+    Dsync,
 }
 
 /// fio's version string, or `None` when fio is not installed.
@@ -76,7 +91,7 @@ impl FioJob {
     pub fn args(&self) -> Vec<String> {
         let rw = match self.workload.as_str() {
             "seq_read" => "read",
-            "rand_write" => "randwrite",
+            "rand_write" | "wal_commit" => "randwrite",
             _ => "randread",
         };
         let mut a = vec![
@@ -101,6 +116,11 @@ impl FioJob {
         if rw.starts_with("rand") {
             // Uniform offsets with repetition, like our driver (fio's default visits each block once).
             a.push("--norandommap".to_string());
+        }
+        match self.sync {
+            FioSync::None => {}
+            FioSync::Fdatasync => a.push("--fdatasync=1".to_string()),
+            FioSync::Dsync => a.push("--sync=dsync".to_string()),
         }
         match self.engine {
             FioEngine::Psync => {
@@ -154,7 +174,7 @@ impl FioJob {
         let start = text.find('{').context("fio printed no JSON")?;
         let v: Value = serde_json::from_str(&text[start..]).context("parse fio JSON")?;
         let job = &v["jobs"][0];
-        let side = if self.workload == "rand_write" {
+        let side = if self.workload == "rand_write" || self.workload == "wal_commit" {
             &job["write"]
         } else {
             &job["read"]
@@ -225,7 +245,30 @@ mod tests {
             size: 64 << 20,
             file: "/data/f".into(),
             invalidate: false,
+            sync: FioSync::None,
         }
+    }
+
+    #[test]
+    fn durable_write_jobs_sync_each_write() {
+        let mut j = job(FioEngine::Psync, 1);
+        j.workload = "wal_commit".into();
+        j.direct = false;
+        j.sync = FioSync::Fdatasync;
+        let a = j.args().join(" ");
+        assert!(
+            a.contains("--rw=randwrite") && a.contains("--fdatasync=1") && a.contains("--direct=0"),
+            "{a}"
+        );
+        j.engine = FioEngine::IoUring;
+        j.direct = true;
+        j.qd = 16;
+        j.sync = FioSync::Dsync;
+        let a = j.args().join(" ");
+        assert!(
+            a.contains("--sync=dsync") && a.contains("--iodepth=16") && a.contains("--direct=1"),
+            "{a}"
+        );
     }
 
     #[test]

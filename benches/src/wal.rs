@@ -385,6 +385,46 @@ pub fn run_raw_cell(
     Ok(out)
 }
 
+/// The device's durable-write rate as fio measures it, in the WAL cells' directory: 4 KiB
+/// random writes over 16 MiB, each made durable on its own: a psync write + fdatasync
+/// (buffered, `qd` threads), or io_uring O_DIRECT | O_DSYNC writes at depth `qd` (`direct`).
+pub fn run_fio_durable_cell(root: &Path, direct: bool, qd: usize, duration: Duration) -> Result<Row> {
+    use crate::fio::{FioEngine, FioJob, FioSync};
+    const SIZE: usize = 16 << 20;
+    let mode = if direct { "direct" } else { "buffered" };
+    let dir = CellDir::new(root, &format!("fio-{mode}-{qd}"))?;
+    let path = dir.path().join("fio.dat");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&vec![0u8; SIZE])?;
+        f.sync_all()?;
+    }
+    let job = FioJob {
+        workload: WORKLOAD.into(),
+        engine: if direct {
+            FioEngine::IoUring
+        } else {
+            FioEngine::Psync
+        },
+        direct,
+        qd,
+        block: 4096,
+        duration,
+        size: SIZE as u64,
+        file: path,
+        invalidate: false,
+        sync: if direct {
+            FioSync::Dsync
+        } else {
+            FioSync::Fdatasync
+        },
+    };
+    let mut out = job.run()?;
+    out.regime = REGIME.into();
+    Ok(out)
+}
+
 /// The report's WAL section: the issue's three questions, answered from `rows`.
 pub fn section(rows: &[Row]) -> String {
     let wal: Vec<&Row> = rows.iter().filter(|r| r.workload == WORKLOAD).collect();
@@ -480,6 +520,25 @@ pub fn section(rows: &[Row]) -> String {
                 best_threads.map_or("–".into(), |b| format!("{:.2}×", r.iops / b.max(1e-9))),
             );
         }
+    }
+    let fio_rows: Vec<&&Row> = wal.iter().filter(|r| r.engine == "fio").collect();
+    if !fio_rows.is_empty() {
+        let line = |direct: bool| {
+            let mut cells: Vec<String> = fio_rows
+                .iter()
+                .filter(|r| (r.io == "direct") == direct)
+                .map(|r| format!("{:.0}/s at qd {}", r.iops, r.qd))
+                .collect();
+            cells.sort();
+            cells.join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "\nThe device's durable-write limit (fio, 4 KiB random writes in the same directory, each durable \
+             on its own): psync write + fdatasync {}; io_uring O_DIRECT | O_DSYNC {}.",
+            line(false),
+            line(true)
+        );
     }
     let peer_rows: Vec<&&Row> = wal
         .iter()

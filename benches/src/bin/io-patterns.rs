@@ -390,6 +390,13 @@ enum Job {
         direct: bool,
         duration: Duration,
     },
+    /// fio's durable 4 KiB writes (the device's limit) beside the WAL cells: psync write +
+    /// fdatasync, or (`direct`) io_uring O_DIRECT | O_DSYNC at depth `qd`.
+    FioDurable {
+        direct: bool,
+        qd: usize,
+        duration: Duration,
+    },
     /// An external WAL beside ours (`peers::ENGINE_OKAYWAL` or `peers::ENGINE_ROCKSDB`), with
     /// `committers` threads.
     Peer {
@@ -441,6 +448,7 @@ impl Step {
             Job::Peer {
                 engine, committers, ..
             } => (wal::WORKLOAD.into(), (*engine).into(), false, *committers),
+            Job::FioDurable { direct, qd, .. } => (wal::WORKLOAD.into(), "fio durable".into(), *direct, *qd),
         };
         format!(
             "{w} {b} {} {} qd{q}",
@@ -507,6 +515,7 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
                                         size,
                                         file: file.to_path_buf(),
                                         invalidate: regime != "hot",
+                                        sync: fio::FioSync::None,
                                     }),
                                     regime: regime.clone(),
                                 });
@@ -553,6 +562,33 @@ fn wal_steps(plan: &Plan, args: &Args, direct_ok: bool) -> Vec<Step> {
         (peers::ENGINE_OKAYWAL, peers::okaywal_missing().is_none()),
         (peers::ENGINE_ROCKSDB, peers::rocksdb_missing().is_none()),
     ];
+    // The device's limit: fio's durable writes, when fio is here.
+    if !args.no_fio && fio::version().is_some() {
+        let direct_depths: &[usize] = if direct_ok && plan.modes.contains(&true) {
+            &[1, 4, 16]
+        } else {
+            &[]
+        };
+        let buffered: &[(bool, usize)] = if plan.modes.contains(&false) {
+            &[(false, 1)]
+        } else {
+            &[]
+        };
+        let cells = buffered
+            .iter()
+            .copied()
+            .chain(direct_depths.iter().map(|&q| (true, q)));
+        for (direct, qd) in cells {
+            out.push(Step {
+                job: Job::FioDurable {
+                    direct,
+                    qd,
+                    duration: plan.duration,
+                },
+                regime: regime.clone(),
+            });
+        }
+    }
     for (engine, _) in built.iter().filter(|(_, here)| *here) {
         for &c in &committers {
             out.push(Step {
@@ -845,6 +881,9 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
         } => {
             return wal::run_raw_cell(wal_root, backend, *direct, *duration, &signal::stopped);
         }
+        Job::FioDurable { direct, qd, duration } => {
+            return wal::run_fio_durable_cell(wal_root, *direct, *qd, *duration);
+        }
         Job::Peer {
             engine,
             committers,
@@ -877,7 +916,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let slack: u64 = match &step.job {
         Job::Fio(f) => (16 << 20) + (f.qd * f.block) as u64,
         Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
-        Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } => 0,
+        Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } | Job::FioDurable { .. } => 0,
     };
     let capped = match (divisor, cap) {
         (Some(d), Some(c)) if !direct => {
@@ -891,7 +930,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let result = match &step.job {
         Job::Ours(c) => engine::run_cell(path, c, &signal::stopped),
         Job::Fio(f) => f.run(),
-        Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } => {
+        Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } | Job::FioDurable { .. } => {
             unreachable!("WAL cells returned above")
         }
     };
