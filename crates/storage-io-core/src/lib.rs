@@ -60,7 +60,7 @@ pub use direct::{
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 pub use fd_table::FdTable;
 pub use inline_queue::{InlineBackend, InlineQueue, InlineWrite, deliver_ready};
-pub use nowait::{NowaitGate, NowaitRead, cached_read_completion};
+pub use nowait::{NowaitGate, NowaitRead, cached_read_completion, stage_cached_read};
 #[cfg(unix)]
 pub use nowait::{read_nowait, try_cached_read};
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind, TokenCounter};

@@ -64,6 +64,25 @@ pub fn cached_read_completion(
     }
 }
 
+/// Stages the completion of a read the page cache answered whole at submit (see
+/// [`cached_read_completion`]) in `ready`, under the next token of `tokens`, for the next poll;
+/// returns the token. The caller counts the op as pending.
+#[allow(clippy::too_many_arguments)] // the parts of one completion, each from its own field
+pub fn stage_cached_read(
+    tokens: &mut crate::op::TokenCounter,
+    stats: &mut IoStats,
+    ready: &mut std::collections::VecDeque<IoCompletion>,
+    fd: IoFd,
+    buf: IoBuf,
+    offset: u64,
+    n: usize,
+    started: Instant,
+) -> IoToken {
+    let token = tokens.next_token();
+    ready.push_back(cached_read_completion(token, stats, fd, buf, offset, n, started));
+    token
+}
+
 /// What one non-blocking read attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NowaitRead {
@@ -117,10 +136,9 @@ pub fn read_nowait(fd: RawFd, buf: &mut [u8], offset: u64) -> NowaitRead {
 /// which on a cached 4 KiB read cost a few per cent of the whole read.
 #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
 fn preadv2_nowait(fd: RawFd, iov: &libc::iovec, offset: libc::off_t) -> isize {
-    // SAFETY: `iov` points at one live iovec whose buffer the caller holds mutably borrowed
-    // for the whole call; the kernel writes at most `iov_len` bytes into it and keeps no
-    // pointer afterwards. The arguments follow the kernel's preadv2 ABI on 64-bit targets:
-    // (fd, vec, vlen, pos_l, pos_h, flags), the whole offset in pos_l and 0 in pos_h.
+    // The arguments follow the kernel's preadv2 ABI on 64-bit targets: (fd, vec, vlen, pos_l,
+    // pos_h, flags), the whole offset in pos_l and 0 in pos_h.
+    // SAFETY: `iov` is one live iovec over a buffer the caller holds mutably borrowed for the whole call; the kernel writes at most `iov_len` bytes there and keeps no pointer afterwards.
     let n = unsafe {
         libc::syscall(
             libc::SYS_preadv2,

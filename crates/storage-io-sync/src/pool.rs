@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use storage_io_core::{
     AlignedBuf, Capabilities, DEFAULT_ALIGNMENT, DatasyncBarrier, FdTable, IoBuf, IoCompletion, IoConfig,
     IoFd, IoStats, IoToken, NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError,
-    TokenCounter, WaitWaker, WakeState, cached_read_completion, deliver_ready, file_facts, file_len_of,
-    plan_write, validate_transfer,
+    TokenCounter, WaitWaker, WakeState, deliver_ready, file_facts, file_len_of, plan_write,
+    stage_cached_read, validate_transfer,
 };
 
 use crate::exec;
@@ -343,12 +343,18 @@ impl ThreadPoolStorageIo {
         n: usize,
         started: Instant,
     ) -> IoToken {
-        let token = self.tokens.next_token();
         self.pending += 1;
         self.nowait_hits += 1;
-        let done = cached_read_completion(token, &mut self.stats, fd, buf, offset, n, started);
-        self.ready.push_back(done);
-        token
+        stage_cached_read(
+            &mut self.tokens,
+            &mut self.stats,
+            &mut self.ready,
+            fd,
+            buf,
+            offset,
+            n,
+            started,
+        )
     }
 
     /// How many reads were answered from the page cache at submit (`IoConfig::nowait_reads`),

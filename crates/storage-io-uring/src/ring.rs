@@ -33,8 +33,8 @@ use io_uring::{IoUring, opcode, squeue, types};
 use storage_io_core::{
     AlignedBuf, Capabilities, DatasyncBarrier, FdTable, FixedBufs, IoBuf, IoCompletion, IoConfig, IoFd,
     IoStats, IoToken, NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError,
-    TokenCounter, WaitWaker, WakeState, cached_read_completion, deliver_ready, file_facts, file_len_of,
-    plan_write, try_cached_read, validate_transfer,
+    TokenCounter, WaitWaker, WakeState, deliver_ready, file_facts, file_len_of, plan_write,
+    stage_cached_read, try_cached_read, validate_transfer,
 };
 
 use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
@@ -1013,12 +1013,18 @@ impl UringStorageIo {
         n: usize,
         started: Instant,
     ) -> IoToken {
-        let token = self.tokens.next_token();
         self.pending += 1;
         self.nowait_hits += 1;
-        let done = cached_read_completion(token, &mut self.stats, fd, buf, offset, n, started);
-        self.ready.push_back(done);
-        token
+        stage_cached_read(
+            &mut self.tokens,
+            &mut self.stats,
+            &mut self.ready,
+            fd,
+            buf,
+            offset,
+            n,
+            started,
+        )
     }
 
     fn deliver(&mut self, out: &mut Vec<IoCompletion>) -> usize {
