@@ -8,6 +8,14 @@
 //! away everything volatile — optionally tearing each file's last unsynced write at 512-byte
 //! sector granularity — and invalidates every backend opened before it. Randomness comes from
 //! the seed given to [`MemFs::new`], so a crash is reproducible.
+//!
+//! A write to an `O_DSYNC` file is *in flight* from its submit until its backend delivers its
+//! completion (the next poll or wait): a crash lands each write then in flight independently —
+//! whole, not at all, or torn at 512-byte sectors, as the crash's [`TearMode`] says — the way
+//! several direct writes queued on a disk land in any subset. Two writes in flight to the same
+//! sector land in an unspecified order (as on a disk): components must not issue them.
+//! [`MemFs::set_write_latency`] holds each delivery back for a while, so that threads sharing
+//! a file system overlap their writes as they would on a device.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -68,9 +76,26 @@ struct MemFile {
     unsynced: Vec<WriteRecord>,
 }
 
+/// An `O_DSYNC` write submitted and not yet delivered: a crash may land any part of it.
+#[derive(Debug)]
+struct InFlight {
+    /// Which backend submitted it (its completion makes the write durable).
+    backend: u64,
+    path: PathBuf,
+    write: WriteRecord,
+}
+
 #[derive(Debug)]
 struct FsState {
     files: BTreeMap<PathBuf, MemFile>,
+    /// `O_DSYNC` writes in flight, in submission order.
+    in_flight: Vec<InFlight>,
+    /// Identifies the next backend made (for `in_flight`).
+    next_backend: u64,
+    /// How long a backend holds back the delivery of completions while it has a write in flight.
+    write_latency: Duration,
+    /// Crashes that found two or more writes in flight.
+    crashes_with_writes_in_flight: u64,
     rng: SmallRng,
     /// Bumped by every crash; backends from an older epoch are dead.
     epoch: u64,
@@ -109,6 +134,10 @@ impl MemFs {
         MemFs {
             state: Arc::new(Mutex::new(FsState {
                 files: BTreeMap::new(),
+                in_flight: Vec::new(),
+                next_backend: 0,
+                write_latency: Duration::ZERO,
+                crashes_with_writes_in_flight: 0,
                 rng: SmallRng::seed_from_u64(seed),
                 epoch: 0,
                 syncs: 0,
@@ -126,10 +155,16 @@ impl MemFs {
 
     /// A backend on this file system with the queue depth, file and size limits of `config`.
     pub fn backend_with(&self, config: &IoConfig) -> MemIo {
-        let epoch = self.state.lock().epoch;
+        let (epoch, id) = {
+            let mut st = self.state.lock();
+            st.next_backend += 1;
+            (st.epoch, st.next_backend)
+        };
         MemIo {
             fs: self.clone(),
             epoch,
+            id,
+            writes_in_flight: false,
             max_io_bytes: config.max_io_bytes,
             files: FdTable::with_capacity(config.max_files),
             queue: InlineQueue::new(config.queue_depth),
@@ -164,6 +199,20 @@ impl MemFs {
     /// ```
     pub fn crash_after_ops(&self, n: u64, options: CrashOptions) {
         self.state.lock().scheduled = (n > 0).then_some((n, options));
+    }
+
+    /// Makes every backend of this file system wait `latency` before it delivers completions
+    /// while it has an `O_DSYNC` write in flight (the device's write time): other threads'
+    /// writes go in flight meanwhile, so a crash can find several. Zero (the default) delivers
+    /// at once.
+    pub fn set_write_latency(&self, latency: Duration) {
+        self.state.lock().write_latency = latency;
+    }
+
+    /// Crashes so far that found two or more `O_DSYNC` writes in flight, so that a test of
+    /// several writes in flight can check that it tested them.
+    pub fn crashes_with_writes_in_flight(&self) -> u64 {
+        self.state.lock().crashes_with_writes_in_flight
     }
 
     /// Mutating ops performed so far on this file system (what [`MemFs::crash_after_ops`]
@@ -222,7 +271,28 @@ impl MemFs {
 fn crash_locked(st: &mut FsState, options: CrashOptions) -> Vec<PathBuf> {
     st.epoch += 1;
     st.crashes += 1;
-    let FsState { files, rng, .. } = &mut *st;
+    if st.in_flight.len() >= 2 {
+        st.crashes_with_writes_in_flight += 1;
+    }
+    let FsState {
+        files,
+        rng,
+        in_flight,
+        ..
+    } = &mut *st;
+    // Each write in flight lands on its own: whole or not at all, or torn like the last
+    // unsynced write.
+    for w in in_flight.drain(..) {
+        let Some(f) = files.get_mut(&w.path) else { continue };
+        match options.tear {
+            TearMode::None => {
+                if rng.random_bool(0.5) {
+                    apply(&mut f.durable, &w.write);
+                }
+            }
+            mode => tear_into(&mut f.durable, &w.write, mode, rng),
+        }
+    }
     let mut changed = Vec::new();
     files.retain(|path, f| {
         let mut after = f.durable.clone();
@@ -279,6 +349,15 @@ impl MemFs {
     }
 }
 
+/// Applies a whole `write` onto `data`.
+fn apply(data: &mut Vec<u8>, write: &WriteRecord) {
+    let (start, end) = (write.offset as usize, write.offset as usize + write.data.len());
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[start..end].copy_from_slice(&write.data);
+}
+
 /// Applies the kept sectors of a torn `write` onto `data`.
 fn tear_into(data: &mut Vec<u8>, write: &WriteRecord, mode: TearMode, rng: &mut SmallRng) {
     if mode == TearMode::None || write.data.is_empty() {
@@ -333,6 +412,10 @@ struct MemHandle {
 pub struct MemIo {
     fs: MemFs,
     epoch: u64,
+    /// Names this backend's writes in flight.
+    id: u64,
+    /// Writes of this backend are in flight (delivery makes them durable).
+    writes_in_flight: bool,
     max_io_bytes: usize,
     files: FdTable<MemHandle>,
     queue: InlineQueue,
@@ -356,12 +439,36 @@ impl MemIo {
         self.queue.admit()
     }
 
+    /// Delivery: this backend's `O_DSYNC` writes in flight reach the disk (unless a crash came
+    /// first, which took them already).
+    fn land_writes(&mut self) {
+        if !std::mem::take(&mut self.writes_in_flight) {
+            return;
+        }
+        let mut st = self.fs.state.lock();
+        if st.epoch != self.epoch {
+            return;
+        }
+        let FsState { files, in_flight, .. } = &mut *st;
+        in_flight.retain(|w| {
+            if w.backend != self.id {
+                return true;
+            }
+            if let Some(f) = files.get_mut(&w.path) {
+                apply(&mut f.durable, &w.write);
+            }
+            false
+        });
+    }
+
     fn sync_inner(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
         self.admit()?;
         let path = &self.files.get(fd)?.path;
         let mut st = self.fs.tick(self.epoch)?;
         let started = Instant::now();
         st.syncs += 1;
+        // A sync covers the writes in flight to the file too (they were submitted before it).
+        st.in_flight.retain(|w| &w.path != path);
         let result = match st.files.get_mut(path) {
             Some(f) => {
                 if let Some(live) = &f.live {
@@ -407,11 +514,17 @@ impl InlineBackend for MemIo {
         }
         live[start..end].copy_from_slice(data);
         if h.dsync {
-            // O_DSYNC: on the disk when it completes (earlier unsynced writes stay unsynced).
-            if file.durable.len() < end {
-                file.durable.resize(end, 0);
-            }
-            file.durable[start..end].copy_from_slice(data);
+            // O_DSYNC: on the disk when it completes, i.e. when this backend delivers its
+            // completion; until then in flight (earlier unsynced writes stay unsynced).
+            st.in_flight.push(InFlight {
+                backend: self.id,
+                path: h.path.clone(),
+                write: WriteRecord {
+                    offset,
+                    data: data.to_vec(),
+                },
+            });
+            self.writes_in_flight = true;
         } else {
             file.unsynced.push(WriteRecord {
                 offset,
@@ -602,6 +715,7 @@ impl StorageIo for MemIo {
     }
 
     fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        self.land_writes();
         self.queue.poll(out)
     }
 
@@ -611,6 +725,12 @@ impl StorageIo for MemIo {
         _min: usize,
         _timeout: Option<Duration>,
     ) -> Result<usize> {
+        if self.writes_in_flight {
+            let latency = self.fs.state.lock().write_latency;
+            if !latency.is_zero() {
+                std::thread::sleep(latency);
+            }
+        }
         Ok(self.poll_completions(out))
     }
 

@@ -215,3 +215,67 @@ fn dsync_writes_are_durable_at_completion_and_an_interrupted_one_may_tear() {
     }
     assert!(torn_seen[1], "some seed keeps exactly one new sector");
 }
+
+/// Several `O_DSYNC` writes submitted (by two backends) and not yet delivered are in flight: a
+/// crash lands each on its own, so over seeds every subset of them is seen, whole writes under
+/// `TearMode::None` and torn sectors under `AnySectors`. A delivered write is durable.
+#[test]
+fn dsync_writes_in_flight_land_in_any_subset_at_a_crash() {
+    let path = Path::new("/d/log");
+    let mut subsets = std::collections::BTreeSet::new();
+    let mut torn = false;
+    for seed in 0..200 {
+        let fs = MemFs::new(seed);
+        let mut a = fs.backend();
+        let mut b = fs.backend();
+        let dsync = OpenOptions::create().with_dsync(true);
+        let fa = a.open_file(path, &dsync).unwrap();
+        let fb = b.open_file(path, &dsync).unwrap();
+        a.sync_dir(Path::new("/d")).unwrap();
+        a.submit_write(fa, &[9u8; 512], 0).unwrap();
+        drain(&mut a); // delivered: durable
+        a.submit_write(fa, &[1u8; 1024], 512).unwrap();
+        b.submit_write(fb, &[2u8; 1024], 1536).unwrap();
+        b.submit_write(fb, &[3u8; 1024], 2560).unwrap();
+        let tear = if seed % 2 == 0 {
+            TearMode::None
+        } else {
+            TearMode::AnySectors
+        };
+        fs.crash(CrashOptions { tear });
+        assert_eq!(fs.crashes_with_writes_in_flight(), 1);
+        let after = fs.read_file(path).unwrap();
+        assert!(
+            after[..512].iter().all(|&x| x == 9),
+            "seed {seed}: a delivered write was lost"
+        );
+        let mut landed = [false; 3];
+        for (i, write) in landed.iter_mut().enumerate() {
+            let range = 512 + i * 1024..512 + (i + 1) * 1024;
+            let sectors: Vec<bool> = after
+                .get(range.clone())
+                .unwrap_or(&[])
+                .chunks(SECTOR_BYTES)
+                .map(|s| s.iter().all(|&x| x == i as u8 + 1))
+                .collect();
+            *write = sectors.len() == 2 && sectors.iter().all(|s| *s);
+            if sectors.iter().any(|s| *s) && !*write {
+                assert_eq!(
+                    tear,
+                    TearMode::AnySectors,
+                    "seed {seed}: a whole-write crash tore one"
+                );
+                torn = true;
+            }
+        }
+        if tear == TearMode::None {
+            subsets.insert(landed);
+        }
+    }
+    assert_eq!(
+        subsets.len(),
+        8,
+        "every subset of three writes in flight lands for some seed"
+    );
+    assert!(torn, "some seed tears a write in flight at sectors");
+}

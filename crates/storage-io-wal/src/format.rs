@@ -16,6 +16,11 @@
 //! does not fit, the writer closes the segment with a segment-end record and starts the next
 //! segment. Each record carries its own LSN, so a stale record left in a reused or recycled
 //! file never validates at another position.
+//!
+//! A *pad* record (kind 3) fills the rest of a 4 KiB block so that the next batch starts on a
+//! fresh block: with several direct writes in flight, no two of them may share a block. Its
+//! payload is zeros, at least 0 bytes long, and it ends on a block boundary ([`pad_bytes`]).
+//! Readers skip it; it has an LSN like any record but is never returned.
 
 use std::ops::Range;
 
@@ -30,6 +35,23 @@ const MAGIC: [u8; 4] = *b"SIOW";
 const VERSION: u16 = 1;
 pub(crate) const KIND_DATA: u8 = 1;
 pub(crate) const KIND_SEGMENT_END: u8 = 2;
+pub(crate) const KIND_PAD: u8 = 3;
+/// The block a pad record fills up to: the direct-I/O write unit.
+pub const PAD_BLOCK_BYTES: u64 = 4096;
+
+/// Bytes of the pad record (frame included) that takes a log position `at` to the next block
+/// boundary, given that the frame needs `RECORD_HEADER_BYTES`: when fewer are left in the
+/// block, the pad runs to the end of the following block. 0 when `at` is on a boundary.
+pub const fn pad_bytes(at: u64) -> u64 {
+    let left = (PAD_BLOCK_BYTES - at % PAD_BLOCK_BYTES) % PAD_BLOCK_BYTES;
+    if left == 0 {
+        0
+    } else if left < RECORD_HEADER_BYTES {
+        left + PAD_BLOCK_BYTES
+    } else {
+        left
+    }
+}
 
 /// The largest payload one record may carry in segments of `segment_size` bytes: the segment
 /// less its header, the record's frame and room for the segment-end record.
@@ -63,6 +85,17 @@ pub(crate) fn decode_segment_header(bytes: &[u8]) -> Option<(u64, u64)> {
     Some((u64_at(h, 8), u64_at(h, 16)))
 }
 
+/// Appends the pad record that takes log position `lsn` (where `out` ends) to the next block
+/// boundary ([`pad_bytes`]); nothing when `lsn` is on one.
+pub(crate) fn encode_pad(out: &mut Vec<u8>, lsn: u64) {
+    let total = pad_bytes(lsn);
+    if total == 0 {
+        return;
+    }
+    let payload = vec![0u8; (total - RECORD_HEADER_BYTES) as usize];
+    encode_record(out, KIND_PAD, lsn, &payload);
+}
+
 /// Appends one record frame and its payload to `out`.
 pub(crate) fn encode_record(out: &mut Vec<u8>, kind: u8, lsn: u64, payload: &[u8]) {
     let start = out.len();
@@ -81,6 +114,8 @@ pub(crate) enum Frame {
     Data(usize),
     /// A valid segment-end record: the log continues in the next segment.
     SegmentEnd,
+    /// A valid pad record of this many bytes (frame included): the next record follows it.
+    Pad(usize),
     /// Anything else: zeros, a torn or corrupt frame, a stale record from another position.
     Invalid,
 }
@@ -101,6 +136,12 @@ pub(crate) fn decode_frame(image: &[u8], pos: usize, base_lsn: u64, segment_size
     let payload = match kind {
         KIND_DATA if len <= room => image.get(pos + hdr..pos + hdr + len),
         KIND_SEGMENT_END if len == 0 => Some(&[][..]),
+        // A pad ends on a block boundary (of the log, which segments start on) and holds zeros.
+        KIND_PAD if len <= room && (base_lsn + (pos + hdr + len) as u64).is_multiple_of(PAD_BLOCK_BYTES) => {
+            image
+                .get(pos + hdr..pos + hdr + len)
+                .filter(|p| p.iter().all(|b| *b == 0))
+        }
         _ => None,
     };
     let Some(payload) = payload else {
@@ -109,10 +150,10 @@ pub(crate) fn decode_frame(image: &[u8], pos: usize, base_lsn: u64, segment_size
     if crc32c::crc32c_append(crc32c::crc32c(&h[..16]), payload) != u32_at(h, 16) {
         return Frame::Invalid;
     }
-    if kind == KIND_DATA {
-        Frame::Data(len)
-    } else {
-        Frame::SegmentEnd
+    match kind {
+        KIND_DATA => Frame::Data(len),
+        KIND_PAD => Frame::Pad(hdr + len),
+        _ => Frame::SegmentEnd,
     }
 }
 
@@ -155,6 +196,7 @@ pub(crate) fn scan_segment(image: &[u8], segment_no: u64, segment_size: u64) -> 
                 records.push((base + pos as u64, start..start + len));
                 pos = start + len;
             }
+            Frame::Pad(len) => pos += len,
             Frame::SegmentEnd => break ScanEnd::Switched(pos),
             Frame::Invalid => break ScanEnd::Stopped(pos),
         }

@@ -111,6 +111,24 @@ pub fn check_frame(data: &[u8]) {
                 "a decoded frame does not re-encode to itself"
             );
         }
+        crate::format::Frame::Pad(total) => {
+            let end = pos + total;
+            assert!(
+                end as u64 <= size,
+                "a pad of {total} bytes at {pos} passes the segment end"
+            );
+            assert!(
+                (base + end as u64).is_multiple_of(crate::format::PAD_BLOCK_BYTES),
+                "a pad at {pos} does not end on a block boundary"
+            );
+            let mut again = Vec::new();
+            crate::format::encode_pad(&mut again, base + pos as u64);
+            assert_eq!(
+                again,
+                &image[pos..end],
+                "a decoded pad does not re-encode to itself"
+            );
+        }
         crate::format::Frame::SegmentEnd | crate::format::Frame::Invalid => {}
     }
 }
