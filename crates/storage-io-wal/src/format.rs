@@ -38,6 +38,12 @@ pub(crate) const KIND_SEGMENT_END: u8 = 2;
 pub(crate) const KIND_PAD: u8 = 3;
 /// The block a pad record fills up to: the direct-I/O write unit.
 pub const PAD_BLOCK_BYTES: u64 = 4096;
+/// The in-flight window: the writer never lets bytes go in flight more than this far past the
+/// durable end of the log while another flush is in flight (a lone flush may be larger). A
+/// crash can leave a hole with valid frames after it only inside this window, so recovery
+/// reads a hole whose later valid frames all lie within this many bytes of it as a torn tail,
+/// under every policy, and valid frames farther on as damage.
+pub const TORN_WINDOW_BYTES: u64 = 8 << 20;
 
 /// Bytes of the pad record (frame included) that takes a log position `at` to the next block
 /// boundary, given that the frame needs `RECORD_HEADER_BYTES`: when fewer are left in the
@@ -322,6 +328,35 @@ mod tests {
 
     fn img_lsn_of_third(img: &[u8]) -> u64 {
         scan_segment(img, 3, SEG).records[2].0
+    }
+
+    #[test]
+    fn a_pad_ends_on_a_block_boundary_and_the_scan_skips_it() {
+        assert_eq!(pad_bytes(8192), 0);
+        assert_eq!(pad_bytes(8192 + 100), 4096 - 100);
+        // Fewer bytes left than a frame needs: the pad runs to the end of the next block.
+        assert_eq!(pad_bytes(8192 - 10), 10 + 4096);
+        const BIG: u64 = 16384;
+        let mut img = Vec::new();
+        encode_segment_header(&mut img, BIG, 1);
+        let base = BIG;
+        let first = base + img.len() as u64;
+        encode_record(&mut img, KIND_DATA, first, b"before");
+        let pad_at = img.len();
+        encode_pad(&mut img, base + pad_at as u64);
+        assert!((base + img.len() as u64).is_multiple_of(PAD_BLOCK_BYTES));
+        let after = img.len();
+        encode_record(&mut img, KIND_DATA, base + after as u64, b"after");
+        img.resize(BIG as usize, 0);
+        assert_eq!(decode_frame(&img, pad_at, base, BIG), Frame::Pad(after - pad_at));
+        let scan = scan_segment(&img, 1, BIG);
+        let payloads: Vec<&[u8]> = scan.records.iter().map(|(_, r)| &img[r.clone()]).collect();
+        assert_eq!(payloads, [&b"before"[..], b"after"]);
+        // A pad whose payload is not zeros, or that does not end on a boundary, is invalid.
+        let mut bad = img.clone();
+        bad[pad_at + 30] = 1;
+        assert_eq!(decode_frame(&bad, pad_at, base, BIG), Frame::Invalid);
+        assert_eq!(decode_frame(&img, pad_at, base + 512, BIG), Frame::Invalid);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use crate::recovery::Planner;
 /// Segment size the fuzz inputs are cut into.
 pub const FUZZ_SEGMENT_BYTES: u64 = 512;
 
-/// Treats `data` as a log: byte 0 picks the first segment number and whether segment numbers
-/// skip, the rest is cut into 512-byte segment images. Runs the record decoder and the recovery
+/// Treats `data` as a log: byte 0 picks the first segment number (bits 0-3), the in-flight
+/// window in segments (bits 4-6) and whether segment numbers skip (bit 7), the rest is cut into 512-byte segment images. Runs the record decoder and the recovery
 /// planner over it and panics if any invariant breaks:
 /// - every decoded record lies inside its segment, carries its own position as LSN, and
 ///   re-encodes to exactly the bytes it was decoded from;
@@ -35,7 +35,7 @@ pub fn check_log_image(data: &[u8]) {
     }
     let fed: Vec<u64> = segments.iter().map(|s| s.0).collect();
     for policy in [RecoveryPolicy::PointInTime, RecoveryPolicy::Strict] {
-        let mut planner = Planner::new(size);
+        let mut planner = Planner::new(size, u64::from(control >> 4 & 0x07) * size);
         for &(segment, image) in &segments {
             planner.feed(segment, image);
         }

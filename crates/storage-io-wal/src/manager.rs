@@ -25,13 +25,13 @@ use crate::Lsn;
 use crate::config::{SyncMode, WalConfig};
 use crate::error::WalError;
 use crate::format::{
-    KIND_DATA, KIND_SEGMENT_END, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, encode_record,
-    encode_segment_header, max_payload_bytes,
+    KIND_DATA, KIND_SEGMENT_END, PAD_BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    TORN_WINDOW_BYTES, encode_pad, encode_record, encode_segment_header, max_payload_bytes, pad_bytes,
 };
 use crate::prepare::Preparer;
 use crate::reader::WalReader;
 use crate::recovery::{RecoveryReport, recover};
-use crate::segio::{IoFailure, SegmentIo, WriteJob};
+use crate::segio::{IoFailure, SegmentIo, Staged, WriteJob};
 
 mod async_commit;
 
@@ -72,6 +72,12 @@ struct State {
     in_flight: VecDeque<(u64, u64, bool)>,
     /// Flushes started so far; the one in flight (if any) has this number.
     flushes_started: u64,
+    /// Data records queued and not yet taken by a flush.
+    pending_records: usize,
+    /// Direct mode, several flushes in flight: the newest flush ends inside a block, without a
+    /// pad, and its writes have not completed; the next flush rewrites that block, so it may
+    /// not start before.
+    tail_open: bool,
     /// The leader is waiting for more records (group delay); appends wake it when the batch is full.
     gathering: bool,
     written_lsn: u64,
@@ -134,8 +140,15 @@ struct Shared {
     /// lead it: a waiter is woken once per commit, not once per flush. Both are woken when the
     /// WAL fails, the disk is full, or the WAL closes.
     covered: Vec<Condvar>,
-    /// Flushes allowed in flight at once (1 unless buffered flushes go inline).
+    /// Flushes allowed in flight at once (1 unless buffered flushes go inline or direct mode
+    /// has flush slots).
     max_in_flight: usize,
+    /// Direct mode with several flushes in flight: the free flush slots, each a `SegmentIo` on
+    /// a backend of its own, on which a flush's writes are submitted and waited for after the
+    /// writer staged them (empty otherwise).
+    slots: Mutex<Vec<SegmentIo>>,
+    /// Flushes go through `slots` (direct mode, `max_flushes_in_flight > 1`).
+    slotted: bool,
     /// Wakes a leader that is gathering a batch (group delay) once the batch is full.
     gather: Condvar,
     /// Wakes the background flusher of `SyncMode::Async` (close).
@@ -223,6 +236,8 @@ impl WalManager {
             in_sync: 0,
             in_flight: VecDeque::new(),
             flushes_started: 0,
+            pending_records: 0,
+            tail_open: false,
             gathering: false,
             written_lsn: report.next_lsn.0,
             durable_lsn: report.next_lsn.0,
@@ -273,14 +288,24 @@ impl WalManager {
             }
         }
         let state_durable = state.durable_lsn;
-        // Several flushes overlap only where a flush's fdatasync can run without the writer:
-        // buffered segments written inline (the fdatasyncs of one file run concurrently on
-        // ext4; direct mode's writes are its syncs, and stay one batch at a time).
-        let max_in_flight = if config.inline_io && !config.direct_io {
+        // Several flushes overlap only where a flush can complete without the writer: buffered
+        // segments written inline (the fdatasyncs of one file run concurrently on ext4), or
+        // direct writes submitted on a flush slot's own backend.
+        let slotted = config.direct_io && config.max_flushes_in_flight > 1;
+        let max_in_flight = if (config.inline_io && !config.direct_io) || slotted {
             config.max_flushes_in_flight
         } else {
             1
         };
+        let mut slots = Vec::new();
+        if slotted {
+            for _ in 0..max_in_flight {
+                let mut slot =
+                    SegmentIo::new(factory(0)?, &dir, segment_size, config.write_chunk_bytes, true);
+                slot.set_sync_direct(!dsync_trusted);
+                slots.push(slot);
+            }
+        }
         let shared = Arc::new(Shared {
             segment_size,
             dir,
@@ -288,6 +313,8 @@ impl WalManager {
             state: Mutex::new(state),
             covered: (0..max_in_flight + 2).map(|_| Condvar::new()).collect(),
             max_in_flight,
+            slots: Mutex::new(slots),
+            slotted,
             gather: Condvar::new(),
             tick: Condvar::new(),
             writer: Mutex::new(io),
@@ -600,6 +627,7 @@ impl Shared {
         }
         let lsn = st.next_lsn;
         self.queue(st, |buf| encode_record(buf, KIND_DATA, lsn, record));
+        st.pending_records += 1;
         self.counters.appends.fetch_add(1, Ordering::Relaxed);
         if st.gathering
             && let SyncMode::Group { max_batch_bytes, .. } = self.config.sync_mode
@@ -652,7 +680,7 @@ impl Shared {
             }
             // The flush that holds `target`, if one has taken it.
             let holder = st.in_flight.iter().find(|f| f.1 >= target).map(|f| f.0);
-            if holder.is_none() && !st.flushing && st.in_sync < self.max_in_flight {
+            if holder.is_none() && self.may_start(st) {
                 self.lead(st)?;
                 continue;
             }
@@ -663,9 +691,21 @@ impl Shared {
         }
     }
 
+    /// Whether a new flush may start now: no other in its write phase, a free place in flight,
+    /// no unpadded tail block still being written (direct mode), and, with flushes in flight,
+    /// the queued bytes within [`TORN_WINDOW_BYTES`] of the durable end, which recovery relies
+    /// on to tell a tear among writes in flight from damage.
+    fn may_start(&self, st: &State) -> bool {
+        let in_window = st.next_lsn + 2 * PAD_BLOCK_BYTES - st.durable_lsn <= TORN_WINDOW_BYTES;
+        !st.flushing
+            && st.in_sync < self.max_in_flight
+            && !st.tail_open
+            && (st.in_flight.is_empty() || in_window)
+    }
+
     /// Wakes one waiter of the next flush to lead it, if records wait and a flush may start.
     fn elect_next_leader(&self, st: &State) {
-        if st.pending_bytes > 0 && !st.flushing && st.in_sync < self.max_in_flight {
+        if st.pending_bytes > 0 && self.may_start(st) {
             let next = st.flushes_started + 1;
             self.covered[next as usize % self.covered.len()].notify_one();
         }
@@ -674,6 +714,10 @@ impl Shared {
     /// Publishes every done flush at the front of `in_flight`: its end becomes durable and its
     /// waiters (threads and futures) are woken.
     fn publish(&self, st: &mut MutexGuard<'_, State>) {
+        if st.poisoned.is_some() {
+            // A flush before these failed: nothing after it is durable as a log.
+            return;
+        }
         let mut advanced = false;
         while let Some(&(n, end, true)) = st.in_flight.front() {
             st.in_flight.pop_front();
@@ -715,6 +759,17 @@ impl Shared {
             while st.pending_bytes < max_batch_bytes && !self.gather.wait_until(st, deadline).timed_out() {}
             st.gathering = false;
         }
+        if self.slotted {
+            // A batch that may have company in flight ends on a block boundary (a pad), so the
+            // next flush starts on a fresh block and can go in flight beside this one; a lone
+            // record (one committer) is not padded, and the next flush waits for it instead.
+            if st.pending_records >= 2 || st.in_flight.len() > 1 {
+                self.pad_to_block(st);
+            }
+            st.tail_open = !st.next_lsn.is_multiple_of(PAD_BLOCK_BYTES);
+        }
+        let opened_tail = st.tail_open;
+        st.pending_records = 0;
         let pieces = std::mem::take(&mut st.pieces);
         let bytes = std::mem::replace(&mut st.pending_bytes, 0);
         let end = st.next_lsn;
@@ -724,19 +779,19 @@ impl Shared {
         let written = MutexGuard::unlocked(st, || self.write_batch(&pieces));
         st.flushing = false;
         let result = match written {
-            Ok(to_sync) => {
+            Ok(rest) => {
                 st.in_sync += 1;
                 // The next batch may start writing while this one syncs.
                 self.elect_next_leader(st);
-                let synced = MutexGuard::unlocked(st, || sync_handles(&to_sync));
+                let finished = MutexGuard::unlocked(st, || self.finish_batch(rest));
                 st.in_sync -= 1;
-                self.counters
-                    .datasyncs
-                    .fetch_add(to_sync.len() as u64, Ordering::Relaxed);
-                synced
+                finished
             }
             Err(f) => Err(f),
         };
+        if opened_tail {
+            st.tail_open = false;
+        }
         let outcome = match result {
             Ok(()) => {
                 if let Some(f) = st.in_flight.iter_mut().find(|f| f.0 == this) {
@@ -746,7 +801,8 @@ impl Shared {
                 self.elect_next_leader(st);
                 return Ok(());
             }
-            Err(f) if f.error.errno() == ENOSPC && !f.op.is_sync() => {
+            // Only the newest flush can go back to the queue: a later one holds later bytes.
+            Err(f) if f.error.errno() == ENOSPC && !f.op.is_sync() && st.flushes_started == this => {
                 // Nothing of this batch is known durable; keep it queued, in order, for a retry.
                 st.in_flight.retain(|f| f.0 != this);
                 let mut back = pieces;
@@ -797,10 +853,67 @@ impl Shared {
         }
     }
 
+    /// Queues a pad record to the next block boundary (direct mode, several flushes in
+    /// flight), so that the next flush starts on a block of its own. Where the pad would leave
+    /// no room for the segment-end record, the segment is closed instead, and the next one's
+    /// header is padded to its first block's end.
+    fn pad_to_block(&self, st: &mut State) {
+        let size = self.segment_size;
+        let pad = pad_bytes(st.next_lsn);
+        if pad == 0 {
+            return;
+        }
+        if size - st.next_lsn % size < pad + RECORD_HEADER_BYTES {
+            let end_lsn = st.next_lsn;
+            let next_segment = end_lsn / size + 1;
+            self.queue(st, |buf| encode_record(buf, KIND_SEGMENT_END, end_lsn, &[]));
+            st.next_lsn = next_segment * size;
+            self.queue(st, |buf| encode_segment_header(buf, size, next_segment));
+        }
+        let at = st.next_lsn;
+        self.queue(st, |buf| encode_pad(buf, at));
+    }
+
+    /// The second step of a flush, after the writer is free: the fdatasyncs an inline flush
+    /// left, or a direct flush's staged writes on a flush slot of its own.
+    fn finish_batch(&self, rest: Unfinished<'_>) -> Result<(), IoFailure> {
+        match rest {
+            Unfinished::Sync(files) => {
+                sync_handles(&files)?;
+                self.counters
+                    .datasyncs
+                    .fetch_add(files.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Unfinished::Direct(staged) => {
+                let mut slot = self
+                    .slots
+                    .lock()
+                    .pop()
+                    .ok_or(StorageIoError::invalid("no free wal flush slot"))?;
+                let written = slot.write_staged(&staged, self.config.sync_mode.syncs());
+                self.slots.lock().push(slot);
+                match written {
+                    Ok(synced) => {
+                        self.counters
+                            .datasyncs
+                            .fetch_add(synced as u64, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(f) => {
+                        self.writer.lock().forget_tails();
+                        Err(f)
+                    }
+                }
+            }
+        }
+    }
+
     /// One flush: create new segments, write each piece, one datasync per segment, and a
     /// directory sync when a segment was created. Inline flushes return the segments still to
-    /// datasync (the caller syncs them after the writer is free); others are durable already.
-    fn write_batch(&self, pieces: &[Piece]) -> Result<Vec<Arc<File>>, IoFailure> {
+    /// datasync (the caller syncs them after the writer is free); slotted direct flushes
+    /// return their staged writes; others are durable already.
+    fn write_batch<'a>(&self, pieces: &'a [Piece]) -> Result<Unfinished<'a>, IoFailure> {
         let mut w = self.writer.lock();
         let mut created = false;
         let mut jobs = Vec::with_capacity(pieces.len());
@@ -824,7 +937,12 @@ impl Shared {
                 data: &p.bytes,
             });
         }
-        let (to_sync, datasyncs) = w.write_all_sync_later(&jobs, self.config.sync_mode.syncs())?;
+        let (rest, datasyncs) = if self.slotted {
+            (Unfinished::Direct(w.stage_direct(&jobs)?), 0)
+        } else {
+            let (files, n) = w.write_all_sync_later(&jobs, self.config.sync_mode.syncs())?;
+            (Unfinished::Sync(files), n)
+        };
         if created {
             w.sync_dir().map_err(|error| IoFailure {
                 op: OpKind::Fsync,
@@ -839,7 +957,7 @@ impl Shared {
         let bytes: usize = pieces.iter().map(|p| p.bytes.len()).sum();
         c.bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
         c.datasyncs.fetch_add(datasyncs as u64, Ordering::Relaxed);
-        Ok(to_sync)
+        Ok(rest)
     }
 
     /// The `Async` mode's flusher: every `interval`, flush what is queued.
@@ -881,6 +999,14 @@ fn dsync_trusted(dir: &Path) -> bool {
             true
         }
     }
+}
+
+/// What a flush's write step left for after the writer is free.
+enum Unfinished<'a> {
+    /// Segments to fdatasync (inline buffered flushes; none when the writes were durable).
+    Sync(Vec<Arc<File>>),
+    /// Direct writes staged for a flush slot.
+    Direct(Vec<Staged<'a>>),
 }
 
 /// The fdatasyncs an inline flush left to do, on the segments' OS handles.

@@ -4,14 +4,19 @@
 //! and the unit tests drive it without any I/O; `recover` feeds it from the backend and applies
 //! its plan.
 //!
+//! The *window* is [`TORN_WINDOW_BYTES`](crate::format::TORN_WINDOW_BYTES) from the first
+//! invalid position: the writer keeps every write in flight inside it, so valid frames there
+//! after a hole are writes that landed while an earlier one did not (never acknowledged).
+//!
 //! | what the scan finds | `PointInTime` (default) | `Strict` |
 //! |---|---|---|
 //! | every segment valid to its last record, then zeros | keep everything | same |
 //! | a torn or zeroed record with nothing valid after it (a crash mid-write) | cut there, zero the torn bytes | same |
-//! | an invalid record with valid records after it, same or later segments | cut at the invalid record; report the valid records cut | refuse to open: `Corrupt` |
-//! | a segment whose header is invalid (torn creation, or damage) | the log ends where that segment begins | same, but refuse if valid records follow |
-//! | a missing segment number in the sequence | the log ends at the gap; later segments removed | refuse if they hold valid records |
-//! | segment files after the end | removed, then the directory synced | refuse if they hold valid records |
+//! | a hole with valid frames after it, all inside the window (writes in flight at a crash) | cut at the hole, zero the rest, report `in_flight_records_cut` | same |
+//! | an invalid record with valid records after it beyond the window, same or later segments | cut at the invalid record; report the valid records cut | refuse to open: `Corrupt` |
+//! | a segment whose header is invalid (torn creation, or damage) | the log ends where that segment begins | same, but refuse if valid records follow beyond the window |
+//! | a missing segment number in the sequence | the log ends at the gap; later segments removed | refuse if they hold valid records beyond the window |
+//! | segment files after the end | removed, then the directory synced | refuse if they hold valid records beyond the window |
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +45,10 @@ pub struct RecoveryReport {
     pub corruption_at: Option<Lsn>,
     /// Valid records after the cut, dropped by the `PointInTime` policy.
     pub skipped_valid_records: usize,
+    /// Valid frames found after a hole but inside the in-flight window (writes that landed
+    /// while an earlier one in flight did not; never acknowledged), cut as part of the torn
+    /// tail under every policy.
+    pub in_flight_records_cut: usize,
     /// Segment numbers removed because they lay after the end of the log.
     pub removed_segments: Vec<u64>,
 }
@@ -60,12 +69,16 @@ pub(crate) struct Plan {
     pub records: u64,
     pub corruption_at: Option<u64>,
     pub skipped_valid: usize,
+    /// Valid frames after the end inside the in-flight window (a torn tail).
+    pub in_window: usize,
 }
 
 /// Decides where the log ends from the segment images, fed in order.
 #[derive(Debug)]
 pub(crate) struct Planner {
     segment_size: u64,
+    /// Valid frames less than this far past the end are writes that were in flight.
+    window: u64,
     plan: Plan,
     /// Set once the end is found: later images only count as "valid after the end".
     ended: bool,
@@ -74,9 +87,10 @@ pub(crate) struct Planner {
 }
 
 impl Planner {
-    pub(crate) fn new(segment_size: u64) -> Self {
+    pub(crate) fn new(segment_size: u64, window: u64) -> Self {
         Planner {
             segment_size,
+            window,
             plan: Plan::default(),
             ended: false,
             expected: None,
@@ -133,6 +147,11 @@ impl Planner {
     }
 
     fn note_valid_after(&mut self, lsns: &[u64]) {
+        let end = self.plan.end_segment * self.segment_size + self.plan.end_offset;
+        let (inside, beyond): (Vec<u64>, Vec<u64>) =
+            lsns.iter().partition(|&&l| l.saturating_sub(end) < self.window);
+        self.plan.in_window += inside.len();
+        let lsns = &beyond[..];
         if let Some(first) = lsns.first() {
             if self.plan.corruption_at.is_none() {
                 self.plan.corruption_at =
@@ -205,7 +224,7 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
             reason: format!("segment number {s} of {segment_size}-byte segments"),
         });
     }
-    let mut planner = Planner::new(segment_size);
+    let mut planner = Planner::new(segment_size, crate::format::TORN_WINDOW_BYTES);
     for &s in &segments {
         let image = io.read_segment(s)?.unwrap_or_default();
         planner.feed(s, &image);
@@ -250,6 +269,7 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
         torn_tail_bytes: torn,
         corruption_at: plan.corruption_at.map(Lsn),
         skipped_valid_records: plan.skipped_valid,
+        in_flight_records_cut: plan.in_window,
         removed_segments: plan.remove.clone(),
     };
     if report.skipped_valid_records > 0 {
@@ -285,7 +305,15 @@ mod tests {
     }
 
     fn plan(images: &[(u64, Vec<u8>)], policy: RecoveryPolicy) -> Result<Plan, WalError> {
-        let mut p = Planner::new(SEG);
+        plan_with_window(images, policy, 0)
+    }
+
+    fn plan_with_window(
+        images: &[(u64, Vec<u8>)],
+        policy: RecoveryPolicy,
+        window: u64,
+    ) -> Result<Plan, WalError> {
+        let mut p = Planner::new(SEG, window);
         for (n, img) in images {
             p.feed(*n, img);
         }
@@ -342,6 +370,63 @@ mod tests {
         assert_eq!(p.corruption_at, Some(second as u64));
         let err = plan(&[(0, img)], RecoveryPolicy::Strict).unwrap_err();
         assert!(matches!(err, WalError::Corrupt { valid_after: 1, .. }), "{err}");
+    }
+
+    #[test]
+    fn valid_frames_after_a_hole_inside_the_window_are_a_torn_tail_under_both_policies() {
+        let mut img = segment(0, &[b"one", b"two", b"three"], false);
+        let second = SEGMENT_HEADER_BYTES as usize + 23;
+        img[second + 21] ^= 0x10;
+        for policy in [RecoveryPolicy::Strict, RecoveryPolicy::PointInTime] {
+            let p = plan_with_window(&[(0, img.clone())], policy, SEG).unwrap();
+            assert_eq!(p.records, 1);
+            assert_eq!(p.end_offset, second as u64);
+            assert_eq!(p.in_window, 1);
+            assert_eq!((p.corruption_at, p.skipped_valid), (None, 0));
+            // The frames after the hole are zeroed with the torn bytes.
+            assert_eq!(p.zero_to as usize, second + 23 + 25);
+        }
+    }
+
+    #[test]
+    fn the_window_counts_from_the_hole_frames_beyond_it_are_damage() {
+        // A hole in segment 0, valid records in segments 1 (inside a one-segment window) and 2.
+        let mut first = segment(0, &[b"a", b"b"], true);
+        let hole = SEGMENT_HEADER_BYTES as usize + 21;
+        first[hole + 20] ^= 1;
+        let imgs = [
+            (0, first),
+            (1, segment(1, &[b"c"], true)),
+            (2, segment(2, &[b"d", b"e"], false)),
+        ];
+        let p = plan_with_window(&imgs, RecoveryPolicy::PointInTime, SEG).unwrap();
+        assert_eq!(p.end_offset, hole as u64);
+        assert_eq!(p.remove, vec![1, 2]);
+        // Segment 0's end frame and segment 1's record are inside; segment 2's two are not.
+        assert_eq!((p.in_window, p.skipped_valid), (2, 2));
+        assert_eq!(p.corruption_at, Some(hole as u64));
+        let err = plan_with_window(&imgs, RecoveryPolicy::Strict, SEG).unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { valid_after: 2, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_torn_creation_or_a_gap_with_valid_frames_inside_the_window_opens_under_strict() {
+        let imgs = [
+            (0, segment(0, &[b"a"], true)),
+            (1, vec![0u8; SEG as usize]),
+            (2, segment(2, &[b"c"], false)),
+        ];
+        let p = plan_with_window(&imgs, RecoveryPolicy::Strict, 2 * SEG).unwrap();
+        assert_eq!((p.end_segment, p.end_offset), (1, 0));
+        assert_eq!(p.remove, vec![1, 2]);
+        assert_eq!(p.in_window, 1);
+        let gap = [(0, segment(0, &[b"a"], true)), (2, segment(2, &[b"c"], false))];
+        let p = plan_with_window(&gap, RecoveryPolicy::Strict, 2 * SEG).unwrap();
+        assert_eq!((p.end_segment, p.remove.clone(), p.in_window), (1, vec![2], 1));
+        assert!(
+            plan_with_window(&gap, RecoveryPolicy::Strict, SEG).is_err(),
+            "segment 2 starts a window past the gap"
+        );
     }
 
     #[test]

@@ -85,6 +85,14 @@ impl Widened<'_> {
     }
 }
 
+/// A direct-mode write staged by the writer (widened to whole blocks) for a flush slot to
+/// submit on its own backend: segment numbers, not the writer's descriptors.
+pub(crate) struct Staged<'a> {
+    segment: u64,
+    offset: u64,
+    data: Widened<'a>,
+}
+
 /// The WAL's handle on its backend.
 pub(crate) struct SegmentIo {
     io: Box<dyn StorageIo>,
@@ -333,6 +341,61 @@ impl SegmentIo {
                 Err(f)
             }
         }
+    }
+
+    /// Direct mode, several flushes in flight: widens `jobs` (as [`write_all`](Self::write_all)
+    /// would) without writing them, for a flush slot's [`write_staged`](Self::write_staged).
+    /// The widened last block becomes the cached tail at once: the caller lets no flush start
+    /// inside that block before this one's writes complete, and calls
+    /// [`forget_tails`](Self::forget_tails) if they fail.
+    pub(crate) fn stage_direct<'a>(&mut self, jobs: &[WriteJob<'a>]) -> Result<Vec<Staged<'a>>, IoFailure> {
+        let (widened, tail) = self.widen(jobs).inspect_err(|_| self.tail = None)?;
+        if tail.is_some() {
+            self.tail = tail;
+        }
+        widened
+            .into_iter()
+            .map(|w| {
+                let fd = w.job().fd;
+                let segment = self.open.iter().find(|(_, f)| **f == fd).map(|(s, _)| *s);
+                let segment = segment.ok_or(StorageIoError::invalid(
+                    "a staged wal write names a closed segment",
+                ))?;
+                let offset = w.job().offset;
+                Ok(Staged {
+                    segment,
+                    offset,
+                    data: w,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets the cached tail block (a staged flush failed: what its blocks hold is unknown).
+    pub(crate) fn forget_tails(&mut self) {
+        self.tail = None;
+    }
+
+    /// A flush slot (a direct-mode `SegmentIo` on a backend of its own): submits staged writes
+    /// on its own descriptors of the same segments, waits for them (each is durable when it
+    /// completes, O_DSYNC; with `sync`, where O_DSYNC is not trusted, one datasync per
+    /// segment follows) and closes the segments below the last one written. Returns the
+    /// datasyncs.
+    pub(crate) fn write_staged(&mut self, staged: &[Staged<'_>], sync: bool) -> Result<usize, IoFailure> {
+        let mut jobs = Vec::with_capacity(staged.len());
+        for s in staged {
+            let job = s.data.job();
+            jobs.push(WriteJob {
+                fd: self.existing(s.segment)?,
+                offset: s.offset,
+                data: job.data,
+            });
+        }
+        let synced = self.submit_jobs(&jobs, sync && self.sync_direct)?;
+        if let Some(last) = staged.last() {
+            self.close_below(last.segment);
+        }
+        Ok(synced)
     }
 
     /// Direct mode: turns jobs into block-aligned writes. Jobs that continue each other inside

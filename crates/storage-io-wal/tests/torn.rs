@@ -1,5 +1,5 @@
 //! Torn tails at every byte offset of the last record, and bit flips in the middle of the log
-//! under both recovery policies.
+//! under both recovery policies, inside the in-flight window and beyond it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 mod common;
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use storage_io_core::{OpenOptions, StorageIo};
 use storage_io_testkit::memio::MemFs;
-use storage_io_wal::format::RECORD_HEADER_BYTES;
+use storage_io_wal::format::{RECORD_HEADER_BYTES, TORN_WINDOW_BYTES};
 use storage_io_wal::{Lsn, RecoveryPolicy, WalConfig, WalError, WalManager};
 
 use common::{DIR, mem_factory, read_all, small_config};
@@ -91,8 +91,11 @@ fn poke_new(fs: &MemFs, path: &Path, content: &[u8]) {
     poke(fs, path, 0, content);
 }
 
+/// A hole inside the in-flight window (`TORN_WINDOW_BYTES`) with valid records after it is what
+/// several writes in flight leave when a later one lands and an earlier one does not: a torn
+/// tail under both policies, the records after it (never acknowledged) cut and counted.
 #[test]
-fn bit_flip_in_the_middle_is_cut_under_point_in_time_and_refused_under_strict() {
+fn bit_flip_with_valid_records_after_it_inside_the_window_is_a_torn_tail_under_both_policies() {
     let config = small_config(SEG);
     let template = MemFs::new(3);
     let records = log_of(&template, 8, &config);
@@ -102,10 +105,78 @@ fn bit_flip_in_the_middle_is_cut_under_point_in_time_and_refused_under_strict() 
             let (lsn, _) = &records[victim];
             let mut bad = image.clone();
             bad[lsn.0 as usize + byte_in_frame] ^= 0x08;
-            let ctx = format!("flip in record {victim} at frame byte {byte_in_frame}");
+            for recovery in [RecoveryPolicy::Strict, RecoveryPolicy::PointInTime] {
+                let ctx = format!("flip in record {victim} at frame byte {byte_in_frame}, {recovery:?}");
+                let fs = MemFs::new(4);
+                poke_new(&fs, &segment_path(0), &bad);
+                let config = WalConfig {
+                    recovery,
+                    ..config.clone()
+                };
+                let (wal, next) = WalManager::open(DIR, config, mem_factory(&fs)).unwrap();
+                assert_eq!(read_all(&wal), records[..victim], "{ctx}");
+                assert_eq!(next, *lsn, "{ctx}");
+                let report = wal.recovery_report();
+                assert!(report.corruption_at.is_none(), "{ctx}");
+                assert_eq!(report.skipped_valid_records, 0, "{ctx}");
+                assert_eq!(report.in_flight_records_cut, 7 - victim, "{ctx}");
+            }
+        }
+    }
+}
 
+/// Damage with valid records after it beyond the in-flight window cannot be a crash's tear:
+/// `Strict` refuses to open (changing nothing), `PointInTime` cuts there and reports it.
+#[test]
+fn bit_flip_with_valid_records_beyond_the_window_is_cut_under_point_in_time_and_refused_under_strict() {
+    let seg = 1u64 << 20;
+    let config = WalConfig {
+        prepare_ahead: false,
+        ..small_config(seg)
+    };
+    let template = MemFs::new(3);
+    let (records, files) = {
+        let (wal, _) = WalManager::open(DIR, config.clone(), mem_factory(&template)).unwrap();
+        for i in 0..8 {
+            wal.append(format!("record number {i} with some payload").as_bytes())
+                .unwrap();
+        }
+        // Enough log after the small records to reach past the window.
+        let filler: Vec<Vec<u8>> = (0..TORN_WINDOW_BYTES / (64 << 10) + 24)
+            .map(|i| vec![i as u8; 64 << 10])
+            .collect();
+        wal.append_batch(filler.iter().map(|r| &r[..])).unwrap();
+        wal.flush().unwrap();
+        let all = read_all(&wal);
+        wal.close().unwrap();
+        let files: Vec<(PathBuf, Vec<u8>)> = template
+            .list()
+            .into_iter()
+            .map(|p| {
+                let c = template.read_file(&p).unwrap();
+                (p, c)
+            })
+            .collect();
+        (all, files)
+    };
+    for victim in [0usize, 3, 6] {
+        for byte_in_frame in [0usize, 9, 25] {
+            let (lsn, _) = &records[victim];
+            let beyond: Vec<&(Lsn, Vec<u8>)> = records
+                .iter()
+                .filter(|(l, _)| l.0 >= lsn.0 + TORN_WINDOW_BYTES)
+                .collect();
+            assert!(!beyond.is_empty(), "the log reaches past the window");
+            let ctx = format!("flip in record {victim} at frame byte {byte_in_frame}");
             let fs = MemFs::new(4);
-            poke_new(&fs, &segment_path(0), &bad);
+            for (path, content) in &files {
+                let mut content = content.clone();
+                if *path == segment_path(0) {
+                    content[lsn.0 as usize + byte_in_frame] ^= 0x08;
+                }
+                poke_new(&fs, path, &content);
+            }
+            let bad = fs.read_file(&segment_path(0)).unwrap();
             let strict = WalConfig {
                 recovery: RecoveryPolicy::Strict,
                 ..config.clone()
@@ -117,8 +188,8 @@ fn bit_flip_in_the_middle_is_cut_under_point_in_time_and_refused_under_strict() 
                     first_valid_after,
                 }) => {
                     assert_eq!(at, *lsn, "{ctx}");
-                    assert_eq!(valid_after, 7 - victim, "{ctx}");
-                    assert_eq!(first_valid_after, records[victim + 1].0, "{ctx}");
+                    assert_eq!(valid_after, beyond.len(), "{ctx}");
+                    assert_eq!(first_valid_after, beyond[0].0, "{ctx}");
                 }
                 Err(other) => panic!("{ctx}: strict gave {other}"),
                 Ok(_) => panic!("{ctx}: strict opened a log with valid records after damage"),
@@ -129,13 +200,18 @@ fn bit_flip_in_the_middle_is_cut_under_point_in_time_and_refused_under_strict() 
                 bad,
                 "{ctx}: strict wrote"
             );
+            assert_eq!(fs.list().len(), files.len(), "{ctx}: strict removed a segment");
 
             let (wal, next) = WalManager::open(DIR, config.clone(), mem_factory(&fs)).unwrap();
             assert_eq!(read_all(&wal), records[..victim], "{ctx}");
             assert_eq!(next, *lsn, "{ctx}");
             let report = wal.recovery_report();
             assert_eq!(report.corruption_at, Some(*lsn), "{ctx}");
-            assert_eq!(report.skipped_valid_records, 7 - victim, "{ctx}");
+            assert_eq!(report.skipped_valid_records, beyond.len(), "{ctx}");
+            assert!(
+                report.in_flight_records_cut >= records.len() - victim - 1 - beyond.len(),
+                "{ctx}"
+            );
         }
     }
 }
