@@ -408,7 +408,8 @@ struct MemHandle {
 ///
 /// Files are opened by path with [`StorageIo::open_file`]; `register_fd` with a real `File` is
 /// unsupported. After [`MemFs::crash`], every op of a backend made before the crash fails with
-/// `Closed`: make a new backend, as a restarted process would.
+/// `Closed`, and so does every completion it delivers after the crash (its process died before
+/// learning the outcome): make a new backend, as a restarted process would.
 pub struct MemIo {
     fs: MemFs,
     epoch: u64,
@@ -716,7 +717,16 @@ impl StorageIo for MemIo {
 
     fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
         self.land_writes();
-        self.queue.poll(out)
+        let from = out.len();
+        let n = self.queue.poll(out);
+        if self.check_alive().is_err() {
+            // A crash came between these ops and their delivery: the process they belonged to
+            // died without learning how they ended (a write in flight may not have landed).
+            for c in &mut out[from..] {
+                c.result = Err(StorageIoError::Closed);
+            }
+        }
+        n
     }
 
     fn wait_completions(

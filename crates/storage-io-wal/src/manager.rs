@@ -96,7 +96,8 @@ struct State {
     /// The WAL I/O thread flushes until everything before this is durable (async commits
     /// raise it as they append).
     async_wanted: u64,
-    /// The newest segment asked of the preparer.
+    /// The newest segment asked of the preparer, or taken by a flush (which then creates it or
+    /// takes it ready-made): a segment is never asked for once a flush has it.
     prepare_asked: u64,
 }
 
@@ -771,6 +772,12 @@ impl Shared {
         let opened_tail = st.tail_open;
         st.pending_records = 0;
         let pieces = std::mem::take(&mut st.pieces);
+        // With several flushes in flight, an earlier flush can be published after this one
+        // took a new segment; its request for that segment would have the preparer truncate
+        // and zero-fill the segment under this flush's records.
+        if let Some(newest) = pieces.iter().filter(|p| p.offset == 0).map(|p| p.segment).max() {
+            st.prepare_asked = st.prepare_asked.max(newest);
+        }
         let bytes = std::mem::replace(&mut st.pending_bytes, 0);
         let end = st.next_lsn;
         if let Some(f) = st.in_flight.iter_mut().find(|f| f.0 == this) {
