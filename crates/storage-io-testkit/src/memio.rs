@@ -737,8 +737,10 @@ impl StorageIo for MemIo {
     ) -> Result<usize> {
         if self.writes_in_flight {
             let latency = self.fs.state.lock().write_latency;
-            if !latency.is_zero() {
-                std::thread::sleep(latency);
+            // Yield rather than sleep: a sleep's timer slack would stretch short latencies.
+            let started = Instant::now();
+            while started.elapsed() < latency {
+                std::thread::yield_now();
             }
         }
         Ok(self.poll_completions(out))

@@ -38,6 +38,9 @@ pub(crate) const KIND_SEGMENT_END: u8 = 2;
 pub(crate) const KIND_PAD: u8 = 3;
 /// The block a pad record fills up to: the direct-I/O write unit.
 pub const PAD_BLOCK_BYTES: u64 = 4096;
+/// A pad's payload: zeros, never longer than two blocks.
+static ZEROS: [u8; 2 * PAD_BLOCK_BYTES as usize] = [0; 2 * PAD_BLOCK_BYTES as usize];
+
 /// The in-flight window: the writer never lets bytes go in flight more than this far past the
 /// durable end of the log while another flush is in flight (a lone flush may be larger). A
 /// crash can leave a hole with valid frames after it only inside this window, so recovery
@@ -98,8 +101,12 @@ pub(crate) fn encode_pad(out: &mut Vec<u8>, lsn: u64) {
     if total == 0 {
         return;
     }
-    let payload = vec![0u8; (total - RECORD_HEADER_BYTES) as usize];
-    encode_record(out, KIND_PAD, lsn, &payload);
+    encode_record(
+        out,
+        KIND_PAD,
+        lsn,
+        &ZEROS[..(total - RECORD_HEADER_BYTES) as usize],
+    );
 }
 
 /// Appends one record frame and its payload to `out`.
@@ -146,7 +153,7 @@ pub(crate) fn decode_frame(image: &[u8], pos: usize, base_lsn: u64, segment_size
         KIND_PAD if len <= room && (base_lsn + (pos + hdr + len) as u64).is_multiple_of(PAD_BLOCK_BYTES) => {
             image
                 .get(pos + hdr..pos + hdr + len)
-                .filter(|p| p.iter().all(|b| *b == 0))
+                .filter(|p| ZEROS.get(..p.len()) == Some(*p))
         }
         _ => None,
     };

@@ -144,10 +144,12 @@ struct Shared {
     /// Flushes allowed in flight at once (1 unless buffered flushes go inline or direct mode
     /// has flush slots).
     max_in_flight: usize,
-    /// Direct mode with several flushes in flight: the free flush slots, each a `SegmentIo` on
-    /// a backend of its own, on which a flush's writes are submitted and waited for after the
-    /// writer staged them (empty otherwise).
-    slots: Mutex<Vec<SegmentIo>>,
+    /// Direct mode with several flushes in flight: the flush slots, each a `SegmentIo` on a
+    /// backend of its own, on which a flush's writes are submitted and waited for after the
+    /// writer staged them.
+    slots: Mutex<SlotPool>,
+    /// Wakes a flush waiting for a slot to come back (when no more can be made).
+    slot_back: Condvar,
     /// Flushes go through `slots` (direct mode, `max_flushes_in_flight > 1`).
     slotted: bool,
     /// Wakes a leader that is gathering a batch (group delay) once the batch is full.
@@ -298,14 +300,16 @@ impl WalManager {
         } else {
             1
         };
-        let mut slots = Vec::new();
+        let mut slots = SlotPool {
+            free: Vec::new(),
+            made: 0,
+            sync_direct: !dsync_trusted,
+        };
         if slotted {
-            for _ in 0..max_in_flight {
-                let mut slot =
-                    SegmentIo::new(factory(0)?, &dir, segment_size, config.write_chunk_bytes, true);
-                slot.set_sync_direct(!dsync_trusted);
-                slots.push(slot);
-            }
+            // The first slot now, so that a factory that cannot make one fails the open; the
+            // rest as flushes overlap.
+            let slot = slots.make(&factory, &dir, segment_size, config.write_chunk_bytes)?;
+            slots.free.push(slot);
         }
         let shared = Arc::new(Shared {
             segment_size,
@@ -315,6 +319,7 @@ impl WalManager {
             covered: (0..max_in_flight + 2).map(|_| Condvar::new()).collect(),
             max_in_flight,
             slots: Mutex::new(slots),
+            slot_back: Condvar::new(),
             slotted,
             gather: Condvar::new(),
             tick: Condvar::new(),
@@ -893,13 +898,10 @@ impl Shared {
                 Ok(())
             }
             Unfinished::Direct(staged) => {
-                let mut slot = self
-                    .slots
-                    .lock()
-                    .pop()
-                    .ok_or(StorageIoError::invalid("no free wal flush slot"))?;
+                let mut slot = self.take_slot();
                 let written = slot.write_staged(&staged, self.config.sync_mode.syncs());
-                self.slots.lock().push(slot);
+                self.slots.lock().free.push(slot);
+                self.slot_back.notify_one();
                 match written {
                     Ok(synced) => {
                         self.counters
@@ -913,6 +915,33 @@ impl Shared {
                     }
                 }
             }
+        }
+    }
+
+    /// A free flush slot: one that came back, a new one while fewer than the flushes allowed in
+    /// flight exist, or (when the factory cannot make more) the next one that comes back; at
+    /// least one exists, made at open.
+    fn take_slot(&self) -> SegmentIo {
+        let mut pool = self.slots.lock();
+        loop {
+            if let Some(slot) = pool.free.pop() {
+                return slot;
+            }
+            if pool.made < self.max_in_flight {
+                match pool.make(
+                    &self.factory,
+                    &self.dir,
+                    self.segment_size,
+                    self.config.write_chunk_bytes,
+                ) {
+                    Ok(slot) => return slot,
+                    Err(e) => {
+                        tracing::warn!(error = %e, slots = pool.made, "the wal cannot make another flush slot; flushes share the ones it has");
+                        pool.made = self.max_in_flight;
+                    }
+                }
+            }
+            self.slot_back.wait(&mut pool);
         }
     }
 
@@ -1005,6 +1034,32 @@ fn dsync_trusted(dir: &Path) -> bool {
             tracing::debug!(dir = %dir.display(), error = %e, "the wal directory is not on an OS file system; the backend's O_DSYNC is trusted");
             true
         }
+    }
+}
+
+/// The flush slots of direct mode with several flushes in flight.
+struct SlotPool {
+    free: Vec<SegmentIo>,
+    /// Slots made so far (set to the maximum once the factory refused one).
+    made: usize,
+    /// Slots datasync after their writes (O_DSYNC not trusted).
+    sync_direct: bool,
+}
+
+impl SlotPool {
+    /// A new slot: a direct-mode `SegmentIo` on a backend of its own (`factory(0)`, the log's
+    /// writer's kind).
+    fn make(
+        &mut self,
+        factory: &BackendFactory,
+        dir: &Path,
+        segment_size: u64,
+        chunk: usize,
+    ) -> Result<SegmentIo, StorageIoError> {
+        let mut slot = SegmentIo::new(factory(0)?, dir, segment_size, chunk, true);
+        slot.set_sync_direct(self.sync_direct);
+        self.made += 1;
+        Ok(slot)
     }
 }
 

@@ -24,7 +24,7 @@ const COMMITS: u8 = 24;
 fn config(k: u64) -> WalConfig {
     WalConfig {
         // Small segments so that batches cross segment ends often; both sync modes.
-        segment_size_bytes: if k.is_multiple_of(2) { 16 << 10 } else { 64 << 10 },
+        segment_size_bytes: if k.is_multiple_of(2) { 12 << 10 } else { 32 << 10 },
         direct_io: true,
         max_flushes_in_flight: 2 + (k % 3) as usize * 3, // 2, 5, 8
         sync_mode: if k.is_multiple_of(5) {
@@ -96,7 +96,7 @@ fn commit_concurrently(wal: &Arc<WalManager>) -> Seen {
 /// two or more writes in flight.
 fn crash_point(k: u64, ops: u64) -> (bool, bool) {
     let fs = MemFs::new(k);
-    fs.set_write_latency(Duration::from_micros(30));
+    fs.set_write_latency(Duration::from_micros(20));
     let factory = mem_factory(&fs);
     let cfg = config(k);
     let dir = Path::new(DIR);
@@ -164,7 +164,7 @@ fn crash_point(k: u64, ops: u64) -> (bool, bool) {
 fn crash_at_ten_thousand_points_with_several_direct_flushes_in_flight_loses_no_acknowledged_record() {
     // A dry run sizes the range of crash points: the ops one workload makes.
     let dry = MemFs::new(0);
-    dry.set_write_latency(Duration::from_micros(30));
+    dry.set_write_latency(Duration::from_micros(20));
     {
         let wal = Arc::new(WalManager::open(DIR, config(0), mem_factory(&dry)).unwrap().0);
         let seen = commit_concurrently(&wal);
