@@ -98,6 +98,15 @@ pub(crate) fn row(
     }
 }
 
+/// `WalConfig::max_flushes_in_flight` for our cells: `STORAGE_IO_WAL_FLUSHES_IN_FLIGHT` when
+/// set (to compare settings run by run), else the WAL's default.
+pub fn flushes_in_flight() -> usize {
+    std::env::var("STORAGE_IO_WAL_FLUSHES_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(WalConfig::default().max_flushes_in_flight)
+}
+
 /// One WAL cell: who commits, how, for how long.
 #[derive(Debug, Clone, Copy)]
 pub struct WalCell<'a> {
@@ -128,6 +137,7 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
     let config = WalConfig {
         segment_size_bytes: 64 << 20,
         direct_io: direct,
+        max_flushes_in_flight: flushes_in_flight(),
         ..WalConfig::default()
     };
     let (wal, _) = WalManager::open(dir.path(), config, factory(backend)?)?;

@@ -43,22 +43,26 @@ impl SyncMode {
 }
 
 /// What recovery does when it finds an invalid record that is followed by valid ones. A torn
-/// tail (nothing valid after the first invalid frame) is always cut off: that is what a crash
-/// during a write leaves. The table in `docs/architecture.md` lists every case.
+/// tail is always cut off, under either policy: nothing valid after the first invalid frame,
+/// or valid frames only inside the in-flight window after it
+/// ([`TORN_WINDOW_BYTES`](crate::format::TORN_WINDOW_BYTES): writes that landed while an
+/// earlier one in flight did not, never acknowledged). The table in `docs/architecture.md`
+/// lists every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecoveryPolicy {
     /// Keep the log up to the first invalid record and cut everything after it, reporting how
-    /// many valid records were cut ([`RecoveryReport::skipped_valid_records`]). A crash in the
-    /// middle of a flush that spans sectors or segments can leave valid but never-acknowledged
-    /// records after a hole, so this is the default.
+    /// many valid records beyond the window were cut
+    /// ([`RecoveryReport::skipped_valid_records`]). The default: it opens whatever a crash
+    /// left, and reports damage rather than refusing.
     ///
     /// [`RecoveryReport::skipped_valid_records`]: crate::RecoveryReport::skipped_valid_records
     #[default]
     PointInTime,
-    /// Refuse to open ([`WalError::Corrupt`]) when valid records follow an invalid one, so
-    /// that nothing is cut without a person looking. Use it on storage that never tears a
-    /// write; after a crash mid-flush it may refuse a log that `PointInTime` would open.
+    /// Refuse to open ([`WalError::Corrupt`]) when valid records follow an invalid one beyond
+    /// the in-flight window, so that damage in the middle of the log is never cut without a
+    /// person looking. A crash cannot leave that (the writer keeps every write in flight
+    /// inside the window), except in the middle of one flush larger than the window.
     Strict,
 }
 
@@ -120,12 +124,23 @@ pub struct WalConfig {
     /// single committer pays in every commit. In-memory backends (no OS file) and `direct_io`
     /// always go through the backend. Default true (docs/benchmarks.md has the measurement).
     pub inline_io: bool,
-    /// Flushes in flight at once, with `inline_io` in buffered mode: while one flush's
-    /// fdatasync runs, the next batch is written and synced beside it (ext4 runs fdatasyncs of
-    /// one file concurrently). A commit is acknowledged only once every earlier flush is
-    /// durable too. Other modes keep one. 1 to 8; default 1: consecutive batches share the
-    /// log's tail page, so on this VM the next batch's write waits for the page's writeback
-    /// and 2 or 4 in flight committed fewer records per second than 1 (docs/benchmarks.md).
+    /// Flushes in flight at once (1 to 8). A commit is acknowledged only once every earlier
+    /// flush is durable too; while flushes are in flight, no bytes go out more than
+    /// [`TORN_WINDOW_BYTES`](crate::format::TORN_WINDOW_BYTES) past the durable end, which is
+    /// what lets recovery read a hole among them as a torn tail.
+    /// - Buffered mode with `inline_io`: while one flush's fdatasync runs, the next batch is
+    ///   written and synced beside it (ext4 runs fdatasyncs of one file concurrently).
+    /// - `direct_io`: each flush's O_DIRECT | O_DSYNC writes go out on a flush slot (a backend
+    ///   of its own, from the factory's index 0) while the next batch is staged. A batch that
+    ///   may have company in flight ends in a pad record, so that the next starts on a fresh
+    ///   4 KiB block and no two writes in flight share one; a lone committer's batches are not
+    ///   padded.
+    /// - Other modes keep one.
+    ///
+    /// Default 1: on the VM this was measured on (a virtio disk without FUA, where every
+    /// O_DSYNC write is a write and a cache flush) more in flight made smaller batches whose
+    /// flushes queued behind each other's cache flushes, and committed fewer records per second
+    /// in both modes (docs/benchmarks.md has the figures). Measure on your device.
     pub max_flushes_in_flight: usize,
 }
 

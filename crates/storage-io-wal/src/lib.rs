@@ -16,13 +16,16 @@
 //!   ([`format`](mod@format)). A record never spans two segments. An [`Lsn`] is a byte position in the log.
 //! - **Group commit** ([`SyncMode`]): one leader writes the whole queued batch and issues one
 //!   fdatasync that covers every committer that joined it.
-//! - **What bounds group commit.** One flush is in flight at a time (consecutive batches share
-//!   the log's tail block, so two writes of it may not race). A commit waits for at least one
+//! - **What bounds group commit.** By default one flush is in flight at a time
+//!   ([`WalConfig::max_flushes_in_flight`] allows more: in direct mode a batch with company in
+//!   flight then ends in a pad record so that no two writes in flight share a block). A commit waits for at least one
 //!   durable write (L), and its thread must be woken (w) before it appends again, so N
 //!   committers make at most N / (L + w) commits a second. When records are waiting, the next
 //!   flush starts as soon as one ends, so a committer that appends while flush *k* runs waits
 //!   for *k* and then for *k + 1*: N committers settle into two cohorts that take turns, at
-//!   about N / (2 × L). With L = 200 µs, 64 committers reach at most 160k/s that way. A group
+//!   about N / (2 × L). With L = 200 µs, 64 committers reach at most 160k/s that way. Several
+//!   flushes in flight split the cohorts, but on a disk whose O_DSYNC writes each need a cache
+//!   flush the flushes queue behind each other's cache flushes (docs/benchmarks.md). A group
 //!   delay ([`SyncMode::Group`]'s `max_delay_us`) merges the cohorts, but only by idling the disk
 //!   while the woken committers come back. The bench's `CPU µs/op` column shows what each
 //!   sleep and wake-up costs.
@@ -34,9 +37,10 @@
 //! - **Failure**: a failed write or fdatasync *poisons* the WAL ([`WalError::Poisoned`]): it is
 //!   never retried as success, and nothing more is accepted until the log is reopened. A full
 //!   disk is the exception that loses nothing ([`WalError::DiskFull`]).
-//! - **Recovery** scans every segment, verifies each record, zeroes a torn tail and follows a
-//!   [`RecoveryPolicy`] for damage in the middle (the table is in `docs/architecture.md` and
-//!   on [`recovery`]).
+//! - **Recovery** scans every segment, verifies each record, zeroes a torn tail (valid frames
+//!   after a hole count as torn when they lie inside the in-flight window,
+//!   [`format::TORN_WINDOW_BYTES`]) and follows a [`RecoveryPolicy`] for damage in the middle
+//!   (the table is in `docs/architecture.md` and on [`recovery`]).
 //!
 //! ```
 //! use std::sync::Arc;
