@@ -165,6 +165,8 @@ impl MemFs {
             epoch,
             id,
             writes_in_flight: false,
+            dsync_submitted: false,
+            dsync_tokens: Vec::new(),
             max_io_bytes: config.max_io_bytes,
             files: FdTable::with_capacity(config.max_files),
             queue: InlineQueue::new(config.queue_depth),
@@ -408,8 +410,9 @@ struct MemHandle {
 ///
 /// Files are opened by path with [`StorageIo::open_file`]; `register_fd` with a real `File` is
 /// unsupported. After [`MemFs::crash`], every op of a backend made before the crash fails with
-/// `Closed`, and so does every completion it delivers after the crash (its process died before
-/// learning the outcome): make a new backend, as a restarted process would.
+/// `Closed`, and so does the completion it delivers after the crash of an `O_DSYNC` write that
+/// was in flight (the crash may have dropped it): make a new backend, as a restarted process
+/// would.
 pub struct MemIo {
     fs: MemFs,
     epoch: u64,
@@ -417,6 +420,11 @@ pub struct MemIo {
     id: u64,
     /// Writes of this backend are in flight (delivery makes them durable).
     writes_in_flight: bool,
+    /// The last `inline_write` put an `O_DSYNC` write in flight (its token goes to `dsync_tokens`).
+    dsync_submitted: bool,
+    /// Tokens of this backend's `O_DSYNC` writes not yet delivered: after a crash their
+    /// completions say `Closed`, since the crash may have dropped them.
+    dsync_tokens: Vec<IoToken>,
     max_io_bytes: usize,
     files: FdTable<MemHandle>,
     queue: InlineQueue,
@@ -438,6 +446,16 @@ impl MemIo {
     fn admit(&self) -> Result<()> {
         self.check_alive()?;
         self.queue.admit()
+    }
+
+    /// Remembers the token of a write that went in flight as `O_DSYNC`.
+    fn note_dsync(&mut self, token: Result<IoToken>) -> Result<IoToken> {
+        if std::mem::take(&mut self.dsync_submitted)
+            && let Ok(t) = &token
+        {
+            self.dsync_tokens.push(*t);
+        }
+        token
     }
 
     /// Delivery: this backend's `O_DSYNC` writes in flight reach the disk (unless a crash came
@@ -526,6 +544,7 @@ impl InlineBackend for MemIo {
                 },
             });
             self.writes_in_flight = true;
+            self.dsync_submitted = true;
         } else {
             file.unsynced.push(WriteRecord {
                 offset,
@@ -692,15 +711,18 @@ impl StorageIo for MemIo {
     }
 
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
-        self.write_copied(fd, data, Some(offset))
+        let token = self.write_copied(fd, data, Some(offset));
+        self.note_dsync(token)
     }
 
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
-        self.write_owned(fd, buf, offset)
+        let token = self.write_owned(fd, buf, offset)?;
+        Ok(self.note_dsync(Ok(token)).unwrap_or(token))
     }
 
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
-        self.write_copied(fd, data, None)
+        let token = self.write_copied(fd, data, None);
+        self.note_dsync(token)
     }
 
     fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
@@ -720,12 +742,15 @@ impl StorageIo for MemIo {
         let from = out.len();
         let n = self.queue.poll(out);
         if self.check_alive().is_err() {
-            // A crash came between these ops and their delivery: the process they belonged to
-            // died without learning how they ended (a write in flight may not have landed).
+            // A crash came between these O_DSYNC writes and their delivery, and may have
+            // dropped them: their process learns nothing of how they ended.
             for c in &mut out[from..] {
-                c.result = Err(StorageIoError::Closed);
+                if self.dsync_tokens.contains(&c.token) {
+                    c.result = Err(StorageIoError::Closed);
+                }
             }
         }
+        self.dsync_tokens.clear();
         n
     }
 
