@@ -1,9 +1,11 @@
-//! The testkit's conformance suite against both portable backends.
+//! The testkit's conformance suite against both portable backends, one test per case and
+//! configuration.
 #![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use storage_io_core::{IoConfig, StorageIo};
 use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
-use storage_io_testkit::conformance::{self, ConformanceOptions};
+use storage_io_testkit::conformance::ConformanceOptions;
+use storage_io_testkit::conformance_tests;
 
 fn options() -> ConformanceOptions {
     ConformanceOptions {
@@ -13,17 +15,17 @@ fn options() -> ConformanceOptions {
     }
 }
 
-#[test]
-fn sync_backend_conformance() {
-    conformance::run_with(
+mod sync_backend {
+    use super::*;
+    conformance_tests!(
         || -> Box<dyn StorageIo> { Box::new(SyncStorageIo::new(&IoConfig::default()).unwrap()) },
-        &options(),
+        options()
     );
 }
 
-#[test]
-fn thread_pool_backend_conformance() {
-    conformance::run_with(
+mod thread_pool {
+    use super::*;
+    conformance_tests!(
         || -> Box<dyn StorageIo> {
             Box::new(
                 ThreadPoolStorageIo::new(&IoConfig {
@@ -33,14 +35,14 @@ fn thread_pool_backend_conformance() {
                 .unwrap(),
             )
         },
-        &options(),
+        options()
     );
 }
 
-#[test]
-fn thread_pool_without_nowait_reads_conformance() {
-    // Every read goes to a worker (the page-cache fast path off).
-    conformance::run_with(
+/// Every read goes to a worker (the page-cache fast path off).
+mod thread_pool_without_nowait_reads {
+    use super::*;
+    conformance_tests!(
         || -> Box<dyn StorageIo> {
             Box::new(
                 ThreadPoolStorageIo::new(&IoConfig {
@@ -51,14 +53,14 @@ fn thread_pool_without_nowait_reads_conformance() {
                 .unwrap(),
             )
         },
-        &options(),
+        options()
     );
 }
 
-#[test]
-fn thread_pool_single_worker_conformance() {
-    // One worker serialises everything: the barrier logic must not deadlock on it.
-    conformance::run_with(
+/// One worker serialises everything: the barrier logic must not deadlock on it.
+mod thread_pool_single_worker {
+    use super::*;
+    conformance_tests!(
         || -> Box<dyn StorageIo> {
             Box::new(
                 ThreadPoolStorageIo::new(&IoConfig {
@@ -69,10 +71,10 @@ fn thread_pool_single_worker_conformance() {
                 .unwrap(),
             )
         },
-        &ConformanceOptions {
+        ConformanceOptions {
             model_cases: 16,
             ..options()
-        },
+        }
     );
 }
 

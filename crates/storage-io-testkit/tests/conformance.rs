@@ -1,10 +1,12 @@
 //! The conformance suite on the testkit's own backends: MemIo, and FaultyIo wrapping real
-//! backends with only contract-respecting faults (delays and reordering).
+//! backends with only contract-respecting faults (delays and reordering). One test per case and
+//! backend (`conformance_tests!`), so that one failure does not hide the rest.
 #![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use storage_io_core::{IoConfig, OpKind, StorageIo};
 use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
-use storage_io_testkit::conformance::{self, ConformanceOptions};
+use storage_io_testkit::conformance::ConformanceOptions;
+use storage_io_testkit::conformance_tests;
 use storage_io_testkit::faulty::{Fault, FaultPlan, FaultyIo};
 use storage_io_testkit::memio::MemFs;
 
@@ -23,28 +25,33 @@ fn delays(seed: u64) -> FaultPlan {
         .reorder(true)
 }
 
-#[test]
-fn memio_conformance() {
-    let fs = MemFs::new(5);
-    conformance::run_with(|| -> Box<dyn StorageIo> { Box::new(fs.backend()) }, &options());
+mod memio {
+    use super::*;
+    conformance_tests!(
+        {
+            let fs = MemFs::new(5);
+            move || -> Box<dyn StorageIo> { Box::new(fs.backend()) }
+        },
+        options()
+    );
 }
 
-#[test]
-fn faulty_delays_over_sync_conformance() {
-    conformance::run_with(
+mod faulty_delays_over_sync {
+    use super::*;
+    conformance_tests!(
         || -> Box<dyn StorageIo> {
             Box::new(FaultyIo::new(
                 SyncStorageIo::new(&IoConfig::default()).unwrap(),
                 delays(1),
             ))
         },
-        &options(),
+        options()
     );
 }
 
-#[test]
-fn faulty_delays_over_thread_pool_conformance() {
-    conformance::run_with(
+mod faulty_delays_over_thread_pool {
+    use super::*;
+    conformance_tests!(
         || -> Box<dyn StorageIo> {
             let inner = ThreadPoolStorageIo::new(&IoConfig {
                 workers: 2,
@@ -53,9 +60,34 @@ fn faulty_delays_over_thread_pool_conformance() {
             .unwrap();
             Box::new(FaultyIo::new(inner, delays(2)))
         },
-        &ConformanceOptions {
+        ConformanceOptions {
             model_cases: 24,
+            ..options()
+        }
+    );
+}
+
+/// `run_with` runs the same table in one call, and `run_case` refuses a name that is no case.
+#[test]
+fn run_with_covers_every_case_and_run_case_refuses_unknown_names() {
+    assert_eq!(storage_io_testkit::conformance::CASES.len(), 15);
+    let fs = MemFs::new(6);
+    storage_io_testkit::conformance::run_with(
+        || -> Box<dyn StorageIo> { Box::new(fs.backend()) },
+        &ConformanceOptions {
+            model_cases: 4,
+            verbose: false,
             ..options()
         },
     );
+    let unknown = std::panic::catch_unwind(|| {
+        storage_io_testkit::conformance::run_case(
+            "no_such_case",
+            || -> Box<dyn StorageIo> { Box::new(MemFs::new(7).backend()) },
+            &options(),
+        )
+    });
+    let message = unknown.unwrap_err();
+    let text = message.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(text.contains("no case named \"no_such_case\""), "{text}");
 }

@@ -1,229 +1,8 @@
-//! The conformance suite: one call checks the whole [`StorageIo`] contract against any backend.
-//!
-//! ```no_run
-//! // In your backend crate's tests/conformance.rs:
-//! use storage_io_core::{IoConfig, StorageIo};
-//! #[test]
-//! fn my_backend_conformance() {
-//!     storage_io_testkit::conformance::run(|| -> Box<dyn StorageIo> {
-//!         Box::new(storage_io_sync::SyncStorageIo::new(&IoConfig::default()).unwrap())
-//!     });
-//! }
-//! ```
-//!
-//! Every case opens its files through the backend ([`StorageIo::open_file`]), so in-memory
-//! backends run the suite too; the direct-I/O case needs real files and says so when it skips.
-//! A failing case panics with the case's name and what the contract expected.
+//! The contract cases: one function each, run on a fresh backend.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use super::*;
 
-use proptest::prelude::*;
-use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
-use storage_io_core::{
-    AlignedBuf, InvalidArgument, IoBuf, IoCompletion, IoFd, IoToken, OpKind, OpenOptions, StorageIo,
-    StorageIoError, open_file,
-};
-
-/// How long any wait for completions may take before the suite calls the backend stuck.
-const STUCK_AFTER: Duration = Duration::from_secs(30);
-
-/// Options of a conformance run.
-#[derive(Debug, Clone)]
-pub struct ConformanceOptions {
-    /// Where real files are made; a fresh temporary directory is created inside it.
-    /// Default: `STORAGE_IO_TEST_DIR` if set, else the system temporary directory.
-    pub dir: Option<PathBuf>,
-    /// Random op sequences checked against the in-memory model. Default 48
-    /// (`STORAGE_IO_CONFORMANCE_CASES` overrides).
-    pub model_cases: u32,
-    /// Longest random op sequence. Default 160.
-    pub model_max_ops: usize,
-    /// Print a line per case to stderr. Default true.
-    pub verbose: bool,
-}
-
-impl Default for ConformanceOptions {
-    fn default() -> Self {
-        ConformanceOptions {
-            dir: std::env::var_os("STORAGE_IO_TEST_DIR").map(PathBuf::from),
-            model_cases: std::env::var("STORAGE_IO_CONFORMANCE_CASES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(48),
-            model_max_ops: 160,
-            verbose: true,
-        }
-    }
-}
-
-/// The names of every case, in the order [`run`] runs them.
-pub const CASES: &[&str] = &[
-    "read_after_write",
-    "unique_tokens_across_op_kinds",
-    "write_datasync_returns_buffers_and_drains",
-    "datasync_completes_after_earlier_writes",
-    "append_assigns_offsets_in_order",
-    "bad_fd_is_refused_and_buffers_come_back",
-    "deregister_waits_for_in_flight_ops",
-    "errors_return_buffers_and_keep_errno",
-    "direct_io_alignment_is_enforced",
-    "eof_reads_are_short_successes",
-    "queue_full_is_reported_and_nothing_is_lost",
-    "wait_completions_returns_when_idle",
-    "stats_count_every_op",
-    "random_ops_match_the_model",
-    "alloc_buf_carries_io_and_outlives_the_backend",
-];
-
-/// Runs every case against backends made by `make` (a fresh backend per case), with default
-/// options. Panics on the first violation, naming the case.
-pub fn run<F>(make: F)
-where
-    F: Fn() -> Box<dyn StorageIo>,
-{
-    run_with(make, &ConformanceOptions::default());
-}
-
-/// Runs every case with `options`.
-pub fn run_with<F>(make: F, options: &ConformanceOptions)
-where
-    F: Fn() -> Box<dyn StorageIo>,
-{
-    let tmp = match &options.dir {
-        Some(d) => tempfile::tempdir_in(d),
-        None => tempfile::tempdir(),
-    }
-    .expect("conformance: cannot create a temporary directory (set STORAGE_IO_TEST_DIR)");
-    let mut ctx = Ctx {
-        make: &make,
-        root: tmp.path().to_path_buf(),
-        next: 0,
-        options: options.clone(),
-        backend: make().name(),
-    };
-    type Case = fn(&mut Ctx<'_>);
-    let cases: [Case; 15] = [
-        read_after_write,
-        unique_tokens_across_op_kinds,
-        write_datasync_returns_buffers_and_drains,
-        datasync_completes_after_earlier_writes,
-        append_assigns_offsets_in_order,
-        bad_fd_is_refused_and_buffers_come_back,
-        deregister_waits_for_in_flight_ops,
-        errors_return_buffers_and_keep_errno,
-        direct_io_alignment_is_enforced,
-        eof_reads_are_short_successes,
-        queue_full_is_reported_and_nothing_is_lost,
-        wait_completions_returns_when_idle,
-        stats_count_every_op,
-        random_ops_match_the_model,
-        alloc_buf_carries_io_and_outlives_the_backend,
-    ];
-    for (name, case) in CASES.iter().zip(cases) {
-        let started = Instant::now();
-        case(&mut ctx);
-        if options.verbose {
-            eprintln!(
-                "conformance [{}] {name}: ok ({} ms)",
-                ctx.backend,
-                started.elapsed().as_millis()
-            );
-        }
-    }
-}
-
-struct Ctx<'a> {
-    make: &'a dyn Fn() -> Box<dyn StorageIo>,
-    root: PathBuf,
-    next: usize,
-    options: ConformanceOptions,
-    backend: &'static str,
-}
-
-impl Ctx<'_> {
-    fn backend(&self) -> Box<dyn StorageIo> {
-        (self.make)()
-    }
-
-    fn path(&mut self, name: &str) -> PathBuf {
-        self.next += 1;
-        self.root.join(format!("{}-{name}", self.next))
-    }
-
-    fn create(&mut self, io: &mut dyn StorageIo, name: &str) -> (IoFd, PathBuf) {
-        let path = self.path(name);
-        let fd = io
-            .open_file(&path, &OpenOptions::create())
-            .unwrap_or_else(|e| panic!("open_file({}) failed: {e}", path.display()));
-        (fd, path)
-    }
-}
-
-/// How many ops of a burst of `wanted` fit in the backend's queue (leaving one slot spare).
-fn burst(io: &dyn StorageIo, wanted: usize) -> usize {
-    wanted
-        .min(io.capabilities().max_in_flight.saturating_sub(1))
-        .max(1)
-}
-
-/// Deterministic test bytes.
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Waits until nothing is pending, returning every completion in delivery order.
-fn drain(io: &mut dyn StorageIo) -> Vec<IoCompletion> {
-    let mut out = Vec::new();
-    let deadline = Instant::now() + STUCK_AFTER;
-    while io.pending_count() > 0 {
-        let want = io.pending_count();
-        io.wait_completions(&mut out, want, Some(Duration::from_millis(200)))
-            .expect("wait_completions failed");
-        assert!(
-            Instant::now() < deadline,
-            "backend stuck: {} ops still pending after {STUCK_AFTER:?}",
-            io.pending_count()
-        );
-    }
-    io.poll_completions(&mut out);
-    out
-}
-
-fn ok_bytes(c: &IoCompletion) -> usize {
-    match &c.result {
-        Ok(n) => *n,
-        Err(e) => panic!("{} {} failed: {e}", c.op, c.token),
-    }
-}
-
-/// Reads `len` bytes at `offset` and waits for them.
-fn read_back(io: &mut dyn StorageIo, fd: IoFd, offset: u64, len: usize) -> Vec<u8> {
-    let token = io
-        .submit_read(fd, IoBuf::Vec(vec![0; len]), offset)
-        .map_err(|e| e.error)
-        .expect("submit_read");
-    let done = drain(io);
-    let c = done
-        .into_iter()
-        .find(|c| c.token == token)
-        .expect("the read's completion");
-    let n = ok_bytes(&c);
-    let buf = c.buf.expect("a read hands its buffer back").into_vec();
-    assert_eq!(buf.len(), n, "the returned buffer is truncated to the bytes read");
-    buf
-}
-
-fn read_after_write(ctx: &mut Ctx<'_>) {
+pub(super) fn read_after_write(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "raw");
     let a = pattern(1, 4096);
@@ -253,7 +32,7 @@ fn read_after_write(ctx: &mut Ctx<'_>) {
     assert_eq!(io.file_len(fd).expect("file_len"), 20_001);
 }
 
-fn unique_tokens_across_op_kinds(ctx: &mut Ctx<'_>) {
+pub(super) fn unique_tokens_across_op_kinds(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "tokens");
     let mut submitted: HashMap<IoToken, OpKind> = HashMap::new();
@@ -306,7 +85,7 @@ fn unique_tokens_across_op_kinds(ctx: &mut Ctx<'_>) {
     assert_eq!(io.pending_count(), 0);
 }
 
-fn write_datasync_returns_buffers_and_drains(ctx: &mut Ctx<'_>) {
+pub(super) fn write_datasync_returns_buffers_and_drains(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "wds");
     let mut expected = HashMap::new();
@@ -344,7 +123,7 @@ fn write_datasync_returns_buffers_and_drains(ctx: &mut Ctx<'_>) {
     );
 }
 
-fn datasync_completes_after_earlier_writes(ctx: &mut Ctx<'_>) {
+pub(super) fn datasync_completes_after_earlier_writes(ctx: &mut Ctx<'_>) {
     for sync_kind in [OpKind::Datasync, OpKind::Fsync] {
         let mut io = ctx.backend();
         let (a, _) = ctx.create(io.as_mut(), "barrier-a");
@@ -382,7 +161,7 @@ fn datasync_completes_after_earlier_writes(ctx: &mut Ctx<'_>) {
     }
 }
 
-fn append_assigns_offsets_in_order(ctx: &mut Ctx<'_>) {
+pub(super) fn append_assigns_offsets_in_order(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, path) = ctx.create(io.as_mut(), "append");
     io.submit_write(fd, b"0123456789", 0).expect("write header");
@@ -417,7 +196,7 @@ fn append_assigns_offsets_in_order(ctx: &mut Ctx<'_>) {
     assert_eq!(c.offset, expect.len() as u64);
 }
 
-fn bad_fd_is_refused_and_buffers_come_back(ctx: &mut Ctx<'_>) {
+pub(super) fn bad_fd_is_refused_and_buffers_come_back(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "badfd");
     let forged = IoFd {
@@ -460,7 +239,7 @@ fn bad_fd_is_refused_and_buffers_come_back(ctx: &mut Ctx<'_>) {
     assert!(io.submit_write(fd, b"x", 0).is_err());
 }
 
-fn deregister_waits_for_in_flight_ops(ctx: &mut Ctx<'_>) {
+pub(super) fn deregister_waits_for_in_flight_ops(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, path) = ctx.create(io.as_mut(), "dereg");
     let mut submitted = HashSet::new();
@@ -518,7 +297,7 @@ fn expect_failure_with_buffer(
     }
 }
 
-fn errors_return_buffers_and_keep_errno(ctx: &mut Ctx<'_>) {
+pub(super) fn errors_return_buffers_and_keep_errno(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, path) = ctx.create(io.as_mut(), "errors");
     io.submit_write(fd, &pattern(9, 8192), 0).expect("seed data");
@@ -558,7 +337,7 @@ fn errors_return_buffers_and_keep_errno(ctx: &mut Ctx<'_>) {
     assert_eq!(io.pending_count(), 0);
 }
 
-fn direct_io_alignment_is_enforced(ctx: &mut Ctx<'_>) {
+pub(super) fn direct_io_alignment_is_enforced(ctx: &mut Ctx<'_>) {
     let path = ctx.path("direct");
     let opened = match open_file(&path, &OpenOptions::create().with_direct(true)) {
         Ok(o) => o,
@@ -651,7 +430,7 @@ fn direct_io_alignment_is_enforced(ctx: &mut Ctx<'_>) {
     assert_eq!(io.pending_count(), 0);
 }
 
-fn eof_reads_are_short_successes(ctx: &mut Ctx<'_>) {
+pub(super) fn eof_reads_are_short_successes(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "eof");
     io.submit_write(fd, &pattern(8, 5000), 0).expect("write");
@@ -691,7 +470,7 @@ fn eof_reads_are_short_successes(ctx: &mut Ctx<'_>) {
     assert!(!c.is_eof(), "a read that got all it asked for is not EOF");
 }
 
-fn queue_full_is_reported_and_nothing_is_lost(ctx: &mut Ctx<'_>) {
+pub(super) fn queue_full_is_reported_and_nothing_is_lost(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "qfull");
     let limit = io.capabilities().max_in_flight;
@@ -731,7 +510,7 @@ fn queue_full_is_reported_and_nothing_is_lost(ctx: &mut Ctx<'_>) {
     drain(io.as_mut());
 }
 
-fn wait_completions_returns_when_idle(ctx: &mut Ctx<'_>) {
+pub(super) fn wait_completions_returns_when_idle(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "idle");
     let mut out = Vec::new();
@@ -759,7 +538,7 @@ fn wait_completions_returns_when_idle(ctx: &mut Ctx<'_>) {
     assert_eq!(io.pending_count(), 0);
 }
 
-fn stats_count_every_op(ctx: &mut Ctx<'_>) {
+pub(super) fn stats_count_every_op(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "stats");
     let writes = burst(io.as_ref(), 10) as u64;
@@ -783,290 +562,10 @@ fn stats_count_every_op(ctx: &mut Ctx<'_>) {
     assert_eq!(s.latency_ns(OpKind::Write).len(), writes);
 }
 
-/// One step of a random op sequence.
-#[derive(Debug, Clone)]
-enum ModelOp {
-    Write {
-        file: usize,
-        offset: u32,
-        len: u16,
-        seed: u8,
-        owned: bool,
-    },
-    Append {
-        file: usize,
-        len: u16,
-        seed: u8,
-    },
-    Read {
-        file: usize,
-        offset: u32,
-        len: u16,
-    },
-    Sync {
-        file: usize,
-        full: bool,
-    },
-    Poll,
-    Wait,
-}
-
-fn model_op() -> impl Strategy<Value = ModelOp> {
-    prop_oneof![
-        6 => (0..2usize, 0..49_152u32, 1..6000u16, any::<u8>(), any::<bool>())
-            .prop_map(|(file, offset, len, seed, owned)| ModelOp::Write { file, offset, len, seed, owned }),
-        3 => (0..2usize, 1..3000u16, any::<u8>()).prop_map(|(file, len, seed)| ModelOp::Append { file, len, seed }),
-        5 => (0..2usize, 0..60_000u32, 1..8000u16).prop_map(|(file, offset, len)| ModelOp::Read { file, offset, len }),
-        2 => (0..2usize, any::<bool>()).prop_map(|(file, full)| ModelOp::Sync { file, full }),
-        2 => Just(ModelOp::Poll),
-        1 => Just(ModelOp::Wait),
-    ]
-}
-
-enum Expect {
-    Write {
-        file: usize,
-        offset: u64,
-        len: usize,
-        owned: Option<Vec<u8>>,
-    },
-    Read {
-        file: usize,
-        expected: Vec<u8>,
-    },
-    Sync {
-        writes_before: Vec<IoToken>,
-    },
-}
-
-struct Harness<'a> {
-    io: &'a mut dyn StorageIo,
-    fds: [IoFd; 2],
-    model: [Vec<u8>; 2],
-    cursor: [u64; 2],
-    expect: HashMap<IoToken, Expect>,
-    /// Writes in flight per file: token and byte range.
-    writes: [Vec<(IoToken, u64, u64)>; 2],
-    /// Reads in flight per file: token and start offset.
-    reads: [Vec<(IoToken, u64)>; 2],
-    delivered: HashSet<IoToken>,
-    out: Vec<IoCompletion>,
-}
-
-impl Harness<'_> {
-    fn check(&mut self) -> Result<(), TestCaseError> {
-        let batch = std::mem::take(&mut self.out);
-        for c in batch {
-            let exp = self
-                .expect
-                .remove(&c.token)
-                .ok_or_else(|| TestCaseError::fail(format!("unknown or repeated token {}", c.token)))?;
-            self.delivered.insert(c.token);
-            match exp {
-                Expect::Write {
-                    file,
-                    offset,
-                    len,
-                    owned,
-                } => {
-                    prop_assert_eq!(&c.result, &Ok(len), "write {}", c.token);
-                    prop_assert_eq!(c.offset, offset, "write offset");
-                    if let Some(data) = owned {
-                        prop_assert_eq!(c.buf.as_ref().map(|b| b.as_slice()), Some(&data[..]));
-                    }
-                    self.writes[file].retain(|w| w.0 != c.token);
-                }
-                Expect::Read { file, expected } => {
-                    if c.result != Ok(expected.len()) {
-                        let fd = self.fds[file];
-                        let now = self.io.file_len(fd);
-                        prop_assert!(
-                            false,
-                            "read {} of file {} at {} (len {}): got {:?}, model says {} bytes; model length {}, \
-                             file length now {:?}, writes in flight {:?}",
-                            c.token,
-                            file,
-                            c.offset,
-                            c.len_requested,
-                            c.result,
-                            expected.len(),
-                            self.model[file].len(),
-                            now,
-                            self.writes[file]
-                        );
-                    }
-                    self.reads[file].retain(|r| r.0 != c.token);
-                    let got = c.buf.as_ref().map(|b| b.as_slice().to_vec()).unwrap_or_default();
-                    prop_assert!(
-                        got == expected,
-                        "read {} at {} returned other bytes",
-                        c.token,
-                        c.offset
-                    );
-                }
-                Expect::Sync { writes_before } => {
-                    prop_assert!(c.result.is_ok(), "sync failed: {:?}", c.result);
-                    for w in writes_before {
-                        prop_assert!(
-                            self.delivered.contains(&w),
-                            "sync {} delivered before write {}",
-                            c.token,
-                            w
-                        );
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn wait_all(&mut self) -> Result<(), TestCaseError> {
-        let deadline = Instant::now() + STUCK_AFTER;
-        while self.io.pending_count() > 0 {
-            let want = self.io.pending_count();
-            self.io
-                .wait_completions(&mut self.out, want, Some(Duration::from_millis(200)))
-                .map_err(|e| TestCaseError::fail(format!("wait_completions: {e}")))?;
-            prop_assert!(Instant::now() < deadline, "backend stuck with ops pending");
-        }
-        self.check()
-    }
-
-    /// Makes room when the backend says its queue is full.
-    fn retry<T>(
-        &mut self,
-        mut f: impl FnMut(&mut dyn StorageIo) -> Result<T, StorageIoError>,
-    ) -> Result<T, TestCaseError> {
-        loop {
-            match f(&mut *self.io) {
-                Err(StorageIoError::QueueFull { .. }) => self.wait_all()?,
-                Err(e) => return Err(TestCaseError::fail(format!("submit failed: {e}"))),
-                Ok(t) => return Ok(t),
-            }
-        }
-    }
-
-    /// Ops in flight are unordered (as in io_uring): before a write that could change what an
-    /// in-flight read sees — its bytes, or the file length under it — wait for the reads.
-    /// Two overlapping writes in flight may land in either order, so wait for those too.
-    fn settle_before_write(&mut self, file: usize, start: u64, end: u64) -> Result<(), TestCaseError> {
-        let read_affected = self.reads[file].iter().any(|&(_, r)| r < end);
-        let overlaps = self.writes[file].iter().any(|&(_, s, e)| s < end && start < e);
-        if read_affected || overlaps {
-            self.wait_all()?;
-        }
-        Ok(())
-    }
-
-    fn apply_write(&mut self, file: usize, offset: u64, data: &[u8]) {
-        let end = offset as usize + data.len();
-        let m = &mut self.model[file];
-        if m.len() < end {
-            m.resize(end, 0);
-        }
-        m[offset as usize..end].copy_from_slice(data);
-        self.cursor[file] = self.cursor[file].max(end as u64);
-    }
-
-    fn step(&mut self, op: &ModelOp) -> Result<(), TestCaseError> {
-        match *op {
-            ModelOp::Write {
-                file,
-                offset,
-                len,
-                seed,
-                owned,
-            } => {
-                let data = pattern(u64::from(seed) << 16 | u64::from(len), usize::from(len));
-                let offset = u64::from(offset);
-                self.settle_before_write(file, offset, offset + data.len() as u64)?;
-                let fd = self.fds[file];
-                let t = if owned {
-                    self.retry(|io| {
-                        io.submit_write_buf(fd, IoBuf::Vec(data.clone()), offset)
-                            .map_err(|e| e.error)
-                    })?
-                } else {
-                    self.retry(|io| io.submit_write(fd, &data, offset))?
-                };
-                self.apply_write(file, offset, &data);
-                self.writes[file].push((t, offset, offset + data.len() as u64));
-                let owned = owned.then(|| data.clone());
-                self.expect.insert(
-                    t,
-                    Expect::Write {
-                        file,
-                        offset,
-                        len: data.len(),
-                        owned,
-                    },
-                );
-            }
-            ModelOp::Append { file, len, seed } => {
-                let data = pattern(u64::from(seed) << 20 | u64::from(len), usize::from(len));
-                let at = self.cursor[file];
-                self.settle_before_write(file, at, at + data.len() as u64)?;
-                let fd = self.fds[file];
-                let t = self.retry(|io| io.submit_append(fd, &data))?;
-                let offset = self.cursor[file];
-                self.apply_write(file, offset, &data);
-                self.writes[file].push((t, offset, offset + data.len() as u64));
-                self.expect.insert(
-                    t,
-                    Expect::Write {
-                        file,
-                        offset,
-                        len: data.len(),
-                        owned: None,
-                    },
-                );
-            }
-            ModelOp::Read { file, offset, len } => {
-                let (offset, len) = (u64::from(offset), usize::from(len));
-                // A read racing a write in flight may see either state; wait first so the model
-                // has one answer.
-                // A write in flight at or past the read's start can change the bytes or the file
-                // length the read sees.
-                if self.writes[file].iter().any(|&(_, _, end)| end > offset) {
-                    self.wait_all()?;
-                }
-                let m = &self.model[file];
-                let start = (offset as usize).min(m.len());
-                let expected = m[start..(start + len).min(m.len())].to_vec();
-                let fd = self.fds[file];
-                let t = self.retry(|io| {
-                    io.submit_read(fd, IoBuf::Vec(vec![0; len]), offset)
-                        .map_err(|e| e.error)
-                })?;
-                self.reads[file].push((t, offset));
-                self.expect.insert(t, Expect::Read { file, expected });
-            }
-            ModelOp::Sync { file, full } => {
-                let fd = self.fds[file];
-                let t = self.retry(|io| {
-                    if full {
-                        io.submit_fsync(fd)
-                    } else {
-                        io.submit_datasync(fd)
-                    }
-                })?;
-                let writes_before = self.writes[file].iter().map(|w| w.0).collect();
-                self.expect.insert(t, Expect::Sync { writes_before });
-            }
-            ModelOp::Poll => {
-                self.io.poll_completions(&mut self.out);
-                self.check()?;
-            }
-            ModelOp::Wait => self.wait_all()?,
-        }
-        Ok(())
-    }
-}
-
 /// [`StorageIo::alloc_buf`]: aligned buffers of the asked length, more of them than the backend
 /// has in flight (a lending backend runs out of its own and must fall back), usable for owned
 /// writes and reads, and valid after the backend is dropped.
-fn alloc_buf_carries_io_and_outlives_the_backend(ctx: &mut Ctx<'_>) {
+pub(super) fn alloc_buf_carries_io_and_outlives_the_backend(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "alloc-buf");
     let empty = io.alloc_buf(0).expect("alloc_buf(0)");
@@ -1122,68 +621,4 @@ fn alloc_buf_carries_io_and_outlives_the_backend(ctx: &mut Ctx<'_>) {
         kept[0] == 8 && kept[4095] == 7,
         "a buffer from alloc_buf stays valid after its backend is dropped"
     );
-}
-
-fn random_ops_match_the_model(ctx: &mut Ctx<'_>) {
-    let config = ProptestConfig {
-        cases: ctx.options.model_cases,
-        failure_persistence: None,
-        max_shrink_iters: 2000,
-        ..ProptestConfig::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let strategy = proptest::collection::vec(model_op(), 1..ctx.options.model_max_ops);
-    let root = ctx.root.clone();
-    let make = ctx.make;
-    let case_no = std::sync::atomic::AtomicUsize::new(0);
-    let result = runner.run(&strategy, |ops| {
-        let n = case_no.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = root.join(format!("model-{n}"));
-        std::fs::create_dir_all(&dir).map_err(|e| TestCaseError::fail(e.to_string()))?;
-        run_model_case(make, &dir, &ops)
-    });
-    if let Err(e) = result {
-        panic!("random ops diverged from the model: {e}");
-    }
-}
-
-fn run_model_case(
-    make: &dyn Fn() -> Box<dyn StorageIo>,
-    dir: &Path,
-    ops: &[ModelOp],
-) -> Result<(), TestCaseError> {
-    let mut io = make();
-    let mut open = |name: &str| {
-        io.open_file(&dir.join(name), &OpenOptions::create().with_truncate(true))
-            .map_err(|e| TestCaseError::fail(format!("open: {e}")))
-    };
-    let fds = [open("f0")?, open("f1")?];
-    let mut h = Harness {
-        io: io.as_mut(),
-        fds,
-        model: [Vec::new(), Vec::new()],
-        cursor: [0, 0],
-        expect: HashMap::new(),
-        writes: [Vec::new(), Vec::new()],
-        reads: [Vec::new(), Vec::new()],
-        delivered: HashSet::new(),
-        out: Vec::new(),
-    };
-    for op in ops {
-        h.step(op)?;
-    }
-    h.wait_all()?;
-    prop_assert!(h.expect.is_empty(), "{} ops never completed", h.expect.len());
-    for file in 0..2 {
-        let fd = h.fds[file];
-        let len =
-            h.io.file_len(fd)
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(len, h.model[file].len() as u64, "file {} length", file);
-        let want = h.model[file].clone();
-        let got = read_back(h.io, fd, 0, want.len());
-        prop_assert!(got == want, "file {} contents differ from the model", file);
-    }
-    prop_assert_eq!(h.io.pending_count(), 0);
-    Ok(())
 }
