@@ -18,8 +18,8 @@ fn options() -> ConformanceOptions {
 
 /// Backends of `config`, or `None` (after saying why) where io_uring cannot run here.
 fn uring(test: &str, config: IoConfig) -> Option<impl Fn() -> Box<dyn StorageIo>> {
-    usable_or_skip(test).then(move || {
-        move || -> Box<dyn StorageIo> { Box::new(UringStorageIo::new(&config).expect("io_uring backend")) }
+    usable_or_skip(test).then_some(move || -> Box<dyn StorageIo> {
+        Box::new(UringStorageIo::new(&config).expect("io_uring backend"))
     })
 }
 
