@@ -6,130 +6,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
-use storage_io_core::{
-    AlignedBuf, BackendKind, IoBuf, IoCompletion, IoConfig, IoStats, IoToken, OpenOptions, StorageIo,
-    open_file,
-};
+use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, IoToken, OpenOptions, StorageIo, open_file};
 
+use crate::cell::{Cell, XorShift, cpu_time, make_backend, submit_calls_of};
 use crate::{Latency, Row};
-
-/// Every workload the driver knows.
-pub const WORKLOADS: &[&str] = &[
-    "seq_read",
-    "rand_read",
-    "rand_write",
-    "multistream_scan",
-    "wal_commit",
-    "scheduler_rand_read",
-    "scheduler_batch_read",
-    "raw_round_read",
-    "scheduler_seq_scan",
-    "segment_append",
-    "segment_read",
-];
-
-/// Every backend variant the driver knows.
-pub const BACKENDS: &[&str] = &[
-    "sync",
-    "thread_pool",
-    "uring",
-    "uring_nofixed",
-    "uring_sqpoll",
-    "uring_heapbuf",
-    "uring_nowait_off",
-    "thread_pool_nowait_off",
-];
-
-/// One cell of ours.
-#[derive(Debug, Clone)]
-pub struct Cell {
-    /// One of [`WORKLOADS`].
-    pub workload: String,
-    /// One of [`BACKENDS`].
-    pub backend: String,
-    /// O_DIRECT or buffered.
-    pub direct: bool,
-    /// Ops kept in flight.
-    pub qd: usize,
-    /// Bytes per op.
-    pub block: usize,
-    /// How long to submit for.
-    pub duration: Duration,
-    /// Bytes of the file used, from offset 0.
-    pub size: u64,
-    /// Sequential streams of `multistream_scan`.
-    pub streams: usize,
-    /// Worker threads of the `scheduler_*` cells; `None` is the scheduler's own default.
-    pub sched_workers: Option<usize>,
-}
-
-/// Builds the backend a cell names, sized for `qd`. `STORAGE_IO_*` variables tune it (for
-/// example `STORAGE_IO_SUBMIT_BATCH`), except the queue depth, which the cell sets.
-pub fn make_backend(name: &str, qd: usize) -> Result<Box<dyn StorageIo>> {
-    let mut config = IoConfig {
-        workers: qd.clamp(1, 32),
-        ..IoConfig::default()
-    };
-    config.apply_env()?;
-    config.queue_depth = qd.max(1);
-    let (kind, config) = match name {
-        "sync" => (BackendKind::Sync, config),
-        "thread_pool" => (BackendKind::ThreadPool, config),
-        "uring" | "uring_heapbuf" => (BackendKind::IoUring, config),
-        "uring_nofixed" => (
-            BackendKind::IoUring,
-            IoConfig {
-                fixed_buffers: false,
-                ..config
-            },
-        ),
-        // The page-cache fast path off (`nowait_reads`): every read through the ring / a worker.
-        "uring_nowait_off" => (
-            BackendKind::IoUring,
-            IoConfig {
-                nowait_reads: false,
-                ..config
-            },
-        ),
-        "thread_pool_nowait_off" => (
-            BackendKind::ThreadPool,
-            IoConfig {
-                nowait_reads: false,
-                ..config
-            },
-        ),
-        "uring_sqpoll" => (
-            BackendKind::IoUring,
-            IoConfig {
-                sqpoll_idle_ms: Some(50),
-                ..config
-            },
-        ),
-        other => bail!(
-            "unknown backend {other:?}; expected one of {}",
-            BACKENDS.join(", ")
-        ),
-    };
-    Ok(storage_io::build_backend(kind, &config)?)
-}
-
-/// User + system CPU time of this process so far.
-pub fn cpu_time() -> Duration {
-    // SAFETY: rusage is plain old data, so all-zero bytes are a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes one rusage into the struct we own, which lives across the call.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 /// Where the next op of a cell goes.
 struct Offsets {
     blocks: u64,
-    rng: u64,
+    rng: XorShift,
     cursors: Vec<u64>,
     next_stream: usize,
     random: bool,
@@ -147,7 +32,7 @@ impl Offsets {
         let cursors = (0..streams as u64).map(|s| s * blocks / streams as u64).collect();
         Offsets {
             blocks,
-            rng: 0x2545_F491_4F6C_DD1D,
+            rng: XorShift::new(0x2545_F491_4F6C_DD1D),
             cursors,
             next_stream: 0,
             random: matches!(cell.workload.as_str(), "rand_read" | "rand_write"),
@@ -157,11 +42,7 @@ impl Offsets {
     /// The next block number.
     fn next(&mut self) -> u64 {
         if self.random {
-            // xorshift64: uniform offsets with repetition (fio --norandommap does the same).
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            return self.rng % self.blocks;
+            return self.rng.below(self.blocks);
         }
         let s = self.next_stream;
         self.next_stream = (s + 1) % self.cursors.len();
@@ -292,53 +173,10 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     })
 }
 
-/// A row's `submit_call_us` and `submit_calls_per_op`: `calls` submit-only system calls that
-/// took `call_ns` in all, over `ops` ops (0 where there were none).
-pub(crate) fn submit_calls(calls: u64, call_ns: u64, ops: u64) -> (f64, f64) {
-    let us = if calls > 0 {
-        call_ns as f64 / calls as f64 / 1e3
-    } else {
-        0.0
-    };
-    let per_op = if ops > 0 { calls as f64 / ops as f64 } else { 0.0 };
-    (us, per_op)
-}
-
-/// [`submit_calls`] of one backend's stats.
-pub(crate) fn submit_calls_of(stats: &IoStats, ops: u64) -> (f64, f64) {
-    submit_calls(stats.submit_calls(), stats.submit_call_ns(), ops)
-}
-
-/// The row of a cell that ran `ops` ops of `blocks_per_op` × `cell.block` bytes each.
-pub(crate) fn cell_row(
-    cell: &Cell,
-    ops: u64,
-    blocks_per_op: usize,
-    secs: f64,
-    cpu: f64,
-    hist: &Histogram<u64>,
-) -> Row {
-    let iops = ops as f64 / secs;
-    Row {
-        workload: cell.workload.clone(),
-        engine: "storage-io".into(),
-        backend: cell.backend.clone(),
-        io: if cell.direct { "direct" } else { "buffered" }.into(),
-        regime: String::new(),
-        qd: cell.qd,
-        block_size: cell.block,
-        iops,
-        mb_s: iops * (cell.block * blocks_per_op) as f64 / 1e6,
-        lat_us: Latency::from_histogram_ns(hist),
-        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
-        ops,
-        ..Row::default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::WORKLOADS;
 
     fn cell(workload: &str) -> Cell {
         Cell {

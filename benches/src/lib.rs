@@ -4,6 +4,7 @@
 //! The binary `io-patterns` drives it; this library holds the parts that have tests.
 
 pub mod cache;
+pub mod cell;
 pub mod engine;
 pub mod fio;
 pub mod peers;
@@ -13,6 +14,17 @@ pub mod sched;
 pub mod segment;
 pub mod signal;
 pub mod wal;
+
+/// `Row::engine` of a WAL cell (the WAL cells live in `wal.rs`).
+pub const ENGINE_WAL: &str = "storage-io-wal";
+/// `Row::engine` of a WAL cell whose committers are async tasks (`commit_async`).
+pub const ENGINE_WAL_ASYNC: &str = "storage-io-wal async";
+/// `Row::engine` of an okaywal cell (the peers live in `peers.rs`).
+pub const ENGINE_OKAYWAL: &str = "okaywal";
+/// `Row::engine` of a RocksDB cell.
+pub const ENGINE_ROCKSDB: &str = "rocksdb";
+/// `Row::engine` of the raw write + fdatasync peer.
+pub const ENGINE_RAW: &str = "raw";
 
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +60,7 @@ impl Latency {
 /// One measured cell: the JSON row of `results.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Row {
-    /// One of [`engine::WORKLOADS`] (`seq_read`, `rand_read`, `rand_write`, `multistream_scan`,
+    /// One of [`cell::WORKLOADS`] (`seq_read`, `rand_read`, `rand_write`, `multistream_scan`,
     /// `wal_commit`, the `scheduler_*` and `raw_round_read` cells, `segment_append`, `segment_read`).
     pub workload: String,
     /// `storage-io` or `fio`.
@@ -126,13 +138,13 @@ impl Row {
     pub fn series(&self) -> String {
         if self.engine == "fio" {
             format!("fio {}", self.backend)
-        } else if self.engine == wal::ENGINE_RAW && self.io == "direct" {
+        } else if self.engine == ENGINE_RAW && self.io == "direct" {
             format!("{} raw 4K O_DIRECT|O_DSYNC write", self.backend)
-        } else if self.engine == wal::ENGINE_RAW {
+        } else if self.engine == ENGINE_RAW {
             "raw 4K pwrite+fdatasync (caller's thread)".to_string()
-        } else if self.engine == wal::ENGINE_WAL {
+        } else if self.engine == ENGINE_WAL {
             format!("wal on {}", self.backend)
-        } else if self.engine == wal::ENGINE_WAL_ASYNC {
+        } else if self.engine == ENGINE_WAL_ASYNC {
             format!("wal tasks on {}", self.backend)
         } else if let Some(n) = self.sched_workers {
             let s = if n == 1 { "" } else { "s" };

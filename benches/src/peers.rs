@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::Row;
 
-pub use crate::wal::{ENGINE_OKAYWAL, ENGINE_ROCKSDB};
+pub use crate::{ENGINE_OKAYWAL, ENGINE_ROCKSDB};
 
 /// Why the okaywal cells cannot run, if they cannot.
 pub fn okaywal_missing() -> Option<&'static str> {
@@ -29,7 +29,8 @@ pub fn run_okaywal_cell(
     duration: Duration,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Row> {
-    use crate::wal::{CellDir, RECORD_BYTES, commit_threads, row};
+    use crate::cell::ScratchDir;
+    use crate::wal::{RECORD_BYTES, commit_threads, row};
 
     /// Recovery and checkpoints that keep nothing: the bench only writes.
     #[derive(Debug)]
@@ -50,7 +51,7 @@ pub fn run_okaywal_cell(
         }
     }
 
-    let dir = CellDir::new(root, &format!("okaywal-{committers}"))?;
+    let dir = ScratchDir::new(root, &format!("wal-okaywal-{committers}"))?;
     let log = okaywal::WriteAheadLog::recover(dir.path(), Discard)?;
     // Warm-up, like ours: the first commit creates the first log file.
     commit(&log, &[0u8; RECORD_BYTES])?;
@@ -143,9 +144,10 @@ pub fn run_rocksdb_cell(
 ) -> Result<Row> {
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use crate::wal::{CellDir, RECORD_BYTES, commit_threads, row};
+    use crate::cell::ScratchDir;
+    use crate::wal::{RECORD_BYTES, commit_threads, row};
 
-    let dir = CellDir::new(root, &format!("rocksdb-{committers}"))?;
+    let dir = ScratchDir::new(root, &format!("wal-rocksdb-{committers}"))?;
     let mut options = rocksdb::Options::default();
     options.create_if_missing(true);
     let db = rocksdb::DB::open(&options, dir.path())?;

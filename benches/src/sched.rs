@@ -15,19 +15,16 @@
 //! `pages.db` (same inode, so literally the same file), and every page of it is allocated
 //! with one `schedule_allocate_extent`.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use storage_io_core::{
-    AlignedBuf, BackendFactory, IoBuf, IoCompletion, OpenOptions, StorageIoError, open_file,
-};
+use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, OpenOptions, open_file};
 use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PAGE_FILE, PageId};
 
 use crate::Row;
-use crate::engine::{Cell, cell_row, cpu_time, make_backend};
+use crate::cell::{Cell, ScratchDir, XorShift, cell_row, cpu_time, factory, make_backend};
 
 /// Random page reads through the scheduler.
 pub const RAND_READ: &str = "scheduler_rand_read";
@@ -52,40 +49,19 @@ pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     }
 }
 
-/// A scheduler directory around a hard link to the bench file; removed on drop (the bench
-/// file itself stays).
-struct SchedDir(PathBuf);
-
-impl SchedDir {
-    fn new(file: &Path) -> Result<SchedDir> {
-        let dir = PathBuf::from(format!("{}.sched-{}", file.display(), std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let guard = SchedDir(dir);
-        // An empty page file first, so a fresh scheduler writes its allocation images...
-        drop(std::fs::File::create(guard.0.join(PAGE_FILE))?);
-        Ok(guard)
-    }
-}
-
-impl Drop for SchedDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn factory(backend: &str, qd: usize) -> Result<BackendFactory> {
-    drop(make_backend(backend, qd)?);
-    let name = backend.to_string();
-    Ok(Arc::new(move |_| {
-        make_backend(&name, qd).map_err(|e| StorageIoError::Unsupported {
-            what: e.to_string().into(),
-        })
-    }))
+/// A scheduler directory beside the bench file, with an empty page file in it (removed on drop;
+/// the bench file itself stays).
+fn sched_dir(file: &Path) -> Result<ScratchDir> {
+    let root = file.parent().unwrap_or(Path::new("."));
+    let name = file.file_name().map_or("bench".into(), |n| n.to_string_lossy());
+    let dir = ScratchDir::new(root, &format!("{name}.sched"))?;
+    // An empty page file first, so a fresh scheduler writes its allocation images...
+    drop(std::fs::File::create(dir.path().join(PAGE_FILE))?);
+    Ok(dir)
 }
 
 /// Opens a scheduler whose page file is `file`, with every page allocated.
-fn open_on(file: &Path, cell: &Cell, dir: &SchedDir) -> Result<DiskScheduler> {
+fn open_on(file: &Path, cell: &Cell, dir: &ScratchDir) -> Result<DiskScheduler> {
     let pages = (cell.size / cell.block as u64).max(1);
     let config = IOSchedulerConfig {
         workers: workers_of(cell),
@@ -95,17 +71,21 @@ fn open_on(file: &Path, cell: &Cell, dir: &SchedDir) -> Result<DiskScheduler> {
         ..IOSchedulerConfig::default()
     };
     {
-        let sched = DiskScheduler::open(&dir.0, config.clone(), factory(&cell.backend, cell.qd.max(1))?)?;
+        let sched = DiskScheduler::open(
+            dir.path(),
+            config.clone(),
+            factory(&cell.backend, cell.qd.max(1))?,
+        )?;
         sched.schedule_allocate_extent(pages).recv()?;
         sched.shutdown()?;
     }
     // ...then swap in the bench file under the same name.
-    let page_file = dir.0.join(PAGE_FILE);
+    let page_file = dir.path().join(PAGE_FILE);
     std::fs::remove_file(&page_file)?;
     std::fs::hard_link(file, &page_file)
-        .with_context(|| format!("hard-link {} into {}", file.display(), dir.0.display()))?;
+        .with_context(|| format!("hard-link {} into {}", file.display(), dir.path().display()))?;
     Ok(DiskScheduler::open(
-        &dir.0,
+        dir.path(),
         config,
         factory(&cell.backend, cell.qd.max(1))?,
     )?)
@@ -118,24 +98,13 @@ fn workers_of(cell: &Cell) -> usize {
         .unwrap_or_else(|| IOSchedulerConfig::default().workers)
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Runs a `scheduler_*` cell on `file`.
 fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
-    let dir = SchedDir::new(file)?;
+    let dir = sched_dir(file)?;
     let sched = open_on(file, cell, &dir)?;
     let pages = (cell.size / cell.block as u64).max(1);
     let qd = cell.qd.max(1);
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let batch = cell.workload == BATCH_READ;
     // Allocating the pages wrote metadata through the backends (published before the answer
@@ -207,7 +176,7 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     // Submit calls per page read, as the raw peers count them.
     let pages_per_op = if batch { qd } else { 1 };
     let reads = ops * pages_per_op as u64;
-    let (submit_call_us, submit_calls_per_op) = crate::engine::submit_calls(
+    let (submit_call_us, submit_calls_per_op) = crate::cell::submit_calls(
         after.backend_submit_calls - before.backend_submit_calls,
         after.backend_submit_call_ns - before.backend_submit_call_ns,
         reads,
@@ -229,7 +198,7 @@ fn run_raw_round_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let mut io = make_backend(&cell.backend, qd)?;
     let fd = io.register_fd(opened.file)?;
     let pages = (cell.size / cell.block as u64).max(1);
-    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut bufs: Vec<IoBuf> = (0..qd)
         .map(|_| AlignedBuf::zeroed(cell.block, 4096).map(IoBuf::from))
@@ -265,7 +234,7 @@ fn run_raw_round_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     io.deregister_fd(fd)?;
-    let (submit_call_us, submit_calls_per_op) = crate::engine::submit_calls_of(io.stats(), ops * qd as u64);
+    let (submit_call_us, submit_calls_per_op) = crate::cell::submit_calls_of(io.stats(), ops * qd as u64);
     Ok(Row {
         backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(secs)),
         submit_call_us,

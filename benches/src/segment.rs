@@ -9,17 +9,14 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
-use storage_io::{
-    AlignedBuf, AsyncFileSystem, BackendFactory, IoConfig, OpenOptions, StorageIoError, block_on,
-};
+use storage_io::{AlignedBuf, AsyncFileSystem, IoConfig, OpenOptions, block_on};
 
 use crate::Row;
-use crate::engine::{Cell, cell_row, cpu_time, make_backend};
+use crate::cell::{Cell, cell_row, cpu_time, factory};
 
 /// Batches of appends, each made durable by one sync.
 pub const APPEND: &str = "segment_append";
@@ -42,13 +39,7 @@ impl Drop for SegmentFile {
 
 fn file_system(cell: &Cell) -> Result<AsyncFileSystem> {
     let qd = cell.qd.max(1);
-    drop(make_backend(&cell.backend, qd)?); // fail here, with the reason
-    let name = cell.backend.clone();
-    let factory: BackendFactory = Arc::new(move |_| {
-        make_backend(&name, qd).map_err(|e| StorageIoError::Unsupported {
-            what: e.to_string().into(),
-        })
-    });
+    let factory = factory(&cell.backend, qd)?;
     let config = IoConfig {
         io_workers: 1,
         queue_depth: qd,

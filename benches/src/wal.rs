@@ -4,70 +4,25 @@
 //! the buffered WAL, an O_DIRECT | O_DSYNC write for its `direct_io` mode.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
-use storage_io_core::{
-    AlignedBuf, BackendFactory, IoBuf, IoCompletion, OpenOptions, StorageIoError, open_file,
-};
+use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, OpenOptions, open_file};
 use storage_io_wal::{WalConfig, WalManager};
 
-use crate::engine::{cpu_time, make_backend};
+use crate::cell::{ScratchDir, cpu_time, factory, make_backend};
 use crate::{Latency, Row};
 
 /// The workload's name.
 pub const WORKLOAD: &str = "wal_commit";
-/// `Row::engine` of a WAL cell.
-pub const ENGINE_WAL: &str = "storage-io-wal";
-/// `Row::engine` of a WAL cell whose committers are async tasks (`commit_async`).
-pub const ENGINE_WAL_ASYNC: &str = "storage-io-wal async";
-/// `Row::engine` of an okaywal cell (the peers live in `peers.rs`).
-pub const ENGINE_OKAYWAL: &str = "okaywal";
-/// `Row::engine` of a RocksDB cell.
-pub const ENGINE_ROCKSDB: &str = "rocksdb";
-/// `Row::engine` of the raw write + fdatasync peer.
-pub const ENGINE_RAW: &str = "raw";
+pub use crate::{ENGINE_OKAYWAL, ENGINE_RAW, ENGINE_ROCKSDB, ENGINE_WAL, ENGINE_WAL_ASYNC};
 /// Payload bytes per committed record.
 pub const RECORD_BYTES: usize = 128;
 /// The regime label of WAL rows (they have no page-cache regime).
 pub const REGIME: &str = "fdatasync";
-
-/// A fresh directory for one cell, removed on drop.
-pub(crate) struct CellDir(PathBuf);
-
-impl CellDir {
-    /// The directory.
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub(crate) fn new(root: &Path, label: &str) -> Result<CellDir> {
-        let dir = root.join(format!("wal-{}-{label}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        Ok(CellDir(dir))
-    }
-}
-
-impl Drop for CellDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn factory(backend: &str) -> Result<BackendFactory> {
-    // Fail here, with the reason, rather than inside the WAL.
-    drop(make_backend(backend, 64)?);
-    let name = backend.to_string();
-    Ok(Arc::new(move |_| {
-        make_backend(&name, 64).map_err(|e| StorageIoError::Unsupported {
-            what: e.to_string().into(),
-        })
-    }))
-}
 
 /// `(ops, seconds, CPU seconds)` of a cell.
 pub(crate) type Measured = (u64, f64, f64);
@@ -133,14 +88,14 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
     } = *cell;
     let mode = if direct { "direct" } else { "buffered" };
     let kind = if tasks { "tasks" } else { "threads" };
-    let dir = CellDir::new(root, &format!("{backend}-{mode}-{committers}-{kind}"))?;
+    let dir = ScratchDir::new(root, &format!("wal-{backend}-{mode}-{committers}-{kind}"))?;
     let config = WalConfig {
         segment_size_bytes: 64 << 20,
         direct_io: direct,
         max_flushes_in_flight: flushes_in_flight(),
         ..WalConfig::default()
     };
-    let (wal, _) = WalManager::open(dir.path(), config, factory(backend)?)?;
+    let (wal, _) = WalManager::open(dir.path(), config, factory(backend, 64)?)?;
     // Warm-up: the first flush creates and zero-fills the first segment.
     wal.commit(&[0u8; RECORD_BYTES])?;
     if tasks {
@@ -313,8 +268,8 @@ pub fn run_raw_cell(
     const BLOCK: usize = 4096;
     const SPAN_BLOCKS: u64 = 256;
     let mode = if direct { "direct" } else { "buffered" };
-    let dir = CellDir::new(root, &format!("{backend}-{mode}-raw"))?;
-    let path = dir.0.join("raw.dat");
+    let dir = ScratchDir::new(root, &format!("wal-{backend}-{mode}-raw"))?;
+    let path = dir.path().join("raw.dat");
     let mut io = make_backend(backend, 4)?;
     let mut done: Vec<IoCompletion> = Vec::with_capacity(4);
     // Preallocated like a WAL segment (written and synced once), so that no durable write
@@ -402,7 +357,7 @@ pub fn run_fio_durable_cell(root: &Path, direct: bool, qd: usize, duration: Dura
     use crate::fio::{FioEngine, FioJob, FioSync};
     const SIZE: usize = 16 << 20;
     let mode = if direct { "direct" } else { "buffered" };
-    let dir = CellDir::new(root, &format!("fio-{mode}-{qd}"))?;
+    let dir = ScratchDir::new(root, &format!("wal-fio-{mode}-{qd}"))?;
     let path = dir.path().join("fio.dat");
     {
         use std::io::Write as _;

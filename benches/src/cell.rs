@@ -1,0 +1,224 @@
+//! What every cell of ours shares: the workload and backend names, [`Cell`], building its
+//! backend, CPU time, and the row a cell makes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+use storage_io_core::{BackendFactory, BackendKind, IoConfig, IoStats, StorageIo, StorageIoError};
+
+use crate::{Latency, Row};
+
+/// Every workload the driver knows.
+pub const WORKLOADS: &[&str] = &[
+    "seq_read",
+    "rand_read",
+    "rand_write",
+    "multistream_scan",
+    "wal_commit",
+    "scheduler_rand_read",
+    "scheduler_batch_read",
+    "raw_round_read",
+    "scheduler_seq_scan",
+    "segment_append",
+    "segment_read",
+];
+
+/// Every backend variant the driver knows.
+pub const BACKENDS: &[&str] = &[
+    "sync",
+    "thread_pool",
+    "uring",
+    "uring_nofixed",
+    "uring_sqpoll",
+    "uring_heapbuf",
+    "uring_nowait_off",
+    "thread_pool_nowait_off",
+];
+
+/// One cell of ours.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// One of [`WORKLOADS`].
+    pub workload: String,
+    /// One of [`BACKENDS`].
+    pub backend: String,
+    /// O_DIRECT or buffered.
+    pub direct: bool,
+    /// Ops kept in flight.
+    pub qd: usize,
+    /// Bytes per op.
+    pub block: usize,
+    /// How long to submit for.
+    pub duration: Duration,
+    /// Bytes of the file used, from offset 0.
+    pub size: u64,
+    /// Sequential streams of `multistream_scan`.
+    pub streams: usize,
+    /// Worker threads of the `scheduler_*` cells; `None` is the scheduler's own default.
+    pub sched_workers: Option<usize>,
+}
+
+/// Builds the backend a cell names, sized for `qd`. `STORAGE_IO_*` variables tune it (for
+/// example `STORAGE_IO_SUBMIT_BATCH`), except the queue depth, which the cell sets.
+pub fn make_backend(name: &str, qd: usize) -> Result<Box<dyn StorageIo>> {
+    let mut config = IoConfig {
+        workers: qd.clamp(1, 32),
+        ..IoConfig::default()
+    };
+    config.apply_env()?;
+    config.queue_depth = qd.max(1);
+    let (kind, config) = match name {
+        "sync" => (BackendKind::Sync, config),
+        "thread_pool" => (BackendKind::ThreadPool, config),
+        "uring" | "uring_heapbuf" => (BackendKind::IoUring, config),
+        "uring_nofixed" => (
+            BackendKind::IoUring,
+            IoConfig {
+                fixed_buffers: false,
+                ..config
+            },
+        ),
+        // The page-cache fast path off (`nowait_reads`): every read through the ring / a worker.
+        "uring_nowait_off" => (
+            BackendKind::IoUring,
+            IoConfig {
+                nowait_reads: false,
+                ..config
+            },
+        ),
+        "thread_pool_nowait_off" => (
+            BackendKind::ThreadPool,
+            IoConfig {
+                nowait_reads: false,
+                ..config
+            },
+        ),
+        "uring_sqpoll" => (
+            BackendKind::IoUring,
+            IoConfig {
+                sqpoll_idle_ms: Some(50),
+                ..config
+            },
+        ),
+        other => bail!(
+            "unknown backend {other:?}; expected one of {}",
+            BACKENDS.join(", ")
+        ),
+    };
+    Ok(storage_io::build_backend(kind, &config)?)
+}
+
+/// User + system CPU time of this process so far.
+pub fn cpu_time() -> Duration {
+    // SAFETY: rusage is plain old data, so all-zero bytes are a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage into the struct we own, which lives across the call.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// A row's `submit_call_us` and `submit_calls_per_op`: `calls` submit-only system calls that
+/// took `call_ns` in all, over `ops` ops (0 where there were none).
+pub fn submit_calls(calls: u64, call_ns: u64, ops: u64) -> (f64, f64) {
+    let us = if calls > 0 {
+        call_ns as f64 / calls as f64 / 1e3
+    } else {
+        0.0
+    };
+    let per_op = if ops > 0 { calls as f64 / ops as f64 } else { 0.0 };
+    (us, per_op)
+}
+
+/// [`submit_calls`] of one backend's stats.
+pub fn submit_calls_of(stats: &IoStats, ops: u64) -> (f64, f64) {
+    submit_calls(stats.submit_calls(), stats.submit_call_ns(), ops)
+}
+
+/// The row of a cell that ran `ops` ops of `blocks_per_op` × `cell.block` bytes each.
+pub fn cell_row(
+    cell: &Cell,
+    ops: u64,
+    blocks_per_op: usize,
+    secs: f64,
+    cpu: f64,
+    hist: &Histogram<u64>,
+) -> Row {
+    let iops = ops as f64 / secs;
+    Row {
+        workload: cell.workload.clone(),
+        engine: "storage-io".into(),
+        backend: cell.backend.clone(),
+        io: if cell.direct { "direct" } else { "buffered" }.into(),
+        regime: String::new(),
+        qd: cell.qd,
+        block_size: cell.block,
+        iops,
+        mb_s: iops * (cell.block * blocks_per_op) as f64 / 1e6,
+        lat_us: Latency::from_histogram_ns(hist),
+        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
+        ops,
+        ..Row::default()
+    }
+}
+
+/// A factory of the backend a cell names, sized for `qd`, for the WAL, the scheduler and the
+/// async file API. It builds one backend first, so that a backend this machine cannot run fails
+/// here, with its reason, rather than inside the component.
+pub fn factory(backend: &str, qd: usize) -> Result<BackendFactory> {
+    drop(make_backend(backend, qd)?);
+    let name = backend.to_string();
+    Ok(Arc::new(move |_| {
+        make_backend(&name, qd).map_err(|e| StorageIoError::Unsupported {
+            what: e.to_string().into(),
+        })
+    }))
+}
+
+/// A fresh scratch directory for one cell, removed (with everything in it) on drop.
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// `root/<label>-<pid>`, emptied first if a crashed run left it.
+    pub fn new(root: &Path, label: &str) -> Result<ScratchDir> {
+        let dir = root.join(format!("{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// xorshift64: fast uniform offsets with repetition (fio `--norandommap` does the same).
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator from a non-zero seed (0 is replaced).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed.max(1))
+    }
+
+    /// The next number below `n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
