@@ -15,7 +15,8 @@ use crate::op::OpKind;
 /// The ops of one file held back by the datasync barrier, in submission order.
 ///
 /// ```
-/// use storage_io_core::{DatasyncBarrier, OpKind};
+/// use storage_io_core::OpKind;
+/// use storage_io_core::backend_kit::DatasyncBarrier;
 /// let mut barrier = DatasyncBarrier::new();
 /// let mut writes_out = 1; // one write of this file is on the device
 /// assert!(barrier.must_hold(OpKind::Datasync, writes_out));

@@ -49,20 +49,45 @@ mod op;
 mod stats;
 mod wake;
 
-pub use backend::{BackendFactory, OpenedFd, StorageIo, list_dir_default, sync_dir_default};
-pub use barrier::DatasyncBarrier;
-pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, FixedBufs, IoBuf};
+pub use backend::{BackendFactory, OpenedFd, StorageIo};
+pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf};
 pub use config::{BackendKind, IoConfig};
 pub use direct::{
-    DirectMode, OpenOptions, OpenedFile, direct_alignment, dsync_trusted_at, dsync_trusted_magic, file_facts,
-    file_len_of, open_file, plan_write, validate_transfer,
+    DirectMode, OpenOptions, OpenedFile, direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
 };
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
-pub use fd_table::FdTable;
-pub use inline_queue::{InlineBackend, InlineQueue, InlineWrite, deliver_ready};
-pub use nowait::{NowaitGate, NowaitRead, cached_read_completion, stage_cached_read};
-#[cfg(unix)]
-pub use nowait::{read_nowait, try_cached_read};
-pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind, TokenCounter};
+pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};
-pub use wake::{WaitWaker, WakeState};
+pub use wake::WaitWaker;
+
+/// What only a backend's implementer needs: the pieces our own backends are built from, for a
+/// backend of yours to keep the contract the same way. A user of a backend needs none of them.
+///
+/// - bookkeeping: [`FdTable`](backend_kit::FdTable) (descriptors with generations),
+///   [`TokenCounter`](backend_kit::TokenCounter) (one token counter for every op kind),
+///   [`InlineQueue`](backend_kit::InlineQueue) and [`InlineBackend`](backend_kit::InlineBackend)
+///   (a backend that finishes ops inside `submit_*`), [`deliver_ready`](backend_kit::deliver_ready);
+/// - ordering: [`DatasyncBarrier`](backend_kit::DatasyncBarrier) (the datasync barrier's
+///   hold/release rule);
+/// - transfers: [`plan_write`](backend_kit::plan_write),
+///   [`validate_transfer`](backend_kit::validate_transfer), [`file_facts`](backend_kit::file_facts),
+///   [`file_len_of`](backend_kit::file_len_of), [`FixedBufs`](backend_kit::FixedBufs)
+///   (registered-buffer areas);
+/// - the page-cache fast path: [`NowaitGate`](backend_kit::NowaitGate),
+///   [`stage_cached_read`](backend_kit::stage_cached_read) and its helpers;
+/// - waking a blocked wait: [`WakeState`](backend_kit::WakeState) (behind
+///   [`WaitWaker`]);
+/// - directory defaults for `StorageIo`'s provided methods.
+pub mod backend_kit {
+    pub use crate::backend::{list_dir_default, sync_dir_default};
+    pub use crate::barrier::DatasyncBarrier;
+    pub use crate::buf::FixedBufs;
+    pub use crate::direct::{file_facts, file_len_of, plan_write, validate_transfer};
+    pub use crate::fd_table::FdTable;
+    pub use crate::inline_queue::{InlineBackend, InlineQueue, InlineWrite, deliver_ready};
+    pub use crate::nowait::{NowaitGate, NowaitRead, cached_read_completion, stage_cached_read};
+    #[cfg(unix)]
+    pub use crate::nowait::{read_nowait, try_cached_read};
+    pub use crate::op::TokenCounter;
+    pub use crate::wake::WakeState;
+}

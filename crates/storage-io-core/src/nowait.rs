@@ -174,7 +174,7 @@ pub fn read_nowait(_fd: RawFd, _buf: &mut [u8], _offset: u64) -> NowaitRead {
 /// in [`NowaitGate::PROBE_EVERY`] still tries, so a file that becomes cached is noticed.
 ///
 /// ```
-/// use storage_io_core::NowaitGate;
+/// use storage_io_core::backend_kit::NowaitGate;
 /// let mut gate = NowaitGate::default();
 /// assert!(gate.should_try());
 /// for _ in 0..100 {

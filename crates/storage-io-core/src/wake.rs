@@ -69,7 +69,8 @@ impl WakeState {
 /// ```
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicUsize, Ordering};
-/// use storage_io_core::{WaitWaker, WakeState};
+/// use storage_io_core::WaitWaker;
+/// use storage_io_core::backend_kit::WakeState;
 ///
 /// let state = Arc::new(WakeState::new());
 /// let kicks = Arc::new(AtomicUsize::new(0));

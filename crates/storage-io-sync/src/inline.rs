@@ -5,9 +5,12 @@ use std::fs::File;
 use std::time::{Duration, Instant};
 
 use storage_io_core::{
-    Capabilities, FdTable, InlineBackend, InlineQueue, InlineWrite, IoBuf, IoCompletion, IoConfig, IoFd,
-    IoStats, IoToken, OpKind, Result, StorageIo, SubmitError, file_facts, file_len_of, plan_write,
-    validate_transfer,
+    Capabilities, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result, StorageIo,
+    SubmitError,
+};
+
+use storage_io_core::backend_kit::{
+    FdTable, InlineBackend, InlineQueue, InlineWrite, file_facts, file_len_of, plan_write, validate_transfer,
 };
 
 use crate::exec;

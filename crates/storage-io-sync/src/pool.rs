@@ -9,10 +9,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use storage_io_core::{
-    AlignedBuf, Capabilities, DEFAULT_ALIGNMENT, DatasyncBarrier, FdTable, IoBuf, IoCompletion, IoConfig,
-    IoFd, IoStats, IoToken, NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError,
-    TokenCounter, WaitWaker, WakeState, deliver_ready, file_facts, file_len_of, plan_write,
-    stage_cached_read, validate_transfer,
+    AlignedBuf, Capabilities, DEFAULT_ALIGNMENT, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken,
+    OpKind, Result, StorageIo, StorageIoError, SubmitError, WaitWaker,
+};
+
+use storage_io_core::backend_kit::{
+    DatasyncBarrier, FdTable, NowaitGate, NowaitRead, TokenCounter, WakeState, deliver_ready, file_facts,
+    file_len_of, plan_write, stage_cached_read, validate_transfer,
 };
 
 use crate::exec;
@@ -26,7 +29,7 @@ fn cached_read(
 ) -> Option<(NowaitRead, Instant)> {
     use std::os::fd::AsRawFd;
     let raw = f.file.as_raw_fd();
-    storage_io_core::try_cached_read(enabled, f.align, &mut f.nowait, raw, buf, offset)
+    storage_io_core::backend_kit::try_cached_read(enabled, f.align, &mut f.nowait, raw, buf, offset)
 }
 
 #[cfg(not(unix))]

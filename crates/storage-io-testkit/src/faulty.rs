@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use storage_io_core::backend_kit::{TokenCounter, deliver_ready};
 use storage_io_core::{
     AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd,
-    Result, StorageIo, StorageIoError, SubmitError, TokenCounter, deliver_ready,
+    Result, StorageIo, StorageIoError, SubmitError,
 };
 
 /// The errno values injected.

@@ -26,10 +26,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use storage_io_core::backend_kit::{
+    FdTable, InlineBackend, InlineQueue, InlineWrite, plan_write, validate_transfer,
+};
 use storage_io_core::{
-    Capabilities, DirectMode, FdTable, InlineBackend, InlineQueue, InlineWrite, IoBuf, IoCompletion,
-    IoConfig, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd, Result, StorageIo, StorageIoError,
-    SubmitError, plan_write, validate_transfer,
+    Capabilities, DirectMode, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, OpenOptions,
+    OpenedFd, Result, StorageIo, StorageIoError, SubmitError,
 };
 
 /// The sector size a torn write is cut at.

@@ -25,6 +25,10 @@ mod probe;
 #[cfg(target_os = "linux")]
 mod ring;
 
-pub use probe::{ProbeReport, Unavailable, kernel_release, probe, uring_required, usable_or_skip};
+pub use probe::{ProbeReport, Unavailable, kernel_release, probe};
+/// Test helpers (feature `testing`): skip an io_uring test loudly where io_uring is unusable,
+/// or fail it when `STORAGE_IO_REQUIRE_URING` is set (as in CI).
+#[cfg(any(test, feature = "testing"))]
+pub use probe::{uring_required, usable_or_skip};
 #[cfg(target_os = "linux")]
 pub use ring::UringStorageIo;

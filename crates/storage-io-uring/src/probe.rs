@@ -125,6 +125,7 @@ pub(crate) fn unavailable_from(e: &std::io::Error) -> Unavailable {
 }
 
 /// True when `STORAGE_IO_REQUIRE_URING` asks for io_uring tests to fail instead of skipping.
+#[cfg(any(test, feature = "testing"))]
 pub fn uring_required() -> bool {
     std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
@@ -132,6 +133,7 @@ pub fn uring_required() -> bool {
 /// For tests that need io_uring: `true` when it is usable. When it is not, prints a loud skip
 /// line naming `test` and the reason and returns `false` — or panics if `STORAGE_IO_REQUIRE_URING`
 /// is set (as in CI), so a missing io_uring can never pass as a skip there.
+#[cfg(any(test, feature = "testing"))]
 pub fn usable_or_skip(test: &str) -> bool {
     match probe() {
         Ok(_) => true,

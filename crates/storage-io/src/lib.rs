@@ -39,7 +39,14 @@ pub use fs::{
     OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
 };
 
-pub use storage_io_core::*;
+// The core types a user of a backend needs, by name; implementers take
+// `storage_io_core::backend_kit` from the core crate itself.
+pub use storage_io_core::{
+    AlignedBuf, BackendFactory, BackendKind, BufferPool, BufferPoolConfig, Capabilities, DEFAULT_ALIGNMENT,
+    DirectMode, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot, IoToken, OpKind,
+    OpKindSnapshot, OpenOptions, OpenedFd, OpenedFile, Result, StorageIo, StorageIoError, SubmitError, WaitWaker,
+    direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
+};
 /// The page scheduler (`storage-io-scheduler`); [`open_scheduler`] opens one on the
 /// auto-selected backend.
 pub use storage_io_scheduler as scheduler;

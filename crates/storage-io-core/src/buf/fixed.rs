@@ -52,7 +52,7 @@ impl Drop for FixedArea {
 /// was handed is one of its own, so it can do I/O on it in place.
 ///
 /// ```
-/// use storage_io_core::FixedBufs;
+/// use storage_io_core::backend_kit::FixedBufs;
 /// let fixed = FixedBufs::new(2, 4096, 4096).unwrap();
 /// let a = fixed.take(100).unwrap();
 /// assert_eq!((a.len(), a.capacity()), (100, 4096));

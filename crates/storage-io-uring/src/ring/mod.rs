@@ -35,11 +35,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, squeue, types};
+use storage_io_core::backend_kit::{
+    DatasyncBarrier, FdTable, FixedBufs, NowaitGate, NowaitRead, TokenCounter, WakeState, deliver_ready,
+    file_facts, file_len_of, plan_write, stage_cached_read, try_cached_read, validate_transfer,
+};
 use storage_io_core::{
-    AlignedBuf, Capabilities, DatasyncBarrier, FdTable, FixedBufs, IoBuf, IoCompletion, IoConfig, IoFd,
-    IoStats, IoToken, NowaitGate, NowaitRead, OpKind, Result, StorageIo, StorageIoError, SubmitError,
-    TokenCounter, WaitWaker, WakeState, deliver_ready, file_facts, file_len_of, plan_write,
-    stage_cached_read, try_cached_read, validate_transfer,
+    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
+    StorageIo, StorageIoError, SubmitError, WaitWaker,
 };
 
 use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
