@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use storage_io_scheduler::{AllocDurability, IOSchedulerConfig};
+use storage_io_scheduler::{AllocDurability, SchedulerConfig};
 
 const ALLOCATIONS: u64 = 10_000;
 
@@ -27,11 +27,13 @@ fn allocate_10k(c: &mut Criterion) {
                 for _ in 0..iters {
                     // A fresh directory each time (under target/, on the disk being measured).
                     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-                    let config = IOSchedulerConfig {
+                    let config = SchedulerConfig {
                         alloc_durability: durability,
-                        ..IOSchedulerConfig::default()
+                        ..SchedulerConfig::default()
                     };
-                    let sched = storage_io::open_scheduler(dir.path(), config).unwrap();
+                    let sched =
+                        storage_io::open_scheduler(dir.path(), config, &storage_io::IoConfig::default())
+                            .unwrap();
                     let started = Instant::now();
                     for _ in 0..ALLOCATIONS {
                         sched.schedule_allocate().recv().unwrap();

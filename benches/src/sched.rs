@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, OpenOptions, open_file};
-use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PAGE_FILE, PageId};
+use storage_io_scheduler::{DiskScheduler, PAGE_FILE, PageId, SchedulerConfig};
 
 use crate::Row;
 use crate::cell::{Cell, ScratchDir, XorShift, cell_row, cpu_time, factory, make_backend};
@@ -63,12 +63,12 @@ fn sched_dir(file: &Path) -> Result<ScratchDir> {
 /// Opens a scheduler whose page file is `file`, with every page allocated.
 fn open_on(file: &Path, cell: &Cell, dir: &ScratchDir) -> Result<DiskScheduler> {
     let pages = (cell.size / cell.block as u64).max(1);
-    let config = IOSchedulerConfig {
+    let config = SchedulerConfig {
         workers: workers_of(cell),
         queue_depth: cell.qd.max(1),
         page_size: cell.block,
         direct_io: cell.direct,
-        ..IOSchedulerConfig::default()
+        ..SchedulerConfig::default()
     };
     {
         let sched = DiskScheduler::open(
@@ -95,7 +95,7 @@ fn open_on(file: &Path, cell: &Cell, dir: &ScratchDir) -> Result<DiskScheduler> 
 /// (what a user who does not set it gets).
 fn workers_of(cell: &Cell) -> usize {
     cell.sched_workers
-        .unwrap_or_else(|| IOSchedulerConfig::default().workers)
+        .unwrap_or_else(|| SchedulerConfig::default().workers)
 }
 
 /// Runs a `scheduler_*` cell on `file`.

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
-use storage_io::{AlignedBuf, AsyncFileSystem, IoConfig, OpenOptions, block_on};
+use storage_io::{AlignedBuf, AsyncFileSystem, AsyncFsConfig, IoConfig, OpenOptions, block_on};
 
 use crate::Row;
 use crate::cell::{Cell, cell_row, cpu_time, factory};
@@ -40,11 +40,14 @@ impl Drop for SegmentFile {
 fn file_system(cell: &Cell) -> Result<AsyncFileSystem> {
     let qd = cell.qd.max(1);
     let factory = factory(&cell.backend, qd)?;
-    let config = IoConfig {
+    let config = AsyncFsConfig {
         io_workers: 1,
-        queue_depth: qd,
-        direct_io: cell.direct,
-        ..IoConfig::default()
+        io: IoConfig {
+            queue_depth: qd,
+            direct_io: cell.direct,
+            ..IoConfig::default()
+        },
+        ..AsyncFsConfig::default()
     };
     Ok(AsyncFileSystem::with_factory(&config, factory)?)
 }

@@ -1,5 +1,5 @@
 //! Feeds arbitrary text to the JSON and TOML loading of `IoConfig`, `WalConfig` and
-//! `IOSchedulerConfig` (byte 0 picks which); `check_config_text` panics on a panic while parsing
+//! `SchedulerConfig` (byte 0 picks which); `check_config_text` panics on a panic while parsing
 //! or validating, or on a valid config that does not round-trip.
 #![no_main]
 

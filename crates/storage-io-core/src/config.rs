@@ -70,16 +70,10 @@ impl FromStr for BackendKind {
 /// | `submit_batch` | 1 | `STORAGE_IO_SUBMIT_BATCH` |
 /// | `enable_io_uring` | true | `STORAGE_IO_ENABLE_IO_URING` |
 /// | `sq_depth` | 0 = `queue_depth` | `STORAGE_IO_SQ_DEPTH` |
-/// | `io_workers` | 0 = max(1, available cores / 2) | `STORAGE_IO_IO_WORKERS` |
-/// | `buffer_pool_size` | 48 MiB | `STORAGE_IO_BUFFER_POOL_SIZE` |
-/// | `preallocate_wal` | false | `STORAGE_IO_PREALLOCATE_WAL` |
-/// | `preallocate_size` | 64 MiB | `STORAGE_IO_PREALLOCATE_SIZE` |
 /// | `nowait_reads` | true | `STORAGE_IO_NOWAIT_READS` |
 ///
-/// The last six serve the async file API of the `storage-io` façade (its `AsyncFileSystem`):
-/// `io_workers` threads each own one backend, `buffer_pool_size` bytes are split evenly over the
-/// 4 KiB, 64 KiB and 1 MiB classes of its buffer pool, and files opened for appending are
-/// preallocated by `preallocate_size` bytes when `preallocate_wal` is on.
+/// Components above the backends keep their own settings in configs of their own (the WAL's
+/// `WalConfig`, the scheduler's `SchedulerConfig`, the async file API's `AsyncFsConfig`).
 ///
 /// ```
 /// use storage_io_core::{BackendKind, IoConfig};
@@ -127,18 +121,6 @@ pub struct IoConfig {
     /// Entries of the io_uring submission queue; 0 uses `queue_depth`. The completion queue is
     /// twice the larger of the two, and `queue_depth` still caps the ops in flight.
     pub sq_depth: usize,
-    /// Threads of the async file API, each owning one backend; 0 picks
-    /// max(1, available cores / 2).
-    pub io_workers: usize,
-    /// Bytes the async file API's buffer pool may hold, split evenly over its three size classes
-    /// (at least one buffer per class).
-    pub buffer_pool_size: usize,
-    /// Preallocate files the async file API opens for appending (log segments), so that
-    /// appends do not allocate blocks one at a time.
-    pub preallocate_wal: bool,
-    /// How many bytes to preallocate when `preallocate_wal` is on. The file's size does not
-    /// change (the space is reserved past its end), so appends still land at its end.
-    pub preallocate_size: u64,
     /// Queued backends (io_uring, the thread pool) first try a buffered read on the caller's
     /// thread with `preadv2(RWF_NOWAIT)`: what the page cache holds completes at submit, as on the
     /// inline backend, with no ring round trip or worker wake-up; the rest goes the usual way. A
@@ -162,10 +144,6 @@ impl Default for IoConfig {
             submit_batch: 1,
             enable_io_uring: true,
             sq_depth: 0,
-            io_workers: 0,
-            buffer_pool_size: 48 << 20,
-            preallocate_wal: false,
-            preallocate_size: 64 << 20,
             nowait_reads: true,
         }
     }
@@ -246,18 +224,6 @@ impl IoConfig {
         if let Some(v) = lookup("STORAGE_IO_SQ_DEPTH") {
             self.sq_depth = parse("STORAGE_IO_SQ_DEPTH", &v)?;
         }
-        if let Some(v) = lookup("STORAGE_IO_IO_WORKERS") {
-            self.io_workers = parse("STORAGE_IO_IO_WORKERS", &v)?;
-        }
-        if let Some(v) = lookup("STORAGE_IO_BUFFER_POOL_SIZE") {
-            self.buffer_pool_size = parse("STORAGE_IO_BUFFER_POOL_SIZE", &v)?;
-        }
-        if let Some(v) = lookup("STORAGE_IO_PREALLOCATE_WAL") {
-            self.preallocate_wal = parse_bool("STORAGE_IO_PREALLOCATE_WAL", &v)?;
-        }
-        if let Some(v) = lookup("STORAGE_IO_PREALLOCATE_SIZE") {
-            self.preallocate_size = parse("STORAGE_IO_PREALLOCATE_SIZE", &v)?;
-        }
         self.validate()
     }
 
@@ -283,29 +249,10 @@ impl IoConfig {
         if self.sq_depth > 32768 {
             return bad("sq_depth must be at most 32768 (0 uses queue_depth)");
         }
-        if self.io_workers > 1024 {
-            return bad("io_workers must be at most 1024 (0 picks a default)");
-        }
-        if self.buffer_pool_size < 3 << 20 {
-            return bad("buffer_pool_size must be at least 3 MiB (one 1 MiB buffer per size class)");
-        }
-        if self.preallocate_wal && self.preallocate_size == 0 {
-            return bad("preallocate_size must be non-zero when preallocate_wal is on");
-        }
         if !self.enable_io_uring && self.backend == BackendKind::IoUring {
             return bad("backend = io_uring contradicts enable_io_uring = false");
         }
         Ok(())
-    }
-
-    /// The async file API's worker count: `io_workers`, or max(1, available cores / 2) when it
-    /// is 0.
-    pub fn effective_io_workers(&self) -> usize {
-        if self.io_workers > 0 {
-            self.io_workers
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-        }
     }
 
     /// The io_uring submission-queue size to use: `sq_depth`, or `queue_depth` when it is 0.
@@ -377,10 +324,7 @@ mod tests {
         let env: HashMap<&str, &str> = [
             ("STORAGE_IO_ENABLE_IO_URING", "false"),
             ("STORAGE_IO_SQ_DEPTH", "64"),
-            ("STORAGE_IO_IO_WORKERS", "3"),
-            ("STORAGE_IO_BUFFER_POOL_SIZE", "8388608"),
-            ("STORAGE_IO_PREALLOCATE_WAL", "yes"),
-            ("STORAGE_IO_PREALLOCATE_SIZE", "1048576"),
+            ("STORAGE_IO_DIRECT_IO", "yes"),
         ]
         .into_iter()
         .collect();
@@ -388,10 +332,8 @@ mod tests {
         cfg.apply_overrides(|k| env.get(k).map(|v| v.to_string()))
             .unwrap();
         assert!(!cfg.enable_io_uring);
-        assert_eq!((cfg.effective_sq_depth(), cfg.effective_io_workers()), (64, 3));
-        assert_eq!(cfg.buffer_pool_size, 8 << 20);
-        assert!(cfg.preallocate_wal);
-        assert_eq!(cfg.preallocate_size, 1 << 20);
+        assert_eq!(cfg.effective_sq_depth(), 64);
+        assert!(cfg.direct_io);
 
         let err = "nvme".parse::<BackendKind>().unwrap_err();
         assert!(err.to_string().contains("io_uring, thread_pool, sync"), "{err}");
@@ -413,17 +355,8 @@ mod tests {
                 ..IoConfig::default()
             },
             IoConfig {
-                buffer_pool_size: 4096,
-                ..IoConfig::default()
-            },
-            IoConfig {
                 backend: BackendKind::IoUring,
                 enable_io_uring: false,
-                ..IoConfig::default()
-            },
-            IoConfig {
-                preallocate_wal: true,
-                preallocate_size: 0,
                 ..IoConfig::default()
             },
         ] {

@@ -100,10 +100,10 @@ pub struct PageCacheStats {
 /// ```
 /// # use std::sync::Arc;
 /// # use storage_io_core::{BackendFactory, StorageIo};
-/// # use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageCache};
+/// # use storage_io_scheduler::{DiskScheduler, SchedulerConfig, PageCache};
 /// # let fs = storage_io_testkit::memio::MemFs::new(1);
 /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
-/// let sched = Arc::new(DiskScheduler::open("/db", IOSchedulerConfig::default(), factory).unwrap());
+/// let sched = Arc::new(DiskScheduler::open("/db", SchedulerConfig::default(), factory).unwrap());
 /// let cache = PageCache::new(Arc::clone(&sched), 8).unwrap();
 /// let page = cache.new_page().unwrap();        // allocated, zeroed, pinned, dirty
 /// page.write()[0..5].copy_from_slice(b"hello");
@@ -277,11 +277,11 @@ impl PageCache {
     /// ```
     /// # use std::sync::Arc;
     /// # use storage_io_core::{BackendFactory, StorageIo};
-    /// # use storage_io_scheduler::{AllocationMode, DiskScheduler, IOSchedulerConfig, PageCache, PageId};
+    /// # use storage_io_scheduler::{AllocationMode, DiskScheduler, SchedulerConfig, PageCache, PageId};
     /// # use storage_io_testkit::memio::MemFs;
     /// # let fs = MemFs::new(1);
     /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
-    /// let config = IOSchedulerConfig { allocation: AllocationMode::External, ..Default::default() };
+    /// let config = SchedulerConfig { allocation: AllocationMode::External, ..Default::default() };
     /// let sched = Arc::new(DiskScheduler::open("/db", config, factory).unwrap());
     /// let cache = PageCache::new(sched, 8).unwrap();
     /// let page = cache.create_page(PageId(42)).unwrap(); // the engine chose id 42
@@ -541,16 +541,16 @@ mod tests {
     use storage_io_testkit::memio::MemFs;
 
     use super::*;
-    use crate::{IOSchedulerConfig, PAGE_FILE};
+    use crate::{PAGE_FILE, SchedulerConfig};
 
     const DIR: &str = "/db";
 
     fn cache_on(fs: &MemFs, frames: usize) -> PageCache {
         let fs = fs.clone();
         let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
-        let config = IOSchedulerConfig {
+        let config = SchedulerConfig {
             workers: 1,
-            ..IOSchedulerConfig::default()
+            ..SchedulerConfig::default()
         };
         let sched = DiskScheduler::open(DIR, config, factory).unwrap();
         PageCache::new(Arc::new(sched), frames).unwrap()

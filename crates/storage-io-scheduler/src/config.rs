@@ -1,9 +1,8 @@
-//! [`IOSchedulerConfig`]: how many workers, how deep, how big a page.
+//! [`SchedulerConfig`]: how many workers, how deep, how big a page.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use storage_io_core::BackendKind;
 
 use crate::error::SchedulerError;
 
@@ -13,19 +12,19 @@ pub const MIN_PAGE_SIZE: usize = 512;
 pub const MAX_PAGE_SIZE: usize = 1 << 20;
 
 /// Configuration of a [`DiskScheduler`](crate::DiskScheduler) (serde; unknown fields are
-/// refused). `backend`, `fixed_buffers` and `sqpoll_idle_ms` say which backend the façade
-/// (`storage_io::open_scheduler`) builds; a scheduler opened with your own factory ignores them.
+/// refused): the scheduler's own knobs only. Which backend its workers run is the factory's
+/// business (`storage_io::open_scheduler` takes an `IoConfig` for that).
 ///
 /// ```
-/// use storage_io_scheduler::IOSchedulerConfig;
-/// let config: IOSchedulerConfig =
+/// use storage_io_scheduler::SchedulerConfig;
+/// let config: SchedulerConfig =
 ///     serde_json::from_str(r#"{ "workers": 2, "page_size": 8192, "direct_io": true }"#).unwrap();
 /// assert_eq!(config.queue_depth, 32); // the default
 /// config.validate().unwrap();
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct IOSchedulerConfig {
+pub struct SchedulerConfig {
     /// Worker threads, each with its own backend. Default `max(1, available_parallelism / 2)`:
     /// the other half of the cores is left to the callers and the dispatcher.
     pub workers: usize,
@@ -38,12 +37,6 @@ pub struct IOSchedulerConfig {
     /// Open the page file with O_DIRECT (falls back to buffered I/O, with a warning, where the
     /// file system refuses it). Default false.
     pub direct_io: bool,
-    /// Backend the façade builds for each worker. Default `auto`.
-    pub backend: BackendKind,
-    /// io_uring only: register a pool of fixed buffers. Default true.
-    pub fixed_buffers: bool,
-    /// io_uring only: use SQPOLL with this idle timeout. Default off (it burns a core).
-    pub sqpoll_idle_ms: Option<u32>,
     /// Most adjacent pages merged into one read (batch reads and read streams). Pages are also
     /// routed to workers in extents of this many pages, so a run that could merge is always on
     /// one worker. Default 16 (64 KiB at 4 KiB pages).
@@ -72,6 +65,10 @@ pub struct IOSchedulerConfig {
     /// Default false.
     pub zero_on_reuse: bool,
 }
+
+/// The old name of [`SchedulerConfig`].
+#[deprecated(since = "0.1.0", note = "renamed SchedulerConfig")]
+pub type IOSchedulerConfig = SchedulerConfig;
 
 /// Who owns page allocation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,17 +102,14 @@ pub enum AllocDurability {
     NextSync,
 }
 
-impl Default for IOSchedulerConfig {
+impl Default for SchedulerConfig {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        IOSchedulerConfig {
+        SchedulerConfig {
             workers: (cores / 2).max(1),
             queue_depth: 32,
             page_size: 4096,
             direct_io: false,
-            backend: BackendKind::Auto,
-            fixed_buffers: true,
-            sqpoll_idle_ms: None,
             max_combine_pages: 16,
             poll_interval_us: 50,
             allocation: AllocationMode::Managed,
@@ -128,7 +122,7 @@ impl Default for IOSchedulerConfig {
     }
 }
 
-impl IOSchedulerConfig {
+impl SchedulerConfig {
     /// Checks every field; the error names the field and the accepted range.
     pub fn validate(&self) -> Result<(), SchedulerError> {
         let bad = |msg: String| Err(SchedulerError::InvalidConfig(msg));
@@ -217,59 +211,59 @@ mod tests {
 
     #[test]
     fn defaults_validate_and_bad_fields_are_named() {
-        IOSchedulerConfig::default().validate().unwrap();
+        SchedulerConfig::default().validate().unwrap();
         for (config, field) in [
             (
-                IOSchedulerConfig {
+                SchedulerConfig {
                     workers: 0,
                     ..Default::default()
                 },
                 "workers",
             ),
             (
-                IOSchedulerConfig {
+                SchedulerConfig {
                     queue_depth: 0,
                     ..Default::default()
                 },
                 "queue_depth",
             ),
             (
-                IOSchedulerConfig {
+                SchedulerConfig {
                     page_size: 1000,
                     ..Default::default()
                 },
                 "page_size",
             ),
             (
-                IOSchedulerConfig {
+                SchedulerConfig {
                     max_combine_pages: 257,
                     ..Default::default()
                 },
                 "max_combine_pages",
             ),
             (
-                IOSchedulerConfig {
+                SchedulerConfig {
                     poll_interval_us: 0,
                     ..Default::default()
                 },
                 "poll_interval_us",
             ),
             (
-                IOSchedulerConfig {
+                SchedulerConfig {
                     page_file: PathBuf::new(),
                     ..Default::default()
                 },
                 "page_file",
             ),
             (
-                IOSchedulerConfig {
+                SchedulerConfig {
                     max_pages: Some(0),
                     ..Default::default()
                 },
                 "max_pages",
             ),
             (
-                IOSchedulerConfig {
+                SchedulerConfig {
                     allocation: AllocationMode::External,
                     zero_on_reuse: true,
                     ..Default::default()
@@ -277,7 +271,7 @@ mod tests {
                 "zero_on_reuse",
             ),
             (
-                IOSchedulerConfig {
+                SchedulerConfig {
                     allocation: AllocationMode::External,
                     adopt_existing: true,
                     ..Default::default()
@@ -292,24 +286,24 @@ mod tests {
 
     #[test]
     fn allocation_modes_read_from_text() {
-        let config: IOSchedulerConfig = serde_json::from_str(
+        let config: SchedulerConfig = serde_json::from_str(
             r#"{ "allocation": "external", "page_file": "heap.dat", "max_pages": 1000 }"#,
         )
         .unwrap();
         config.validate().unwrap();
         assert_eq!(config.allocation, AllocationMode::External);
         assert_eq!(config.page_limit(), 1000);
-        let config: IOSchedulerConfig =
+        let config: SchedulerConfig =
             serde_json::from_str(r#"{ "alloc_durability": "next_sync", "zero_on_reuse": true }"#).unwrap();
         config.validate().unwrap();
         assert_eq!(config.alloc_durability, AllocDurability::NextSync);
-        let err = serde_json::from_str::<IOSchedulerConfig>(r#"{ "allocation": "engine" }"#).unwrap_err();
+        let err = serde_json::from_str::<SchedulerConfig>(r#"{ "allocation": "engine" }"#).unwrap_err();
         assert!(err.to_string().contains("managed"), "{err}");
     }
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err = serde_json::from_str::<IOSchedulerConfig>(r#"{ "page_sise": 4096 }"#).unwrap_err();
+        let err = serde_json::from_str::<SchedulerConfig>(r#"{ "page_sise": 4096 }"#).unwrap_err();
         assert!(err.to_string().contains("page_sise"), "{err}");
     }
 }

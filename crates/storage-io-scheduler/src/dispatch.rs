@@ -10,7 +10,7 @@ use storage_io_core::WaitWaker;
 use crate::PageId;
 use crate::alloc::Allocator;
 use crate::batch::{Ack, BatchState, Join, SyncBarrier};
-use crate::config::{AllocDurability, AllocationMode, IOSchedulerConfig};
+use crate::config::{AllocDurability, AllocationMode, SchedulerConfig};
 use crate::error::{Result, SchedulerError};
 use crate::reply::{Answer, PageAnswer};
 use crate::worker::{AllocAnswer, Counters, WorkerMsg};
@@ -79,7 +79,7 @@ impl Dispatcher {
     pub(crate) fn new(
         workers: Vec<(flume::Sender<WorkerMsg>, Option<WaitWaker>)>,
         allocator: Allocator,
-        config: &IOSchedulerConfig,
+        config: &SchedulerConfig,
         counters: Arc<Counters>,
         allocated: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {

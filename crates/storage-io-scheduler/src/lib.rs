@@ -35,12 +35,12 @@
 //! use std::sync::Arc;
 //! use bytes::Bytes;
 //! use storage_io_core::{BackendFactory, StorageIo};
-//! use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig};
+//! use storage_io_scheduler::{DiskScheduler, SchedulerConfig};
 //! use storage_io_testkit::memio::MemFs;
 //!
 //! let fs = MemFs::new(7);
 //! let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
-//! let sched = DiskScheduler::open("/db", IOSchedulerConfig::default(), factory).unwrap();
+//! let sched = DiskScheduler::open("/db", SchedulerConfig::default(), factory).unwrap();
 //!
 //! let page = sched.schedule_allocate().recv().unwrap();
 //! sched.schedule_write(page, Bytes::from(vec![7u8; 4096])).recv().unwrap();
@@ -67,7 +67,9 @@ mod worker;
 
 pub use alloc::MAX_ALLOCATE_AT_GAP;
 pub use cache::{PageCache, PageCacheStats, PageReadGuard, PageWriteGuard, PinnedPage};
-pub use config::{AllocDurability, AllocationMode, IOSchedulerConfig, MAX_PAGE_SIZE, MIN_PAGE_SIZE};
+#[allow(deprecated)] // the old name stays importable, with its deprecation note
+pub use config::IOSchedulerConfig;
+pub use config::{AllocDurability, AllocationMode, MAX_PAGE_SIZE, MIN_PAGE_SIZE, SchedulerConfig};
 pub use error::{Result, SchedulerError};
 pub use reply::{PageRead, Reply};
 pub use scheduler::{DiskScheduler, PAGE_FILE, SchedulerStats};

@@ -17,7 +17,7 @@ use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo};
 
 use crate::PageId;
 use crate::alloc::{self, Allocator};
-use crate::config::{AllocationMode, IOSchedulerConfig};
+use crate::config::{AllocationMode, SchedulerConfig};
 use crate::dispatch::{Dispatcher, Request};
 use crate::error::{Result, SchedulerError};
 use crate::reply::{Answer, PageAnswer, PageRead, Reply};
@@ -70,7 +70,7 @@ pub struct SchedulerStats {
 pub struct DiskScheduler {
     tx: RwLock<Option<flume::Sender<Request>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    config: IOSchedulerConfig,
+    config: SchedulerConfig,
     dir: PathBuf,
     counters: Arc<Counters>,
     allocated: Arc<std::sync::atomic::AtomicU64>,
@@ -94,7 +94,7 @@ impl DiskScheduler {
     /// allocation metadata that does not match the page file (nothing is changed then).
     pub fn open(
         dir: impl AsRef<Path>,
-        config: IOSchedulerConfig,
+        config: SchedulerConfig,
         factory: BackendFactory,
     ) -> Result<DiskScheduler> {
         config.validate()?;
@@ -240,11 +240,11 @@ impl DiskScheduler {
     /// ```
     /// # use std::sync::Arc;
     /// # use storage_io_core::{BackendFactory, StorageIo};
-    /// # use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig};
+    /// # use storage_io_scheduler::{DiskScheduler, SchedulerConfig};
     /// # use storage_io_testkit::memio::MemFs;
     /// # let fs = MemFs::new(1);
     /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
-    /// let sched = DiskScheduler::open("/db", IOSchedulerConfig::default(), factory).unwrap();
+    /// let sched = DiskScheduler::open("/db", SchedulerConfig::default(), factory).unwrap();
     /// let pages: Vec<_> = (0..8).map(|_| sched.schedule_allocate().recv().unwrap()).collect();
     /// let (done, answers) = flume::unbounded();
     /// for (tag, &page) in pages.iter().enumerate() {
@@ -331,11 +331,11 @@ impl DiskScheduler {
     /// ```
     /// # use std::sync::Arc;
     /// # use storage_io_core::{BackendFactory, StorageIo};
-    /// # use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId};
+    /// # use storage_io_scheduler::{DiskScheduler, SchedulerConfig, PageId};
     /// # use storage_io_testkit::memio::MemFs;
     /// # let fs = MemFs::new(1);
     /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
-    /// let sched = DiskScheduler::open("/db", IOSchedulerConfig::default(), factory).unwrap();
+    /// let sched = DiskScheduler::open("/db", SchedulerConfig::default(), factory).unwrap();
     /// assert!(sched.schedule_allocate_at(PageId(5)).recv().unwrap());
     /// assert!(!sched.schedule_allocate_at(PageId(5)).recv().unwrap()); // already allocated
     /// assert_eq!(sched.schedule_allocate().recv().unwrap(), PageId(0)); // 0..5 went on the free list
@@ -355,11 +355,11 @@ impl DiskScheduler {
     /// # use std::sync::Arc;
     /// # use bytes::Bytes;
     /// # use storage_io_core::{BackendFactory, StorageIo};
-    /// # use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId};
+    /// # use storage_io_scheduler::{DiskScheduler, SchedulerConfig, PageId};
     /// # use storage_io_testkit::memio::MemFs;
     /// # let fs = MemFs::new(1);
     /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
-    /// let sched = DiskScheduler::open("/db", IOSchedulerConfig::default(), factory).unwrap();
+    /// let sched = DiskScheduler::open("/db", SchedulerConfig::default(), factory).unwrap();
     /// sched.schedule_begin_redo().recv().unwrap();
     /// // Replay a logged page image of page 3, which the allocator does not know.
     /// sched.schedule_write(PageId(3), Bytes::from(vec![3u8; 4096])).recv().unwrap();
@@ -410,7 +410,7 @@ impl DiskScheduler {
     }
 
     /// The configuration in effect.
-    pub fn config(&self) -> &IOSchedulerConfig {
+    pub fn config(&self) -> &SchedulerConfig {
         &self.config
     }
 

@@ -19,10 +19,10 @@ use crate::scheduler::DiskScheduler;
 /// ```
 /// # use std::sync::Arc;
 /// # use storage_io_core::{BackendFactory, StorageIo};
-/// # use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId};
+/// # use storage_io_scheduler::{DiskScheduler, SchedulerConfig, PageId};
 /// # let fs = storage_io_testkit::memio::MemFs::new(1);
 /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
-/// let sched = DiskScheduler::open("/db", IOSchedulerConfig::default(), factory).unwrap();
+/// let sched = DiskScheduler::open("/db", SchedulerConfig::default(), factory).unwrap();
 /// for _ in 0..100 {
 ///     sched.schedule_allocate().recv().unwrap();
 /// }

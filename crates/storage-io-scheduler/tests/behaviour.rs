@@ -12,7 +12,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use storage_io_core::OpKind;
-use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId, Reply, SchedulerError};
+use storage_io_scheduler::{DiskScheduler, PageId, Reply, SchedulerConfig, SchedulerError};
 use storage_io_testkit::faulty::{Fault, FaultPlan};
 use storage_io_testkit::memio::MemFs;
 
@@ -334,9 +334,9 @@ fn bad_input_gets_clear_errors() {
         Err(SchedulerError::Batch { index: 0, .. }) => {}
         other => panic!("expected a batch error at index 0, got {other:?}"),
     }
-    let bad = IOSchedulerConfig {
+    let bad = SchedulerConfig {
         page_size: 1000,
-        ..IOSchedulerConfig::default()
+        ..SchedulerConfig::default()
     };
     let err = DiskScheduler::open(DIR, bad, mem_factory(&fs)).unwrap_err();
     assert!(err.to_string().contains("page_size"), "{err}");
@@ -353,7 +353,7 @@ fn reopen_with_a_different_page_size_is_refused_and_changes_nothing() {
         .unwrap();
     sched.shutdown().unwrap();
     drop(sched);
-    let other = IOSchedulerConfig {
+    let other = SchedulerConfig {
         page_size: 8192,
         ..config(1)
     };
@@ -413,10 +413,10 @@ fn read_stream_over_many_workers_merges_runs_within_extents() {
     let fs = MemFs::new(12);
     let sched = open(
         &mem_factory(&fs),
-        IOSchedulerConfig {
+        SchedulerConfig {
             workers: 3,
             max_combine_pages: 8,
-            ..IOSchedulerConfig::default()
+            ..SchedulerConfig::default()
         },
     );
     allocate(&sched, 64);

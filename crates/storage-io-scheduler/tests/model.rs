@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use common::*;
 use proptest::prelude::*;
 use storage_io_scheduler::{
-    AllocDurability, AllocationMode, DiskScheduler, IOSchedulerConfig, PageId, Reply, SchedulerError,
+    AllocDurability, AllocationMode, DiskScheduler, PageId, Reply, SchedulerConfig, SchedulerError,
 };
 use storage_io_testkit::faulty::{Fault, FaultPlan};
 use storage_io_testkit::memio::MemFs;
@@ -55,16 +55,16 @@ enum Mode {
 
 const EXTERNAL_MAX: u64 = 20;
 
-fn mode_config(mode: Mode) -> IOSchedulerConfig {
+fn mode_config(mode: Mode) -> SchedulerConfig {
     let base = config(2);
     match mode {
         Mode::Managed => base,
-        Mode::ManagedDeferredZeroing => IOSchedulerConfig {
+        Mode::ManagedDeferredZeroing => SchedulerConfig {
             alloc_durability: AllocDurability::NextSync,
             zero_on_reuse: true,
             ..base
         },
-        Mode::External => IOSchedulerConfig {
+        Mode::External => SchedulerConfig {
             allocation: AllocationMode::External,
             max_pages: Some(EXTERNAL_MAX),
             ..base

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use common::*;
 use storage_io_core::{OpenOptions, StorageIo};
 use storage_io_scheduler::{
-    AllocDurability, AllocationMode, DiskScheduler, IOSchedulerConfig, MAX_ALLOCATE_AT_GAP, PageCache,
-    PageId, SchedulerError,
+    AllocDurability, AllocationMode, DiskScheduler, MAX_ALLOCATE_AT_GAP, PageCache, PageId, SchedulerConfig,
+    SchedulerError,
 };
 use storage_io_testkit::memio::{CrashOptions, MemFs, TearMode};
 
-fn external(max_pages: Option<u64>) -> IOSchedulerConfig {
-    IOSchedulerConfig {
+fn external(max_pages: Option<u64>) -> SchedulerConfig {
+    SchedulerConfig {
         allocation: AllocationMode::External,
         max_pages,
         ..config(2)
@@ -134,7 +134,7 @@ fn external_allocation_adopts_an_existing_page_file_under_its_own_name() {
     file[PAGE..2 * PAGE].copy_from_slice(&page_bytes(PageId(1), 6));
     file[2 * PAGE..].fill(0xEE);
     put_file(&fs, Path::new("/db/heap.dat"), &file);
-    let config = IOSchedulerConfig {
+    let config = SchedulerConfig {
         page_file: PathBuf::from("heap.dat"),
         ..external(None)
     };
@@ -170,7 +170,7 @@ fn managed_allocation_adopts_a_file_without_images_only_when_asked() {
     );
     assert!(alloc_images(&fs).is_empty(), "a refused open changed nothing");
 
-    let adopt = IOSchedulerConfig {
+    let adopt = SchedulerConfig {
         adopt_existing: true,
         ..config(2)
     };
@@ -194,7 +194,7 @@ fn managed_allocation_adopts_a_file_without_images_only_when_asked() {
 #[test]
 fn allocate_at_takes_the_id_asked_for_and_refuses_what_it_cannot() {
     let fs = MemFs::new(4);
-    let config = IOSchedulerConfig {
+    let config = SchedulerConfig {
         max_pages: Some(MAX_ALLOCATE_AT_GAP * 4),
         ..config(2)
     };
@@ -240,7 +240,7 @@ fn allocate_at_takes_the_id_asked_for_and_refuses_what_it_cannot() {
 fn zero_on_reuse_gives_zeros_for_a_reused_id_and_keeps_them_across_a_crash() {
     for seed in 0..8 {
         let fs = MemFs::new(seed);
-        let config = IOSchedulerConfig {
+        let config = SchedulerConfig {
             zero_on_reuse: true,
             ..config(2)
         };
@@ -283,7 +283,7 @@ fn zero_on_reuse_gives_zeros_for_a_reused_id_and_keeps_them_across_a_crash() {
 
 #[test]
 fn next_sync_allocations_cost_no_image_until_a_durability_point() {
-    let deferred = IOSchedulerConfig {
+    let deferred = SchedulerConfig {
         alloc_durability: AllocDurability::NextSync,
         ..config(2)
     };

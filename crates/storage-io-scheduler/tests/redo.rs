@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
-use storage_io_scheduler::{AllocDurability, DiskScheduler, IOSchedulerConfig, PageId, SchedulerError};
+use storage_io_scheduler::{AllocDurability, DiskScheduler, PageId, SchedulerConfig, SchedulerError};
 use storage_io_testkit::memio::{CrashOptions, MemFs, TearMode};
 
 /// The engine's log of page images: (page, version), in log order.
@@ -159,8 +159,8 @@ const DEFERRED_WORKLOAD: &[Step] = &[
     Step::Allocate,
 ];
 
-fn deferred_config() -> IOSchedulerConfig {
-    IOSchedulerConfig {
+fn deferred_config() -> SchedulerConfig {
+    SchedulerConfig {
         alloc_durability: AllocDurability::NextSync,
         zero_on_reuse: true,
         ..config(2)

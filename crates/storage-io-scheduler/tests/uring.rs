@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use storage_io_core::{BackendFactory, IoConfig, StorageIo};
-use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId};
+use storage_io_scheduler::{DiskScheduler, PageId, SchedulerConfig};
 use storage_io_uring::{UringStorageIo, usable_or_skip};
 
 #[test]
@@ -29,9 +29,9 @@ fn backend_submit_calls_of_the_workers_reach_the_scheduler_stats() {
         })?;
         Ok(Box::new(io) as Box<dyn StorageIo>)
     });
-    let config = IOSchedulerConfig {
+    let config = SchedulerConfig {
         workers: 1,
-        ..IOSchedulerConfig::default()
+        ..SchedulerConfig::default()
     };
     let sched = DiskScheduler::open(dir.path(), config, factory).unwrap();
     let pages = allocate(&sched, 32);

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
-use storage_io::scheduler::{AllocationMode, DiskScheduler, IOSchedulerConfig, PageId, Reply};
+use storage_io::scheduler::{AllocationMode, DiskScheduler, PageId, Reply, SchedulerConfig};
 use storage_io::wal::{WalConfig, WalManager};
 use storage_io::{BackendFactory, IoConfig, StorageIo};
 use storage_io_testkit::memio::{CrashOptions, MemFs, TearMode};
@@ -123,12 +123,12 @@ struct Engine {
     replayed: usize,
 }
 
-fn scheduler_config() -> IOSchedulerConfig {
-    IOSchedulerConfig {
+fn scheduler_config() -> SchedulerConfig {
+    SchedulerConfig {
         allocation: AllocationMode::External,
         page_file: "heap.pages".into(),
         workers: 1,
-        ..IOSchedulerConfig::default()
+        ..SchedulerConfig::default()
     }
 }
 

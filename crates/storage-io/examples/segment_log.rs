@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
-use storage_io::{AsyncFile, AsyncFileSystem, IoConfig};
+use storage_io::{AsyncFile, AsyncFileSystem, AsyncFsConfig};
 
 const HEADER: usize = 8;
 
@@ -206,10 +206,11 @@ async fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("topic-0");
 
-    let config = IoConfig {
-        preallocate_wal: true,
+    // The STORAGE_IO_* overrides apply on top (AsyncFileSystem::new applies them).
+    let config = AsyncFsConfig {
+        preallocate_appends: true,
         preallocate_size: segment_bytes + (64 << 10),
-        ..IoConfig::from_env()?
+        ..AsyncFsConfig::default()
     };
     let fs = AsyncFileSystem::new(&config)?;
     println!(

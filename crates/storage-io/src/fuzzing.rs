@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Byte 0 picks a config type (`IoConfig`, `WalConfig`, `IOSchedulerConfig`) and a format (JSON
+/// Byte 0 picks a config type (`IoConfig`, `WalConfig`, `SchedulerConfig`, `AsyncFsConfig`) and a format (JSON
 /// or TOML); the rest is the text. Parsing and validating must answer with an error, never
 /// panic, and a config that validates must round-trip through JSON unchanged.
 pub fn check_config_text(data: &[u8]) {
@@ -15,10 +15,11 @@ pub fn check_config_text(data: &[u8]) {
         return;
     };
     let toml = which & 1 == 1;
-    match (which >> 1) % 3 {
+    match (which >> 1) % 4 {
         0 => check::<crate::IoConfig>(text, toml, |c| c.validate().is_ok()),
         1 => check::<crate::wal::WalConfig>(text, toml, |c| c.validate().is_ok()),
-        _ => check::<crate::scheduler::IOSchedulerConfig>(text, toml, |c| c.validate().is_ok()),
+        2 => check::<crate::scheduler::SchedulerConfig>(text, toml, |c| c.validate().is_ok()),
+        _ => check::<crate::AsyncFsConfig>(text, toml, |c| c.validate().is_ok()),
     }
 }
 

@@ -35,17 +35,17 @@ mod fs;
 pub mod fuzzing;
 
 pub use fs::{
-    AsyncFile, AsyncFileSystem, AsyncIoMetrics, BufOp, IoBufferPool, LATENCY_BUCKETS_SECONDS, Op, OpMetrics,
-    OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
+    AsyncFile, AsyncFileSystem, AsyncFsConfig, AsyncIoMetrics, BufOp, IoBufferPool, LATENCY_BUCKETS_SECONDS,
+    Op, OpMetrics, OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
 };
 
 // The core types a user of a backend needs, by name; implementers take
 // `storage_io_core::backend_kit` from the core crate itself.
 pub use storage_io_core::{
     AlignedBuf, BackendFactory, BackendKind, BufferPool, BufferPoolConfig, Capabilities, DEFAULT_ALIGNMENT,
-    DirectMode, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot, IoToken, OpKind,
-    OpKindSnapshot, OpenOptions, OpenedFd, OpenedFile, Result, StorageIo, StorageIoError, SubmitError, WaitWaker,
-    direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
+    DirectMode, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot, IoToken,
+    OpKind, OpKindSnapshot, OpenOptions, OpenedFd, OpenedFile, Result, StorageIo, StorageIoError,
+    SubmitError, WaitWaker, direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
 };
 /// The page scheduler (`storage-io-scheduler`); [`open_scheduler`] opens one on the
 /// auto-selected backend.
@@ -205,14 +205,26 @@ fn select_with(config: &IoConfig, uring: &UringStatus) -> Result<Selection> {
     Ok(selection)
 }
 
-/// Selects (see [`select_backend`]; the environment's `STORAGE_IO_BACKEND` applies), logs the
-/// choice and why, and builds the backend.
-pub fn open_backend(config: &IoConfig) -> Result<Box<dyn StorageIo>> {
-    let selection = select(config)?;
-    build_backend(selection.kind, config)
+/// `config` with every `STORAGE_IO_*` override from the environment applied: what every opener
+/// here ([`open_backend`], [`backend_factory`], [`open_wal`], [`open_scheduler`],
+/// [`AsyncFileSystem::new`]) builds with, so that an override means the same thing whichever
+/// one a program calls. [`build_backend`] builds exactly what it is given.
+pub fn with_env(config: &IoConfig) -> Result<IoConfig> {
+    let mut config = config.clone();
+    config.apply_env()?;
+    Ok(config)
 }
 
-/// Selects once and returns a factory that builds that kind for every worker, with the choice.
+/// Selects (see [`select_backend`]), logs the choice and why, and builds the backend, with the
+/// `STORAGE_IO_*` overrides applied ([`with_env`]).
+pub fn open_backend(config: &IoConfig) -> Result<Box<dyn StorageIo>> {
+    let config = with_env(config)?;
+    let selection = select(&config)?;
+    build_backend(selection.kind, &config)
+}
+
+/// Selects once and returns a factory that builds that kind for every worker, with the choice
+/// (the `STORAGE_IO_*` overrides applied, [`with_env`]).
 ///
 /// ```no_run
 /// let (factory, selection) = storage_io::backend_factory(&storage_io::IoConfig::default())?;
@@ -221,8 +233,9 @@ pub fn open_backend(config: &IoConfig) -> Result<Box<dyn StorageIo>> {
 /// # Ok::<(), storage_io::StorageIoError>(())
 /// ```
 pub fn backend_factory(config: &IoConfig) -> Result<(BackendFactory, Selection)> {
-    let selection = select(config)?;
-    Ok((factory_of(selection.kind, config), selection))
+    let config = with_env(config)?;
+    let selection = select(&config)?;
+    Ok((factory_of(selection.kind, &config), selection))
 }
 
 /// A factory building `kind` with `config` for every worker.
@@ -251,14 +264,14 @@ pub fn open_wal(
     wal::WalManager::open(dir, config, factory)
 }
 
-/// Opens the page scheduler in `dir`, one backend per worker, of the kind `config.backend`
-/// selects (`auto`: io_uring where the probe passes, else the thread pool;
-/// `STORAGE_IO_BACKEND` overrides). The backends get the scheduler's `queue_depth`,
-/// `fixed_buffers`, `sqpoll_idle_ms` and `direct_io`.
+/// Opens the page scheduler in `dir`, one backend per worker, of the kind `io` selects (`auto`:
+/// io_uring where the probe passes, else the thread pool), built with `io` and sized for the
+/// scheduler's `queue_depth`; `STORAGE_IO_*` overrides apply to `io` as for every opener here.
 ///
 /// ```no_run
-/// use storage_io::scheduler::{IOSchedulerConfig, PageCache};
-/// let sched = std::sync::Arc::new(storage_io::open_scheduler("db/pages", IOSchedulerConfig::default())?);
+/// use storage_io::scheduler::{PageCache, SchedulerConfig};
+/// let io = storage_io::IoConfig::default();
+/// let sched = std::sync::Arc::new(storage_io::open_scheduler("db/pages", SchedulerConfig::default(), &io)?);
 /// let page = sched.schedule_allocate().recv()?;
 /// sched.schedule_write_durable(page, vec![0u8; 4096].into()).recv()?;
 /// let cache = PageCache::new(sched, 1024)?; // a buffer pool of 1024 frames on top
@@ -266,15 +279,13 @@ pub fn open_wal(
 /// ```
 pub fn open_scheduler(
     dir: impl AsRef<std::path::Path>,
-    config: scheduler::IOSchedulerConfig,
+    config: scheduler::SchedulerConfig,
+    io: &IoConfig,
 ) -> std::result::Result<scheduler::DiskScheduler, scheduler::SchedulerError> {
     let io = IoConfig {
-        backend: config.backend,
         queue_depth: config.queue_depth,
-        fixed_buffers: config.fixed_buffers,
-        sqpoll_idle_ms: config.sqpoll_idle_ms,
         direct_io: config.direct_io,
-        ..IoConfig::default()
+        ..io.clone()
     };
     let (factory, selection) = backend_factory(&io).map_err(|source| scheduler::SchedulerError::Backend {
         what: "selecting a backend",
@@ -291,23 +302,43 @@ pub fn open_scheduler(
 /// ```no_run
 /// // storage-io.toml:  backend = "io_uring"
 /// //                   queue_depth = 64
-/// //                   io_workers = 2
 /// let config = storage_io::load_config("storage-io.toml")?;
-/// let fs = storage_io::AsyncFileSystem::new(&config)?;
+/// let backend = storage_io::open_backend(&config)?;
 /// # Ok::<(), storage_io::StorageIoError>(())
 /// ```
 pub fn load_config(path: impl AsRef<std::path::Path>) -> Result<IoConfig> {
-    let path = path.as_ref();
+    let mut config: IoConfig = read_config_file(path.as_ref())?;
+    config.apply_env()?;
+    Ok(config)
+}
+
+/// Reads an [`AsyncFsConfig`] (the async file API's settings, the backend's under `io`) like
+/// [`load_config`]: TOML or JSON, the `STORAGE_IO_*` overrides on top, validated.
+///
+/// ```no_run
+/// // storage-io.toml:  io_workers = 2
+/// //                   [io]
+/// //                   backend = "io_uring"
+/// let config = storage_io::load_async_fs_config("storage-io.toml")?;
+/// let fs = storage_io::AsyncFileSystem::new(&config)?;
+/// # Ok::<(), storage_io::StorageIoError>(())
+/// ```
+pub fn load_async_fs_config(path: impl AsRef<std::path::Path>) -> Result<AsyncFsConfig> {
+    let mut config: AsyncFsConfig = read_config_file(path.as_ref())?;
+    config.apply_env()?;
+    Ok(config)
+}
+
+/// A config of any kind from a `.toml` or `.json` file; errors name the file.
+fn read_config_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).map_err(|e| StorageIoError::from_os("reading the config file", &e))?;
     let bad = |what: String| {
         StorageIoError::InvalidArgument(InvalidArgument::Message(format!("{}: {what}", path.display())))
     };
-    let mut config: IoConfig = match path.extension().and_then(|e| e.to_str()) {
-        Some("toml") => toml::from_str(&text).map_err(|e| bad(e.to_string()))?,
-        Some("json") => serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?,
-        _ => return Err(bad("a config file must end in .toml or .json".into())),
-    };
-    config.apply_env()?;
-    Ok(config)
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("toml") => toml::from_str(&text).map_err(|e| bad(e.to_string())),
+        Some("json") => serde_json::from_str(&text).map_err(|e| bad(e.to_string())),
+        _ => Err(bad("a config file must end in .toml or .json".into())),
+    }
 }

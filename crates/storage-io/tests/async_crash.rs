@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use storage_io::{AsyncFileSystem, IoConfig, block_on};
+use storage_io::{AsyncFileSystem, AsyncFsConfig, block_on};
 use storage_io_core::{BackendFactory, StorageIo};
 use storage_io_testkit::memio::{CrashOptions, MemFs, TearMode};
 
@@ -107,9 +107,9 @@ fn async_file_api_on_memio_keeps_every_append_a_completed_sync_data_covers_acros
 }
 
 fn sweep(sync_dir: bool) {
-    let config = IoConfig {
+    let config = AsyncFsConfig {
         io_workers: 1,
-        ..IoConfig::default()
+        ..AsyncFsConfig::default()
     };
     let total = {
         let mem = MemFs::new(0);

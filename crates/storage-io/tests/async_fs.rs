@@ -9,8 +9,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use storage_io::{
-    AlignedBuf, AsyncFileSystem, BackendFactory, BackendKind, IoConfig, OpKind, StorageIo, StorageIoError,
-    SyncStorageIo, block_on,
+    AlignedBuf, AsyncFileSystem, AsyncFsConfig, BackendFactory, BackendKind, IoConfig, OpKind, StorageIo,
+    StorageIoError, SyncStorageIo, block_on,
 };
 use storage_io_testkit::gated::{Gate, GatedIo};
 
@@ -49,17 +49,20 @@ fn backends(test: &str) -> Vec<BackendKind> {
     kinds
 }
 
-fn config(workers: usize) -> IoConfig {
-    IoConfig {
+fn config(workers: usize) -> AsyncFsConfig {
+    AsyncFsConfig {
         io_workers: workers,
-        queue_depth: 32,
         buffer_pool_size: 8 << 20,
-        ..IoConfig::default()
+        io: IoConfig {
+            queue_depth: 32,
+            ..IoConfig::default()
+        },
+        ..AsyncFsConfig::default()
     }
 }
 
-fn fs_on(kind: BackendKind, config: &IoConfig) -> AsyncFileSystem {
-    let backend_config = config.clone();
+fn fs_on(kind: BackendKind, config: &AsyncFsConfig) -> AsyncFileSystem {
+    let backend_config = config.io.clone();
     let factory: BackendFactory = Arc::new(move |_| storage_io::build_backend(kind, &backend_config));
     AsyncFileSystem::with_factory(config, factory).unwrap()
 }
@@ -453,8 +456,8 @@ fn appends_in_flight_never_overlap() {
 fn allocate_and_preallocate_wal_reserve_space_without_growing_the_file() {
     use std::os::unix::fs::MetadataExt;
     let dir = real_dir();
-    let cfg = IoConfig {
-        preallocate_wal: true,
+    let cfg = AsyncFsConfig {
+        preallocate_appends: true,
         preallocate_size: 4 << 20,
         ..config(1)
     };
@@ -572,28 +575,41 @@ fn load_config_reads_toml_and_json_and_names_what_is_wrong() {
     let toml = dir.path().join("io.toml");
     std::fs::write(
         &toml,
-        "backend = \"thread_pool\"\nio_workers = 3\nsq_depth = 64\npreallocate_wal = true\n",
+        "io_workers = 3\npreallocate_appends = true\n[io]\nbackend = \"thread_pool\"\nsq_depth = 64\n",
     )
     .unwrap();
-    let cfg = storage_io::load_config(&toml).unwrap();
+    let cfg = storage_io::load_async_fs_config(&toml).unwrap();
     assert_eq!(
         (
-            cfg.backend,
+            cfg.io.backend,
             cfg.io_workers,
-            cfg.sq_depth,
-            cfg.preallocate_wal,
-            cfg.queue_depth
+            cfg.io.sq_depth,
+            cfg.preallocate_appends,
+            cfg.io.queue_depth
         ),
         (BackendKind::ThreadPool, 3, 64, true, 128)
     );
+    // The async settings are not the backend's: a backend config refuses them by name.
+    let err = storage_io::load_config(&toml).unwrap_err().to_string();
+    assert!(err.contains("unknown field") && err.contains("io.toml"), "{err}");
     let json = dir.path().join("io.json");
     std::fs::write(
         &json,
         r#"{"enable_io_uring": false, "buffer_pool_size": 16777216}"#,
     )
     .unwrap();
-    let cfg = storage_io::load_config(&json).unwrap();
-    assert!(!cfg.enable_io_uring);
+    let cfg = storage_io::load_async_fs_config(&json).unwrap_err().to_string();
+    assert!(
+        cfg.contains("enable_io_uring"),
+        "backend fields live under io: {cfg}"
+    );
+    std::fs::write(
+        &json,
+        r#"{"io": {"enable_io_uring": false}, "buffer_pool_size": 16777216}"#,
+    )
+    .unwrap();
+    let cfg = storage_io::load_async_fs_config(&json).unwrap();
+    assert!(!cfg.io.enable_io_uring);
     assert_eq!(cfg.buffer_pool_size, 16 << 20);
 
     std::fs::write(&toml, "io_worker = 3\n").unwrap();

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use storage_io::fuzzing::check_config_text;
-use storage_io::scheduler::IOSchedulerConfig;
+use storage_io::scheduler::SchedulerConfig;
 use storage_io::wal::WalConfig;
 use storage_io_testkit::corpus::replay;
 
@@ -27,8 +27,8 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         (
             4,
             "sched",
-            serde_json::to_string(&IOSchedulerConfig::default()).unwrap(),
-            toml::to_string(&IOSchedulerConfig::default()).unwrap(),
+            serde_json::to_string(&SchedulerConfig::default()).unwrap(),
+            toml::to_string(&SchedulerConfig::default()).unwrap(),
         ),
     ];
     let mut out = Vec::new();

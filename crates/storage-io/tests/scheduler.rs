@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use storage_io::BackendKind;
+use storage_io::{BackendKind, IoConfig};
 
-use storage_io::scheduler::{IOSchedulerConfig, PageCache, PageId};
+use storage_io::scheduler::{PageCache, PageId, SchedulerConfig};
 
 fn page(id: PageId, version: u8) -> Vec<u8> {
     let mut v = vec![version; 4096];
@@ -25,14 +25,17 @@ fn roundtrip(backend: BackendKind, workers: usize) {
         }
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let config = IOSchedulerConfig {
+    let io = IoConfig {
         backend,
+        ..IoConfig::default()
+    };
+    let config = SchedulerConfig {
         workers,
         direct_io: true,
-        ..IOSchedulerConfig::default()
+        ..SchedulerConfig::default()
     };
     let ids: Vec<PageId> = {
-        let sched = storage_io::open_scheduler(dir.path(), config.clone()).unwrap();
+        let sched = storage_io::open_scheduler(dir.path(), config.clone(), &io).unwrap();
         let ids: Vec<PageId> = (0..64)
             .map(|_| sched.schedule_allocate().recv().unwrap())
             .collect();
@@ -54,7 +57,7 @@ fn roundtrip(backend: BackendKind, workers: usize) {
         ids
     };
     // Reopened: allocation and contents are back.
-    let sched = Arc::new(storage_io::open_scheduler(dir.path(), config).unwrap());
+    let sched = Arc::new(storage_io::open_scheduler(dir.path(), config, &io).unwrap());
     assert!(sched.schedule_read(ids[5]).recv().is_err());
     let scanned: Vec<u64> = sched
         .read_stream(ids[6]..PageId(64), 16)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use storage_io_core::{BackendFactory, OpKind, StorageIo};
-use storage_io_scheduler::{DiskScheduler, IOSchedulerConfig, PageId};
+use storage_io_scheduler::{DiskScheduler, PageId, SchedulerConfig};
 use storage_io_testkit::faulty::{FaultPlan, FaultyIo};
 use storage_io_testkit::gated::{Gate, GatedIo};
 use storage_io_testkit::memio::MemFs;
@@ -29,15 +29,15 @@ pub(crate) fn faulty_factory(fs: &MemFs, plan: FaultPlan) -> BackendFactory {
 }
 
 /// A small config: `workers` workers, extents of 4 pages so batches cross workers.
-pub(crate) fn config(workers: usize) -> IOSchedulerConfig {
-    IOSchedulerConfig {
+pub(crate) fn config(workers: usize) -> SchedulerConfig {
+    SchedulerConfig {
         workers,
         max_combine_pages: 4,
-        ..IOSchedulerConfig::default()
+        ..SchedulerConfig::default()
     }
 }
 
-pub(crate) fn open(factory: &BackendFactory, config: IOSchedulerConfig) -> DiskScheduler {
+pub(crate) fn open(factory: &BackendFactory, config: SchedulerConfig) -> DiskScheduler {
     DiskScheduler::open(DIR, config, factory.clone()).expect("open the scheduler")
 }
 

@@ -1,6 +1,8 @@
 //! Owned buffers for the async file API, and [`IoBufferPool`].
 
-use storage_io_core::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf, IoConfig, Result};
+use storage_io_core::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf, Result};
+
+use super::AsyncFsConfig;
 
 /// A buffer that can move into an operation and come back with its result.
 ///
@@ -65,14 +67,14 @@ pub const POOL_CLASSES: [usize; 3] = [4 << 10, 64 << 10, 1 << 20];
 /// Aligned buffers for the async file API in three size classes (4 KiB, 64 KiB, 1 MiB), each
 /// bounded, all aligned to 4096 bytes so they suit direct I/O.
 ///
-/// `IoConfig::buffer_pool_size` bytes are split evenly over the classes (at least one buffer
+/// `AsyncFsConfig::buffer_pool_size` bytes are split evenly over the classes (at least one buffer
 /// each). Acquire and release take no lock: each class keeps its free buffers in a lock-free
 /// queue, and dropping a buffer gives it back. Past a class's bound, [`IoBufferPool::acquire`]
 /// fails with `BufferExhausted` instead of growing — memory use is capped.
 ///
 /// ```
-/// use storage_io::{IoBufferPool, IoConfig};
-/// let pool = IoBufferPool::new(&IoConfig::default())?;
+/// use storage_io::{AsyncFsConfig, IoBufferPool};
+/// let pool = IoBufferPool::new(&AsyncFsConfig::default())?;
 /// let buf = pool.acquire(10_000)?; // from the 64 KiB class, length 10 000
 /// assert_eq!((buf.len(), buf.capacity()), (10_000, 64 << 10));
 /// drop(buf); // back to the pool
@@ -86,7 +88,7 @@ pub struct IoBufferPool {
 
 impl IoBufferPool {
     /// A pool of `config.buffer_pool_size` bytes (validated with the rest of the config).
-    pub fn new(config: &IoConfig) -> Result<Self> {
+    pub fn new(config: &AsyncFsConfig) -> Result<Self> {
         config.validate()?;
         let per_class = config.buffer_pool_size / POOL_CLASSES.len();
         let limits = POOL_CLASSES.map(|size| (per_class / size).max(1));

@@ -7,9 +7,9 @@
 //! need no particular runtime: tokio, a plain `block_on`, or anything that polls.
 //!
 //! ```no_run
-//! use storage_io::{AsyncFileSystem, IoConfig};
+//! use storage_io::{AsyncFileSystem, AsyncFsConfig};
 //! # async fn demo() -> storage_io::Result<()> {
-//! let fs = AsyncFileSystem::new(&IoConfig::default())?; // io_uring where the kernel allows it
+//! let fs = AsyncFileSystem::new(&AsyncFsConfig::default())?; // io_uring where the kernel allows it
 //! let log = fs.open_append("segment-0.log").await?;
 //! let (at, _record) = log.append(b"hello".to_vec()).await;
 //! log.sync_data().await?; // durable from here on
@@ -19,6 +19,7 @@
 //! ```
 
 mod buf;
+mod config;
 mod metrics;
 mod slot;
 mod worker;
@@ -35,18 +36,18 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use storage_io_core::{
-    BackendFactory, DirectMode, IoBuf, IoConfig, IoFd, IoStats, OpKind, OpenOptions, Result, StorageIoError,
-    WaitWaker,
+    BackendFactory, DirectMode, IoBuf, IoFd, IoStats, OpKind, OpenOptions, Result, StorageIoError, WaitWaker,
 };
 
 pub use buf::{IoBufferPool, OwnedBuf, POOL_CLASSES};
+pub use config::AsyncFsConfig;
 pub use metrics::{AsyncIoMetrics, LATENCY_BUCKETS_SECONDS, OpMetrics, PoolClassMetrics};
 use slot::{Waiting, slot};
 use worker::{Request, Worker, WorkerShared};
 
 /// A set of I/O workers serving [`AsyncFile`]s: the entry point of the async file API.
 ///
-/// `IoConfig::io_workers` threads each own one backend (built by the façade's auto-selection, or
+/// `AsyncFsConfig::io_workers` threads each own one backend (built by the façade's auto-selection, or
 /// by your factory) and keep up to `queue_depth` operations in flight. Each file is opened on one
 /// worker (round robin) and registered with that worker's backend; all its operations go there,
 /// in the order they are made. Cloning is cheap and shares the workers.
@@ -66,7 +67,7 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
     workers: Vec<Arc<WorkerShared>>,
     next_worker: AtomicUsize,
-    config: IoConfig,
+    config: AsyncFsConfig,
     backend: String,
     pool: IoBufferPool,
 }
@@ -75,15 +76,19 @@ impl AsyncFileSystem {
     /// Starts the workers on the backend the façade selects for `config` (io_uring where the
     /// probe passes, else the thread pool; `STORAGE_IO_BACKEND` overrides), logging the kernel
     /// version, the backend chosen and why.
-    pub fn new(config: &IoConfig) -> Result<Self> {
+    pub fn new(config: &AsyncFsConfig) -> Result<Self> {
+        // The STORAGE_IO_* overrides apply here as in every opener of the façade.
+        let mut config = config.clone();
+        config.apply_env()?;
+        let config = &config;
         // One probe serves both the log line and the selection.
         let uring = crate::uring_status();
         match &uring {
             crate::UringStatus::Available { kernel } => tracing::info!(%kernel, "io_uring available"),
             other => tracing::info!(status = %other, "io_uring not in use"),
         }
-        let selection = crate::select_with(config, &uring)?;
-        let factory = crate::factory_of(selection.kind, config);
+        let selection = crate::select_with(&config.io, &uring)?;
+        let factory = crate::factory_of(selection.kind, &config.io);
         tracing::info!(
             backend = %selection.kind,
             reason = %selection.reason,
@@ -95,7 +100,7 @@ impl AsyncFileSystem {
 
     /// Starts the workers on backends from `factory` (one per worker: yours, the testkit's, or
     /// one from [`backend_factory`](crate::backend_factory)).
-    pub fn with_factory(config: &IoConfig, factory: BackendFactory) -> Result<Self> {
+    pub fn with_factory(config: &AsyncFsConfig, factory: BackendFactory) -> Result<Self> {
         config.validate()?;
         let pool = IoBufferPool::new(config)?;
         let count = config.effective_io_workers();
@@ -110,7 +115,7 @@ impl AsyncFileSystem {
         for (w, io) in backends.into_iter().enumerate() {
             let (tx, rx) = flume::unbounded();
             let shared = Arc::new(WorkerShared::new());
-            let worker = Worker::new(io, rx, Arc::clone(&shared), config.queue_depth);
+            let worker = Worker::new(io, rx, Arc::clone(&shared), config.io.queue_depth);
             let waker = worker.waker();
             let handle = std::thread::Builder::new()
                 .name(format!("storage-io-worker-{w}"))
@@ -154,11 +159,11 @@ impl AsyncFileSystem {
     /// reserved first (see [`AsyncFile::allocate`]).
     pub async fn open_append(&self, path: impl AsRef<Path>) -> Result<AsyncFile> {
         let config = &self.shared.config;
-        let reserve = config.preallocate_wal.then_some(config.preallocate_size);
+        let reserve = config.preallocate_appends.then_some(config.preallocate_size);
         self.open_with(path, OpenOptions::create(), reserve).await
     }
 
-    /// Opens with explicit options. `IoConfig::direct_io` turns direct I/O on for every open
+    /// Opens with explicit options. `AsyncFsConfig::io.direct_io` turns direct I/O on for every open
     /// (as does `options.direct`); where the file system refuses it, the file is opened
     /// buffered with a warning and [`AsyncFile::mode`] says so.
     pub async fn open_with(
@@ -167,7 +172,7 @@ impl AsyncFileSystem {
         mut options: OpenOptions,
         preallocate_bytes: Option<u64>,
     ) -> Result<AsyncFile> {
-        options.direct |= self.shared.config.direct_io;
+        options.direct |= self.shared.config.io.direct_io;
         let path = path.as_ref().to_path_buf();
         let worker = self.shared.next_worker.fetch_add(1, Ordering::Relaxed) % self.shared.workers.len();
         let (reply, waiting) = slot();
@@ -215,7 +220,7 @@ impl AsyncFileSystem {
         waiting.await.unwrap_or_else(|| Err(worker_gone()))
     }
 
-    /// The buffer pool sized by `IoConfig::buffer_pool_size`: aligned buffers for direct I/O.
+    /// The buffer pool sized by `AsyncFsConfig::buffer_pool_size`: aligned buffers for direct I/O.
     pub fn buffers(&self) -> &IoBufferPool {
         &self.shared.pool
     }
@@ -547,7 +552,7 @@ impl Drop for AsyncFile {
 /// It is not an executor for tasks; inside async code, just `.await`.
 ///
 /// ```no_run
-/// let fs = storage_io::AsyncFileSystem::new(&storage_io::IoConfig::default())?;
+/// let fs = storage_io::AsyncFileSystem::new(&storage_io::AsyncFsConfig::default())?;
 /// let file = storage_io::block_on(fs.open("data.bin"))?;
 /// let (n, buf) = storage_io::block_on(file.read_at(vec![0u8; 4096], 0));
 /// # Ok::<(), storage_io::StorageIoError>(())
