@@ -210,9 +210,8 @@ impl WalManager {
     ) -> Result<(WalManager, Lsn), WalError> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        let backend = factory(0)?;
         let mut io = SegmentIo::new(
-            backend,
+            factory(0)?,
             &dir,
             config.segment_size_bytes,
             config.write_chunk_bytes,
@@ -233,43 +232,7 @@ impl WalManager {
                 dir.display()
             )));
         }
-        let mut state = State {
-            next_lsn: report.next_lsn.0,
-            pieces: Vec::new(),
-            pending_bytes: 0,
-            flushing: false,
-            in_sync: 0,
-            in_flight: VecDeque::new(),
-            flushes_started: 0,
-            pending_records: 0,
-            tail_open: false,
-            gathering: false,
-            written_lsn: report.next_lsn.0,
-            durable_lsn: report.next_lsn.0,
-            first_lsn: report.first_lsn.0,
-            first_segment: plan.kept.first().copied().unwrap_or(plan.end_segment),
-            poisoned: None,
-            disk_full: None,
-            disk_full_seq: 0,
-            closed: false,
-            async_waiters: Waiters::default(),
-            next_waiter_id: 0,
-            async_wanted: 0,
-            prepare_asked: 0,
-        };
-        if plan.end_offset == 0 {
-            // The next segment does not exist yet: its header is the first thing queued.
-            let mut bytes = Vec::with_capacity(SEGMENT_HEADER_BYTES as usize);
-            encode_segment_header(&mut bytes, segment_size, plan.end_segment);
-            state.pending_bytes = bytes.len();
-            state.pieces.push(Piece {
-                segment: plan.end_segment,
-                offset: 0,
-                bytes,
-            });
-            state.written_lsn = plan.end_segment * segment_size;
-            state.durable_lsn = state.written_lsn;
-        }
+        let state = State::recovered(&plan, &report);
         tracing::info!(
             dir = %dir.display(),
             backend = io.backend_name(),
@@ -292,61 +255,29 @@ impl WalManager {
                 p.request(plan.end_segment + 1);
             }
         }
-        let state_durable = state.durable_lsn;
-        // Several flushes overlap only where a flush can complete without the writer: buffered
-        // segments written inline (the fdatasyncs of one file run concurrently on ext4), or
-        // direct writes submitted on a flush slot's own backend.
-        let slotted = config.direct_io && config.max_flushes_in_flight > 1;
-        let max_in_flight = if (config.inline_io && !config.direct_io) || slotted {
-            config.max_flushes_in_flight
-        } else {
-            1
-        };
-        let mut slots = SlotPool {
-            free: Vec::new(),
-            made: 0,
-            sync_direct: !dsync_trusted,
-        };
-        if slotted {
-            // The first slot now, so that a factory that cannot make one fails the open; the
-            // rest as flushes overlap.
-            let slot = slots.make(&factory, &dir, segment_size, config.write_chunk_bytes)?;
-            slots.free.push(slot);
-        }
+        let flights = Flights::new(&config, &factory, &dir, segment_size, dsync_trusted)?;
         let shared = Arc::new(Shared {
             segment_size,
             dir,
             factory,
+            durable: AtomicU64::new(state.durable_lsn),
             state: Mutex::new(state),
-            covered: (0..max_in_flight + 2).map(|_| Condvar::new()).collect(),
-            max_in_flight,
-            slots: Mutex::new(slots),
+            covered: (0..flights.max_in_flight + 2).map(|_| Condvar::new()).collect(),
+            max_in_flight: flights.max_in_flight,
+            slots: Mutex::new(flights.slots),
             slot_back: Condvar::new(),
-            slotted,
+            slotted: flights.slotted,
             gather: Condvar::new(),
             tick: Condvar::new(),
             writer: Mutex::new(io),
             preparer,
             counters: Counters::default(),
             io_wake: Condvar::new(),
-            durable: AtomicU64::new(state_durable),
             io_started: std::sync::atomic::AtomicBool::new(false),
             io_thread: Mutex::new(None),
             config,
         });
-        let background = match shared.config.sync_mode {
-            SyncMode::Async { interval_ms } => {
-                let s = Arc::clone(&shared);
-                let handle = std::thread::Builder::new()
-                    .name("wal-flusher".into())
-                    .spawn(move || s.background(Duration::from_millis(interval_ms)))
-                    .map_err(|e| {
-                        WalError::Io(StorageIoError::from_os("spawning the wal flusher thread", &e))
-                    })?;
-                Some(handle)
-            }
-            _ => None,
-        };
+        let background = start_background(&shared)?;
         let next = report.next_lsn;
         Ok((
             WalManager {
@@ -585,6 +516,107 @@ fn start_preparer(
             tracing::warn!(%error, "the wal cannot prepare segments in the background; flushes will zero-fill them");
             None
         }
+    }
+}
+
+/// How many flushes may be in flight, and the flush slots direct mode needs for that.
+struct Flights {
+    max_in_flight: usize,
+    slotted: bool,
+    slots: SlotPool,
+}
+
+impl Flights {
+    /// Several flushes overlap only where a flush can complete without the writer: buffered
+    /// segments written inline (the fdatasyncs of one file run concurrently on ext4), or direct
+    /// writes submitted on a flush slot's own backend. The first slot is made now, so that a
+    /// factory that cannot make one fails the open; the rest as flushes overlap.
+    fn new(
+        config: &WalConfig,
+        factory: &BackendFactory,
+        dir: &Path,
+        segment_size: u64,
+        dsync_trusted: bool,
+    ) -> Result<Flights, WalError> {
+        let slotted = config.direct_io && config.max_flushes_in_flight > 1;
+        let max_in_flight = if (config.inline_io && !config.direct_io) || slotted {
+            config.max_flushes_in_flight
+        } else {
+            1
+        };
+        let mut slots = SlotPool {
+            free: Vec::new(),
+            made: 0,
+            sync_direct: !dsync_trusted,
+        };
+        if slotted {
+            let slot = slots.make(factory, dir, segment_size, config.write_chunk_bytes)?;
+            slots.free.push(slot);
+        }
+        Ok(Flights {
+            max_in_flight,
+            slotted,
+            slots,
+        })
+    }
+}
+
+/// Starts the `SyncMode::Async` flusher thread, for that mode only.
+fn start_background(shared: &Arc<Shared>) -> Result<Option<JoinHandle<()>>, WalError> {
+    let SyncMode::Async { interval_ms } = shared.config.sync_mode else {
+        return Ok(None);
+    };
+    let s = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name("wal-flusher".into())
+        .spawn(move || s.background(Duration::from_millis(interval_ms)))
+        .map(Some)
+        .map_err(|e| WalError::Io(StorageIoError::from_os("spawning the wal flusher thread", &e)))
+}
+
+impl State {
+    /// The state of a log that recovery left as `plan` says: everything before its end
+    /// durable, and, when the next segment does not exist yet, that segment's header queued
+    /// as the first thing the first flush writes.
+    fn recovered(plan: &crate::recovery::Plan, report: &RecoveryReport) -> State {
+        let mut state = State {
+            next_lsn: report.next_lsn.0,
+            pieces: Vec::new(),
+            pending_bytes: 0,
+            flushing: false,
+            in_sync: 0,
+            in_flight: VecDeque::new(),
+            flushes_started: 0,
+            pending_records: 0,
+            tail_open: false,
+            gathering: false,
+            written_lsn: report.next_lsn.0,
+            durable_lsn: report.next_lsn.0,
+            first_lsn: report.first_lsn.0,
+            first_segment: plan.kept.first().copied().unwrap_or(plan.end_segment),
+            poisoned: None,
+            disk_full: None,
+            disk_full_seq: 0,
+            closed: false,
+            async_waiters: Waiters::default(),
+            next_waiter_id: 0,
+            async_wanted: 0,
+            prepare_asked: 0,
+        };
+        if plan.end_offset == 0 {
+            let segment_size = report.segment_size_bytes;
+            let mut bytes = Vec::with_capacity(SEGMENT_HEADER_BYTES as usize);
+            encode_segment_header(&mut bytes, segment_size, plan.end_segment);
+            state.pending_bytes = bytes.len();
+            state.pieces.push(Piece {
+                segment: plan.end_segment,
+                offset: 0,
+                bytes,
+            });
+            state.written_lsn = plan.end_segment * segment_size;
+            state.durable_lsn = state.written_lsn;
+        }
+        state
     }
 }
 
