@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::PageId;
 use crate::config::AllocationMode;
@@ -67,6 +67,15 @@ impl FrameMeta {
         state: FrameState::Empty,
         writing_back: false,
     };
+}
+
+/// How [`PageCache::pin`] fills a frame for a page it does not hold yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Read the page in through the scheduler (`fetch`).
+    Read,
+    /// A new page: zeros, dirty, nothing read (`new_page`, `create_page`).
+    Zeros,
 }
 
 struct State {
@@ -257,7 +266,7 @@ impl PageCache {
     /// with a failed write-back of the frame it needed, or with `AllFramesPinned` when every
     /// frame is pinned.
     pub fn fetch(&self, page: PageId) -> Result<PinnedPage<'_>> {
-        self.pin(page, true)
+        self.pin(page, Fill::Read)
     }
 
     /// Allocates a new page through the scheduler and pins it zero-filled and dirty, without
@@ -266,7 +275,7 @@ impl PageCache {
     /// use [`create_page`](Self::create_page) with the engine's own id.
     pub fn new_page(&self) -> Result<PinnedPage<'_>> {
         let page = self.sched.schedule_allocate().recv()?;
-        self.pin(page, false)
+        self.pin(page, Fill::Zeros)
     }
 
     /// Pins `page` as a new page, zero-filled and dirty, without reading it: for an engine that
@@ -290,7 +299,7 @@ impl PageCache {
     /// cache.flush_all().unwrap();
     /// ```
     pub fn create_page(&self, page: PageId) -> Result<PinnedPage<'_>> {
-        self.pin(page, false)
+        self.pin(page, Fill::Zeros)
     }
 
     /// Deallocates `page` through the scheduler and drops its frame, dirty or not (the bytes of
@@ -319,30 +328,12 @@ impl PageCache {
         self.sched.schedule_deallocate(page).recv()
     }
 
-    fn pin(&self, page: PageId, read: bool) -> Result<PinnedPage<'_>> {
+    fn pin(&self, page: PageId, fill: Fill) -> Result<PinnedPage<'_>> {
         let mut st = self.state.lock();
         loop {
             if let Some(&f) = st.table.get(&page) {
                 match st.meta[f].state {
-                    FrameState::Ready => {
-                        st.stats.hits += 1;
-                        let m = &mut st.meta[f];
-                        m.pins += 1;
-                        m.referenced = true;
-                        let pinned = PinnedPage {
-                            cache: self,
-                            frame: f,
-                            page,
-                        };
-                        if !read {
-                            // A new page on an id freed while its old frame stayed cached: the
-                            // old bytes are dead. Zeros, marked dirty (by `write`, after its
-                            // frame lock, so a concurrent flush cannot lose them).
-                            drop(st);
-                            pinned.write().fill(0);
-                        }
-                        return Ok(pinned);
-                    }
+                    FrameState::Ready => return Ok(self.hit(st, f, page, fill)),
                     // Another thread is reading it in or writing it back: wait, don't read twice.
                     FrameState::Loading | FrameState::WritingBack => {
                         st.stats.waited_for_load += 1;
@@ -370,60 +361,94 @@ impl PageCache {
                 st = self.write_back(st, victim)?;
                 continue;
             }
-            if let Some(old) = st.meta[victim].page.take() {
-                st.table.remove(&old);
-                st.stats.evictions += 1;
-            }
-            // A page starts without its reference bit: only a second use earns it a second
-            // chance, so a scan of pages used once cannot push out the pages in real use.
-            st.meta[victim] = FrameMeta {
-                page: Some(page),
-                pins: 1,
-                referenced: false,
-                dirty: !read,
-                state: if read {
-                    FrameState::Loading
-                } else {
-                    FrameState::Ready
-                },
-                writing_back: false,
-            };
-            st.table.insert(page, victim);
-            if !read {
-                // No other thread can reach this frame yet (it was an idle victim and the
-                // state lock is still held), so taking its lock here cannot wait.
-                self.frames[victim].write().fill(0);
-                return Ok(PinnedPage {
-                    cache: self,
-                    frame: victim,
-                    page,
-                });
-            }
-            st.stats.misses += 1;
-            drop(st);
-            let result = self.sched.schedule_read(page).recv();
-            match result {
-                Ok(bytes) => {
-                    // The frame is still loading: nobody else touches its bytes.
-                    self.frames[victim]
-                        .write()
-                        .copy_from_slice(&bytes[..self.page_size]);
-                    let mut st2 = self.state.lock();
-                    st2.meta[victim].state = FrameState::Ready;
-                    self.changed.notify_all();
-                    return Ok(PinnedPage {
+            self.install(&mut st, victim, page, fill);
+            return match fill {
+                Fill::Zeros => {
+                    // No other thread can reach this frame yet (it was an idle victim and the
+                    // state lock is still held), so taking its lock here cannot wait.
+                    self.frames[victim].write().fill(0);
+                    Ok(PinnedPage {
                         cache: self,
                         frame: victim,
                         page,
-                    });
+                    })
                 }
-                Err(e) => {
-                    let mut st2 = self.state.lock();
-                    st2.table.remove(&page);
-                    st2.meta[victim] = FrameMeta::EMPTY;
-                    self.changed.notify_all();
-                    return Err(e);
+                Fill::Read => {
+                    st.stats.misses += 1;
+                    drop(st);
+                    self.load(victim, page)
                 }
+            };
+        }
+    }
+
+    /// A page found ready in frame `f`: pinned, referenced; for [`Fill::Zeros`] (a new page on
+    /// an id freed while its old frame stayed cached, whose bytes are dead) zeroed and dirty.
+    fn hit(&self, mut st: MutexGuard<'_, State>, f: usize, page: PageId, fill: Fill) -> PinnedPage<'_> {
+        st.stats.hits += 1;
+        let m = &mut st.meta[f];
+        m.pins += 1;
+        m.referenced = true;
+        drop(st);
+        let pinned = PinnedPage {
+            cache: self,
+            frame: f,
+            page,
+        };
+        if fill == Fill::Zeros {
+            // Marked dirty by `write`, after its frame lock, so a concurrent flush cannot lose
+            // the zeros.
+            pinned.write().fill(0);
+        }
+        pinned
+    }
+
+    /// Maps `page` into the idle, clean frame `victim`, evicting what it held: pinned once,
+    /// loading (to be read in) or, for a new page, ready and dirty. A page starts without its
+    /// reference bit: only a second use earns it a second chance, so a scan of pages used once
+    /// cannot push out the pages in real use.
+    fn install(&self, st: &mut State, victim: usize, page: PageId, fill: Fill) {
+        if let Some(old) = st.meta[victim].page.take() {
+            st.table.remove(&old);
+            st.stats.evictions += 1;
+        }
+        st.meta[victim] = FrameMeta {
+            page: Some(page),
+            pins: 1,
+            referenced: false,
+            dirty: fill == Fill::Zeros,
+            state: match fill {
+                Fill::Read => FrameState::Loading,
+                Fill::Zeros => FrameState::Ready,
+            },
+            writing_back: false,
+        };
+        st.table.insert(page, victim);
+    }
+
+    /// Reads `page` into its loading frame through the scheduler and pins it; on failure the
+    /// frame is emptied (its one pin with it) and the page unmapped.
+    fn load(&self, frame: usize, page: PageId) -> Result<PinnedPage<'_>> {
+        match self.sched.schedule_read(page).recv() {
+            Ok(bytes) => {
+                // The frame is still loading: nobody else touches its bytes.
+                self.frames[frame]
+                    .write()
+                    .copy_from_slice(&bytes[..self.page_size]);
+                self.state.lock().meta[frame].state = FrameState::Ready;
+                self.changed.notify_all();
+                Ok(PinnedPage {
+                    cache: self,
+                    frame,
+                    page,
+                })
+            }
+            Err(e) => {
+                let mut st = self.state.lock();
+                st.table.remove(&page);
+                st.meta[frame] = FrameMeta::EMPTY;
+                self.changed.notify_all();
+                Err(e)
             }
         }
     }
