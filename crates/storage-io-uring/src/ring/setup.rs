@@ -8,44 +8,7 @@ impl UringStorageIo {
     pub fn new(config: &IoConfig) -> Result<Self> {
         config.validate()?;
         let report = probe().map_err(unsupported)?;
-        let sq = u32::try_from(config.effective_sq_depth()).unwrap_or(u32::MAX);
-        // The CQ holds every op in flight twice over, whichever of the SQ and the in-flight cap
-        // is larger, and always has room for the wake read and the two ring timers besides.
-        let most = u32::try_from(config.effective_sq_depth().max(config.queue_depth)).unwrap_or(u32::MAX);
-        let cq = most.saturating_mul(2).max(most.saturating_add(3));
-        // COOP_TASKRUN + TASKRUN_FLAG (Linux 5.19+): completions do not interrupt this thread
-        // with an IPI; they are run at our next io_uring_enter, and the SQ ring's TASKRUN flag
-        // tells a non-blocking poll when to enter. SINGLE_ISSUER/DEFER_TASKRUN are not used:
-        // a backend is `Send` and may move to another thread between calls.
-        let build = |coop: bool| {
-            let mut builder = IoUring::builder();
-            builder.setup_cqsize(cq);
-            if coop {
-                builder.setup_coop_taskrun().setup_taskrun_flag();
-            }
-            if let Some(idle_ms) = config.sqpoll_idle_ms {
-                builder.setup_sqpoll(idle_ms);
-            }
-            builder.build(sq)
-        };
-        let (ring, coop_taskrun) = match build(true) {
-            Ok(ring) => (Ok(ring), true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (build(false), false),
-            Err(e) => (Err(e), false),
-        };
-        let ring = ring.map_err(|e| {
-            let why = unavailable_from(&e);
-            if config.sqpoll_idle_ms.is_some() {
-                StorageIoError::Unsupported {
-                    what: format!(
-                        "io_uring with SQPOLL could not be set up: {why} (turn sqpoll_idle_ms off)"
-                    )
-                    .into(),
-                }
-            } else {
-                unsupported(why)
-            }
-        })?;
+        let (ring, coop_taskrun) = build_ring(config)?;
         let mut notes = vec![format!("kernel {}", report.kernel)];
         if !coop_taskrun {
             notes.push("kernel lacks IORING_SETUP_COOP_TASKRUN; completions interrupt the thread".into());
@@ -53,17 +16,7 @@ impl UringStorageIo {
         if !report.nodrop {
             notes.push("kernel lacks IORING_FEAT_NODROP; in-flight ops are capped at queue_depth".into());
         }
-
-        let max_files = u32::try_from(config.max_files).unwrap_or(u32::MAX);
-        let registered_files = match ring.submitter().register_files_sparse(max_files) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not register a fixed-file table; using plain fds");
-                notes.push(format!("registered files off: {e}"));
-                false
-            }
-        };
-
+        let registered_files = register_file_table(&ring, config, &mut notes);
         if let Some(why) = sqpoll_refusal(
             config.sqpoll_idle_ms.is_some(),
             registered_files,
@@ -71,29 +24,10 @@ impl UringStorageIo {
         ) {
             return Err(StorageIoError::Unsupported { what: why.into() });
         }
-
-        let fixed = if config.fixed_buffers {
-            match register_buffers(
-                &ring,
-                config.queue_depth.min(u16::MAX as usize),
-                config.buffer_size,
-            ) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    let hint = if e.raw_os_error() == Some(libc::ENOMEM) {
-                        " (RLIMIT_MEMLOCK too low: raise ulimit -l or lower queue_depth/buffer_size)"
-                    } else {
-                        ""
-                    };
-                    tracing::warn!(error = %e, "{}", format!("running without registered buffers{hint}"));
-                    notes.push(format!("registered buffers off: {e}{hint}"));
-                    None
-                }
-            }
-        } else {
-            None
-        };
-
+        let fixed = config
+            .fixed_buffers
+            .then(|| register_buffer_pool(&ring, config, &mut notes))
+            .flatten();
         let slots = (0..config.queue_depth).map(|_| Slot::empty()).collect();
         Ok(UringStorageIo {
             sqpoll: config.sqpoll_idle_ms.is_some(),
@@ -165,4 +99,81 @@ pub(super) fn register_buffers(ring: &IoUring, count: usize, size: usize) -> std
     // the ring, which unregisters them) or any buffer lent from it lives.
     unsafe { ring.submitter().register_buffers(&iovecs)? };
     Ok(fixed)
+}
+
+/// Creates the ring: SQ = `sq_depth`, CQ twice the larger of it and the in-flight cap (and
+/// always room for the wake read and the two ring timers besides), SQPOLL if asked for.
+/// COOP_TASKRUN + TASKRUN_FLAG (Linux 5.19+) are tried first: completions then do not interrupt
+/// this thread with an IPI but run at our next io_uring_enter, and the SQ ring's TASKRUN flag
+/// tells a non-blocking poll when to enter; an older kernel's EINVAL retries without them.
+/// SINGLE_ISSUER/DEFER_TASKRUN are not used: a backend is `Send` and may move to another thread
+/// between calls. Returns the ring and whether COOP_TASKRUN is on.
+fn build_ring(config: &IoConfig) -> Result<(IoUring, bool)> {
+    let sq = u32::try_from(config.effective_sq_depth()).unwrap_or(u32::MAX);
+    let most = u32::try_from(config.effective_sq_depth().max(config.queue_depth)).unwrap_or(u32::MAX);
+    let cq = most.saturating_mul(2).max(most.saturating_add(3));
+    let build = |coop: bool| {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(cq);
+        if coop {
+            builder.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        if let Some(idle_ms) = config.sqpoll_idle_ms {
+            builder.setup_sqpoll(idle_ms);
+        }
+        builder.build(sq)
+    };
+    let (ring, coop_taskrun) = match build(true) {
+        Ok(ring) => (Ok(ring), true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (build(false), false),
+        Err(e) => (Err(e), false),
+    };
+    let ring = ring.map_err(|e| {
+        let why = unavailable_from(&e);
+        if config.sqpoll_idle_ms.is_some() {
+            StorageIoError::Unsupported {
+                what: format!("io_uring with SQPOLL could not be set up: {why} (turn sqpoll_idle_ms off)")
+                    .into(),
+            }
+        } else {
+            unsupported(why)
+        }
+    })?;
+    Ok((ring, coop_taskrun))
+}
+
+/// Registers a sparse fixed-file table of `max_files` entries; false (with a note) where the
+/// kernel refuses it, and ops then use plain fds.
+fn register_file_table(ring: &IoUring, config: &IoConfig, notes: &mut Vec<String>) -> bool {
+    let max_files = u32::try_from(config.max_files).unwrap_or(u32::MAX);
+    match ring.submitter().register_files_sparse(max_files) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not register a fixed-file table; using plain fds");
+            notes.push(format!("registered files off: {e}"));
+            false
+        }
+    }
+}
+
+/// Registers `queue_depth` buffers of `buffer_size` bytes; `None` (with a note naming the
+/// likely cause) where registration fails, and the backend runs unregistered.
+fn register_buffer_pool(ring: &IoUring, config: &IoConfig, notes: &mut Vec<String>) -> Option<FixedBufs> {
+    match register_buffers(
+        ring,
+        config.queue_depth.min(u16::MAX as usize),
+        config.buffer_size,
+    ) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            let hint = if e.raw_os_error() == Some(libc::ENOMEM) {
+                " (RLIMIT_MEMLOCK too low: raise ulimit -l or lower queue_depth/buffer_size)"
+            } else {
+                ""
+            };
+            tracing::warn!(error = %e, "{}", format!("running without registered buffers{hint}"));
+            notes.push(format!("registered buffers off: {e}{hint}"));
+            None
+        }
+    }
 }
