@@ -113,10 +113,6 @@ impl AsyncIoMetrics {
     /// ```
     pub fn to_prometheus(&self) -> String {
         let mut out = String::with_capacity(8192);
-        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP storage_io_{name} {help}");
-            let _ = writeln!(out, "# TYPE storage_io_{name} {kind}");
-        };
         header(
             &mut out,
             "info",
@@ -128,6 +124,15 @@ impl AsyncIoMetrics {
             "storage_io_info{{backend=\"{}\",workers=\"{}\"}} 1",
             self.backend, self.workers
         );
+        self.op_counters(&mut out);
+        self.latency_histograms(&mut out);
+        self.gauges(&mut out);
+        self.pool_classes(&mut out);
+        out
+    }
+
+    /// Operations, errors and bytes, by op kind.
+    fn op_counters(&self, out: &mut String) {
         type Field = fn(&OpMetrics) -> u64;
         let counters: [(&str, &str, Field); 3] = [
             ("ops_total", "Operations completed, by op kind.", |o| o.completed),
@@ -141,44 +146,49 @@ impl AsyncIoMetrics {
             ),
         ];
         for (name, help, field) in counters {
-            header(&mut out, name, "counter", help);
+            header(out, name, "counter", help);
             for o in &self.ops {
                 let _ = writeln!(out, "storage_io_{name}{{op=\"{}\"}} {}", o.label(), field(o));
             }
         }
+    }
+
+    /// The latency histogram of each op kind: cumulative buckets, `+Inf`, sum and count.
+    fn latency_histograms(&self, out: &mut String) {
         header(
-            &mut out,
+            out,
             "op_latency_seconds",
             "histogram",
             "End-to-end latency of operations, from request to completion, by op kind.",
         );
         for o in &self.ops {
+            let op = o.label();
             for (le, count) in LATENCY_BUCKETS_SECONDS.iter().zip(&o.latency_buckets) {
                 let _ = writeln!(
                     out,
-                    "storage_io_op_latency_seconds_bucket{{op=\"{}\",le=\"{le}\"}} {count}",
-                    o.label()
+                    "storage_io_op_latency_seconds_bucket{{op=\"{op}\",le=\"{le}\"}} {count}"
                 );
             }
             let _ = writeln!(
                 out,
-                "storage_io_op_latency_seconds_bucket{{op=\"{}\",le=\"+Inf\"}} {}",
-                o.label(),
+                "storage_io_op_latency_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {}",
                 o.completed
             );
             let _ = writeln!(
                 out,
-                "storage_io_op_latency_seconds_sum{{op=\"{}\"}} {}",
-                o.label(),
+                "storage_io_op_latency_seconds_sum{{op=\"{op}\"}} {}",
                 o.latency_seconds_sum
             );
             let _ = writeln!(
                 out,
-                "storage_io_op_latency_seconds_count{{op=\"{}\"}} {}",
-                o.label(),
+                "storage_io_op_latency_seconds_count{{op=\"{op}\"}} {}",
                 o.completed
             );
         }
+    }
+
+    /// In flight, queued, and the most ever in flight on one worker.
+    fn gauges(&self, out: &mut String) {
         let gauges = [
             (
                 "in_flight",
@@ -197,9 +207,13 @@ impl AsyncIoMetrics {
             ),
         ];
         for (name, help, value) in gauges {
-            header(&mut out, name, "gauge", help);
+            header(out, name, "gauge", help);
             let _ = writeln!(out, "storage_io_{name} {value}");
         }
+    }
+
+    /// Buffers handed out and the bound of each buffer pool size class.
+    fn pool_classes(&self, out: &mut String) {
         let per_class: [(&str, &str, ClassField); 2] = [
             (
                 "buffer_pool_outstanding",
@@ -213,7 +227,7 @@ impl AsyncIoMetrics {
             ),
         ];
         for (name, help, value) in per_class {
-            header(&mut out, name, "gauge", help);
+            header(out, name, "gauge", help);
             for c in &self.buffer_pool {
                 let _ = writeln!(
                     out,
@@ -223,6 +237,11 @@ impl AsyncIoMetrics {
                 );
             }
         }
-        out
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of metric `storage_io_{name}`.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP storage_io_{name} {help}");
+    let _ = writeln!(out, "# TYPE storage_io_{name} {kind}");
 }
