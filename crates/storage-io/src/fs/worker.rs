@@ -281,79 +281,9 @@ impl Worker {
                 offset,
                 at,
                 reply,
-            } => {
-                // Cancelled (its future dropped) before it started: nothing to do.
-                if reply.is_abandoned() {
-                    return None;
-                }
-                let submitted = if kind == OpKind::Read {
-                    self.io.submit_read(fd, buf, offset)
-                } else {
-                    self.io.submit_write_buf(fd, buf, offset)
-                };
-                match submitted {
-                    Ok(token) => self.track(fd, token, kind, InFlight::Buf { kind, at, reply }),
-                    Err(e) => {
-                        let (error, buf) = e.into_parts();
-                        if matches!(error, StorageIoError::QueueFull { .. }) {
-                            return Some(Request::Transfer {
-                                kind,
-                                fd,
-                                buf,
-                                offset,
-                                at,
-                                reply,
-                            });
-                        }
-                        self.refused(kind, at);
-                        let _ = reply.complete((Err(error), buf));
-                    }
-                }
-            }
-            Request::Append { fd, buf, at, reply } => {
-                if reply.is_abandoned() {
-                    return None;
-                }
-                match self.io.submit_append(fd, &buf) {
-                    Ok(token) => self.track(fd, token, OpKind::Append, InFlight::Append { at, buf, reply }),
-                    Err(StorageIoError::QueueFull { .. }) => {
-                        return Some(Request::Append { fd, buf, at, reply });
-                    }
-                    Err(error) => {
-                        self.refused(OpKind::Append, at);
-                        let _ = reply.complete((Err(error), buf));
-                    }
-                }
-            }
-            Request::Sync { fd, kind, at, reply } => {
-                let dir = self.unsynced_names.get(&fd).map(|p| match p.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-                    _ => PathBuf::from("."),
-                });
-                if let Some(dir) = dir
-                    && let Err(error) = self.io.sync_dir(&dir)
-                {
-                    self.refused(kind, at);
-                    let _ = reply.complete(Err(error));
-                    return None;
-                }
-                self.unsynced_names.remove(&fd);
-                let submitted = if kind == OpKind::Fsync {
-                    self.io.submit_fsync(fd)
-                } else {
-                    self.io.submit_datasync(fd)
-                };
-                match submitted {
-                    Ok(token) => self.track(fd, token, kind, InFlight::Sync { kind, at, reply }),
-                    Err(StorageIoError::QueueFull { .. }) => {
-                        return Some(Request::Sync { fd, kind, at, reply });
-                    }
-                    Err(error) => {
-                        self.refused(kind, at);
-                        let _ = reply.complete(Err(error));
-                    }
-                }
-            }
+            } => return self.start_transfer(kind, fd, buf, offset, at, reply),
+            Request::Append { fd, buf, at, reply } => return self.start_append(fd, buf, at, reply),
+            Request::Sync { fd, kind, at, reply } => return self.start_sync(fd, kind, at, reply),
             Request::Open {
                 path,
                 options,
@@ -390,6 +320,112 @@ impl Worker {
             }
             Request::Shutdown => self.closing = true,
         }
+        None
+    }
+
+    /// A read or write of an owned buffer; gives it back when the backend is full.
+    fn start_transfer(
+        &mut self,
+        kind: OpKind,
+        fd: IoFd,
+        buf: IoBuf,
+        offset: u64,
+        at: Instant,
+        reply: BufReply,
+    ) -> Option<Request> {
+        // Cancelled (its future dropped) before it started: nothing to do.
+        if reply.is_abandoned() {
+            return None;
+        }
+        let submitted = if kind == OpKind::Read {
+            self.io.submit_read(fd, buf, offset)
+        } else {
+            self.io.submit_write_buf(fd, buf, offset)
+        };
+        match submitted {
+            Ok(token) => self.track(fd, token, kind, InFlight::Buf { kind, at, reply }),
+            Err(e) => {
+                let (error, buf) = e.into_parts();
+                if matches!(error, StorageIoError::QueueFull { .. }) {
+                    return Some(Request::Transfer {
+                        kind,
+                        fd,
+                        buf,
+                        offset,
+                        at,
+                        reply,
+                    });
+                }
+                self.refused(kind, at);
+                let _ = reply.complete((Err(error), buf));
+            }
+        }
+
+        None
+    }
+
+    /// An append of copied bytes; gives it back when the backend is full.
+    fn start_append(
+        &mut self,
+        fd: IoFd,
+        buf: IoBuf,
+        at: Instant,
+        reply: Completer<(Result<u64>, IoBuf)>,
+    ) -> Option<Request> {
+        if reply.is_abandoned() {
+            return None;
+        }
+        match self.io.submit_append(fd, &buf) {
+            Ok(token) => self.track(fd, token, OpKind::Append, InFlight::Append { at, buf, reply }),
+            Err(StorageIoError::QueueFull { .. }) => {
+                return Some(Request::Append { fd, buf, at, reply });
+            }
+            Err(error) => {
+                self.refused(OpKind::Append, at);
+                let _ = reply.complete((Err(error), buf));
+            }
+        }
+
+        None
+    }
+
+    /// A datasync or fsync, after the directory of a file created since its last sync
+    /// (so that the name is durable too); gives it back when the backend is full.
+    fn start_sync(
+        &mut self,
+        fd: IoFd,
+        kind: OpKind,
+        at: Instant,
+        reply: Completer<Result<()>>,
+    ) -> Option<Request> {
+        let dir = self.unsynced_names.get(&fd).map(|p| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        });
+        if let Some(dir) = dir
+            && let Err(error) = self.io.sync_dir(&dir)
+        {
+            self.refused(kind, at);
+            let _ = reply.complete(Err(error));
+            return None;
+        }
+        self.unsynced_names.remove(&fd);
+        let submitted = if kind == OpKind::Fsync {
+            self.io.submit_fsync(fd)
+        } else {
+            self.io.submit_datasync(fd)
+        };
+        match submitted {
+            Ok(token) => self.track(fd, token, kind, InFlight::Sync { kind, at, reply }),
+            Err(StorageIoError::QueueFull { .. }) => {
+                return Some(Request::Sync { fd, kind, at, reply });
+            }
+            Err(error) => {
+                self.refused(kind, at);
+                let _ = reply.complete(Err(error));
+            }
+        }
+
         None
     }
 
