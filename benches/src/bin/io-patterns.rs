@@ -658,16 +658,7 @@ fn run() -> Result<bool> {
         .clone()
         .unwrap_or_else(|| root.join("bench").join(&started));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
-    let old = match &args.compare {
-        Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
-            Some(
-                serde_json::from_str::<Report>(&text)
-                    .with_context(|| format!("{} is not a results.json", p.display()))?,
-            )
-        }
-        None => None,
-    };
+    let old = baseline(&args)?;
     let (file, size) = prepare_file(args.file.as_deref(), &root, plan.size_bytes, args.block_size)?;
     if !file.created && !args.allow_write && plan.workloads.iter().any(|w| w == "rand_write") {
         bail!(
@@ -676,54 +667,11 @@ fn run() -> Result<bool> {
             file.path.display()
         );
     }
-    let mut notes = Vec::new();
     let direct_ok = open_file(&file.path, &OpenOptions::default().with_direct(true))?
         .mode
         .is_direct();
-    if !direct_ok && plan.modes.contains(&true) {
-        notes.push(format!(
-            "{} refuses O_DIRECT (tmpfs?): direct cells were skipped; use --file on ext4/xfs",
-            file.path.display()
-        ));
-    }
-    if plan.workloads.iter().any(|w| w == wal::WORKLOAD) {
-        for hint in [peers::okaywal_missing(), peers::rocksdb_missing()]
-            .into_iter()
-            .flatten()
-        {
-            eprintln!("io-patterns: {hint}");
-            notes.push(hint.into());
-        }
-    }
-    let fio_version = if args.no_fio { None } else { fio::version() };
-    if !args.no_fio && fio_version.is_none() {
-        eprintln!(
-            "io-patterns: fio not found, running without it; to put fio beside us: apt-get install fio"
-        );
-        notes.push("fio was not installed (apt-get install fio), so there are no fio rows".into());
-    }
-    let capped_regimes = plan.modes.contains(&false) && plan.regimes.iter().any(|r| r != "hot");
-    let (mut cap, cache_cap) = if capped_regimes {
-        match MemCap::create() {
-            Ok(c) => {
-                let how = format!(
-                    "memory cgroup {} (limit: file/1.5 for pressure, file/4 for thrash, plus the memory of \
-                     the process under it: 16 MiB for fio, 8 MiB for ours, plus buffers)",
-                    c.path().display()
-                );
-                (Some(c), how)
-            }
-            Err(why) => {
-                notes.push(format!(
-                    "pressure/thrash buffered cells were skipped: no memory cgroup could be made ({why}); \
-                     run as root or in a delegated cgroup"
-                ));
-                (None, format!("none ({why})"))
-            }
-        }
-    } else {
-        (None, "not needed".into())
-    };
+    let (fio_version, mut notes) = missing_tools(&plan, &args, &file.path, direct_ok);
+    let (mut cap, cache_cap) = cache_cap(&plan, &mut notes);
     let select = |plan: &Plan| {
         let mut all = steps(plan, &file.path, size, &args, fio_version.is_some(), direct_ok);
         if cap.is_none() {
@@ -750,6 +698,107 @@ fn run() -> Result<bool> {
         args.block_size,
         out_dir.display()
     );
+    let (rows, interrupted) = run_cells(&all, &file.path, size, cap.as_mut())?;
+    drop(cap);
+    if interrupted {
+        notes.push(format!(
+            "interrupted after {} of {} cells: partial results",
+            rows.len(),
+            all.len()
+        ));
+    }
+    let report = Report {
+        machine: Machine {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into()),
+            mem_total_bytes: mem_total(),
+            file: file.path.display().to_string(),
+            file_size_bytes: size,
+            direct_io_granted: direct_ok,
+            fio: fio_version,
+            cache_cap,
+            cell_seconds: plan.duration.as_secs_f64(),
+            rounds: plan.rounds,
+            started,
+        },
+        results: fold_rounds(rows),
+    };
+    write_outputs(&report, &notes, &out_dir, &args, old.as_ref())?;
+    Ok(interrupted)
+}
+
+/// The earlier run `--compare` names, if any.
+fn baseline(args: &Args) -> Result<Option<Report>> {
+    let Some(p) = &args.compare else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+    let old = serde_json::from_str::<Report>(&text)
+        .with_context(|| format!("{} is not a results.json", p.display()))?;
+    Ok(Some(old))
+}
+
+/// fio's version when it runs beside us, and a note for each peer or mode this run goes
+/// without (each said on stderr too): no fio, no okaywal or RocksDB for the WAL cells, a file
+/// that refuses O_DIRECT.
+fn missing_tools(plan: &Plan, args: &Args, file: &Path, direct_ok: bool) -> (Option<String>, Vec<String>) {
+    let mut notes = Vec::new();
+    if !direct_ok && plan.modes.contains(&true) {
+        notes.push(format!(
+            "{} refuses O_DIRECT (tmpfs?): direct cells were skipped; use --file on ext4/xfs",
+            file.display()
+        ));
+    }
+    if plan.workloads.iter().any(|w| w == wal::WORKLOAD) {
+        for hint in [peers::okaywal_missing(), peers::rocksdb_missing()]
+            .into_iter()
+            .flatten()
+        {
+            eprintln!("io-patterns: {hint}");
+            notes.push(hint.into());
+        }
+    }
+    let fio_version = if args.no_fio { None } else { fio::version() };
+    if !args.no_fio && fio_version.is_none() {
+        eprintln!(
+            "io-patterns: fio not found, running without it; to put fio beside us: apt-get install fio"
+        );
+        notes.push("fio was not installed (apt-get install fio), so there are no fio rows".into());
+    }
+    (fio_version, notes)
+}
+
+/// The page-cache cap the pressure and thrash cells need (a memory cgroup), and how the report
+/// describes it; without one those cells are skipped, with a note saying why.
+fn cache_cap(plan: &Plan, notes: &mut Vec<String>) -> (Option<MemCap>, String) {
+    let capped_regimes = plan.modes.contains(&false) && plan.regimes.iter().any(|r| r != "hot");
+    if !capped_regimes {
+        return (None, "not needed".into());
+    }
+    match MemCap::create() {
+        Ok(c) => {
+            let how = format!(
+                "memory cgroup {} (limit: file/1.5 for pressure, file/4 for thrash, plus the memory of \
+                 the process under it: 16 MiB for fio, 8 MiB for ours, plus buffers)",
+                c.path().display()
+            );
+            (Some(c), how)
+        }
+        Err(why) => {
+            notes.push(format!(
+                "pressure/thrash buffered cells were skipped: no memory cgroup could be made ({why}); \
+                 run as root or in a delegated cgroup"
+            ));
+            (None, format!("none ({why})"))
+        }
+    }
+}
+
+/// Runs every cell in order under a progress bar (a line per cell when stderr is not a
+/// terminal); returns the rows and whether Ctrl-C stopped the run early.
+fn run_cells(all: &[Step], file: &Path, size: u64, mut cap: Option<&mut MemCap>) -> Result<(Vec<Row>, bool)> {
     let bar = ProgressBar::new(all.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} cells, ETA {eta} {msg}")
@@ -757,13 +806,13 @@ fn run() -> Result<bool> {
     );
     let mut rows = Vec::new();
     let mut interrupted = false;
-    for step in &all {
+    for step in all {
         if signal::stopped() {
             interrupted = true;
             break;
         }
         bar.set_message(step.label());
-        let row = run_step(step, &file.path, size, cap.as_mut());
+        let row = run_step(step, file, size, cap.as_deref_mut());
         let mut row = match row {
             Ok(r) => r,
             Err(_) if signal::stopped() => {
@@ -786,40 +835,25 @@ fn run() -> Result<bool> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    drop(cap);
-    if interrupted {
-        notes.push(format!(
-            "interrupted after {} of {} cells: partial results",
-            rows.len(),
-            all.len()
-        ));
-    }
+    Ok((rows, interrupted))
+}
 
-    let report = Report {
-        machine: Machine {
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
-            mem_total_bytes: mem_total(),
-            file: file.path.display().to_string(),
-            file_size_bytes: size,
-            direct_io_granted: direct_ok,
-            fio: fio_version,
-            cache_cap,
-            cell_seconds: plan.duration.as_secs_f64(),
-            rounds: plan.rounds,
-            started,
-        },
-        results: fold_rounds(rows),
-    };
-    let json = serde_json::to_string_pretty(&report)?;
+/// Writes results.json (and `--json`), the plots and report.md (with `--compare`'s section),
+/// and prints the report.
+fn write_outputs(
+    report: &Report,
+    notes: &[String],
+    out_dir: &Path,
+    args: &Args,
+    old: Option<&Report>,
+) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)?;
     std::fs::write(out_dir.join("results.json"), &json)?;
     if let Some(p) = &args.json {
         std::fs::write(p, &json).with_context(|| format!("write {}", p.display()))?;
     }
-    let plots = plot::write_plots(&report.results, &out_dir)?;
-    let mut md = report::markdown(&report, &notes);
+    let plots = plot::write_plots(&report.results, out_dir)?;
+    let mut md = report::markdown(report, notes);
     if !plots.is_empty() {
         md.push_str("\n## Plots\n\n");
         for p in &plots {
@@ -829,12 +863,12 @@ fn run() -> Result<bool> {
             }
         }
     }
-    if let (Some(old), Some(old_path)) = (&old, &args.compare) {
-        let found = report::compare(old, &report, 0.10, 0.25);
+    if let (Some(old), Some(old_path)) = (old, &args.compare) {
+        let found = report::compare(old, report, 0.10, 0.25);
         md.push_str(&report::compare_section(
             &old_path.display().to_string(),
             old,
-            &report,
+            report,
             &found,
         ));
         for r in &found {
@@ -849,7 +883,7 @@ fn run() -> Result<bool> {
         report.results.len(),
         plots.len()
     );
-    Ok(interrupted)
+    Ok(())
 }
 
 /// Prepares the page cache for the step's regime, runs it, and records residency.
