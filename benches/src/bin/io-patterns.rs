@@ -146,80 +146,17 @@ fn widen_if_narrow(plan: &mut Plan, cells_per_round: usize) -> Option<String> {
 const REGIMES: &[&str] = &["hot", "pressure", "thrash"];
 
 fn plan(args: &Args) -> Result<Plan> {
-    struct Preset {
-        duration: f64,
-        size_mib: u64,
-        qds: &'static [usize],
-        workloads: &'static [&'static str],
-        backends: &'static [&'static str],
-        regimes: &'static [&'static str],
-        rounds: usize,
-    }
-    let preset = if args.smoke {
-        Preset {
-            duration: 0.2,
-            size_mib: 16,
-            qds: &[1, 4],
-            workloads: &[
-                "rand_read",
-                "rand_write",
-                "wal_commit",
-                "segment_append",
-                "segment_read",
-            ],
-            backends: &["sync", "thread_pool", "uring"],
-            regimes: &["hot", "thrash"],
-            rounds: 1,
-        }
-    } else if args.full {
-        Preset {
-            // Four rounds so that ours and fio (and each scheduler cell and its raw peer) go
-            // first equally often; 2 s cells keep the run as long as three 3 s rounds were.
-            duration: 2.0,
-            size_mib: 1024,
-            qds: &[1, 4, 16, 32],
-            workloads: WORKLOADS,
-            backends: BACKENDS,
-            regimes: REGIMES,
-            rounds: 4,
-        }
-    } else {
-        Preset {
-            // 252 cells with fio: 0.5 s cells measured 179 s on 2 cores, at the 3-minute edge.
-            duration: 0.4,
-            size_mib: 256,
-            qds: &[1, 4, 16, 32],
-            workloads: WORKLOADS,
-            backends: &["sync", "thread_pool", "uring"],
-            regimes: &["hot", "thrash"],
-            rounds: 1,
-        }
-    };
-    let list = |given: &Vec<String>, default: &[&str], known: &[&str], what: &str| -> Result<Vec<String>> {
-        let v: Vec<String> = if given.is_empty() {
-            default.iter().map(|s| s.to_string()).collect()
-        } else {
-            given.iter().map(|s| s.trim().to_string()).collect()
-        };
-        for x in &v {
-            if !known.contains(&x.as_str()) {
-                bail!("unknown {what} {x:?}; expected one of {}", known.join(", "));
-            }
-        }
-        Ok(v)
-    };
-    let workloads = list(&args.workload, preset.workloads, WORKLOADS, "workload")?;
-    let backends = list(&args.backend, preset.backends, BACKENDS, "backend")?;
-    let regimes = list(&args.regime, preset.regimes, REGIMES, "regime")?;
+    let preset = Preset::of(args);
+    let workloads = names(&args.workload, preset.workloads, WORKLOADS, "workload")?;
+    let backends = names(&args.backend, preset.backends, BACKENDS, "backend")?;
+    let regimes = names(&args.regime, preset.regimes, REGIMES, "regime")?;
     let modes = match args.io.as_deref().unwrap_or("both") {
         "direct" => vec![true],
         "buffered" => vec![false],
         "both" => vec![true, false],
         other => bail!("unknown --io {other:?}; expected direct, buffered or both"),
     };
-    if args.block_size == 0 || !args.block_size.is_multiple_of(512) || args.block_size > 64 << 20 {
-        bail!("--block-size must be a multiple of 512 up to 64 MiB (4096 for direct I/O on most disks)");
-    }
+    check_limits(args)?;
     let qds = if args.qd.is_empty() {
         preset.qds.to_vec()
     } else {
@@ -228,17 +165,118 @@ fn plan(args: &Args) -> Result<Plan> {
     if qds.iter().any(|&q| q == 0 || q > 4096) {
         bail!("--qd values must be between 1 and 4096");
     }
+    let duration = match args.duration {
+        Some(d) if !(0.05..=3600.0).contains(&d) => bail!("--duration must be between 0.05 and 3600 seconds"),
+        Some(d) => d,
+        None => preset.duration,
+    };
+    let rounds = rounds_of(args, &preset)?;
+    let size_mib = args.size_mib.unwrap_or(preset.size_mib);
+    if size_mib == 0 {
+        bail!("--size-mib must be at least 1");
+    }
+    Ok(Plan {
+        workloads,
+        backends,
+        modes,
+        regimes,
+        qds,
+        fio_engines: fio_engines_of(args)?,
+        duration: Duration::from_secs_f64(duration),
+        size_bytes: size_mib << 20,
+        rounds,
+        widen_if_narrow: !args.smoke && !args.full && args.rounds.is_none() && args.duration.is_none(),
+    })
+}
+
+/// What `--smoke`, the default quick pass and `--full` run unless told otherwise.
+struct Preset {
+    duration: f64,
+    size_mib: u64,
+    qds: &'static [usize],
+    workloads: &'static [&'static str],
+    backends: &'static [&'static str],
+    regimes: &'static [&'static str],
+    rounds: usize,
+}
+
+impl Preset {
+    fn of(args: &Args) -> Preset {
+        if args.smoke {
+            Preset {
+                duration: 0.2,
+                size_mib: 16,
+                qds: &[1, 4],
+                workloads: &[
+                    "rand_read",
+                    "rand_write",
+                    "wal_commit",
+                    "segment_append",
+                    "segment_read",
+                ],
+                backends: &["sync", "thread_pool", "uring"],
+                regimes: &["hot", "thrash"],
+                rounds: 1,
+            }
+        } else if args.full {
+            Preset {
+                // Four rounds so that ours and fio (and each scheduler cell and its raw peer) go
+                // first equally often; 2 s cells keep the run as long as three 3 s rounds were.
+                duration: 2.0,
+                size_mib: 1024,
+                qds: &[1, 4, 16, 32],
+                workloads: WORKLOADS,
+                backends: BACKENDS,
+                regimes: REGIMES,
+                rounds: 4,
+            }
+        } else {
+            Preset {
+                // 252 cells with fio: 0.5 s cells measured 179 s on 2 cores, at the 3-minute edge.
+                duration: 0.4,
+                size_mib: 256,
+                qds: &[1, 4, 16, 32],
+                workloads: WORKLOADS,
+                backends: &["sync", "thread_pool", "uring"],
+                regimes: &["hot", "thrash"],
+                rounds: 1,
+            }
+        }
+    }
+}
+
+/// The names asked for (or the preset's), each checked against the known ones.
+fn names(given: &[String], default: &[&str], known: &[&str], what: &str) -> Result<Vec<String>> {
+    let v: Vec<String> = if given.is_empty() {
+        default.iter().map(|s| s.to_string()).collect()
+    } else {
+        given.iter().map(|s| s.trim().to_string()).collect()
+    };
+    for x in &v {
+        if !known.contains(&x.as_str()) {
+            bail!("unknown {what} {x:?}; expected one of {}", known.join(", "));
+        }
+    }
+    Ok(v)
+}
+
+/// The block size, streams and scheduler workers asked for are in range.
+fn check_limits(args: &Args) -> Result<()> {
+    if args.block_size == 0 || !args.block_size.is_multiple_of(512) || args.block_size > 64 << 20 {
+        bail!("--block-size must be a multiple of 512 up to 64 MiB (4096 for direct I/O on most disks)");
+    }
     if args.streams == 0 || args.streams > 4096 {
         bail!("--streams must be between 1 and 4096");
     }
     if args.sched_workers.is_some_and(|n| n == 0 || n > 256) {
         bail!("--sched-workers must be between 1 and 256");
     }
-    let duration = match args.duration {
-        Some(d) if !(0.05..=3600.0).contains(&d) => bail!("--duration must be between 0.05 and 3600 seconds"),
-        Some(d) => d,
-        None => preset.duration,
-    };
+    Ok(())
+}
+
+/// Rounds per cell: 1, or an even number up to 100 (the two sides of a comparison take turns
+/// going first).
+fn rounds_of(args: &Args, preset: &Preset) -> Result<usize> {
     let rounds = args.rounds.unwrap_or(preset.rounds);
     if rounds == 0 || rounds > 100 {
         bail!("--rounds must be between 1 and 100");
@@ -251,39 +289,27 @@ fn plan(args: &Args) -> Result<Plan> {
             rounds + 1
         );
     }
-    let fio_engines = if args.fio_engine.is_empty() {
-        FioEngine::ALL.to_vec()
-    } else {
-        args.fio_engine
-            .iter()
-            .map(|name| {
-                FioEngine::ALL
-                    .into_iter()
-                    .find(|e| e.name() == name.trim())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "unknown --fio-engine {name:?}; expected one of psync, io_uring, io_uring+fixed"
-                        )
-                    })
-            })
-            .collect::<Result<_>>()?
-    };
-    let size_mib = args.size_mib.unwrap_or(preset.size_mib);
-    if size_mib == 0 {
-        bail!("--size-mib must be at least 1");
+    Ok(rounds)
+}
+
+/// The fio engines asked for (all by default).
+fn fio_engines_of(args: &Args) -> Result<Vec<FioEngine>> {
+    if args.fio_engine.is_empty() {
+        return Ok(FioEngine::ALL.to_vec());
     }
-    Ok(Plan {
-        workloads,
-        backends,
-        modes,
-        regimes,
-        qds,
-        fio_engines,
-        duration: Duration::from_secs_f64(duration),
-        size_bytes: size_mib << 20,
-        rounds,
-        widen_if_narrow: !args.smoke && !args.full && args.rounds.is_none() && args.duration.is_none(),
-    })
+    args.fio_engine
+        .iter()
+        .map(|name| {
+            FioEngine::ALL
+                .into_iter()
+                .find(|e| e.name() == name.trim())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown --fio-engine {name:?}; expected one of psync, io_uring, io_uring+fixed"
+                    )
+                })
+        })
+        .collect()
 }
 
 /// The file under test; removed on drop when the bench created it.
