@@ -370,13 +370,50 @@ fn fast_path_guidance(rows: &[Row], qds: &BTreeSet<usize>) -> Option<String> {
 /// The guidance section, drawn only from `rows`.
 pub fn guidance(rows: &[Row]) -> String {
     let mut s = String::from("## Guidance (from this run's numbers)\n\n");
-    let workloads: BTreeSet<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
     let qds: BTreeSet<usize> = rows.iter().map(|r| r.qd).collect();
-    let mut said = false;
+    let cold = direct_vs_buffered(&mut s, rows, &qds);
+    let mut said = cold.said;
+    said |= backend_lines(&mut s, rows, &qds);
+    // The page-cache fast path (`nowait_reads`): each queued backend with it on and off, and
+    // against the inline backend, in the buffered cells; then whether `auto` (io_uring with the
+    // fast path) now holds its own on hot and cold data alike.
+    if let Some(lines) = fast_path_guidance(rows, &qds) {
+        said = true;
+        s.push_str(&lines);
+    }
+    said |= fio_lines(&mut s, rows);
+    // The scheduler against its raw peer: the IOPS ratio, and where the missing depth went.
+    for line in scheduler_lines(rows) {
+        said = true;
+        let _ = writeln!(s, "{line}");
+    }
+    let advice = advice(rows, &cold);
+    if !advice.is_empty() {
+        said = true;
+        let _ = writeln!(s, "\n**What to configure:**\n");
+        for a in advice {
+            let _ = writeln!(s, "- {a}");
+        }
+    }
+    if !said {
+        s.push_str("Not enough cells in this run to compare (run with more backends, modes or depths).\n");
+    }
+    s
+}
 
-    // 1. Direct vs buffered, per workload and buffered regime.
-    let mut direct_wins_cold = Vec::new();
-    let mut buffered_wins_cold = Vec::new();
+/// Which workloads direct I/O won with the page cache capped, and which buffered I/O won.
+#[derive(Default)]
+struct Cold {
+    /// Anything was said.
+    said: bool,
+    direct: Vec<String>,
+    buffered: Vec<String>,
+}
+
+/// Direct vs buffered, per workload and buffered regime (best of ours at each depth).
+fn direct_vs_buffered(s: &mut String, rows: &[Row], qds: &BTreeSet<usize>) -> Cold {
+    let workloads: BTreeSet<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
+    let mut cold = Cold::default();
     for &w in &workloads {
         let regimes: BTreeSet<&str> = rows
             .iter()
@@ -385,7 +422,7 @@ pub fn guidance(rows: &[Row]) -> String {
             .collect();
         for regime in regimes {
             let (mut wins, mut total, mut cells) = (0, 0, Vec::new());
-            for &q in &qds {
+            for &q in qds {
                 let d = best(rows, |r| r.workload == w && r.io == "direct" && r.qd == q);
                 let b = best(rows, |r| {
                     r.workload == w && r.io == "buffered" && r.regime == regime && r.qd == q
@@ -405,7 +442,7 @@ pub fn guidance(rows: &[Row]) -> String {
             if total == 0 {
                 continue;
             }
-            said = true;
+            cold.said = true;
             let verdict = if wins == total {
                 "**direct I/O wins at every queue depth**".to_string()
             } else if wins == 0 {
@@ -415,9 +452,9 @@ pub fn guidance(rows: &[Row]) -> String {
             };
             if regime != "hot" {
                 if 2 * wins > total {
-                    direct_wins_cold.push(format!("{w} ({regime})"));
+                    cold.direct.push(format!("{w} ({regime})"));
                 } else {
-                    buffered_wins_cold.push(format!("{w} ({regime})"));
+                    cold.buffered.push(format!("{w} ({regime})"));
                 }
             }
             let _ = writeln!(
@@ -427,8 +464,12 @@ pub fn guidance(rows: &[Row]) -> String {
             );
         }
     }
+    cold
+}
 
-    // 2. io_uring vs thread pool vs sync, and where the curves cross.
+/// io_uring vs the thread pool vs sync per cell group, and where the curves cross.
+fn backend_lines(s: &mut String, rows: &[Row], qds: &BTreeSet<usize>) -> bool {
+    let mut said = false;
     for ((w, io, regime), group) in groups(rows) {
         let of = |b: &str, q: usize| {
             group
@@ -437,7 +478,7 @@ pub fn guidance(rows: &[Row]) -> String {
         };
         let mut crossing = None;
         let mut parts = Vec::new();
-        for &q in &qds {
+        for &q in qds {
             if let (Some(u), Some(t)) = (of("uring", q), of("thread_pool", q)) {
                 parts.push(format!("qd {q} {}", ratio(u.iops, t.iops)));
                 if u.iops > t.iops {
@@ -468,16 +509,12 @@ pub fn guidance(rows: &[Row]) -> String {
             parts.join(", ")
         );
     }
+    said
+}
 
-    // 2b. The page-cache fast path (`nowait_reads`): each queued backend with it on and off,
-    // and against the inline backend, in the buffered cells; then whether `auto` (io_uring with
-    // the fast path) now holds its own on hot and cold data alike.
-    if let Some(lines) = fast_path_guidance(rows, &qds) {
-        said = true;
-        s.push_str(&lines);
-    }
-
-    // 3. Ours against fio.
+/// Our io_uring backend against fio io_uring+fixedbufs+registerfiles, and the verdict.
+fn fio_lines(s: &mut String, rows: &[Row]) -> bool {
+    let mut said = false;
     let mut ratios = Vec::new();
     for r in rows
         .iter()
@@ -516,27 +553,24 @@ pub fn guidance(rows: &[Row]) -> String {
             let _ = writeln!(s, "{line}");
         }
     }
+    said
+}
 
-    // 3b. The scheduler against its raw peer: the IOPS ratio, and where the missing depth went.
-    for line in scheduler_lines(rows) {
-        said = true;
-        let _ = writeln!(s, "{line}");
-    }
-
-    // 4. What to configure.
+/// What to configure, from the cells above.
+fn advice(rows: &[Row], cold: &Cold) -> Vec<String> {
     let mut advice = Vec::new();
-    if !direct_wins_cold.is_empty() {
+    if !cold.direct.is_empty() {
         advice.push(format!(
             "set `direct_io = true` when the working set is larger than the cache: direct I/O won at most \
              queue depths in {}",
-            direct_wins_cold.join(", ")
+            cold.direct.join(", ")
         ));
     }
-    if !buffered_wins_cold.is_empty() {
+    if !cold.buffered.is_empty() {
         advice.push(format!(
             "keep `direct_io = false` for {}: even with the cache capped, buffered I/O won at most queue \
              depths (read-ahead and the hits that remain)",
-            buffered_wins_cold.join(", ")
+            cold.buffered.join(", ")
         ));
     }
     if let Some(knee) = knee(rows) {
@@ -548,17 +582,7 @@ pub fn guidance(rows: &[Row]) -> String {
                 .into(),
         );
     }
-    if !advice.is_empty() {
-        said = true;
-        let _ = writeln!(s, "\n**What to configure:**\n");
-        for a in advice {
-            let _ = writeln!(s, "- {a}");
-        }
-    }
-    if !said {
-        s.push_str("Not enough cells in this run to compare (run with more backends, modes or depths).\n");
-    }
-    s
+    advice
 }
 
 /// The smallest queue depth at which our io_uring backend reaches 90 % of its best random-read
