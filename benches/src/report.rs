@@ -204,9 +204,70 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
     if !notes.is_empty() {
         s.push('\n');
     }
+    s.push_str(LEGEND);
+    for ((workload, io, regime), rows) in groups(&report.results) {
+        cell_table(&mut s, report, (&workload, &io, &regime), &rows);
+    }
+    s.push_str(&crate::wal::section(&report.results));
+    s.push_str(&guidance(&report.results));
+    s
+}
+
+/// One table: every series of a (workload, mode, regime) group, with its fio peer's ratios.
+fn cell_table(s: &mut String, report: &Report, (workload, io, regime): (&str, &str, &str), rows: &[&Row]) {
+    let _ = writeln!(s, "## {workload} · {io} · {regime}\n");
     let _ = writeln!(
         s,
-        "Latency is submit → completion as the caller sees it (µs), from the moment the caller \
+        "| series | qd | IOPS | MB/s | mean | p50 | p95 | p99 | max | CPU µs/op | qd achieved | qd in backend | per wait | submit calls | cached % | vs fio | CPU vs fio |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut sorted = rows.to_vec();
+    sorted.sort_by(|a, b| (a.engine.as_str(), a.series(), a.qd).cmp(&(b.engine.as_str(), b.series(), b.qd)));
+    for r in sorted {
+        let fio_peer = if r.engine == "fio" {
+            None
+        } else if r.backend.starts_with("uring") {
+            peer(&report.results, r, "fio", "io_uring+fixed")
+        } else {
+            peer(&report.results, r, "fio", "psync")
+        };
+        let (vs, cpu_vs) = match fio_peer {
+            Some(p) => (
+                format!("{} {}", pair_ratio_text(r, p), p.backend),
+                ratio(r.cpu_us_per_op, p.cpu_us_per_op),
+            ),
+            None => ("–".into(), "–".into()),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
+            r.series(),
+            r.qd,
+            kilo(r.iops),
+            r.mb_s,
+            r.lat_us.mean,
+            r.lat_us.p50,
+            r.lat_us.p95,
+            r.lat_us.p99,
+            r.lat_us.max,
+            r.cpu_us_per_op,
+            measured(r.qd_achieved),
+            measured(r.backend_qd),
+            measured(r.completions_per_wait),
+            submit_calls(r),
+            r.cache_resident_pct.map_or("–".into(), |p| format!("{p:.0}")),
+            vs,
+            cpu_vs
+        );
+    }
+    s.push('\n');
+}
+
+/// What the columns of the cell tables mean, before the first one.
+const LEGEND: &str = "Latency is submit → completion as the caller sees it (µs), from the moment the caller \
          starts refilling its free slots, so an op's time waiting behind the submits of ops refilled \
          before it counts (fio's total latency counts it too). CPU is user+system time of the whole \
          process per I/O (fio: its own usr+sys). `vs fio` divides our IOPS by fio's in the same \
@@ -223,65 +284,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
          to the kernel, times how many such calls each I/O made (io_uring backends; the rest went \
          in with a wait): on a VM mostly the cost of notifying the virtual disk, which decides how \
          much submitting in batches (`STORAGE_IO_SUBMIT_BATCH`) is worth. \
-         `cached %` is the share of the file in the page cache when the cell ended (buffered cells).\n"
-    );
-    for ((workload, io, regime), rows) in groups(&report.results) {
-        let _ = writeln!(s, "## {workload} · {io} · {regime}\n");
-        let _ = writeln!(
-            s,
-            "| series | qd | IOPS | MB/s | mean | p50 | p95 | p99 | max | CPU µs/op | qd achieved | qd in backend | per wait | submit calls | cached % | vs fio | CPU vs fio |"
-        );
-        let _ = writeln!(
-            s,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        );
-        let mut sorted = rows.clone();
-        sorted.sort_by(|a, b| {
-            (a.engine.as_str(), a.series(), a.qd).cmp(&(b.engine.as_str(), b.series(), b.qd))
-        });
-        for r in sorted {
-            let fio_peer = if r.engine == "fio" {
-                None
-            } else if r.backend.starts_with("uring") {
-                peer(&report.results, r, "fio", "io_uring+fixed")
-            } else {
-                peer(&report.results, r, "fio", "psync")
-            };
-            let (vs, cpu_vs) = match fio_peer {
-                Some(p) => (
-                    format!("{} {}", pair_ratio_text(r, p), p.backend),
-                    ratio(r.cpu_us_per_op, p.cpu_us_per_op),
-                ),
-                None => ("–".into(), "–".into()),
-            };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
-                r.series(),
-                r.qd,
-                kilo(r.iops),
-                r.mb_s,
-                r.lat_us.mean,
-                r.lat_us.p50,
-                r.lat_us.p95,
-                r.lat_us.p99,
-                r.lat_us.max,
-                r.cpu_us_per_op,
-                measured(r.qd_achieved),
-                measured(r.backend_qd),
-                measured(r.completions_per_wait),
-                submit_calls(r),
-                r.cache_resident_pct.map_or("–".into(), |p| format!("{p:.0}")),
-                vs,
-                cpu_vs
-            );
-        }
-        s.push('\n');
-    }
-    s.push_str(&crate::wal::section(&report.results));
-    s.push_str(&guidance(&report.results));
-    s
-}
+         `cached %` is the share of the file in the page cache when the cell ended (buffered cells).\n";
 
 /// Our best row (by IOPS) among `rows` matching the filter.
 fn best(rows: &[Row], f: impl Fn(&Row) -> bool) -> Option<&Row> {
