@@ -204,7 +204,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
     if !notes.is_empty() {
         s.push('\n');
     }
-    s.push_str(LEGEND);
+    let _ = writeln!(s, "{LEGEND}");
     for ((workload, io, regime), rows) in groups(&report.results) {
         cell_table(&mut s, report, (&workload, &io, &regime), &rows);
     }
