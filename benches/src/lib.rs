@@ -1,7 +1,18 @@
 //! The queue-depth benchmark behind `cargo xtask bench`: our engine's cells, fio's cells on the
 //! same file, page-cache regimes, the report with its guidance, SVG plots and `--compare`.
 //!
-//! The binary `io-patterns` drives it; this library holds the parts that have tests.
+//! The binary `io-patterns` drives it; this library holds the parts that have tests:
+//!
+//! - [`cell`]: what every cell of ours shares (the workload and backend names, building a
+//!   backend, CPU time, scratch directories, the row a cell makes);
+//! - [`engine`]: the raw cells (`seq_read`, `rand_read`, `rand_write`, `multistream_scan`) and
+//!   the dispatch to the others;
+//! - [`sched`]: the page scheduler's cells (`scheduler_rand_read`, `scheduler_batch_read`,
+//!   `scheduler_seq_scan`) and their raw peer `raw_round_read`;
+//! - [`segment`]: the async file API's cells (`segment_append`, `segment_read`);
+//! - [`wal`] and [`peers`]: `wal_commit`, with okaywal, RocksDB and fio's durable writes beside;
+//! - [`fio`]: fio's cells; [`cache`]: the page-cache regimes; [`report`] and [`plot`]: the
+//!   report, its guidance and its SVGs; [`signal`]: Ctrl-C.
 
 pub mod cache;
 pub mod cell;
