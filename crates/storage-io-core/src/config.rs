@@ -166,63 +166,47 @@ impl IoConfig {
     /// source). Unset names leave the field alone; a value that does not parse is an error
     /// naming the variable.
     pub fn apply_overrides(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<()> {
-        fn parse<T: FromStr>(name: &str, value: &str) -> Result<T> {
-            value.trim().parse().map_err(|_| {
-                StorageIoError::InvalidArgument(InvalidArgument::Message(format!(
-                    "{name}={value:?} does not parse"
-                )))
-            })
-        }
-        fn parse_bool(name: &str, value: &str) -> Result<bool> {
-            match value.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "0" | "false" | "no" | "off" => Ok(false),
-                _ => Err(StorageIoError::InvalidArgument(InvalidArgument::Message(
-                    format!("{name}={value:?} is not a boolean (use 1/0, true/false, on/off)"),
-                ))),
-            }
-        }
         if let Some(v) = lookup("STORAGE_IO_BACKEND") {
             self.backend = v.parse()?;
         }
         if let Some(v) = lookup("STORAGE_IO_QUEUE_DEPTH") {
-            self.queue_depth = parse("STORAGE_IO_QUEUE_DEPTH", &v)?;
+            self.queue_depth = parse_override("STORAGE_IO_QUEUE_DEPTH", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_WORKERS") {
-            self.workers = parse("STORAGE_IO_WORKERS", &v)?;
+            self.workers = parse_override("STORAGE_IO_WORKERS", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_FIXED_BUFFERS") {
-            self.fixed_buffers = parse_bool("STORAGE_IO_FIXED_BUFFERS", &v)?;
+            self.fixed_buffers = parse_override_bool("STORAGE_IO_FIXED_BUFFERS", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_NOWAIT_READS") {
-            self.nowait_reads = parse_bool("STORAGE_IO_NOWAIT_READS", &v)?;
+            self.nowait_reads = parse_override_bool("STORAGE_IO_NOWAIT_READS", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_BUFFER_SIZE") {
-            self.buffer_size = parse("STORAGE_IO_BUFFER_SIZE", &v)?;
+            self.buffer_size = parse_override("STORAGE_IO_BUFFER_SIZE", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_SQPOLL_IDLE_MS") {
             self.sqpoll_idle_ms = match v.trim().to_ascii_lowercase().as_str() {
                 "" | "off" | "none" => None,
-                _ => Some(parse("STORAGE_IO_SQPOLL_IDLE_MS", &v)?),
+                _ => Some(parse_override("STORAGE_IO_SQPOLL_IDLE_MS", &v)?),
             };
         }
         if let Some(v) = lookup("STORAGE_IO_DIRECT_IO") {
-            self.direct_io = parse_bool("STORAGE_IO_DIRECT_IO", &v)?;
+            self.direct_io = parse_override_bool("STORAGE_IO_DIRECT_IO", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_MAX_IO_BYTES") {
-            self.max_io_bytes = parse("STORAGE_IO_MAX_IO_BYTES", &v)?;
+            self.max_io_bytes = parse_override("STORAGE_IO_MAX_IO_BYTES", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_MAX_FILES") {
-            self.max_files = parse("STORAGE_IO_MAX_FILES", &v)?;
+            self.max_files = parse_override("STORAGE_IO_MAX_FILES", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_SUBMIT_BATCH") {
-            self.submit_batch = parse("STORAGE_IO_SUBMIT_BATCH", &v)?;
+            self.submit_batch = parse_override("STORAGE_IO_SUBMIT_BATCH", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_ENABLE_IO_URING") {
-            self.enable_io_uring = parse_bool("STORAGE_IO_ENABLE_IO_URING", &v)?;
+            self.enable_io_uring = parse_override_bool("STORAGE_IO_ENABLE_IO_URING", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_SQ_DEPTH") {
-            self.sq_depth = parse("STORAGE_IO_SQ_DEPTH", &v)?;
+            self.sq_depth = parse_override("STORAGE_IO_SQ_DEPTH", &v)?;
         }
         self.validate()
     }
@@ -271,6 +255,26 @@ impl IoConfig {
         } else {
             std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
         }
+    }
+}
+
+/// Parses the value of environment override `name` (for the `apply_overrides` of every
+/// layer's config); an error names the variable and the value.
+pub fn parse_override<T: FromStr>(name: &str, value: &str) -> Result<T> {
+    value.trim().parse().map_err(|_| {
+        StorageIoError::InvalidArgument(InvalidArgument::Message(format!(
+            "{name}={value:?} does not parse"
+        )))
+    })
+}
+/// [`parse_override`] for a switch: 1/0, true/false, yes/no, on/off.
+pub fn parse_override_bool(name: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(StorageIoError::InvalidArgument(InvalidArgument::Message(
+            format!("{name}={value:?} is not a boolean (use 1/0, true/false, on/off)"),
+        ))),
     }
 }
 

@@ -658,12 +658,7 @@ impl Shared {
         let size = self.segment_size;
         let need = RECORD_HEADER_BYTES + record.len() as u64;
         if st.next_lsn % size + need + RECORD_HEADER_BYTES > size {
-            let end_lsn = st.next_lsn;
-            // From the frame's start: the frame may end exactly on the segment boundary.
-            let next_segment = end_lsn / size + 1;
-            self.queue(st, |buf| encode_record(buf, KIND_SEGMENT_END, end_lsn, &[]));
-            st.next_lsn = next_segment * size;
-            self.queue(st, |buf| encode_segment_header(buf, size, next_segment));
+            self.close_segment(st);
         }
         let lsn = st.next_lsn;
         self.queue(st, |buf| encode_record(buf, KIND_DATA, lsn, record));
@@ -676,6 +671,18 @@ impl Shared {
             self.gather.notify_all();
         }
         lsn
+    }
+
+    /// Queues the segment-end frame at `next_lsn` and the next segment's header: the log goes
+    /// on at the start of the next segment.
+    fn close_segment(&self, st: &mut State) {
+        let size = self.segment_size;
+        let end_lsn = st.next_lsn;
+        // From the frame's start: the frame may end exactly on the segment boundary.
+        let next_segment = end_lsn / size + 1;
+        self.queue(st, |buf| encode_record(buf, KIND_SEGMENT_END, end_lsn, &[]));
+        st.next_lsn = next_segment * size;
+        self.queue(st, |buf| encode_segment_header(buf, size, next_segment));
     }
 
     /// Appends bytes at `next_lsn` to the queue (extending the last piece when contiguous).

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use storage_io_testkit::memio::{CrashOptions, MemFs, TearMode};
 use storage_io_wal::{Lsn, SyncMode, WalConfig, WalManager};
 
-use common::{DIR, mem_factory, read_all};
+use common::{DIR, mem_factory, read_all, tear};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -99,14 +99,6 @@ fn run(wal: &WalManager, ops: &[Op]) -> Outcome {
         }
     }
     out
-}
-
-fn tear(k: u64) -> TearMode {
-    match k % 3 {
-        0 => TearMode::None,
-        1 => TearMode::Prefix,
-        _ => TearMode::AnySectors,
-    }
 }
 
 /// One crash point: returns true if the crash fired during the workload.

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use storage_io_testkit::memio::{CrashOptions, MemFs, TearMode};
+use storage_io_testkit::memio::{CrashOptions, MemFs};
 use storage_io_wal::{Lsn, SyncMode, WalConfig, WalManager};
 
-use common::{DIR, mem_factory, read_all};
+use common::{DIR, mem_factory, read_all, tear};
 
 const THREADS: u8 = 4;
 const COMMITS: u8 = 24;
@@ -38,14 +38,6 @@ fn config(k: u64) -> WalConfig {
         preallocate: !k.is_multiple_of(3),
         prepare_ahead: k.is_multiple_of(4),
         ..WalConfig::default()
-    }
-}
-
-fn tear(k: u64) -> TearMode {
-    match k % 3 {
-        0 => TearMode::None,
-        1 => TearMode::Prefix,
-        _ => TearMode::AnySectors,
     }
 }
 

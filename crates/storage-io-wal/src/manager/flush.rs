@@ -213,11 +213,7 @@ impl Shared {
             return;
         }
         if size - st.next_lsn % size < pad + RECORD_HEADER_BYTES {
-            let end_lsn = st.next_lsn;
-            let next_segment = end_lsn / size + 1;
-            self.queue(st, |buf| encode_record(buf, KIND_SEGMENT_END, end_lsn, &[]));
-            st.next_lsn = next_segment * size;
-            self.queue(st, |buf| encode_segment_header(buf, size, next_segment));
+            self.close_segment(st);
         }
         let at = st.next_lsn;
         self.queue(st, |buf| encode_pad(buf, at));

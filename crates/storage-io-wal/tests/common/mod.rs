@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use storage_io_core::{BackendFactory, StorageIo};
 use storage_io_testkit::faulty::{FaultPlan, FaultyIo};
-use storage_io_testkit::memio::MemFs;
+use storage_io_testkit::memio::{MemFs, TearMode};
 use storage_io_wal::{Lsn, SyncMode, WalConfig, WalManager};
 
 pub(crate) const DIR: &str = "/wal";
@@ -59,4 +59,13 @@ pub(crate) fn open(dir: &Path, config: &WalConfig, factory: &BackendFactory) -> 
     WalManager::open(dir, config.clone(), factory.clone())
         .expect("open")
         .0
+}
+
+/// The tear mode of crash point `k`: none, a prefix, or any sectors, in turn.
+pub(crate) fn tear(k: u64) -> TearMode {
+    match k % 3 {
+        0 => TearMode::None,
+        1 => TearMode::Prefix,
+        _ => TearMode::AnySectors,
+    }
 }

@@ -1,10 +1,10 @@
 //! [`AsyncFsConfig`]: the async file API's own settings, beside the [`IoConfig`] of the backends
 //! its I/O workers build.
 
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
-use storage_io_core::{InvalidArgument, IoConfig, Result, StorageIoError};
+use storage_io_core::{
+    IoConfig, Result, StorageIoError, parse_override as parse, parse_override_bool as parse_bool,
+};
 
 /// Configuration of an [`AsyncFileSystem`](crate::AsyncFileSystem) (serde; unknown fields are
 /// refused, missing ones take their defaults).
@@ -118,24 +118,6 @@ impl AsyncFsConfig {
         } else {
             std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
         }
-    }
-}
-
-fn parse<T: FromStr>(name: &str, value: &str) -> Result<T> {
-    value.trim().parse().map_err(|_| {
-        StorageIoError::InvalidArgument(InvalidArgument::Message(format!(
-            "{name}={value:?} does not parse"
-        )))
-    })
-}
-
-fn parse_bool(name: &str, value: &str) -> Result<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(StorageIoError::InvalidArgument(InvalidArgument::Message(
-            format!("{name}={value:?} is not a boolean (use true/false)"),
-        ))),
     }
 }
 
