@@ -11,20 +11,95 @@ use storage_io_core::{BackendFactory, BackendKind, IoConfig, IoStats, StorageIo,
 
 use crate::{Latency, Row};
 
-/// Every workload the driver knows.
-pub const WORKLOADS: &[&str] = &[
-    "seq_read",
-    "rand_read",
-    "rand_write",
-    "multistream_scan",
-    "wal_commit",
-    "scheduler_rand_read",
-    "scheduler_batch_read",
-    "raw_round_read",
-    "scheduler_seq_scan",
-    "segment_append",
-    "segment_read",
-];
+/// Every workload the driver knows, by the name the command line, the rows and the report use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Workload {
+    /// `seq_read`: one sequential reader.
+    SeqRead,
+    /// `rand_read`: uniform random reads.
+    RandRead,
+    /// `rand_write`: uniform random writes.
+    RandWrite,
+    /// `multistream_scan`: several sequential streams at once.
+    MultistreamScan,
+    /// `wal_commit`: committers of the write-ahead log (`wal.rs`).
+    WalCommit,
+    /// `scheduler_rand_read`: random page reads through the page scheduler (`sched.rs`).
+    SchedulerRandRead,
+    /// `scheduler_batch_read`: batches of page reads through the scheduler.
+    SchedulerBatchRead,
+    /// `raw_round_read`: the scheduler cells' raw peer, rounds of reads on one backend.
+    RawRoundRead,
+    /// `scheduler_seq_scan`: a `ReadStream` over the file.
+    SchedulerSeqScan,
+    /// `segment_append`: appends and a sync through the async file API (`segment.rs`).
+    SegmentAppend,
+    /// `segment_read`: a sequential consumer through the async file API.
+    SegmentRead,
+}
+
+impl Workload {
+    /// Every workload, in the order the driver runs them.
+    pub const ALL: [Workload; 11] = [
+        Workload::SeqRead,
+        Workload::RandRead,
+        Workload::RandWrite,
+        Workload::MultistreamScan,
+        Workload::WalCommit,
+        Workload::SchedulerRandRead,
+        Workload::SchedulerBatchRead,
+        Workload::RawRoundRead,
+        Workload::SchedulerSeqScan,
+        Workload::SegmentAppend,
+        Workload::SegmentRead,
+    ];
+
+    /// Its name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Workload::SeqRead => "seq_read",
+            Workload::RandRead => "rand_read",
+            Workload::RandWrite => "rand_write",
+            Workload::MultistreamScan => "multistream_scan",
+            Workload::WalCommit => "wal_commit",
+            Workload::SchedulerRandRead => "scheduler_rand_read",
+            Workload::SchedulerBatchRead => "scheduler_batch_read",
+            Workload::RawRoundRead => "raw_round_read",
+            Workload::SchedulerSeqScan => "scheduler_seq_scan",
+            Workload::SegmentAppend => "segment_append",
+            Workload::SegmentRead => "segment_read",
+        }
+    }
+
+    /// The workload called `name`.
+    pub fn named(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A row's workload (a name, as stored in results.json) against an enum value.
+impl PartialEq<Workload> for String {
+    fn eq(&self, w: &Workload) -> bool {
+        self == w.name()
+    }
+}
+
+/// Every workload's name.
+pub const WORKLOADS: [&str; 11] = {
+    let mut names = [""; 11];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Workload::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// Every backend variant the driver knows.
 pub const BACKENDS: &[&str] = &[
@@ -41,8 +116,8 @@ pub const BACKENDS: &[&str] = &[
 /// One cell of ours.
 #[derive(Debug, Clone)]
 pub struct Cell {
-    /// One of [`WORKLOADS`].
-    pub workload: String,
+    /// What it runs.
+    pub workload: Workload,
     /// One of [`BACKENDS`].
     pub backend: String,
     /// O_DIRECT or buffered.
@@ -152,7 +227,7 @@ pub fn cell_row(
 ) -> Row {
     let iops = ops as f64 / secs;
     Row {
-        workload: cell.workload.clone(),
+        workload: cell.workload.name().into(),
         engine: "storage-io".into(),
         backend: cell.backend.clone(),
         io: if cell.direct { "direct" } else { "buffered" }.into(),

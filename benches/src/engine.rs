@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, IoToken, OpenOptions, StorageIo, open_file};
 
-use crate::cell::{Cell, XorShift, cpu_time, make_backend, submit_calls_of};
+use crate::cell::{Cell, Workload, XorShift, cpu_time, make_backend, submit_calls_of};
 use crate::{Latency, Row};
 
 /// Where the next op of a cell goes.
@@ -23,7 +23,7 @@ struct Offsets {
 impl Offsets {
     fn new(cell: &Cell) -> Offsets {
         let blocks = (cell.size / cell.block as u64).max(1);
-        let streams = if cell.workload == "multistream_scan" {
+        let streams = if cell.workload == Workload::MultistreamScan {
             cell.streams.clamp(1, blocks as usize)
         } else {
             1
@@ -35,7 +35,7 @@ impl Offsets {
             rng: XorShift::new(0x2545_F491_4F6C_DD1D),
             cursors,
             next_stream: 0,
-            random: matches!(cell.workload.as_str(), "rand_read" | "rand_write"),
+            random: matches!(cell.workload, Workload::RandRead | Workload::RandWrite),
         }
     }
 
@@ -54,10 +54,10 @@ impl Offsets {
 
 /// Runs one cell of ours on `path` and measures it. `stop` ends it early (Ctrl-C).
 pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
-    if crate::sched::runs(&cell.workload) {
+    if crate::sched::runs(cell.workload) {
         return crate::sched::run_cell(path, cell, stop);
     }
-    if crate::segment::runs(&cell.workload) {
+    if crate::segment::runs(cell.workload) {
         return crate::segment::run_cell(path, cell, stop);
     }
     let (qd, block) = (cell.qd.max(1), cell.block);
@@ -88,7 +88,7 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     let mut done: Vec<IoCompletion> = Vec::with_capacity(qd);
     let (mut ops, mut errors, mut depth_sum, mut waits) = (0u64, 0u64, 0u64, 0u64);
     let mut first_error = None;
-    let write = cell.workload == "rand_write";
+    let write = cell.workload == Workload::RandWrite;
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let deadline = t0 + cell.duration;
@@ -150,7 +150,7 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     let (submit_call_us, submit_calls_per_op) = submit_calls_of(io.stats(), ops);
     let per_wait = |x: u64| if waits > 0 { x as f64 / waits as f64 } else { 0.0 };
     Ok(Row {
-        workload: cell.workload.clone(),
+        workload: cell.workload.name().into(),
         engine: "storage-io".into(),
         backend: cell.backend.clone(),
         io: if cell.direct { "direct" } else { "buffered" }.into(),
@@ -168,7 +168,7 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
         backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(elapsed)),
         submit_call_us,
         submit_calls_per_op,
-        streams: (cell.workload == "multistream_scan").then_some(offsets.cursors.len()),
+        streams: (cell.workload == Workload::MultistreamScan).then_some(offsets.cursors.len()),
         ..Row::default()
     })
 }
@@ -176,11 +176,10 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cell::WORKLOADS;
 
-    fn cell(workload: &str) -> Cell {
+    fn cell(workload: Workload) -> Cell {
         Cell {
-            workload: workload.into(),
+            workload,
             backend: "sync".into(),
             direct: false,
             qd: 4,
@@ -194,18 +193,18 @@ mod tests {
 
     #[test]
     fn offsets_follow_the_workload() {
-        let mut seq = Offsets::new(&cell("seq_read"));
+        let mut seq = Offsets::new(&cell(Workload::SeqRead));
         assert_eq!(
             (0..5).map(|_| seq.next()).collect::<Vec<_>>(),
             vec![0, 1, 2, 3, 4]
         );
-        let mut multi = Offsets::new(&cell("multistream_scan"));
+        let mut multi = Offsets::new(&cell(Workload::MultistreamScan));
         // 256 blocks, 4 streams at 0, 64, 128, 192, taken in turn.
         assert_eq!(
             (0..6).map(|_| multi.next()).collect::<Vec<_>>(),
             vec![0, 64, 128, 192, 1, 65]
         );
-        let mut rand = Offsets::new(&cell("rand_read"));
+        let mut rand = Offsets::new(&cell(Workload::RandRead));
         let picks: Vec<u64> = (0..1000).map(|_| rand.next()).collect();
         assert!(picks.iter().all(|&p| p < 256));
         let distinct: std::collections::HashSet<_> = picks.iter().collect();
@@ -221,7 +220,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, vec![1u8; 1 << 20]).unwrap();
-        for w in WORKLOADS {
+        for w in Workload::ALL {
             let row = run_cell(&path, &cell(w), &|| false).unwrap();
             assert!(row.ops > 0, "{w}: no ops");
             assert_eq!(row.errors, 0);
@@ -230,7 +229,7 @@ mod tests {
                 "{w}: {:?}",
                 row.lat_us
             );
-            assert_eq!(row.streams.is_some(), *w == "multistream_scan");
+            assert_eq!(row.streams.is_some(), w == Workload::MultistreamScan);
             if !crate::segment::runs(w) {
                 // Little's law over the cell: some ops were in the backend, never more than
                 // the driver kept outstanding.
@@ -242,14 +241,14 @@ mod tests {
                 );
             }
         }
-        let stopped = run_cell(&path, &cell("rand_read"), &|| true).unwrap();
+        let stopped = run_cell(&path, &cell(Workload::RandRead), &|| true).unwrap();
         assert_eq!(stopped.ops, 0, "a stop before the first submit runs nothing");
         assert!(
             run_cell(
                 &path,
                 &Cell {
                     backend: "nvme".into(),
-                    ..cell("rand_read")
+                    ..cell(Workload::RandRead)
                 },
                 &|| false
             )

@@ -664,7 +664,7 @@ fn scheduler_lines(rows: &[Row]) -> Vec<String> {
     let mut out = Vec::new();
     for r in rows
         .iter()
-        .filter(|r| r.engine == "storage-io" && r.workload == crate::sched::RAND_READ)
+        .filter(|r| r.engine == "storage-io" && r.workload == crate::cell::Workload::SchedulerRandRead)
     {
         let Some(raw) = rows.iter().find(|p| {
             p.engine == "storage-io"
@@ -939,7 +939,7 @@ mod tests {
             ..row("storage-io", "uring", "direct", "uncached", 32, 45.0)
         };
         let sched = Row {
-            workload: crate::sched::RAND_READ.into(),
+            workload: crate::cell::Workload::SchedulerRandRead.name().into(),
             sched_workers: Some(1),
             iops_rounds: vec![32.0, 45.0],
             backend_qd: 19.6,

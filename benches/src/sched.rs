@@ -24,25 +24,22 @@ use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, OpenOptions, open_file};
 use storage_io_scheduler::{DiskScheduler, PAGE_FILE, PageId, SchedulerConfig};
 
 use crate::Row;
-use crate::cell::{Cell, ScratchDir, XorShift, cell_row, cpu_time, factory, make_backend};
-
-/// Random page reads through the scheduler.
-pub const RAND_READ: &str = "scheduler_rand_read";
-/// Batches of random pages through `schedule_read_pages`.
-pub const BATCH_READ: &str = "scheduler_batch_read";
-/// The raw peer of a batch: `qd` random reads submitted together, waited for together.
-pub const RAW_ROUND: &str = "raw_round_read";
-/// A sequential scan through a `ReadStream`.
-pub const SEQ_SCAN: &str = "scheduler_seq_scan";
+use crate::cell::{Cell, ScratchDir, Workload, XorShift, cell_row, cpu_time, factory, make_backend};
 
 /// Whether this module runs `workload`.
-pub fn runs(workload: &str) -> bool {
-    [RAND_READ, BATCH_READ, RAW_ROUND, SEQ_SCAN].contains(&workload)
+pub fn runs(workload: Workload) -> bool {
+    matches!(
+        workload,
+        Workload::SchedulerRandRead
+            | Workload::SchedulerBatchRead
+            | Workload::RawRoundRead
+            | Workload::SchedulerSeqScan
+    )
 }
 
 /// Runs a cell of one of this module's workloads.
 pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
-    if cell.workload == RAW_ROUND {
+    if cell.workload == Workload::RawRoundRead {
         run_raw_round_cell(file, cell, stop)
     } else {
         run_scheduler_cell(file, cell, stop)
@@ -106,7 +103,7 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let qd = cell.qd.max(1);
     let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    let batch = cell.workload == BATCH_READ;
+    let batch = cell.workload == Workload::SchedulerBatchRead;
     // Allocating the pages wrote metadata through the backends (published before the answer
     // came back): only the cell's ops count.
     let before = sched.stats();
@@ -114,7 +111,7 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
     let t0 = Instant::now();
     let deadline = t0 + cell.duration;
     let mut ops = 0u64;
-    if cell.workload == SEQ_SCAN {
+    if cell.workload == Workload::SchedulerSeqScan {
         // Whole passes over the file until the time is up; each page is an op.
         'scan: while Instant::now() < deadline && !stop() {
             let mut last = Instant::now();

@@ -16,16 +16,11 @@ use hdrhistogram::Histogram;
 use storage_io::{AlignedBuf, AsyncFileSystem, AsyncFsConfig, IoConfig, OpenOptions, block_on};
 
 use crate::Row;
-use crate::cell::{Cell, cell_row, cpu_time, factory};
-
-/// Batches of appends, each made durable by one sync.
-pub const APPEND: &str = "segment_append";
-/// A sequential consumer.
-pub const READ: &str = "segment_read";
+use crate::cell::{Cell, Workload, cell_row, cpu_time, factory};
 
 /// Whether this module runs `workload`.
-pub fn runs(workload: &str) -> bool {
-    [APPEND, READ].contains(&workload)
+pub fn runs(workload: Workload) -> bool {
+    matches!(workload, Workload::SegmentAppend | Workload::SegmentRead)
 }
 
 /// A segment file beside the bench file, removed on drop.
@@ -66,7 +61,7 @@ pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let deadline = t0 + cell.duration;
-    if cell.workload == APPEND {
+    if cell.workload == Workload::SegmentAppend {
         let segment = SegmentFile(PathBuf::from(format!(
             "{}.segment-{}",
             file.display(),
@@ -126,7 +121,11 @@ pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     let m = fs.metrics();
     fs.shutdown();
-    let blocks_per_op = if cell.workload == APPEND { qd } else { 1 };
+    let blocks_per_op = if cell.workload == Workload::SegmentAppend {
+        qd
+    } else {
+        1
+    };
     Ok(Row {
         errors: m.ops.iter().map(|o| o.errors).sum(),
         ..cell_row(cell, ops, blocks_per_op, secs, cpu, &hist)

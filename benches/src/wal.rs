@@ -13,11 +13,9 @@ use hdrhistogram::Histogram;
 use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, OpenOptions, open_file};
 use storage_io_wal::{WalConfig, WalManager};
 
-use crate::cell::{ScratchDir, cpu_time, factory, make_backend};
+use crate::cell::{ScratchDir, Workload, cpu_time, factory, make_backend};
 use crate::{Latency, Row};
 
-/// The workload's name.
-pub const WORKLOAD: &str = "wal_commit";
 pub use crate::{ENGINE_OKAYWAL, ENGINE_RAW, ENGINE_ROCKSDB, ENGINE_WAL, ENGINE_WAL_ASYNC};
 /// Payload bytes per committed record.
 pub const RECORD_BYTES: usize = 128;
@@ -37,7 +35,7 @@ pub(crate) fn row(
 ) -> Row {
     let iops = ops as f64 / secs;
     Row {
-        workload: WORKLOAD.into(),
+        workload: Workload::WalCommit.name().into(),
         engine: engine.into(),
         backend: backend.into(),
         io: "buffered".into(),
@@ -366,7 +364,7 @@ pub fn run_fio_durable_cell(root: &Path, direct: bool, qd: usize, duration: Dura
         f.sync_all()?;
     }
     let job = FioJob {
-        workload: WORKLOAD.into(),
+        workload: Workload::WalCommit.name().into(),
         engine: if direct {
             FioEngine::IoUring
         } else {
@@ -392,7 +390,10 @@ pub fn run_fio_durable_cell(root: &Path, direct: bool, qd: usize, duration: Dura
 
 /// The report's WAL section: the three questions, answered from `rows`.
 pub fn section(rows: &[Row]) -> String {
-    let wal: Vec<&Row> = rows.iter().filter(|r| r.workload == WORKLOAD).collect();
+    let wal: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.workload == Workload::WalCommit)
+        .collect();
     if wal.is_empty() {
         return String::new();
     }

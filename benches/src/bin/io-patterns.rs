@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use storage_io_benches::cache::{self, MemCap};
-use storage_io_benches::cell::{BACKENDS, Cell, WORKLOADS};
+use storage_io_benches::cell::{BACKENDS, Cell, WORKLOADS, Workload};
 use storage_io_benches::engine;
 use storage_io_benches::fio::{self, FioEngine, FioJob};
 use storage_io_benches::{Machine, Report, Row, fold_rounds, peers, plot, report, signal, timestamp, wal};
@@ -103,7 +103,7 @@ struct Args {
 
 /// What to run, after defaults.
 struct Plan {
-    workloads: Vec<String>,
+    workloads: Vec<Workload>,
     backends: Vec<String>,
     modes: Vec<bool>,
     regimes: Vec<String>,
@@ -147,7 +147,10 @@ const REGIMES: &[&str] = &["hot", "pressure", "thrash"];
 
 fn plan(args: &Args) -> Result<Plan> {
     let preset = Preset::of(args);
-    let workloads = names(&args.workload, preset.workloads, WORKLOADS, "workload")?;
+    let workloads: Vec<Workload> = names(&args.workload, preset.workloads, &WORKLOADS, "workload")?
+        .iter()
+        .filter_map(|n| Workload::named(n))
+        .collect();
     let backends = names(&args.backend, preset.backends, BACKENDS, "backend")?;
     let regimes = names(&args.regime, preset.regimes, REGIMES, "regime")?;
     let modes = match args.io.as_deref().unwrap_or("both") {
@@ -225,7 +228,7 @@ impl Preset {
                 duration: 2.0,
                 size_mib: 1024,
                 qds: &[1, 4, 16, 32],
-                workloads: WORKLOADS,
+                workloads: &WORKLOADS,
                 backends: BACKENDS,
                 regimes: REGIMES,
                 rounds: 4,
@@ -236,7 +239,7 @@ impl Preset {
                 duration: 0.4,
                 size_mib: 256,
                 qds: &[1, 4, 16, 32],
-                workloads: WORKLOADS,
+                workloads: &WORKLOADS,
                 backends: &["sync", "thread_pool", "uring"],
                 regimes: &["hot", "thrash"],
                 rounds: 1,
@@ -448,7 +451,7 @@ struct Step {
 impl Step {
     fn label(&self) -> String {
         let (w, b, d, q) = match &self.job {
-            Job::Ours(c) => (c.workload.clone(), c.backend.clone(), c.direct, c.qd),
+            Job::Ours(c) => (c.workload.name().to_string(), c.backend.clone(), c.direct, c.qd),
             Job::Fio(f) => (
                 f.workload.clone(),
                 format!("fio {}", f.engine.name()),
@@ -467,15 +470,28 @@ impl Step {
                 } else {
                     backend.clone()
                 };
-                (wal::WORKLOAD.into(), who, *direct, *committers)
+                (Workload::WalCommit.name().to_string(), who, *direct, *committers)
             }
-            Job::RawSync { backend, direct, .. } => {
-                (wal::WORKLOAD.into(), format!("{backend} raw"), *direct, 1)
-            }
+            Job::RawSync { backend, direct, .. } => (
+                Workload::WalCommit.name().to_string(),
+                format!("{backend} raw"),
+                *direct,
+                1,
+            ),
             Job::Peer {
                 engine, committers, ..
-            } => (wal::WORKLOAD.into(), (*engine).into(), false, *committers),
-            Job::FioDurable { direct, qd, .. } => (wal::WORKLOAD.into(), "fio durable".into(), *direct, *qd),
+            } => (
+                Workload::WalCommit.name().to_string(),
+                (*engine).into(),
+                false,
+                *committers,
+            ),
+            Job::FioDurable { direct, qd, .. } => (
+                Workload::WalCommit.name().to_string(),
+                "fio durable".into(),
+                *direct,
+                *qd,
+            ),
         };
         format!(
             "{w} {b} {} {} qd{q}",
@@ -490,12 +506,12 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
     for round in 0..plan.rounds {
         // Every other round runs the workloads in reverse, so a scheduler cell and its raw
         // peer (different workloads) also take turns going first.
-        let mut workloads: Vec<&String> = plan.workloads.iter().collect();
+        let mut workloads = plan.workloads.clone();
         if round % 2 == 1 {
             workloads.reverse();
         }
         for w in workloads {
-            if w == wal::WORKLOAD {
+            if w == Workload::WalCommit {
                 out.extend(wal_steps(plan, args, direct_ok));
                 continue;
             }
@@ -515,7 +531,7 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
                         for b in &plan.backends {
                             pair.push(Step {
                                 job: Job::Ours(Cell {
-                                    workload: w.clone(),
+                                    workload: w,
                                     backend: b.clone(),
                                     direct,
                                     qd,
@@ -528,12 +544,12 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
                                 regime: regime.clone(),
                             });
                         }
-                        if fio_on && fio::supports(w) {
+                        if fio_on && fio::supports(w.name()) {
                             let ours = pair.len();
                             for &engine in &plan.fio_engines {
                                 pair.push(Step {
                                     job: Job::Fio(FioJob {
-                                        workload: w.clone(),
+                                        workload: w.name().into(),
                                         engine,
                                         direct,
                                         qd,
@@ -686,7 +702,7 @@ fn run() -> Result<bool> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("create {}", out_dir.display()))?;
     let old = baseline(&args)?;
     let (file, size) = prepare_file(args.file.as_deref(), &root, plan.size_bytes, args.block_size)?;
-    if !file.created && !args.allow_write && plan.workloads.iter().any(|w| w == "rand_write") {
+    if !file.created && !args.allow_write && plan.workloads.contains(&Workload::RandWrite) {
         bail!(
             "refusing to run rand_write on the existing file {} (it would overwrite its data); \
              give a path that does not exist yet, drop rand_write, or pass --allow-write",
@@ -777,7 +793,7 @@ fn missing_tools(plan: &Plan, args: &Args, file: &Path, direct_ok: bool) -> (Opt
             file.display()
         ));
     }
-    if plan.workloads.iter().any(|w| w == wal::WORKLOAD) {
+    if plan.workloads.contains(&Workload::WalCommit) {
         for hint in [peers::okaywal_missing(), peers::rocksdb_missing()]
             .into_iter()
             .flatten()
