@@ -101,25 +101,90 @@ pub const WORKLOADS: [&str; 11] = {
     names
 };
 
-/// Every backend variant the driver knows.
-pub const BACKENDS: &[&str] = &[
-    "sync",
-    "thread_pool",
-    "uring",
-    "uring_nofixed",
-    "uring_sqpoll",
-    "uring_heapbuf",
-    "uring_nowait_off",
-    "thread_pool_nowait_off",
-];
+/// Every backend variant the driver knows, by the name the command line and the rows use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Backend {
+    /// `sync`: inline blocking I/O.
+    Sync,
+    /// `thread_pool`: the worker pool.
+    ThreadPool,
+    /// `uring`: io_uring with registered buffers (lent to the cell: I/O in place).
+    Uring,
+    /// `uring_nofixed`: io_uring without registered buffers.
+    UringNofixed,
+    /// `uring_sqpoll`: io_uring with an SQ polling thread.
+    UringSqpoll,
+    /// `uring_heapbuf`: io_uring on the caller's own heap buffers (reads staged and copied).
+    UringHeapbuf,
+    /// `uring_nowait_off`: io_uring with every buffered read through the ring.
+    UringNowaitOff,
+    /// `thread_pool_nowait_off`: the pool with every buffered read on a worker.
+    ThreadPoolNowaitOff,
+}
+
+impl Backend {
+    /// Every variant.
+    pub const ALL: [Backend; 8] = [
+        Backend::Sync,
+        Backend::ThreadPool,
+        Backend::Uring,
+        Backend::UringNofixed,
+        Backend::UringSqpoll,
+        Backend::UringHeapbuf,
+        Backend::UringNowaitOff,
+        Backend::ThreadPoolNowaitOff,
+    ];
+
+    /// Its name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Sync => "sync",
+            Backend::ThreadPool => "thread_pool",
+            Backend::Uring => "uring",
+            Backend::UringNofixed => "uring_nofixed",
+            Backend::UringSqpoll => "uring_sqpoll",
+            Backend::UringHeapbuf => "uring_heapbuf",
+            Backend::UringNowaitOff => "uring_nowait_off",
+            Backend::ThreadPoolNowaitOff => "thread_pool_nowait_off",
+        }
+    }
+
+    /// The variant called `name`, or an error listing them.
+    pub fn named(name: &str) -> Result<Backend> {
+        match Backend::ALL.into_iter().find(|b| b.name() == name) {
+            Some(b) => Ok(b),
+            None => bail!(
+                "unknown backend {name:?}; expected one of {}",
+                BACKENDS.join(", ")
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Every backend variant's name.
+pub const BACKENDS: [&str; 8] = {
+    let mut names = [""; 8];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Backend::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// One cell of ours.
 #[derive(Debug, Clone)]
 pub struct Cell {
     /// What it runs.
     pub workload: Workload,
-    /// One of [`BACKENDS`].
-    pub backend: String,
+    /// What it runs on.
+    pub backend: Backend,
     /// O_DIRECT or buffered.
     pub direct: bool,
     /// Ops kept in flight.
@@ -138,18 +203,18 @@ pub struct Cell {
 
 /// Builds the backend a cell names, sized for `qd`. `STORAGE_IO_*` variables tune it (for
 /// example `STORAGE_IO_SUBMIT_BATCH`), except the queue depth, which the cell sets.
-pub fn make_backend(name: &str, qd: usize) -> Result<Box<dyn StorageIo>> {
+pub fn make_backend(backend: Backend, qd: usize) -> Result<Box<dyn StorageIo>> {
     let mut config = IoConfig {
         workers: qd.clamp(1, 32),
         ..IoConfig::default()
     };
     config.apply_env()?;
     config.queue_depth = qd.max(1);
-    let (kind, config) = match name {
-        "sync" => (BackendKind::Sync, config),
-        "thread_pool" => (BackendKind::ThreadPool, config),
-        "uring" | "uring_heapbuf" => (BackendKind::IoUring, config),
-        "uring_nofixed" => (
+    let (kind, config) = match backend {
+        Backend::Sync => (BackendKind::Sync, config),
+        Backend::ThreadPool => (BackendKind::ThreadPool, config),
+        Backend::Uring | Backend::UringHeapbuf => (BackendKind::IoUring, config),
+        Backend::UringNofixed => (
             BackendKind::IoUring,
             IoConfig {
                 fixed_buffers: false,
@@ -157,30 +222,26 @@ pub fn make_backend(name: &str, qd: usize) -> Result<Box<dyn StorageIo>> {
             },
         ),
         // The page-cache fast path off (`nowait_reads`): every read through the ring / a worker.
-        "uring_nowait_off" => (
+        Backend::UringNowaitOff => (
             BackendKind::IoUring,
             IoConfig {
                 nowait_reads: false,
                 ..config
             },
         ),
-        "thread_pool_nowait_off" => (
+        Backend::ThreadPoolNowaitOff => (
             BackendKind::ThreadPool,
             IoConfig {
                 nowait_reads: false,
                 ..config
             },
         ),
-        "uring_sqpoll" => (
+        Backend::UringSqpoll => (
             BackendKind::IoUring,
             IoConfig {
                 sqpoll_idle_ms: Some(50),
                 ..config
             },
-        ),
-        other => bail!(
-            "unknown backend {other:?}; expected one of {}",
-            BACKENDS.join(", ")
         ),
     };
     Ok(storage_io::build_backend(kind, &config)?)
@@ -229,7 +290,7 @@ pub fn cell_row(
     Row {
         workload: cell.workload.name().into(),
         engine: "storage-io".into(),
-        backend: cell.backend.clone(),
+        backend: cell.backend.name().into(),
         io: if cell.direct { "direct" } else { "buffered" }.into(),
         regime: String::new(),
         qd: cell.qd,
@@ -246,11 +307,10 @@ pub fn cell_row(
 /// A factory of the backend a cell names, sized for `qd`, for the WAL, the scheduler and the
 /// async file API. It builds one backend first, so that a backend this machine cannot run fails
 /// here, with its reason, rather than inside the component.
-pub fn factory(backend: &str, qd: usize) -> Result<BackendFactory> {
+pub fn factory(backend: Backend, qd: usize) -> Result<BackendFactory> {
     drop(make_backend(backend, qd)?);
-    let name = backend.to_string();
     Ok(Arc::new(move |_| {
-        make_backend(&name, qd).map_err(|e| StorageIoError::Unsupported {
+        make_backend(backend, qd).map_err(|e| StorageIoError::Unsupported {
             what: e.to_string().into(),
         })
     }))

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, IoToken, OpenOptions, StorageIo, open_file};
 
-use crate::cell::{Cell, Workload, XorShift, cpu_time, make_backend, submit_calls_of};
+use crate::cell::{Backend, Cell, Workload, XorShift, cpu_time, make_backend, submit_calls_of};
 use crate::{Latency, Row};
 
 /// Where the next op of a cell goes.
@@ -65,13 +65,13 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     if cell.direct && !opened.mode.is_direct() {
         bail!("{} refuses O_DIRECT", path.display());
     }
-    let mut io = make_backend(&cell.backend, qd)?;
+    let mut io = make_backend(cell.backend, qd)?;
     let fd = io.register_fd(opened.file)?;
     let mut offsets = Offsets::new(cell);
     // Buffers from the backend (`alloc_buf`): io_uring lends its registered buffers, so reads
     // and writes on them need no copy, as with fio's fixedbufs. `uring_heapbuf` brings its own
     // heap buffers instead, which io_uring stages through registered memory and copies.
-    let own = cell.backend == "uring_heapbuf";
+    let own = cell.backend == Backend::UringHeapbuf;
     let mut free: Vec<IoBuf> = (0..qd)
         .map(|i| {
             let mut b = if own {
@@ -152,7 +152,7 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     Ok(Row {
         workload: cell.workload.name().into(),
         engine: "storage-io".into(),
-        backend: cell.backend.clone(),
+        backend: cell.backend.name().into(),
         io: if cell.direct { "direct" } else { "buffered" }.into(),
         regime: String::new(),
         qd,
@@ -180,7 +180,7 @@ mod tests {
     fn cell(workload: Workload) -> Cell {
         Cell {
             workload,
-            backend: "sync".into(),
+            backend: crate::cell::Backend::Sync,
             direct: false,
             qd: 4,
             block: 4096,
@@ -243,16 +243,7 @@ mod tests {
         }
         let stopped = run_cell(&path, &cell(Workload::RandRead), &|| true).unwrap();
         assert_eq!(stopped.ops, 0, "a stop before the first submit runs nothing");
-        assert!(
-            run_cell(
-                &path,
-                &Cell {
-                    backend: "nvme".into(),
-                    ..cell(Workload::RandRead)
-                },
-                &|| false
-            )
-            .is_err()
-        );
+        let unknown = crate::cell::Backend::named("nvme").unwrap_err().to_string();
+        assert!(unknown.contains("uring, uring_nofixed"), "{unknown}");
     }
 }

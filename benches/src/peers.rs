@@ -101,7 +101,7 @@ mod tests {
         let ours = run_wal_cell(
             root.path(),
             &WalCell {
-                backend: "sync",
+                backend: crate::cell::Backend::Sync,
                 committers: 4,
                 tasks: false,
                 direct: false,

@@ -68,11 +68,7 @@ fn open_on(file: &Path, cell: &Cell, dir: &ScratchDir) -> Result<DiskScheduler> 
         ..SchedulerConfig::default()
     };
     {
-        let sched = DiskScheduler::open(
-            dir.path(),
-            config.clone(),
-            factory(&cell.backend, cell.qd.max(1))?,
-        )?;
+        let sched = DiskScheduler::open(dir.path(), config.clone(), factory(cell.backend, cell.qd.max(1))?)?;
         sched.schedule_allocate_extent(pages).recv()?;
         sched.shutdown()?;
     }
@@ -84,7 +80,7 @@ fn open_on(file: &Path, cell: &Cell, dir: &ScratchDir) -> Result<DiskScheduler> 
     Ok(DiskScheduler::open(
         dir.path(),
         config,
-        factory(&cell.backend, cell.qd.max(1))?,
+        factory(cell.backend, cell.qd.max(1))?,
     )?)
 }
 
@@ -192,7 +188,7 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
 fn run_raw_round_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
     let qd = cell.qd.max(1);
     let opened = open_file(file, &OpenOptions::default().with_direct(cell.direct))?;
-    let mut io = make_backend(&cell.backend, qd)?;
+    let mut io = make_backend(cell.backend, qd)?;
     let fd = io.register_fd(opened.file)?;
     let pages = (cell.size / cell.block as u64).max(1);
     let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D);

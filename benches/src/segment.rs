@@ -34,7 +34,7 @@ impl Drop for SegmentFile {
 
 fn file_system(cell: &Cell) -> Result<AsyncFileSystem> {
     let qd = cell.qd.max(1);
-    let factory = factory(&cell.backend, qd)?;
+    let factory = factory(cell.backend, qd)?;
     let config = AsyncFsConfig {
         io_workers: 1,
         io: IoConfig {

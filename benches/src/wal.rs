@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, OpenOptions, open_file};
 use storage_io_wal::{WalConfig, WalManager};
 
-use crate::cell::{ScratchDir, Workload, cpu_time, factory, make_backend};
+use crate::cell::{Backend, ScratchDir, Workload, cpu_time, factory, make_backend};
 use crate::{Latency, Row};
 
 pub use crate::{ENGINE_OKAYWAL, ENGINE_RAW, ENGINE_ROCKSDB, ENGINE_WAL, ENGINE_WAL_ASYNC};
@@ -62,9 +62,9 @@ pub fn flushes_in_flight() -> usize {
 
 /// One WAL cell: who commits, how, for how long.
 #[derive(Debug, Clone, Copy)]
-pub struct WalCell<'a> {
+pub struct WalCell {
     /// The backend's name (as `make_backend` takes it).
-    pub backend: &'a str,
+    pub backend: Backend,
     /// Concurrent committers: threads, or (`tasks`) async tasks.
     pub committers: usize,
     /// The committers are tasks on a 2-thread tokio runtime awaiting `commit_async`.
@@ -76,7 +76,7 @@ pub struct WalCell<'a> {
 }
 
 /// `committers` threads commit 128-byte records for `duration`; commits/s and commit latency.
-pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + Sync)) -> Result<Row> {
+pub fn run_wal_cell(root: &Path, cell: &WalCell, stop: &(dyn Fn() -> bool + Sync)) -> Result<Row> {
     let WalCell {
         backend,
         committers,
@@ -105,7 +105,14 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell<'_>, stop: &(dyn Fn() -> bool + 
     })?;
     let ops = measured.0;
     let stats = wal.stats();
-    let mut out = row(ENGINE_WAL, backend, committers, RECORD_BYTES, measured, &hist);
+    let mut out = row(
+        ENGINE_WAL,
+        backend.name(),
+        committers,
+        RECORD_BYTES,
+        measured,
+        &hist,
+    );
     out.io = mode.into();
     // Commits per fdatasync (per flush in direct mode, which issues none): how well group
     // commit batches.
@@ -166,7 +173,7 @@ const SHARDS: usize = 32;
 /// `cell.committers` tasks on a 2-thread tokio runtime, each awaiting `commit_async` in a loop.
 fn run_task_cell(
     wal: WalManager,
-    cell: &WalCell<'_>,
+    cell: &WalCell,
     mode: &str,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Row> {
@@ -228,7 +235,7 @@ fn run_task_cell(
     let stats = wal.stats();
     let mut out = row(
         ENGINE_WAL_ASYNC,
-        cell.backend,
+        cell.backend.name(),
         cell.committers,
         RECORD_BYTES,
         (ops, secs, cpu),
@@ -258,7 +265,7 @@ fn flush_latencies(shard: &std::sync::Mutex<Histogram<u64>>, local: &mut Vec<u64
 /// the WAL `direct_io` mode's way.
 pub fn run_raw_cell(
     root: &Path,
-    backend: &str,
+    backend: Backend,
     direct: bool,
     duration: Duration,
     stop: &dyn Fn() -> bool,
@@ -306,7 +313,7 @@ pub fn run_raw_cell(
         }
         let secs = t0.elapsed().as_secs_f64();
         let cpu = (cpu_time() - cpu0).as_secs_f64();
-        let mut out = row(ENGINE_RAW, backend, 1, BLOCK, (ops, secs, cpu), &hist);
+        let mut out = row(ENGINE_RAW, backend.name(), 1, BLOCK, (ops, secs, cpu), &hist);
         out.io = mode.into();
         return Ok(out);
     }
@@ -343,7 +350,7 @@ pub fn run_raw_cell(
     let secs = t0.elapsed().as_secs_f64();
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     io.deregister_fd(fd)?;
-    let mut out = row(ENGINE_RAW, backend, 1, BLOCK, (ops, secs, cpu), &hist);
+    let mut out = row(ENGINE_RAW, backend.name(), 1, BLOCK, (ops, secs, cpu), &hist);
     out.io = mode.into();
     Ok(out)
 }
@@ -590,7 +597,7 @@ mod tests {
         let never = || false;
         let short = Duration::from_millis(100);
         let cell = |committers, direct| WalCell {
-            backend: "sync",
+            backend: Backend::Sync,
             committers,
             tasks: false,
             direct,
@@ -599,7 +606,7 @@ mod tests {
         let mut rows = vec![
             run_wal_cell(root.path(), &cell(1, false), &never).unwrap(),
             run_wal_cell(root.path(), &cell(4, false), &never).unwrap(),
-            run_raw_cell(root.path(), "sync", false, short, &never).unwrap(),
+            run_raw_cell(root.path(), Backend::Sync, false, short, &never).unwrap(),
             run_wal_cell(root.path(), &cell(4, true), &never).unwrap(),
             run_wal_cell(
                 root.path(),
@@ -633,11 +640,11 @@ mod tests {
         let root = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let never = || false;
         let short = Duration::from_millis(100);
-        let raw = run_raw_cell(root.path(), "sync", true, short, &never).unwrap();
+        let raw = run_raw_cell(root.path(), Backend::Sync, true, short, &never).unwrap();
         assert_eq!((raw.io.as_str(), raw.engine.as_str()), ("direct", ENGINE_RAW));
         assert!(raw.ops > 0 && raw.lat_us.mean > 0.0);
         let cell = WalCell {
-            backend: "sync",
+            backend: Backend::Sync,
             committers: 1,
             tasks: false,
             direct: true,

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use storage_io_benches::cache::{self, MemCap};
-use storage_io_benches::cell::{BACKENDS, Cell, WORKLOADS, Workload};
+use storage_io_benches::cell::{BACKENDS, Backend, Cell, WORKLOADS, Workload};
 use storage_io_benches::engine;
 use storage_io_benches::fio::{self, FioEngine, FioJob};
 use storage_io_benches::{Machine, Report, Row, fold_rounds, peers, plot, report, signal, timestamp, wal};
@@ -104,7 +104,7 @@ struct Args {
 /// What to run, after defaults.
 struct Plan {
     workloads: Vec<Workload>,
-    backends: Vec<String>,
+    backends: Vec<Backend>,
     modes: Vec<bool>,
     regimes: Vec<String>,
     qds: Vec<usize>,
@@ -151,7 +151,10 @@ fn plan(args: &Args) -> Result<Plan> {
         .iter()
         .filter_map(|n| Workload::named(n))
         .collect();
-    let backends = names(&args.backend, preset.backends, BACKENDS, "backend")?;
+    let backends: Vec<Backend> = names(&args.backend, preset.backends, &BACKENDS, "backend")?
+        .iter()
+        .map(|n| Backend::named(n))
+        .collect::<Result<_>>()?;
     let regimes = names(&args.regime, preset.regimes, REGIMES, "regime")?;
     let modes = match args.io.as_deref().unwrap_or("both") {
         "direct" => vec![true],
@@ -229,7 +232,7 @@ impl Preset {
                 size_mib: 1024,
                 qds: &[1, 4, 16, 32],
                 workloads: &WORKLOADS,
-                backends: BACKENDS,
+                backends: &BACKENDS,
                 regimes: REGIMES,
                 rounds: 4,
             }
@@ -413,7 +416,7 @@ enum Job {
     /// `committers` threads committing through the WAL on a backend (`direct`: the WAL's
     /// O_DIRECT | O_DSYNC mode).
     Wal {
-        backend: String,
+        backend: Backend,
         committers: usize,
         /// The committers are async tasks (`commit_async`), not threads.
         tasks: bool,
@@ -437,7 +440,7 @@ enum Job {
     /// The raw durable 4 KiB write peer of the WAL cells, on a backend: write + fdatasync, or
     /// (`direct`) one O_DIRECT | O_DSYNC write, like the WAL's `direct_io` mode.
     RawSync {
-        backend: String,
+        backend: Backend,
         direct: bool,
         duration: Duration,
     },
@@ -451,7 +454,12 @@ struct Step {
 impl Step {
     fn label(&self) -> String {
         let (w, b, d, q) = match &self.job {
-            Job::Ours(c) => (c.workload.name().to_string(), c.backend.clone(), c.direct, c.qd),
+            Job::Ours(c) => (
+                c.workload.name().to_string(),
+                c.backend.name().to_string(),
+                c.direct,
+                c.qd,
+            ),
             Job::Fio(f) => (
                 f.workload.clone(),
                 format!("fio {}", f.engine.name()),
@@ -468,7 +476,7 @@ impl Step {
                 let who = if *tasks {
                     format!("{backend} tasks")
                 } else {
-                    backend.clone()
+                    backend.name().to_string()
                 };
                 (Workload::WalCommit.name().to_string(), who, *direct, *committers)
             }
@@ -532,7 +540,7 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
                             pair.push(Step {
                                 job: Job::Ours(Cell {
                                     workload: w,
-                                    backend: b.clone(),
+                                    backend: *b,
                                     direct,
                                     qd,
                                     block: args.block_size,
@@ -648,7 +656,7 @@ fn wal_steps(plan: &Plan, args: &Args, direct_ok: bool) -> Vec<Step> {
         for &direct in plan.modes.iter().filter(|&&d| !d || direct_ok) {
             out.push(Step {
                 job: Job::RawSync {
-                    backend: b.clone(),
+                    backend: *b,
                     direct,
                     duration: plan.duration,
                 },
@@ -658,7 +666,7 @@ fn wal_steps(plan: &Plan, args: &Args, direct_ok: bool) -> Vec<Step> {
             for (c, tasks) in threads.chain(task_counts.iter().map(|&c| (c, true))) {
                 out.push(Step {
                     job: Job::Wal {
-                        backend: b.clone(),
+                        backend: *b,
                         committers: c,
                         tasks,
                         direct,
@@ -943,7 +951,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
             duration,
         } => {
             let cell = wal::WalCell {
-                backend,
+                backend: *backend,
                 committers: *committers,
                 tasks: *tasks,
                 direct: *direct,
@@ -956,7 +964,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
             direct,
             duration,
         } => {
-            return wal::run_raw_cell(wal_root, backend, *direct, *duration, &signal::stopped);
+            return wal::run_raw_cell(wal_root, *backend, *direct, *duration, &signal::stopped);
         }
         Job::FioDurable { direct, qd, duration } => {
             return wal::run_fio_durable_cell(wal_root, *direct, *qd, *duration);
