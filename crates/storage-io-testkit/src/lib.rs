@@ -6,9 +6,11 @@
 //! - [`conformance::run`]: one call checks the whole contract — read-after-write, unique tokens,
 //!   buffers coming back, the datasync barrier, appends, bad fds, deregistering with ops in
 //!   flight, errno-keeping errors, direct-I/O alignment, EOF, queue-full, and thousands of random
-//!   ops against an in-memory model.
+//!   ops against an in-memory model. [`conformance_tests!`] makes one `#[test]` per case
+//!   instead, so that one failure does not hide the rest.
 //! - [`memio::MemFs`] / [`memio::MemIo`]: in-memory files with a volatile and a durable state;
-//!   `crash()` drops unsynced writes (optionally tearing the last one at 512-byte sectors).
+//!   `crash()` drops unsynced writes (optionally tearing the last one at 512-byte sectors), and
+//!   lands each O_DSYNC write still in flight whole, not at all, or torn.
 //! - [`alloc::CountingAllocator`]: counts heap allocations on one thread, for Ring-0 tests.
 //! - [`faulty::FaultyIo`]: wraps any backend and injects EIO/ENOSPC/EAGAIN, short transfers, and
 //!   delayed or reordered completions, at the Nth op or on a seeded schedule.
