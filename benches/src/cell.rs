@@ -32,6 +32,13 @@ pub enum Workload {
     RawRoundRead,
     /// `scheduler_seq_scan`: a `ReadStream` over the file.
     SchedulerSeqScan,
+    /// `scheduler_client_read`: `qd` blocking client threads, each waiting for its own random
+    /// page read through the scheduler (a buffer pool's misses from many threads).
+    SchedulerClientRead,
+    /// `raw_handoff_read`: the raw backend loop on one thread, each read asked for by one of
+    /// `qd` client threads and its completion handed back to it over a channel: the least a
+    /// dispatcher/worker design pays per read on this machine.
+    RawHandoffRead,
     /// `segment_append`: appends and a sync through the async file API (`segment.rs`).
     SegmentAppend,
     /// `segment_read`: a sequential consumer through the async file API.
@@ -40,7 +47,7 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in the order the driver runs them.
-    pub const ALL: [Workload; 11] = [
+    pub const ALL: [Workload; 13] = [
         Workload::SeqRead,
         Workload::RandRead,
         Workload::RandWrite,
@@ -50,6 +57,8 @@ impl Workload {
         Workload::SchedulerBatchRead,
         Workload::RawRoundRead,
         Workload::SchedulerSeqScan,
+        Workload::SchedulerClientRead,
+        Workload::RawHandoffRead,
         Workload::SegmentAppend,
         Workload::SegmentRead,
     ];
@@ -66,6 +75,8 @@ impl Workload {
             Workload::SchedulerBatchRead => "scheduler_batch_read",
             Workload::RawRoundRead => "raw_round_read",
             Workload::SchedulerSeqScan => "scheduler_seq_scan",
+            Workload::SchedulerClientRead => "scheduler_client_read",
+            Workload::RawHandoffRead => "raw_handoff_read",
             Workload::SegmentAppend => "segment_append",
             Workload::SegmentRead => "segment_read",
         }
@@ -91,8 +102,8 @@ impl PartialEq<Workload> for String {
 }
 
 /// Every workload's name.
-pub const WORKLOADS: [&str; 11] = {
-    let mut names = [""; 11];
+pub const WORKLOADS: [&str; 13] = {
+    let mut names = [""; 13];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();

@@ -83,7 +83,7 @@ pub fn version() -> Option<String> {
 
 /// Whether fio can run `workload`.
 pub fn supports(workload: &str) -> bool {
-    matches!(workload, "seq_read" | "rand_read" | "rand_write")
+    matches!(workload, "seq_read" | "rand_read" | "rand_write" | "scheduler_client_read")
 }
 
 impl FioJob {

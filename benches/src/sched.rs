@@ -6,6 +6,14 @@
 //!   and waits for all of them: one round.
 //! - `scheduler_seq_scan`: a `ReadStream` over the file with `qd` pages in flight (adjacent
 //!   pages merged); its peers are `seq_read` and fio's sequential read at the same qd.
+//! - `scheduler_client_read`: `qd` blocking client threads, each with one random page read
+//!   outstanding (`schedule_read(..).recv()`): the buffer-pool miss path of a multi-threaded
+//!   engine. Its peers: fio psync with `qd` jobs (each thread its own `pread`, the blocking
+//!   fallback), `rand_read` (the raw loop) at the same qd, and `raw_handoff_read`.
+//! - `raw_handoff_read`: the raw loop on one thread keeps the clients' reads in flight and
+//!   hands each completion to its client thread over a channel, which sends its next request
+//!   back: two cross-thread hand-offs per read and nothing else, the floor under any
+//!   dispatcher/worker design on the machine at hand.
 //!
 //! The scheduler runs with its default worker count, max(1, cores / 2), unless
 //! `--sched-workers` sets one; each worker owns one backend, and the series label names the
@@ -15,12 +23,14 @@
 //! `pages.db` (same inode, so literally the same file), and every page of it is allocated
 //! with one `schedule_allocate_extent`.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
-use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, OpenOptions, open_file};
+use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, IoFd, IoToken, OpenOptions, StorageIo, open_file};
 use storage_io_scheduler::{DiskScheduler, PAGE_FILE, PageId, SchedulerConfig};
 
 use crate::Row;
@@ -34,15 +44,17 @@ pub fn runs(workload: Workload) -> bool {
             | Workload::SchedulerBatchRead
             | Workload::RawRoundRead
             | Workload::SchedulerSeqScan
+            | Workload::SchedulerClientRead
+            | Workload::RawHandoffRead
     )
 }
 
 /// Runs a cell of one of this module's workloads.
 pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
-    if cell.workload == Workload::RawRoundRead {
-        run_raw_round_cell(file, cell, stop)
-    } else {
-        run_scheduler_cell(file, cell, stop)
+    match cell.workload {
+        Workload::RawRoundRead => run_raw_round_cell(file, cell, stop),
+        Workload::RawHandoffRead => run_handoff_cell(file, cell, stop),
+        _ => run_scheduler_cell(file, cell, stop),
     }
 }
 
@@ -122,6 +134,12 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
                 }
             }
         }
+    } else if cell.workload == Workload::SchedulerClientRead {
+        let (n, h) = blocking_clients(qd, pages, deadline, stop, |page| {
+            sched.schedule_read(page).recv().map(drop).map_err(Into::into)
+        })?;
+        ops = n;
+        hist.add(&h)?;
     } else if batch {
         while Instant::now() < deadline && !stop() {
             let want: Vec<PageId> = (0..qd).map(|_| PageId(rng.below(pages))).collect();
@@ -234,4 +252,190 @@ fn run_raw_round_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
         submit_calls_per_op,
         ..cell_row(cell, ops, qd, secs, cpu, &hist)
     })
+}
+
+/// `clients` threads each doing `read(page)` of random pages one at a time until `deadline` (or
+/// `stop`, asked on this thread); returns the reads done and their latencies.
+fn blocking_clients(
+    clients: usize,
+    pages: u64,
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+    read: impl Fn(PageId) -> Result<()> + Sync,
+) -> Result<(u64, Histogram<u64>)> {
+    let halt = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients as u64)
+            .map(|c| {
+                let (halt, read) = (&halt, &read);
+                s.spawn(move || -> Result<(u64, Histogram<u64>)> {
+                    let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D ^ (c + 1).wrapping_mul(0x9E37_79B9));
+                    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                    let mut n = 0;
+                    while !halt.load(Ordering::Relaxed) {
+                        let start = Instant::now();
+                        read(PageId(rng.below(pages)))?;
+                        h.saturating_record(start.elapsed().as_nanos().max(1) as u64);
+                        n += 1;
+                    }
+                    Ok((n, h))
+                })
+            })
+            .collect();
+        while Instant::now() < deadline && !stop() {
+            std::thread::sleep(
+                Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+        halt.store(true, Ordering::Relaxed);
+        let mut total = (0, Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?);
+        for h in handles {
+            let (n, hist) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+            total.0 += n;
+            total.1.add(&hist)?;
+        }
+        Ok(total)
+    })
+}
+
+/// `raw_handoff_read`: `qd` client threads ask a raw backend loop on this thread for random
+/// reads over a channel and wait for the answer on one of their own, one read each at a time.
+fn run_handoff_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
+    let qd = cell.qd.max(1);
+    let opened = open_file(file, &OpenOptions::default().with_direct(cell.direct))?;
+    let mut io = make_backend(cell.backend, qd)?;
+    let fd = io.register_fd(opened.file)?;
+    let pages = (cell.size / cell.block as u64).max(1);
+    let waker = io.wait_waker();
+    let (requests, asked) = flume::unbounded::<(usize, PageId)>();
+    let (answer_to, answers): (Vec<_>, Vec<_>) =
+        (0..qd).map(|_| flume::bounded::<Result<(), String>>(1)).unzip();
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let deadline = t0 + cell.duration;
+    let halt = AtomicBool::new(false);
+    let (ops, hist) = std::thread::scope(|s| -> Result<(u64, Histogram<u64>)> {
+        let clients: Vec<_> = answers
+            .into_iter()
+            .enumerate()
+            .map(|(c, answer)| {
+                let (requests, halt, waker) = (requests.clone(), &halt, waker.clone());
+                s.spawn(move || -> Result<(u64, Histogram<u64>)> {
+                    let mut rng =
+                        XorShift::new(0x2545_F491_4F6C_DD1D ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9));
+                    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                    let mut n = 0;
+                    while !halt.load(Ordering::Relaxed) {
+                        let start = Instant::now();
+                        requests.send((c, PageId(rng.below(pages))))?;
+                        if let Some(w) = &waker {
+                            w.wake();
+                        }
+                        answer.recv()?.map_err(anyhow::Error::msg)?;
+                        h.saturating_record(start.elapsed().as_nanos().max(1) as u64);
+                        n += 1;
+                    }
+                    Ok((n, h))
+                })
+            })
+            .collect();
+        drop(requests);
+        let served = serve_handoff(
+            &mut *io, fd, cell.block, &asked, &answer_to, deadline, stop, &halt,
+        );
+        halt.store(true, Ordering::Relaxed);
+        let mut total = (0, Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?);
+        for h in clients {
+            let (n, hist) = h
+                .join()
+                .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+            total.0 += n;
+            total.1.add(&hist)?;
+        }
+        served?;
+        Ok(total)
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_time() - cpu0).as_secs_f64();
+    io.deregister_fd(fd)?;
+    let (submit_call_us, submit_calls_per_op) = crate::cell::submit_calls_of(io.stats(), ops);
+    Ok(Row {
+        backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(secs)),
+        submit_call_us,
+        submit_calls_per_op,
+        ..cell_row(cell, ops, 1, secs, cpu, &hist)
+    })
+}
+
+/// The raw loop of `raw_handoff_read`: submits every read the clients asked for, waits for
+/// completions (a request cuts the wait short through the backend's waker), and hands each
+/// completion to the client that asked. Past `deadline` (or `stop`) it sets `halt` and serves
+/// on until every client has gone.
+#[allow(clippy::too_many_arguments)] // one loop's whole context; a struct would only rename it
+fn serve_handoff(
+    io: &mut dyn StorageIo,
+    fd: IoFd,
+    block: usize,
+    asked: &flume::Receiver<(usize, PageId)>,
+    answer_to: &[flume::Sender<Result<(), String>>],
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+    halt: &AtomicBool,
+) -> Result<()> {
+    let mut client_of: HashMap<IoToken, usize> = HashMap::with_capacity(answer_to.len());
+    let mut done: Vec<IoCompletion> = Vec::with_capacity(answer_to.len());
+    let mut spare: Vec<IoBuf> = Vec::new();
+    loop {
+        if !halt.load(Ordering::Relaxed) && (Instant::now() >= deadline || stop()) {
+            halt.store(true, Ordering::Relaxed);
+        }
+        if client_of.is_empty() {
+            // Nothing in flight: wait for a request, or for every client to have gone.
+            match asked.recv_timeout(Duration::from_millis(10)) {
+                Ok(r) => submit_for(io, fd, block, &mut spare, &mut client_of, r)?,
+                Err(flume::RecvTimeoutError::Timeout) => continue,
+                Err(flume::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+        for r in asked.try_iter() {
+            submit_for(io, fd, block, &mut spare, &mut client_of, r)?;
+        }
+        io.wait_completions(&mut done, 1, Some(Duration::from_millis(10)))?;
+        for c in done.drain(..) {
+            let Some(client) = client_of.remove(&c.token) else {
+                continue;
+            };
+            let answer = c.result.map(drop).map_err(|e| e.to_string());
+            if let Some(mut b) = c.buf {
+                if let IoBuf::Aligned(a) = &mut b {
+                    a.set_len(block)?;
+                }
+                spare.push(b);
+            }
+            // A client that has gone (its answer channel closed) asks for nothing more.
+            let _ = answer_to[client].send(answer);
+        }
+    }
+}
+
+/// Submits client `c`'s read of `page` in a spare buffer (or a new one), noting whose it is.
+fn submit_for(
+    io: &mut dyn StorageIo,
+    fd: IoFd,
+    block: usize,
+    spare: &mut Vec<IoBuf>,
+    client_of: &mut HashMap<IoToken, usize>,
+    (c, page): (usize, PageId),
+) -> Result<()> {
+    let buf = match spare.pop() {
+        Some(b) => b,
+        None => IoBuf::from(AlignedBuf::zeroed(block, 4096)?),
+    };
+    let token = io
+        .submit_read(fd, buf, page.0 * block as u64)
+        .map_err(|e| anyhow::anyhow!("submit failed: {}", e.error))?;
+    client_of.insert(token, c);
+    Ok(())
 }
