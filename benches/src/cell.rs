@@ -35,6 +35,9 @@ pub enum Workload {
     /// `scheduler_client_read`: `qd` blocking client threads, each waiting for its own random
     /// page read through the scheduler (a buffer pool's misses from many threads).
     SchedulerClientRead,
+    /// `scheduler_task_read`: `qd` async tasks on a 2-thread tokio runtime, each awaiting its
+    /// own random page read through the scheduler (`recv_async`).
+    SchedulerTaskRead,
     /// `raw_handoff_read`: the raw backend loop on one thread, each read asked for by one of
     /// `qd` client threads and its completion handed back to it over a channel: the least a
     /// dispatcher/worker design pays per read on this machine.
@@ -47,7 +50,7 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in the order the driver runs them.
-    pub const ALL: [Workload; 13] = [
+    pub const ALL: [Workload; 14] = [
         Workload::SeqRead,
         Workload::RandRead,
         Workload::RandWrite,
@@ -58,6 +61,7 @@ impl Workload {
         Workload::RawRoundRead,
         Workload::SchedulerSeqScan,
         Workload::SchedulerClientRead,
+        Workload::SchedulerTaskRead,
         Workload::RawHandoffRead,
         Workload::SegmentAppend,
         Workload::SegmentRead,
@@ -76,6 +80,7 @@ impl Workload {
             Workload::RawRoundRead => "raw_round_read",
             Workload::SchedulerSeqScan => "scheduler_seq_scan",
             Workload::SchedulerClientRead => "scheduler_client_read",
+            Workload::SchedulerTaskRead => "scheduler_task_read",
             Workload::RawHandoffRead => "raw_handoff_read",
             Workload::SegmentAppend => "segment_append",
             Workload::SegmentRead => "segment_read",
@@ -102,8 +107,8 @@ impl PartialEq<Workload> for String {
 }
 
 /// Every workload's name.
-pub const WORKLOADS: [&str; 13] = {
-    let mut names = [""; 13];
+pub const WORKLOADS: [&str; 14] = {
+    let mut names = [""; 14];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();

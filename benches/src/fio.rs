@@ -83,7 +83,10 @@ pub fn version() -> Option<String> {
 
 /// Whether fio can run `workload`.
 pub fn supports(workload: &str) -> bool {
-    matches!(workload, "seq_read" | "rand_read" | "rand_write" | "scheduler_client_read")
+    matches!(
+        workload,
+        "seq_read" | "rand_read" | "rand_write" | "scheduler_client_read" | "scheduler_task_read"
+    )
 }
 
 impl FioJob {

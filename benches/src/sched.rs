@@ -10,6 +10,8 @@
 //!   outstanding (`schedule_read(..).recv()`): the buffer-pool miss path of a multi-threaded
 //!   engine. Its peers: fio psync with `qd` jobs (each thread its own `pread`, the blocking
 //!   fallback), `rand_read` (the raw loop) at the same qd, and `raw_handoff_read`.
+//! - `scheduler_task_read`: the same with `qd` async tasks on a 2-thread tokio runtime, each
+//!   awaiting its own read (`recv_async`).
 //! - `raw_handoff_read`: the raw loop on one thread keeps the clients' reads in flight and
 //!   hands each completion to its client thread over a channel, which sends its next request
 //!   back: two cross-thread hand-offs per read and nothing else, the floor under any
@@ -25,6 +27,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -45,6 +48,7 @@ pub fn runs(workload: Workload) -> bool {
             | Workload::RawRoundRead
             | Workload::SchedulerSeqScan
             | Workload::SchedulerClientRead
+            | Workload::SchedulerTaskRead
             | Workload::RawHandoffRead
     )
 }
@@ -106,7 +110,7 @@ fn workers_of(cell: &Cell) -> usize {
 /// Runs a `scheduler_*` cell on `file`.
 fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
     let dir = sched_dir(file)?;
-    let sched = open_on(file, cell, &dir)?;
+    let sched = Arc::new(open_on(file, cell, &dir)?);
     let pages = (cell.size / cell.block as u64).max(1);
     let qd = cell.qd.max(1);
     let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D);
@@ -138,6 +142,10 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
         let (n, h) = blocking_clients(qd, pages, deadline, stop, |page| {
             sched.schedule_read(page).recv().map(drop).map_err(Into::into)
         })?;
+        ops = n;
+        hist.add(&h)?;
+    } else if cell.workload == Workload::SchedulerTaskRead {
+        let (n, h) = task_clients(&sched, qd, pages, deadline, stop)?;
         ops = n;
         hist.add(&h)?;
     } else if batch {
@@ -438,4 +446,47 @@ fn submit_for(
         .map_err(|e| anyhow::anyhow!("submit failed: {}", e.error))?;
     client_of.insert(token, c);
     Ok(())
+}
+
+/// `tasks` tokio tasks on a 2-thread runtime, each awaiting random page reads one at a time
+/// until `deadline` (or `stop`, asked on this thread); returns the reads and their latencies.
+fn task_clients(
+    sched: &Arc<DiskScheduler>,
+    tasks: usize,
+    pages: u64,
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Result<(u64, Histogram<u64>)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()?;
+    let halt = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..tasks as u64)
+        .map(|t| {
+            let (sched, halt) = (Arc::clone(sched), Arc::clone(&halt));
+            rt.spawn(async move {
+                let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D ^ (t + 1).wrapping_mul(0x9E37_79B9));
+                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+                let mut n = 0u64;
+                while !halt.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    sched.schedule_read(PageId(rng.below(pages))).recv_async().await?;
+                    h.saturating_record(start.elapsed().as_nanos().max(1) as u64);
+                    n += 1;
+                }
+                Ok::<_, anyhow::Error>((n, h))
+            })
+        })
+        .collect();
+    while Instant::now() < deadline && !stop() {
+        std::thread::sleep(Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now())));
+    }
+    halt.store(true, Ordering::Relaxed);
+    let mut total = (0, Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?);
+    for h in handles {
+        let (n, hist) = rt.block_on(h)??;
+        total.0 += n;
+        total.1.add(&hist)?;
+    }
+    Ok(total)
 }
