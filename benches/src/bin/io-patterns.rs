@@ -37,8 +37,10 @@ struct Args {
     full: bool,
     /// Workloads: seq_read, rand_read, rand_write, multistream_scan, wal_commit (for wal_commit,
     /// --qd is the number of concurrent committers; default 1, 8, 64), scheduler_rand_read,
-    /// scheduler_batch_read, raw_round_read, scheduler_seq_scan, segment_append (qd appends + one
-    /// sync per op), segment_read (sequential reads through the async file API).
+    /// scheduler_batch_read, raw_round_read, scheduler_seq_scan, scheduler_client_read (qd blocking
+    /// client threads), scheduler_task_read (qd async tasks), raw_handoff_read (the raw loop handing
+    /// each read to a client thread), segment_append (qd appends + one sync per op), segment_read
+    /// (sequential reads through the async file API).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll, uring_heapbuf (the caller's own heap buffers: reads staged in registered memory and copied), uring_nowait_off and thread_pool_nowait_off (buffered reads never answered from the page cache at submit).
