@@ -240,7 +240,8 @@ impl Preset {
             }
         } else {
             Preset {
-                // 252 cells with fio: 0.5 s cells measured 179 s on 2 cores, at the 3-minute edge.
+                // Short cells keep the default pass to a few minutes on 2 cores (252 cells with fio
+                // measured 179 s at 0.5 s before the client workloads came; they add about a minute).
                 duration: 0.4,
                 size_mib: 256,
                 qds: &[1, 4, 16, 32],
