@@ -74,8 +74,18 @@ impl Drop for PageAnswer {
 }
 
 /// How long a lone blocking [`Reply::recv`] polls before it parks: about one uncached 4 KiB
-/// read on the disk this was measured on.
-const SPIN_FOR: Duration = Duration::from_micros(100);
+/// read on the disk this was measured on. `STORAGE_IO_SCHED_SPIN_US` overrides it (read once
+/// per process; 0 never spins).
+fn spin_for() -> Duration {
+    static SPIN: OnceLock<Duration> = OnceLock::new();
+    *SPIN.get_or_init(|| {
+        let us = std::env::var("STORAGE_IO_SCHED_SPIN_US")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(100);
+        Duration::from_micros(us)
+    })
+}
 
 /// Callers blocked in [`Reply::recv`] right now, in this process.
 static WAITING: AtomicUsize = AtomicUsize::new(0);
@@ -132,15 +142,16 @@ impl<T> Reply<T> {
     /// (it does not: shutdown answers everything it accepted) or the answer was already taken.
     ///
     /// A caller that blocks while a CPU is left for the workers (fewer callers wait than the
-    /// machine has CPUs, at most two) first polls for up to 100 µs, about one uncached read: an
-    /// answer that comes meanwhile then costs no sleep and no cross-CPU wake-up. With more
-    /// waiters it parks at once, leaving the CPUs to the workers (docs/benchmarks.md has the
-    /// figures both ways).
+    /// machine has CPUs, at most two) first polls for up to 100 µs, about one uncached read
+    /// (`STORAGE_IO_SCHED_SPIN_US` sets it; 0 never spins): an answer that comes meanwhile then
+    /// costs no sleep and no cross-CPU wake-up. With more waiters it parks at once, leaving the
+    /// CPUs to the workers (docs/benchmarks.md has the figures both ways).
     pub fn recv(&self) -> Result<T> {
         let waiting = Waiting::enter();
-        if waiting.alone() {
+        let spin = spin_for();
+        if !spin.is_zero() && waiting.alone() {
             let started = Instant::now();
-            while started.elapsed() < SPIN_FOR {
+            while started.elapsed() < spin {
                 if let Ok(v) = self.rx.try_recv() {
                     return v;
                 }
