@@ -700,6 +700,68 @@ fn scheduler_lines(rows: &[Row]) -> Vec<String> {
         line.push('.');
         out.push(line);
     }
+    out.extend(handoff_lines(rows));
+    out
+}
+
+/// What a hand-off costs on this machine (`raw_handoff_read` against the raw loop at the same
+/// backend, mode and depth), and where the scheduler's client cells stand against that floor.
+fn handoff_lines(rows: &[Row]) -> Vec<String> {
+    use crate::cell::Workload;
+    let same = |a: &Row, b: &Row| {
+        a.engine == "storage-io"
+            && a.backend == b.backend
+            && a.io == b.io
+            && a.qd == b.qd
+            && a.block_size == b.block_size
+    };
+    let mut out = Vec::new();
+    for floor in rows
+        .iter()
+        .filter(|r| r.engine == "storage-io" && r.workload == Workload::RawHandoffRead)
+    {
+        let Some(raw) = rows
+            .iter()
+            .find(|p| p.workload == Workload::RandRead && same(p, floor))
+        else {
+            continue;
+        };
+        let extra_us = if floor.iops > 0.0 && raw.iops > 0.0 {
+            (floor.qd as f64 / floor.iops - raw.qd as f64 / raw.iops) * 1e6
+        } else {
+            0.0
+        };
+        let mut line = format!(
+            "- The hand-off floor, {} {} qd {}: {} the raw loop's IOPS ({extra_us:.0} µs more per read, \
+             {:.1} µs more CPU): the least any dispatcher/worker design pays here",
+            floor.backend,
+            floor.io,
+            floor.qd,
+            ratio(floor.iops, raw.iops),
+            floor.cpu_us_per_op - raw.cpu_us_per_op
+        );
+        for (w, who) in [
+            (Workload::SchedulerClientRead, "blocking clients"),
+            (Workload::SchedulerTaskRead, "async tasks"),
+        ] {
+            if let Some(c) = rows.iter().find(|c| {
+                c.workload == w
+                    && c.engine == "storage-io"
+                    && c.backend == floor.backend
+                    && c.io == floor.io
+                    && c.qd == floor.qd
+            }) {
+                let _ = write!(
+                    line,
+                    "; the scheduler with {} {who} {} of it",
+                    c.qd,
+                    ratio(c.iops, floor.iops)
+                );
+            }
+        }
+        line.push('.');
+        out.push(line);
+    }
     out
 }
 
@@ -1019,5 +1081,29 @@ mod tests {
         let text = compare_section("old.json", &old, &newer, &found);
         assert!(text.contains("12 cells in both runs; 2 regression(s)"), "{text}");
         assert!(compare(&old, &old, 0.10, 0.25).is_empty());
+    }
+
+    #[test]
+    fn guidance_states_what_a_hand_off_costs_and_where_the_clients_stand() {
+        use crate::cell::Workload;
+        let mut raw = row("storage-io", "uring", "direct", "uncached", 32, 100_000.0);
+        raw.workload = Workload::RandRead.name().into();
+        let mut floor = row("storage-io", "uring", "direct", "uncached", 32, 70_000.0);
+        floor.workload = Workload::RawHandoffRead.name().into();
+        let mut clients = row("storage-io", "uring", "direct", "uncached", 32, 63_000.0);
+        clients.workload = Workload::SchedulerClientRead.name().into();
+        let lines = handoff_lines(&[raw, floor, clients]);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("The hand-off floor, uring direct qd 32: 0.70×"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("137 µs more per read"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("32 blocking clients 0.90× of it"),
+            "{}",
+            lines[0]
+        );
     }
 }
