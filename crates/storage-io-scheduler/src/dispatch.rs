@@ -1,5 +1,11 @@
-//! The dispatcher thread: owns the allocator, checks every request against it in arrival
-//! order, routes pages to workers, and batches allocation changes into images.
+//! The dispatcher: owns the allocator, checks every request against it in arrival order,
+//! routes pages to workers, and hands allocation changes to worker 0 as images.
+//!
+//! It has no thread of its own. The caller's thread runs it under the scheduler's lock
+//! ([`DiskScheduler`](crate::DiskScheduler) holds it in a mutex), so a request reaches its
+//! worker with one hand-off, not two: on a machine where a wake-up across CPUs costs tens of
+//! microseconds, a dispatcher thread between caller and worker cost one more such wake-up per
+//! request (docs/benchmarks.md has the figures). The lock's order is the arrival order.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,12 +52,53 @@ pub(crate) enum Request {
     Sync(Answer<()>),
     BeginRedo(Answer<()>),
     EndRedo(Answer<()>),
-    Shutdown,
+}
+
+/// The workers a dispatched request sent to, to be woken once the scheduler's lock is let go
+/// (a wake may be a system call; the callers queued on the lock need not wait for it).
+#[derive(Debug, Default)]
+pub(crate) enum Wakes {
+    #[default]
+    None,
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl Wakes {
+    fn add(&mut self, worker: usize) {
+        match self {
+            Wakes::None => *self = Wakes::One(worker),
+            Wakes::One(w) if *w == worker => {}
+            Wakes::One(w) => *self = Wakes::Many(vec![*w, worker]),
+            Wakes::Many(ws) => {
+                if !ws.contains(&worker) {
+                    ws.push(worker);
+                }
+            }
+        }
+    }
+
+    /// Wakes each worker named, through `wakers` (a worker whose backend has no waker looks
+    /// at its channel on its own).
+    pub(crate) fn wake(self, wakers: &[Option<WaitWaker>]) {
+        let wake = |w: usize| {
+            if let Some(Some(waker)) = wakers.get(w) {
+                waker.wake();
+            }
+        };
+        match self {
+            Wakes::None => {}
+            Wakes::One(w) => wake(w),
+            Wakes::Many(ws) => ws.into_iter().for_each(wake),
+        }
+    }
 }
 
 pub(crate) struct Dispatcher {
-    /// Each worker's channel, and its backend's waker (sent to, then woken).
-    workers: Vec<(flume::Sender<WorkerMsg>, Option<WaitWaker>)>,
+    /// Each worker's channel.
+    workers: Vec<flume::Sender<WorkerMsg>>,
+    /// The workers sent to by the request being dispatched.
+    wakes: Wakes,
     allocator: Allocator,
     page_size: usize,
     extent_pages: u64,
@@ -77,7 +124,7 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     pub(crate) fn new(
-        workers: Vec<(flume::Sender<WorkerMsg>, Option<WaitWaker>)>,
+        workers: Vec<flume::Sender<WorkerMsg>>,
         allocator: Allocator,
         config: &SchedulerConfig,
         counters: Arc<Counters>,
@@ -85,6 +132,7 @@ impl Dispatcher {
     ) -> Self {
         Dispatcher {
             workers,
+            wakes: Wakes::None,
             allocator,
             page_size: config.page_size,
             extent_pages: config.max_combine_pages as u64,
@@ -109,48 +157,44 @@ impl Dispatcher {
         ((page / self.extent_pages) % self.workers.len() as u64) as usize
     }
 
-    fn to_worker(&self, worker: usize, msg: WorkerMsg) {
+    fn to_worker(&mut self, worker: usize, msg: WorkerMsg) {
         // A worker only stops after Shutdown, which it gets last; a send can fail only if it
         // panicked, and then the request's answer is dropped and its caller sees `Closed`.
-        let (tx, waker) = &self.workers[worker];
-        if tx.send(msg).is_err() {
+        if self.workers[worker].send(msg).is_err() {
             tracing::error!(worker, "scheduler worker is gone");
         }
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.wakes.add(worker);
     }
 
-    pub(crate) fn run(mut self, rx: flume::Receiver<Request>) {
-        let mut stop = false;
-        while !stop {
-            let Ok(first) = rx.recv() else { break };
-            stop = self.handle(first);
-            while !stop {
-                match rx.try_recv() {
-                    Ok(req) => stop = self.handle(req),
-                    Err(_) => break,
-                }
-            }
-            // Every allocation change handled in this round becomes durable in one image.
-            if !self.pending_alloc.is_empty() {
-                let (_, image) = self.allocator.next_image(self.page_size);
-                let answers = std::mem::take(&mut self.pending_alloc);
-                let changes = self.changes;
-                self.to_worker(
-                    0,
-                    WorkerMsg::Persist {
-                        image,
-                        answers,
-                        changes,
-                    },
-                );
-            }
-            if !self.external {
-                self.allocated
-                    .store(self.allocator.allocated_count(), Ordering::Relaxed);
-            }
+    /// Handles one request in arrival order, and sends every allocation change it made to
+    /// worker 0 as one image; returns the workers to wake.
+    pub(crate) fn dispatch(&mut self, req: Request) -> Wakes {
+        self.handle(req);
+        // Worker 0 writes one image at a time and folds the images queued meanwhile into the
+        // next: changes that arrive while an image is being made durable share one.
+        if !self.pending_alloc.is_empty() {
+            let (_, image) = self.allocator.next_image(self.page_size);
+            let answers = std::mem::take(&mut self.pending_alloc);
+            let changes = self.changes;
+            self.to_worker(
+                0,
+                WorkerMsg::Persist {
+                    image,
+                    answers,
+                    changes,
+                },
+            );
         }
+        if !self.external {
+            self.allocated
+                .store(self.allocator.allocated_count(), Ordering::Relaxed);
+        }
+        std::mem::take(&mut self.wakes)
+    }
+
+    /// Stops the workers once they have finished everything sent so far; returns the workers
+    /// to wake.
+    pub(crate) fn close(mut self) -> Wakes {
         // A clean shutdown is a durability point too: deferred changes (and a redo never
         // ended) go into a last image, which worker 0 writes before it stops.
         if !self.external && self.changes_not_durable() {
@@ -168,12 +212,7 @@ impl Dispatcher {
         for w in 0..self.workers.len() {
             self.to_worker(w, WorkerMsg::Shutdown);
         }
-        // Requests that raced with shutdown cannot exist (shutdown holds the write lock while
-        // it sends Shutdown). Any leftover is dropped with its sender, and its caller's `recv`
-        // answers `Closed` instead of hanging.
-        while let Ok(req) = rx.try_recv() {
-            drop(req);
-        }
+        std::mem::take(&mut self.wakes)
     }
 
     /// Whether `page` may be read: allocated (`managed`), in a redo or `external` any id
@@ -233,7 +272,7 @@ impl Dispatcher {
 
     /// Writes the zero page over a reused `page` for `zero_on_reuse`, as one part of `ack`:
     /// durably when changes are durable at once, else just before the allocation is answered.
-    fn zero_reused(&self, page: PageId, ack: Ack) {
+    fn zero_reused(&mut self, page: PageId, ack: Ack) {
         let Some(zeros) = &self.zero_page else { return };
         let msg = WorkerMsg::Write {
             page: page.0,
@@ -241,7 +280,8 @@ impl Dispatcher {
             durable: !self.deferred,
             answer: ack,
         };
-        self.to_worker(self.worker_of(page.0), msg);
+        let worker = self.worker_of(page.0);
+        self.to_worker(worker, msg);
     }
 
     /// Answers an allocation of `page` that came off the free list (`reused`) with `value`:
@@ -269,11 +309,13 @@ impl Dispatcher {
         }
     }
 
-    /// Handles one request; true on Shutdown.
-    fn handle(&mut self, req: Request) -> bool {
+    fn handle(&mut self, req: Request) {
         match req {
             Request::Read { page, answer } => match self.check_read(page) {
-                Ok(()) => self.to_worker(self.worker_of(page.0), WorkerMsg::Read { page: page.0, answer }),
+                Ok(()) => {
+                    let worker = self.worker_of(page.0);
+                    self.to_worker(worker, WorkerMsg::Read { page: page.0, answer });
+                }
                 Err(e) => answer.send(Err(e)),
             },
             Request::Write {
@@ -365,9 +407,7 @@ impl Dispatcher {
                     let _ = answer.send(Err(e));
                 }
             },
-            Request::Shutdown => return true,
         }
-        false
     }
 
     fn write(&mut self, page: PageId, data: Bytes, durable: bool, answer: Answer<()>) {

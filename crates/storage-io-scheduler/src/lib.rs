@@ -13,9 +13,11 @@
 //! ```
 //!
 //! - [`DiskScheduler`]: `schedule_read / write / read_pages / allocate / deallocate / sync`.
-//!   Each returns a [`Reply`] at once: block on it, poll it or await it. A dispatcher thread
-//!   routes each page to one of N workers; each worker owns its backend and keeps up to
-//!   `queue_depth` ops in flight. The caller's thread does no I/O.
+//!   Each returns a [`Reply`] at once: block on it, poll it or await it. The call checks the
+//!   request and routes each page to one of N workers on the caller's thread, under the
+//!   scheduler's lock (no dispatcher thread: a request reaches its worker with one hand-off);
+//!   each worker owns its backend and keeps up to `queue_depth` ops in flight. The caller's
+//!   thread does no I/O.
 //! - **Ordered batches**: `schedule_read_pages` answers in request order whatever order the
 //!   reads completed in, merging adjacent pages into one read.
 //! - **Single flight and read-your-writes**: concurrent reads of one page share one I/O; a

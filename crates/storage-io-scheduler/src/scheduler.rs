@@ -1,9 +1,9 @@
-//! [`DiskScheduler`]: the public API and opening a page file (the dispatcher thread is in
-//! `dispatch.rs`).
+//! [`DiskScheduler`]: the public API and opening a page file (the dispatcher, which the
+//! caller's thread runs under the scheduler's lock, is in `dispatch.rs`).
 //!
 //! **Invariant:** every call accepted before [`DiskScheduler::shutdown`] is answered with its
-//! real result; every call after gets `Closed`. A call is *accepted* when its request is in the
-//! dispatcher's channel, which happens under a read lock that shutdown takes for writing.
+//! real result; every call after gets `Closed`. A call is *accepted* when the dispatcher has
+//! handled it, under the lock that shutdown takes to close the dispatcher.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo};
 
 use crate::PageId;
@@ -22,6 +22,7 @@ use crate::dispatch::{Dispatcher, Request};
 use crate::error::{Result, SchedulerError};
 use crate::reply::{Answer, PageAnswer, PageRead, Reply};
 use crate::worker::{Counters, Worker, WorkerSetup};
+use storage_io_core::WaitWaker;
 
 /// The page file inside the scheduler's directory, unless `page_file` names another.
 pub const PAGE_FILE: &str = "pages.db";
@@ -68,7 +69,10 @@ pub struct SchedulerStats {
 /// Every call returns a [`Reply`] at once; the I/O happens on worker threads, each with its own
 /// backend from the factory. See the crate docs for an example.
 pub struct DiskScheduler {
-    tx: RwLock<Option<flume::Sender<Request>>>,
+    /// `None` once shut down.
+    dispatcher: Mutex<Option<Dispatcher>>,
+    /// Each worker's backend waker, called after the lock is let go.
+    wakers: Vec<Option<WaitWaker>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     config: SchedulerConfig,
     dir: PathBuf,
@@ -81,7 +85,7 @@ impl std::fmt::Debug for DiskScheduler {
         f.debug_struct("DiskScheduler")
             .field("dir", &self.dir)
             .field("config", &self.config)
-            .field("open", &self.tx.read().is_some())
+            .field("open", &self.dispatcher.lock().is_some())
             .finish()
     }
 }
@@ -158,8 +162,9 @@ impl DiskScheduler {
             setups.push(setup(io, fd, None));
         }
 
-        let mut threads = Vec::with_capacity(config.workers + 1);
+        let mut threads = Vec::with_capacity(config.workers);
         let mut worker_txs = Vec::with_capacity(config.workers);
+        let mut wakers = Vec::with_capacity(config.workers);
         for (i, setup) in setups.into_iter().enumerate() {
             let (tx, rx) = flume::unbounded();
             let worker = Worker::new(setup);
@@ -169,7 +174,8 @@ impl DiskScheduler {
                 .spawn(move || worker.run(rx))
                 .map_err(|e| SchedulerError::Worker(format!("spawning worker {i}: {e}")))?;
             threads.push(handle);
-            worker_txs.push((tx, waker));
+            worker_txs.push(tx);
+            wakers.push(waker);
         }
         let external = config.allocation == AllocationMode::External;
         let allocated = Arc::new(std::sync::atomic::AtomicU64::new(if external {
@@ -177,7 +183,6 @@ impl DiskScheduler {
         } else {
             allocator.allocated_count()
         }));
-        let (tx, rx) = flume::unbounded();
         let dispatcher = Dispatcher::new(
             worker_txs,
             allocator,
@@ -185,14 +190,10 @@ impl DiskScheduler {
             Arc::clone(&counters),
             Arc::clone(&allocated),
         );
-        let handle = std::thread::Builder::new()
-            .name("sio-sched-dispatch".into())
-            .spawn(move || dispatcher.run(rx))
-            .map_err(|e| SchedulerError::Worker(format!("spawning the dispatcher: {e}")))?;
-        threads.push(handle);
         tracing::debug!(dir = %dir.display(), workers = config.workers, "disk scheduler open");
         Ok(DiskScheduler {
-            tx: RwLock::new(Some(tx)),
+            dispatcher: Mutex::new(Some(dispatcher)),
+            wakers,
             threads: Mutex::new(threads),
             config,
             dir,
@@ -201,22 +202,17 @@ impl DiskScheduler {
         })
     }
 
+    /// Dispatches the request on this thread, in the order callers take the lock, then wakes
+    /// the workers it went to.
     fn send<T>(&self, make: impl FnOnce(Answer<T>) -> Request) -> Reply<T> {
         let (answer, reply) = Reply::channel();
-        let guard = self.tx.read();
-        match guard.as_ref() {
-            Some(tx) => {
-                if let Err(flume::SendError(req)) = tx.send(make(answer)) {
-                    // The dispatcher is gone (it panicked): answer here rather than hang.
-                    drop(req);
-                    return Reply::ready(Err(SchedulerError::Worker(
-                        "the dispatcher thread is gone".into(),
-                    )));
-                }
-                reply
-            }
-            None => Reply::ready(Err(SchedulerError::Closed)),
-        }
+        let wakes = match self.dispatcher.lock().as_mut() {
+            Some(dispatcher) => dispatcher.dispatch(make(answer)),
+            // Closed: the request (and its answer's sender) is dropped, so `recv` says `Closed`.
+            None => return Reply::ready(Err(SchedulerError::Closed)),
+        };
+        wakes.wake(&self.wakers);
+        reply
     }
 
     /// Reads one page. With `managed` allocation a page never allocated or freed is
@@ -258,12 +254,11 @@ impl DiskScheduler {
     /// ```
     pub fn schedule_read_tagged(&self, page: PageId, tag: u64, done: &flume::Sender<PageRead>) {
         let answer = PageAnswer::tagged(tag, page, done.clone());
-        let guard = self.tx.read();
-        match guard.as_ref() {
-            // A send that fails drops the request, and its answer sends `Closed`.
-            Some(tx) => drop(tx.send(Request::Read { page, answer })),
-            None => answer.send(Err(SchedulerError::Closed)),
-        }
+        let wakes = match self.dispatcher.lock().as_mut() {
+            Some(dispatcher) => dispatcher.dispatch(Request::Read { page, answer }),
+            None => return answer.send(Err(SchedulerError::Closed)),
+        };
+        wakes.wake(&self.wakers);
     }
 
     /// Writes one page (`data` must be exactly `page_size` bytes). Answered when the write has
@@ -385,11 +380,9 @@ impl DiskScheduler {
     /// Stops accepting calls, finishes everything accepted, and joins every thread. Later
     /// calls get `Closed`; calling it twice is fine. Dropping the scheduler does the same.
     pub fn shutdown(&self) -> Result<()> {
-        {
-            let mut tx = self.tx.write();
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(Request::Shutdown);
-            }
+        let dispatcher = self.dispatcher.lock().take();
+        if let Some(dispatcher) = dispatcher {
+            dispatcher.close().wake(&self.wakers);
         }
         let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
         let mut panicked = Vec::new();
