@@ -1,13 +1,17 @@
 //! The scheduler workloads, on the same file as the raw cells:
-//! - `scheduler_rand_read`: random page reads through `DiskScheduler::schedule_read`, `qd`
-//!   of them outstanding from one client thread (the raw peer is `rand_read` at the same qd).
-//! - `scheduler_batch_read`: `schedule_read_pages` of `qd` random pages, one batch at a time;
+//!
+//! Every scheduler cell reads through the zero-copy path (`schedule_read_shared`, tagged reads,
+//! `schedule_read_pages_shared`, `ReadStream`), the one a buffer pool or scan uses.
+//! - `scheduler_rand_read`: random page reads through `DiskScheduler`, `qd` of them
+//!   outstanding from one client thread (tagged reads at qd > 1; the raw peer is `rand_read` at
+//!   the same qd).
+//! - `scheduler_batch_read`: `schedule_read_pages_shared` of `qd` random pages, one batch at a time;
 //!   an op is a batch. Its peer `raw_round_read` submits `qd` random reads on the bare backend
 //!   and waits for all of them: one round.
 //! - `scheduler_seq_scan`: a `ReadStream` over the file with `qd` pages in flight (adjacent
 //!   pages merged); its peers are `seq_read` and fio's sequential read at the same qd.
 //! - `scheduler_client_read`: `qd` blocking client threads, each with one random page read
-//!   outstanding (`schedule_read(..).recv()`): the buffer-pool miss path of a multi-threaded
+//!   outstanding (`schedule_read_shared(..).recv()`): the buffer-pool miss path of a multi-threaded
 //!   engine. Its peers: fio psync with `qd` jobs (each thread its own `pread`, the blocking
 //!   fallback), `rand_read` (the raw loop) at the same qd, and `raw_handoff_read`.
 //! - `scheduler_task_read`: the same with `qd` async tasks on a 2-thread tokio runtime, each
@@ -140,7 +144,11 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
         }
     } else if cell.workload == Workload::SchedulerClientRead {
         let (n, h) = blocking_clients(qd, pages, deadline, stop, |page| {
-            sched.schedule_read(page).recv().map(drop).map_err(Into::into)
+            sched
+                .schedule_read_shared(page)
+                .recv()
+                .map(drop)
+                .map_err(Into::into)
         })?;
         ops = n;
         hist.add(&h)?;
@@ -152,7 +160,7 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
         while Instant::now() < deadline && !stop() {
             let want: Vec<PageId> = (0..qd).map(|_| PageId(rng.below(pages))).collect();
             let start = Instant::now();
-            let got = sched.schedule_read_pages(want).recv()?;
+            let got = sched.schedule_read_pages_shared(want).recv()?;
             hist.saturating_record(start.elapsed().as_nanos().max(1) as u64);
             if got.len() != qd {
                 bail!("a batch of {qd} pages returned {}", got.len());
@@ -470,7 +478,10 @@ fn task_clients(
                 let mut n = 0u64;
                 while !halt.load(Ordering::Relaxed) {
                     let start = Instant::now();
-                    sched.schedule_read(PageId(rng.below(pages))).recv_async().await?;
+                    sched
+                        .schedule_read_shared(PageId(rng.below(pages)))
+                        .recv_async()
+                        .await?;
                     h.saturating_record(start.elapsed().as_nanos().max(1) as u64);
                     n += 1;
                 }

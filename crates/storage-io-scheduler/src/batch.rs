@@ -5,7 +5,7 @@
 //! **Invariant:** each sends exactly one answer, when the last part arrives, whatever order the
 //! parts arrive in and whichever workers they come from.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 
 use crate::PageId;
@@ -16,17 +16,23 @@ use crate::reply::Answer;
 pub(crate) struct BatchState {
     pages: Vec<PageId>,
     inner: Mutex<BatchSlots>,
-    answer: Answer<Vec<BytesMut>>,
+    answer: BatchAnswer,
+}
+
+/// Where a batch's pages go: copies the caller owns, or shares of the buffers they landed in.
+pub(crate) enum BatchAnswer {
+    Own(Answer<Vec<BytesMut>>),
+    Shared(Answer<Vec<Bytes>>),
 }
 
 struct BatchSlots {
-    slots: Vec<Option<BytesMut>>,
+    slots: Vec<Option<Bytes>>,
     remaining: usize,
     error: Option<SchedulerError>,
 }
 
 impl BatchState {
-    pub(crate) fn new(pages: Vec<PageId>, answer: Answer<Vec<BytesMut>>) -> Self {
+    pub(crate) fn new(pages: Vec<PageId>, answer: BatchAnswer) -> Self {
         let n = pages.len();
         BatchState {
             pages,
@@ -41,7 +47,7 @@ impl BatchState {
 
     /// Records the page at `index`. The first error wins and names its index and page; the
     /// answer goes out when the last page is in.
-    pub(crate) fn complete(&self, index: usize, result: Result<BytesMut>) {
+    pub(crate) fn complete(&self, index: usize, result: Result<Bytes>) {
         let mut inner = self.inner.lock();
         match result {
             Ok(page) => inner.slots[index] = Some(page),
@@ -59,12 +65,17 @@ impl BatchState {
         if inner.remaining > 0 {
             return;
         }
-        let answer = match inner.error.take() {
-            Some(e) => Err(e),
-            None => Ok(inner.slots.drain(..).map(Option::unwrap_or_default).collect()),
-        };
+        let error = inner.error.take();
+        let pages = std::mem::take(&mut inner.slots)
+            .into_iter()
+            .map(Option::unwrap_or_default);
         drop(inner);
-        let _ = self.answer.send(answer);
+        match (&self.answer, error) {
+            (BatchAnswer::Own(a), Some(e)) => drop(a.send(Err(e))),
+            (BatchAnswer::Shared(a), Some(e)) => drop(a.send(Err(e))),
+            (BatchAnswer::Own(a), None) => drop(a.send(Ok(pages.map(|p| BytesMut::from(&p[..])).collect()))),
+            (BatchAnswer::Shared(a), None) => drop(a.send(Ok(pages.collect()))),
+        }
     }
 }
 
@@ -153,11 +164,11 @@ mod tests {
     #[test]
     fn batch_answers_in_request_order_once_the_last_page_lands() {
         let (tx, reply) = Reply::channel();
-        let batch = BatchState::new(vec![PageId(9), PageId(3), PageId(5)], tx);
-        batch.complete(2, Ok(BytesMut::from(&b"five"[..])));
-        batch.complete(0, Ok(BytesMut::from(&b"nine"[..])));
+        let batch = BatchState::new(vec![PageId(9), PageId(3), PageId(5)], BatchAnswer::Own(tx));
+        batch.complete(2, Ok(Bytes::from_static(b"five")));
+        batch.complete(0, Ok(Bytes::from_static(b"nine")));
         assert!(reply.try_recv().is_none());
-        batch.complete(1, Ok(BytesMut::from(&b"three"[..])));
+        batch.complete(1, Ok(Bytes::from_static(b"three")));
         let pages = reply.recv().unwrap();
         assert_eq!(pages, vec![&b"nine"[..], &b"three"[..], &b"five"[..]]);
     }
@@ -165,10 +176,10 @@ mod tests {
     #[test]
     fn batch_reports_the_first_error_with_its_page() {
         let (tx, reply) = Reply::channel();
-        let batch = BatchState::new(vec![PageId(1), PageId(2), PageId(3)], tx);
+        let batch = BatchState::new(vec![PageId(1), PageId(2), PageId(3)], BatchAnswer::Shared(tx));
         batch.complete(1, Err(SchedulerError::NotAllocated(PageId(2))));
         batch.complete(2, Err(SchedulerError::Closed));
-        batch.complete(0, Ok(BytesMut::new()));
+        batch.complete(0, Ok(Bytes::new()));
         match reply.recv() {
             Err(SchedulerError::Batch {
                 index: 1,

@@ -30,7 +30,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::PageId;
@@ -428,8 +427,13 @@ impl PageCache {
 
     /// Reads `page` into its loading frame through the scheduler and pins it; on failure the
     /// frame is emptied (its one pin with it) and the page unmapped.
+    ///
+    /// The read is the zero-copy kind: the page lands in a buffer the backend lends and is
+    /// copied once, into the frame (a frame is the cache's own, mutable memory, so that copy
+    /// stays; reading into the frame itself would cost the same copy on io_uring, where a read
+    /// into memory that is not registered is staged).
     fn load(&self, frame: usize, page: PageId) -> Result<PinnedPage<'_>> {
-        match self.sched.schedule_read(page).recv() {
+        match self.sched.schedule_read_shared(page).recv() {
             Ok(bytes) => {
                 // The frame is still loading: nobody else touches its bytes.
                 self.frames[frame]
@@ -496,7 +500,8 @@ impl PageCache {
         drop(st);
         #[cfg(test)]
         self.hook(HookPoint::WriteBackUnlocked);
-        let data = Bytes::copy_from_slice(&self.frames[f].read());
+        // Aligned, so the worker hands it to the backend without staging it again.
+        let data = crate::lend::aligned_bytes(&self.frames[f].read());
         let result = self.sched.schedule_write(page, data).recv();
         let mut st = self.state.lock();
         st.meta[f].writing_back = false;

@@ -10,12 +10,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use storage_io_core::WaitWaker;
 
 use crate::PageId;
 use crate::alloc::Allocator;
-use crate::batch::{Ack, BatchState, Join, SyncBarrier};
+use crate::batch::{Ack, BatchAnswer, BatchState, Join, SyncBarrier};
 use crate::config::{AllocDurability, AllocationMode, SchedulerConfig};
 use crate::error::{Result, SchedulerError};
 use crate::reply::{Answer, PageAnswer};
@@ -34,7 +34,7 @@ pub(crate) enum Request {
     },
     ReadPages {
         pages: Vec<PageId>,
-        answer: Answer<Vec<BytesMut>>,
+        answer: BatchAnswer,
     },
     Allocate(Answer<PageId>),
     AllocateAt {
@@ -157,7 +157,7 @@ impl Dispatcher {
         ((page / self.extent_pages) % self.workers.len() as u64) as usize
     }
 
-    fn to_worker(&mut self, worker: usize, msg: WorkerMsg) {
+    fn send_to(&mut self, worker: usize, msg: WorkerMsg) {
         // A worker only stops after Shutdown, which it gets last; a send can fail only if it
         // panicked, and then the request's answer is dropped and its caller sees `Closed`.
         if self.workers[worker].send(msg).is_err() {
@@ -176,7 +176,7 @@ impl Dispatcher {
             let (_, image) = self.allocator.next_image(self.page_size);
             let answers = std::mem::take(&mut self.pending_alloc);
             let changes = self.changes;
-            self.to_worker(
+            self.send_to(
                 0,
                 WorkerMsg::Persist {
                     image,
@@ -200,7 +200,7 @@ impl Dispatcher {
         if !self.external && self.changes_not_durable() {
             let (_, image) = self.allocator.next_image(self.page_size);
             let changes = self.changes;
-            self.to_worker(
+            self.send_to(
                 0,
                 WorkerMsg::Persist {
                     image,
@@ -210,7 +210,7 @@ impl Dispatcher {
             );
         }
         for w in 0..self.workers.len() {
-            self.to_worker(w, WorkerMsg::Shutdown);
+            self.send_to(w, WorkerMsg::Shutdown);
         }
         std::mem::take(&mut self.wakes)
     }
@@ -281,7 +281,7 @@ impl Dispatcher {
             answer: ack,
         };
         let worker = self.worker_of(page.0);
-        self.to_worker(worker, msg);
+        self.send_to(worker, msg);
     }
 
     /// Answers an allocation of `page` that came off the free list (`reused`) with `value`:
@@ -314,7 +314,7 @@ impl Dispatcher {
             Request::Read { page, answer } => match self.check_read(page) {
                 Ok(()) => {
                     let worker = self.worker_of(page.0);
-                    self.to_worker(worker, WorkerMsg::Read { page: page.0, answer });
+                    self.send_to(worker, WorkerMsg::Read { page: page.0, answer });
                 }
                 Err(e) => answer.send(Err(e)),
             },
@@ -387,7 +387,7 @@ impl Dispatcher {
                 let parts = self.workers.len() + usize::from(image);
                 let barrier = Arc::new(SyncBarrier::barrier(parts, answer));
                 for w in 0..self.workers.len() {
-                    self.to_worker(w, WorkerMsg::Sync(barrier.clone()));
+                    self.send_to(w, WorkerMsg::Sync(barrier.clone()));
                 }
                 if image {
                     self.pending_alloc.push(AllocAnswer::Part(barrier));
@@ -427,7 +427,7 @@ impl Dispatcher {
             };
             let join = Arc::new(SyncBarrier::barrier(2 + barriers, answer));
             for w in 0..barriers {
-                self.to_worker(w, WorkerMsg::Sync(join.clone()));
+                self.send_to(w, WorkerMsg::Sync(join.clone()));
             }
             self.pending_alloc.push(AllocAnswer::Part(join.clone()));
             Ack::Part(join)
@@ -440,12 +440,15 @@ impl Dispatcher {
             durable,
             answer: ack,
         };
-        self.to_worker(worker, msg);
+        self.send_to(worker, msg);
     }
 
-    fn read_pages(&mut self, pages: Vec<PageId>, answer: Answer<Vec<BytesMut>>) {
+    fn read_pages(&mut self, pages: Vec<PageId>, answer: BatchAnswer) {
         if pages.is_empty() {
-            let _ = answer.send(Ok(Vec::new()));
+            match answer {
+                BatchAnswer::Own(a) => drop(a.send(Ok(Vec::new()))),
+                BatchAnswer::Shared(a) => drop(a.send(Ok(Vec::new()))),
+            }
             return;
         }
         if let Some((index, page, e)) = pages
@@ -453,11 +456,15 @@ impl Dispatcher {
             .enumerate()
             .find_map(|(i, &p)| self.check_read(p).err().map(|e| (i, p, e)))
         {
-            let _ = answer.send(Err(SchedulerError::Batch {
+            let e = SchedulerError::Batch {
                 index,
                 page,
                 source: Box::new(e),
-            }));
+            };
+            match answer {
+                BatchAnswer::Own(a) => drop(a.send(Err(e))),
+                BatchAnswer::Shared(a) => drop(a.send(Err(e))),
+            }
             return;
         }
         let mut parts: Vec<Vec<(usize, u64)>> = vec![Vec::new(); self.workers.len()];
@@ -467,7 +474,7 @@ impl Dispatcher {
         let batch = Arc::new(BatchState::new(pages, answer));
         for (w, items) in parts.into_iter().enumerate() {
             if !items.is_empty() {
-                self.to_worker(
+                self.send_to(
                     w,
                     WorkerMsg::Batch {
                         batch: Arc::clone(&batch),

@@ -57,11 +57,13 @@ mod alloc;
 mod batch;
 mod cache;
 mod config;
+mod counters;
 mod dispatch;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod idhash;
+mod lend;
 mod reply;
 mod scheduler;
 mod stream;
@@ -73,6 +75,7 @@ pub use cache::{PageCache, PageCacheStats, PageReadGuard, PageWriteGuard, Pinned
 pub use config::IOSchedulerConfig;
 pub use config::{AllocDurability, AllocationMode, MAX_PAGE_SIZE, MIN_PAGE_SIZE, SchedulerConfig};
 pub use error::{Result, SchedulerError};
+pub use lend::aligned_bytes;
 pub use reply::{PageRead, Reply};
 pub use scheduler::{DiskScheduler, PAGE_FILE, SchedulerStats};
 pub use stream::ReadStream;

@@ -5,13 +5,16 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::PageId;
 use crate::error::{Result, SchedulerError};
 
 /// The answer to [`DiskScheduler::schedule_read_tagged`](crate::DiskScheduler::schedule_read_tagged),
 /// sent on the caller's channel: the caller's tag, the page, and the bytes or the error.
+///
+/// The bytes are shared, not copied: they are the buffer the read landed in (see
+/// [`DiskScheduler::schedule_read_shared`](crate::DiskScheduler::schedule_read_shared)).
 #[derive(Debug)]
 pub struct PageRead {
     /// The tag the caller chose when it scheduled the read.
@@ -19,7 +22,7 @@ pub struct PageRead {
     /// The page that was read.
     pub page: PageId,
     /// The page's bytes, or why it could not be read.
-    pub result: Result<BytesMut>,
+    pub result: Result<Bytes>,
 }
 
 /// Where the answer to one page read goes: the call's own [`Reply`], or a caller's channel of
@@ -30,7 +33,10 @@ pub(crate) struct PageAnswer(Option<PageAnswerTo>);
 
 #[derive(Debug)]
 enum PageAnswerTo {
+    /// A caller that wants its own mutable copy.
     Own(Answer<BytesMut>),
+    /// A caller that shares the buffer the read landed in.
+    Shared(Answer<Bytes>),
     Tagged {
         tag: u64,
         page: PageId,
@@ -43,14 +49,22 @@ impl PageAnswer {
         PageAnswer(Some(PageAnswerTo::Own(answer)))
     }
 
+    pub(crate) fn shared(answer: Answer<Bytes>) -> Self {
+        PageAnswer(Some(PageAnswerTo::Shared(answer)))
+    }
+
     pub(crate) fn tagged(tag: u64, page: PageId, to: flume::Sender<PageRead>) -> Self {
         PageAnswer(Some(PageAnswerTo::Tagged { tag, page, to }))
     }
 
-    /// Sends the answer (a caller that went away is not an error).
-    pub(crate) fn send(mut self, result: Result<BytesMut>) {
+    /// Sends the answer (a caller that went away is not an error): a share of `result`'s
+    /// bytes, or, for a caller that wants its own, a copy.
+    pub(crate) fn send(mut self, result: Result<Bytes>) {
         match self.0.take() {
             Some(PageAnswerTo::Own(a)) => {
+                let _ = a.send(result.map(|page| BytesMut::from(&page[..])));
+            }
+            Some(PageAnswerTo::Shared(a)) => {
                 let _ = a.send(result);
             }
             Some(PageAnswerTo::Tagged { tag, page, to }) => {

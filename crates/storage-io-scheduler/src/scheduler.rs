@@ -17,6 +17,7 @@ use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo};
 
 use crate::PageId;
 use crate::alloc::{self, Allocator};
+use crate::batch::BatchAnswer;
 use crate::config::{AllocationMode, SchedulerConfig};
 use crate::dispatch::{Dispatcher, Request};
 use crate::error::{Result, SchedulerError};
@@ -61,6 +62,10 @@ pub struct SchedulerStats {
     /// Their total wall time in nanoseconds: over a span, the difference of two readings
     /// divided by the difference in `backend_submit_calls` is what one such call cost.
     pub backend_submit_call_ns: u64,
+    /// Backend buffers (registered with the kernel, on io_uring) that pages answered without a
+    /// copy hold right now: each goes back when the last `Bytes` over it is dropped. At most
+    /// `queue_depth` per worker; reads past that land in plain memory.
+    pub lent_buffers: u64,
 }
 
 /// Page-level I/O for a buffer pool or table heap, over any backend.
@@ -73,6 +78,8 @@ pub struct DiskScheduler {
     dispatcher: Mutex<Option<Dispatcher>>,
     /// Each worker's backend waker, called after the lock is let go.
     wakers: Vec<Option<WaitWaker>>,
+    /// Each worker's count of lent backend buffers.
+    lent: Vec<Arc<std::sync::atomic::AtomicUsize>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     config: SchedulerConfig,
     dir: PathBuf,
@@ -165,10 +172,12 @@ impl DiskScheduler {
         let mut threads = Vec::with_capacity(config.workers);
         let mut worker_txs = Vec::with_capacity(config.workers);
         let mut wakers = Vec::with_capacity(config.workers);
+        let mut lent = Vec::with_capacity(config.workers);
         for (i, setup) in setups.into_iter().enumerate() {
             let (tx, rx) = flume::unbounded();
             let worker = Worker::new(setup);
             let waker = worker.waker();
+            lent.push(worker.lent_gauge());
             let handle = std::thread::Builder::new()
                 .name(format!("sio-sched-w{i}"))
                 .spawn(move || worker.run(rx))
@@ -194,6 +203,7 @@ impl DiskScheduler {
         Ok(DiskScheduler {
             dispatcher: Mutex::new(Some(dispatcher)),
             wakers,
+            lent,
             threads: Mutex::new(threads),
             config,
             dir,
@@ -220,10 +230,45 @@ impl DiskScheduler {
     /// reads as whatever it held before, unless `zero_on_reuse` is set). With `external`
     /// allocation any page below `max_pages` can be read; past the end of the file it is
     /// zeros.
+    ///
+    /// The answer is the caller's own mutable copy of the page (one copy out of the buffer
+    /// the read landed in); [`schedule_read_shared`](Self::schedule_read_shared) skips it.
     pub fn schedule_read(&self, page: PageId) -> Reply<BytesMut> {
         self.send(|answer| Request::Read {
             page,
             answer: PageAnswer::own(answer),
+        })
+    }
+
+    /// Reads one page without copying it: the answer is the buffer the read landed in (one the
+    /// backend lends, registered with the kernel on io_uring), shared by every caller whose read
+    /// joined the same I/O, and by the pages of one merged read. The same answers as
+    /// [`schedule_read`](Self::schedule_read) otherwise. For callers that only look at a page
+    /// (a scan, a lookup); a caller that wants to change its copy uses `schedule_read`.
+    ///
+    /// Hold the answer as long as needed: a worker lends at most `queue_depth` of the backend's
+    /// buffers to answers still held, and reads into plain memory beyond that, so pages kept
+    /// (in a cache, say) never leave the backend without buffers of its own.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use bytes::Bytes;
+    /// # use storage_io_core::{BackendFactory, StorageIo};
+    /// # use storage_io_scheduler::{DiskScheduler, SchedulerConfig};
+    /// # use storage_io_testkit::memio::MemFs;
+    /// # let fs = MemFs::new(1);
+    /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
+    /// let sched = DiskScheduler::open("/db", SchedulerConfig::default(), factory).unwrap();
+    /// let page = sched.schedule_allocate().recv().unwrap();
+    /// sched.schedule_write(page, Bytes::from(vec![9u8; 4096])).recv().unwrap();
+    /// let (a, b) = (sched.schedule_read_shared(page), sched.schedule_read_shared(page));
+    /// let (a, b) = (a.recv().unwrap(), b.recv().unwrap());
+    /// assert_eq!((a[0], b[4095]), (9, 9));
+    /// ```
+    pub fn schedule_read_shared(&self, page: PageId) -> Reply<Bytes> {
+        self.send(|answer| Request::Read {
+            page,
+            answer: PageAnswer::shared(answer),
         })
     }
 
@@ -295,7 +340,20 @@ impl DiskScheduler {
     /// listed twice is read once. If any page fails, the answer is the first error, with its
     /// index and page.
     pub fn schedule_read_pages(&self, pages: Vec<PageId>) -> Reply<Vec<BytesMut>> {
-        self.send(|answer| Request::ReadPages { pages, answer })
+        self.send(|answer| Request::ReadPages {
+            pages,
+            answer: BatchAnswer::Own(answer),
+        })
+    }
+
+    /// [`schedule_read_pages`](Self::schedule_read_pages) without copying: the pages of one
+    /// merged read are slices of the one buffer it landed in (see
+    /// [`schedule_read_shared`](Self::schedule_read_shared)).
+    pub fn schedule_read_pages_shared(&self, pages: Vec<PageId>) -> Reply<Vec<Bytes>> {
+        self.send(|answer| Request::ReadPages {
+            pages,
+            answer: BatchAnswer::Shared(answer),
+        })
     }
 
     /// Allocates a page id (the lowest free one, else a new one past the end). Answered once
@@ -433,6 +491,7 @@ impl DiskScheduler {
             backend_held_ns: get(&c.backend_held_ns),
             backend_submit_calls: get(&c.backend_submit_calls),
             backend_submit_call_ns: get(&c.backend_submit_call_ns),
+            lent_buffers: self.lent.iter().map(|l| l.load(Ordering::Relaxed) as u64).sum(),
         }
     }
 }

@@ -4,17 +4,20 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 
 use crate::PageId;
 use crate::error::Result;
 use crate::reply::Reply;
 use crate::scheduler::DiskScheduler;
 
-/// Yields pages `range.start..range.end` in order as `(PageId, BytesMut)`, with up to
+/// Yields pages `range.start..range.end` in order as `(PageId, Bytes)`, with up to
 /// `distance` pages requested ahead of the one being consumed. Requests are runs of adjacent
 /// pages (at most `max_combine_pages`, never crossing a routing extent), so each becomes one
 /// merged read on one worker. After an error the stream yields that error and ends.
+///
+/// The pages are not copied: the pages of one merged read are slices of the buffer it landed
+/// in ([`DiskScheduler::schedule_read_pages_shared`]).
 ///
 /// ```
 /// # use std::sync::Arc;
@@ -36,8 +39,8 @@ pub struct ReadStream<'a> {
     distance: usize,
     extent: u64,
     in_flight_pages: usize,
-    requests: VecDeque<(u64, Reply<Vec<BytesMut>>)>,
-    ready: VecDeque<(PageId, BytesMut)>,
+    requests: VecDeque<(u64, Reply<Vec<Bytes>>)>,
+    ready: VecDeque<(PageId, Bytes)>,
     failed: bool,
 }
 
@@ -95,14 +98,14 @@ impl<'a> ReadStream<'a> {
             let pages: Vec<PageId> = (self.next_page..last).map(PageId).collect();
             self.in_flight_pages += pages.len();
             self.requests
-                .push_back((self.next_page, self.sched.schedule_read_pages(pages)));
+                .push_back((self.next_page, self.sched.schedule_read_pages_shared(pages)));
             self.next_page = last;
         }
     }
 }
 
 impl Iterator for ReadStream<'_> {
-    type Item = Result<(PageId, BytesMut)>;
+    type Item = Result<(PageId, Bytes)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {

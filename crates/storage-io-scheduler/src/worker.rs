@@ -14,10 +14,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use storage_io_core::{
     AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf, IoCompletion, IoFd, IoToken,
     StorageIo, StorageIoError, WaitWaker,
@@ -26,8 +26,11 @@ use storage_io_core::{
 use crate::PageId;
 use crate::alloc::MetaSlots;
 use crate::batch::{Ack, BatchState, Part};
+pub(crate) use crate::counters::Counters;
+use crate::counters::bump;
 use crate::error::{Result, SchedulerError};
 use crate::idhash::IdMap;
+use crate::lend::{self, Lender, Loan};
 use crate::reply::{Answer, PageAnswer};
 
 /// What the dispatcher hands a worker.
@@ -97,35 +100,6 @@ impl AllocAnswer {
     }
 }
 
-/// Counters shared by the workers and read by [`DiskScheduler::stats`](crate::DiskScheduler::stats).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) read_ios: AtomicU64,
-    pub(crate) pages_read: AtomicU64,
-    pub(crate) reads_joined: AtomicU64,
-    pub(crate) reads_from_pending_writes: AtomicU64,
-    pub(crate) write_ios: AtomicU64,
-    pub(crate) syncs: AtomicU64,
-    pub(crate) metadata_writes: AtomicU64,
-    /// How many allocation changes since open the newest durable image holds (worker 0
-    /// publishes it when an image's fdatasync succeeds).
-    pub(crate) durable_alloc_changes: AtomicU64,
-    /// Sum of the workers' backend `held_ns` (published before each batch's answers go out).
-    pub(crate) backend_held_ns: AtomicU64,
-    /// Sum of the workers' backend `submit_calls` (published with `backend_held_ns`).
-    pub(crate) backend_submit_calls: AtomicU64,
-    /// Sum of the workers' backend `submit_call_ns` (published with `backend_held_ns`).
-    pub(crate) backend_submit_call_ns: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64, by: u64) {
-    // Publishing runs after every batch of completions, mostly with nothing new for some
-    // counters (no submit calls on the portable backends): skip the atomic then.
-    if by > 0 {
-        counter.fetch_add(by, Ordering::Relaxed);
-    }
-}
-
 /// Who gets a page when a read completes.
 enum Waiter {
     Single(PageAnswer),
@@ -133,7 +107,7 @@ enum Waiter {
 }
 
 impl Waiter {
-    fn send(self, result: Result<BytesMut>) {
+    fn send(self, result: Result<Bytes>) {
         match self {
             Waiter::Single(a) => a.send(result),
             Waiter::Batch(batch, index) => batch.complete(index, result),
@@ -147,6 +121,8 @@ struct ReadOp {
     first: u64,
     /// Waiters of each page of the run, by position.
     waiters: Vec<Vec<Waiter>>,
+    /// The loan of the backend buffer the read went into, if it is one (set at submit).
+    loan: Option<Loan>,
 }
 
 struct WriteOp {
@@ -230,7 +206,10 @@ pub(crate) struct Worker {
     poll_interval: Option<Duration>,
     waker: Option<WaitWaker>,
     counters: Arc<Counters>,
+    /// Aligned staging for writes from unaligned pages, and reads' memory past the lend limit.
     buffers: Option<BufferPool>,
+    /// The backend buffers lent to answers callers hold.
+    lender: Lender,
 
     next_op: OpId,
     ops: IdMap<OpId, Op>,
@@ -280,6 +259,7 @@ impl Worker {
             waker,
             counters: setup.counters,
             buffers,
+            lender: Lender::new(max_in_flight, caps.registered_buffers),
             next_op: 0,
             ops: IdMap::default(),
             ready: VecDeque::new(),
@@ -373,6 +353,11 @@ impl Worker {
         }
     }
 
+    /// How many of the backend's buffers this worker has lent to answers callers still hold.
+    pub(crate) fn lent_gauge(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.lender.gauge()
+    }
+
     /// What the dispatcher calls after sending to this worker, if the backend can be woken.
     pub(crate) fn waker(&self) -> Option<WaitWaker> {
         self.waker.clone()
@@ -450,7 +435,7 @@ impl Worker {
     fn join_or_answer(&mut self, page: u64, waiter: Waiter) -> Option<Waiter> {
         if let Some(w) = self.writes.get(&page) {
             bump(&self.counters.reads_from_pending_writes, 1);
-            waiter.send(Ok(BytesMut::from(&w.latest[..])));
+            waiter.send(Ok(w.latest.clone()));
             return None;
         }
         if let Some(&op) = self.joinable.get(&page)
@@ -465,7 +450,11 @@ impl Worker {
 
     fn start_read(&mut self, first: u64, waiters: Vec<Vec<Waiter>>) {
         let count = waiters.len() as u64;
-        let id = self.new_op(Op::Read(ReadOp { first, waiters }));
+        let id = self.new_op(Op::Read(ReadOp {
+            first,
+            waiters,
+            loan: None,
+        }));
         for page in first..first + count {
             self.joinable.insert(page, id);
         }
@@ -580,11 +569,19 @@ impl Worker {
             Some(Op::Read(read)) => {
                 let len = read.waiters.len() * self.page_size;
                 let offset = read.first * ps;
-                match self.aligned_buf(len) {
-                    Ok(buf) => self
-                        .io
-                        .submit_read(self.data_fd, buf, offset)
-                        .map_err(|e| e.error),
+                let pool = self.buffers.as_ref();
+                let fallback = || pool.and_then(|p| p.acquire(len).ok());
+                match self.lender.read_buf(self.io.as_mut(), len, fallback) {
+                    Ok(lend::ReadBuf { buf, loan }) => {
+                        let submitted = self
+                            .io
+                            .submit_read(self.data_fd, buf.into(), offset)
+                            .map_err(|e| e.error);
+                        if let Some(Op::Read(read)) = self.ops.get_mut(&id) {
+                            read.loan = loan;
+                        }
+                        submitted
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -723,20 +720,13 @@ impl Worker {
         let ps = self.page_size;
         match result {
             Ok(n) => {
-                let data = buf.as_ref().map_or(&[][..], |b| &b.as_slice()[..n.min(b.len())]);
+                // Every page of the run is a slice of the one buffer the read landed in, and
+                // every waiter of a page shares it (a caller that wants its own copy makes it).
+                let len = read.waiters.len() * ps;
+                let data = lend::freeze(buf, n, len, read.loan);
                 for (i, waiters) in read.waiters.into_iter().enumerate() {
-                    // Past the end of the file is a page allocated but never written: zeros.
-                    let start = (i * ps).min(data.len());
-                    let end = ((i + 1) * ps).min(data.len());
-                    let mut page = BytesMut::with_capacity(ps);
-                    page.extend_from_slice(&data[start..end]);
-                    page.resize(ps, 0);
-                    let mut waiters = waiters.into_iter().peekable();
-                    while let Some(w) = waiters.next() {
-                        if waiters.peek().is_none() {
-                            w.send(Ok(page));
-                            break;
-                        }
+                    let page = data.slice(i * ps..(i + 1) * ps);
+                    for w in waiters {
                         w.send(Ok(page.clone()));
                     }
                 }

@@ -57,3 +57,57 @@ fn backend_submit_calls_of_the_workers_reach_the_scheduler_stats() {
     assert!(ns >= calls * 100, "{calls} system calls took only {ns} ns in all");
     assert_eq!(sched.stats(), after, "nothing changes after shutdown");
 }
+
+#[test]
+fn shared_reads_lend_registered_buffers_up_to_the_queue_depth_and_get_them_back() {
+    if !usable_or_skip("shared_reads_lend_registered_buffers_up_to_the_queue_depth_and_get_them_back") {
+        return;
+    }
+    let dir = real_dir("sched-lend");
+    const QD: usize = 8;
+    let factory: BackendFactory = Arc::new(|_| {
+        let io = UringStorageIo::new(&IoConfig {
+            queue_depth: 64,
+            fixed_buffers: true,
+            nowait_reads: false,
+            ..IoConfig::default()
+        })?;
+        Ok(Box::new(io) as Box<dyn StorageIo>)
+    });
+    let config = SchedulerConfig {
+        workers: 1,
+        queue_depth: QD,
+        direct_io: true,
+        ..SchedulerConfig::default()
+    };
+    let sched = DiskScheduler::open(dir.path(), config, factory).unwrap();
+    let pages = allocate(&sched, 4 * QD);
+    for &p in &pages {
+        sched.schedule_write(p, page_bytes(p, 2)).recv().unwrap();
+    }
+    // Hold every page read, one at a time: the first QD land in lent buffers, the rest in
+    // plain memory, and all read right.
+    let mut held = Vec::new();
+    for &p in &pages {
+        let bytes = sched.schedule_read_shared(p).recv().unwrap();
+        assert_eq!(stamp(&bytes), (p.0, 2));
+        held.push(bytes);
+    }
+    let lent = sched.stats().lent_buffers;
+    assert_eq!(
+        lent, QD as u64,
+        "the ring lends up to the queue depth while pages are held"
+    );
+    // An owned read copies out and gives its buffer back at once.
+    let owned = sched.schedule_read(pages[0]).recv().unwrap();
+    assert_eq!(stamp(&owned), (pages[0].0, 2));
+    assert_eq!(sched.stats().lent_buffers, lent);
+    let slice = held[0].slice(100..200);
+    held.clear();
+    assert_eq!(sched.stats().lent_buffers, 1, "a slice keeps its buffer");
+    drop(slice);
+    assert_eq!(sched.stats().lent_buffers, 0, "every buffer went back");
+    let again = sched.schedule_read_shared(pages[1]).recv().unwrap();
+    assert_eq!(sched.stats().lent_buffers, 1);
+    assert_eq!(stamp(&again), (pages[1].0, 2));
+}
