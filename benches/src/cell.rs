@@ -220,6 +220,12 @@ pub struct Cell {
 /// Builds the backend a cell names, sized for `qd`. `STORAGE_IO_*` variables tune it (for
 /// example `STORAGE_IO_SUBMIT_BATCH`), except the queue depth, which the cell sets.
 pub fn make_backend(backend: Backend, qd: usize) -> Result<Box<dyn StorageIo>> {
+    let (kind, config) = backend_config(backend, qd)?;
+    Ok(storage_io::build_backend(kind, &config)?)
+}
+
+/// The kind and config `make_backend` builds for `backend` at `qd`.
+fn backend_config(backend: Backend, qd: usize) -> Result<(BackendKind, IoConfig)> {
     let mut config = IoConfig {
         workers: qd.clamp(1, 32),
         ..IoConfig::default()
@@ -260,7 +266,15 @@ pub fn make_backend(backend: Backend, qd: usize) -> Result<Box<dyn StorageIo>> {
             },
         ),
     };
-    Ok(storage_io::build_backend(kind, &config)?)
+    Ok((kind, config))
+}
+
+/// The factory of the small backends a scheduler cell's `read_blocking` runs on, for
+/// `backend` (what `storage_io::open_scheduler` gives a user: a depth-2 ring for io_uring,
+/// the inline sync backend for the thread pool).
+pub fn caller_factory(backend: Backend, page_size: usize) -> Result<BackendFactory> {
+    let (kind, config) = backend_config(backend, 2)?;
+    Ok(storage_io::caller_backend_factory(kind, &config, page_size))
 }
 
 /// User + system CPU time of this process so far.

@@ -11,7 +11,8 @@
 //! - `scheduler_seq_scan`: a `ReadStream` over the file with `qd` pages in flight (adjacent
 //!   pages merged); its peers are `seq_read` and fio's sequential read at the same qd.
 //! - `scheduler_client_read`: `qd` blocking client threads, each with one random page read
-//!   outstanding (`schedule_read_shared(..).recv()`): the buffer-pool miss path of a multi-threaded
+//!   outstanding (`read_blocking`, which reads on the client's own thread where it can): the
+//!   buffer-pool miss path of a multi-threaded
 //!   engine. Its peers: fio psync with `qd` jobs (each thread its own `pread`, the blocking
 //!   fallback), `rand_read` (the raw loop) at the same qd, and `raw_handoff_read`.
 //! - `scheduler_task_read`: the same with `qd` async tasks on a 2-thread tokio runtime, each
@@ -41,7 +42,9 @@ use storage_io_core::{AlignedBuf, IoBuf, IoCompletion, IoFd, IoToken, OpenOption
 use storage_io_scheduler::{DiskScheduler, PAGE_FILE, PageId, SchedulerConfig};
 
 use crate::Row;
-use crate::cell::{Cell, ScratchDir, Workload, XorShift, cell_row, cpu_time, factory, make_backend};
+use crate::cell::{
+    Cell, ScratchDir, Workload, XorShift, caller_factory, cell_row, cpu_time, factory, make_backend,
+};
 
 /// Whether this module runs `workload`.
 pub fn runs(workload: Workload) -> bool {
@@ -97,10 +100,11 @@ fn open_on(file: &Path, cell: &Cell, dir: &ScratchDir) -> Result<DiskScheduler> 
     std::fs::remove_file(&page_file)?;
     std::fs::hard_link(file, &page_file)
         .with_context(|| format!("hard-link {} into {}", file.display(), dir.path().display()))?;
-    Ok(DiskScheduler::open(
+    Ok(DiskScheduler::open_with_caller_backends(
         dir.path(),
         config,
         factory(cell.backend, cell.qd.max(1))?,
+        caller_factory(cell.backend, cell.block)?,
     )?)
 }
 
@@ -144,11 +148,7 @@ fn run_scheduler_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Resu
         }
     } else if cell.workload == Workload::SchedulerClientRead {
         let (n, h) = blocking_clients(qd, pages, deadline, stop, |page| {
-            sched
-                .schedule_read_shared(page)
-                .recv()
-                .map(drop)
-                .map_err(Into::into)
+            sched.read_blocking(page).map(drop).map_err(Into::into)
         })?;
         ops = n;
         hist.add(&h)?;

@@ -428,12 +428,14 @@ impl PageCache {
     /// Reads `page` into its loading frame through the scheduler and pins it; on failure the
     /// frame is emptied (its one pin with it) and the page unmapped.
     ///
-    /// The read is the zero-copy kind: the page lands in a buffer the backend lends and is
-    /// copied once, into the frame (a frame is the cache's own, mutable memory, so that copy
-    /// stays; reading into the frame itself would cost the same copy on io_uring, where a read
-    /// into memory that is not registered is staged).
+    /// A miss blocks its caller, so the read runs on the caller's thread where it can
+    /// ([`DiskScheduler::read_blocking`]), without a hand-off to a worker. It is the zero-copy
+    /// kind: the page lands in a buffer the backend lends and is copied once, into the frame
+    /// (a frame is the cache's own, mutable memory, so that copy stays; reading into the frame
+    /// itself would cost the same copy on io_uring, where a read into memory that is not
+    /// registered is staged).
     fn load(&self, frame: usize, page: PageId) -> Result<PinnedPage<'_>> {
-        match self.sched.schedule_read_shared(page).recv() {
+        match self.sched.read_blocking(page) {
             Ok(bytes) => {
                 // The frame is still loading: nobody else touches its bytes.
                 self.frames[frame]

@@ -64,6 +64,12 @@ pub struct SchedulerConfig {
     /// when `alloc_durability` is `immediate`). Fresh ids past the end always read as zeros.
     /// Default false.
     pub zero_on_reuse: bool,
+    /// Most backends kept for [`DiskScheduler::read_blocking`](crate::DiskScheduler::read_blocking),
+    /// which reads on the caller's own thread: one per caller reading at the same moment,
+    /// made when first needed (none for an engine that never calls it) and kept for the next
+    /// caller. Past this many at once, `read_blocking` goes through the workers. 0 sends every
+    /// `read_blocking` through the workers. Default 64.
+    pub caller_backends: usize,
 }
 
 /// The old name of [`SchedulerConfig`].
@@ -91,8 +97,8 @@ pub enum AllocationMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AllocDurability {
-    /// Once the change is durable: one allocation image and an fdatasync per dispatcher round
-    /// (changes that arrive together share one).
+    /// Once the change is durable: an allocation image and an fdatasync (changes that arrive
+    /// while one image is being made durable share the next).
     #[default]
     Immediate,
     /// At once. The change becomes durable at the next durability point the caller asks for:
@@ -118,6 +124,7 @@ impl Default for SchedulerConfig {
             adopt_existing: false,
             alloc_durability: AllocDurability::Immediate,
             zero_on_reuse: false,
+            caller_backends: 64,
         }
     }
 }
@@ -154,6 +161,12 @@ impl SchedulerConfig {
                 self.max_combine_pages,
                 MAX_PAGE_SIZE / self.page_size.max(1),
                 self.page_size
+            ));
+        }
+        if self.caller_backends > 4096 {
+            return bad(format!(
+                "caller_backends = {} is out of range: use 0 to 4096",
+                self.caller_backends
             ));
         }
         if self.poll_interval_us == 0 || self.poll_interval_us > 1_000_000 {

@@ -10,6 +10,8 @@ pub(crate) struct Counters {
     pub(crate) pages_read: AtomicU64,
     pub(crate) reads_joined: AtomicU64,
     pub(crate) reads_from_pending_writes: AtomicU64,
+    /// Reads done on the caller's thread (`read_blocking`).
+    pub(crate) caller_reads: AtomicU64,
     pub(crate) write_ios: AtomicU64,
     pub(crate) syncs: AtomicU64,
     pub(crate) metadata_writes: AtomicU64,

@@ -8,7 +8,7 @@
 //! request (docs/benchmarks.md has the figures). The lock's order is the arrival order.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use storage_io_core::WaitWaker;
@@ -16,8 +16,11 @@ use storage_io_core::WaitWaker;
 use crate::PageId;
 use crate::alloc::Allocator;
 use crate::batch::{Ack, BatchAnswer, BatchState, Join, SyncBarrier};
+use crate::caller::Joiners;
 use crate::config::{AllocDurability, AllocationMode, SchedulerConfig};
+use crate::counters::bump;
 use crate::error::{Result, SchedulerError};
+use crate::idhash::IdMap;
 use crate::reply::{Answer, PageAnswer};
 use crate::worker::{AllocAnswer, Counters, WorkerMsg};
 
@@ -52,6 +55,14 @@ pub(crate) enum Request {
     Sync(Answer<()>),
     BeginRedo(Answer<()>),
     EndRedo(Answer<()>),
+}
+
+/// How a [`DiskScheduler::read_blocking`](crate::DiskScheduler::read_blocking) goes.
+pub(crate) enum CallerStart {
+    /// On the caller's thread; reads of the page that join it meanwhile wait in the list.
+    Mine(Joiners),
+    /// The usual way (refused, joined, or sent to a worker): the answer comes on the reply.
+    Dispatched(Wakes),
 }
 
 /// The workers a dispatched request sent to, to be woken once the scheduler's lock is let go
@@ -99,6 +110,11 @@ pub(crate) struct Dispatcher {
     workers: Vec<flume::Sender<WorkerMsg>>,
     /// The workers sent to by the request being dispatched.
     wakes: Wakes,
+    /// Per worker: writes sent to it that it has not finished (it counts them down).
+    writes_out: Vec<Arc<AtomicU64>>,
+    /// Reads on callers' threads in flight that a read of the page may join (a write to the
+    /// page takes its entry away).
+    caller_joinable: IdMap<u64, Joiners>,
     allocator: Allocator,
     page_size: usize,
     extent_pages: u64,
@@ -125,6 +141,7 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     pub(crate) fn new(
         workers: Vec<flume::Sender<WorkerMsg>>,
+        writes_out: Vec<Arc<AtomicU64>>,
         allocator: Allocator,
         config: &SchedulerConfig,
         counters: Arc<Counters>,
@@ -133,6 +150,8 @@ impl Dispatcher {
         Dispatcher {
             workers,
             wakes: Wakes::None,
+            writes_out,
+            caller_joinable: IdMap::default(),
             allocator,
             page_size: config.page_size,
             extent_pages: config.max_combine_pages as u64,
@@ -158,6 +177,12 @@ impl Dispatcher {
     }
 
     fn send_to(&mut self, worker: usize, msg: WorkerMsg) {
+        if let WorkerMsg::Write { page, .. } = &msg {
+            // Reads accepted from now on must see this write: none joins an older caller read,
+            // and none runs on a caller until the worker has finished the write.
+            self.caller_joinable.remove(page);
+            self.writes_out[worker].fetch_add(1, Ordering::AcqRel);
+        }
         // A worker only stops after Shutdown, which it gets last; a send can fail only if it
         // panicked, and then the request's answer is dropped and its caller sees `Closed`.
         if self.workers[worker].send(msg).is_err() {
@@ -190,6 +215,34 @@ impl Dispatcher {
                 .store(self.allocator.allocated_count(), Ordering::Relaxed);
         }
         std::mem::take(&mut self.wakes)
+    }
+
+    /// Decides where a blocking read of `page` runs: on the caller, when its worker has no
+    /// write outstanding (so the file holds every write accepted before it) and no caller read
+    /// of the page is in flight; otherwise `answer` is dispatched as a plain read.
+    pub(crate) fn start_caller_read(&mut self, page: PageId, answer: PageAnswer) -> CallerStart {
+        let worker = self.worker_of(page.0);
+        let clear = self.writes_out[worker].load(Ordering::Acquire) == 0;
+        if clear && self.check_read(page).is_ok() && !self.caller_joinable.contains_key(&page.0) {
+            let joiners = Joiners::default();
+            self.caller_joinable.insert(page.0, Arc::clone(&joiners));
+            // `answer` is not needed: the caller gets its page from its own read.
+            drop(answer);
+            return CallerStart::Mine(joiners);
+        }
+        CallerStart::Dispatched(self.dispatch(Request::Read { page, answer }))
+    }
+
+    /// A caller read of `page` is over: no read joins it from now on. Returns those that did.
+    pub(crate) fn end_caller_read(&mut self, page: PageId, joiners: &Joiners) -> Vec<PageAnswer> {
+        if self
+            .caller_joinable
+            .get(&page.0)
+            .is_some_and(|j| Arc::ptr_eq(j, joiners))
+        {
+            self.caller_joinable.remove(&page.0);
+        }
+        std::mem::take(&mut *joiners.lock())
     }
 
     /// Stops the workers once they have finished everything sent so far; returns the workers
@@ -313,6 +366,11 @@ impl Dispatcher {
         match req {
             Request::Read { page, answer } => match self.check_read(page) {
                 Ok(()) => {
+                    if let Some(joiners) = self.caller_joinable.get(&page.0) {
+                        bump(&self.counters.reads_joined, 1);
+                        joiners.lock().push(answer);
+                        return;
+                    }
                     let worker = self.worker_of(page.0);
                     self.send_to(worker, WorkerMsg::Read { page: page.0, answer });
                 }

@@ -56,6 +56,7 @@
 mod alloc;
 mod batch;
 mod cache;
+mod caller;
 mod config;
 mod counters;
 mod dispatch;

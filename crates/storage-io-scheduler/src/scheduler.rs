@@ -18,8 +18,9 @@ use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo};
 use crate::PageId;
 use crate::alloc::{self, Allocator};
 use crate::batch::BatchAnswer;
+use crate::caller::CallerPool;
 use crate::config::{AllocationMode, SchedulerConfig};
-use crate::dispatch::{Dispatcher, Request};
+use crate::dispatch::{CallerStart, Dispatcher, Request};
 use crate::error::{Result, SchedulerError};
 use crate::reply::{Answer, PageAnswer, PageRead, Reply};
 use crate::worker::{Counters, Worker, WorkerSetup};
@@ -39,6 +40,9 @@ pub struct SchedulerStats {
     pub reads_joined: u64,
     /// Reads answered from a write to the same page that had not completed yet.
     pub reads_from_pending_writes: u64,
+    /// Reads [`DiskScheduler::read_blocking`] did on the caller's own thread (also counted
+    /// in `read_ios` and `pages_read`).
+    pub caller_reads: u64,
     /// Write ops submitted to backends.
     pub write_ios: u64,
     /// fdatasyncs of the page file (durable writes and sync barriers, per worker).
@@ -80,6 +84,8 @@ pub struct DiskScheduler {
     wakers: Vec<Option<WaitWaker>>,
     /// Each worker's count of lent backend buffers.
     lent: Vec<Arc<std::sync::atomic::AtomicUsize>>,
+    /// Backends for reads on the caller's thread.
+    callers: CallerPool,
     threads: Mutex<Vec<JoinHandle<()>>>,
     config: SchedulerConfig,
     dir: PathBuf,
@@ -107,6 +113,22 @@ impl DiskScheduler {
         dir: impl AsRef<Path>,
         config: SchedulerConfig,
         factory: BackendFactory,
+    ) -> Result<DiskScheduler> {
+        let callers = Arc::clone(&factory);
+        DiskScheduler::open_with_caller_backends(dir, config, factory, callers)
+    }
+
+    /// Like [`open`](Self::open), with the backends of
+    /// [`read_blocking`](Self::read_blocking) from `caller_factory` rather than from
+    /// `factory`. A caller backend holds one read at a time, so it can be much smaller than a
+    /// worker's: on io_uring a ring of depth 2 with one page of registered memory, against a
+    /// worker's `queue_depth` buffers (`storage_io::open_scheduler` builds them so). Caller
+    /// backend `k` is `caller_factory(config.workers + k)`.
+    pub fn open_with_caller_backends(
+        dir: impl AsRef<Path>,
+        config: SchedulerConfig,
+        factory: BackendFactory,
+        caller_factory: BackendFactory,
     ) -> Result<DiskScheduler> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -150,23 +172,28 @@ impl DiskScheduler {
             AllocationMode::External => (Allocator::new(), None),
         };
         let counters = Arc::new(Counters::default());
-        let setup = |io: Box<dyn StorageIo>, data_fd: IoFd, meta: Option<alloc::MetaSlots>| WorkerSetup {
-            io,
-            data_fd,
-            meta,
-            page_size: config.page_size,
-            queue_depth: config.queue_depth,
-            max_combine_pages: config.max_combine_pages,
-            poll_interval: Duration::from_micros(config.poll_interval_us),
-            counters: Arc::clone(&counters),
-        };
-        let mut setups = vec![setup(first, data_fd, meta)];
+        let writes_out: Vec<_> = (0..config.workers)
+            .map(|_| Arc::new(std::sync::atomic::AtomicU64::new(0)))
+            .collect();
+        let setup =
+            |i: usize, io: Box<dyn StorageIo>, data_fd: IoFd, meta: Option<alloc::MetaSlots>| WorkerSetup {
+                io,
+                data_fd,
+                meta,
+                page_size: config.page_size,
+                queue_depth: config.queue_depth,
+                max_combine_pages: config.max_combine_pages,
+                poll_interval: Duration::from_micros(config.poll_interval_us),
+                counters: Arc::clone(&counters),
+                writes_out: Arc::clone(&writes_out[i]),
+            };
+        let mut setups = vec![setup(0, first, data_fd, meta)];
         for i in 1..config.workers {
             let mut io = factory(i).map_err(backend("building a worker backend"))?;
             let fd = io
                 .open_file(&data_path, &open_data)
                 .map_err(backend("opening the page file"))?;
-            setups.push(setup(io, fd, None));
+            setups.push(setup(i, io, fd, None));
         }
 
         let mut threads = Vec::with_capacity(config.workers);
@@ -194,6 +221,7 @@ impl DiskScheduler {
         }));
         let dispatcher = Dispatcher::new(
             worker_txs,
+            writes_out,
             allocator,
             &config,
             Arc::clone(&counters),
@@ -204,6 +232,13 @@ impl DiskScheduler {
             dispatcher: Mutex::new(Some(dispatcher)),
             wakers,
             lent,
+            callers: CallerPool::new(
+                caller_factory,
+                config.workers,
+                config.caller_backends,
+                data_path,
+                open_data,
+            ),
             threads: Mutex::new(threads),
             config,
             dir,
@@ -270,6 +305,73 @@ impl DiskScheduler {
             page,
             answer: PageAnswer::shared(answer),
         })
+    }
+
+    /// Reads one page and returns it, on the calling thread when it can: for a caller that
+    /// would block on the answer anyway, such as a buffer pool's miss. The same answers as
+    /// [`schedule_read_shared`](Self::schedule_read_shared), the same checks and the same
+    /// order (it sees every write scheduled before it).
+    ///
+    /// The read runs on a backend of the caller's own (from a pool of up to
+    /// `caller_backends`) and the thread waits for it in the kernel, as `pread` would: no
+    /// hand-off to a worker thread and back, which costs two cross-CPU wake-ups. It goes
+    /// through a worker as [`schedule_read_shared`](Self::schedule_read_shared) does when the
+    /// page's worker still holds a write, when another caller's read of the page is in flight
+    /// (it joins that one), or when every caller backend is busy. Reads of the page scheduled
+    /// meanwhile join it; a batch read does not.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use bytes::Bytes;
+    /// # use storage_io_core::{BackendFactory, StorageIo};
+    /// # use storage_io_scheduler::{DiskScheduler, SchedulerConfig};
+    /// # use storage_io_testkit::memio::MemFs;
+    /// # let fs = MemFs::new(1);
+    /// # let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
+    /// let sched = DiskScheduler::open("/db", SchedulerConfig::default(), factory).unwrap();
+    /// let page = sched.schedule_allocate().recv().unwrap();
+    /// sched.schedule_write(page, Bytes::from(vec![5u8; 4096])).recv().unwrap();
+    /// assert_eq!(sched.read_blocking(page).unwrap()[0], 5);
+    /// assert_eq!(sched.stats().caller_reads, 1);
+    /// ```
+    pub fn read_blocking(&self, page: PageId) -> Result<Bytes> {
+        let Some(mut io) = self.callers.take() else {
+            return self.schedule_read_shared(page).recv();
+        };
+        let (answer, reply) = Reply::channel();
+        let start = match self.dispatcher.lock().as_mut() {
+            Some(d) => d.start_caller_read(page, PageAnswer::shared(answer)),
+            None => {
+                self.callers.give_back(io);
+                return Err(SchedulerError::Closed);
+            }
+        };
+        let joiners = match start {
+            CallerStart::Mine(joiners) => joiners,
+            CallerStart::Dispatched(wakes) => {
+                self.callers.give_back(io);
+                wakes.wake(&self.wakers);
+                return reply.recv();
+            }
+        };
+        let held_before = io.held_ns();
+        let result = io.read(page, self.config.page_size);
+        let c = &self.counters;
+        c.backend_held_ns
+            .fetch_add(io.held_ns().saturating_sub(held_before), Ordering::Relaxed);
+        self.callers.give_back(io);
+        c.read_ios.fetch_add(1, Ordering::Relaxed);
+        c.pages_read.fetch_add(1, Ordering::Relaxed);
+        c.caller_reads.fetch_add(1, Ordering::Relaxed);
+        // Closed or not, the reads that joined are answered (after shutdown none can join).
+        let joined = match self.dispatcher.lock().as_mut() {
+            Some(d) => d.end_caller_read(page, &joiners),
+            None => std::mem::take(&mut *joiners.lock()),
+        };
+        for j in joined {
+            j.send(result.clone());
+        }
+        result
     }
 
     /// Reads one page and sends the answer, with `tag`, on the caller's channel `done` — the
@@ -442,6 +544,7 @@ impl DiskScheduler {
         if let Some(dispatcher) = dispatcher {
             dispatcher.close().wake(&self.wakers);
         }
+        self.callers.close();
         let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
         let mut panicked = Vec::new();
         for t in threads {
@@ -484,6 +587,7 @@ impl DiskScheduler {
             pages_read: get(&c.pages_read),
             reads_joined: get(&c.reads_joined),
             reads_from_pending_writes: get(&c.reads_from_pending_writes),
+            caller_reads: get(&c.caller_reads),
             write_ios: get(&c.write_ios),
             syncs: get(&c.syncs),
             metadata_writes: get(&c.metadata_writes),

@@ -191,6 +191,8 @@ pub(crate) struct WorkerSetup {
     pub(crate) max_combine_pages: usize,
     pub(crate) poll_interval: Duration,
     pub(crate) counters: Arc<Counters>,
+    /// Writes sent to this worker and not finished: the dispatcher counts up, this counts down.
+    pub(crate) writes_out: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub(crate) struct Worker {
@@ -210,6 +212,7 @@ pub(crate) struct Worker {
     buffers: Option<BufferPool>,
     /// The backend buffers lent to answers callers hold.
     lender: Lender,
+    writes_out: Arc<std::sync::atomic::AtomicU64>,
 
     next_op: OpId,
     ops: IdMap<OpId, Op>,
@@ -260,6 +263,7 @@ impl Worker {
             counters: setup.counters,
             buffers,
             lender: Lender::new(max_in_flight, caps.registered_buffers),
+            writes_out: setup.writes_out,
             next_op: 0,
             ops: IdMap::default(),
             ready: VecDeque::new(),
@@ -746,6 +750,8 @@ impl Worker {
 
     fn finish_write(&mut self, w: WriteOp, result: std::result::Result<(), StorageIoError>) {
         bump(&self.counters.write_ios, 1);
+        // The write is in the file (or failed): reads need not wait for it on this worker.
+        self.writes_out.fetch_sub(1, Ordering::AcqRel);
         let page = PageId(w.page);
         let as_error = |source| SchedulerError::Io { page, source };
         if let Some(answer) = w.answer {
