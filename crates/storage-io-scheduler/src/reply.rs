@@ -87,16 +87,17 @@ impl Drop for PageAnswer {
     }
 }
 
-/// How long a lone blocking [`Reply::recv`] polls before it parks: about one uncached 4 KiB
-/// read on the disk this was measured on. `STORAGE_IO_SCHED_SPIN_US` overrides it (read once
-/// per process; 0 never spins).
+/// How long a lone blocking [`Reply::recv`] polls before it parks: by default not at all
+/// (measured both ways in docs/benchmarks.md: once requests no longer went through a
+/// dispatcher thread, the spin only took CPU from the worker). `STORAGE_IO_SCHED_SPIN_US`
+/// sets it (read once per process).
 fn spin_for() -> Duration {
     static SPIN: OnceLock<Duration> = OnceLock::new();
     *SPIN.get_or_init(|| {
         let us = std::env::var("STORAGE_IO_SCHED_SPIN_US")
             .ok()
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(100);
+            .unwrap_or(0);
         Duration::from_micros(us)
     })
 }
@@ -155,11 +156,13 @@ impl<T> Reply<T> {
     /// Blocks until the answer arrives. `Closed` if the scheduler went away without answering
     /// (it does not: shutdown answers everything it accepted) or the answer was already taken.
     ///
-    /// A caller that blocks while a CPU is left for the workers (fewer callers wait than the
-    /// machine has CPUs, at most two) first polls for up to 100 µs, about one uncached read
-    /// (`STORAGE_IO_SCHED_SPIN_US` sets it; 0 never spins): an answer that comes meanwhile then
-    /// costs no sleep and no cross-CPU wake-up. With more waiters it parks at once, leaving the
-    /// CPUs to the workers (docs/benchmarks.md has the figures both ways).
+    /// With `STORAGE_IO_SCHED_SPIN_US` set (default 0: it parks at once), a caller that blocks
+    /// while a CPU is left for the workers (fewer callers wait than the machine has CPUs, at
+    /// most two) first polls for up to that many microseconds: an answer that comes meanwhile
+    /// costs no sleep and no wake-up, for the CPU of the poll. On the 2-CPU test VM it lost
+    /// once the dispatcher ran on the caller (docs/benchmarks.md has the figures both ways). A
+    /// caller that only waits for one page does better with
+    /// [`DiskScheduler::read_blocking`](crate::DiskScheduler::read_blocking).
     pub fn recv(&self) -> Result<T> {
         let waiting = Waiting::enter();
         let spin = spin_for();
