@@ -219,17 +219,20 @@ impl Dispatcher {
 
     /// Decides where a blocking read of `page` runs: on the caller, when its worker has no
     /// write outstanding (so the file holds every write accepted before it) and no caller read
-    /// of the page is in flight; otherwise `answer` is dispatched as a plain read.
-    pub(crate) fn start_caller_read(&mut self, page: PageId, answer: PageAnswer) -> CallerStart {
+    /// of the page is in flight; otherwise a plain read is dispatched, answered to `answer()`.
+    pub(crate) fn start_caller_read(
+        &mut self,
+        page: PageId,
+        answer: impl FnOnce() -> PageAnswer,
+    ) -> CallerStart {
         let worker = self.worker_of(page.0);
         let clear = self.writes_out[worker].load(Ordering::Acquire) == 0;
         if clear && self.check_read(page).is_ok() && !self.caller_joinable.contains_key(&page.0) {
             let joiners = Joiners::default();
             self.caller_joinable.insert(page.0, Arc::clone(&joiners));
-            // `answer` is not needed: the caller gets its page from its own read.
-            drop(answer);
             return CallerStart::Mine(joiners);
         }
+        let answer = answer();
         CallerStart::Dispatched(self.dispatch(Request::Read { page, answer }))
     }
 

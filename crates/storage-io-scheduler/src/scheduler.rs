@@ -338,9 +338,15 @@ impl DiskScheduler {
         let Some(mut io) = self.callers.take() else {
             return self.schedule_read_shared(page).recv();
         };
-        let (answer, reply) = Reply::channel();
+        // The reply's channel is made only if the read goes the usual way.
+        let mut reply = None;
+        let answer = || {
+            let (answer, r) = Reply::channel();
+            reply = Some(r);
+            PageAnswer::shared(answer)
+        };
         let start = match self.dispatcher.lock().as_mut() {
-            Some(d) => d.start_caller_read(page, PageAnswer::shared(answer)),
+            Some(d) => d.start_caller_read(page, answer),
             None => {
                 self.callers.give_back(io);
                 return Err(SchedulerError::Closed);
@@ -351,7 +357,7 @@ impl DiskScheduler {
             CallerStart::Dispatched(wakes) => {
                 self.callers.give_back(io);
                 wakes.wake(&self.wakers);
-                return reply.recv();
+                return reply.map_or(Err(SchedulerError::Closed), |r| r.recv());
             }
         };
         let held_before = io.held_ns();
