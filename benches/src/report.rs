@@ -741,8 +741,11 @@ fn handoff_lines(rows: &[Row]) -> Vec<String> {
             floor.cpu_us_per_op - raw.cpu_us_per_op
         );
         for (w, who) in [
-            (Workload::SchedulerClientRead, "blocking clients"),
-            (Workload::SchedulerTaskRead, "async tasks"),
+            (
+                Workload::SchedulerClientRead,
+                "blocking clients (`read_blocking`: on their own threads, no hand-off)",
+            ),
+            (Workload::SchedulerTaskRead, "async tasks (through the worker)"),
         ] {
             if let Some(c) = rows.iter().find(|c| {
                 c.workload == w
@@ -761,6 +764,33 @@ fn handoff_lines(rows: &[Row]) -> Vec<String> {
         }
         line.push('.');
         out.push(line);
+        // The blocking clients' own peer: fio psync with as many jobs, each its own pread.
+        let clients = rows.iter().find(|c| {
+            c.workload == Workload::SchedulerClientRead && c.engine == "storage-io" && same(c, floor)
+        });
+        let psync = rows.iter().find(|f| {
+            f.workload == Workload::SchedulerClientRead
+                && f.engine == "fio"
+                && f.backend == "psync"
+                && f.io == floor.io
+                && f.qd == floor.qd
+        });
+        if let (Some(c), Some(f)) = (clients, psync) {
+            out.push(format!(
+                "- {} blocking clients, {} {}: {} fio psync with {} jobs (the blocking fallback: each \
+                 thread its own pread), {} the raw loop; CPU per read {:.1} µs against fio psync's \
+                 {:.1} and the raw loop's {:.1}.",
+                c.qd,
+                c.backend,
+                c.io,
+                ratio(c.iops, f.iops),
+                f.qd,
+                ratio(c.iops, raw.iops),
+                c.cpu_us_per_op,
+                f.cpu_us_per_op,
+                raw.cpu_us_per_op
+            ));
+        }
     }
     out
 }
@@ -1092,8 +1122,10 @@ mod tests {
         floor.workload = Workload::RawHandoffRead.name().into();
         let mut clients = row("storage-io", "uring", "direct", "uncached", 32, 63_000.0);
         clients.workload = Workload::SchedulerClientRead.name().into();
-        let lines = handoff_lines(&[raw, floor, clients]);
-        assert_eq!(lines.len(), 1, "{lines:?}");
+        let mut psync = row("fio", "psync", "direct", "uncached", 32, 90_000.0);
+        psync.workload = Workload::SchedulerClientRead.name().into();
+        let lines = handoff_lines(&[raw, floor, clients, psync]);
+        assert_eq!(lines.len(), 2, "{lines:?}");
         assert!(
             lines[0].contains("The hand-off floor, uring direct qd 32: 0.70×"),
             "{}",
@@ -1101,9 +1133,15 @@ mod tests {
         );
         assert!(lines[0].contains("137 µs more per read"), "{}", lines[0]);
         assert!(
-            lines[0].contains("32 blocking clients 0.90× of it"),
+            lines[0].contains("no hand-off) 0.90× of it"),
             "{}",
             lines[0]
         );
+        assert!(
+            lines[1].contains("32 blocking clients, uring direct: 0.70× fio psync with 32 jobs"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].contains("0.63× the raw loop"), "{}", lines[1]);
     }
 }
