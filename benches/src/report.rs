@@ -1132,11 +1132,7 @@ mod tests {
             lines[0]
         );
         assert!(lines[0].contains("137 µs more per read"), "{}", lines[0]);
-        assert!(
-            lines[0].contains("no hand-off) 0.90× of it"),
-            "{}",
-            lines[0]
-        );
+        assert!(lines[0].contains("no hand-off) 0.90× of it"), "{}", lines[0]);
         assert!(
             lines[1].contains("32 blocking clients, uring direct: 0.70× fio psync with 32 jobs"),
             "{}",

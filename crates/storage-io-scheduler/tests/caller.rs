@@ -9,9 +9,27 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use common::*;
 use storage_io_core::OpKind;
-use storage_io_scheduler::{PageId, SchedulerConfig, SchedulerError};
+use storage_io_scheduler::{DiskScheduler, PageId, SchedulerConfig, SchedulerError};
 use storage_io_testkit::gated::Gate;
 use storage_io_testkit::memio::MemFs;
+
+/// Starts `read_blocking(page)` on a thread of its own and returns once its read is submitted
+/// (held there while `gate` is closed).
+fn held_caller_read(
+    gate: &Gate,
+    sched: &Arc<DiskScheduler>,
+    page: PageId,
+) -> std::thread::JoinHandle<storage_io_scheduler::Result<bytes::Bytes>> {
+    let submitted = gate.submitted();
+    let reader = {
+        let sched = Arc::clone(sched);
+        std::thread::spawn(move || sched.read_blocking(page))
+    };
+    wait_until("the caller's read to be submitted", || {
+        gate.submitted() > submitted
+    });
+    reader
+}
 
 #[test]
 fn a_blocking_read_runs_on_the_caller_and_reads_of_the_page_meanwhile_join_it() {
@@ -22,21 +40,14 @@ fn a_blocking_read_runs_on_the_caller_and_reads_of_the_page_meanwhile_join_it() 
     let before = sched.stats();
 
     gate.close();
-    let submitted = gate.submitted();
-    let reader = {
-        let sched = Arc::clone(&sched);
-        std::thread::spawn(move || sched.read_blocking(page).unwrap())
-    };
-    wait_until("the caller's read to be submitted", || {
-        gate.submitted() > submitted
-    });
+    let reader = held_caller_read(&gate, &sched, page);
     let joined: Vec<_> = (0..3).map(|_| sched.schedule_read_shared(page)).collect();
     let owned = sched.schedule_read(page);
     assert_eq!(sched.stats().reads_joined - before.reads_joined, 4);
     assert!(!reader.is_finished(), "answered while its completion was held");
     gate.open();
 
-    let mine = reader.join().unwrap();
+    let mine = reader.join().unwrap().unwrap();
     assert_eq!(stamp(&mine), (page.0, 4));
     for r in joined {
         let got = r.recv().unwrap();
@@ -85,21 +96,14 @@ fn a_read_scheduled_after_a_write_never_joins_an_older_blocking_read() {
     sched.schedule_write(page, page_bytes(page, 1)).recv().unwrap();
 
     gate.close();
-    let submitted = gate.submitted();
-    let reader = {
-        let sched = Arc::clone(&sched);
-        std::thread::spawn(move || sched.read_blocking(page).unwrap())
-    };
-    wait_until("the caller's read to be submitted", || {
-        gate.submitted() > submitted
-    });
+    let reader = held_caller_read(&gate, &sched, page);
     let before = sched.stats();
     sched.schedule_write(page, page_bytes(page, 2)).recv().unwrap();
     let newer = sched.schedule_read_shared(page);
     assert_eq!(sched.stats().reads_joined, before.reads_joined);
     gate.open();
     assert_eq!(stamp(&newer.recv().unwrap()), (page.0, 2));
-    reader.join().unwrap();
+    reader.join().unwrap().unwrap();
 }
 
 #[test]
@@ -205,14 +209,7 @@ fn shutdown_with_a_blocking_read_in_flight_still_answers_the_reads_that_joined_i
     sched.schedule_write(page, page_bytes(page, 8)).recv().unwrap();
 
     gate.close();
-    let submitted = gate.submitted();
-    let reader = {
-        let sched = Arc::clone(&sched);
-        std::thread::spawn(move || sched.read_blocking(page))
-    };
-    wait_until("the caller's read to be submitted", || {
-        gate.submitted() > submitted
-    });
+    let reader = held_caller_read(&gate, &sched, page);
     let joined = sched.schedule_read_shared(page);
     sched.shutdown().unwrap();
     gate.open();

@@ -11,6 +11,16 @@ use storage_io_core::{BackendFactory, IoConfig, StorageIo};
 use storage_io_scheduler::{DiskScheduler, PageId, SchedulerConfig};
 use storage_io_uring::{UringStorageIo, usable_or_skip};
 
+/// io_uring backends built with `config`, with reads always through the ring: the pages the
+/// tests read were just written, and must not be answered from the page cache at submit.
+fn uring_factory(config: IoConfig) -> BackendFactory {
+    let config = IoConfig {
+        nowait_reads: false,
+        ..config
+    };
+    Arc::new(move |_| Ok(Box::new(UringStorageIo::new(&config)?) as Box<dyn StorageIo>))
+}
+
 #[test]
 fn backend_submit_calls_of_the_workers_reach_the_scheduler_stats() {
     if !usable_or_skip("backend_submit_calls_of_the_workers_reach_the_scheduler_stats") {
@@ -19,15 +29,10 @@ fn backend_submit_calls_of_the_workers_reach_the_scheduler_stats() {
     let dir = real_dir("sched-uring");
     // submit_batch 1 (the default): a read is handed to the kernel by a submit-only system call
     // as soon as a second one is queued behind it.
-    let factory: BackendFactory = Arc::new(|_| {
-        let io = UringStorageIo::new(&IoConfig {
-            queue_depth: 32,
-            submit_batch: 1,
-            // The pages were just written: their reads must go through the ring, not the cache.
-            nowait_reads: false,
-            ..IoConfig::default()
-        })?;
-        Ok(Box::new(io) as Box<dyn StorageIo>)
+    let factory = uring_factory(IoConfig {
+        queue_depth: 32,
+        submit_batch: 1,
+        ..IoConfig::default()
     });
     let config = SchedulerConfig {
         workers: 1,
@@ -65,14 +70,10 @@ fn shared_reads_lend_registered_buffers_up_to_the_queue_depth_and_get_them_back(
     }
     let dir = real_dir("sched-lend");
     const QD: usize = 8;
-    let factory: BackendFactory = Arc::new(|_| {
-        let io = UringStorageIo::new(&IoConfig {
-            queue_depth: 64,
-            fixed_buffers: true,
-            nowait_reads: false,
-            ..IoConfig::default()
-        })?;
-        Ok(Box::new(io) as Box<dyn StorageIo>)
+    let factory = uring_factory(IoConfig {
+        queue_depth: 64,
+        fixed_buffers: true,
+        ..IoConfig::default()
     });
     let config = SchedulerConfig {
         workers: 1,
