@@ -173,6 +173,35 @@ pub trait StorageIo: Send {
     /// in the completion.
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>>;
 
+    /// Writes `data` at `offset`, keeping `data` itself (a reference count, not a copy) until
+    /// the write completes where the backend can: for shared, immutable pages such as a
+    /// scheduler's, which stay alive anyway. Bytes at an address the file's direct I/O cannot
+    /// take are copied into aligned memory first, never refused for their address (offset and
+    /// length must still suit the file). The io_uring backend writes from `data` in place; the
+    /// default hands it to [`submit_write`](StorageIo::submit_write).
+    ///
+    /// ```
+    /// use storage_io_core::StorageIo;
+    ///
+    /// fn write_page(io: &mut dyn StorageIo, fd: storage_io_core::IoFd, page: bytes::Bytes) -> storage_io_core::Result<()> {
+    ///     io.submit_write_bytes(fd, page, 0)?;
+    ///     let mut done = Vec::new();
+    ///     io.wait_completions(&mut done, 1, None)?;
+    ///     done.pop().map_or(Ok(0), |c| c.result).map(drop)
+    /// }
+    /// # let _ = write_page;
+    /// ```
+    fn submit_write_bytes(&mut self, fd: IoFd, data: bytes::Bytes, offset: u64) -> Result<IoToken> {
+        if (data.as_ptr() as usize).is_multiple_of(crate::DEFAULT_ALIGNMENT) {
+            return self.submit_write(fd, &data, offset);
+        }
+        // Not every backend copies a write into aligned memory itself (the inline one writes
+        // from the caller's memory): an unaligned address gets an aligned copy here.
+        let copy = AlignedBuf::from_slice(&data, crate::DEFAULT_ALIGNMENT)?;
+        self.submit_write_buf(fd, copy.into(), offset)
+            .map_err(|e| e.error)
+    }
+
     /// Writes a copy of `data` at the file's append cursor (see the trait docs).
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken>;
 
@@ -294,6 +323,9 @@ impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     }
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
         (**self).submit_write_buf(fd, buf, offset)
+    }
+    fn submit_write_bytes(&mut self, fd: IoFd, data: bytes::Bytes, offset: u64) -> Result<IoToken> {
+        (**self).submit_write_bytes(fd, data, offset)
     }
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
         (**self).submit_append(fd, data)

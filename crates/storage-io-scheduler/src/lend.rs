@@ -98,15 +98,6 @@ impl AsRef<[u8]> for PageBuf {
     }
 }
 
-/// What an aligned copy's [`Bytes`] owns.
-struct Aligned(AlignedBuf);
-
-impl AsRef<[u8]> for Aligned {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 /// A copy of `data` in memory aligned for direct I/O ([`DEFAULT_ALIGNMENT`]), as [`Bytes`].
 ///
 /// A page handed to [`DiskScheduler::schedule_write`](crate::DiskScheduler::schedule_write)
@@ -121,7 +112,7 @@ impl AsRef<[u8]> for Aligned {
 /// ```
 pub fn aligned_bytes(data: &[u8]) -> Bytes {
     match AlignedBuf::from_slice(data, DEFAULT_ALIGNMENT) {
-        Ok(buf) => Bytes::from_owner(Aligned(buf)),
+        Ok(buf) => Bytes::from_owner(buf),
         // Out of memory for an aligned copy: an ordinary one still works (the worker aligns it).
         Err(_) => Bytes::copy_from_slice(data),
     }

@@ -591,7 +591,10 @@ impl Worker {
             }
             Some(Op::Write(w)) => {
                 if (w.data.as_ptr() as usize).is_multiple_of(DEFAULT_ALIGNMENT) {
-                    self.io.submit_write(self.data_fd, &w.data, w.page * ps)
+                    // An aligned page goes to the backend as it is: the write keeps a reference
+                    // to the caller's bytes (io_uring writes from them in place).
+                    self.io
+                        .submit_write_bytes(self.data_fd, w.data.clone(), w.page * ps)
                 } else {
                     // Direct I/O needs an aligned source: stage the page in an aligned buffer
                     // that moves into the backend and comes back with the completion.

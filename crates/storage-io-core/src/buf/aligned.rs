@@ -185,6 +185,14 @@ impl DerefMut for AlignedBuf {
     }
 }
 
+/// So an `AlignedBuf` can own the memory of a `bytes::Bytes` (`Bytes::from_owner`): an aligned
+/// page shared without a copy.
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl fmt::Debug for AlignedBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AlignedBuf")

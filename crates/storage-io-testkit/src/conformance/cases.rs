@@ -32,6 +32,32 @@ pub(super) fn read_after_write(ctx: &mut Ctx<'_>) {
     assert_eq!(io.file_len(fd).expect("file_len"), 20_001);
 }
 
+pub(super) fn write_bytes_matches_a_copied_write(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let (fd, _) = ctx.create(io.as_mut(), "write-bytes");
+    let whole = bytes::Bytes::from(pattern(8, 10_000));
+    io.submit_write_bytes(fd, whole.clone(), 0)
+        .expect("write shared bytes");
+    // A slice at an odd address, length and offset (a buffered file takes any).
+    let part = whole.slice(3..1003);
+    io.submit_write_bytes(fd, part.clone(), 20_001)
+        .expect("write a slice of shared bytes");
+    for c in drain(io.as_mut()) {
+        assert_eq!(
+            ok_bytes(&c),
+            c.len_requested,
+            "a shared write is never short on success"
+        );
+    }
+    assert_eq!(read_back(io.as_mut(), fd, 0, whole.len()), &whole[..]);
+    assert_eq!(read_back(io.as_mut(), fd, 20_001, part.len()), &part[..]);
+    assert_eq!(
+        &whole[..],
+        &pattern(8, 10_000)[..],
+        "the caller's bytes are untouched"
+    );
+}
+
 pub(super) fn unique_tokens_across_op_kinds(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "tokens");
@@ -380,6 +406,32 @@ pub(super) fn direct_io_alignment_is_enforced(ctx: &mut Ctx<'_>) {
         .expect("an aligned copied direct write is accepted");
     let done = drain(io.as_mut());
     ok_bytes(&done[0]);
+    // Shared bytes: aligned ones are written (in place where the backend can), ones at an
+    // unaligned address are copied into aligned memory first, never refused.
+    let mut page = aligned();
+    page.copy_from_slice(&pattern(6, 4096));
+    io.submit_write_bytes(fd, bytes::Bytes::from_owner(page), 12_288)
+        .expect("aligned shared bytes are accepted for a direct write");
+    let mut wide = AlignedBuf::page_aligned(8192).expect("aligned buffer");
+    wide[1..4097].copy_from_slice(&pattern(7, 4096));
+    let shifted = bytes::Bytes::from_owner(wide).slice(1..4097);
+    io.submit_write_bytes(fd, shifted, 16_384)
+        .expect("shared bytes at an unaligned address are copied, not refused");
+    for c in drain(io.as_mut()) {
+        assert_eq!(ok_bytes(&c), 4096, "a shared direct write is whole");
+    }
+    for (offset, seed) in [(12_288u64, 6), (16_384, 7)] {
+        io.submit_read(fd, aligned().into(), offset)
+            .map_err(|e| e.error)
+            .expect("read back a shared write");
+        let c = drain(io.as_mut()).pop().expect("its completion");
+        assert_eq!(ok_bytes(&c), 4096);
+        let got = c.buf.expect("a read hands its buffer back");
+        assert!(
+            got.as_slice() == pattern(seed, 4096).as_slice(),
+            "the shared write at {offset} read back wrong"
+        );
+    }
     // Misaligned offset, length and buffer address are each refused with the buffer back.
     let mut odd_len = aligned();
     odd_len.truncate(1000);

@@ -142,6 +142,7 @@ macro_rules! conformance_tests {
     (@list $($then:tt)*) => {
         $crate::conformance_tests!(@ $($then)* ;
             read_after_write,
+            write_bytes_matches_a_copied_write,
             unique_tokens_across_op_kinds,
             write_datasync_returns_buffers_and_drains,
             datasync_completes_after_earlier_writes,

@@ -137,6 +137,10 @@ impl StorageIo for UringStorageIo {
         Ok(token)
     }
 
+    fn submit_write_bytes(&mut self, fd: IoFd, data: bytes::Bytes, offset: u64) -> Result<IoToken> {
+        self.shared_write(fd, data, offset)
+    }
+
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
         self.copied_write(fd, data, None)
     }

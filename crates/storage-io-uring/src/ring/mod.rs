@@ -77,6 +77,9 @@ enum Payload {
     WriteOwned(IoBuf),
     /// A copied write, staged in a registered buffer or in backend heap memory (recycled).
     WriteStaged(AlignedBuf),
+    /// A write straight from the caller's shared bytes, kept alive by this reference until the
+    /// completion is reaped.
+    WriteShared(bytes::Bytes),
     /// datasync or fsync.
     Sync,
 }

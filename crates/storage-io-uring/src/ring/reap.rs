@@ -262,7 +262,7 @@ impl UringStorageIo {
                 }
                 None
             }
-            Payload::Sync | Payload::None => None,
+            Payload::WriteShared(_) | Payload::Sync | Payload::None => None,
         };
         self.stats
             .record_complete(op, result.as_ref().map(|&n| n).map_err(|_| ()), started.elapsed());

@@ -201,6 +201,13 @@ impl UringStorageIo {
                 let ptr = unsafe { buf.as_ptr().add(done) };
                 write_from!(ptr, index)
             }
+            Payload::WriteShared(data) => {
+                // SAFETY: done <= len == data.len(), so the pointer stays inside the bytes. The
+                // slot holds a reference to them until the completion is reaped, and `Bytes`
+                // memory never moves or changes while any reference lives.
+                let ptr = unsafe { data.as_ptr().add(done) };
+                write_from!(ptr, None::<u16>)
+            }
             Payload::Sync => {
                 let flags = if slot.op == OpKind::Fsync {
                     types::FsyncFlags::empty()
@@ -243,6 +250,19 @@ impl UringStorageIo {
         let f = self.files.get_mut(fd)?;
         let (op, offset) = plan_write(&mut f.append_cursor, f.align, offset, data, max)?;
         Ok((op, offset))
+    }
+
+    /// A write from `data` in place (`WriteShared`); copied instead when the file's direct I/O
+    /// cannot take its address.
+    pub(super) fn shared_write(&mut self, fd: IoFd, data: bytes::Bytes, offset: u64) -> Result<IoToken> {
+        let align = self.files.get(fd)?.align.unwrap_or(1);
+        if !(data.as_ptr() as usize).is_multiple_of(align) {
+            return self.copied_write(fd, &data, Some(offset));
+        }
+        let (op, offset) = self.write_checked(fd, &data, Some(offset))?;
+        let len = data.len();
+        self.start(fd, op, offset, len, 0, Payload::WriteShared(data))
+            .map_err(|(e, _)| e)
     }
 
     pub(super) fn copied_write(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<IoToken> {
