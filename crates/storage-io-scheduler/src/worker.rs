@@ -120,7 +120,11 @@ type OpId = u64;
 struct ReadOp {
     first: u64,
     /// Waiters of each page of the run, by position.
-    waiters: Vec<Vec<Waiter>>,
+    /// Pages in the run.
+    pages: u64,
+    /// Who waits for which page of the run (its position), in arrival order: one list for the
+    /// whole run, so a one-page read costs one allocation.
+    waiters: Vec<(u32, Waiter)>,
     /// The loan of the backend buffer the read went into, if it is one (set at submit).
     loan: Option<Loan>,
 }
@@ -382,7 +386,7 @@ impl Worker {
         match msg {
             WorkerMsg::Read { page, answer } => {
                 if let Some(waiter) = self.join_or_answer(page, Waiter::Single(answer)) {
-                    self.start_read(page, vec![vec![waiter]]);
+                    self.start_read(page, 1, vec![(0, waiter)]);
                 }
             }
             WorkerMsg::Batch { batch, items } => {
@@ -417,20 +421,22 @@ impl Worker {
         }
         // Adjacent pages become one read of up to max_combine pages (the dispatcher routes
         // whole extents of that many pages to one worker, and sizes batches accordingly).
-        let mut run: Vec<Vec<Waiter>> = Vec::new();
-        let mut run_first = 0u64;
-        let max_run = self.max_combine_pages;
+        let mut run: Vec<(u32, Waiter)> = Vec::new();
+        let (mut run_first, mut run_len) = (0u64, 0u64);
+        let max_run = self.max_combine_pages as u64;
         for (page, waiters) in need {
-            if !run.is_empty() && (page != run_first + run.len() as u64 || run.len() == max_run) {
-                self.start_read(run_first, std::mem::take(&mut run));
+            if run_len > 0 && (page != run_first + run_len || run_len == max_run) {
+                self.start_read(run_first, run_len, std::mem::take(&mut run));
+                run_len = 0;
             }
-            if run.is_empty() {
+            if run_len == 0 {
                 run_first = page;
             }
-            run.push(waiters);
+            run.extend(waiters.into_iter().map(|w| (run_len as u32, w)));
+            run_len += 1;
         }
-        if !run.is_empty() {
-            self.start_read(run_first, run);
+        if run_len > 0 {
+            self.start_read(run_first, run_len, run);
         }
     }
 
@@ -446,20 +452,20 @@ impl Worker {
             && let Some(Op::Read(read)) = self.ops.get_mut(&op)
         {
             bump(&self.counters.reads_joined, 1);
-            read.waiters[(page - read.first) as usize].push(waiter);
+            read.waiters.push(((page - read.first) as u32, waiter));
             return None;
         }
         Some(waiter)
     }
 
-    fn start_read(&mut self, first: u64, waiters: Vec<Vec<Waiter>>) {
-        let count = waiters.len() as u64;
+    fn start_read(&mut self, first: u64, pages: u64, waiters: Vec<(u32, Waiter)>) {
         let id = self.new_op(Op::Read(ReadOp {
             first,
+            pages,
             waiters,
             loan: None,
         }));
-        for page in first..first + count {
+        for page in first..first + pages {
             self.joinable.insert(page, id);
         }
         self.ready.push_back(id);
@@ -571,7 +577,7 @@ impl Worker {
         let ps = self.page_size as u64;
         let submitted = match self.ops.get(&id) {
             Some(Op::Read(read)) => {
-                let len = read.waiters.len() * self.page_size;
+                let len = read.pages as usize * self.page_size;
                 let offset = read.first * ps;
                 let pool = self.buffers.as_ref();
                 let fallback = || pool.and_then(|p| p.acquire(len).ok());
@@ -716,7 +722,7 @@ impl Worker {
         result: std::result::Result<usize, StorageIoError>,
         buf: Option<IoBuf>,
     ) {
-        let count = read.waiters.len() as u64;
+        let count = read.pages;
         for page in read.first..read.first + count {
             if self.joinable.get(&page) == Some(&id) {
                 self.joinable.remove(&page);
@@ -729,23 +735,19 @@ impl Worker {
             Ok(n) => {
                 // Every page of the run is a slice of the one buffer the read landed in, and
                 // every waiter of a page shares it (a caller that wants its own copy makes it).
-                let len = read.waiters.len() * ps;
+                let len = count as usize * ps;
                 let data = lend::freeze(buf, n, len, read.loan);
-                for (i, waiters) in read.waiters.into_iter().enumerate() {
-                    let page = data.slice(i * ps..(i + 1) * ps);
-                    for w in waiters {
-                        w.send(Ok(page.clone()));
-                    }
+                for (i, w) in read.waiters {
+                    let i = i as usize;
+                    w.send(Ok(data.slice(i * ps..(i + 1) * ps)));
                 }
             }
             Err(source) => {
-                for (i, waiters) in read.waiters.into_iter().enumerate() {
-                    for w in waiters {
-                        w.send(Err(SchedulerError::Io {
-                            page: PageId(read.first + i as u64),
-                            source: source.clone(),
-                        }));
-                    }
+                for (i, w) in read.waiters {
+                    w.send(Err(SchedulerError::Io {
+                        page: PageId(read.first + u64::from(i)),
+                        source: source.clone(),
+                    }));
                 }
             }
         }
