@@ -360,6 +360,14 @@ impl DiskScheduler {
                 return reply.map_or(Err(SchedulerError::Closed), |r| r.recv());
             }
         };
+        // Whatever happens from here (even a panic in the backend), the reads that joined are
+        // answered and the page is open to new reads again.
+        let mut ending = CallerReadEnd {
+            sched: self,
+            page,
+            joiners,
+            result: None,
+        };
         let held_before = io.held_ns();
         let result = io.read(page, self.config.page_size);
         let c = &self.counters;
@@ -369,14 +377,8 @@ impl DiskScheduler {
         c.read_ios.fetch_add(1, Ordering::Relaxed);
         c.pages_read.fetch_add(1, Ordering::Relaxed);
         c.caller_reads.fetch_add(1, Ordering::Relaxed);
-        // Closed or not, the reads that joined are answered (after shutdown none can join).
-        let joined = match self.dispatcher.lock().as_mut() {
-            Some(d) => d.end_caller_read(page, &joiners),
-            None => std::mem::take(&mut *joiners.lock()),
-        };
-        for j in joined {
-            j.send(result.clone());
-        }
+        ending.result = Some(result.clone());
+        drop(ending);
         result
     }
 
@@ -602,6 +604,33 @@ impl DiskScheduler {
             backend_submit_calls: get(&c.backend_submit_calls),
             backend_submit_call_ns: get(&c.backend_submit_call_ns),
             lent_buffers: self.lent.iter().map(|l| l.load(Ordering::Relaxed) as u64).sum(),
+        }
+    }
+}
+
+/// The end of a read on the caller's thread: closes the page to new joiners and answers the
+/// reads that joined, with the read's result, or (if the reading thread panicked) an error.
+struct CallerReadEnd<'a> {
+    sched: &'a DiskScheduler,
+    page: PageId,
+    joiners: crate::caller::Joiners,
+    result: Option<Result<Bytes>>,
+}
+
+impl Drop for CallerReadEnd<'_> {
+    fn drop(&mut self) {
+        // Closed or not, the reads that joined are answered (after shutdown none can join).
+        let joined = match self.sched.dispatcher.lock().as_mut() {
+            Some(d) => d.end_caller_read(self.page, &self.joiners),
+            None => std::mem::take(&mut *self.joiners.lock()),
+        };
+        let result = self.result.take().unwrap_or_else(|| {
+            Err(SchedulerError::Worker(
+                "the thread reading this page for the caller panicked".into(),
+            ))
+        });
+        for j in joined {
+            j.send(result.clone());
         }
     }
 }

@@ -220,3 +220,42 @@ fn shutdown_with_a_blocking_read_in_flight_still_answers_the_reads_that_joined_i
         "accepted before shutdown"
     );
 }
+
+#[test]
+fn a_failed_blocking_read_gives_its_error_to_the_reads_that_joined_it() {
+    use storage_io_core::{BackendFactory, StorageIo};
+    use storage_io_testkit::faulty::{Fault, FaultPlan, FaultyIo};
+    use storage_io_testkit::gated::GatedIo;
+    let fs = MemFs::new(28);
+    let gate = Gate::new();
+    gate.open();
+    // The workers read fine; the caller backends' reads fail with EIO, held at the gate.
+    let callers: BackendFactory = {
+        let (fs, gate) = (fs.clone(), gate.clone());
+        Arc::new(move |_| {
+            let faulty = FaultyIo::new(
+                fs.backend(),
+                FaultPlan::new(1).fail_from_nth(OpKind::Read, 0, Fault::Eio),
+            );
+            Ok(Box::new(GatedIo::new(faulty, gate.clone(), &[OpKind::Read])) as Box<dyn StorageIo>)
+        })
+    };
+    let sched = Arc::new(
+        DiskScheduler::open_with_caller_backends(DIR, config(1), mem_factory(&fs), callers).unwrap(),
+    );
+    let page = allocate(&sched, 1)[0];
+    sched.schedule_write(page, page_bytes(page, 1)).recv().unwrap();
+
+    gate.close();
+    let reader = held_caller_read(&gate, &sched, page);
+    let joined = sched.schedule_read_shared(page);
+    gate.open();
+    let is_eio = |r: storage_io_scheduler::Result<bytes::Bytes>| matches!(r, Err(SchedulerError::Io { page: p, .. }) if p == page);
+    assert!(is_eio(reader.join().unwrap()), "the caller gets its read's error");
+    assert!(is_eio(joined.recv()), "and so does the read that joined it");
+    // The page is open again: a later read through a worker succeeds.
+    assert_eq!(
+        stamp(&sched.schedule_read_shared(page).recv().unwrap()),
+        (page.0, 1)
+    );
+}
