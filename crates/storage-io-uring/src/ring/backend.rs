@@ -138,7 +138,13 @@ impl StorageIo for UringStorageIo {
     }
 
     fn submit_write_bytes(&mut self, fd: IoFd, data: bytes::Bytes, offset: u64) -> Result<IoToken> {
-        self.shared_write(fd, data, offset)
+        if self.address_fits(fd, data.as_ptr() as usize)? {
+            return self.shared_write(fd, data, offset);
+        }
+        // O_DIRECT refuses the address (a copied write checks it too): an aligned copy, owned.
+        let copy = AlignedBuf::from_slice(&data, storage_io_core::DEFAULT_ALIGNMENT)?;
+        self.submit_write_buf(fd, copy.into(), offset)
+            .map_err(|e| e.error)
     }
 
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {

@@ -252,13 +252,15 @@ impl UringStorageIo {
         Ok((op, offset))
     }
 
-    /// A write from `data` in place (`WriteShared`); copied instead when the file's direct I/O
-    /// cannot take its address.
-    pub(super) fn shared_write(&mut self, fd: IoFd, data: bytes::Bytes, offset: u64) -> Result<IoToken> {
+    /// Whether the file's direct I/O takes memory at `addr` (any address for a buffered file).
+    pub(super) fn address_fits(&self, fd: IoFd, addr: usize) -> Result<bool> {
         let align = self.files.get(fd)?.align.unwrap_or(1);
-        if !(data.as_ptr() as usize).is_multiple_of(align) {
-            return self.copied_write(fd, &data, Some(offset));
-        }
+        Ok(addr.is_multiple_of(align))
+    }
+
+    /// A write from `data` in place (`WriteShared`): the caller checked that the file takes its
+    /// address.
+    pub(super) fn shared_write(&mut self, fd: IoFd, data: bytes::Bytes, offset: u64) -> Result<IoToken> {
         let (op, offset) = self.write_checked(fd, &data, Some(offset))?;
         let len = data.len();
         self.start(fd, op, offset, len, 0, Payload::WriteShared(data))
