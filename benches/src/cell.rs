@@ -42,6 +42,11 @@ pub enum Workload {
     /// `qd` client threads and its completion handed back to it over a channel: the least a
     /// dispatcher/worker design pays per read on this machine.
     RawHandoffRead,
+    /// `raw_tagged_handoff_read`: the raw backend loop on one thread serving one client thread
+    /// that keeps `qd` reads outstanding over channels and sends its refills together: the
+    /// least a worker thread costs a client with many reads in flight (the peer of
+    /// `scheduler_rand_read`).
+    RawTaggedHandoffRead,
     /// `segment_append`: appends and a sync through the async file API (`segment.rs`).
     SegmentAppend,
     /// `segment_read`: a sequential consumer through the async file API.
@@ -50,7 +55,7 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in the order the driver runs them.
-    pub const ALL: [Workload; 14] = [
+    pub const ALL: [Workload; 15] = [
         Workload::SeqRead,
         Workload::RandRead,
         Workload::RandWrite,
@@ -63,6 +68,7 @@ impl Workload {
         Workload::SchedulerClientRead,
         Workload::SchedulerTaskRead,
         Workload::RawHandoffRead,
+        Workload::RawTaggedHandoffRead,
         Workload::SegmentAppend,
         Workload::SegmentRead,
     ];
@@ -82,6 +88,7 @@ impl Workload {
             Workload::SchedulerClientRead => "scheduler_client_read",
             Workload::SchedulerTaskRead => "scheduler_task_read",
             Workload::RawHandoffRead => "raw_handoff_read",
+            Workload::RawTaggedHandoffRead => "raw_tagged_handoff_read",
             Workload::SegmentAppend => "segment_append",
             Workload::SegmentRead => "segment_read",
         }
@@ -107,8 +114,8 @@ impl PartialEq<Workload> for String {
 }
 
 /// Every workload's name.
-pub const WORKLOADS: [&str; 14] = {
-    let mut names = [""; 14];
+pub const WORKLOADS: [&str; 15] = {
+    let mut names = [""; 15];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();

@@ -716,6 +716,30 @@ fn handoff_lines(rows: &[Row]) -> Vec<String> {
             && a.block_size == b.block_size
     };
     let mut out = Vec::new();
+    // The one-client floor: the worker thread's cost to a client with many reads in flight.
+    for floor in rows
+        .iter()
+        .filter(|r| r.engine == "storage-io" && r.workload == Workload::RawTaggedHandoffRead)
+    {
+        let find = |w: Workload| rows.iter().find(|p| p.workload == w && same(p, floor));
+        let (Some(raw), Some(sched)) = (find(Workload::RandRead), find(Workload::SchedulerRandRead)) else {
+            continue;
+        };
+        out.push(format!(
+            "- The tagged hand-off, {} {} qd {}: one client thread with {} reads outstanding, served \
+             by the raw loop on another, {} the raw loop's IOPS at {:.1} µs CPU per read against \
+             {:.1}; the scheduler's tagged client (`scheduler_rand_read`) {} of it at {:.1} µs.",
+            floor.backend,
+            floor.io,
+            floor.qd,
+            floor.qd,
+            ratio(floor.iops, raw.iops),
+            floor.cpu_us_per_op,
+            raw.cpu_us_per_op,
+            ratio(sched.iops, floor.iops),
+            sched.cpu_us_per_op
+        ));
+    }
     for floor in rows
         .iter()
         .filter(|r| r.engine == "storage-io" && r.workload == Workload::RawHandoffRead)
@@ -1139,5 +1163,37 @@ mod tests {
             lines[1]
         );
         assert!(lines[1].contains("0.63× the raw loop"), "{}", lines[1]);
+    }
+
+    #[test]
+    fn guidance_puts_the_tagged_client_beside_the_tagged_hand_off() {
+        use crate::cell::Workload;
+        let cell = |w: Workload, iops: f64, cpu: f64| {
+            let mut r = row("storage-io", "uring", "direct", "uncached", 32, iops);
+            r.workload = w.name().into();
+            r.cpu_us_per_op = cpu;
+            r
+        };
+        let lines = handoff_lines(&[
+            cell(Workload::RandRead, 100_000.0, 3.0),
+            cell(Workload::RawTaggedHandoffRead, 90_000.0, 4.5),
+            cell(Workload::SchedulerRandRead, 81_000.0, 5.0),
+        ]);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("The tagged hand-off, uring direct qd 32"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("0.90× the raw loop's IOPS at 4.5 µs"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("`scheduler_rand_read`) 0.90× of it at 5.0 µs"),
+            "{}",
+            lines[0]
+        );
     }
 }

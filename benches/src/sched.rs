@@ -21,6 +21,9 @@
 //!   hands each completion to its client thread over a channel, which sends its next request
 //!   back: two cross-thread hand-offs per read and nothing else, the floor under any
 //!   dispatcher/worker design on the machine at hand.
+//! - `raw_tagged_handoff_read`: the same raw loop serving one client thread that keeps `qd`
+//!   reads outstanding, takes every answer that has arrived and sends their refills together:
+//!   the two-thread structure of `scheduler_rand_read` with nothing of the scheduler in it.
 //!
 //! The scheduler runs with its default worker count, max(1, cores / 2), unless
 //! `--sched-workers` sets one; each worker owns one backend, and the series label names the
@@ -57,6 +60,7 @@ pub fn runs(workload: Workload) -> bool {
             | Workload::SchedulerClientRead
             | Workload::SchedulerTaskRead
             | Workload::RawHandoffRead
+            | Workload::RawTaggedHandoffRead
     )
 }
 
@@ -64,7 +68,8 @@ pub fn runs(workload: Workload) -> bool {
 pub fn run_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
     match cell.workload {
         Workload::RawRoundRead => run_raw_round_cell(file, cell, stop),
-        Workload::RawHandoffRead => run_handoff_cell(file, cell, stop),
+        Workload::RawHandoffRead => run_handoff_cell(file, cell, stop, false),
+        Workload::RawTaggedHandoffRead => run_handoff_cell(file, cell, stop, true),
         _ => run_scheduler_cell(file, cell, stop),
     }
 }
@@ -316,9 +321,14 @@ fn blocking_clients(
     })
 }
 
+/// An answer from the raw loop of the hand-off cells: the slot (the tag) and the result.
+type SlotAnswer = (usize, Result<(), String>);
+
 /// `raw_handoff_read`: `qd` client threads ask a raw backend loop on this thread for random
 /// reads over a channel and wait for the answer on one of their own, one read each at a time.
-fn run_handoff_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
+/// `raw_tagged_handoff_read` (`tagged`): one client thread keeps `qd` reads outstanding, as
+/// `scheduler_rand_read`'s client does, with every answer on one channel.
+fn run_handoff_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool, tagged: bool) -> Result<Row> {
     let qd = cell.qd.max(1);
     let opened = open_file(file, &OpenOptions::default().with_direct(cell.direct))?;
     let mut io = make_backend(cell.backend, qd)?;
@@ -326,8 +336,13 @@ fn run_handoff_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result
     let pages = (cell.size / cell.block as u64).max(1);
     let waker = io.wait_waker();
     let (requests, asked) = flume::unbounded::<(usize, PageId)>();
-    let (answer_to, answers): (Vec<_>, Vec<_>) =
-        (0..qd).map(|_| flume::bounded::<Result<(), String>>(1)).unzip();
+    // Where each slot's answer goes: a channel per client thread, or one for the tagged client.
+    let (answer_to, answers): (Vec<_>, Vec<_>) = if tagged {
+        let (tx, rx) = flume::unbounded::<SlotAnswer>();
+        (vec![tx; qd], vec![rx])
+    } else {
+        (0..qd).map(|_| flume::bounded::<SlotAnswer>(1)).unzip()
+    };
     let cpu0 = cpu_time();
     let t0 = Instant::now();
     let deadline = t0 + cell.duration;
@@ -338,23 +353,8 @@ fn run_handoff_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result
             .enumerate()
             .map(|(c, answer)| {
                 let (requests, halt, waker) = (requests.clone(), &halt, waker.clone());
-                s.spawn(move || -> Result<(u64, Histogram<u64>)> {
-                    let mut rng =
-                        XorShift::new(0x2545_F491_4F6C_DD1D ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9));
-                    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-                    let mut n = 0;
-                    while !halt.load(Ordering::Relaxed) {
-                        let start = Instant::now();
-                        requests.send((c, PageId(rng.below(pages))))?;
-                        if let Some(w) = &waker {
-                            w.wake();
-                        }
-                        answer.recv()?.map_err(anyhow::Error::msg)?;
-                        h.saturating_record(start.elapsed().as_nanos().max(1) as u64);
-                        n += 1;
-                    }
-                    Ok((n, h))
-                })
+                let slots: Vec<usize> = if tagged { (0..qd).collect() } else { vec![c] };
+                s.spawn(move || handoff_client(c, &slots, pages, &requests, &answer, waker.as_ref(), halt))
             })
             .collect();
         drop(requests);
@@ -385,9 +385,47 @@ fn run_handoff_cell(file: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result
     })
 }
 
-/// The raw loop of `raw_handoff_read`: submits every read the clients asked for, waits for
+/// One client of the hand-off cells: keeps a read outstanding for each of its `slots`, takes
+/// every answer that has arrived, then sends their refills together and wakes the raw loop
+/// once, until `halt`. Returns its reads and their latencies.
+fn handoff_client(
+    client: usize,
+    slots: &[usize],
+    pages: u64,
+    requests: &flume::Sender<(usize, PageId)>,
+    answers: &flume::Receiver<SlotAnswer>,
+    waker: Option<&storage_io_core::WaitWaker>,
+    halt: &AtomicBool,
+) -> Result<(u64, Histogram<u64>)> {
+    let mut rng = XorShift::new(0x2545_F491_4F6C_DD1D ^ (client as u64 + 1).wrapping_mul(0x9E37_79B9));
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut started = vec![Instant::now(); slots.iter().max().map_or(0, |m| m + 1)];
+    let mut n = 0;
+    let mut refill: Vec<usize> = slots.to_vec();
+    while !halt.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        for slot in refill.drain(..) {
+            started[slot] = now;
+            requests.send((slot, PageId(rng.below(pages))))?;
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+        let first = answers.recv()?;
+        let now = Instant::now();
+        for (slot, result) in std::iter::once(first).chain(answers.try_iter()) {
+            result.map_err(anyhow::Error::msg)?;
+            h.saturating_record((now - started[slot]).as_nanos().max(1) as u64);
+            n += 1;
+            refill.push(slot);
+        }
+    }
+    Ok((n, h))
+}
+
+/// The raw loop of the hand-off cells: submits every read the clients asked for, waits for
 /// completions (a request cuts the wait short through the backend's waker), and hands each
-/// completion to the client that asked. Past `deadline` (or `stop`) it sets `halt` and serves
+/// completion to the slot that asked. Past `deadline` (or `stop`) it sets `halt` and serves
 /// on until every client has gone.
 #[allow(clippy::too_many_arguments)] // one loop's whole context; a struct would only rename it
 fn serve_handoff(
@@ -395,7 +433,7 @@ fn serve_handoff(
     fd: IoFd,
     block: usize,
     asked: &flume::Receiver<(usize, PageId)>,
-    answer_to: &[flume::Sender<Result<(), String>>],
+    answer_to: &[flume::Sender<SlotAnswer>],
     deadline: Instant,
     stop: &dyn Fn() -> bool,
     halt: &AtomicBool,
@@ -420,7 +458,7 @@ fn serve_handoff(
         }
         io.wait_completions(&mut done, 1, Some(Duration::from_millis(10)))?;
         for c in done.drain(..) {
-            let Some(client) = client_of.remove(&c.token) else {
+            let Some(slot) = client_of.remove(&c.token) else {
                 continue;
             };
             let answer = c.result.map(drop).map_err(|e| e.to_string());
@@ -431,7 +469,7 @@ fn serve_handoff(
                 spare.push(b);
             }
             // A client that has gone (its answer channel closed) asks for nothing more.
-            let _ = answer_to[client].send(answer);
+            let _ = answer_to[slot].send((slot, answer));
         }
     }
 }

@@ -39,7 +39,8 @@ struct Args {
     /// --qd is the number of concurrent committers; default 1, 8, 64), scheduler_rand_read,
     /// scheduler_batch_read, raw_round_read, scheduler_seq_scan, scheduler_client_read (qd blocking
     /// client threads), scheduler_task_read (qd async tasks), raw_handoff_read (the raw loop handing
-    /// each read to a client thread), segment_append (qd appends + one sync per op), segment_read
+    /// each read to a client thread), raw_tagged_handoff_read (the raw loop serving one client
+    /// thread with qd reads outstanding), segment_append (qd appends + one sync per op), segment_read
     /// (sequential reads through the async file API).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
