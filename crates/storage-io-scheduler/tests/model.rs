@@ -1,5 +1,6 @@
-//! Property test: random interleavings of read / write / read_pages / allocate / deallocate /
-//! sync, issued several at a time without waiting, on backends that reorder and delay
+//! Property test: random interleavings of read (owned, shared, and blocking on the caller's
+//! thread) / write / read_pages / allocate / deallocate / sync, issued several at a time
+//! without waiting (a blocking read waits for its own answer only), on backends that reorder and delay
 //! completions, against an in-memory page model. Then a reopen must show the model's state.
 //! It runs in every allocation mode: managed (also with changes made durable at the next sync,
 //! and with reused ids zeroed) and external (the engine owns allocation; ids past `max_pages`
@@ -25,6 +26,10 @@ enum Step {
     Deallocate(usize),
     Write(usize, bool),
     Read(usize),
+    /// `schedule_read_shared`: the zero-copy answer.
+    ReadShared(usize),
+    /// `read_blocking`, answered before the next step while the others stay outstanding.
+    ReadBlocking(usize),
     ReadPages(Vec<usize>),
     Sync,
     /// Wait for every answer outstanding so far.
@@ -37,6 +42,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0usize..24).prop_map(Step::Deallocate),
         4 => (0usize..24, any::<bool>()).prop_map(|(p, d)| Step::Write(p, d)),
         4 => (0usize..24).prop_map(Step::Read),
+        2 => (0usize..24).prop_map(Step::ReadShared),
+        2 => (0usize..24).prop_map(Step::ReadBlocking),
         2 => prop::collection::vec(0usize..24, 0..8).prop_map(Step::ReadPages),
         1 => Just(Step::Sync),
         1 => Just(Step::Drain),
@@ -159,18 +166,30 @@ impl Model {
 
 enum Expect {
     Page(Reply<BytesMut>, Result<Bytes, Why>),
+    Shared(Reply<Bytes>, Result<Bytes, Why>),
     Pages(Reply<Vec<BytesMut>>, Result<Vec<Bytes>, usize>),
     Unit(Reply<()>, Result<(), Why>),
     Id(Reply<PageId>, Result<u64, Why>),
 }
 
+/// A page read's answer against the model's.
+fn check_page<B: AsRef<[u8]> + std::fmt::Debug>(
+    what: &str,
+    got: Result<B, SchedulerError>,
+    want: Result<Bytes, Why>,
+) -> Result<(), TestCaseError> {
+    match (got, want) {
+        (Ok(got), Ok(want)) => prop_assert_eq!(stamp(got.as_ref()), stamp(&want)),
+        (Err(e), Err(why)) if is(&e, why) => {}
+        (got, want) => prop_assert!(false, "{what}: got {got:?}, want {want:?}"),
+    }
+    Ok(())
+}
+
 fn check(e: Expect) -> Result<(), TestCaseError> {
     match e {
-        Expect::Page(r, want) => match (r.recv(), want) {
-            (Ok(got), Ok(want)) => prop_assert_eq!(stamp(&got), stamp(&want)),
-            (Err(e), Err(why)) if is(&e, why) => {}
-            (got, want) => prop_assert!(false, "read: got {got:?}, want {want:?}"),
-        },
+        Expect::Shared(r, want) => check_page("shared read", r.recv(), want)?,
+        Expect::Page(r, want) => check_page("read", r.recv(), want)?,
         Expect::Pages(r, want) => match (r.recv(), want) {
             (Ok(got), Ok(want)) => {
                 let got: Vec<_> = got.iter().map(|b| stamp(b)).collect();
@@ -232,6 +251,16 @@ fn run(steps: Vec<Step>, seed: u64, mode: Mode) -> Result<(), TestCaseError> {
                 let p = p as u64;
                 let want = model.refuses(p).map_or_else(|| Ok(model.bytes(p)), Err);
                 outstanding.push(Expect::Page(sched.schedule_read(PageId(p)), want));
+            }
+            Step::ReadShared(p) => {
+                let p = p as u64;
+                let want = model.refuses(p).map_or_else(|| Ok(model.bytes(p)), Err);
+                outstanding.push(Expect::Shared(sched.schedule_read_shared(PageId(p)), want));
+            }
+            Step::ReadBlocking(p) => {
+                let p = p as u64;
+                let want = model.refuses(p).map_or_else(|| Ok(model.bytes(p)), Err);
+                check_page("blocking read", sched.read_blocking(PageId(p)), want)?;
             }
             Step::ReadPages(ps) => {
                 let ids: Vec<u64> = ps.into_iter().map(|p| p as u64).collect();
@@ -312,6 +341,8 @@ fn order_model_smoke_with_a_fixed_interleaving() {
         Step::Read(3),
         Step::Allocate, // reuses 3, which keeps its old bytes
         Step::Read(3),
+        Step::ReadBlocking(3),
+        Step::ReadShared(3),
         Step::ReadPages(vec![3, 2, 3, 9, 11]),
         Step::Write(9, true),
         Step::Sync,
