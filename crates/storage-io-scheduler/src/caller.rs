@@ -38,7 +38,8 @@ pub(crate) struct CallerIo {
 
 /// The backends kept for caller reads.
 pub(crate) struct CallerPool {
-    factory: BackendFactory,
+    /// `None`: no caller backends (every blocking read goes through a worker).
+    factory: Option<BackendFactory>,
     /// The factory index of the first caller backend (the workers have the ones below).
     first_index: usize,
     max: usize,
@@ -53,16 +54,16 @@ pub(crate) struct CallerPool {
 
 impl CallerPool {
     pub(crate) fn new(
-        factory: BackendFactory,
+        factory: Option<BackendFactory>,
         first_index: usize,
         max: usize,
         data_path: PathBuf,
         open: OpenOptions,
     ) -> Self {
         CallerPool {
+            max: if factory.is_some() { max } else { 0 },
             factory,
             first_index,
-            max,
             data_path,
             open,
             idle: Mutex::new(Vec::new()),
@@ -94,7 +95,11 @@ impl CallerPool {
     }
 
     fn make(&self, index: usize) -> storage_io_core::Result<CallerIo> {
-        let mut io = (self.factory)(index)?;
+        let factory = self
+            .factory
+            .as_ref()
+            .ok_or_else(|| storage_io_core::StorageIoError::invalid("no caller backends"))?;
+        let mut io = factory(index)?;
         let fd = io.open_file(&self.data_path, &self.open)?;
         Ok(CallerIo {
             io,

@@ -68,7 +68,8 @@ pub struct SchedulerConfig {
     /// which reads on the caller's own thread: one per caller reading at the same moment,
     /// made when first needed (none for an engine that never calls it) and kept for the next
     /// caller. Past this many at once, `read_blocking` goes through the workers. 0 sends every
-    /// `read_blocking` through the workers. Default 64.
+    /// `read_blocking` through the workers. Default 64. Only a scheduler opened with a factory
+    /// of caller backends has any (`open_with_caller_backends`, `storage_io::open_scheduler`).
     pub caller_backends: usize,
 }
 

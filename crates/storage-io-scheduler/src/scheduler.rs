@@ -104,8 +104,14 @@ impl std::fmt::Debug for DiskScheduler {
 }
 
 impl DiskScheduler {
-    /// Opens (or creates) the page file in `dir` and starts the dispatcher and
-    /// `config.workers` workers; worker `i` runs on `factory(i)`.
+    /// Opens (or creates) the page file in `dir` and starts `config.workers` workers; worker
+    /// `i` runs on `factory(i)`.
+    ///
+    /// It makes no backends for reads on the caller's thread: a `factory` backend may be a
+    /// whole io_uring ring with its registered memory, too much to make one per blocking
+    /// caller, so [`read_blocking`](Self::read_blocking) goes through the workers.
+    /// [`open_with_caller_backends`](Self::open_with_caller_backends) (which
+    /// `storage_io::open_scheduler` uses) takes a factory of small ones.
     ///
     /// Fails on a bad config, a backend that cannot be built, an unreadable directory, or
     /// allocation metadata that does not match the page file (nothing is changed then).
@@ -114,21 +120,50 @@ impl DiskScheduler {
         config: SchedulerConfig,
         factory: BackendFactory,
     ) -> Result<DiskScheduler> {
-        let callers = Arc::clone(&factory);
-        DiskScheduler::open_with_caller_backends(dir, config, factory, callers)
+        DiskScheduler::start(dir, config, factory, None)
     }
 
-    /// Like [`open`](Self::open), with the backends of
-    /// [`read_blocking`](Self::read_blocking) from `caller_factory` rather than from
-    /// `factory`. A caller backend holds one read at a time, so it can be much smaller than a
-    /// worker's: on io_uring a ring of depth 2 with one page of registered memory, against a
-    /// worker's `queue_depth` buffers (`storage_io::open_scheduler` builds them so). Caller
-    /// backend `k` is `caller_factory(config.workers + k)`.
+    /// Like [`open`](Self::open), and [`read_blocking`](Self::read_blocking) reads on the
+    /// caller's thread, on backends from `caller_factory` (up to `config.caller_backends`, made
+    /// when first needed). A caller backend holds one read at a time, so it can be much smaller
+    /// than a worker's: on io_uring a ring of depth 2 with two pages of registered memory,
+    /// against a worker's `queue_depth` buffers (`storage_io::caller_backend_factory` builds
+    /// them so). Caller backend `k` is `caller_factory(config.workers + k)`.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use bytes::Bytes;
+    /// # use storage_io_core::{BackendFactory, StorageIo};
+    /// # use storage_io_scheduler::{DiskScheduler, SchedulerConfig};
+    /// # use storage_io_testkit::memio::MemFs;
+    /// # let fs = MemFs::new(1);
+    /// let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(fs.backend()) as Box<dyn StorageIo>));
+    /// let sched = DiskScheduler::open_with_caller_backends(
+    ///     "/db",
+    ///     SchedulerConfig::default(),
+    ///     factory.clone(),
+    ///     factory, // in-memory backends are small; on io_uring, use small rings
+    /// )
+    /// .unwrap();
+    /// let page = sched.schedule_allocate().recv().unwrap();
+    /// sched.schedule_write(page, Bytes::from(vec![5u8; 4096])).recv().unwrap();
+    /// assert_eq!(sched.read_blocking(page).unwrap()[0], 5);
+    /// assert_eq!(sched.stats().caller_reads, 1); // read on this thread
+    /// ```
     pub fn open_with_caller_backends(
         dir: impl AsRef<Path>,
         config: SchedulerConfig,
         factory: BackendFactory,
         caller_factory: BackendFactory,
+    ) -> Result<DiskScheduler> {
+        DiskScheduler::start(dir, config, factory, Some(caller_factory))
+    }
+
+    fn start(
+        dir: impl AsRef<Path>,
+        config: SchedulerConfig,
+        factory: BackendFactory,
+        caller_factory: Option<BackendFactory>,
     ) -> Result<DiskScheduler> {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -313,12 +348,14 @@ impl DiskScheduler {
     /// order (it sees every write scheduled before it).
     ///
     /// The read runs on a backend of the caller's own (from a pool of up to
-    /// `caller_backends`) and the thread waits for it in the kernel, as `pread` would: no
-    /// hand-off to a worker thread and back, which costs two cross-CPU wake-ups. It goes
-    /// through a worker as [`schedule_read_shared`](Self::schedule_read_shared) does when the
-    /// page's worker still holds a write, when another caller's read of the page is in flight
-    /// (it joins that one), or when every caller backend is busy. Reads of the page scheduled
-    /// meanwhile join it; a batch read does not.
+    /// `caller_backends`, when the scheduler was opened with
+    /// [`open_with_caller_backends`](Self::open_with_caller_backends) or through
+    /// `storage_io::open_scheduler`) and the thread waits for it in the kernel, as `pread`
+    /// would: no hand-off to a worker thread and back, which costs two cross-CPU wake-ups. It
+    /// goes through a worker as [`schedule_read_shared`](Self::schedule_read_shared) does when
+    /// the scheduler has no caller backends, when the page's worker still holds a write, when
+    /// another caller's read of the page is in flight (it joins that one), or when every caller
+    /// backend is busy. Reads of the page scheduled meanwhile join it; a batch read does not.
     ///
     /// ```
     /// # use std::sync::Arc;
@@ -332,7 +369,7 @@ impl DiskScheduler {
     /// let page = sched.schedule_allocate().recv().unwrap();
     /// sched.schedule_write(page, Bytes::from(vec![5u8; 4096])).recv().unwrap();
     /// assert_eq!(sched.read_blocking(page).unwrap()[0], 5);
-    /// assert_eq!(sched.stats().caller_reads, 1);
+    /// assert_eq!(sched.stats().caller_reads, 0); // `open`: through a worker
     /// ```
     pub fn read_blocking(&self, page: PageId) -> Result<Bytes> {
         let Some(mut io) = self.callers.take() else {

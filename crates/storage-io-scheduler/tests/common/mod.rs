@@ -37,8 +37,11 @@ pub(crate) fn config(workers: usize) -> SchedulerConfig {
     }
 }
 
+/// Opens a scheduler on `factory`, whose backends also serve `read_blocking` on the caller's
+/// thread (in-memory backends are small).
 pub(crate) fn open(factory: &BackendFactory, config: SchedulerConfig) -> DiskScheduler {
-    DiskScheduler::open(DIR, config, factory.clone()).expect("open the scheduler")
+    DiskScheduler::open_with_caller_backends(DIR, config, factory.clone(), factory.clone())
+        .expect("open the scheduler")
 }
 
 /// A page whose bytes say which page and which version it is.
