@@ -76,6 +76,17 @@ fn roundtrip(backend: BackendKind, workers: usize) {
     }
     cache.flush_all().unwrap();
     assert_eq!(sched.schedule_read(ids[20]).recv().unwrap()[4095], 2);
+    // The cache's misses read on this thread, on the small caller backends (a depth-2 ring for
+    // io_uring, the sync backend for the others), and a blocking read sees the flushed bytes.
+    let before = sched.stats().caller_reads;
+    assert!(before > 0, "the cache's misses ran on the caller's thread");
+    let bytes = sched.read_blocking(ids[30]).unwrap();
+    assert_eq!((&bytes[..8], bytes[4095]), (&ids[30].0.to_le_bytes()[..], 2));
+    assert_eq!(sched.stats().caller_reads, before + 1);
+    // A page written from aligned memory goes to the backend by reference, and reads back.
+    let aligned = storage_io::scheduler::aligned_bytes(&page(ids[41], 3));
+    sched.schedule_write(ids[41], aligned).recv().unwrap();
+    assert_eq!(sched.read_blocking(ids[41]).unwrap()[4095], 3);
 }
 
 #[test]
