@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -49,7 +49,7 @@ pub(crate) struct CallerPool {
     /// Backends made so far, idle or in use.
     made: AtomicUsize,
     /// Set at shutdown: backends handed back are dropped, not kept.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
 }
 
 impl CallerPool {
@@ -68,13 +68,16 @@ impl CallerPool {
             open,
             idle: Mutex::new(Vec::new()),
             made: AtomicUsize::new(0),
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         }
     }
 
     /// An idle backend, or a new one while fewer than `max` exist; `None` when the pool is
     /// used up (or off, or a backend could not be made: the read goes through a worker then).
     pub(crate) fn take(&self) -> Option<CallerIo> {
+        if self.max == 0 {
+            return None; // no caller backends: no lock, no counting
+        }
         if let Some(io) = self.idle.lock().pop() {
             return Some(io);
         }
