@@ -37,9 +37,14 @@ const HEADER_BYTES: usize = 40;
 /// each costs 8 bytes of every later allocation image (1 Mi ids: 8 MiB).
 pub const MAX_ALLOCATE_AT_GAP: u64 = 1 << 20;
 
-/// The file names of the two image slots.
+/// The file names of the two image slots, in the scheduler's directory. A page file may not
+/// be named like either (`SchedulerConfig::validate` refuses it): the images would overwrite
+/// its first pages.
+pub(crate) const SLOT_NAMES: [&str; 2] = ["pages.alloc.0", "pages.alloc.1"];
+
+/// The paths of the two image slots.
 pub(crate) fn meta_paths(dir: &Path) -> [PathBuf; 2] {
-    [dir.join("pages.alloc.0"), dir.join("pages.alloc.1")]
+    SLOT_NAMES.map(|name| dir.join(name))
 }
 
 /// Which page ids are in use.

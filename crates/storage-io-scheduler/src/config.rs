@@ -48,7 +48,9 @@ pub struct SchedulerConfig {
     /// (`external`). See [`AllocationMode`].
     pub allocation: AllocationMode,
     /// The page file: a path relative to the scheduler's directory, or an absolute one.
-    /// Default `pages.db`. The allocation images (`managed`) stay in the directory.
+    /// Default `pages.db`. The allocation images (`managed`) stay in the directory, as
+    /// `pages.alloc.0` and `pages.alloc.1`: a page file with either name (in any directory,
+    /// in any case) is refused.
     pub page_file: PathBuf,
     /// Page ids from this one up are refused (`OutOfRange`): reads, writes and allocations.
     /// Default none: any id whose bytes end below 2^64.
@@ -179,6 +181,19 @@ impl SchedulerConfig {
         if self.page_file.as_os_str().is_empty() || self.page_file.file_name().is_none() {
             return bad(format!(
                 "page_file = {:?} does not name a file: use a file name such as \"pages.db\"",
+                self.page_file
+            ));
+        }
+        // The scheduler's own files live in its directory; a page file of the same name (in
+        // any directory: a relative name may be spelt many ways, and a file system may ignore
+        // case) would have its first pages overwritten by allocation images.
+        if let Some(name) = self.page_file.file_name().and_then(|n| n.to_str())
+            && let Some(own) = crate::alloc::SLOT_NAMES
+                .iter()
+                .find(|own| own.eq_ignore_ascii_case(name))
+        {
+            return bad(format!(
+                "page_file = {:?} is named like the scheduler's own file {own} (an allocation image slot): choose another name, such as \"pages.db\"",
                 self.page_file
             ));
         }
