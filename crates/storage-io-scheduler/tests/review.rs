@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::*;
-use storage_io_scheduler::{DiskScheduler, SchedulerConfig, SchedulerError};
+use storage_io_scheduler::{DiskScheduler, PageId, SchedulerConfig, SchedulerError};
 use storage_io_testkit::memio::MemFs;
 
 /// A page file named like one of the scheduler's own files (an allocation slot) would have its
@@ -52,4 +52,87 @@ fn page_file_named_like_an_allocation_slot_is_refused() {
         };
         config.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+/// A read stream over a range near `u64::MAX` overflowed computing its routing extent (a panic
+/// in debug builds, a wrap to page 0 in release): it answers `OutOfRange` for the first page
+/// past the scheduler's limit, and reads every page below it.
+#[test]
+fn read_stream_near_u64_max_answers_out_of_range_instead_of_overflowing() {
+    let fs = MemFs::new(8);
+    let sched = open(&mem_factory(&fs), config(2));
+    let limit = sched.config().page_limit();
+    for range in [
+        PageId(u64::MAX - 3)..PageId(u64::MAX),
+        PageId(u64::MAX - 1)..PageId(u64::MAX),
+        PageId(limit)..PageId(u64::MAX),
+        PageId(limit + 5)..PageId(limit + 6),
+    ] {
+        let items: Vec<_> = sched.read_stream(range.clone(), 8).collect();
+        assert_eq!(items.len(), 1, "{range:?}: one error, then the end: {items:?}");
+        match &items[0] {
+            Err(SchedulerError::OutOfRange { page, limit: l }) => {
+                assert_eq!((*page, *l), (range.start, limit), "{range:?}");
+            }
+            other => panic!("{range:?}: expected OutOfRange, got {other:?}"),
+        }
+    }
+    // With max_pages: the pages below the limit are read, then OutOfRange at the limit.
+    let fs = MemFs::new(9);
+    let sched = open(
+        &mem_factory(&fs),
+        SchedulerConfig {
+            max_pages: Some(10),
+            ..config(2)
+        },
+    );
+    allocate(&sched, 10);
+    let items: Vec<_> = sched.read_stream(PageId(6)..PageId(u64::MAX), 4).collect();
+    let pages: Vec<u64> = items
+        .iter()
+        .filter_map(|i| i.as_ref().ok())
+        .map(|(p, _)| p.0)
+        .collect();
+    assert_eq!(pages, [6, 7, 8, 9]);
+    assert!(
+        matches!(
+            items.last(),
+            Some(Err(SchedulerError::OutOfRange {
+                page: PageId(10),
+                limit: 10
+            }))
+        ),
+        "{:?}",
+        items.last()
+    );
+    assert_eq!(items.len(), 5);
+}
+
+/// `distance = usize::MAX` overflowed `next_page + room`: it is clamped, the pages come in
+/// order, and the window stays bounded.
+#[test]
+fn read_stream_with_distance_usize_max_neither_overflows_nor_floods_the_scheduler() {
+    let fs = MemFs::new(10);
+    // One worker of depth 2 holds at most 2 × 4 pages in flight.
+    let sched = open(
+        &mem_factory(&fs),
+        SchedulerConfig {
+            queue_depth: 2,
+            ..config(1)
+        },
+    );
+    let ids = allocate(&sched, 200);
+    for &p in &ids {
+        sched.schedule_write(p, page_bytes(p, 1)).recv().unwrap();
+    }
+    let mut stream = sched.read_stream(PageId(5)..PageId(200), usize::MAX);
+    let mut next = 5;
+    while let Some(item) = stream.next() {
+        let (page, bytes) = item.unwrap();
+        assert_eq!(page, PageId(next));
+        assert_eq!(stamp(&bytes), (next, 1));
+        assert!(stream.in_flight_pages() <= 8, "{stream:?}");
+        next += 1;
+    }
+    assert_eq!(next, 200);
 }
