@@ -65,9 +65,11 @@ impl Allocator {
         }
     }
 
-    /// Hands out the lowest free id, or a new one past the end.
+    /// Hands out the lowest free id, or a new one past the end; never one at or past
+    /// `max_pages` (free ids up there, left by a run with a larger limit, stay free).
     pub(crate) fn allocate(&mut self, max_pages: u64) -> Result<PageId> {
-        if let Some(id) = self.free.pop_first() {
+        if let Some(id) = self.free.first().copied().filter(|&id| id < max_pages) {
+            self.free.remove(&id);
             return Ok(PageId(id));
         }
         if self.next >= max_pages {
@@ -80,8 +82,8 @@ impl Allocator {
     /// Like [`allocate`](Self::allocate), and whether the id came off the free list (it was
     /// handed out before and may still hold that page's bytes).
     pub(crate) fn allocate_reporting_reuse(&mut self, max_pages: u64) -> Result<(PageId, bool)> {
-        let reused = !self.free.is_empty();
-        self.allocate(max_pages).map(|page| (page, reused))
+        let end = self.next;
+        self.allocate(max_pages).map(|page| (page, page.0 < end))
     }
 
     /// Hands out `n` new, adjacent ids past the end (the free list is not used, so the pages
@@ -99,20 +101,22 @@ impl Allocator {
 
     /// Allocates `page` itself: taken off the free list, or, past the end, with every id
     /// between the end and it put on the free list. `Ok(false)` if it was allocated already.
-    /// At most [`MAX_ALLOCATE_AT_GAP`] ids past the end, so the image stays bounded.
+    /// `OutOfRange` at or past `max_pages`, below `next` too. At most [`MAX_ALLOCATE_AT_GAP`] ids past the end, so the image stays bounded.
     pub(crate) fn allocate_at(&mut self, page: PageId, max_pages: u64) -> Result<bool> {
+        // Like reads and writes, an id at or past the limit is refused even if a run with a
+        // larger limit allocated it.
+        if page.0 >= max_pages {
+            return Err(SchedulerError::OutOfRange {
+                page,
+                limit: max_pages,
+            });
+        }
         if self.is_allocated(page) {
             return Ok(false);
         }
         if page.0 < self.next {
             self.free.remove(&page.0);
             return Ok(true);
-        }
-        if page.0 >= max_pages {
-            return Err(SchedulerError::OutOfRange {
-                page,
-                limit: max_pages,
-            });
         }
         if page.0 - self.next > MAX_ALLOCATE_AT_GAP {
             return Err(SchedulerError::AllocationGap {

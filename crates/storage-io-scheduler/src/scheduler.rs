@@ -504,7 +504,9 @@ impl DiskScheduler {
     }
 
     /// Allocates a page id (the lowest free one, else a new one past the end). Answered once
-    /// the allocation is durable.
+    /// the allocation is durable. Never an id at or past `max_pages`: free ids up there (left
+    /// by a run with a larger limit) stay free, and with none below it the answer is
+    /// `OutOfPages`.
     pub fn schedule_allocate(&self) -> Reply<PageId> {
         self.send(Request::Allocate)
     }
@@ -526,7 +528,8 @@ impl DiskScheduler {
     /// ids in between put on the free list (at most `MAX_ALLOCATE_AT_GAP` of them). Answers
     /// `true` once the allocation is durable, `false` if the page was allocated already. For an
     /// engine that knows which page it needs (physical redo, a page id kept in its own
-    /// metadata).
+    /// metadata). A page at or past `max_pages` is `OutOfRange`, whether or not it lies below
+    /// the end.
     ///
     /// ```
     /// # use std::sync::Arc;

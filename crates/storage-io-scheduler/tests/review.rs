@@ -136,3 +136,47 @@ fn read_stream_with_distance_usize_max_neither_overflows_nor_floods_the_schedule
     }
     assert_eq!(next, 200);
 }
+
+/// Reopened with a smaller `max_pages`, the scheduler handed out a freed id past the limit
+/// (which then refused every write), and `allocate_at` allocated one below `next`: no id at or
+/// past `max_pages` is ever allocated.
+#[test]
+fn max_pages_applies_to_free_ids_and_to_allocate_at_below_next() {
+    let fs = MemFs::new(5);
+    {
+        let sched = open(&mem_factory(&fs), config(2));
+        allocate(&sched, 10);
+        for p in [8, 9, 6] {
+            sched.schedule_deallocate(PageId(p)).recv().unwrap();
+        }
+        sched.shutdown().unwrap();
+    }
+    let limited = |max: u64| SchedulerConfig {
+        max_pages: Some(max),
+        ..config(2)
+    };
+    let sched = open(&mem_factory(&fs), limited(7));
+    // Id 6 is free and below the limit: it is the one handed out, and it can be written.
+    let page = sched.schedule_allocate().recv().unwrap();
+    assert_eq!(page, PageId(6));
+    sched.schedule_write(page, page_bytes(page, 1)).recv().unwrap();
+    // Ids 8 and 9 are free but past the limit: no page is left.
+    let got = sched.schedule_allocate().recv();
+    assert!(matches!(got, Err(SchedulerError::OutOfPages)), "{got:?}");
+    for p in [8, 9] {
+        let got = sched.schedule_allocate_at(PageId(p)).recv();
+        assert!(
+            matches!(got, Err(SchedulerError::OutOfRange { page, limit: 7 }) if page == PageId(p)),
+            "allocate_at({p}): {got:?}"
+        );
+    }
+    assert_eq!(
+        sched.stats().allocated_pages,
+        8,
+        "nothing past the limit was allocated"
+    );
+    sched.shutdown().unwrap();
+    // The ids refused stay free: without the limit they are handed out again.
+    let sched = open(&mem_factory(&fs), config(2));
+    assert_eq!(allocate(&sched, 2), [PageId(8), PageId(9)]);
+}
