@@ -272,9 +272,28 @@ impl PageCache {
     /// reading anything. An id freed earlier may come back; the page is zeros all the same.
     /// With `allocation = external` the scheduler allocates nothing (`ExternalAllocation`):
     /// use [`create_page`](Self::create_page) with the engine's own id.
+    ///
+    /// A `new_page` that fails leaves no id allocated: with every frame pinned it allocates
+    /// nothing (`AllFramesPinned`), and if the frame cannot be had after the allocation (its
+    /// dirty page cannot be written back, or another thread pinned the last frame meanwhile)
+    /// the id is deallocated again before the error is returned. Only if that deallocation
+    /// fails too does the id stay allocated (logged as an error; nobody holds it).
     pub fn new_page(&self) -> Result<PinnedPage<'_>> {
+        {
+            let st = self.state.lock();
+            if st.meta.iter().all(|m| m.pins > 0) {
+                return Err(SchedulerError::AllFramesPinned {
+                    frames: self.frames.len(),
+                });
+            }
+        }
         let page = self.sched.schedule_allocate().recv()?;
-        self.pin(page, Fill::Zeros)
+        self.pin(page, Fill::Zeros).inspect_err(|e| {
+            // Nobody else knows the id yet: freeing it cannot take it from anyone.
+            if let Err(freeing) = self.sched.schedule_deallocate(page).recv() {
+                tracing::error!(%page, error = %e, %freeing, "page cache: new_page failed and the page id it allocated could not be freed");
+            }
+        })
     }
 
     /// Pins `page` as a new page, zero-filled and dirty, without reading it: for an engine that

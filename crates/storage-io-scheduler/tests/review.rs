@@ -5,9 +5,12 @@
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use common::*;
-use storage_io_scheduler::{DiskScheduler, PageId, SchedulerConfig, SchedulerError};
+use storage_io_core::OpKind;
+use storage_io_scheduler::{DiskScheduler, PageCache, PageId, SchedulerConfig, SchedulerError};
+use storage_io_testkit::faulty::{Fault, FaultPlan};
 use storage_io_testkit::memio::MemFs;
 
 /// A page file named like one of the scheduler's own files (an allocation slot) would have its
@@ -179,4 +182,53 @@ fn max_pages_applies_to_free_ids_and_to_allocate_at_below_next() {
     // The ids refused stay free: without the limit they are handed out again.
     let sched = open(&mem_factory(&fs), config(2));
     assert_eq!(allocate(&sched, 2), [PageId(8), PageId(9)]);
+}
+
+/// `new_page` allocated an id durably, then found every frame pinned and returned
+/// `AllFramesPinned`: the id stayed allocated and nobody held it. A `new_page` that fails
+/// leaves no id allocated.
+#[test]
+fn new_page_with_every_frame_pinned_leaks_no_page_id() {
+    let fs = MemFs::new(9);
+    let sched = Arc::new(open(&mem_factory(&fs), config(1)));
+    let cache = PageCache::new(Arc::clone(&sched), 2).unwrap();
+    let pinned = [cache.new_page().unwrap(), cache.new_page().unwrap()];
+    assert_eq!(sched.stats().allocated_pages, 2);
+    for _ in 0..3 {
+        let got = cache.new_page().map(|p| p.id());
+        assert!(
+            matches!(got, Err(SchedulerError::AllFramesPinned { frames: 2 })),
+            "{got:?}"
+        );
+    }
+    assert_eq!(
+        sched.stats().allocated_pages,
+        2,
+        "a failed new_page kept an id allocated"
+    );
+    drop(pinned);
+    // The next page is the next id: none was lost.
+    assert_eq!(cache.new_page().unwrap().id(), PageId(2));
+}
+
+/// The same when the frame `new_page` needs cannot be written back: the id it allocated is
+/// freed again before the error is returned.
+#[test]
+fn new_page_whose_victim_cannot_be_written_back_leaks_no_page_id() {
+    let fs = MemFs::new(10);
+    // Writes: 1 = the image at open, 2 = page 0's image, 3 = page 1's image, 4 = the
+    // write-back of page 0, which fails.
+    let plan = FaultPlan::new(10).fail_nth(OpKind::Write, 4, Fault::Eio);
+    let sched = Arc::new(open(&faulty_factory(&fs, plan), config(1)));
+    let cache = PageCache::new(Arc::clone(&sched), 1).unwrap();
+    let first = cache.new_page().unwrap().id();
+    let err = cache.new_page().map(|p| p.id()).unwrap_err();
+    assert_eq!(err.errno(), Some(5), "{err}");
+    assert_eq!(
+        sched.stats().allocated_pages,
+        1,
+        "the failed new_page kept its id"
+    );
+    let got = sched.schedule_read(PageId(first.0 + 1)).recv().map(|b| b.len());
+    assert!(matches!(got, Err(SchedulerError::NotAllocated(_))), "{got:?}");
 }
