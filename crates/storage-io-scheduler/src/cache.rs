@@ -166,6 +166,32 @@ impl std::fmt::Debug for PageCache {
     }
 }
 
+/// A frame being loaded: unless disarmed once the page is in, it empties the frame (dropping
+/// its one pin), unmaps the page and wakes the threads waiting for it, on an error and on a
+/// panic alike, so a fetch never waits for a load that will not finish.
+struct LoadGuard<'a> {
+    cache: &'a PageCache,
+    frame: usize,
+    page: PageId,
+    armed: bool,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut st = self.cache.state.lock();
+        debug_assert_eq!(st.meta[self.frame].state, FrameState::Loading);
+        if st.table.get(&self.page) == Some(&self.frame) {
+            st.table.remove(&self.page);
+        }
+        st.meta[self.frame] = FrameMeta::EMPTY;
+        drop(st);
+        self.cache.changed.notify_all();
+    }
+}
+
 /// A page pinned in a frame: it cannot be evicted while this lives.
 pub struct PinnedPage<'a> {
     cache: &'a PageCache,
@@ -453,29 +479,34 @@ impl PageCache {
     /// (a frame is the cache's own, mutable memory, so that copy stays; reading into the frame
     /// itself would cost the same copy on io_uring, where a read into memory that is not
     /// registered is staged).
+    ///
+    /// Whatever happens (an error, or a panic in the read), a frame never stays loading: it is
+    /// emptied and unmapped, and the threads waiting for it wake and load the page themselves.
     fn load(&self, frame: usize, page: PageId) -> Result<PinnedPage<'_>> {
-        match self.sched.read_blocking(page) {
-            Ok(bytes) => {
-                // The frame is still loading: nobody else touches its bytes.
-                self.frames[frame]
-                    .write()
-                    .copy_from_slice(&bytes[..self.page_size]);
-                self.state.lock().meta[frame].state = FrameState::Ready;
-                self.changed.notify_all();
-                Ok(PinnedPage {
-                    cache: self,
-                    frame,
-                    page,
-                })
-            }
-            Err(e) => {
-                let mut st = self.state.lock();
-                st.table.remove(&page);
-                st.meta[frame] = FrameMeta::EMPTY;
-                self.changed.notify_all();
-                Err(e)
-            }
+        let mut unload = LoadGuard {
+            cache: self,
+            frame,
+            page,
+            armed: true,
+        };
+        let bytes = self.sched.read_blocking(page)?;
+        // The frame is still loading: nobody else touches its bytes.
+        self.frames[frame]
+            .write()
+            .copy_from_slice(&bytes[..self.page_size]);
+        {
+            let mut st = self.state.lock();
+            debug_assert_eq!(st.meta[frame].state, FrameState::Loading);
+            debug_assert_eq!(st.meta[frame].page, Some(page));
+            st.meta[frame].state = FrameState::Ready;
         }
+        unload.armed = false;
+        self.changed.notify_all();
+        Ok(PinnedPage {
+            cache: self,
+            frame,
+            page,
+        })
     }
 
     /// CLOCK: the first unpinned, idle frame whose reference bit is clear, clearing bits as

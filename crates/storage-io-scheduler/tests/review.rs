@@ -4,11 +4,16 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use common::*;
-use storage_io_core::OpKind;
+use storage_io_core::{
+    AlignedBuf, BackendFactory, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind,
+    OpenOptions, StorageIo, SubmitError,
+};
 use storage_io_scheduler::{DiskScheduler, PageCache, PageId, SchedulerConfig, SchedulerError};
 use storage_io_testkit::faulty::{Fault, FaultPlan};
 use storage_io_testkit::memio::MemFs;
@@ -231,4 +236,144 @@ fn new_page_whose_victim_cannot_be_written_back_leaks_no_page_id() {
     );
     let got = sched.schedule_read(PageId(first.0 + 1)).recv().map(|b| b.len());
     assert!(matches!(got, Err(SchedulerError::NotAllocated(_))), "{got:?}");
+}
+
+/// A backend that panics in `submit_read` while `panic` is set (a bug in a backend, or in code
+/// the read runs), and counts the backends alive.
+struct PanickyIo {
+    inner: Box<dyn StorageIo>,
+    panic: Arc<AtomicBool>,
+    alive: Arc<AtomicUsize>,
+}
+
+impl Drop for PanickyIo {
+    fn drop(&mut self) {
+        self.alive.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl StorageIo for PanickyIo {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn register_fd(&mut self, file: std::fs::File) -> storage_io_core::Result<IoFd> {
+        self.inner.register_fd(file)
+    }
+    fn deregister_fd(&mut self, fd: IoFd) -> storage_io_core::Result<()> {
+        self.inner.deregister_fd(fd)
+    }
+    fn open_file(&mut self, path: &Path, options: &OpenOptions) -> storage_io_core::Result<IoFd> {
+        self.inner.open_file(path, options)
+    }
+    fn file_len(&mut self, fd: IoFd) -> storage_io_core::Result<u64> {
+        self.inner.file_len(fd)
+    }
+    fn alloc_buf(&mut self, len: usize) -> storage_io_core::Result<AlignedBuf> {
+        self.inner.alloc_buf(len)
+    }
+    fn submit_read(
+        &mut self,
+        fd: IoFd,
+        buf: IoBuf,
+        offset: u64,
+    ) -> storage_io_core::Result<IoToken, SubmitError<IoBuf>> {
+        assert!(!self.panic.load(Ordering::SeqCst), "PanickyIo: a read panicked");
+        self.inner.submit_read(fd, buf, offset)
+    }
+    fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> storage_io_core::Result<IoToken> {
+        self.inner.submit_write(fd, data, offset)
+    }
+    fn submit_write_buf(
+        &mut self,
+        fd: IoFd,
+        buf: IoBuf,
+        offset: u64,
+    ) -> storage_io_core::Result<IoToken, SubmitError<IoBuf>> {
+        self.inner.submit_write_buf(fd, buf, offset)
+    }
+    fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> storage_io_core::Result<IoToken> {
+        self.inner.submit_append(fd, data)
+    }
+    fn submit_datasync(&mut self, fd: IoFd) -> storage_io_core::Result<IoToken> {
+        self.inner.submit_datasync(fd)
+    }
+    fn submit_fsync(&mut self, fd: IoFd) -> storage_io_core::Result<IoToken> {
+        self.inner.submit_fsync(fd)
+    }
+    fn flush(&mut self) -> storage_io_core::Result<usize> {
+        self.inner.flush()
+    }
+    fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        self.inner.poll_completions(out)
+    }
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> storage_io_core::Result<usize> {
+        self.inner.wait_completions(out, min, timeout)
+    }
+    fn pending_count(&self) -> usize {
+        self.inner.pending_count()
+    }
+    fn stats(&self) -> &IoStats {
+        self.inner.stats()
+    }
+}
+
+/// Caller backends that panic on reads while the switch is set; the counter is how many are
+/// alive.
+fn panicky_factory(fs: &MemFs) -> (BackendFactory, Arc<AtomicBool>, Arc<AtomicUsize>) {
+    let fs = fs.clone();
+    let panic = Arc::new(AtomicBool::new(false));
+    let alive = Arc::new(AtomicUsize::new(0));
+    let (p, a) = (Arc::clone(&panic), Arc::clone(&alive));
+    let factory: BackendFactory = Arc::new(move |_| {
+        a.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(PanickyIo {
+            inner: Box::new(fs.backend()),
+            panic: Arc::clone(&p),
+            alive: Arc::clone(&a),
+        }) as Box<dyn StorageIo>)
+    });
+    (factory, panic, alive)
+}
+
+/// Runs `f` on a thread and waits up to 10 s for it: a hang fails the test instead of hanging
+/// it (the thread is left behind).
+fn within_10s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{what} did not return within 10 s (it hangs)"))
+}
+
+/// A panic while the cache loaded a page (in the read underneath) left the frame loading, with
+/// a pin, forever: every later fetch of the page waited for it. The load is guarded: later
+/// fetches load the page again.
+#[test]
+fn page_cache_fetch_after_a_loader_panicked_loads_again_instead_of_hanging() {
+    let fs = MemFs::new(3);
+    let (callers, panic, _) = panicky_factory(&fs);
+    let sched = DiskScheduler::open_with_caller_backends(DIR, config(1), mem_factory(&fs), callers).unwrap();
+    let sched = Arc::new(sched);
+    let page = allocate(&sched, 1)[0];
+    sched.schedule_write(page, page_bytes(page, 4)).recv().unwrap();
+    let cache = Arc::new(PageCache::new(Arc::clone(&sched), 2).unwrap());
+    panic.store(true, Ordering::SeqCst);
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cache.fetch(page).map(|_| ())));
+    assert!(loaded.is_err(), "the loader must have panicked: {loaded:?}");
+    panic.store(false, Ordering::SeqCst);
+    let cache2 = Arc::clone(&cache);
+    let got = within_10s("a fetch after the loader panicked", move || {
+        cache2.fetch(page).map(|p| stamp(&p.read()))
+    });
+    assert_eq!(got.unwrap(), (page.0, 4));
+    // No pin was left behind: both frames can be used for other pages.
+    let more = allocate(&sched, 2);
+    let pinned: Vec<_> = more.iter().map(|&p| cache.fetch(p).unwrap()).collect();
+    assert_eq!(pinned.len(), 2);
 }
