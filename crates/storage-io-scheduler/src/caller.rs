@@ -74,7 +74,16 @@ impl CallerPool {
 
     /// An idle backend, or a new one while fewer than `max` exist; `None` when the pool is
     /// used up (or off, or a backend could not be made: the read goes through a worker then).
-    pub(crate) fn take(&self) -> Option<CallerIo> {
+    /// The lease hands it back when dropped, or, if it is dropped by a panic, closes it and
+    /// stops counting it, so the pool makes a new one when next needed.
+    pub(crate) fn take(&self) -> Option<CallerLease<'_>> {
+        self.take_io().map(|io| CallerLease {
+            pool: self,
+            io: Some(io),
+        })
+    }
+
+    fn take_io(&self) -> Option<CallerIo> {
         if self.max == 0 {
             return None; // no caller backends: no lock, no counting
         }
@@ -112,7 +121,7 @@ impl CallerPool {
     }
 
     /// Hands a backend back for the next caller (dropped after shutdown).
-    pub(crate) fn give_back(&self, io: CallerIo) {
+    fn give_back(&self, io: CallerIo) {
         if self.closed.load(Ordering::Acquire) {
             self.drop_one(io);
             return;
@@ -134,6 +143,44 @@ impl CallerPool {
             tracing::warn!(error = %e, "scheduler: closing a caller backend's page file");
         }
         self.made.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A backend of the pool in one caller's hands.
+///
+/// **Invariant:** `made` counts every backend idle or leased. A lease ends by handing its
+/// backend back (the usual way) or, when a panic unwinds through its reader, by dropping the
+/// backend uncounted: its state is unknown (an op may be half submitted), so it is not reused,
+/// and the pool is not one backend short for good.
+pub(crate) struct CallerLease<'a> {
+    pool: &'a CallerPool,
+    /// `None` once handed back.
+    io: Option<CallerIo>,
+}
+
+impl CallerLease<'_> {
+    /// The backend.
+    pub(crate) fn io(&mut self) -> &mut CallerIo {
+        match &mut self.io {
+            Some(io) => io,
+            // Only `drop` takes it out, and after it nothing can call this.
+            None => unreachable!("a caller lease is used after it ended"),
+        }
+    }
+}
+
+impl Drop for CallerLease<'_> {
+    fn drop(&mut self) {
+        let Some(io) = self.io.take() else { return };
+        if std::thread::panicking() {
+            tracing::warn!(
+                "scheduler: a read on the caller's thread panicked; its backend is closed and a new one will be made"
+            );
+            drop(io);
+            self.pool.made.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            self.pool.give_back(io);
+        }
     }
 }
 

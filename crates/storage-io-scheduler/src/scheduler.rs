@@ -372,7 +372,8 @@ impl DiskScheduler {
     /// assert_eq!(sched.stats().caller_reads, 0); // `open`: through a worker
     /// ```
     pub fn read_blocking(&self, page: PageId) -> Result<Bytes> {
-        let Some(mut io) = self.callers.take() else {
+        // Handed back when dropped (and dropped, uncounted, if the read panics).
+        let Some(mut lease) = self.callers.take() else {
             return self.schedule_read_shared(page).recv();
         };
         // The reply's channel is made only if the read goes the usual way.
@@ -384,15 +385,12 @@ impl DiskScheduler {
         };
         let start = match self.dispatcher.lock().as_mut() {
             Some(d) => d.start_caller_read(page, answer),
-            None => {
-                self.callers.give_back(io);
-                return Err(SchedulerError::Closed);
-            }
+            None => return Err(SchedulerError::Closed),
         };
         let joiners = match start {
             CallerStart::Mine(joiners) => joiners,
             CallerStart::Dispatched(wakes) => {
-                self.callers.give_back(io);
+                drop(lease);
                 wakes.wake(&self.wakers);
                 return reply.map_or(Err(SchedulerError::Closed), |r| r.recv());
             }
@@ -405,12 +403,13 @@ impl DiskScheduler {
             joiners,
             result: None,
         };
+        let io = lease.io();
         let held_before = io.held_ns();
         let result = io.read(page, self.config.page_size);
         let c = &self.counters;
         c.backend_held_ns
             .fetch_add(io.held_ns().saturating_sub(held_before), Ordering::Relaxed);
-        self.callers.give_back(io);
+        drop(lease);
         c.read_ios.fetch_add(1, Ordering::Relaxed);
         c.pages_read.fetch_add(1, Ordering::Relaxed);
         c.caller_reads.fetch_add(1, Ordering::Relaxed);

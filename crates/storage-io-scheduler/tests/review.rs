@@ -377,3 +377,46 @@ fn page_cache_fetch_after_a_loader_panicked_loads_again_instead_of_hanging() {
     let pinned: Vec<_> = more.iter().map(|&p| cache.fetch(p).unwrap()).collect();
     assert_eq!(pinned.len(), 2);
 }
+
+/// A panic during a read on the caller's thread dropped that caller backend without handing it
+/// back, and the pool went on counting it: with `caller_backends` spent that way, no read ran
+/// on a caller's thread again. The pool recovers: a backend lost to a panic is dropped,
+/// uncounted, and a new one is made when needed.
+#[test]
+fn a_panic_during_a_caller_read_does_not_lose_the_caller_backend_for_good() {
+    let fs = MemFs::new(4);
+    let (callers, panic, alive) = panicky_factory(&fs);
+    let config = SchedulerConfig {
+        caller_backends: 1,
+        ..config(1)
+    };
+    let sched = DiskScheduler::open_with_caller_backends(DIR, config, mem_factory(&fs), callers).unwrap();
+    let page = allocate(&sched, 1)[0];
+    sched.schedule_write(page, page_bytes(page, 2)).recv().unwrap();
+    assert_eq!(stamp(&sched.read_blocking(page).unwrap()), (page.0, 2));
+    assert_eq!(sched.stats().caller_reads, 1);
+    for round in 0..3 {
+        panic.store(true, Ordering::SeqCst);
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sched.read_blocking(page)));
+        assert!(read.is_err(), "round {round}: the read must have panicked");
+        panic.store(false, Ordering::SeqCst);
+        let before = sched.stats().caller_reads;
+        assert_eq!(stamp(&sched.read_blocking(page).unwrap()), (page.0, 2));
+        assert_eq!(
+            sched.stats().caller_reads,
+            before + 1,
+            "round {round}: after a panic, reads never ran on the caller's thread again"
+        );
+        assert_eq!(
+            alive.load(Ordering::SeqCst),
+            1,
+            "round {round}: one caller backend, the new one"
+        );
+    }
+    sched.shutdown().unwrap();
+    assert_eq!(
+        alive.load(Ordering::SeqCst),
+        0,
+        "shutdown closes the caller backends"
+    );
+}
