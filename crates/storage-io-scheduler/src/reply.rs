@@ -67,10 +67,30 @@ impl PageAnswer {
             Some(PageAnswerTo::Shared(a)) => {
                 let _ = a.send(result);
             }
-            Some(PageAnswerTo::Tagged { tag, page, to }) => {
-                let _ = to.send(PageRead { tag, page, result });
-            }
+            Some(PageAnswerTo::Tagged { tag, page, to }) => deliver(&to, PageRead { tag, page, result }),
             None => {}
+        }
+    }
+}
+
+/// Puts a tagged answer on the caller's channel without ever waiting for room: the scheduler's
+/// lock and its workers must not wait on a channel only the caller drains (a full one froze
+/// every caller). An answer that finds the channel full goes to a short-lived thread of its
+/// own, which waits for room (or for the last receiver to go), so it still arrives.
+fn deliver(to: &flume::Sender<PageRead>, read: PageRead) {
+    match to.try_send(read) {
+        Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
+        Err(flume::TrySendError::Full(read)) => {
+            let to = to.clone();
+            let (tag, page) = (read.tag, read.page);
+            let spawned = std::thread::Builder::new()
+                .name("sio-sched-tagged".into())
+                .spawn(move || {
+                    let _ = to.send(read);
+                });
+            if let Err(e) = spawned {
+                tracing::error!(tag, %page, error = %e, "scheduler: a tagged answer found its channel full and no thread could wait for room; the answer is lost");
+            }
         }
     }
 }
@@ -78,11 +98,14 @@ impl PageAnswer {
 impl Drop for PageAnswer {
     fn drop(&mut self) {
         if let Some(PageAnswerTo::Tagged { tag, page, to }) = self.0.take() {
-            let _ = to.send(PageRead {
-                tag,
-                page,
-                result: Err(SchedulerError::Closed),
-            });
+            deliver(
+                &to,
+                PageRead {
+                    tag,
+                    page,
+                    result: Err(SchedulerError::Closed),
+                },
+            );
         }
     }
 }

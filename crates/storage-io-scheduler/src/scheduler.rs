@@ -424,6 +424,12 @@ impl DiskScheduler {
     /// Exactly one [`PageRead`] per call arrives on `done` (`Closed` after shutdown), unless
     /// every receiver of `done` is gone.
     ///
+    /// `done` should have room for every read outstanding on it: an unbounded channel, or one
+    /// bounded to at least the reads in flight. The scheduler never waits on it (neither under
+    /// its lock nor on a worker, where a full channel would stall every other caller): an answer
+    /// that finds `done` full is handed to a short-lived thread that waits for room, so it still
+    /// arrives, at the cost of a thread. This call never blocks on `done`.
+    ///
     /// ```
     /// # use std::sync::Arc;
     /// # use storage_io_core::{BackendFactory, StorageIo};

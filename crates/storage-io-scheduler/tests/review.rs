@@ -420,3 +420,52 @@ fn a_panic_during_a_caller_read_does_not_lose_the_caller_backend_for_good() {
         "shutdown closes the caller backends"
     );
 }
+
+/// A refused tagged read's error was sent with a blocking `send`, under the scheduler's lock,
+/// into the caller's channel: a full bounded channel froze every caller. Now neither the lock
+/// nor a worker ever waits on a caller's channel, and every answer still arrives.
+#[test]
+fn a_full_tagged_answer_channel_freezes_no_other_caller() {
+    let fs = MemFs::new(6);
+    let sched = Arc::new(open(&mem_factory(&fs), config(1)));
+    let pages = allocate(&sched, 4);
+    let (done, answers) = flume::bounded(1);
+    // Refused at once (not allocated), then read by the worker: four answers for a channel
+    // with room for one, and nobody receiving yet.
+    {
+        let (sched, done) = (Arc::clone(&sched), done.clone());
+        let pages = pages.clone();
+        within_10s("schedule_read_tagged into a full channel", move || {
+            sched.schedule_read_tagged(PageId(9_999), 1, &done);
+            sched.schedule_read_tagged(PageId(9_998), 2, &done);
+            for (i, &p) in pages.iter().enumerate() {
+                sched.schedule_read_tagged(p, 10 + i as u64, &done);
+            }
+        });
+    }
+    // Every other caller goes on: an allocation (the dispatcher and worker 0), a read and a
+    // write on the same worker.
+    let other = Arc::clone(&sched);
+    let p = pages[0];
+    within_10s("another caller while a tagged channel is full", move || {
+        let page = other.schedule_allocate().recv().unwrap();
+        other.schedule_write(page, page_bytes(page, 3)).recv().unwrap();
+        assert_eq!(stamp(&other.schedule_read(page).recv().unwrap()), (page.0, 3));
+        other.schedule_read(p).recv().unwrap();
+    });
+    // Every answer arrives once there is room.
+    let mut tags: Vec<u64> = (0..6)
+        .map(|_| answers.recv_timeout(Duration::from_secs(10)).unwrap())
+        .map(|read| {
+            match read.tag {
+                1 | 2 => assert!(matches!(read.result, Err(SchedulerError::NotAllocated(_)))),
+                _ => assert_eq!(read.result.unwrap().len(), PAGE),
+            }
+            read.tag
+        })
+        .collect();
+    tags.sort_unstable();
+    assert_eq!(tags, [1, 2, 10, 11, 12, 13]);
+    drop(done);
+    sched.shutdown().unwrap();
+}
