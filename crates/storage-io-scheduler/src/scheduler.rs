@@ -86,7 +86,9 @@ pub struct DiskScheduler {
     lent: Vec<Arc<std::sync::atomic::AtomicUsize>>,
     /// Backends for reads on the caller's thread.
     callers: CallerPool,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The worker threads until the first shutdown has joined them, then its result. Held for
+    /// the whole join, so a concurrent shutdown waits for it.
+    threads: Mutex<Threads>,
     config: SchedulerConfig,
     dir: PathBuf,
     counters: Arc<Counters>,
@@ -274,7 +276,7 @@ impl DiskScheduler {
                 data_path,
                 open_data,
             ),
-            threads: Mutex::new(threads),
+            threads: Mutex::new(Threads::Running(threads)),
             config,
             dir,
             counters,
@@ -591,29 +593,38 @@ impl DiskScheduler {
     }
 
     /// Stops accepting calls, finishes everything accepted, and joins every thread. Later
-    /// calls get `Closed`; calling it twice is fine. Dropping the scheduler does the same.
+    /// calls get `Closed`. Every call, the second and concurrent ones too, returns only once
+    /// everything accepted before it is answered and every worker thread is joined, with the
+    /// same result. Dropping the scheduler does the same.
     pub fn shutdown(&self) -> Result<()> {
         let dispatcher = self.dispatcher.lock().take();
         if let Some(dispatcher) = dispatcher {
             dispatcher.close().wake(&self.wakers);
         }
         self.callers.close();
-        let threads: Vec<_> = std::mem::take(&mut *self.threads.lock());
+        // Held while joining: a concurrent shutdown waits here until the workers are joined.
+        let mut threads = self.threads.lock();
+        let handles = match &mut *threads {
+            Threads::Running(handles) => std::mem::take(handles),
+            Threads::Joined(result) => return result.clone(),
+        };
         let mut panicked = Vec::new();
-        for t in threads {
+        for t in handles {
             let name = t.thread().name().unwrap_or("?").to_string();
             if t.join().is_err() {
                 panicked.push(name);
             }
         }
-        if panicked.is_empty() {
+        let result = if panicked.is_empty() {
             Ok(())
         } else {
             Err(SchedulerError::Worker(format!(
                 "threads panicked: {}",
                 panicked.join(", ")
             )))
-        }
+        };
+        *threads = Threads::Joined(result.clone());
+        result
     }
 
     /// The configuration in effect.
@@ -651,6 +662,12 @@ impl DiskScheduler {
             lent_buffers: self.lent.iter().map(|l| l.load(Ordering::Relaxed) as u64).sum(),
         }
     }
+}
+
+/// The worker threads of a scheduler, then how joining them went.
+enum Threads {
+    Running(Vec<JoinHandle<()>>),
+    Joined(Result<()>),
 }
 
 /// The end of a read on the caller's thread: closes the page to new joiners and answers the

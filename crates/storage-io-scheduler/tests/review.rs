@@ -16,6 +16,7 @@ use storage_io_core::{
 };
 use storage_io_scheduler::{DiskScheduler, PageCache, PageId, SchedulerConfig, SchedulerError};
 use storage_io_testkit::faulty::{Fault, FaultPlan};
+use storage_io_testkit::gated::Gate;
 use storage_io_testkit::memio::MemFs;
 
 /// A page file named like one of the scheduler's own files (an allocation slot) would have its
@@ -468,4 +469,56 @@ fn a_full_tagged_answer_channel_freezes_no_other_caller() {
     assert_eq!(tags, [1, 2, 10, 11, 12, 13]);
     drop(done);
     sched.shutdown().unwrap();
+}
+
+/// Two `shutdown()` calls at once: the second found the dispatcher gone and the threads taken
+/// by the first, and returned `Ok` at once, while a write accepted before both was still in
+/// flight. Every `shutdown()` returns only once everything accepted before it is answered and
+/// every thread is joined.
+#[test]
+fn a_second_concurrent_shutdown_waits_for_the_work_accepted_before_it() {
+    let fs = MemFs::new(7);
+    let gate = Gate::new();
+    gate.open();
+    let sched = Arc::new(open(&gated_factory_for(&fs, &gate, &[OpKind::Write]), config(1)));
+    let page = allocate(&sched, 1)[0];
+    gate.close();
+    let held = gate.submitted();
+    let write = sched.schedule_write(page, page_bytes(page, 1));
+    wait_until("the write to reach the backend", || gate.submitted() > held);
+    // The first shutdown takes the dispatcher and waits for the worker, which waits for the
+    // write's completion at the gate.
+    let first = {
+        let sched = Arc::clone(&sched);
+        std::thread::spawn(move || sched.shutdown())
+    };
+    wait_until("the first shutdown to close the scheduler", || {
+        matches!(
+            sched.schedule_sync().try_recv(),
+            Some(Err(SchedulerError::Closed))
+        )
+    });
+    let (returned_tx, returned) = std::sync::mpsc::channel();
+    let second = {
+        let sched = Arc::clone(&sched);
+        std::thread::spawn(move || {
+            let result = sched.shutdown();
+            // What a caller of shutdown may rely on once it returns.
+            let answered = write.try_recv().map(|r| r.is_ok());
+            let _ = returned_tx.send((result.is_ok(), answered));
+        })
+    };
+    // Nothing signals "the second shutdown is waiting", so give a wrong early return a moment
+    // to show itself before the gate lets the write finish (a right one never returns here).
+    let early = returned.recv_timeout(Duration::from_millis(300)).ok();
+    gate.open();
+    let (ok, answered) = early.unwrap_or_else(|| returned.recv_timeout(Duration::from_secs(10)).unwrap());
+    assert!(ok, "the second shutdown failed");
+    assert_eq!(
+        answered,
+        Some(true),
+        "the second shutdown returned before the write accepted before it was answered"
+    );
+    second.join().unwrap();
+    first.join().unwrap().unwrap();
 }
