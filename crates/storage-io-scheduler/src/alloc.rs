@@ -14,9 +14,17 @@
 //! into the other slot, and only when its fdatasync succeeds does that slot become the durable
 //! one. One image is written at a time, so a crash tears at most the slot being written and the
 //! durable slot still holds every acknowledged change. A failed write or sync leaves the durable
-//! slot where it was: the next image goes into the same (failed) slot again. Images queued
+//! slot where it was, and no image follows it in this run (see below). Images queued
 //! behind one in flight are collapsed into the newest (each is a whole snapshot); it too goes
 //! into the slot that is not the durable one once the image in flight completes.
+//!
+//! **Invariant (poisoning):** once an image fails (its write or its fdatasync), allocation is
+//! poisoned until the scheduler is reopened: the images queued behind it and every later
+//! allocation change are refused (`AllocationPoisoned`) and nothing more is written to the
+//! slots. The in-memory allocator may hold changes whose fate on disk is unknown (a failed
+//! fdatasync may have written some of the image, or none), so an id it freed must not be handed
+//! out again: with no change accepted, no id can get two owners. Reopening decides, from the
+//! image it loads.
 //!
 //! Image layout (little endian): magic `SIOA`, version u32, page size u32, reserved u32,
 //! seq u64, next u64, free count u64, the free ids (u64 each), CRC32C of everything before it.

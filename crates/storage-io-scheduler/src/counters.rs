@@ -1,7 +1,10 @@
 //! [`Counters`]: what the workers count, read by
 //! [`DiskScheduler::stats`](crate::DiskScheduler::stats).
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use storage_io_core::StorageIoError;
 
 /// Counters shared by the workers and read by [`DiskScheduler::stats`](crate::DiskScheduler::stats).
 #[derive(Debug, Default)]
@@ -18,6 +21,9 @@ pub(crate) struct Counters {
     /// How many allocation changes since open the newest durable image holds (worker 0
     /// publishes it when an image's fdatasync succeeds).
     pub(crate) durable_alloc_changes: AtomicU64,
+    /// Set (by worker 0, before it answers) when an allocation image could not be made
+    /// durable: from then on every allocation change is refused (`AllocationPoisoned`).
+    pub(crate) alloc_poisoned: OnceLock<StorageIoError>,
     /// Sum of the workers' backend `held_ns` (published before each batch's answers go out).
     pub(crate) backend_held_ns: AtomicU64,
     /// Sum of the workers' backend `submit_calls` (published with `backend_held_ns`).

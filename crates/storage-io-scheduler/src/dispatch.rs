@@ -295,9 +295,22 @@ impl Dispatcher {
         if !self.redo {
             return Err(SchedulerError::NotAllocated(page));
         }
+        self.not_poisoned()?;
         self.allocator.allocate_at(page, self.max_pages)?;
         self.changes += 1;
         Ok(())
+    }
+
+    /// Refuses every allocation change once an allocation image could not be made durable
+    /// (see `SchedulerError::AllocationPoisoned`): the in-memory allocator may hold changes
+    /// whose fate on disk is unknown, so no id it frees may be handed out again.
+    fn not_poisoned(&self) -> Result<()> {
+        match self.counters.alloc_poisoned.get() {
+            Some(source) => Err(SchedulerError::AllocationPoisoned {
+                source: source.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Refuses an allocation call under `external` allocation.
@@ -389,6 +402,7 @@ impl Dispatcher {
             Request::Allocate(answer) => {
                 let result = self
                     .managed("schedule_allocate")
+                    .and_then(|()| self.not_poisoned())
                     .and_then(|()| self.allocator.allocate_reporting_reuse(self.max_pages));
                 match result {
                     Ok((page, reused)) => {
@@ -403,6 +417,7 @@ impl Dispatcher {
                 let was_free = page.0 < self.allocator.parts().0;
                 let result = self
                     .managed("schedule_allocate_at")
+                    .and_then(|()| self.not_poisoned())
                     .and_then(|()| self.allocator.allocate_at(page, self.max_pages));
                 match result {
                     Ok(true) => {
@@ -423,6 +438,7 @@ impl Dispatcher {
             Request::AllocateExtent { pages, answer } => {
                 let result = self
                     .managed("schedule_allocate_extent")
+                    .and_then(|()| self.not_poisoned())
                     .and_then(|()| self.allocator.allocate_extent(pages, self.max_pages));
                 match result {
                     Ok(range) => self.changed(AllocAnswer::Extent(range, answer)),
@@ -434,6 +450,7 @@ impl Dispatcher {
             Request::Deallocate { page, answer } => {
                 let result = self
                     .managed("schedule_deallocate")
+                    .and_then(|()| self.not_poisoned())
                     .and_then(|()| self.allocator.deallocate(page));
                 match result {
                     Ok(()) => self.changed(AllocAnswer::Done(answer)),
@@ -457,7 +474,10 @@ impl Dispatcher {
             Request::BeginRedo(answer) => {
                 let _ = answer.send(self.managed("schedule_begin_redo").map(|()| self.redo = true));
             }
-            Request::EndRedo(answer) => match self.managed("schedule_end_redo") {
+            Request::EndRedo(answer) => match self
+                .managed("schedule_end_redo")
+                .and_then(|()| self.not_poisoned())
+            {
                 Ok(()) => {
                     self.redo = false;
                     // Answered once an image with every change so far is durable (a new one

@@ -110,6 +110,17 @@ pub enum SchedulerError {
     /// The page is pinned in the page cache, so it cannot be deallocated.
     #[error("page {0} is pinned; drop its PinnedPage before deallocating it")]
     Pinned(PageId),
+    /// An allocation image could not be made durable (its write or fdatasync failed), so
+    /// whether the changes it held are on disk is unknown: every allocation change is refused
+    /// from then on, so no page id can get two owners. Reads and writes go on; reopening the
+    /// scheduler loads the last durable image.
+    #[error(
+        "allocation metadata could not be made durable ({source}); allocation changes are refused until the scheduler is reopened (it then loads the last durable allocation image)"
+    )]
+    AllocationPoisoned {
+        /// The error of the image write or sync that failed.
+        source: StorageIoError,
+    },
     /// A worker thread could not start or died.
     #[error("scheduler worker failed: {0}")]
     Worker(String),
@@ -119,9 +130,9 @@ impl SchedulerError {
     /// The errno of the backend error inside, if any.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            SchedulerError::Io { source, .. } | SchedulerError::Backend { source, .. } => {
-                Some(source.errno())
-            }
+            SchedulerError::Io { source, .. }
+            | SchedulerError::Backend { source, .. }
+            | SchedulerError::AllocationPoisoned { source } => Some(source.errno()),
             SchedulerError::Batch { source, .. } => source.errno(),
             _ => None,
         }

@@ -511,7 +511,8 @@ impl DiskScheduler {
     }
 
     /// Allocates a page id (the lowest free one, else a new one past the end). Answered once
-    /// the allocation is durable. Never an id at or past `max_pages`: free ids up there (left
+    /// the allocation is durable (an error from that poisons allocation: see
+    /// [`schedule_deallocate`](Self::schedule_deallocate)). Never an id at or past `max_pages`: free ids up there (left
     /// by a run with a larger limit) stay free, and with none below it the answer is
     /// `OutOfPages`.
     pub fn schedule_allocate(&self) -> Reply<PageId> {
@@ -527,6 +528,14 @@ impl DiskScheduler {
 
     /// Frees a page id; later reads and writes of it are `NotAllocated` until it is allocated
     /// again. Answered once durable.
+    ///
+    /// An error from making the change durable (the allocation image's write or fdatasync
+    /// failed) means its fate on disk is unknown, and it poisons allocation until the scheduler
+    /// is reopened: every later allocation change is refused with
+    /// [`AllocationPoisoned`](SchedulerError::AllocationPoisoned), so the id is never handed out
+    /// to another owner while the caller may still hold it. The reopened scheduler decides from
+    /// the image it loads (a read of the page answers `NotAllocated` if the deallocation holds).
+    /// The same goes for every allocation call answered with such an error.
     pub fn schedule_deallocate(&self, page: PageId) -> Reply<()> {
         self.send(|answer| Request::Deallocate { page, answer })
     }

@@ -77,6 +77,17 @@ pub(crate) enum AllocAnswer {
 }
 
 impl AllocAnswer {
+    /// Answers with `error` (the change was not made durable).
+    pub(crate) fn fail(self, error: SchedulerError) {
+        match self {
+            AllocAnswer::Allocate(_, a) => drop(a.send(Err(error))),
+            AllocAnswer::Extent(_, a) => drop(a.send(Err(error))),
+            AllocAnswer::AllocateAt(_, a) => drop(a.send(Err(error))),
+            AllocAnswer::Done(a) => drop(a.send(Err(error))),
+            AllocAnswer::Part(p) => p.arrive(Err(error)),
+        }
+    }
+
     pub(crate) fn send(self, result: std::result::Result<(), &StorageIoError>) {
         let err = |e: &StorageIoError| SchedulerError::Backend {
             what: "writing allocation metadata",
@@ -528,6 +539,21 @@ impl Worker {
                 self.ready.push_back(id);
             }
         }
+        if let Some(source) = self.counters.alloc_poisoned.get()
+            && !self.persists.is_empty()
+        {
+            // An earlier image failed: whether its changes are on disk is unknown, and these
+            // images hold them too. None is written (a retried sync may report success for
+            // data the failed one lost); every change waiting for one is refused.
+            debug_assert!(!self.persist_busy, "an image in flight after one failed");
+            for (_, answers, _) in self.persists.drain(..) {
+                for a in answers {
+                    a.fail(SchedulerError::AllocationPoisoned {
+                        source: source.clone(),
+                    });
+                }
+            }
+        }
         if !self.persist_busy && !self.persists.is_empty() {
             // Images are whole snapshots: only the newest queued one needs writing, and it
             // answers everyone queued. One image at a time, so a crash tears at most one slot,
@@ -706,7 +732,12 @@ impl Worker {
                             .durable_alloc_changes
                             .fetch_max(changes, Ordering::Release);
                     }
-                    Err(e) => tracing::error!(error = %e, "allocation metadata could not be made durable"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "allocation metadata could not be made durable; allocation changes are refused until reopen");
+                        // Before the answers: a caller told of the failure must find every
+                        // later allocation change refused.
+                        let _ = self.counters.alloc_poisoned.set(e.clone());
+                    }
                 }
                 for a in answers {
                     a.send(result.as_ref().map(|_| ()));

@@ -15,8 +15,8 @@ use storage_io_core::{
     OpenOptions, StorageIo, SubmitError,
 };
 use storage_io_scheduler::{DiskScheduler, PageCache, PageId, SchedulerConfig, SchedulerError};
-use storage_io_testkit::faulty::{Fault, FaultPlan};
-use storage_io_testkit::gated::Gate;
+use storage_io_testkit::faulty::{Fault, FaultPlan, FaultSwitch, FaultyIo};
+use storage_io_testkit::gated::{Gate, GatedIo};
 use storage_io_testkit::memio::MemFs;
 
 /// A page file named like one of the scheduler's own files (an allocation slot) would have its
@@ -521,4 +521,124 @@ fn a_second_concurrent_shutdown_waits_for_the_work_accepted_before_it() {
     );
     second.join().unwrap();
     first.join().unwrap().unwrap();
+}
+
+/// Worker backends whose datasyncs fail with EIO while `faults` is on, and whose datasync
+/// completions wait at `gate`.
+fn failing_sync_factory(fs: &MemFs, faults: &FaultSwitch, gate: &Gate) -> BackendFactory {
+    let (fs, gate) = (fs.clone(), gate.clone());
+    let plan = FaultPlan::new(1)
+        .fail_from_nth(OpKind::Datasync, 1, Fault::Eio)
+        .only_while(faults);
+    Arc::new(move |_| {
+        let faulty = FaultyIo::new(fs.backend(), plan.clone());
+        Ok(Box::new(GatedIo::new(faulty, gate.clone(), &[OpKind::Datasync])) as Box<dyn StorageIo>)
+    })
+}
+
+/// A deallocation answered with an error had still freed the id in memory, and the next
+/// allocation handed it out (its image, written after, made that durable): the caller told
+/// "error" and the new owner both held the page. An allocation image that cannot be made
+/// durable poisons allocation until reopen: no id is handed out again in this run, and the
+/// reopened scheduler holds the last durable image.
+#[test]
+fn a_failed_deallocation_never_lets_its_id_be_handed_out() {
+    let fs = MemFs::new(11);
+    let (faults, gate) = (FaultSwitch::new(), Gate::new());
+    gate.open();
+    let sched = open(&failing_sync_factory(&fs, &faults, &gate), config(1));
+    let pages = allocate(&sched, 4);
+    let victim = pages[2];
+    faults.set(true);
+    let err = sched.schedule_deallocate(victim).recv().unwrap_err();
+    assert_eq!(err.errno(), Some(5), "{err}");
+    faults.set(false); // the disk is fine again: it must not matter
+    for _ in 0..2 {
+        let got = sched.schedule_allocate().recv();
+        assert!(
+            matches!(got, Err(SchedulerError::AllocationPoisoned { .. })),
+            "an allocation after a failed image: {got:?}"
+        );
+    }
+    let got = sched.schedule_deallocate(pages[0]).recv();
+    assert!(
+        matches!(got, Err(SchedulerError::AllocationPoisoned { .. })),
+        "{got:?}"
+    );
+    let got = sched.schedule_allocate_extent(2).recv();
+    assert!(
+        matches!(got, Err(SchedulerError::AllocationPoisoned { .. })),
+        "{got:?}"
+    );
+    // Pages go on being read and written.
+    sched
+        .schedule_write(pages[1], page_bytes(pages[1], 1))
+        .recv()
+        .unwrap();
+    sched.schedule_sync().recv().unwrap();
+    drop(sched);
+    let sched = open(&mem_factory(&fs), config(1));
+    assert_eq!(
+        stamp(&sched.schedule_read(pages[1]).recv().unwrap()),
+        (pages[1].0, 1)
+    );
+    assert_reopened_consistently(&sched, victim, 4);
+}
+
+/// After an allocation image failed, whether its deallocation of `victim` reached the disk is
+/// for the reopened scheduler to say, from the image it loads: either way it is consistent
+/// (`victim` free and handed out next, or allocated and `fresh` handed out next).
+fn assert_reopened_consistently(sched: &DiskScheduler, victim: PageId, fresh: u64) {
+    let freed = match sched.schedule_read(victim).recv() {
+        Ok(_) => false,
+        Err(SchedulerError::NotAllocated(_)) => true,
+        Err(e) => panic!("reading {victim} after reopen: {e}"),
+    };
+    assert_eq!(
+        sched.stats().allocated_pages,
+        if freed { fresh - 1 } else { fresh }
+    );
+    let next = sched.schedule_allocate().recv().unwrap();
+    assert_eq!(next, if freed { victim } else { PageId(fresh) });
+}
+
+/// The same with an allocation pipelined behind the failing image: it took the freed id in
+/// memory and its own image could have been written fine, but it must not be answered with it.
+#[test]
+fn an_allocation_queued_behind_a_failed_deallocation_never_gets_its_id() {
+    let fs = MemFs::new(12);
+    let (faults, gate) = (FaultSwitch::new(), Gate::new());
+    gate.open();
+    let sched = open(&failing_sync_factory(&fs, &faults, &gate), config(1));
+    let pages = allocate(&sched, 4);
+    let victim = pages[2];
+    // The deallocation's image: written, its datasync failing but held at the gate.
+    gate.close();
+    faults.set(true);
+    let synced = gate.submitted();
+    let freed = sched.schedule_deallocate(victim);
+    wait_until("the image's datasync to reach the backend", || {
+        gate.submitted() > synced
+    });
+    faults.set(false);
+    // Allocations behind it (the dispatcher hands out the freed id in memory at once).
+    let before = sched.stats().allocated_pages;
+    let taken = sched.schedule_allocate();
+    wait_until("the dispatcher to handle the allocation", || {
+        sched.stats().allocated_pages > before
+    });
+    gate.open();
+    assert_eq!(freed.recv().unwrap_err().errno(), Some(5));
+    let got = taken.recv();
+    assert!(
+        !matches!(got, Ok(p) if p == victim),
+        "page {victim} was handed out although its deallocation failed: two owners"
+    );
+    assert!(
+        matches!(got, Err(SchedulerError::AllocationPoisoned { .. })),
+        "{got:?}"
+    );
+    drop(sched);
+    let sched = open(&mem_factory(&fs), config(1));
+    assert_reopened_consistently(&sched, victim, 4);
 }
