@@ -18,6 +18,12 @@
 //! behind one in flight are collapsed into the newest (each is a whole snapshot); it too goes
 //! into the slot that is not the durable one once the image in flight completes.
 //!
+//! **Invariant (fresh ids):** an id handed out that no acknowledged, durable allocation ever
+//! held reads as zeros, after any crash. The page file may hold bytes past the durable `next`
+//! (pages allocated under `next_sync` and written, or written in a redo, whose image a crash
+//! lost; or kernel write-back): opening counts the ids up to the file's end as *stale*, and
+//! the dispatcher writes a zero page over a stale id before it answers its allocation.
+//!
 //! **Invariant (poisoning):** once an image fails (its write or its fdatasync), allocation is
 //! poisoned until the scheduler is reopened: the images queued behind it and every later
 //! allocation change are refused (`AllocationPoisoned`) and nothing more is written to the

@@ -63,8 +63,11 @@ pub struct SchedulerConfig {
     pub alloc_durability: AllocDurability,
     /// `managed` only: a page id handed out again after a deallocation reads as zeros, not as
     /// what it held before (a zero page is written before the allocation is answered, durably
-    /// when `alloc_durability` is `immediate`). Fresh ids past the end always read as zeros.
-    /// Default false.
+    /// when `alloc_durability` is `immediate`). Fresh ids past the end always read as zeros,
+    /// whatever this says, after a crash too: an id past the allocator's durable end that the
+    /// page file holds bytes for (written before a crash that the allocation image did not
+    /// survive, under `next_sync` or in a redo never ended) gets a zero page written the same
+    /// way before it is handed out. Default false.
     pub zero_on_reuse: bool,
     /// Most backends kept for [`DiskScheduler::read_blocking`](crate::DiskScheduler::read_blocking),
     /// which reads on the caller's own thread: one per caller reading at the same moment,

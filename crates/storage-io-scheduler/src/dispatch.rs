@@ -125,7 +125,14 @@ pub(crate) struct Dispatcher {
     /// `alloc_durability = next_sync`: changes are answered at once and made durable at the
     /// next sync or durable write.
     deferred: bool,
-    /// `zero_on_reuse`: the zero page written over a reused id.
+    /// `zero_on_reuse`: an id that comes off the free list gets a zero page.
+    zero_on_reuse: bool,
+    /// Ids past the durable end of the allocator that the page file holds bytes for (written
+    /// before a crash, under `next_sync` or in a redo that never ended): each gets a zero page
+    /// when it is handed out, so a fresh id reads as zeros after any crash.
+    stale: std::ops::Range<u64>,
+    /// The zero page written over a reused (`zero_on_reuse`) or stale id; `None` when no id
+    /// will ever need one.
     zero_page: Option<Bytes>,
     /// In a physical-redo phase: writes allocate the pages they touch.
     redo: bool,
@@ -144,9 +151,11 @@ impl Dispatcher {
         writes_out: Vec<Arc<AtomicU64>>,
         allocator: Allocator,
         config: &SchedulerConfig,
+        stale_end: u64,
         counters: Arc<Counters>,
         allocated: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
+        let stale = allocator.parts().0..stale_end;
         Dispatcher {
             workers,
             wakes: Wakes::None,
@@ -158,9 +167,10 @@ impl Dispatcher {
             max_pages: config.page_limit(),
             external: config.allocation == AllocationMode::External,
             deferred: config.alloc_durability == AllocDurability::NextSync,
-            zero_page: config
-                .zero_on_reuse
+            zero_page: (config.zero_on_reuse || !stale.is_empty())
                 .then(|| Bytes::from(vec![0u8; config.page_size])),
+            zero_on_reuse: config.zero_on_reuse,
+            stale,
             redo: false,
             changes: 0,
             counters,
@@ -353,25 +363,34 @@ impl Dispatcher {
         self.send_to(worker, msg);
     }
 
-    /// Answers an allocation of `page` that came off the free list (`reused`) with `value`:
-    /// with `zero_on_reuse`, only once the zero page is written (and, for `immediate`, durable
-    /// along with the image).
+    /// Whether handing out `page` must write a zero page over it first: it came off the free
+    /// list (`reused`) under `zero_on_reuse`, or the page file holds bytes for it from before
+    /// a crash (it is stale).
+    fn needs_zeros(&self, page: u64, reused: bool) -> bool {
+        (reused && self.zero_on_reuse) || self.stale.contains(&page)
+    }
+
+    /// Answers an allocation with `value`; when `zero` names pages (reused under
+    /// `zero_on_reuse`, or stale), only once their zero pages are written (and, for
+    /// `immediate`, durable along with the image).
     fn allocated_page<T: Send + 'static>(
         &mut self,
-        page: PageId,
-        reused: bool,
+        zero: Vec<PageId>,
         value: T,
         answer: Answer<T>,
         plain: impl FnOnce(T, Answer<T>) -> AllocAnswer,
     ) {
-        if !(reused && self.zero_page.is_some()) {
+        if zero.is_empty() || self.zero_page.is_none() {
+            debug_assert!(zero.is_empty(), "a page to zero without a zero page");
             self.changed(plain(value, answer));
             return;
         }
-        // Immediate: the zero page's durable write and the image; next_sync: the write.
-        let parts = if self.deferred { 1 } else { 2 };
+        // Immediate: each zero page's durable write and the image; next_sync: the writes.
+        let parts = zero.len() + usize::from(!self.deferred);
         let join: Arc<Join<T>> = Arc::new(Join::new(parts, value, answer));
-        self.zero_reused(page, Ack::Part(join.clone()));
+        for page in zero {
+            self.zero_reused(page, Ack::Part(join.clone()));
+        }
         self.changes += 1;
         if !self.deferred {
             self.pending_alloc.push(AllocAnswer::Part(join));
@@ -406,7 +425,12 @@ impl Dispatcher {
                     .and_then(|()| self.allocator.allocate_reporting_reuse(self.max_pages));
                 match result {
                     Ok((page, reused)) => {
-                        self.allocated_page(page, reused, page, answer, AllocAnswer::Allocate);
+                        let zero = if self.needs_zeros(page.0, reused) {
+                            vec![page]
+                        } else {
+                            Vec::new()
+                        };
+                        self.allocated_page(zero, page, answer, AllocAnswer::Allocate);
                     }
                     Err(e) => {
                         let _ = answer.send(Err(e));
@@ -421,7 +445,12 @@ impl Dispatcher {
                     .and_then(|()| self.allocator.allocate_at(page, self.max_pages));
                 match result {
                     Ok(true) => {
-                        self.allocated_page(page, was_free, true, answer, AllocAnswer::AllocateAt);
+                        let zero = if self.needs_zeros(page.0, was_free) {
+                            vec![page]
+                        } else {
+                            Vec::new()
+                        };
+                        self.allocated_page(zero, true, answer, AllocAnswer::AllocateAt);
                     }
                     // Already allocated: nothing changes, but the answer still means "durable".
                     Ok(false) if !self.deferred && self.changes_not_durable() => {
@@ -441,7 +470,16 @@ impl Dispatcher {
                     .and_then(|()| self.not_poisoned())
                     .and_then(|()| self.allocator.allocate_extent(pages, self.max_pages));
                 match result {
-                    Ok(range) => self.changed(AllocAnswer::Extent(range, answer)),
+                    Ok(range) => {
+                        // Fresh ids, but some may be stale after a crash.
+                        let zero: Vec<PageId> = (range.start.0.max(self.stale.start)
+                            ..range.end.0.min(self.stale.end))
+                            .map(PageId)
+                            .collect();
+                        self.allocated_page(zero, range.clone(), answer, |range, answer| {
+                            AllocAnswer::Extent(range, answer)
+                        });
+                    }
                     Err(e) => {
                         let _ = answer.send(Err(e));
                     }

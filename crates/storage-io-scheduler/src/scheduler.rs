@@ -256,11 +256,19 @@ impl DiskScheduler {
         } else {
             allocator.allocated_count()
         }));
+        // Pages the file holds past the allocator's durable end (bytes written before a crash
+        // whose image never became durable): handed out with a zero page over them.
+        let stale_end = if external {
+            0
+        } else {
+            data_len.div_ceil(config.page_size as u64)
+        };
         let dispatcher = Dispatcher::new(
             worker_txs,
             writes_out,
             allocator,
             &config,
+            stale_end,
             Arc::clone(&counters),
             Arc::clone(&allocated),
         );
@@ -298,8 +306,8 @@ impl DiskScheduler {
     }
 
     /// Reads one page. With `managed` allocation a page never allocated or freed is
-    /// `NotAllocated`; a page allocated and never written reads as zeros (a reused page id
-    /// reads as whatever it held before, unless `zero_on_reuse` is set). With `external`
+    /// `NotAllocated`; a page allocated and never written reads as zeros, also after a crash
+    /// (a reused page id reads as whatever it held before, unless `zero_on_reuse` is set). With `external`
     /// allocation any page below `max_pages` can be read; past the end of the file it is
     /// zeros.
     ///
