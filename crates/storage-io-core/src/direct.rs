@@ -141,7 +141,7 @@ pub struct OpenedFile {
 pub fn open_file(path: &Path, options: &OpenOptions) -> Result<OpenedFile> {
     let open_err = |e: std::io::Error| {
         tracing::debug!(path = %path.display(), error = %e, "open failed");
-        StorageIoError::from_os("open", &e)
+        StorageIoError::from_os_at("open", path, &e)
     };
     if options.dsync && cfg!(not(unix)) {
         return Err(StorageIoError::unsupported(
