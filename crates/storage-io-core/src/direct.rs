@@ -275,8 +275,11 @@ pub fn validate_transfer(
 /// Plans one write on a file whose append cursor is `cursor`: `offset` = `Some` for a positional
 /// write, `None` for an append at the cursor. Validates the transfer (see [`validate_transfer`]),
 /// then moves the cursor past the write when it is an append or ends beyond it — at submit time,
-/// so appends in flight never overlap, and a failed append leaves a hole rather than letting a
-/// later append land on top of it. Returns the op kind and the offset to write at.
+/// so appends in flight never overlap, and an append that fails after it was accepted leaves a
+/// hole rather than letting a later append land on top of it. The cursor must move only for a
+/// write the backend accepts: a backend that can still refuse the submit after planning (a full
+/// ring) plans on a copy of the cursor and stores it once the write is accepted. Returns the op
+/// kind and the offset to write at.
 pub fn plan_write(
     cursor: &mut u64,
     align: Option<usize>,
