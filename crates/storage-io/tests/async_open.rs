@@ -145,3 +145,59 @@ fn open_append_of_a_file_another_file_system_appends_to_is_refused() {
     // Once the first appender is closed, the file is free again.
     block_on(second.open_append(&path)).unwrap();
 }
+
+/// Starts `open` and abandons it: once after one poll (as `tokio::time::timeout` with no time
+/// does), once from a `select!` whose other branch wins.
+fn cancel_opens(fs: &AsyncFileSystem, paths: &[std::path::PathBuf], rounds: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for i in 0..rounds {
+            let path = &paths[i % paths.len()];
+            // A file opened anyway (the race went to the open) is dropped, which closes it.
+            let _ = tokio::time::timeout(std::time::Duration::ZERO, fs.open_append(path)).await;
+            tokio::select! {
+                biased;
+                opened = fs.open_rw(path) => drop(opened),
+                () = tokio::task::yield_now() => {}
+            }
+        }
+    });
+}
+
+/// After many abandoned opens, a file system with `max_files` = 4 still opens 4 files: no
+/// abandoned open kept its fd-table slot (or its fds).
+fn abandoned_opens_leave_every_slot_free(fs: &AsyncFileSystem, dir: &std::path::Path) {
+    let paths: Vec<_> = (0..3).map(|i| dir.join(format!("f{i}"))).collect();
+    for p in &paths {
+        drop(block_on(fs.open_append(p)).unwrap()); // the files exist for open_rw
+    }
+    cancel_opens(fs, &paths, 50);
+    let held: Vec<_> = (0..4)
+        .map(|i| {
+            block_on(fs.open_rw(&paths[i % paths.len()]))
+                .unwrap_or_else(|e| panic!("open {i} of 4 after abandoned opens: {e}"))
+        })
+        .collect();
+    drop(held);
+}
+
+#[test]
+fn cancelled_opens_close_what_they_opened_on_every_backend() {
+    for kind in backends("cancelled_opens_close_what_they_opened_on_every_backend") {
+        let dir = real_dir();
+        let fs = fs_on(kind, &config(1, 4));
+        abandoned_opens_leave_every_slot_free(&fs, dir.path());
+        fs.shutdown();
+    }
+}
+
+#[test]
+fn cancelled_opens_close_what_they_opened_on_memio() {
+    let mem = MemFs::new(11);
+    let fs = mem_fs(&mem, &config(1, 4));
+    abandoned_opens_leave_every_slot_free(&fs, std::path::Path::new("/m"));
+    fs.shutdown();
+}

@@ -115,7 +115,7 @@ impl AsyncFileSystem {
         for (w, io) in backends.into_iter().enumerate() {
             let (tx, rx) = flume::unbounded();
             let shared = Arc::new(WorkerShared::new());
-            let worker = Worker::new(io, rx, Arc::clone(&shared), config.io.queue_depth);
+            let worker = Worker::new(io, rx, tx.downgrade(), Arc::clone(&shared), config.io.queue_depth);
             let waker = worker.waker();
             let handle = std::thread::Builder::new()
                 .name(format!("storage-io-worker-{w}"))
@@ -211,12 +211,15 @@ impl AsyncFileSystem {
                 reply,
             },
         );
+        // Dropped before the answer comes (a timeout, a select!), this future drops `waiting`,
+        // and the worker closes the file it opens (or a delivered one closes itself).
         let opened = waiting.await.unwrap_or_else(|| Err(worker_gone()))?;
+        let (fd, mode) = opened.into_parts();
         Ok(AsyncFile {
             fs: Arc::clone(&self.shared),
             worker,
-            fd: opened.fd,
-            mode: opened.mode,
+            fd,
+            mode,
             path,
             closed: false,
         })

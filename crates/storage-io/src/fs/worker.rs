@@ -30,10 +30,54 @@ const POLL_INTERVAL: Duration = Duration::from_micros(20);
 /// The wait for completions while draining at shutdown (nothing else to watch then).
 const DRAIN_WAIT: Duration = Duration::from_millis(100);
 
-/// A file the worker opened: its handle and whether direct I/O is in effect.
+/// A file the worker opened: its handle and whether direct I/O is in effect. Dropped without
+/// [`Opened::into_parts`] (its open was cancelled), it closes the file again.
 pub(crate) struct Opened {
     pub(crate) fd: IoFd,
     pub(crate) mode: DirectMode,
+    guard: CloseGuard,
+}
+
+impl Opened {
+    /// Hands the file over to an `AsyncFile`, which closes it from now on.
+    pub(crate) fn into_parts(mut self) -> (IoFd, DirectMode) {
+        self.guard.inbox = None;
+        let mode = std::mem::replace(
+            &mut self.mode,
+            DirectMode::Buffered {
+                fallback_reason: None,
+            },
+        );
+        (self.fd, mode)
+    }
+}
+
+/// The way back to the worker that opened a file: a weak sender (the channel still closes when
+/// the file system lets go of its senders) and the backend's waker.
+type Inbox = (flume::WeakSender<Request>, Option<WaitWaker>);
+
+/// Sends a `Close` for a file nobody took (an abandoned open) when dropped, wherever that is.
+struct CloseGuard {
+    fd: IoFd,
+    inbox: Option<Inbox>,
+}
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        let Some((weak, waker)) = self.inbox.take() else {
+            return;
+        };
+        // No sender left: the worker is shutting down and closes every file itself.
+        if let Some(tx) = weak.upgrade() {
+            let _ = tx.send(Request::Close {
+                fd: self.fd,
+                reply: None,
+            });
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
 }
 
 /// The reply of a read or write: the result and the caller's buffer.
@@ -179,6 +223,8 @@ impl WorkerShared {
 pub(crate) struct Worker {
     io: Box<dyn StorageIo>,
     rx: flume::Receiver<Request>,
+    /// This worker's own channel, for the close guards of the files it opens.
+    me: flume::WeakSender<Request>,
     shared: Arc<WorkerShared>,
     queue_depth: usize,
     backlog: VecDeque<Request>,
@@ -211,6 +257,7 @@ impl Worker {
     pub(crate) fn new(
         mut io: Box<dyn StorageIo>,
         rx: flume::Receiver<Request>,
+        me: flume::WeakSender<Request>,
         shared: Arc<WorkerShared>,
         queue_depth: usize,
     ) -> Self {
@@ -219,6 +266,7 @@ impl Worker {
         Worker {
             io,
             rx,
+            me,
             shared,
             queue_depth,
             backlog: VecDeque::with_capacity(queue_depth * 2),
@@ -328,7 +376,18 @@ impl Worker {
                 append_lock,
                 reply,
             } => {
-                let _ = reply.complete(self.open(&path, key, &options, preallocate_bytes, append_lock));
+                // Cancelled (its future dropped) before it started: open nothing.
+                if reply.is_abandoned() {
+                    return None;
+                }
+                let opened = self.open(&path, key, &options, preallocate_bytes, append_lock);
+                // Cancelled while it ran: close what it opened, now.
+                if let Err(Ok(unwanted)) = reply.complete(opened) {
+                    let (fd, _) = unwanted.into_parts();
+                    if let Err(e) = self.close(fd) {
+                        tracing::warn!(%fd, error = %e, "io worker: closing the file of a cancelled open failed");
+                    }
+                }
             }
             Request::Size { fd, reply } => {
                 let _ = reply.complete(self.io.file_len(fd));
@@ -552,6 +611,10 @@ impl Worker {
         Ok(Opened {
             fd: opened.fd,
             mode: opened.mode,
+            guard: CloseGuard {
+                fd: opened.fd,
+                inbox: Some((self.me.clone(), self.waker.clone())),
+            },
         })
     }
 
