@@ -119,7 +119,7 @@ pub trait StorageIo: Send {
     /// Removes the file at `path` (the removal is durable once [`sync_dir`](StorageIo::sync_dir)
     /// runs on its directory). The default removes a real file.
     fn remove_file(&mut self, path: &Path) -> Result<()> {
-        std::fs::remove_file(path).map_err(|e| StorageIoError::from_io(crate::OpKind::Write, &e))
+        std::fs::remove_file(path).map_err(|e| StorageIoError::from_os_at("remove_file", path, &e))
     }
 
     /// The paths of the entries directly inside `dir`, sorted. Components above the backend
@@ -132,7 +132,7 @@ pub trait StorageIo: Send {
     /// Creates `dir` and its missing parents (no error if it exists). The default creates real
     /// directories; in-memory backends, which have no directories, accept any path.
     fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageIoError::from_io(crate::OpKind::Write, &e))
+        std::fs::create_dir_all(dir).map_err(|e| StorageIoError::from_os_at("create_dir_all", dir, &e))
     }
 
     /// An aligned buffer of `len` bytes (capacity at least `len`) that suits this backend best.
@@ -249,15 +249,13 @@ pub trait StorageIo: Send {
 
 /// fsync on a directory, as the default [`StorageIo::sync_dir`] does.
 pub fn sync_dir_default(dir: &Path) -> Result<()> {
-    let handle = File::open(dir).map_err(|e| StorageIoError::from_io(crate::OpKind::Fsync, &e))?;
-    handle
-        .sync_all()
-        .map_err(|e| StorageIoError::from_io(crate::OpKind::Fsync, &e))
+    let err = |e: std::io::Error| StorageIoError::from_os_at("sync_dir", dir, &e);
+    File::open(dir).map_err(err)?.sync_all().map_err(err)
 }
 
 /// The sorted entries of a real directory, as the default [`StorageIo::list_dir`] gives them.
 pub fn list_dir_default(dir: &Path) -> Result<Vec<PathBuf>> {
-    let to_err = |e: std::io::Error| StorageIoError::from_io(crate::OpKind::Read, &e);
+    let to_err = |e: std::io::Error| StorageIoError::from_os_at("list_dir", dir, &e);
     let mut paths = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(to_err)? {
         paths.push(entry.map_err(to_err)?.path());

@@ -54,6 +54,14 @@ impl FromStr for BackendKind {
     }
 }
 
+/// The largest `max_files` [`IoConfig::validate`] accepts: io_uring's limit on registered files
+/// (`IORING_MAX_FIXED_FILES`). Every backend allocates its fd table of this many slots up front.
+pub const MAX_FILES_LIMIT: usize = 1 << 20;
+
+/// The most memory [`IoConfig::validate`] lets io_uring register up front with `fixed_buffers`
+/// (`min(queue_depth, 65536)` buffers of `buffer_size` bytes, each rounded up to 4 KiB): 1 GiB.
+pub const MAX_REGISTERED_BYTES: usize = 1 << 30;
+
 /// Configuration shared by every backend. Missing fields take their defaults when deserialised.
 ///
 /// | field | default | environment override |
@@ -96,7 +104,8 @@ pub struct IoConfig {
     /// Register buffers with the kernel (io_uring `ReadFixed`/`WriteFixed`) where possible.
     pub fixed_buffers: bool,
     /// Size in bytes of each backend-owned buffer that copied writes are staged in (and of each
-    /// registered buffer).
+    /// registered buffer). With `fixed_buffers`, `min(queue_depth, 65536) × buffer_size` must
+    /// stay within [`MAX_REGISTERED_BYTES`] (1 GiB), since io_uring registers it all up front.
     pub buffer_size: usize,
     /// Turn on io_uring SQPOLL with this idle time in milliseconds; `None` leaves it off.
     pub sqpoll_idle_ms: Option<u32>,
@@ -104,7 +113,8 @@ pub struct IoConfig {
     pub direct_io: bool,
     /// Largest single transfer accepted; larger requests are `InvalidArgument`.
     pub max_io_bytes: usize,
-    /// Files one backend instance can have registered at once.
+    /// Files one backend instance can have registered at once (1 to [`MAX_FILES_LIMIT`]; the fd
+    /// table is allocated up front).
     pub max_files: usize,
     /// Queued backends (io_uring) hand queued requests to the kernel from inside `submit_*`
     /// once this many are waiting, without waiting for `flush`/`poll`/`wait`. Small values keep
@@ -227,8 +237,22 @@ impl IoConfig {
         if self.max_io_bytes == 0 || self.max_io_bytes > 0x7fff_f000 {
             return bad("max_io_bytes must be between 1 and 2147479552 (0x7ffff000)");
         }
-        if self.max_files == 0 {
-            return bad("max_files must be at least 1");
+        // Every backend allocates its fd table (and io_uring its fixed-file table) up front.
+        if self.max_files == 0 || self.max_files > MAX_FILES_LIMIT {
+            return bad("max_files must be between 1 and 1048576 (io_uring's fixed-file limit)");
+        }
+        // io_uring registers (allocates and pins) min(queue_depth, 65536) buffers of
+        // buffer_size bytes up front.
+        let registered = self
+            .queue_depth
+            .min(usize::from(u16::MAX) + 1)
+            .saturating_mul(self.buffer_size.next_multiple_of(4096));
+        if self.fixed_buffers && registered > MAX_REGISTERED_BYTES {
+            return bad(
+                "queue_depth × buffer_size exceeds 1 GiB of registered buffers: lower buffer_size \
+                 (the staging size of copied writes; larger writes are staged on the heap) or \
+                 queue_depth, or turn fixed_buffers off",
+            );
         }
         if self.sq_depth > 32768 {
             return bad("sq_depth must be at most 32768 (0 uses queue_depth)");
@@ -341,6 +365,39 @@ mod tests {
 
         let err = "nvme".parse::<BackendKind>().unwrap_err();
         assert!(err.to_string().contains("io_uring, thread_pool, sync"), "{err}");
+    }
+
+    #[test]
+    fn configs_that_would_abort_the_process_are_refused() {
+        // 1024 registered buffers of 64 MiB = 64 GiB of pinned memory, and a fd table of
+        // usize::MAX slots: validate() used to accept both, and building the backend aborted.
+        let huge_registered = IoConfig {
+            queue_depth: 1024,
+            buffer_size: 64 << 20,
+            max_io_bytes: 64 << 20,
+            ..IoConfig::default()
+        };
+        let err = huge_registered.validate().unwrap_err();
+        assert!(err.to_string().contains("buffer_size"), "{err}");
+        // Without registered buffers nothing is allocated up front: the same sizes are fine.
+        IoConfig {
+            fixed_buffers: false,
+            ..huge_registered
+        }
+        .validate()
+        .unwrap();
+        let huge_table = IoConfig {
+            max_files: usize::MAX,
+            ..IoConfig::default()
+        };
+        let err = huge_table.validate().unwrap_err();
+        assert!(err.to_string().contains("max_files"), "{err}");
+        IoConfig {
+            max_files: MAX_FILES_LIMIT,
+            ..IoConfig::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

@@ -139,9 +139,19 @@ pub struct OpenedFile {
 /// println!("direct I/O in effect: {}", opened.mode.is_direct());
 /// ```
 pub fn open_file(path: &Path, options: &OpenOptions) -> Result<OpenedFile> {
+    open_file_via(path, options, open_direct)
+}
+
+/// [`open_file`] with the `O_DIRECT` open passed in, so that tests can play a file system that
+/// refuses direct I/O.
+fn open_file_via(
+    path: &Path,
+    options: &OpenOptions,
+    open_direct: impl Fn(&Path, &OpenOptions) -> std::io::Result<File>,
+) -> Result<OpenedFile> {
     let open_err = |e: std::io::Error| {
         tracing::debug!(path = %path.display(), error = %e, "open failed");
-        StorageIoError::from_os("open", &e)
+        StorageIoError::from_os_at("open", path, &e)
     };
     if options.dsync && cfg!(not(unix)) {
         return Err(StorageIoError::unsupported(
@@ -168,7 +178,16 @@ pub fn open_file(path: &Path, options: &OpenOptions) -> Result<OpenedFile> {
         Err(e) if e.raw_os_error() == Some(EINVAL) || e.kind() == std::io::ErrorKind::Unsupported => {
             let reason = format!("the file system refused direct I/O ({e}); using buffered I/O");
             tracing::warn!(path = %path.display(), "{reason}");
-            let file = options.std_options().open(path).map_err(open_err)?;
+            // The kernel checks O_EXCL before O_DIRECT and may have created the file before
+            // refusing (ramfs, tmpfs before 6.6): `create_new` was honoured by that attempt (it
+            // would have failed with EEXIST otherwise), so the retry opens the file it created
+            // — or creates it — without O_EXCL, leaving exactly one file.
+            let buffered = OpenOptions {
+                create: options.create || options.create_new,
+                create_new: false,
+                ..options.clone()
+            };
+            let file = buffered.std_options().open(path).map_err(open_err)?;
             Ok(OpenedFile {
                 file,
                 mode: DirectMode::Buffered {
@@ -275,8 +294,11 @@ pub fn validate_transfer(
 /// Plans one write on a file whose append cursor is `cursor`: `offset` = `Some` for a positional
 /// write, `None` for an append at the cursor. Validates the transfer (see [`validate_transfer`]),
 /// then moves the cursor past the write when it is an append or ends beyond it — at submit time,
-/// so appends in flight never overlap, and a failed append leaves a hole rather than letting a
-/// later append land on top of it. Returns the op kind and the offset to write at.
+/// so appends in flight never overlap, and an append that fails after it was accepted leaves a
+/// hole rather than letting a later append land on top of it. The cursor must move only for a
+/// write the backend accepts: a backend that can still refuse the submit after planning (a full
+/// ring) plans on a copy of the cursor and stores it once the write is accepted. Returns the op
+/// kind and the offset to write at.
 pub fn plan_write(
     cursor: &mut u64,
     align: Option<usize>,
@@ -360,6 +382,74 @@ fn fs_magic(_path: &Path) -> std::io::Result<Option<i64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file system like ramfs (or tmpfs before Linux 6.6): an `O_CREAT` open with `O_DIRECT`
+    /// creates the file, then refuses direct I/O with `EINVAL`.
+    fn refusing_direct_after_creating(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
+        if options.create || options.create_new {
+            options.std_options().open(path)?;
+        }
+        Err(std::io::Error::from_raw_os_error(EINVAL))
+    }
+
+    /// The same on a real ramfs, where the test may mount one (root); skipped loudly otherwise.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn ramfs_create_new_direct_falls_back_and_leaves_one_file() {
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "ramfs", "ramfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!(
+                "SKIPPED ramfs_create_new_direct_falls_back_and_leaves_one_file: cannot mount a ramfs here (needs root)"
+            );
+            return;
+        }
+        let _unmount = Unmount(dir.path());
+        let path = dir.path().join("new");
+        let options = OpenOptions {
+            create_new: true,
+            ..OpenOptions::default().with_direct(true)
+        };
+        let opened = open_file(&path, &options).expect("buffered fallback on ramfs");
+        assert!(!opened.mode.is_direct(), "ramfs has no O_DIRECT");
+        drop(opened);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "exactly one file"
+        );
+    }
+
+    #[test]
+    fn create_new_direct_on_a_fs_refusing_o_direct_falls_back_and_leaves_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new");
+        let options = OpenOptions {
+            create_new: true,
+            ..OpenOptions::default().with_direct(true)
+        };
+        let opened = open_file_via(&path, &options, refusing_direct_after_creating)
+            .expect("the buffered fallback opens the file the refused open created");
+        assert!(!opened.mode.is_direct());
+        let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1, "exactly one file");
+        // create_new still refuses a file that existed before the call.
+        let err = open_file_via(&path, &options, refusing_direct_after_creating)
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(err.errno(), 17, "{err}"); // EEXIST
+    }
 
     #[test]
     fn o_dsync_is_trusted_on_ext4_xfs_and_btrfs_only() {

@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
 
 use crate::{IoFd, OpKind};
 
@@ -56,18 +58,22 @@ pub enum StorageIoError {
     #[error("invalid argument: {0}")]
     InvalidArgument(InvalidArgument),
 
-    /// A system call that is not an I/O op failed: opening a file, setting up, registering
-    /// with or entering an io_uring, starting a thread, reserving space. `what` names it.
-    #[error("{what} failed: {} (os error {errno})", std::io::Error::from_raw_os_error(*errno))]
+    /// A system call that is not an I/O op failed: opening a file, a namespace call
+    /// (`remove_file`, `create_dir_all`, `list_dir`, `sync_dir`), setting up, registering with or
+    /// entering an io_uring, starting a thread, reserving space. `what` names it, and `path` the
+    /// file or directory it was about when there is one: `open /x/y: Not a directory (os error 20)`.
+    #[error("{what}{}: {}", OsSubject(path.as_deref()), std::io::Error::from_raw_os_error(*errno))]
     Os {
         /// The call that failed, for example "open" or "io_uring_enter".
         what: &'static str,
         /// The raw OS error number.
         errno: i32,
+        /// The path the call was about (`None` for calls without one, such as `io_uring_enter`).
+        path: Option<Arc<Path>>,
     },
 
     /// The operating system failed the operation; `errno` is the raw OS error number.
-    #[error("{op} failed: {} (os error {errno})", std::io::Error::from_raw_os_error(*errno))]
+    #[error("{op} failed: {}", std::io::Error::from_raw_os_error(*errno))]
     Io {
         /// The operation that failed.
         op: OpKind,
@@ -139,6 +145,18 @@ impl fmt::Display for InvalidArgument {
     }
 }
 
+/// Displays what comes between the call's name and the OS error: ` <path>`, or ` failed`.
+struct OsSubject<'a>(Option<&'a Path>);
+
+impl fmt::Display for OsSubject<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(path) => write!(f, " {}", path.display()),
+            None => f.write_str(" failed"),
+        }
+    }
+}
+
 /// Error numbers used when a variant has no OS error of its own, and to tell retryable ones.
 #[cfg(unix)]
 mod errno {
@@ -174,6 +192,31 @@ impl StorageIoError {
         StorageIoError::Os {
             what,
             errno: err.raw_os_error().unwrap_or(errno::EIO),
+            path: None,
+        }
+    }
+
+    /// Builds an [`StorageIoError::Os`] for a call about `path` (an open, a namespace call):
+    /// the message names the call and the path, `open /x/y: Not a directory (os error 20)`.
+    pub fn from_os_at(what: &'static str, path: &Path, err: &std::io::Error) -> Self {
+        Self::os_at(what, path, err.raw_os_error().unwrap_or(errno::EIO))
+    }
+
+    /// Shorthand for an [`StorageIoError::Os`] about `path` with a raw errno (for backends
+    /// that model files themselves, such as an in-memory one).
+    pub fn os_at(what: &'static str, path: &Path, errno: i32) -> Self {
+        StorageIoError::Os {
+            what,
+            errno,
+            path: Some(Arc::from(path)),
+        }
+    }
+
+    /// The path the failed call was about, when the error names one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            StorageIoError::Os { path, .. } => path.as_deref(),
+            _ => None,
         }
     }
 
@@ -293,7 +336,7 @@ mod tests {
         .map(drop)
         .unwrap_err();
         assert!(matches!(err, StorageIoError::Os { what: "open", .. }), "{err:?}");
-        assert!(err.to_string().starts_with("open failed"), "{err}");
+        assert!(err.to_string().starts_with("open /no/such/dir/file: "), "{err}");
         let spawn = StorageIoError::from_os(
             "spawning an I/O worker thread",
             &std::io::Error::from_raw_os_error(11),

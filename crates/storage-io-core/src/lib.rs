@@ -51,7 +51,9 @@ mod wake;
 
 pub use backend::{BackendFactory, OpenedFd, StorageIo};
 pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf};
-pub use config::{BackendKind, IoConfig, parse_override, parse_override_bool};
+pub use config::{
+    BackendKind, IoConfig, MAX_FILES_LIMIT, MAX_REGISTERED_BYTES, parse_override, parse_override_bool,
+};
 pub use direct::{
     DirectMode, OpenOptions, OpenedFile, direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
 };

@@ -111,3 +111,39 @@ fn thread_pool_cached_read_completes_at_submit_without_a_worker() {
         assert_eq!(&done[1].buf.as_ref().unwrap()[..], &data[8192..]);
     }
 }
+
+/// Small limits: the suite must respect a backend's `queue_depth` and `max_io_bytes`
+/// (a correct backend with queue depth 1–4 or transfers under 10,000 bytes passes).
+fn small_limits(queue_depth: usize) -> IoConfig {
+    IoConfig {
+        queue_depth,
+        max_io_bytes: 4096,
+        buffer_size: 4096,
+        workers: 2,
+        ..IoConfig::default()
+    }
+}
+
+mod sync_backend_queue_depth_2_max_io_4k {
+    use super::*;
+    conformance_tests!(
+        || -> Box<dyn StorageIo> { Box::new(SyncStorageIo::new(&small_limits(2)).unwrap()) },
+        options()
+    );
+}
+
+mod thread_pool_queue_depth_2_max_io_4k {
+    use super::*;
+    conformance_tests!(
+        || -> Box<dyn StorageIo> { Box::new(ThreadPoolStorageIo::new(&small_limits(2)).unwrap()) },
+        options()
+    );
+}
+
+mod thread_pool_queue_depth_1_max_io_4k {
+    use super::*;
+    conformance_tests!(
+        || -> Box<dyn StorageIo> { Box::new(ThreadPoolStorageIo::new(&small_limits(1)).unwrap()) },
+        options()
+    );
+}

@@ -588,7 +588,7 @@ impl StorageIo for MemIo {
         };
         let entry = st.files.entry(path.to_path_buf()).or_default();
         match (&mut entry.live, options.create || options.create_new) {
-            (Some(_), _) if options.create_new => return Err(StorageIoError::os(OpKind::Write, EEXIST)),
+            (Some(_), _) if options.create_new => return Err(StorageIoError::os_at("open", path, EEXIST)),
             (Some(data), _) => {
                 if options.truncate && options.write {
                     data.clear();
@@ -600,7 +600,7 @@ impl StorageIo for MemIo {
                 entry.durable_exists = false;
                 entry.durable.clear();
             }
-            (None, false) => return Err(StorageIoError::os(OpKind::Read, ENOENT)),
+            (None, false) => return Err(StorageIoError::os_at("open", path, ENOENT)),
         }
         let len = entry.live.as_ref().map_or(0, |d| d.len() as u64);
         drop(st);
@@ -658,7 +658,7 @@ impl StorageIo for MemIo {
                 f.unsynced.clear();
                 Ok(())
             }
-            _ => Err(StorageIoError::os(OpKind::Write, ENOENT)),
+            _ => Err(StorageIoError::os_at("remove_file", path, ENOENT)),
         }
     }
 

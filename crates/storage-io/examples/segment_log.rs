@@ -7,180 +7,35 @@
 //! valid frame). A batch is appended with
 //! every record in flight at once and made durable by one `sync_data` (group commit); an
 //! in-memory index maps offsets to file positions, and reopening rebuilds it by scanning the
-//! segments (a torn tail — a frame whose CRC fails — ends the scan).
+//! segments (a torn tail — a frame whose CRC fails — ends the scan). The torn bytes are zeroed
+//! and the next record is written where the last intact one ends, so records acknowledged after
+//! a crash survive the next reopen and no offset is handed out twice. The log itself lives in
+//! `segment_log/log.rs`, which tests/segment_log_crash.rs crash-tests on MemIo.
 //!
 //! ```text
 //! cargo run --release -p storage-io --example segment_log -- --records 20000 --batch 64
 //! STORAGE_IO_BACKEND=thread_pool cargo run --release -p storage-io --example segment_log
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
-use storage_io::{AsyncFile, AsyncFileSystem, AsyncFsConfig};
+use anyhow::{Context, ensure};
+use storage_io::{AsyncFileSystem, AsyncFsConfig};
 
-const HEADER: usize = 8;
+#[path = "segment_log/log.rs"]
+mod log;
+use log::{SegmentLog, segment_base};
 
-/// One segment file: its first offset and where each of its records starts.
-struct Segment {
-    base_offset: u64,
-    file: AsyncFile,
-    /// (position, payload length) of each record, by offset − base_offset.
-    index: Vec<(u64, u32)>,
-    size: u64,
-}
-
-/// The log: segments in offset order, the last one active.
-struct SegmentLog {
-    fs: AsyncFileSystem,
-    dir: PathBuf,
-    segment_bytes: u64,
-    segments: Vec<Segment>,
-}
-
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let len = (payload.len() as u32).to_le_bytes();
-    let mut f = Vec::with_capacity(HEADER + payload.len());
-    f.extend_from_slice(&len);
-    f.extend_from_slice(&checksum(len, payload).to_le_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// CRC32C of a frame's length bytes and payload: four zero bytes alone do not check out, so
-/// zeros are not an empty record.
-fn checksum(len: [u8; 4], payload: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&len), payload)
-}
-
-impl SegmentLog {
-    /// Opens the log in `dir`, rebuilding the index of every existing segment.
-    async fn open(fs: AsyncFileSystem, dir: &Path, segment_bytes: u64) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let mut bases: Vec<u64> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".log")?.parse().ok())
-            .collect();
-        bases.sort_unstable();
-        let mut log = SegmentLog {
-            fs,
-            dir: dir.to_path_buf(),
-            segment_bytes,
-            segments: Vec::new(),
-        };
-        for base in bases {
-            let segment = log.scan(base).await?;
-            log.segments.push(segment);
-        }
-        if log.segments.is_empty() {
-            log.roll(0).await?;
-        }
-        Ok(log)
+/// The base offsets of the segment files in `dir` (created if missing).
+fn segment_bases(dir: &Path) -> anyhow::Result<Vec<u64>> {
+    std::fs::create_dir_all(dir)?;
+    let mut bases = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        bases.extend(segment_base(&entry?.path()));
     }
-
-    /// Reads one segment front to back and indexes every intact record.
-    async fn scan(&self, base_offset: u64) -> anyhow::Result<Segment> {
-        let file = self.fs.open_append(self.path(base_offset)).await?;
-        let len = file.size().await?;
-        let (n, data) = file.read_at(vec![0u8; len as usize], 0).await;
-        ensure!(n? as u64 == len, "segment {base_offset} shrank while being read");
-        let (mut pos, mut index) = (0usize, Vec::new());
-        while pos + HEADER <= data.len() {
-            let len: [u8; 4] = data[pos..pos + 4].try_into()?;
-            let plen = u32::from_le_bytes(len) as usize;
-            let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into()?);
-            let Some(payload) = data.get(pos + HEADER..pos + HEADER + plen) else {
-                break;
-            };
-            if checksum(len, payload) != crc {
-                break;
-            }
-            index.push((pos as u64, plen as u32));
-            pos += HEADER + plen;
-        }
-        if (pos as u64) < len {
-            println!(
-                "segment {base_offset}: {} torn bytes after record {} ignored",
-                len - pos as u64,
-                index.len()
-            );
-        }
-        Ok(Segment {
-            base_offset,
-            file,
-            index,
-            size: pos as u64,
-        })
-    }
-
-    fn path(&self, base_offset: u64) -> PathBuf {
-        self.dir.join(format!("{base_offset:020}.log"))
-    }
-
-    async fn roll(&mut self, base_offset: u64) -> anyhow::Result<()> {
-        let file = self.fs.open_append(self.path(base_offset)).await?;
-        ensure!(file.size().await? == 0, "segment {base_offset} already exists");
-        // The new segment's name must survive a crash, or so would none of its records.
-        self.fs.sync_dir(&self.dir).await?;
-        self.segments.push(Segment {
-            base_offset,
-            file,
-            index: Vec::new(),
-            size: 0,
-        });
-        Ok(())
-    }
-
-    /// The offset the next record gets.
-    fn next_offset(&self) -> u64 {
-        self.segments
-            .last()
-            .map_or(0, |s| s.base_offset + s.index.len() as u64)
-    }
-
-    /// Appends a batch — every record in flight at once — and makes it durable with one
-    /// `sync_data`. Returns the offset of the first record.
-    async fn append_batch(&mut self, payloads: &[Vec<u8>]) -> anyhow::Result<u64> {
-        let first = self.next_offset();
-        let full = self.segments.last().is_none_or(|s| s.size >= self.segment_bytes);
-        if full {
-            self.roll(first).await?;
-        }
-        let Some(active) = self.segments.last_mut() else {
-            bail!("no active segment")
-        };
-        // Each append is sent when called, so the records reach the file in this order and all
-        // are in flight at once; the sync, sent last, covers every one of them.
-        let appends: Vec<_> = payloads.iter().map(|p| active.file.append(frame(p))).collect();
-        let sync = active.file.sync_data();
-        for (append, p) in appends.into_iter().zip(payloads) {
-            let at = append.await.0?;
-            active.index.push((at, p.len() as u32));
-            active.size = active.size.max(at + (HEADER + p.len()) as u64);
-        }
-        sync.await?;
-        Ok(first)
-    }
-
-    /// The payload of the record at `offset`.
-    async fn read(&self, offset: u64) -> anyhow::Result<Vec<u8>> {
-        let i = self.segments.partition_point(|s| s.base_offset <= offset);
-        let segment = i
-            .checked_sub(1)
-            .map(|i| &self.segments[i])
-            .context("offset before the log")?;
-        let &(pos, len) = segment
-            .index
-            .get((offset - segment.base_offset) as usize)
-            .with_context(|| format!("offset {offset} is past the end"))?;
-        let (n, payload) = segment
-            .file
-            .read_at(vec![0u8; len as usize], pos + HEADER as u64)
-            .await;
-        ensure!(n? == len as usize, "record {offset} is cut short");
-        Ok(payload)
-    }
+    Ok(bases)
 }
 
 fn payload(offset: u64) -> Vec<u8> {
@@ -221,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Produce: batches of records, each batch durable before the next starts.
-    let mut log = SegmentLog::open(fs.clone(), &dir, segment_bytes).await?;
+    let mut log = SegmentLog::open(fs.clone(), &dir, segment_bytes, segment_bases(&dir)?).await?;
     let mut latencies_us = Vec::new();
     let t0 = Instant::now();
     let mut next = 0;
@@ -246,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Reopen: the index is rebuilt from the files.
     drop(log);
-    let log = Arc::new(SegmentLog::open(fs.clone(), &dir, segment_bytes).await?);
+    let log = Arc::new(SegmentLog::open(fs.clone(), &dir, segment_bytes, segment_bases(&dir)?).await?);
     ensure!(
         log.next_offset() == records,
         "recovered {} of {records} records",
@@ -283,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
 
     let m = fs.metrics();
     for kind in [
-        storage_io::OpKind::Append,
+        storage_io::OpKind::Write,
         storage_io::OpKind::Datasync,
         storage_io::OpKind::Read,
     ] {

@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Out of memory (the same number on Linux, the BSDs and macOS).
+const ENOMEM: i32 = 12;
+
 /// One allocation split into `count` buffers of `size` bytes, lent out as [`AlignedBuf`]s.
 pub(super) struct FixedArea {
     pub(super) base: NonNull<u8>,
@@ -89,7 +92,13 @@ impl FixedBufs {
         // alignment (checked by layout_for).
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let Some(base) = NonNull::new(raw) else {
-            alloc::handle_alloc_error(layout)
+            // Out of memory is an error for the backend to report (io_uring then runs without
+            // registered buffers), never an abort.
+            return Err(StorageIoError::Os {
+                what: "allocating fixed buffers",
+                errno: ENOMEM,
+                path: None,
+            });
         };
         let free = ArrayQueue::new(count);
         for i in 0..count {

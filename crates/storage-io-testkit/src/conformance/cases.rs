@@ -5,11 +5,13 @@ use super::*;
 pub(super) fn read_after_write(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "raw");
-    let a = pattern(1, 4096);
-    let b = pattern(2, 10_000);
+    // Transfers of up to 10,000 bytes, or max_io_bytes when that is smaller.
+    let a = pattern(1, ctx.io_len(4096));
+    let b = pattern(2, ctx.io_len(10_000));
     let c = pattern(3, 1);
+    let b_at = a.len() as u64;
     io.submit_write(fd, &a, 0).expect("write a");
-    io.submit_write_buf(fd, IoBuf::Vec(b.clone()), 4096)
+    io.submit_write_buf(fd, IoBuf::Vec(b.clone()), b_at)
         .map_err(|e| e.error)
         .expect("write b");
     io.submit_write(fd, &c, 20_000).expect("write c");
@@ -20,14 +22,14 @@ pub(super) fn read_after_write(ctx: &mut Ctx<'_>) {
             "writes are never short on success"
         );
     }
-    assert_eq!(read_back(io.as_mut(), fd, 0, 4096), a);
-    assert_eq!(read_back(io.as_mut(), fd, 4096, b.len()), b);
+    assert_eq!(read_back(io.as_mut(), fd, 0, a.len()), a);
+    assert_eq!(read_back(io.as_mut(), fd, b_at, b.len()), b);
     assert_eq!(read_back(io.as_mut(), fd, 20_000, 1), c);
     // A read across the boundary of two writes, and the hole between b and c reads as zeros.
-    let across = read_back(io.as_mut(), fd, 4000, 200);
-    assert_eq!(&across[..96], &a[4000..]);
+    let across = read_back(io.as_mut(), fd, b_at - 96, 200);
+    assert_eq!(&across[..96], &a[a.len() - 96..]);
     assert_eq!(&across[96..], &b[..104]);
-    let hole = read_back(io.as_mut(), fd, 14_096, 100);
+    let hole = read_back(io.as_mut(), fd, b_at + b.len() as u64, 100);
     assert!(hole.iter().all(|&x| x == 0), "a hole reads as zeros");
     assert_eq!(io.file_len(fd).expect("file_len"), 20_001);
 }
@@ -35,7 +37,7 @@ pub(super) fn read_after_write(ctx: &mut Ctx<'_>) {
 pub(super) fn write_bytes_matches_a_copied_write(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "write-bytes");
-    let whole = bytes::Bytes::from(pattern(8, 10_000));
+    let whole = bytes::Bytes::from(pattern(8, ctx.io_len(10_000)));
     io.submit_write_bytes(fd, whole.clone(), 0)
         .expect("write shared bytes");
     // A slice at an odd address, length and offset (a buffered file takes any).
@@ -53,7 +55,7 @@ pub(super) fn write_bytes_matches_a_copied_write(ctx: &mut Ctx<'_>) {
     assert_eq!(read_back(io.as_mut(), fd, 20_001, part.len()), &part[..]);
     assert_eq!(
         &whole[..],
-        &pattern(8, 10_000)[..],
+        &pattern(8, whole.len())[..],
         "the caller's bytes are untouched"
     );
 }
@@ -158,8 +160,12 @@ pub(super) fn datasync_completes_after_earlier_writes(ctx: &mut Ctx<'_>) {
         let limit = io.capabilities().max_in_flight;
         let later = (limit / 4).clamp(1, 16) as u64;
         let per_file = (limit.saturating_sub(2 + later as usize) / 2).clamp(1, 48) as u64;
+        let big = ctx.io_len(8192) as u64;
         for i in 0..per_file {
-            before.insert(io.submit_write(a, &pattern(i, 8192), i * 8192).expect("write a"));
+            before.insert(
+                io.submit_write(a, &pattern(i, big as usize), i * big)
+                    .expect("write a"),
+            );
             io.submit_write(b, &pattern(i, 512), i * 512).expect("write b");
         }
         before.insert(io.submit_append(a, &pattern(99, 100)).expect("append a"));
@@ -169,7 +175,7 @@ pub(super) fn datasync_completes_after_earlier_writes(ctx: &mut Ctx<'_>) {
         }
         .expect("submit sync");
         for i in 0..later {
-            io.submit_write(a, &pattern(1000 + i, 4096), (100 + i) * 8192)
+            io.submit_write(a, &pattern(1000 + i, ctx.io_len(4096)), (100 + i) * big)
                 .expect("later write");
         }
         let done = drain(io.as_mut());
@@ -326,7 +332,8 @@ fn expect_failure_with_buffer(
 pub(super) fn errors_return_buffers_and_keep_errno(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, path) = ctx.create(io.as_mut(), "errors");
-    io.submit_write(fd, &pattern(9, 8192), 0).expect("seed data");
+    let seed = ctx.io_len(8192);
+    io.submit_write(fd, &pattern(9, seed), 0).expect("seed data");
     drain(io.as_mut());
     io.deregister_fd(fd).expect("deregister");
     let ro = io
@@ -347,7 +354,7 @@ pub(super) fn errors_return_buffers_and_keep_errno(ctx: &mut Ctx<'_>) {
     let r = io.submit_read(wo, IoBuf::Vec(marker.clone()), 0);
     expect_failure_with_buffer(io.as_mut(), r, &marker, "read on a write-only file");
     // The file is unchanged by the failed write.
-    assert_eq!(read_back(io.as_mut(), ro, 0, 8192), pattern(9, 8192));
+    assert_eq!(read_back(io.as_mut(), ro, 0, seed), pattern(9, seed));
     // Oversized transfers are refused at submit, whatever the file.
     let max = io.capabilities().max_io_bytes;
     let err = io
@@ -437,9 +444,11 @@ pub(super) fn direct_io_alignment_is_enforced(ctx: &mut Ctx<'_>) {
     odd_len.truncate(1000);
     let mut shifted = AlignedBuf::page_aligned(8192).expect("aligned buffer");
     shifted.truncate(4096 + 512);
-    let shifted_vec = IoBuf::Vec(vec![0u8; 4097]);
+    // A length off the alignment, within max_io_bytes (else the transfer is TooLarge first).
+    let odd = if ctx.max_io > 4096 { 4097 } else { 4095 };
+    let shifted_vec = IoBuf::Vec(vec![0u8; odd]);
     let misaligned_addr = if shifted_vec.is_aligned_to(4096) {
-        IoBuf::Vec(vec![0u8; 4096 + 1])
+        IoBuf::Vec(vec![0u8; odd - 2])
     } else {
         shifted_vec
     };
@@ -485,10 +494,12 @@ pub(super) fn direct_io_alignment_is_enforced(ctx: &mut Ctx<'_>) {
 pub(super) fn eof_reads_are_short_successes(ctx: &mut Ctx<'_>) {
     let mut io = ctx.backend();
     let (fd, _) = ctx.create(io.as_mut(), "eof");
-    io.submit_write(fd, &pattern(8, 5000), 0).expect("write");
+    // A file shorter than the first read (5000 and 8192 bytes, within max_io_bytes).
+    let len = ctx.io_len(8192).min(5001) - 1;
+    io.submit_write(fd, &pattern(8, len), 0).expect("write");
     drain(io.as_mut());
     let t1 = io
-        .submit_read(fd, IoBuf::Vec(vec![0xAA; 8192]), 0)
+        .submit_read(fd, IoBuf::Vec(vec![0xAA; ctx.io_len(8192)]), 0)
         .map_err(|e| e.error)
         .expect("read");
     let t2 = io
@@ -496,14 +507,14 @@ pub(super) fn eof_reads_are_short_successes(ctx: &mut Ctx<'_>) {
         .map_err(|e| e.error)
         .expect("read");
     let t3 = io
-        .submit_read(fd, IoBuf::Vec(vec![0xAA; 1000]), 4500)
+        .submit_read(fd, IoBuf::Vec(vec![0xAA; 1000]), len as u64 - 500)
         .map_err(|e| e.error)
         .expect("read");
     let done: HashMap<IoToken, IoCompletion> = drain(io.as_mut()).into_iter().map(|c| (c.token, c)).collect();
     let c1 = &done[&t1];
-    assert_eq!(c1.result, Ok(5000));
+    assert_eq!(c1.result, Ok(len));
     assert!(c1.is_eof(), "a read cut by end of file is a typed EOF");
-    assert_eq!(c1.buf.as_ref().expect("buf").as_slice(), &pattern(8, 5000)[..]);
+    assert_eq!(c1.buf.as_ref().expect("buf").as_slice(), &pattern(8, len)[..]);
     assert_eq!(
         done[&t2].result,
         Ok(0),
@@ -512,7 +523,7 @@ pub(super) fn eof_reads_are_short_successes(ctx: &mut Ctx<'_>) {
     assert_eq!(done[&t2].buf.as_ref().expect("buf").len(), 0);
     assert_eq!(done[&t3].result, Ok(500));
     let full = io
-        .submit_read(fd, IoBuf::Vec(vec![0; 5000]), 0)
+        .submit_read(fd, IoBuf::Vec(vec![0; len]), 0)
         .map_err(|e| e.error)
         .expect("read");
     let c = drain(io.as_mut())
@@ -523,7 +534,7 @@ pub(super) fn eof_reads_are_short_successes(ctx: &mut Ctx<'_>) {
 }
 
 pub(super) fn queue_full_is_reported_and_nothing_is_lost(ctx: &mut Ctx<'_>) {
-    let mut io = ctx.backend();
+    let mut io = ctx.raw_backend();
     let (fd, _) = ctx.create(io.as_mut(), "qfull");
     let limit = io.capabilities().max_in_flight;
     let mut accepted = 0usize;

@@ -104,12 +104,22 @@ where
         None => tempfile::tempdir(),
     }
     .expect("conformance: cannot create a temporary directory (set STORAGE_IO_TEST_DIR)");
+    let probe = make();
+    let caps = probe.capabilities();
+    drop(probe);
+    assert!(
+        caps.max_io_bytes >= MIN_MAX_IO_BYTES,
+        "conformance: the suite needs max_io_bytes >= {MIN_MAX_IO_BYTES} (one direct-I/O page); {} has {}",
+        caps.name,
+        caps.max_io_bytes
+    );
     let mut ctx = Ctx {
         make: &make,
         root: tmp.path().to_path_buf(),
         next: 0,
         options: options.clone(),
-        backend: make().name(),
+        backend: caps.name,
+        max_io: caps.max_io_bytes,
     };
     let started = Instant::now();
     case(&mut ctx);
@@ -186,11 +196,25 @@ struct Ctx<'a> {
     next: usize,
     options: ConformanceOptions,
     backend: &'static str,
+    /// The backend's `max_io_bytes`: no case submits a larger transfer unless it tests the limit.
+    max_io: usize,
 }
 
 impl Ctx<'_> {
+    /// A fresh backend behind [`WithRoom`]: a submit the backend's queue cannot take yet waits
+    /// for a completion and is retried, so the cases run at any queue depth.
     fn backend(&self) -> Box<dyn StorageIo> {
+        Box::new(WithRoom::new((self.make)()))
+    }
+
+    /// A fresh backend as made, for the case that checks `QueueFull` itself.
+    fn raw_backend(&self) -> Box<dyn StorageIo> {
         (self.make)()
+    }
+
+    /// `len`, or the backend's `max_io_bytes` if that is smaller.
+    fn io_len(&self, len: usize) -> usize {
+        len.min(self.max_io)
     }
 
     fn path(&mut self, name: &str) -> PathBuf {
@@ -204,6 +228,171 @@ impl Ctx<'_> {
             .open_file(&path, &OpenOptions::create())
             .unwrap_or_else(|e| panic!("open_file({}) failed: {e}", path.display()));
         (fd, path)
+    }
+}
+
+/// The smallest `max_io_bytes` the suite runs with: one 4 KiB direct-I/O page.
+pub const MIN_MAX_IO_BYTES: usize = 4096;
+
+/// A backend wrapper that makes room instead of answering `QueueFull`: it waits for one
+/// completion of the backend (kept, and handed out first by the next poll or wait) and
+/// submits again. Ops stay in submission order and every completion is delivered once, so the
+/// contract checks hold at any queue depth; the wrapper only spares the cases the bookkeeping.
+struct WithRoom {
+    io: Box<dyn StorageIo>,
+    kept: std::collections::VecDeque<IoCompletion>,
+    scratch: Vec<IoCompletion>,
+}
+
+impl WithRoom {
+    fn new(io: Box<dyn StorageIo>) -> Self {
+        WithRoom {
+            io,
+            kept: std::collections::VecDeque::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Waits for at least one completion of the backend and keeps it.
+    fn make_room(&mut self) {
+        let deadline = Instant::now() + STUCK_AFTER;
+        loop {
+            self.io
+                .wait_completions(&mut self.scratch, 1, Some(Duration::from_millis(200)))
+                .expect("wait_completions failed while making room");
+            if !self.scratch.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backend stuck: queue full and nothing completed after {STUCK_AFTER:?}"
+            );
+        }
+        self.kept.extend(self.scratch.drain(..));
+    }
+
+    fn retry<T>(
+        &mut self,
+        mut submit: impl FnMut(&mut dyn StorageIo) -> Result<T, StorageIoError>,
+    ) -> Result<T, StorageIoError> {
+        loop {
+            match submit(self.io.as_mut()) {
+                Err(StorageIoError::QueueFull { .. }) if self.io.pending_count() > 0 => self.make_room(),
+                other => return other,
+            }
+        }
+    }
+
+    fn retry_buf(
+        &mut self,
+        mut buf: IoBuf,
+        mut submit: impl FnMut(&mut dyn StorageIo, IoBuf) -> Result<IoToken, storage_io_core::SubmitError<IoBuf>>,
+    ) -> Result<IoToken, storage_io_core::SubmitError<IoBuf>> {
+        loop {
+            match submit(self.io.as_mut(), buf) {
+                Err(e)
+                    if matches!(e.error, StorageIoError::QueueFull { .. }) && self.io.pending_count() > 0 =>
+                {
+                    buf = e.buf;
+                    self.make_room();
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl StorageIo for WithRoom {
+    fn capabilities(&self) -> storage_io_core::Capabilities {
+        self.io.capabilities()
+    }
+    fn name(&self) -> &'static str {
+        self.io.name()
+    }
+    fn register_fd(&mut self, file: std::fs::File) -> storage_io_core::Result<IoFd> {
+        self.io.register_fd(file)
+    }
+    fn deregister_fd(&mut self, fd: IoFd) -> storage_io_core::Result<()> {
+        self.io.deregister_fd(fd)
+    }
+    fn open_file(&mut self, path: &Path, options: &OpenOptions) -> storage_io_core::Result<IoFd> {
+        self.io.open_file(path, options)
+    }
+    fn open_file_with_mode(
+        &mut self,
+        path: &Path,
+        options: &OpenOptions,
+    ) -> storage_io_core::Result<storage_io_core::OpenedFd> {
+        self.io.open_file_with_mode(path, options)
+    }
+    fn file_len(&mut self, fd: IoFd) -> storage_io_core::Result<u64> {
+        self.io.file_len(fd)
+    }
+    fn alloc_buf(&mut self, len: usize) -> storage_io_core::Result<AlignedBuf> {
+        self.io.alloc_buf(len)
+    }
+    fn submit_read(
+        &mut self,
+        fd: IoFd,
+        buf: IoBuf,
+        offset: u64,
+    ) -> Result<IoToken, storage_io_core::SubmitError<IoBuf>> {
+        self.retry_buf(buf, |io, b| io.submit_read(fd, b, offset))
+    }
+    fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> storage_io_core::Result<IoToken> {
+        self.retry(|io| io.submit_write(fd, data, offset))
+    }
+    fn submit_write_buf(
+        &mut self,
+        fd: IoFd,
+        buf: IoBuf,
+        offset: u64,
+    ) -> Result<IoToken, storage_io_core::SubmitError<IoBuf>> {
+        self.retry_buf(buf, |io, b| io.submit_write_buf(fd, b, offset))
+    }
+    fn submit_write_bytes(
+        &mut self,
+        fd: IoFd,
+        data: bytes::Bytes,
+        offset: u64,
+    ) -> storage_io_core::Result<IoToken> {
+        self.retry(|io| io.submit_write_bytes(fd, data.clone(), offset))
+    }
+    fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> storage_io_core::Result<IoToken> {
+        self.retry(|io| io.submit_append(fd, data))
+    }
+    fn submit_datasync(&mut self, fd: IoFd) -> storage_io_core::Result<IoToken> {
+        self.retry(|io| io.submit_datasync(fd))
+    }
+    fn submit_fsync(&mut self, fd: IoFd) -> storage_io_core::Result<IoToken> {
+        self.retry(|io| io.submit_fsync(fd))
+    }
+    fn flush(&mut self) -> storage_io_core::Result<usize> {
+        self.io.flush()
+    }
+    fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        let kept = self.kept.len();
+        out.extend(self.kept.drain(..));
+        kept + self.io.poll_completions(out)
+    }
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> storage_io_core::Result<usize> {
+        let kept = self.kept.len();
+        out.extend(self.kept.drain(..));
+        if kept >= min || self.io.pending_count() == 0 {
+            return Ok(kept + self.io.poll_completions(out));
+        }
+        Ok(kept + self.io.wait_completions(out, min - kept, timeout)?)
+    }
+    fn pending_count(&self) -> usize {
+        self.io.pending_count() + self.kept.len()
+    }
+    fn stats(&self) -> &storage_io_core::IoStats {
+        self.io.stats()
     }
 }
 

@@ -68,6 +68,8 @@ struct Harness<'a> {
     writes: [Vec<(IoToken, u64, u64)>; 2],
     /// Reads in flight per file: token and start offset.
     reads: [Vec<(IoToken, u64)>; 2],
+    /// The backend's `max_io_bytes`: transfers are cut to it.
+    max_io: usize,
     delivered: HashSet<IoToken>,
     out: Vec<IoCompletion>,
 }
@@ -196,7 +198,8 @@ impl Harness<'_> {
                 seed,
                 owned,
             } => {
-                let data = pattern(u64::from(seed) << 16 | u64::from(len), usize::from(len));
+                let len = usize::from(len).min(self.max_io);
+                let data = pattern(u64::from(seed) << 16 | len as u64, len);
                 let offset = u64::from(offset);
                 self.settle_before_write(file, offset, offset + data.len() as u64)?;
                 let fd = self.fds[file];
@@ -222,7 +225,8 @@ impl Harness<'_> {
                 );
             }
             ModelOp::Append { file, len, seed } => {
-                let data = pattern(u64::from(seed) << 20 | u64::from(len), usize::from(len));
+                let len = usize::from(len).min(self.max_io);
+                let data = pattern(u64::from(seed) << 20 | len as u64, len);
                 let at = self.cursor[file];
                 self.settle_before_write(file, at, at + data.len() as u64)?;
                 let fd = self.fds[file];
@@ -241,7 +245,7 @@ impl Harness<'_> {
                 );
             }
             ModelOp::Read { file, offset, len } => {
-                let (offset, len) = (u64::from(offset), usize::from(len));
+                let (offset, len) = (u64::from(offset), usize::from(len).min(self.max_io));
                 // A read racing a write in flight may see either state; wait first so the model
                 // has one answer.
                 // A write in flight at or past the read's start can change the bytes or the file
@@ -311,6 +315,7 @@ fn run_model_case(
     ops: &[ModelOp],
 ) -> Result<(), TestCaseError> {
     let mut io = make();
+    let max_io = io.capabilities().max_io_bytes;
     let mut open = |name: &str| {
         io.open_file(&dir.join(name), &OpenOptions::create().with_truncate(true))
             .map_err(|e| TestCaseError::fail(format!("open: {e}")))
@@ -326,6 +331,7 @@ fn run_model_case(
         reads: [Vec::new(), Vec::new()],
         delivered: HashSet::new(),
         out: Vec::new(),
+        max_io,
     };
     for op in ops {
         h.step(op)?;
@@ -339,7 +345,11 @@ fn run_model_case(
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(len, h.model[file].len() as u64, "file {} length", file);
         let want = h.model[file].clone();
-        let got = read_back(h.io, fd, 0, want.len());
+        let mut got = Vec::with_capacity(want.len());
+        while got.len() < want.len() {
+            let chunk = (want.len() - got.len()).min(max_io);
+            got.extend(read_back(h.io, fd, got.len() as u64, chunk));
+        }
         prop_assert!(got == want, "file {} contents differ from the model", file);
     }
     prop_assert_eq!(h.io.pending_count(), 0);

@@ -118,14 +118,14 @@ impl StorageIo for UringStorageIo {
     }
 
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
-        let (op, offset) = match self.write_checked(fd, &buf, Some(offset)) {
+        let plan = match self.write_checked(fd, &buf, Some(offset)) {
             Ok(x) => x,
             Err(e) => return Err(SubmitError::new(e, buf)),
         };
         let len = buf.len();
         let in_place = registered_index(self.fixed.as_ref(), &buf).is_some();
         let token = self
-            .start(fd, op, offset, len, 0, Payload::WriteOwned(buf))
+            .start(fd, plan.op, plan.offset, len, 0, Payload::WriteOwned(buf))
             .map_err(|(e, p)| {
                 let buf = match p {
                     Payload::WriteOwned(b) => b,
@@ -133,6 +133,7 @@ impl StorageIo for UringStorageIo {
                 };
                 SubmitError::new(e, buf)
             })?;
+        self.commit_cursor(fd, &plan);
         self.in_place_ops += u64::from(in_place);
         Ok(token)
     }

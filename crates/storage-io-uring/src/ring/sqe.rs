@@ -239,17 +239,27 @@ impl UringStorageIo {
         Ok(Payload::WriteStaged(buf))
     }
 
-    pub(super) fn write_checked(
-        &mut self,
-        fd: IoFd,
-        data: &[u8],
-        offset: Option<u64>,
-    ) -> Result<(OpKind, u64)> {
+    /// Checks a write and plans where it goes: the op kind, the offset, and the append cursor
+    /// after it. The cursor itself is left alone: [`commit_cursor`](Self::commit_cursor) moves it
+    /// once the write was accepted, so a refused submit leaves no hole.
+    pub(super) fn write_checked(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<WritePlan> {
         self.admit()?;
         let max = self.config.max_io_bytes;
-        let f = self.files.get_mut(fd)?;
-        let (op, offset) = plan_write(&mut f.append_cursor, f.align, offset, data, max)?;
-        Ok((op, offset))
+        let f = self.files.get(fd)?;
+        let mut cursor = f.append_cursor;
+        let (op, offset) = plan_write(&mut cursor, f.align, offset, data, max)?;
+        Ok(WritePlan { op, offset, cursor })
+    }
+
+    /// Moves `fd`'s append cursor to where an accepted write planned it.
+    pub(super) fn commit_cursor(&mut self, fd: IoFd, plan: &WritePlan) {
+        if let Ok(f) = self.files.get_mut(fd) {
+            debug_assert!(
+                plan.cursor >= f.append_cursor,
+                "an accepted write never moves the cursor back"
+            );
+            f.append_cursor = plan.cursor;
+        }
     }
 
     /// Whether the file's direct I/O takes memory at `addr` (any address for a buffered file).
@@ -261,17 +271,23 @@ impl UringStorageIo {
     /// A write from `data` in place (`WriteShared`): the caller checked that the file takes its
     /// address.
     pub(super) fn shared_write(&mut self, fd: IoFd, data: bytes::Bytes, offset: u64) -> Result<IoToken> {
-        let (op, offset) = self.write_checked(fd, &data, Some(offset))?;
+        let plan = self.write_checked(fd, &data, Some(offset))?;
         let len = data.len();
-        self.start(fd, op, offset, len, 0, Payload::WriteShared(data))
-            .map_err(|(e, _)| e)
+        let token = self
+            .start(fd, plan.op, plan.offset, len, 0, Payload::WriteShared(data))
+            .map_err(|(e, _)| e)?;
+        self.commit_cursor(fd, &plan);
+        Ok(token)
     }
 
     pub(super) fn copied_write(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<IoToken> {
-        let (op, offset) = self.write_checked(fd, data, offset)?;
+        let plan = self.write_checked(fd, data, offset)?;
         let payload = self.stage_copy(data)?;
-        self.start(fd, op, offset, data.len(), 0, payload)
-            .map_err(|(e, _)| e)
+        let token = self
+            .start(fd, plan.op, plan.offset, data.len(), 0, payload)
+            .map_err(|(e, _)| e)?;
+        self.commit_cursor(fd, &plan);
+        Ok(token)
     }
 
     pub(super) fn sync(&mut self, fd: IoFd, op: OpKind) -> Result<IoToken> {
@@ -304,4 +320,11 @@ impl UringStorageIo {
             started,
         )
     }
+}
+
+/// Where a checked write goes, and where the append cursor stands once it is accepted.
+pub(super) struct WritePlan {
+    pub(super) op: OpKind,
+    pub(super) offset: u64,
+    pub(super) cursor: u64,
 }

@@ -128,3 +128,58 @@ fn uring_reaping_is_not_reentrant_when_a_continuation_meets_a_full_sq_and_ebusy(
         check_reads(&done, n);
     }
 }
+
+/// An append (copied, or a positional write past the end through `submit_write_bytes`) that the
+/// ring refuses at submit must not move the append cursor: the next append lands at the end of
+/// the file, with no hole where the refused one would have gone.
+#[test]
+fn uring_refused_append_or_write_does_not_move_the_append_cursor() {
+    if !usable_or_skip("uring_refused_append_or_write_does_not_move_the_append_cursor") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    std::fs::write(&path, pattern()).unwrap();
+    let config = IoConfig {
+        queue_depth: 8,
+        sq_depth: 1,
+        nowait_reads: false,
+        ..IoConfig::default()
+    };
+    let mut io = UringStorageIo::new(&config).unwrap();
+    let fd = io
+        .open_file(&path, &storage_io_core::OpenOptions::default())
+        .unwrap();
+    io.submit_read(fd, vec![0u8; FILE_BYTES].into(), 0).unwrap(); // fills the SQ
+    io.enter_fault = Some(EnterFault {
+        errno: libc::EINVAL,
+        every: 1,
+        left: u32::MAX,
+        calls: 0,
+    });
+    io.submit_append(fd, &[1u8; 100])
+        .expect_err("the SQ is full and the kernel refuses it");
+    // 64-byte aligned bytes: written in place (shared_write), past the cursor.
+    let shared = bytes::Bytes::from(vec![2u8; 4096]);
+    let far = FILE_BYTES as u64 + 8192;
+    io.submit_write_bytes(fd, shared, far)
+        .expect_err("the SQ is full and the kernel refuses it");
+    io.enter_fault = None;
+    let mut done = Vec::new();
+    while io.pending_count() > 0 {
+        io.wait_completions(&mut done, 1, Some(Duration::from_secs(10)))
+            .unwrap();
+    }
+    done.clear();
+    io.submit_append(fd, &[3u8; 10]).unwrap();
+    io.wait_completions(&mut done, 1, Some(Duration::from_secs(10)))
+        .unwrap();
+    let c = done.pop().unwrap();
+    c.result.as_ref().unwrap();
+    assert_eq!(
+        c.offset, FILE_BYTES as u64,
+        "the append lands at the end of the file, not after the refused ops"
+    );
+    io.deregister_fd(fd).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), FILE_BYTES as u64 + 10);
+}

@@ -115,7 +115,7 @@ impl AsyncFileSystem {
         for (w, io) in backends.into_iter().enumerate() {
             let (tx, rx) = flume::unbounded();
             let shared = Arc::new(WorkerShared::new());
-            let worker = Worker::new(io, rx, Arc::clone(&shared), config.io.queue_depth);
+            let worker = Worker::new(io, rx, tx.downgrade(), Arc::clone(&shared), config.io.queue_depth);
             let waker = worker.waker();
             let handle = std::thread::Builder::new()
                 .name(format!("storage-io-worker-{w}"))
@@ -157,40 +157,69 @@ impl AsyncFileSystem {
     /// Opens a file for appending (creating it if missing; existing contents are kept, and
     /// appends land after them). With `preallocate_wal` on, `preallocate_size` bytes are
     /// reserved first (see [`AsyncFile::allocate`]).
+    ///
+    /// Within this file system, every handle on one path shares one append cursor (see
+    /// [`AsyncFile::append`]), so a second `open_append` of a path is fine. Across processes
+    /// (and across file systems in one process), `open_append` takes an exclusive advisory lock
+    /// (`flock`) on the file, held until the last handle on it here is closed: a second
+    /// appender elsewhere gets an `Os` error naming the path instead of overwriting this one's
+    /// records. The lock is advisory: a process that writes without taking it is not stopped.
+    /// Files of in-memory backends have no OS file and take no lock.
     pub async fn open_append(&self, path: impl AsRef<Path>) -> Result<AsyncFile> {
         let config = &self.shared.config;
         let reserve = config.preallocate_appends.then_some(config.preallocate_size);
-        self.open_with(path, OpenOptions::create(), reserve).await
+        self.open_inner(path.as_ref(), OpenOptions::create(), reserve, true)
+            .await
     }
 
     /// Opens with explicit options. `AsyncFsConfig::io.direct_io` turns direct I/O on for every open
     /// (as does `options.direct`); where the file system refuses it, the file is opened
     /// buffered with a warning and [`AsyncFile::mode`] says so.
+    ///
+    /// Every handle on one path is served by the same worker (chosen by the path), which keeps
+    /// one append cursor for them all.
     pub async fn open_with(
         &self,
         path: impl AsRef<Path>,
-        mut options: OpenOptions,
+        options: OpenOptions,
         preallocate_bytes: Option<u64>,
     ) -> Result<AsyncFile> {
+        self.open_inner(path.as_ref(), options, preallocate_bytes, false)
+            .await
+    }
+
+    async fn open_inner(
+        &self,
+        path: &Path,
+        mut options: OpenOptions,
+        preallocate_bytes: Option<u64>,
+        append_lock: bool,
+    ) -> Result<AsyncFile> {
         options.direct |= self.shared.config.io.direct_io;
-        let path = path.as_ref().to_path_buf();
-        let worker = self.shared.next_worker.fetch_add(1, Ordering::Relaxed) % self.shared.workers.len();
+        let path = path.to_path_buf();
+        let key = path_key(&path);
+        let worker = worker_for(&key, self.shared.workers.len());
         let (reply, waiting) = slot();
         self.shared.send(
             worker,
             Request::Open {
                 path: path.clone(),
+                key,
                 options,
                 preallocate_bytes,
+                append_lock,
                 reply,
             },
         );
+        // Dropped before the answer comes (a timeout, a select!), this future drops `waiting`,
+        // and the worker closes the file it opens (or a delivered one closes itself).
         let opened = waiting.await.unwrap_or_else(|| Err(worker_gone()))?;
+        let (fd, mode) = opened.into_parts();
         Ok(AsyncFile {
             fs: Arc::clone(&self.shared),
             worker,
-            fd: opened.fd,
-            mode: opened.mode,
+            fd,
+            mode,
             path,
             closed: false,
         })
@@ -370,6 +399,21 @@ fn refuse(request: Request, error: StorageIoError) {
     }
 }
 
+/// The key under which handles on one file share a worker and an append cursor: the path made
+/// absolute (lexically; no symlinks are resolved, so two spellings through a symlink are two
+/// keys).
+fn path_key(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The worker that serves every handle on the file with this key.
+fn worker_for(key: &Path, workers: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % workers as u64) as usize
+}
+
 /// What a future gets if its worker vanished without answering (a worker panic: a bug).
 fn worker_gone() -> StorageIoError {
     tracing::error!("an io worker stopped without answering a request");
@@ -427,7 +471,9 @@ impl AsyncFile {
 
     /// Writes all of `buf` at the end of the file and answers the offset it landed at. Appends
     /// in flight at once never overlap: each takes its place when the worker submits it, in the
-    /// order they were requested.
+    /// order they were requested. Every handle on this path opened through this file system
+    /// shares one append cursor, so appends through two handles never overwrite each other
+    /// (across processes, see [`AsyncFileSystem::open_append`]).
     pub fn append<B: OwnedBuf>(&self, buf: B) -> BufOp<u64, B> {
         let (reply, waiting) = slot();
         let request = Request::Append {

@@ -18,6 +18,8 @@ struct State<T> {
     waker: Option<Waker>,
     /// The completer went away without a value (its worker stopped).
     abandoned: bool,
+    /// The waiting future was dropped: a later `complete` hands its value back.
+    waiter_gone: bool,
 }
 
 /// The worker's half: completes the operation exactly once.
@@ -37,6 +39,7 @@ pub(crate) fn slot<T>() -> (Completer<T>, Waiting<T>) {
         value: None,
         waker: None,
         abandoned: false,
+        waiter_gone: false,
     }));
     (
         Completer {
@@ -53,11 +56,14 @@ impl<T> Completer<T> {
         let Some(shared) = self.shared.take() else {
             return Err(value);
         };
-        if Arc::strong_count(&shared) == 1 {
-            return Err(value);
-        }
         let waker = {
+            // Checked under the lock the waiting side's drop takes: a value is never stored
+            // for a future that is gone (it would be dropped with the slot, on whichever thread
+            // lets go last); it comes back here instead.
             let mut state = shared.lock();
+            if state.waiter_gone {
+                return Err(value);
+            }
             state.value = Some(value);
             state.waker.take()
         };
@@ -69,7 +75,7 @@ impl<T> Completer<T> {
 
     /// True when the future was dropped and nobody will read the value.
     pub(crate) fn is_abandoned(&self) -> bool {
-        self.shared.as_ref().is_none_or(|s| Arc::strong_count(s) == 1)
+        self.shared.as_ref().is_none_or(|s| s.lock().waiter_gone)
     }
 }
 
@@ -85,6 +91,20 @@ impl<T> Drop for Completer<T> {
                 w.wake();
             }
         }
+    }
+}
+
+impl<T> Drop for Waiting<T> {
+    /// Marks the slot as abandoned and drops a value that was delivered but never read, here
+    /// on the caller's side (a value with a `Drop` of its own, such as an opened file's close
+    /// guard, then acts before the caller's next request).
+    fn drop(&mut self) {
+        let unread = {
+            let mut state = self.shared.lock();
+            state.waiter_gone = true;
+            state.value.take()
+        };
+        drop(unread);
     }
 }
 

@@ -30,10 +30,54 @@ const POLL_INTERVAL: Duration = Duration::from_micros(20);
 /// The wait for completions while draining at shutdown (nothing else to watch then).
 const DRAIN_WAIT: Duration = Duration::from_millis(100);
 
-/// A file the worker opened: its handle and whether direct I/O is in effect.
+/// A file the worker opened: its handle and whether direct I/O is in effect. Dropped without
+/// [`Opened::into_parts`] (its open was cancelled), it closes the file again.
 pub(crate) struct Opened {
     pub(crate) fd: IoFd,
     pub(crate) mode: DirectMode,
+    guard: CloseGuard,
+}
+
+impl Opened {
+    /// Hands the file over to an `AsyncFile`, which closes it from now on.
+    pub(crate) fn into_parts(mut self) -> (IoFd, DirectMode) {
+        self.guard.inbox = None;
+        let mode = std::mem::replace(
+            &mut self.mode,
+            DirectMode::Buffered {
+                fallback_reason: None,
+            },
+        );
+        (self.fd, mode)
+    }
+}
+
+/// The way back to the worker that opened a file: a weak sender (the channel still closes when
+/// the file system lets go of its senders) and the backend's waker.
+type Inbox = (flume::WeakSender<Request>, Option<WaitWaker>);
+
+/// Sends a `Close` for a file nobody took (an abandoned open) when dropped, wherever that is.
+struct CloseGuard {
+    fd: IoFd,
+    inbox: Option<Inbox>,
+}
+
+impl Drop for CloseGuard {
+    fn drop(&mut self) {
+        let Some((weak, waker)) = self.inbox.take() else {
+            return;
+        };
+        // No sender left: the worker is shutting down and closes every file itself.
+        if let Some(tx) = weak.upgrade() {
+            let _ = tx.send(Request::Close {
+                fd: self.fd,
+                reply: None,
+            });
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
+    }
 }
 
 /// The reply of a read or write: the result and the caller's buffer.
@@ -43,8 +87,12 @@ pub(crate) type BufReply = Completer<(Result<usize>, IoBuf)>;
 pub(crate) enum Request {
     Open {
         path: PathBuf,
+        /// The file's key ([`path_key`](super::path_key)): handles with one key share a cursor.
+        key: PathBuf,
         options: OpenOptions,
         preallocate_bytes: Option<u64>,
+        /// Take the advisory append lock (`open_append`).
+        append_lock: bool,
         reply: Completer<Result<Opened>>,
     },
     /// A read into, or a write from, the caller's buffer (`kind` is `Read` or `Write`).
@@ -128,6 +176,27 @@ enum InFlight {
     },
 }
 
+/// One append cursor shared by every handle on a path (see [`Worker::cursors`]).
+struct SharedCursor {
+    /// Where the next append goes.
+    next: u64,
+    /// Open handles with this key.
+    handles: usize,
+}
+
+/// The advisory lock `open_append` takes, held while any handle that asked for it is open.
+struct AppendLock {
+    /// A handle on the locked open file description: keeps the lock while it lives.
+    _file: File,
+    holders: usize,
+}
+
+/// What the worker knows of one open handle beyond the backend's fd.
+struct Handle {
+    key: PathBuf,
+    holds_lock: bool,
+}
+
 /// The part of a worker other threads read: metrics and gauges.
 pub(crate) struct WorkerShared {
     /// End-to-end latency histograms and counters per op kind.
@@ -154,6 +223,8 @@ impl WorkerShared {
 pub(crate) struct Worker {
     io: Box<dyn StorageIo>,
     rx: flume::Receiver<Request>,
+    /// This worker's own channel, for the close guards of the files it opens.
+    me: flume::WeakSender<Request>,
     shared: Arc<WorkerShared>,
     queue_depth: usize,
     backlog: VecDeque<Request>,
@@ -167,6 +238,14 @@ pub(crate) struct Worker {
     /// such a file syncs its directory first, so that a completed `sync_data` of a new file's
     /// appends survives a crash (the data is durable, and so is the name it is under).
     unsynced_names: HashMap<IoFd, PathBuf>,
+    /// Each open handle's key and whether it holds the append lock.
+    handles: HashMap<IoFd, Handle>,
+    /// One append cursor per key: appends through any handle on a path take the next offset
+    /// from it (the backend's cursors are per fd, and two handles on one file would overwrite
+    /// each other). Every handle on a key is on this worker (the file system routes by key).
+    cursors: HashMap<PathBuf, SharedCursor>,
+    /// The append locks this worker holds, per key.
+    append_locks: HashMap<PathBuf, AppendLock>,
     done: Vec<IoCompletion>,
     closing: bool,
     /// The backend's waker: with one, the worker blocks for completions without a timeout and
@@ -178,6 +257,7 @@ impl Worker {
     pub(crate) fn new(
         mut io: Box<dyn StorageIo>,
         rx: flume::Receiver<Request>,
+        me: flume::WeakSender<Request>,
         shared: Arc<WorkerShared>,
         queue_depth: usize,
     ) -> Self {
@@ -186,6 +266,7 @@ impl Worker {
         Worker {
             io,
             rx,
+            me,
             shared,
             queue_depth,
             backlog: VecDeque::with_capacity(queue_depth * 2),
@@ -193,6 +274,9 @@ impl Worker {
             busy: HashMap::new(),
             files: HashMap::new(),
             unsynced_names: HashMap::new(),
+            handles: HashMap::new(),
+            cursors: HashMap::new(),
+            append_locks: HashMap::new(),
             done: Vec::with_capacity(queue_depth),
             closing: false,
             waker,
@@ -286,11 +370,24 @@ impl Worker {
             Request::Sync { fd, kind, at, reply } => return self.start_sync(fd, kind, at, reply),
             Request::Open {
                 path,
+                key,
                 options,
                 preallocate_bytes,
+                append_lock,
                 reply,
             } => {
-                let _ = reply.complete(self.open(&path, &options, preallocate_bytes));
+                // Cancelled (its future dropped) before it started: open nothing.
+                if reply.is_abandoned() {
+                    return None;
+                }
+                let opened = self.open(&path, key, &options, preallocate_bytes, append_lock);
+                // Cancelled while it ran: close what it opened, now.
+                if let Err(Ok(unwanted)) = reply.complete(opened) {
+                    let (fd, _) = unwanted.into_parts();
+                    if let Err(e) = self.close(fd) {
+                        tracing::warn!(%fd, error = %e, "io worker: closing the file of a cancelled open failed");
+                    }
+                }
             }
             Request::Size { fd, reply } => {
                 let _ = reply.complete(self.io.file_len(fd));
@@ -309,9 +406,7 @@ impl Worker {
             Request::Close { fd, reply } => {
                 // deregister_fd waits for this file's ops in flight; their completions stay
                 // queued for the next collect.
-                let result = self.io.deregister_fd(fd);
-                self.files.remove(&fd);
-                self.unsynced_names.remove(&fd);
+                let result = self.close(fd);
                 if let Some(reply) = reply {
                     let _ = reply.complete(result);
                 } else if let Err(e) = result {
@@ -337,13 +432,19 @@ impl Worker {
         if reply.is_abandoned() {
             return None;
         }
+        let len = buf.len();
         let submitted = if kind == OpKind::Read {
             self.io.submit_read(fd, buf, offset)
         } else {
             self.io.submit_write_buf(fd, buf, offset)
         };
         match submitted {
-            Ok(token) => self.track(fd, token, kind, InFlight::Buf { kind, at, reply }),
+            Ok(token) => {
+                if kind == OpKind::Write {
+                    self.written(fd, offset.saturating_add(len as u64));
+                }
+                self.track(fd, token, kind, InFlight::Buf { kind, at, reply });
+            }
             Err(e) => {
                 let (error, buf) = e.into_parts();
                 if matches!(error, StorageIoError::QueueFull { .. }) {
@@ -375,7 +476,15 @@ impl Worker {
         if reply.is_abandoned() {
             return None;
         }
-        match self.io.submit_append(fd, &buf) {
+        // The path's shared cursor decides the offset; a handle the worker does not know (a
+        // bad fd) goes to the backend, which refuses it.
+        let submitted = match self.cursor_of(fd) {
+            Some(next) => self.io.submit_write(fd, &buf, next).inspect(|_| {
+                self.written(fd, next.saturating_add(buf.len() as u64));
+            }),
+            None => self.io.submit_append(fd, &buf),
+        };
+        match submitted {
             Ok(token) => self.track(fd, token, OpKind::Append, InFlight::Append { at, buf, reply }),
             Err(StorageIoError::QueueFull { .. }) => {
                 return Some(Request::Append { fd, buf, at, reply });
@@ -434,22 +543,67 @@ impl Worker {
     fn open(
         &mut self,
         path: &std::path::Path,
+        key: PathBuf,
         options: &OpenOptions,
         preallocate_bytes: Option<u64>,
+        append_lock: bool,
     ) -> Result<Opened> {
         let opened = self.io.open_file_with_mode(path, options)?;
+        let undo = |io: &mut Box<dyn StorageIo>, e: StorageIoError| {
+            if let Err(close) = io.deregister_fd(opened.fd) {
+                tracing::warn!(error = %close, "io worker: closing a file whose open failed half-way");
+            }
+            Err(e)
+        };
+        let holds_lock = append_lock && opened.file.is_some();
+        if holds_lock && !self.append_locks.contains_key(&key) {
+            let locked = opened.file.as_ref().map(|f| lock_for_append(f, path)).transpose();
+            match locked {
+                Ok(Some(file)) => {
+                    self.append_locks.insert(
+                        key.clone(),
+                        AppendLock {
+                            _file: file,
+                            holders: 0,
+                        },
+                    );
+                }
+                Ok(None) => {}
+                Err(e) => return undo(&mut self.io, e),
+            }
+        }
         if let Some(len) = preallocate_bytes {
             let reserved = match &opened.file {
                 Some(file) => reserve(file, len),
                 None => Err(no_os_file()),
             };
             if let Err(e) = reserved {
-                if let Err(close) = self.io.deregister_fd(opened.fd) {
-                    tracing::warn!(error = %close, "io worker: closing a file whose preallocation failed");
-                }
-                return Err(e);
+                self.release_lock(&key, holds_lock, false);
+                return undo(&mut self.io, e);
             }
         }
+        let len = match self.io.file_len(opened.fd) {
+            Ok(len) => len,
+            Err(e) => {
+                self.release_lock(&key, holds_lock, false);
+                return undo(&mut self.io, e);
+            }
+        };
+        if let Some(lock) = self.append_locks.get_mut(&key).filter(|_| holds_lock) {
+            lock.holders += 1;
+        }
+        let cursor = self.cursors.entry(key.clone()).or_insert(SharedCursor {
+            next: len,
+            handles: 0,
+        });
+        cursor.handles += 1;
+        // A truncating open starts the file over; otherwise appends in flight keep their places.
+        cursor.next = if options.truncate {
+            len
+        } else {
+            cursor.next.max(len)
+        };
+        self.handles.insert(opened.fd, Handle { key, holds_lock });
         self.files.insert(opened.fd, opened.file);
         if options.create || options.create_new {
             self.unsynced_names.insert(opened.fd, path.to_path_buf());
@@ -457,7 +611,61 @@ impl Worker {
         Ok(Opened {
             fd: opened.fd,
             mode: opened.mode,
+            guard: CloseGuard {
+                fd: opened.fd,
+                inbox: Some((self.me.clone(), self.waker.clone())),
+            },
         })
+    }
+
+    /// Closes a handle: the backend's fd (after its ops in flight), the second OS handle, and
+    /// its share of the path's cursor and append lock.
+    fn close(&mut self, fd: IoFd) -> Result<()> {
+        let result = self.io.deregister_fd(fd);
+        self.files.remove(&fd);
+        self.unsynced_names.remove(&fd);
+        if let Some(handle) = self.handles.remove(&fd) {
+            if let Some(c) = self.cursors.get_mut(&handle.key) {
+                debug_assert!(c.handles > 0, "a cursor outlives its handles");
+                c.handles -= 1;
+                if c.handles == 0 {
+                    self.cursors.remove(&handle.key);
+                }
+            }
+            self.release_lock(&handle.key, handle.holds_lock, true);
+        }
+        result
+    }
+
+    /// Gives up one hold of `key`'s append lock (`counted`: the holder was counted), releasing
+    /// the lock when nobody holds it any more.
+    fn release_lock(&mut self, key: &std::path::Path, holds_lock: bool, counted: bool) {
+        if !holds_lock {
+            return;
+        }
+        if let Some(lock) = self.append_locks.get_mut(key) {
+            if counted {
+                lock.holders -= 1;
+            }
+            if lock.holders == 0 {
+                self.append_locks.remove(key);
+            }
+        }
+    }
+
+    /// The offset the next append through `fd` goes to, if the worker knows the handle.
+    fn cursor_of(&self, fd: IoFd) -> Option<u64> {
+        let key = &self.handles.get(&fd)?.key;
+        self.cursors.get(key).map(|c| c.next)
+    }
+
+    /// An accepted write through `fd` ends at `end`: the path's cursor moves past it.
+    fn written(&mut self, fd: IoFd, end: u64) {
+        if let Some(handle) = self.handles.get(&fd)
+            && let Some(c) = self.cursors.get_mut(&handle.key)
+        {
+            c.next = c.next.max(end);
+        }
     }
 
     fn track(&mut self, fd: IoFd, token: IoToken, kind: OpKind, op: InFlight) {
@@ -546,9 +754,6 @@ impl Worker {
     }
 }
 
-/// Reserves disk space for the first `len` bytes of `file` without changing its size
-/// (`fallocate` with `FALLOC_FL_KEEP_SIZE`).
-#[cfg(target_os = "linux")]
 /// `allocate` (and preallocation) on a backend whose files are not OS files.
 fn no_os_file() -> StorageIoError {
     StorageIoError::unsupported(
@@ -556,6 +761,43 @@ fn no_os_file() -> StorageIoError {
     )
 }
 
+/// Takes the exclusive advisory append lock (`flock(LOCK_EX | LOCK_NB)`) on `file`'s open file
+/// description and returns a handle that keeps it. Another holder — another process, or another
+/// file system in this one — makes it an `Os` error naming the path.
+#[cfg(unix)]
+fn lock_for_append(file: &File, path: &std::path::Path) -> Result<File> {
+    use std::os::fd::AsRawFd;
+    let err = |e: &std::io::Error| {
+        StorageIoError::from_os_at(
+            "open_append: lock for appending (another process or file system appends to this file)",
+            path,
+            e,
+        )
+    };
+    let file = file.try_clone().map_err(|e| err(&e))?;
+    loop {
+        // SAFETY: flock takes no pointers; the fd is open for as long as `file` lives.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(file);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(err(&e));
+        }
+    }
+}
+
+/// No `flock` here: appenders in other processes are not detected.
+#[cfg(not(unix))]
+fn lock_for_append(file: &File, _path: &std::path::Path) -> Result<File> {
+    file.try_clone()
+        .map_err(|e| StorageIoError::from_os("duplicating a file handle", &e))
+}
+
+/// Reserves disk space for the first `len` bytes of `file` without changing its size
+/// (`fallocate` with `FALLOC_FL_KEEP_SIZE`).
+#[cfg(target_os = "linux")]
 fn reserve(file: &File, len: u64) -> Result<()> {
     use std::os::fd::AsRawFd;
     let len = i64::try_from(len).map_err(|_| StorageIoError::invalid("allocate: length exceeds i64::MAX"))?;
