@@ -160,7 +160,7 @@ impl fmt::Display for OsSubject<'_> {
 /// Error numbers used when a variant has no OS error of its own, and to tell retryable ones.
 #[cfg(unix)]
 mod errno {
-    pub(super) use libc::{EAGAIN, EBADF, EINTR, EINVAL, EIO, ENOBUFS, EOPNOTSUPP, ESHUTDOWN};
+    pub(super) use libc::{EAGAIN, EBADF, EINTR, EINVAL, EIO, ENOBUFS, ENOENT, EOPNOTSUPP, ESHUTDOWN};
 }
 
 /// Off Unix core has no `libc`: the Linux numbers.
@@ -174,6 +174,7 @@ mod errno {
     pub(super) const EINVAL: i32 = 22;
     pub(super) const ESHUTDOWN: i32 = 108;
     pub(super) const EOPNOTSUPP: i32 = 95;
+    pub(super) const ENOENT: i32 = 2;
 }
 
 impl StorageIoError {
@@ -249,6 +250,13 @@ impl StorageIoError {
             StorageIoError::InvalidArgument(_) => errno::EINVAL,
             StorageIoError::Io { errno, .. } | StorageIoError::Os { errno, .. } => *errno,
         }
+    }
+
+    /// True when the file or directory does not exist (`ENOENT`), whichever call reported it:
+    /// an open or a namespace call (`Os`) or an I/O op (`Io`). Match on this rather than on a
+    /// variant: open and namespace calls are `Os` errors.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageIoError::Io { .. } | StorageIoError::Os { .. }) && self.errno() == errno::ENOENT
     }
 
     /// True when retrying the same request later may succeed (queue full, `EAGAIN`, `EINTR`).
@@ -348,6 +356,21 @@ mod tests {
         assert!(!spawn.is_retryable());
         let back: std::io::Error = spawn.into();
         assert_eq!(back.raw_os_error(), Some(11));
+    }
+
+    #[test]
+    fn a_missing_file_is_not_found_whichever_call_reported_it() {
+        let open = crate::open_file(
+            std::path::Path::new("/no/such/dir/file"),
+            &crate::OpenOptions::default(),
+        )
+        .map(drop)
+        .unwrap_err();
+        assert!(open.is_not_found(), "{open:?}");
+        assert_eq!(open.path(), Some(std::path::Path::new("/no/such/dir/file")));
+        assert!(StorageIoError::os(OpKind::Read, errno::ENOENT).is_not_found());
+        assert!(!StorageIoError::os(OpKind::Read, errno::EIO).is_not_found());
+        assert!(!StorageIoError::Closed.is_not_found());
     }
 
     #[test]

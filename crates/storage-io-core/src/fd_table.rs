@@ -19,9 +19,11 @@ struct Slot<T> {
 }
 
 impl<T> FdTable<T> {
-    /// A table that holds at most `capacity` files.
+    /// A table that holds at most `capacity` files, capped at
+    /// [`MAX_FILES_LIMIT`](crate::MAX_FILES_LIMIT): every slot is allocated here, and a config
+    /// that skipped `IoConfig::validate` must not abort the process.
     pub fn with_capacity(capacity: usize) -> Self {
-        let capacity = capacity.min(u32::MAX as usize);
+        let capacity = capacity.min(crate::MAX_FILES_LIMIT);
         let mut slots = Vec::with_capacity(capacity);
         slots.resize_with(capacity, || Slot {
             generation: 0,

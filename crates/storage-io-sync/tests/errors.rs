@@ -69,3 +69,24 @@ fn io_errors_print_the_errno_once() {
     );
     assert_eq!(err.to_string().matches("os error").count(), 1, "{err}");
 }
+
+/// `max_files = usize::MAX` allocated an fd table of that many slots and aborted the process;
+/// the backends that validate their config refuse it, and MemIo (which takes any config)
+/// caps its table instead.
+#[test]
+fn max_files_usize_max_is_refused_or_capped_never_an_abort() {
+    let config = IoConfig {
+        max_files: usize::MAX,
+        ..IoConfig::default()
+    };
+    let err = SyncStorageIo::new(&config).map(drop).unwrap_err();
+    assert!(err.to_string().contains("max_files"), "{err}");
+    let err = storage_io_sync::ThreadPoolStorageIo::new(&config)
+        .map(drop)
+        .unwrap_err();
+    assert!(err.to_string().contains("max_files"), "{err}");
+    let mem = storage_io_testkit::memio::MemFs::new(1);
+    let mut io = mem.backend_with(&config);
+    io.open_file(std::path::Path::new("/m/f"), &OpenOptions::create())
+        .unwrap();
+}

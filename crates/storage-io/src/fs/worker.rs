@@ -782,8 +782,17 @@ fn lock_for_append(file: &File, path: &std::path::Path) -> Result<File> {
             return Ok(file);
         }
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(err(&e));
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Held elsewhere (EWOULDBLOCK is EAGAIN on Linux).
+            Some(libc::EWOULDBLOCK) => return Err(err(&e)),
+            // A file system without flock (some network and FUSE ones): append without the
+            // lock rather than not at all, and say so.
+            _ => {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "open_append: the file system refuses flock; appenders in other processes are not detected");
+                return Ok(file);
+            }
         }
     }
 }
