@@ -182,7 +182,8 @@ impl Drop for LoadGuard<'_> {
             return;
         }
         let mut st = self.cache.state.lock();
-        debug_assert_eq!(st.meta[self.frame].state, FrameState::Loading);
+        // (Not checked while unwinding: a second panic would abort.)
+        debug_assert!(std::thread::panicking() || st.meta[self.frame].state == FrameState::Loading);
         if st.table.get(&self.page) == Some(&self.frame) {
             st.table.remove(&self.page);
         }
