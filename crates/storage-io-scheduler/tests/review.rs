@@ -242,21 +242,21 @@ fn new_page_whose_victim_cannot_be_written_back_leaks_no_page_id() {
     assert!(matches!(got, Err(SchedulerError::NotAllocated(_))), "{got:?}");
 }
 
-/// A backend that panics in `submit_read` while `panic` is set (a bug in a backend, or in code
-/// the read runs), and counts the backends alive.
-struct PanickyIo {
+/// A backend that calls `hook` before it submits a read, a write or a datasync (to panic
+/// there, or to hold the thread), and counts the backends alive.
+struct HookIo {
     inner: Box<dyn StorageIo>,
-    panic: Arc<AtomicBool>,
+    hook: Arc<dyn Fn(OpKind) + Send + Sync>,
     alive: Arc<AtomicUsize>,
 }
 
-impl Drop for PanickyIo {
+impl Drop for HookIo {
     fn drop(&mut self) {
         self.alive.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-impl StorageIo for PanickyIo {
+impl StorageIo for HookIo {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
@@ -272,6 +272,22 @@ impl StorageIo for PanickyIo {
     fn file_len(&mut self, fd: IoFd) -> storage_io_core::Result<u64> {
         self.inner.file_len(fd)
     }
+    fn sync_dir(&mut self, dir: &Path) -> storage_io_core::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn remove_file(&mut self, path: &Path) -> storage_io_core::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn list_dir(&mut self, dir: &Path) -> storage_io_core::Result<Vec<PathBuf>> {
+        self.inner.list_dir(dir)
+    }
+    fn create_dir_all(&mut self, dir: &Path) -> storage_io_core::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn submit_write_bytes(&mut self, fd: IoFd, data: Bytes, offset: u64) -> storage_io_core::Result<IoToken> {
+        (self.hook)(OpKind::Write);
+        self.inner.submit_write_bytes(fd, data, offset)
+    }
     fn alloc_buf(&mut self, len: usize) -> storage_io_core::Result<AlignedBuf> {
         self.inner.alloc_buf(len)
     }
@@ -281,10 +297,11 @@ impl StorageIo for PanickyIo {
         buf: IoBuf,
         offset: u64,
     ) -> storage_io_core::Result<IoToken, SubmitError<IoBuf>> {
-        assert!(!self.panic.load(Ordering::SeqCst), "PanickyIo: a read panicked");
+        (self.hook)(OpKind::Read);
         self.inner.submit_read(fd, buf, offset)
     }
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> storage_io_core::Result<IoToken> {
+        (self.hook)(OpKind::Write);
         self.inner.submit_write(fd, data, offset)
     }
     fn submit_write_buf(
@@ -293,12 +310,14 @@ impl StorageIo for PanickyIo {
         buf: IoBuf,
         offset: u64,
     ) -> storage_io_core::Result<IoToken, SubmitError<IoBuf>> {
+        (self.hook)(OpKind::Write);
         self.inner.submit_write_buf(fd, buf, offset)
     }
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> storage_io_core::Result<IoToken> {
         self.inner.submit_append(fd, data)
     }
     fn submit_datasync(&mut self, fd: IoFd) -> storage_io_core::Result<IoToken> {
+        (self.hook)(OpKind::Datasync);
         self.inner.submit_datasync(fd)
     }
     fn submit_fsync(&mut self, fd: IoFd) -> storage_io_core::Result<IoToken> {
@@ -329,19 +348,36 @@ impl StorageIo for PanickyIo {
 /// Caller backends that panic on reads while the switch is set; the counter is how many are
 /// alive.
 fn panicky_factory(fs: &MemFs) -> (BackendFactory, Arc<AtomicBool>, Arc<AtomicUsize>) {
-    let fs = fs.clone();
     let panic = Arc::new(AtomicBool::new(false));
     let alive = Arc::new(AtomicUsize::new(0));
-    let (p, a) = (Arc::clone(&panic), Arc::clone(&alive));
-    let factory: BackendFactory = Arc::new(move |_| {
-        a.fetch_add(1, Ordering::SeqCst);
-        Ok(Box::new(PanickyIo {
+    let p = Arc::clone(&panic);
+    let hook = move |_: usize| -> Arc<dyn Fn(OpKind) + Send + Sync> {
+        let p = Arc::clone(&p);
+        Arc::new(move |op| {
+            assert!(
+                op != OpKind::Read || !p.load(Ordering::SeqCst),
+                "HookIo: a read panicked"
+            )
+        })
+    };
+    (hook_factory(fs, hook, &alive), panic, alive)
+}
+
+/// Backends on `fs` whose hooks `hook(index)` makes.
+fn hook_factory(
+    fs: &MemFs,
+    hook: impl Fn(usize) -> Arc<dyn Fn(OpKind) + Send + Sync> + Send + Sync + 'static,
+    alive: &Arc<AtomicUsize>,
+) -> BackendFactory {
+    let (fs, alive) = (fs.clone(), Arc::clone(alive));
+    Arc::new(move |index| {
+        alive.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(HookIo {
             inner: Box::new(fs.backend()),
-            panic: Arc::clone(&p),
-            alive: Arc::clone(&a),
+            hook: hook(index),
+            alive: Arc::clone(&alive),
         }) as Box<dyn StorageIo>)
-    });
-    (factory, panic, alive)
+    })
 }
 
 /// Runs `f` on a thread and waits up to 10 s for it: a hang fails the test instead of hanging
