@@ -839,3 +839,33 @@ fn crash_at_every_op_then_every_fresh_id_reads_zeros() {
         }
     }
 }
+
+/// The same when the caller backend's factory panics while making it: the slot it counted is
+/// given back, so a later read makes one.
+#[test]
+fn a_panic_while_making_a_caller_backend_does_not_use_up_the_pool() {
+    let fs = MemFs::new(13);
+    let fail = Arc::new(AtomicBool::new(false));
+    let callers: BackendFactory = {
+        let (fs, fail) = (fs.clone(), Arc::clone(&fail));
+        Arc::new(move |_| {
+            assert!(
+                !fail.load(Ordering::SeqCst),
+                "a caller backend's factory panicked"
+            );
+            Ok(Box::new(fs.backend()) as Box<dyn StorageIo>)
+        })
+    };
+    let config = SchedulerConfig {
+        caller_backends: 1,
+        ..config(1)
+    };
+    let sched = DiskScheduler::open_with_caller_backends(DIR, config, mem_factory(&fs), callers).unwrap();
+    let page = allocate(&sched, 1)[0];
+    fail.store(true, Ordering::SeqCst);
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sched.read_blocking(page)));
+    assert!(read.is_err(), "the factory must have panicked");
+    fail.store(false, Ordering::SeqCst);
+    sched.read_blocking(page).unwrap();
+    assert_eq!(sched.stats().caller_reads, 1, "the pool was used up by the panic");
+}
