@@ -115,7 +115,8 @@ impl Allocator {
 
     /// Allocates `page` itself: taken off the free list, or, past the end, with every id
     /// between the end and it put on the free list. `Ok(false)` if it was allocated already.
-    /// `OutOfRange` at or past `max_pages`, below `next` too. At most [`MAX_ALLOCATE_AT_GAP`] ids past the end, so the image stays bounded.
+    /// `OutOfRange` at or past `max_pages`, below `next` too. At most [`MAX_ALLOCATE_AT_GAP`]
+    /// ids past the end, so the image stays bounded.
     pub(crate) fn allocate_at(&mut self, page: PageId, max_pages: u64) -> Result<bool> {
         // Like reads and writes, an id at or past the limit is refused even if a run with a
         // larger limit allocated it.

@@ -182,13 +182,56 @@ impl Drop for LoadGuard<'_> {
             return;
         }
         let mut st = self.cache.state.lock();
-        debug_assert_eq!(st.meta[self.frame].state, FrameState::Loading);
+        // (Not checked while unwinding: a second panic would abort.)
+        debug_assert!(std::thread::panicking() || st.meta[self.frame].state == FrameState::Loading);
         if st.table.get(&self.page) == Some(&self.frame) {
             st.table.remove(&self.page);
         }
         st.meta[self.frame] = FrameMeta::EMPTY;
         drop(st);
         self.cache.changed.notify_all();
+    }
+}
+
+/// A frame being written back with the state lock released: if dropped armed (a panic), it
+/// ends the write-back as a failed one ends, the page cached and dirty, and wakes the waiters.
+struct WriteBackGuard<'a> {
+    cache: &'a PageCache,
+    frame: usize,
+    prior: FrameState,
+    armed: bool,
+}
+
+impl Drop for WriteBackGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut st = self.cache.state.lock();
+        let m = &mut st.meta[self.frame];
+        m.writing_back = false;
+        m.dirty = true;
+        if m.state == FrameState::WritingBack {
+            m.state = self.prior;
+        }
+        drop(st);
+        self.cache.changed.notify_all();
+    }
+}
+
+/// The id `new_page` allocated, deallocated if dropped armed (a panic before it was pinned).
+/// The deallocation is sent, not waited for (the reply is dropped; the work is not).
+struct FreeOnUnwind<'a> {
+    sched: &'a DiskScheduler,
+    page: PageId,
+    armed: bool,
+}
+
+impl Drop for FreeOnUnwind<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            drop(self.sched.schedule_deallocate(self.page));
+        }
     }
 }
 
@@ -314,7 +357,15 @@ impl PageCache {
             }
         }
         let page = self.sched.schedule_allocate().recv()?;
-        self.pin(page, Fill::Zeros).inspect_err(|e| {
+        // A panic in `pin` (a write-back's) frees the id too, without waiting for the answer.
+        let mut unwind = FreeOnUnwind {
+            sched: &self.sched,
+            page,
+            armed: true,
+        };
+        let pinned = self.pin(page, Fill::Zeros);
+        unwind.armed = false;
+        pinned.inspect_err(|e| {
             // Nobody else knows the id yet: freeing it cannot take it from anyone.
             if let Err(freeing) = self.sched.schedule_deallocate(page).recv() {
                 tracing::error!(%page, error = %e, %freeing, "page cache: new_page failed and the page id it allocated could not be freed");
@@ -550,11 +601,20 @@ impl PageCache {
             st.meta[f].state = FrameState::WritingBack;
         }
         drop(st);
+        // A panic from here on (copying the page, sending it) puts the frame back as it was,
+        // still dirty, so nothing waits for a write-back that will not finish.
+        let mut unwind = WriteBackGuard {
+            cache: self,
+            frame: f,
+            prior,
+            armed: true,
+        };
         #[cfg(test)]
         self.hook(HookPoint::WriteBackUnlocked);
         // Aligned, so the worker hands it to the backend without staging it again.
         let data = crate::lend::aligned_bytes(&self.frames[f].read());
         let result = self.sched.schedule_write(page, data).recv();
+        unwind.armed = false;
         let mut st = self.state.lock();
         st.meta[f].writing_back = false;
         if st.meta[f].state == FrameState::WritingBack {
@@ -743,5 +803,51 @@ mod tests {
             );
         });
         assert!(cache.stats().flush_waits >= 1);
+    }
+
+    /// A panic while a dirty page was being written back (here at the hook; in real life an
+    /// allocation failure copying it) left the frame `WritingBack` for good: a fetch of the
+    /// page and `flush_all` waited forever. The write-back is guarded like a load: the frame
+    /// goes back to what it was, still dirty, and nothing waits for it.
+    #[test]
+    fn a_panic_during_a_write_back_leaves_the_page_cached_and_dirty_not_stuck() {
+        let fs = MemFs::new(3);
+        let cache = cache_on(&fs, 1);
+        let id = {
+            let page = cache.new_page().unwrap();
+            page.write()[0] = 9;
+            page.id()
+        };
+        *cache.hook.lock() = Some(Arc::new(|p| {
+            assert!(p != HookPoint::WriteBackUnlocked, "the write-back panicked");
+        }));
+        let evicted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            drop(cache.new_page());
+        }));
+        assert!(evicted.is_err(), "the write-back must have panicked");
+        *cache.hook.lock() = None;
+        assert_eq!(
+            cache.scheduler().stats().allocated_pages,
+            1,
+            "the id the panicked new_page allocated is freed"
+        );
+        let cache = Arc::new(cache);
+        let (tx, rx) = mpsc::channel();
+        let c = Arc::clone(&cache);
+        std::thread::spawn(move || {
+            let first = c.fetch(id).map(|p| p.read()[0]);
+            let flushed = c.flush_all();
+            let _ = tx.send((first, flushed));
+        });
+        let (first, flushed) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("fetch and flush_all after a panicked write-back hang");
+        assert_eq!(first.unwrap(), 9, "the page's bytes stay cached");
+        flushed.unwrap();
+        assert_eq!(
+            durable_page(&fs, id, cache.page_size)[0],
+            9,
+            "and still dirty: flushed"
+        );
     }
 }

@@ -95,11 +95,19 @@ impl CallerPool {
             self.made.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
+        // Counted from here; uncounted again if making it fails, or panics (a factory is the
+        // user's code), so a later call tries again.
+        let mut counted = Uncount {
+            made: &self.made,
+            armed: true,
+        };
         match self.make(self.first_index + n) {
-            Ok(io) => Some(io),
+            Ok(io) => {
+                counted.armed = false;
+                Some(io)
+            }
             Err(e) => {
-                // Not counted, so a later call tries again; the read itself still happens.
-                self.made.fetch_sub(1, Ordering::AcqRel);
+                // The read itself still happens.
                 tracing::warn!(error = %e, "scheduler: a backend for reads on the caller's thread could not be made; reading through a worker");
                 None
             }
@@ -143,6 +151,20 @@ impl CallerPool {
             tracing::warn!(error = %e, "scheduler: closing a caller backend's page file");
         }
         self.made.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A slot of `made` counted for a backend being made: given back when dropped armed.
+struct Uncount<'a> {
+    made: &'a AtomicUsize,
+    armed: bool,
+}
+
+impl Drop for Uncount<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.made.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

@@ -242,21 +242,21 @@ fn new_page_whose_victim_cannot_be_written_back_leaks_no_page_id() {
     assert!(matches!(got, Err(SchedulerError::NotAllocated(_))), "{got:?}");
 }
 
-/// A backend that panics in `submit_read` while `panic` is set (a bug in a backend, or in code
-/// the read runs), and counts the backends alive.
-struct PanickyIo {
+/// A backend that calls `hook` before it submits a read, a write or a datasync (to panic
+/// there, or to hold the thread), and counts the backends alive.
+struct HookIo {
     inner: Box<dyn StorageIo>,
-    panic: Arc<AtomicBool>,
+    hook: Arc<dyn Fn(OpKind) + Send + Sync>,
     alive: Arc<AtomicUsize>,
 }
 
-impl Drop for PanickyIo {
+impl Drop for HookIo {
     fn drop(&mut self) {
         self.alive.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-impl StorageIo for PanickyIo {
+impl StorageIo for HookIo {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
@@ -272,6 +272,22 @@ impl StorageIo for PanickyIo {
     fn file_len(&mut self, fd: IoFd) -> storage_io_core::Result<u64> {
         self.inner.file_len(fd)
     }
+    fn sync_dir(&mut self, dir: &Path) -> storage_io_core::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn remove_file(&mut self, path: &Path) -> storage_io_core::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn list_dir(&mut self, dir: &Path) -> storage_io_core::Result<Vec<PathBuf>> {
+        self.inner.list_dir(dir)
+    }
+    fn create_dir_all(&mut self, dir: &Path) -> storage_io_core::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn submit_write_bytes(&mut self, fd: IoFd, data: Bytes, offset: u64) -> storage_io_core::Result<IoToken> {
+        (self.hook)(OpKind::Write);
+        self.inner.submit_write_bytes(fd, data, offset)
+    }
     fn alloc_buf(&mut self, len: usize) -> storage_io_core::Result<AlignedBuf> {
         self.inner.alloc_buf(len)
     }
@@ -281,10 +297,11 @@ impl StorageIo for PanickyIo {
         buf: IoBuf,
         offset: u64,
     ) -> storage_io_core::Result<IoToken, SubmitError<IoBuf>> {
-        assert!(!self.panic.load(Ordering::SeqCst), "PanickyIo: a read panicked");
+        (self.hook)(OpKind::Read);
         self.inner.submit_read(fd, buf, offset)
     }
     fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> storage_io_core::Result<IoToken> {
+        (self.hook)(OpKind::Write);
         self.inner.submit_write(fd, data, offset)
     }
     fn submit_write_buf(
@@ -293,12 +310,14 @@ impl StorageIo for PanickyIo {
         buf: IoBuf,
         offset: u64,
     ) -> storage_io_core::Result<IoToken, SubmitError<IoBuf>> {
+        (self.hook)(OpKind::Write);
         self.inner.submit_write_buf(fd, buf, offset)
     }
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> storage_io_core::Result<IoToken> {
         self.inner.submit_append(fd, data)
     }
     fn submit_datasync(&mut self, fd: IoFd) -> storage_io_core::Result<IoToken> {
+        (self.hook)(OpKind::Datasync);
         self.inner.submit_datasync(fd)
     }
     fn submit_fsync(&mut self, fd: IoFd) -> storage_io_core::Result<IoToken> {
@@ -329,19 +348,36 @@ impl StorageIo for PanickyIo {
 /// Caller backends that panic on reads while the switch is set; the counter is how many are
 /// alive.
 fn panicky_factory(fs: &MemFs) -> (BackendFactory, Arc<AtomicBool>, Arc<AtomicUsize>) {
-    let fs = fs.clone();
     let panic = Arc::new(AtomicBool::new(false));
     let alive = Arc::new(AtomicUsize::new(0));
-    let (p, a) = (Arc::clone(&panic), Arc::clone(&alive));
-    let factory: BackendFactory = Arc::new(move |_| {
-        a.fetch_add(1, Ordering::SeqCst);
-        Ok(Box::new(PanickyIo {
+    let p = Arc::clone(&panic);
+    let hook = move |_: usize| -> Arc<dyn Fn(OpKind) + Send + Sync> {
+        let p = Arc::clone(&p);
+        Arc::new(move |op| {
+            assert!(
+                op != OpKind::Read || !p.load(Ordering::SeqCst),
+                "HookIo: a read panicked"
+            )
+        })
+    };
+    (hook_factory(fs, hook, &alive), panic, alive)
+}
+
+/// Backends on `fs` whose hooks `hook(index)` makes.
+fn hook_factory(
+    fs: &MemFs,
+    hook: impl Fn(usize) -> Arc<dyn Fn(OpKind) + Send + Sync> + Send + Sync + 'static,
+    alive: &Arc<AtomicUsize>,
+) -> BackendFactory {
+    let (fs, alive) = (fs.clone(), Arc::clone(alive));
+    Arc::new(move |index| {
+        alive.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(HookIo {
             inner: Box::new(fs.backend()),
-            panic: Arc::clone(&p),
-            alive: Arc::clone(&a),
+            hook: hook(index),
+            alive: Arc::clone(&alive),
         }) as Box<dyn StorageIo>)
-    });
-    (factory, panic, alive)
+    })
 }
 
 /// Runs `f` on a thread and waits up to 10 s for it: a hang fails the test instead of hanging
@@ -735,4 +771,101 @@ fn a_fresh_id_after_a_crash_reads_zeros_not_its_pre_crash_bytes() {
             }
         }
     }
+}
+
+/// The rule behind the test above, at every crash point of a `next_sync` workload (opening
+/// included, three tear modes): after reopening, every id `schedule_allocate` hands out (the
+/// workload frees none, so each is fresh) reads as zeros, with `zero_on_reuse` off.
+#[test]
+fn crash_at_every_op_then_every_fresh_id_reads_zeros() {
+    let config = SchedulerConfig {
+        alloc_durability: AllocDurability::NextSync,
+        ..config(2)
+    };
+    let workload = |sched: &DiskScheduler| -> storage_io_scheduler::Result<()> {
+        for round in 0..3u32 {
+            let mut pages = vec![
+                sched.schedule_allocate().recv()?,
+                sched.schedule_allocate().recv()?,
+            ];
+            let extent = sched.schedule_allocate_extent(2).recv()?;
+            pages.extend((extent.start.0..extent.end.0).map(PageId));
+            for &p in &pages {
+                sched.schedule_write(p, page_bytes(p, round + 1)).recv()?;
+            }
+            if round == 1 {
+                sched
+                    .schedule_write_durable(pages[0], page_bytes(pages[0], 9))
+                    .recv()?;
+            } else {
+                sched.schedule_sync().recv()?;
+            }
+        }
+        Ok(())
+    };
+    let dry = MemFs::new(0);
+    {
+        let sched = open(&mem_factory(&dry), config.clone());
+        workload(&sched).unwrap();
+    }
+    let total = dry.mutation_count();
+    for seed in 0..3u64 {
+        let tear = [
+            storage_io_testkit::memio::TearMode::None,
+            storage_io_testkit::memio::TearMode::Prefix,
+            storage_io_testkit::memio::TearMode::AnySectors,
+        ][seed as usize];
+        for n in 1..=total + 1 {
+            let fs = MemFs::new(seed * 1000 + n);
+            fs.crash_after_ops(n, CrashOptions { tear });
+            if let Ok(sched) = DiskScheduler::open(DIR, config.clone(), mem_factory(&fs)) {
+                let _ = workload(&sched);
+            }
+            if fs.crash_count() == 0 {
+                fs.crash_after_ops(0, CrashOptions { tear });
+                fs.crash(CrashOptions { tear });
+            }
+            let sched = DiskScheduler::open(DIR, config.clone(), mem_factory(&fs))
+                .unwrap_or_else(|e| panic!("crash at op {n} ({tear:?}): reopen: {e}"));
+            for _ in 0..14 {
+                let p = sched.schedule_allocate().recv().unwrap();
+                let bytes = sched.schedule_read(p).recv().unwrap();
+                assert!(
+                    bytes.iter().all(|&b| b == 0),
+                    "crash at op {n} of {total} ({tear:?}): fresh page {p} reads {:?}",
+                    stamp(&bytes)
+                );
+            }
+        }
+    }
+}
+
+/// The same when the caller backend's factory panics while making it: the slot it counted is
+/// given back, so a later read makes one.
+#[test]
+fn a_panic_while_making_a_caller_backend_does_not_use_up_the_pool() {
+    let fs = MemFs::new(13);
+    let fail = Arc::new(AtomicBool::new(false));
+    let callers: BackendFactory = {
+        let (fs, fail) = (fs.clone(), Arc::clone(&fail));
+        Arc::new(move |_| {
+            assert!(
+                !fail.load(Ordering::SeqCst),
+                "a caller backend's factory panicked"
+            );
+            Ok(Box::new(fs.backend()) as Box<dyn StorageIo>)
+        })
+    };
+    let config = SchedulerConfig {
+        caller_backends: 1,
+        ..config(1)
+    };
+    let sched = DiskScheduler::open_with_caller_backends(DIR, config, mem_factory(&fs), callers).unwrap();
+    let page = allocate(&sched, 1)[0];
+    fail.store(true, Ordering::SeqCst);
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sched.read_blocking(page)));
+    assert!(read.is_err(), "the factory must have panicked");
+    fail.store(false, Ordering::SeqCst);
+    sched.read_blocking(page).unwrap();
+    assert_eq!(sched.stats().caller_reads, 1, "the pool was used up by the panic");
 }
