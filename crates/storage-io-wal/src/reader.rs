@@ -4,12 +4,12 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use storage_io_core::{IoCompletion, OpenOptions, StorageIo, StorageIoError};
+use storage_io_core::{IoCompletion, OpenOptions, StorageIo};
 
 use crate::Lsn;
 use crate::error::WalError;
 use crate::format::{SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment};
-use crate::segio::{parse_segment_name, read_prefix, read_whole, segment_file_name};
+use crate::segio::{is_not_found, parse_segment_name, read_prefix, read_whole, segment_file_name};
 
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
@@ -90,7 +90,7 @@ impl WalReader {
         let path = self.dir.join(segment_file_name(self.segment));
         let fd = match self.io.open_file(&path, &OpenOptions::read_only()) {
             Ok(fd) => fd,
-            Err(StorageIoError::Io { errno: 2, .. }) => {
+            Err(e) if is_not_found(&e) => {
                 self.more_segments = false;
                 return Ok(false);
             }

@@ -30,6 +30,12 @@ pub(crate) fn parse_segment_name(path: &Path) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// Whether `e` says the file does not exist (`ENOENT`), however the backend reports it: an
+/// op's error (`Io`) from in-memory backends, an `open` system call's (`Os`) from real files.
+pub(crate) fn is_not_found(e: &StorageIoError) -> bool {
+    matches!(e, StorageIoError::Io { .. } | StorageIoError::Os { .. }) && e.errno() == ENOENT
+}
+
 /// A failed op, with its kind, so the caller can tell a full disk from a failed sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IoFailure {
@@ -305,7 +311,7 @@ impl SegmentIo {
             self.close_segment(fd)?;
         }
         match self.io.remove_file(&self.path_of(segment)) {
-            Err(StorageIoError::Io { errno: 2, .. }) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
             other => other,
         }
     }
@@ -707,7 +713,7 @@ impl SegmentIo {
     pub(crate) fn read_segment(&mut self, segment: u64) -> Result<Option<Vec<u8>>, StorageIoError> {
         let fd = match self.open_for_read(segment) {
             Ok(fd) => fd,
-            Err(StorageIoError::Io { errno: 2, .. }) => return Ok(None),
+            Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
         let image = read_whole(&mut *self.io, &mut self.done, fd, self.write_chunk);
@@ -759,6 +765,7 @@ pub(crate) fn read_prefix(
 }
 
 const ENOSPC: i32 = 28;
+const ENOENT: i32 = 2;
 
 /// A piece of one job's data: `data[start..end]`.
 #[derive(Debug, Clone, Copy)]
