@@ -77,7 +77,8 @@ pub enum WalError {
     Closed,
 
     /// The log's directory holds a file named like a segment that this WAL cannot have
-    /// written (its positions would pass 2^64). Nothing was changed; the file is left alone.
+    /// written: a `.wal` name other than exactly 16 lower-case hex digits, or a segment number
+    /// whose positions would pass 2^64. Nothing was changed; the file is left alone.
     #[error("{} is named like a wal segment but no log can have written it ({reason}); move it out of the wal directory", path.display())]
     ForeignFile {
         /// The file.

@@ -9,7 +9,7 @@ use storage_io_core::{IoCompletion, OpenOptions, StorageIo};
 use crate::Lsn;
 use crate::error::WalError;
 use crate::format::{SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment};
-use crate::segio::{is_not_found, parse_segment_name, read_prefix, read_whole, segment_file_name};
+use crate::segio::{is_not_found, read_prefix, read_whole, segment_file_name, segments_in};
 
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
@@ -53,12 +53,7 @@ impl WalReader {
     /// that stop at what it has written.
     pub fn open(dir: impl AsRef<Path>, mut io: Box<dyn StorageIo>) -> Result<WalReader, WalError> {
         let dir = dir.as_ref();
-        let mut segments: Vec<u64> = io
-            .list_dir(dir)?
-            .iter()
-            .filter_map(|p| parse_segment_name(p))
-            .collect();
-        segments.sort_unstable();
+        let segments = segments_in(&io.list_dir(dir)?)?;
         let mut done = Vec::new();
         let Some(&first) = segments.first() else {
             return Ok(WalReader::new(io, dir, 1 << 20, 0, 0));

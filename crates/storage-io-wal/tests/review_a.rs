@@ -4,11 +4,14 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use storage_io_core::{BackendFactory, IoConfig, StorageIo};
-use storage_io_wal::{WalConfig, WalManager};
+use storage_io_core::{BackendFactory, IoConfig, OpenOptions, StorageIo};
+use storage_io_testkit::memio::MemFs;
+use storage_io_wal::{WalConfig, WalError, WalManager};
+
+use common::{DIR, mem_factory, open, read_all, small_config};
 
 /// Real files through the thread-pool backend (what `storage_io::backend_factory` gives on a
 /// machine without io_uring).
@@ -54,4 +57,65 @@ fn a_fresh_log_on_real_files_can_be_read_at_once() {
             wal.close().unwrap();
         }
     }
+}
+
+/// Puts a file with `bytes` at `path` of the in-memory file system.
+fn put_file(fs: &MemFs, path: &Path, bytes: &[u8]) {
+    let mut io = fs.backend();
+    let fd = io.open_file(path, &OpenOptions::create()).unwrap();
+    io.submit_write(fd, bytes, 0).unwrap();
+    io.submit_datasync(fd).unwrap();
+    let mut done = Vec::new();
+    io.wait_completions(&mut done, 2, None).unwrap();
+    assert!(done.iter().all(|c| c.result.is_ok()));
+    io.deregister_fd(fd).unwrap();
+}
+
+#[test]
+fn a_stray_file_named_like_a_segment_is_refused_and_never_removed() {
+    let fs = MemFs::new(2);
+    let factory = mem_factory(&fs);
+    let config = small_config(512);
+    let dir = Path::new(DIR);
+    let wal = open(dir, &config, &factory);
+    let mut expected = Vec::new();
+    // Past segment 0xa, so that an upper-case name can alias a real segment.
+    while wal.next_lsn().0 / 512 <= 0xb {
+        let payload = format!("record {}", expected.len()).into_bytes();
+        wal.commit(&payload).unwrap();
+        expected.push(payload);
+    }
+    wal.close().unwrap();
+    drop(wal);
+    let segments_before = fs.list();
+    for stray in [
+        "+000000000000000.wal",
+        "000000000000000A.wal",
+        "0x0000000000000a.wal",
+        "00000000000000000.wal",
+        "-1.wal",
+    ] {
+        let path = dir.join(stray);
+        let copy_of = if stray.contains('A') {
+            "000000000000000a.wal"
+        } else {
+            "0000000000000000.wal"
+        };
+        put_file(&fs, &path, &fs.read_file(&dir.join(copy_of)).unwrap());
+        match WalManager::open(dir, config.clone(), factory.clone()) {
+            Err(WalError::ForeignFile { path: named, .. }) => assert_eq!(named, path, "{stray}"),
+            Err(e) => panic!("{stray}: expected ForeignFile, got {e}"),
+            Ok(_) => panic!("{stray}: a directory holding it was opened"),
+        }
+        let mut listed = fs.list();
+        listed.retain(|p| p != &path);
+        assert_eq!(
+            listed, segments_before,
+            "{stray}: the open removed or created a file"
+        );
+        fs.backend().remove_file(&path).unwrap();
+    }
+    let wal = open(dir, &config, &factory);
+    let got: Vec<Vec<u8>> = read_all(&wal).into_iter().map(|(_, p)| p).collect();
+    assert_eq!(got, expected);
 }
