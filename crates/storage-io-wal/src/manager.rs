@@ -91,6 +91,9 @@ struct State {
     /// Bumped by every flush that failed for a full disk, so its waiters can tell.
     disk_full_seq: u64,
     closed: bool,
+    /// `close` has started: appends are refused ([`WalError::Closed`]) while it makes
+    /// everything admitted before durable; `closed` follows once it has.
+    closing: bool,
     /// Async committers' wakers, by (target, id): woken once `durable_lsn >= target`, or on
     /// failure, a full disk or close.
     async_waiters: Waiters,
@@ -455,20 +458,30 @@ impl WalManager {
         Ok((keep_from - first_segment) as usize)
     }
 
-    /// Makes everything appended durable and stops accepting records (later calls get
-    /// [`WalError::Closed`]). Dropping the manager does the same and logs a failure.
+    /// Stops accepting records and makes everything appended before durable. From the moment
+    /// it starts, appends and commits (blocking or async) get [`WalError::Closed`]; it returns
+    /// once every record admitted before is durable, or with the error that kept one from
+    /// being so: [`WalError::Poisoned`] for a WAL that failed (then, and on every later call),
+    /// [`WalError::DiskFull`] when the final flush found the disk full. Dropping the manager
+    /// does the same and logs a failure.
     pub fn close(&self) -> Result<(), WalError> {
         let result = {
             let mut st = self.shared.state.lock();
             if st.closed {
-                return Ok(());
+                return match &st.poisoned {
+                    Some(cause) => Err(WalError::Poisoned { cause: cause.clone() }),
+                    None => Ok(()),
+                };
             }
-            let result = if st.poisoned.is_none() {
-                let target = st.next_lsn;
-                self.shared.sync_to(&mut st, target)
-            } else {
-                Ok(())
-            };
+            // Under the same lock as the target: nothing is admitted after it.
+            st.closing = true;
+            let target = st.next_lsn;
+            // A poisoned WAL answers its poison here: what it admitted is not durable.
+            let result = self.shared.sync_to(&mut st, target);
+            debug_assert!(
+                result.is_err() || (st.durable_lsn >= st.next_lsn && st.next_lsn == target),
+                "close returns Ok only when everything admitted is durable"
+            );
             st.closed = true;
             result
         };
@@ -598,6 +611,7 @@ impl State {
             disk_full: None,
             disk_full_seq: 0,
             closed: false,
+            closing: false,
             async_waiters: Waiters::default(),
             next_waiter_id: 0,
             async_wanted: 0,
@@ -622,6 +636,10 @@ impl State {
 
 impl Drop for WalManager {
     fn drop(&mut self) {
+        if self.shared.state.lock().closed {
+            // `close` ran and answered already.
+            return;
+        }
         if let Err(e) = self.close() {
             tracing::error!(error = %e, "closing the wal on drop failed: records after the durable lsn may be lost");
         }
@@ -639,7 +657,7 @@ impl Shared {
 
     /// Refuses appends to a closed or failed WAL; on a full disk, first retries the queued flush.
     fn admit(&self, st: &mut MutexGuard<'_, State>) -> Result<(), WalError> {
-        if st.closed {
+        if st.closed || st.closing {
             return Err(WalError::Closed);
         }
         if let Some(cause) = &st.poisoned {

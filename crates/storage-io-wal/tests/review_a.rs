@@ -7,11 +7,15 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use storage_io_core::{BackendFactory, IoConfig, OpenOptions, StorageIo};
+use storage_io_core::{BackendFactory, IoConfig, OpKind, OpenOptions, StorageIo};
+use storage_io_testkit::faulty::{Fault, FaultPlan, FaultSwitch};
+use storage_io_testkit::gated::{Gate, GatedIo};
 use storage_io_testkit::memio::MemFs;
 use storage_io_wal::{WalConfig, WalError, WalManager};
 
-use common::{DIR, mem_factory, open, read_all, small_config};
+use common::{DIR, faulty_factory, mem_factory, open, read_all, small_config};
+
+const EIO: i32 = 5;
 
 /// Real files through the thread-pool backend (what `storage_io::backend_factory` gives on a
 /// machine without io_uring).
@@ -118,4 +122,114 @@ fn a_stray_file_named_like_a_segment_is_refused_and_never_removed() {
     let wal = open(dir, &config, &factory);
     let got: Vec<Vec<u8>> = read_all(&wal).into_iter().map(|(_, p)| p).collect();
     assert_eq!(got, expected);
+}
+
+/// Backends on one in-memory file system; the writer's (index 0) completions of writes and
+/// datasyncs are held at `gate` while it is closed.
+fn gated_factory(fs: &MemFs, gate: &Gate) -> BackendFactory {
+    let (fs, gate) = (fs.clone(), gate.clone());
+    Arc::new(move |worker| {
+        if worker == 0 {
+            let io = GatedIo::new(fs.backend(), gate.clone(), &[OpKind::Write, OpKind::Datasync]);
+            Ok(Box::new(io) as Box<dyn StorageIo>)
+        } else {
+            Ok(Box::new(fs.backend()) as Box<dyn StorageIo>)
+        }
+    })
+}
+
+/// Waits (yielding) until the gated backends have accepted more than `n` ops: a flush has
+/// reached the backend and is held at the gate.
+fn wait_submitted_past(gate: &Gate, n: u64) {
+    while gate.submitted() <= n {
+        std::thread::yield_now();
+    }
+}
+
+fn payloads(wal: &WalManager) -> Vec<Vec<u8>> {
+    read_all(wal).into_iter().map(|(_, p)| p).collect()
+}
+
+#[test]
+fn close_refuses_appends_from_its_start_and_leaves_nothing_admitted_undurable() {
+    let fs = MemFs::new(4);
+    let gate = Gate::new();
+    gate.open();
+    let config = WalConfig {
+        preallocate: false,
+        ..small_config(64 << 10)
+    };
+    let dir = Path::new(DIR);
+    let wal = Arc::new(open(dir, &config, &gated_factory(&fs, &gate)));
+    wal.commit(b"durable before close").unwrap();
+    wal.append(b"queued before close").unwrap();
+    gate.close();
+    let before = gate.submitted();
+    let closer = {
+        let wal = Arc::clone(&wal);
+        std::thread::spawn(move || wal.close())
+    };
+    // close's final flush is at the backend, held.
+    wait_submitted_past(&gate, before);
+    let during = wal.append(b"appended while close flushes");
+    let during_async = wal.commit_async(b"committed async while close flushes");
+    gate.open();
+    closer.join().unwrap().expect("close");
+    assert!(
+        matches!(during, Err(WalError::Closed)),
+        "an append during close was admitted: {during:?}"
+    );
+    assert!(
+        matches!(block_on(during_async), Err(WalError::Closed)),
+        "an async commit during close was admitted"
+    );
+    drop(wal);
+    let wal = open(dir, &config, &mem_factory(&fs));
+    assert_eq!(
+        payloads(&wal),
+        vec![b"durable before close".to_vec(), b"queued before close".to_vec()]
+    );
+}
+
+#[test]
+fn close_of_a_poisoned_wal_returns_the_poison_error() {
+    let fs = MemFs::new(5);
+    let failing = FaultSwitch::new();
+    let plan = FaultPlan::new(5)
+        .with_probability(Some(OpKind::Datasync), 1.0, Fault::Eio)
+        .only_while(&failing);
+    let config = WalConfig {
+        preallocate: false,
+        ..small_config(64 << 10)
+    };
+    let wal = open(Path::new(DIR), &config, &faulty_factory(&fs, plan));
+    wal.commit(b"durable").unwrap();
+    failing.set(true);
+    let lost = wal.commit(b"not durable: its fdatasync fails");
+    assert!(matches!(lost, Err(WalError::Poisoned { .. })), "{lost:?}");
+    for attempt in ["close", "a second close"] {
+        match wal.close() {
+            Err(WalError::Poisoned { cause }) => assert_eq!(cause.errno(), EIO, "{attempt}"),
+            other => panic!("{attempt} of a poisoned wal answered {other:?}"),
+        }
+    }
+}
+
+/// A minimal executor for one future.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
 }

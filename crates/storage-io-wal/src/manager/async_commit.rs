@@ -139,7 +139,7 @@ impl WalManager {
 /// `admit` for async callers: refuses a closed or failed WAL, and never does I/O (a full disk
 /// is retried by the WAL I/O thread).
 fn admit_without_io(st: &State) -> Result<(), WalError> {
-    if st.closed {
+    if st.closed || st.closing {
         return Err(WalError::Closed);
     }
     if let Some(cause) = &st.poisoned {
