@@ -233,3 +233,73 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         std::thread::park();
     }
 }
+
+/// Like [`block_on`], but gives up after `limit`: `None` means the future was still pending
+/// (a liveness check with a deadline far beyond any flush, not a timing measurement).
+fn block_on_within<F: std::future::Future>(f: F, limit: std::time::Duration) -> Option<F::Output> {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let deadline = std::time::Instant::now() + limit;
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return Some(v);
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        std::thread::park_timeout(deadline - now);
+    }
+}
+
+#[test]
+fn an_async_commit_made_while_a_blocking_committer_leads_a_flush_completes() {
+    // The blocking leader: a commit, or `flush()` of a record appended before.
+    for (seed, leader_flushes) in [(6, false), (7, true)] {
+        let fs = MemFs::new(seed);
+        let gate = Gate::new();
+        gate.open();
+        let config = WalConfig {
+            preallocate: false,
+            ..WalConfig::default()
+        };
+        let wal = Arc::new(open(Path::new(DIR), &config, &gated_factory(&fs, &gate)));
+        // The WAL I/O thread starts, flushes this, and goes idle.
+        block_on(wal.commit_async(b"starts the wal-io thread")).unwrap();
+        gate.close();
+        let before = gate.submitted();
+        let leader = {
+            let wal = Arc::clone(&wal);
+            std::thread::spawn(move || {
+                if leader_flushes {
+                    wal.append(b"flush() leads the flush of this").unwrap();
+                    wal.flush().map(drop)
+                } else {
+                    wal.commit(b"a blocking committer leads this flush").map(drop)
+                }
+            })
+        };
+        wait_submitted_past(&gate, before);
+        // While that flush is held: an async commit, and an append awaited through `durable`.
+        let committed = wal.commit_async(b"async commit behind the blocking flush");
+        let appended = wal.append(b"appended behind the blocking flush").unwrap();
+        let awaited = wal.durable(appended);
+        gate.open();
+        leader.join().unwrap().unwrap();
+        let limit = std::time::Duration::from_secs(30);
+        let committed = block_on_within(committed, limit)
+            .expect("the async commit's future never completed: nothing flushed its record");
+        assert!(committed.unwrap() < appended);
+        let awaited = block_on_within(awaited, limit)
+            .expect("durable(lsn) of an appended record never completed: nothing flushed it");
+        assert_eq!(awaited.unwrap(), appended);
+        assert!(wal.durable_lsn() > appended);
+    }
+}
