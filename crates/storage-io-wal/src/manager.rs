@@ -448,6 +448,15 @@ impl WalManager {
         if keep_from <= first_segment {
             return Ok(0);
         }
+        // Every handle on the segments going away is closed, so their space is freed when
+        // they are removed: the writer's (in `remove`) and those of idle flush slots, which
+        // keep the segment they wrote last open. A slot in flight writes segments past the
+        // durable end only, and closes the ones below its last when its write completes.
+        // (Lock order: the writer, then the slots.)
+        for slot in &mut self.shared.slots.lock().free {
+            slot.close_below(keep_from);
+            debug_assert!(slot.lowest_open().is_none_or(|s| s >= keep_from));
+        }
         for s in first_segment..keep_from {
             w.remove(s)?;
         }

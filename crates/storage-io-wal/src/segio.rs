@@ -338,6 +338,11 @@ impl SegmentIo {
         }
     }
 
+    /// The lowest segment this `SegmentIo` has open, if any.
+    pub(crate) fn lowest_open(&self) -> Option<u64> {
+        self.open.keys().next().copied()
+    }
+
     /// Removes segment `segment` (closing it first). A missing file is not an error.
     pub(crate) fn remove(&mut self, segment: u64) -> Result<(), StorageIoError> {
         if let Some(fd) = self.open.remove(&segment) {

@@ -303,3 +303,83 @@ fn an_async_commit_made_while_a_blocking_committer_leads_a_flush_completes() {
         assert!(wal.durable_lsn() > appended);
     }
 }
+
+/// This process's descriptors on files in `dir` that were removed ("(deleted)").
+#[cfg(target_os = "linux")]
+fn deleted_files_open_in(dir: &Path) -> Vec<String> {
+    let mut deleted = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if target.starts_with(&*dir.to_string_lossy()) && target.ends_with(" (deleted)") {
+            deleted.push(target);
+        }
+    }
+    deleted
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn truncate_before_releases_every_handle_on_the_segments_it_removes_idle_flush_slots_included() {
+    let (_tmp, dir) = real_dir("wal-truncate-fds");
+    let gate = Gate::new();
+    gate.open();
+    // Direct mode with two flushes in flight: each flush writes on a flush slot, a backend of
+    // its own (index 0), whose writes the gate can hold.
+    let factory: BackendFactory = {
+        let gate = gate.clone();
+        Arc::new(move |worker| {
+            let io = storage_io_sync::SyncStorageIo::new(&IoConfig::default())?;
+            if worker == 0 {
+                Ok(Box::new(GatedIo::new(io, gate.clone(), &[OpKind::Write])) as Box<dyn StorageIo>)
+            } else {
+                Ok(Box::new(io) as Box<dyn StorageIo>)
+            }
+        })
+    };
+    let config = WalConfig {
+        segment_size_bytes: 16 << 10,
+        direct_io: true,
+        max_flushes_in_flight: 2,
+        preallocate: false,
+        ..WalConfig::default()
+    };
+    let wal = Arc::new(WalManager::open(&dir, config, factory).unwrap().0);
+    // Two flushes in flight at once, so that a second flush slot is made: the first batch
+    // holds two records (it ends in a pad, so the next may start beside it).
+    gate.close();
+    let before = gate.submitted();
+    let first = {
+        let wal = Arc::clone(&wal);
+        std::thread::spawn(move || {
+            let lsns = wal.append_batch([&b"one"[..], b"two"]).unwrap();
+            wal.wait_durable(lsns[1])
+        })
+    };
+    wait_submitted_past(&gate, before);
+    let before = gate.submitted();
+    let second = {
+        let wal = Arc::clone(&wal);
+        std::thread::spawn(move || wal.commit(b"three"))
+    };
+    wait_submitted_past(&gate, before);
+    gate.open();
+    first.join().unwrap().unwrap();
+    second.join().unwrap().unwrap();
+    // One committer from here on: one slot does every flush, the other stays idle with the
+    // segment it wrote last open.
+    let record = [7u8; 1000];
+    while wal.next_lsn().0 / (16 << 10) < 6 {
+        wal.commit(&record).unwrap();
+    }
+    let removed = wal.truncate_before(wal.durable_lsn()).unwrap();
+    assert!(removed >= 5, "removed {removed} segments");
+    assert_eq!(
+        deleted_files_open_in(&dir),
+        Vec::<String>::new(),
+        "removed segments are still open: their space is not freed"
+    );
+    wal.close().unwrap();
+}
