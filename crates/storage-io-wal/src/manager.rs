@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
-use storage_io_core::{BackendFactory, OpKind, StorageIoError};
+use storage_io_core::{BackendFactory, DirLock, OpKind, StorageIoError};
 
 use crate::Lsn;
 use crate::config::{SyncMode, WalConfig};
@@ -199,6 +199,8 @@ pub struct WalManager {
     shared: Arc<Shared>,
     background: Mutex<Option<JoinHandle<()>>>,
     report: RecoveryReport,
+    /// The directory's lock, from open until `close` has finished (or the manager is dropped).
+    lock: Mutex<Option<DirLock>>,
 }
 
 impl WalManager {
@@ -206,6 +208,11 @@ impl WalManager {
     /// LSN the next record will get. `factory(0)` builds the backend the log writes through;
     /// readers build theirs with `factory(1)`, and the segment preparer
     /// ([`WalConfig::prepare_ahead`]) with `factory(2)`.
+    ///
+    /// One manager per directory: open takes the directory's lock (`dir/LOCK`, an exclusive
+    /// `flock` on real files, through the backend's `lock_dir`) and holds it until
+    /// [`close`](WalManager::close) finishes or the manager is dropped; a second open, in this
+    /// process or another, fails with [`WalError::DirLocked`].
     pub fn open(
         dir: impl AsRef<Path>,
         config: WalConfig,
@@ -223,6 +230,8 @@ impl WalManager {
         if config.inline_io {
             io = io.inline_io();
         }
+        // Before anything is read or changed: one owner per directory.
+        let lock = io.lock_dir()?;
         let (plan, report) = recover(&mut io, &config)?;
         // Direct mode trusts O_DSYNC only where the file system is known to honour it for
         // writes submitted asynchronously; elsewhere every flush adds an fdatasync.
@@ -287,6 +296,7 @@ impl WalManager {
                 shared,
                 background: Mutex::new(background),
                 report,
+                lock: Mutex::new(Some(lock)),
             },
             next,
         ))
@@ -506,6 +516,8 @@ impl WalManager {
             // After the last flush: a segment prepared and never taken is removed.
             p.stop();
         }
+        // Last: nothing of this manager touches the directory any more.
+        drop(self.lock.lock().take());
         result
     }
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use crate::error::WalError;
 use storage_io_core::{
-    AlignedBuf, DEFAULT_ALIGNMENT, IoBuf, IoCompletion, IoFd, IoToken, OpKind, OpenOptions, StorageIo,
-    StorageIoError,
+    AlignedBuf, DEFAULT_ALIGNMENT, DirLock, IoBuf, IoCompletion, IoFd, IoToken, OpKind, OpenOptions,
+    StorageIo, StorageIoError,
 };
 
 /// The block that direct-mode writes are widened to: offsets, lengths and buffers are multiples.
@@ -244,6 +244,16 @@ impl SegmentIo {
 
     pub(crate) fn path_of(&self, segment: u64) -> PathBuf {
         self.dir.join(segment_file_name(segment))
+    }
+
+    /// Creates the directory if needed and takes its exclusive lock (one owner per directory,
+    /// [`StorageIo::lock_dir`]): held until the returned guard is dropped.
+    pub(crate) fn lock_dir(&mut self) -> Result<DirLock, WalError> {
+        self.io.create_dir_all(&self.dir)?;
+        self.io.lock_dir(&self.dir).map_err(|e| match e {
+            StorageIoError::DirLocked { path } => WalError::DirLocked { path },
+            other => WalError::Io(other),
+        })
     }
 
     /// Segment numbers present in the directory, in order (creating the directory if needed);

@@ -383,3 +383,115 @@ fn truncate_before_releases_every_handle_on_the_segments_it_removes_idle_flush_s
     );
     wal.close().unwrap();
 }
+
+/// The child's half of [`one_wal_per_directory_across_processes`]: set in the child's
+/// environment, `<dir>` and whether the parent holds the log (`locked`) or not (`free`).
+const LOCK_CHILD_ENV: &str = "STORAGE_IO_WAL_TEST_LOCK_CHILD";
+
+fn real_config() -> WalConfig {
+    WalConfig {
+        segment_size_bytes: 64 << 10,
+        ..WalConfig::default()
+    }
+}
+
+/// Asserts that `opened` is the refusal of a second owner, naming the lock file.
+fn assert_refused_as_locked(opened: Result<(WalManager, storage_io_wal::Lsn), WalError>, dir: &Path) {
+    let lock = dir.join("LOCK");
+    match opened {
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(&*lock.to_string_lossy()) && message.contains("another WalManager"),
+                "the refusal names the lock and its holder: {message}"
+            );
+        }
+        Ok(_) => panic!("a second wal opened {} while the first held it", dir.display()),
+    }
+}
+
+#[test]
+fn one_wal_per_directory_in_one_process() {
+    // Real files: the second open fails however it builds its backends.
+    let (_tmp, dir) = real_dir("wal-lock");
+    let (first, _) = WalManager::open(&dir, real_config(), pool_factory()).unwrap();
+    first.commit(b"the first owner's").unwrap();
+    assert_refused_as_locked(WalManager::open(&dir, real_config(), pool_factory()), &dir);
+    assert_refused_as_locked(
+        WalManager::open(&dir, real_config(), common::sync_factory()),
+        &dir,
+    );
+    first.close().unwrap();
+    // Close released it (the manager itself is still alive).
+    let (second, _) = WalManager::open(&dir, real_config(), pool_factory()).unwrap();
+    assert_eq!(read_from_first(&second), vec![b"the first owner's".to_vec()]);
+    drop(second);
+    // So does drop.
+    let (third, _) = WalManager::open(&dir, real_config(), pool_factory()).unwrap();
+    drop(first);
+    third.commit(b"the third owner's").unwrap();
+    drop(third);
+
+    // MemIo: one lock table for every backend of one file system.
+    let fs = MemFs::new(8);
+    let config = small_config(4096);
+    let first = open(Path::new(DIR), &config, &mem_factory(&fs));
+    assert_refused_as_locked(
+        WalManager::open(DIR, config.clone(), mem_factory(&fs)),
+        Path::new(DIR),
+    );
+    // Another directory of the same file system is another log.
+    drop(open(Path::new("/other-wal"), &config, &mem_factory(&fs)));
+    first.close().unwrap();
+    let second = open(Path::new(DIR), &config, &mem_factory(&fs));
+    second.commit(b"after a crash").unwrap();
+    std::mem::forget(second); // the process dies holding the lock
+    fs.crash(storage_io_testkit::memio::CrashOptions::default());
+    let third = open(Path::new(DIR), &config, &mem_factory(&fs));
+    assert_eq!(payloads(&third), vec![b"after a crash".to_vec()]);
+}
+
+#[test]
+fn one_wal_per_directory_across_processes() {
+    if let Ok(job) = std::env::var(LOCK_CHILD_ENV) {
+        // The child: open the log the parent named, in the state it says.
+        let (dir, state) = job.rsplit_once(':').unwrap();
+        let dir = Path::new(dir);
+        let opened = WalManager::open(dir, real_config(), common::sync_factory());
+        if state == "locked" {
+            assert_refused_as_locked(opened, dir);
+        } else {
+            let (wal, _) = opened.expect("the parent closed the log: the child may open it");
+            wal.commit(b"the child's").unwrap();
+            wal.close().unwrap();
+        }
+        return;
+    }
+    let (_tmp, dir) = real_dir("wal-lock-child");
+    let child = |state: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "one_wal_per_directory_across_processes", "--nocapture"])
+            .env(LOCK_CHILD_ENV, format!("{}:{state}", dir.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the child ({state}) failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The child ran the test (not zero tests filtered out).
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+    };
+    let (wal, _) = WalManager::open(&dir, real_config(), pool_factory()).unwrap();
+    wal.commit(b"the parent's").unwrap();
+    child("locked");
+    wal.close().unwrap();
+    child("free");
+    drop(wal);
+    let (wal, _) = WalManager::open(&dir, real_config(), pool_factory()).unwrap();
+    assert_eq!(
+        read_from_first(&wal),
+        vec![b"the parent's".to_vec(), b"the child's".to_vec()]
+    );
+}
