@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::buf::{AlignedBuf, IoBuf};
+use crate::dir_lock::DirLock;
 use crate::direct::{DirectMode, OpenOptions, open_file};
 use crate::error::{Result, StorageIoError, SubmitError};
 use crate::op::{Capabilities, IoCompletion, IoFd, IoToken};
@@ -133,6 +134,17 @@ pub trait StorageIo: Send {
     /// directories; in-memory backends, which have no directories, accept any path.
     fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| StorageIoError::from_os_at("create_dir_all", dir, &e))
+    }
+
+    /// Takes the exclusive lock of directory `dir` (which must exist), held until the returned
+    /// [`DirLock`] is dropped: a component that owns a directory (the WAL, a page scheduler)
+    /// takes it at open, so that a second owner in this process or another gets
+    /// [`StorageIoError::DirLocked`] naming the lock file. The default locks the real
+    /// directory (`dir/LOCK` with an exclusive `flock`, see
+    /// [`lock_dir_default`](crate::backend_kit::lock_dir_default)); in-memory backends keep a
+    /// lock table of their own, and wrappers forward it.
+    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
+        crate::dir_lock::lock_dir_default(dir)
     }
 
     /// An aligned buffer of `len` bytes (capacity at least `len`) that suits this backend best.
@@ -309,6 +321,9 @@ impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     }
     fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
         (**self).create_dir_all(dir)
+    }
+    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
+        (**self).lock_dir(dir)
     }
     fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
         (**self).alloc_buf(len)

@@ -72,6 +72,17 @@ pub enum StorageIoError {
         path: Option<Arc<Path>>,
     },
 
+    /// The directory is in use: another owner — a WAL or page scheduler in this process, or
+    /// another process — holds its lock file (see [`StorageIo::lock_dir`](crate::StorageIo::lock_dir)).
+    #[error(
+        "{} is locked: another WalManager, DiskScheduler or process has its directory open (one owner per directory); close that one first",
+        path.display()
+    )]
+    DirLocked {
+        /// The lock file (`dir/LOCK`).
+        path: std::path::PathBuf,
+    },
+
     /// The operating system failed the operation; `errno` is the raw OS error number.
     #[error("{op} failed: {}", std::io::Error::from_raw_os_error(*errno))]
     Io {
@@ -248,6 +259,7 @@ impl StorageIoError {
             StorageIoError::Closed => errno::ESHUTDOWN,
             StorageIoError::Unsupported { .. } => errno::EOPNOTSUPP,
             StorageIoError::InvalidArgument(_) => errno::EINVAL,
+            StorageIoError::DirLocked { .. } => errno::EAGAIN,
             StorageIoError::Io { errno, .. } | StorageIoError::Os { errno, .. } => *errno,
         }
     }
@@ -280,6 +292,7 @@ impl From<StorageIoError> for std::io::Error {
                     }
                     StorageIoError::Unsupported { .. } => std::io::ErrorKind::Unsupported,
                     StorageIoError::Closed => std::io::ErrorKind::BrokenPipe,
+                    StorageIoError::DirLocked { .. } => std::io::ErrorKind::ResourceBusy,
                     _ => std::io::ErrorKind::Other,
                 };
                 std::io::Error::new(kind, other)

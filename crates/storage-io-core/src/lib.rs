@@ -40,6 +40,7 @@ mod backend;
 mod barrier;
 mod buf;
 mod config;
+mod dir_lock;
 mod direct;
 mod error;
 mod fd_table;
@@ -54,6 +55,7 @@ pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf
 pub use config::{
     BackendKind, IoConfig, MAX_FILES_LIMIT, MAX_REGISTERED_BYTES, parse_override, parse_override_bool,
 };
+pub use dir_lock::{DIR_LOCK_FILE_NAME, DirLock};
 pub use direct::{
     DirectMode, OpenOptions, OpenedFile, direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
 };
@@ -84,6 +86,7 @@ pub mod backend_kit {
     pub use crate::backend::{list_dir_default, sync_dir_default};
     pub use crate::barrier::DatasyncBarrier;
     pub use crate::buf::FixedBufs;
+    pub use crate::dir_lock::lock_dir_default;
     pub use crate::direct::{file_facts, file_len_of, plan_write, validate_transfer};
     pub use crate::fd_table::FdTable;
     pub use crate::inline_queue::{InlineBackend, InlineQueue, InlineWrite, deliver_ready};

@@ -25,8 +25,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use storage_io_core::backend_kit::{TokenCounter, deliver_ready};
 use storage_io_core::{
-    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd,
-    Result, StorageIo, StorageIoError, SubmitError,
+    AlignedBuf, Capabilities, DirLock, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions,
+    OpenedFd, Result, StorageIo, StorageIoError, SubmitError,
 };
 
 /// The errno values injected.
@@ -521,6 +521,9 @@ impl<B: StorageIo> StorageIo for FaultyIo<B> {
 
     fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
         self.inner.create_dir_all(dir)
+    }
+    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
+        self.inner.lock_dir(dir)
     }
 
     fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use storage_io_core::{
-    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd,
-    Result, StorageIo, SubmitError,
+    AlignedBuf, Capabilities, DirLock, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions,
+    OpenedFd, Result, StorageIo, SubmitError,
 };
 
 /// A switch shared between a test and its [`GatedIo`] backends. It starts closed. It also
@@ -159,6 +159,9 @@ impl<B: StorageIo> StorageIo for GatedIo<B> {
     }
     fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
         self.inner.create_dir_all(dir)
+    }
+    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
+        self.inner.lock_dir(dir)
     }
     fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
         self.inner.alloc_buf(len)

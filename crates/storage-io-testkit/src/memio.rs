@@ -30,8 +30,8 @@ use storage_io_core::backend_kit::{
     FdTable, InlineBackend, InlineQueue, InlineWrite, plan_write, validate_transfer,
 };
 use storage_io_core::{
-    Capabilities, DirectMode, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, OpenOptions,
-    OpenedFd, Result, StorageIo, StorageIoError, SubmitError,
+    Capabilities, DIR_LOCK_FILE_NAME, DirLock, DirectMode, IoBuf, IoCompletion, IoConfig, IoFd, IoStats,
+    IoToken, OpKind, OpenOptions, OpenedFd, Result, StorageIo, StorageIoError, SubmitError,
 };
 
 /// The sector size a torn write is cut at.
@@ -107,6 +107,10 @@ struct FsState {
     scheduled: Option<(u64, CrashOptions)>,
     /// Mutating ops (writes, syncs, creations, removals) performed so far.
     mutations: u64,
+    /// Directory locks held ([`StorageIo::lock_dir`]), by lock path: the holder's lock number.
+    dir_locks: BTreeMap<PathBuf, u64>,
+    /// Numbers the next directory lock.
+    next_dir_lock: u64,
 }
 
 /// An in-memory file system shared by any number of [`MemIo`] backends (one per worker).
@@ -146,6 +150,8 @@ impl MemFs {
                 crashes: 0,
                 scheduled: None,
                 mutations: 0,
+                dir_locks: BTreeMap::new(),
+                next_dir_lock: 0,
             })),
         }
     }
@@ -219,6 +225,14 @@ impl MemFs {
         self.state.lock().crashes_with_writes_in_flight
     }
 
+    /// Releases every directory lock ([`StorageIo::lock_dir`]) held on this file system, as
+    /// the death of the process holding them does: for a test that models a process crash
+    /// without a power loss (forgetting a component) and reopens. [`MemFs::crash`] does it too.
+    /// A guard from before still alive releases nothing when dropped later.
+    pub fn release_dir_locks(&self) {
+        self.state.lock().dir_locks.clear();
+    }
+
     /// Mutating ops performed so far on this file system (what [`MemFs::crash_after_ops`]
     /// counts), so a test can size its range of crash points.
     pub fn mutation_count(&self) -> u64 {
@@ -274,6 +288,8 @@ impl MemFs {
 /// The body of [`MemFs::crash`], on already-locked state.
 fn crash_locked(st: &mut FsState, options: CrashOptions) -> Vec<PathBuf> {
     st.epoch += 1;
+    // The process died: its directory locks are gone with it.
+    st.dir_locks.clear();
     st.crashes += 1;
     if st.in_flight.len() >= 2 {
         st.crashes_with_writes_in_flight += 1;
@@ -430,6 +446,23 @@ pub struct MemIo {
     max_io_bytes: usize,
     files: FdTable<MemHandle>,
     queue: InlineQueue,
+}
+
+/// Holds a directory lock of a [`MemFs`] until dropped.
+struct MemDirLock {
+    fs: MemFs,
+    path: PathBuf,
+    number: u64,
+}
+
+impl Drop for MemDirLock {
+    fn drop(&mut self) {
+        let mut st = self.fs.state.lock();
+        // Only its own lock: after a crash the directory may have a new holder.
+        if st.dir_locks.get(&self.path) == Some(&self.number) {
+            st.dir_locks.remove(&self.path);
+        }
+    }
 }
 
 impl MemIo {
@@ -676,6 +709,27 @@ impl StorageIo for MemIo {
     fn create_dir_all(&mut self, _dir: &Path) -> Result<()> {
         // MemFs has no directories: a file's directory is its path's parent.
         self.check_alive()
+    }
+
+    /// An in-memory lock, shared by every backend of this file system (one "process"): a
+    /// second `lock_dir` of the same directory fails with `DirLocked` until the first guard is
+    /// dropped or the file system crashes. No `LOCK` file appears among the files.
+    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
+        self.check_alive()?;
+        let path = dir.join(DIR_LOCK_FILE_NAME);
+        let mut st = self.fs.state.lock();
+        if st.dir_locks.contains_key(&path) {
+            return Err(StorageIoError::DirLocked { path });
+        }
+        st.next_dir_lock += 1;
+        let number = st.next_dir_lock;
+        st.dir_locks.insert(path.clone(), number);
+        let guard = MemDirLock {
+            fs: self.fs.clone(),
+            path: path.clone(),
+            number,
+        };
+        Ok(DirLock::from_guard(path, guard))
     }
 
     fn submit_read(&mut self, fd: IoFd, mut buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {

@@ -279,3 +279,35 @@ fn dsync_writes_in_flight_land_in_any_subset_at_a_crash() {
     );
     assert!(torn, "some seed tears a write in flight at sectors");
 }
+
+#[test]
+fn a_directory_lock_is_shared_by_every_backend_of_a_file_system_and_by_wrappers() {
+    use storage_io_testkit::faulty::{FaultPlan, FaultyIo};
+    use storage_io_testkit::gated::{Gate, GatedIo};
+
+    let fs = MemFs::new(9);
+    let dir = Path::new("/db");
+    let locked = |r: storage_io_core::Result<storage_io_core::DirLock>| matches!(r, Err(StorageIoError::DirLocked { path }) if path == Path::new("/db/LOCK"));
+    let first = fs.backend().lock_dir(dir).unwrap();
+    assert!(locked(fs.backend().lock_dir(dir)));
+    assert!(locked(
+        FaultyIo::new(fs.backend(), FaultPlan::new(1)).lock_dir(dir)
+    ));
+    assert!(locked(GatedIo::new(fs.backend(), Gate::new(), &[]).lock_dir(dir)));
+    let mut boxed: Box<dyn StorageIo> = Box::new(fs.backend());
+    assert!(locked(boxed.lock_dir(dir)));
+    // Another directory, or another file system, is another lock; no LOCK file appears.
+    let other = fs.backend().lock_dir(Path::new("/other")).unwrap();
+    drop(MemFs::new(10).backend().lock_dir(dir).unwrap());
+    assert!(fs.list().is_empty());
+    drop(first);
+    let second = boxed.lock_dir(dir).unwrap();
+    // A crash (the process dies) releases every lock; a guard from before releases nothing.
+    fs.crash(CrashOptions::default());
+    let after = fs.backend().lock_dir(dir).unwrap();
+    drop(second);
+    drop(other);
+    assert!(locked(fs.backend().lock_dir(dir)));
+    drop(after);
+    drop(fs.backend().lock_dir(dir).unwrap());
+}

@@ -76,8 +76,21 @@ pub enum WalError {
     #[error("wal closed: it accepts no more records")]
     Closed,
 
+    /// Another owner has the log's directory open: a [`WalManager`](crate::WalManager) in this
+    /// process or another process holds its lock file. Two writers on one log would corrupt
+    /// each other; close the other one first.
+    #[error(
+        "the wal directory is in use: its lock {} is held by another WalManager or process (one per directory); close that one first",
+        path.display()
+    )]
+    DirLocked {
+        /// The lock file (`dir/LOCK`).
+        path: std::path::PathBuf,
+    },
+
     /// The log's directory holds a file named like a segment that this WAL cannot have
-    /// written (its positions would pass 2^64). Nothing was changed; the file is left alone.
+    /// written: a `.wal` name other than exactly 16 lower-case hex digits, or a segment number
+    /// whose positions would pass 2^64. Nothing was changed; the file is left alone.
     #[error("{} is named like a wal segment but no log can have written it ({reason}); move it out of the wal directory", path.display())]
     ForeignFile {
         /// The file.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
-use storage_io_core::{BackendFactory, OpKind, StorageIoError};
+use storage_io_core::{BackendFactory, DirLock, OpKind, StorageIoError};
 
 use crate::Lsn;
 use crate::config::{SyncMode, WalConfig};
@@ -91,6 +91,9 @@ struct State {
     /// Bumped by every flush that failed for a full disk, so its waiters can tell.
     disk_full_seq: u64,
     closed: bool,
+    /// `close` has started: appends are refused ([`WalError::Closed`]) while it makes
+    /// everything admitted before durable; `closed` follows once it has.
+    closing: bool,
     /// Async committers' wakers, by (target, id): woken once `durable_lsn >= target`, or on
     /// failure, a full disk or close.
     async_waiters: Waiters,
@@ -196,6 +199,8 @@ pub struct WalManager {
     shared: Arc<Shared>,
     background: Mutex<Option<JoinHandle<()>>>,
     report: RecoveryReport,
+    /// The directory's lock, from open until `close` has finished (or the manager is dropped).
+    lock: Mutex<Option<DirLock>>,
 }
 
 impl WalManager {
@@ -203,6 +208,11 @@ impl WalManager {
     /// LSN the next record will get. `factory(0)` builds the backend the log writes through;
     /// readers build theirs with `factory(1)`, and the segment preparer
     /// ([`WalConfig::prepare_ahead`]) with `factory(2)`.
+    ///
+    /// One manager per directory: open takes the directory's lock (`dir/LOCK`, an exclusive
+    /// `flock` on real files, through the backend's `lock_dir`) and holds it until
+    /// [`close`](WalManager::close) finishes or the manager is dropped; a second open, in this
+    /// process or another, fails with [`WalError::DirLocked`].
     pub fn open(
         dir: impl AsRef<Path>,
         config: WalConfig,
@@ -220,6 +230,8 @@ impl WalManager {
         if config.inline_io {
             io = io.inline_io();
         }
+        // Before anything is read or changed: one owner per directory.
+        let lock = io.lock_dir()?;
         let (plan, report) = recover(&mut io, &config)?;
         // Direct mode trusts O_DSYNC only where the file system is known to honour it for
         // writes submitted asynchronously; elsewhere every flush adds an fdatasync.
@@ -284,6 +296,7 @@ impl WalManager {
                 shared,
                 background: Mutex::new(background),
                 report,
+                lock: Mutex::new(Some(lock)),
             },
             next,
         ))
@@ -445,6 +458,15 @@ impl WalManager {
         if keep_from <= first_segment {
             return Ok(0);
         }
+        // Every handle on the segments going away is closed, so their space is freed when
+        // they are removed: the writer's (in `remove`) and those of idle flush slots, which
+        // keep the segment they wrote last open. A slot in flight writes segments past the
+        // durable end only, and closes the ones below its last when its write completes.
+        // (Lock order: the writer, then the slots.)
+        for slot in &mut self.shared.slots.lock().free {
+            slot.close_below(keep_from);
+            debug_assert!(slot.lowest_open().is_none_or(|s| s >= keep_from));
+        }
         for s in first_segment..keep_from {
             w.remove(s)?;
         }
@@ -455,20 +477,30 @@ impl WalManager {
         Ok((keep_from - first_segment) as usize)
     }
 
-    /// Makes everything appended durable and stops accepting records (later calls get
-    /// [`WalError::Closed`]). Dropping the manager does the same and logs a failure.
+    /// Stops accepting records and makes everything appended before durable. From the moment
+    /// it starts, appends and commits (blocking or async) get [`WalError::Closed`]; it returns
+    /// once every record admitted before is durable, or with the error that kept one from
+    /// being so: [`WalError::Poisoned`] for a WAL that failed (then, and on every later call),
+    /// [`WalError::DiskFull`] when the final flush found the disk full. Dropping the manager
+    /// does the same and logs a failure.
     pub fn close(&self) -> Result<(), WalError> {
         let result = {
             let mut st = self.shared.state.lock();
             if st.closed {
-                return Ok(());
+                return match &st.poisoned {
+                    Some(cause) => Err(WalError::Poisoned { cause: cause.clone() }),
+                    None => Ok(()),
+                };
             }
-            let result = if st.poisoned.is_none() {
-                let target = st.next_lsn;
-                self.shared.sync_to(&mut st, target)
-            } else {
-                Ok(())
-            };
+            // Under the same lock as the target: nothing is admitted after it.
+            st.closing = true;
+            let target = st.next_lsn;
+            // A poisoned WAL answers its poison here: what it admitted is not durable.
+            let result = self.shared.sync_to(&mut st, target);
+            debug_assert!(
+                result.is_err() || (st.durable_lsn >= st.next_lsn && st.next_lsn == target),
+                "close returns Ok only when everything admitted is durable"
+            );
             st.closed = true;
             result
         };
@@ -484,6 +516,8 @@ impl WalManager {
             // After the last flush: a segment prepared and never taken is removed.
             p.stop();
         }
+        // Last: nothing of this manager touches the directory any more.
+        drop(self.lock.lock().take());
         result
     }
 }
@@ -598,6 +632,7 @@ impl State {
             disk_full: None,
             disk_full_seq: 0,
             closed: false,
+            closing: false,
             async_waiters: Waiters::default(),
             next_waiter_id: 0,
             async_wanted: 0,
@@ -622,6 +657,10 @@ impl State {
 
 impl Drop for WalManager {
     fn drop(&mut self) {
+        if self.shared.state.lock().closed {
+            // `close` ran and answered already.
+            return;
+        }
         if let Err(e) = self.close() {
             tracing::error!(error = %e, "closing the wal on drop failed: records after the durable lsn may be lost");
         }
@@ -639,7 +678,7 @@ impl Shared {
 
     /// Refuses appends to a closed or failed WAL; on a full disk, first retries the queued flush.
     fn admit(&self, st: &mut MutexGuard<'_, State>) -> Result<(), WalError> {
-        if st.closed {
+        if st.closed || st.closing {
             return Err(WalError::Closed);
         }
         if let Some(cause) = &st.poisoned {

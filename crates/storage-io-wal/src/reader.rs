@@ -4,12 +4,12 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use storage_io_core::{IoCompletion, OpenOptions, StorageIo, StorageIoError};
+use storage_io_core::{IoCompletion, OpenOptions, StorageIo};
 
 use crate::Lsn;
 use crate::error::WalError;
 use crate::format::{SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment};
-use crate::segio::{parse_segment_name, read_prefix, read_whole, segment_file_name};
+use crate::segio::{read_prefix, read_whole, segment_file_name, segments_in};
 
 const READ_CHUNK_BYTES: usize = 1 << 20;
 
@@ -53,12 +53,7 @@ impl WalReader {
     /// that stop at what it has written.
     pub fn open(dir: impl AsRef<Path>, mut io: Box<dyn StorageIo>) -> Result<WalReader, WalError> {
         let dir = dir.as_ref();
-        let mut segments: Vec<u64> = io
-            .list_dir(dir)?
-            .iter()
-            .filter_map(|p| parse_segment_name(p))
-            .collect();
-        segments.sort_unstable();
+        let segments = segments_in(&io.list_dir(dir)?)?;
         let mut done = Vec::new();
         let Some(&first) = segments.first() else {
             return Ok(WalReader::new(io, dir, 1 << 20, 0, 0));
@@ -90,7 +85,7 @@ impl WalReader {
         let path = self.dir.join(segment_file_name(self.segment));
         let fd = match self.io.open_file(&path, &OpenOptions::read_only()) {
             Ok(fd) => fd,
-            Err(StorageIoError::Io { errno: 2, .. }) => {
+            Err(e) if e.is_not_found() => {
                 self.more_segments = false;
                 return Ok(false);
             }

@@ -7,28 +7,68 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::error::WalError;
 use storage_io_core::{
-    AlignedBuf, DEFAULT_ALIGNMENT, IoBuf, IoCompletion, IoFd, IoToken, OpKind, OpenOptions, StorageIo,
-    StorageIoError,
+    AlignedBuf, DEFAULT_ALIGNMENT, DirLock, IoBuf, IoCompletion, IoFd, IoToken, OpKind, OpenOptions,
+    StorageIo, StorageIoError,
 };
 
 /// The block that direct-mode writes are widened to: offsets, lengths and buffers are multiples.
 const BLOCK: usize = DEFAULT_ALIGNMENT;
 
-/// The file name of segment `n`: 16 hex digits, so names sort in log order.
+/// The file name of segment `n`: 16 lower-case hex digits and `.wal`, so names sort in log
+/// order. The only name the WAL gives a segment, and the only one it accepts as one.
 pub(crate) fn segment_file_name(n: u64) -> String {
     format!("{n:016x}.wal")
 }
 
-/// The segment number of a WAL file name, or `None` for any other file.
+/// The segment number of a canonical segment file name (exactly what [`segment_file_name`]
+/// builds), or `None` for any other file.
 pub(crate) fn parse_segment_name(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
     let hex = name.strip_suffix(".wal")?;
-    if hex.len() != 16 {
-        return None;
-    }
-    u64::from_str_radix(hex, 16).ok()
+    let canonical = hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let n = u64::from_str_radix(hex, 16).ok().filter(|_| canonical)?;
+    debug_assert_eq!(
+        segment_file_name(n),
+        name,
+        "a parsed segment name rebuilds to itself"
+    );
+    Some(n)
 }
+
+/// The segment numbers among a directory's `entries`, in order. Any other name that ends in
+/// `.wal` (`+000000000000000.wal`, upper-case digits, another length) is refused as
+/// [`WalError::ForeignFile`]: it is not a segment this log wrote, and nothing may read, replace
+/// or remove it as one. Names that do not end in `.wal` are not the log's business.
+pub(crate) fn segments_in(entries: &[PathBuf]) -> Result<Vec<u64>, WalError> {
+    let mut segments = Vec::with_capacity(entries.len());
+    for path in entries {
+        let looks_like_segment = path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().ends_with(b".wal"));
+        if !looks_like_segment {
+            continue;
+        }
+        match parse_segment_name(path) {
+            Some(n) => segments.push(n),
+            None => {
+                return Err(WalError::ForeignFile {
+                    path: path.clone(),
+                    reason: "a segment's name is exactly 16 lower-case hex digits and .wal".into(),
+                });
+            }
+        }
+    }
+    segments.sort_unstable();
+    // Canonical names are one per number: no segment can be listed twice.
+    debug_assert!(
+        segments.windows(2).all(|w| w[0] < w[1]),
+        "a segment number listed twice"
+    );
+    Ok(segments)
+}
+
 
 /// A failed op, with its kind, so the caller can tell a full disk from a failed sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,17 +241,21 @@ impl SegmentIo {
         self.dir.join(segment_file_name(segment))
     }
 
-    /// Segment numbers present in the directory, in order (creating the directory if needed).
-    pub(crate) fn list_segments(&mut self) -> Result<Vec<u64>, StorageIoError> {
+    /// Creates the directory if needed and takes its exclusive lock (one owner per directory,
+    /// [`StorageIo::lock_dir`]): held until the returned guard is dropped.
+    pub(crate) fn lock_dir(&mut self) -> Result<DirLock, WalError> {
         self.io.create_dir_all(&self.dir)?;
-        let mut segments: Vec<u64> = self
-            .io
-            .list_dir(&self.dir)?
-            .iter()
-            .filter_map(|p| parse_segment_name(p))
-            .collect();
-        segments.sort_unstable();
-        Ok(segments)
+        self.io.lock_dir(&self.dir).map_err(|e| match e {
+            StorageIoError::DirLocked { path } => WalError::DirLocked { path },
+            other => WalError::Io(other),
+        })
+    }
+
+    /// Segment numbers present in the directory, in order (creating the directory if needed);
+    /// refuses a directory holding a `.wal` file with any other name (see [`segments_in`]).
+    pub(crate) fn list_segments(&mut self) -> Result<Vec<u64>, WalError> {
+        self.io.create_dir_all(&self.dir)?;
+        segments_in(&self.io.list_dir(&self.dir)?)
     }
 
     /// The handle of an existing segment (opened and cached on first use).
@@ -299,13 +343,18 @@ impl SegmentIo {
         }
     }
 
+    /// The lowest segment this `SegmentIo` has open, if any.
+    pub(crate) fn lowest_open(&self) -> Option<u64> {
+        self.open.keys().next().copied()
+    }
+
     /// Removes segment `segment` (closing it first). A missing file is not an error.
     pub(crate) fn remove(&mut self, segment: u64) -> Result<(), StorageIoError> {
         if let Some(fd) = self.open.remove(&segment) {
             self.close_segment(fd)?;
         }
         match self.io.remove_file(&self.path_of(segment)) {
-            Err(StorageIoError::Io { errno: 2, .. }) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
     }
@@ -707,7 +756,7 @@ impl SegmentIo {
     pub(crate) fn read_segment(&mut self, segment: u64) -> Result<Option<Vec<u8>>, StorageIoError> {
         let fd = match self.open_for_read(segment) {
             Ok(fd) => fd,
-            Err(StorageIoError::Io { errno: 2, .. }) => return Ok(None),
+            Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
         let image = read_whole(&mut *self.io, &mut self.done, fd, self.write_chunk);

@@ -23,7 +23,7 @@ fn config(direct_io: bool) -> WalConfig {
     }
 }
 
-/// The open flags of this process's descriptors on files in `dir` (from /proc/self/fdinfo).
+/// The open flags of this process's descriptors on segments in `dir` (from /proc/self/fdinfo).
 #[cfg(target_os = "linux")]
 fn open_flags_in(dir: &Path) -> Vec<u32> {
     let mut flags = Vec::new();
@@ -31,7 +31,8 @@ fn open_flags_in(dir: &Path) -> Vec<u32> {
         let Ok(target) = std::fs::read_link(entry.path()) else {
             continue;
         };
-        if target.parent() != Some(dir) {
+        // Segments only: the directory's LOCK file is open too.
+        if target.parent() != Some(dir) || target.extension() != Some("wal".as_ref()) {
             continue;
         }
         let info = std::fs::read_to_string(format!(

@@ -139,7 +139,7 @@ impl WalManager {
 /// `admit` for async callers: refuses a closed or failed WAL, and never does I/O (a full disk
 /// is retried by the WAL I/O thread).
 fn admit_without_io(st: &State) -> Result<(), WalError> {
-    if st.closed {
+    if st.closed || st.closing {
         return Err(WalError::Closed);
     }
     if let Some(cause) = &st.poisoned {
@@ -164,6 +164,9 @@ fn want_flush(shared: &Arc<Shared>, st: &mut State) -> Result<(), WalError> {
             shared.io_started.store(true, Ordering::Release);
         }
     }
+    // While a flush is in its write phase the thread is not woken here: the end of that flush
+    // wakes it (`wake_io_if_wanted`), whoever led it, so the record is never left waiting for
+    // an unrelated later commit.
     if !st.flushing {
         shared.io_wake.notify_one();
     }
@@ -171,6 +174,16 @@ fn want_flush(shared: &Arc<Shared>, st: &mut State) -> Result<(), WalError> {
 }
 
 impl Shared {
+    /// At the end of every flush: wakes the WAL I/O thread if async committers (or `durable`
+    /// futures) want more than is durable now. The flush may have been led by a blocking
+    /// committer while the thread slept; `want_flush` did not wake it then, since a flush was
+    /// running, and nothing else would. A no-op (no waiter) when the thread is busy flushing.
+    pub(super) fn wake_io_if_wanted(&self, st: &State) {
+        if st.async_wanted > st.durable_lsn && st.poisoned.is_none() && !st.closed {
+            self.io_wake.notify_one();
+        }
+    }
+
     /// The WAL I/O thread: flushes while async committers want it, until the WAL closes.
     fn flush_for_async(&self) {
         let mut st = self.state.lock();

@@ -148,6 +148,7 @@ impl Shared {
                 }
                 self.publish(st);
                 self.elect_next_leader(st);
+                self.wake_io_if_wanted(st);
                 return Ok(());
             }
             // Only the newest flush can go back to the queue: a later one holds later bytes.
