@@ -28,6 +28,17 @@ pub enum SchedulerError {
         /// The backend's error.
         source: StorageIoError,
     },
+    /// Another owner has the scheduler's directory open: a [`DiskScheduler`](crate::DiskScheduler)
+    /// in this process or another process holds its lock file. Two schedulers on one directory
+    /// would overwrite each other's allocation images; shut the other one down first.
+    #[error(
+        "the scheduler directory is in use: its lock {} is held by another DiskScheduler or process (one per directory); shut that one down first",
+        path.display()
+    )]
+    DirLocked {
+        /// The lock file (`dir/LOCK`).
+        path: PathBuf,
+    },
     /// The page was never allocated, or was freed: reading it would give meaningless bytes.
     #[error("page {0} is not allocated (never allocated, or deallocated); allocate a page first")]
     NotAllocated(PageId),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use storage_io_core::{BackendFactory, IoFd, OpenOptions, StorageIo};
+use storage_io_core::{BackendFactory, DirLock, IoFd, OpenOptions, StorageIo, StorageIoError};
 
 use crate::PageId;
 use crate::alloc::{self, Allocator};
@@ -93,6 +93,9 @@ pub struct DiskScheduler {
     dir: PathBuf,
     counters: Arc<Counters>,
     allocated: Arc<std::sync::atomic::AtomicU64>,
+    /// The directory's lock, held from open until the first shutdown has joined the workers
+    /// (one scheduler per directory).
+    lock: Mutex<Option<DirLock>>,
 }
 
 impl std::fmt::Debug for DiskScheduler {
@@ -178,6 +181,15 @@ impl DiskScheduler {
         first
             .create_dir_all(&dir)
             .map_err(backend("creating the scheduler directory"))?;
+        // One owner per directory: a second scheduler would overwrite this one's allocation
+        // images (and, with external allocation, race its page writes).
+        let lock = first.lock_dir(&dir).map_err(|e| match e {
+            StorageIoError::DirLocked { path } => SchedulerError::DirLocked { path },
+            source => SchedulerError::Backend {
+                what: "locking the scheduler directory",
+                source,
+            },
+        })?;
         let data_fd = first
             .open_file(&data_path, &open_data)
             .map_err(backend("opening the page file"))?;
@@ -285,6 +297,7 @@ impl DiskScheduler {
                 open_data,
             ),
             threads: Mutex::new(Threads::Running(threads)),
+            lock: Mutex::new(Some(lock)),
             config,
             dir,
             counters,
@@ -641,6 +654,8 @@ impl DiskScheduler {
             )))
         };
         *threads = Threads::Joined(result.clone());
+        // Every worker is joined: nothing of this scheduler touches the directory any more.
+        drop(self.lock.lock().take());
         result
     }
 
