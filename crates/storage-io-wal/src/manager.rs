@@ -201,6 +201,9 @@ pub struct WalManager {
     report: RecoveryReport,
     /// The directory's lock, from open until `close` has finished (or the manager is dropped).
     lock: Mutex<Option<DirLock>>,
+    /// Held for the whole of `close`: a second call waits for the first, then answers as it did,
+    /// so the directory lock is never released while the first is still shutting down.
+    close_gate: Mutex<()>,
 }
 
 impl WalManager {
@@ -297,6 +300,7 @@ impl WalManager {
                 background: Mutex::new(background),
                 report,
                 lock: Mutex::new(Some(lock)),
+                close_gate: Mutex::new(()),
             },
             next,
         ))
@@ -484,6 +488,7 @@ impl WalManager {
     /// [`WalError::DiskFull`] when the final flush found the disk full. Dropping the manager
     /// does the same and logs a failure.
     pub fn close(&self) -> Result<(), WalError> {
+        let _one_at_a_time = self.close_gate.lock();
         let result = {
             let mut st = self.shared.state.lock();
             if st.closed {
