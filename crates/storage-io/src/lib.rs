@@ -369,8 +369,8 @@ pub fn load_async_fs_config(path: impl AsRef<std::path::Path>) -> Result<AsyncFs
 
 /// A config of any kind from a `.toml` or `.json` file; errors name the file.
 fn read_config_file<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| StorageIoError::from_os("reading the config file", &e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StorageIoError::from_os_at("reading the config file", path, &e))?;
     let bad = |what: String| {
         StorageIoError::InvalidArgument(InvalidArgument::Message(format!("{}: {what}", path.display())))
     };

@@ -400,10 +400,29 @@ fn refuse(request: Request, error: StorageIoError) {
 }
 
 /// The key under which handles on one file share a worker and an append cursor: the path made
-/// absolute (lexically; no symlinks are resolved, so two spellings through a symlink are two
-/// keys).
+/// absolute and normalised lexically (`.` dropped, `dir/..` removed), so `d/log`, `./d/log` and
+/// `d/sub/../log` are one key. No system call is made (this runs on the caller's thread) and no
+/// symlink is resolved: two names for one file through a symlink or a hard link are two keys,
+/// and a second `open_append` under the other name is refused by the append lock.
 fn path_key(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut key = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            Component::CurDir => {}
+            // `/..` is `/`; a `..` that cannot pop (a relative path that stayed relative) stays.
+            Component::ParentDir => {
+                if key.file_name().is_some() {
+                    key.pop();
+                } else if !key.has_root() {
+                    key.push(part);
+                }
+            }
+            other => key.push(other),
+        }
+    }
+    key
 }
 
 /// The worker that serves every handle on the file with this key.

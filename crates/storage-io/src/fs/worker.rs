@@ -397,7 +397,10 @@ impl Worker {
             }
             Request::Allocate { fd, len, reply } => {
                 let result = match self.files.get(&fd) {
-                    Some(Some(file)) => reserve(file, len),
+                    Some(Some(file)) => reserve(file, len).map_err(|e| match self.handles.get(&fd) {
+                        Some(handle) => naming_path(e, &handle.key),
+                        None => e,
+                    }),
                     Some(None) => Err(no_os_file()),
                     None => Err(StorageIoError::BadFd { fd }),
                 };
@@ -574,7 +577,7 @@ impl Worker {
         }
         if let Some(len) = preallocate_bytes {
             let reserved = match &opened.file {
-                Some(file) => reserve(file, len),
+                Some(file) => reserve(file, len).map_err(|e| naming_path(e, path)),
                 None => Err(no_os_file()),
             };
             if let Err(e) = reserved {
@@ -806,6 +809,19 @@ fn lock_for_append(file: &File, _path: &std::path::Path) -> Result<File> {
 
 /// Reserves disk space for the first `len` bytes of `file` without changing its size
 /// (`fallocate` with `FALLOC_FL_KEEP_SIZE`).
+/// `e` naming `path` when it is a system call's error that names none (an open's `fallocate`:
+/// the caller learns which file it was about).
+fn naming_path(e: StorageIoError, path: &std::path::Path) -> StorageIoError {
+    match e {
+        StorageIoError::Os {
+            what,
+            errno,
+            path: None,
+        } => StorageIoError::os_at(what, path, errno),
+        other => other,
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn reserve(file: &File, len: u64) -> Result<()> {
     use std::os::fd::AsRawFd;

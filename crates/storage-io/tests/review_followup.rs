@@ -1,0 +1,104 @@
+//! Issue 38 items 15 and 16, the variants a second review found: two spellings of one path
+//! share one append cursor, and the errors of the config loader and of an open's preallocation
+//! name the file.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+use std::sync::Arc;
+
+use storage_io::{AsyncFileSystem, AsyncFsConfig, BackendFactory, BackendKind, IoConfig, block_on};
+
+fn real_dir() -> tempfile::TempDir {
+    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new()
+        .prefix("review-followup")
+        .tempdir_in(base)
+        .unwrap()
+}
+
+fn config(workers: usize) -> AsyncFsConfig {
+    AsyncFsConfig {
+        io_workers: workers,
+        buffer_pool_size: 8 << 20,
+        io: IoConfig {
+            queue_depth: 32,
+            max_files: 64,
+            ..IoConfig::default()
+        },
+        ..AsyncFsConfig::default()
+    }
+}
+
+fn fs_on(kind: BackendKind, config: &AsyncFsConfig) -> AsyncFileSystem {
+    let backend_config = config.io.clone();
+    let factory: BackendFactory = Arc::new(move |_| storage_io::build_backend(kind, &backend_config));
+    AsyncFileSystem::with_factory(config, factory).unwrap()
+}
+
+#[test]
+fn two_spellings_of_one_path_share_one_append_cursor() {
+    let dir = real_dir();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let plain = dir.path().join("log");
+    let spellings = [
+        dir.path().join("sub").join("..").join("log"),
+        dir.path().join(".").join("log"),
+    ];
+    for workers in [1, 4] {
+        for other in &spellings {
+            let fs = fs_on(BackendKind::Sync, &config(workers));
+            let _ = std::fs::remove_file(&plain);
+            let (offsets, data) = block_on(async {
+                let a = fs.open_append(&plain).await.unwrap();
+                let b = fs.open_rw(other).await.unwrap();
+                let mut offsets = Vec::new();
+                for (h, tag) in [(&a, b'a'), (&b, b'b'), (&a, b'A'), (&b, b'B')] {
+                    let (at, _) = h.append(vec![tag; 8]).await;
+                    offsets.push(at.unwrap());
+                }
+                drop((a, b));
+                (offsets, std::fs::read(&plain).unwrap())
+            });
+            fs.shutdown();
+            assert_eq!(
+                offsets,
+                vec![0, 8, 16, 24],
+                "workers {workers}, {}: appends through two spellings got one offset twice",
+                other.display()
+            );
+            assert_eq!(data, [[b'a'; 8], [b'b'; 8], [b'A'; 8], [b'B'; 8]].concat());
+        }
+    }
+}
+
+#[test]
+fn config_file_errors_name_the_file() {
+    let missing = "/no/such/dir/storage-io.toml";
+    let text = storage_io::load_async_fs_config(missing).unwrap_err().to_string();
+    assert!(text.contains(missing), "the error names no file: {text}");
+    assert_eq!(text.matches("os error").count(), 1, "the errno once: {text}");
+}
+
+#[test]
+fn a_failed_preallocation_names_the_file() {
+    let dir = real_dir();
+    let path = dir.path().join("seg.log");
+    let cfg = AsyncFsConfig {
+        preallocate_appends: true,
+        // Past ext4's largest file: EFBIG before any block is taken.
+        preallocate_size: 1 << 50,
+        ..config(1)
+    };
+    let fs = fs_on(BackendKind::Sync, &cfg);
+    let err = block_on(fs.open_append(&path)).map(|_| ()).unwrap_err();
+    fs.shutdown();
+    let text = err.to_string();
+    assert!(
+        text.contains(&path.display().to_string()),
+        "open_append's error names no file: {text}"
+    );
+    // Nothing is left open: the file can be opened again without preallocation.
+    let fs = fs_on(BackendKind::Sync, &config(1));
+    block_on(fs.open_append(&path)).unwrap();
+    fs.shutdown();
+}
