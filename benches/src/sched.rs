@@ -441,8 +441,11 @@ fn serve_handoff(
     let mut client_of: HashMap<IoToken, usize> = HashMap::with_capacity(answer_to.len());
     let mut done: Vec<IoCompletion> = Vec::with_capacity(answer_to.len());
     let mut spare: Vec<IoBuf> = Vec::new();
+    // The deadline halts the clients only once one read was answered: on a loaded machine the
+    // client threads may not even have started when a short cell's deadline passes.
+    let mut answered = 0u64;
     loop {
-        if !halt.load(Ordering::Relaxed) && (Instant::now() >= deadline || stop()) {
+        if !halt.load(Ordering::Relaxed) && ((Instant::now() >= deadline && answered > 0) || stop()) {
             halt.store(true, Ordering::Relaxed);
         }
         if client_of.is_empty() {
@@ -470,6 +473,7 @@ fn serve_handoff(
             }
             // A client that has gone (its answer channel closed) asks for nothing more.
             let _ = answer_to[slot].send((slot, answer));
+            answered += 1;
         }
     }
 }

@@ -69,7 +69,6 @@ pub(crate) fn segments_in(entries: &[PathBuf]) -> Result<Vec<u64>, WalError> {
     Ok(segments)
 }
 
-
 /// A failed op, with its kind, so the caller can tell a full disk from a failed sync.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IoFailure {
