@@ -661,6 +661,10 @@ impl Shared {
             self.close_segment(st);
         }
         let lsn = st.next_lsn;
+        debug_assert!(
+            lsn % size >= SEGMENT_HEADER_BYTES && lsn % size + need + RECORD_HEADER_BYTES <= size,
+            "a record at {lsn} would overlap a segment header or leave no room for the end frame"
+        );
         self.queue(st, |buf| encode_record(buf, KIND_DATA, lsn, record));
         st.pending_records += 1;
         self.counters.appends.fetch_add(1, Ordering::Relaxed);

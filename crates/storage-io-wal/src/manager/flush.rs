@@ -205,18 +205,28 @@ impl Shared {
     /// Queues a pad record to the next block boundary (direct mode, several flushes in
     /// flight), so that the next flush starts on a block of its own. Where the pad would leave
     /// no room for the segment-end record, the segment is closed instead, and the next one's
-    /// header is padded to its first block's end.
+    /// header is padded to its first block's end — unless that block is the segment's last
+    /// (4 KiB segments): a pad never consumes the room of a segment's end frame, so the batch
+    /// then ends unpadded and the next flush waits for it (`tail_open`).
     fn pad_to_block(&self, st: &mut State) {
         let size = self.segment_size;
-        let pad = pad_bytes(st.next_lsn);
-        if pad == 0 {
+        let fits = |at: u64| size - at % size >= pad_bytes(at) + RECORD_HEADER_BYTES;
+        if pad_bytes(st.next_lsn) == 0 {
             return;
         }
-        if size - st.next_lsn % size < pad + RECORD_HEADER_BYTES {
+        if !fits(st.next_lsn) {
             self.close_segment(st);
+            if pad_bytes(st.next_lsn) == 0 || !fits(st.next_lsn) {
+                return;
+            }
         }
         let at = st.next_lsn;
         self.queue(st, |buf| encode_pad(buf, at));
+        debug_assert!(
+            !st.next_lsn.is_multiple_of(size) && size - st.next_lsn % size >= RECORD_HEADER_BYTES,
+            "a pad left no room for the segment-end frame at {}",
+            st.next_lsn
+        );
     }
 
     /// The second step of a flush, after the writer is free: the fdatasyncs an inline flush
