@@ -73,6 +73,7 @@ impl WalReader {
         );
         io.deregister_fd(fd)?;
         let segment_size = decode_segment_header(&header?).map_or(1 << 20, |(size, _)| size.max(1));
+        crate::recovery::refuse_foreign_numbers(&segments, segment_size, |s| dir.join(segment_file_name(s)))?;
         Ok(WalReader::new(
             io,
             dir,

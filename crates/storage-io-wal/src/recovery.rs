@@ -195,6 +195,27 @@ fn segment_size_on_disk(io: &mut SegmentIo, segments: &[u64]) -> Result<Option<u
     Ok(None)
 }
 
+/// A segment's positions are `number * size ..`: a number for which they pass 2^64 cannot be
+/// a segment of any log of `segment_size`-byte segments. `ForeignFile` names the first such
+/// file (`path_of` builds its path); recovery and `WalReader::open` refuse it alike.
+pub(crate) fn refuse_foreign_numbers(
+    segments: &[u64],
+    segment_size: u64,
+    path_of: impl Fn(u64) -> std::path::PathBuf,
+) -> Result<(), WalError> {
+    match segments.iter().find(|&&s| {
+        s.checked_add(1)
+            .and_then(|e| e.checked_mul(segment_size))
+            .is_none()
+    }) {
+        Some(&s) => Err(WalError::ForeignFile {
+            path: path_of(s),
+            reason: format!("segment number {s} of {segment_size}-byte segments"),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Recovers the log in `io`'s directory: returns the plan (already applied: torn bytes zeroed,
 /// segments after the end removed, the directory and the kept segments synced) and the report.
 pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, RecoveryReport), WalError> {
@@ -212,18 +233,8 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
         None => config.segment_size_bytes,
     };
     io.set_segment_size(segment_size);
-    // A segment's positions are `number * size ..`: a number for which they pass 2^64 cannot be
-    // a segment of this log. Refuse before changing anything, naming the file.
-    if let Some(&s) = segments.iter().find(|&&s| {
-        s.checked_add(1)
-            .and_then(|e| e.checked_mul(segment_size))
-            .is_none()
-    }) {
-        return Err(WalError::ForeignFile {
-            path: io.path_of(s),
-            reason: format!("segment number {s} of {segment_size}-byte segments"),
-        });
-    }
+    // Refuse before changing anything, naming the file.
+    refuse_foreign_numbers(&segments, segment_size, |s| io.path_of(s))?;
     let mut planner = Planner::new(segment_size, crate::format::TORN_WINDOW_BYTES);
     for &s in &segments {
         let image = io.read_segment(s)?.unwrap_or_default();

@@ -54,3 +54,39 @@ fn pads_in_4k_segments_keep_records() {
     assert_eq!(wal.recovery_report().in_flight_records_cut, 0);
 }
 
+/// A file named `ffffffffffffffff.wal` cannot be a segment of any log (its positions pass
+/// 2^64): `WalReader::open` refuses it as `WalManager::open` does, naming the file, instead
+/// of panicking on a multiply overflow (issue 37, item 7).
+#[test]
+fn reader_open_refuses_a_segment_number_past_the_lsn_space() {
+    use storage_io_core::{OpenOptions, StorageIo};
+    use storage_io_wal::{WalError, WalReader};
+
+    for with_log in [false, true] {
+        let fs = MemFs::new(7);
+        let dir = Path::new(DIR);
+        if with_log {
+            let (wal, _) = WalManager::open(dir, common::small_config(4096), mem_factory(&fs)).unwrap();
+            wal.commit(b"a record").unwrap();
+            wal.close().unwrap();
+        }
+        let mut io = fs.backend();
+        let stray = dir.join("ffffffffffffffff.wal");
+        let fd = io.open_file(&stray, &OpenOptions::create()).unwrap();
+        io.submit_write(fd, &[0u8; 64], 0).unwrap();
+        io.submit_datasync(fd).unwrap();
+        io.deregister_fd(fd).unwrap();
+
+        let err = WalReader::open(dir, Box::new(fs.backend())).err();
+        assert!(
+            matches!(&err, Some(WalError::ForeignFile { path, .. }) if *path == stray),
+            "the reader must refuse {} (with a log beside it: {with_log}), got {err:?}",
+            stray.display()
+        );
+        let manager = WalManager::open(dir, common::small_config(4096), mem_factory(&fs)).err();
+        assert!(
+            matches!(manager, Some(WalError::ForeignFile { .. })),
+            "{manager:?}"
+        );
+    }
+}
