@@ -162,6 +162,8 @@ struct Shared {
     /// Zero-fills the next segment ahead of the writer (`prepare_ahead`).
     preparer: Option<Preparer>,
     counters: Counters,
+    /// Buffered inline flushes: one fdatasync in flight at a time (see [`flush::SyncGate`]).
+    sync_gate: flush::SyncGate,
     /// Wakes the WAL I/O thread that flushes for async committers.
     io_wake: Condvar,
     /// `durable_lsn`, readable without the state lock (a future polled after its flush finds
@@ -273,6 +275,7 @@ impl WalManager {
             preparer,
             counters: Counters::default(),
             io_wake: Condvar::new(),
+            sync_gate: flush::SyncGate::default(),
             io_started: std::sync::atomic::AtomicBool::new(false),
             io_thread: Mutex::new(None),
             config,
