@@ -165,6 +165,8 @@ struct Shared {
     /// Zero-fills the next segment ahead of the writer (`prepare_ahead`).
     preparer: Option<Preparer>,
     counters: Counters,
+    /// Buffered inline flushes: one fdatasync in flight at a time (see [`flush::SyncGate`]).
+    sync_gate: flush::SyncGate,
     /// Wakes the WAL I/O thread that flushes for async committers.
     io_wake: Condvar,
     /// `durable_lsn`, readable without the state lock (a future polled after its flush finds
@@ -288,6 +290,7 @@ impl WalManager {
             preparer,
             counters: Counters::default(),
             io_wake: Condvar::new(),
+            sync_gate: flush::SyncGate::default(),
             io_started: std::sync::atomic::AtomicBool::new(false),
             io_thread: Mutex::new(None),
             config,
@@ -705,6 +708,10 @@ impl Shared {
             self.close_segment(st);
         }
         let lsn = st.next_lsn;
+        debug_assert!(
+            lsn % size >= SEGMENT_HEADER_BYTES && lsn % size + need + RECORD_HEADER_BYTES <= size,
+            "a record at {lsn} would overlap a segment header or leave no room for the end frame"
+        );
         self.queue(st, |buf| encode_record(buf, KIND_DATA, lsn, record));
         st.pending_records += 1;
         self.counters.appends.fetch_add(1, Ordering::Relaxed);

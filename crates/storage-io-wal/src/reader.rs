@@ -1,21 +1,24 @@
 //! [`WalReader`]: the records of a log, in order, verified.
 
-use std::collections::VecDeque;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use storage_io_core::{IoCompletion, OpenOptions, StorageIo};
+use storage_io_core::{IoCompletion, IoFd, OpenOptions, StorageIo};
 
 use crate::Lsn;
 use crate::error::WalError;
-use crate::format::{SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment};
-use crate::segio::{read_prefix, read_whole, segment_file_name, segments_in};
+use crate::format::{
+    Frame, KIND_DATA, KIND_PAD, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, decode_frame,
+    decode_segment_header,
+};
+use crate::segio::{read_at, read_prefix, segment_file_name, segments_in};
 
-const READ_CHUNK_BYTES: usize = 1 << 20;
-
-/// Iterates `(lsn, payload)` of every valid record from a start LSN up to a limit, one segment
-/// in memory at a time. Only records whose checksum and LSN verify are returned; the iteration
-/// ends at the first position without one (as recovery does).
+/// Iterates `(lsn, payload)` of every valid record from a start LSN up to a limit. Only
+/// records whose checksum and LSN verify are returned; the iteration ends at the first
+/// position without one (as recovery does).
+///
+/// Segments are streamed through a buffer of 256 KiB (more only while one record is
+/// larger): reading costs what the log holds, not the size of its segments, and the
+/// zero-filled rest of a preallocated segment is never read.
 ///
 /// Get one from [`WalManager::reader`](crate::WalManager::reader), or read a log that no
 /// manager has open with [`WalReader::open`].
@@ -23,14 +26,23 @@ pub struct WalReader {
     io: Box<dyn StorageIo>,
     dir: PathBuf,
     segment_size: u64,
+    /// The segment being read (or the next to open when `fd` is `None`).
     segment: u64,
     from: u64,
     limit: u64,
-    image: Vec<u8>,
-    records: VecDeque<(u64, Range<usize>)>,
+    /// The open segment and its length.
+    fd: Option<(IoFd, u64)>,
+    /// Bytes `[buf_at, buf_at + buf.len())` of the open segment.
+    buf: Vec<u8>,
+    buf_at: u64,
+    /// Offset in the open segment of the next frame.
+    pos: u64,
     more_segments: bool,
     done: Vec<IoCompletion>,
 }
+
+/// Bytes the reader reads at a time.
+const READ_CHUNK_BYTES: usize = 256 << 10;
 
 impl WalReader {
     pub(crate) fn new(io: Box<dyn StorageIo>, dir: &Path, segment_size: u64, from: u64, limit: u64) -> Self {
@@ -41,8 +53,10 @@ impl WalReader {
             segment: from / segment_size,
             from,
             limit,
-            image: Vec::new(),
-            records: VecDeque::new(),
+            fd: None,
+            buf: Vec::new(),
+            buf_at: 0,
+            pos: 0,
             more_segments: true,
             done: Vec::new(),
         }
@@ -68,6 +82,7 @@ impl WalReader {
         );
         io.deregister_fd(fd)?;
         let segment_size = decode_segment_header(&header?).map_or(1 << 20, |(size, _)| size.max(1));
+        crate::recovery::refuse_foreign_numbers(&segments, segment_size, |s| dir.join(segment_file_name(s)))?;
         Ok(WalReader::new(
             io,
             dir,
@@ -77,8 +92,9 @@ impl WalReader {
         ))
     }
 
-    /// Loads the next segment; false when there is none.
-    fn load(&mut self) -> Result<bool, WalError> {
+    /// Opens the next segment and checks its header; false when there is none (or its header
+    /// does not belong to this log).
+    fn open_next(&mut self) -> Result<bool, WalError> {
         if !self.more_segments {
             return Ok(false);
         }
@@ -91,14 +107,104 @@ impl WalReader {
             }
             Err(e) => return Err(e.into()),
         };
-        let image = read_whole(&mut *self.io, &mut self.done, fd, READ_CHUNK_BYTES);
-        self.io.deregister_fd(fd)?;
-        self.image = image?;
-        let scan = scan_segment(&self.image, self.segment, self.segment_size);
-        self.records = scan.records.into();
-        self.more_segments = matches!(scan.end, ScanEnd::Switched(_));
-        self.segment += 1;
+        let len = match self.io.file_len(fd) {
+            Ok(len) => len.min(self.segment_size),
+            Err(e) => {
+                let _ = self.io.deregister_fd(fd);
+                return Err(e.into());
+            }
+        };
+        self.fd = Some((fd, len));
+        self.buf.clear();
+        self.buf_at = 0;
+        self.pos = 0;
+        let base = self.segment * self.segment_size;
+        let header_ok = self.fill(SEGMENT_HEADER_BYTES as usize)?
+            && decode_segment_header(&self.buf) == Some((self.segment_size, base));
+        self.pos = SEGMENT_HEADER_BYTES;
+        if !header_ok {
+            self.close_segment()?;
+            self.more_segments = false;
+        }
+        Ok(header_ok)
+    }
+
+    /// Makes the buffer hold the `n` bytes at `pos` of the open segment, dropping what lies
+    /// before `pos`; false if the segment ends before them.
+    fn fill(&mut self, n: usize) -> Result<bool, WalError> {
+        let Some((fd, len)) = self.fd else {
+            return Ok(false);
+        };
+        let want_end = self.pos + n as u64;
+        if want_end > len {
+            return Ok(false);
+        }
+        if self.pos > self.buf_at {
+            let drop = ((self.pos - self.buf_at) as usize).min(self.buf.len());
+            self.buf.drain(..drop);
+            self.buf_at += drop as u64;
+        }
+        while self.buf_at + (self.buf.len() as u64) < want_end {
+            let at = self.buf_at + self.buf.len() as u64;
+            let missing = (want_end - at) as usize;
+            let chunk = missing.max(READ_CHUNK_BYTES).min((len - at) as usize);
+            let got = read_at(&mut *self.io, &mut self.done, fd, at, chunk, &mut self.buf)?;
+            if got == 0 {
+                return Ok(false);
+            }
+        }
         Ok(true)
+    }
+
+    fn close_segment(&mut self) -> Result<(), WalError> {
+        if let Some((fd, _)) = self.fd.take() {
+            self.io.deregister_fd(fd)?;
+        }
+        self.buf = Vec::new();
+        Ok(())
+    }
+
+    /// The next valid record of the log, reading on as needed; `None` at the end.
+    fn next_record(&mut self) -> Result<Option<(u64, Vec<u8>)>, WalError> {
+        let hdr = RECORD_HEADER_BYTES as usize;
+        loop {
+            if self.fd.is_none() && !self.open_next()? {
+                return Ok(None);
+            }
+            let base = self.segment * self.segment_size;
+            let pos = self.pos;
+            let frame = if self.fill(hdr)? {
+                let at = (pos - self.buf_at) as usize;
+                let h = &self.buf[at..at + hdr];
+                let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as u64;
+                let room = self.segment_size.saturating_sub(pos + hdr as u64);
+                if matches!(h[4], KIND_DATA | KIND_PAD) && len <= room {
+                    // What is not in the file reads as invalid, as in a whole-segment scan.
+                    self.fill(hdr + len as usize)?;
+                }
+                let at = (pos - self.buf_at) as usize;
+                decode_frame(&self.buf, at, base + self.buf_at, self.segment_size)
+            } else {
+                Frame::Invalid
+            };
+            match frame {
+                Frame::Data(len) => {
+                    let at = (pos - self.buf_at) as usize + hdr;
+                    self.pos = pos + (hdr + len) as u64;
+                    return Ok(Some((base + pos, self.buf[at..at + len].to_vec())));
+                }
+                Frame::Pad(total) => self.pos = pos + total as u64,
+                Frame::SegmentEnd => {
+                    self.close_segment()?;
+                    self.segment += 1;
+                }
+                Frame::Invalid => {
+                    self.close_segment()?;
+                    self.more_segments = false;
+                    return Ok(None);
+                }
+            }
+        }
     }
 }
 
@@ -107,25 +213,31 @@ impl Iterator for WalReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some((lsn, range)) = self.records.pop_front() {
-                if lsn >= self.limit {
-                    self.records.clear();
-                    self.more_segments = false;
-                    return None;
+            match self.next_record() {
+                Ok(Some((lsn, payload))) => {
+                    if lsn >= self.limit {
+                        let _ = self.close_segment();
+                        self.more_segments = false;
+                        return None;
+                    }
+                    if lsn < self.from {
+                        continue;
+                    }
+                    return Some(Ok((Lsn(lsn), payload)));
                 }
-                if lsn < self.from {
-                    continue;
-                }
-                return Some(Ok((Lsn(lsn), self.image[range].to_vec())));
-            }
-            match self.load() {
-                Ok(true) => continue,
-                Ok(false) => return None,
+                Ok(None) => return None,
                 Err(e) => {
+                    let _ = self.close_segment();
                     self.more_segments = false;
                     return Some(Err(e));
                 }
             }
         }
+    }
+}
+
+impl Drop for WalReader {
+    fn drop(&mut self) {
+        let _ = self.close_segment();
     }
 }

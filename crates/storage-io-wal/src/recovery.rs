@@ -182,6 +182,74 @@ impl Planner {
     }
 }
 
+/// Decides, as a segment is read in chunks, when recovery has read enough of it: a valid
+/// segment-end frame (the log goes on in the next segment), or, past the first position
+/// without a valid frame, the window after the last non-zero byte read — no write in flight
+/// at a crash reaches past it, so the zeros beyond (a preallocated tail) need no reading. The
+/// planner sees the prefix read as the segment's image: what it lacks reads as zeros.
+struct TailProbe {
+    base: u64,
+    segment_size: u64,
+    window: u64,
+    /// The next frame to decode (offset in the segment).
+    pos: usize,
+    /// Where the valid frames stopped, once known.
+    end: Option<usize>,
+    /// Bytes of the image searched for non-zero bytes so far, and the last one found (+1).
+    searched: usize,
+    nonzero_end: usize,
+}
+
+impl TailProbe {
+    fn new(segment: u64, segment_size: u64, window: u64) -> Self {
+        TailProbe {
+            base: segment.wrapping_mul(segment_size),
+            segment_size,
+            window,
+            pos: SEGMENT_HEADER_BYTES as usize,
+            end: None,
+            searched: 0,
+            nonzero_end: 0,
+        }
+    }
+
+    fn enough(&mut self, image: &[u8]) -> bool {
+        use crate::format::{Frame, KIND_DATA, KIND_PAD, RECORD_HEADER_BYTES, decode_frame};
+        let hdr = RECORD_HEADER_BYTES as usize;
+        if self.end.is_none()
+            && image.len() >= SEGMENT_HEADER_BYTES as usize
+            && self.pos == SEGMENT_HEADER_BYTES as usize
+            && decode_segment_header(image) != Some((self.segment_size, self.base))
+        {
+            self.end = Some(self.pos);
+        }
+        while self.end.is_none() {
+            let pos = self.pos;
+            let Some(h) = image.get(pos..pos + hdr) else {
+                return false; // the next frame's header is not read yet
+            };
+            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            let room = (self.segment_size as usize).saturating_sub(pos + hdr);
+            if matches!(h[4], KIND_DATA | KIND_PAD) && len <= room && image.len() < pos + hdr + len {
+                return false; // its payload is not read yet
+            }
+            match decode_frame(image, pos, self.base, self.segment_size) {
+                Frame::Data(len) => self.pos = pos + hdr + len,
+                Frame::Pad(total) => self.pos = pos + total,
+                // The log goes on in the next segment: nothing after this frame matters.
+                Frame::SegmentEnd => return true,
+                Frame::Invalid => self.end = Some(pos),
+            }
+        }
+        if let Some(i) = image[self.searched..].iter().rposition(|b| *b != 0) {
+            self.nonzero_end = self.searched + i + 1;
+        }
+        self.searched = image.len();
+        let end = self.end.unwrap_or(self.pos).max(self.nonzero_end) as u64;
+        image.len() as u64 >= end.saturating_add(self.window)
+    }
+}
+
 /// Reads the segment size from the first segment whose header is intact.
 fn segment_size_on_disk(io: &mut SegmentIo, segments: &[u64]) -> Result<Option<u64>, WalError> {
     for &s in segments {
@@ -193,6 +261,27 @@ fn segment_size_on_disk(io: &mut SegmentIo, segments: &[u64]) -> Result<Option<u
         }
     }
     Ok(None)
+}
+
+/// A segment's positions are `number * size ..`: a number for which they pass 2^64 cannot be
+/// a segment of any log of `segment_size`-byte segments. `ForeignFile` names the first such
+/// file (`path_of` builds its path); recovery and `WalReader::open` refuse it alike.
+pub(crate) fn refuse_foreign_numbers(
+    segments: &[u64],
+    segment_size: u64,
+    path_of: impl Fn(u64) -> std::path::PathBuf,
+) -> Result<(), WalError> {
+    match segments.iter().find(|&&s| {
+        s.checked_add(1)
+            .and_then(|e| e.checked_mul(segment_size))
+            .is_none()
+    }) {
+        Some(&s) => Err(WalError::ForeignFile {
+            path: path_of(s),
+            reason: format!("segment number {s} of {segment_size}-byte segments"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Recovers the log in `io`'s directory: returns the plan (already applied: torn bytes zeroed,
@@ -212,21 +301,14 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
         None => config.segment_size_bytes,
     };
     io.set_segment_size(segment_size);
-    // A segment's positions are `number * size ..`: a number for which they pass 2^64 cannot be
-    // a segment of this log. Refuse before changing anything, naming the file.
-    if let Some(&s) = segments.iter().find(|&&s| {
-        s.checked_add(1)
-            .and_then(|e| e.checked_mul(segment_size))
-            .is_none()
-    }) {
-        return Err(WalError::ForeignFile {
-            path: io.path_of(s),
-            reason: format!("segment number {s} of {segment_size}-byte segments"),
-        });
-    }
+    // Refuse before changing anything, naming the file.
+    refuse_foreign_numbers(&segments, segment_size, |s| io.path_of(s))?;
     let mut planner = Planner::new(segment_size, crate::format::TORN_WINDOW_BYTES);
     for &s in &segments {
-        let image = io.read_segment(s)?.unwrap_or_default();
+        let mut probe = TailProbe::new(s, segment_size, crate::format::TORN_WINDOW_BYTES);
+        let image = io
+            .read_segment_until(s, |image| probe.enough(image))?
+            .unwrap_or_default();
         planner.feed(s, &image);
     }
     let plan = planner.finish(config.recovery)?;

@@ -750,29 +750,64 @@ impl SegmentIo {
         self.io.deregister_fd(fd)?;
         header
     }
+}
 
-    /// The whole content of segment `segment`, or `None` if the file does not exist.
-    pub(crate) fn read_segment(&mut self, segment: u64) -> Result<Option<Vec<u8>>, StorageIoError> {
+impl SegmentIo {
+    /// The content of segment `segment` from its start, read `write_chunk` bytes at a time
+    /// until `enough` (asked after each read, with everything read so far) says so or the file
+    /// ends; `None` if the file does not exist. Recovery reads a segment only up to what proves
+    /// where its log ends.
+    pub(crate) fn read_segment_until(
+        &mut self,
+        segment: u64,
+        mut enough: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, StorageIoError> {
         let fd = match self.open_for_read(segment) {
             Ok(fd) => fd,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let image = read_whole(&mut *self.io, &mut self.done, fd, self.write_chunk);
+        let result = (|| {
+            let len = self.io.file_len(fd)?;
+            let mut image = Vec::new();
+            while (image.len() as u64) < len {
+                let want = (len - image.len() as u64).min(self.write_chunk as u64) as usize;
+                let at = image.len() as u64;
+                let n = read_at(&mut *self.io, &mut self.done, fd, at, want, &mut image)?;
+                if n < want || enough(&image) {
+                    break;
+                }
+            }
+            Ok(image)
+        })();
         self.io.deregister_fd(fd)?;
-        image.map(Some)
+        result.map(Some)
     }
 }
 
-/// Reads a whole file through a backend, chunk by chunk, in order.
-pub(crate) fn read_whole(
+/// Reads up to `want` bytes at `offset` of `fd` onto the end of `out`; returns how many came
+/// (fewer at the end of the file).
+pub(crate) fn read_at(
     io: &mut dyn StorageIo,
     done: &mut Vec<IoCompletion>,
     fd: IoFd,
-    chunk: usize,
-) -> Result<Vec<u8>, StorageIoError> {
-    let len = io.file_len(fd)? as usize;
-    read_prefix(io, done, fd, len, chunk)
+    offset: u64,
+    want: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize, StorageIoError> {
+    io.submit_read(fd, vec![0u8; want].into(), offset)
+        .map_err(|e| e.error)?;
+    done.clear();
+    io.wait_completions(done, 1, None)?;
+    let c = done.pop().ok_or(StorageIoError::invalid(
+        "backend returned no completion for a read",
+    ))?;
+    let n = c.result?;
+    let buf = c
+        .buf
+        .ok_or(StorageIoError::invalid("backend lost a read buffer"))?;
+    out.extend_from_slice(&buf[..n]);
+    Ok(n)
 }
 
 /// Reads the first `len` bytes of a file (fewer if it is shorter), chunk by chunk, in order.

@@ -39,11 +39,10 @@ impl Shared {
     /// the queued bytes within [`TORN_WINDOW_BYTES`] of the durable end, which recovery relies
     /// on to tell a tear among writes in flight from damage.
     fn may_start(&self, st: &State) -> bool {
-        let in_window = st.next_lsn + 2 * PAD_BLOCK_BYTES - st.durable_lsn <= TORN_WINDOW_BYTES;
         !st.flushing
             && st.in_sync < self.max_in_flight
             && !st.tail_open
-            && (st.in_flight.is_empty() || in_window)
+            && (st.in_flight.is_empty() || in_window(st))
     }
 
     /// Wakes one waiter of the next flush to lead it, if records wait and a flush may start.
@@ -101,6 +100,23 @@ impl Shared {
             let deadline = Instant::now() + Duration::from_micros(max_delay_us);
             while st.pending_bytes < max_batch_bytes && !self.gather.wait_until(st, deadline).timed_out() {}
             st.gathering = false;
+            // Records appended while it gathered join this batch: the window checked before
+            // the gather must hold for what is taken. While an earlier flush is in flight and
+            // the queue reaches past the window, wait for the earlier flushes (this one alone
+            // in flight may be larger).
+            while st.poisoned.is_none()
+                && let Some(&(front, _, _)) = st.in_flight.front()
+                && front != this
+                && !in_window(st)
+            {
+                self.covered[front as usize % self.covered.len()].wait(st);
+            }
+            if let Some(cause) = st.poisoned.clone() {
+                st.in_flight.retain(|f| f.0 != this);
+                st.flushing = false;
+                self.wake_everyone(st);
+                return Err(WalError::Poisoned { cause });
+            }
         }
         if self.slotted {
             // A batch that may have company in flight ends on a block boundary (a pad), so the
@@ -122,6 +138,11 @@ impl Shared {
         }
         let bytes = std::mem::replace(&mut st.pending_bytes, 0);
         let end = st.next_lsn;
+        debug_assert!(
+            st.in_flight.front().is_some_and(|f| f.0 == this) || end - st.durable_lsn <= TORN_WINDOW_BYTES,
+            "flush {this} takes bytes up to {end}, past the torn window of the durable end {} while an earlier flush is in flight",
+            st.durable_lsn
+        );
         if let Some(f) = st.in_flight.iter_mut().find(|f| f.0 == this) {
             f.1 = end;
         }
@@ -206,18 +227,28 @@ impl Shared {
     /// Queues a pad record to the next block boundary (direct mode, several flushes in
     /// flight), so that the next flush starts on a block of its own. Where the pad would leave
     /// no room for the segment-end record, the segment is closed instead, and the next one's
-    /// header is padded to its first block's end.
+    /// header is padded to its first block's end — unless that block is the segment's last
+    /// (4 KiB segments): a pad never consumes the room of a segment's end frame, so the batch
+    /// then ends unpadded and the next flush waits for it (`tail_open`).
     fn pad_to_block(&self, st: &mut State) {
         let size = self.segment_size;
-        let pad = pad_bytes(st.next_lsn);
-        if pad == 0 {
+        let fits = |at: u64| size - at % size >= pad_bytes(at) + RECORD_HEADER_BYTES;
+        if pad_bytes(st.next_lsn) == 0 {
             return;
         }
-        if size - st.next_lsn % size < pad + RECORD_HEADER_BYTES {
+        if !fits(st.next_lsn) {
             self.close_segment(st);
+            if pad_bytes(st.next_lsn) == 0 || !fits(st.next_lsn) {
+                return;
+            }
         }
         let at = st.next_lsn;
         self.queue(st, |buf| encode_pad(buf, at));
+        debug_assert!(
+            !st.next_lsn.is_multiple_of(size) && size - st.next_lsn % size >= RECORD_HEADER_BYTES,
+            "a pad left no room for the segment-end frame at {}",
+            st.next_lsn
+        );
     }
 
     /// The second step of a flush, after the writer is free: the fdatasyncs an inline flush
@@ -225,7 +256,7 @@ impl Shared {
     fn finish_batch(&self, rest: Unfinished<'_>) -> Result<(), IoFailure> {
         match rest {
             Unfinished::Sync(files) => {
-                sync_handles(&files)?;
+                self.sync_gate.run(|| sync_handles(&files))?;
                 self.counters
                     .datasyncs
                     .fetch_add(files.len() as u64, Ordering::Relaxed);
@@ -350,6 +381,12 @@ impl Shared {
     }
 }
 
+/// Whether the queue, with room for a pad, ends within [`TORN_WINDOW_BYTES`] of the durable
+/// end: what lets a flush go in flight beside earlier ones.
+fn in_window(st: &State) -> bool {
+    st.next_lsn + 2 * PAD_BLOCK_BYTES - st.durable_lsn <= TORN_WINDOW_BYTES
+}
+
 /// The flush slots of direct mode with several flushes in flight.
 pub(super) struct SlotPool {
     pub(super) free: Vec<SegmentIo>,
@@ -376,6 +413,33 @@ impl SlotPool {
     }
 }
 
+/// One fdatasync in flight at a time for buffered inline flushes. Linux reports a writeback
+/// error once per open file description: of two fdatasyncs in flight on one `File`, the one
+/// that checks first takes the error and the other returns 0, so an earlier flush whose pages
+/// failed could be acknowledged while a later one's sync saw the error. With one at a time,
+/// every error reaches a sync that covers the failed pages (or an earlier one, which poisons
+/// the WAL before any later flush is published). The next batch is still written while a
+/// sync runs; only the syncs queue.
+#[derive(Debug, Default)]
+pub(super) struct SyncGate {
+    lock: Mutex<()>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// The most syncs ever seen in flight at once (1 while the gate works).
+    max_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl SyncGate {
+    fn run<T>(&self, sync: impl FnOnce() -> T) -> T {
+        let _one = self.lock.lock();
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::AcqRel);
+        debug_assert_eq!(now, 1, "two inline fdatasyncs in flight at once");
+        let result = sync();
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+}
+
 /// What a flush's write step left for after the writer is free.
 enum Unfinished<'a> {
     /// Segments to fdatasync (inline buffered flushes; none when the writes were durable).
@@ -393,4 +457,151 @@ fn sync_handles(files: &[Arc<File>]) -> Result<(), IoFailure> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+    use std::time::{Duration, Instant};
+
+    use storage_io_core::{OpKind, StorageIo};
+    use storage_io_testkit::gated::{Gate, GatedIo};
+    use storage_io_testkit::memio::MemFs;
+
+    use super::*;
+
+    /// Polls `cond` on the state (a busy wait on the state itself, no sleep) for up to 20 s.
+    fn wait_for(wal: &WalManager, what: &str, cond: impl Fn(&State) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond(&wal.shared.state.lock()) {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// Issue 37, item 5: a leader checks the torn window before it gathers (group delay), and
+    /// records appended while it gathers join its batch. With another flush in flight, what it
+    /// takes must still end within the window of the durable end.
+    #[test]
+    fn group_delay_keeps_submitted_bytes_inside_the_torn_window() {
+        let fs = MemFs::new(5);
+        let gate = Gate::new(); // closed: direct writes stay in flight until it opens
+        let factory: BackendFactory = {
+            let (fs, gate) = (fs.clone(), gate.clone());
+            Arc::new(move |worker| {
+                let io = fs.backend();
+                Ok(if worker == 0 {
+                    Box::new(GatedIo::new(io, gate.clone(), &[OpKind::Write])) as Box<dyn StorageIo>
+                } else {
+                    Box::new(io) as Box<dyn StorageIo>
+                })
+            })
+        };
+        let config = WalConfig {
+            segment_size_bytes: 32 << 20,
+            direct_io: true,
+            max_flushes_in_flight: 2,
+            preallocate: false,
+            prepare_ahead: false,
+            sync_mode: SyncMode::Group {
+                max_delay_us: 60_000_000,
+                max_batch_bytes: 4 << 20,
+            },
+            ..WalConfig::default()
+        };
+        let (wal, _) = WalManager::open("/wal", config, factory).unwrap();
+        // Flush 1: one record that fills the batch and ends on a block boundary (no tail to
+        // wait for), held in flight at the gate.
+        let first = vec![1u8; (4 << 20) - (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as usize];
+        let big = vec![2u8; 1 << 20];
+        /// Opens the gate when the test ends, passed or not, so that no thread stays blocked.
+        struct OpenOnDrop(Gate);
+        impl Drop for OpenOnDrop {
+            fn drop(&mut self) {
+                self.0.open();
+            }
+        }
+        std::thread::scope(|s| {
+            let _open = OpenOnDrop(gate.clone());
+            let wal = &wal;
+            let a = wal.append(&first).unwrap();
+            let one = s.spawn(move || wal.wait_durable(a));
+            wait_for(wal, "flush 1 is in flight", |st| st.in_sync == 1);
+            // Flush 2: a small record, led while flush 1 is in flight; its leader gathers.
+            let b = wal.append(b"small").unwrap();
+            let two = s.spawn(move || wal.wait_durable(b));
+            wait_for(wal, "flush 2 gathers", |st| st.gathering);
+            // Ten more MiB arrive at once while it gathers, and fill its batch.
+            let lsns = wal.append_batch(std::iter::repeat_n(&big[..], 10)).unwrap();
+            wait_for(wal, "flush 2 stops gathering", |st| !st.gathering);
+            {
+                let st = wal.shared.state.lock();
+                let durable = st.durable_lsn;
+                for &(n, end, _) in &st.in_flight {
+                    if n > 1 && end != u64::MAX {
+                        assert!(
+                            end - durable <= TORN_WINDOW_BYTES,
+                            "flush {n} took bytes up to {end}, {} past the durable end {durable} while flush 1 is in flight",
+                            end - durable
+                        );
+                    }
+                }
+            }
+            gate.open();
+            one.join().unwrap().unwrap();
+            two.join().unwrap().unwrap();
+            wal.wait_durable(*lsns.last().unwrap()).unwrap();
+        });
+        wal.close().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod sync_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+    use super::*;
+
+    /// Issue 37, item 11: buffered inline flushes, eight allowed in flight, eight committers on
+    /// real files. Writeback errors are reported once per open file description, so two
+    /// fdatasyncs in flight on one segment could hand an earlier flush's error to a later one
+    /// and acknowledge the earlier flush. The WAL keeps one fdatasync in flight at a time.
+    /// (The testkit's `FaultyIo` hides OS handles, which turns inline I/O off — its flushes
+    /// sync through the backend under the writer's lock, one at a time already — so this test
+    /// runs on the sync backend's real files.)
+    #[test]
+    fn buffered_flushes_keep_one_fdatasync_in_flight() {
+        let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target");
+        let tmp = tempfile::tempdir_in(target).unwrap();
+        let factory: BackendFactory = Arc::new(|_| {
+            let io = storage_io_sync::SyncStorageIo::new(&storage_io_core::IoConfig::default())?;
+            Ok(Box::new(io) as Box<dyn storage_io_core::StorageIo>)
+        });
+        let config = WalConfig {
+            segment_size_bytes: 1 << 20,
+            max_flushes_in_flight: 8,
+            inline_io: true,
+            prepare_ahead: false,
+            ..WalConfig::default()
+        };
+        let (wal, _) = WalManager::open(tmp.path(), config, factory).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let wal = &wal;
+                s.spawn(move || {
+                    for i in 0..40u8 {
+                        wal.commit(&[t, i, 0, 0, 0, 0, 0, 0]).unwrap();
+                    }
+                });
+            }
+        });
+        assert!(wal.stats().datasyncs > 0, "the flushes synced");
+        assert_eq!(
+            wal.shared.sync_gate.max_in_flight.load(Ordering::Acquire),
+            1,
+            "fdatasyncs of buffered flushes overlapped"
+        );
+        wal.close().unwrap();
+    }
 }
