@@ -1,7 +1,8 @@
 //! Project automation for storage-io.
 //!
 //! - `cargo xtask ci`: everything CI checks, in order, failing fast: rustfmt, clippy (warnings
-//!   denied), all tests, docs (warnings denied), the layering rule, and a bench smoke run.
+//!   denied), all tests, the fuzz corpus replay, docs (warnings denied), every published crate
+//!   packaged and built from its `.crate`, the layering rule, and a bench smoke run.
 //! - `cargo xtask bench [ARGS]`: builds the io-patterns driver in release mode and runs it on a
 //!   temp file under `target/`; every argument is passed on (see `cargo xtask bench --help`).
 //! - `cargo xtask layering`: only the layering check.
@@ -29,7 +30,7 @@ fn main() -> Result<()> {
             println!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
-                 ci         fmt, clippy -D warnings, tests, docs, layering, bench smoke (what CI runs)\n  \
+                 ci         fmt, clippy -D warnings, tests, fuzz corpus, docs, package, layering, bench smoke (what CI runs)\n  \
                  bench      the queue-depth benchmark (cargo xtask bench --help for flags)\n  \
                  layering   check that no crate depends on a crate of a higher layer\n  \
                  fuzz       [--target NAME] [--time SECONDS]: run the cargo-fuzz targets (nightly, cargo-fuzz)\n  \
@@ -82,6 +83,13 @@ fn run_example(root: &Path, name: &str, what: &str, args: &[&str]) -> Result<()>
     )
 }
 
+/// The features that compile the fuzz entry points (`pub mod fuzzing`) and the `fuzz_corpus`
+/// test targets, which need the repository's `fuzz/corpus/` and are not packaged.
+const FUZZING_FEATURES: &str = "storage-io-wal/fuzzing,storage-io-scheduler/fuzzing,storage-io/fuzzing";
+
+/// Workspace members that are never published (`publish = false`), left out of `cargo package`.
+const UNPUBLISHED: &[&str] = &["storage-io-benches", "xtask"];
+
 fn ci(root: &Path, args: &[String]) -> Result<()> {
     let started = Instant::now();
     let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
@@ -102,6 +110,8 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
             "--workspace",
             "--all-targets",
             "--locked",
+            "--features",
+            FUZZING_FEATURES,
             "--",
             "-D",
             "warnings",
@@ -125,6 +135,23 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
         cargo()
             .current_dir(root)
             .args(["test", "--workspace", "--locked"]),
+    )?;
+    run_step(
+        "fuzz corpus replay (fuzz/corpus through the fuzz targets' checks, on stable)",
+        cargo().current_dir(root).args([
+            "test",
+            "--locked",
+            "-p",
+            "storage-io-wal",
+            "-p",
+            "storage-io-scheduler",
+            "-p",
+            "storage-io",
+            "--features",
+            FUZZING_FEATURES,
+            "--test",
+            "fuzz_corpus",
+        ]),
     )?;
     run_example(
         root,
@@ -151,6 +178,24 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
             .current_dir(root)
             .env("RUSTDOCFLAGS", "-D warnings")
             .args(["doc", "--workspace", "--no-deps", "--locked"]),
+    )?;
+    // Every published crate as crates.io would get it: packaged, then built from its `.crate`
+    // against the other crates' `.crate`s (so a path-only dependency, a dev-dependency cycle or a
+    // file outside the package fails here). About 2.5 min on 2 cores. A clean checkout needs no
+    // `--allow-dirty`; locally, uncommitted edits are allowed so that ci runs before a commit.
+    let mut package = cargo();
+    package
+        .current_dir(root)
+        .args(["package", "--workspace", "--locked"]);
+    for name in UNPUBLISHED {
+        package.args(["--exclude", name]);
+    }
+    if !in_ci {
+        package.arg("--allow-dirty");
+    }
+    run_step(
+        "package (every published crate, verified from its .crate)",
+        &mut package,
     )?;
     eprintln!("\n==> layering");
     layering(root)?;

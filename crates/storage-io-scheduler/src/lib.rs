@@ -61,6 +61,7 @@ mod config;
 mod counters;
 mod dispatch;
 mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod idhash;

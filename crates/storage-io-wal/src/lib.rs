@@ -70,6 +70,7 @@ mod reader;
 pub mod recovery;
 mod segio;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 

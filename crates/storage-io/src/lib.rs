@@ -31,6 +31,7 @@ use std::fmt;
 use std::sync::Arc;
 
 mod fs;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 
