@@ -51,6 +51,8 @@ mod wake;
 
 pub use backend::{BackendFactory, OpenedFd, StorageIo};
 pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf};
+/// The `bytes` crate, re-exported: [`StorageIo::submit_write_bytes`] takes its `Bytes`.
+pub use bytes;
 pub use config::{
     BackendKind, IoConfig, MAX_FILES_LIMIT, MAX_REGISTERED_BYTES, parse_override, parse_override_bool,
 };
@@ -58,6 +60,8 @@ pub use direct::{
     DirectMode, OpenOptions, OpenedFile, direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
 };
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
+/// The `hdrhistogram` crate, re-exported: [`IoStats::latency_ns`] returns its `Histogram`.
+pub use hdrhistogram;
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};
 pub use wake::WaitWaker;

@@ -42,6 +42,11 @@ pub use fs::{
 
 // The core types a user of a backend needs, by name; implementers take
 // `storage_io_core::backend_kit` from the core crate itself.
+/// The `bytes` crate, re-exported: [`StorageIo::submit_write_bytes`] and the scheduler's
+/// `schedule_write` take its `Bytes`.
+pub use storage_io_core::bytes;
+/// The `hdrhistogram` crate, re-exported: [`IoStats::latency_ns`] returns its `Histogram`.
+pub use storage_io_core::hdrhistogram;
 pub use storage_io_core::{
     AlignedBuf, BackendFactory, BackendKind, BufferPool, BufferPoolConfig, Capabilities, DEFAULT_ALIGNMENT,
     DirectMode, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot, IoToken,
