@@ -36,6 +36,13 @@
 //! `O_DIRECT`, and the page-cache read attempt (`read_nowait`, `preadv2(RWF_NOWAIT)`); both sit
 //! behind `cfg` and use `libc`.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod backend;
 mod barrier;
 mod buf;

@@ -53,6 +53,13 @@
 //! sched.shutdown().unwrap();
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod alloc;
 mod batch;
 mod cache;

@@ -27,6 +27,13 @@
 //! [`IoBufferPool`], and [`AsyncIoMetrics`] with a Prometheus rendering. The page scheduler
 //! ([`scheduler`]) and the write-ahead log ([`wal`]) are re-exported too.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 use std::fmt;
 use std::sync::Arc;
 
