@@ -6,6 +6,7 @@
 //! - `cargo xtask bench [ARGS]`: builds the io-patterns driver in release mode and runs it on a
 //!   temp file under `target/`; every argument is passed on (see `cargo xtask bench --help`).
 //! - `cargo xtask layering`: only the layering check.
+//! - `cargo xtask package`: only the packaging step of `ci`.
 //! - `cargo xtask fuzz [--target NAME] [--time SECONDS]`, `cargo xtask sanitize [address|thread]`:
 //!   the nightly-only checks (see fuzz.rs), not part of `ci`.
 
@@ -24,6 +25,7 @@ fn main() -> Result<()> {
         Some("ci") => ci(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..], false),
         Some("layering") => layering(&root),
+        Some("package") => package(&root, false),
         Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
         Some("sanitize") => fuzz::sanitize(&root, &args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
@@ -33,6 +35,7 @@ fn main() -> Result<()> {
                  ci         fmt, clippy -D warnings, tests, fuzz corpus, docs, package, layering, bench smoke (what CI runs)\n  \
                  bench      the queue-depth benchmark (cargo xtask bench --help for flags)\n  \
                  layering   check that no crate depends on a crate of a higher layer\n  \
+                 package    only the packaging step: every published crate packaged and built from its .crate\n  \
                  fuzz       [--target NAME] [--time SECONDS]: run the cargo-fuzz targets (nightly, cargo-fuzz)\n  \
                  sanitize   [address|thread]: the tests under AddressSanitizer / ThreadSanitizer (nightly)"
             );
@@ -179,24 +182,7 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
             .env("RUSTDOCFLAGS", "-D warnings")
             .args(["doc", "--workspace", "--no-deps", "--locked"]),
     )?;
-    // Every published crate as crates.io would get it: packaged, then built from its `.crate`
-    // against the other crates' `.crate`s (so a path-only dependency, a dev-dependency cycle or a
-    // file outside the package fails here). About 2.5 min on 2 cores. A clean checkout needs no
-    // `--allow-dirty`; locally, uncommitted edits are allowed so that ci runs before a commit.
-    let mut package = cargo();
-    package
-        .current_dir(root)
-        .args(["package", "--workspace", "--locked"]);
-    for name in UNPUBLISHED {
-        package.args(["--exclude", name]);
-    }
-    if !in_ci {
-        package.arg("--allow-dirty");
-    }
-    run_step(
-        "package (every published crate, verified from its .crate)",
-        &mut package,
-    )?;
+    package(root, in_ci)?;
     eprintln!("\n==> layering");
     layering(root)?;
     if !skip_bench {
@@ -219,6 +205,76 @@ fn bench(root: &Path, args: &[String], debug: bool) -> Result<()> {
     cmd.args(["-p", "storage-io-benches", "--bin", "io-patterns", "--"]);
     cmd.args(args);
     run_step("io-patterns", &mut cmd)
+}
+
+/// Every published crate as crates.io would get it: packaged, then built from its `.crate`
+/// against the other crates' `.crate`s (so a path-only dependency, a dev-dependency cycle or a
+/// file outside the package fails here). About 2.5 min on 2 cores from cold, well under a
+/// minute warm. A clean checkout needs no `--allow-dirty`; outside CI, uncommitted edits are
+/// allowed so that `ci` runs before a commit.
+fn package(root: &Path, in_ci: bool) -> Result<()> {
+    forget_unpacked_packages(root)?;
+    let mut package = cargo();
+    package
+        .current_dir(root)
+        .args(["package", "--workspace", "--locked"]);
+    for name in UNPUBLISHED {
+        package.args(["--exclude", name]);
+    }
+    if !in_ci {
+        package.arg("--allow-dirty");
+    }
+    run_step(
+        "package (every published crate, verified from its .crate)",
+        &mut package,
+    )
+}
+
+/// Removes the copies of our own crates that an earlier `cargo package` unpacked from its
+/// temporary local registry (`$CARGO_HOME/registry/src/-<hash>/<name>-<version>`, the directory
+/// without a host name is a local registry's). Cargo does not unpack a crate again when a
+/// directory of that name and version exists, so without this the second run would verify each
+/// crate against the *first* run's sources of its dependencies (seen: `unresolved import
+/// storage_io_core::bytes` after the re-export was added).
+fn forget_unpacked_packages(root: &Path) -> Result<()> {
+    let cargo_home = match std::env::var_os("CARGO_HOME") {
+        Some(home) => PathBuf::from(home),
+        None => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".cargo"),
+            None => return Ok(()),
+        },
+    };
+    let out = cargo()
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
+        .output()
+        .context("cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parse cargo metadata")?;
+    let unpacked: Vec<String> = meta["packages"]
+        .as_array()
+        .context("metadata has no packages")?
+        .iter()
+        .filter_map(|p| Some(format!("{}-{}", p["name"].as_str()?, p["version"].as_str()?)))
+        .collect();
+    let Ok(sources) = std::fs::read_dir(cargo_home.join("registry").join("src")) else {
+        return Ok(());
+    };
+    for source in sources.flatten() {
+        if !source.file_name().to_string_lossy().starts_with('-') {
+            continue; // a real registry (crates.io): never touched
+        }
+        for name in &unpacked {
+            let dir = source.path().join(name);
+            if dir.is_dir() {
+                std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+                eprintln!("package: removed the stale unpacked copy {}", dir.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The layer of each workspace crate; tools may depend on anything.
