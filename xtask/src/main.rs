@@ -210,8 +210,9 @@ fn bench(root: &Path, args: &[String], debug: bool) -> Result<()> {
 /// Every published crate as crates.io would get it: packaged, then built from its `.crate`
 /// against the other crates' `.crate`s (so a path-only dependency, a dev-dependency cycle or a
 /// file outside the package fails here). On a 2-core machine: about 2 min with the crates.io
-/// dependencies already built in `target/package-check`, 4.5 min from cold. A clean checkout needs no `--allow-dirty`; outside CI, uncommitted edits are
-/// allowed so that `ci` runs before a commit.
+/// dependencies already built in `target/package-check`, 4.5 min from cold. A clean checkout
+/// needs no `--allow-dirty`; outside CI, uncommitted edits are allowed so that `ci` runs before
+/// a commit.
 fn package(root: &Path, in_ci: bool) -> Result<()> {
     let published = forget_unpacked_packages(root)?;
     // The crates are verified in a target directory of their own, with our crates' artifacts
