@@ -36,6 +36,13 @@
 //! `O_DIRECT`, and the page-cache read attempt (`read_nowait`, `preadv2(RWF_NOWAIT)`); both sit
 //! behind `cfg` and use `libc`.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod backend;
 mod barrier;
 mod buf;
@@ -52,6 +59,8 @@ mod wake;
 
 pub use backend::{BackendFactory, OpenedFd, StorageIo};
 pub use buf::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf};
+/// The `bytes` crate, re-exported: [`StorageIo::submit_write_bytes`] takes its `Bytes`.
+pub use bytes;
 pub use config::{
     BackendKind, IoConfig, MAX_FILES_LIMIT, MAX_REGISTERED_BYTES, parse_override, parse_override_bool,
 };
@@ -60,6 +69,8 @@ pub use direct::{
     DirectMode, OpenOptions, OpenedFile, direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
 };
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
+/// The `hdrhistogram` crate, re-exported: [`IoStats::latency_ns`] returns its `Histogram`.
+pub use hdrhistogram;
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};
 pub use wake::WaitWaker;

@@ -53,6 +53,13 @@
 //! sched.shutdown().unwrap();
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod alloc;
 mod batch;
 mod cache;
@@ -61,6 +68,7 @@ mod config;
 mod counters;
 mod dispatch;
 mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod idhash;
@@ -71,11 +79,16 @@ mod stream;
 mod worker;
 
 pub use alloc::MAX_ALLOCATE_AT_GAP;
+/// The `bytes` crate, re-exported: pages are written as its `Bytes` and read as its `BytesMut`.
+pub use bytes;
 pub use cache::{PageCache, PageCacheStats, PageReadGuard, PageWriteGuard, PinnedPage};
 #[allow(deprecated)] // the old name stays importable, with its deprecation note
 pub use config::IOSchedulerConfig;
 pub use config::{AllocDurability, AllocationMode, MAX_PAGE_SIZE, MIN_PAGE_SIZE, SchedulerConfig};
 pub use error::{Result, SchedulerError};
+/// The `flume` crate, re-exported: [`Reply::receiver`] and
+/// [`DiskScheduler::schedule_read_tagged`] name its channel ends.
+pub use flume;
 pub use lend::aligned_bytes;
 pub use reply::{PageRead, Reply};
 pub use scheduler::{DiskScheduler, PAGE_FILE, SchedulerStats};

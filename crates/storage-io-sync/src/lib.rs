@@ -26,6 +26,13 @@
 //! assert!(done.iter().all(|c| c.is_ok()));
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod exec;
 mod inline;
 mod pool;

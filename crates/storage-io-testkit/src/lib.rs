@@ -32,6 +32,13 @@
 //! assert_eq!(done[1].result.as_ref().unwrap_err().errno(), 5); // EIO, never success
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod alloc;
 pub mod conformance;
 pub mod corpus;

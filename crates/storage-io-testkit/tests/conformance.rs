@@ -1,10 +1,11 @@
-//! The conformance suite on the testkit's own backends: MemIo, and FaultyIo wrapping real
-//! backends with only contract-respecting faults (delays and reordering). One test per case and
-//! backend (`conformance_tests!`), so that one failure does not hide the rest.
+//! The conformance suite on the testkit's own backends: MemIo, and FaultyIo wrapping MemIo with
+//! only contract-respecting faults (delays and reordering). One test per case and backend
+//! (`conformance_tests!`), so that one failure does not hide the rest. FaultyIo over the real
+//! backends is checked in storage-io-sync's tests (testkit has no dev-dependency on a backend
+//! crate, so that every crate packages on its own).
 #![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
-use storage_io_core::{IoConfig, OpKind, StorageIo};
-use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
+use storage_io_core::{OpKind, StorageIo};
 use storage_io_testkit::conformance::ConformanceOptions;
 use storage_io_testkit::conformance_tests;
 use storage_io_testkit::faulty::{Fault, FaultPlan, FaultyIo};
@@ -36,34 +37,14 @@ mod memio {
     );
 }
 
-mod faulty_delays_over_sync {
+mod faulty_delays_over_memio {
     use super::*;
     conformance_tests!(
-        || -> Box<dyn StorageIo> {
-            Box::new(FaultyIo::new(
-                SyncStorageIo::new(&IoConfig::default()).unwrap(),
-                delays(1),
-            ))
+        {
+            let fs = MemFs::new(8);
+            move || -> Box<dyn StorageIo> { Box::new(FaultyIo::new(fs.backend(), delays(3))) }
         },
         options()
-    );
-}
-
-mod faulty_delays_over_thread_pool {
-    use super::*;
-    conformance_tests!(
-        || -> Box<dyn StorageIo> {
-            let inner = ThreadPoolStorageIo::new(&IoConfig {
-                workers: 2,
-                ..IoConfig::default()
-            })
-            .unwrap();
-            Box::new(FaultyIo::new(inner, delays(2)))
-        },
-        ConformanceOptions {
-            model_cases: 24,
-            ..options()
-        }
     );
 }
 

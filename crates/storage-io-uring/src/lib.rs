@@ -21,6 +21,13 @@
 //!
 //! Off Linux only the probe compiles, and it answers [`Unavailable::NotLinux`].
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod probe;
 #[cfg(target_os = "linux")]
 mod ring;

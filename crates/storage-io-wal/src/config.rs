@@ -46,7 +46,7 @@ impl SyncMode {
 /// tail is always cut off, under either policy: nothing valid after the first invalid frame,
 /// or valid frames only inside the in-flight window after it
 /// ([`TORN_WINDOW_BYTES`](crate::format::TORN_WINDOW_BYTES): writes that landed while an
-/// earlier one in flight did not, never acknowledged). The table in `docs/architecture.md`
+/// earlier one in flight did not, never acknowledged). The table on [`recovery`](crate::recovery)
 /// lists every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -122,7 +122,8 @@ pub struct WalConfig {
     /// of the segments, instead of through the backend. On io_uring a buffered write to ext4
     /// and every datasync go to a kernel worker thread: a cross-CPU wake-up each way, which a
     /// single committer pays in every commit. In-memory backends (no OS file) and `direct_io`
-    /// always go through the backend. Default true (docs/benchmarks.md has the measurement).
+    /// always go through the backend. Default true (the measurement:
+    /// <https://example.invalid/storage-io/blob/main/docs/benchmarks.md>).
     pub inline_io: bool,
     /// Flushes in flight at once (1 to 8). A commit is acknowledged only once every earlier
     /// flush is durable too; while flushes are in flight, no bytes go out more than
@@ -140,7 +141,7 @@ pub struct WalConfig {
     /// Default 1: on the VM this was measured on (a virtio disk without FUA, where every
     /// O_DSYNC write is a write and a cache flush) more in flight made smaller batches whose
     /// flushes queued behind each other's cache flushes, and committed fewer records per second
-    /// in both modes (docs/benchmarks.md has the figures). Measure on your device.
+    /// in both modes (the figures: <https://example.invalid/storage-io/blob/main/docs/benchmarks.md>). Measure on your device.
     pub max_flushes_in_flight: usize,
 }
 

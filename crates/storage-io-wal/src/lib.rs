@@ -25,7 +25,7 @@
 //!   for *k* and then for *k + 1*: N committers settle into two cohorts that take turns, at
 //!   about N / (2 × L). With L = 200 µs, 64 committers reach at most 160k/s that way. Several
 //!   flushes in flight split the cohorts, but on a disk whose O_DSYNC writes each need a cache
-//!   flush the flushes queue behind each other's cache flushes (docs/benchmarks.md). A group
+//!   flush the flushes queue behind each other's cache flushes ([benchmarks](https://example.invalid/storage-io/blob/main/docs/benchmarks.md)). A group
 //!   delay ([`SyncMode::Group`]'s `max_delay_us`) merges the cohorts, but only by idling the disk
 //!   while the woken committers come back. The bench's `CPU µs/op` column shows what each
 //!   sleep and wake-up costs.
@@ -40,7 +40,7 @@
 //! - **Recovery** scans every segment, verifies each record, zeroes a torn tail (valid frames
 //!   after a hole count as torn when they lie inside the in-flight window,
 //!   [`format::TORN_WINDOW_BYTES`]) and follows a [`RecoveryPolicy`] for damage in the middle
-//!   (the table is in `docs/architecture.md` and on [`recovery`]).
+//!   (the table of every case is on [`recovery`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -61,6 +61,13 @@
 //! assert_eq!(got, vec![b"durable".to_vec()]);
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod config;
 mod error;
 pub mod format;
@@ -70,6 +77,7 @@ mod reader;
 pub mod recovery;
 mod segio;
 
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 

@@ -27,10 +27,18 @@
 //! [`IoBufferPool`], and [`AsyncIoMetrics`] with a Prometheus rendering. The page scheduler
 //! ([`scheduler`]) and the write-ahead log ([`wal`]) are re-exported too.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 use std::fmt;
 use std::sync::Arc;
 
 mod fs;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 
@@ -41,6 +49,11 @@ pub use fs::{
 
 // The core types a user of a backend needs, by name; implementers take
 // `storage_io_core::backend_kit` from the core crate itself.
+/// The `bytes` crate, re-exported: [`StorageIo::submit_write_bytes`] and the scheduler's
+/// `schedule_write` take its `Bytes`.
+pub use storage_io_core::bytes;
+/// The `hdrhistogram` crate, re-exported: [`IoStats::latency_ns`] returns its `Histogram`.
+pub use storage_io_core::hdrhistogram;
 pub use storage_io_core::{
     AlignedBuf, BackendFactory, BackendKind, BufferPool, BufferPoolConfig, Capabilities, DEFAULT_ALIGNMENT,
     DirectMode, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot, IoToken,

@@ -2,12 +2,12 @@
 //!
 //! ```no_run
 //! // In your backend crate's tests/conformance.rs:
-//! use storage_io_core::{IoConfig, StorageIo};
+//! use storage_io_core::StorageIo;
+//! # mod my_backend { pub fn new() -> storage_io_testkit::memio::MemIo { storage_io_testkit::memio::MemFs::new(1).backend() } }
 //! #[test]
 //! fn my_backend_conformance() {
-//!     storage_io_testkit::conformance::run(|| -> Box<dyn StorageIo> {
-//!         Box::new(storage_io_sync::SyncStorageIo::new(&IoConfig::default()).unwrap())
-//!     });
+//!     // `my_backend::new()` stands for your backend's constructor.
+//!     storage_io_testkit::conformance::run(|| -> Box<dyn StorageIo> { Box::new(my_backend::new()) });
 //! }
 //! ```
 //!
@@ -139,10 +139,12 @@ where
 ///
 /// ```no_run
 /// // In your backend crate's tests/conformance.rs:
-/// mod sync_backend {
-///     use storage_io_core::{IoConfig, StorageIo};
+/// # mod my_backend { pub fn new() -> storage_io_testkit::memio::MemIo { storage_io_testkit::memio::MemFs::new(1).backend() } }
+/// mod my_backend_conformance {
+///     use storage_io_core::StorageIo;
+///     // `super::my_backend::new()` stands for your backend's constructor.
 ///     storage_io_testkit::conformance_tests!(|| -> Box<dyn StorageIo> {
-///         Box::new(storage_io_sync::SyncStorageIo::new(&IoConfig::default()).unwrap())
+///         Box::new(super::my_backend::new())
 ///     });
 /// }
 /// ```
