@@ -283,7 +283,8 @@ impl DiskScheduler {
             stale_end,
             Arc::clone(&counters),
             Arc::clone(&allocated),
-        );
+        )
+        .with_worker0_waker(wakers.first().cloned().flatten());
         tracing::debug!(dir = %dir.display(), workers = config.workers, "disk scheduler open");
         Ok(DiskScheduler {
             dispatcher: Mutex::new(Some(dispatcher)),

@@ -869,3 +869,44 @@ fn a_panic_while_making_a_caller_backend_does_not_use_up_the_pool() {
     sched.read_blocking(page).unwrap();
     assert_eq!(sched.stats().caller_reads, 1, "the pool was used up by the panic");
 }
+
+/// Under `next_sync`, the zero page written over a stale id went out without a sync, and the
+/// next `schedule_sync` sent its allocation image at the same time as its page-file barrier:
+/// worker 0 wrote and synced the image while the barrier still waited behind a parked write, so
+/// a crash left the id allocated (answered, never written) with its pre-crash bytes. An image
+/// goes out only once every zero page written before it is durable.
+#[test]
+fn next_sync_image_durable_before_the_zero_page_of_a_stale_id() {
+    let fs = crashed_with_data_past_the_durable_end(21);
+    let gate = Gate::new();
+    gate.open();
+    let next_sync = SchedulerConfig {
+        alloc_durability: AllocDurability::NextSync,
+        ..config(1)
+    };
+    let sched = open(&gated_factory_for(&fs, &gate, &[OpKind::Write]), next_sync);
+    let p = sched.schedule_allocate().recv().unwrap();
+    assert_eq!(p, PageId(3), "the first stale id");
+    assert!(sched.schedule_read(p).recv().unwrap().iter().all(|&b| b == 0));
+    // A write to page 0 held in flight and another parked behind it: the sync's page-file
+    // barrier waits for them, the image does not.
+    gate.close();
+    let _held = sched.schedule_write(PageId(0), page_bytes(PageId(0), 1));
+    let _parked = sched.schedule_write(PageId(0), page_bytes(PageId(0), 2));
+    let syncs = fs.sync_count();
+    let _sync = sched.schedule_sync();
+    wait_until("the image's datasync", || fs.sync_count() > syncs);
+    fs.crash(CrashOptions::default());
+    gate.open();
+    drop(sched);
+    let sched = open(&mem_factory(&fs), config(1));
+    match sched.schedule_read(p).recv() {
+        Err(SchedulerError::NotAllocated(_)) => {}
+        Ok(bytes) => assert!(
+            bytes.iter().all(|&b| b == 0),
+            "page {p} (allocated, answered, never written) reads {:#x} after the crash",
+            bytes[0]
+        ),
+        Err(e) => panic!("reading {p} after the crash: {e}"),
+    }
+}
