@@ -26,7 +26,8 @@
 //! pages are durable writes, and worker 0 writes an image only once every zero page sent
 //! before it has finished, so no image makes an id allocated whose zero page a crash can undo.
 //!
-//! **Invariant (poisoning):** once an image fails (its write or its fdatasync), allocation is
+//! **Invariant (poisoning):** once an image fails (its write or its fdatasync), or a zero page
+//! (an allocation answered with that error still holds its id in memory), allocation is
 //! poisoned until the scheduler is reopened: the images queued behind it and every later
 //! allocation change are refused (`AllocationPoisoned`) and nothing more is written to the
 //! slots. The in-memory allocator may hold changes whose fate on disk is unknown (a failed

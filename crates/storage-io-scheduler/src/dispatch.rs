@@ -634,6 +634,18 @@ struct ZeroPageDone {
 
 impl Part for ZeroPageDone {
     fn arrive(&self, result: Result<()>) {
+        if let Err(e) = &result {
+            // The allocation is answered with this error, yet the allocator holds the id (and
+            // later changes may already build on it): poison allocation, as a failed image
+            // does, before the caller hears of the error. No image is written after this, so
+            // the reopened scheduler decides from the last durable one.
+            let source = match e {
+                SchedulerError::Io { source, .. } | SchedulerError::Backend { source, .. } => source.clone(),
+                _ => storage_io_core::StorageIoError::invalid("writing a zero page failed"),
+            };
+            tracing::error!(error = %e, "a zero page could not be written; allocation changes are refused until reopen");
+            let _ = self.counters.alloc_poisoned.set(source);
+        }
         self.join.arrive(result);
         self.counters.zeros_finished.fetch_add(1, Ordering::AcqRel);
         // Worker 0 stops only once no image waits, so it still reads its channel.

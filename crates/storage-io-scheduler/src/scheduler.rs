@@ -534,7 +534,11 @@ impl DiskScheduler {
 
     /// Allocates a page id (the lowest free one, else a new one past the end). Answered once
     /// the allocation is durable (an error from that poisons allocation: see
-    /// [`schedule_deallocate`](Self::schedule_deallocate)). Never an id at or past `max_pages`: free ids up there (left
+    /// [`schedule_deallocate`](Self::schedule_deallocate)). So does an error writing the zero
+    /// page of an id that needs one (`zero_on_reuse`, or an id past the end that the page file
+    /// holds bytes for after a crash): the allocator holds the id, so every later allocation
+    /// change is refused with [`AllocationPoisoned`](SchedulerError::AllocationPoisoned) until
+    /// reopen, which decides from the last durable image. Never an id at or past `max_pages`: free ids up there (left
     /// by a run with a larger limit) stay free, and with none below it the answer is
     /// `OutOfPages`.
     pub fn schedule_allocate(&self) -> Reply<PageId> {

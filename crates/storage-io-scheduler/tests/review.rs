@@ -910,3 +910,46 @@ fn next_sync_image_durable_before_the_zero_page_of_a_stale_id() {
         Err(e) => panic!("reading {p} after the crash: {e}"),
     }
 }
+
+/// With `zero_on_reuse`, the zero-page write over a reused id failed and the allocation was
+/// answered with that error, yet the allocator kept the id allocated (and the image made it
+/// durable) and allocation went on: an error that neither rolled back nor poisoned. A failed
+/// zero page poisons allocation until reopen, as a failed image does.
+#[test]
+fn a_failed_zero_page_write_poisons_allocation() {
+    let fs = MemFs::new(24);
+    {
+        let sched = open(&mem_factory(&fs), config(1));
+        allocate(&sched, 3);
+        sched.schedule_deallocate(PageId(1)).recv().unwrap();
+        sched.shutdown().unwrap();
+    }
+    // The reopened worker's first write is the zero page over the reused id 1: it fails.
+    let plan = FaultPlan::new(3).fail_nth(OpKind::Write, 1, Fault::Eio);
+    let zero_on_reuse = SchedulerConfig {
+        zero_on_reuse: true,
+        ..config(1)
+    };
+    let sched = open(&faulty_factory(&fs, plan), zero_on_reuse);
+    let got = sched.schedule_allocate().recv();
+    assert_eq!(
+        got.as_ref().map_err(SchedulerError::errno).unwrap_err(),
+        Some(5),
+        "{got:?}"
+    );
+    for _ in 0..2 {
+        let next = sched.schedule_allocate().recv();
+        assert!(
+            matches!(next, Err(SchedulerError::AllocationPoisoned { .. })),
+            "an allocation answered with an error changed the allocator and allocation goes on: {next:?}"
+        );
+    }
+    // Reads and writes go on.
+    sched
+        .schedule_write(PageId(0), page_bytes(PageId(0), 1))
+        .recv()
+        .unwrap();
+    drop(sched);
+    let sched = open(&mem_factory(&fs), config(1));
+    assert_reopened_consistently(&sched, PageId(1), 3);
+}
