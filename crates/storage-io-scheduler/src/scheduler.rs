@@ -86,6 +86,12 @@ pub struct DiskScheduler {
     lent: Vec<Arc<std::sync::atomic::AtomicUsize>>,
     /// Backends for reads on the caller's thread.
     callers: CallerPool,
+    /// Reads on callers' threads in progress (counted under the dispatcher's lock when they
+    /// start, so shutdown, which takes the dispatcher under it, sees each one it must wait
+    /// for: reads that joined them are accepted work, which their callers answer).
+    caller_reads: Mutex<usize>,
+    /// Signalled when `caller_reads` drops to zero.
+    caller_reads_done: parking_lot::Condvar,
     /// The worker threads until the first shutdown has joined them, then its result. Held for
     /// the whole join, so a concurrent shutdown waits for it.
     threads: Mutex<Threads>,
@@ -297,6 +303,8 @@ impl DiskScheduler {
                 data_path,
                 open_data,
             ),
+            caller_reads: Mutex::new(0),
+            caller_reads_done: parking_lot::Condvar::new(),
             threads: Mutex::new(Threads::Running(threads)),
             lock: Mutex::new(Some(lock)),
             config,
@@ -408,7 +416,14 @@ impl DiskScheduler {
             PageAnswer::shared(answer)
         };
         let start = match self.dispatcher.lock().as_mut() {
-            Some(d) => d.start_caller_read(page, answer),
+            Some(d) => {
+                let start = d.start_caller_read(page, answer);
+                if matches!(start, CallerStart::Mine(_)) {
+                    // Under the dispatcher's lock; `CallerReadEnd` counts it down.
+                    *self.caller_reads.lock() += 1;
+                }
+                start
+            }
             None => return Err(SchedulerError::Closed),
         };
         let joiners = match start {
@@ -636,6 +651,13 @@ impl DiskScheduler {
         if let Some(dispatcher) = dispatcher {
             dispatcher.close().wake(&self.wakers);
         }
+        // Reads on callers' threads accepted before the close answer the reads that joined
+        // them when they end: everything accepted is answered only once they have.
+        let mut reads = self.caller_reads.lock();
+        while *reads > 0 {
+            self.caller_reads_done.wait(&mut reads);
+        }
+        drop(reads);
         self.callers.close();
         // Held while joining: a concurrent shutdown waits here until the workers are joined.
         let mut threads = self.threads.lock();
@@ -730,6 +752,12 @@ impl Drop for CallerReadEnd<'_> {
         });
         for j in joined {
             j.send(result.clone());
+        }
+        let mut reads = self.sched.caller_reads.lock();
+        debug_assert!(*reads > 0, "a caller read ended that was never counted");
+        *reads -= 1;
+        if *reads == 0 {
+            self.sched.caller_reads_done.notify_all();
         }
     }
 }

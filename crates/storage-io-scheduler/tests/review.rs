@@ -953,3 +953,44 @@ fn a_failed_zero_page_write_poisons_allocation() {
     let sched = open(&mem_factory(&fs), config(1));
     assert_reopened_consistently(&sched, PageId(1), 3);
 }
+
+/// A read that joined a read on a caller's thread is accepted work, answered by that caller;
+/// shutdown returned `Ok` while it was still unanswered. Shutdown waits for every read on a
+/// caller's thread in progress.
+#[test]
+fn shutdown_waits_for_a_read_joined_to_a_caller_read() {
+    let fs = MemFs::new(22);
+    let gate = Gate::new();
+    let sched = Arc::new(
+        DiskScheduler::open_with_caller_backends(DIR, config(1), mem_factory(&fs), gated_factory(&fs, &gate))
+            .unwrap(),
+    );
+    let p = allocate(&sched, 1)[0];
+    sched.schedule_write(p, page_bytes(p, 1)).recv().unwrap();
+    let caller = {
+        let s = Arc::clone(&sched);
+        std::thread::spawn(move || s.read_blocking(p).map(|b| stamp(&b)))
+    };
+    wait_until("the caller read to reach its backend", || gate.submitted() >= 1);
+    let joined = sched.schedule_read(p);
+    assert_eq!(sched.stats().reads_joined, 1);
+    // The caller read may end once shutdown has closed the scheduler (new calls get `Closed`).
+    let opener = {
+        let (s, gate) = (Arc::clone(&sched), gate.clone());
+        std::thread::spawn(move || {
+            wait_until("shutdown to close the scheduler", || {
+                matches!(s.schedule_read(PageId(999)).recv(), Err(SchedulerError::Closed))
+            });
+            gate.open();
+        })
+    };
+    sched.shutdown().unwrap();
+    let answered = joined.try_recv().map(|r| r.map(|b| stamp(&b)));
+    opener.join().unwrap();
+    assert_eq!(caller.join().unwrap().unwrap(), (p.0, 1));
+    assert_eq!(
+        answered.map(|r| r.unwrap()),
+        Some((p.0, 1)),
+        "shutdown returned Ok while a read accepted before it was unanswered"
+    );
+}
