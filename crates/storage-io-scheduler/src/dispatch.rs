@@ -21,7 +21,7 @@ use crate::config::{AllocDurability, AllocationMode, SchedulerConfig};
 use crate::counters::bump;
 use crate::error::{Result, SchedulerError};
 use crate::idhash::IdMap;
-use crate::reply::{Answer, PageAnswer};
+use crate::reply::{Answer, PageAnswer, Reply};
 use crate::worker::{AllocAnswer, Counters, WorkerMsg};
 
 pub(crate) enum Request {
@@ -273,18 +273,22 @@ impl Dispatcher {
     }
 
     /// Stops the workers once they have finished everything sent so far; returns the workers
-    /// to wake.
-    pub(crate) fn close(mut self) -> Wakes {
+    /// to wake, and the answer of the last allocation image if one was needed.
+    pub(crate) fn close(mut self) -> (Wakes, Option<Reply<()>>) {
         // A clean shutdown is a durability point too: deferred changes (and a redo never
-        // ended) go into a last image, which worker 0 writes before it stops.
+        // ended) go into a last image, which worker 0 writes before it stops; its answer is
+        // shutdown's result.
+        let mut last_image = None;
         if !self.external && self.changes_not_durable() {
             let (_, image) = self.allocator.next_image(self.page_size);
             let changes = self.changes;
+            let (answer, reply) = Reply::channel();
+            last_image = Some(reply);
             self.send_to(
                 0,
                 WorkerMsg::Persist {
                     image,
-                    answers: Vec::new(),
+                    answers: vec![AllocAnswer::Done(answer)],
                     changes,
                     zeros: self.zeros_sent,
                 },
@@ -293,7 +297,7 @@ impl Dispatcher {
         for w in 0..self.workers.len() {
             self.send_to(w, WorkerMsg::Shutdown);
         }
-        std::mem::take(&mut self.wakes)
+        (std::mem::take(&mut self.wakes), last_image)
     }
 
     /// Whether `page` may be read: allocated (`managed`), in a redo or `external` any id

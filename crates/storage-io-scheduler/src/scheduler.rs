@@ -92,6 +92,9 @@ pub struct DiskScheduler {
     caller_reads: Mutex<usize>,
     /// Signalled when `caller_reads` drops to zero.
     caller_reads_done: parking_lot::Condvar,
+    /// The answer of shutdown's last allocation image, from the close until the workers are
+    /// joined (whichever shutdown call joins them returns its error).
+    last_image: Mutex<Option<Reply<()>>>,
     /// The worker threads until the first shutdown has joined them, then its result. Held for
     /// the whole join, so a concurrent shutdown waits for it.
     threads: Mutex<Threads>,
@@ -305,6 +308,7 @@ impl DiskScheduler {
             ),
             caller_reads: Mutex::new(0),
             caller_reads_done: parking_lot::Condvar::new(),
+            last_image: Mutex::new(None),
             threads: Mutex::new(Threads::Running(threads)),
             lock: Mutex::new(Some(lock)),
             config,
@@ -644,12 +648,23 @@ impl DiskScheduler {
 
     /// Stops accepting calls, finishes everything accepted, and joins every thread. Later
     /// calls get `Closed`. Every call, the second and concurrent ones too, returns only once
-    /// everything accepted before it is answered and every worker thread is joined, with the
-    /// same result. Dropping the scheduler does the same.
+    /// everything accepted before it is answered (reads on callers' threads included) and every
+    /// worker thread is joined, with the same result. Dropping the scheduler does the same.
+    ///
+    /// Shutdown is a durability point for allocation changes not yet durable (`next_sync`, a
+    /// redo never ended): it writes a last allocation image, and if that fails (or allocation
+    /// is poisoned) it returns the error: those changes may be lost after a crash.
     pub fn shutdown(&self) -> Result<()> {
-        let dispatcher = self.dispatcher.lock().take();
-        if let Some(dispatcher) = dispatcher {
-            dispatcher.close().wake(&self.wakers);
+        let mut open = self.dispatcher.lock();
+        if let Some(dispatcher) = open.take() {
+            let (wakes, last_image) = dispatcher.close();
+            // Stored before the lock is let go: a concurrent shutdown that finds the
+            // dispatcher gone and joins the workers first returns this image's result too.
+            *self.last_image.lock() = last_image;
+            drop(open);
+            wakes.wake(&self.wakers);
+        } else {
+            drop(open);
         }
         // Reads on callers' threads accepted before the close answer the reads that joined
         // them when they end: everything accepted is answered only once they have.
@@ -672,8 +687,10 @@ impl DiskScheduler {
                 panicked.push(name);
             }
         }
+        // Worker 0 answered the last image before it stopped (or dropped it, if it panicked).
+        let last_image = self.last_image.lock().take();
         let result = if panicked.is_empty() {
-            Ok(())
+            last_image.map_or(Ok(()), |r| r.recv())
         } else {
             Err(SchedulerError::Worker(format!(
                 "threads panicked: {}",

@@ -994,3 +994,40 @@ fn shutdown_waits_for_a_read_joined_to_a_caller_read() {
         "shutdown returned Ok while a read accepted before it was unanswered"
     );
 }
+
+/// Under `next_sync`, shutdown is a durability point: its last allocation image holds the
+/// allocations answered at once. When that image failed, shutdown still returned `Ok` (the
+/// worker only logged it), and after a crash the allocations were gone. Shutdown returns the
+/// error of its durability point.
+#[test]
+fn shutdown_returns_the_error_of_its_final_allocation_image() {
+    let fs = MemFs::new(27);
+    let faults = FaultSwitch::new();
+    let plan = FaultPlan::new(1)
+        .fail_from_nth(OpKind::Write, 1, Fault::Eio)
+        .only_while(&faults);
+    let next_sync = SchedulerConfig {
+        alloc_durability: AllocDurability::NextSync,
+        ..config(1)
+    };
+    let sched = open(&faulty_factory(&fs, plan), next_sync.clone());
+    let pages = allocate(&sched, 3);
+    faults.set(true);
+    let result = sched.shutdown();
+    faults.set(false);
+    assert_eq!(
+        sched.shutdown().map_err(|e| e.errno()),
+        result.clone().map_err(|e| e.errno()),
+        "a second shutdown returns the same"
+    );
+    drop(sched);
+    fs.crash(CrashOptions::default());
+    let sched = open(&mem_factory(&fs), next_sync);
+    let got = sched.schedule_read(pages[2]).recv().map(|b| b.len());
+    assert!(
+        result.is_err() || got.is_ok(),
+        "shutdown said Ok though its durability point failed: {} is gone after the crash ({got:?})",
+        pages[2]
+    );
+    assert_eq!(result.unwrap_err().errno(), Some(5));
+}
