@@ -596,7 +596,11 @@ impl Worker {
             // and never the durable one (see alloc.rs, "image slots").
             let mut answers = Vec::new();
             let mut newest = None;
-            while let Some((image, mut more, changes, _)) = self.persists.pop_front() {
+            while let Some((image, mut more, changes, zeros)) = self.persists.pop_front() {
+                debug_assert!(
+                    self.counters.zeros_finished.load(Ordering::Acquire) >= zeros,
+                    "an image written before the zero pages sent ahead of it finished"
+                );
                 answers.append(&mut more);
                 newest = Some((image, changes));
             }
