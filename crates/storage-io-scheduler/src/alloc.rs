@@ -22,9 +22,12 @@
 //! held reads as zeros, after any crash. The page file may hold bytes past the durable `next`
 //! (pages allocated under `next_sync` and written, or written in a redo, whose image a crash
 //! lost; or kernel write-back): opening counts the ids up to the file's end as *stale*, and
-//! the dispatcher writes a zero page over a stale id before it answers its allocation.
+//! the dispatcher writes a zero page over a stale id before it answers its allocation. Zero
+//! pages are durable writes, and worker 0 writes an image only once every zero page sent
+//! before it has finished, so no image makes an id allocated whose zero page a crash can undo.
 //!
-//! **Invariant (poisoning):** once an image fails (its write or its fdatasync), allocation is
+//! **Invariant (poisoning):** once an image fails (its write or its fdatasync), or a zero page
+//! (an allocation answered with that error still holds its id in memory), allocation is
 //! poisoned until the scheduler is reopened: the images queued behind it and every later
 //! allocation change are refused (`AllocationPoisoned`) and nothing more is written to the
 //! slots. The in-memory allocator may hold changes whose fate on disk is unknown (a failed

@@ -62,8 +62,8 @@ pub struct SchedulerConfig {
     /// `managed` only: when an allocate or deallocate is answered. See [`AllocDurability`].
     pub alloc_durability: AllocDurability,
     /// `managed` only: a page id handed out again after a deallocation reads as zeros, not as
-    /// what it held before (a zero page is written before the allocation is answered, durably
-    /// when `alloc_durability` is `immediate`). Fresh ids past the end always read as zeros,
+    /// what it held before (a zero page is written, durably, before the allocation is answered,
+    /// and before any allocation image holding it is written). Fresh ids past the end always read as zeros,
     /// whatever this says, after a crash too: an id past the allocator's durable end that the
     /// page file holds bytes for (written before a crash that the allocation image did not
     /// survive, under `next_sync` or in a redo never ended) gets a zero page written the same

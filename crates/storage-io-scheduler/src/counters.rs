@@ -24,6 +24,9 @@ pub(crate) struct Counters {
     /// Set (by worker 0, before it answers) when an allocation image could not be made
     /// durable: from then on every allocation change is refused (`AllocationPoisoned`).
     pub(crate) alloc_poisoned: OnceLock<StorageIoError>,
+    /// Zero pages (each a durable write) finished, well or not: an image waits for the zero
+    /// pages sent before it (`WorkerMsg::Persist::zeros`).
+    pub(crate) zeros_finished: AtomicU64,
     /// Sum of the workers' backend `held_ns` (published before each batch's answers go out).
     pub(crate) backend_held_ns: AtomicU64,
     /// Sum of the workers' backend `submit_calls` (published with `backend_held_ns`).

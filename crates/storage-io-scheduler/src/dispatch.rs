@@ -15,13 +15,13 @@ use storage_io_core::WaitWaker;
 
 use crate::PageId;
 use crate::alloc::Allocator;
-use crate::batch::{Ack, BatchAnswer, BatchState, Join, SyncBarrier};
+use crate::batch::{Ack, BatchAnswer, BatchState, Join, Part, SyncBarrier};
 use crate::caller::Joiners;
 use crate::config::{AllocDurability, AllocationMode, SchedulerConfig};
 use crate::counters::bump;
 use crate::error::{Result, SchedulerError};
 use crate::idhash::IdMap;
-use crate::reply::{Answer, PageAnswer};
+use crate::reply::{Answer, PageAnswer, Reply};
 use crate::worker::{AllocAnswer, Counters, WorkerMsg};
 
 pub(crate) enum Request {
@@ -134,6 +134,11 @@ pub(crate) struct Dispatcher {
     /// The zero page written over a reused (`zero_on_reuse`) or stale id; `None` when no id
     /// will ever need one.
     zero_page: Option<Bytes>,
+    /// Zero pages sent so far: each image carries the count, and worker 0 writes it only once
+    /// that many have finished (`Counters::zeros_finished`).
+    zeros_sent: u64,
+    /// Worker 0's waker: a zero page that finishes on another worker wakes it.
+    waker0: Option<WaitWaker>,
     /// In a physical-redo phase: writes allocate the pages they touch.
     redo: bool,
     /// Allocation changes made since open; worker 0 publishes how many of them the newest
@@ -170,6 +175,8 @@ impl Dispatcher {
             zero_page: (config.zero_on_reuse || !stale.is_empty())
                 .then(|| Bytes::from(vec![0u8; config.page_size])),
             zero_on_reuse: config.zero_on_reuse,
+            zeros_sent: 0,
+            waker0: None,
             stale,
             redo: false,
             changes: 0,
@@ -177,6 +184,12 @@ impl Dispatcher {
             allocated,
             pending_alloc: Vec::new(),
         }
+    }
+
+    /// Sets worker 0's waker (if its backend has one), which finished zero pages call.
+    pub(crate) fn with_worker0_waker(mut self, waker: Option<WaitWaker>) -> Self {
+        self.waker0 = waker;
+        self
     }
 
     /// Pages go to workers by extent (`max_combine_pages` pages): one page always goes to the
@@ -217,6 +230,7 @@ impl Dispatcher {
                     image,
                     answers,
                     changes,
+                    zeros: self.zeros_sent,
                 },
             );
         }
@@ -259,26 +273,31 @@ impl Dispatcher {
     }
 
     /// Stops the workers once they have finished everything sent so far; returns the workers
-    /// to wake.
-    pub(crate) fn close(mut self) -> Wakes {
+    /// to wake, and the answer of the last allocation image if one was needed.
+    pub(crate) fn close(mut self) -> (Wakes, Option<Reply<()>>) {
         // A clean shutdown is a durability point too: deferred changes (and a redo never
-        // ended) go into a last image, which worker 0 writes before it stops.
+        // ended) go into a last image, which worker 0 writes before it stops; its answer is
+        // shutdown's result.
+        let mut last_image = None;
         if !self.external && self.changes_not_durable() {
             let (_, image) = self.allocator.next_image(self.page_size);
             let changes = self.changes;
+            let (answer, reply) = Reply::channel();
+            last_image = Some(reply);
             self.send_to(
                 0,
                 WorkerMsg::Persist {
                     image,
-                    answers: Vec::new(),
+                    answers: vec![AllocAnswer::Done(answer)],
                     changes,
+                    zeros: self.zeros_sent,
                 },
             );
         }
         for w in 0..self.workers.len() {
             self.send_to(w, WorkerMsg::Shutdown);
         }
-        std::mem::take(&mut self.wakes)
+        (std::mem::take(&mut self.wakes), last_image)
     }
 
     /// Whether `page` may be read: allocated (`managed`), in a redo or `external` any id
@@ -349,16 +368,26 @@ impl Dispatcher {
         }
     }
 
-    /// Writes the zero page over a reused `page` for `zero_on_reuse`, as one part of `ack`:
-    /// durably when changes are durable at once, else just before the allocation is answered.
-    fn zero_reused(&mut self, page: PageId, ack: Ack) {
+    /// Writes the zero page over `page` (reused under `zero_on_reuse`, or stale) durably, as
+    /// one part of `join`, under either `alloc_durability`. No image goes out before it has
+    /// finished (worker 0 waits for it), so no image makes an id allocated whose zero page a
+    /// crash could still undo; the durable write is cheap for stale ids, which exist only
+    /// after a crash.
+    fn write_zero_page(&mut self, page: PageId, join: Arc<dyn Part>) {
         let Some(zeros) = &self.zero_page else { return };
+        let done = ZeroPageDone {
+            join,
+            counters: Arc::clone(&self.counters),
+            worker0: self.workers[0].clone(),
+            waker0: self.waker0.clone(),
+        };
         let msg = WorkerMsg::Write {
             page: page.0,
             data: zeros.clone(),
-            durable: !self.deferred,
-            answer: ack,
+            durable: true,
+            answer: Ack::Part(Arc::new(done)),
         };
+        self.zeros_sent += 1;
         let worker = self.worker_of(page.0);
         self.send_to(worker, msg);
     }
@@ -371,8 +400,8 @@ impl Dispatcher {
     }
 
     /// Answers an allocation with `value`; when `zero` names pages (reused under
-    /// `zero_on_reuse`, or stale), only once their zero pages are written (and, for
-    /// `immediate`, durable along with the image).
+    /// `zero_on_reuse`, or stale), only once their zero pages are durable (and, for
+    /// `immediate`, the image after them).
     fn allocated_page<T: Send + 'static>(
         &mut self,
         zero: Vec<PageId>,
@@ -389,7 +418,7 @@ impl Dispatcher {
         let parts = zero.len() + usize::from(!self.deferred);
         let join: Arc<Join<T>> = Arc::new(Join::new(parts, value, answer));
         for page in zero {
-            self.zero_reused(page, Ack::Part(join.clone()));
+            self.write_zero_page(page, join.clone());
         }
         self.changes += 1;
         if !self.deferred {
@@ -536,18 +565,10 @@ impl Dispatcher {
         }
         let worker = self.worker_of(page.0);
         // A durable write is a durability point for deferred allocation changes: it is
-        // answered once they are durable too (and, with zero pages written for reused ids
-        // since, once every worker has synced them).
+        // answered once they are durable too (their image waits for the zero pages written
+        // since, which are durable writes).
         let ack = if durable && self.deferred && self.changes_not_durable() {
-            let barriers = if self.zero_page.is_some() {
-                self.workers.len()
-            } else {
-                0
-            };
-            let join = Arc::new(SyncBarrier::barrier(2 + barriers, answer));
-            for w in 0..barriers {
-                self.send_to(w, WorkerMsg::Sync(join.clone()));
-            }
+            let join = Arc::new(SyncBarrier::barrier(2, answer));
             self.pending_alloc.push(AllocAnswer::Part(join.clone()));
             Ack::Part(join)
         } else {
@@ -601,6 +622,40 @@ impl Dispatcher {
                     },
                 );
             }
+        }
+    }
+}
+
+/// The answer of a zero page's durable write: passed on to the allocation it is part of, then
+/// counted in `Counters::zeros_finished`, and worker 0 (which may hold an image until it
+/// finishes) is told.
+struct ZeroPageDone {
+    join: Arc<dyn Part>,
+    counters: Arc<Counters>,
+    worker0: flume::Sender<WorkerMsg>,
+    waker0: Option<WaitWaker>,
+}
+
+impl Part for ZeroPageDone {
+    fn arrive(&self, result: Result<()>) {
+        if let Err(e) = &result {
+            // The allocation is answered with this error, yet the allocator holds the id (and
+            // later changes may already build on it): poison allocation, as a failed image
+            // does, before the caller hears of the error. No image is written after this, so
+            // the reopened scheduler decides from the last durable one.
+            let source = match e {
+                SchedulerError::Io { source, .. } | SchedulerError::Backend { source, .. } => source.clone(),
+                _ => storage_io_core::StorageIoError::invalid("writing a zero page failed"),
+            };
+            tracing::error!(error = %e, "a zero page could not be written; allocation changes are refused until reopen");
+            let _ = self.counters.alloc_poisoned.set(source);
+        }
+        self.join.arrive(result);
+        self.counters.zeros_finished.fetch_add(1, Ordering::AcqRel);
+        // Worker 0 stops only once no image waits, so it still reads its channel.
+        let _ = self.worker0.send(WorkerMsg::ZeroPageDone);
+        if let Some(waker) = &self.waker0 {
+            waker.wake();
         }
     }
 }

@@ -121,8 +121,9 @@ pub enum SchedulerError {
     /// The page is pinned in the page cache, so it cannot be deallocated.
     #[error("page {0} is pinned; drop its PinnedPage before deallocating it")]
     Pinned(PageId),
-    /// An allocation image could not be made durable (its write or fdatasync failed), so
-    /// whether the changes it held are on disk is unknown: every allocation change is refused
+    /// An allocation image could not be made durable (its write or fdatasync failed), or the
+    /// zero page of an allocated id could not be written, so whether the changes the allocator
+    /// holds are on disk is unknown: every allocation change is refused
     /// from then on, so no page id can get two owners. Reads and writes go on; reopening the
     /// scheduler loads the last durable image.
     #[error(

@@ -86,6 +86,15 @@ pub struct DiskScheduler {
     lent: Vec<Arc<std::sync::atomic::AtomicUsize>>,
     /// Backends for reads on the caller's thread.
     callers: CallerPool,
+    /// Reads on callers' threads in progress (counted under the dispatcher's lock when they
+    /// start, so shutdown, which takes the dispatcher under it, sees each one it must wait
+    /// for: reads that joined them are accepted work, which their callers answer).
+    caller_reads: Mutex<usize>,
+    /// Signalled when `caller_reads` drops to zero.
+    caller_reads_done: parking_lot::Condvar,
+    /// The answer of shutdown's last allocation image, from the close until the workers are
+    /// joined (whichever shutdown call joins them returns its error).
+    last_image: Mutex<Option<Reply<()>>>,
     /// The worker threads until the first shutdown has joined them, then its result. Held for
     /// the whole join, so a concurrent shutdown waits for it.
     threads: Mutex<Threads>,
@@ -283,7 +292,8 @@ impl DiskScheduler {
             stale_end,
             Arc::clone(&counters),
             Arc::clone(&allocated),
-        );
+        )
+        .with_worker0_waker(wakers.first().cloned().flatten());
         tracing::debug!(dir = %dir.display(), workers = config.workers, "disk scheduler open");
         Ok(DiskScheduler {
             dispatcher: Mutex::new(Some(dispatcher)),
@@ -296,6 +306,9 @@ impl DiskScheduler {
                 data_path,
                 open_data,
             ),
+            caller_reads: Mutex::new(0),
+            caller_reads_done: parking_lot::Condvar::new(),
+            last_image: Mutex::new(None),
             threads: Mutex::new(Threads::Running(threads)),
             lock: Mutex::new(Some(lock)),
             config,
@@ -407,7 +420,14 @@ impl DiskScheduler {
             PageAnswer::shared(answer)
         };
         let start = match self.dispatcher.lock().as_mut() {
-            Some(d) => d.start_caller_read(page, answer),
+            Some(d) => {
+                let start = d.start_caller_read(page, answer);
+                if matches!(start, CallerStart::Mine(_)) {
+                    // Under the dispatcher's lock; `CallerReadEnd` counts it down.
+                    *self.caller_reads.lock() += 1;
+                }
+                start
+            }
             None => return Err(SchedulerError::Closed),
         };
         let joiners = match start {
@@ -533,7 +553,11 @@ impl DiskScheduler {
 
     /// Allocates a page id (the lowest free one, else a new one past the end). Answered once
     /// the allocation is durable (an error from that poisons allocation: see
-    /// [`schedule_deallocate`](Self::schedule_deallocate)). Never an id at or past `max_pages`: free ids up there (left
+    /// [`schedule_deallocate`](Self::schedule_deallocate)). So does an error writing the zero
+    /// page of an id that needs one (`zero_on_reuse`, or an id past the end that the page file
+    /// holds bytes for after a crash): the allocator holds the id, so every later allocation
+    /// change is refused with [`AllocationPoisoned`](SchedulerError::AllocationPoisoned) until
+    /// reopen, which decides from the last durable image. Never an id at or past `max_pages`: free ids up there (left
     /// by a run with a larger limit) stay free, and with none below it the answer is
     /// `OutOfPages`.
     pub fn schedule_allocate(&self) -> Reply<PageId> {
@@ -624,13 +648,31 @@ impl DiskScheduler {
 
     /// Stops accepting calls, finishes everything accepted, and joins every thread. Later
     /// calls get `Closed`. Every call, the second and concurrent ones too, returns only once
-    /// everything accepted before it is answered and every worker thread is joined, with the
-    /// same result. Dropping the scheduler does the same.
+    /// everything accepted before it is answered (reads on callers' threads included) and every
+    /// worker thread is joined, with the same result. Dropping the scheduler does the same.
+    ///
+    /// Shutdown is a durability point for allocation changes not yet durable (`next_sync`, a
+    /// redo never ended): it writes a last allocation image, and if that fails (or allocation
+    /// is poisoned) it returns the error: those changes may be lost after a crash.
     pub fn shutdown(&self) -> Result<()> {
-        let dispatcher = self.dispatcher.lock().take();
-        if let Some(dispatcher) = dispatcher {
-            dispatcher.close().wake(&self.wakers);
+        let mut open = self.dispatcher.lock();
+        if let Some(dispatcher) = open.take() {
+            let (wakes, last_image) = dispatcher.close();
+            // Stored before the lock is let go: a concurrent shutdown that finds the
+            // dispatcher gone and joins the workers first returns this image's result too.
+            *self.last_image.lock() = last_image;
+            drop(open);
+            wakes.wake(&self.wakers);
+        } else {
+            drop(open);
         }
+        // Reads on callers' threads accepted before the close answer the reads that joined
+        // them when they end: everything accepted is answered only once they have.
+        let mut reads = self.caller_reads.lock();
+        while *reads > 0 {
+            self.caller_reads_done.wait(&mut reads);
+        }
+        drop(reads);
         self.callers.close();
         // Held while joining: a concurrent shutdown waits here until the workers are joined.
         let mut threads = self.threads.lock();
@@ -645,8 +687,10 @@ impl DiskScheduler {
                 panicked.push(name);
             }
         }
+        // Worker 0 answered the last image before it stopped (or dropped it, if it panicked).
+        let last_image = self.last_image.lock().take();
         let result = if panicked.is_empty() {
-            Ok(())
+            last_image.map_or(Ok(()), |r| r.recv())
         } else {
             Err(SchedulerError::Worker(format!(
                 "threads panicked: {}",
@@ -725,6 +769,12 @@ impl Drop for CallerReadEnd<'_> {
         });
         for j in joined {
             j.send(result.clone());
+        }
+        let mut reads = self.sched.caller_reads.lock();
+        debug_assert!(*reads > 0, "a caller read ended that was never counted");
+        *reads -= 1;
+        if *reads == 0 {
+            self.sched.caller_reads_done.notify_all();
         }
     }
 }

@@ -59,7 +59,12 @@ pub(crate) enum WorkerMsg {
         answers: Vec<AllocAnswer>,
         /// How many allocation changes since open the image holds.
         changes: u64,
+        /// How many zero pages the dispatcher had sent when it made the image: the image waits
+        /// until that many have finished (`Counters::zeros_finished`).
+        zeros: u64,
     },
+    /// A zero page finished on some worker (sent to worker 0): an image may be waiting for it.
+    ZeroPageDone,
     Shutdown,
 }
 
@@ -241,7 +246,8 @@ pub(crate) struct Worker {
     parked: BTreeSet<u64>,
     /// Barrier syncs waiting for the writes accepted before them to leave the parking.
     barriers: VecDeque<(u64, Arc<dyn Part>)>,
-    persists: VecDeque<(Vec<u8>, Vec<AllocAnswer>, u64)>,
+    /// Images queued: (image, answers, changes, zeros); see `WorkerMsg::Persist`.
+    persists: VecDeque<(Vec<u8>, Vec<AllocAnswer>, u64, u64)>,
     persist_busy: bool,
     completions: Vec<IoCompletion>,
     /// This worker's backend `held_ns`, `submit_calls` and `submit_call_ns` as last added to
@@ -312,6 +318,15 @@ impl Worker {
             if self.in_flight.is_empty() {
                 if stopping && self.is_idle() {
                     break;
+                }
+                if self.image_waits_for_zero_pages() {
+                    // Nothing to do until a zero page finishes on another worker (it sends
+                    // `ZeroPageDone`), also after `Shutdown`: the image is accepted work.
+                    match rx.recv() {
+                        Ok(WorkerMsg::Shutdown) => stopping = true,
+                        Ok(msg) => self.accept(msg),
+                        Err(_) => self.fail_images("a worker writing a zero page is gone"),
+                    }
                 }
                 continue;
             }
@@ -386,6 +401,26 @@ impl Worker {
         self.ops.is_empty() && self.persists.is_empty() && self.barriers.is_empty()
     }
 
+    /// Whether the next image must wait: a zero page sent before it (to any worker) has not
+    /// finished. An image never becomes durable before the zero pages of the ids it allocates,
+    /// so an id it holds never reads its old bytes after a crash (see alloc.rs, "fresh ids").
+    fn image_waits_for_zero_pages(&self) -> bool {
+        !self.persist_busy
+            && self
+                .persists
+                .back()
+                .is_some_and(|&(_, _, _, zeros)| self.counters.zeros_finished.load(Ordering::Acquire) < zeros)
+    }
+
+    /// Refuses every queued image (a zero page it waits for will never finish).
+    fn fail_images(&mut self, why: &str) {
+        for (_, answers, _, _) in self.persists.drain(..) {
+            for a in answers {
+                a.fail(SchedulerError::Worker(why.to_string()));
+            }
+        }
+    }
+
     fn new_op(&mut self, op: Op) -> OpId {
         let id = self.next_op;
         self.next_op += 1;
@@ -418,8 +453,9 @@ impl Worker {
                 image,
                 answers,
                 changes,
-            } => self.persists.push_back((image, answers, changes)),
-            WorkerMsg::Shutdown => {}
+                zeros,
+            } => self.persists.push_back((image, answers, changes, zeros)),
+            WorkerMsg::ZeroPageDone | WorkerMsg::Shutdown => {}
         }
     }
 
@@ -546,7 +582,7 @@ impl Worker {
             // images hold them too. None is written (a retried sync may report success for
             // data the failed one lost); every change waiting for one is refused.
             debug_assert!(!self.persist_busy, "an image in flight after one failed");
-            for (_, answers, _) in self.persists.drain(..) {
+            for (_, answers, _, _) in self.persists.drain(..) {
                 for a in answers {
                     a.fail(SchedulerError::AllocationPoisoned {
                         source: source.clone(),
@@ -554,13 +590,17 @@ impl Worker {
                 }
             }
         }
-        if !self.persist_busy && !self.persists.is_empty() {
+        if !self.persist_busy && !self.persists.is_empty() && !self.image_waits_for_zero_pages() {
             // Images are whole snapshots: only the newest queued one needs writing, and it
             // answers everyone queued. One image at a time, so a crash tears at most one slot,
             // and never the durable one (see alloc.rs, "image slots").
             let mut answers = Vec::new();
             let mut newest = None;
-            while let Some((image, mut more, changes)) = self.persists.pop_front() {
+            while let Some((image, mut more, changes, zeros)) = self.persists.pop_front() {
+                debug_assert!(
+                    self.counters.zeros_finished.load(Ordering::Acquire) >= zeros,
+                    "an image written before the zero pages sent ahead of it finished"
+                );
                 answers.append(&mut more);
                 newest = Some((image, changes));
             }

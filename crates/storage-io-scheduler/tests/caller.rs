@@ -211,8 +211,13 @@ fn shutdown_with_a_blocking_read_in_flight_still_answers_the_reads_that_joined_i
     gate.close();
     let reader = held_caller_read(&gate, &sched, page);
     let joined = sched.schedule_read_shared(page);
-    sched.shutdown().unwrap();
+    // Shutdown waits for the caller read (the read that joined it is accepted work).
+    let closer = {
+        let sched = Arc::clone(&sched);
+        std::thread::spawn(move || sched.shutdown())
+    };
     gate.open();
+    closer.join().unwrap().unwrap();
     assert_eq!(stamp(&reader.join().unwrap().unwrap()), (page.0, 8));
     assert_eq!(
         stamp(&joined.recv().unwrap()),

@@ -869,3 +869,165 @@ fn a_panic_while_making_a_caller_backend_does_not_use_up_the_pool() {
     sched.read_blocking(page).unwrap();
     assert_eq!(sched.stats().caller_reads, 1, "the pool was used up by the panic");
 }
+
+/// Under `next_sync`, the zero page written over a stale id went out without a sync, and the
+/// next `schedule_sync` sent its allocation image at the same time as its page-file barrier:
+/// worker 0 wrote and synced the image while the barrier still waited behind a parked write, so
+/// a crash left the id allocated (answered, never written) with its pre-crash bytes. An image
+/// goes out only once every zero page written before it is durable.
+#[test]
+fn next_sync_image_durable_before_the_zero_page_of_a_stale_id() {
+    let fs = crashed_with_data_past_the_durable_end(21);
+    let gate = Gate::new();
+    gate.open();
+    let next_sync = SchedulerConfig {
+        alloc_durability: AllocDurability::NextSync,
+        ..config(1)
+    };
+    let sched = open(&gated_factory_for(&fs, &gate, &[OpKind::Write]), next_sync);
+    let p = sched.schedule_allocate().recv().unwrap();
+    assert_eq!(p, PageId(3), "the first stale id");
+    assert!(sched.schedule_read(p).recv().unwrap().iter().all(|&b| b == 0));
+    // A write to page 0 held in flight and another parked behind it: the sync's page-file
+    // barrier waits for them, the image does not.
+    gate.close();
+    let _held = sched.schedule_write(PageId(0), page_bytes(PageId(0), 1));
+    let _parked = sched.schedule_write(PageId(0), page_bytes(PageId(0), 2));
+    let syncs = fs.sync_count();
+    let _sync = sched.schedule_sync();
+    wait_until("the image's datasync", || fs.sync_count() > syncs);
+    fs.crash(CrashOptions::default());
+    gate.open();
+    drop(sched);
+    let sched = open(&mem_factory(&fs), config(1));
+    match sched.schedule_read(p).recv() {
+        Err(SchedulerError::NotAllocated(_)) => {}
+        Ok(bytes) => assert!(
+            bytes.iter().all(|&b| b == 0),
+            "page {p} (allocated, answered, never written) reads {:#x} after the crash",
+            bytes[0]
+        ),
+        Err(e) => panic!("reading {p} after the crash: {e}"),
+    }
+}
+
+/// With `zero_on_reuse`, the zero-page write over a reused id failed and the allocation was
+/// answered with that error, yet the allocator kept the id allocated (and the image made it
+/// durable) and allocation went on: an error that neither rolled back nor poisoned. A failed
+/// zero page poisons allocation until reopen, as a failed image does.
+#[test]
+fn a_failed_zero_page_write_poisons_allocation() {
+    let fs = MemFs::new(24);
+    {
+        let sched = open(&mem_factory(&fs), config(1));
+        allocate(&sched, 3);
+        sched.schedule_deallocate(PageId(1)).recv().unwrap();
+        sched.shutdown().unwrap();
+    }
+    // The reopened worker's first write is the zero page over the reused id 1: it fails.
+    let plan = FaultPlan::new(3).fail_nth(OpKind::Write, 1, Fault::Eio);
+    let zero_on_reuse = SchedulerConfig {
+        zero_on_reuse: true,
+        ..config(1)
+    };
+    let sched = open(&faulty_factory(&fs, plan), zero_on_reuse);
+    let got = sched.schedule_allocate().recv();
+    assert_eq!(
+        got.as_ref().map_err(SchedulerError::errno).unwrap_err(),
+        Some(5),
+        "{got:?}"
+    );
+    for _ in 0..2 {
+        let next = sched.schedule_allocate().recv();
+        assert!(
+            matches!(next, Err(SchedulerError::AllocationPoisoned { .. })),
+            "an allocation answered with an error changed the allocator and allocation goes on: {next:?}"
+        );
+    }
+    // Reads and writes go on.
+    sched
+        .schedule_write(PageId(0), page_bytes(PageId(0), 1))
+        .recv()
+        .unwrap();
+    drop(sched);
+    let sched = open(&mem_factory(&fs), config(1));
+    assert_reopened_consistently(&sched, PageId(1), 3);
+}
+
+/// A read that joined a read on a caller's thread is accepted work, answered by that caller;
+/// shutdown returned `Ok` while it was still unanswered. Shutdown waits for every read on a
+/// caller's thread in progress.
+#[test]
+fn shutdown_waits_for_a_read_joined_to_a_caller_read() {
+    let fs = MemFs::new(22);
+    let gate = Gate::new();
+    let sched = Arc::new(
+        DiskScheduler::open_with_caller_backends(DIR, config(1), mem_factory(&fs), gated_factory(&fs, &gate))
+            .unwrap(),
+    );
+    let p = allocate(&sched, 1)[0];
+    sched.schedule_write(p, page_bytes(p, 1)).recv().unwrap();
+    let caller = {
+        let s = Arc::clone(&sched);
+        std::thread::spawn(move || s.read_blocking(p).map(|b| stamp(&b)))
+    };
+    wait_until("the caller read to reach its backend", || gate.submitted() >= 1);
+    let joined = sched.schedule_read(p);
+    assert_eq!(sched.stats().reads_joined, 1);
+    // The caller read may end once shutdown has closed the scheduler (new calls get `Closed`).
+    let opener = {
+        let (s, gate) = (Arc::clone(&sched), gate.clone());
+        std::thread::spawn(move || {
+            wait_until("shutdown to close the scheduler", || {
+                matches!(s.schedule_read(PageId(999)).recv(), Err(SchedulerError::Closed))
+            });
+            gate.open();
+        })
+    };
+    sched.shutdown().unwrap();
+    let answered = joined.try_recv().map(|r| r.map(|b| stamp(&b)));
+    opener.join().unwrap();
+    assert_eq!(caller.join().unwrap().unwrap(), (p.0, 1));
+    assert_eq!(
+        answered.map(|r| r.unwrap()),
+        Some((p.0, 1)),
+        "shutdown returned Ok while a read accepted before it was unanswered"
+    );
+}
+
+/// Under `next_sync`, shutdown is a durability point: its last allocation image holds the
+/// allocations answered at once. When that image failed, shutdown still returned `Ok` (the
+/// worker only logged it), and after a crash the allocations were gone. Shutdown returns the
+/// error of its durability point.
+#[test]
+fn shutdown_returns_the_error_of_its_final_allocation_image() {
+    let fs = MemFs::new(27);
+    let faults = FaultSwitch::new();
+    let plan = FaultPlan::new(1)
+        .fail_from_nth(OpKind::Write, 1, Fault::Eio)
+        .only_while(&faults);
+    let next_sync = SchedulerConfig {
+        alloc_durability: AllocDurability::NextSync,
+        ..config(1)
+    };
+    let sched = open(&faulty_factory(&fs, plan), next_sync.clone());
+    let pages = allocate(&sched, 3);
+    faults.set(true);
+    let result = sched.shutdown();
+    faults.set(false);
+    assert_eq!(
+        sched.shutdown().map_err(|e| e.errno()),
+        result.clone().map_err(|e| e.errno()),
+        "a second shutdown returns the same"
+    );
+    drop(sched);
+    fs.crash(CrashOptions::default());
+    let sched = open(&mem_factory(&fs), next_sync);
+    let got = sched.schedule_read(pages[2]).recv().map(|b| b.len());
+    assert!(
+        result.is_err() || got.is_ok(),
+        "shutdown said Ok though its durability point failed: {} is gone after the crash ({got:?})",
+        pages[2]
+    );
+    assert_eq!(result.unwrap_err().errno(), Some(5));
+}
