@@ -21,6 +21,13 @@
 //! fresh block: with several direct writes in flight, no two of them may share a block. Its
 //! payload is zeros, at least 0 bytes long, and it ends on a block boundary ([`pad_bytes`]).
 //! Readers skip it; it has an LSN like any record but is never returned.
+//!
+//! A *batch marker* (kind 4, format version 2) ends every flush's batch: its 8-byte payload is
+//! the log's durable end (an LSN, little-endian) when the batch was submitted. Every byte below
+//! it had been acknowledged before the marker was written, so recovery reads a hole below the
+//! highest durable end of any valid marker as damage, never as a torn tail. Readers skip it.
+//! Version-1 segments hold no markers and are read the same way (recovery then falls back to
+//! the window rule alone); the writer writes version-2 headers.
 
 use std::ops::Range;
 
@@ -32,10 +39,16 @@ pub const RECORD_HEADER_BYTES: u64 = 20;
 pub const MIN_SEGMENT_BYTES: u64 = 512;
 
 const MAGIC: [u8; 4] = *b"SIOW";
-const VERSION: u16 = 1;
+/// The format version the writer puts in segment headers.
+pub const VERSION: u16 = 2;
+/// The oldest format version still read: its segments hold no batch markers.
+pub const VERSION_1: u16 = 1;
 pub(crate) const KIND_DATA: u8 = 1;
 pub(crate) const KIND_SEGMENT_END: u8 = 2;
 pub(crate) const KIND_PAD: u8 = 3;
+pub(crate) const KIND_MARKER: u8 = 4;
+/// Bytes of a batch marker, frame included.
+pub const MARKER_BYTES: u64 = RECORD_HEADER_BYTES + 8;
 /// The block a pad record fills up to: the direct-I/O write unit.
 pub const PAD_BLOCK_BYTES: u64 = 4096;
 /// A pad's payload: zeros, never longer than two blocks.
@@ -70,9 +83,19 @@ pub const fn max_payload_bytes(segment_size: u64) -> u64 {
 
 /// Appends the header of segment `segment_no` to `out`.
 pub(crate) fn encode_segment_header(out: &mut Vec<u8>, segment_size: u64, segment_no: u64) {
+    encode_segment_header_version(out, segment_size, segment_no, VERSION);
+}
+
+/// [`encode_segment_header`] with a given format version (tests write version-1 logs).
+pub(crate) fn encode_segment_header_version(
+    out: &mut Vec<u8>,
+    segment_size: u64,
+    segment_no: u64,
+    version: u16,
+) {
     let start = out.len();
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&segment_size.to_le_bytes());
     out.extend_from_slice(&(segment_no * segment_size).to_le_bytes());
@@ -81,11 +104,16 @@ pub(crate) fn encode_segment_header(out: &mut Vec<u8>, segment_size: u64, segmen
     out.extend_from_slice(&0u32.to_le_bytes());
 }
 
-/// The segment size written in a segment header, if the header is intact (magic, version and
-/// checksum); the caller still checks the size and first LSN against what it expects.
+/// The segment size written in a segment header, if the header is intact (magic, a version
+/// read — 1 or 2 — and checksum); the caller still checks the size and first LSN against what
+/// it expects.
 pub(crate) fn decode_segment_header(bytes: &[u8]) -> Option<(u64, u64)> {
     let h = bytes.get(..SEGMENT_HEADER_BYTES as usize)?;
-    if h[..4] != MAGIC || u16_at(h, 4) != VERSION || u16_at(h, 6) != 0 || u32_at(h, 28) != 0 {
+    if h[..4] != MAGIC
+        || !(VERSION_1..=VERSION).contains(&u16_at(h, 4))
+        || u16_at(h, 6) != 0
+        || u32_at(h, 28) != 0
+    {
         return None;
     }
     if crc32c::crc32c(&h[..24]) != u32_at(h, 24) {
@@ -109,6 +137,16 @@ pub(crate) fn encode_pad(out: &mut Vec<u8>, lsn: u64) {
     );
 }
 
+/// Appends the batch marker at log position `lsn` (where `out` ends): the log's durable end
+/// `durable` when the batch is submitted.
+pub(crate) fn encode_marker(out: &mut Vec<u8>, lsn: u64, durable: u64) {
+    debug_assert!(
+        durable <= lsn,
+        "a batch marker at {lsn} claims the durable end {durable}"
+    );
+    encode_record(out, KIND_MARKER, lsn, &durable.to_le_bytes());
+}
+
 /// Appends one record frame and its payload to `out`.
 pub(crate) fn encode_record(out: &mut Vec<u8>, kind: u8, lsn: u64, payload: &[u8]) {
     let start = out.len();
@@ -129,6 +167,8 @@ pub(crate) enum Frame {
     SegmentEnd,
     /// A valid pad record of this many bytes (frame included): the next record follows it.
     Pad(usize),
+    /// A valid batch marker ([`MARKER_BYTES`] long) carrying the durable end at its submission.
+    Marker(u64),
     /// Anything else: zeros, a torn or corrupt frame, a stale record from another position.
     Invalid,
 }
@@ -149,6 +189,10 @@ pub(crate) fn decode_frame(image: &[u8], pos: usize, base_lsn: u64, segment_size
     let payload = match kind {
         KIND_DATA if len <= room => image.get(pos + hdr..pos + hdr + len),
         KIND_SEGMENT_END if len == 0 => Some(&[][..]),
+        // Never past the marker's own position: every byte below it was written before it.
+        KIND_MARKER if len == 8 && len <= room => image
+            .get(pos + hdr..pos + hdr + len)
+            .filter(|p| u64_at(p, 0) <= base_lsn + pos as u64),
         // A pad ends on a block boundary (of the log, which segments start on) and holds zeros.
         KIND_PAD if len <= room && (base_lsn + (pos + hdr + len) as u64).is_multiple_of(PAD_BLOCK_BYTES) => {
             image
@@ -166,6 +210,7 @@ pub(crate) fn decode_frame(image: &[u8], pos: usize, base_lsn: u64, segment_size
     match kind {
         KIND_DATA => Frame::Data(len),
         KIND_PAD => Frame::Pad(hdr + len),
+        KIND_MARKER => Frame::Marker(u64_at(payload, 0)),
         _ => Frame::SegmentEnd,
     }
 }
@@ -188,6 +233,8 @@ pub(crate) struct SegmentScan {
     pub records: Vec<(u64, Range<usize>)>,
     /// Where and why the scan stopped.
     pub end: ScanEnd,
+    /// The highest durable end of a batch marker among the valid frames (0: none).
+    pub durable: u64,
 }
 
 /// Scans segment `segment_no` from its header until the first position without a valid record.
@@ -199,9 +246,11 @@ pub(crate) fn scan_segment(image: &[u8], segment_no: u64, segment_size: u64) -> 
         return SegmentScan {
             records,
             end: ScanEnd::BadHeader,
+            durable: 0,
         };
     }
     let mut pos = SEGMENT_HEADER_BYTES as usize;
+    let mut durable = 0;
     let end = loop {
         match decode_frame(image, pos, base, segment_size) {
             Frame::Data(len) => {
@@ -210,26 +259,39 @@ pub(crate) fn scan_segment(image: &[u8], segment_no: u64, segment_size: u64) -> 
                 pos = start + len;
             }
             Frame::Pad(len) => pos += len,
+            Frame::Marker(d) => {
+                durable = durable.max(d);
+                pos += MARKER_BYTES as usize;
+            }
             Frame::SegmentEnd => break ScanEnd::Switched(pos),
             Frame::Invalid => break ScanEnd::Stopped(pos),
         }
     };
-    SegmentScan { records, end }
+    SegmentScan {
+        records,
+        end,
+        durable,
+    }
 }
 
-/// Offsets at or after `from` in a segment image that hold a valid record (data or
-/// segment-end): what recovery looks for past the first invalid frame, to tell a torn tail
-/// (nothing valid after it) from damage in the middle of the log.
-pub(crate) fn valid_frames_after(image: &[u8], from: usize, segment_no: u64, segment_size: u64) -> Vec<u64> {
+/// The valid frames at or after `from` in a segment image, with their LSNs: what recovery
+/// looks for past the first invalid frame, to tell a torn tail (nothing valid after it, or
+/// nothing below a marker's durable end) from damage in the middle of the log.
+pub(crate) fn valid_frames_after(
+    image: &[u8],
+    from: usize,
+    segment_no: u64,
+    segment_size: u64,
+) -> Vec<(u64, Frame)> {
     let base = segment_no * segment_size;
     let last = image.len().saturating_sub(RECORD_HEADER_BYTES as usize);
     (from..=last)
         .filter(|&pos| {
             // The LSN field must equal the position: a cheap filter before the checksum.
             image[pos + 8..pos + 16] == (base + pos as u64).to_le_bytes()
-                && decode_frame(image, pos, base, segment_size) != Frame::Invalid
         })
-        .map(|pos| base + pos as u64)
+        .map(|pos| (base + pos as u64, decode_frame(image, pos, base, segment_size)))
+        .filter(|(_, frame)| *frame != Frame::Invalid)
         .collect()
 }
 
@@ -330,7 +392,7 @@ mod tests {
         let scan = scan_segment(&bad, 3, SEG);
         assert_eq!(scan.end, ScanEnd::Stopped(second));
         let after = valid_frames_after(&bad, second + 1, 3, SEG);
-        assert_eq!(after, vec![img_lsn_of_third(&img)]);
+        assert_eq!(after, vec![(img_lsn_of_third(&img), Frame::Data(5))]);
     }
 
     fn img_lsn_of_third(img: &[u8]) -> u64 {

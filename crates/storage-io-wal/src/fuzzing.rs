@@ -17,7 +17,10 @@ pub const FUZZ_SEGMENT_BYTES: u64 = 512;
 ///   re-encodes to exactly the bytes it was decoded from;
 /// - a scan never ends before its last record, and nothing before the end is reported as
 ///   "valid after the end";
-/// - the plan's end lies inside a segment, and the torn range to zero starts at the end.
+/// - the plan's end lies inside a segment, and the torn range to zero starts at the end;
+/// - no batch marker claims a durable end past its own position, and a plan whose end lies
+///   below the highest durable end found is never `Strict`'s, always reports the damage and
+///   cuts nothing as in flight.
 pub fn check_log_image(data: &[u8]) {
     let Some((&control, rest)) = data.split_first() else {
         return;
@@ -49,6 +52,22 @@ pub fn check_log_image(data: &[u8]) {
             assert!(plan.kept.iter().all(|s| fed.contains(s)));
             assert!(plan.kept.iter().all(|s| *s <= plan.end_segment));
             assert!(plan.remove.iter().all(|s| *s >= plan.end_segment));
+            // A hole below the durable end a marker carries is damage under every policy:
+            // `Strict` refuses it, `PointInTime` reports it, and nothing is cut as in flight.
+            let end = plan.end_segment * size + plan.end_offset;
+            if plan.durable > end {
+                assert_eq!(
+                    policy,
+                    RecoveryPolicy::PointInTime,
+                    "strict opened a log cut below its durable end"
+                );
+                assert_eq!(
+                    plan.corruption_at,
+                    Some(end),
+                    "a cut below the durable end went unreported"
+                );
+                assert_eq!(plan.in_window, 0, "acknowledged records were cut as in flight");
+            }
         }
     }
 }
@@ -78,11 +97,26 @@ fn check_segment(image: &[u8], segment: u64, size: u64) {
             assert!(at >= last_end, "scan ended inside a record");
             if let ScanEnd::Stopped(at) = scan.end {
                 let after = valid_frames_after(image, at + 1, segment, size);
-                assert!(after.iter().all(|l| *l > base + at as u64));
+                assert!(after.iter().all(|(l, _)| *l > base + at as u64));
+                // A batch marker never claims a durable end past its own position.
+                for (l, frame) in &after {
+                    if let crate::format::Frame::Marker(d) = frame {
+                        assert!(d <= l, "a marker at {l} claims the durable end {d}");
+                    }
+                }
             }
         }
         ScanEnd::BadHeader => assert!(scan.records.is_empty()),
     }
+    let end = match scan.end {
+        ScanEnd::Stopped(at) | ScanEnd::Switched(at) => at,
+        ScanEnd::BadHeader => 0,
+    };
+    assert!(
+        scan.durable <= base + end as u64,
+        "a marker before {end} claims the durable end {}",
+        scan.durable
+    );
 }
 
 /// The frame decoder on its own: `data` is byte 0 (a position, mod 64, and a base LSN, in its
@@ -129,6 +163,44 @@ pub fn check_frame(data: &[u8]) {
                 "a decoded pad does not re-encode to itself"
             );
         }
+        crate::format::Frame::Marker(durable) => {
+            let end = pos + crate::format::MARKER_BYTES as usize;
+            assert!(end as u64 <= size, "a marker at {pos} passes the segment end");
+            assert!(
+                durable <= base + pos as u64,
+                "a marker at {pos} claims the durable end {durable}"
+            );
+            let mut again = Vec::new();
+            crate::format::encode_marker(&mut again, base + pos as u64, durable);
+            assert_eq!(
+                again,
+                &image[pos..end],
+                "a decoded marker does not re-encode to itself"
+            );
+        }
         crate::format::Frame::SegmentEnd | crate::format::Frame::Invalid => {}
     }
+}
+
+/// The image of segment `segment_no` as the version-1 writer left it: a version-1 header and
+/// `payloads` as data records (no batch markers), zeros to `segment_size`. Tests build
+/// version-1 logs with it.
+pub fn version_1_segment(segment_no: u64, segment_size: u64, payloads: &[&[u8]]) -> Vec<u8> {
+    let mut img = Vec::new();
+    crate::format::encode_segment_header_version(
+        &mut img,
+        segment_size,
+        segment_no,
+        crate::format::VERSION_1,
+    );
+    for p in payloads {
+        let lsn = segment_no * segment_size + img.len() as u64;
+        encode_record(&mut img, KIND_DATA, lsn, p);
+    }
+    assert!(
+        img.len() as u64 + RECORD_HEADER_BYTES <= segment_size,
+        "the records do not fit the segment"
+    );
+    img.resize(segment_size as usize, 0);
+    img
 }

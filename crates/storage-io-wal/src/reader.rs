@@ -7,8 +7,8 @@ use storage_io_core::{IoCompletion, IoFd, OpenOptions, StorageIo};
 use crate::Lsn;
 use crate::error::WalError;
 use crate::format::{
-    Frame, KIND_DATA, KIND_PAD, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, decode_frame,
-    decode_segment_header,
+    Frame, KIND_DATA, KIND_MARKER, KIND_PAD, MARKER_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    decode_frame, decode_segment_header,
 };
 use crate::segio::{read_at, read_prefix, segment_file_name, segments_in};
 
@@ -178,7 +178,7 @@ impl WalReader {
                 let h = &self.buf[at..at + hdr];
                 let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as u64;
                 let room = self.segment_size.saturating_sub(pos + hdr as u64);
-                if matches!(h[4], KIND_DATA | KIND_PAD) && len <= room {
+                if matches!(h[4], KIND_DATA | KIND_PAD | KIND_MARKER) && len <= room {
                     // What is not in the file reads as invalid, as in a whole-segment scan.
                     self.fill(hdr + len as usize)?;
                 }
@@ -194,6 +194,7 @@ impl WalReader {
                     return Ok(Some((base + pos, self.buf[at..at + len].to_vec())));
                 }
                 Frame::Pad(total) => self.pos = pos + total as u64,
+                Frame::Marker(_) => self.pos = pos + MARKER_BYTES,
                 Frame::SegmentEnd => {
                     self.close_segment()?;
                     self.segment += 1;

@@ -8,22 +8,29 @@
 //! invalid position: the writer keeps every write in flight inside it, so valid frames there
 //! after a hole are writes that landed while an earlier one did not (never acknowledged).
 //!
+//! The *durable end* is the highest one carried by a valid batch marker anywhere in the log
+//! (format version 2; 0 in a version-1 log): every byte below it was acknowledged before that
+//! marker was written. A hole below it is damage whatever the window says; the window rule
+//! applies only to a hole at or above it.
+//!
 //! | what the scan finds | `PointInTime` (default) | `Strict` |
 //! |---|---|---|
 //! | every segment valid to its last record, then zeros | keep everything | same |
 //! | a torn or zeroed record with nothing valid after it (a crash mid-write) | cut there, zero the torn bytes | same |
-//! | a hole with valid frames after it, all inside the window (writes in flight at a crash) | cut at the hole, zero the rest, report `in_flight_records_cut` | same |
-//! | an invalid record with valid records after it beyond the window, same or later segments | cut at the invalid record; report the valid records cut | refuse to open: `Corrupt` |
-//! | a segment whose header is invalid (torn creation, or damage) | the log ends where that segment begins | same, but refuse if valid records follow beyond the window |
-//! | a missing segment number in the sequence | the log ends at the gap; later segments removed | refuse if they hold valid records beyond the window |
-//! | segment files after the end | removed, then the directory synced | refuse if they hold valid records beyond the window |
+//! | a hole at or above the durable end with valid frames after it, all inside the window (writes in flight at a crash) | cut at the hole, zero the rest, report `in_flight_records_cut` | same |
+//! | a hole below the durable end (acknowledged bytes lost), or an invalid record with valid records after it beyond the window, same or later segments | cut at the invalid record; report the valid records cut | refuse to open: `Corrupt` |
+//! | a segment whose header is invalid (torn creation, or damage) | the log ends where that segment begins | same, but refuse if it begins below the durable end or valid records follow beyond the window |
+//! | a missing segment number in the sequence | the log ends at the gap; later segments removed | refuse if the gap is below the durable end or they hold valid records beyond the window |
+//! | segment files after the end | removed, then the directory synced | refuse if the end is below the durable end or they hold valid records beyond the window |
 
 use serde::{Deserialize, Serialize};
 
 use crate::Lsn;
 use crate::config::{RecoveryPolicy, WalConfig};
 use crate::error::WalError;
-use crate::format::{SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment, valid_frames_after};
+use crate::format::{
+    Frame, SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment, valid_frames_after,
+};
 use crate::segio::SegmentIo;
 
 /// What recovery found and did, returned by [`WalManager::recovery_report`](crate::WalManager::recovery_report).
@@ -71,6 +78,8 @@ pub(crate) struct Plan {
     pub skipped_valid: usize,
     /// Valid frames after the end inside the in-flight window (a torn tail).
     pub in_window: usize,
+    /// The highest durable end carried by a valid batch marker (0: none, a version-1 log).
+    pub durable: u64,
 }
 
 /// Decides where the log ends from the segment images, fed in order.
@@ -84,6 +93,12 @@ pub(crate) struct Planner {
     ended: bool,
     expected: Option<u64>,
     first_valid_after: Option<u64>,
+    /// LSNs of the valid frames after the end (batch markers left out), in order.
+    after: Vec<u64>,
+    /// The highest durable end of a valid batch marker seen anywhere.
+    durable: u64,
+    /// (LSN, durable end) of the batch markers after the end.
+    marks_after: Vec<(u64, u64)>,
 }
 
 impl Planner {
@@ -95,6 +110,9 @@ impl Planner {
             ended: false,
             expected: None,
             first_valid_after: None,
+            after: Vec::new(),
+            durable: 0,
+            marks_after: Vec::new(),
         }
     }
 
@@ -107,15 +125,25 @@ impl Planner {
         if self.ended {
             self.plan.remove.push(segment);
             let scan = scan_segment(image, segment, self.segment_size);
-            let mut after = scan.records.iter().map(|r| r.0).collect::<Vec<_>>();
             if scan.records.is_empty() {
                 // A bad header hides nothing from the frame search.
-                after = valid_frames_after(image, SEGMENT_HEADER_BYTES as usize, segment, self.segment_size);
+                let after =
+                    valid_frames_after(image, SEGMENT_HEADER_BYTES as usize, segment, self.segment_size);
+                self.note_valid_after(&after);
+            } else {
+                let base = segment * self.segment_size;
+                self.after.extend(scan.records.iter().map(|r| r.0));
+                // The markers of the valid prefix: where one lies does not matter here, any
+                // LSN after the end names the damage as well.
+                if scan.durable > 0 {
+                    self.marks_after.push((base + SEGMENT_HEADER_BYTES, scan.durable));
+                }
+                self.durable = self.durable.max(scan.durable);
             }
-            self.note_valid_after(&after);
             return;
         }
         let scan = scan_segment(image, segment, self.segment_size);
+        self.durable = self.durable.max(scan.durable);
         self.plan.records += scan.records.len() as u64;
         match scan.end {
             ScanEnd::Switched(_) => {
@@ -146,19 +174,42 @@ impl Planner {
         self.plan.zero_to = zero_to;
     }
 
-    fn note_valid_after(&mut self, lsns: &[u64]) {
-        let end = self.plan.end_segment * self.segment_size + self.plan.end_offset;
-        let (inside, beyond): (Vec<u64>, Vec<u64>) =
-            lsns.iter().partition(|&&l| l.saturating_sub(end) < self.window);
-        self.plan.in_window += inside.len();
-        let lsns = &beyond[..];
-        if let Some(first) = lsns.first() {
-            if self.plan.corruption_at.is_none() {
-                self.plan.corruption_at =
-                    Some(self.plan.end_segment * self.segment_size + self.plan.end_offset);
-                self.first_valid_after = Some(*first);
+    /// Takes the valid frames found after the end; they are judged in `finish`, once every
+    /// batch marker is known.
+    fn note_valid_after(&mut self, frames: &[(u64, Frame)]) {
+        for &(lsn, frame) in frames {
+            match frame {
+                Frame::Marker(durable) => {
+                    self.durable = self.durable.max(durable);
+                    self.marks_after.push((lsn, durable));
+                }
+                _ => self.after.push(lsn),
             }
-            self.plan.skipped_valid += lsns.len();
+        }
+    }
+
+    /// Sorts the valid frames after the end into a torn tail (inside the window of a hole at
+    /// or above the durable end) and damage (past the window, or after a hole below the
+    /// durable end: acknowledged bytes are missing).
+    fn judge_valid_after(&mut self) {
+        let end = self.plan.end_segment * self.segment_size + self.plan.end_offset;
+        self.plan.durable = self.durable;
+        let damaged = self.durable > end;
+        let (inside, beyond): (Vec<u64>, Vec<u64>) = self
+            .after
+            .iter()
+            .partition(|&&l| !damaged && l.saturating_sub(end) < self.window);
+        self.plan.in_window = inside.len();
+        self.plan.skipped_valid = beyond.len();
+        // A hole below the durable end is damage even when only the marker that says so follows.
+        let first = beyond.first().copied().or_else(|| {
+            damaged
+                .then(|| self.marks_after.iter().find(|m| m.1 > end).map(|m| m.0))
+                .flatten()
+        });
+        if let Some(first) = first {
+            self.plan.corruption_at = Some(end);
+            self.first_valid_after = Some(first);
         }
     }
 
@@ -169,6 +220,7 @@ impl Planner {
             let next = self.expected.unwrap_or(0);
             self.end_at(next, 0, 0);
         }
+        self.judge_valid_after();
         if policy == RecoveryPolicy::Strict
             && let (Some(at), Some(first)) = (self.plan.corruption_at, self.first_valid_after)
         {
@@ -214,7 +266,9 @@ impl TailProbe {
     }
 
     fn enough(&mut self, image: &[u8]) -> bool {
-        use crate::format::{Frame, KIND_DATA, KIND_PAD, RECORD_HEADER_BYTES, decode_frame};
+        use crate::format::{
+            KIND_DATA, KIND_MARKER, KIND_PAD, MARKER_BYTES, RECORD_HEADER_BYTES, decode_frame,
+        };
         let hdr = RECORD_HEADER_BYTES as usize;
         if self.end.is_none()
             && image.len() >= SEGMENT_HEADER_BYTES as usize
@@ -230,12 +284,16 @@ impl TailProbe {
             };
             let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
             let room = (self.segment_size as usize).saturating_sub(pos + hdr);
-            if matches!(h[4], KIND_DATA | KIND_PAD) && len <= room && image.len() < pos + hdr + len {
+            if matches!(h[4], KIND_DATA | KIND_PAD | KIND_MARKER)
+                && len <= room
+                && image.len() < pos + hdr + len
+            {
                 return false; // its payload is not read yet
             }
             match decode_frame(image, pos, self.base, self.segment_size) {
                 Frame::Data(len) => self.pos = pos + hdr + len,
                 Frame::Pad(total) => self.pos = pos + total,
+                Frame::Marker(_) => self.pos = pos + MARKER_BYTES as usize,
                 // The log goes on in the next segment: nothing after this frame matters.
                 Frame::SegmentEnd => return true,
                 Frame::Invalid => self.end = Some(pos),
@@ -509,6 +567,43 @@ mod tests {
             plan_with_window(&gap, RecoveryPolicy::Strict, SEG).is_err(),
             "segment 2 starts a window past the gap"
         );
+    }
+
+    #[test]
+    fn a_hole_below_a_markers_durable_end_is_damage_even_inside_the_window() {
+        use crate::format::encode_marker;
+        // Segment 0: "one", a marker, "two", a marker that says "one" and "two" are durable.
+        let mut img = Vec::new();
+        encode_segment_header(&mut img, SEG, 0);
+        let one = img.len() as u64;
+        encode_record(&mut img, KIND_DATA, one, b"one");
+        let at = img.len() as u64;
+        encode_marker(&mut img, at, 0);
+        let two = img.len() as u64;
+        encode_record(&mut img, KIND_DATA, two, b"two");
+        let at = img.len() as u64;
+        encode_marker(&mut img, at, two);
+        img.resize(SEG as usize, 0);
+        let mut bad = img.clone();
+        bad[one as usize + 21] ^= 1;
+        let p = plan_with_window(&[(0, bad.clone())], RecoveryPolicy::PointInTime, SEG).unwrap();
+        assert_eq!((p.end_offset, p.corruption_at), (one, Some(one)));
+        assert_eq!((p.in_window, p.skipped_valid, p.durable), (0, 1, two));
+        let err = plan_with_window(&[(0, bad)], RecoveryPolicy::Strict, SEG).unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { valid_after: 1, .. }), "{err}");
+        // A hole at the durable end (the last batch) is a torn tail under `Strict`.
+        let mut torn = img.clone();
+        torn[two as usize + 21] ^= 1;
+        let p = plan_with_window(&[(0, torn)], RecoveryPolicy::Strict, SEG).unwrap();
+        assert_eq!((p.end_offset, p.corruption_at, p.in_window), (two, None, 0));
+        // A missing segment below a later marker's durable end is damage too.
+        let mut later = Vec::new();
+        encode_segment_header(&mut later, SEG, 2);
+        let at = 2 * SEG + later.len() as u64;
+        encode_marker(&mut later, at, 2 * SEG);
+        later.resize(SEG as usize, 0);
+        let gap = [(0, segment(0, &[b"a"], true)), (2, later)];
+        assert!(plan_with_window(&gap, RecoveryPolicy::Strict, 4 * SEG).is_err());
     }
 
     #[test]

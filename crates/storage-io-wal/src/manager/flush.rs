@@ -118,6 +118,12 @@ impl Shared {
                 return Err(WalError::Poisoned { cause });
             }
         }
+        // The batch ends with the durable end known now: recovery reads a hole below it as
+        // damage to acknowledged records, not as a torn tail. (A batch of a segment header
+        // alone, after recovery, needs none.)
+        if st.pending_records > 0 {
+            self.mark_batch(st);
+        }
         if self.slotted {
             // A batch that may have company in flight ends on a block boundary (a pad), so the
             // next flush starts on a fresh block and can go in flight beside this one; a lone
@@ -222,6 +228,21 @@ impl Shared {
         if !wakers.is_empty() {
             MutexGuard::unlocked(st, || wakers.into_iter().for_each(Waker::wake));
         }
+    }
+
+    /// Queues the batch marker carrying the durable end (closing the segment first when the
+    /// marker and the segment-end frame do not both fit).
+    fn mark_batch(&self, st: &mut State) {
+        let size = self.segment_size;
+        if st.next_lsn % size + MARKER_BYTES + RECORD_HEADER_BYTES > size {
+            self.close_segment(st);
+        }
+        let (at, durable) = (st.next_lsn, st.durable_lsn);
+        debug_assert!(
+            durable <= at,
+            "the durable end {durable} is past the queue's end {at}"
+        );
+        self.queue(st, |buf| encode_marker(buf, at, durable));
     }
 
     /// Queues a pad record to the next block boundary (direct mode, several flushes in
@@ -506,14 +527,16 @@ mod tests {
             prepare_ahead: false,
             sync_mode: SyncMode::Group {
                 max_delay_us: 60_000_000,
-                max_batch_bytes: 4 << 20,
+                // What flush 1 queues (the marker joins after the gather).
+                max_batch_bytes: (4 << 20) - MARKER_BYTES as usize,
             },
             ..WalConfig::default()
         };
         let (wal, _) = WalManager::open("/wal", config, factory).unwrap();
-        // Flush 1: one record that fills the batch and ends on a block boundary (no tail to
-        // wait for), held in flight at the gate.
-        let first = vec![1u8; (4 << 20) - (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES) as usize];
+        // Flush 1: one record that fills the batch and, with the batch marker, ends on a block
+        // boundary (no tail to wait for), held in flight at the gate.
+        let first =
+            vec![1u8; (4 << 20) - (SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + MARKER_BYTES) as usize];
         let big = vec![2u8; 1 << 20];
         /// Opens the gate when the test ends, passed or not, so that no thread stays blocked.
         struct OpenOnDrop(Gate);
