@@ -1,8 +1,8 @@
 //! Opening files for direct I/O, with an honest fallback, and checking requests against a
 //! file's alignment.
 //!
-//! This is the one corner of core that touches the OS (`O_DIRECT`, `F_GETFL`), behind `cfg`;
-//! everything else in core is plain Rust.
+//! The OS calls themselves (`O_DIRECT`, `F_NOCACHE`, `FILE_FLAG_NO_BUFFERING`, `F_GETFL`) are in
+//! [`crate::platform`].
 
 use std::fs::File;
 use std::path::Path;
@@ -91,7 +91,7 @@ impl OpenOptions {
             .create_new(self.create_new)
             .truncate(self.truncate);
         if self.dsync {
-            add_dsync(&mut o);
+            crate::platform::add_dsync_flag(&mut o);
         }
         o
     }
@@ -153,11 +153,6 @@ fn open_file_via(
         tracing::debug!(path = %path.display(), error = %e, "open failed");
         StorageIoError::from_os_at("open", path, &e)
     };
-    if options.dsync && cfg!(not(unix)) {
-        return Err(StorageIoError::unsupported(
-            "O_DSYNC is not available on this platform",
-        ));
-    }
     if !options.direct {
         let file = options.std_options().open(path).map_err(open_err)?;
         return Ok(OpenedFile {
@@ -201,52 +196,18 @@ fn open_file_via(
 
 const EINVAL: i32 = 22;
 
-#[cfg(unix)]
-fn add_dsync(o: &mut std::fs::OpenOptions) {
-    use std::os::unix::fs::OpenOptionsExt;
-    o.custom_flags(libc::O_DSYNC);
-}
-
-#[cfg(not(unix))]
-fn add_dsync(_o: &mut std::fs::OpenOptions) {
-    // No O_DSYNC here: `open_file` refuses `dsync` on such platforms before getting this far.
-}
-
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+/// The direct-I/O open, per platform (`O_DIRECT`, `F_NOCACHE`, `FILE_FLAG_NO_BUFFERING`): see
+/// [`crate::platform`].
 fn open_direct(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut o = options.std_options();
-    let dsync = if options.dsync { libc::O_DSYNC } else { 0 };
-    o.custom_flags(libc::O_DIRECT | dsync);
-    o.open(path)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-fn open_direct(_path: &Path, _options: &OpenOptions) -> std::io::Result<File> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "O_DIRECT is not available on this platform",
-    ))
+    crate::platform::open_direct(&mut options.std_options(), options.dsync, path)
 }
 
 /// The alignment a file's requests must keep: `Some(4096)` when it was opened with direct I/O
-/// (the conservative logical-block size), `None` for buffered files.
+/// (the conservative logical-block size) on a platform that can tell (Linux, FreeBSD), `None`
+/// for buffered files and where the OS cannot say (macOS's `F_NOCACHE` needs no alignment;
+/// Windows refuses a misaligned `FILE_FLAG_NO_BUFFERING` transfer itself).
 pub fn direct_alignment(file: &File) -> Option<usize> {
-    direct_alignment_impl(file)
-}
-
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-fn direct_alignment_impl(file: &File) -> Option<usize> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: F_GETFL only reads the status flags of a descriptor that `file` keeps open for the
-    // whole call; it takes no pointers.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    (flags >= 0 && flags & libc::O_DIRECT != 0).then_some(crate::buf::DEFAULT_ALIGNMENT)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-fn direct_alignment_impl(_file: &File) -> Option<usize> {
-    None
+    crate::platform::is_direct(file).then_some(crate::buf::DEFAULT_ALIGNMENT)
 }
 
 /// Checks one transfer before a backend accepts it: the length against `max_io_bytes`, the end

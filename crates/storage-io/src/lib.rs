@@ -71,7 +71,8 @@ pub enum UringStatus {
         /// Why (from the probe: ENOSYS, EPERM, missing opcode, …).
         reason: String,
     },
-    /// This build has no io_uring backend (feature `io-uring` off, or not Linux).
+    /// This build has no io_uring backend: feature `io-uring` off, or not Linux (on macOS,
+    /// Windows and FreeBSD `storage-io-uring` compiles to nothing and auto picks the thread pool).
     NotCompiled,
 }
 
@@ -80,9 +81,14 @@ impl fmt::Display for UringStatus {
         match self {
             UringStatus::Available { kernel } => write!(f, "io_uring available on kernel {kernel}"),
             UringStatus::Unavailable { reason } => write!(f, "io_uring unavailable: {reason}"),
-            UringStatus::NotCompiled => {
-                f.write_str("io_uring not compiled in (enable the io-uring feature, on Linux)")
+            UringStatus::NotCompiled if cfg!(target_os = "linux") => {
+                f.write_str("io_uring not compiled in (enable the io-uring feature)")
             }
+            UringStatus::NotCompiled => write!(
+                f,
+                "io_uring not compiled in: it is a Linux interface and this build is for {}",
+                std::env::consts::OS
+            ),
         }
     }
 }
