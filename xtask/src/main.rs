@@ -1,10 +1,12 @@
 //! Project automation for storage-io.
 //!
 //! - `cargo xtask ci`: everything CI checks, in order, failing fast: rustfmt, clippy (warnings
-//!   denied), all tests, docs (warnings denied), the layering rule, and a bench smoke run.
+//!   denied), clippy per non-Linux target that is installed, all tests, docs (warnings denied), the layering rule, and a bench smoke run.
 //! - `cargo xtask bench [ARGS]`: builds the io-patterns driver in release mode and runs it on a
 //!   temp file under `target/`; every argument is passed on (see `cargo xtask bench --help`).
 //! - `cargo xtask layering`: only the layering check.
+//! - `cargo xtask cross`: installs the non-Linux targets and runs check and clippy of every library
+//!   crate for each (see cross.rs); `ci` runs the clippy part for the targets already installed.
 //! - `cargo xtask fuzz [--target NAME] [--time SECONDS]`, `cargo xtask sanitize [address|thread]`:
 //!   the nightly-only checks (see fuzz.rs), not part of `ci`.
 
@@ -14,6 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod cross;
 mod fuzz;
 
 fn main() -> Result<()> {
@@ -23,6 +26,7 @@ fn main() -> Result<()> {
         Some("ci") => ci(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..], false),
         Some("layering") => layering(&root),
+        Some("cross") => cross::cross(&root, &args[1..]),
         Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
         Some("sanitize") => fuzz::sanitize(&root, &args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
@@ -32,6 +36,7 @@ fn main() -> Result<()> {
                  ci         fmt, clippy -D warnings, tests, docs, layering, bench smoke (what CI runs)\n  \
                  bench      the queue-depth benchmark (cargo xtask bench --help for flags)\n  \
                  layering   check that no crate depends on a crate of a higher layer\n  \
+                 cross      install the macOS/Windows/FreeBSD targets, check + clippy the library crates for each\n  \
                  fuzz       [--target NAME] [--time SECONDS]: run the cargo-fuzz targets (nightly, cargo-fuzz)\n  \
                  sanitize   [address|thread]: the tests under AddressSanitizer / ThreadSanitizer (nightly)"
             );
@@ -120,6 +125,7 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
             "warnings",
         ]),
     )?;
+    cross::clippy_installed(root)?;
     run_step(
         "tests",
         cargo()

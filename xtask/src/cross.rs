@@ -1,0 +1,177 @@
+//! The cross-platform build check: every library crate, with default features, must compile and
+//! pass clippy (`-D warnings`) for the non-Linux targets in [`TARGETS`]. `cargo check` and
+//! `cargo clippy` only: nothing is linked, so no cross linker or SDK is needed, only the target's
+//! standard library (`rustup target add`).
+//!
+//! - `cargo xtask cross`: installs the targets that are missing (saying loudly when the download
+//!   is refused, and going on with the rest), then runs `check` and `clippy` per target and crate.
+//! - `cargo xtask ci` calls [`clippy_installed`]: clippy per crate for every target already
+//!   installed, saying which ran and which were skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, run_step};
+
+/// The targets the library crates must build for, besides the host's Linux.
+pub(crate) const TARGETS: [&str; 5] = [
+    "x86_64-unknown-freebsd",
+    "x86_64-apple-darwin",
+    "aarch64-apple-darwin",
+    "x86_64-pc-windows-gnu",
+    "x86_64-pc-windows-msvc",
+];
+
+/// The library crates checked per target (storage-io-uring comes in through the façade, and
+/// compiles to nothing off Linux).
+const LIB_CRATES: [&str; 6] = [
+    "storage-io-core",
+    "storage-io-sync",
+    "storage-io-testkit",
+    "storage-io-wal",
+    "storage-io-scheduler",
+    "storage-io",
+];
+
+/// The sysroot of the toolchain cargo uses here (the pinned one).
+fn sysroot(root: &Path) -> Result<PathBuf> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let out = Command::new(rustc)
+        .current_dir(root)
+        .args(["--print", "sysroot"])
+        .output()
+        .context("could not run rustc --print sysroot")?;
+    if !out.status.success() {
+        bail!(
+            "rustc --print sysroot failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Whether the standard library for `target` is installed in the toolchain's sysroot.
+fn installed(sysroot: &Path, target: &str) -> bool {
+    sysroot.join("lib/rustlib").join(target).join("lib").is_dir()
+}
+
+/// Splits [`TARGETS`] into those installed and those not.
+fn partition(root: &Path) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
+    let sysroot = sysroot(root)?;
+    Ok(TARGETS.iter().partition(|t| installed(&sysroot, t)))
+}
+
+/// `rustup target add` for each missing target; a refused download (no network, no rustup) is
+/// reported loudly and the run goes on with the targets that are there.
+fn install_missing(root: &Path) -> Result<()> {
+    let (_, missing) = partition(root)?;
+    for target in missing {
+        eprintln!("\n==> install target {target}: rustup target add {target}");
+        let started = Instant::now();
+        let status = Command::new("rustup")
+            .current_dir(root)
+            .args(["target", "add", target])
+            .status();
+        match status {
+            Ok(s) if s.success() => {
+                eprintln!(
+                    "==> install target {target}: ok in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            other => {
+                let why = match other {
+                    Ok(s) => format!("rustup exited with {s}"),
+                    Err(e) => format!("could not run rustup: {e}"),
+                };
+                eprintln!(
+                    "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+                     !!! WARNING: could not install target {target} ({why}).\n\
+                     !!! It is NOT checked in this run; the other targets go on.\n\
+                     !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cargo_for(root: &Path, tool: &str, target: &str, krate: &str) -> Command {
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args([tool, "--locked", "--target", target, "-p", krate]);
+    if tool == "clippy" {
+        cmd.args(["--", "-D", "warnings"]);
+    }
+    cmd
+}
+
+/// Runs `tool` (check or clippy) for every library crate on `target`; returns the failed steps.
+fn run_target(root: &Path, target: &str, tools: &[&str]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for tool in tools {
+        for krate in LIB_CRATES {
+            let name = format!("{tool} {krate} --target {target}");
+            if let Err(e) = run_step(&name, &mut cargo_for(root, tool, target, krate)) {
+                eprintln!("==> {e}");
+                failed.push(name);
+            }
+        }
+    }
+    failed
+}
+
+/// `cargo xtask cross`.
+pub(crate) fn cross(root: &Path, args: &[String]) -> Result<()> {
+    if let Some(bad) = args.first() {
+        bail!("cargo xtask cross takes no arguments (got {bad:?})");
+    }
+    let started = Instant::now();
+    install_missing(root)?;
+    let (ready, missing) = partition(root)?;
+    let mut failed = Vec::new();
+    for target in &ready {
+        let t = Instant::now();
+        failed.extend(run_target(root, target, &["check", "clippy"]));
+        eprintln!("==> target {target}: done in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    eprintln!(
+        "\ncross: checked {} in {:.1} s{}",
+        ready.join(", "),
+        started.elapsed().as_secs_f64(),
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!("; NOT checked (not installed): {}", missing.join(", "))
+        }
+    );
+    if !failed.is_empty() {
+        bail!("cross: {} step(s) failed: {}", failed.len(), failed.join("; "));
+    }
+    Ok(())
+}
+
+/// The `cargo xtask ci` part: clippy `-D warnings` per library crate for every installed target
+/// of [`TARGETS`], failing fast; the targets not installed are named and skipped.
+pub(crate) fn clippy_installed(root: &Path) -> Result<()> {
+    let (ready, missing) = partition(root)?;
+    let started = Instant::now();
+    for target in &ready {
+        for krate in LIB_CRATES {
+            run_step(
+                &format!("clippy {krate} --target {target}"),
+                &mut cargo_for(root, "clippy", target, krate),
+            )?;
+        }
+    }
+    eprintln!(
+        "==> cross-target clippy: ran for [{}] in {:.1} s; skipped (not installed; `rustup target add` them or run `cargo xtask cross`): [{}]",
+        ready.join(", "),
+        started.elapsed().as_secs_f64(),
+        missing.join(", ")
+    );
+    Ok(())
+}
