@@ -146,6 +146,42 @@ fn retry_eintr(mut call: impl FnMut() -> libc::c_int) -> io::Result<()> {
     }
 }
 
+/// The running OS and its release, for start-up logs: `linux 6.18.0` (from
+/// `/proc/sys/kernel/osrelease`), `freebsd 14.1-RELEASE` / `macos 24.1.0` (`uname`), `windows`.
+/// The release is `unknown` where it cannot be read.
+pub fn os_release() -> String {
+    format!("{} {}", std::env::consts::OS, release())
+}
+
+#[cfg(target_os = "linux")]
+fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn release() -> String {
+    // SAFETY: `utsname` is a plain C struct of byte arrays, for which all-zero bytes are valid.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable utsname that `uname` fills; nothing is kept after the call.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".to_string();
+    }
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(not(unix))]
+fn release() -> String {
+    "(release not read)".to_string()
+}
+
 /// Makes the entries of directory `dir` durable (a file created, renamed or removed in it).
 ///
 /// On Unix this is an `fsync` of the directory ([`full_sync`], so `F_FULLFSYNC` on macOS). On
@@ -305,5 +341,12 @@ mod tests {
         full_sync(&file).unwrap();
         sync_dir(dir.path()).unwrap();
         assert!(sync_dir(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn os_release_names_the_os_and_a_release() {
+        let r = os_release();
+        assert!(r.starts_with(std::env::consts::OS), "{r}");
+        assert!(r.len() > std::env::consts::OS.len() + 1, "{r}");
     }
 }
