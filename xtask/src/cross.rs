@@ -5,6 +5,9 @@
 //!
 //! - `cargo xtask cross`: installs the targets that are missing (saying loudly when the download
 //!   is refused, and going on with the rest), then runs `check` and `clippy` per target and crate.
+//! - `cargo xtask cross` then also runs the test suites for `x86_64-pc-windows-gnu` under Wine
+//!   (installing `wine`, `wine64` and `gcc-mingw-w64-x86-64` with apt-get when missing, and
+//!   saying loudly when that is refused); `--no-wine` leaves that out.
 //! - `cargo xtask ci` calls [`clippy_installed`]: clippy per crate for every target already
 //!   installed, saying which ran and which were skipped.
 
@@ -126,9 +129,11 @@ fn run_target(root: &Path, target: &str, tools: &[&str]) -> Vec<String> {
 
 /// `cargo xtask cross`.
 pub(crate) fn cross(root: &Path, args: &[String]) -> Result<()> {
-    if let Some(bad) = args.first() {
-        bail!("cargo xtask cross takes no arguments (got {bad:?})");
-    }
+    let wine = match args {
+        [] => true,
+        [flag] if flag == "--no-wine" => false,
+        other => bail!("cargo xtask cross takes only --no-wine (got {other:?})"),
+    };
     let started = Instant::now();
     install_missing(root)?;
     let (ready, missing) = partition(root)?;
@@ -148,10 +153,126 @@ pub(crate) fn cross(root: &Path, args: &[String]) -> Result<()> {
             format!("; NOT checked (not installed): {}", missing.join(", "))
         }
     );
+    if wine {
+        if ready.contains(&WINE_TARGET) {
+            failed.extend(wine_tests(root));
+        } else {
+            eprintln!("\n!!! WARNING: {WINE_TARGET} is not installed: the Wine test run is SKIPPED");
+        }
+    }
     if !failed.is_empty() {
         bail!("cross: {} step(s) failed: {}", failed.len(), failed.join("; "));
     }
     Ok(())
+}
+
+/// The target whose tests run under Wine.
+const WINE_TARGET: &str = "x86_64-pc-windows-gnu";
+
+/// Whether `program` runs (`program --version`).
+fn runs(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Installs Wine and the MinGW linker with apt-get when either is missing; false (after a loud
+/// warning) when they are still missing.
+fn ensure_wine() -> bool {
+    if runs("wine") && runs("x86_64-w64-mingw32-gcc") {
+        return true;
+    }
+    eprintln!("\n==> install wine: apt-get install -y wine wine64 gcc-mingw-w64-x86-64");
+    let ok = Command::new("apt-get")
+        .args(["install", "-y", "wine", "wine64", "gcc-mingw-w64-x86-64"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok && runs("wine") && runs("x86_64-w64-mingw32-gcc") {
+        return true;
+    }
+    eprintln!(
+        "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+         !!! WARNING: Wine or the MinGW linker is missing and could not be installed\n\
+         !!! (apt-get install -y wine wine64 gcc-mingw-w64-x86-64). The Windows tests are NOT run.\n\
+         !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+    );
+    false
+}
+
+/// The test suites run under Wine, per crate (the uring crate has nothing to test off Linux).
+const WINE_CRATES: [&str; 6] = LIB_CRATES;
+
+/// The Wine binary for 64-bit programs: Debian's `wine` wrapper wants the 32-bit half too.
+fn wine_binary() -> PathBuf {
+    let wine64 = PathBuf::from("/usr/lib/wine/wine64");
+    if wine64.is_file() {
+        wine64
+    } else {
+        PathBuf::from("wine")
+    }
+}
+
+/// A Wine prefix of our own under `target/`, initialised, with a `bcryptprimitives.dll` stand-in
+/// (Rust's std imports its `ProcessPrng`, which Wine 8 lacks), built from `xtask/src/wine/`.
+fn wine_prefix(root: &Path, wine: &Path) -> Result<PathBuf> {
+    let prefix = root.join("target/wine-prefix");
+    let system32 = prefix.join("drive_c/windows/system32");
+    if !system32.is_dir() {
+        run_step(
+            "wine prefix",
+            Command::new(wine)
+                .args(["wineboot", "--init"])
+                .env("WINEPREFIX", &prefix)
+                .env("WINEDEBUG", "-all"),
+        )?;
+    }
+    let dll = system32.join("bcryptprimitives.dll");
+    if !dll.is_file() {
+        let src = root.join("xtask/src/wine");
+        run_step(
+            "bcryptprimitives.dll stand-in",
+            Command::new("x86_64-w64-mingw32-gcc")
+                .args(["-shared", "-O2", "-o"])
+                .arg(&dll)
+                .arg(src.join("bcryptprimitives.c"))
+                .arg(src.join("bcryptprimitives.def"))
+                .arg("-ladvapi32"),
+        )?;
+    }
+    Ok(prefix)
+}
+
+/// `cargo test --target x86_64-pc-windows-gnu -p <crate>` under Wine for every library crate;
+/// returns the failed steps.
+fn wine_tests(root: &Path) -> Vec<String> {
+    if !ensure_wine() {
+        return Vec::new();
+    }
+    let wine = wine_binary();
+    let prefix = match wine_prefix(root, &wine) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("==> {e}");
+            return vec!["wine prefix".to_string()];
+        }
+    };
+    let mut failed = Vec::new();
+    for krate in WINE_CRATES {
+        let name = format!("test {krate} --target {WINE_TARGET} under wine");
+        let mut cmd = cargo();
+        cmd.current_dir(root)
+            .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER", &wine)
+            .env("WINEPREFIX", &prefix)
+            .env("WINEDEBUG", "-all")
+            .args(["test", "--locked", "--target", WINE_TARGET, "-p", krate]);
+        if let Err(e) = run_step(&name, &mut cmd) {
+            eprintln!("==> {e}");
+            failed.push(name);
+        }
+    }
+    failed
 }
 
 /// The `cargo xtask ci` part: clippy `-D warnings` per library crate for every installed target

@@ -6,7 +6,8 @@
 //!   temp file under `target/`; every argument is passed on (see `cargo xtask bench --help`).
 //! - `cargo xtask layering`: only the layering check.
 //! - `cargo xtask cross`: installs the non-Linux targets and runs check and clippy of every library
-//!   crate for each (see cross.rs); `ci` runs the clippy part for the targets already installed.
+//!   crate for each, then the Windows tests under Wine (see cross.rs); `ci` runs the clippy part
+//!   for the targets already installed.
 //! - `cargo xtask fuzz [--target NAME] [--time SECONDS]`, `cargo xtask sanitize [address|thread]`:
 //!   the nightly-only checks (see fuzz.rs), not part of `ci`.
 
@@ -36,7 +37,8 @@ fn main() -> Result<()> {
                  ci         fmt, clippy -D warnings, tests, docs, layering, bench smoke (what CI runs)\n  \
                  bench      the queue-depth benchmark (cargo xtask bench --help for flags)\n  \
                  layering   check that no crate depends on a crate of a higher layer\n  \
-                 cross      install the macOS/Windows/FreeBSD targets, check + clippy the library crates for each\n  \
+                 cross      [--no-wine]: install the macOS/Windows/FreeBSD targets, check + clippy the library\n             \
+                 crates for each, and run the tests for x86_64-pc-windows-gnu under Wine\n  \
                  fuzz       [--target NAME] [--time SECONDS]: run the cargo-fuzz targets (nightly, cargo-fuzz)\n  \
                  sanitize   [address|thread]: the tests under AddressSanitizer / ThreadSanitizer (nightly)"
             );
