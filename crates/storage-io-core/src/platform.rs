@@ -296,6 +296,14 @@ pub(crate) fn open_direct(o: &mut std::fs::OpenOptions, dsync: bool, path: &Path
     }
 }
 
+/// Whether [`is_direct`] can read the direct-I/O flag back from an open file (Linux, FreeBSD).
+#[cfg(test)]
+pub(crate) const DIRECT_FLAG_READABLE: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "freebsd"
+));
+
 /// Whether `file` was opened for direct I/O with an alignment rule the OS enforces, as far as the
 /// OS can say: `O_DIRECT` in `F_GETFL` on Linux and FreeBSD. macOS's `F_NOCACHE` imposes no
 /// alignment and cannot be read back, and Windows cannot report `FILE_FLAG_NO_BUFFERING` on a
