@@ -203,9 +203,8 @@ fn open_direct(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
 }
 
 /// The alignment a file's requests must keep: `Some(4096)` when it was opened with direct I/O
-/// (the conservative logical-block size) on a platform that can tell (Linux, FreeBSD), `None`
-/// for buffered files and where the OS cannot say (macOS's `F_NOCACHE` needs no alignment;
-/// Windows refuses a misaligned `FILE_FLAG_NO_BUFFERING` transfer itself).
+/// (the conservative logical-block size) on Linux, FreeBSD and Windows, `None` for buffered
+/// files and on macOS (`F_NOCACHE` needs no alignment and cannot be read back).
 pub fn direct_alignment(file: &File) -> Option<usize> {
     crate::platform::is_direct(file).then_some(crate::buf::DEFAULT_ALIGNMENT)
 }
@@ -522,7 +521,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opened = open_file(&dir.path().join("f"), &OpenOptions::create().with_direct(true)).unwrap();
         match &opened.mode {
-            // Only Linux and FreeBSD can read the direct flag back from an open file.
+            // macOS cannot read F_NOCACHE back from an open file.
             DirectMode::Direct { align } if crate::platform::DIRECT_FLAG_READABLE => {
                 assert_eq!(direct_alignment(&opened.file), Some(*align));
             }

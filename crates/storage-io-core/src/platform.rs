@@ -296,19 +296,19 @@ pub(crate) fn open_direct(o: &mut std::fs::OpenOptions, dsync: bool, path: &Path
     }
 }
 
-/// Whether [`is_direct`] can read the direct-I/O flag back from an open file (Linux, FreeBSD).
+/// Whether [`is_direct`] can read the direct-I/O flag back from an open file (not on macOS).
 #[cfg(test)]
 pub(crate) const DIRECT_FLAG_READABLE: bool = cfg!(any(
     target_os = "linux",
     target_os = "android",
-    target_os = "freebsd"
+    target_os = "freebsd",
+    windows
 ));
 
-/// Whether `file` was opened for direct I/O with an alignment rule the OS enforces, as far as the
-/// OS can say: `O_DIRECT` in `F_GETFL` on Linux and FreeBSD. macOS's `F_NOCACHE` imposes no
-/// alignment and cannot be read back, and Windows cannot report `FILE_FLAG_NO_BUFFERING` on a
-/// handle without ntdll: both answer false (the OS itself then refuses a misaligned transfer on
-/// Windows, with `ERROR_INVALID_PARAMETER`).
+/// Whether `file` was opened for direct I/O with an alignment rule the OS enforces: `O_DIRECT`
+/// in `F_GETFL` on Linux and FreeBSD, `FILE_NO_INTERMEDIATE_BUFFERING` in the handle's mode
+/// (`NtQueryInformationFile(FileModeInformation)`) on Windows. macOS's `F_NOCACHE` imposes no
+/// alignment and cannot be read back: false there.
 pub(crate) fn is_direct(file: &File) -> bool {
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     {
@@ -318,11 +318,59 @@ pub(crate) fn is_direct(file: &File) -> bool {
         let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         flags >= 0 && flags & libc::O_DIRECT != 0
     }
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    #[cfg(windows)]
+    {
+        windows_mode(file).is_some_and(|mode| mode & FILE_NO_INTERMEDIATE_BUFFERING != 0)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd", windows)))]
     {
         let _ = file;
         false
     }
+}
+
+/// `FILE_NO_INTERMEDIATE_BUFFERING` (ntifs.h): the handle was opened with
+/// `FILE_FLAG_NO_BUFFERING`.
+#[cfg(windows)]
+const FILE_NO_INTERMEDIATE_BUFFERING: u32 = 0x0000_0008;
+
+/// The handle's mode flags (`FILE_MODE_INFORMATION`), or `None` when ntdll will not say.
+#[cfg(windows)]
+fn windows_mode(file: &File) -> Option<u32> {
+    use std::os::windows::io::AsRawHandle;
+    #[repr(C)]
+    struct IoStatusBlock {
+        status: usize,
+        information: usize,
+    }
+    #[link(name = "ntdll")]
+    unsafe extern "system" {
+        fn NtQueryInformationFile(
+            handle: *mut std::ffi::c_void,
+            io_status: *mut IoStatusBlock,
+            info: *mut std::ffi::c_void,
+            len: u32,
+            class: u32,
+        ) -> i32;
+    }
+    const FILE_MODE_INFORMATION_CLASS: u32 = 16;
+    let mut status = IoStatusBlock {
+        status: 0,
+        information: 0,
+    };
+    let mut mode: u32 = 0;
+    // SAFETY: the handle stays open while `file` lives; `status` and `mode` are valid, writable
+    // and as large as the call is told (FILE_MODE_INFORMATION is one ULONG); nothing is kept.
+    let rc = unsafe {
+        NtQueryInformationFile(
+            file.as_raw_handle(),
+            &mut status,
+            std::ptr::from_mut(&mut mode).cast(),
+            4,
+            FILE_MODE_INFORMATION_CLASS,
+        )
+    };
+    (rc >= 0).then_some(mode)
 }
 
 #[cfg(test)]

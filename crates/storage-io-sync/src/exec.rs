@@ -85,10 +85,12 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         let ro = File::open(&path).unwrap();
         let err = write_all_at(&ro, b"y", 0, OpKind::Append).unwrap_err();
+        // EBADF on a read-only fd; Windows says ERROR_ACCESS_DENIED on a read-only handle.
+        let errno = if cfg!(windows) { 5 } else { 9 };
         assert_eq!(
             err,
-            StorageIoError::os(OpKind::Append, 9),
-            "EBADF on a read-only fd"
+            StorageIoError::os(OpKind::Append, errno),
+            "a write to a read-only file"
         );
     }
 }
