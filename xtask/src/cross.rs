@@ -143,8 +143,15 @@ pub(crate) fn cross(root: &Path, args: &[String]) -> Result<()> {
         failed.extend(run_target(root, target, &["check", "clippy"]));
         eprintln!("==> target {target}: done in {:.1} s", t.elapsed().as_secs_f64());
     }
+    if wine {
+        if ready.contains(&WINE_TARGET) {
+            failed.extend(wine_tests(root));
+        } else {
+            eprintln!("\n!!! WARNING: {WINE_TARGET} is not installed: the Wine test run is SKIPPED");
+        }
+    }
     eprintln!(
-        "\ncross: checked {} in {:.1} s{}",
+        "\ncross: checked {} in {:.1} s (Windows tests under Wine: {wine}){}",
         ready.join(", "),
         started.elapsed().as_secs_f64(),
         if missing.is_empty() {
@@ -153,13 +160,6 @@ pub(crate) fn cross(root: &Path, args: &[String]) -> Result<()> {
             format!("; NOT checked (not installed): {}", missing.join(", "))
         }
     );
-    if wine {
-        if ready.contains(&WINE_TARGET) {
-            failed.extend(wine_tests(root));
-        } else {
-            eprintln!("\n!!! WARNING: {WINE_TARGET} is not installed: the Wine test run is SKIPPED");
-        }
-    }
     if !failed.is_empty() {
         bail!("cross: {} step(s) failed: {}", failed.len(), failed.join("; "));
     }
@@ -266,7 +266,15 @@ fn wine_tests(root: &Path) -> Vec<String> {
             .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER", &wine)
             .env("WINEPREFIX", &prefix)
             .env("WINEDEBUG", "-all")
-            .args(["test", "--locked", "--target", WINE_TARGET, "-p", krate]);
+            .args([
+                "test",
+                "--locked",
+                "--no-fail-fast",
+                "--target",
+                WINE_TARGET,
+                "-p",
+                krate,
+            ]);
         if let Err(e) = run_step(&name, &mut cmd) {
             eprintln!("==> {e}");
             failed.push(name);
