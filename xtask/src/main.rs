@@ -1,12 +1,16 @@
 //! Project automation for storage-io.
 //!
 //! - `cargo xtask ci`: everything CI checks, in order, failing fast: rustfmt, clippy (warnings
-//!   denied), all tests, the fuzz corpus replay, docs (warnings denied), every published crate
-//!   packaged and built from its `.crate`, the layering rule, and a bench smoke run.
+//!   denied), clippy for every installed non-Linux target, all tests, the fuzz corpus replay,
+//!   docs (warnings denied), every published crate packaged and built from its `.crate`, the
+//!   layering rule, and a bench smoke run.
 //! - `cargo xtask bench [ARGS]`: builds the io-patterns driver in release mode and runs it on a
 //!   temp file under `target/`; every argument is passed on (see `cargo xtask bench --help`).
 //! - `cargo xtask layering`: only the layering check.
 //! - `cargo xtask package`: only the packaging step of `ci`.
+//! - `cargo xtask cross`: installs the non-Linux targets and runs check and clippy of every library
+//!   crate for each, then the Windows tests under Wine (see cross.rs); `ci` runs the clippy part
+//!   for the targets already installed.
 //! - `cargo xtask fuzz [--target NAME] [--time SECONDS]`, `cargo xtask sanitize [address|thread]`:
 //!   the nightly-only checks (see fuzz.rs), not part of `ci`.
 
@@ -16,6 +20,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod cross;
 mod fuzz;
 
 fn main() -> Result<()> {
@@ -26,6 +31,7 @@ fn main() -> Result<()> {
         Some("bench") => bench(&root, &args[1..], false),
         Some("layering") => layering(&root),
         Some("package") => package(&root, false),
+        Some("cross") => cross::cross(&root, &args[1..]),
         Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
         Some("sanitize") => fuzz::sanitize(&root, &args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
@@ -36,6 +42,8 @@ fn main() -> Result<()> {
                  bench      the queue-depth benchmark (cargo xtask bench --help for flags)\n  \
                  layering   check that no crate depends on a crate of a higher layer\n  \
                  package    only the packaging step: every published crate packaged and built from its .crate\n  \
+                 cross      [--no-wine]: install the macOS/Windows/FreeBSD targets, check + clippy the library\n             \
+                 crates for each, and run the tests for x86_64-pc-windows-gnu under Wine\n  \
                  fuzz       [--target NAME] [--time SECONDS]: run the cargo-fuzz targets (nightly, cargo-fuzz)\n  \
                  sanitize   [address|thread]: the tests under AddressSanitizer / ThreadSanitizer (nightly)"
             );
@@ -133,6 +141,7 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
             "warnings",
         ]),
     )?;
+    cross::clippy_installed(root)?;
     run_step(
         "tests",
         cargo()

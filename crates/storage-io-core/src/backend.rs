@@ -259,10 +259,10 @@ pub trait StorageIo: Send {
     fn stats(&self) -> &IoStats;
 }
 
-/// fsync on a directory, as the default [`StorageIo::sync_dir`] does.
+/// fsync on a directory, as the default [`StorageIo::sync_dir`] does ([`crate::platform::sync_dir`]:
+/// a no-op on Windows, where NTFS journals directory entries).
 pub fn sync_dir_default(dir: &Path) -> Result<()> {
-    let err = |e: std::io::Error| StorageIoError::from_os_at("sync_dir", dir, &e);
-    File::open(dir).map_err(err)?.sync_all().map_err(err)
+    crate::platform::sync_dir(dir).map_err(|e| StorageIoError::from_os_at("sync_dir", dir, &e))
 }
 
 /// The sorted entries of a real directory, as the default [`StorageIo::list_dir`] gives them.

@@ -1,8 +1,8 @@
 //! Opening files for direct I/O, with an honest fallback, and checking requests against a
 //! file's alignment.
 //!
-//! This is the one corner of core that touches the OS (`O_DIRECT`, `F_GETFL`), behind `cfg`;
-//! everything else in core is plain Rust.
+//! The OS calls themselves (`O_DIRECT`, `F_NOCACHE`, `FILE_FLAG_NO_BUFFERING`, `F_GETFL`) are in
+//! [`crate::platform`].
 
 use std::fs::File;
 use std::path::Path;
@@ -91,7 +91,7 @@ impl OpenOptions {
             .create_new(self.create_new)
             .truncate(self.truncate);
         if self.dsync {
-            add_dsync(&mut o);
+            crate::platform::add_dsync_flag(&mut o);
         }
         o
     }
@@ -153,11 +153,6 @@ fn open_file_via(
         tracing::debug!(path = %path.display(), error = %e, "open failed");
         StorageIoError::from_os_at("open", path, &e)
     };
-    if options.dsync && cfg!(not(unix)) {
-        return Err(StorageIoError::unsupported(
-            "O_DSYNC is not available on this platform",
-        ));
-    }
     if !options.direct {
         let file = options.std_options().open(path).map_err(open_err)?;
         return Ok(OpenedFile {
@@ -201,52 +196,17 @@ fn open_file_via(
 
 const EINVAL: i32 = 22;
 
-#[cfg(unix)]
-fn add_dsync(o: &mut std::fs::OpenOptions) {
-    use std::os::unix::fs::OpenOptionsExt;
-    o.custom_flags(libc::O_DSYNC);
-}
-
-#[cfg(not(unix))]
-fn add_dsync(_o: &mut std::fs::OpenOptions) {
-    // No O_DSYNC here: `open_file` refuses `dsync` on such platforms before getting this far.
-}
-
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+/// The direct-I/O open, per platform (`O_DIRECT`, `F_NOCACHE`, `FILE_FLAG_NO_BUFFERING`): see
+/// [`crate::platform`].
 fn open_direct(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut o = options.std_options();
-    let dsync = if options.dsync { libc::O_DSYNC } else { 0 };
-    o.custom_flags(libc::O_DIRECT | dsync);
-    o.open(path)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-fn open_direct(_path: &Path, _options: &OpenOptions) -> std::io::Result<File> {
-    Err(std::io::Error::new(
-        std::io::ErrorKind::Unsupported,
-        "O_DIRECT is not available on this platform",
-    ))
+    crate::platform::open_direct(&mut options.std_options(), options.dsync, path)
 }
 
 /// The alignment a file's requests must keep: `Some(4096)` when it was opened with direct I/O
-/// (the conservative logical-block size), `None` for buffered files.
+/// (the conservative logical-block size) on Linux, FreeBSD and Windows, `None` for buffered
+/// files and on macOS (`F_NOCACHE` needs no alignment and cannot be read back).
 pub fn direct_alignment(file: &File) -> Option<usize> {
-    direct_alignment_impl(file)
-}
-
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-fn direct_alignment_impl(file: &File) -> Option<usize> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: F_GETFL only reads the status flags of a descriptor that `file` keeps open for the
-    // whole call; it takes no pointers.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    (flags >= 0 && flags & libc::O_DIRECT != 0).then_some(crate::buf::DEFAULT_ALIGNMENT)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-fn direct_alignment_impl(_file: &File) -> Option<usize> {
-    None
+    crate::platform::is_direct(file).then_some(crate::buf::DEFAULT_ALIGNMENT)
 }
 
 /// Checks one transfer before a backend accepts it: the length against `max_io_bytes`, the end
@@ -448,7 +408,8 @@ mod tests {
         let err = open_file_via(&path, &options, refusing_direct_after_creating)
             .map(drop)
             .unwrap_err();
-        assert_eq!(err.errno(), 17, "{err}"); // EEXIST
+        // EEXIST; Windows says ERROR_FILE_EXISTS.
+        assert_eq!(err.errno(), if cfg!(windows) { 80 } else { 17 }, "{err}");
     }
 
     #[test]
@@ -526,15 +487,15 @@ mod tests {
         assert_eq!(direct_alignment(&opened.file), None);
     }
 
-    #[cfg(target_os = "linux")]
-    #[cfg(unix)]
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
     fn status_flags(file: &File) -> i32 {
         use std::os::fd::AsRawFd;
         // SAFETY: F_GETFL reads the status flags of a descriptor `file` keeps open; no pointers.
         unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) }
     }
 
-    #[cfg(unix)]
+    // Only Linux and FreeBSD show O_DIRECT in F_GETFL (macOS uses F_NOCACHE, Windows handle flags).
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
     #[test]
     fn dsync_is_set_on_buffered_and_direct_opens_and_only_when_asked() {
         let dir = tempfile::tempdir().unwrap();
@@ -560,9 +521,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let opened = open_file(&dir.path().join("f"), &OpenOptions::create().with_direct(true)).unwrap();
         match &opened.mode {
-            DirectMode::Direct { align } => {
+            // macOS cannot read F_NOCACHE back from an open file.
+            DirectMode::Direct { align } if crate::platform::DIRECT_FLAG_READABLE => {
                 assert_eq!(direct_alignment(&opened.file), Some(*align));
             }
+            DirectMode::Direct { .. } => assert_eq!(direct_alignment(&opened.file), None),
             DirectMode::Buffered { fallback_reason } => {
                 let reason = fallback_reason.as_deref().unwrap_or_default();
                 assert!(reason.contains("refused direct I/O"), "{reason}");

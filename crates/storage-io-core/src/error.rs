@@ -186,6 +186,8 @@ mod errno {
     pub(super) const ESHUTDOWN: i32 = 108;
     pub(super) const EOPNOTSUPP: i32 = 95;
     pub(super) const ENOENT: i32 = 2;
+    /// Windows' ERROR_PATH_NOT_FOUND: a missing directory on the way (ENOENT on Unix).
+    pub(super) const PATH_NOT_FOUND: i32 = 3;
 }
 
 impl StorageIoError {
@@ -268,7 +270,9 @@ impl StorageIoError {
     /// an open or a namespace call (`Os`) or an I/O op (`Io`). Match on this rather than on a
     /// variant: open and namespace calls are `Os` errors.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, StorageIoError::Io { .. } | StorageIoError::Os { .. }) && self.errno() == errno::ENOENT
+        let missing =
+            self.errno() == errno::ENOENT || (cfg!(windows) && self.errno() == windows_path_not_found());
+        matches!(self, StorageIoError::Io { .. } | StorageIoError::Os { .. }) && missing
     }
 
     /// True when retrying the same request later may succeed (queue full, `EAGAIN`, `EINTR`).
@@ -276,6 +280,18 @@ impl StorageIoError {
         matches!(self, StorageIoError::QueueFull { .. })
             || matches!(self, StorageIoError::Io { errno, .. } if *errno == errno::EAGAIN || *errno == errno::EINTR)
     }
+}
+
+/// Windows reports a missing directory on the way as ERROR_PATH_NOT_FOUND (3), not as the missing
+/// file's 2; both mean "not found".
+#[cfg(not(unix))]
+fn windows_path_not_found() -> i32 {
+    errno::PATH_NOT_FOUND
+}
+
+#[cfg(unix)]
+fn windows_path_not_found() -> i32 {
+    -1
 }
 
 impl From<StorageIoError> for std::io::Error {

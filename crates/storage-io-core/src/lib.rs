@@ -32,9 +32,10 @@
 //! # let _ = read_page;
 //! ```
 //!
-//! Core has no OS-specific code except the direct-I/O open helper ([`open_file`]), which needs
-//! `O_DIRECT`, and the page-cache read attempt (`read_nowait`, `preadv2(RWF_NOWAIT)`); both sit
-//! behind `cfg` and use `libc`.
+//! Core's OS-specific code sits in two modules behind `cfg`: [`platform`] (positional I/O,
+//! datasync, direct-I/O and `O_DSYNC` open flags, directory sync, per OS — every crate of the
+//! workspace calls it rather than `std::os::unix`), and the page-cache read attempt
+//! (`read_nowait`, `preadv2(RWF_NOWAIT)`, Linux only).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -54,6 +55,7 @@ mod fd_table;
 mod inline_queue;
 mod nowait;
 mod op;
+pub mod platform;
 mod stats;
 mod wake;
 
@@ -101,7 +103,9 @@ pub mod backend_kit {
     pub use crate::direct::{file_facts, file_len_of, plan_write, validate_transfer};
     pub use crate::fd_table::FdTable;
     pub use crate::inline_queue::{InlineBackend, InlineQueue, InlineWrite, deliver_ready};
-    pub use crate::nowait::{NowaitGate, NowaitRead, cached_read_completion, stage_cached_read};
+    pub use crate::nowait::{
+        NowaitGate, NowaitRead, cached_read_completion, stage_cached_read, try_cached_read_file,
+    };
     #[cfg(unix)]
     pub use crate::nowait::{read_nowait, try_cached_read};
     pub use crate::op::TokenCounter;

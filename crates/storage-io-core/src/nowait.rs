@@ -38,6 +38,32 @@ pub fn try_cached_read(
     Some((outcome, started))
 }
 
+/// [`try_cached_read`] on a `File`, on every platform: where there is no `RWF_NOWAIT` (off
+/// Linux) the attempt answers `Unsupported` and the gate stops trying on the file.
+pub fn try_cached_read_file(
+    enabled: bool,
+    align: Option<usize>,
+    gate: &mut NowaitGate,
+    file: &std::fs::File,
+    buf: &mut [u8],
+    offset: u64,
+) -> Option<(NowaitRead, Instant)> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        try_cached_read(enabled, align, gate, file.as_raw_fd(), buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, buf, offset);
+        if !enabled || align.is_some() || !gate.should_try() {
+            return None;
+        }
+        gate.record_outcome(NowaitRead::Unsupported);
+        None
+    }
+}
+
 /// The completion of a read the page cache answered whole at submit (`n` bytes of `buf`, read at
 /// `offset` of `fd`), counted in `stats` as submitted and completed.
 pub fn cached_read_completion(

@@ -4,29 +4,8 @@
 use std::fs::File;
 use std::io;
 
+use storage_io_core::platform::{read_at, write_at};
 use storage_io_core::{OpKind, StorageIoError};
-
-#[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(file, buf, offset)
-}
-
-#[cfg(windows)]
-fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    // seek_read moves the handle's cursor as a side effect; every op here is positional, so the
-    // cursor is never relied on.
-    std::os::windows::fs::FileExt::seek_read(file, buf, offset)
-}
-
-#[cfg(unix)]
-fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
-    std::os::unix::fs::FileExt::write_at(file, data, offset)
-}
-
-#[cfg(windows)]
-fn write_at(file: &File, data: &[u8], offset: u64) -> io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_write(file, data, offset)
-}
 
 /// Reads until `buf` is full or end of file; returns the bytes read (short only at EOF).
 pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize, StorageIoError> {
@@ -62,13 +41,14 @@ pub(crate) fn write_all_at(
     Ok(done)
 }
 
-/// `fdatasync` (data) or `fsync` (data and metadata), retried on `EINTR`.
+/// `fdatasync` (data) or `fsync` (data and metadata), retried on `EINTR`; per platform (macOS's
+/// `F_FULLFSYNC`, Windows' `FlushFileBuffers`) as [`storage_io_core::platform`] does them.
 pub(crate) fn sync(file: &File, op: OpKind) -> Result<usize, StorageIoError> {
     loop {
         let r = if op == OpKind::Fsync {
-            file.sync_all()
+            storage_io_core::platform::full_sync(file)
         } else {
-            file.sync_data()
+            storage_io_core::platform::datasync(file)
         };
         match r {
             Ok(()) => return Ok(0),
@@ -105,10 +85,12 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         let ro = File::open(&path).unwrap();
         let err = write_all_at(&ro, b"y", 0, OpKind::Append).unwrap_err();
+        // EBADF on a read-only fd; Windows says ERROR_ACCESS_DENIED on a read-only handle.
+        let errno = if cfg!(windows) { 5 } else { 9 };
         assert_eq!(
             err,
-            StorageIoError::os(OpKind::Append, 9),
-            "EBADF on a read-only fd"
+            StorageIoError::os(OpKind::Append, errno),
+            "a write to a read-only file"
         );
     }
 }

@@ -90,7 +90,7 @@ impl StorageIo for SyncStorageIo {
             registered_buffers: false,
             registered_files: false,
             sqpoll: false,
-            direct_io: cfg!(unix),
+            direct_io: storage_io_core::platform::DIRECT_IO,
             max_io_bytes: self.config.max_io_bytes,
             notes: Vec::new(),
         }

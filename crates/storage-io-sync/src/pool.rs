@@ -20,26 +20,13 @@ use storage_io_core::backend_kit::{
 
 use crate::exec;
 
-#[cfg(unix)]
 fn cached_read(
     enabled: bool,
     f: &mut PoolFile,
     buf: &mut [u8],
     offset: u64,
 ) -> Option<(NowaitRead, Instant)> {
-    use std::os::fd::AsRawFd;
-    let raw = f.file.as_raw_fd();
-    storage_io_core::backend_kit::try_cached_read(enabled, f.align, &mut f.nowait, raw, buf, offset)
-}
-
-#[cfg(not(unix))]
-fn cached_read(
-    _enabled: bool,
-    _f: &mut PoolFile,
-    _buf: &mut [u8],
-    _offset: u64,
-) -> Option<(NowaitRead, Instant)> {
-    None
+    storage_io_core::backend_kit::try_cached_read_file(enabled, f.align, &mut f.nowait, &f.file, buf, offset)
 }
 
 /// What a job carries to and from its worker.
@@ -449,7 +436,7 @@ impl StorageIo for ThreadPoolStorageIo {
             registered_buffers: false,
             registered_files: false,
             sqpoll: false,
-            direct_io: cfg!(unix),
+            direct_io: storage_io_core::platform::DIRECT_IO,
             max_io_bytes: self.config.max_io_bytes,
             notes: Vec::new(),
         }

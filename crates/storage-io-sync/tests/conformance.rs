@@ -80,6 +80,7 @@ mod thread_pool_single_worker {
 
 /// A cached read on the thread pool completes at submit without a worker (its completion waits
 /// for the next poll); with `nowait_reads` off every read goes to a worker.
+#[cfg(target_os = "linux")] // the read at submit is preadv2(RWF_NOWAIT), which only Linux has
 #[test]
 fn thread_pool_cached_read_completes_at_submit_without_a_worker() {
     use std::io::Write;

@@ -648,7 +648,7 @@ impl SegmentIo {
     /// `inline_io`, buffered mode: the jobs written with `pwrite` on this thread, then (with
     /// `sync`) one fdatasync per file, on the segments' OS handles. Returns the datasyncs.
     fn inline_jobs(&mut self, jobs: &[WriteJob<'_>], sync: bool) -> Result<usize, IoFailure> {
-        use std::os::unix::fs::FileExt;
+        use storage_io_core::platform::{datasync, write_all_at};
         let Some(files) = &self.os_files else {
             return Ok(0);
         };
@@ -660,8 +660,7 @@ impl SegmentIo {
         };
         for job in jobs {
             if let Some(file) = files.get(&job.fd) {
-                file.write_all_at(job.data, job.offset)
-                    .map_err(failed(OpKind::Write))?;
+                write_all_at(file, job.data, job.offset).map_err(failed(OpKind::Write))?;
             }
         }
         let mut synced = 0;
@@ -670,7 +669,7 @@ impl SegmentIo {
             push_distinct(&mut fds, jobs.iter().map(|j| j.fd));
             for fd in fds {
                 if let Some(file) = files.get(&fd) {
-                    file.sync_data().map_err(failed(OpKind::Datasync))?;
+                    datasync(file).map_err(failed(OpKind::Datasync))?;
                     synced += 1;
                 }
             }

@@ -78,24 +78,40 @@ pub enum UringStatus {
     Available {
         /// The kernel release it passed on.
         kernel: String,
+        /// The optional kernel features the probe found (`nodrop`, `ext_arg`).
+        features: Vec<&'static str>,
     },
     /// The probe failed, for this reason.
     Unavailable {
         /// Why (from the probe: ENOSYS, EPERM, missing opcode, …).
         reason: String,
     },
-    /// This build has no io_uring backend (feature `io-uring` off, or not Linux).
+    /// This build has no io_uring backend: feature `io-uring` off, or not Linux (on macOS,
+    /// Windows and FreeBSD `storage-io-uring` compiles to nothing and auto picks the thread pool).
     NotCompiled,
 }
 
 impl fmt::Display for UringStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UringStatus::Available { kernel } => write!(f, "io_uring available on kernel {kernel}"),
+            UringStatus::Available { kernel, features } => write!(
+                f,
+                "io_uring available on kernel {kernel} (features: {})",
+                if features.is_empty() {
+                    "none optional".to_string()
+                } else {
+                    features.join(", ")
+                }
+            ),
             UringStatus::Unavailable { reason } => write!(f, "io_uring unavailable: {reason}"),
-            UringStatus::NotCompiled => {
-                f.write_str("io_uring not compiled in (enable the io-uring feature, on Linux)")
+            UringStatus::NotCompiled if cfg!(target_os = "linux") => {
+                f.write_str("io_uring not compiled in (enable the io-uring feature)")
             }
+            UringStatus::NotCompiled => write!(
+                f,
+                "io_uring not compiled in: it is a Linux interface and this build is for {}",
+                std::env::consts::OS
+            ),
         }
     }
 }
@@ -106,6 +122,10 @@ pub fn uring_status() -> UringStatus {
     {
         match storage_io_uring::probe() {
             Ok(report) => UringStatus::Available {
+                features: [("nodrop", report.nodrop), ("ext_arg", report.ext_arg)]
+                    .into_iter()
+                    .filter_map(|(name, found)| found.then_some(name))
+                    .collect(),
                 kernel: report.kernel,
             },
             Err(why) => UringStatus::Unavailable {
@@ -126,6 +146,11 @@ pub struct Selection {
     pub kind: BackendKind,
     /// One sentence a log reader can act on.
     pub reason: String,
+    /// The OS and its kernel release ([`storage_io_core::platform::os_release`]), e.g. `linux 6.18.0`.
+    pub kernel: String,
+    /// The io_uring probe's verdict: the optional features it found, or why io_uring was refused
+    /// or is not compiled in (the [`UringStatus`] display).
+    pub probe: String,
 }
 
 /// Decides which backend to build, without building it: `env_backend` (the value of
@@ -138,49 +163,53 @@ pub fn select_backend(
     env_backend: Option<&str>,
     uring: &UringStatus,
 ) -> Result<Selection> {
+    let selected = |kind: BackendKind, reason: String| Selection {
+        kind,
+        reason,
+        kernel: storage_io_core::platform::os_release(),
+        probe: uring.to_string(),
+    };
     let (kind, source) = match env_backend {
         Some(v) if !v.trim().is_empty() => (v.parse::<BackendKind>()?, "STORAGE_IO_BACKEND"),
         _ => (config.backend, "the config"),
     };
     if !config.enable_io_uring {
         return match kind {
-            BackendKind::Auto => Ok(Selection {
-                kind: BackendKind::ThreadPool,
-                reason: "auto: io_uring is disabled by enable_io_uring = false; using the thread pool".into(),
-            }),
+            BackendKind::Auto => Ok(selected(
+                BackendKind::ThreadPool,
+                "auto: io_uring is disabled by enable_io_uring = false; using the thread pool".into(),
+            )),
             BackendKind::IoUring => Err(StorageIoError::Unsupported {
                 what: format!("io_uring was asked for by {source} but enable_io_uring = false").into(),
             }),
-            BackendKind::ThreadPool | BackendKind::Sync => Ok(Selection {
-                kind,
-                reason: format!("{kind} asked for by {source}"),
-            }),
+            BackendKind::ThreadPool | BackendKind::Sync => {
+                Ok(selected(kind, format!("{kind} asked for by {source}")))
+            }
         };
     }
     match kind {
         BackendKind::Auto => Ok(match uring {
-            UringStatus::Available { kernel } => Selection {
-                kind: BackendKind::IoUring,
-                reason: format!("auto: io_uring probe passed on kernel {kernel}"),
-            },
-            other => Selection {
-                kind: BackendKind::ThreadPool,
-                reason: format!("auto: {other}; using the thread pool"),
-            },
+            UringStatus::Available { kernel, .. } => selected(
+                BackendKind::IoUring,
+                format!("auto: io_uring probe passed on kernel {kernel}"),
+            ),
+            other => selected(
+                BackendKind::ThreadPool,
+                format!("auto: {other}; using the thread pool"),
+            ),
         }),
         BackendKind::IoUring => match uring {
-            UringStatus::Available { kernel } => Ok(Selection {
+            UringStatus::Available { kernel, .. } => Ok(selected(
                 kind,
-                reason: format!("io_uring asked for by {source}; probe passed on kernel {kernel}"),
-            }),
+                format!("io_uring asked for by {source}; probe passed on kernel {kernel}"),
+            )),
             other => Err(StorageIoError::Unsupported {
                 what: format!("io_uring was asked for by {source} but {other}").into(),
             }),
         },
-        BackendKind::ThreadPool | BackendKind::Sync => Ok(Selection {
-            kind,
-            reason: format!("{kind} asked for by {source}"),
-        }),
+        BackendKind::ThreadPool | BackendKind::Sync => {
+            Ok(selected(kind, format!("{kind} asked for by {source}")))
+        }
     }
 }
 
@@ -214,6 +243,10 @@ fn select_with(config: &IoConfig, uring: &UringStatus) -> Result<Selection> {
     config.validate()?;
     let env = std::env::var("STORAGE_IO_BACKEND").ok();
     let selection = select_backend(config, env.as_deref(), uring)?;
+    static STARTUP: std::sync::Once = std::sync::Once::new();
+    STARTUP.call_once(|| {
+        tracing::info!(kernel = %selection.kernel, io_uring = %selection.probe, "storage-io start-up");
+    });
     tracing::info!(backend = %selection.kind, reason = %selection.reason, "storage-io backend selected");
     Ok(selection)
 }

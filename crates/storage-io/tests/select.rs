@@ -7,6 +7,7 @@ use storage_io::{BackendKind, IoConfig, StorageIo, StorageIoError, UringStatus, 
 fn available() -> UringStatus {
     UringStatus::Available {
         kernel: "6.18.0-test".into(),
+        features: vec!["nodrop", "ext_arg"],
     }
 }
 
@@ -139,4 +140,19 @@ fn auto_respects_enable_io_uring_false() {
     );
     let s = select_backend(&cfg, Some("sync"), &available()).unwrap();
     assert_eq!(s.kind, BackendKind::Sync);
+}
+
+#[test]
+fn selection_exposes_the_kernel_and_the_probe_verdict() {
+    let s = select_backend(&IoConfig::default(), None, &available()).unwrap();
+    assert!(s.kernel.starts_with(std::env::consts::OS), "{}", s.kernel);
+    assert!(
+        s.probe.contains("nodrop, ext_arg"),
+        "the features found: {}",
+        s.probe
+    );
+    let s = select_backend(&IoConfig::default(), None, &unavailable()).unwrap();
+    assert!(s.probe.contains("EPERM"), "why it was refused: {}", s.probe);
+    let s = select_backend(&IoConfig::default(), None, &UringStatus::NotCompiled).unwrap();
+    assert!(s.probe.contains("not compiled in"), "{}", s.probe);
 }

@@ -472,7 +472,7 @@ enum Unfinished<'a> {
 /// The fdatasyncs an inline flush left to do, on the segments' OS handles.
 fn sync_handles(files: &[Arc<File>]) -> Result<(), IoFailure> {
     for file in files {
-        file.sync_data().map_err(|e| IoFailure {
+        storage_io_core::platform::datasync(file).map_err(|e| IoFailure {
             op: OpKind::Datasync,
             error: StorageIoError::from_io(OpKind::Datasync, &e),
         })?;

@@ -84,7 +84,7 @@ impl AsyncFileSystem {
         // One probe serves both the log line and the selection.
         let uring = crate::uring_status();
         match &uring {
-            crate::UringStatus::Available { kernel } => tracing::info!(%kernel, "io_uring available"),
+            crate::UringStatus::Available { kernel, .. } => tracing::info!(%kernel, "io_uring available"),
             other => tracing::info!(status = %other, "io_uring not in use"),
         }
         let selection = crate::select_with(&config.io, &uring)?;
