@@ -95,6 +95,9 @@ struct State {
     /// `close` has started: appends are refused ([`WalError::Closed`]) while it makes
     /// everything admitted before durable; `closed` follows once it has.
     closing: bool,
+    /// What the first `close` answered when it failed: every later `close` answers it again
+    /// (what was admitted before it is not durable, and nothing will make it so).
+    close_error: Option<WalError>,
     /// Async committers' wakers, by (target, id): woken once `durable_lsn >= target`, or on
     /// failure, a full disk or close.
     async_waiters: Waiters,
@@ -496,9 +499,10 @@ impl WalManager {
         let result = {
             let mut st = self.shared.state.lock();
             if st.closed {
-                return match &st.poisoned {
-                    Some(cause) => Err(WalError::Poisoned { cause: cause.clone() }),
-                    None => Ok(()),
+                return match (&st.poisoned, &st.close_error) {
+                    (Some(cause), _) => Err(WalError::Poisoned { cause: cause.clone() }),
+                    (None, Some(first)) => Err(first.clone()),
+                    (None, None) => Ok(()),
                 };
             }
             // Under the same lock as the target: nothing is admitted after it.
@@ -512,6 +516,7 @@ impl WalManager {
                 "close returns Ok only when everything admitted is durable"
             );
             st.closed = true;
+            st.close_error = result.as_ref().err().cloned();
             result
         };
         self.shared.tick.notify_all();
@@ -643,6 +648,7 @@ impl State {
             disk_full_seq: 0,
             closed: false,
             closing: false,
+            close_error: None,
             async_waiters: Waiters::default(),
             next_waiter_id: 0,
             async_wanted: 0,

@@ -156,3 +156,44 @@ fn a_version_1_log_is_read_with_the_window_rule() {
     assert!(report.corruption_at.is_none());
     assert_eq!(report.in_flight_records_cut, 4);
 }
+
+/// A log that never syncs (`SyncMode::None`) has no durable end to claim: after an ordinary
+/// power cut its hole is a torn tail, so `Strict` opens it (the markers of such a log must not
+/// claim the bytes it only wrote).
+#[test]
+fn strict_opens_a_sync_none_log_after_a_power_cut() {
+    use storage_io_testkit::memio::CrashOptions;
+    use storage_io_wal::SyncMode;
+    let mut fails = Vec::new();
+    for seed in 0..30u64 {
+        for size in [512u64, 4096] {
+            let fs = MemFs::new(seed);
+            let factory = mem_factory(&fs);
+            let config = WalConfig {
+                segment_size_bytes: size,
+                sync_mode: SyncMode::None,
+                recovery: RecoveryPolicy::Strict,
+                ..WalConfig::default()
+            };
+            let dir = Path::new(DIR);
+            let (wal, _) = WalManager::open(dir, config.clone(), factory.clone()).unwrap();
+            for i in 0..(seed % 7 + 3) {
+                wal.commit(&[i as u8; 100]).unwrap();
+            }
+            wal.close().unwrap();
+            drop(wal);
+            let (wal, _) = WalManager::open(dir, config.clone(), factory.clone()).unwrap();
+            for i in 0..40u64 {
+                wal.commit(&vec![i as u8; (i * 37 % 200) as usize]).unwrap();
+            }
+            fs.crash(CrashOptions {
+                tear: common::tear(seed),
+            });
+            drop(wal);
+            if let Err(e) = WalManager::open(dir, config.clone(), factory) {
+                fails.push(format!("seed {seed} size {size}: {e}"));
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{} of 60: {fails:#?}", fails.len());
+}

@@ -495,3 +495,35 @@ fn one_wal_per_directory_across_processes() {
         vec![b"the parent's".to_vec(), b"the child's".to_vec()]
     );
 }
+
+/// A close that failed (a full disk: not poison) leaves what was admitted before it not
+/// durable for good: a second `close` answers the same error, never `Ok`.
+#[test]
+fn a_second_close_after_a_failed_close_answers_its_error_again() {
+    let fs = MemFs::new(5);
+    let full = FaultSwitch::new();
+    let plan = FaultPlan::new(1)
+        .with_probability(Some(OpKind::Write), 1.0, Fault::Enospc)
+        .with_probability(Some(OpKind::Append), 1.0, Fault::Enospc)
+        .only_while(&full);
+    let factory = faulty_factory(&fs, plan);
+    let config = WalConfig {
+        segment_size_bytes: 4096,
+        prepare_ahead: false,
+        ..WalConfig::default()
+    };
+    let (wal, _) = WalManager::open(Path::new(DIR), config, factory).unwrap();
+    wal.commit(b"durable").unwrap();
+    full.set(true);
+    let lsn = wal.append(b"admitted, never durable").unwrap();
+    let first = wal.close();
+    assert!(
+        matches!(first, Err(WalError::DiskFull { .. })),
+        "first close: {first:?}"
+    );
+    let second = wal.close();
+    assert_eq!(
+        second, first,
+        "the second close answered otherwise although {lsn:?} (admitted before close) is not durable"
+    );
+}

@@ -237,7 +237,14 @@ impl Shared {
         if st.next_lsn % size + MARKER_BYTES + RECORD_HEADER_BYTES > size {
             self.close_segment(st);
         }
-        let (at, durable) = (st.next_lsn, st.durable_lsn);
+        // A mode that never syncs only wrote what it calls durable (a process crash keeps it,
+        // a power cut need not): it claims nothing, and recovery keeps the window rule.
+        let claimed = if self.config.sync_mode.syncs() {
+            st.durable_lsn
+        } else {
+            0
+        };
+        let (at, durable) = (st.next_lsn, claimed);
         debug_assert!(
             durable <= at,
             "the durable end {durable} is past the queue's end {at}"
