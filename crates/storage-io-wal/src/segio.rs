@@ -820,19 +820,7 @@ pub(crate) fn read_prefix(
     let mut image = Vec::with_capacity(len);
     while image.len() < len {
         let want = (len - image.len()).min(chunk);
-        let buf = vec![0u8; want];
-        io.submit_read(fd, buf.into(), image.len() as u64)
-            .map_err(|e| e.error)?;
-        done.clear();
-        io.wait_completions(done, 1, None)?;
-        let c = done.pop().ok_or(StorageIoError::invalid(
-            "backend returned no completion for a read",
-        ))?;
-        let n = c.result?;
-        let buf = c
-            .buf
-            .ok_or(StorageIoError::invalid("backend lost a read buffer"))?;
-        image.extend_from_slice(&buf[..n]);
+        let n = read_at(io, done, fd, image.len() as u64, want, &mut image)?;
         if n < want {
             break; // end of file moved under us: what was read is the file
         }
