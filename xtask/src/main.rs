@@ -275,15 +275,7 @@ fn forget_unpacked_packages(root: &Path) -> Result<Vec<String>> {
             None => return Ok(Vec::new()),
         },
     };
-    let out = cargo()
-        .current_dir(root)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
-        .output()
-        .context("cargo metadata")?;
-    if !out.status.success() {
-        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parse cargo metadata")?;
+    let meta = workspace_metadata(root)?;
     let packages = meta["packages"].as_array().context("metadata has no packages")?;
     let published: Vec<String> = packages
         .iter()
@@ -325,10 +317,8 @@ fn layer_of(name: &str) -> Option<u8> {
     })
 }
 
-/// Crates that would make core OS-specific.
-const FORBIDDEN_IN_CORE: &[&str] = &["io-uring", "nix", "storage-io-uring"];
-
-fn layering(root: &Path) -> Result<()> {
+/// `cargo metadata` of the workspace's own packages (no dependencies), parsed.
+fn workspace_metadata(root: &Path) -> Result<serde_json::Value> {
     let out = cargo()
         .current_dir(root)
         .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
@@ -337,7 +327,14 @@ fn layering(root: &Path) -> Result<()> {
     if !out.status.success() {
         bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parse cargo metadata")?;
+    serde_json::from_slice(&out.stdout).context("parse cargo metadata")
+}
+
+/// Crates that would make core OS-specific.
+const FORBIDDEN_IN_CORE: &[&str] = &["io-uring", "nix", "storage-io-uring"];
+
+fn layering(root: &Path) -> Result<()> {
+    let meta = workspace_metadata(root)?;
     let problems = check_layers(&meta)?;
     if !problems.is_empty() {
         bail!("layering violated:\n  {}", problems.join("\n  "));
