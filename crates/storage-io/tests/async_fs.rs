@@ -61,7 +61,14 @@ fn config(workers: usize) -> AsyncFsConfig {
     }
 }
 
+/// io_uring goes through `AsyncFileSystem::new`, so that ops called inside a runtime take the
+/// callers' rings (`caller_rings`); the other backends through a factory (the worker path).
 fn fs_on(kind: BackendKind, config: &AsyncFsConfig) -> AsyncFileSystem {
+    if kind == BackendKind::IoUring {
+        let mut config = config.clone();
+        config.io.backend = BackendKind::IoUring;
+        return AsyncFileSystem::new(&config).unwrap();
+    }
     let backend_config = config.io.clone();
     let factory: BackendFactory = Arc::new(move |_| storage_io::build_backend(kind, &backend_config));
     AsyncFileSystem::with_factory(config, factory).unwrap()

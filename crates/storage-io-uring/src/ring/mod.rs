@@ -193,6 +193,10 @@ pub struct UringStorageIo {
     /// Set up by the first `wait_waker` call.
     wake: Option<RingWake>,
     timers: RingTimers,
+    /// Hold a datasync while writes of its file are in the kernel, and writes behind a held
+    /// sync (the module docs' barrier). Off for a ring built with `for_reactor`, whose owner
+    /// orders syncs itself.
+    datasync_barrier: bool,
     /// Unit tests only: `io_uring_enter` failures to inject.
     #[cfg(test)]
     enter_fault: Option<EnterFault>,
@@ -231,5 +235,23 @@ impl UringStorageIo {
     /// without entering the ring.
     pub fn nowait_hits(&self) -> u64 {
         self.nowait_hits
+    }
+
+    /// The ring's file descriptor, for a reactor's epoll: it reads as readable while the
+    /// completion queue holds entries (see [`for_reactor`](Self::for_reactor)). It stays open
+    /// for as long as this instance lives.
+    pub fn ring_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    /// Hands SQEs queued since the last enter (by `submit_*` under a `submit_batch` above 1, or
+    /// by continuations that `poll_completions` queued) to the kernel. No system call when
+    /// none are queued. Returns how many the kernel took.
+    pub fn submit_queued(&mut self) -> Result<usize> {
+        if self.ring.submission().is_empty() {
+            return Ok(0);
+        }
+        self.enter(0, None)
+            .map_err(|e| StorageIoError::from_os("io_uring_enter", &e))
     }
 }

@@ -6,11 +6,30 @@ impl UringStorageIo {
     /// Builds the ring. Fails with `Unsupported` naming the reason when io_uring cannot be used,
     /// or when SQPOLL was asked for and the kernel refused it.
     pub fn new(config: &IoConfig) -> Result<Self> {
+        Self::build(config, true)
+    }
+
+    /// A ring driven from an async reactor instead of blocking waits: its owner registers
+    /// [`ring_fd`](Self::ring_fd) with the reactor's epoll and calls `poll_completions` when the
+    /// fd turns readable.
+    ///
+    /// Two things differ from [`new`](Self::new):
+    /// - no `COOP_TASKRUN`: a completion must interrupt the submitting thread even while it
+    ///   sleeps in the reactor's `epoll_wait`, or its CQE is not posted until that thread next
+    ///   enters the kernel on its own, and the readiness that would wake it never comes;
+    /// - no datasync barrier: a datasync is pushed at once, and writes submitted after it are not
+    ///   held behind it. The owner orders syncs itself (it submits a sync only once the writes it
+    ///   must cover have completed), so the barrier would only stall later writes.
+    pub fn for_reactor(config: &IoConfig) -> Result<Self> {
+        Self::build(config, false)
+    }
+
+    fn build(config: &IoConfig, blocking_owner: bool) -> Result<Self> {
         config.validate()?;
         let report = probe().map_err(unsupported)?;
-        let (ring, coop_taskrun) = build_ring(config)?;
+        let (ring, coop_taskrun) = build_ring(config, blocking_owner)?;
         let mut notes = vec![format!("kernel {}", report.kernel)];
-        if !coop_taskrun {
+        if !coop_taskrun && blocking_owner {
             notes.push("kernel lacks IORING_SETUP_COOP_TASKRUN; completions interrupt the thread".into());
         }
         if !report.nodrop {
@@ -54,6 +73,7 @@ impl UringStorageIo {
             report,
             wake: None,
             timers: RingTimers::new(),
+            datasync_barrier: blocking_owner,
             #[cfg(test)]
             enter_fault: None,
         })
@@ -107,8 +127,9 @@ pub(super) fn register_buffers(ring: &IoUring, count: usize, size: usize) -> std
 /// this thread with an IPI but run at our next io_uring_enter, and the SQ ring's TASKRUN flag
 /// tells a non-blocking poll when to enter; an older kernel's EINVAL retries without them.
 /// SINGLE_ISSUER/DEFER_TASKRUN are not used: a backend is `Send` and may move to another thread
-/// between calls. Returns the ring and whether COOP_TASKRUN is on.
-fn build_ring(config: &IoConfig) -> Result<(IoUring, bool)> {
+/// between calls. `try_coop: false` (a reactor-driven ring, see `for_reactor`) skips them.
+/// Returns the ring and whether COOP_TASKRUN is on.
+fn build_ring(config: &IoConfig, try_coop: bool) -> Result<(IoUring, bool)> {
     let sq = u32::try_from(config.effective_sq_depth()).unwrap_or(u32::MAX);
     let most = u32::try_from(config.effective_sq_depth().max(config.queue_depth)).unwrap_or(u32::MAX);
     let cq = most.saturating_mul(2).max(most.saturating_add(3));
@@ -123,8 +144,8 @@ fn build_ring(config: &IoConfig) -> Result<(IoUring, bool)> {
         }
         builder.build(sq)
     };
-    let (ring, coop_taskrun) = match build(true) {
-        Ok(ring) => (Ok(ring), true),
+    let (ring, coop_taskrun) = match build(try_coop) {
+        Ok(ring) => (Ok(ring), try_coop),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (build(false), false),
         Err(e) => (Err(e), false),
     };

@@ -59,7 +59,7 @@ impl UringStorageIo {
         let hold = match self.files.get_mut(fd) {
             Ok(f) => {
                 f.ops_in_flight += 1;
-                f.held.must_hold(op, f.writes_in_kernel)
+                self.datasync_barrier && f.held.must_hold(op, f.writes_in_kernel)
             }
             Err(_) => false,
         };

@@ -45,6 +45,12 @@ pub struct AsyncFsConfig {
     /// How many bytes to preallocate when `preallocate_appends` is on. The file's size does not
     /// change (the space is reserved past its end), so appends still land at its end.
     pub preallocate_size: u64,
+    /// Inside a tokio runtime on the io_uring backend, submit on the caller's thread: each
+    /// runtime thread gets its own ring, driven by tokio's reactor, and an op never hops to an
+    /// I/O worker (opens, closes, `size` and `allocate` still run on the workers). Off, or
+    /// outside a tokio runtime, or on another backend, every op goes through the workers.
+    /// Needs the `tokio` feature (on by default).
+    pub caller_rings: bool,
 }
 
 impl Default for AsyncFsConfig {
@@ -55,6 +61,7 @@ impl Default for AsyncFsConfig {
             buffer_pool_size: 48 << 20,
             preallocate_appends: false,
             preallocate_size: 64 << 20,
+            caller_rings: true,
         }
     }
 }
@@ -90,6 +97,9 @@ impl AsyncFsConfig {
         }
         if let Some(v) = lookup("STORAGE_IO_PREALLOCATE_SIZE") {
             self.preallocate_size = parse("STORAGE_IO_PREALLOCATE_SIZE", &v)?;
+        }
+        if let Some(v) = lookup("STORAGE_IO_CALLER_RINGS") {
+            self.caller_rings = parse_bool("STORAGE_IO_CALLER_RINGS", &v)?;
         }
         self.validate()
     }

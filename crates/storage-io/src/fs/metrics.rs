@@ -28,6 +28,11 @@ pub struct AsyncIoMetrics {
     pub max_in_flight: u64,
     /// Buffer pool use per size class.
     pub buffer_pool: Vec<PoolClassMetrics>,
+    /// Rings made on callers' runtime threads (`AsyncFsConfig::caller_rings`); 0 when every op
+    /// goes through the workers.
+    pub caller_rings: usize,
+    /// Operations submitted on callers' rings rather than through a worker.
+    pub caller_ring_ops: u64,
 }
 
 /// The numbers of one op kind.

@@ -20,7 +20,10 @@
 
 mod buf;
 mod config;
+#[cfg(caller_rings)]
+mod local;
 mod metrics;
+mod order;
 mod slot;
 mod worker;
 
@@ -41,9 +44,17 @@ use storage_io_core::{
 
 pub use buf::{IoBufferPool, OwnedBuf, POOL_CLASSES};
 pub use config::AsyncFsConfig;
+#[cfg(caller_rings)]
+use local::{LocalFile, LocalOp, LocalReply, LocalRings};
 pub use metrics::{AsyncIoMetrics, LATENCY_BUCKETS_SECONDS, OpMetrics, PoolClassMetrics};
+use order::{FileShared, GroupSync};
 use slot::{Waiting, slot};
 use worker::{Request, Worker, WorkerShared};
+
+/// Without rings on the callers' threads (off Linux, or without the `io-uring` or `tokio`
+/// feature) there is nothing to register a file with: every op takes the worker path.
+#[cfg(not(caller_rings))]
+type LocalFile = ();
 
 /// A set of I/O workers serving [`AsyncFile`]s: the entry point of the async file API.
 ///
@@ -70,6 +81,9 @@ struct Shared {
     config: AsyncFsConfig,
     backend: String,
     pool: IoBufferPool,
+    /// Rings on the callers' runtime threads (io_uring inside a tokio runtime), if in use.
+    #[cfg(caller_rings)]
+    local: Option<LocalRings>,
 }
 
 impl AsyncFileSystem {
@@ -89,19 +103,32 @@ impl AsyncFileSystem {
         }
         let selection = crate::select_with(&config.io, &uring)?;
         let factory = crate::factory_of(selection.kind, &config.io);
+        let caller_rings = cfg!(caller_rings)
+            && config.caller_rings
+            && selection.kind == storage_io_core::BackendKind::IoUring;
         tracing::info!(
             backend = %selection.kind,
             reason = %selection.reason,
             io_workers = config.effective_io_workers(),
-            "async file system starting"
+            caller_rings,
+            "async file system starting (caller_rings: inside a tokio runtime, ops submit on the caller's thread)"
         );
-        Self::with_factory(config, factory)
+        Self::start(config, factory, caller_rings)
     }
 
     /// Starts the workers on backends from `factory` (one per worker: yours, the testkit's, or
     /// one from [`backend_factory`](crate::backend_factory)).
+    ///
+    /// Every operation goes through the workers (your backend serves them all); only
+    /// [`AsyncFileSystem::new`] submits on the callers' threads.
     pub fn with_factory(config: &AsyncFsConfig, factory: BackendFactory) -> Result<Self> {
+        Self::start(config, factory, false)
+    }
+
+    fn start(config: &AsyncFsConfig, factory: BackendFactory, caller_rings: bool) -> Result<Self> {
         config.validate()?;
+        #[cfg(not(caller_rings))]
+        let _ = caller_rings;
         let pool = IoBufferPool::new(config)?;
         let count = config.effective_io_workers();
         let mut backends = Vec::with_capacity(count);
@@ -134,6 +161,11 @@ impl AsyncFileSystem {
                 config: config.clone(),
                 backend,
                 pool,
+                #[cfg(caller_rings)]
+                local: caller_rings.then(|| {
+                    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+                    LocalRings::new(&config.io, threads + 1)
+                }),
             }),
         })
     }
@@ -214,13 +246,19 @@ impl AsyncFileSystem {
         // Dropped before the answer comes (a timeout, a select!), this future drops `waiting`,
         // and the worker closes the file it opens (or a delivered one closes itself).
         let opened = waiting.await.unwrap_or_else(|| Err(worker_gone()))?;
-        let (fd, mode) = opened.into_parts();
+        let parts = opened.into_parts();
+        #[cfg(caller_rings)]
+        let local = self.shared.local.as_ref().and(parts.os).map(LocalFile::new);
+        #[cfg(not(caller_rings))]
+        let local: Option<Arc<LocalFile>> = None;
         Ok(AsyncFile {
             fs: Arc::clone(&self.shared),
             worker,
-            fd,
-            mode,
+            fd: parts.fd,
+            mode: parts.mode,
             path,
+            file: parts.file,
+            local,
             closed: false,
         })
     }
@@ -323,6 +361,15 @@ impl Shared {
         if let Some(senders) = self.senders.read().as_ref() {
             queued += senders.iter().map(|(s, _)| s.len() as u64).sum::<u64>();
         }
+        let (mut caller_rings, mut caller_ring_ops) = (0, 0);
+        #[cfg(caller_rings)]
+        if let Some(local) = &self.local {
+            let g = local.gauges(&mut total);
+            in_flight += g.in_flight;
+            queued += g.queued;
+            max_in_flight = max_in_flight.max(g.max_in_flight);
+            (caller_rings, caller_ring_ops) = (g.rings, g.ops);
+        }
         let snapshot = total.snapshot();
         AsyncIoMetrics {
             backend: self.backend.clone(),
@@ -344,10 +391,18 @@ impl Shared {
                     limit,
                 })
                 .collect(),
+            caller_rings,
+            caller_ring_ops,
         }
     }
 
     fn shutdown(&self) {
+        // Ops on the callers' rings first: no new one is taken from here on, and every one
+        // taken before is answered (later calls go to the workers, which refuse them).
+        #[cfg(caller_rings)]
+        if let Some(local) = &self.local {
+            local.shutdown();
+        }
         let Some(senders) = self.senders.write().take() else {
             return;
         };
@@ -425,6 +480,14 @@ fn path_key(path: &Path) -> PathBuf {
     key
 }
 
+/// The directory a file's name is in (`.` for a bare name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// The worker that serves every handle on the file with this key.
 fn worker_for(key: &Path, workers: usize) -> usize {
     use std::hash::{Hash, Hasher};
@@ -456,10 +519,22 @@ pub struct AsyncFile {
     fd: IoFd,
     mode: DirectMode,
     path: PathBuf,
+    /// What every handle on this path shares: append cursor, writes in flight, group sync.
+    file: Arc<FileShared>,
+    /// This handle's OS file for the rings on the callers' threads (none without them, or for
+    /// files of in-memory backends).
+    local: Option<Arc<LocalFile>>,
     closed: bool,
 }
 
 impl AsyncFile {
+    /// The ring of the calling thread when this op can be submitted right here.
+    #[cfg(caller_rings)]
+    fn ring(&self) -> Option<(Arc<local::LocalRing>, &Arc<LocalFile>)> {
+        let file = self.local.as_ref()?;
+        Some((self.fs.local.as_ref()?.current()?, file))
+    }
+
     /// Reads `buf.len()` bytes at `offset` into `buf`. The buffer comes back truncated to the
     /// bytes read (fewer than asked only at end of file), on success and on error.
     pub fn read_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> BufOp<usize, B> {
@@ -467,18 +542,42 @@ impl AsyncFile {
     }
 
     /// Writes all of `buf` at `offset` without copying it; the buffer comes back with the result.
+    /// A write past the end moves the append cursor past it.
     pub fn write_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> BufOp<usize, B> {
         self.transfer(OpKind::Write, buf, offset)
     }
 
     fn transfer<B: OwnedBuf>(&self, kind: OpKind, buf: B, offset: u64) -> BufOp<usize, B> {
         let (reply, waiting) = slot();
+        let buf = buf.into_io_buf();
+        let ticket = (kind == OpKind::Write).then(|| {
+            self.file.wrote_to(offset.saturating_add(buf.len() as u64));
+            self.file.begin_write()
+        });
+        #[cfg(caller_rings)]
+        if let Some((ring, file)) = self.ring() {
+            let op = LocalOp {
+                kind,
+                file: Arc::clone(file),
+                buf: Some(buf),
+                offset,
+                at: Instant::now(),
+                ticket,
+                reply: LocalReply::Transfer(reply),
+            };
+            ring.submit(op, true);
+            return BufOp {
+                waiting,
+                buf: PhantomData,
+            };
+        }
         let request = Request::Transfer {
             kind,
             fd: self.fd,
-            buf: buf.into_io_buf(),
+            buf,
             offset,
             at: Instant::now(),
+            ticket,
             reply,
         };
         self.fs.send(self.worker, request);
@@ -489,16 +588,41 @@ impl AsyncFile {
     }
 
     /// Writes all of `buf` at the end of the file and answers the offset it landed at. Appends
-    /// in flight at once never overlap: each takes its place when the worker submits it, in the
-    /// order they were requested. Every handle on this path opened through this file system
-    /// shares one append cursor, so appends through two handles never overwrite each other
-    /// (across processes, see [`AsyncFileSystem::open_append`]).
+    /// in flight at once never overlap: each takes its place when it is called, in call order.
+    /// Every handle on this path opened through this file system shares one append cursor, so
+    /// appends through two handles never overwrite each other (across processes, see
+    /// [`AsyncFileSystem::open_append`]).
+    ///
+    /// An append is written even if its future is dropped: its place in the file is taken when
+    /// it is called, and skipping it would leave a hole before the appends after it.
     pub fn append<B: OwnedBuf>(&self, buf: B) -> BufOp<u64, B> {
         let (reply, waiting) = slot();
+        let buf = buf.into_io_buf();
+        let offset = self.file.reserve_append(buf.len() as u64);
+        let ticket = self.file.begin_write();
+        #[cfg(caller_rings)]
+        if let Some((ring, file)) = self.ring() {
+            let op = LocalOp {
+                kind: OpKind::Append,
+                file: Arc::clone(file),
+                buf: Some(buf),
+                offset,
+                at: Instant::now(),
+                ticket: Some(ticket),
+                reply: LocalReply::Append(offset, reply),
+            };
+            ring.submit(op, true);
+            return BufOp {
+                waiting,
+                buf: PhantomData,
+            };
+        }
         let request = Request::Append {
             fd: self.fd,
-            buf: buf.into_io_buf(),
+            buf,
+            offset,
             at: Instant::now(),
+            ticket,
             reply,
         };
         self.fs.send(self.worker, request);
@@ -508,35 +632,80 @@ impl AsyncFile {
         }
     }
 
-    /// `fdatasync`: every write and append requested on this file before the call is durable
+    /// `fdatasync`: every write and append called on this file before this call is durable
     /// when it returns `Ok`.
+    ///
+    /// The system call starts once those writes have completed, and writes called after it
+    /// are not held back. Concurrent syncs of one file share one fdatasync: a sync that one in
+    /// flight already covers rides on it, and the syncs that arrive while one runs share the
+    /// next (so 256 tasks syncing at once cost two fdatasyncs, not 256). The first sync of a
+    /// file opened with `create` also syncs its directory, so that the name is durable too.
     pub fn sync_data(&self) -> Op<()> {
-        self.sync(OpKind::Datasync)
+        self.sync(false)
     }
 
     /// `fsync`: as [`AsyncFile::sync_data`], plus all metadata.
     pub fn sync_all(&self) -> Op<()> {
-        self.sync(OpKind::Fsync)
+        self.sync(true)
     }
 
-    fn sync(&self, kind: OpKind) -> Op<()> {
-        let (reply, waiting) = slot();
-        let request = Request::Sync {
-            fd: self.fd,
-            kind,
-            at: Instant::now(),
-            reply,
-        };
-        self.fs.send(self.worker, request);
-        Op { waiting }
+    fn sync(&self, full: bool) -> Op<()> {
+        let fs = Arc::clone(&self.fs);
+        let (worker, fd) = (self.worker, self.fd);
+        let shared = Arc::clone(&self.file);
+        let path = self.path.clone();
+        #[cfg(caller_rings)]
+        let local = self.local.clone();
+        let start: order::StartSync = Box::new(move |full| {
+            let kind = if full { OpKind::Fsync } else { OpKind::Datasync };
+            let (reply, waiting) = slot();
+            // The directory of a new file is synced first, by the worker: until that succeeded,
+            // syncs go there.
+            let dir = shared
+                .dir_unsynced()
+                .then(|| (parent_dir(&path), Arc::clone(&shared)));
+            #[cfg(caller_rings)]
+            if dir.is_none()
+                && let Some(file) = &local
+                && let Some(ring) = fs.local.as_ref().and_then(LocalRings::current)
+            {
+                let op = LocalOp {
+                    kind,
+                    file: Arc::clone(file),
+                    buf: None,
+                    offset: 0,
+                    at: Instant::now(),
+                    ticket: None,
+                    reply: LocalReply::Sync(reply),
+                };
+                // Called under the path's order lock: answer nothing else from here.
+                ring.submit(op, false);
+                return waiting;
+            }
+            let request = Request::Sync {
+                fd,
+                kind,
+                dir,
+                at: Instant::now(),
+                reply,
+            };
+            fs.send(worker, request);
+            waiting
+        });
+        Op::boxed(GroupSync::new(&self.file, full, start))
     }
 
-    /// The file's length in bytes, after every write and append requested before this call
-    /// has completed.
+    /// The file's length in bytes, after every write and append called before this call has
+    /// completed.
     pub fn size(&self) -> Op<u64> {
-        let (reply, waiting) = slot();
-        self.fs.send(self.worker, Request::Size { fd: self.fd, reply });
-        Op { waiting }
+        let fence = self.file.fence();
+        let (fs, worker, fd) = (Arc::clone(&self.fs), self.worker, self.fd);
+        Op::boxed(async move {
+            fence.await;
+            let (reply, waiting) = slot();
+            fs.send(worker, Request::Size { fd, reply });
+            waiting.await.unwrap_or_else(|| Err(worker_gone()))
+        })
     }
 
     /// Reserves disk space for the first `len` bytes (`fallocate` with `FALLOC_FL_KEEP_SIZE`):
@@ -544,30 +713,34 @@ impl AsyncFile {
     /// cannot fail for lack of space. `ENOSPC` if the space is not there; `EOPNOTSUPP` on file
     /// systems without fallocate; Linux only.
     pub fn allocate(&self, len: u64) -> Op<()> {
-        let (reply, waiting) = slot();
-        self.fs.send(
-            self.worker,
-            Request::Allocate {
-                fd: self.fd,
-                len,
-                reply,
-            },
-        );
-        Op { waiting }
+        let fence = self.file.fence();
+        let (fs, worker, fd) = (Arc::clone(&self.fs), self.worker, self.fd);
+        Op::boxed(async move {
+            fence.await;
+            let (reply, waiting) = slot();
+            fs.send(worker, Request::Allocate { fd, len, reply });
+            waiting.await.unwrap_or_else(|| Err(worker_gone()))
+        })
     }
 
-    /// Closes the file after every operation requested before, and says whether that went well.
-    pub fn close(mut self) -> Op<()> {
-        self.closed = true;
-        let (reply, waiting) = slot();
-        self.fs.send(
-            self.worker,
-            Request::Close {
-                fd: self.fd,
-                reply: Some(reply),
-            },
-        );
-        Op { waiting }
+    /// Closes the file after every operation called before has completed, and says whether
+    /// closing went well. Dropped before it is done, the future still closes the file.
+    pub fn close(self) -> Op<()> {
+        let fence = self.file.fence();
+        Op::boxed(async move {
+            fence.await;
+            let mut file = self;
+            file.closed = true;
+            let (reply, waiting) = slot();
+            file.fs.send(
+                file.worker,
+                Request::Close {
+                    fd: file.fd,
+                    reply: Some(reply),
+                },
+            );
+            waiting.await.unwrap_or_else(|| Err(worker_gone()))
+        })
     }
 
     /// Direct or buffered I/O, and why (direct I/O falls back to buffered where refused).
@@ -635,6 +808,10 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
     let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let mut fut = std::pin::pin!(fut);
+    // Ops called inside take the worker path: a ring on this thread would not be drained
+    // while it blocks here.
+    #[cfg(caller_rings)]
+    let _scope = local::BlockingScope::enter();
     loop {
         if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
             return v;
@@ -668,18 +845,30 @@ impl<T, B: OwnedBuf> Future for BufOp<T, B> {
 
 /// The answer to an operation without a buffer (sync, size, allocate, close).
 ///
-/// As with [`BufOp`], the request was sent when the method was called.
-#[must_use = "the operation was sent; await the future to learn its result"]
+/// A sync is started when it is called as far as ordering goes (it covers the writes called
+/// before it); its system call starts once those have completed. Size, allocate and close wait
+/// for the writes called before them in the same way.
+#[must_use = "await the future to learn the result; a sync not awaited may not run"]
 pub struct Op<T> {
-    waiting: Waiting<Result<T>>,
+    inner: Pin<Box<dyn Future<Output = Result<T>> + Send>>,
+}
+
+impl<T> Op<T> {
+    fn boxed(fut: impl Future<Output = Result<T>> + Send + 'static) -> Self {
+        Op { inner: Box::pin(fut) }
+    }
 }
 
 impl<T> Future for Op<T> {
     type Output = Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        Pin::new(&mut self.waiting)
-            .poll(cx)
-            .map(|answer| answer.unwrap_or_else(|| Err(worker_gone())))
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl<T> std::fmt::Debug for Op<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Op").finish_non_exhaustive()
     }
 }

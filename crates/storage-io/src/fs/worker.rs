@@ -20,6 +20,7 @@ use storage_io_core::{
     StorageIoError, WaitWaker,
 };
 
+use super::order::{FileShared, WriteTicket};
 use super::slot::Completer;
 
 /// How long a worker with operations in flight waits for a completion before looking at its
@@ -35,12 +36,25 @@ const DRAIN_WAIT: Duration = Duration::from_millis(100);
 pub(crate) struct Opened {
     pub(crate) fd: IoFd,
     pub(crate) mode: DirectMode,
+    /// What every handle on the path shares (append cursor, writes in flight, group sync).
+    pub(crate) file: Arc<FileShared>,
+    /// A second OS handle on the file, for rings on the caller's threads (none for files of
+    /// in-memory backends).
+    pub(crate) os: Option<File>,
     guard: CloseGuard,
+}
+
+/// An opened file's parts, for the `AsyncFile` that takes it over.
+pub(crate) struct OpenedParts {
+    pub(crate) fd: IoFd,
+    pub(crate) mode: DirectMode,
+    pub(crate) file: Arc<FileShared>,
+    pub(crate) os: Option<File>,
 }
 
 impl Opened {
     /// Hands the file over to an `AsyncFile`, which closes it from now on.
-    pub(crate) fn into_parts(mut self) -> (IoFd, DirectMode) {
+    pub(crate) fn into_parts(mut self) -> OpenedParts {
         self.guard.inbox = None;
         let mode = std::mem::replace(
             &mut self.mode,
@@ -48,7 +62,12 @@ impl Opened {
                 fallback_reason: None,
             },
         );
-        (self.fd, mode)
+        OpenedParts {
+            fd: self.fd,
+            mode,
+            file: Arc::clone(&self.file),
+            os: self.os.take(),
+        }
     }
 }
 
@@ -102,17 +121,25 @@ pub(crate) enum Request {
         buf: IoBuf,
         offset: u64,
         at: Instant,
+        /// A write's place in its path's order (none for reads).
+        ticket: Option<WriteTicket>,
         reply: BufReply,
     },
+    /// An append at the offset its path's cursor gave it when it was called.
     Append {
         fd: IoFd,
         buf: IoBuf,
+        offset: u64,
         at: Instant,
+        ticket: WriteTicket,
         reply: Completer<(Result<u64>, IoBuf)>,
     },
+    /// A datasync or fsync; with `dir`, after syncing that directory (the path was created and
+    /// its name is not durable yet), which is then marked synced in the path's state.
     Sync {
         fd: IoFd,
         kind: OpKind,
+        dir: Option<(PathBuf, Arc<FileShared>)>,
         at: Instant,
         reply: Completer<Result<()>>,
     },
@@ -162,11 +189,14 @@ enum InFlight {
     Buf {
         kind: OpKind,
         at: Instant,
+        ticket: Option<WriteTicket>,
         reply: BufReply,
     },
     Append {
         at: Instant,
         buf: IoBuf,
+        offset: u64,
+        ticket: WriteTicket,
         reply: Completer<(Result<u64>, IoBuf)>,
     },
     Sync {
@@ -174,14 +204,6 @@ enum InFlight {
         at: Instant,
         reply: Completer<Result<()>>,
     },
-}
-
-/// One append cursor shared by every handle on a path (see [`Worker::cursors`]).
-struct SharedCursor {
-    /// Where the next append goes.
-    next: u64,
-    /// Open handles with this key.
-    handles: usize,
 }
 
 /// The advisory lock `open_append` takes, held while any handle that asked for it is open.
@@ -234,16 +256,14 @@ pub(crate) struct Worker {
     /// Each open file, with a second OS handle on it for `allocate` where there is an OS file
     /// (the backend owns the first; an in-memory backend's files have none).
     files: HashMap<IoFd, Option<File>>,
-    /// Files opened with `create` whose directory has not been synced since: the first sync of
-    /// such a file syncs its directory first, so that a completed `sync_data` of a new file's
-    /// appends survives a crash (the data is durable, and so is the name it is under).
-    unsynced_names: HashMap<IoFd, PathBuf>,
     /// Each open handle's key and whether it holds the append lock.
     handles: HashMap<IoFd, Handle>,
-    /// One append cursor per key: appends through any handle on a path take the next offset
-    /// from it (the backend's cursors are per fd, and two handles on one file would overwrite
-    /// each other). Every handle on a key is on this worker (the file system routes by key).
-    cursors: HashMap<PathBuf, SharedCursor>,
+    /// The shared state of each path with a handle or a write in flight: appends through any
+    /// handle on a path take their offsets from its one cursor (two handles on one file would
+    /// otherwise overwrite each other). Every handle on a key is opened by this worker (the
+    /// file system routes by key); a path whose handles are all closed stays here while its
+    /// writes are in flight, so a new open continues after them.
+    paths: HashMap<PathBuf, std::sync::Weak<FileShared>>,
     /// The append locks this worker holds, per key.
     append_locks: HashMap<PathBuf, AppendLock>,
     done: Vec<IoCompletion>,
@@ -273,9 +293,8 @@ impl Worker {
             in_flight: HashMap::with_capacity(queue_depth * 2),
             busy: HashMap::new(),
             files: HashMap::new(),
-            unsynced_names: HashMap::new(),
             handles: HashMap::new(),
-            cursors: HashMap::new(),
+            paths: HashMap::new(),
             append_locks: HashMap::new(),
             done: Vec::with_capacity(queue_depth),
             closing: false,
@@ -364,10 +383,24 @@ impl Worker {
                 buf,
                 offset,
                 at,
+                ticket,
                 reply,
-            } => return self.start_transfer(kind, fd, buf, offset, at, reply),
-            Request::Append { fd, buf, at, reply } => return self.start_append(fd, buf, at, reply),
-            Request::Sync { fd, kind, at, reply } => return self.start_sync(fd, kind, at, reply),
+            } => return self.start_transfer(kind, fd, buf, offset, at, ticket, reply),
+            Request::Append {
+                fd,
+                buf,
+                offset,
+                at,
+                ticket,
+                reply,
+            } => return self.start_append(fd, buf, offset, at, ticket, reply),
+            Request::Sync {
+                fd,
+                kind,
+                dir,
+                at,
+                reply,
+            } => return self.start_sync(fd, kind, dir, at, reply),
             Request::Open {
                 path,
                 key,
@@ -383,7 +416,7 @@ impl Worker {
                 let opened = self.open(&path, key, &options, preallocate_bytes, append_lock);
                 // Cancelled while it ran: close what it opened, now.
                 if let Err(Ok(unwanted)) = reply.complete(opened) {
-                    let (fd, _) = unwanted.into_parts();
+                    let fd = unwanted.into_parts().fd;
                     if let Err(e) = self.close(fd) {
                         tracing::warn!(%fd, error = %e, "io worker: closing the file of a cancelled open failed");
                     }
@@ -422,6 +455,7 @@ impl Worker {
     }
 
     /// A read or write of an owned buffer; gives it back when the backend is full.
+    #[allow(clippy::too_many_arguments)] // the request's fields, as it carries them
     fn start_transfer(
         &mut self,
         kind: OpKind,
@@ -429,25 +463,30 @@ impl Worker {
         buf: IoBuf,
         offset: u64,
         at: Instant,
+        ticket: Option<WriteTicket>,
         reply: BufReply,
     ) -> Option<Request> {
         // Cancelled (its future dropped) before it started: nothing to do.
         if reply.is_abandoned() {
             return None;
         }
-        let len = buf.len();
         let submitted = if kind == OpKind::Read {
             self.io.submit_read(fd, buf, offset)
         } else {
             self.io.submit_write_buf(fd, buf, offset)
         };
         match submitted {
-            Ok(token) => {
-                if kind == OpKind::Write {
-                    self.written(fd, offset.saturating_add(len as u64));
-                }
-                self.track(fd, token, kind, InFlight::Buf { kind, at, reply });
-            }
+            Ok(token) => self.track(
+                fd,
+                token,
+                kind,
+                InFlight::Buf {
+                    kind,
+                    at,
+                    ticket,
+                    reply,
+                },
+            ),
             Err(e) => {
                 let (error, buf) = e.into_parts();
                 if matches!(error, StorageIoError::QueueFull { .. }) {
@@ -457,10 +496,12 @@ impl Worker {
                         buf,
                         offset,
                         at,
+                        ticket,
                         reply,
                     });
                 }
                 self.refused(kind, at);
+                drop(ticket);
                 let _ = reply.complete((Err(error), buf));
             }
         }
@@ -468,32 +509,44 @@ impl Worker {
         None
     }
 
-    /// An append of copied bytes; gives it back when the backend is full.
+    /// An append of copied bytes at the offset its path's cursor gave it; gives it back when
+    /// the backend is full. Not skipped when its future was dropped: its range of the file is
+    /// taken, and leaving it unwritten would leave a hole before later appends.
     fn start_append(
         &mut self,
         fd: IoFd,
         buf: IoBuf,
+        offset: u64,
         at: Instant,
+        ticket: WriteTicket,
         reply: Completer<(Result<u64>, IoBuf)>,
     ) -> Option<Request> {
-        if reply.is_abandoned() {
-            return None;
-        }
-        // The path's shared cursor decides the offset; a handle the worker does not know (a
-        // bad fd) goes to the backend, which refuses it.
-        let submitted = match self.cursor_of(fd) {
-            Some(next) => self.io.submit_write(fd, &buf, next).inspect(|_| {
-                self.written(fd, next.saturating_add(buf.len() as u64));
-            }),
-            None => self.io.submit_append(fd, &buf),
-        };
-        match submitted {
-            Ok(token) => self.track(fd, token, OpKind::Append, InFlight::Append { at, buf, reply }),
+        match self.io.submit_write(fd, &buf, offset) {
+            Ok(token) => self.track(
+                fd,
+                token,
+                OpKind::Append,
+                InFlight::Append {
+                    at,
+                    buf,
+                    offset,
+                    ticket,
+                    reply,
+                },
+            ),
             Err(StorageIoError::QueueFull { .. }) => {
-                return Some(Request::Append { fd, buf, at, reply });
+                return Some(Request::Append {
+                    fd,
+                    buf,
+                    offset,
+                    at,
+                    ticket,
+                    reply,
+                });
             }
             Err(error) => {
                 self.refused(OpKind::Append, at);
+                drop(ticket);
                 let _ = reply.complete((Err(error), buf));
             }
         }
@@ -507,21 +560,24 @@ impl Worker {
         &mut self,
         fd: IoFd,
         kind: OpKind,
+        dir: Option<(PathBuf, Arc<FileShared>)>,
         at: Instant,
         reply: Completer<Result<()>>,
     ) -> Option<Request> {
-        let dir = self.unsynced_names.get(&fd).map(|p| match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        });
-        if let Some(dir) = dir
-            && let Err(error) = self.io.sync_dir(&dir)
-        {
-            self.refused(kind, at);
-            let _ = reply.complete(Err(error));
-            return None;
-        }
-        self.unsynced_names.remove(&fd);
+        let dir = match dir {
+            Some((path, file)) if file.dir_unsynced() => match self.io.sync_dir(&path) {
+                Ok(()) => {
+                    file.dir_synced();
+                    None
+                }
+                Err(error) => {
+                    self.refused(kind, at);
+                    let _ = reply.complete(Err(error));
+                    return None;
+                }
+            },
+            other => other,
+        };
         let submitted = if kind == OpKind::Fsync {
             self.io.submit_fsync(fd)
         } else {
@@ -530,7 +586,13 @@ impl Worker {
         match submitted {
             Ok(token) => self.track(fd, token, kind, InFlight::Sync { kind, at, reply }),
             Err(StorageIoError::QueueFull { .. }) => {
-                return Some(Request::Sync { fd, kind, at, reply });
+                return Some(Request::Sync {
+                    fd,
+                    kind,
+                    dir,
+                    at,
+                    reply,
+                });
             }
             Err(error) => {
                 self.refused(kind, at);
@@ -595,25 +657,44 @@ impl Worker {
         if let Some(lock) = self.append_locks.get_mut(&key).filter(|_| holds_lock) {
             lock.holders += 1;
         }
-        let cursor = self.cursors.entry(key.clone()).or_insert(SharedCursor {
-            next: len,
-            handles: 0,
-        });
-        cursor.handles += 1;
-        // A truncating open starts the file over; otherwise appends in flight keep their places.
-        cursor.next = if options.truncate {
-            len
-        } else {
-            cursor.next.max(len)
+        // A path whose last handle closed while its writes were in flight still has its state:
+        // new appends continue after those writes.
+        let file = match self.paths.get(&key).and_then(std::sync::Weak::upgrade) {
+            Some(file) => {
+                file.opened_at(len, options.truncate);
+                file
+            }
+            None => {
+                let file = FileShared::new(len);
+                self.paths.retain(|_, w| w.strong_count() > 0);
+                self.paths.insert(key.clone(), Arc::downgrade(&file));
+                file
+            }
+        };
+        // A second OS handle for the rings on the callers' threads (where this is a real file).
+        let os = match &opened.file {
+            Some(f) => match f.try_clone() {
+                Ok(dup) => Some(dup),
+                Err(e) => {
+                    self.release_lock(&key, holds_lock, true);
+                    return undo(
+                        &mut self.io,
+                        StorageIoError::from_os_at("open: duplicating the file handle", path, &e),
+                    );
+                }
+            },
+            None => None,
         };
         self.handles.insert(opened.fd, Handle { key, holds_lock });
         self.files.insert(opened.fd, opened.file);
         if options.create || options.create_new {
-            self.unsynced_names.insert(opened.fd, path.to_path_buf());
+            file.created();
         }
         Ok(Opened {
             fd: opened.fd,
             mode: opened.mode,
+            file,
+            os,
             guard: CloseGuard {
                 fd: opened.fd,
                 inbox: Some((self.me.clone(), self.waker.clone())),
@@ -626,15 +707,7 @@ impl Worker {
     fn close(&mut self, fd: IoFd) -> Result<()> {
         let result = self.io.deregister_fd(fd);
         self.files.remove(&fd);
-        self.unsynced_names.remove(&fd);
         if let Some(handle) = self.handles.remove(&fd) {
-            if let Some(c) = self.cursors.get_mut(&handle.key) {
-                debug_assert!(c.handles > 0, "a cursor outlives its handles");
-                c.handles -= 1;
-                if c.handles == 0 {
-                    self.cursors.remove(&handle.key);
-                }
-            }
             self.release_lock(&handle.key, handle.holds_lock, true);
         }
         result
@@ -653,21 +726,6 @@ impl Worker {
             if lock.holders == 0 {
                 self.append_locks.remove(key);
             }
-        }
-    }
-
-    /// The offset the next append through `fd` goes to, if the worker knows the handle.
-    fn cursor_of(&self, fd: IoFd) -> Option<u64> {
-        let key = &self.handles.get(&fd)?.key;
-        self.cursors.get(key).map(|c| c.next)
-    }
-
-    /// An accepted write through `fd` ends at `end`: the path's cursor moves past it.
-    fn written(&mut self, fd: IoFd, end: u64) {
-        if let Some(handle) = self.handles.get(&fd)
-            && let Some(c) = self.cursors.get_mut(&handle.key)
-        {
-            c.next = c.next.max(end);
         }
     }
 
@@ -730,15 +788,30 @@ impl Worker {
         }
         let outcome = c.result.as_ref().map(|&n| n).map_err(|_| ());
         match op {
-            InFlight::Buf { kind, at, reply } => {
+            InFlight::Buf {
+                kind,
+                at,
+                ticket,
+                reply,
+            } => {
                 stats.record_complete(kind, outcome, now - at);
+                // The write counts as complete for its path before its caller hears of it.
+                drop(ticket);
                 let buf = c.buf.unwrap_or_else(|| IoBuf::Vec(Vec::new()));
                 // A cancelled caller's buffer is dropped here, after the backend gave it back.
                 let _ = reply.complete((c.result, buf));
             }
-            InFlight::Append { at, buf, reply } => {
+            InFlight::Append {
+                at,
+                buf,
+                offset,
+                ticket,
+                reply,
+            } => {
                 stats.record_complete(OpKind::Append, outcome, now - at);
-                let _ = reply.complete((c.result.map(|_| c.offset), buf));
+                debug_assert_eq!(offset, c.offset, "an append lands where its cursor put it");
+                drop(ticket);
+                let _ = reply.complete((c.result.map(|_| offset), buf));
             }
             InFlight::Sync { kind, at, reply } => {
                 stats.record_complete(kind, outcome, now - at);
