@@ -321,6 +321,25 @@ pub fn round_cells(
     out
 }
 
+/// Task counts of the async cells: `--qd` when given, else [`SMOKE_TASKS`] or [`TASKS`].
+pub fn task_counts(given: &[usize], smoke: bool) -> Vec<usize> {
+    match (given.is_empty(), smoke) {
+        (false, _) => given.to_vec(),
+        (true, true) => SMOKE_TASKS.to_vec(),
+        (true, false) => TASKS.to_vec(),
+    }
+}
+
+/// Rounds of a run: the plan's, and with async cells in a full run at its default rounds at least
+/// [`FULL_ROUNDS`] (the other cells keep the plan's and skip the extra rounds).
+pub fn rounds(plan_rounds: usize, any_async: bool, full_default: bool) -> usize {
+    if any_async && full_default {
+        plan_rounds.max(FULL_ROUNDS)
+    } else {
+        plan_rounds
+    }
+}
+
 /// What the driver's plan says about the async cells.
 #[derive(Debug, Clone)]
 pub struct AsyncPlan {
@@ -536,6 +555,16 @@ pub fn check_write(n: std::io::Result<usize>, at: u64, path: &Path) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_run_gives_the_async_cells_six_rounds_and_smoke_fewer_tasks() {
+        assert_eq!(rounds(4, true, true), FULL_ROUNDS);
+        assert_eq!(rounds(4, false, true), 4);
+        assert_eq!(rounds(2, true, false), 2, "--rounds is kept");
+        assert_eq!(task_counts(&[], false), TASKS);
+        assert_eq!(task_counts(&[], true), SMOKE_TASKS);
+        assert_eq!(task_counts(&[8], true), [8]);
+    }
 
     #[test]
     fn tasks_are_shared_over_threads_without_gaps() {

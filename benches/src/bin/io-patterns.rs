@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use storage_io_benches::async_cells::{self, AsyncCell};
+use storage_io_benches::async_peers::AsyncSystem;
 use storage_io_benches::cache::{self, MemCap};
 use storage_io_benches::cell::{BACKENDS, Backend, Cell, WORKLOADS, Workload};
 use storage_io_benches::engine;
@@ -530,7 +531,9 @@ impl Step {
 
 fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_ok: bool) -> Vec<Step> {
     let mut out = Vec::new();
-    for round in 0..plan.rounds.max(async_rounds(plan, args)) {
+    let any_async = plan.workloads.iter().any(|&w| async_cells::is_async(w));
+    let full_default = args.full && args.rounds.is_none();
+    for round in 0..async_cells::rounds(plan.rounds, any_async, full_default) {
         // Every other round runs the workloads in reverse, so a scheduler cell and its raw
         // peer (different workloads) also take turns going first.
         let mut workloads = plan.workloads.clone();
@@ -610,36 +613,17 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
     out
 }
 
-/// Rounds of the async cells: the plan's, and at least [`async_cells::FULL_ROUNDS`] in a full
-/// run (the other cells keep theirs).
-fn async_rounds(plan: &Plan, args: &Args) -> usize {
-    let any = plan.workloads.iter().any(|&w| async_cells::is_async(w));
-    match (any, args.full && args.rounds.is_none()) {
-        (false, _) => 0,
-        (true, true) => plan.rounds.max(async_cells::FULL_ROUNDS),
-        (true, false) => plan.rounds,
-    }
-}
-
 /// One round of an async workload: each cell for every system this build runs, in turn.
 fn async_steps(w: Workload, round: usize, plan: &Plan, args: &Args, file: (&Path, u64, bool)) -> Vec<Step> {
-    let tasks = if !args.qd.is_empty() {
-        args.qd.clone()
-    } else if args.smoke {
-        async_cells::SMOKE_TASKS.to_vec()
-    } else {
-        async_cells::TASKS.to_vec()
-    };
     let spec = async_cells::AsyncPlan {
         modes: plan.modes.clone(),
         direct_ok: file.2,
-        tasks,
+        tasks: async_cells::task_counts(&args.qd, args.smoke),
         duration: plan.duration,
         file: file.0.to_path_buf(),
         size: file.1,
     };
-    let systems = storage_io_benches::async_peers::AsyncSystem::available();
-    async_cells::round_cells(w, round, &spec, &systems)
+    async_cells::round_cells(w, round, &spec, &AsyncSystem::available())
         .into_iter()
         .map(|c| Step {
             regime: c.regime.clone(),
@@ -884,11 +868,9 @@ fn missing_tools(plan: &Plan, args: &Args, file: &Path, direct_ok: bool) -> (Opt
         }
     }
     if plan.workloads.iter().any(|&w| async_cells::is_async(w)) {
-        for s in storage_io_benches::async_peers::AsyncSystem::ALL {
-            if let Some(hint) = s.missing() {
-                eprintln!("io-patterns: {hint}");
-                notes.push(hint);
-            }
+        for hint in AsyncSystem::ALL.into_iter().filter_map(AsyncSystem::missing) {
+            eprintln!("io-patterns: {hint}");
+            notes.push(hint);
         }
     }
     let fio_version = if args.no_fio { None } else { fio::version() };
