@@ -214,7 +214,9 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
     s.push_str(&crate::async_report::section(&report.results));
     let (_, rest): (Vec<Row>, Vec<Row>) =
         (report.results.iter().cloned()).partition(|r| crate::async_cells::is_async_name(&r.workload));
-    s.push_str(&guidance(&rest));
+    if !rest.is_empty() {
+        s.push_str(&guidance(&rest)); // a run of only async cells has its verdicts above
+    }
     s
 }
 
