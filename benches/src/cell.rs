@@ -51,11 +51,18 @@ pub enum Workload {
     SegmentAppend,
     /// `segment_read`: a sequential consumer through the async file API.
     SegmentRead,
+    /// `async_rand_read`: tasks reading 4 KiB at random offsets through the async file API and
+    /// its Rust peers (`async_cells.rs`).
+    AsyncRandRead,
+    /// `async_append_sync`: tasks each appending 8 × 4 KiB then one `sync_data`, ours and peers.
+    AsyncAppendSync,
+    /// `async_seq_read`: consumer tasks reading the file front to back, ours and peers.
+    AsyncSeqRead,
 }
 
 impl Workload {
     /// Every workload, in the order the driver runs them.
-    pub const ALL: [Workload; 15] = [
+    pub const ALL: [Workload; 18] = [
         Workload::SeqRead,
         Workload::RandRead,
         Workload::RandWrite,
@@ -71,6 +78,9 @@ impl Workload {
         Workload::RawTaggedHandoffRead,
         Workload::SegmentAppend,
         Workload::SegmentRead,
+        Workload::AsyncRandRead,
+        Workload::AsyncAppendSync,
+        Workload::AsyncSeqRead,
     ];
 
     /// Its name.
@@ -91,6 +101,9 @@ impl Workload {
             Workload::RawTaggedHandoffRead => "raw_tagged_handoff_read",
             Workload::SegmentAppend => "segment_append",
             Workload::SegmentRead => "segment_read",
+            Workload::AsyncRandRead => "async_rand_read",
+            Workload::AsyncAppendSync => "async_append_sync",
+            Workload::AsyncSeqRead => "async_seq_read",
         }
     }
 
@@ -114,8 +127,8 @@ impl PartialEq<Workload> for String {
 }
 
 /// Every workload's name.
-pub const WORKLOADS: [&str; 15] = {
-    let mut names = [""; 15];
+pub const WORKLOADS: [&str; 18] = {
+    let mut names = [""; 18];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();

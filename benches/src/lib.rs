@@ -10,10 +10,15 @@
 //! - [`sched`]: the page scheduler's cells (`scheduler_rand_read`, `scheduler_batch_read`,
 //!   `scheduler_seq_scan`) and their raw peer `raw_round_read`;
 //! - [`segment`]: the async file API's cells (`segment_append`, `segment_read`);
+//! - [`async_cells`], [`async_peers`] and [`async_report`]: the async file API beside the Rust
+//!   async-I/O runtimes (`async_rand_read`, `async_append_sync`, `async_seq_read`);
 //! - [`wal`] and [`peers`]: `wal_commit`, with okaywal, RocksDB and fio's durable writes beside;
 //! - [`fio`]: fio's cells; [`cache`]: the page-cache regimes; [`report`] and [`plot`]: the
 //!   report, its guidance and its SVGs; [`signal`]: Ctrl-C.
 
+pub mod async_cells;
+pub mod async_peers;
+pub mod async_report;
 pub mod cache;
 pub mod cell;
 pub mod engine;
@@ -131,6 +136,9 @@ pub struct Row {
     /// Percent of the file in the page cache when the cell ended (buffered cells).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_resident_pct: Option<f64>,
+    /// Voluntary + involuntary context switches of the process per op (the async cells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx_switches_per_op: Option<f64>,
     /// IOPS of every round, when more than one was run; `iops` is their median.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub iops_rounds: Vec<f64>,

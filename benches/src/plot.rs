@@ -15,6 +15,13 @@ type Series = BTreeMap<String, Vec<(f64, f64)>>;
 /// returns their paths. Direct cells (regime `uncached`) share the plot of each buffered regime,
 /// so every plot shows direct against buffered.
 pub fn write_plots(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
+    // The async cells have their own section, by task count and system, not by queue depth.
+    let rows: Vec<Row> = rows
+        .iter()
+        .filter(|r| !crate::async_cells::is_async_name(&r.workload))
+        .cloned()
+        .collect();
+    let rows = &rows[..];
     let mut panels: BTreeMap<(String, String), (Series, Series)> = BTreeMap::new();
     let buffered_regimes: Vec<String> = {
         let mut v: Vec<String> = rows

@@ -206,10 +206,17 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
     }
     let _ = writeln!(s, "{LEGEND}");
     for ((workload, io, regime), rows) in groups(&report.results) {
-        cell_table(&mut s, report, (&workload, &io, &regime), &rows);
+        if !crate::async_cells::is_async_name(&workload) {
+            cell_table(&mut s, report, (&workload, &io, &regime), &rows);
+        }
     }
     s.push_str(&crate::wal::section(&report.results));
-    s.push_str(&guidance(&report.results));
+    s.push_str(&crate::async_report::section(&report.results));
+    let (_, rest): (Vec<Row>, Vec<Row>) =
+        (report.results.iter().cloned()).partition(|r| crate::async_cells::is_async_name(&r.workload));
+    if !rest.is_empty() {
+        s.push_str(&guidance(&rest)); // a run of only async cells has its verdicts above
+    }
     s
 }
 

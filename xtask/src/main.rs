@@ -5,7 +5,9 @@
 //!   docs (warnings denied), every published crate packaged and built from its `.crate`, the
 //!   layering rule, and a bench smoke run.
 //! - `cargo xtask bench [ARGS]`: builds the io-patterns driver in release mode and runs it on a
-//!   temp file under `target/`; every argument is passed on (see `cargo xtask bench --help`).
+//!   temp file under `target/`; every argument is passed on (see `cargo xtask bench --help`),
+//!   except `--features LIST`, which builds the driver with those cargo features (the optional
+//!   peers: `async-peers`, `rocksdb`, …).
 //! - `cargo xtask layering`: only the layering check.
 //! - `cargo xtask package`: only the packaging step of `ci`.
 //! - `cargo xtask cross`: installs the non-Linux targets and runs check and clippy of every library
@@ -209,14 +211,36 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
 }
 
 fn bench(root: &Path, args: &[String], debug: bool) -> Result<()> {
+    let (features, args) = split_features(args);
     let mut cmd = cargo();
     cmd.current_dir(root).args(["run", "--quiet", "--locked"]);
     if !debug {
         cmd.arg("--release");
     }
-    cmd.args(["-p", "storage-io-benches", "--bin", "io-patterns", "--"]);
+    cmd.args(["-p", "storage-io-benches", "--bin", "io-patterns"]);
+    for f in &features {
+        cmd.args(["--features", f]);
+    }
+    cmd.arg("--");
     cmd.args(args);
     run_step("io-patterns", &mut cmd)
+}
+
+/// The bench's `--features LIST` (or `--features=LIST`) arguments, which go to cargo, and the
+/// rest, which go to the driver.
+fn split_features(args: &[String]) -> (Vec<String>, Vec<String>) {
+    let (mut features, mut rest) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--features" {
+            features.extend(it.next().cloned());
+        } else if let Some(list) = a.strip_prefix("--features=") {
+            features.push(list.to_string());
+        } else {
+            rest.push(a.clone());
+        }
+    }
+    (features, rest)
 }
 
 /// Every published crate as crates.io would get it: packaged, then built from its `.crate`
@@ -387,6 +411,22 @@ fn check_layers(meta: &serde_json::Value) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_features_go_to_cargo_and_the_rest_to_the_driver() {
+        let args: Vec<String> = [
+            "--features",
+            "async-peers",
+            "--workload",
+            "async_rand_read",
+            "--features=rocksdb",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (features, rest) = split_features(&args);
+        assert_eq!(features, ["async-peers", "rocksdb"]);
+        assert_eq!(rest, ["--workload", "async_rand_read"]);
+    }
 
     fn meta(pkgs: serde_json::Value) -> serde_json::Value {
         serde_json::json!({ "packages": pkgs })

@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use storage_io_benches::async_cells::{self, AsyncCell};
+use storage_io_benches::async_peers::AsyncSystem;
 use storage_io_benches::cache::{self, MemCap};
 use storage_io_benches::cell::{BACKENDS, Backend, Cell, WORKLOADS, Workload};
 use storage_io_benches::engine;
@@ -41,7 +43,9 @@ struct Args {
     /// client threads), scheduler_task_read (qd async tasks), raw_handoff_read (the raw loop handing
     /// each read to a client thread), raw_tagged_handoff_read (the raw loop serving one client
     /// thread with qd reads outstanding), segment_append (qd appends + one sync per op), segment_read
-    /// (sequential reads through the async file API).
+    /// (sequential reads through the async file API), async_rand_read, async_append_sync and
+    /// async_seq_read (the async file API beside tokio::fs and the Rust io_uring runtimes built in;
+    /// --qd is the number of tasks, default 1, 32, 256).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll, uring_heapbuf (the caller's own heap buffers: reads staged in registered memory and copied), uring_nowait_off and thread_pool_nowait_off (buffered reads never answered from the page cache at submit).
@@ -180,7 +184,13 @@ fn plan(args: &Args) -> Result<Plan> {
         None => preset.duration,
     };
     let rounds = rounds_of(args, &preset)?;
-    let size_mib = args.size_mib.unwrap_or(preset.size_mib);
+    // The async cells read a 1 GiB file by default when they run alone (issue 42).
+    let only_async = !workloads.is_empty() && workloads.iter().all(|&w| async_cells::is_async(w));
+    let size_mib = args.size_mib.unwrap_or(if only_async && !args.smoke {
+        1024
+    } else {
+        preset.size_mib
+    });
     if size_mib == 0 {
         bail!("--size-mib must be at least 1");
     }
@@ -222,6 +232,9 @@ impl Preset {
                     "wal_commit",
                     "segment_append",
                     "segment_read",
+                    "async_rand_read",
+                    "async_append_sync",
+                    "async_seq_read",
                 ],
                 backends: &["sync", "thread_pool", "uring"],
                 regimes: &["hot", "thrash"],
@@ -416,6 +429,8 @@ fn prepare_file(given: Option<&Path>, root: &Path, size: u64, block: usize) -> R
 /// One thing to run: a cell of ours or of fio's, in a regime.
 enum Job {
     Ours(Cell),
+    /// One round of an async cell of one system, in a child process.
+    Async(AsyncCell),
     Fio(FioJob),
     /// `committers` threads committing through the WAL on a backend (`direct`: the WAL's
     /// O_DIRECT | O_DSYNC mode).
@@ -458,6 +473,7 @@ struct Step {
 impl Step {
     fn label(&self) -> String {
         let (w, b, d, q) = match &self.job {
+            Job::Async(c) => return c.label(),
             Job::Ours(c) => (
                 c.workload.name().to_string(),
                 c.backend.name().to_string(),
@@ -515,7 +531,9 @@ impl Step {
 
 fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_ok: bool) -> Vec<Step> {
     let mut out = Vec::new();
-    for round in 0..plan.rounds {
+    let any_async = plan.workloads.iter().any(|&w| async_cells::is_async(w));
+    let full_default = args.full && args.rounds.is_none();
+    for round in 0..async_cells::rounds(plan.rounds, any_async, full_default) {
         // Every other round runs the workloads in reverse, so a scheduler cell and its raw
         // peer (different workloads) also take turns going first.
         let mut workloads = plan.workloads.clone();
@@ -523,6 +541,13 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
             workloads.reverse();
         }
         for w in workloads {
+            if async_cells::is_async(w) {
+                out.extend(async_steps(w, round, plan, args, (file, size, direct_ok)));
+                continue;
+            }
+            if round >= plan.rounds {
+                continue; // the async cells' extra rounds
+            }
             if w == Workload::WalCommit {
                 out.extend(wal_steps(plan, args, direct_ok));
                 continue;
@@ -586,6 +611,25 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
         }
     }
     out
+}
+
+/// One round of an async workload: each cell for every system this build runs, in turn.
+fn async_steps(w: Workload, round: usize, plan: &Plan, args: &Args, file: (&Path, u64, bool)) -> Vec<Step> {
+    let spec = async_cells::AsyncPlan {
+        modes: plan.modes.clone(),
+        direct_ok: file.2,
+        tasks: async_cells::task_counts(&args.qd, args.smoke),
+        duration: plan.duration,
+        file: file.0.to_path_buf(),
+        size: file.1,
+    };
+    async_cells::round_cells(w, round, &spec, &AsyncSystem::available())
+        .into_iter()
+        .map(|c| Step {
+            regime: c.regime.clone(),
+            job: Job::Async(c),
+        })
+        .collect()
 }
 
 /// The wal_commit cells: per backend and mode, the raw peer then each committer count. Like
@@ -685,6 +729,9 @@ fn wal_steps(plan: &Plan, args: &Args, direct_ok: bool) -> Vec<Step> {
 }
 
 fn main() {
+    if let Some(code) = async_cells::child_main() {
+        std::process::exit(code);
+    }
     signal::install();
     match run() {
         Ok(true) => std::process::exit(130),
@@ -730,7 +777,13 @@ fn run() -> Result<bool> {
         let mut all = steps(plan, &file.path, size, &args, fio_version.is_some(), direct_ok);
         if cap.is_none() {
             // Without a cache cap only the cache-independent cells can run (WAL cells have none).
-            all.retain(|s| s.regime == "hot" || s.regime == "uncached" || s.regime == wal::REGIME);
+            // The async cells prepare their own regimes (cold: posix_fadvise; no cap needed).
+            all.retain(|s| {
+                s.regime == "hot"
+                    || s.regime == "uncached"
+                    || s.regime == wal::REGIME
+                    || matches!(s.job, Job::Async(_))
+            });
         }
         all
     };
@@ -812,6 +865,12 @@ fn missing_tools(plan: &Plan, args: &Args, file: &Path, direct_ok: bool) -> (Opt
         {
             eprintln!("io-patterns: {hint}");
             notes.push(hint.into());
+        }
+    }
+    if plan.workloads.iter().any(|&w| async_cells::is_async(w)) {
+        for hint in AsyncSystem::ALL.into_iter().filter_map(AsyncSystem::missing) {
+            eprintln!("io-patterns: {hint}");
+            notes.push(hint);
         }
     }
     let fio_version = if args.no_fio { None } else { fio::version() };
@@ -945,6 +1004,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     // WAL cells write in a directory of their own beside the bench file; no cache regime.
     let wal_root = path.parent().unwrap_or(Path::new("."));
     let direct = match &step.job {
+        Job::Async(c) => return async_cells::run(c),
         Job::Ours(c) => c.direct,
         Job::Fio(f) => f.direct,
         Job::Wal {
@@ -1005,7 +1065,9 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let slack: u64 = match &step.job {
         Job::Fio(f) => (16 << 20) + (f.qd * f.block) as u64,
         Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
-        Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } | Job::FioDurable { .. } => 0,
+        Job::Async(_) | Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } | Job::FioDurable { .. } => {
+            0
+        }
     };
     let capped = match (divisor, cap) {
         (Some(d), Some(c)) if !direct => {
@@ -1019,8 +1081,8 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let result = match &step.job {
         Job::Ours(c) => engine::run_cell(path, c, &signal::stopped),
         Job::Fio(f) => f.run(),
-        Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } | Job::FioDurable { .. } => {
-            unreachable!("WAL cells returned above")
+        Job::Async(_) | Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } | Job::FioDurable { .. } => {
+            unreachable!("WAL and async cells returned above")
         }
     };
     if let Some(c) = capped {
