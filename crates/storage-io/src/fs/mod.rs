@@ -22,6 +22,8 @@ mod buf;
 mod config;
 mod metrics;
 mod slot;
+#[cfg(feature = "tokio")]
+mod tokio_io;
 mod worker;
 
 use std::future::Future;
@@ -43,6 +45,9 @@ pub use buf::{IoBufferPool, OwnedBuf, POOL_CLASSES};
 pub use config::AsyncFsConfig;
 pub use metrics::{AsyncIoMetrics, LATENCY_BUCKETS_SECONDS, OpMetrics, PoolClassMetrics};
 use slot::{Waiting, slot};
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use tokio_io::{TOKIO_FILE_MAX_BUF, TokioFile};
 use worker::{Request, Worker, WorkerShared};
 
 /// A set of I/O workers serving [`AsyncFile`]s: the entry point of the async file API.
