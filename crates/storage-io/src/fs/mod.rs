@@ -160,8 +160,8 @@ impl AsyncFileSystem {
     }
 
     /// Opens a file for appending (creating it if missing; existing contents are kept, and
-    /// appends land after them). With `preallocate_wal` on, `preallocate_size` bytes are
-    /// reserved first (see [`AsyncFile::allocate`]).
+    /// appends land after them). With `AsyncFsConfig::preallocate_appends` on,
+    /// `AsyncFsConfig::preallocate_size` bytes are reserved first (see [`AsyncFile::allocate`]).
     ///
     /// Within this file system, every handle on one path shares one append cursor (see
     /// [`AsyncFile::append`]), so a second `open_append` of a path is fine. Across processes
@@ -181,8 +181,23 @@ impl AsyncFileSystem {
     /// (as does `options.direct`); where the file system refuses it, the file is opened
     /// buffered with a warning and [`AsyncFile::mode`] says so.
     ///
+    /// `preallocate_bytes`: `Some(n)` reserves disk space for the first `n` bytes once the file
+    /// is open, as [`AsyncFile::allocate`] does (`fallocate` with `FALLOC_FL_KEEP_SIZE`: the
+    /// size and the append position do not change; Linux only, and only for files the OS
+    /// knows, so in-memory backends refuse it); the open fails with the reservation's error.
+    /// `None` reserves nothing. (`open_append` passes `preallocate_size` here when
+    /// `preallocate_appends` is on.)
+    ///
     /// Every handle on one path is served by the same worker (chosen by the path), which keeps
     /// one append cursor for them all.
+    ///
+    /// ```no_run
+    /// # async fn demo(fs: storage_io::AsyncFileSystem) -> storage_io::Result<()> {
+    /// use storage_io::OpenOptions;
+    /// // A new segment with 64 MiB reserved up front.
+    /// let segment = fs.open_with("log/1.seg", OpenOptions::create(), Some(64 << 20)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn open_with(
         &self,
         path: impl AsRef<Path>,
