@@ -31,7 +31,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -241,7 +241,7 @@ impl AsyncFileSystem {
             fd,
             mode,
             path,
-            closed: false,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -476,7 +476,8 @@ pub struct AsyncFile {
     fd: IoFd,
     mode: DirectMode,
     path: PathBuf,
-    closed: bool,
+    /// `close` was called: dropping sends no second close.
+    closed: AtomicBool,
 }
 
 impl AsyncFile {
@@ -577,9 +578,19 @@ impl AsyncFile {
     }
 
     /// Closes the file after every operation requested before, and says whether that went well.
-    pub fn close(mut self) -> Op<()> {
-        self.closed = true;
+    ///
+    /// Takes `&self`, so a file shared through an `Arc` can be closed by any of its holders
+    /// without unwrapping it: operations requested on it after the close fail (`BadFd`; the
+    /// handle is never reused for another file), and dropping it later sends no second close.
+    /// Only the first call closes and answers the result; a later call answers `Ok` at once.
+    /// As with every operation, the close is sent when this is called: dropping the future
+    /// does not stop it.
+    pub fn close(&self) -> Op<()> {
         let (reply, waiting) = slot();
+        if self.closed.swap(true, Ordering::AcqRel) {
+            let _ = reply.complete(Ok(()));
+            return Op { waiting };
+        }
         self.fs.send(
             self.worker,
             Request::Close {
@@ -620,7 +631,7 @@ impl std::fmt::Debug for AsyncFile {
 
 impl Drop for AsyncFile {
     fn drop(&mut self) {
-        if !self.closed {
+        if !*self.closed.get_mut() {
             self.fs.send(
                 self.worker,
                 Request::Close {
