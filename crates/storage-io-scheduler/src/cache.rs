@@ -779,7 +779,8 @@ impl PageCache {
     /// the scheduler, and logs an error (through `tracing`) if that fails or takes longer;
     /// `None` drops them (what an engine whose WAL replays them may want). A cache that holds
     /// no dirty page does nothing on drop either way. Prefer [`close`](Self::close), which
-    /// returns the error.
+    /// returns the error. The flush on drop blocks the dropping thread: in async code, end
+    /// with [`close_async`](Self::close_async) (or `flush_all_async`) instead.
     pub fn set_flush_on_drop(&mut self, bound: Option<Duration>) {
         self.flush_on_drop = bound;
     }
