@@ -29,13 +29,22 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::PageId;
 use crate::config::AllocationMode;
 use crate::error::{Result, SchedulerError};
+use crate::reply::Reply;
 use crate::scheduler::DiskScheduler;
+
+mod async_api;
+
+/// How long dropping a [`PageCache`] with dirty pages waits for their write-backs and the sync
+/// by default (see [`PageCache::set_flush_on_drop`]).
+pub const DEFAULT_DROP_FLUSH_BOUND: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FrameState {
@@ -125,7 +134,16 @@ pub struct PageCache {
     page_size: usize,
     frames: Vec<RwLock<Box<[u8]>>>,
     state: Mutex<State>,
+    /// Threads waiting for a frame's state to change.
     changed: Condvar,
+    /// Tasks waiting for the same (the futures of `async_api`): woken with `changed`. Taken
+    /// after the state lock when both are held.
+    waiters: Mutex<Vec<Waker>>,
+    /// Allocations whose `new_page_async` was dropped before the id arrived: freed as soon as
+    /// the answer is seen (any later `new_page`, every flush), so a cancelled future leaks no id.
+    orphans: Mutex<Vec<Reply<PageId>>>,
+    /// What dropping the cache does with dirty pages (`None`: nothing; `close` sets it).
+    flush_on_drop: Option<Duration>,
     /// Unit tests only: called at the [`HookPoint`]s, to force an interleaving.
     #[cfg(test)]
     hook: Mutex<Option<TestHook>>,
@@ -154,6 +172,31 @@ impl PageCache {
         if let Some(hook) = hook {
             hook(point);
         }
+    }
+}
+
+impl PageCache {
+    /// Wakes every thread and task waiting for a frame's state to change. Called after the
+    /// change, with or without the state lock held.
+    fn notify(&self) {
+        self.changed.notify_all();
+        let woken = std::mem::take(&mut *self.waiters.lock());
+        for waker in woken {
+            waker.wake();
+        }
+    }
+
+    /// Frees the ids of cancelled `new_page_async` calls whose answer has come (the
+    /// deallocation is sent, not waited for); keeps the others for later.
+    fn free_arrived_orphans(&self) {
+        self.orphans.lock().retain(|reply| match reply.try_recv() {
+            None => true,
+            Some(Ok(page)) => {
+                drop(self.sched.schedule_deallocate(page));
+                false
+            }
+            Some(Err(_)) => false,
+        });
     }
 }
 
@@ -189,7 +232,7 @@ impl Drop for LoadGuard<'_> {
         }
         st.meta[self.frame] = FrameMeta::EMPTY;
         drop(st);
-        self.cache.changed.notify_all();
+        self.cache.notify();
     }
 }
 
@@ -215,7 +258,7 @@ impl Drop for WriteBackGuard<'_> {
             m.state = self.prior;
         }
         drop(st);
-        self.cache.changed.notify_all();
+        self.cache.notify();
     }
 }
 
@@ -283,7 +326,7 @@ impl Drop for PinnedPage<'_> {
         let m = &mut st.meta[self.frame];
         m.pins -= 1;
         if m.pins == 0 {
-            self.cache.changed.notify_all();
+            self.cache.notify();
         }
     }
 }
@@ -310,6 +353,9 @@ impl PageCache {
                 stats: PageCacheStats::default(),
             }),
             changed: Condvar::new(),
+            waiters: Mutex::new(Vec::new()),
+            orphans: Mutex::new(Vec::new()),
+            flush_on_drop: Some(DEFAULT_DROP_FLUSH_BOUND),
             #[cfg(test)]
             hook: Mutex::new(None),
         })
@@ -348,6 +394,7 @@ impl PageCache {
     /// the id is deallocated again before the error is returned. Only if that deallocation
     /// fails too does the id stay allocated (logged as an error; nobody holds it).
     pub fn new_page(&self) -> Result<PinnedPage<'_>> {
+        self.free_arrived_orphans();
         {
             let st = self.state.lock();
             if st.meta.iter().all(|m| m.pins > 0) {
@@ -413,7 +460,7 @@ impl PageCache {
             }
             st.table.remove(&page);
             st.meta[f] = FrameMeta::EMPTY;
-            self.changed.notify_all();
+            self.notify();
             break;
         }
         drop(st);
@@ -453,7 +500,7 @@ impl PageCache {
             if st.meta[victim].dirty {
                 // Write the old page back first; it stays mapped (state WritingBack) so that a
                 // fetch of it waits rather than reads stale bytes from disk.
-                st = self.write_back(st, victim)?;
+                st = self.write_back(st, victim, None)?;
                 continue;
             }
             self.install(&mut st, victim, page, fill);
@@ -552,7 +599,7 @@ impl PageCache {
             st.meta[frame].state = FrameState::Ready;
         }
         unload.armed = false;
-        self.changed.notify_all();
+        self.notify();
         Ok(PinnedPage {
             cache: self,
             frame,
@@ -584,52 +631,81 @@ impl PageCache {
 
     /// Writes frame `f` back through the scheduler with the state lock released; on failure
     /// the page stays cached and dirty. A page deallocated behind the cache (`NotAllocated`)
-    /// has dead bytes: they are dropped and the frame is clean.
+    /// has dead bytes: they are dropped and the frame is clean. With a `deadline`, a write
+    /// not answered by then fails with `TimedOut` (the page stays dirty).
     fn write_back<'s>(
         &'s self,
         mut st: parking_lot::MutexGuard<'s, State>,
         f: usize,
+        deadline: Option<Instant>,
     ) -> Result<parking_lot::MutexGuard<'s, State>> {
-        let Some(page) = st.meta[f].page else {
-            st.meta[f].dirty = false;
+        let Some(job) = self.write_back_begin(&mut st, f) else {
             return Ok(st);
         };
+        drop(st);
+        // A panic from here on (copying the page, sending it) puts the frame back as it was,
+        // still dirty, so nothing waits for a write-back that will not finish.
+        let mut unwind = job.guard(self);
+        let reply = self.write_back_send(&job);
+        let result = wait_reply(&reply, deadline, "page cache write-back");
+        unwind.armed = false;
+        let mut st = self.state.lock();
+        self.write_back_end(&mut st, &job, result).map(|()| st)
+    }
+
+    /// The first step of a write-back of frame `f`, under the state lock: the dirty bit
+    /// cleared, the frame marked as being written back. `None` for a frame without a page.
+    fn write_back_begin(&self, st: &mut State, f: usize) -> Option<WriteBackJob> {
+        let Some(page) = st.meta[f].page else {
+            st.meta[f].dirty = false;
+            return None;
+        };
         let prior = st.meta[f].state;
+        debug_assert!(!st.meta[f].writing_back, "two write-backs of frame {f} at once");
         st.meta[f].dirty = false;
         st.meta[f].writing_back = true;
         if st.meta[f].pins == 0 {
             st.meta[f].state = FrameState::WritingBack;
         }
-        drop(st);
-        // A panic from here on (copying the page, sending it) puts the frame back as it was,
-        // still dirty, so nothing waits for a write-back that will not finish.
-        let mut unwind = WriteBackGuard {
-            cache: self,
+        Some(WriteBackJob {
             frame: f,
+            page,
             prior,
-            armed: true,
-        };
+        })
+    }
+
+    /// The second step, with the state lock released: the page's bytes copied (under the
+    /// frame's read lock) and sent.
+    fn write_back_send(&self, job: &WriteBackJob) -> Reply<()> {
         #[cfg(test)]
         self.hook(HookPoint::WriteBackUnlocked);
         // Aligned, so the worker hands it to the backend without staging it again.
-        let data = crate::lend::aligned_bytes(&self.frames[f].read());
-        let result = self.sched.schedule_write(page, data).recv();
-        unwind.armed = false;
-        let mut st = self.state.lock();
+        let data = crate::lend::aligned_bytes(&self.frames[job.frame].read());
+        self.sched.schedule_write(job.page, data)
+    }
+
+    /// The last step, under the state lock again: the frame back to its state, the waiters
+    /// woken, and the page dirty again if the write failed.
+    fn write_back_end(&self, st: &mut State, job: &WriteBackJob, result: Result<()>) -> Result<()> {
+        let f = job.frame;
+        debug_assert!(
+            st.meta[f].writing_back,
+            "frame {f} ends a write-back it did not begin"
+        );
         st.meta[f].writing_back = false;
         if st.meta[f].state == FrameState::WritingBack {
-            st.meta[f].state = prior;
+            st.meta[f].state = job.prior;
         }
-        self.changed.notify_all();
+        self.notify();
         match result {
             Ok(()) => {
                 st.stats.write_backs += 1;
-                Ok(st)
+                Ok(())
             }
             Err(SchedulerError::NotAllocated(_)) => {
-                tracing::debug!(%page, "page cache: dropped the dirty bytes of a deallocated page");
+                tracing::debug!(page = %job.page, "page cache: dropped the dirty bytes of a deallocated page");
                 st.stats.freed_discarded += 1;
-                Ok(st)
+                Ok(())
             }
             Err(e) => {
                 st.meta[f].dirty = true;
@@ -641,7 +717,15 @@ impl PageCache {
     /// Writes back every dirty page (pinned ones too, as they are now) and syncs. When it
     /// returns `Ok`, every page that was dirty when it began is durable, including pages whose
     /// write-back another thread had under way (those are waited for).
+    ///
+    /// Blocks its thread while it waits; from async code, use
+    /// [`flush_all_async`](Self::flush_all_async).
     pub fn flush_all(&self) -> Result<()> {
+        self.flush_until(None)
+    }
+
+    /// `flush_all`, giving up with `TimedOut` at `deadline` if there is one.
+    fn flush_until(&self, deadline: Option<Instant>) -> Result<()> {
         let mut st = self.state.lock();
         for f in 0..self.frames.len() {
             loop {
@@ -662,13 +746,102 @@ impl PageCache {
                     continue;
                 }
                 if m.dirty && m.state == FrameState::Ready {
-                    st = self.write_back(st, f)?;
+                    st = self.write_back(st, f, deadline)?;
                 }
                 break;
             }
         }
         drop(st);
-        self.sched.schedule_sync().recv()
+        // The ids of cancelled `new_page_async` calls: freed before the sync, so it covers them.
+        let orphans = std::mem::take(&mut *self.orphans.lock());
+        for reply in orphans {
+            if let Ok(page) = wait_reply(&reply, deadline, "page cache flush (a cancelled allocation)") {
+                wait_reply(
+                    &self.sched.schedule_deallocate(page),
+                    deadline,
+                    "page cache flush (freeing a cancelled allocation)",
+                )?;
+            }
+        }
+        wait_reply(&self.sched.schedule_sync(), deadline, "page cache flush (sync)")
+    }
+
+    /// Flushes every dirty page ([`flush_all`](Self::flush_all)) and closes the cache,
+    /// returning the flush's error: the clean shutdown of an engine. On an error nothing is
+    /// flushed again on drop (the error is the caller's now). The scheduler stays open.
+    pub fn close(mut self) -> Result<()> {
+        self.flush_on_drop = None;
+        self.flush_all()
+    }
+
+    /// What dropping the cache does with dirty pages: `Some(bound)` (the default,
+    /// [`DEFAULT_DROP_FLUSH_BOUND`]) writes them back and syncs, waiting at most `bound` for
+    /// the scheduler, and logs an error (through `tracing`) if that fails or takes longer;
+    /// `None` drops them (what an engine whose WAL replays them may want). A cache that holds
+    /// no dirty page does nothing on drop either way. Prefer [`close`](Self::close), which
+    /// returns the error. The flush on drop blocks the dropping thread: in async code, end
+    /// with [`close_async`](Self::close_async) (or `flush_all_async`) instead.
+    pub fn set_flush_on_drop(&mut self, bound: Option<Duration>) {
+        self.flush_on_drop = bound;
+    }
+
+    /// True when a frame holds a dirty page or a cancelled allocation waits to be freed.
+    fn has_unflushed(&self) -> bool {
+        self.state.lock().meta.iter().any(|m| m.dirty && m.page.is_some()) || !self.orphans.lock().is_empty()
+    }
+}
+
+/// Dropping a cache with dirty pages flushes them, bounded (see
+/// [`PageCache::set_flush_on_drop`]); a failure is logged, not returned.
+impl Drop for PageCache {
+    fn drop(&mut self) {
+        let Some(bound) = self.flush_on_drop else {
+            return;
+        };
+        if !self.has_unflushed() {
+            return;
+        }
+        let dirty = self.state.lock().meta.iter().filter(|m| m.dirty).count();
+        if let Err(e) = self.flush_until(Some(Instant::now() + bound)) {
+            tracing::error!(dir = %self.sched.dir().display(), dirty_pages = dirty, error = %e, "page cache: dropped with dirty pages and the flush on drop failed; those pages may be lost (call close() to get the error)");
+        } else {
+            tracing::debug!(dirty_pages = dirty, "page cache: flushed on drop");
+        }
+    }
+}
+
+/// A write-back begun by [`PageCache::write_back_begin`].
+struct WriteBackJob {
+    frame: usize,
+    page: PageId,
+    prior: FrameState,
+}
+
+impl WriteBackJob {
+    /// Armed: ends the write-back as a failed one if dropped before disarmed.
+    fn guard<'a>(&self, cache: &'a PageCache) -> WriteBackGuard<'a> {
+        WriteBackGuard {
+            cache,
+            frame: self.frame,
+            prior: self.prior,
+            armed: true,
+        }
+    }
+}
+
+/// Waits for `reply`, until `deadline` if there is one (then `TimedOut`, naming `call`).
+fn wait_reply<T>(reply: &Reply<T>, deadline: Option<Instant>, call: &'static str) -> Result<T> {
+    match deadline {
+        None => reply.recv(),
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            reply.recv_timeout(left).unwrap_or_else(|| {
+                Err(SchedulerError::TimedOut {
+                    call,
+                    waited_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+                })
+            })
+        }
     }
 }
 

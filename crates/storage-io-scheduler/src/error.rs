@@ -133,6 +133,17 @@ pub enum SchedulerError {
         /// The error of the image write or sync that failed.
         source: StorageIoError,
     },
+    /// A call that waits with a bound (a [`PageCache`](crate::PageCache) flushing on drop)
+    /// got no answer in time; the work it waited for may still complete.
+    #[error(
+        "{call} got no answer from the scheduler within {waited_ms} ms; call it without a bound (flush_all, close) to wait for it"
+    )]
+    TimedOut {
+        /// The call that gave up.
+        call: &'static str,
+        /// How long it waited, in milliseconds.
+        waited_ms: u64,
+    },
     /// A worker thread could not start or died.
     #[error("scheduler worker failed: {0}")]
     Worker(String),

@@ -81,7 +81,9 @@ mod worker;
 pub use alloc::MAX_ALLOCATE_AT_GAP;
 /// The `bytes` crate, re-exported: pages are written as its `Bytes` and read as its `BytesMut`.
 pub use bytes;
-pub use cache::{PageCache, PageCacheStats, PageReadGuard, PageWriteGuard, PinnedPage};
+pub use cache::{
+    DEFAULT_DROP_FLUSH_BOUND, PageCache, PageCacheStats, PageReadGuard, PageWriteGuard, PinnedPage,
+};
 #[allow(deprecated)] // the old name stays importable, with its deprecation note
 pub use config::IOSchedulerConfig;
 pub use config::{AllocDurability, AllocationMode, MAX_PAGE_SIZE, MIN_PAGE_SIZE, SchedulerConfig};

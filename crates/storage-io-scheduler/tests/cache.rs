@@ -267,3 +267,79 @@ fn page_cache_counter_survives_concurrent_flush_all_and_eviction() {
     let back = sched.schedule_read(id).recv().unwrap();
     assert_eq!(u64::from_le_bytes(back[..8].try_into().unwrap()), COUNT);
 }
+
+/// A cache dropped with dirty pages and no `flush_all`: before, the pages were simply lost (the
+/// allocation was durable, so they read back as zeros after a reopen). Dropping flushes them.
+#[test]
+fn a_cache_dropped_without_flush_all_keeps_its_pages() {
+    let fs = MemFs::new(41);
+    let sched = Arc::new(open(&mem_factory(&fs), config(1)));
+    let cache = PageCache::new(Arc::clone(&sched), 8).unwrap();
+    let ids: Vec<PageId> = (0..5u32)
+        .map(|v| {
+            let page = cache.new_page().unwrap();
+            page.write().copy_from_slice(&page_bytes(page.id(), v));
+            page.id()
+        })
+        .collect();
+    drop(cache); // no flush_all
+    sched.shutdown().unwrap();
+    let file = std::path::Path::new(DIR).join(storage_io_scheduler::PAGE_FILE);
+    let durable = fs.durable_contents(&file).unwrap_or_default();
+    for (v, id) in ids.iter().enumerate() {
+        let at = id.0 as usize * PAGE;
+        let bytes = durable.get(at..at + PAGE).unwrap_or(&[]);
+        assert!(
+            bytes.len() == PAGE && stamp(bytes) == (id.0, v as u32),
+            "page {id} is not durable after the drop: {:?}",
+            &bytes[..bytes.len().min(12)]
+        );
+    }
+    let sched = open(&mem_factory(&fs), config(1));
+    for (v, id) in ids.iter().enumerate() {
+        assert_eq!(stamp(&sched.schedule_read(*id).recv().unwrap()), (id.0, v as u32));
+    }
+}
+
+/// `close` flushes and returns the flush's error (here a write-back's EIO); the page stays
+/// dirty and the closed cache does not flush again on drop.
+#[test]
+fn close_returns_the_error_of_its_flush() {
+    let fs = MemFs::new(42);
+    // Writes: 1 = initial allocation image, 2 = the allocation's image, 3 = the write-back.
+    let plan = FaultPlan::new(42).fail_nth(OpKind::Write, 3, Fault::Eio);
+    let sched = Arc::new(open(&faulty_factory(&fs, plan), config(1)));
+    let cache = PageCache::new(Arc::clone(&sched), 2).unwrap();
+    cache.new_page().unwrap().write()[0] = 1;
+    let err = cache.close().unwrap_err();
+    assert_eq!(err.errno(), Some(5), "{err}");
+}
+
+/// A clean close: everything durable, and `close` says so.
+#[test]
+fn close_flushes_every_dirty_page() {
+    let fs = MemFs::new(43);
+    let sched = Arc::new(open(&mem_factory(&fs), config(1)));
+    let cache = PageCache::new(Arc::clone(&sched), 2).unwrap();
+    let id = {
+        let page = cache.new_page().unwrap();
+        page.write().copy_from_slice(&page_bytes(page.id(), 7));
+        page.id()
+    };
+    cache.close().unwrap();
+    sched.shutdown().unwrap();
+    let sched = open(&mem_factory(&fs), config(1));
+    assert_eq!(stamp(&sched.schedule_read(id).recv().unwrap()), (id.0, 7));
+}
+
+/// The flush on drop is bounded and logs its failure: a cache whose scheduler has shut down
+/// drops at once (the write-back answers `Closed`) instead of panicking or hanging.
+#[test]
+fn a_cache_dropped_after_its_scheduler_shut_down_does_not_hang() {
+    let fs = MemFs::new(44);
+    let sched = Arc::new(open(&mem_factory(&fs), config(1)));
+    let cache = PageCache::new(Arc::clone(&sched), 2).unwrap();
+    cache.new_page().unwrap().write()[0] = 1;
+    sched.shutdown().unwrap();
+    drop(cache);
+}

@@ -36,6 +36,9 @@ fn backend_submit_calls_of_the_workers_reach_the_scheduler_stats() {
     });
     let config = SchedulerConfig {
         workers: 1,
+        // Allocation images made durable as they go: none is left for shutdown to write
+        // between the two counts (`next_sync` writes one there).
+        alloc_durability: storage_io_scheduler::AllocDurability::Immediate,
         ..SchedulerConfig::default()
     };
     let sched = DiskScheduler::open(dir.path(), config, factory).unwrap();

@@ -46,6 +46,9 @@ pub use fs::{
     AsyncFile, AsyncFileSystem, AsyncFsConfig, AsyncIoMetrics, BufOp, IoBufferPool, LATENCY_BUCKETS_SECONDS,
     Op, OpMetrics, OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
 };
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use fs::{TOKIO_FILE_MAX_BUF, TokioFile};
 
 // The core types a user of a backend needs, by name; implementers take
 // `storage_io_core::backend_kit` from the core crate itself.

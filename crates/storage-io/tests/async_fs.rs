@@ -463,7 +463,7 @@ fn appends_in_flight_never_overlap() {
 
 #[cfg(target_os = "linux")] // allocate is fallocate(FALLOC_FL_KEEP_SIZE), which only Linux has
 #[test]
-fn allocate_and_preallocate_wal_reserve_space_without_growing_the_file() {
+fn allocate_and_preallocate_appends_reserve_space_without_growing_the_file() {
     use std::os::unix::fs::MetadataExt;
     let dir = real_dir();
     let cfg = AsyncFsConfig {

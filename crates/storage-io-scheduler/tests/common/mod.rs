@@ -28,11 +28,15 @@ pub(crate) fn faulty_factory(fs: &MemFs, plan: FaultPlan) -> BackendFactory {
     Arc::new(move |_| Ok(Box::new(FaultyIo::new(fs.backend(), plan.clone())) as Box<dyn StorageIo>))
 }
 
-/// A small config: `workers` workers, extents of 4 pages so batches cross workers.
+/// A small config: `workers` workers, extents of 4 pages so batches cross workers, and
+/// `alloc_durability = immediate` (not the default since issue 41): these tests count the
+/// allocation images and syncs it makes, and crash right after allocations they expect
+/// durable. The `next_sync` tests (model, modes, redo, review) set it themselves.
 pub(crate) fn config(workers: usize) -> SchedulerConfig {
     SchedulerConfig {
         workers,
         max_combine_pages: 4,
+        alloc_durability: storage_io_scheduler::AllocDurability::Immediate,
         ..SchedulerConfig::default()
     }
 }

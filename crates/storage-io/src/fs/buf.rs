@@ -1,5 +1,6 @@
 //! Owned buffers for the async file API, and [`IoBufferPool`].
 
+use storage_io_core::bytes::{Bytes, BytesMut};
 use storage_io_core::{AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf, Result};
 
 use super::AsyncFsConfig;
@@ -7,7 +8,8 @@ use super::AsyncFsConfig;
 /// A buffer that can move into an operation and come back with its result.
 ///
 /// Implemented for `Vec<u8>` (buffered files), [`AlignedBuf`] (any file, required for direct
-/// I/O; the buffers [`IoBufferPool`] hands out are these) and [`IoBuf`]. The bytes in use are the
+/// I/O; the buffers [`IoBufferPool`] hands out are these), [`IoBuf`], and the `bytes` crate's
+/// `Bytes` and `BytesMut` (re-exported as `storage_io::bytes`). The bytes in use are the
 /// buffer's length: a read fills `len()` bytes and comes back truncated to what was read; a write
 /// writes `len()` bytes.
 pub trait OwnedBuf: Send + 'static {
@@ -58,6 +60,37 @@ impl OwnedBuf for IoBuf {
     }
     fn lost() -> Self {
         IoBuf::Vec(Vec::new())
+    }
+}
+
+/// A shared buffer: the bytes move in without a copy when this is their only handle and they
+/// are plain heap memory (a `Bytes` made from a `Vec`), else they are copied once. A read
+/// fills a buffer of its length (a `Bytes` is immutable: read into a `BytesMut` or a `Vec` and
+/// freeze it instead). The buffer comes back as a `Bytes` over the same memory.
+impl OwnedBuf for Bytes {
+    fn into_io_buf(self) -> IoBuf {
+        IoBuf::Vec(Vec::from(self))
+    }
+    fn from_io_buf(buf: IoBuf) -> Self {
+        Bytes::from(buf.into_vec())
+    }
+    fn lost() -> Self {
+        Bytes::new()
+    }
+}
+
+/// A growable buffer: moves in without a copy when it owns its whole allocation (one made by
+/// `BytesMut::with_capacity` and not split), else it is copied once; it comes back as a
+/// `BytesMut` over the same memory.
+impl OwnedBuf for BytesMut {
+    fn into_io_buf(self) -> IoBuf {
+        IoBuf::Vec(Vec::from(self))
+    }
+    fn from_io_buf(buf: IoBuf) -> Self {
+        BytesMut::from(Bytes::from(buf.into_vec()))
+    }
+    fn lost() -> Self {
+        BytesMut::new()
     }
 }
 

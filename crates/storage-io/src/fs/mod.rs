@@ -25,6 +25,8 @@ mod local;
 mod metrics;
 mod order;
 mod slot;
+#[cfg(feature = "tokio")]
+mod tokio_io;
 mod worker;
 
 use std::future::Future;
@@ -32,7 +34,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -49,6 +51,9 @@ use local::{LocalFile, LocalOp, LocalReply, LocalRings};
 pub use metrics::{AsyncIoMetrics, LATENCY_BUCKETS_SECONDS, OpMetrics, PoolClassMetrics};
 use order::{FileShared, GroupSync};
 use slot::{Waiting, slot};
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use tokio_io::{TOKIO_FILE_MAX_BUF, TokioFile};
 use worker::{Request, Worker, WorkerShared};
 
 /// Without rings on the callers' threads (off Linux, or without the `io-uring` or `tokio`
@@ -187,8 +192,8 @@ impl AsyncFileSystem {
     }
 
     /// Opens a file for appending (creating it if missing; existing contents are kept, and
-    /// appends land after them). With `preallocate_wal` on, `preallocate_size` bytes are
-    /// reserved first (see [`AsyncFile::allocate`]).
+    /// appends land after them). With `AsyncFsConfig::preallocate_appends` on,
+    /// `AsyncFsConfig::preallocate_size` bytes are reserved first (see [`AsyncFile::allocate`]).
     ///
     /// Within this file system, every handle on one path shares one append cursor (see
     /// [`AsyncFile::append`]), so a second `open_append` of a path is fine. Across processes
@@ -208,8 +213,23 @@ impl AsyncFileSystem {
     /// (as does `options.direct`); where the file system refuses it, the file is opened
     /// buffered with a warning and [`AsyncFile::mode`] says so.
     ///
+    /// `preallocate_bytes`: `Some(n)` reserves disk space for the first `n` bytes once the file
+    /// is open, as [`AsyncFile::allocate`] does (`fallocate` with `FALLOC_FL_KEEP_SIZE`: the
+    /// size and the append position do not change; Linux only, and only for files the OS
+    /// knows, so in-memory backends refuse it); the open fails with the reservation's error.
+    /// `None` reserves nothing. (`open_append` passes `preallocate_size` here when
+    /// `preallocate_appends` is on.)
+    ///
     /// Every handle on one path is served by the same worker (chosen by the path), which keeps
     /// one append cursor for them all.
+    ///
+    /// ```no_run
+    /// # async fn demo(fs: storage_io::AsyncFileSystem) -> storage_io::Result<()> {
+    /// use storage_io::OpenOptions;
+    /// // A new segment with 64 MiB reserved up front.
+    /// let segment = fs.open_with("log/1.seg", OpenOptions::create(), Some(64 << 20)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn open_with(
         &self,
         path: impl AsRef<Path>,
@@ -259,7 +279,7 @@ impl AsyncFileSystem {
             path,
             file: parts.file,
             local,
-            closed: false,
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -524,7 +544,8 @@ pub struct AsyncFile {
     /// This handle's OS file for the rings on the callers' threads (none without them, or for
     /// files of in-memory backends).
     local: Option<Arc<LocalFile>>,
-    closed: bool,
+    /// `close` was called: later operations fail with `BadFd`, and dropping sends no second close.
+    closed: AtomicBool,
 }
 
 impl AsyncFile {
@@ -547,9 +568,29 @@ impl AsyncFile {
         self.transfer(OpKind::Write, buf, offset)
     }
 
-    fn transfer<B: OwnedBuf>(&self, kind: OpKind, buf: B, offset: u64) -> BufOp<usize, B> {
+    /// The error of an operation called after [`AsyncFile::close`].
+    fn after_close(&self) -> Option<StorageIoError> {
+        self.closed
+            .load(Ordering::Acquire)
+            .then_some(StorageIoError::BadFd { fd: self.fd })
+    }
+
+    /// A buffer operation answered at once with `error` (called after close).
+    fn refused_now<T, B: OwnedBuf>(buf: IoBuf, error: StorageIoError) -> BufOp<T, B> {
         let (reply, waiting) = slot();
+        let _ = reply.complete((Err(error), buf));
+        BufOp {
+            waiting,
+            buf: PhantomData,
+        }
+    }
+
+    fn transfer<B: OwnedBuf>(&self, kind: OpKind, buf: B, offset: u64) -> BufOp<usize, B> {
         let buf = buf.into_io_buf();
+        if let Some(e) = self.after_close() {
+            return Self::refused_now(buf, e);
+        }
+        let (reply, waiting) = slot();
         let ticket = (kind == OpKind::Write).then(|| {
             self.file.wrote_to(offset.saturating_add(buf.len() as u64));
             self.file.begin_write()
@@ -596,8 +637,11 @@ impl AsyncFile {
     /// An append is written even if its future is dropped: its place in the file is taken when
     /// it is called, and skipping it would leave a hole before the appends after it.
     pub fn append<B: OwnedBuf>(&self, buf: B) -> BufOp<u64, B> {
-        let (reply, waiting) = slot();
         let buf = buf.into_io_buf();
+        if let Some(e) = self.after_close() {
+            return Self::refused_now(buf, e);
+        }
+        let (reply, waiting) = slot();
         let offset = self.file.reserve_append(buf.len() as u64);
         let ticket = self.file.begin_write();
         #[cfg(caller_rings)]
@@ -650,6 +694,9 @@ impl AsyncFile {
     }
 
     fn sync(&self, full: bool) -> Op<()> {
+        if let Some(e) = self.after_close() {
+            return Op::boxed(std::future::ready(Err(e)));
+        }
         let fs = Arc::clone(&self.fs);
         let (worker, fd) = (self.worker, self.fd);
         let shared = Arc::clone(&self.file);
@@ -698,6 +745,9 @@ impl AsyncFile {
     /// The file's length in bytes, after every write and append called before this call has
     /// completed.
     pub fn size(&self) -> Op<u64> {
+        if let Some(e) = self.after_close() {
+            return Op::boxed(std::future::ready(Err(e)));
+        }
         let fence = self.file.fence();
         let (fs, worker, fd) = (Arc::clone(&self.fs), self.worker, self.fd);
         Op::boxed(async move {
@@ -713,6 +763,9 @@ impl AsyncFile {
     /// cannot fail for lack of space. `ENOSPC` if the space is not there; `EOPNOTSUPP` on file
     /// systems without fallocate; Linux only.
     pub fn allocate(&self, len: u64) -> Op<()> {
+        if let Some(e) = self.after_close() {
+            return Op::boxed(std::future::ready(Err(e)));
+        }
         let fence = self.file.fence();
         let (fs, worker, fd) = (Arc::clone(&self.fs), self.worker, self.fd);
         Op::boxed(async move {
@@ -724,21 +777,27 @@ impl AsyncFile {
     }
 
     /// Closes the file after every operation called before has completed, and says whether
-    /// closing went well. Dropped before it is done, the future still closes the file.
-    pub fn close(self) -> Op<()> {
+    /// closing went well.
+    ///
+    /// Takes `&self`, so a file shared through an `Arc` can be closed by any of its holders
+    /// without unwrapping it: operations called on it after the close fail (`BadFd`; the handle
+    /// is never reused for another file), and dropping it later sends no second close. Only the
+    /// first call closes and answers the result; a later call answers `Ok` at once. Dropping the
+    /// future does not stop the close.
+    pub fn close(&self) -> Op<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Op::boxed(std::future::ready(Ok(())));
+        }
         let fence = self.file.fence();
+        let guard = CloseOnDrop {
+            fs: Some(Arc::clone(&self.fs)),
+            worker: self.worker,
+            fd: self.fd,
+        };
         Op::boxed(async move {
             fence.await;
-            let mut file = self;
-            file.closed = true;
             let (reply, waiting) = slot();
-            file.fs.send(
-                file.worker,
-                Request::Close {
-                    fd: file.fd,
-                    reply: Some(reply),
-                },
-            );
+            guard.send(Some(reply));
             waiting.await.unwrap_or_else(|| Err(worker_gone()))
         })
     }
@@ -771,9 +830,40 @@ impl std::fmt::Debug for AsyncFile {
     }
 }
 
+/// Sends a file's close when dropped, unless `send` sent it first: a `close` future dropped
+/// while it waits for the writes before it still closes the file.
+struct CloseOnDrop {
+    /// Taken by `send`.
+    fs: Option<Arc<Shared>>,
+    worker: usize,
+    fd: IoFd,
+}
+
+impl CloseOnDrop {
+    fn send(mut self, reply: Option<slot::Completer<Result<()>>>) {
+        if let Some(fs) = self.fs.take() {
+            fs.send(self.worker, Request::Close { fd: self.fd, reply });
+        }
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(fs) = self.fs.take() {
+            fs.send(
+                self.worker,
+                Request::Close {
+                    fd: self.fd,
+                    reply: None,
+                },
+            );
+        }
+    }
+}
+
 impl Drop for AsyncFile {
     fn drop(&mut self) {
-        if !self.closed {
+        if !*self.closed.get_mut() {
             self.fs.send(
                 self.worker,
                 Request::Close {

@@ -622,7 +622,7 @@ impl Worker {
         };
         let holds_lock = append_lock && opened.file.is_some();
         if holds_lock && !self.append_locks.contains_key(&key) {
-            let locked = opened.file.as_ref().map(|f| lock_for_append(f, path)).transpose();
+            let locked = opened.file.as_ref().map(|_| lock_for_append(path)).transpose();
             match locked {
                 Ok(Some(file)) => {
                     self.append_locks.insert(
@@ -837,11 +837,13 @@ fn no_os_file() -> StorageIoError {
     )
 }
 
-/// Takes the exclusive advisory append lock (`flock(LOCK_EX | LOCK_NB)`) on `file`'s open file
-/// description and returns a handle that keeps it. Another holder — another process, or another
-/// file system in this one — makes it an `Os` error naming the path.
+/// Takes the exclusive advisory append lock (`flock(LOCK_EX | LOCK_NB)`) on an open file
+/// description of its own (a fresh open of `path`, not a dup of the data file's: the data file
+/// has duplicates on the callers' rings, and a lock on a shared description would be held until
+/// the last of them closed) and returns the handle that keeps it. Another holder — another
+/// process, or another file system in this one — makes it an `Os` error naming the path.
 #[cfg(unix)]
-fn lock_for_append(file: &File, path: &std::path::Path) -> Result<File> {
+fn lock_for_append(path: &std::path::Path) -> Result<File> {
     use std::os::fd::AsRawFd;
     let err = |e: &std::io::Error| {
         StorageIoError::from_os_at(
@@ -850,7 +852,7 @@ fn lock_for_append(file: &File, path: &std::path::Path) -> Result<File> {
             e,
         )
     };
-    let file = file.try_clone().map_err(|e| err(&e))?;
+    let file = File::open(path).map_err(|e| err(&e))?;
     loop {
         // SAFETY: flock takes no pointers; the fd is open for as long as `file` lives.
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -875,9 +877,9 @@ fn lock_for_append(file: &File, path: &std::path::Path) -> Result<File> {
 
 /// No `flock` here: appenders in other processes are not detected.
 #[cfg(not(unix))]
-fn lock_for_append(file: &File, _path: &std::path::Path) -> Result<File> {
-    file.try_clone()
-        .map_err(|e| StorageIoError::from_os("duplicating a file handle", &e))
+fn lock_for_append(path: &std::path::Path) -> Result<File> {
+    File::open(path)
+        .map_err(|e| StorageIoError::from_os_at("open_append: opening the file to lock it", path, &e))
 }
 
 /// Reserves disk space for the first `len` bytes of `file` without changing its size

@@ -1,0 +1,124 @@
+//! Every ```rust snippet of the repository's README.md compiles: each is copied verbatim into a
+//! function below (`rustfmt::skip` keeps it as written), and `readme_snippets_are_the_compiled_ones`
+//! checks that the README's snippets and these copies have not drifted apart. (The crates' own
+//! READMEs are doctests of their crates.) Reads ../../README.md, so it is not packaged.
+#![allow(clippy::unwrap_used, dead_code, unused_variables)] // compile-only copies of snippets
+
+use storage_io::IoConfig;
+use storage_io::bytes::Bytes;
+use storage_io::scheduler::{AllocationMode, PageId, SchedulerConfig};
+
+#[rustfmt::skip]
+fn example_backend() -> storage_io::Result<()> {
+// snippet
+use storage_io::{IoConfig, OpenOptions, StorageIo};
+
+// io_uring where the kernel allows it (else the thread pool, and the log says why);
+// STORAGE_IO_BACKEND=sync|thread_pool|io_uring overrides.
+let mut io = storage_io::open_backend(&IoConfig::default())?;
+let fd = io.open_file("wal.log".as_ref(), &OpenOptions::create())?;
+io.submit_append(fd, b"commit 42")?;          // copied; returns a token at once
+io.submit_datasync(fd)?;                      // a barrier: covers the append above
+let mut done = Vec::new();
+io.wait_completions(&mut done, 2, None)?;     // or poll_completions, which never blocks
+assert!(done.iter().all(|c| c.is_ok()));
+// end
+    Ok(())
+}
+
+#[rustfmt::skip]
+async fn example_async_file() -> storage_io::Result<()> {
+// snippet
+let fs = storage_io::AsyncFileSystem::new(&storage_io::AsyncFsConfig::default())?;
+let log = fs.open_append("segment-0.log").await?;
+let (at, _buf) = log.append(b"record".to_vec()).await; // the offset it landed at
+log.sync_data().await?;
+// end
+    Ok(())
+}
+
+#[rustfmt::skip]
+fn example_scheduler(page_image: Bytes) -> anyhow::Result<()> {
+// snippet
+let config = SchedulerConfig { allocation: AllocationMode::External, page_file: "heap.pages".into(), ..Default::default() };
+let sched = storage_io::open_scheduler("db/pages", config, &IoConfig::default())?;
+sched.schedule_write(PageId(42), page_image).recv()?; // any page id: the engine's free list chose it
+// end
+    Ok(())
+}
+
+/// The README's stand-in for a user's backend: here, an in-memory one.
+struct MyBackend;
+
+impl MyBackend {
+    #[allow(clippy::new_ret_no_self)] // a stand-in: the snippet only needs `MyBackend::new()` to be a backend
+    fn new() -> storage_io_testkit::memio::MemIo {
+        storage_io_testkit::memio::MemFs::new(1).backend()
+    }
+}
+
+#[rustfmt::skip]
+fn example_conformance() {
+// snippet
+storage_io_testkit::conformance::run(|| Box::new(MyBackend::new()));
+// end
+}
+
+/// The ```rust blocks of `markdown`, each as its lines.
+fn rust_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```rust") => current = Some(Vec::new()),
+            (Some(block), l) if l.starts_with("```") => {
+                blocks.push(block.join("\n"));
+                current = None;
+            }
+            (Some(block), _) => block.push(line),
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// The `// snippet` … `// end` sections of this file.
+fn copies() -> Vec<String> {
+    let me = include_str!("doc_snippets.rs");
+    let mut out = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in me.lines() {
+        match (&mut current, line) {
+            (None, "// snippet") => current = Some(Vec::new()),
+            (Some(block), "// end") => {
+                out.push(block.join("\n"));
+                current = None;
+            }
+            (Some(block), _) => block.push(line),
+            (None, _) => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn readme_snippets_are_the_compiled_ones() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let in_readme = rust_blocks(&readme);
+    let compiled = copies();
+    assert!(
+        !in_readme.is_empty(),
+        "README.md has no rust snippets: the extraction is broken"
+    );
+    for snippet in &in_readme {
+        assert!(
+            compiled.contains(snippet),
+            "this README.md snippet is not compiled by tests/doc_snippets.rs (copy it in, verbatim):\n{snippet}"
+        );
+    }
+    assert_eq!(
+        in_readme.len(),
+        compiled.len(),
+        "a compiled copy no longer in README.md: remove it"
+    );
+}
