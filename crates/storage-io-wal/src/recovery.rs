@@ -31,7 +31,7 @@ use crate::error::WalError;
 use crate::format::{
     Frame, SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment, valid_frames_after,
 };
-use crate::segio::SegmentIo;
+use crate::segio::{SEGMENTS_OPEN_AT_ONCE, SegmentIo};
 
 /// What recovery found and did, returned by [`WalManager::recovery_report`](crate::WalManager::recovery_report).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,12 +391,20 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
         io.sync_dir()?;
     }
     // What the scan read may be in the page cache only (a process crash): make it durable
-    // before anything is built on it.
-    for &s in &plan.kept {
-        io.existing(s)?;
+    // before anything is built on it. A few segments at a time, each group closed once synced
+    // (except the end segment, which the writer goes on in): a log of more segments than the
+    // backend's fd table holds reopens.
+    for group in plan.kept.chunks(SEGMENTS_OPEN_AT_ONCE) {
+        for &s in group {
+            io.existing(s)?;
+        }
+        io.sync_open().map_err(|f| WalError::Io(f.error))?;
+        io.close_below(plan.end_segment);
     }
-    io.sync_open().map_err(|f| WalError::Io(f.error))?;
-    io.close_below(plan.end_segment);
+    debug_assert!(
+        io.lowest_open().is_none_or(|s| s >= plan.end_segment),
+        "recovery left a segment below the end open"
+    );
 
     let first_segment = plan.kept.first().copied().unwrap_or(plan.end_segment);
     let next = plan.end_segment * segment_size + plan.end_offset.max(SEGMENT_HEADER_BYTES);
