@@ -329,11 +329,10 @@ pub(crate) fn refuse_foreign_numbers(
     segment_size: u64,
     path_of: impl Fn(u64) -> std::path::PathBuf,
 ) -> Result<(), WalError> {
-    match segments.iter().find(|&&s| {
-        s.checked_add(1)
-            .and_then(|e| e.checked_mul(segment_size))
-            .is_none()
-    }) {
+    match segments
+        .iter()
+        .find(|&&s| !crate::format::segment_in_lsn_space(s, segment_size))
+    {
         Some(&s) => Err(WalError::ForeignFile {
             path: path_of(s),
             reason: format!("segment number {s} of {segment_size}-byte segments"),
@@ -370,6 +369,13 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
         planner.feed(s, &image);
     }
     let plan = planner.finish(config.recovery)?;
+    if !crate::format::segment_in_lsn_space(plan.end_segment, segment_size) {
+        // The last segment was closed, and none can follow it below 2^64 (the writer never
+        // closes that one; a log copied together by hand can): refuse before changing anything.
+        return Err(WalError::LsnSpaceExhausted {
+            at: Lsn(plan.end_segment.saturating_mul(segment_size)),
+        });
+    }
 
     // Make the files agree with the plan. Zero the torn tail first, so that no stale frame can
     // line up with a record written later; then remove what lies after the end.

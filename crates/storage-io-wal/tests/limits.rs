@@ -1,5 +1,5 @@
 //! Limits of the log that a long life reaches: more segments than the backend's fd table holds
-//! (reopen and one batch across them).
+//! (reopen and one batch across them), and the end of the LSN space.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 mod common;
@@ -7,9 +7,9 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use storage_io_core::{BackendFactory, IoConfig, StorageIo};
+use storage_io_core::{BackendFactory, IoConfig, OpenOptions, StorageIo};
 use storage_io_testkit::memio::MemFs;
-use storage_io_wal::{Lsn, SyncMode, WalConfig, WalManager};
+use storage_io_wal::{Lsn, SyncMode, WalConfig, WalError, WalManager};
 
 use common::{DIR, read_all};
 
@@ -117,4 +117,127 @@ fn one_batch_across_more_segments_than_the_fd_table_holds_is_written() {
             &format!("one batch of 50 segments, {config:?}"),
         );
     }
+}
+
+/// Writes segment `n` of a log of `size`-byte segments holding only its header (format
+/// version 2), as the writer leaves a segment it has just started.
+fn write_bare_segment(fs: &MemFs, n: u64, size: u64) {
+    write_segment(fs, n, size, false);
+}
+
+/// Writes segment `n` holding its header and, with `closed`, a segment-end frame after it.
+fn write_segment(fs: &MemFs, n: u64, size: u64, closed: bool) {
+    let mut header = Vec::with_capacity(32);
+    header.extend_from_slice(b"SIOW");
+    header.extend_from_slice(&2u16.to_le_bytes());
+    header.extend_from_slice(&0u16.to_le_bytes());
+    header.extend_from_slice(&size.to_le_bytes());
+    header.extend_from_slice(&(n * size).to_le_bytes());
+    let crc = crc32c::crc32c(&header);
+    header.extend_from_slice(&crc.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    if closed {
+        let at = header.len();
+        header.extend_from_slice(&0u32.to_le_bytes());
+        header.extend_from_slice(&[2, 0, 0, 0]);
+        header.extend_from_slice(&(n * size + 32).to_le_bytes());
+        let crc = crc32c::crc32c(&header[at..]);
+        header.extend_from_slice(&crc.to_le_bytes());
+    }
+    let mut io = fs.backend();
+    io.create_dir_all(Path::new(DIR)).unwrap();
+    let fd = io
+        .open_file(
+            &Path::new(DIR).join(format!("{n:016x}.wal")),
+            &OpenOptions::create(),
+        )
+        .unwrap();
+    io.sync_dir(Path::new(DIR)).unwrap();
+    io.submit_write(fd, &header, 0).unwrap();
+    io.submit_datasync(fd).unwrap();
+    let mut done = Vec::new();
+    io.wait_completions(&mut done, 2, None).unwrap();
+    assert!(done.iter().all(|c| c.is_ok()));
+    io.deregister_fd(fd).unwrap();
+}
+
+/// A log near the end of the LSN space (issue 37, reviewer defect D): appends that would need
+/// a segment past 2^64 are refused with `LsnSpaceExhausted` naming the position, never an
+/// overflow panic or a wrapped LSN; what was acknowledged before reopens.
+#[test]
+fn appends_near_the_end_of_the_lsn_space_are_refused_cleanly() {
+    let size = 512u64;
+    // The second-to-last segment whose positions all lie below 2^64.
+    let last = u64::MAX / size - 1;
+    for start in [last - 1, last] {
+        let fs = MemFs::new(start);
+        write_bare_segment(&fs, start, size);
+        let factory = common::mem_factory(&fs);
+        let mut acked = Vec::new();
+        let refused = {
+            let (wal, next) = WalManager::open(Path::new(DIR), tiny_segments(), factory.clone()).unwrap();
+            assert_eq!(next.0, start * size + 32);
+            let mut refused = None;
+            for i in 0..20 {
+                let r = record(i);
+                match wal.commit(&r) {
+                    Ok(lsn) => acked.push((lsn, r)),
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+            }
+            // Empty records fill what is left, until one is refused too.
+            let mut filled = false;
+            for _ in 0..32 {
+                match wal.commit(b"") {
+                    Ok(lsn) => acked.push((lsn, Vec::new())),
+                    Err(WalError::LsnSpaceExhausted { .. }) => {
+                        filled = true;
+                        break;
+                    }
+                    Err(e) => panic!("an empty record near the end: {e}"),
+                }
+            }
+            assert!(filled, "empty records were never refused");
+            // A batch is refused whole.
+            let err = wal.append_batch([&b""[..], b""]).unwrap_err();
+            assert!(matches!(err, WalError::LsnSpaceExhausted { .. }), "{err}");
+            wal.close().unwrap();
+            refused
+        };
+        match refused {
+            Some(WalError::LsnSpaceExhausted { at }) => {
+                assert!(at.0 > start * size && at.0 < u64::MAX, "{at}");
+                let text = WalError::LsnSpaceExhausted { at }.to_string();
+                assert!(text.contains(&at.to_string()), "{text}");
+            }
+            other => panic!("segment {start:#x}: expected LsnSpaceExhausted, got {other:?}"),
+        }
+        assert!(!acked.is_empty(), "the records that fit were acknowledged");
+        let (wal, _) = WalManager::open(Path::new(DIR), tiny_segments(), factory).unwrap();
+        assert_eq!(
+            read_all(&wal),
+            acked,
+            "segment {start:#x}: every acknowledged record is back"
+        );
+        let err = wal.commit(b"").unwrap_err();
+        assert!(matches!(err, WalError::LsnSpaceExhausted { .. }), "{err}");
+        wal.close().unwrap();
+    }
+}
+
+/// A log whose last segment below 2^64 is closed (no writer leaves one: copied together by
+/// hand) has nowhere to go on: open refuses it with `LsnSpaceExhausted`, without an overflow.
+#[test]
+fn a_closed_last_segment_of_the_lsn_space_is_refused_at_open() {
+    let size = 512u64;
+    let last = u64::MAX / size - 1;
+    let fs = MemFs::new(1);
+    write_segment(&fs, last, size, true);
+    let Err(err) = WalManager::open(Path::new(DIR), tiny_segments(), common::mem_factory(&fs)) else {
+        panic!("a log with no room left opened");
+    };
+    assert!(matches!(err, WalError::LsnSpaceExhausted { .. }), "{err}");
 }

@@ -211,7 +211,7 @@ impl Shared {
         let Some(preparer) = &self.preparer else { return };
         let size = self.segment_size;
         let next = end / size + 1;
-        if end % size >= size / PREPARE_AT && st.prepare_asked < next {
+        if end % size >= size / PREPARE_AT && st.prepare_asked < next && self.segment_follows(end) {
             st.prepare_asked = next;
             preparer.request(next);
         }
@@ -236,6 +236,11 @@ impl Shared {
     fn mark_batch(&self, st: &mut State) {
         let size = self.segment_size;
         if st.next_lsn % size + MARKER_BYTES + RECORD_HEADER_BYTES > size {
+            if !self.segment_follows(st.next_lsn) {
+                // The last segment below 2^64 is never closed: this batch goes without a
+                // marker (recovery keeps the window rule for it, as for a version-1 log).
+                return;
+            }
             self.close_segment(st);
         }
         // A mode that never syncs only wrote what it calls durable (a process crash keeps it,
@@ -266,6 +271,10 @@ impl Shared {
             return;
         }
         if !fits(st.next_lsn) {
+            if !self.segment_follows(st.next_lsn) {
+                // The last segment below 2^64: the batch ends unpadded (`tail_open`).
+                return;
+            }
             self.close_segment(st);
             if pad_bytes(st.next_lsn) == 0 || !fits(st.next_lsn) {
                 return;
@@ -456,7 +465,8 @@ fn group_end(pieces: &[Piece], max: usize) -> Option<usize> {
 /// Whether the queue, with room for a pad, ends within [`TORN_WINDOW_BYTES`] of the durable
 /// end: what lets a flush go in flight beside earlier ones.
 fn in_window(st: &State) -> bool {
-    st.next_lsn + 2 * PAD_BLOCK_BYTES - st.durable_lsn <= TORN_WINDOW_BYTES
+    // The difference first: near the end of the LSN space `next_lsn + 2 blocks` passes 2^64.
+    st.next_lsn - st.durable_lsn + 2 * PAD_BLOCK_BYTES <= TORN_WINDOW_BYTES
 }
 
 /// The flush slots of direct mode with several flushes in flight.
