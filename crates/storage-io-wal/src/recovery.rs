@@ -236,9 +236,10 @@ impl Planner {
 
 /// Decides, as a segment is read in chunks, when recovery has read enough of it: a valid
 /// segment-end frame (the log goes on in the next segment), or, past the first position
-/// without a valid frame, the window after the last non-zero byte read — no write in flight
-/// at a crash reaches past it, so the zeros beyond (a preallocated tail) need no reading. The
-/// planner sees the prefix read as the segment's image: what it lacks reads as zeros.
+/// without a valid frame, the in-flight window ([`WalConfig::in_flight_window_bytes`]) after
+/// the last non-zero byte read — no write in flight at a crash reaches past it, so the zeros
+/// beyond (a preallocated tail) need no reading. The planner sees the prefix read as the
+/// segment's image: what it lacks reads as zeros.
 struct TailProbe {
     base: u64,
     segment_size: u64,
@@ -361,8 +362,11 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
     // Refuse before changing anything, naming the file.
     refuse_foreign_numbers(&segments, segment_size, |s| io.path_of(s))?;
     let mut planner = Planner::new(segment_size, crate::format::TORN_WINDOW_BYTES);
+    // The planner judges frames after a hole by the torn window; reading needs to reach only as
+    // far as a write in flight can (the configuration's in-flight window, at most that).
+    let read_window = config.in_flight_window_bytes();
     for &s in &segments {
-        let mut probe = TailProbe::new(s, segment_size, crate::format::TORN_WINDOW_BYTES);
+        let mut probe = TailProbe::new(s, segment_size, read_window);
         let image = io
             .read_segment_until(s, |image| probe.enough(image))?
             .unwrap_or_default();
