@@ -51,11 +51,13 @@ pub enum Workload {
     SegmentAppend,
     /// `segment_read`: a sequential consumer through the async file API.
     SegmentRead,
+    /// `wal_recover`: reopening an existing write-ahead log, cold (`recover.rs`).
+    WalRecover,
 }
 
 impl Workload {
     /// Every workload, in the order the driver runs them.
-    pub const ALL: [Workload; 15] = [
+    pub const ALL: [Workload; 16] = [
         Workload::SeqRead,
         Workload::RandRead,
         Workload::RandWrite,
@@ -71,6 +73,7 @@ impl Workload {
         Workload::RawTaggedHandoffRead,
         Workload::SegmentAppend,
         Workload::SegmentRead,
+        Workload::WalRecover,
     ];
 
     /// Its name.
@@ -91,6 +94,7 @@ impl Workload {
             Workload::RawTaggedHandoffRead => "raw_tagged_handoff_read",
             Workload::SegmentAppend => "segment_append",
             Workload::SegmentRead => "segment_read",
+            Workload::WalRecover => "wal_recover",
         }
     }
 
@@ -114,8 +118,8 @@ impl PartialEq<Workload> for String {
 }
 
 /// Every workload's name.
-pub const WORKLOADS: [&str; 15] = {
-    let mut names = [""; 15];
+pub const WORKLOADS: [&str; 16] = {
+    let mut names = [""; 16];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();

@@ -11,6 +11,7 @@
 //!   `scheduler_seq_scan`) and their raw peer `raw_round_read`;
 //! - [`segment`]: the async file API's cells (`segment_append`, `segment_read`);
 //! - [`wal`] and [`peers`]: `wal_commit`, with okaywal, RocksDB and fio's durable writes beside;
+//! - [`recover`]: `wal_recover`, reopening a log cold, with fio's sequential read and okaywal beside;
 //! - [`fio`]: fio's cells; [`cache`]: the page-cache regimes; [`report`] and [`plot`]: the
 //!   report, its guidance and its SVGs; [`signal`]: Ctrl-C.
 
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod fio;
 pub mod peers;
 pub mod plot;
+pub mod recover;
 pub mod report;
 pub mod sched;
 pub mod segment;
@@ -131,6 +133,9 @@ pub struct Row {
     /// Percent of the file in the page cache when the cell ended (buffered cells).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_resident_pct: Option<f64>,
+    /// Peak growth of the process's RSS during the cell, bytes (`wal_recover` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_peak_bytes: Option<u64>,
     /// IOPS of every round, when more than one was run; `iops` is their median.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub iops_rounds: Vec<f64>,

@@ -209,6 +209,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
         cell_table(&mut s, report, (&workload, &io, &regime), &rows);
     }
     s.push_str(&crate::wal::section(&report.results));
+    s.push_str(&crate::recover::section(&report.results));
     s.push_str(&guidance(&report.results));
     s
 }

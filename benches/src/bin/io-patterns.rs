@@ -15,7 +15,9 @@ use storage_io_benches::cache::{self, MemCap};
 use storage_io_benches::cell::{BACKENDS, Backend, Cell, WORKLOADS, Workload};
 use storage_io_benches::engine;
 use storage_io_benches::fio::{self, FioEngine, FioJob};
-use storage_io_benches::{Machine, Report, Row, fold_rounds, peers, plot, report, signal, timestamp, wal};
+use storage_io_benches::{
+    Machine, Report, Row, fold_rounds, peers, plot, recover, report, signal, timestamp, wal,
+};
 use storage_io_core::{OpenOptions, open_file};
 
 #[derive(Parser, Debug)]
@@ -41,7 +43,8 @@ struct Args {
     /// client threads), scheduler_task_read (qd async tasks), raw_handoff_read (the raw loop handing
     /// each read to a client thread), raw_tagged_handoff_read (the raw loop serving one client
     /// thread with qd reads outstanding), segment_append (qd appends + one sync per op), segment_read
-    /// (sequential reads through the async file API).
+    /// (sequential reads through the async file API), wal_recover (reopening a 100-record log in
+    /// 4/64/256 MiB segments and a 1 GiB log, cold, with fio's sequential read and okaywal beside).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll, uring_heapbuf (the caller's own heap buffers: reads staged in registered memory and copied), uring_nowait_off and thread_pool_nowait_off (buffered reads never answered from the page cache at submit).
@@ -222,6 +225,7 @@ impl Preset {
                     "wal_commit",
                     "segment_append",
                     "segment_read",
+                    "wal_recover",
                 ],
                 backends: &["sync", "thread_pool", "uring"],
                 regimes: &["hot", "thrash"],
@@ -417,6 +421,8 @@ fn prepare_file(given: Option<&Path>, root: &Path, size: u64, block: usize) -> R
 enum Job {
     Ours(Cell),
     Fio(FioJob),
+    /// A `wal_recover` cell: a log reopened (or read) cold.
+    Recover(recover::RecoverCell),
     /// `committers` threads committing through the WAL on a backend (`direct`: the WAL's
     /// O_DIRECT | O_DSYNC mode).
     Wal {
@@ -504,6 +510,12 @@ impl Step {
                 *direct,
                 *qd,
             ),
+            Job::Recover(c) => (
+                Workload::WalRecover.name().to_string(),
+                format!("{:?} {}", c.reader, c.log.label()),
+                false,
+                1,
+            ),
         };
         format!(
             "{w} {b} {} {} qd{q}",
@@ -525,6 +537,18 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
         for w in workloads {
             if w == Workload::WalCommit {
                 out.extend(wal_steps(plan, args, direct_ok));
+                continue;
+            }
+            if w == Workload::WalRecover {
+                let fio_here = !args.no_fio && fio::version().is_some();
+                out.extend(
+                    recover::cells(args.smoke, fio_here, round)
+                        .into_iter()
+                        .map(|c| Step {
+                            job: Job::Recover(c),
+                            regime: recover::REGIME.to_string(),
+                        }),
+                );
                 continue;
             }
             for &direct in plan.modes.iter().filter(|&&d| !d || direct_ok) {
@@ -730,7 +754,12 @@ fn run() -> Result<bool> {
         let mut all = steps(plan, &file.path, size, &args, fio_version.is_some(), direct_ok);
         if cap.is_none() {
             // Without a cache cap only the cache-independent cells can run (WAL cells have none).
-            all.retain(|s| s.regime == "hot" || s.regime == "uncached" || s.regime == wal::REGIME);
+            all.retain(|s| {
+                s.regime == "hot"
+                    || s.regime == "uncached"
+                    || s.regime == wal::REGIME
+                    || s.regime == recover::REGIME
+            });
         }
         all
     };
@@ -752,7 +781,10 @@ fn run() -> Result<bool> {
         args.block_size,
         out_dir.display()
     );
-    let (rows, interrupted) = run_cells(&all, &file.path, size, cap.as_mut())?;
+    let run = run_cells(&all, &file.path, size, cap.as_mut());
+    // The wal_recover logs are kept across rounds beside the bench file.
+    recover::remove_logs(file.path.parent().unwrap_or(Path::new(".")));
+    let (rows, interrupted) = run?;
     drop(cap);
     if interrupted {
         notes.push(format!(
@@ -804,6 +836,15 @@ fn missing_tools(plan: &Plan, args: &Args, file: &Path, direct_ok: bool) -> (Opt
             "{} refuses O_DIRECT (tmpfs?): direct cells were skipped; use --file on ext4/xfs",
             file.display()
         ));
+    }
+    if plan.workloads.contains(&Workload::WalRecover) {
+        if let Some(hint) = peers::okaywal_missing() {
+            eprintln!("io-patterns: {hint}");
+            notes.push(hint.into());
+        }
+        notes.push(
+            "wal_recover: no RocksDB reopen cell yet (the RocksDB peer is wired for wal_commit only)".into(),
+        );
     }
     if plan.workloads.contains(&Workload::WalCommit) {
         for hint in [peers::okaywal_missing(), peers::rocksdb_missing()]
@@ -973,6 +1014,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
         Job::FioDurable { direct, qd, duration } => {
             return wal::run_fio_durable_cell(wal_root, *direct, *qd, *duration);
         }
+        Job::Recover(c) => return recover::run_cell(wal_root, c),
         Job::Peer {
             engine,
             committers,
@@ -1005,7 +1047,11 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let slack: u64 = match &step.job {
         Job::Fio(f) => (16 << 20) + (f.qd * f.block) as u64,
         Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
-        Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } | Job::FioDurable { .. } => 0,
+        Job::Wal { .. }
+        | Job::RawSync { .. }
+        | Job::Peer { .. }
+        | Job::FioDurable { .. }
+        | Job::Recover(_) => 0,
     };
     let capped = match (divisor, cap) {
         (Some(d), Some(c)) if !direct => {
@@ -1019,7 +1065,11 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let result = match &step.job {
         Job::Ours(c) => engine::run_cell(path, c, &signal::stopped),
         Job::Fio(f) => f.run(),
-        Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } | Job::FioDurable { .. } => {
+        Job::Wal { .. }
+        | Job::RawSync { .. }
+        | Job::Peer { .. }
+        | Job::FioDurable { .. }
+        | Job::Recover(_) => {
             unreachable!("WAL cells returned above")
         }
     };
