@@ -241,3 +241,36 @@ fn a_closed_last_segment_of_the_lsn_space_is_refused_at_open() {
     };
     assert!(matches!(err, WalError::LsnSpaceExhausted { .. }), "{err}");
 }
+
+/// The same batch on real files through the sync backend with a 32-file fd table: buffered
+/// inline flushes write and fdatasync the earlier segments of the batch a group at a time
+/// (through the sync gate), then the last group as usual.
+#[test]
+fn one_batch_across_more_segments_than_the_fd_table_holds_on_real_files() {
+    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&base).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("wal-limits")
+        .tempdir_in(base)
+        .unwrap();
+    let dir = tmp.path().join("wal");
+    let factory: BackendFactory = Arc::new(|_| {
+        let config = IoConfig {
+            max_files: 32,
+            ..IoConfig::default()
+        };
+        Ok(Box::new(storage_io_sync::SyncStorageIo::new(&config)?) as Box<dyn StorageIo>)
+    });
+    let mut acked = Vec::new();
+    {
+        let (wal, _) = WalManager::open(&dir, tiny_segments(), factory.clone()).unwrap();
+        let records: Vec<Vec<u8>> = (0..150).map(record).collect();
+        let lsns = wal.append_batch(records.iter().map(Vec::as_slice)).unwrap();
+        wal.flush().expect("one flush across 50 segments on real files");
+        acked.extend(lsns.into_iter().zip(records));
+        wal.close().unwrap();
+    }
+    let (wal, _) = WalManager::open(&dir, tiny_segments(), factory).unwrap();
+    assert!(wal.recovery_report().segments > 32);
+    assert_eq!(read_all(&wal), acked);
+}

@@ -364,7 +364,10 @@ impl Shared {
         while let Some(split) = group_end(rest, SEGMENTS_OPEN_AT_ONCE) {
             let (group, later) = rest.split_at(split);
             let jobs = self.open_pieces(&mut w, group, &mut created)?;
-            datasyncs += w.write_all(&jobs, syncs)?;
+            // Through the sync gate: an earlier flush may be syncing the first of these
+            // segments on the same file description (buffered inline mode), and two fdatasyncs
+            // in flight there could hide a writeback error from one of them.
+            datasyncs += self.sync_gate.run(|| w.write_all(&jobs, syncs))?;
             w.close_below(later[0].segment);
             rest = later;
         }
