@@ -58,11 +58,13 @@ pub enum Workload {
     AsyncAppendSync,
     /// `async_seq_read`: consumer tasks reading the file front to back, ours and peers.
     AsyncSeqRead,
+    /// `wal_recover`: reopening an existing write-ahead log, cold (`recover.rs`).
+    WalRecover,
 }
 
 impl Workload {
     /// Every workload, in the order the driver runs them.
-    pub const ALL: [Workload; 18] = [
+    pub const ALL: [Workload; 19] = [
         Workload::SeqRead,
         Workload::RandRead,
         Workload::RandWrite,
@@ -81,6 +83,7 @@ impl Workload {
         Workload::AsyncRandRead,
         Workload::AsyncAppendSync,
         Workload::AsyncSeqRead,
+        Workload::WalRecover,
     ];
 
     /// Its name.
@@ -104,6 +107,7 @@ impl Workload {
             Workload::AsyncRandRead => "async_rand_read",
             Workload::AsyncAppendSync => "async_append_sync",
             Workload::AsyncSeqRead => "async_seq_read",
+            Workload::WalRecover => "wal_recover",
         }
     }
 
@@ -127,8 +131,8 @@ impl PartialEq<Workload> for String {
 }
 
 /// Every workload's name.
-pub const WORKLOADS: [&str; 18] = {
-    let mut names = [""; 18];
+pub const WORKLOADS: [&str; 19] = {
+    let mut names = [""; 19];
     let mut i = 0;
     while i < names.len() {
         names[i] = Workload::ALL[i].name();

@@ -13,6 +13,7 @@
 //! - [`async_cells`], [`async_peers`] and [`async_report`]: the async file API beside the Rust
 //!   async-I/O runtimes (`async_rand_read`, `async_append_sync`, `async_seq_read`);
 //! - [`wal`] and [`peers`]: `wal_commit`, with okaywal, RocksDB and fio's durable writes beside;
+//! - [`recover`]: `wal_recover`, reopening a log cold, with fio's sequential read and okaywal beside;
 //! - [`fio`]: fio's cells; [`cache`]: the page-cache regimes; [`report`] and [`plot`]: the
 //!   report, its guidance and its SVGs; [`signal`]: Ctrl-C.
 
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod fio;
 pub mod peers;
 pub mod plot;
+pub mod recover;
 pub mod report;
 pub mod sched;
 pub mod segment;
@@ -139,6 +141,9 @@ pub struct Row {
     /// Voluntary + involuntary context switches of the process per op (the async cells).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctx_switches_per_op: Option<f64>,
+    /// Peak growth of the process's RSS during the cell, bytes (`wal_recover` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_peak_bytes: Option<u64>,
     /// IOPS of every round, when more than one was run; `iops` is their median.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub iops_rounds: Vec<f64>,

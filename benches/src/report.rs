@@ -212,6 +212,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
     }
     s.push_str(&crate::wal::section(&report.results));
     s.push_str(&crate::async_report::section(&report.results));
+    s.push_str(&crate::recover::section(&report.results));
     let (_, rest): (Vec<Row>, Vec<Row>) =
         (report.results.iter().cloned()).partition(|r| crate::async_cells::is_async_name(&r.workload));
     if !rest.is_empty() {

@@ -17,7 +17,9 @@ use storage_io_benches::cache::{self, MemCap};
 use storage_io_benches::cell::{BACKENDS, Backend, Cell, WORKLOADS, Workload};
 use storage_io_benches::engine;
 use storage_io_benches::fio::{self, FioEngine, FioJob};
-use storage_io_benches::{Machine, Report, Row, fold_rounds, peers, plot, report, signal, timestamp, wal};
+use storage_io_benches::{
+    Machine, Report, Row, fold_rounds, peers, plot, recover, report, signal, timestamp, wal,
+};
 use storage_io_core::{OpenOptions, open_file};
 
 #[derive(Parser, Debug)]
@@ -45,7 +47,8 @@ struct Args {
     /// thread with qd reads outstanding), segment_append (qd appends + one sync per op), segment_read
     /// (sequential reads through the async file API), async_rand_read, async_append_sync and
     /// async_seq_read (the async file API beside tokio::fs and the Rust io_uring runtimes built in;
-    /// --qd is the number of tasks, default 1, 32, 256).
+    /// --qd is the number of tasks, default 1, 32, 256), wal_recover (reopening a 100-record log in
+    /// 4/64/256 MiB segments and a 1 GiB log, cold, with fio's sequential read and okaywal beside).
     #[arg(long, value_delimiter = ',')]
     workload: Vec<String>,
     /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll, uring_heapbuf (the caller's own heap buffers: reads staged in registered memory and copied), uring_nowait_off and thread_pool_nowait_off (buffered reads never answered from the page cache at submit).
@@ -235,6 +238,7 @@ impl Preset {
                     "async_rand_read",
                     "async_append_sync",
                     "async_seq_read",
+                    "wal_recover",
                 ],
                 backends: &["sync", "thread_pool", "uring"],
                 regimes: &["hot", "thrash"],
@@ -432,6 +436,8 @@ enum Job {
     /// One round of an async cell of one system, in a child process.
     Async(AsyncCell),
     Fio(FioJob),
+    /// A `wal_recover` cell: a log reopened (or read) cold.
+    Recover(recover::RecoverCell),
     /// `committers` threads committing through the WAL on a backend (`direct`: the WAL's
     /// O_DIRECT | O_DSYNC mode).
     Wal {
@@ -520,6 +526,12 @@ impl Step {
                 *direct,
                 *qd,
             ),
+            Job::Recover(c) => (
+                Workload::WalRecover.name().to_string(),
+                format!("{:?} {}", c.reader, c.log.label()),
+                false,
+                1,
+            ),
         };
         format!(
             "{w} {b} {} {} qd{q}",
@@ -550,6 +562,18 @@ fn steps(plan: &Plan, file: &Path, size: u64, args: &Args, fio_on: bool, direct_
             }
             if w == Workload::WalCommit {
                 out.extend(wal_steps(plan, args, direct_ok));
+                continue;
+            }
+            if w == Workload::WalRecover {
+                let fio_here = !args.no_fio && fio::version().is_some();
+                out.extend(
+                    recover::cells(args.smoke, fio_here, round)
+                        .into_iter()
+                        .map(|c| Step {
+                            job: Job::Recover(c),
+                            regime: recover::REGIME.to_string(),
+                        }),
+                );
                 continue;
             }
             for &direct in plan.modes.iter().filter(|&&d| !d || direct_ok) {
@@ -783,6 +807,7 @@ fn run() -> Result<bool> {
                     || s.regime == "uncached"
                     || s.regime == wal::REGIME
                     || matches!(s.job, Job::Async(_))
+                    || s.regime == recover::REGIME
             });
         }
         all
@@ -805,7 +830,10 @@ fn run() -> Result<bool> {
         args.block_size,
         out_dir.display()
     );
-    let (rows, interrupted) = run_cells(&all, &file.path, size, cap.as_mut())?;
+    let run = run_cells(&all, &file.path, size, cap.as_mut());
+    // The wal_recover logs are kept across rounds beside the bench file.
+    recover::remove_logs(file.path.parent().unwrap_or(Path::new(".")));
+    let (rows, interrupted) = run?;
     drop(cap);
     if interrupted {
         notes.push(format!(
@@ -857,6 +885,15 @@ fn missing_tools(plan: &Plan, args: &Args, file: &Path, direct_ok: bool) -> (Opt
             "{} refuses O_DIRECT (tmpfs?): direct cells were skipped; use --file on ext4/xfs",
             file.display()
         ));
+    }
+    if plan.workloads.contains(&Workload::WalRecover) {
+        if let Some(hint) = peers::okaywal_missing() {
+            eprintln!("io-patterns: {hint}");
+            notes.push(hint.into());
+        }
+        notes.push(
+            "wal_recover: no RocksDB reopen cell yet (the RocksDB peer is wired for wal_commit only)".into(),
+        );
     }
     if plan.workloads.contains(&Workload::WalCommit) {
         for hint in [peers::okaywal_missing(), peers::rocksdb_missing()]
@@ -1033,6 +1070,7 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
         Job::FioDurable { direct, qd, duration } => {
             return wal::run_fio_durable_cell(wal_root, *direct, *qd, *duration);
         }
+        Job::Recover(c) => return recover::run_cell(wal_root, c),
         Job::Peer {
             engine,
             committers,
@@ -1065,9 +1103,12 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let slack: u64 = match &step.job {
         Job::Fio(f) => (16 << 20) + (f.qd * f.block) as u64,
         Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
-        Job::Async(_) | Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } | Job::FioDurable { .. } => {
-            0
-        }
+        Job::Async(_)
+        | Job::Wal { .. }
+        | Job::RawSync { .. }
+        | Job::Peer { .. }
+        | Job::FioDurable { .. }
+        | Job::Recover(_) => 0,
     };
     let capped = match (divisor, cap) {
         (Some(d), Some(c)) if !direct => {
@@ -1081,8 +1122,13 @@ fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut MemCap>) -> Re
     let result = match &step.job {
         Job::Ours(c) => engine::run_cell(path, c, &signal::stopped),
         Job::Fio(f) => f.run(),
-        Job::Async(_) | Job::Wal { .. } | Job::RawSync { .. } | Job::Peer { .. } | Job::FioDurable { .. } => {
-            unreachable!("WAL and async cells returned above")
+        Job::Async(_)
+        | Job::Wal { .. }
+        | Job::RawSync { .. }
+        | Job::Peer { .. }
+        | Job::FioDurable { .. }
+        | Job::Recover(_) => {
+            unreachable!("WAL, recovery and async cells returned above")
         }
     };
     if let Some(c) = capped {

@@ -200,6 +200,27 @@ impl WalConfig {
         Ok(())
     }
 
+    /// How far recovery reads past the end of a segment's valid frames (or its last non-zero
+    /// byte) to prove that no write in flight at a crash landed beyond: the flushes that may be
+    /// in flight at once (`max_flushes_in_flight`) times the most one flush hands the backend
+    /// at once (`write_chunk_bytes`, or a group's `max_batch_bytes` when larger), and never
+    /// more than [`TORN_WINDOW_BYTES`](crate::format::TORN_WINDOW_BYTES), the bound the writer
+    /// keeps while flushes are in flight. A reopen reads the log and this much after it, not the
+    /// preallocated rest of its segment (1 MiB with the defaults). Frames a crash left farther
+    /// out (a lone flush larger than this, or a log written with a larger window than it is
+    /// reopened with) are cut like the rest of a torn tail without being read; reopen a log
+    /// with the `max_flushes_in_flight` and chunk sizes it was written with, or larger.
+    pub fn in_flight_window_bytes(&self) -> u64 {
+        let batch = match self.sync_mode {
+            SyncMode::Group { max_batch_bytes, .. } => max_batch_bytes,
+            _ => 0,
+        };
+        let per_flush = self.write_chunk_bytes.max(batch) as u64;
+        (self.max_flushes_in_flight as u64)
+            .saturating_mul(per_flush)
+            .min(crate::format::TORN_WINDOW_BYTES)
+    }
+
     /// The largest record payload this configuration accepts.
     pub fn max_record_bytes(&self) -> u64 {
         max_payload_bytes(self.segment_size_bytes)

@@ -68,6 +68,17 @@ pub enum WalError {
         next: Lsn,
     },
 
+    /// The log has reached the end of the LSN space: the record (or the segment the log would
+    /// go on in) would lie past 2^64, where no position can be named. Nothing was queued; what
+    /// was appended before stays. Start a new log in another directory.
+    #[error(
+        "wal lsn space exhausted at {at}: no segment can follow, positions would pass 2^64; start a new log in another directory"
+    )]
+    LsnSpaceExhausted {
+        /// Where the log ends: the position the refused record would have needed to follow.
+        at: Lsn,
+    },
+
     /// The configuration is refused; the message names the field.
     #[error("invalid wal config: {0}")]
     InvalidConfig(String),

@@ -81,6 +81,16 @@ pub const fn max_payload_bytes(segment_size: u64) -> u64 {
     segment_size.saturating_sub(SEGMENT_HEADER_BYTES + 2 * RECORD_HEADER_BYTES)
 }
 
+/// Whether every position of segment `segment` (of `segment_size`-byte segments) lies below
+/// 2^64, so that its end is a position too: the writer never goes on in a segment for which
+/// this is false, and recovery refuses a file of one as foreign.
+pub(crate) const fn segment_in_lsn_space(segment: u64, segment_size: u64) -> bool {
+    match segment.checked_add(1) {
+        Some(end) => end.checked_mul(segment_size).is_some(),
+        None => false,
+    }
+}
+
 /// Appends the header of segment `segment_no` to `out`.
 pub(crate) fn encode_segment_header(out: &mut Vec<u8>, segment_size: u64, segment_no: u64) {
     encode_segment_header_version(out, segment_size, segment_no, VERSION);

@@ -27,7 +27,7 @@ use crate::error::WalError;
 use crate::format::{
     KIND_DATA, KIND_SEGMENT_END, MARKER_BYTES, PAD_BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
     TORN_WINDOW_BYTES, encode_marker, encode_pad, encode_record, encode_segment_header, max_payload_bytes,
-    pad_bytes,
+    pad_bytes, segment_in_lsn_space,
 };
 use crate::prepare::Preparer;
 use crate::reader::WalReader;
@@ -272,7 +272,9 @@ impl WalManager {
             // one is half full (see `PREPARE_AT`), which may be now.
             if plan.end_offset == 0 {
                 p.request(plan.end_segment);
-            } else if plan.end_offset >= segment_size / PREPARE_AT {
+            } else if plan.end_offset >= segment_size / PREPARE_AT
+                && segment_in_lsn_space(plan.end_segment + 1, segment_size)
+            {
                 p.request(plan.end_segment + 1);
             }
         }
@@ -319,7 +321,7 @@ impl WalManager {
         self.shared.check_size(record.len())?;
         let mut st = self.shared.state.lock();
         self.shared.admit(&mut st)?;
-        Ok(Lsn(self.shared.place(&mut st, record)))
+        self.shared.place(&mut st, record).map(Lsn)
     }
 
     /// Appends several records at consecutive positions, all or none (sizes are checked before
@@ -334,10 +336,15 @@ impl WalManager {
         }
         let mut st = self.shared.state.lock();
         self.shared.admit(&mut st)?;
-        Ok(records
+        // All or none: every record must have a position before any is queued.
+        let mut at = st.next_lsn;
+        for r in &records {
+            at = self.shared.position(at, r.len())? + RECORD_HEADER_BYTES + r.len() as u64;
+        }
+        records
             .iter()
-            .map(|r| Lsn(self.shared.place(&mut st, r)))
-            .collect())
+            .map(|r| self.shared.place(&mut st, r).map(Lsn))
+            .collect()
     }
 
     /// Appends one record and returns once it is durable as the sync mode defines it (at once
@@ -707,15 +714,38 @@ impl Shared {
         Ok(())
     }
 
+    /// Where a record of `len` payload bytes goes when the queue ends at `at`: at `at`, or at
+    /// the start of the next segment (after its header) when it and the segment-end frame do
+    /// not fit. `LsnSpaceExhausted` when it would need a segment whose positions pass 2^64
+    /// (recovery could not take that segment back).
+    fn position(&self, at: u64, len: usize) -> Result<u64, WalError> {
+        let size = self.segment_size;
+        let need = RECORD_HEADER_BYTES + len as u64;
+        if at % size + need + RECORD_HEADER_BYTES <= size {
+            return Ok(at);
+        }
+        if !self.segment_follows(at) {
+            return Err(WalError::LsnSpaceExhausted { at: Lsn(at) });
+        }
+        Ok((at / size + 1) * size + SEGMENT_HEADER_BYTES)
+    }
+
+    /// Whether a segment can follow the one `at` is in: all its positions lie below 2^64.
+    fn segment_follows(&self, at: u64) -> bool {
+        segment_in_lsn_space(at / self.segment_size + 1, self.segment_size)
+    }
+
     /// Frames `record` into the queue and returns its LSN; closes the segment first when the
-    /// record (plus the segment-end frame) does not fit.
-    fn place(&self, st: &mut State, record: &[u8]) -> u64 {
+    /// record (plus the segment-end frame) does not fit. Queues nothing when the LSN space
+    /// has no room for it.
+    fn place(&self, st: &mut State, record: &[u8]) -> Result<u64, WalError> {
         let size = self.segment_size;
         let need = RECORD_HEADER_BYTES + record.len() as u64;
-        if st.next_lsn % size + need + RECORD_HEADER_BYTES > size {
+        let lsn = self.position(st.next_lsn, record.len())?;
+        if lsn != st.next_lsn {
             self.close_segment(st);
         }
-        let lsn = st.next_lsn;
+        debug_assert_eq!(lsn, st.next_lsn, "the record goes where its position was found");
         debug_assert!(
             lsn % size >= SEGMENT_HEADER_BYTES && lsn % size + need + RECORD_HEADER_BYTES <= size,
             "a record at {lsn} would overlap a segment header or leave no room for the end frame"
@@ -729,7 +759,7 @@ impl Shared {
         {
             self.gather.notify_all();
         }
-        lsn
+        Ok(lsn)
     }
 
     /// Queues the segment-end frame at `next_lsn` and the next segment's header: the log goes
@@ -737,6 +767,10 @@ impl Shared {
     fn close_segment(&self, st: &mut State) {
         let size = self.segment_size;
         let end_lsn = st.next_lsn;
+        debug_assert!(
+            self.segment_follows(end_lsn),
+            "closing the segment of {end_lsn}, the last one below 2^64"
+        );
         // From the frame's start: the frame may end exactly on the segment boundary.
         let next_segment = end_lsn / size + 1;
         self.queue(st, |buf| encode_record(buf, KIND_SEGMENT_END, end_lsn, &[]));

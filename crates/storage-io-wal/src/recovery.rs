@@ -31,7 +31,7 @@ use crate::error::WalError;
 use crate::format::{
     Frame, SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment, valid_frames_after,
 };
-use crate::segio::SegmentIo;
+use crate::segio::{SEGMENTS_OPEN_AT_ONCE, SegmentIo};
 
 /// What recovery found and did, returned by [`WalManager::recovery_report`](crate::WalManager::recovery_report).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,9 +236,10 @@ impl Planner {
 
 /// Decides, as a segment is read in chunks, when recovery has read enough of it: a valid
 /// segment-end frame (the log goes on in the next segment), or, past the first position
-/// without a valid frame, the window after the last non-zero byte read — no write in flight
-/// at a crash reaches past it, so the zeros beyond (a preallocated tail) need no reading. The
-/// planner sees the prefix read as the segment's image: what it lacks reads as zeros.
+/// without a valid frame, the in-flight window ([`WalConfig::in_flight_window_bytes`]) after
+/// the last non-zero byte read — no write in flight at a crash reaches past it, so the zeros
+/// beyond (a preallocated tail) need no reading. The planner sees the prefix read as the
+/// segment's image: what it lacks reads as zeros.
 struct TailProbe {
     base: u64,
     segment_size: u64,
@@ -329,11 +330,10 @@ pub(crate) fn refuse_foreign_numbers(
     segment_size: u64,
     path_of: impl Fn(u64) -> std::path::PathBuf,
 ) -> Result<(), WalError> {
-    match segments.iter().find(|&&s| {
-        s.checked_add(1)
-            .and_then(|e| e.checked_mul(segment_size))
-            .is_none()
-    }) {
+    match segments
+        .iter()
+        .find(|&&s| !crate::format::segment_in_lsn_space(s, segment_size))
+    {
         Some(&s) => Err(WalError::ForeignFile {
             path: path_of(s),
             reason: format!("segment number {s} of {segment_size}-byte segments"),
@@ -362,14 +362,24 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
     // Refuse before changing anything, naming the file.
     refuse_foreign_numbers(&segments, segment_size, |s| io.path_of(s))?;
     let mut planner = Planner::new(segment_size, crate::format::TORN_WINDOW_BYTES);
+    // The planner judges frames after a hole by the torn window; reading needs to reach only as
+    // far as a write in flight can (the configuration's in-flight window, at most that).
+    let read_window = config.in_flight_window_bytes();
     for &s in &segments {
-        let mut probe = TailProbe::new(s, segment_size, crate::format::TORN_WINDOW_BYTES);
+        let mut probe = TailProbe::new(s, segment_size, read_window);
         let image = io
             .read_segment_until(s, |image| probe.enough(image))?
             .unwrap_or_default();
         planner.feed(s, &image);
     }
     let plan = planner.finish(config.recovery)?;
+    if !crate::format::segment_in_lsn_space(plan.end_segment, segment_size) {
+        // The last segment was closed, and none can follow it below 2^64 (the writer never
+        // closes that one; a log copied together by hand can): refuse before changing anything.
+        return Err(WalError::LsnSpaceExhausted {
+            at: Lsn(plan.end_segment.saturating_mul(segment_size)),
+        });
+    }
 
     // Make the files agree with the plan. Zero the torn tail first, so that no stale frame can
     // line up with a record written later; then remove what lies after the end.
@@ -391,12 +401,20 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
         io.sync_dir()?;
     }
     // What the scan read may be in the page cache only (a process crash): make it durable
-    // before anything is built on it.
-    for &s in &plan.kept {
-        io.existing(s)?;
+    // before anything is built on it. A few segments at a time, each group closed once synced
+    // (except the end segment, which the writer goes on in): a log of more segments than the
+    // backend's fd table holds reopens.
+    for group in plan.kept.chunks(SEGMENTS_OPEN_AT_ONCE) {
+        for &s in group {
+            io.existing(s)?;
+        }
+        io.sync_open().map_err(|f| WalError::Io(f.error))?;
+        io.close_below(plan.end_segment);
     }
-    io.sync_open().map_err(|f| WalError::Io(f.error))?;
-    io.close_below(plan.end_segment);
+    debug_assert!(
+        io.lowest_open().is_none_or(|s| s >= plan.end_segment),
+        "recovery left a segment below the end open"
+    );
 
     let first_segment = plan.kept.first().copied().unwrap_or(plan.end_segment);
     let next = plan.end_segment * segment_size + plan.end_offset.max(SEGMENT_HEADER_BYTES);

@@ -16,6 +16,11 @@ use storage_io_core::{
 /// The block that direct-mode writes are widened to: offsets, lengths and buffers are multiples.
 const BLOCK: usize = DEFAULT_ALIGNMENT;
 
+/// Segments recovery (and a flush across many segments) holds open at once: well below any
+/// backend's fd table (`IoConfig::max_files`, 1,024 by default), so a log of any number of
+/// segments reopens and any batch is written.
+pub(crate) const SEGMENTS_OPEN_AT_ONCE: usize = 8;
+
 /// The file name of segment `n`: 16 lower-case hex digits and `.wal`, so names sort in log
 /// order. The only name the WAL gives a segment, and the only one it accepts as one.
 pub(crate) fn segment_file_name(n: u64) -> String {

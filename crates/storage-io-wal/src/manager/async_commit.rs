@@ -89,7 +89,7 @@ impl WalManager {
             let mut st = shared.state.lock();
             // Never the blocking `admit`: on a full disk it retries the flush on this thread.
             admit_without_io(&st)?;
-            let lsn = shared.place(&mut st, record);
+            let lsn = shared.place(&mut st, record)?;
             let seen_full = st.disk_full_seq;
             want_flush(shared, &mut st)?;
             Ok((lsn, seen_full))

@@ -2,6 +2,7 @@
 //! mode), publishing flushes in LSN order, waking waiters and the next leader.
 
 use super::*;
+use crate::segio::SEGMENTS_OPEN_AT_ONCE;
 
 impl Shared {
     /// Waits until everything before `target` is durable, leading flushes as needed.
@@ -210,7 +211,7 @@ impl Shared {
         let Some(preparer) = &self.preparer else { return };
         let size = self.segment_size;
         let next = end / size + 1;
-        if end % size >= size / PREPARE_AT && st.prepare_asked < next {
+        if end % size >= size / PREPARE_AT && st.prepare_asked < next && self.segment_follows(end) {
             st.prepare_asked = next;
             preparer.request(next);
         }
@@ -235,6 +236,11 @@ impl Shared {
     fn mark_batch(&self, st: &mut State) {
         let size = self.segment_size;
         if st.next_lsn % size + MARKER_BYTES + RECORD_HEADER_BYTES > size {
+            if !self.segment_follows(st.next_lsn) {
+                // The last segment below 2^64 is never closed: this batch goes without a
+                // marker (recovery keeps the window rule for it, as for a version-1 log).
+                return;
+            }
             self.close_segment(st);
         }
         // A mode that never syncs only wrote what it calls durable (a process crash keeps it,
@@ -265,6 +271,10 @@ impl Shared {
             return;
         }
         if !fits(st.next_lsn) {
+            if !self.segment_follows(st.next_lsn) {
+                // The last segment below 2^64: the batch ends unpadded (`tail_open`).
+                return;
+            }
             self.close_segment(st);
             if pad_bytes(st.next_lsn) == 0 || !fits(st.next_lsn) {
                 return;
@@ -341,37 +351,34 @@ impl Shared {
     /// One flush: create new segments, write each piece, one datasync per segment, and a
     /// directory sync when a segment was created. Inline flushes return the segments still to
     /// datasync (the caller syncs them after the writer is free); slotted direct flushes
-    /// return their staged writes; others are durable already.
+    /// return their staged writes; others are durable already. A batch across more than
+    /// [`SEGMENTS_OPEN_AT_ONCE`] segments writes and syncs its earlier segments a group at a
+    /// time first, closing each group before opening the next, so that it never holds more
+    /// handles than that (a backend's fd table is finite).
     fn write_batch<'a>(&self, pieces: &'a [Piece]) -> Result<Unfinished<'a>, IoFailure> {
         let mut w = self.writer.lock();
         let mut created = false;
-        let mut jobs = Vec::with_capacity(pieces.len());
-        for p in pieces {
-            let fd = if p.offset == 0 {
-                let prepared = self.preparer.as_ref().is_some_and(|pr| pr.take(p.segment));
-                if prepared {
-                    // Zero-filled, durable and named in the directory already.
-                    self.counters.segments_prepared.fetch_add(1, Ordering::Relaxed);
-                    w.existing(p.segment)?
-                } else {
-                    created = true;
-                    w.create(p.segment, self.config.preallocate)?
-                }
-            } else {
-                w.existing(p.segment)?
-            };
-            jobs.push(WriteJob {
-                fd,
-                offset: p.offset,
-                data: &p.bytes,
-            });
+        let mut datasyncs = 0;
+        let syncs = self.config.sync_mode.syncs();
+        let mut rest = pieces;
+        while let Some(split) = group_end(rest, SEGMENTS_OPEN_AT_ONCE) {
+            let (group, later) = rest.split_at(split);
+            let jobs = self.open_pieces(&mut w, group, &mut created)?;
+            // Through the sync gate: an earlier flush may be syncing the first of these
+            // segments on the same file description (buffered inline mode), and two fdatasyncs
+            // in flight there could hide a writeback error from one of them.
+            datasyncs += self.sync_gate.run(|| w.write_all(&jobs, syncs))?;
+            w.close_below(later[0].segment);
+            rest = later;
         }
-        let (rest, datasyncs) = if self.slotted {
+        let jobs = self.open_pieces(&mut w, rest, &mut created)?;
+        let (rest, last_datasyncs) = if self.slotted {
             (Unfinished::Direct(w.stage_direct(&jobs)?), 0)
         } else {
-            let (files, n) = w.write_all_sync_later(&jobs, self.config.sync_mode.syncs())?;
+            let (files, n) = w.write_all_sync_later(&jobs, syncs)?;
             (Unfinished::Sync(files), n)
         };
+        datasyncs += last_datasyncs;
         if created {
             w.sync_dir().map_err(|error| IoFailure {
                 op: OpKind::Fsync,
@@ -387,6 +394,38 @@ impl Shared {
         c.bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
         c.datasyncs.fetch_add(datasyncs as u64, Ordering::Relaxed);
         Ok(rest)
+    }
+
+    /// The write jobs of `pieces`: each on its segment's handle, the segment created first
+    /// (or taken from the preparer) where a piece starts it; sets `created` when a segment was.
+    fn open_pieces<'a>(
+        &self,
+        w: &mut SegmentIo,
+        pieces: &'a [Piece],
+        created: &mut bool,
+    ) -> Result<Vec<WriteJob<'a>>, IoFailure> {
+        let mut jobs = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            let fd = if p.offset == 0 {
+                let prepared = self.preparer.as_ref().is_some_and(|pr| pr.take(p.segment));
+                if prepared {
+                    // Zero-filled, durable and named in the directory already.
+                    self.counters.segments_prepared.fetch_add(1, Ordering::Relaxed);
+                    w.existing(p.segment)?
+                } else {
+                    *created = true;
+                    w.create(p.segment, self.config.preallocate)?
+                }
+            } else {
+                w.existing(p.segment)?
+            };
+            jobs.push(WriteJob {
+                fd,
+                offset: p.offset,
+                data: &p.bytes,
+            });
+        }
+        Ok(jobs)
     }
 
     /// The `Async` mode's flusher: every `interval`, flush what is queued.
@@ -409,10 +448,28 @@ impl Shared {
     }
 }
 
+/// Where the first group of `pieces` ends when they touch more than `max` segments: the index
+/// of the first piece of the `max + 1`-th segment; `None` when they touch at most `max`.
+fn group_end(pieces: &[Piece], max: usize) -> Option<usize> {
+    let mut segments = 0;
+    let mut last = None;
+    for (i, p) in pieces.iter().enumerate() {
+        if last != Some(p.segment) {
+            segments += 1;
+            last = Some(p.segment);
+            if segments > max {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
 /// Whether the queue, with room for a pad, ends within [`TORN_WINDOW_BYTES`] of the durable
 /// end: what lets a flush go in flight beside earlier ones.
 fn in_window(st: &State) -> bool {
-    st.next_lsn + 2 * PAD_BLOCK_BYTES - st.durable_lsn <= TORN_WINDOW_BYTES
+    // The difference first: near the end of the LSN space `next_lsn + 2 blocks` passes 2^64.
+    st.next_lsn - st.durable_lsn + 2 * PAD_BLOCK_BYTES <= TORN_WINDOW_BYTES
 }
 
 /// The flush slots of direct mode with several flushes in flight.

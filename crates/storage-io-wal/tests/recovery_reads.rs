@@ -1,0 +1,168 @@
+//! What recovery reads: the log and the in-flight window of the configuration after it, not
+//! the segment it sits in. Bytes are counted by a wrapper backend.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use storage_io_core::{
+    AlignedBuf, BackendFactory, Capabilities, DirLock, IoBuf, IoCompletion, IoFd, IoStats, IoToken,
+    OpenOptions, OpenedFd, Result, StorageIo, SubmitError,
+};
+use storage_io_testkit::memio::MemFs;
+use storage_io_wal::{SyncMode, WalConfig, WalManager};
+
+use common::{DIR, mem_factory};
+
+/// A backend that adds the length of every read it accepts to a shared counter.
+struct CountingIo<B> {
+    inner: B,
+    read_bytes: Arc<AtomicU64>,
+}
+
+impl<B: StorageIo> StorageIo for CountingIo<B> {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    fn register_fd(&mut self, file: File) -> Result<IoFd> {
+        self.inner.register_fd(file)
+    }
+    fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
+        self.inner.deregister_fd(fd)
+    }
+    fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
+        self.inner.open_file(path, options)
+    }
+    fn open_file_with_mode(&mut self, path: &Path, options: &OpenOptions) -> Result<OpenedFd> {
+        self.inner.open_file_with_mode(path, options)
+    }
+    fn file_len(&mut self, fd: IoFd) -> Result<u64> {
+        self.inner.file_len(fd)
+    }
+    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn remove_file(&mut self, path: &Path) -> Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
+        self.inner.list_dir(dir)
+    }
+    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
+        self.inner.lock_dir(dir)
+    }
+    fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
+        self.inner.alloc_buf(len)
+    }
+    fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        let len = buf.len() as u64;
+        let token = self.inner.submit_read(fd, buf, offset)?;
+        self.read_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(token)
+    }
+    fn submit_write(&mut self, fd: IoFd, data: &[u8], offset: u64) -> Result<IoToken> {
+        self.inner.submit_write(fd, data, offset)
+    }
+    fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
+        self.inner.submit_write_buf(fd, buf, offset)
+    }
+    fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
+        self.inner.submit_append(fd, data)
+    }
+    fn submit_datasync(&mut self, fd: IoFd) -> Result<IoToken> {
+        self.inner.submit_datasync(fd)
+    }
+    fn submit_fsync(&mut self, fd: IoFd) -> Result<IoToken> {
+        self.inner.submit_fsync(fd)
+    }
+    fn flush(&mut self) -> Result<usize> {
+        self.inner.flush()
+    }
+    fn poll_completions(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        self.inner.poll_completions(out)
+    }
+    fn wait_completions(
+        &mut self,
+        out: &mut Vec<IoCompletion>,
+        min: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize> {
+        self.inner.wait_completions(out, min, timeout)
+    }
+    fn pending_count(&self) -> usize {
+        self.inner.pending_count()
+    }
+    fn stats(&self) -> &IoStats {
+        self.inner.stats()
+    }
+}
+
+/// Issue 37, item 12 (reviewer follow-up): reopening a 100-record log in a 64 MiB
+/// preallocated segment reads the log and the configuration's in-flight window after it
+/// (`max_flushes_in_flight` × the most one flush hands the backend at once), in reads of
+/// `write_chunk_bytes`: not the 8 MiB torn-window constant, not the segment.
+#[test]
+fn recovery_reads_the_log_and_the_in_flight_window_not_the_segment() {
+    let configs = [
+        WalConfig {
+            segment_size_bytes: 64 << 20,
+            prepare_ahead: false,
+            ..WalConfig::default()
+        },
+        WalConfig {
+            segment_size_bytes: 64 << 20,
+            prepare_ahead: false,
+            sync_mode: SyncMode::Sync,
+            write_chunk_bytes: 256 << 10,
+            max_flushes_in_flight: 2,
+            ..WalConfig::default()
+        },
+    ];
+    for config in configs {
+        let fs = MemFs::new(100);
+        let dir = Path::new(DIR);
+        let log_bytes = {
+            let (wal, _) = WalManager::open(dir, config.clone(), mem_factory(&fs)).unwrap();
+            for i in 0..100u32 {
+                wal.commit(&i.to_le_bytes().repeat(16)).unwrap();
+            }
+            let end = wal.next_lsn().0;
+            wal.close().unwrap();
+            end
+        };
+        let read_bytes = Arc::new(AtomicU64::new(0));
+        let factory: BackendFactory = {
+            let (fs, read_bytes) = (fs.clone(), read_bytes.clone());
+            Arc::new(move |_| {
+                Ok(Box::new(CountingIo {
+                    inner: fs.backend(),
+                    read_bytes: read_bytes.clone(),
+                }) as Box<dyn StorageIo>)
+            })
+        };
+        let (wal, _) = WalManager::open(dir, config.clone(), factory).unwrap();
+        let read = read_bytes.load(Ordering::Relaxed);
+        let batch = match config.sync_mode {
+            SyncMode::Group { max_batch_bytes, .. } => max_batch_bytes,
+            _ => 0,
+        };
+        let window = config.max_flushes_in_flight as u64 * config.write_chunk_bytes.max(batch) as u64;
+        let chunk = config.write_chunk_bytes as u64;
+        // The log and the window, each rounded up to whole reads, and the header read.
+        let bound = (log_bytes + window).div_ceil(chunk) * chunk + chunk + 32;
+        assert!(
+            read <= bound,
+            "reopening a {log_bytes}-byte log read {read} bytes: more than the log and the {window}-byte in-flight window ({bound}); config {config:?}"
+        );
+        assert_eq!(wal.recovery_report().records, 100);
+        wal.close().unwrap();
+    }
+}
