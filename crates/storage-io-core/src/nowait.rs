@@ -298,7 +298,7 @@ mod tests {
         assert!(!gate.should_try() && !gate.should_try());
     }
 
-    #[cfg(target_os = "linux")]
+    #[cfg(target_os = "linux")] // preadv2(RWF_NOWAIT) is Linux-only
     #[test]
     fn read_nowait_reads_cached_bytes_and_says_eof() {
         use std::io::Write;

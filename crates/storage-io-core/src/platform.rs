@@ -9,6 +9,8 @@
 //! | [`full_sync`] | `fsync` | `fsync` | `fcntl(F_FULLFSYNC)`, `fsync` where refused | `FlushFileBuffers` |
 //! | direct I/O | `O_DIRECT` | `O_DIRECT` | `fcntl(F_NOCACHE)` after open | `FILE_FLAG_NO_BUFFERING` |
 //! | `dsync` | `O_DSYNC` | `O_DSYNC` | `O_DSYNC` | `FILE_FLAG_WRITE_THROUGH` |
+//! | [`try_lock_advisory`] | `flock` | `flock` | `flock` | `LockFileEx` on one byte past any data |
+//! | [`reserve_keep_size`] | `fallocate(FALLOC_FL_KEEP_SIZE)` | not supported | not supported | not supported |
 //! | [`sync_dir`] | `fsync` of the directory | `fsync` of the directory | `F_FULLFSYNC` of the directory | nothing (see [`sync_dir`]) |
 
 use std::fs::File;
@@ -207,6 +209,144 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Reserves disk space for the first `len` bytes of `file` without changing its size:
+/// `fallocate(FALLOC_FL_KEEP_SIZE)` on Linux, retried on `EINTR`. `Unsupported` elsewhere;
+/// `InvalidInput` for a length past `i64::MAX`.
+pub fn reserve_keep_size(file: &File, len: u64) -> io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use std::os::fd::AsRawFd;
+        let len = i64::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "length exceeds i64::MAX"))?;
+        if len == 0 {
+            return Ok(());
+        }
+        loop {
+            // SAFETY: fallocate reads no memory of ours; the fd is open for as long as `file` lives.
+            if unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) } == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (file, len);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "reserving space without changing the size is only implemented on Linux",
+        ))
+    }
+}
+
+/// What [`try_lock_advisory`] found.
+#[derive(Debug)]
+pub enum AdvisoryLock {
+    /// This handle holds the lock now, until it (and every duplicate of it) is closed.
+    Held,
+    /// Another holder has it (another process, or another open of the file in this one): the
+    /// OS's answer (`EWOULDBLOCK`, `ERROR_LOCK_VIOLATION`).
+    HeldElsewhere(io::Error),
+    /// The file system refuses such locks (some network and FUSE ones): the caller goes on
+    /// without one, and should say so.
+    Unsupported(io::Error),
+}
+
+/// Takes an exclusive, advisory lock on `file` without waiting, one that does not stop other
+/// handles from reading or writing the file: `flock(LOCK_EX | LOCK_NB)` on Unix (it belongs
+/// to the open file description, so a second open in the same process is refused too);
+/// `LockFileEx` on one byte at offset 2^64 − 2 on Windows, far past any data, as Windows byte
+/// range locks are mandatory for the bytes they cover (the same trick SQLite uses). Released
+/// when the last handle of this open closes, or the process ends.
+pub fn try_lock_advisory(file: &File) -> io::Result<AdvisoryLock> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        loop {
+            // SAFETY: flock takes no pointers; the fd is open for as long as `file` lives.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(AdvisoryLock::Held);
+            }
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // EWOULDBLOCK is EAGAIN on Linux.
+                Some(libc::EWOULDBLOCK) => Ok(AdvisoryLock::HeldElsewhere(e)),
+                Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL) => Ok(AdvisoryLock::Unsupported(e)),
+                _ => Err(e),
+            };
+        }
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::io::AsRawHandle;
+        #[repr(C)]
+        struct Overlapped {
+            internal: usize,
+            internal_high: usize,
+            offset: u32,
+            offset_high: u32,
+            event: *mut std::ffi::c_void,
+        }
+        #[link(name = "kernel32")]
+        unsafe extern "system" {
+            fn LockFileEx(
+                file: *mut std::ffi::c_void,
+                flags: u32,
+                reserved: u32,
+                len_low: u32,
+                len_high: u32,
+                overlapped: *mut Overlapped,
+            ) -> i32;
+        }
+        const LOCKFILE_FAIL_IMMEDIATELY: u32 = 0x1;
+        const LOCKFILE_EXCLUSIVE_LOCK: u32 = 0x2;
+        const ERROR_LOCK_VIOLATION: i32 = 33;
+        const ERROR_NOT_SUPPORTED: i32 = 50;
+        const ERROR_INVALID_FUNCTION: i32 = 1;
+        let mut overlapped = Overlapped {
+            internal: 0,
+            internal_high: 0,
+            offset: 0xFFFF_FFFE,
+            offset_high: 0xFFFF_FFFF,
+            event: std::ptr::null_mut(),
+        };
+        // SAFETY: the handle stays open while `file` lives; the handle is synchronous (std opens
+        // without FILE_FLAG_OVERLAPPED), so the call completes before it returns and
+        // `overlapped`, valid and writable, is not used after it.
+        let ok = unsafe {
+            LockFileEx(
+                file.as_raw_handle(),
+                LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY,
+                0,
+                1,
+                0,
+                &mut overlapped,
+            )
+        };
+        if ok != 0 {
+            return Ok(AdvisoryLock::Held);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(ERROR_LOCK_VIOLATION) => Ok(AdvisoryLock::HeldElsewhere(e)),
+            Some(ERROR_NOT_SUPPORTED | ERROR_INVALID_FUNCTION) => Ok(AdvisoryLock::Unsupported(e)),
+            _ => Err(e),
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = file;
+        Ok(AdvisoryLock::Unsupported(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "no advisory file lock on this platform",
+        )))
+    }
+}
+
 /// Adds the open flag that makes every write durable when it completes: `O_DSYNC` on Unix,
 /// `FILE_FLAG_WRITE_THROUGH` on Windows.
 pub(crate) fn add_dsync_flag(o: &mut std::fs::OpenOptions) {
@@ -397,6 +537,36 @@ mod tests {
         full_sync(&file).unwrap();
         sync_dir(dir.path()).unwrap();
         assert!(sync_dir(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn an_advisory_lock_has_one_holder_and_leaves_the_file_readable_and_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .unwrap()
+        };
+        let first = open();
+        assert!(matches!(try_lock_advisory(&first).unwrap(), AdvisoryLock::Held));
+        // Another open of the file, in this process as in another, is refused the lock...
+        let second = open();
+        assert!(matches!(
+            try_lock_advisory(&second).unwrap(),
+            AdvisoryLock::HeldElsewhere(_)
+        ));
+        // ...but reads and writes it as usual.
+        write_all_at(&second, b"data", 0).unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(read_at(&first, &mut buf, 0).unwrap(), 4);
+        assert_eq!(&buf, b"data");
+        drop(first);
+        assert!(matches!(try_lock_advisory(&second).unwrap(), AdvisoryLock::Held));
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub enum Unavailable {
     OutOfMemory,
     /// The kernel lacks an opcode this backend needs.
     MissingOpcode(&'static str),
+    /// `io_uring_enter` failed although `io_uring_setup` succeeded — a seccomp filter that lets
+    /// a ring be created but not used — with its errno.
+    EnterFailed(i32),
     /// Any other failure of `io_uring_setup`, with its errno.
     Other(i32),
 }
@@ -36,6 +39,14 @@ impl fmt::Display for Unavailable {
                 f.write_str("io_uring_setup ran out of memory (ENOMEM): raise RLIMIT_MEMLOCK (ulimit -l)")
             }
             Unavailable::MissingOpcode(op) => write!(f, "the kernel's io_uring lacks the {op} opcode"),
+            Unavailable::EnterFailed(errno) if *errno == EPERM => f.write_str(
+                "io_uring_enter is not permitted (EPERM) although io_uring_setup succeeded: check the container's seccomp profile",
+            ),
+            Unavailable::EnterFailed(errno) => write!(
+                f,
+                "io_uring_enter failed after io_uring_setup succeeded: {}",
+                std::io::Error::from_raw_os_error(*errno)
+            ),
             Unavailable::Other(errno) => write!(
                 f,
                 "io_uring_setup failed: {}",
@@ -44,6 +55,12 @@ impl fmt::Display for Unavailable {
         }
     }
 }
+
+/// `EPERM` (the same number on every Linux architecture; spelled out so the message compiles
+/// off Linux too).
+const EPERM: i32 = 1;
+#[cfg(target_os = "linux")]
+const _: () = assert!(EPERM == libc::EPERM);
 
 impl std::error::Error for Unavailable {}
 
@@ -81,7 +98,7 @@ pub fn probe() -> Result<ProbeReport, Unavailable> {
 fn probe_impl() -> Result<ProbeReport, Unavailable> {
     use io_uring::{IoUring, Probe, opcode};
 
-    let ring = IoUring::new(8).map_err(|e| unavailable_from(&e))?;
+    let mut ring = IoUring::new(8).map_err(|e| unavailable_from(&e))?;
     let mut probe = Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
@@ -99,6 +116,23 @@ fn probe_impl() -> Result<ProbeReport, Unavailable> {
         if !probe.is_supported(code) {
             return Err(Unavailable::MissingOpcode(name));
         }
+    }
+    // A ring that can be created but not entered (a seccomp filter that denies io_uring_enter
+    // only) is as unusable as none: one NOP goes through the ring before io_uring is chosen.
+    let nop = opcode::Nop::new().build();
+    // SAFETY: a NOP names no buffer and no file: nothing must outlive its completion.
+    unsafe { ring.submission().push(&nop) }.map_err(|_| Unavailable::Other(libc::EBUSY))?;
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(Unavailable::EnterFailed(e.raw_os_error().unwrap_or(libc::EIO))),
+        }
+    }
+    match ring.completion().next() {
+        Some(cqe) if cqe.result() >= 0 => {}
+        Some(cqe) => return Err(Unavailable::EnterFailed(-cqe.result())),
+        None => return Err(Unavailable::EnterFailed(libc::EIO)),
     }
     Ok(ProbeReport {
         kernel: kernel_release(),
@@ -161,6 +195,11 @@ mod tests {
             (Unavailable::OutOfMemory, "RLIMIT_MEMLOCK"),
             (Unavailable::MissingOpcode("IORING_OP_READ"), "IORING_OP_READ"),
             (Unavailable::Other(22), "Invalid argument"),
+            (
+                Unavailable::EnterFailed(EPERM),
+                "io_uring_enter is not permitted (EPERM)",
+            ),
+            (Unavailable::EnterFailed(22), "io_uring_enter failed"),
         ] {
             assert!(why.to_string().contains(needle), "{why}");
         }

@@ -12,8 +12,67 @@ use storage_io_wal::{WalConfig, WalError, WalManager};
 
 const ENOSPC: i32 = 28;
 
+/// The process's open file descriptors (Linux: `/proc/self/fd`).
+#[cfg(not(windows))]
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// The process's open handles, counted in the system's handle table
+/// (`NtQuerySystemInformation(SystemHandleInformation)`): under Wine `/proc/self/fd` lists the
+/// Wine process's own descriptors, which its handle cache opens and closes on its own, and
+/// `GetProcessHandleCount` answers 0.
+#[cfg(windows)]
+fn open_fds() -> usize {
+    #[repr(C)]
+    struct HandleEntry {
+        owner_pid: u32,
+        object_type: u8,
+        flags: u8,
+        handle: u16,
+        object: usize,
+        access: u32,
+    }
+    #[link(name = "ntdll")]
+    unsafe extern "system" {
+        fn NtQuerySystemInformation(class: u32, info: *mut std::ffi::c_void, len: u32, ret: *mut u32) -> i32;
+    }
+    const SYSTEM_HANDLE_INFORMATION: u32 = 16;
+    const STATUS_INFO_LENGTH_MISMATCH: i32 = 0xC000_0004_u32 as i32;
+    let pid = std::process::id();
+    let mut words = vec![0usize; 1 << 16];
+    loop {
+        let len = u32::try_from(words.len() * size_of::<usize>()).unwrap();
+        let mut needed = 0u32;
+        // SAFETY: `words` is a valid, writable, aligned buffer of `len` bytes that the call fills
+        // and nothing keeps after it; `needed` is a valid u32.
+        let status = unsafe {
+            NtQuerySystemInformation(
+                SYSTEM_HANDLE_INFORMATION,
+                words.as_mut_ptr().cast(),
+                len,
+                &mut needed,
+            )
+        };
+        if status == STATUS_INFO_LENGTH_MISMATCH {
+            words.resize(words.len() * 2, 0);
+            continue;
+        }
+        assert!(
+            status >= 0,
+            "NtQuerySystemInformation(SystemHandleInformation): {status:#x}"
+        );
+        // SYSTEM_HANDLE_INFORMATION: a ULONG count (padded to a pointer), then the entries.
+        let count = words[0] & 0xFFFF_FFFF;
+        assert!(size_of::<usize>() + count * size_of::<HandleEntry>() <= len as usize);
+        // SAFETY: the call wrote `count` entries right after the count, inside `words` (checked
+        // above); `words` is aligned for usize, which HandleEntry's alignment does not exceed.
+        let entries =
+            unsafe { std::slice::from_raw_parts(words.as_ptr().add(1).cast::<HandleEntry>(), count) };
+        let mine = entries.iter().filter(|e| e.owner_pid == pid).count();
+        assert!(mine > 0, "the handle table lists none of this process's handles");
+        return mine;
+    }
 }
 
 #[test]

@@ -320,7 +320,7 @@ fn deleted_files_open_in(dir: &Path) -> Vec<String> {
     deleted
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(target_os = "linux")] // reads /proc/self/fd for deleted files still open
 #[test]
 fn truncate_before_releases_every_handle_on_the_segments_it_removes_idle_flush_slots_included() {
     let (_tmp, dir) = real_dir("wal-truncate-fds");

@@ -246,12 +246,38 @@ fn select_with(config: &IoConfig, uring: &UringStatus) -> Result<Selection> {
     config.validate()?;
     let env = std::env::var("STORAGE_IO_BACKEND").ok();
     let selection = select_backend(config, env.as_deref(), uring)?;
+    let required = std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| {
+        let v = v.trim();
+        !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")
+    });
+    if required && is_fallback(config, env.as_deref(), uring) {
+        tracing::error!(reason = %selection.reason, "io_uring is required (STORAGE_IO_REQUIRE_URING) but unavailable");
+        return Err(StorageIoError::Unsupported {
+            what: format!(
+                "io_uring is required (STORAGE_IO_REQUIRE_URING is set) but {uring}; unset STORAGE_IO_REQUIRE_URING to let auto fall back to the thread pool"
+            )
+            .into(),
+        });
+    }
     static STARTUP: std::sync::Once = std::sync::Once::new();
     STARTUP.call_once(|| {
         tracing::info!(kernel = %selection.kernel, io_uring = %selection.probe, "storage-io start-up");
     });
     tracing::info!(backend = %selection.kind, reason = %selection.reason, "storage-io backend selected");
     Ok(selection)
+}
+
+/// Whether `auto` (asked for by `env_backend` or the config, with io_uring enabled) falls back
+/// because io_uring is unavailable: what `STORAGE_IO_REQUIRE_URING` turns into an error. An
+/// explicit backend or `enable_io_uring = false` is a choice, not a fallback.
+fn is_fallback(config: &IoConfig, env_backend: Option<&str>, uring: &UringStatus) -> bool {
+    let asked = match env_backend {
+        Some(v) if !v.trim().is_empty() => v.parse::<BackendKind>().ok(),
+        _ => Some(config.backend),
+    };
+    asked == Some(BackendKind::Auto)
+        && config.enable_io_uring
+        && !matches!(uring, UringStatus::Available { .. })
 }
 
 /// `config` with every `STORAGE_IO_*` override from the environment applied: what every opener

@@ -126,7 +126,6 @@ fn two_append_handles_on_one_path_get_distinct_offsets_on_memio() {
 
 /// Another file system (as another process would) cannot open a file for appending while one
 /// appends to it: the advisory lock `open_append` takes refuses it with a clear error.
-#[cfg(unix)] // the append lock is flock; Windows has no advisory lock, so appenders are not detected
 #[test]
 fn open_append_of_a_file_another_file_system_appends_to_is_refused() {
     let dir = real_dir();

@@ -79,6 +79,7 @@ fn config_file_errors_name_the_file() {
     assert_eq!(text.matches("os error").count(), 1, "the errno once: {text}");
 }
 
+#[cfg(target_os = "linux")] // preallocation is fallocate, Linux-only: elsewhere it is Unsupported before any file call
 #[test]
 fn a_failed_preallocation_names_the_file() {
     let dir = real_dir();

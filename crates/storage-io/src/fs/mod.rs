@@ -198,9 +198,9 @@ impl AsyncFileSystem {
     /// Within this file system, every handle on one path shares one append cursor (see
     /// [`AsyncFile::append`]), so a second `open_append` of a path is fine. Across processes
     /// (and across file systems in one process), `open_append` takes an exclusive advisory lock
-    /// (`flock`) on the file, held until the last handle on it here is closed: a second
-    /// appender elsewhere gets an `Os` error naming the path instead of overwriting this one's
-    /// records. The lock is advisory: a process that writes without taking it is not stopped.
+    /// (`flock`; on Windows `LockFileEx` on one byte past any data) on the file, held until the
+    /// last handle on it here is closed: a second appender elsewhere gets an `Os` error naming
+    /// the path instead of overwriting this one's records. The lock is advisory: a process that writes without taking it is not stopped.
     /// Files of in-memory backends have no OS file and take no lock.
     pub async fn open_append(&self, path: impl AsRef<Path>) -> Result<AsyncFile> {
         let config = &self.shared.config;

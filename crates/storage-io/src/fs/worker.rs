@@ -837,53 +837,30 @@ fn no_os_file() -> StorageIoError {
     )
 }
 
-/// Takes the exclusive advisory append lock (`flock(LOCK_EX | LOCK_NB)`) on an open file
-/// description of its own (a fresh open of `path`, not a dup of the data file's: the data file
-/// has duplicates on the callers' rings, and a lock on a shared description would be held until
-/// the last of them closed) and returns the handle that keeps it. Another holder — another
-/// process, or another file system in this one — makes it an `Os` error naming the path.
-#[cfg(unix)]
+/// Takes the exclusive advisory append lock ([`platform::try_lock_advisory`]: `flock` on Unix,
+/// `LockFileEx` on Windows) on an open file description of its own (a fresh open of `path`,
+/// not a dup of the data file's: the data file has duplicates on the callers' rings, and a lock
+/// on a shared description would be held until the last of them closed) and returns the handle
+/// that keeps it. Another holder — another process, or another file system in this one — makes
+/// it an `Os` error naming the path.
 fn lock_for_append(path: &std::path::Path) -> Result<File> {
-    use std::os::fd::AsRawFd;
-    let err = |e: &std::io::Error| {
-        StorageIoError::from_os_at(
-            "open_append: lock for appending (another process or file system appends to this file)",
-            path,
-            e,
-        )
-    };
-    let file = File::open(path).map_err(|e| err(&e))?;
-    loop {
-        // SAFETY: flock takes no pointers; the fd is open for as long as `file` lives.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r == 0 {
-            return Ok(file);
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            // Held elsewhere (EWOULDBLOCK is EAGAIN on Linux).
-            Some(libc::EWOULDBLOCK) => return Err(err(&e)),
-            // A file system without flock (some network and FUSE ones): append without the
-            // lock rather than not at all, and say so.
-            _ => {
-                tracing::warn!(path = %path.display(), error = %e,
-                    "open_append: the file system refuses flock; appenders in other processes are not detected");
-                return Ok(file);
-            }
+    use storage_io_core::platform::{self, AdvisoryLock};
+    const WHAT: &str =
+        "open_append: lock for appending (another process or file system appends to this file)";
+    let file = File::open(path).map_err(|e| StorageIoError::from_os_at(WHAT, path, &e))?;
+    match platform::try_lock_advisory(&file) {
+        Ok(AdvisoryLock::Held) => Ok(file),
+        Ok(AdvisoryLock::HeldElsewhere(e)) | Err(e) => Err(StorageIoError::from_os_at(WHAT, path, &e)),
+        // A file system without such locks: append without the lock rather than not at all,
+        // and say so.
+        Ok(AdvisoryLock::Unsupported(e)) => {
+            tracing::warn!(path = %path.display(), error = %e,
+                "open_append: the file system refuses file locks; appenders in other processes are not detected");
+            Ok(file)
         }
     }
 }
 
-/// No `flock` here: appenders in other processes are not detected.
-#[cfg(not(unix))]
-fn lock_for_append(path: &std::path::Path) -> Result<File> {
-    File::open(path)
-        .map_err(|e| StorageIoError::from_os_at("open_append: opening the file to lock it", path, &e))
-}
-
-/// Reserves disk space for the first `len` bytes of `file` without changing its size
-/// (`fallocate` with `FALLOC_FL_KEEP_SIZE`).
 /// `e` naming `path` when it is a system call's error that names none (an open's `fallocate`:
 /// the caller learns which file it was about).
 fn naming_path(e: StorageIoError, path: &std::path::Path) -> StorageIoError {
@@ -897,29 +874,16 @@ fn naming_path(e: StorageIoError, path: &std::path::Path) -> StorageIoError {
     }
 }
 
-#[cfg(target_os = "linux")]
+/// Reserves disk space for the first `len` bytes of `file` without changing its size
+/// ([`storage_io_core::platform::reserve_keep_size`]; Linux only).
 fn reserve(file: &File, len: u64) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = i64::try_from(len).map_err(|_| StorageIoError::invalid("allocate: length exceeds i64::MAX"))?;
-    if len == 0 {
-        return Ok(());
-    }
-    loop {
-        // SAFETY: fallocate reads no memory of ours; the fd is open for as long as `file` lives.
-        let r = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
-        if r == 0 {
-            return Ok(());
+    storage_io_core::platform::reserve_keep_size(file, len).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::Unsupported {
+            StorageIoError::unsupported("allocate (fallocate) is only implemented on Linux")
+        } else if e.kind() == std::io::ErrorKind::InvalidInput {
+            StorageIoError::invalid("allocate: length exceeds i64::MAX")
+        } else {
+            StorageIoError::from_os("fallocate", &e)
         }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(StorageIoError::from_os("fallocate", &e));
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn reserve(_file: &File, _len: u64) -> Result<()> {
-    Err(StorageIoError::unsupported(
-        "allocate (fallocate) is only implemented on Linux",
-    ))
+    })
 }
