@@ -381,15 +381,19 @@ impl Shared {
         if let Some(senders) = self.senders.read().as_ref() {
             queued += senders.iter().map(|(s, _)| s.len() as u64).sum::<u64>();
         }
-        let (mut caller_rings, mut caller_ring_ops) = (0, 0);
         #[cfg(caller_rings)]
-        if let Some(local) = &self.local {
-            let g = local.gauges(&mut total);
-            in_flight += g.in_flight;
-            queued += g.queued;
-            max_in_flight = max_in_flight.max(g.max_in_flight);
-            (caller_rings, caller_ring_ops) = (g.rings, g.ops);
-        }
+        let (caller_rings, caller_ring_ops) = match &self.local {
+            Some(local) => {
+                let g = local.gauges(&mut total);
+                in_flight += g.in_flight;
+                queued += g.queued;
+                max_in_flight = max_in_flight.max(g.max_in_flight);
+                (g.rings, g.ops)
+            }
+            None => (0, 0),
+        };
+        #[cfg(not(caller_rings))]
+        let (caller_rings, caller_ring_ops) = (0, 0);
         let snapshot = total.snapshot();
         AsyncIoMetrics {
             backend: self.backend.clone(),
@@ -543,6 +547,10 @@ pub struct AsyncFile {
     file: Arc<FileShared>,
     /// This handle's OS file for the rings on the callers' threads (none without them, or for
     /// files of in-memory backends).
+    #[cfg_attr(
+        not(caller_rings),
+        allow(dead_code, reason = "always None without caller rings")
+    )]
     local: Option<Arc<LocalFile>>,
     /// `close` was called: later operations fail with `BadFd`, and dropping sends no second close.
     closed: AtomicBool,

@@ -39,7 +39,7 @@ pub(crate) struct Opened {
     /// What every handle on the path shares (append cursor, writes in flight, group sync).
     pub(crate) file: Arc<FileShared>,
     /// A second OS handle on the file, for rings on the caller's threads (none for files of
-    /// in-memory backends).
+    /// in-memory backends, and none where caller rings are not compiled in).
     pub(crate) os: Option<File>,
     guard: CloseGuard,
 }
@@ -49,6 +49,10 @@ pub(crate) struct OpenedParts {
     pub(crate) fd: IoFd,
     pub(crate) mode: DirectMode,
     pub(crate) file: Arc<FileShared>,
+    #[cfg_attr(
+        not(caller_rings),
+        allow(dead_code, reason = "always None without caller rings")
+    )]
     pub(crate) os: Option<File>,
 }
 
@@ -672,7 +676,7 @@ impl Worker {
             }
         };
         // A second OS handle for the rings on the callers' threads (where this is a real file).
-        let os = match &opened.file {
+        let os = match opened.file.as_ref().filter(|_| cfg!(caller_rings)) {
             Some(f) => match f.try_clone() {
                 Ok(dup) => Some(dup),
                 Err(e) => {
