@@ -217,7 +217,11 @@ fn wine_binary() -> PathBuf {
 /// A Wine prefix of our own under `target/`, initialised, with a `bcryptprimitives.dll` stand-in
 /// (Rust's std imports its `ProcessPrng`, which Wine 8 lacks), built from `xtask/src/wine/`.
 fn wine_prefix(root: &Path, wine: &Path) -> Result<PathBuf> {
-    let prefix = root.join("target/wine-prefix");
+    // Under cargo's target directory (CARGO_TARGET_DIR when set), which must exist before
+    // wineboot runs: it does not create the prefix's parent.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+    let prefix = target.join("wine-prefix");
     let system32 = prefix.join("drive_c/windows/system32");
     if !system32.is_dir() {
         run_step(
