@@ -659,7 +659,10 @@ mod sync_tests {
     /// runs on the sync backend's real files.)
     #[test]
     fn buffered_flushes_keep_one_fdatasync_in_flight() {
+        // Real files on the repository's disk (not a tmpfs): under its `target/`, made here
+        // because a build into another CARGO_TARGET_DIR leaves it missing.
         let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target");
+        std::fs::create_dir_all(target).unwrap();
         let tmp = tempfile::tempdir_in(target).unwrap();
         let factory: BackendFactory = Arc::new(|_| {
             let io = storage_io_sync::SyncStorageIo::new(&storage_io_core::IoConfig::default())?;
