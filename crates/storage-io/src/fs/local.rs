@@ -31,6 +31,7 @@ use storage_io_core::{
     SubmitError,
 };
 use storage_io_uring::UringStorageIo;
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::order::WriteTicket;
@@ -315,17 +316,17 @@ impl LocalRing {
         // This ring's owner decides when to enter (see `LocalRing::submit`).
         config.submit_batch = 0;
         let io = UringStorageIo::for_reactor(&config)?;
+        let ring_fd = RingFd(io.ring_fd());
         // SAFETY: the fd is the ring's, open for as long as `io` lives; `io` moves into this
         // `LocalRing`'s `inner`, which is declared after `reactor` and so dropped after it: the
         // fd stays open and the same for the whole life of the `AsyncFd`.
-        let reactor =
-            unsafe { AsyncFd::register_with_interest(RingFd(io.ring_fd()), tokio::io::Interest::READABLE) }
-                .map_err(|e| {
-                StorageIoError::from_os(
-                    "registering an io_uring fd with the tokio reactor",
-                    &e.into_parts().1,
-                )
-            })?;
+        let registered = unsafe { AsyncFd::register_with_interest(ring_fd, Interest::READABLE) };
+        let reactor = registered.map_err(|e| {
+            StorageIoError::from_os(
+                "registering an io_uring fd with the tokio reactor",
+                &e.into_parts().1,
+            )
+        })?;
         Ok(LocalRing {
             id,
             drain_task: Mutex::new(None),
