@@ -364,3 +364,50 @@ fn ops_dropped_at_every_await_point_never_corrupt_memory_or_data() {
     let m = fs.metrics();
     assert_eq!(m.in_flight, 0, "{m:?}");
 }
+
+/// A file dropped with appends still on a caller's ring keeps its append lock until they have
+/// landed: another file system that gets the lock then appends after them, never over them.
+#[test]
+fn a_dropped_file_keeps_its_append_lock_until_its_appends_have_landed() {
+    if !uring_or_skip("a_dropped_file_keeps_its_append_lock_until_its_appends_have_landed") {
+        return;
+    }
+    let rt = runtime(2);
+    for round in 0..6 {
+        let dir = real_dir();
+        let (a, b) = (uring_fs(true), uring_fs(true));
+        let path = dir.path().join("log");
+        rt.block_on(async {
+            let f = a.open_append(&path).await.unwrap();
+            let appends: Vec<_> = (0..32u8)
+                .map(|i| {
+                    let op = f.append(vec![b'a' + i % 20; 1 << 20]);
+                    tokio::spawn(async move { op.await.0 })
+                })
+                .collect();
+            tokio::task::yield_now().await;
+            drop(f);
+            let g = loop {
+                match b.open_append(&path).await {
+                    Ok(g) => break g,
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            };
+            let at = g.append(vec![b'Z'; 10]).await.0.unwrap();
+            for a in appends {
+                a.await.unwrap().unwrap();
+            }
+            assert_eq!(
+                at,
+                32 << 20,
+                "round {round}: the second appender starts after the first's appends"
+            );
+            g.close().await.unwrap();
+            let data = std::fs::read(&path).unwrap();
+            assert_eq!(data.len(), (32 << 20) + 10, "round {round}: nothing overwritten");
+            assert!(data[32 << 20..].iter().all(|&c| c == b'Z'));
+        });
+        a.shutdown();
+        b.shutdown();
+    }
+}

@@ -870,15 +870,15 @@ impl Drop for CloseOnDrop {
 }
 
 impl Drop for AsyncFile {
+    /// Closes the file once the writes called on its path before the drop have completed: the
+    /// close releases the append lock, and another appender must not get it while an append of
+    /// this file (on a caller's ring) can still land.
     fn drop(&mut self) {
         if !*self.closed.get_mut() {
-            self.fs.send(
-                self.worker,
-                Request::Close {
-                    fd: self.fd,
-                    reply: None,
-                },
-            );
+            let (fs, worker, fd) = (Arc::clone(&self.fs), self.worker, self.fd);
+            self.file.after_writes(Box::new(move || {
+                fs.send(worker, Request::Close { fd, reply: None })
+            }));
         }
     }
 }

@@ -27,6 +27,9 @@ use storage_io_core::{Result, StorageIoError};
 
 use super::slot::Waiting;
 
+/// What [`FileShared::after_writes`] runs.
+pub(crate) type AfterWrites = Box<dyn FnOnce() + Send>;
+
 /// The shared state of one path (one key of [`path_key`](super::path_key)).
 pub(crate) struct FileShared {
     /// Where the next append goes. Set at open (the file's length) and moved by every append
@@ -47,6 +50,8 @@ struct OrderState {
     in_flight: BTreeSet<u64>,
     /// Syncs and fences waiting for writes to complete or for the group's fdatasync.
     waiters: Vec<Waker>,
+    /// Actions waiting for every write below their number to complete ([`FileShared::after_writes`]).
+    after: Vec<(u64, AfterWrites)>,
     group: SyncGroup,
 }
 
@@ -81,6 +86,7 @@ impl FileShared {
                 next_seq: 0,
                 in_flight: BTreeSet::new(),
                 waiters: Vec::new(),
+                after: Vec::new(),
                 group: SyncGroup::default(),
             }),
             group_waker: Waker::from(Arc::new(GroupWaker(me.clone()))),
@@ -145,19 +151,42 @@ impl FileShared {
     }
 
     fn end_write(&self, seq: u64) {
-        let waiters = {
+        let (waiters, actions) = {
             let mut s = self.state.lock();
             let was_first = s.in_flight.first() == Some(&seq);
             let removed = s.in_flight.remove(&seq);
             debug_assert!(removed, "a write ticket completes once");
             // Only the oldest write's completion can let a waiter through.
             if was_first {
-                std::mem::take(&mut s.waiters)
+                let done = s.completed_below();
+                let (ready, later) = std::mem::take(&mut s.after)
+                    .into_iter()
+                    .partition(|(below, _)| *below <= done);
+                s.after = later;
+                (std::mem::take(&mut s.waiters), ready)
             } else {
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
         };
         waiters.into_iter().for_each(Waker::wake);
+        actions
+            .into_iter()
+            .for_each(|(_, action): (u64, AfterWrites)| action());
+    }
+
+    /// Runs `action` once every write called before now has completed: at once when none is in
+    /// flight, else on the thread that completes the last of them. For what cannot wait in a
+    /// future (a dropped file's close, which must not release the append lock before the
+    /// file's appends have landed).
+    pub(crate) fn after_writes(&self, action: AfterWrites) {
+        let mut s = self.state.lock();
+        let below = s.next_seq;
+        if s.completed_below() >= below {
+            drop(s);
+            action();
+        } else {
+            s.after.push((below, action));
+        }
     }
 
     fn wake_all(&self) {
