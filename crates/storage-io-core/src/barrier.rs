@@ -1,7 +1,7 @@
 //! [`DatasyncBarrier`]: the contract's datasync barrier for one file, for a backend whose
 //! device (or worker pool) runs ops in any order.
 //!
-//! The rule (contract rule 3): a datasync or fsync of a file completes only after every write to
+//! The rule (contract rule 4): a datasync or fsync of a file completes only after every write to
 //! that file submitted before it. A backend that cannot ask its device for that ordering holds
 //! the sync back until the writes submitted before it have finished, and holds every write
 //! submitted while a sync is held behind it (so the sync never covers a later write and the

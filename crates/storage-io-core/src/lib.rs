@@ -32,10 +32,11 @@
 //! # let _ = read_page;
 //! ```
 //!
-//! Core's OS-specific code sits in two modules behind `cfg`: [`platform`] (positional I/O,
-//! datasync, direct-I/O and `O_DSYNC` open flags, directory sync, per OS — every crate of the
-//! workspace calls it rather than `std::os::unix`), and the page-cache read attempt
-//! (`read_nowait`, `preadv2(RWF_NOWAIT)`, Linux only).
+//! Core's OS-specific code sits behind `cfg` in [`platform`] (positional I/O, datasync,
+//! direct-I/O and `O_DSYNC` open flags, directory sync, locks, per OS — every crate of the
+//! workspace calls it rather than `std::os::unix`), the page-cache read attempt
+//! (`read_nowait`, `preadv2(RWF_NOWAIT)`, Linux only), and the `statfs` behind
+//! [`dsync_trusted_at`] (Linux only).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
