@@ -1,11 +1,13 @@
 //! Issue 38 items 15 and 16, the variants a second review found: two spellings of one path
-//! share one append cursor, and the errors of the config loader and of an open's preallocation
-//! name the file.
+//! share one append cursor, and the error of an open's preallocation names the file (the config
+//! loader's is the façade's: storage-io's tests/config_files.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
 
 use std::sync::Arc;
 
-use storage_io::{AsyncFileSystem, AsyncFsConfig, BackendFactory, BackendKind, IoConfig, block_on};
+use storage_io_fs::{AsyncFileSystem, AsyncFsConfig, BackendFactory, BackendKind, IoConfig, block_on};
 
 fn real_dir() -> tempfile::TempDir {
     let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
@@ -31,7 +33,7 @@ fn config(workers: usize) -> AsyncFsConfig {
 
 fn fs_on(kind: BackendKind, config: &AsyncFsConfig) -> AsyncFileSystem {
     let backend_config = config.io.clone();
-    let factory: BackendFactory = Arc::new(move |_| storage_io::build_backend(kind, &backend_config));
+    let factory: BackendFactory = Arc::new(move |_| common::build_backend(kind, &backend_config));
     AsyncFileSystem::with_factory(config, factory).unwrap()
 }
 
@@ -69,14 +71,6 @@ fn two_spellings_of_one_path_share_one_append_cursor() {
             assert_eq!(data, [[b'a'; 8], [b'b'; 8], [b'A'; 8], [b'B'; 8]].concat());
         }
     }
-}
-
-#[test]
-fn config_file_errors_name_the_file() {
-    let missing = "/no/such/dir/storage-io.toml";
-    let text = storage_io::load_async_fs_config(missing).unwrap_err().to_string();
-    assert!(text.contains(missing), "the error names no file: {text}");
-    assert_eq!(text.matches("os error").count(), 1, "the errno once: {text}");
 }
 
 #[cfg(target_os = "linux")] // preallocation is fallocate, Linux-only: elsewhere it is Unsupported before any file call
