@@ -52,6 +52,7 @@ mod config;
 #[cfg(caller_rings)]
 mod local;
 mod metrics;
+mod namespace;
 mod order;
 mod slot;
 #[cfg(feature = "tokio")]
@@ -275,7 +276,9 @@ impl AsyncFileSystem {
     ) -> Result<AsyncFile> {
         options.direct |= self.shared.config.io.direct_io;
         let path = path.to_path_buf();
-        let key = path_key(&path);
+        // Resolved on a worker thread: the directory through the OS, so a symlinked directory
+        // before a `..` cannot give two files one key.
+        let key = self.resolved_key(&path).await?;
         let worker = worker_for(&key, self.shared.workers.len());
         let (reply, waiting) = slot();
         self.shared.send(
@@ -493,6 +496,7 @@ fn refuse(request: Request, error: StorageIoError) {
         }
         Request::Append { buf, reply, .. } => drop(reply.complete((Err(error), buf))),
         Request::Sync { reply, .. } | Request::Allocate { reply, .. } => drop(reply.complete(Err(error))),
+        Request::Blocking(call) => call(Err(error)),
         Request::Size { reply, .. } => drop(reply.complete(Err(error))),
         Request::SyncDir { reply, .. } => drop(reply.complete(Err(error))),
         Request::Close { reply, .. } => {
@@ -504,11 +508,13 @@ fn refuse(request: Request, error: StorageIoError) {
     }
 }
 
-/// The key under which handles on one file share a worker and an append cursor: the path made
-/// absolute and normalised lexically (`.` dropped, `dir/..` removed), so `d/log`, `./d/log` and
-/// `d/sub/../log` are one key. No system call is made (this runs on the caller's thread) and no
-/// symlink is resolved: two names for one file through a symlink or a hard link are two keys,
-/// and a second `open_append` under the other name is refused by the append lock.
+/// The path made absolute and normalised lexically (`.` dropped, `dir/..` removed), with no
+/// system call (it runs on the caller's thread): the worker a namespace call or an open's key
+/// resolution goes to, and the key itself where the directory cannot be resolved
+/// ([`AsyncFileSystem::resolved_key`]; lexically, `d/sub/../log` is `d/log` even when `sub` is
+/// a symlink to another directory, which is why an open's key is resolved by the OS). A file
+/// reached through a symlink or a hard link of its own has two keys: a second `open_append`
+/// under the other name is refused by the append lock.
 fn path_key(path: &Path) -> PathBuf {
     use std::path::Component;
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());

@@ -106,6 +106,10 @@ impl Drop for CloseGuard {
 /// The reply of a read or write: the result and the caller's buffer.
 pub(crate) type BufReply = Completer<(Result<usize>, IoBuf)>;
 
+/// A call run on a worker thread: given the worker's backend, or the error that keeps it from
+/// running (the request never reached a worker).
+pub(crate) type BlockingCall = Box<dyn FnOnce(Result<&mut dyn StorageIo>) + Send>;
+
 /// One request from an [`AsyncFile`](super::AsyncFile) or the file system.
 pub(crate) enum Request {
     Open {
@@ -161,6 +165,9 @@ pub(crate) enum Request {
         len: u64,
         reply: Completer<Result<()>>,
     },
+    /// A call that runs on the worker thread with its backend when its turn comes (a namespace
+    /// call, resolving a path): it answers its own reply.
+    Blocking(BlockingCall),
     Close {
         fd: IoFd,
         reply: Option<Completer<Result<()>>>,
@@ -443,6 +450,7 @@ impl Worker {
                 };
                 let _ = reply.complete(result);
             }
+            Request::Blocking(call) => call(Ok(self.io.as_mut())),
             Request::Close { fd, reply } => {
                 // deregister_fd waits for this file's ops in flight; their completions stay
                 // queued for the next collect.

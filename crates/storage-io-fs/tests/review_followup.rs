@@ -97,3 +97,45 @@ fn a_failed_preallocation_names_the_file() {
     block_on(fs.open_append(&path)).unwrap();
     fs.shutdown();
 }
+
+/// Defect B of the review of issue 41: `d/sub/../log` with `sub` a symlink to another directory
+/// names `other/log` (the kernel follows `sub` before `..`), not `d/log`. Two different files
+/// must get two append cursors (and two append locks), whatever the spelling.
+#[cfg(unix)] // a directory symlink without privileges
+#[test]
+fn a_symlinked_parent_is_resolved_before_dot_dot() {
+    let dir = real_dir();
+    let d = dir.path().join("d");
+    let other = dir.path().join("other");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::create_dir_all(other.join("inner")).unwrap();
+    std::os::unix::fs::symlink(other.join("inner"), d.join("sub")).unwrap();
+    let plain = d.join("log");
+    let through_link = d.join("sub").join("..").join("log");
+    for workers in [1, 4] {
+        let _ = std::fs::remove_file(&plain);
+        let _ = std::fs::remove_file(other.join("log"));
+        let fs = fs_on(BackendKind::Sync, &config(workers));
+        let offsets = block_on(async {
+            let a = fs.open_append(&plain).await.unwrap();
+            let b = fs.open_append(&through_link).await.unwrap();
+            let mut offsets = Vec::new();
+            for (h, tag) in [(&a, b'a'), (&b, b'b'), (&a, b'A'), (&b, b'B')] {
+                let (at, _) = h.append(vec![tag; 8]).await;
+                offsets.push(at.unwrap());
+            }
+            offsets
+        });
+        fs.shutdown();
+        assert_eq!(
+            offsets,
+            vec![0, 0, 8, 8],
+            "workers {workers}: d/log and d/sub/../log (= other/log) shared one append cursor"
+        );
+        assert_eq!(std::fs::read(&plain).unwrap(), [[b'a'; 8], [b'A'; 8]].concat());
+        assert_eq!(
+            std::fs::read(other.join("log")).unwrap(),
+            [[b'b'; 8], [b'B'; 8]].concat()
+        );
+    }
+}
