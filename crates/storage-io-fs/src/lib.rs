@@ -78,6 +78,7 @@ pub use config::AsyncFsConfig;
 #[cfg(caller_rings)]
 use local::{LocalFile, LocalOp, LocalReply, LocalRings};
 pub use metrics::{AsyncIoMetrics, LATENCY_BUCKETS_SECONDS, OpMetrics, PoolClassMetrics};
+pub use namespace::FileMetadata;
 use order::{FileShared, GroupSync};
 use slot::{Waiting, slot};
 /// The `bytes` crate, re-exported: `Bytes` and `BytesMut` are [`OwnedBuf`]s.
@@ -495,7 +496,9 @@ fn refuse(request: Request, error: StorageIoError) {
             drop(reply.complete((Err(error), buf)));
         }
         Request::Append { buf, reply, .. } => drop(reply.complete((Err(error), buf))),
-        Request::Sync { reply, .. } | Request::Allocate { reply, .. } => drop(reply.complete(Err(error))),
+        Request::Sync { reply, .. } | Request::Allocate { reply, .. } | Request::SetLen { reply, .. } => {
+            drop(reply.complete(Err(error)))
+        }
         Request::Blocking(call) => call(Err(error)),
         Request::Size { reply, .. } => drop(reply.complete(Err(error))),
         Request::SyncDir { reply, .. } => drop(reply.complete(Err(error))),

@@ -47,8 +47,8 @@ pub mod fuzzing;
 
 // The async file API (`storage-io-fs`), by name; `open_async_fs` opens it on the selected backend.
 pub use storage_io_fs::{
-    AsyncFile, AsyncFileSystem, AsyncFsConfig, AsyncIoMetrics, BufOp, IoBufferPool, LATENCY_BUCKETS_SECONDS,
-    Op, OpMetrics, OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
+    AsyncFile, AsyncFileSystem, AsyncFsConfig, AsyncIoMetrics, BufOp, FileMetadata, IoBufferPool,
+    LATENCY_BUCKETS_SECONDS, Op, OpMetrics, OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
 };
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
