@@ -298,7 +298,9 @@ fn backend_config(backend: Backend, qd: usize) -> Result<(BackendKind, IoConfig)
 /// the inline sync backend for the thread pool).
 pub fn caller_factory(backend: Backend, page_size: usize) -> Result<BackendFactory> {
     let (kind, config) = backend_config(backend, 2)?;
-    Ok(storage_io::caller_backend_factory(kind, &config, page_size))
+    Ok(storage_io::scheduler::caller_backend_factory(
+        kind, &config, page_size,
+    ))
 }
 
 /// User + system CPU time of this process so far.

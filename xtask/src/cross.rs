@@ -30,12 +30,13 @@ pub(crate) const TARGETS: [&str; 5] = [
 
 /// The library crates checked per target (storage-io-uring comes in through the façade, and
 /// compiles to nothing off Linux).
-const LIB_CRATES: [&str; 6] = [
+const LIB_CRATES: [&str; 7] = [
     "storage-io-core",
     "storage-io-sync",
     "storage-io-testkit",
     "storage-io-wal",
     "storage-io-scheduler",
+    "storage-io-fs",
     "storage-io",
 ];
 
@@ -202,7 +203,7 @@ fn ensure_wine() -> bool {
 }
 
 /// The test suites run under Wine, per crate (the uring crate has nothing to test off Linux).
-const WINE_CRATES: [&str; 6] = LIB_CRATES;
+const WINE_CRATES: [&str; 7] = LIB_CRATES;
 
 /// The Wine binary for 64-bit programs: Debian's `wine` wrapper wants the 32-bit half too.
 fn wine_binary() -> PathBuf {

@@ -211,7 +211,7 @@ const SANITIZED: &[(&str, &[&str])] = &[
             "storage-io-uring",
             // The async file API: ops dropped at every await point on the callers' rings
             // (tests/caller_rings.rs) and through the workers.
-            "storage-io",
+            "storage-io-fs",
         ],
     ),
     (

@@ -131,11 +131,13 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
         ]),
     )?;
     run_step(
-        "clippy (storage-io without the io-uring feature)",
+        "clippy (storage-io and storage-io-fs without the io-uring and tokio features)",
         cargo().current_dir(root).args([
             "clippy",
             "-p",
             "storage-io",
+            "-p",
+            "storage-io-fs",
             "--no-default-features",
             "--locked",
             "--",
@@ -334,7 +336,7 @@ fn layer_of(name: &str) -> Option<u8> {
     Some(match name {
         "storage-io-core" => 0,
         "storage-io-uring" | "storage-io-sync" | "storage-io-testkit" => 1,
-        "storage-io-scheduler" | "storage-io-wal" => 2,
+        "storage-io-scheduler" | "storage-io-wal" | "storage-io-fs" => 2,
         "storage-io" => 3,
         "storage-io-benches" | "xtask" => 9,
         _ => return None,

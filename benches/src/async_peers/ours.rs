@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use storage_io::{AlignedBuf, AsyncFile, AsyncFileSystem, AsyncFsConfig, OpenOptions};
+use storage_io::{AlignedBuf, AsyncFile, AsyncFsConfig, OpenOptions};
 
 use crate::async_cells::{
     APPENDS_PER_SYNC, AsyncCell, BLOCK_BYTES, Measured, SegmentGuard, TaskPlan, Window, check_read,
@@ -26,7 +26,7 @@ pub(super) fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
 pub(super) fn run(cell: &AsyncCell) -> Result<Measured> {
     let workload = cell.workload()?;
     let rt = tokio_runtime()?;
-    let fs = AsyncFileSystem::new(&AsyncFsConfig::default())?;
+    let fs = storage_io::open_async_fs(&AsyncFsConfig::default())?;
     let appending = workload == Workload::AsyncAppendSync;
     let (path, _segment) = if appending {
         let p = cell.segment_path();

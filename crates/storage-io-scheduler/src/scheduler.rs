@@ -141,7 +141,7 @@ impl DiskScheduler {
     /// caller's thread, on backends from `caller_factory` (up to `config.caller_backends`, made
     /// when first needed). A caller backend holds one read at a time, so it can be much smaller
     /// than a worker's: on io_uring a ring of depth 2 with two pages of registered memory,
-    /// against a worker's `queue_depth` buffers (`storage_io::caller_backend_factory` builds
+    /// against a worker's `queue_depth` buffers (`storage_io::scheduler::caller_backend_factory` builds
     /// them so). Caller backend `k` is `caller_factory(config.workers + k)`.
     ///
     /// ```

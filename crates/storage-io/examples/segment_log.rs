@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use storage_io::{AsyncFileSystem, AsyncFsConfig};
+use storage_io::AsyncFsConfig;
 
 #[path = "segment_log/log.rs"]
 mod log;
@@ -61,13 +61,13 @@ async fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("topic-0");
 
-    // The STORAGE_IO_* overrides apply on top (AsyncFileSystem::new applies them).
+    // The STORAGE_IO_* overrides apply on top (open_async_fs applies them).
     let config = AsyncFsConfig {
         preallocate_appends: true,
         preallocate_size: segment_bytes + (64 << 10),
         ..AsyncFsConfig::default()
     };
-    let fs = AsyncFileSystem::new(&config)?;
+    let fs = storage_io::open_async_fs(&config)?;
     println!(
         "backend {} with {} worker(s); log in {}",
         fs.backend(),

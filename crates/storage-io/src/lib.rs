@@ -22,10 +22,12 @@
 //! Multi-threaded users (a scheduler with one backend per worker) take a factory instead:
 //! [`backend_factory`] decides once and builds the same kind for every worker.
 //!
-//! Async engines use [`AsyncFileSystem`] and [`AsyncFile`]: owned buffers in and out, many
-//! operations in flight per file, futures that any executor can drive, an aligned
-//! [`IoBufferPool`], and [`AsyncIoMetrics`] with a Prometheus rendering. The page scheduler
-//! ([`scheduler`]) and the write-ahead log ([`wal`]) are re-exported too.
+//! Async engines use [`AsyncFileSystem`] and [`AsyncFile`] (`storage-io-fs`, opened on the
+//! selected backend by [`open_async_fs`]): owned buffers in and out, many operations in flight
+//! per file, futures that any executor can drive, an aligned [`IoBufferPool`], and
+//! [`AsyncIoMetrics`] with a Prometheus rendering. The page scheduler ([`scheduler`], opened by
+//! [`open_scheduler`]) and the write-ahead log ([`wal`], opened by [`open_wal`]) are re-exported
+//! too.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -37,18 +39,20 @@ struct ReadmeDoctests;
 use std::fmt;
 use std::sync::Arc;
 
-mod fs;
+mod caller;
+
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use fs::{
-    AsyncFile, AsyncFileSystem, AsyncFsConfig, AsyncIoMetrics, BufOp, IoBufferPool, LATENCY_BUCKETS_SECONDS,
-    Op, OpMetrics, OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
+// The async file API (`storage-io-fs`), by name; `open_async_fs` opens it on the selected backend.
+pub use storage_io_fs::{
+    AsyncFile, AsyncFileSystem, AsyncFsConfig, AsyncIoMetrics, BufOp, FileMetadata, IoBufferPool,
+    LATENCY_BUCKETS_SECONDS, Op, OpMetrics, OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
 };
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
-pub use fs::{TOKIO_FILE_MAX_BUF, TokioFile};
+pub use storage_io_fs::{TOKIO_FILE_MAX_BUF, TokioFile};
 
 // The core types a user of a backend needs, by name; implementers take
 // `storage_io_core::backend_kit` from the core crate itself.
@@ -63,9 +67,13 @@ pub use storage_io_core::{
     OpKind, OpKindSnapshot, OpenOptions, OpenedFd, OpenedFile, Result, StorageIo, StorageIoError,
     SubmitError, WaitWaker, direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
 };
-/// The page scheduler (`storage-io-scheduler`); [`open_scheduler`] opens one on the
-/// auto-selected backend.
-pub use storage_io_scheduler as scheduler;
+/// The page scheduler (`storage-io-scheduler`, all of it), and the factory of the small
+/// backends its `read_blocking` runs on ([`scheduler::caller_backend_factory`]), which only the
+/// façade can build; [`open_scheduler`] opens a scheduler on the auto-selected backend.
+pub mod scheduler {
+    pub use crate::caller::caller_backend_factory;
+    pub use storage_io_scheduler::*;
+}
 pub use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
 pub use storage_io_uring::UringStorageIo;
@@ -282,7 +290,7 @@ fn is_fallback(config: &IoConfig, env_backend: Option<&str>, uring: &UringStatus
 
 /// `config` with every `STORAGE_IO_*` override from the environment applied: what every opener
 /// here ([`open_backend`], [`backend_factory`], [`open_wal`], [`open_scheduler`],
-/// [`AsyncFileSystem::new`]) builds with, so that an override means the same thing whichever
+/// [`open_async_fs`]) builds with, so that an override means the same thing whichever
 /// one a program calls. [`build_backend`] builds exactly what it is given.
 pub fn with_env(config: &IoConfig) -> Result<IoConfig> {
     let mut config = config.clone();
@@ -368,7 +376,7 @@ pub fn open_scheduler(
     })?;
     tracing::info!(?selection, "scheduler backend selected");
     let page_size = config.page_size;
-    let callers = caller_backend_factory(
+    let callers = scheduler::caller_backend_factory(
         selection.kind,
         &with_env(&io).map_err(|source| scheduler::SchedulerError::Backend {
             what: "selecting a backend",
@@ -379,33 +387,34 @@ pub fn open_scheduler(
     scheduler::DiskScheduler::open_with_caller_backends(dir, config, factory, callers)
 }
 
-/// A factory of the small backends a [`scheduler::DiskScheduler`] reads on for
-/// `read_blocking`, each used by one caller thread for one read at a time: for io_uring
-/// (`kind`), a ring of depth 2 with two `page_size` registered buffers and no SQPOLL thread;
-/// for the thread pool or the sync backend, the sync backend, which reads inline on the
-/// caller's thread (a pool would hand the read to one of its threads, the very hand-off
-/// `read_blocking` avoids). `open_scheduler` passes one to
-/// [`scheduler::DiskScheduler::open_with_caller_backends`]; it is public for users who open the
-/// scheduler with a factory of their own.
-pub fn caller_backend_factory(kind: BackendKind, io: &IoConfig, page_size: usize) -> BackendFactory {
-    let config = IoConfig {
-        queue_depth: 2,
-        sq_depth: 0,
-        buffer_size: page_size.max(4096),
-        sqpoll_idle_ms: None,
-        workers: 1,
-        ..io.clone()
-    };
-    // `auto` becomes what it selects here (io_uring, or the thread pool where it is unusable).
-    let resolved = match kind {
-        BackendKind::Auto => select(&config).map_or(BackendKind::ThreadPool, |s| s.kind),
-        other => other,
-    };
-    let kind = match resolved {
-        BackendKind::IoUring => BackendKind::IoUring,
-        _ => BackendKind::Sync,
-    };
-    Arc::new(move |_caller| build_backend(kind, &config))
+/// Starts the async file API ([`AsyncFileSystem`]) on the backend `config.io` selects (io_uring
+/// where the probe passes, else the thread pool; `STORAGE_IO_BACKEND` and the other
+/// `STORAGE_IO_*` overrides apply, [`AsyncFsConfig::apply_env`]), logging the kernel version, the
+/// backend chosen and why. On io_uring inside a tokio runtime (features `io-uring` and `tokio`,
+/// Linux, `config.caller_rings`), ops submit on the callers' threads.
+///
+/// ```no_run
+/// use storage_io::AsyncFsConfig;
+/// # async fn demo() -> storage_io::Result<()> {
+/// let fs = storage_io::open_async_fs(&AsyncFsConfig::default())?;
+/// let log = fs.open_append("segment-0.log").await?;
+/// let (at, _record) = log.append(b"hello".to_vec()).await;
+/// log.sync_data().await?; // durable from here on
+/// # let _ = at; Ok(()) }
+/// ```
+pub fn open_async_fs(config: &AsyncFsConfig) -> Result<AsyncFileSystem> {
+    let mut config = config.clone();
+    config.apply_env()?;
+    // One probe serves both the log line and the selection.
+    let uring = uring_status();
+    match &uring {
+        UringStatus::Available { kernel, .. } => tracing::info!(%kernel, "io_uring available"),
+        other => tracing::info!(status = %other, "io_uring not in use"),
+    }
+    let selection = select_with(&config.io, &uring)?;
+    tracing::info!(backend = %selection.kind, reason = %selection.reason, "async file system backend selected");
+    let factory = factory_of(selection.kind, &config.io);
+    AsyncFileSystem::with_backend_kind(&config, factory, selection.kind)
 }
 
 /// Reads an [`IoConfig`] from a TOML (`.toml`) or JSON (`.json`) file, applies the
@@ -433,7 +442,7 @@ pub fn load_config(path: impl AsRef<std::path::Path>) -> Result<IoConfig> {
 /// //                   [io]
 /// //                   backend = "io_uring"
 /// let config = storage_io::load_async_fs_config("storage-io.toml")?;
-/// let fs = storage_io::AsyncFileSystem::new(&config)?;
+/// let fs = storage_io::open_async_fs(&config)?;
 /// # Ok::<(), storage_io::StorageIoError>(())
 /// ```
 pub fn load_async_fs_config(path: impl AsRef<std::path::Path>) -> Result<AsyncFsConfig> {

@@ -29,7 +29,7 @@ assert!(done.iter().all(|c| c.is_ok()));
 #[rustfmt::skip]
 async fn example_async_file() -> storage_io::Result<()> {
 // snippet
-let fs = storage_io::AsyncFileSystem::new(&storage_io::AsyncFsConfig::default())?;
+let fs = storage_io::open_async_fs(&storage_io::AsyncFsConfig::default())?;
 let log = fs.open_append("segment-0.log").await?;
 let (at, _buf) = log.append(b"record".to_vec()).await; // the offset it landed at
 log.sync_data().await?;

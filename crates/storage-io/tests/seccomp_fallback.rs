@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 use storage_io::scheduler::SchedulerConfig;
 use storage_io::wal::WalConfig;
-use storage_io::{AsyncFileSystem, AsyncFsConfig, BackendKind, IoConfig, StorageIo, UringStatus};
+use storage_io::{AsyncFsConfig, BackendKind, IoConfig, StorageIo, UringStatus};
 use storage_io_testkit::conformance::{self, ConformanceOptions};
 
 /// The environment variable that makes a run of this binary the child: `setup` or `enter` (which
@@ -205,8 +205,8 @@ fn child(denied: Denied, require: bool) {
     assert_eq!(&sched.schedule_read(page).recv().unwrap()[..], &data[..]);
     sched.shutdown().unwrap();
 
-    // AsyncFileSystem::new: runs on the thread pool and does I/O.
-    let fs = AsyncFileSystem::new(&AsyncFsConfig::default()).unwrap();
+    // open_async_fs: runs on the thread pool and does I/O.
+    let fs = storage_io::open_async_fs(&AsyncFsConfig::default()).unwrap();
     assert_eq!(fs.backend(), THREAD_POOL);
     let file = storage_io::block_on(fs.create(dir.path().join("async.bin"))).unwrap();
     let (n, _) = storage_io::block_on(file.write_at(vec![7u8; 4096], 0));
@@ -232,7 +232,7 @@ fn child(denied: Denied, require: bool) {
     for opener in [
         "wal backend selected",
         "scheduler backend selected",
-        "async file system starting",
+        "async file system backend selected",
     ] {
         assert!(
             lines.iter().any(|l| l.contains(opener) && l.contains(name)),
@@ -291,9 +291,9 @@ fn every_opener_refuses(io: &IoConfig, dir: &std::path::Path, name: &str) {
             .to_string(),
     );
     check(
-        "AsyncFileSystem::new",
-        AsyncFileSystem::new(&AsyncFsConfig::default())
-            .expect_err("AsyncFileSystem::new refuses")
+        "open_async_fs",
+        storage_io::open_async_fs(&AsyncFsConfig::default())
+            .expect_err("open_async_fs refuses")
             .to_string(),
     );
 }

@@ -2,14 +2,16 @@
 //! file API, and its futures dropped mid-flight.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::future::Future;
 use std::io::SeekFrom;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use storage_io::bytes::{Bytes, BytesMut};
-use storage_io::{AsyncFileSystem, AsyncFsConfig, BackendFactory, OpKind, StorageIo, TokioFile};
+use storage_io_fs::bytes::{Bytes, BytesMut};
+use storage_io_fs::{AsyncFileSystem, AsyncFsConfig, BackendFactory, OpKind, StorageIo, TokioFile};
 use storage_io_testkit::gated::{Gate, GatedIo};
 use storage_io_testkit::memio::MemFs;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader};
@@ -44,7 +46,7 @@ fn gated_fs(kinds: &[OpKind]) -> (Gate, AsyncFileSystem) {
 async fn tokio_copy_in_and_out_of_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("copy.bin");
-    let fs = AsyncFileSystem::new(&AsyncFsConfig::default()).unwrap();
+    let fs = common::open_fs(&AsyncFsConfig::default()).unwrap();
     let file = Arc::new(fs.create(&path).await.unwrap());
     let data = pattern(5 << 20 | 123);
     let mut writer = TokioFile::new(Arc::clone(&file));
@@ -69,7 +71,7 @@ async fn tokio_copy_in_and_out_of_a_file() {
 #[tokio::test]
 async fn bufreader_lines_and_seeks() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = AsyncFileSystem::new(&AsyncFsConfig::default()).unwrap();
+    let fs = common::open_fs(&AsyncFsConfig::default()).unwrap();
     let file = Arc::new(fs.create(dir.path().join("lines.txt")).await.unwrap());
     let mut w = TokioFile::new(Arc::clone(&file));
     for i in 0..1000 {

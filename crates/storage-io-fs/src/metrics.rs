@@ -111,7 +111,7 @@ impl AsyncIoMetrics {
     /// metric prefixed `storage_io_`.
     ///
     /// ```
-    /// # fn show(fs: &storage_io::AsyncFileSystem) {
+    /// # fn show(fs: &storage_io_fs::AsyncFileSystem) {
     /// let text = fs.metrics().to_prometheus();
     /// assert!(text.contains("# TYPE storage_io_ops_total counter"));
     /// # }

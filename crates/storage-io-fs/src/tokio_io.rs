@@ -34,11 +34,15 @@ pub const TOKIO_FILE_MAX_BUF: usize = 2 << 20;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> std::io::Result<()> {
 /// use std::sync::Arc;
-/// use storage_io::{AsyncFileSystem, AsyncFsConfig, TokioFile};
+/// use storage_io_fs::{AsyncFileSystem, AsyncFsConfig, BackendFactory, StorageIo, TokioFile};
 /// use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 ///
 /// let dir = tempfile::tempdir()?;
-/// let fs = AsyncFileSystem::new(&AsyncFsConfig::default())?;
+/// // The façade's `storage_io::open_async_fs` picks io_uring or the thread pool; here, the pool.
+/// let factory: BackendFactory = Arc::new(|_| {
+///     Ok(Box::new(storage_io_sync::ThreadPoolStorageIo::new(&Default::default())?) as Box<dyn StorageIo>)
+/// });
+/// let fs = AsyncFileSystem::with_factory(&AsyncFsConfig::default(), factory)?;
 /// let file = Arc::new(fs.create(dir.path().join("lines.txt")).await?);
 /// let mut writer = TokioFile::new(Arc::clone(&file));
 /// writer.write_all(b"one\ntwo\n").await?;

@@ -2,9 +2,11 @@
 //! on every backend (io_uring included where the kernel has it; required in CI) and on MemIo.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::sync::Arc;
 
-use storage_io::{
+use storage_io_fs::{
     AsyncFileSystem, AsyncFsConfig, BackendFactory, BackendKind, IoConfig, StorageIo, block_on,
 };
 use storage_io_testkit::memio::MemFs;
@@ -22,9 +24,9 @@ fn real_dir() -> tempfile::TempDir {
 /// STORAGE_IO_REQUIRE_URING=1, a missing io_uring fails the test instead of skipping it).
 fn backends(test: &str) -> Vec<BackendKind> {
     let mut kinds = vec![BackendKind::Sync, BackendKind::ThreadPool];
-    match storage_io::uring_status() {
-        storage_io::UringStatus::Available { .. } => kinds.push(BackendKind::IoUring),
-        status => {
+    match common::uring_status() {
+        Ok(()) => kinds.push(BackendKind::IoUring),
+        Err(status) => {
             let required = std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| v == "1");
             assert!(
                 !required,
@@ -51,7 +53,7 @@ fn config(workers: usize, max_files: usize) -> AsyncFsConfig {
 
 fn fs_on(kind: BackendKind, config: &AsyncFsConfig) -> AsyncFileSystem {
     let backend_config = config.io.clone();
-    let factory: BackendFactory = Arc::new(move |_| storage_io::build_backend(kind, &backend_config));
+    let factory: BackendFactory = Arc::new(move |_| common::build_backend(kind, &backend_config));
     AsyncFileSystem::with_factory(config, factory).unwrap()
 }
 

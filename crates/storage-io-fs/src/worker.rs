@@ -106,6 +106,10 @@ impl Drop for CloseGuard {
 /// The reply of a read or write: the result and the caller's buffer.
 pub(crate) type BufReply = Completer<(Result<usize>, IoBuf)>;
 
+/// A call run on a worker thread: given the worker's backend, or the error that keeps it from
+/// running (the request never reached a worker).
+pub(crate) type BlockingCall = Box<dyn FnOnce(Result<&mut dyn StorageIo>) + Send>;
+
 /// One request from an [`AsyncFile`](super::AsyncFile) or the file system.
 pub(crate) enum Request {
     Open {
@@ -161,6 +165,15 @@ pub(crate) enum Request {
         len: u64,
         reply: Completer<Result<()>>,
     },
+    /// Truncates or extends the file (`set_len`), after the ops in flight on it.
+    SetLen {
+        fd: IoFd,
+        len: u64,
+        reply: Completer<Result<()>>,
+    },
+    /// A call that runs on the worker thread with its backend when its turn comes (a namespace
+    /// call, resolving a path): it answers its own reply.
+    Blocking(BlockingCall),
     Close {
         fd: IoFd,
         reply: Option<Completer<Result<()>>>,
@@ -174,7 +187,7 @@ impl Request {
     /// see every write requested before them.
     fn fence(&self) -> Option<IoFd> {
         match self {
-            Request::Size { fd, .. } | Request::Allocate { fd, .. } => Some(*fd),
+            Request::Size { fd, .. } | Request::Allocate { fd, .. } | Request::SetLen { fd, .. } => Some(*fd),
             _ => None,
         }
     }
@@ -438,11 +451,31 @@ impl Worker {
                         Some(handle) => naming_path(e, &handle.key),
                         None => e,
                     }),
-                    Some(None) => Err(no_os_file()),
+                    Some(None) => Err(no_os_file("allocate")),
                     None => Err(StorageIoError::BadFd { fd }),
                 };
                 let _ = reply.complete(result);
             }
+            Request::SetLen { fd, len, reply } => {
+                let result = match (self.files.get(&fd), self.handles.get(&fd)) {
+                    (Some(Some(file)), Some(handle)) => match file.set_len(len) {
+                        // Appends called from here on go after the new end.
+                        Ok(()) => {
+                            if let Some(shared) =
+                                self.paths.get(&handle.key).and_then(std::sync::Weak::upgrade)
+                            {
+                                shared.opened_at(len, true);
+                            }
+                            Ok(())
+                        }
+                        Err(e) => Err(StorageIoError::from_os_at("set_len", &handle.key, &e)),
+                    },
+                    (Some(_), _) => Err(no_os_file("set_len")),
+                    (None, _) => Err(StorageIoError::BadFd { fd }),
+                };
+                let _ = reply.complete(result);
+            }
+            Request::Blocking(call) => call(Ok(self.io.as_mut())),
             Request::Close { fd, reply } => {
                 // deregister_fd waits for this file's ops in flight; their completions stay
                 // queued for the next collect.
@@ -644,7 +677,7 @@ impl Worker {
         if let Some(len) = preallocate_bytes {
             let reserved = match &opened.file {
                 Some(file) => reserve(file, len).map_err(|e| naming_path(e, path)),
-                None => Err(no_os_file()),
+                None => Err(no_os_file("preallocation (allocate)")),
             };
             if let Err(e) = reserved {
                 self.release_lock(&key, holds_lock, false);
@@ -835,10 +868,13 @@ impl Worker {
 }
 
 /// `allocate` (and preallocation) on a backend whose files are not OS files.
-fn no_os_file() -> StorageIoError {
-    StorageIoError::unsupported(
-        "allocate needs an OS file; this backend's files are not (open without preallocate_wal)",
-    )
+fn no_os_file(what: &str) -> StorageIoError {
+    StorageIoError::Unsupported {
+        what: format!(
+            "{what} needs an OS file and this backend's files are not (an in-memory backend: open without preallocate_appends)"
+        )
+        .into(),
+    }
 }
 
 /// Takes the exclusive advisory append lock ([`platform::try_lock_advisory`]: `flock` on Unix,

@@ -6,14 +6,16 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::sync::Arc;
 
-use storage_io::{AsyncFileSystem, AsyncFsConfig, BackendKind, IoConfig, OpKind, block_on};
+use storage_io_fs::{AsyncFileSystem, AsyncFsConfig, BackendKind, IoConfig, OpKind, block_on};
 
 fn uring_or_skip(test: &str) -> bool {
-    match storage_io::uring_status() {
-        storage_io::UringStatus::Available { .. } => true,
-        status => {
+    match common::uring_status() {
+        Ok(()) => true,
+        Err(status) => {
             let required = std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| v == "1");
             assert!(
                 !required,
@@ -46,7 +48,7 @@ fn uring_fs(caller_rings: bool) -> AsyncFileSystem {
         },
         ..AsyncFsConfig::default()
     };
-    AsyncFileSystem::new(&config).unwrap()
+    common::open_fs(&config).unwrap()
 }
 
 fn runtime(workers: usize) -> tokio::runtime::Runtime {

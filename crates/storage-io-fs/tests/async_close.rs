@@ -1,9 +1,11 @@
 //! `AsyncFile::close(&self)`: a file shared through an `Arc` closes without being unwrapped.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::sync::Arc;
 
-use storage_io::{AsyncFileSystem, AsyncFsConfig, BackendFactory, StorageIo, StorageIoError, block_on};
+use storage_io_fs::{AsyncFileSystem, AsyncFsConfig, BackendFactory, StorageIo, StorageIoError, block_on};
 use storage_io_testkit::memio::MemFs;
 
 fn mem_fs(mem: &MemFs) -> AsyncFileSystem {

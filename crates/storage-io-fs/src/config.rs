@@ -18,7 +18,7 @@ use storage_io_core::{
 /// | `preallocate_size` | 64 MiB | `STORAGE_IO_PREALLOCATE_SIZE` |
 ///
 /// ```
-/// use storage_io::{AsyncFsConfig, BackendKind};
+/// use storage_io_fs::{AsyncFsConfig, BackendKind};
 /// let config: AsyncFsConfig = serde_json::from_str(
 ///     r#"{ "io_workers": 2, "preallocate_appends": true, "io": { "backend": "thread_pool" } }"#,
 /// ).unwrap();
@@ -26,7 +26,7 @@ use storage_io_core::{
 /// assert_eq!(config.effective_io_workers(), 2);
 /// config.validate().unwrap();
 /// // A backend config alone is an async config with the API's defaults.
-/// let plain: AsyncFsConfig = storage_io::IoConfig::default().into();
+/// let plain: AsyncFsConfig = storage_io_fs::IoConfig::default().into();
 /// assert_eq!(plain.buffer_pool_size, 48 << 20);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

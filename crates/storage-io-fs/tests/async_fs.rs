@@ -1,17 +1,20 @@
 //! The async file API: owned buffers, many concurrent ops from many tasks, cancellation,
-//! shutdown with ops in flight, metrics, preallocation, config files — on real files (ext4 under
+//! shutdown with ops in flight, metrics, preallocation — on real files (ext4 under
 //! the target dir, so O_DIRECT works) and every backend, io_uring included (required in CI).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use storage_io::{
+use storage_io_fs::{
     AlignedBuf, AsyncFileSystem, AsyncFsConfig, BackendFactory, BackendKind, IoConfig, OpKind, StorageIo,
-    StorageIoError, SyncStorageIo, block_on,
+    StorageIoError, block_on,
 };
+use storage_io_sync::SyncStorageIo;
 use storage_io_testkit::gated::{Gate, GatedIo};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -35,9 +38,9 @@ fn real_dir() -> tempfile::TempDir {
 /// STORAGE_IO_REQUIRE_URING=1, a missing io_uring fails the test instead of skipping it).
 fn backends(test: &str) -> Vec<BackendKind> {
     let mut kinds = vec![BackendKind::Sync, BackendKind::ThreadPool];
-    match storage_io::uring_status() {
-        storage_io::UringStatus::Available { .. } => kinds.push(BackendKind::IoUring),
-        status => {
+    match common::uring_status() {
+        Ok(()) => kinds.push(BackendKind::IoUring),
+        Err(status) => {
             let required = std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| v == "1");
             assert!(
                 !required,
@@ -61,16 +64,16 @@ fn config(workers: usize) -> AsyncFsConfig {
     }
 }
 
-/// io_uring goes through `AsyncFileSystem::new`, so that ops called inside a runtime take the
+/// io_uring goes through `with_backend_kind` (as `storage_io::open_async_fs` does), so that ops called inside a runtime take the
 /// callers' rings (`caller_rings`); the other backends through a factory (the worker path).
 fn fs_on(kind: BackendKind, config: &AsyncFsConfig) -> AsyncFileSystem {
     if kind == BackendKind::IoUring {
         let mut config = config.clone();
         config.io.backend = BackendKind::IoUring;
-        return AsyncFileSystem::new(&config).unwrap();
+        return common::open_fs(&config).unwrap();
     }
     let backend_config = config.io.clone();
-    let factory: BackendFactory = Arc::new(move |_| storage_io::build_backend(kind, &backend_config));
+    let factory: BackendFactory = Arc::new(move |_| common::build_backend(kind, &backend_config));
     AsyncFileSystem::with_factory(config, factory).unwrap()
 }
 
@@ -191,7 +194,7 @@ async fn futures_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
 #[test]
 fn block_on_drives_the_futures_without_a_runtime() {
     let dir = real_dir();
-    let fs = AsyncFileSystem::new(&config(1)).unwrap();
+    let fs = common::open_fs(&config(1)).unwrap();
     let path = dir.path().join("segment.log");
     let log = block_on(fs.open_append(&path)).unwrap();
     let mut offsets = Vec::new();
@@ -242,9 +245,12 @@ fn owned_buffers_come_back_on_success_and_on_error() {
         assert!(back.iter().all(|&b| b == 42));
 
         // Refused at submit: a misaligned buffer on a direct-I/O file.
-        let direct =
-            block_on(fs.open_with(&path, storage_io::OpenOptions::default().with_direct(true), None))
-                .unwrap();
+        let direct = block_on(fs.open_with(
+            &path,
+            storage_io_fs::OpenOptions::default().with_direct(true),
+            None,
+        ))
+        .unwrap();
         assert!(
             direct.is_direct(),
             "{} is on ext4: O_DIRECT must be granted",
@@ -471,7 +477,7 @@ fn allocate_and_preallocate_appends_reserve_space_without_growing_the_file() {
         preallocate_size: 4 << 20,
         ..config(1)
     };
-    let fs = AsyncFileSystem::new(&cfg).unwrap();
+    let fs = common::open_fs(&cfg).unwrap();
     let path = dir.path().join("wal-0");
     let log = block_on(fs.open_append(&path)).unwrap();
     let meta = std::fs::metadata(&path).unwrap();
@@ -498,7 +504,7 @@ fn allocate_and_preallocate_appends_reserve_space_without_growing_the_file() {
 #[test]
 fn metrics_snapshot_and_prometheus_text_agree() {
     let dir = real_dir();
-    let fs = AsyncFileSystem::new(&config(2)).unwrap();
+    let fs = common::open_fs(&config(2)).unwrap();
     let file = block_on(fs.create(dir.path().join("m"))).unwrap();
     for i in 0..10u64 {
         block_on(file.write_at(vec![1u8; 1000], i * 1000)).0.unwrap();
@@ -510,7 +516,7 @@ fn metrics_snapshot_and_prometheus_text_agree() {
     // A read at a misaligned offset of a direct file is refused at submit: counted as an error.
     let direct = block_on(fs.open_with(
         dir.path().join("m"),
-        storage_io::OpenOptions::default().with_direct(true),
+        storage_io_fs::OpenOptions::default().with_direct(true),
         None,
     ))
     .unwrap();
@@ -580,66 +586,6 @@ fn metrics_snapshot_and_prometheus_text_agree() {
 }
 
 #[test]
-fn load_config_reads_toml_and_json_and_names_what_is_wrong() {
-    let dir = tempfile::tempdir().unwrap();
-    let toml = dir.path().join("io.toml");
-    std::fs::write(
-        &toml,
-        "io_workers = 3\npreallocate_appends = true\n[io]\nbackend = \"thread_pool\"\nsq_depth = 64\n",
-    )
-    .unwrap();
-    let cfg = storage_io::load_async_fs_config(&toml).unwrap();
-    assert_eq!(
-        (
-            cfg.io.backend,
-            cfg.io_workers,
-            cfg.io.sq_depth,
-            cfg.preallocate_appends,
-            cfg.io.queue_depth
-        ),
-        (BackendKind::ThreadPool, 3, 64, true, 128)
-    );
-    // The async settings are not the backend's: a backend config refuses them by name.
-    let err = storage_io::load_config(&toml).unwrap_err().to_string();
-    assert!(err.contains("unknown field") && err.contains("io.toml"), "{err}");
-    let json = dir.path().join("io.json");
-    std::fs::write(
-        &json,
-        r#"{"enable_io_uring": false, "buffer_pool_size": 16777216}"#,
-    )
-    .unwrap();
-    let cfg = storage_io::load_async_fs_config(&json).unwrap_err().to_string();
-    assert!(
-        cfg.contains("enable_io_uring"),
-        "backend fields live under io: {cfg}"
-    );
-    std::fs::write(
-        &json,
-        r#"{"io": {"enable_io_uring": false}, "buffer_pool_size": 16777216}"#,
-    )
-    .unwrap();
-    let cfg = storage_io::load_async_fs_config(&json).unwrap();
-    assert!(!cfg.io.enable_io_uring);
-    assert_eq!(cfg.buffer_pool_size, 16 << 20);
-
-    std::fs::write(&toml, "io_worker = 3\n").unwrap();
-    let err = storage_io::load_config(&toml).unwrap_err().to_string();
-    assert!(err.contains("io_worker") && err.contains("io.toml"), "{err}");
-    std::fs::write(&toml, "queue_depth = 0\n").unwrap();
-    let err = storage_io::load_config(&toml).unwrap_err().to_string();
-    assert!(err.contains("queue_depth"), "{err}");
-    let yaml = dir.path().join("io.yaml");
-    std::fs::write(&yaml, "x").unwrap();
-    assert!(
-        storage_io::load_config(&yaml)
-            .unwrap_err()
-            .to_string()
-            .contains(".toml or .json")
-    );
-    assert!(storage_io::load_config(dir.path().join("missing.toml")).is_err());
-}
-
-#[test]
 fn calls_take_effect_in_call_order_whatever_the_poll_order() {
     for kind in backends("calls_take_effect_in_call_order_whatever_the_poll_order") {
         let dir = real_dir();
@@ -668,7 +614,7 @@ fn cancellation_storm_on_every_backend_returns_every_buffer() {
         std::fs::write(&path, vec![5u8; 256 * 4096]).unwrap();
         let file = block_on(fs.open_with(
             &path,
-            storage_io::OpenOptions::read_only().with_direct(true),
+            storage_io_fs::OpenOptions::read_only().with_direct(true),
             None,
         ))
         .unwrap();

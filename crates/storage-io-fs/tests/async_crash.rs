@@ -6,11 +6,13 @@
 //! scan must find every covered record, in order, and nothing that was never appended.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
-use storage_io::{AsyncFileSystem, AsyncFsConfig, block_on};
 use storage_io_core::{BackendFactory, StorageIo};
+use storage_io_fs::{AsyncFileSystem, AsyncFsConfig, block_on};
 use storage_io_testkit::memio::{CrashOptions, MemFs, TearMode};
 
 const DIR: &str = "/topic-0";

@@ -9,7 +9,7 @@ use super::AsyncFsConfig;
 ///
 /// Implemented for `Vec<u8>` (buffered files), [`AlignedBuf`] (any file, required for direct
 /// I/O; the buffers [`IoBufferPool`] hands out are these), [`IoBuf`], and the `bytes` crate's
-/// `Bytes` and `BytesMut` (re-exported as `storage_io::bytes`). The bytes in use are the
+/// `Bytes` and `BytesMut` (re-exported as `storage_io_fs::bytes`). The bytes in use are the
 /// buffer's length: a read fills `len()` bytes and comes back truncated to what was read; a write
 /// writes `len()` bytes.
 pub trait OwnedBuf: Send + 'static {
@@ -106,12 +106,12 @@ pub const POOL_CLASSES: [usize; 3] = [4 << 10, 64 << 10, 1 << 20];
 /// fails with `BufferExhausted` instead of growing — memory use is capped.
 ///
 /// ```
-/// use storage_io::{AsyncFsConfig, IoBufferPool};
+/// use storage_io_fs::{AsyncFsConfig, IoBufferPool};
 /// let pool = IoBufferPool::new(&AsyncFsConfig::default())?;
 /// let buf = pool.acquire(10_000)?; // from the 64 KiB class, length 10 000
 /// assert_eq!((buf.len(), buf.capacity()), (10_000, 64 << 10));
 /// drop(buf); // back to the pool
-/// # Ok::<(), storage_io::StorageIoError>(())
+/// # Ok::<(), storage_io_fs::StorageIoError>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct IoBufferPool {

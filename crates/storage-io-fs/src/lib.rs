@@ -1,4 +1,17 @@
-//! The async file API: [`AsyncFileSystem`] and [`AsyncFile`], on any backend, from any executor.
+//! # storage-io-fs
+//!
+//! The async file API: [`AsyncFileSystem`] and [`AsyncFile`], on any backend, from any executor
+//! (layer L2: depends on `storage-io-core`, and with the `io-uring` feature on Linux on
+//! `storage-io-uring` for the rings on the callers' threads; backends come in through a
+//! [`BackendFactory`]). Most users open it through the `storage-io` façade
+//! (`storage_io::open_async_fs`), which picks the backend.
+//!
+//! ```text
+//! L3  storage-io (façade)
+//! L2  storage-io-scheduler, storage-io-wal, storage-io-fs   <- this crate
+//! L1  storage-io-uring, storage-io-sync, storage-io-testkit
+//! L0  storage-io-core
+//! ```
 //!
 //! Operations take an owned buffer and give it back with the result, so the memory the kernel
 //! writes into belongs to the operation until it completes — on success, on error, and when the
@@ -6,23 +19,40 @@
 //! backend has handed it back). Futures are completed from the I/O workers through wakers and
 //! need no particular runtime: tokio, a plain `block_on`, or anything that polls.
 //!
-//! ```no_run
-//! use storage_io::{AsyncFileSystem, AsyncFsConfig};
-//! # async fn demo() -> storage_io::Result<()> {
-//! let fs = AsyncFileSystem::new(&AsyncFsConfig::default())?; // io_uring where the kernel allows it
-//! let log = fs.open_append("segment-0.log").await?;
-//! let (at, _record) = log.append(b"hello".to_vec()).await;
-//! log.sync_data().await?; // durable from here on
-//! let (n, buf) = log.read_at(vec![0u8; 5], at?).await;
-//! assert_eq!((n?, &buf[..]), (5, &b"hello"[..]));
-//! # Ok(()) }
 //! ```
+//! use std::sync::Arc;
+//! use storage_io_fs::{AsyncFileSystem, AsyncFsConfig, BackendFactory, block_on};
+//! use storage_io_core::StorageIo;
+//!
+//! // Any backend: here the testkit's in-memory one (the façade builds io_uring or the thread pool).
+//! let mem = storage_io_testkit::memio::MemFs::new(1);
+//! let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(mem.backend()) as Box<dyn StorageIo>));
+//! let fs = AsyncFileSystem::with_factory(&AsyncFsConfig::default(), factory)?;
+//! block_on(async {
+//!     let log = fs.open_append("/segment-0.log").await?;
+//!     let (at, _record) = log.append(b"hello".to_vec()).await;
+//!     log.sync_data().await?; // durable from here on
+//!     let (n, buf) = log.read_at(vec![0u8; 5], at?).await;
+//!     assert_eq!((n?, &buf[..]), (5, &b"hello"[..]));
+//!     Ok::<(), storage_io_fs::StorageIoError>(())
+//! })?;
+//! fs.shutdown();
+//! # Ok::<(), storage_io_fs::StorageIoError>(())
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README is this crate's page on crates.io: its example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod buf;
 mod config;
 #[cfg(caller_rings)]
 mod local;
 mod metrics;
+mod namespace;
 mod order;
 mod slot;
 #[cfg(feature = "tokio")]
@@ -40,17 +70,23 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
-use storage_io_core::{
-    BackendFactory, DirectMode, IoBuf, IoFd, IoStats, OpKind, OpenOptions, Result, StorageIoError, WaitWaker,
-};
+use storage_io_core::{IoBuf, IoFd, IoStats, WaitWaker};
 
 pub use buf::{IoBufferPool, OwnedBuf, POOL_CLASSES};
+// The core types this crate's signatures name, so a user needs no second dependency.
 pub use config::AsyncFsConfig;
 #[cfg(caller_rings)]
 use local::{LocalFile, LocalOp, LocalReply, LocalRings};
 pub use metrics::{AsyncIoMetrics, LATENCY_BUCKETS_SECONDS, OpMetrics, PoolClassMetrics};
+pub use namespace::FileMetadata;
 use order::{FileShared, GroupSync};
 use slot::{Waiting, slot};
+/// The `bytes` crate, re-exported: `Bytes` and `BytesMut` are [`OwnedBuf`]s.
+pub use storage_io_core::bytes;
+pub use storage_io_core::{
+    AlignedBuf, BackendFactory, BackendKind, DirectMode, IoConfig, OpKind, OpenOptions, Result, StorageIo,
+    StorageIoError,
+};
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use tokio_io::{TOKIO_FILE_MAX_BUF, TokioFile};
@@ -92,42 +128,34 @@ struct Shared {
 }
 
 impl AsyncFileSystem {
-    /// Starts the workers on the backend the façade selects for `config` (io_uring where the
-    /// probe passes, else the thread pool; `STORAGE_IO_BACKEND` overrides), logging the kernel
-    /// version, the backend chosen and why.
-    pub fn new(config: &AsyncFsConfig) -> Result<Self> {
-        // The STORAGE_IO_* overrides apply here as in every opener of the façade.
-        let mut config = config.clone();
-        config.apply_env()?;
-        let config = &config;
-        // One probe serves both the log line and the selection.
-        let uring = crate::uring_status();
-        match &uring {
-            crate::UringStatus::Available { kernel, .. } => tracing::info!(%kernel, "io_uring available"),
-            other => tracing::info!(status = %other, "io_uring not in use"),
-        }
-        let selection = crate::select_with(&config.io, &uring)?;
-        let factory = crate::factory_of(selection.kind, &config.io);
-        let caller_rings = cfg!(caller_rings)
-            && config.caller_rings
-            && selection.kind == storage_io_core::BackendKind::IoUring;
+    /// Starts the workers on backends from `factory` (one per worker: yours, the testkit's, or
+    /// one from the façade's `storage_io::backend_factory`).
+    ///
+    /// Every operation goes through the workers (your backend serves them all); only
+    /// [`AsyncFileSystem::with_backend_kind`] for io_uring submits on the callers' threads.
+    pub fn with_factory(config: &AsyncFsConfig, factory: BackendFactory) -> Result<Self> {
+        Self::start(config, factory, false)
+    }
+
+    /// Starts the workers on backends from `factory`, which builds backends of `kind` (what
+    /// the façade's `storage_io::open_async_fs` selected). When `kind` is io_uring,
+    /// `config.caller_rings` is on and this crate has its `io-uring` and `tokio` features (on
+    /// Linux), ops called inside a tokio runtime submit on io_uring rings of the callers' own
+    /// threads, built from `config.io`, instead of going through the workers; every other op
+    /// goes through the workers.
+    pub fn with_backend_kind(
+        config: &AsyncFsConfig,
+        factory: BackendFactory,
+        kind: BackendKind,
+    ) -> Result<Self> {
+        let caller_rings = cfg!(caller_rings) && config.caller_rings && kind == BackendKind::IoUring;
         tracing::info!(
-            backend = %selection.kind,
-            reason = %selection.reason,
+            backend = %kind,
             io_workers = config.effective_io_workers(),
             caller_rings,
             "async file system starting (caller_rings: inside a tokio runtime, ops submit on the caller's thread)"
         );
         Self::start(config, factory, caller_rings)
-    }
-
-    /// Starts the workers on backends from `factory` (one per worker: yours, the testkit's, or
-    /// one from [`backend_factory`](crate::backend_factory)).
-    ///
-    /// Every operation goes through the workers (your backend serves them all); only
-    /// [`AsyncFileSystem::new`] submits on the callers' threads.
-    pub fn with_factory(config: &AsyncFsConfig, factory: BackendFactory) -> Result<Self> {
-        Self::start(config, factory, false)
     }
 
     fn start(config: &AsyncFsConfig, factory: BackendFactory, caller_rings: bool) -> Result<Self> {
@@ -224,8 +252,8 @@ impl AsyncFileSystem {
     /// one append cursor for them all.
     ///
     /// ```no_run
-    /// # async fn demo(fs: storage_io::AsyncFileSystem) -> storage_io::Result<()> {
-    /// use storage_io::OpenOptions;
+    /// # async fn demo(fs: storage_io_fs::AsyncFileSystem) -> storage_io_fs::Result<()> {
+    /// use storage_io_fs::OpenOptions;
     /// // A new segment with 64 MiB reserved up front.
     /// let segment = fs.open_with("log/1.seg", OpenOptions::create(), Some(64 << 20)).await?;
     /// # Ok(()) }
@@ -249,7 +277,9 @@ impl AsyncFileSystem {
     ) -> Result<AsyncFile> {
         options.direct |= self.shared.config.io.direct_io;
         let path = path.to_path_buf();
-        let key = path_key(&path);
+        // Resolved on a worker thread: the directory through the OS, so a symlinked directory
+        // before a `..` cannot give two files one key.
+        let key = self.resolved_key(&path).await?;
         let worker = worker_for(&key, self.shared.workers.len());
         let (reply, waiting) = slot();
         self.shared.send(
@@ -289,7 +319,7 @@ impl AsyncFileSystem {
     /// names of many new files durable at once.
     ///
     /// ```no_run
-    /// # async fn demo(fs: storage_io::AsyncFileSystem) -> storage_io::Result<()> {
+    /// # async fn demo(fs: storage_io_fs::AsyncFileSystem) -> storage_io_fs::Result<()> {
     /// let segment = fs.open_append("log/00000000000000000000.log").await?;
     /// fs.sync_dir("log").await?; // the new segment's name survives a crash from here on
     /// # Ok(()) }
@@ -466,7 +496,10 @@ fn refuse(request: Request, error: StorageIoError) {
             drop(reply.complete((Err(error), buf)));
         }
         Request::Append { buf, reply, .. } => drop(reply.complete((Err(error), buf))),
-        Request::Sync { reply, .. } | Request::Allocate { reply, .. } => drop(reply.complete(Err(error))),
+        Request::Sync { reply, .. } | Request::Allocate { reply, .. } | Request::SetLen { reply, .. } => {
+            drop(reply.complete(Err(error)))
+        }
+        Request::Blocking(call) => call(Err(error)),
         Request::Size { reply, .. } => drop(reply.complete(Err(error))),
         Request::SyncDir { reply, .. } => drop(reply.complete(Err(error))),
         Request::Close { reply, .. } => {
@@ -478,11 +511,13 @@ fn refuse(request: Request, error: StorageIoError) {
     }
 }
 
-/// The key under which handles on one file share a worker and an append cursor: the path made
-/// absolute and normalised lexically (`.` dropped, `dir/..` removed), so `d/log`, `./d/log` and
-/// `d/sub/../log` are one key. No system call is made (this runs on the caller's thread) and no
-/// symlink is resolved: two names for one file through a symlink or a hard link are two keys,
-/// and a second `open_append` under the other name is refused by the append lock.
+/// The path made absolute and normalised lexically (`.` dropped, `dir/..` removed), with no
+/// system call (it runs on the caller's thread): the worker a namespace call or an open's key
+/// resolution goes to, and the key itself where the directory cannot be resolved
+/// ([`AsyncFileSystem::resolved_key`]; lexically, `d/sub/../log` is `d/log` even when `sub` is
+/// a symlink to another directory, which is why an open's key is resolved by the OS). A file
+/// reached through a symlink or a hard link of its own has two keys: a second `open_append`
+/// under the other name is refused by the append lock.
 fn path_key(path: &Path) -> PathBuf {
     use std::path::Component;
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
@@ -888,10 +923,13 @@ impl Drop for AsyncFile {
 /// It is not an executor for tasks; inside async code, just `.await`.
 ///
 /// ```no_run
-/// let fs = storage_io::AsyncFileSystem::new(&storage_io::AsyncFsConfig::default())?;
-/// let file = storage_io::block_on(fs.open("data.bin"))?;
-/// let (n, buf) = storage_io::block_on(file.read_at(vec![0u8; 4096], 0));
-/// # Ok::<(), storage_io::StorageIoError>(())
+/// # let factory: storage_io_fs::BackendFactory = std::sync::Arc::new(|_| {
+/// #     Ok(Box::new(storage_io_sync::SyncStorageIo::new(&Default::default())?) as Box<dyn storage_io_fs::StorageIo>)
+/// # });
+/// let fs = storage_io_fs::AsyncFileSystem::with_factory(&storage_io_fs::AsyncFsConfig::default(), factory)?;
+/// let file = storage_io_fs::block_on(fs.open("data.bin"))?;
+/// let (n, buf) = storage_io_fs::block_on(file.read_at(vec![0u8; 4096], 0));
+/// # Ok::<(), storage_io_fs::StorageIoError>(())
 /// ```
 pub fn block_on<F: Future>(fut: F) -> F::Output {
     struct Unpark(std::thread::Thread);

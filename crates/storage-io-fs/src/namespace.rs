@@ -1,0 +1,162 @@
+//! Namespace calls as futures (`remove_file`, `rename`, `read_dir`, `metadata`; `set_len` of an
+//! open file), and the resolution of the key under which the handles on one file share a worker
+//! and an append cursor. Each runs on an I/O worker thread, never on the caller's executor
+//! thread. Calls the backend has (`remove_file`, `list_dir`) go through it, so an in-memory
+//! backend answers for its own files; `rename` and `metadata` use the OS file system, each
+//! behind one small function here, until the backend's namespace trait offers them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use storage_io_core::{Result, StorageIo, StorageIoError};
+
+use crate::slot::slot;
+use crate::worker::Request;
+use crate::{AsyncFile, AsyncFileSystem, Op, path_key, worker_for, worker_gone};
+
+/// What [`AsyncFileSystem::metadata`] answers about a path (symlinks followed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileMetadata {
+    /// The length in bytes (of a file; for a directory, what the OS says).
+    pub len_bytes: u64,
+    /// True for a directory.
+    pub is_dir: bool,
+    /// The last modification time, where the platform records it.
+    pub modified: Option<SystemTime>,
+}
+
+impl AsyncFileSystem {
+    /// Removes the file at `path`, through a worker's backend. The removal is durable once
+    /// [`AsyncFileSystem::sync_dir`] ran on its directory. Open handles on the file keep
+    /// working on the removed file (POSIX), as with `std::fs::remove_file`.
+    ///
+    /// The call is sent when this is called; a future dropped before a worker took the call
+    /// removes nothing, one dropped later does not stop it.
+    pub fn remove_file(&self, path: impl AsRef<Path>) -> Op<()> {
+        let path = path.as_ref().to_path_buf();
+        self.on_worker(&path.clone(), move |io| {
+            io.remove_file(&path).map_err(|e| naming("remove_file", &path, e))
+        })
+    }
+
+    /// Renames `from` to `to` (replacing `to` if it is a file), on a worker thread. Make it
+    /// durable with [`AsyncFileSystem::sync_dir`] on both directories. Errors name `from`.
+    /// Cancellation as for [`AsyncFileSystem::remove_file`].
+    pub fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Op<()> {
+        let (from, to) = (from.as_ref().to_path_buf(), to.as_ref().to_path_buf());
+        self.on_worker(&from.clone(), move |_io| os_rename(&from, &to))
+    }
+
+    /// The paths of the entries directly inside `dir`, sorted, through a worker's backend
+    /// (a log's retention lists its segments with this). Cancellation as for
+    /// [`AsyncFileSystem::remove_file`].
+    pub fn read_dir(&self, dir: impl AsRef<Path>) -> Op<Vec<PathBuf>> {
+        let dir = dir.as_ref().to_path_buf();
+        self.on_worker(&dir.clone(), move |io| {
+            io.list_dir(&dir).map_err(|e| naming("read_dir", &dir, e))
+        })
+    }
+
+    /// The length, kind and modification time of `path` (symlinks followed), on a worker
+    /// thread. Cancellation as for [`AsyncFileSystem::remove_file`].
+    pub fn metadata(&self, path: impl AsRef<Path>) -> Op<FileMetadata> {
+        let path = path.as_ref().to_path_buf();
+        self.on_worker(&path.clone(), move |_io| os_metadata(&path))
+    }
+
+    /// Runs `call` on the worker that serves `route`'s (lexical) key, with its backend, and
+    /// answers its result. Sent now; skipped if the future is dropped before its turn.
+    fn on_worker<T: Send + 'static>(
+        &self,
+        route: &Path,
+        call: impl FnOnce(&mut dyn StorageIo) -> Result<T> + Send + 'static,
+    ) -> Op<T> {
+        let worker = worker_for(&path_key(route), self.shared.workers.len());
+        let (reply, waiting) = slot();
+        self.shared.send(
+            worker,
+            Request::Blocking(Box::new(move |io| {
+                if reply.is_abandoned() {
+                    return;
+                }
+                let _ = reply.complete(io.and_then(call));
+            })),
+        );
+        Op::boxed(async move { waiting.await.unwrap_or_else(|| Err(worker_gone())) })
+    }
+
+    /// The key of the file at `path`: its directory resolved by the OS (symlinks followed, on a
+    /// worker thread) and its name, so that two spellings of one file share one key, and two
+    /// files never do (`d/sub/../log` with `sub` a symlink to `other/inner` is `other/log`,
+    /// not `d/log`). Where the directory cannot be resolved (it does not exist on the OS file
+    /// system: a path of an in-memory backend, or an open that will fail), the lexical key.
+    pub(crate) async fn resolved_key(&self, path: &Path) -> Result<PathBuf> {
+        let lexical = path_key(path);
+        let worker = worker_for(&lexical, self.shared.workers.len());
+        let (reply, waiting) = slot();
+        let path = path.to_path_buf();
+        self.shared.send(
+            worker,
+            Request::Blocking(Box::new(move |io| {
+                let _ = reply.complete(io.map(|_| resolve_parent(&path).unwrap_or(lexical)));
+            })),
+        );
+        waiting.await.unwrap_or_else(|| Err(worker_gone()))
+    }
+}
+
+impl AsyncFile {
+    /// Truncates or extends the file to `len` bytes (`ftruncate`), after every write and append
+    /// called on it before this call has completed; appends called after it completed land at
+    /// `len`. Needs an OS file (in-memory backends answer `Unsupported`). Dropping the future
+    /// before the earlier writes completed cancels it; once sent, it runs.
+    pub fn set_len(&self, len: u64) -> Op<()> {
+        if let Some(e) = self.after_close() {
+            return Op::boxed(std::future::ready(Err(e)));
+        }
+        let fence = self.file.fence();
+        let (fs, worker, fd) = (Arc::clone(&self.fs), self.worker, self.fd);
+        Op::boxed(async move {
+            fence.await;
+            let (reply, waiting) = slot();
+            fs.send(worker, Request::SetLen { fd, len, reply });
+            waiting.await.unwrap_or_else(|| Err(worker_gone()))
+        })
+    }
+}
+
+/// `path`'s directory resolved by the OS, joined with its name; `None` where it cannot be.
+fn resolve_parent(path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    let name = absolute.file_name()?;
+    let dir = std::fs::canonicalize(absolute.parent()?).ok()?;
+    Some(dir.join(name))
+}
+
+/// A backend's OS error names the call as the user made it (`read_dir`, not the backend's
+/// `list_dir`) and the path (the backend's, if it named one).
+fn naming(what: &'static str, path: &Path, e: StorageIoError) -> StorageIoError {
+    match e {
+        StorageIoError::Os {
+            errno, path: named, ..
+        } => StorageIoError::os_at(what, named.as_deref().unwrap_or(path), errno),
+        other => other,
+    }
+}
+
+/// `rename` on the OS file system (the backend's namespace trait has none yet).
+fn os_rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| StorageIoError::from_os_at("rename", from, &e))
+}
+
+/// `metadata` from the OS file system (the backend's namespace trait has none yet).
+fn os_metadata(path: &Path) -> Result<FileMetadata> {
+    let m = std::fs::metadata(path).map_err(|e| StorageIoError::from_os_at("metadata", path, &e))?;
+    Ok(FileMetadata {
+        len_bytes: m.len(),
+        is_dir: m.is_dir(),
+        modified: m.modified().ok(),
+    })
+}
