@@ -358,14 +358,11 @@ impl LocalRing {
             } else {
                 inner.backlog.push_back(op);
             }
-            // Entered at once, one SQE per system call: on a virtio disk, handing many over at
-            // once settles into bursts that lower the IOPS (see `IoConfig::submit_batch`).
-            if let Err(e) = inner.io.submit_queued() {
-                tracing::warn!(error = %e, "async file system: io_uring_enter failed; the next reap retries");
-            }
             if collect {
                 inner.reap(self, &mut answers, None);
             }
+            // Decided after the reap: a completion it took no longer promises a later pump.
+            inner.enter_unless_deferred();
         }
         answer_all(answers);
     }
@@ -376,6 +373,8 @@ impl LocalRing {
         let pending = {
             let mut inner = self.inner.lock();
             inner.reap(self, &mut answers, wait);
+            // Every pump hands over what submitters left queued (see `enter_unless_deferred`).
+            inner.enter_queued();
             inner.io.pending_count() + inner.backlog.len()
         };
         answer_all(answers);
@@ -388,7 +387,38 @@ impl LocalRing {
     }
 }
 
+/// A new SQE waits for the ring's next pump instead of its own `io_uring_enter` only while the
+/// kernel holds at least this many of the ring's ops: one of them completing wakes the drain
+/// task, which enters for everything queued. Below it (one task reading alone) an op enters at
+/// once, so its latency is the device's.
+const DEFER_WHILE_ENTERED: usize = 2;
+/// At most this many SQEs wait for a pump; the one that fills the batch enters for all of them.
+const DEFER_AT_MOST: usize = 16;
+
 impl RingInner {
+    /// Hands queued SQEs to the kernel unless they may wait for the next pump. Batching the
+    /// SQEs of tasks that run between two completions into one enter saves a system call (and
+    /// on a virtual disk a doorbell) per op.
+    ///
+    /// Sound because every pump enters for what is queued, and a pump is sure to come: the
+    /// kernel holds ops of this ring whose completions have not been reaped (checked under the
+    /// ring's lock, after this submitter's own reap), and the first of them to post makes the
+    /// ring's fd readable, which runs the drain task. A completion another submitter's reap
+    /// takes first makes that submitter decide again, with the lower count.
+    fn enter_unless_deferred(&mut self) {
+        let queued = self.io.queued_sqes();
+        if queued == 0 || (queued < DEFER_AT_MOST && self.io.entered_ops() >= DEFER_WHILE_ENTERED) {
+            return;
+        }
+        self.enter_queued();
+    }
+
+    fn enter_queued(&mut self) {
+        if let Err(e) = self.io.submit_queued() {
+            tracing::warn!(error = %e, "async file system: io_uring_enter failed; the next reap retries");
+        }
+    }
+
     fn start(&mut self, ring: &Arc<LocalRing>, mut op: LocalOp, answers: &mut Vec<Answer>) {
         let fd = match op.file.fd_on(ring, &mut self.io) {
             Ok(fd) => fd,
@@ -485,8 +515,8 @@ impl RingInner {
                 }
                 started = true;
             }
-            if started && let Err(e) = self.io.submit_queued() {
-                tracing::warn!(error = %e, "async file system: io_uring_enter failed; the next reap retries");
+            if started {
+                self.enter_queued();
             }
             if got == 0 || wait.is_some() {
                 return;
