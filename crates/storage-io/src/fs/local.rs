@@ -358,11 +358,19 @@ impl LocalRing {
             } else {
                 inner.backlog.push_back(op);
             }
-            if collect {
-                inner.reap(self, &mut answers, None);
+            let reaped = if collect {
+                inner.reap(self, &mut answers, Reap::Unsubmitted)
+            } else {
+                0
+            };
+            // Decided after the reap: a completion it took no longer promises a later pump,
+            // and a reap that took completions enters as a pump would (the tasks they wake
+            // refill the kernel's queue without waiting for the next one).
+            if reaped > 0 {
+                inner.enter_queued();
+            } else {
+                inner.enter_unless_deferred();
             }
-            // Decided after the reap: a completion it took no longer promises a later pump.
-            inner.enter_unless_deferred();
         }
         answer_all(answers);
     }
@@ -372,7 +380,11 @@ impl LocalRing {
         let mut answers = Vec::new();
         let pending = {
             let mut inner = self.inner.lock();
-            inner.reap(self, &mut answers, wait);
+            let how = match wait {
+                Some(t) => Reap::Wait(t),
+                None => Reap::Poll,
+            };
+            inner.reap(self, &mut answers, how);
             // Every pump hands over what submitters left queued (see `enter_unless_deferred`).
             inner.enter_queued();
             inner.io.pending_count() + inner.backlog.len()
@@ -385,6 +397,17 @@ impl LocalRing {
     fn drain_blocking(self: &Arc<Self>) {
         while self.pump(Some(DRAIN_WAIT)) > 0 {}
     }
+}
+
+/// How [`RingInner::reap`] takes completions.
+#[derive(Clone, Copy)]
+enum Reap {
+    /// Enter for queued SQEs, then take what is there.
+    Poll,
+    /// Take what is there and leave queued SQEs for a later enter.
+    Unsubmitted,
+    /// Enter and wait up to this long for a completion when ops are pending.
+    Wait(Duration),
 }
 
 /// A new SQE waits for the ring's next pump instead of its own `io_uring_enter` only while the
@@ -481,17 +504,21 @@ impl RingInner {
         }
     }
 
-    /// Collects completions (waiting up to `wait` for one when given), then starts backlog ops
-    /// while the ring has room.
-    fn reap(&mut self, ring: &Arc<LocalRing>, answers: &mut Vec<Answer>, wait: Option<Duration>) {
+    /// Collects completions (as `how` says), then starts backlog ops while the ring has room.
+    /// Returns how many completions it took.
+    fn reap(&mut self, ring: &Arc<LocalRing>, answers: &mut Vec<Answer>, how: Reap) -> usize {
+        let mut reaped = 0;
         loop {
-            match wait {
-                Some(t) if self.io.pending_count() > 0 => {
+            match how {
+                Reap::Wait(t) if self.io.pending_count() > 0 => {
                     if let Err(e) = self.io.wait_completions(&mut self.done, 1, Some(t)) {
                         tracing::warn!(error = %e, "async file system: waiting on a ring failed");
                     }
                 }
-                _ => {
+                Reap::Unsubmitted => {
+                    self.io.poll_completions_unsubmitted(&mut self.done);
+                }
+                Reap::Wait(_) | Reap::Poll => {
                     self.io.poll_completions(&mut self.done);
                 }
             }
@@ -518,8 +545,9 @@ impl RingInner {
             if started {
                 self.enter_queued();
             }
-            if got == 0 || wait.is_some() {
-                return;
+            reaped += got;
+            if got == 0 || matches!(how, Reap::Wait(_)) {
+                return reaped;
             }
         }
     }
