@@ -244,6 +244,34 @@ impl UringStorageIo {
         self.ring.as_raw_fd()
     }
 
+    /// SQEs pushed and not yet handed to the kernel (they wait for [`submit_queued`](Self::submit_queued)).
+    pub fn queued_sqes(&mut self) -> usize {
+        self.ring.submission().len()
+    }
+
+    /// Ops handed to the kernel whose completions have not been reaped yet. An owner that
+    /// leaves SQEs queued may count on each of these to post a completion, and so to make the
+    /// ring's fd readable again, later.
+    pub fn entered_ops(&mut self) -> usize {
+        // A queued timer or wake SQE is not an op: subtracting it too can only undercount,
+        // which makes an owner enter sooner, never later.
+        let queued = self.ring.submission().len();
+        self.in_kernel.saturating_sub(queued)
+    }
+
+    /// As [`StorageIo::poll_completions`], but leaves queued SQEs queued: it takes what the
+    /// kernel has posted without a system call (unless the completion queue overflowed, which
+    /// only an enter flushes). For an owner that batches its SQEs into fewer enters.
+    pub fn poll_completions_unsubmitted(&mut self, out: &mut Vec<IoCompletion>) -> usize {
+        if self.ring.submission().cq_overflow() {
+            return self.poll_completions(out);
+        }
+        if self.in_kernel > 0 {
+            self.reap();
+        }
+        self.deliver(out)
+    }
+
     /// Hands SQEs queued since the last enter (by `submit_*` under a `submit_batch` above 1, or
     /// by continuations that `poll_completions` queued) to the kernel. No system call when
     /// none are queued. Returns how many the kernel took.
