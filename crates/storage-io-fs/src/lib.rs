@@ -57,6 +57,7 @@ mod order;
 mod slot;
 #[cfg(feature = "tokio")]
 mod tokio_io;
+mod vectored;
 mod worker;
 
 use std::future::Future;
@@ -642,7 +643,11 @@ impl AsyncFile {
     }
 
     fn transfer<B: OwnedBuf>(&self, kind: OpKind, buf: B, offset: u64) -> BufOp<usize, B> {
-        let buf = buf.into_io_buf();
+        self.transfer_io(kind, buf.into_io_buf(), offset)
+    }
+
+    /// [`AsyncFile::transfer`] of a buffer already in the backends' form.
+    fn transfer_io<B: OwnedBuf>(&self, kind: OpKind, buf: IoBuf, offset: u64) -> BufOp<usize, B> {
         if let Some(e) = self.after_close() {
             return Self::refused_now(buf, e);
         }
@@ -739,8 +744,13 @@ impl AsyncFile {
         if let Some(e) = self.after_close() {
             return Self::refused_now(buf, e);
         }
-        let (reply, waiting) = slot();
         let offset = self.file.reserve_append(buf.len() as u64);
+        self.send_append(buf, offset)
+    }
+
+    /// Sends an append of `buf` at `offset`, a place already taken from the path's cursor.
+    fn send_append<B: OwnedBuf>(&self, buf: IoBuf, offset: u64) -> BufOp<u64, B> {
+        let (reply, waiting) = slot();
         let ticket = self.file.begin_write();
         #[cfg(caller_rings)]
         if let Some((ring, file)) = self.ring() {
