@@ -7,8 +7,9 @@ use super::AsyncFsConfig;
 
 /// A buffer that can move into an operation and come back with its result.
 ///
-/// Implemented for `Vec<u8>` (buffered files), [`AlignedBuf`] (any file, required for direct
-/// I/O; the buffers [`IoBufferPool`] hands out are these), [`IoBuf`], and the `bytes` crate's
+/// Implemented for `Vec<u8>` (any file; a write of one to a direct-I/O file is staged through
+/// an aligned copy, a read into one is refused there), [`AlignedBuf`] (any file, and what direct
+/// I/O reads need; the buffers [`IoBufferPool`] hands out are these), [`IoBuf`], and the `bytes` crate's
 /// `Bytes` and `BytesMut` (re-exported as `storage_io_fs::bytes`). The bytes in use are the
 /// buffer's length: a read fills `len()` bytes and comes back truncated to what was read; a write
 /// writes `len()` bytes.

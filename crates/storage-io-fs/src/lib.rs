@@ -57,6 +57,7 @@ mod order;
 mod slot;
 #[cfg(feature = "tokio")]
 mod tokio_io;
+mod vectored;
 mod worker;
 
 use std::future::Future;
@@ -64,7 +65,7 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -122,6 +123,9 @@ struct Shared {
     config: AsyncFsConfig,
     backend: String,
     pool: IoBufferPool,
+    /// Writes staged into aligned memory for direct I/O, and their bytes.
+    staged_writes: AtomicU64,
+    staged_bytes: AtomicU64,
     /// Rings on the callers' runtime threads (io_uring inside a tokio runtime), if in use.
     #[cfg(caller_rings)]
     local: Option<LocalRings>,
@@ -194,6 +198,8 @@ impl AsyncFileSystem {
                 config: config.clone(),
                 backend,
                 pool,
+                staged_writes: AtomicU64::new(0),
+                staged_bytes: AtomicU64::new(0),
                 #[cfg(caller_rings)]
                 local: caller_rings.then(|| {
                     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -447,6 +453,8 @@ impl Shared {
                 .collect(),
             caller_rings,
             caller_ring_ops,
+            staged_writes: self.staged_writes.load(Ordering::Relaxed),
+            staged_bytes: self.staged_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -607,6 +615,11 @@ impl AsyncFile {
 
     /// Writes all of `buf` at `offset` without copying it; the buffer comes back with the result.
     /// A write past the end moves the append cursor past it.
+    ///
+    /// On a direct-I/O file, `offset` and the length must be multiples of the file's alignment
+    /// ([`DirectMode::Direct`]); a buffer whose *address* is not (a `Vec`, `Bytes`) is copied
+    /// into aligned memory first rather than refused, and the copy is counted
+    /// ([`AsyncIoMetrics::staged_bytes`]). Use [`IoBufferPool`] buffers to write without it.
     pub fn write_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> BufOp<usize, B> {
         self.transfer(OpKind::Write, buf, offset)
     }
@@ -624,15 +637,60 @@ impl AsyncFile {
         let _ = reply.complete((Err(error), buf));
         BufOp {
             waiting,
+            staged: None,
             buf: PhantomData,
         }
     }
 
     fn transfer<B: OwnedBuf>(&self, kind: OpKind, buf: B, offset: u64) -> BufOp<usize, B> {
-        let buf = buf.into_io_buf();
+        self.transfer_io(kind, buf.into_io_buf(), offset)
+    }
+
+    /// [`AsyncFile::transfer`] of a buffer already in the backends' form.
+    fn transfer_io<B: OwnedBuf>(&self, kind: OpKind, buf: IoBuf, offset: u64) -> BufOp<usize, B> {
         if let Some(e) = self.after_close() {
             return Self::refused_now(buf, e);
         }
+        let (buf, staged) = match self.stage(kind, buf) {
+            Ok(staged) => staged,
+            Err((e, buf)) => return Self::refused_now(buf, e),
+        };
+        let mut op = self.send_transfer(kind, buf, offset);
+        op.staged = staged;
+        op
+    }
+
+    /// A write to a direct-I/O file from memory off its alignment goes out from an aligned
+    /// copy: the copy, and the caller's buffer to give back. Anything else goes as it is.
+    #[allow(clippy::type_complexity)] // the buffer comes back with the error
+    fn stage(
+        &self,
+        kind: OpKind,
+        buf: IoBuf,
+    ) -> std::result::Result<(IoBuf, Option<IoBuf>), (StorageIoError, IoBuf)> {
+        let DirectMode::Direct { align } = self.mode else {
+            return Ok((buf, None));
+        };
+        if kind != OpKind::Write || (buf.as_ptr() as usize).is_multiple_of(align) {
+            return Ok((buf, None));
+        }
+        match AlignedBuf::from_slice(&buf, align) {
+            Ok(copy) => {
+                self.fs.staged_writes.fetch_add(1, Ordering::Relaxed);
+                self.fs
+                    .staged_bytes
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                debug_assert!(
+                    (copy.as_ptr() as usize).is_multiple_of(align),
+                    "a staged copy is aligned"
+                );
+                Ok((IoBuf::Aligned(copy), Some(buf)))
+            }
+            Err(e) => Err((e, buf)),
+        }
+    }
+
+    fn send_transfer<B: OwnedBuf>(&self, kind: OpKind, buf: IoBuf, offset: u64) -> BufOp<usize, B> {
         let (reply, waiting) = slot();
         let ticket = (kind == OpKind::Write).then(|| {
             self.file.wrote_to(offset.saturating_add(buf.len() as u64));
@@ -652,6 +710,7 @@ impl AsyncFile {
             ring.submit(op, true);
             return BufOp {
                 waiting,
+                staged: None,
                 buf: PhantomData,
             };
         }
@@ -667,6 +726,7 @@ impl AsyncFile {
         self.fs.send(self.worker, request);
         BufOp {
             waiting,
+            staged: None,
             buf: PhantomData,
         }
     }
@@ -684,8 +744,13 @@ impl AsyncFile {
         if let Some(e) = self.after_close() {
             return Self::refused_now(buf, e);
         }
-        let (reply, waiting) = slot();
         let offset = self.file.reserve_append(buf.len() as u64);
+        self.send_append(buf, offset)
+    }
+
+    /// Sends an append of `buf` at `offset`, a place already taken from the path's cursor.
+    fn send_append<B: OwnedBuf>(&self, buf: IoBuf, offset: u64) -> BufOp<u64, B> {
+        let (reply, waiting) = slot();
         let ticket = self.file.begin_write();
         #[cfg(caller_rings)]
         if let Some((ring, file)) = self.ring() {
@@ -701,6 +766,7 @@ impl AsyncFile {
             ring.submit(op, true);
             return BufOp {
                 waiting,
+                staged: None,
                 buf: PhantomData,
             };
         }
@@ -715,6 +781,7 @@ impl AsyncFile {
         self.fs.send(self.worker, request);
         BufOp {
             waiting,
+            staged: None,
             buf: PhantomData,
         }
     }
@@ -850,8 +917,9 @@ impl AsyncFile {
         &self.mode
     }
 
-    /// True when direct I/O is in effect: offsets, lengths and buffers must then be aligned to
-    /// 4096 bytes (use [`IoBufferPool`] or `AlignedBuf`).
+    /// True when direct I/O is in effect: offsets, lengths and read buffers must then be
+    /// aligned to 4096 bytes (use [`IoBufferPool`] or `AlignedBuf`); a write from memory off the
+    /// alignment is staged through an aligned copy (see [`AsyncFile::write_at`]).
     pub fn is_direct(&self) -> bool {
         self.mode.is_direct()
     }
@@ -965,6 +1033,9 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
 #[must_use = "the operation was sent; await the future to get the result and the buffer back"]
 pub struct BufOp<T, B> {
     waiting: Waiting<(Result<T>, IoBuf)>,
+    /// The caller's buffer, kept here while an aligned copy of it is written; it comes back
+    /// instead of the copy.
+    staged: Option<IoBuf>,
     buf: PhantomData<fn() -> B>,
 }
 
@@ -972,9 +1043,13 @@ impl<T, B: OwnedBuf> Future for BufOp<T, B> {
     type Output = (Result<T>, B);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.waiting).poll(cx).map(|answer| match answer {
-            Some((result, buf)) => (result, B::from_io_buf(buf)),
-            None => (Err(worker_gone()), B::lost()),
+        let answer = std::task::ready!(Pin::new(&mut self.waiting).poll(cx));
+        let staged = self.staged.take();
+        Poll::Ready(match (answer, staged) {
+            (Some((result, _copy)), Some(original)) => (result, B::from_io_buf(original)),
+            (Some((result, buf)), None) => (result, B::from_io_buf(buf)),
+            (None, Some(original)) => (Err(worker_gone()), B::from_io_buf(original)),
+            (None, None) => (Err(worker_gone()), B::lost()),
         })
     }
 }

@@ -33,6 +33,11 @@ pub struct AsyncIoMetrics {
     pub caller_rings: usize,
     /// Operations submitted on callers' rings rather than through a worker.
     pub caller_ring_ops: u64,
+    /// Writes to direct-I/O files from memory off the file's alignment (a `Vec`, `Bytes`),
+    /// staged into aligned memory: each cost an allocation and a copy.
+    pub staged_writes: u64,
+    /// The bytes those staged writes copied.
+    pub staged_bytes: u64,
 }
 
 /// The numbers of one op kind.
@@ -133,6 +138,21 @@ impl AsyncIoMetrics {
         self.latency_histograms(&mut out);
         self.gauges(&mut out);
         self.pool_classes(&mut out);
+        for (name, help, value) in [
+            (
+                "staged_writes_total",
+                "Writes to direct-I/O files staged into aligned memory (a copy each).",
+                self.staged_writes,
+            ),
+            (
+                "staged_bytes_total",
+                "Bytes copied by staged writes.",
+                self.staged_bytes,
+            ),
+        ] {
+            header(&mut out, name, "counter", help);
+            let _ = writeln!(out, "storage_io_{name} {value}");
+        }
         out
     }
 

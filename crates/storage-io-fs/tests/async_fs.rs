@@ -643,3 +643,71 @@ fn cancellation_storm_on_every_backend_returns_every_buffer() {
         assert!(m.op(OpKind::Read).completed >= 1 && m.op(OpKind::Read).completed <= 401);
     }
 }
+
+/// A plain `Vec` (or `Bytes`) is not aligned for direct I/O: written to an O_DIRECT file at an
+/// aligned offset and length, it is staged into aligned memory instead of refused, the caller's
+/// buffer comes back as it was, and the metrics count what was copied. Inside a tokio runtime
+/// too (where io_uring submits on the caller's ring).
+#[test]
+fn a_misaligned_vec_written_to_a_direct_file_is_staged_not_refused() {
+    let rt = runtime();
+    for kind in backends("a_misaligned_vec_written_to_a_direct_file_is_staged_not_refused") {
+        let dir = real_dir();
+        let fs = fs_on(kind, &config(1));
+        let path = dir.path().join("direct");
+        let direct = rt
+            .block_on(fs.open_with(
+                &path,
+                storage_io_fs::OpenOptions::create().with_direct(true),
+                None,
+            ))
+            .unwrap();
+        assert!(
+            direct.is_direct(),
+            "{} is on ext4: O_DIRECT must be granted",
+            path.display()
+        );
+        // A Vec whose address is off the 4096 alignment (keep allocating until one is).
+        let mut keep = Vec::new();
+        let mut data = vec![5u8; 8192];
+        while (data.as_ptr() as usize).is_multiple_of(4096) {
+            keep.push(std::mem::replace(&mut data, vec![5u8; 8192]));
+        }
+        data[..4].copy_from_slice(b"head");
+        let ptr = data.as_ptr();
+        for (i, on_runtime) in [false, true].into_iter().enumerate() {
+            let write = direct.write_at(data, i as u64 * 8192);
+            let (r, back) = if on_runtime {
+                rt.block_on(write)
+            } else {
+                block_on(write)
+            };
+            assert_eq!(r.unwrap(), 8192, "{kind}, on a runtime thread: {on_runtime}");
+            assert_eq!(
+                (back.as_ptr(), back.len()),
+                (ptr, 8192),
+                "{kind}: the caller's own buffer comes back"
+            );
+            data = back;
+        }
+        let shared = storage_io_fs::bytes::Bytes::from(vec![6u8; 4096]).slice(0..4096);
+        let (r, _) = rt.block_on(direct.write_at(shared, 16384));
+        assert_eq!(r.unwrap(), 4096, "{kind}: Bytes");
+        rt.block_on(direct.sync_data()).unwrap();
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk.len(), 20480);
+        assert_eq!(&on_disk[..4], b"head");
+        assert_eq!(&on_disk[8192..8196], b"head");
+        assert!(on_disk[16384..].iter().all(|&b| b == 6));
+        let m = fs.metrics();
+        assert_eq!((m.staged_writes, m.staged_bytes), (3, 8192 * 2 + 4096), "{kind}");
+        // An offset the file cannot take is still refused: staging fixes the address only.
+        let (r, _) = block_on(direct.write_at(vec![0u8; 4096], 1));
+        assert!(
+            matches!(r, Err(StorageIoError::InvalidArgument(_))),
+            "{kind}: {r:?}"
+        );
+        drop(direct);
+        fs.shutdown();
+    }
+}

@@ -1,7 +1,9 @@
-//! Every ```rust snippet of the repository's README.md compiles: each is copied verbatim into a
-//! function below (`rustfmt::skip` keeps it as written), and `readme_snippets_are_the_compiled_ones`
-//! checks that the README's snippets and these copies have not drifted apart. (The crates' own
-//! READMEs are doctests of their crates.) Reads ../../README.md, so it is not packaged.
+//! Every ```rust snippet of the repository's README.md and docs/*.md compiles: each is copied
+//! verbatim into a function below (`rustfmt::skip` keeps it as written), and
+//! `markdown_snippets_are_the_compiled_ones` checks that the documents' snippets and these copies
+//! have not drifted apart (a new snippet in any of them fails the test until it is copied in).
+//! (The crates' own READMEs are doctests of their crates.) Reads ../../README.md and
+//! ../../docs/, so it is not packaged.
 #![allow(clippy::unwrap_used, dead_code, unused_variables)] // compile-only copies of snippets
 
 use storage_io::IoConfig;
@@ -101,24 +103,47 @@ fn copies() -> Vec<String> {
     out
 }
 
+/// README.md and every docs/*.md, by path relative to the repository.
+fn documents() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    docs.sort();
+    std::iter::once(root.join("README.md"))
+        .chain(docs)
+        .map(|p| {
+            let name = p.strip_prefix(&root).unwrap().display().to_string();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
 #[test]
-fn readme_snippets_are_the_compiled_ones() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
-    let in_readme = rust_blocks(&readme);
+fn markdown_snippets_are_the_compiled_ones() {
     let compiled = copies();
-    assert!(
-        !in_readme.is_empty(),
-        "README.md has no rust snippets: the extraction is broken"
-    );
-    for snippet in &in_readme {
-        assert!(
-            compiled.contains(snippet),
-            "this README.md snippet is not compiled by tests/doc_snippets.rs (copy it in, verbatim):\n{snippet}"
-        );
+    let mut found = 0;
+    for (name, text) in documents() {
+        let blocks = rust_blocks(&text);
+        if name == "README.md" {
+            assert!(
+                !blocks.is_empty(),
+                "README.md has no rust snippets: the extraction is broken"
+            );
+        }
+        for snippet in &blocks {
+            assert!(
+                compiled.contains(snippet),
+                "this {name} snippet is not compiled by tests/doc_snippets.rs (copy it in, verbatim):\n{snippet}"
+            );
+        }
+        found += blocks.len();
     }
     assert_eq!(
-        in_readme.len(),
+        found,
         compiled.len(),
-        "a compiled copy no longer in README.md: remove it"
+        "a compiled copy no longer in README.md or docs/*.md: remove it"
     );
 }
