@@ -202,3 +202,34 @@ fn a_namespace_call_dropped_before_its_turn_does_nothing() {
     drop(file);
     fs.shutdown();
 }
+
+#[test]
+fn a_set_len_dropped_while_earlier_writes_are_in_flight_does_nothing() {
+    let dir = real_dir();
+    let gate = Gate::new();
+    let g = gate.clone();
+    let factory: BackendFactory = Arc::new(move |_| {
+        let inner = storage_io_sync::SyncStorageIo::new(&IoConfig::default())?;
+        Ok(Box::new(GatedIo::new(inner, g.clone(), &[])) as Box<dyn StorageIo>)
+    });
+    let fs = AsyncFileSystem::with_factory(&config(1), factory).unwrap();
+    let path = dir.path().join("f");
+    gate.open();
+    let file = block_on(fs.create(&path)).unwrap();
+    gate.close();
+    let write = file.write_at(vec![1u8; 4096], 0);
+    wait_until("the write in flight", || fs.metrics().in_flight == 1);
+    let mut truncate = Box::pin(file.set_len(0));
+    assert!(
+        truncate
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending()
+    );
+    drop(truncate);
+    gate.open();
+    assert_eq!(block_on(write).0.unwrap(), 4096);
+    assert_eq!(block_on(file.size()).unwrap(), 4096, "the dropped set_len ran");
+    block_on(file.close()).unwrap();
+    fs.shutdown();
+}
