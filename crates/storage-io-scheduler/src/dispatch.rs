@@ -5,7 +5,7 @@
 //! ([`DiskScheduler`](crate::DiskScheduler) holds it in a mutex), so a request reaches its
 //! worker with one hand-off, not two: on a machine where a wake-up across CPUs costs tens of
 //! microseconds, a dispatcher thread between caller and worker cost one more such wake-up per
-//! request (the figures: <https://example.invalid/storage-io/blob/main/docs/benchmarks.md>). The lock's order is the arrival order.
+//! request (the figures: docs/benchmarks.md in the storage-io repository). The lock's order is the arrival order.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -111,7 +111,7 @@ impl Drop for PageAnswer {
 }
 
 /// How long a lone blocking [`Reply::recv`] polls before it parks: by default not at all
-/// (measured both ways in <https://example.invalid/storage-io/blob/main/docs/benchmarks.md>: once requests no longer went through a
+/// (measured both ways in docs/benchmarks.md in the storage-io repository: once requests no longer went through a
 /// dispatcher thread, the spin only took CPU from the worker). `STORAGE_IO_SCHED_SPIN_US`
 /// sets it (read once per process).
 fn spin_for() -> Duration {
@@ -183,7 +183,7 @@ impl<T> Reply<T> {
     /// while a CPU is left for the workers (fewer callers wait than the machine has CPUs, at
     /// most two) first polls for up to that many microseconds: an answer that comes meanwhile
     /// costs no sleep and no wake-up, for the CPU of the poll. On the 2-CPU test VM it lost
-    /// once the dispatcher ran on the caller (the figures both ways: <https://example.invalid/storage-io/blob/main/docs/benchmarks.md>). A
+    /// once the dispatcher ran on the caller (the figures both ways: docs/benchmarks.md in the storage-io repository). A
     /// caller that only waits for one page does better with
     /// [`DiskScheduler::read_blocking`](crate::DiskScheduler::read_blocking).
     pub fn recv(&self) -> Result<T> {

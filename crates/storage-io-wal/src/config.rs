@@ -123,7 +123,7 @@ pub struct WalConfig {
     /// and every datasync go to a kernel worker thread: a cross-CPU wake-up each way, which a
     /// single committer pays in every commit. In-memory backends (no OS file) and `direct_io`
     /// always go through the backend. Default true (the measurement:
-    /// <https://example.invalid/storage-io/blob/main/docs/benchmarks.md>).
+    /// docs/benchmarks.md in the storage-io repository).
     pub inline_io: bool,
     /// Flushes in flight at once (1 to 8). A commit is acknowledged only once every earlier
     /// flush is durable too; while flushes are in flight, no bytes go out more than
@@ -141,7 +141,7 @@ pub struct WalConfig {
     /// Default 1: on the VM this was measured on (a virtio disk without FUA, where every
     /// O_DSYNC write is a write and a cache flush) more in flight made smaller batches whose
     /// flushes queued behind each other's cache flushes, and committed fewer records per second
-    /// in both modes (the figures: <https://example.invalid/storage-io/blob/main/docs/benchmarks.md>). Measure on your device.
+    /// in both modes (the figures: docs/benchmarks.md in the storage-io repository). Measure on your device.
     pub max_flushes_in_flight: usize,
 }
 

@@ -25,7 +25,7 @@
 //!   for *k* and then for *k + 1*: N committers settle into two cohorts that take turns, at
 //!   about N / (2 × L). With L = 200 µs, 64 committers reach at most 160k/s that way. Several
 //!   flushes in flight split the cohorts, but on a disk whose O_DSYNC writes each need a cache
-//!   flush the flushes queue behind each other's cache flushes ([benchmarks](https://example.invalid/storage-io/blob/main/docs/benchmarks.md)). A group
+//!   flush the flushes queue behind each other's cache flushes (docs/benchmarks.md in the storage-io repository). A group
 //!   delay ([`SyncMode::Group`]'s `max_delay_us`) merges the cohorts, but only by idling the disk
 //!   while the woken committers come back. The bench's `CPU µs/op` column shows what each
 //!   sleep and wake-up costs.
