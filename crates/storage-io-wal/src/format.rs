@@ -293,16 +293,110 @@ pub(crate) fn valid_frames_after(
     segment_no: u64,
     segment_size: u64,
 ) -> Vec<(u64, Frame)> {
-    let base = segment_no * segment_size;
-    let last = image.len().saturating_sub(RECORD_HEADER_BYTES as usize);
-    (from..=last)
-        .filter(|&pos| {
-            // The LSN field must equal the position: a cheap filter before the checksum.
-            image[pos + 8..pos + 16] == (base + pos as u64).to_le_bytes()
-        })
-        .map(|pos| (base + pos as u64, decode_frame(image, pos, base, segment_size)))
-        .filter(|(_, frame)| *frame != Frame::Invalid)
-        .collect()
+    valid_frames_in(image, 0, 0, from, segment_no, segment_size)
+}
+
+/// [`valid_frames_after`] over a piece of a segment: `piece` holds the segment's bytes from
+/// offset `piece_at` on, followed by `zeros` zero bytes that are not stored, and the search
+/// starts at `from` (an index into the piece). Recovery keeps only the bytes after the end of
+/// the valid frames, up to the last non-zero one: not the segment, not its zeroed rest.
+pub(crate) fn valid_frames_in(
+    piece: &[u8],
+    piece_at: usize,
+    zeros: usize,
+    from: usize,
+    segment_no: u64,
+    segment_size: u64,
+) -> Vec<(u64, Frame)> {
+    // The LSN of `piece[0]`; positions within the piece.
+    let base = (segment_no * segment_size).wrapping_add(piece_at as u64);
+    // Room is counted from the piece's start: a frame still may not pass the segment end.
+    let size = segment_size.saturating_sub(piece_at as u64);
+    let hdr = RECORD_HEADER_BYTES as usize;
+    let stored = piece.len();
+    let mut out = Vec::new();
+    let Some(last) = (stored + zeros).checked_sub(hdr) else {
+        return out;
+    };
+    let mut scratch = Vec::new();
+    let mut pos = from;
+    while pos <= last {
+        let mut field = [0u8; 8];
+        if pos + 16 <= stored {
+            field.copy_from_slice(&piece[pos + 8..pos + 16]);
+        } else if pos + 8 < stored {
+            field[..stored - pos - 8].copy_from_slice(&piece[pos + 8..]);
+        }
+        // A frame's LSN field equals its position, never 0 (the segment header comes first):
+        // over zeros, jump to where the next non-zero byte could be part of an LSN field.
+        if field == [0u8; 8] {
+            match piece.get(pos + 16..).and_then(first_nonzero) {
+                Some(i) => {
+                    pos = (pos + 16 + i).saturating_sub(15).max(pos + 1);
+                    continue;
+                }
+                None => break,
+            }
+        }
+        // The LSN field must equal the position: a cheap filter before the checksum.
+        if field == (base + pos as u64).to_le_bytes() {
+            // (A non-zero LSN field has a stored byte after `pos + 8`: the length is stored.)
+            let len = u32_at(piece, pos) as u64;
+            let room = size.saturating_sub(pos as u64 + hdr as u64);
+            // The bytes the decoder looks at: the header, and the payload when it fits.
+            let need =
+                (hdr as u64 + if len <= room { len } else { 0 }).min((stored + zeros - pos) as u64) as usize;
+            let frame = if pos + need <= stored {
+                decode_frame(piece, pos, base, size)
+            } else {
+                // The frame runs into the zeros that are not stored: decode it from a copy.
+                scratch.clear();
+                scratch.extend_from_slice(&piece[pos..]);
+                scratch.resize(need, 0);
+                decode_frame(&scratch, 0, base + pos as u64, size.saturating_sub(pos as u64))
+            };
+            if frame != Frame::Invalid {
+                out.push((base + pos as u64, frame));
+            }
+        }
+        pos += 1;
+    }
+    out
+}
+
+/// The index of the first non-zero byte of `bytes`, 16 at a time.
+pub(crate) fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(16);
+    let mut at = 0;
+    for c in &mut chunks {
+        let mut word = [0u8; 16];
+        word.copy_from_slice(c);
+        if u128::from_ne_bytes(word) != 0 {
+            return c.iter().position(|b| *b != 0).map(|i| at + i);
+        }
+        at += 16;
+    }
+    chunks.remainder().iter().position(|b| *b != 0).map(|i| at + i)
+}
+
+/// One past the index of the last non-zero byte of `bytes` (0 when all are zero).
+pub(crate) fn nonzero_end(bytes: &[u8]) -> usize {
+    let mut chunks = bytes.rchunks_exact(16);
+    let mut end = bytes.len();
+    for c in &mut chunks {
+        let mut word = [0u8; 16];
+        word.copy_from_slice(c);
+        if u128::from_ne_bytes(word) != 0 {
+            let start = end - 16;
+            return c.iter().rposition(|b| *b != 0).map_or(0, |i| start + i + 1);
+        }
+        end -= 16;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |i| i + 1)
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {

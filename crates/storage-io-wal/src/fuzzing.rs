@@ -5,7 +5,7 @@ use crate::config::RecoveryPolicy;
 use crate::format::{
     KIND_DATA, RECORD_HEADER_BYTES, ScanEnd, encode_record, scan_segment, valid_frames_after,
 };
-use crate::recovery::Planner;
+use crate::recovery::{Planner, SegmentStream};
 
 /// Segment size the fuzz inputs are cut into.
 pub const FUZZ_SEGMENT_BYTES: u64 = 512;
@@ -37,12 +37,22 @@ pub fn check_log_image(data: &[u8]) {
         check_segment(image, segment, size);
     }
     let fed: Vec<u64> = segments.iter().map(|s| s.0).collect();
+    let window = u64::from(control >> 4 & 0x07) * size;
     for policy in [RecoveryPolicy::PointInTime, RecoveryPolicy::Strict] {
-        let mut planner = Planner::new(size, u64::from(control >> 4 & 0x07) * size);
+        let mut planner = Planner::new(size, window);
         for &(segment, image) in &segments {
             planner.feed(segment, image);
         }
-        if let Ok(plan) = planner.finish(policy) {
+        let planned = planner.finish(policy);
+        // Streamed in pieces (as recovery reads), the planner decides the same.
+        let piece = 1 + usize::from(control) % 67;
+        let streamed = plan_streamed(&segments, size, window, piece, policy);
+        assert_eq!(
+            format!("{planned:?}"),
+            format!("{streamed:?}"),
+            "streaming the segments in pieces of {piece} bytes changed the plan"
+        );
+        if let Ok(plan) = planned {
             assert!(
                 plan.end_offset < size,
                 "end offset {} outside the segment",
@@ -70,6 +80,32 @@ pub fn check_log_image(data: &[u8]) {
             }
         }
     }
+}
+
+/// The plan recovery makes of `segments`: streamed in pieces of `piece` bytes until the end is
+/// found, fed whole after it.
+fn plan_streamed(
+    segments: &[(u64, &[u8])],
+    size: u64,
+    window: u64,
+    piece: usize,
+    policy: RecoveryPolicy,
+) -> Result<crate::recovery::Plan, crate::WalError> {
+    let mut planner = Planner::new(size, window);
+    let mut stream = SegmentStream::new(0, size, window);
+    for &(segment, image) in segments {
+        if !planner.streams(segment) {
+            planner.feed(segment, image);
+            continue;
+        }
+        stream.reset(segment);
+        for bytes in image.chunks(piece) {
+            stream.push(bytes);
+        }
+        stream.finish();
+        planner.feed_summary(segment, &stream.summary());
+    }
+    planner.finish(policy)
 }
 
 fn check_segment(image: &[u8], segment: u64, size: u64) {

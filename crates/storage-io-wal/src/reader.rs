@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use storage_io_core::{IoCompletion, IoFd, OpenOptions, StorageIo};
+use storage_io_core::{IoFd, OpenOptions, StorageIo};
 
 use crate::Lsn;
 use crate::error::WalError;
@@ -10,15 +10,18 @@ use crate::format::{
     Frame, KIND_DATA, KIND_MARKER, KIND_PAD, MARKER_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
     decode_frame, decode_segment_header,
 };
-use crate::segio::{read_at, read_prefix, segment_file_name, segments_in};
+use crate::segio::{ChunkReads, ReadBufs, read_prefix, segment_file_name, segments_in};
 
 /// Iterates `(lsn, payload)` of every valid record from a start LSN up to a limit. Only
 /// records whose checksum and LSN verify are returned; the iteration ends at the first
 /// position without one (as recovery does).
 ///
-/// Segments are streamed through a buffer of 256 KiB (more only while one record is
-/// larger): reading costs what the log holds, not the size of its segments, and the
-/// zero-filled rest of a preallocated segment is never read.
+/// Segments are streamed as recovery streams them: reads of 256 KiB (two in flight on an
+/// asynchronous backend) into buffers allocated once and reused; the frames are decoded from a
+/// window that holds the bytes from the next frame on (more than a read only while one record
+/// is larger). Reading costs what the log holds, not the size of its segments, and the
+/// zero-filled rest of a preallocated segment is not read beyond the reads in flight when the
+/// log ends.
 ///
 /// Get one from [`WalManager::reader`](crate::WalManager::reader), or read a log that no
 /// manager has open with [`WalReader::open`].
@@ -32,13 +35,15 @@ pub struct WalReader {
     limit: u64,
     /// The open segment and its length.
     fd: Option<(IoFd, u64)>,
+    /// The reads of the open segment, and the buffers they go through.
+    reads: Option<ChunkReads>,
+    bufs: ReadBufs,
     /// Bytes `[buf_at, buf_at + buf.len())` of the open segment.
     buf: Vec<u8>,
     buf_at: u64,
     /// Offset in the open segment of the next frame.
     pos: u64,
     more_segments: bool,
-    done: Vec<IoCompletion>,
 }
 
 /// Bytes the reader reads at a time.
@@ -54,11 +59,12 @@ impl WalReader {
             from,
             limit,
             fd: None,
+            reads: None,
+            bufs: ReadBufs::default(),
             buf: Vec::new(),
             buf_at: 0,
             pos: 0,
             more_segments: true,
-            done: Vec::new(),
         }
     }
 
@@ -115,6 +121,7 @@ impl WalReader {
             }
         };
         self.fd = Some((fd, len));
+        self.reads = Some(ChunkReads::new(&*self.io, fd, len, READ_CHUNK_BYTES));
         self.buf.clear();
         self.buf_at = 0;
         self.pos = 0;
@@ -129,39 +136,46 @@ impl WalReader {
         Ok(header_ok)
     }
 
-    /// Makes the buffer hold the `n` bytes at `pos` of the open segment, dropping what lies
-    /// before `pos`; false if the segment ends before them.
+    /// Makes the buffer hold the `n` bytes at `pos` of the open segment (dropping what lies
+    /// before `pos` when it must read more); false if the segment ends before them.
     fn fill(&mut self, n: usize) -> Result<bool, WalError> {
-        let Some((fd, len)) = self.fd else {
+        let Some((_, len)) = self.fd else {
             return Ok(false);
         };
         let want_end = self.pos + n as u64;
         if want_end > len {
             return Ok(false);
         }
-        if self.pos > self.buf_at {
+        if self.buf_at + (self.buf.len() as u64) < want_end && self.pos > self.buf_at {
+            // Only before a read: the frames already in the window are decoded in place.
             let drop = ((self.pos - self.buf_at) as usize).min(self.buf.len());
             self.buf.drain(..drop);
             self.buf_at += drop as u64;
         }
         while self.buf_at + (self.buf.len() as u64) < want_end {
-            let at = self.buf_at + self.buf.len() as u64;
-            let missing = (want_end - at) as usize;
-            let chunk = missing.max(READ_CHUNK_BYTES).min((len - at) as usize);
-            let got = read_at(&mut *self.io, &mut self.done, fd, at, chunk, &mut self.buf)?;
-            if got == 0 {
+            let Some(reads) = &mut self.reads else {
+                return Ok(false);
+            };
+            if !reads.advance(&mut *self.io, &mut self.bufs)? || reads.held().is_empty() {
                 return Ok(false);
             }
+            self.buf.extend_from_slice(reads.held());
         }
         Ok(true)
     }
 
     fn close_segment(&mut self) -> Result<(), WalError> {
+        // The reads in flight come back before the file is closed.
+        let stopped = match self.reads.take() {
+            Some(mut reads) => reads.stop(&mut *self.io, &mut self.bufs),
+            None => Ok(()),
+        };
         if let Some((fd, _)) = self.fd.take() {
             self.io.deregister_fd(fd)?;
         }
-        self.buf = Vec::new();
-        Ok(())
+        self.buf.clear();
+        self.buf.shrink_to(2 * READ_CHUNK_BYTES);
+        stopped.map_err(WalError::from)
     }
 
     /// The next valid record of the log, reading on as needed; `None` at the end.

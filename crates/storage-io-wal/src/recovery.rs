@@ -2,7 +2,10 @@
 //!
 //! The decision is a pure function of the segment images (the `Planner`), so the fuzz target
 //! and the unit tests drive it without any I/O; `recover` feeds it from the backend and applies
-//! its plan.
+//! its plan. Recovery never holds a segment's image: until the end of the log is found, each
+//! segment is streamed through a few reused read buffers into a `SegmentStream`, which decodes
+//! the frames where they lie and keeps only the bytes after the valid ones; the planner decides
+//! from that summary what it decides from the whole image (the fuzz target checks both ways).
 //!
 //! The *window* is [`TORN_WINDOW_BYTES`](crate::format::TORN_WINDOW_BYTES) from the first
 //! invalid position: the writer keeps every write in flight inside it, so valid frames there
@@ -30,8 +33,9 @@ use crate::config::{RecoveryPolicy, WalConfig};
 use crate::error::WalError;
 use crate::format::{
     Frame, SEGMENT_HEADER_BYTES, ScanEnd, decode_segment_header, scan_segment, valid_frames_after,
+    valid_frames_in,
 };
-use crate::segio::{SEGMENTS_OPEN_AT_ONCE, SegmentIo};
+use crate::segio::{ReadBufs, SEGMENTS_OPEN_AT_ONCE, SegmentIo};
 
 /// What recovery found and did, returned by [`WalManager::recovery_report`](crate::WalManager::recovery_report).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,54 +120,99 @@ impl Planner {
         }
     }
 
-    /// Takes the next segment (`segment` numbers must increase).
+    /// Takes the next segment (`segment` numbers must increase): `image` is its content from
+    /// the start, as far as it was read (what it lacks reads as zeros).
     pub(crate) fn feed(&mut self, segment: u64, image: &[u8]) {
         if !self.ended && self.expected.is_some_and(|e| e != segment) {
             // A missing segment: the log ends where it should have begun.
             self.end_at(self.expected.unwrap_or(segment), 0, 0);
         }
         if self.ended {
-            self.plan.remove.push(segment);
-            let scan = scan_segment(image, segment, self.segment_size);
-            if scan.records.is_empty() {
-                // A bad header hides nothing from the frame search.
-                let after =
-                    valid_frames_after(image, SEGMENT_HEADER_BYTES as usize, segment, self.segment_size);
-                self.note_valid_after(&after);
-            } else {
-                let base = segment * self.segment_size;
-                self.after.extend(scan.records.iter().map(|r| r.0));
-                // The markers of the valid prefix: where one lies does not matter here, any
-                // LSN after the end names the damage as well.
-                if scan.durable > 0 {
-                    self.marks_after.push((base + SEGMENT_HEADER_BYTES, scan.durable));
-                }
-                self.durable = self.durable.max(scan.durable);
-            }
+            self.feed_after_end(segment, image);
             return;
         }
         let scan = scan_segment(image, segment, self.segment_size);
-        self.durable = self.durable.max(scan.durable);
-        self.plan.records += scan.records.len() as u64;
-        match scan.end {
-            ScanEnd::Switched(_) => {
+        let (end, tail_at) = match scan.end {
+            ScanEnd::Switched(at) => (Prefix::Switched, at),
+            ScanEnd::Stopped(at) => (Prefix::Stopped(at as u64), at),
+            ScanEnd::BadHeader => (Prefix::BadHeader, SEGMENT_HEADER_BYTES as usize),
+        };
+        let summary = SegmentSummary {
+            records: scan.records.len() as u64,
+            durable: scan.durable,
+            end,
+            tail_at: tail_at as u64,
+            tail: image.get(tail_at..).unwrap_or_default(),
+            zeros: 0,
+        };
+        self.feed_summary(segment, &summary);
+    }
+
+    /// Whether `segment`, the next one, comes before the end of the log is found: then it may be
+    /// streamed ([`feed_summary`](Planner::feed_summary)); else (after the end, or after a
+    /// missing segment) it is searched for valid frames, [`feed`](Planner::feed) whole as far
+    /// as read.
+    pub(crate) fn streams(&self, segment: u64) -> bool {
+        !self.ended && self.expected.is_none_or(|e| e == segment)
+    }
+
+    /// Takes the next segment as its streamed scan summed it up ([`SegmentStream`]): what
+    /// [`feed`](Planner::feed) decides from the whole image, from the valid prefix's counts
+    /// and the bytes read after it. Only for a segment that [`streams`](Planner::streams).
+    pub(crate) fn feed_summary(&mut self, segment: u64, summary: &SegmentSummary<'_>) {
+        let streams = self.streams(segment);
+        debug_assert!(streams, "segment {segment} streamed after the end of the log");
+        if !streams {
+            // What the summary kept, where it lies: the best image there is.
+            let mut image = vec![0u8; summary.tail_at as usize];
+            image.extend_from_slice(summary.tail);
+            image.resize(image.len() + summary.zeros as usize, 0);
+            self.feed(segment, &image);
+            return;
+        }
+        self.durable = self.durable.max(summary.durable);
+        self.plan.records += summary.records;
+        let (tail_at, zeros) = (summary.tail_at as usize, summary.zeros as usize);
+        match summary.end {
+            Prefix::Switched => {
                 self.plan.kept.push(segment);
                 self.expected = Some(segment + 1);
             }
-            ScanEnd::Stopped(at) => {
+            Prefix::Stopped(at) => {
+                debug_assert_eq!(at, summary.tail_at, "the bytes after a stop start at the stop");
                 self.plan.kept.push(segment);
-                let zero_to = image.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1).max(at);
-                self.end_at(segment, at as u64, zero_to as u64);
-                let after = valid_frames_after(image, at + 1, segment, self.segment_size);
+                let zero_to = (tail_at + crate::format::nonzero_end(summary.tail)).max(tail_at);
+                self.end_at(segment, at, zero_to as u64);
+                let after = valid_frames_in(summary.tail, tail_at, zeros, 1, segment, self.segment_size);
                 self.note_valid_after(&after);
             }
-            ScanEnd::BadHeader => {
+            Prefix::BadHeader => {
+                debug_assert_eq!(summary.tail_at, SEGMENT_HEADER_BYTES);
                 self.end_at(segment, 0, 0);
                 self.plan.remove.push(segment);
-                let after =
-                    valid_frames_after(image, SEGMENT_HEADER_BYTES as usize, segment, self.segment_size);
+                let after = valid_frames_in(summary.tail, tail_at, zeros, 0, segment, self.segment_size);
                 self.note_valid_after(&after);
             }
+        }
+    }
+
+    /// A segment after the end: everything valid in it is counted as after the end.
+    fn feed_after_end(&mut self, segment: u64, image: &[u8]) {
+        self.plan.remove.push(segment);
+        let scan = scan_segment(image, segment, self.segment_size);
+        if scan.records.is_empty() {
+            // A bad header hides nothing from the frame search.
+            let after = valid_frames_after(image, SEGMENT_HEADER_BYTES as usize, segment, self.segment_size);
+            self.note_valid_after(&after);
+        } else {
+            let base = segment * self.segment_size;
+            self.after.extend(scan.records.iter().map(|r| r.0));
+            // The markers of the valid prefix: where one lies does not matter here, any
+            // LSN after the end names the damage as well.
+            if scan.durable > 0 {
+                self.marks_after.push((base + SEGMENT_HEADER_BYTES, scan.durable));
+            }
+            self.durable = self.durable.max(scan.durable);
         }
     }
 
@@ -231,6 +280,259 @@ impl Planner {
             });
         }
         Ok(self.plan)
+    }
+}
+
+/// How the valid prefix of a segment ended (the scan's [`ScanEnd`] without the offsets that
+/// only a whole image gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prefix {
+    /// The header is missing, corrupt, or names another segment or size.
+    BadHeader,
+    /// A valid segment-end frame: the log goes on in the next segment.
+    Switched,
+    /// The first offset without a valid frame.
+    Stopped(u64),
+}
+
+/// One segment, as [`Planner::feed_summary`] takes it: the valid prefix's counts, and the
+/// bytes read after it (from `tail_at`: the stop, or the end of a bad header), `tail` then
+/// `zeros` zero bytes (read, not stored).
+#[derive(Debug)]
+pub(crate) struct SegmentSummary<'a> {
+    pub records: u64,
+    pub durable: u64,
+    pub end: Prefix,
+    pub tail_at: u64,
+    pub tail: &'a [u8],
+    pub zeros: u64,
+}
+
+/// Scans one segment as its bytes arrive, in order and in pieces of any size, without
+/// keeping them: each frame is decoded where it lies in the piece (a frame cut by the end of
+/// a piece is carried, and only it is copied), records are counted and batch markers'
+/// durable ends kept. Once the valid frames stop, the bytes after the stop are kept up to the
+/// last non-zero one (the planner searches them for valid frames), and [`wants`](SegmentStream::wants) says how far
+/// reading must go: to the in-flight window past the last non-zero byte, as [`TailProbe`]
+/// decides for a whole image. Memory: the largest frame, and the bytes read after the stop up
+/// to the last non-zero one (none at all after a clean close).
+#[derive(Debug)]
+pub(crate) struct SegmentStream {
+    base: u64,
+    segment_size: u64,
+    window: u64,
+    /// Offset in the segment of the next byte fed.
+    fed: u64,
+    /// Offset of the next frame to decode (`carry` holds its bytes so far).
+    pos: u64,
+    carry: Vec<u8>,
+    records: u64,
+    durable: u64,
+    end: Option<Prefix>,
+    /// After a stop or a bad header: the bytes from `tail_at` on, up to the last non-zero
+    /// one, then `tail_zeros` zeros (counted, not stored: a preallocated tail costs nothing).
+    tail: Vec<u8>,
+    tail_at: u64,
+    tail_zeros: usize,
+}
+
+impl SegmentStream {
+    pub(crate) fn new(segment: u64, segment_size: u64, window: u64) -> Self {
+        SegmentStream {
+            base: segment.wrapping_mul(segment_size),
+            segment_size,
+            window,
+            fed: 0,
+            pos: 0,
+            carry: Vec::new(),
+            records: 0,
+            durable: 0,
+            end: None,
+            tail: Vec::new(),
+            tail_at: 0,
+            tail_zeros: 0,
+        }
+    }
+
+    /// Starts this stream over for another segment, keeping its allocations.
+    pub(crate) fn reset(&mut self, segment: u64) {
+        let (mut carry, mut tail) = (std::mem::take(&mut self.carry), std::mem::take(&mut self.tail));
+        carry.clear();
+        tail.clear();
+        *self = SegmentStream {
+            carry,
+            tail,
+            ..SegmentStream::new(segment, self.segment_size, self.window)
+        };
+    }
+
+    /// How far the segment must be read: `None` once enough is read (a segment-end frame, or
+    /// the window past the stop and the last non-zero byte after it), else the offset below
+    /// which bytes are still needed (`u64::MAX` while the valid frames go on).
+    pub(crate) fn wants(&self) -> Option<u64> {
+        match self.end {
+            None => Some(u64::MAX),
+            Some(Prefix::Switched) => None,
+            Some(_) => {
+                // (`tail` ends at its last non-zero byte.)
+                let nonzero = self.tail_at + self.tail.len() as u64;
+                let need = nonzero.saturating_add(self.window);
+                (self.fed < need).then_some(need)
+            }
+        }
+    }
+
+    /// Takes the next `bytes` of the segment.
+    pub(crate) fn push(&mut self, mut bytes: &[u8]) {
+        self.fed += bytes.len() as u64;
+        while self.end.is_none() && !bytes.is_empty() {
+            if self.carry.is_empty() {
+                // Decode in place every frame that lies whole in `bytes`; carry the cut one.
+                let used = self.decode(bytes, false);
+                bytes = &bytes[used..];
+                if self.end.is_none() {
+                    self.carry.extend_from_slice(bytes);
+                    return;
+                }
+            } else {
+                // Complete the frame cut at the end of the last piece.
+                let need = self.need(&self.carry);
+                let take = need.saturating_sub(self.carry.len()).min(bytes.len());
+                self.carry.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if self.carry.len() < self.need(&self.carry) {
+                    continue; // (`bytes` is empty, or the header told of a longer frame)
+                }
+                let mut carry = std::mem::take(&mut self.carry);
+                let used = self.decode(&carry, false);
+                if self.end.is_some() {
+                    self.extend_tail(&carry[used..]);
+                } else {
+                    debug_assert_eq!(used, carry.len(), "a carried frame is decoded whole");
+                }
+                carry.clear();
+                self.carry = carry;
+            }
+        }
+        self.extend_tail(bytes);
+    }
+
+    /// The segment ends (the file is shorter, or nothing more is read): a frame still cut
+    /// decodes as far as it goes, which makes it invalid.
+    pub(crate) fn finish(&mut self) {
+        if self.end.is_none() {
+            let mut carry = std::mem::take(&mut self.carry);
+            let used = self.decode(&carry, true);
+            debug_assert!(self.end.is_some(), "a scan at the end of its bytes ends");
+            self.extend_tail(&carry[used.min(carry.len())..]);
+            carry.clear();
+            self.carry = carry;
+        }
+    }
+
+    /// Keeps bytes read after the stop (nothing once the segment switched).
+    fn extend_tail(&mut self, bytes: &[u8]) {
+        if !matches!(self.end, Some(Prefix::Stopped(_) | Prefix::BadHeader)) {
+            return;
+        }
+        let nonzero = crate::format::nonzero_end(bytes);
+        if nonzero > 0 {
+            // The zeros before these bytes are stored now, the ones after them counted.
+            self.tail.resize(self.tail.len() + self.tail_zeros, 0);
+            self.tail.extend_from_slice(&bytes[..nonzero]);
+            self.tail_zeros = 0;
+        }
+        self.tail_zeros += bytes.len() - nonzero;
+    }
+
+    /// What the planner takes, once [`finish`](SegmentStream::finish)ed or enough is read.
+    pub(crate) fn summary(&self) -> SegmentSummary<'_> {
+        debug_assert!(self.end.is_some(), "a segment summed up before its scan ended");
+        SegmentSummary {
+            records: self.records,
+            durable: self.durable,
+            end: self.end.unwrap_or(Prefix::Stopped(self.pos)),
+            tail_at: self.tail_at,
+            tail: &self.tail,
+            zeros: self.tail_zeros as u64,
+        }
+    }
+
+    /// Bytes from `pos` that decide the frame there (its header, then its whole length when
+    /// the header names a length that fits).
+    fn need(&self, at_pos: &[u8]) -> usize {
+        use crate::format::{KIND_DATA, KIND_MARKER, KIND_PAD, RECORD_HEADER_BYTES};
+        if self.pos == 0 {
+            return SEGMENT_HEADER_BYTES as usize;
+        }
+        let hdr = RECORD_HEADER_BYTES as usize;
+        let Some(h) = at_pos.get(..hdr) else {
+            return hdr;
+        };
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as u64;
+        let room = self.segment_size.saturating_sub(self.pos + hdr as u64);
+        if matches!(h[4], KIND_DATA | KIND_PAD | KIND_MARKER) && len <= room {
+            hdr + len as usize
+        } else {
+            hdr
+        }
+    }
+
+    /// Decodes frames from the start of `at_pos` (the bytes at `pos`) while they lie whole in
+    /// it, or (`eof`) as far as it goes; returns the bytes used. Sets `end` at the first invalid
+    /// frame, the segment-end frame, or a bad header.
+    fn decode(&mut self, at_pos: &[u8], eof: bool) -> usize {
+        use crate::format::{Frame, MARKER_BYTES, RECORD_HEADER_BYTES, decode_frame};
+        let hdr = RECORD_HEADER_BYTES as usize;
+        let mut used = 0;
+        if self.pos == 0 {
+            let header = SEGMENT_HEADER_BYTES as usize;
+            if !eof && at_pos.len() < header {
+                return 0;
+            }
+            if decode_segment_header(at_pos) == Some((self.segment_size, self.base)) {
+                self.pos = SEGMENT_HEADER_BYTES;
+                used = header;
+            } else {
+                // The frame search starts after the header, whatever it holds.
+                self.end = Some(Prefix::BadHeader);
+                self.tail_at = SEGMENT_HEADER_BYTES;
+                return header.min(at_pos.len());
+            }
+        }
+        loop {
+            let rest = &at_pos[used..];
+            if !eof && (rest.is_empty() || self.need(rest) > rest.len()) {
+                return used;
+            }
+            // Room is counted from `pos`: a frame may not pass the segment end.
+            let room_size = self.segment_size.saturating_sub(self.pos);
+            match decode_frame(rest, 0, self.base + self.pos, room_size) {
+                Frame::Data(len) => {
+                    self.records += 1;
+                    self.advance(&mut used, hdr + len);
+                }
+                Frame::Pad(total) => self.advance(&mut used, total),
+                Frame::Marker(d) => {
+                    self.durable = self.durable.max(d);
+                    self.advance(&mut used, MARKER_BYTES as usize);
+                }
+                Frame::SegmentEnd => {
+                    self.end = Some(Prefix::Switched);
+                    return used;
+                }
+                Frame::Invalid => {
+                    self.end = Some(Prefix::Stopped(self.pos));
+                    self.tail_at = self.pos;
+                    return used;
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, used: &mut usize, n: usize) {
+        *used += n;
+        self.pos += n as u64;
     }
 }
 
@@ -365,13 +667,34 @@ pub(crate) fn recover(io: &mut SegmentIo, config: &WalConfig) -> Result<(Plan, R
     // The planner judges frames after a hole by the torn window; reading needs to reach only as
     // far as a write in flight can (the configuration's in-flight window, at most that).
     let read_window = config.in_flight_window_bytes();
+    // Until the end is found, each segment is streamed through a few reused buffers: the
+    // planner gets its valid frames' counts and the bytes after them, never the segment.
+    let mut bufs = ReadBufs::default();
+    let mut stream = SegmentStream::new(0, segment_size, read_window);
     for &s in &segments {
-        let mut probe = TailProbe::new(s, segment_size, read_window);
-        let image = io
-            .read_segment_until(s, |image| probe.enough(image))?
-            .unwrap_or_default();
-        planner.feed(s, &image);
+        if !planner.streams(s) {
+            // After the end (damage, a gap or a torn creation): searched whole, as far as read.
+            let mut probe = TailProbe::new(s, segment_size, read_window);
+            let image = io
+                .read_segment_until(s, |image| probe.enough(image))?
+                .unwrap_or_default();
+            planner.feed(s, &image);
+            continue;
+        }
+        stream.reset(s);
+        let found = io.stream_segment(s, &mut bufs, |bytes| {
+            stream.push(bytes);
+            stream.wants()
+        })?;
+        if found {
+            stream.finish();
+            planner.feed_summary(s, &stream.summary());
+        } else {
+            // Removed since it was listed: an empty image, as a file of no bytes.
+            planner.feed(s, &[]);
+        }
     }
+    drop(bufs);
     let plan = planner.finish(config.recovery)?;
     if !crate::format::segment_in_lsn_space(plan.end_segment, segment_size) {
         // The last segment was closed, and none can follow it below 2^64 (the writer never

@@ -789,6 +789,247 @@ impl SegmentIo {
     }
 }
 
+/// Reads a stream keeps in flight at once on an asynchronous backend: the next read is
+/// submitted before the bytes of the one that came are scanned. A backend that completes ops
+/// inline gets one at a time: a read submitted ahead would only run early, before the scan has
+/// said how far it needs the file.
+const READS_AHEAD: usize = 2;
+
+/// The buffers a segment is streamed through ([`SegmentIo::stream_segment`]): allocated once
+/// (zeroed then, never again: a read overwrites what it returns, and only those bytes are
+/// looked at) and reused for every read of every segment.
+#[derive(Debug, Default)]
+pub(crate) struct ReadBufs {
+    free: Vec<AlignedBuf>,
+    /// Buffers allocated so far (a test checks that they are reused, not replaced).
+    pub allocated: usize,
+}
+
+impl SegmentIo {
+    /// Streams segment `segment` from its start to `take`, `write_chunk` bytes a read, with up
+    /// to [`READS_AHEAD`] reads in flight through `bufs` ([`ChunkReads`]). `take` gets each read's bytes in
+    /// order and answers how far the segment is still needed (`None`: enough); reads stop
+    /// there or at the end of the file. False if the file does not exist.
+    pub(crate) fn stream_segment(
+        &mut self,
+        segment: u64,
+        bufs: &mut ReadBufs,
+        mut take: impl FnMut(&[u8]) -> Option<u64>,
+    ) -> Result<bool, StorageIoError> {
+        let fd = match self.open_for_read(segment) {
+            Ok(fd) => fd,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let streamed = self.stream_fd(fd, bufs, &mut take);
+        let closed = self.io.deregister_fd(fd);
+        streamed.and(closed).map(|()| true)
+    }
+
+    fn stream_fd(
+        &mut self,
+        fd: IoFd,
+        bufs: &mut ReadBufs,
+        take: &mut dyn FnMut(&[u8]) -> Option<u64>,
+    ) -> Result<(), StorageIoError> {
+        let len = self.io.file_len(fd)?;
+        let mut reads = ChunkReads::new(&*self.io, fd, len, self.write_chunk);
+        let streamed = loop {
+            match reads.advance(&mut *self.io, bufs) {
+                Ok(true) => match take(reads.held()) {
+                    Some(until) => reads.want_until(until),
+                    None => break Ok(()),
+                },
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        let stopped = reads.stop(&mut *self.io, bufs);
+        streamed.and(stopped)
+    }
+}
+
+/// Reads one file front to back in chunks, with up to [`READS_AHEAD`] reads in flight (on an
+/// asynchronous backend) through
+/// the buffers of a [`ReadBufs`]: recovery's scan and [`WalReader`](crate::WalReader) take
+/// the chunks in order, one at a time ([`advance`](ChunkReads::advance), then
+/// [`held`](ChunkReads::held)); [`stop`](ChunkReads::stop) waits for the reads still in flight
+/// and gives their buffers back.
+#[derive(Debug)]
+pub(crate) struct ChunkReads {
+    /// Reads in flight at most.
+    ahead: usize,
+    fd: IoFd,
+    len: u64,
+    chunk: usize,
+    /// Offset of the next read to submit.
+    next: u64,
+    /// Reads start only below this.
+    wanted: u64,
+    /// (token, bytes asked) of the reads in flight, oldest first.
+    in_flight: std::collections::VecDeque<(IoToken, usize)>,
+    /// Completions that came before their turn (a backend completes in any order).
+    arrived: Vec<IoCompletion>,
+    done: Vec<IoCompletion>,
+    /// The chunk handed out last (`bytes` of it), given back at the next `advance`.
+    held: Option<(AlignedBuf, usize)>,
+    /// A read came back short: the file ends there.
+    at_end: bool,
+}
+
+impl ChunkReads {
+    /// Reads of `fd` (`len` bytes long) in chunks of `chunk` bytes, through `io`.
+    pub(crate) fn new(io: &dyn StorageIo, fd: IoFd, len: u64, chunk: usize) -> Self {
+        ChunkReads {
+            ahead: if io.capabilities().asynchronous {
+                READS_AHEAD
+            } else {
+                1
+            },
+            fd,
+            len,
+            chunk: chunk.max(BLOCK),
+            next: 0,
+            wanted: u64::MAX,
+            in_flight: Default::default(),
+            arrived: Vec::new(),
+            done: Vec::new(),
+            held: None,
+            at_end: false,
+        }
+    }
+
+    /// From now on, reads start only below `until` (rounded up to whole blocks); those in
+    /// flight complete.
+    pub(crate) fn want_until(&mut self, until: u64) {
+        self.wanted = until;
+    }
+
+    /// The bytes of the chunk the last [`advance`](ChunkReads::advance) brought.
+    pub(crate) fn held(&self) -> &[u8] {
+        self.held.as_ref().map_or(&[], |(b, n)| &b[..*n])
+    }
+
+    /// Gives the held chunk's buffer back, keeps the reads ahead going, and waits for the next
+    /// chunk in order; false at the end of the file (or of what is wanted).
+    pub(crate) fn advance(
+        &mut self,
+        io: &mut dyn StorageIo,
+        bufs: &mut ReadBufs,
+    ) -> Result<bool, StorageIoError> {
+        if let Some((buf, _)) = self.held.take() {
+            bufs.free.push(buf);
+        }
+        if self.at_end {
+            return Ok(false);
+        }
+        while bufs.free.len() + self.in_flight.len() < self.ahead {
+            bufs.free.push(io.alloc_buf(self.chunk)?);
+            bufs.allocated += 1;
+        }
+        let block = BLOCK as u64;
+        let up_to = self
+            .len
+            .min(self.wanted.saturating_add(block - 1) / block * block);
+        while self.in_flight.len() < self.ahead && self.next < up_to {
+            let Some(mut buf) = bufs.free.pop() else { break };
+            let want = (up_to - self.next).min(buf.capacity().min(self.chunk) as u64) as usize;
+            if let Err(e) = buf.set_len(want) {
+                bufs.free.push(buf);
+                return Err(e);
+            }
+            match io.submit_read(self.fd, IoBuf::Aligned(buf), self.next) {
+                Ok(token) => {
+                    self.in_flight.push_back((token, want));
+                    self.next += want as u64;
+                }
+                Err(refused) => {
+                    if let IoBuf::Aligned(b) = refused.buf {
+                        bufs.free.push(b);
+                    }
+                    // A full queue waits for the reads in flight; anything else fails.
+                    if !matches!(refused.error, StorageIoError::QueueFull { .. }) || self.in_flight.is_empty()
+                    {
+                        return Err(refused.error);
+                    }
+                    break;
+                }
+            }
+        }
+        let Some((token, want)) = self.in_flight.pop_front() else {
+            return Ok(false);
+        };
+        let c = self.completion_of(io, token)?;
+        let buf = match c.buf {
+            Some(IoBuf::Aligned(b)) => b,
+            // A backend that handed other memory back: copy it into a buffer of ours.
+            Some(IoBuf::Vec(v)) => AlignedBuf::from_slice(&v, BLOCK)?,
+            None => return Err(StorageIoError::invalid("backend lost a read buffer")),
+        };
+        match c.result {
+            Ok(n) => {
+                let n = n.min(buf.len());
+                self.at_end = n < want;
+                self.held = Some((buf, n));
+                Ok(true)
+            }
+            Err(e) => {
+                bufs.free.push(buf);
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for every read still in flight and gives every buffer back (the file may be
+    /// closed then).
+    pub(crate) fn stop(&mut self, io: &mut dyn StorageIo, bufs: &mut ReadBufs) -> Result<(), StorageIoError> {
+        if let Some((buf, _)) = self.held.take() {
+            bufs.free.push(buf);
+        }
+        let mut result = Ok(());
+        while let Some((token, _)) = self.in_flight.pop_front() {
+            match self.completion_of(io, token) {
+                Ok(c) => {
+                    if let Some(IoBuf::Aligned(b)) = c.buf {
+                        bufs.free.push(b);
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        debug_assert!(
+            result.is_err() || self.arrived.is_empty(),
+            "a completion of no read of this file"
+        );
+        self.at_end = true;
+        result
+    }
+
+    /// Waits for the completion of `token`, keeping the others that arrive meanwhile.
+    fn completion_of(
+        &mut self,
+        io: &mut dyn StorageIo,
+        token: IoToken,
+    ) -> Result<IoCompletion, StorageIoError> {
+        loop {
+            if let Some(i) = self.arrived.iter().position(|c| c.token == token) {
+                return Ok(self.arrived.swap_remove(i));
+            }
+            self.done.clear();
+            io.wait_completions(&mut self.done, 1, None)?;
+            if self.done.is_empty() {
+                return Err(StorageIoError::invalid(
+                    "backend returned no completion for a read",
+                ));
+            }
+            self.arrived.append(&mut self.done);
+        }
+    }
+}
+
 /// Reads up to `want` bytes at `offset` of `fd` onto the end of `out`; returns how many came
 /// (fewer at the end of the file).
 pub(crate) fn read_at(

@@ -19,10 +19,22 @@ use storage_io_wal::{SyncMode, WalConfig, WalManager};
 
 use common::{DIR, mem_factory};
 
-/// A backend that adds the length of every read it accepts to a shared counter.
+/// A backend that adds the length of every read it accepts to a shared counter, and counts
+/// the buffers it allocates and the largest read it was asked for.
 struct CountingIo<B> {
     inner: B,
     read_bytes: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    allocated_bufs: AtomicU64,
+    largest_read: AtomicU64,
+    /// Addresses of the buffers `alloc_buf` gave out.
+    allocated_addrs: std::sync::Mutex<std::collections::BTreeSet<usize>>,
+    /// Reads of more than a segment header into memory that `alloc_buf` did not give out.
+    reads_into_fresh_memory: AtomicU64,
 }
 
 impl<B: StorageIo> StorageIo for CountingIo<B> {
@@ -60,10 +72,23 @@ impl<B: StorageIo> StorageIo for CountingIo<B> {
         self.inner.lock_dir(dir)
     }
     fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
-        self.inner.alloc_buf(len)
+        self.counts.allocated_bufs.fetch_add(1, Ordering::Relaxed);
+        let buf = self.inner.alloc_buf(len)?;
+        self.counts
+            .allocated_addrs
+            .lock()
+            .unwrap()
+            .insert(buf.as_ptr() as usize);
+        Ok(buf)
     }
     fn submit_read(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
         let len = buf.len() as u64;
+        self.counts.largest_read.fetch_max(len, Ordering::Relaxed);
+        if len > 32 && !self.counts.allocated_addrs.lock().unwrap().contains(&buf.addr()) {
+            self.counts
+                .reads_into_fresh_memory
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let token = self.inner.submit_read(fd, buf, offset)?;
         self.read_bytes.fetch_add(len, Ordering::Relaxed);
         Ok(token)
@@ -145,6 +170,7 @@ fn recovery_reads_the_log_and_the_in_flight_window_not_the_segment() {
                 Ok(Box::new(CountingIo {
                     inner: fs.backend(),
                     read_bytes: read_bytes.clone(),
+                    counts: Arc::default(),
                 }) as Box<dyn StorageIo>)
             })
         };
@@ -165,4 +191,111 @@ fn recovery_reads_the_log_and_the_in_flight_window_not_the_segment() {
         assert_eq!(wal.recovery_report().records, 100);
         wal.close().unwrap();
     }
+}
+
+/// Issue 37, item 12: recovery streams every segment through the same two buffers, allocated
+/// once, in reads of `write_chunk_bytes`: memory is bounded by the buffers, not by the segment
+/// or the log, and nothing is allocated (or zero-filled) per read.
+#[test]
+fn recovery_streams_every_segment_through_two_reused_buffers() {
+    let config = WalConfig {
+        segment_size_bytes: 1 << 20,
+        write_chunk_bytes: 64 << 10,
+        prepare_ahead: false,
+        sync_mode: SyncMode::Sync,
+        ..WalConfig::default()
+    };
+    let fs = MemFs::new(100);
+    let dir = Path::new(DIR);
+    let records = {
+        let (wal, _) = WalManager::open(dir, config.clone(), mem_factory(&fs)).unwrap();
+        // About 5 MiB: six segments, each read in 16 chunks.
+        let record = vec![0xa5u8; 10_000];
+        for _ in 0..500 {
+            wal.append(&record).unwrap();
+        }
+        wal.flush().unwrap();
+        wal.close().unwrap();
+        500
+    };
+    let counts = Arc::new(Counts::default());
+    let read_bytes = Arc::new(AtomicU64::new(0));
+    let factory: BackendFactory = {
+        let (fs, counts, read_bytes) = (fs.clone(), counts.clone(), read_bytes.clone());
+        Arc::new(move |_| {
+            Ok(Box::new(CountingIo {
+                inner: fs.backend(),
+                read_bytes: read_bytes.clone(),
+                counts: counts.clone(),
+            }) as Box<dyn StorageIo>)
+        })
+    };
+    let (wal, _) = WalManager::open(dir, config.clone(), factory).unwrap();
+    let report = wal.recovery_report().clone();
+    assert_eq!(report.records, records);
+    assert!(report.segments >= 5, "{report:?}");
+    let allocated = counts.allocated_bufs.load(Ordering::Relaxed);
+    let fresh = counts.reads_into_fresh_memory.load(Ordering::Relaxed);
+    assert!(
+        allocated <= 2 && fresh == 0,
+        "recovery of {} segments allocated {allocated} buffers and made {fresh} reads into other memory: not two reused buffers",
+        report.segments
+    );
+    assert!(counts.largest_read.load(Ordering::Relaxed) <= config.write_chunk_bytes as u64);
+    // Every segment but the last is read as far as its segment-end frame, the last one as far as
+    // its end and the in-flight window after it: never the zeros of a segment past that.
+    let log_bytes = report.next_lsn.0 - report.first_lsn.0;
+    let chunk = config.write_chunk_bytes as u64;
+    let bound = log_bytes
+        + (report.segments as u64 + 1) * chunk
+        + config.in_flight_window_bytes()
+        + 32 * report.segments as u64;
+    let read = read_bytes.load(Ordering::Relaxed);
+    assert!(
+        read <= bound,
+        "recovery read {read} bytes of a {log_bytes}-byte log (bound {bound})"
+    );
+    wal.close().unwrap();
+}
+
+/// Issue 37, item 12: `WalReader` reads through the same stream as recovery: every record of a
+/// log of several segments comes back, read into buffers allocated once and reused.
+#[test]
+fn the_reader_streams_every_segment_through_reused_buffers() {
+    let config = WalConfig {
+        segment_size_bytes: 1 << 20,
+        prepare_ahead: false,
+        sync_mode: SyncMode::Sync,
+        ..WalConfig::default()
+    };
+    let fs = MemFs::new(100);
+    let dir = Path::new(DIR);
+    let payloads: Vec<Vec<u8>> = (0..500u32).map(|i| i.to_le_bytes().repeat(2_500)).collect();
+    {
+        let (wal, _) = WalManager::open(dir, config, mem_factory(&fs)).unwrap();
+        for p in &payloads {
+            wal.append(p).unwrap();
+        }
+        wal.flush().unwrap();
+        wal.close().unwrap();
+    }
+    let counts = Arc::new(Counts::default());
+    let backend = CountingIo {
+        inner: fs.backend(),
+        read_bytes: Arc::default(),
+        counts: counts.clone(),
+    };
+    let reader = storage_io_wal::WalReader::open(dir, Box::new(backend)).unwrap();
+    let read: Vec<Vec<u8>> = reader.map(|r| r.unwrap().1).collect();
+    assert!(
+        read == payloads,
+        "the reader returned {} of 500 records",
+        read.len()
+    );
+    let allocated = counts.allocated_bufs.load(Ordering::Relaxed);
+    let fresh = counts.reads_into_fresh_memory.load(Ordering::Relaxed);
+    assert!(
+        allocated <= 2 && fresh == 0,
+        "reading 5 segments allocated {allocated} buffers and made {fresh} reads into other memory"
+    );
 }
