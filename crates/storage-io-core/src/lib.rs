@@ -32,6 +32,10 @@
 //! # let _ = read_page;
 //! ```
 //!
+//! A thread that owns a backend and serves a request channel (a scheduler worker, an async file
+//! worker) runs [`io_thread::IoLoop`]: channel intake, the backend's waker, a bounded fallback
+//! poll, in one place.
+//!
 //! Core's OS-specific code sits in two modules behind `cfg`: [`platform`] (positional I/O,
 //! datasync, direct-I/O and `O_DSYNC` open flags, directory sync, per OS — every crate of the
 //! workspace calls it rather than `std::os::unix`), and the page-cache read attempt
@@ -53,6 +57,7 @@ mod direct;
 mod error;
 mod fd_table;
 mod inline_queue;
+pub mod io_thread;
 mod nowait;
 mod op;
 pub mod platform;
