@@ -34,7 +34,8 @@
 //!
 //! A thread that owns a backend and serves a request channel (a scheduler worker, an async file
 //! worker) runs [`io_thread::IoLoop`]: channel intake, the backend's waker, a bounded fallback
-//! poll, in one place.
+//! poll, in one place. State transitions check their invariants with [`invariant!`] (a panic
+//! in debug builds, an error logged in release builds).
 //!
 //! Core's OS-specific code sits in two modules behind `cfg`: [`platform`] (positional I/O,
 //! datasync, direct-I/O and `O_DSYNC` open flags, directory sync, per OS — every crate of the
@@ -57,6 +58,7 @@ mod direct;
 mod error;
 mod fd_table;
 mod inline_queue;
+mod invariant;
 pub mod io_thread;
 mod nowait;
 mod op;
@@ -78,6 +80,7 @@ pub use direct::{
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 /// The `hdrhistogram` crate, re-exported: [`IoStats::latency_ns`] returns its `Histogram`.
 pub use hdrhistogram;
+pub use invariant::invariant_broken;
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};
 pub use wake::WaitWaker;

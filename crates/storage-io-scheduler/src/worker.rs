@@ -820,8 +820,11 @@ impl Worker {
 
     fn finish_write(&mut self, w: WriteOp, result: std::result::Result<(), StorageIoError>) {
         bump(&self.counters.write_ios, 1);
-        // The write is in the file (or failed): reads need not wait for it on this worker.
-        self.writes_out.fetch_sub(1, Ordering::AcqRel);
+        // The write is in the file (or failed): reads need not wait for it on this worker. The
+        // dispatcher counts a write before sending it: this worker holds no more (this one too).
+        let out = self.writes_out.fetch_sub(1, Ordering::AcqRel);
+        let held = (self.writes.len() + self.parked.len()) as u64;
+        storage_io_core::invariant!(out >= held.max(1), "{out} writes out, {held} held");
         let page = PageId(w.page);
         let as_error = |source| SchedulerError::Io { page, source };
         if let Some(answer) = w.answer {

@@ -554,13 +554,25 @@ impl InlineBackend for MemIo {
         let (op, offset) = plan_write(&mut h.append_cursor, None, offset, data, self.max_io_bytes)?;
         let end = offset + data.len() as u64;
         if !h.writable {
-            return Ok((op, offset, Err(StorageIoError::os(op, EBADF))));
+            return Ok(InlineWrite {
+                op,
+                offset,
+                result: Err(StorageIoError::os(op, EBADF)),
+            });
         }
         let Some(file) = st.files.get_mut(&h.path) else {
-            return Ok((op, offset, Err(StorageIoError::os(op, ENOENT))));
+            return Ok(InlineWrite {
+                op,
+                offset,
+                result: Err(StorageIoError::os(op, ENOENT)),
+            });
         };
         let Some(live) = file.live.as_mut() else {
-            return Ok((op, offset, Err(StorageIoError::os(op, ENOENT))));
+            return Ok(InlineWrite {
+                op,
+                offset,
+                result: Err(StorageIoError::os(op, ENOENT)),
+            });
         };
         let (start, end) = (offset as usize, end as usize);
         if live.len() < end {
@@ -586,7 +598,8 @@ impl InlineBackend for MemIo {
                 data: data.to_vec(),
             });
         }
-        Ok((op, offset, Ok(data.len())))
+        let result = Ok(data.len());
+        Ok(InlineWrite { op, offset, result })
     }
 }
 
