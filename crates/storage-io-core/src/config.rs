@@ -160,21 +160,10 @@ impl Default for IoConfig {
 }
 
 impl IoConfig {
-    /// The defaults with every `STORAGE_IO_*` override from the environment applied.
-    pub fn from_env() -> Result<Self> {
-        let mut cfg = IoConfig::default();
-        cfg.apply_env()?;
-        Ok(cfg)
-    }
-
-    /// Applies `STORAGE_IO_*` overrides from the process environment.
-    pub fn apply_env(&mut self) -> Result<()> {
-        self.apply_overrides(|name| std::env::var(name).ok())
-    }
-
-    /// Applies overrides from any lookup (for tests and for callers with their own settings
-    /// source). Unset names leave the field alone; a value that does not parse is an error
-    /// naming the variable.
+    /// Applies the `STORAGE_IO_*` overrides `lookup` finds. Core never reads the environment
+    /// itself: the façade passes it (`storage_io::env_override`, the one function that reads
+    /// it); tests and callers with their own settings source pass theirs. Unset names leave
+    /// the field alone; a value that does not parse is an error naming the variable.
     pub fn apply_overrides(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = lookup("STORAGE_IO_BACKEND") {
             self.backend = v.parse()?;

@@ -244,9 +244,9 @@ fn select(config: &IoConfig) -> Result<Selection> {
 /// [`select`] with an io_uring status already probed.
 fn select_with(config: &IoConfig, uring: &UringStatus) -> Result<Selection> {
     config.validate()?;
-    let env = std::env::var("STORAGE_IO_BACKEND").ok();
+    let env = env_override("STORAGE_IO_BACKEND");
     let selection = select_backend(config, env.as_deref(), uring)?;
-    let required = std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| {
+    let required = env_override("STORAGE_IO_REQUIRE_URING").is_some_and(|v| {
         let v = v.trim();
         !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")
     });
@@ -286,8 +286,15 @@ fn is_fallback(config: &IoConfig, env_backend: Option<&str>, uring: &UringStatus
 /// one a program calls. [`build_backend`] builds exactly what it is given.
 pub fn with_env(config: &IoConfig) -> Result<IoConfig> {
     let mut config = config.clone();
-    config.apply_env()?;
+    config.apply_overrides(env_override)?;
     Ok(config)
+}
+
+/// The value of the environment variable `name` (a `STORAGE_IO_*` override), if it is set and
+/// valid Unicode: the one function of the library crates that reads the environment. Lower
+/// crates take config values; the openers here apply the overrides ([`with_env`]).
+pub fn env_override(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 /// Selects (see [`select_backend`]), logs the choice and why, and builds the backend, with the
@@ -421,7 +428,7 @@ pub fn caller_backend_factory(kind: BackendKind, io: &IoConfig, page_size: usize
 /// ```
 pub fn load_config(path: impl AsRef<std::path::Path>) -> Result<IoConfig> {
     let mut config: IoConfig = read_config_file(path.as_ref())?;
-    config.apply_env()?;
+    config.apply_overrides(env_override)?;
     Ok(config)
 }
 
@@ -438,7 +445,7 @@ pub fn load_config(path: impl AsRef<std::path::Path>) -> Result<IoConfig> {
 /// ```
 pub fn load_async_fs_config(path: impl AsRef<std::path::Path>) -> Result<AsyncFsConfig> {
     let mut config: AsyncFsConfig = read_config_file(path.as_ref())?;
-    config.apply_env()?;
+    config.apply_overrides(env_override)?;
     Ok(config)
 }
 
