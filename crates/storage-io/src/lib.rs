@@ -158,9 +158,8 @@ pub struct Selection {
 
 /// Decides which backend to build, without building it: `env_backend` (the value of
 /// `STORAGE_IO_BACKEND`, if set) overrides `config.backend`; `auto` takes io_uring when `uring`
-/// says it is available (and `config.enable_io_uring` allows it) and the thread pool otherwise.
-/// Asking for io_uring where it is not available or not enabled is an error naming the reason —
-/// never a silent fallback.
+/// says it is available and the thread pool otherwise. Asking for io_uring where it is not
+/// available is an error naming the reason — never a silent fallback.
 pub fn select_backend(
     config: &IoConfig,
     env_backend: Option<&str>,
@@ -176,20 +175,6 @@ pub fn select_backend(
         Some(v) if !v.trim().is_empty() => (v.parse::<BackendKind>()?, "STORAGE_IO_BACKEND"),
         _ => (config.backend, "the config"),
     };
-    if !config.enable_io_uring {
-        return match kind {
-            BackendKind::Auto => Ok(selected(
-                BackendKind::ThreadPool,
-                "auto: io_uring is disabled by enable_io_uring = false; using the thread pool".into(),
-            )),
-            BackendKind::IoUring => Err(StorageIoError::Unsupported {
-                what: format!("io_uring was asked for by {source} but enable_io_uring = false").into(),
-            }),
-            BackendKind::ThreadPool | BackendKind::Sync => {
-                Ok(selected(kind, format!("{kind} asked for by {source}")))
-            }
-        };
-    }
     match kind {
         BackendKind::Auto => Ok(match uring {
             UringStatus::Available { kernel, .. } => selected(
@@ -267,17 +252,15 @@ fn select_with(config: &IoConfig, uring: &UringStatus) -> Result<Selection> {
     Ok(selection)
 }
 
-/// Whether `auto` (asked for by `env_backend` or the config, with io_uring enabled) falls back
-/// because io_uring is unavailable: what `STORAGE_IO_REQUIRE_URING` turns into an error. An
-/// explicit backend or `enable_io_uring = false` is a choice, not a fallback.
+/// Whether `auto` (asked for by `env_backend` or the config) falls back because io_uring is
+/// unavailable: what `STORAGE_IO_REQUIRE_URING` turns into an error. An explicit backend is a
+/// choice, not a fallback.
 fn is_fallback(config: &IoConfig, env_backend: Option<&str>, uring: &UringStatus) -> bool {
     let asked = match env_backend {
         Some(v) if !v.trim().is_empty() => v.parse::<BackendKind>().ok(),
         _ => Some(config.backend),
     };
-    asked == Some(BackendKind::Auto)
-        && config.enable_io_uring
-        && !matches!(uring, UringStatus::Available { .. })
+    asked == Some(BackendKind::Auto) && !matches!(uring, UringStatus::Available { .. })
 }
 
 /// `config` with every `STORAGE_IO_*` override from the environment applied: what every opener
