@@ -108,6 +108,13 @@ pub struct InlineWrite {
     pub result: Result<usize>,
 }
 
+impl InlineWrite {
+    /// The write step's report: `op` went to `offset` with `result`.
+    pub fn new(op: OpKind, offset: u64, result: Result<usize>) -> Self {
+        InlineWrite { op, offset, result }
+    }
+}
+
 /// The write paths shared by backends that finish every op inside `submit_*` (the inline sync
 /// backend, the testkit's in-memory one): implement the two required methods, and
 /// `submit_write`, `submit_write_buf` and `submit_append` become one call each.
