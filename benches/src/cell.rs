@@ -254,7 +254,7 @@ fn backend_config(backend: Backend, qd: usize) -> Result<(BackendKind, IoConfig)
         workers: qd.clamp(1, 32),
         ..IoConfig::default()
     };
-    config.apply_env()?;
+    config.apply_overrides(storage_io::env_override)?;
     config.queue_depth = qd.max(1);
     let (kind, config) = match backend {
         Backend::Sync => (BackendKind::Sync, config),

@@ -71,7 +71,11 @@ impl<T> DatasyncBarrier<T> {
     /// says what a held item is. A held sync goes only once no write is out.
     pub fn next_released(&mut self, writes_out: usize, op_of: impl Fn(&T) -> OpKind) -> Option<T> {
         let front = self.held.front()?;
-        if op_of(front).is_sync() && writes_out > 0 {
+        let op = op_of(front);
+        // Paired with `must_hold`, which never holds a read: a held read means a backend held
+        // an op the rule lets pass (and it would wait behind a sync for nothing).
+        crate::invariant!(op != OpKind::Read, "a read held by the datasync barrier");
+        if op.is_sync() && writes_out > 0 {
             return None;
         }
         self.held.pop_front()

@@ -76,7 +76,6 @@ pub const MAX_REGISTERED_BYTES: usize = 1 << 30;
 /// | `max_io_bytes` | 64 MiB | `STORAGE_IO_MAX_IO_BYTES` |
 /// | `max_files` | 1024 | `STORAGE_IO_MAX_FILES` |
 /// | `submit_batch` | 1 | `STORAGE_IO_SUBMIT_BATCH` |
-/// | `enable_io_uring` | true | `STORAGE_IO_ENABLE_IO_URING` |
 /// | `sq_depth` | 0 = `queue_depth` | `STORAGE_IO_SQ_DEPTH` |
 /// | `nowait_reads` | true | `STORAGE_IO_NOWAIT_READS` |
 ///
@@ -125,9 +124,6 @@ pub struct IoConfig {
     /// Larger values save system calls where the device copes with bursts. 0 means only `flush`,
     /// `poll_completions` and `wait_completions` submit.
     pub submit_batch: usize,
-    /// Allow io_uring at all. `false` makes `auto` pick the thread pool, and asking for
-    /// io_uring explicitly an error, whatever the kernel offers.
-    pub enable_io_uring: bool,
     /// Entries of the io_uring submission queue; 0 uses `queue_depth`. The completion queue is
     /// twice the larger of the two, and `queue_depth` still caps the ops in flight.
     pub sq_depth: usize,
@@ -152,7 +148,6 @@ impl Default for IoConfig {
             max_io_bytes: 64 << 20,
             max_files: 1024,
             submit_batch: 1,
-            enable_io_uring: true,
             sq_depth: 0,
             nowait_reads: true,
         }
@@ -160,21 +155,10 @@ impl Default for IoConfig {
 }
 
 impl IoConfig {
-    /// The defaults with every `STORAGE_IO_*` override from the environment applied.
-    pub fn from_env() -> Result<Self> {
-        let mut cfg = IoConfig::default();
-        cfg.apply_env()?;
-        Ok(cfg)
-    }
-
-    /// Applies `STORAGE_IO_*` overrides from the process environment.
-    pub fn apply_env(&mut self) -> Result<()> {
-        self.apply_overrides(|name| std::env::var(name).ok())
-    }
-
-    /// Applies overrides from any lookup (for tests and for callers with their own settings
-    /// source). Unset names leave the field alone; a value that does not parse is an error
-    /// naming the variable.
+    /// Applies the `STORAGE_IO_*` overrides `lookup` finds. Core never reads the environment
+    /// itself: the façade passes it (`storage_io::env_override`, the one function that reads
+    /// it); tests and callers with their own settings source pass theirs. Unset names leave
+    /// the field alone; a value that does not parse is an error naming the variable.
     pub fn apply_overrides(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<()> {
         if let Some(v) = lookup("STORAGE_IO_BACKEND") {
             self.backend = v.parse()?;
@@ -211,9 +195,6 @@ impl IoConfig {
         }
         if let Some(v) = lookup("STORAGE_IO_SUBMIT_BATCH") {
             self.submit_batch = parse_override("STORAGE_IO_SUBMIT_BATCH", &v)?;
-        }
-        if let Some(v) = lookup("STORAGE_IO_ENABLE_IO_URING") {
-            self.enable_io_uring = parse_override_bool("STORAGE_IO_ENABLE_IO_URING", &v)?;
         }
         if let Some(v) = lookup("STORAGE_IO_SQ_DEPTH") {
             self.sq_depth = parse_override("STORAGE_IO_SQ_DEPTH", &v)?;
@@ -256,9 +237,6 @@ impl IoConfig {
         }
         if self.sq_depth > 32768 {
             return bad("sq_depth must be at most 32768 (0 uses queue_depth)");
-        }
-        if !self.enable_io_uring && self.backend == BackendKind::IoUring {
-            return bad("backend = io_uring contradicts enable_io_uring = false");
         }
         Ok(())
     }
@@ -349,17 +327,12 @@ mod tests {
         assert!(err.to_string().contains("STORAGE_IO_QUEUE_DEPTH"), "{err}");
         assert_eq!(cfg.queue_depth, 128, "a failed override leaves the field alone");
 
-        let env: HashMap<&str, &str> = [
-            ("STORAGE_IO_ENABLE_IO_URING", "false"),
-            ("STORAGE_IO_SQ_DEPTH", "64"),
-            ("STORAGE_IO_DIRECT_IO", "yes"),
-        ]
-        .into_iter()
-        .collect();
+        let env: HashMap<&str, &str> = [("STORAGE_IO_SQ_DEPTH", "64"), ("STORAGE_IO_DIRECT_IO", "yes")]
+            .into_iter()
+            .collect();
         let mut cfg = IoConfig::default();
         cfg.apply_overrides(|k| env.get(k).map(|v| v.to_string()))
             .unwrap();
-        assert!(!cfg.enable_io_uring);
         assert_eq!(cfg.effective_sq_depth(), 64);
         assert!(cfg.direct_io);
 
@@ -413,11 +386,6 @@ mod tests {
             },
             IoConfig {
                 max_io_bytes: usize::MAX,
-                ..IoConfig::default()
-            },
-            IoConfig {
-                backend: BackendKind::IoUring,
-                enable_io_uring: false,
                 ..IoConfig::default()
             },
         ] {

@@ -97,9 +97,23 @@ impl InlineQueue {
     }
 }
 
-/// What an inline backend's write step did: the op it became (`Write` or `Append`), the offset
-/// it went to, and the outcome.
-pub type InlineWrite = (OpKind, u64, Result<usize>);
+/// What an inline backend's write step did.
+#[derive(Debug)]
+pub struct InlineWrite {
+    /// The op it became: `Write`, or `Append` for a write without an offset.
+    pub op: OpKind,
+    /// The offset it went to (an append's, from the file's cursor).
+    pub offset: u64,
+    /// Its outcome: bytes written, or the error.
+    pub result: Result<usize>,
+}
+
+impl InlineWrite {
+    /// The write step's report: `op` went to `offset` with `result`.
+    pub fn new(op: OpKind, offset: u64, result: Result<usize>) -> Self {
+        InlineWrite { op, offset, result }
+    }
+}
 
 /// The write paths shared by backends that finish every op inside `submit_*` (the inline sync
 /// backend, the testkit's in-memory one): implement the two required methods, and
@@ -115,7 +129,7 @@ pub trait InlineBackend {
     /// `submit_write` / `submit_append`: the data is the caller's, nothing is kept.
     fn write_copied(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<IoToken> {
         let started = Instant::now();
-        let (op, offset, result) = self.inline_write(fd, data, offset)?;
+        let InlineWrite { op, offset, result } = self.inline_write(fd, data, offset)?;
         Ok(self
             .inline_queue()
             .finish(started, (op, fd, offset, data.len()), result, None))
@@ -125,7 +139,7 @@ pub trait InlineBackend {
     fn write_owned(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
         let started = Instant::now();
         match self.inline_write(fd, &buf, Some(offset)) {
-            Ok((op, offset, result)) => {
+            Ok(InlineWrite { op, offset, result }) => {
                 let len = buf.len();
                 Ok(self
                     .inline_queue()

@@ -32,6 +32,11 @@
 //! # let _ = read_page;
 //! ```
 //!
+//! A thread that owns a backend and serves a request channel (a scheduler worker, an async file
+//! worker) runs [`io_thread::IoLoop`]: channel intake, the backend's waker, a bounded fallback
+//! poll, in one place. State transitions check their invariants with [`invariant!`] (a panic
+//! in debug builds, an error logged in release builds).
+//!
 //! Core's OS-specific code sits behind `cfg` in [`platform`] (positional I/O, datasync,
 //! direct-I/O and `O_DSYNC` open flags, directory sync, locks, per OS — every crate of the
 //! workspace calls it rather than `std::os::unix`), the page-cache read attempt
@@ -54,6 +59,8 @@ mod direct;
 mod error;
 mod fd_table;
 mod inline_queue;
+mod invariant;
+pub mod io_thread;
 mod nowait;
 mod op;
 pub mod platform;
@@ -74,6 +81,7 @@ pub use direct::{
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 /// The `hdrhistogram` crate, re-exported: [`IoStats::latency_ns`] returns its `Histogram`.
 pub use hdrhistogram;
+pub use invariant::invariant_broken;
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};
 pub use wake::WaitWaker;

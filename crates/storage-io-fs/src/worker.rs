@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use storage_io_core::io_thread::{Accepted, Intake, IoHandler, IoLoop};
 use storage_io_core::{
     DirectMode, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, Result, StorageIo,
     StorageIoError, WaitWaker,
@@ -27,9 +28,6 @@ use super::slot::Completer;
 /// channel again, when its backend offers no [`WaitWaker`]: the most a new request waits for a
 /// busy worker to notice it.
 const POLL_INTERVAL: Duration = Duration::from_micros(20);
-
-/// The wait for completions while draining at shutdown (nothing else to watch then).
-const DRAIN_WAIT: Duration = Duration::from_millis(100);
 
 /// A file the worker opened: its handle and whether direct I/O is in effect. Dropped without
 /// [`Opened::into_parts`] (its open was cancelled), it closes the file again.
@@ -261,7 +259,8 @@ impl WorkerShared {
 
 pub(crate) struct Worker {
     io: Box<dyn StorageIo>,
-    rx: flume::Receiver<Request>,
+    /// The channel, until `run` hands it to the loop.
+    rx: Option<flume::Receiver<Request>>,
     /// This worker's own channel, for the close guards of the files it opens.
     me: flume::WeakSender<Request>,
     shared: Arc<WorkerShared>,
@@ -283,11 +282,58 @@ pub(crate) struct Worker {
     paths: HashMap<PathBuf, std::sync::Weak<FileShared>>,
     /// The append locks this worker holds, per key.
     append_locks: HashMap<PathBuf, AppendLock>,
-    done: Vec<IoCompletion>,
-    closing: bool,
     /// The backend's waker: with one, the worker blocks for completions without a timeout and
     /// senders wake it; without one, it looks at its channel every [`POLL_INTERVAL`].
     waker: Option<WaitWaker>,
+}
+
+impl IoHandler for Worker {
+    type Msg = Request;
+    type Io = dyn StorageIo;
+
+    fn io(&mut self) -> &mut Self::Io {
+        self.io.as_mut()
+    }
+
+    fn accept(&mut self, request: Request) -> Accepted {
+        match request {
+            Request::Shutdown => Accepted::Stop,
+            r => {
+                self.backlog.push_back(r);
+                Accepted::Continue
+            }
+        }
+    }
+
+    fn pump(&mut self) {
+        self.start_ready();
+        if let Err(e) = self.io.flush() {
+            tracing::warn!(error = %e, "io worker: flush failed; completions will report it");
+        }
+        self.publish_gauges();
+    }
+
+    fn has_work(&self) -> bool {
+        !self.backlog.is_empty() || self.io.pending_count() > 0
+    }
+
+    fn in_flight(&self) -> usize {
+        self.io.pending_count()
+    }
+
+    fn complete(&mut self, done: &mut Vec<IoCompletion>, _intake: &mut Intake<Request>) {
+        if !done.is_empty() {
+            let now = Instant::now();
+            // Stats are recorded before any reply goes out, under one lock for the round: a
+            // caller that reads the metrics after its op completed sees that op counted.
+            let shared = Arc::clone(&self.shared);
+            let mut stats = shared.stats.lock();
+            for c in done.drain(..) {
+                self.deliver(c, now, &mut stats);
+            }
+        }
+        self.publish_gauges();
+    }
 }
 
 impl Worker {
@@ -302,7 +348,7 @@ impl Worker {
         let waker = io.wait_waker();
         Worker {
             io,
-            rx,
+            rx: Some(rx),
             me,
             shared,
             queue_depth,
@@ -313,8 +359,6 @@ impl Worker {
             handles: HashMap::new(),
             paths: HashMap::new(),
             append_locks: HashMap::new(),
-            done: Vec::with_capacity(queue_depth),
-            closing: false,
             waker,
         }
     }
@@ -325,48 +369,17 @@ impl Worker {
     }
 
     /// Serves requests until `Shutdown` (or every sender is gone), then finishes everything
-    /// accepted and closes every file.
+    /// accepted and closes every file ([`IoLoop`]: senders wake a wait for completions; a
+    /// backend without a waker is looked at every [`POLL_INTERVAL`]).
     pub(crate) fn run(mut self) {
-        loop {
-            self.take_requests();
-            self.start_ready();
-            if let Err(e) = self.io.flush() {
-                tracing::warn!(error = %e, "io worker: flush failed; completions will report it");
-            }
-            self.collect();
-            self.publish_gauges();
-            if self.closing && self.backlog.is_empty() && self.io.pending_count() == 0 {
-                break;
-            }
+        let waker = self.waker.clone();
+        if let Some(rx) = self.rx.take() {
+            IoLoop::new(rx, waker.as_ref(), POLL_INTERVAL).run(&mut self);
         }
         for (fd, _) in std::mem::take(&mut self.files) {
             if let Err(e) = self.io.deregister_fd(fd) {
                 tracing::warn!(%fd, error = %e, "io worker: closing a file at shutdown failed");
             }
-        }
-    }
-
-    /// Blocks for a request when there is nothing else to do; otherwise takes what is queued.
-    fn take_requests(&mut self) {
-        if !self.closing && self.backlog.is_empty() && self.io.pending_count() == 0 {
-            match self.rx.recv() {
-                Ok(r) => self.accept(r),
-                Err(_) => self.closing = true,
-            }
-        }
-        while !self.closing {
-            match self.rx.try_recv() {
-                Ok(r) => self.accept(r),
-                Err(flume::TryRecvError::Empty) => break,
-                Err(flume::TryRecvError::Disconnected) => self.closing = true,
-            }
-        }
-    }
-
-    fn accept(&mut self, request: Request) {
-        match request {
-            Request::Shutdown => self.closing = true,
-            r => self.backlog.push_back(r),
         }
     }
 
@@ -486,7 +499,8 @@ impl Worker {
                     tracing::warn!(%fd, error = %e, "io worker: closing a dropped file failed");
                 }
             }
-            Request::Shutdown => self.closing = true,
+            // `accept` takes it: it never reaches the backlog.
+            Request::Shutdown => {}
         }
         None
     }
@@ -777,39 +791,6 @@ impl Worker {
         let mut stats = self.shared.stats.lock();
         stats.record_submit(kind);
         stats.record_complete(kind, Err(()), at.elapsed());
-    }
-
-    /// Waits a little for completions (longer when draining) and delivers them.
-    fn collect(&mut self) {
-        if self.io.pending_count() == 0 {
-            return;
-        }
-        // Draining after Shutdown, no new request can come: block until something completes.
-        // Otherwise a sender's wake ends the wait when a request arrives, or, for a backend
-        // without a waker, a short timeout does.
-        let timeout = match (self.closing, &self.waker) {
-            (true, _) => Some(DRAIN_WAIT),
-            (false, Some(_)) => None,
-            (false, None) => Some(POLL_INTERVAL),
-        };
-        if let Err(e) = self.io.wait_completions(&mut self.done, 1, timeout) {
-            tracing::warn!(error = %e, "io worker: waiting for completions failed");
-        }
-        self.io.poll_completions(&mut self.done);
-        if self.done.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let mut done = std::mem::take(&mut self.done);
-        // Stats are recorded before any reply goes out, under one lock for the round: a caller
-        // that reads the metrics after its op completed sees that op counted.
-        let shared = Arc::clone(&self.shared);
-        let mut stats = shared.stats.lock();
-        for c in done.drain(..) {
-            self.deliver(c, now, &mut stats);
-        }
-        drop(stats);
-        self.done = done;
     }
 
     fn deliver(&mut self, c: IoCompletion, now: Instant, stats: &mut IoStats) {

@@ -1,9 +1,7 @@
 //! [`Reply`]: the answer to one scheduler call, on its own channel; [`PageRead`]: the answer
 //! to a tagged read, on a channel the caller owns.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -110,47 +108,6 @@ impl Drop for PageAnswer {
     }
 }
 
-/// How long a lone blocking [`Reply::recv`] polls before it parks: by default not at all
-/// (measured both ways in docs/benchmarks.md in the storage-io repository: once requests no longer went through a
-/// dispatcher thread, the spin only took CPU from the worker). `STORAGE_IO_SCHED_SPIN_US`
-/// sets it (read once per process).
-fn spin_for() -> Duration {
-    static SPIN: OnceLock<Duration> = OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let us = std::env::var("STORAGE_IO_SCHED_SPIN_US")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        Duration::from_micros(us)
-    })
-}
-
-/// Callers blocked in [`Reply::recv`] right now, in this process.
-static WAITING: AtomicUsize = AtomicUsize::new(0);
-
-/// One caller counted in [`WAITING`] while it lives.
-struct Waiting(usize);
-
-impl Waiting {
-    fn enter() -> Waiting {
-        Waiting(WAITING.fetch_add(1, Ordering::Relaxed) + 1)
-    }
-
-    /// True when spinning would not take a CPU from the workers: fewer callers wait (this one
-    /// included) than the machine has CPUs, and at most two.
-    fn alone(&self) -> bool {
-        static CPUS: OnceLock<usize> = OnceLock::new();
-        let cpus = *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        cpus > 1 && self.0 <= (cpus - 1).min(2)
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        WAITING.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// The answer to one scheduler call. Block on it ([`recv`](Reply::recv)), poll it
 /// ([`try_recv`](Reply::try_recv)), or await it ([`recv_async`](Reply::recv_async)) from any
 /// executor. Exactly one answer is ever sent; dropping the `Reply` discards it without
@@ -178,26 +135,9 @@ impl<T> Reply<T> {
 
     /// Blocks until the answer arrives. `Closed` if the scheduler went away without answering
     /// (it does not: shutdown answers everything it accepted) or the answer was already taken.
-    ///
-    /// With `STORAGE_IO_SCHED_SPIN_US` set (default 0: it parks at once), a caller that blocks
-    /// while a CPU is left for the workers (fewer callers wait than the machine has CPUs, at
-    /// most two) first polls for up to that many microseconds: an answer that comes meanwhile
-    /// costs no sleep and no wake-up, for the CPU of the poll. On the 2-CPU test VM it lost
-    /// once the dispatcher ran on the caller (the figures both ways: docs/benchmarks.md in the storage-io repository). A
-    /// caller that only waits for one page does better with
+    /// A caller that only waits for one page does better with
     /// [`DiskScheduler::read_blocking`](crate::DiskScheduler::read_blocking).
     pub fn recv(&self) -> Result<T> {
-        let waiting = Waiting::enter();
-        let spin = spin_for();
-        if !spin.is_zero() && waiting.alone() {
-            let started = Instant::now();
-            while started.elapsed() < spin {
-                if let Ok(v) = self.rx.try_recv() {
-                    return v;
-                }
-                std::hint::spin_loop();
-            }
-        }
         self.rx.recv().unwrap_or(Err(SchedulerError::Closed))
     }
 

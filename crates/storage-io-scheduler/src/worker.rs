@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use storage_io_core::io_thread::{Accepted, Intake, IoHandler, IoLoop};
 use storage_io_core::{
     AlignedBuf, BufferPool, BufferPoolConfig, DEFAULT_ALIGNMENT, IoBuf, IoCompletion, IoFd, IoToken,
     StorageIo, StorageIoError, WaitWaker,
@@ -223,9 +224,9 @@ pub(crate) struct Worker {
     page_size: usize,
     max_in_flight: usize,
     max_combine_pages: usize,
-    /// How long a wait for completions may block while requests could arrive: `None` when the
-    /// backend has a [`WaitWaker`] (the dispatcher wakes the worker after each send).
-    poll_interval: Option<Duration>,
+    /// How long a wait for completions may block while requests could arrive when the backend
+    /// has no [`WaitWaker`] (with one, the dispatcher wakes the worker after each send).
+    poll_interval: Duration,
     waker: Option<WaitWaker>,
     counters: Arc<Counters>,
     /// Aligned staging for writes from unaligned pages, and reads' memory past the lend limit.
@@ -249,10 +250,65 @@ pub(crate) struct Worker {
     /// Images queued: (image, answers, changes, zeros); see `WorkerMsg::Persist`.
     persists: VecDeque<(Vec<u8>, Vec<AllocAnswer>, u64, u64)>,
     persist_busy: bool,
-    completions: Vec<IoCompletion>,
     /// This worker's backend `held_ns`, `submit_calls` and `submit_call_ns` as last added to
     /// the shared counters.
     published: [u64; 3],
+}
+
+impl IoHandler for Worker {
+    type Msg = WorkerMsg;
+    type Io = dyn StorageIo;
+
+    fn io(&mut self) -> &mut Self::Io {
+        self.io.as_mut()
+    }
+
+    fn accept(&mut self, msg: WorkerMsg) -> Accepted {
+        match msg {
+            WorkerMsg::Shutdown => Accepted::Stop,
+            msg => {
+                self.accept(msg);
+                Accepted::Continue
+            }
+        }
+    }
+
+    fn pump(&mut self) {
+        Worker::pump(self);
+    }
+
+    fn has_work(&self) -> bool {
+        !self.is_idle()
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// An image waiting for a zero page on another worker (which sends `ZeroPageDone`): also
+    /// after `Shutdown`, since the image is accepted work.
+    fn waits_for_intake(&self) -> bool {
+        self.image_waits_for_zero_pages()
+    }
+
+    fn intake_gone(&mut self) {
+        self.fail_images("a worker writing a zero page is gone");
+    }
+
+    fn complete(&mut self, done: &mut Vec<IoCompletion>, intake: &mut Intake<WorkerMsg>) {
+        // The backend counted these ops when it reaped them: publish before answering, so a
+        // caller holding an answer sees its op's time in the stats.
+        self.publish_backend_stats();
+        // The device often returns the whole queue at once. Requests that callers send back
+        // while the rest are still being answered are taken and submitted between
+        // completions, so the device gets new work before the last answer goes out.
+        for c in done.drain(..) {
+            Worker::complete(self, c);
+            if intake.take(self) > 0 {
+                Worker::pump(self);
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -279,7 +335,7 @@ impl Worker {
             page_size,
             max_in_flight,
             max_combine_pages: setup.max_combine_pages,
-            poll_interval: waker.is_none().then_some(setup.poll_interval),
+            poll_interval: setup.poll_interval,
             waker,
             counters: setup.counters,
             buffers,
@@ -296,79 +352,17 @@ impl Worker {
             barriers: VecDeque::new(),
             persists: VecDeque::new(),
             persist_busy: false,
-            completions: Vec::with_capacity(64),
             published: [0; 3],
         }
     }
 
     /// Serves `rx` until a `Shutdown` arrives (or every sender is gone), then finishes every
-    /// accepted op and returns.
+    /// accepted op and returns ([`IoLoop`]: the dispatcher's wake ends a wait for completions
+    /// when a request arrives; a backend without a waker is woken now and then by the poll
+    /// interval to look at the request channel).
     pub(crate) fn run(mut self, rx: flume::Receiver<WorkerMsg>) {
-        let mut stopping = false;
-        loop {
-            if !stopping && self.is_idle() {
-                match rx.recv() {
-                    Ok(WorkerMsg::Shutdown) | Err(_) => stopping = true,
-                    Ok(msg) => self.accept(msg),
-                }
-            }
-            // Take whatever else is queued (bounded, so completions are not starved).
-            self.take_requests(&rx, &mut stopping);
-            self.pump();
-            if self.in_flight.is_empty() {
-                if stopping && self.is_idle() {
-                    break;
-                }
-                if self.image_waits_for_zero_pages() {
-                    // Nothing to do until a zero page finishes on another worker (it sends
-                    // `ZeroPageDone`), also after `Shutdown`: the image is accepted work.
-                    match rx.recv() {
-                        Ok(WorkerMsg::Shutdown) => stopping = true,
-                        Ok(msg) => self.accept(msg),
-                        Err(_) => self.fail_images("a worker writing a zero page is gone"),
-                    }
-                }
-                continue;
-            }
-            // With ops in flight, wait for one. While still accepting, the dispatcher's wake ends
-            // the wait when a request arrives; a backend without a waker is woken now and then
-            // by a timeout to look at the request channel.
-            let timeout = if stopping { None } else { self.poll_interval };
-            self.completions.clear();
-            let mut done = std::mem::take(&mut self.completions);
-            if let Err(e) = self.io.wait_completions(&mut done, 1, timeout) {
-                tracing::error!(error = %e, "scheduler worker: waiting for completions failed");
-                self.io.poll_completions(&mut done);
-            }
-            // The backend counted these ops when it reaped them: publish before answering, so
-            // a caller holding an answer sees its op's time in the stats.
-            self.publish_backend_stats();
-            // The device often returns the whole queue at once. Requests that callers send
-            // back while the rest are still being answered are taken and submitted between
-            // completions, so the device gets new work before the last answer goes out.
-            for c in done.drain(..) {
-                self.complete(c);
-                if self.take_requests(&rx, &mut stopping) > 0 {
-                    self.pump();
-                }
-            }
-            self.completions = done;
-        }
-    }
-
-    /// Accepts what is queued on `rx` (bounded, so completions are not starved); returns how
-    /// many requests were taken.
-    fn take_requests(&mut self, rx: &flume::Receiver<WorkerMsg>, stopping: &mut bool) -> usize {
-        let mut taken = 0;
-        while !*stopping && taken < 256 {
-            match rx.try_recv() {
-                Ok(WorkerMsg::Shutdown) | Err(flume::TryRecvError::Disconnected) => *stopping = true,
-                Ok(msg) => self.accept(msg),
-                Err(flume::TryRecvError::Empty) => break,
-            }
-            taken += 1;
-        }
-        taken
+        let fallback = self.poll_interval;
+        IoLoop::new(rx, self.waker.as_ref(), fallback).run(&mut self);
     }
 
     /// Adds the backend's op time and submit calls since the last call to the shared counters.
@@ -826,8 +820,11 @@ impl Worker {
 
     fn finish_write(&mut self, w: WriteOp, result: std::result::Result<(), StorageIoError>) {
         bump(&self.counters.write_ios, 1);
-        // The write is in the file (or failed): reads need not wait for it on this worker.
-        self.writes_out.fetch_sub(1, Ordering::AcqRel);
+        // The write is in the file (or failed): reads need not wait for it on this worker. The
+        // dispatcher counts a write before sending it: this worker holds no more (this one too).
+        let out = self.writes_out.fetch_sub(1, Ordering::AcqRel);
+        let held = (self.writes.len() + self.parked.len()) as u64;
+        storage_io_core::invariant!(out >= held.max(1), "{out} writes out, {held} held");
         let page = PageId(w.page);
         let as_error = |source| SchedulerError::Io { page, source };
         if let Some(answer) = w.answer {

@@ -76,7 +76,8 @@ impl InlineBackend for SyncStorageIo {
         let max = self.config.max_io_bytes;
         let f = self.files.get_mut(fd)?;
         let (op, offset) = plan_write(&mut f.append_cursor, f.align, offset, data, max)?;
-        Ok((op, offset, exec::write_all_at(&f.file, data, offset, op)))
+        let result = exec::write_all_at(&f.file, data, offset, op);
+        Ok(InlineWrite { op, offset, result })
     }
 }
 

@@ -552,17 +552,17 @@ impl InlineBackend for MemIo {
         });
         let mut st = self.fs.tick_with(self.epoch, interrupted)?;
         let (op, offset) = plan_write(&mut h.append_cursor, None, offset, data, self.max_io_bytes)?;
-        let end = offset + data.len() as u64;
+        let failed = |errno| Ok(InlineWrite::new(op, offset, Err(StorageIoError::os(op, errno))));
         if !h.writable {
-            return Ok((op, offset, Err(StorageIoError::os(op, EBADF))));
+            return failed(EBADF);
         }
         let Some(file) = st.files.get_mut(&h.path) else {
-            return Ok((op, offset, Err(StorageIoError::os(op, ENOENT))));
+            return failed(ENOENT);
         };
         let Some(live) = file.live.as_mut() else {
-            return Ok((op, offset, Err(StorageIoError::os(op, ENOENT))));
+            return failed(ENOENT);
         };
-        let (start, end) = (offset as usize, end as usize);
+        let (start, end) = (offset as usize, offset as usize + data.len());
         if live.len() < end {
             live.resize(end, 0);
         }
@@ -586,7 +586,7 @@ impl InlineBackend for MemIo {
                 data: data.to_vec(),
             });
         }
-        Ok((op, offset, Ok(data.len())))
+        Ok(InlineWrite::new(op, offset, Ok(data.len())))
     }
 }
 

@@ -51,6 +51,32 @@ pub(crate) const KIND_MARKER: u8 = 4;
 pub const MARKER_BYTES: u64 = RECORD_HEADER_BYTES + 8;
 /// The block a pad record fills up to: the direct-I/O write unit.
 pub const PAD_BLOCK_BYTES: u64 = 4096;
+/// The segment header's fields, as [`encode_segment_header`] writes them: magic, version,
+/// reserved, segment size, first LSN, CRC32C, reserved.
+const SEGMENT_HEADER_FIELDS: [usize; 7] = [MAGIC.len(), 2, 2, 8, 8, 4, 4];
+/// A record frame's fields, as [`encode_record`] writes them: payload length, kind (and three
+/// reserved bytes), LSN, CRC32C.
+const RECORD_HEADER_FIELDS: [usize; 4] = [4, 4, 8, 4];
+
+const fn total_bytes(fields: &[usize]) -> u64 {
+    let (mut i, mut total) = (0, 0);
+    while i < fields.len() {
+        total += fields[i];
+        i += 1;
+    }
+    total as u64
+}
+
+// The sizes the reader and the writer's arithmetic use are the sizes the encoders write (which
+// check it again at run time), and a segment holds a header, a record and its end.
+const _: () = assert!(total_bytes(&SEGMENT_HEADER_FIELDS) == SEGMENT_HEADER_BYTES);
+const _: () = assert!(total_bytes(&RECORD_HEADER_FIELDS) == RECORD_HEADER_BYTES);
+const _: () = assert!(MARKER_BYTES == RECORD_HEADER_BYTES + size_of::<u64>() as u64);
+const _: () = assert!(MIN_SEGMENT_BYTES >= SEGMENT_HEADER_BYTES + 2 * RECORD_HEADER_BYTES + MARKER_BYTES);
+// A pad fills at most two blocks (`pad_bytes`), from the zeros below, and several flushes in
+// flight fit in the torn window.
+const _: () = assert!(PAD_BLOCK_BYTES >= RECORD_HEADER_BYTES && TORN_WINDOW_BYTES >= 4 * PAD_BLOCK_BYTES);
+
 /// A pad's payload: zeros, never longer than two blocks.
 static ZEROS: [u8; 2 * PAD_BLOCK_BYTES as usize] = [0; 2 * PAD_BLOCK_BYTES as usize];
 
@@ -112,6 +138,11 @@ pub(crate) fn encode_segment_header_version(
     let crc = crc32c::crc32c(&out[start..]);
     out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
+    let written = (out.len() - start) as u64;
+    storage_io_core::invariant!(
+        written == SEGMENT_HEADER_BYTES,
+        "a segment header of {written} bytes"
+    );
 }
 
 /// The segment size written in a segment header, if the header is intact (magic, a version
@@ -165,6 +196,8 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, kind: u8, lsn: u64, payload: &[u8
     out.extend_from_slice(&lsn.to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..]), payload);
     out.extend_from_slice(&crc.to_le_bytes());
+    let header = (out.len() - start) as u64;
+    storage_io_core::invariant!(header == RECORD_HEADER_BYTES, "a record header of {header} bytes");
     out.extend_from_slice(payload);
 }
 

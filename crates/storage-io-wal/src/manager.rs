@@ -33,6 +33,7 @@ use crate::prepare::Preparer;
 use crate::reader::WalReader;
 use crate::recovery::{RecoveryReport, recover};
 use crate::segio::{IoFailure, SegmentIo, Staged, WriteJob};
+use flush::{Flight, Piece};
 
 mod async_commit;
 mod flush;
@@ -48,19 +49,10 @@ const ENOSPC: i32 = 28;
 /// enough that a log just opened does not share the disk with it during its first commits.
 const PREPARE_AT: u64 = 2;
 
-/// Bytes queued for one segment, starting at `offset` in it (0 = the segment's header: the
-/// flush creates the file).
-#[derive(Debug)]
-struct Piece {
-    segment: u64,
-    offset: u64,
-    bytes: Vec<u8>,
-}
-
 #[derive(Debug)]
 struct State {
     /// LSN the next record gets.
-    next_lsn: u64,
+    next_lsn: Lsn,
     /// Framed records not yet written, in LSN order.
     pieces: Vec<Piece>,
     pending_bytes: usize,
@@ -69,10 +61,9 @@ struct State {
     /// Flushes whose writes are done and whose fdatasyncs run (at most
     /// `max_flushes_in_flight`, counting the one in its write phase).
     in_sync: usize,
-    /// Flushes started and not yet published, oldest first: (number, end LSN, done). The end
-    /// is `u64::MAX` while the leader still gathers. A flush is published (its end becomes
-    /// `durable_lsn`) only when it and every flush before it are done.
-    in_flight: VecDeque<(u64, u64, bool)>,
+    /// Flushes started and not yet published, oldest first. A flush is published (its end
+    /// becomes `durable_lsn`) only when it and every flush before it are done.
+    in_flight: VecDeque<Flight>,
     /// Flushes started so far; the one in flight (if any) has this number.
     flushes_started: u64,
     /// Data records queued and not yet taken by a flush.
@@ -83,9 +74,9 @@ struct State {
     tail_open: bool,
     /// The leader is waiting for more records (group delay); appends wake it when the batch is full.
     gathering: bool,
-    written_lsn: u64,
-    durable_lsn: u64,
-    first_lsn: u64,
+    written_lsn: Lsn,
+    durable_lsn: Lsn,
+    first_lsn: Lsn,
     first_segment: u64,
     poisoned: Option<StorageIoError>,
     disk_full: Option<StorageIoError>,
@@ -104,7 +95,7 @@ struct State {
     next_waiter_id: u64,
     /// The WAL I/O thread flushes until everything before this is durable (async commits
     /// raise it as they append).
-    async_wanted: u64,
+    async_wanted: Lsn,
     /// The newest segment asked of the preparer, or taken by a flush (which then creates it or
     /// takes it ready-made): a segment is never asked for once a flush has it.
     prepare_asked: u64,
@@ -283,7 +274,7 @@ impl WalManager {
             segment_size,
             dir,
             factory,
-            durable: AtomicU64::new(state.durable_lsn),
+            durable: AtomicU64::new(state.durable_lsn.0),
             state: Mutex::new(state),
             covered: (0..flights.max_in_flight + 2).map(|_| Condvar::new()).collect(),
             max_in_flight: flights.max_in_flight,
@@ -337,7 +328,7 @@ impl WalManager {
         let mut st = self.shared.state.lock();
         self.shared.admit(&mut st)?;
         // All or none: every record must have a position before any is queued.
-        let mut at = st.next_lsn;
+        let mut at = st.next_lsn.0;
         for r in &records {
             at = self.shared.position(at, r.len())? + RECORD_HEADER_BYTES + r.len() as u64;
         }
@@ -362,14 +353,14 @@ impl WalManager {
     /// ([`WalError::DiskFull`]: not durable yet), or `lsn` was never appended.
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), WalError> {
         let mut st = self.shared.state.lock();
-        if lsn.0 >= st.next_lsn || lsn.0 < st.first_lsn {
+        if lsn >= st.next_lsn || lsn < st.first_lsn {
             return Err(WalError::LsnOutOfRange {
                 lsn,
-                first: Lsn(st.first_lsn),
-                next: Lsn(st.next_lsn),
+                first: st.first_lsn,
+                next: st.next_lsn,
             });
         }
-        self.shared.sync_to(&mut st, lsn.0 + 1)
+        self.shared.sync_to(&mut st, Lsn(lsn.0 + 1))
     }
 
     /// Makes everything appended so far durable; returns the durable end of the log.
@@ -377,22 +368,22 @@ impl WalManager {
         let mut st = self.shared.state.lock();
         let target = st.next_lsn;
         self.shared.sync_to(&mut st, target)?;
-        Ok(Lsn(st.durable_lsn))
+        Ok(st.durable_lsn)
     }
 
     /// Everything before this LSN is durable.
     pub fn durable_lsn(&self) -> Lsn {
-        Lsn(self.shared.state.lock().durable_lsn)
+        self.shared.state.lock().durable_lsn
     }
 
     /// The LSN the next record will get.
     pub fn next_lsn(&self) -> Lsn {
-        Lsn(self.shared.state.lock().next_lsn)
+        self.shared.state.lock().next_lsn
     }
 
     /// The first LSN still in the log (moves forward with [`truncate_before`](WalManager::truncate_before)).
     pub fn first_lsn(&self) -> Lsn {
-        Lsn(self.shared.state.lock().first_lsn)
+        self.shared.state.lock().first_lsn
     }
 
     /// The segment size the log uses (from its headers when it existed before).
@@ -430,11 +421,11 @@ impl WalManager {
             let st = self.shared.state.lock();
             (st.first_lsn, st.next_lsn, st.written_lsn)
         };
-        if from.0 < first || from.0 > next {
+        if from < first || from > next {
             return Err(WalError::LsnOutOfRange {
                 lsn: from,
-                first: Lsn(first),
-                next: Lsn(next),
+                first,
+                next,
             });
         }
         let io = (self.shared.factory)(1)?;
@@ -443,7 +434,7 @@ impl WalManager {
             &self.shared.dir,
             self.shared.segment_size,
             from.0,
-            limit,
+            limit.0,
         ))
     }
 
@@ -462,15 +453,15 @@ impl WalManager {
         let mut w = self.shared.writer.lock();
         let (first_segment, keep_from) = {
             let st = self.shared.state.lock();
-            if lsn.0 > st.durable_lsn {
+            if lsn > st.durable_lsn {
                 return Err(WalError::LsnOutOfRange {
                     lsn,
-                    first: Lsn(st.first_lsn),
-                    next: Lsn(st.durable_lsn),
+                    first: st.first_lsn,
+                    next: st.durable_lsn,
                 });
             }
             // The segment holding the last byte written exists on disk; it stays.
-            let newest = st.written_lsn.saturating_sub(1) / size;
+            let newest = st.written_lsn.0.saturating_sub(1) / size;
             (st.first_segment, (lsn.0 / size).min(newest))
         };
         if keep_from <= first_segment {
@@ -491,7 +482,8 @@ impl WalManager {
         w.sync_dir()?;
         let mut st = self.shared.state.lock();
         st.first_segment = keep_from;
-        st.first_lsn = keep_from * size + SEGMENT_HEADER_BYTES;
+        st.first_lsn = Lsn(keep_from * size + SEGMENT_HEADER_BYTES);
+        st.check_lsns();
         Ok((keep_from - first_segment) as usize)
     }
 
@@ -636,7 +628,7 @@ impl State {
     /// as the first thing the first flush writes.
     fn recovered(plan: &crate::recovery::Plan, report: &RecoveryReport) -> State {
         let mut state = State {
-            next_lsn: report.next_lsn.0,
+            next_lsn: report.next_lsn,
             pieces: Vec::new(),
             pending_bytes: 0,
             flushing: false,
@@ -646,9 +638,9 @@ impl State {
             pending_records: 0,
             tail_open: false,
             gathering: false,
-            written_lsn: report.next_lsn.0,
-            durable_lsn: report.next_lsn.0,
-            first_lsn: report.first_lsn.0,
+            written_lsn: report.next_lsn,
+            durable_lsn: report.next_lsn,
+            first_lsn: report.first_lsn,
             first_segment: plan.kept.first().copied().unwrap_or(plan.end_segment),
             poisoned: None,
             disk_full: None,
@@ -658,7 +650,7 @@ impl State {
             close_error: None,
             async_waiters: Waiters::default(),
             next_waiter_id: 0,
-            async_wanted: 0,
+            async_wanted: Lsn(0),
             prepare_asked: 0,
         };
         if plan.end_offset == 0 {
@@ -671,9 +663,10 @@ impl State {
                 offset: 0,
                 bytes,
             });
-            state.written_lsn = plan.end_segment * segment_size;
+            state.written_lsn = Lsn(plan.end_segment * segment_size);
             state.durable_lsn = state.written_lsn;
         }
+        state.check_lsns();
         state
     }
 }
@@ -741,11 +734,11 @@ impl Shared {
     fn place(&self, st: &mut State, record: &[u8]) -> Result<u64, WalError> {
         let size = self.segment_size;
         let need = RECORD_HEADER_BYTES + record.len() as u64;
-        let lsn = self.position(st.next_lsn, record.len())?;
-        if lsn != st.next_lsn {
+        let lsn = self.position(st.next_lsn.0, record.len())?;
+        if lsn != st.next_lsn.0 {
             self.close_segment(st);
         }
-        debug_assert_eq!(lsn, st.next_lsn, "the record goes where its position was found");
+        debug_assert_eq!(lsn, st.next_lsn.0, "the record goes where its position was found");
         debug_assert!(
             lsn % size >= SEGMENT_HEADER_BYTES && lsn % size + need + RECORD_HEADER_BYTES <= size,
             "a record at {lsn} would overlap a segment header or leave no room for the end frame"
@@ -766,7 +759,7 @@ impl Shared {
     /// on at the start of the next segment.
     fn close_segment(&self, st: &mut State) {
         let size = self.segment_size;
-        let end_lsn = st.next_lsn;
+        let end_lsn = st.next_lsn.0;
         debug_assert!(
             self.segment_follows(end_lsn),
             "closing the segment of {end_lsn}, the last one below 2^64"
@@ -774,14 +767,14 @@ impl Shared {
         // From the frame's start: the frame may end exactly on the segment boundary.
         let next_segment = end_lsn / size + 1;
         self.queue(st, |buf| encode_record(buf, KIND_SEGMENT_END, end_lsn, &[]));
-        st.next_lsn = next_segment * size;
+        st.next_lsn = Lsn(next_segment * size);
         self.queue(st, |buf| encode_segment_header(buf, size, next_segment));
     }
 
     /// Appends bytes at `next_lsn` to the queue (extending the last piece when contiguous).
     fn queue(&self, st: &mut State, encode: impl FnOnce(&mut Vec<u8>)) {
-        let segment = st.next_lsn / self.segment_size;
-        let offset = st.next_lsn % self.segment_size;
+        let segment = st.next_lsn.0 / self.segment_size;
+        let offset = st.next_lsn.0 % self.segment_size;
         let contiguous = st
             .pieces
             .last()
@@ -797,8 +790,9 @@ impl Shared {
         let before = piece.bytes.len();
         encode(&mut piece.bytes);
         let added = piece.bytes.len() - before;
-        st.next_lsn += added as u64;
+        st.next_lsn.0 += added as u64;
         st.pending_bytes += added;
+        st.check_lsns();
     }
 }
 

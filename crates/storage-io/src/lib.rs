@@ -166,9 +166,8 @@ pub struct Selection {
 
 /// Decides which backend to build, without building it: `env_backend` (the value of
 /// `STORAGE_IO_BACKEND`, if set) overrides `config.backend`; `auto` takes io_uring when `uring`
-/// says it is available (and `config.enable_io_uring` allows it) and the thread pool otherwise.
-/// Asking for io_uring where it is not available or not enabled is an error naming the reason —
-/// never a silent fallback.
+/// says it is available and the thread pool otherwise. Asking for io_uring where it is not
+/// available is an error naming the reason — never a silent fallback.
 pub fn select_backend(
     config: &IoConfig,
     env_backend: Option<&str>,
@@ -184,20 +183,6 @@ pub fn select_backend(
         Some(v) if !v.trim().is_empty() => (v.parse::<BackendKind>()?, "STORAGE_IO_BACKEND"),
         _ => (config.backend, "the config"),
     };
-    if !config.enable_io_uring {
-        return match kind {
-            BackendKind::Auto => Ok(selected(
-                BackendKind::ThreadPool,
-                "auto: io_uring is disabled by enable_io_uring = false; using the thread pool".into(),
-            )),
-            BackendKind::IoUring => Err(StorageIoError::Unsupported {
-                what: format!("io_uring was asked for by {source} but enable_io_uring = false").into(),
-            }),
-            BackendKind::ThreadPool | BackendKind::Sync => {
-                Ok(selected(kind, format!("{kind} asked for by {source}")))
-            }
-        };
-    }
     match kind {
         BackendKind::Auto => Ok(match uring {
             UringStatus::Available { kernel, .. } => selected(
@@ -252,9 +237,9 @@ fn select(config: &IoConfig) -> Result<Selection> {
 /// [`select`] with an io_uring status already probed.
 fn select_with(config: &IoConfig, uring: &UringStatus) -> Result<Selection> {
     config.validate()?;
-    let env = std::env::var("STORAGE_IO_BACKEND").ok();
+    let env = env_override("STORAGE_IO_BACKEND");
     let selection = select_backend(config, env.as_deref(), uring)?;
-    let required = std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| {
+    let required = env_override("STORAGE_IO_REQUIRE_URING").is_some_and(|v| {
         let v = v.trim();
         !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")
     });
@@ -275,17 +260,15 @@ fn select_with(config: &IoConfig, uring: &UringStatus) -> Result<Selection> {
     Ok(selection)
 }
 
-/// Whether `auto` (asked for by `env_backend` or the config, with io_uring enabled) falls back
-/// because io_uring is unavailable: what `STORAGE_IO_REQUIRE_URING` turns into an error. An
-/// explicit backend or `enable_io_uring = false` is a choice, not a fallback.
+/// Whether `auto` (asked for by `env_backend` or the config) falls back because io_uring is
+/// unavailable: what `STORAGE_IO_REQUIRE_URING` turns into an error. An explicit backend is a
+/// choice, not a fallback.
 fn is_fallback(config: &IoConfig, env_backend: Option<&str>, uring: &UringStatus) -> bool {
     let asked = match env_backend {
         Some(v) if !v.trim().is_empty() => v.parse::<BackendKind>().ok(),
         _ => Some(config.backend),
     };
-    asked == Some(BackendKind::Auto)
-        && config.enable_io_uring
-        && !matches!(uring, UringStatus::Available { .. })
+    asked == Some(BackendKind::Auto) && !matches!(uring, UringStatus::Available { .. })
 }
 
 /// `config` with every `STORAGE_IO_*` override from the environment applied: what every opener
@@ -294,8 +277,15 @@ fn is_fallback(config: &IoConfig, env_backend: Option<&str>, uring: &UringStatus
 /// one a program calls. [`build_backend`] builds exactly what it is given.
 pub fn with_env(config: &IoConfig) -> Result<IoConfig> {
     let mut config = config.clone();
-    config.apply_env()?;
+    config.apply_overrides(env_override)?;
     Ok(config)
+}
+
+/// The value of the environment variable `name` (a `STORAGE_IO_*` override), if it is set and
+/// valid Unicode: the one function of the library crates that reads the environment. Lower
+/// crates take config values; the openers here apply the overrides ([`with_env`]).
+pub fn env_override(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 /// Selects (see [`select_backend`]), logs the choice and why, and builds the backend, with the
@@ -430,7 +420,7 @@ pub fn open_async_fs(config: &AsyncFsConfig) -> Result<AsyncFileSystem> {
 /// ```
 pub fn load_config(path: impl AsRef<std::path::Path>) -> Result<IoConfig> {
     let mut config: IoConfig = read_config_file(path.as_ref())?;
-    config.apply_env()?;
+    config.apply_overrides(env_override)?;
     Ok(config)
 }
 
@@ -447,7 +437,7 @@ pub fn load_config(path: impl AsRef<std::path::Path>) -> Result<IoConfig> {
 /// ```
 pub fn load_async_fs_config(path: impl AsRef<std::path::Path>) -> Result<AsyncFsConfig> {
     let mut config: AsyncFsConfig = read_config_file(path.as_ref())?;
-    config.apply_env()?;
+    config.apply_overrides(env_override)?;
     Ok(config)
 }
 

@@ -28,23 +28,19 @@ fn load_config_reads_toml_and_json_and_names_what_is_wrong() {
     let err = storage_io::load_config(&toml).unwrap_err().to_string();
     assert!(err.contains("unknown field") && err.contains("io.toml"), "{err}");
     let json = dir.path().join("io.json");
-    std::fs::write(
-        &json,
-        r#"{"enable_io_uring": false, "buffer_pool_size": 16777216}"#,
-    )
-    .unwrap();
+    std::fs::write(&json, r#"{"fixed_buffers": false, "buffer_pool_size": 16777216}"#).unwrap();
     let cfg = storage_io::load_async_fs_config(&json).unwrap_err().to_string();
     assert!(
-        cfg.contains("enable_io_uring"),
+        cfg.contains("fixed_buffers"),
         "backend fields live under io: {cfg}"
     );
     std::fs::write(
         &json,
-        r#"{"io": {"enable_io_uring": false}, "buffer_pool_size": 16777216}"#,
+        r#"{"io": {"fixed_buffers": false}, "buffer_pool_size": 16777216}"#,
     )
     .unwrap();
     let cfg = storage_io::load_async_fs_config(&json).unwrap();
-    assert!(!cfg.io.enable_io_uring);
+    assert!(!cfg.io.fixed_buffers);
     assert_eq!(cfg.buffer_pool_size, 16 << 20);
 
     std::fs::write(&toml, "io_worker = 3\n").unwrap();

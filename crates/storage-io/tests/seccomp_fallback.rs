@@ -116,7 +116,6 @@ fn child_or_parent(test: &str, denied: Denied, require: bool) {
         // Set explicitly either way: CI sets it for every test.
         .env("STORAGE_IO_REQUIRE_URING", if require { "1" } else { "0" })
         .env_remove("STORAGE_IO_BACKEND")
-        .env_remove("STORAGE_IO_ENABLE_IO_URING")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

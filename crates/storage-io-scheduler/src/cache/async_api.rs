@@ -24,6 +24,8 @@
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
+use storage_io_core::invariant;
+
 use super::{Fill, FrameState, FreeOnUnwind, LoadGuard, PageCache, PinnedPage, State, WriteBackJob};
 use crate::PageId;
 use crate::config::AllocationMode;
@@ -169,7 +171,7 @@ impl PageCache {
             if m.pins > 0 {
                 return Poll::Ready(Err(SchedulerError::Pinned(page)));
             }
-            if m.writing_back || m.state == FrameState::Loading {
+            if m.writing_back() || m.state == FrameState::Loading {
                 self.register(&st, cx.waker());
                 return Poll::Pending;
             }
@@ -195,7 +197,7 @@ impl PageCache {
             let job = poll_fn(|cx| {
                 let mut st = self.state.lock();
                 let m = st.meta[f];
-                if m.writing_back {
+                if m.writing_back() {
                     // Its write is not accepted yet: the sync below might go first.
                     if !counted {
                         st.stats.flush_waits += 1;
@@ -297,7 +299,7 @@ impl PageCache {
         loop {
             if let Some(&f) = st.table.get(&page) {
                 match st.meta[f].state {
-                    FrameState::Ready => {
+                    FrameState::Ready | FrameState::WritingBack { pinned: true } => {
                         st.stats.hits += 1;
                         let m = &mut st.meta[f];
                         m.pins += 1;
@@ -305,7 +307,7 @@ impl PageCache {
                         return Some(Step::Hit(f));
                     }
                     // Another task is reading it in or writing it back: wait, don't read twice.
-                    FrameState::Loading | FrameState::WritingBack => {
+                    FrameState::Loading | FrameState::WritingBack { pinned: false } => {
                         st.stats.waited_for_load += 1;
                         return None;
                     }
@@ -343,8 +345,11 @@ impl PageCache {
             .copy_from_slice(&bytes[..self.page_size]);
         {
             let mut st = self.state.lock();
-            debug_assert_eq!(st.meta[frame].state, FrameState::Loading);
-            debug_assert_eq!(st.meta[frame].page, Some(page));
+            let m = st.meta[frame];
+            invariant!(
+                m.state == FrameState::Loading && m.page == Some(page),
+                "loaded {page}: {m:?}"
+            );
             st.meta[frame].state = FrameState::Ready;
         }
         unload.armed = false;

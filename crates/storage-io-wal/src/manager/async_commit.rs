@@ -105,17 +105,17 @@ impl WalManager {
     /// [`append`](WalManager::append) are flushed for it by the WAL I/O thread.
     pub fn durable(&self, lsn: Lsn) -> Durable {
         let mut st = self.shared.state.lock();
-        if lsn.0 >= st.next_lsn || lsn.0 < st.first_lsn {
+        if lsn >= st.next_lsn || lsn < st.first_lsn {
             let e = WalError::LsnOutOfRange {
                 lsn,
-                first: Lsn(st.first_lsn),
-                next: Lsn(st.next_lsn),
+                first: st.first_lsn,
+                next: st.next_lsn,
             };
             drop(st);
             return self.future(lsn, 0, Some(e));
         }
         let seen_full = st.disk_full_seq;
-        let wanted = if st.durable_lsn <= lsn.0 {
+        let wanted = if st.durable_lsn <= lsn {
             want_flush(&self.shared, &mut st).err()
         } else {
             None
@@ -232,7 +232,7 @@ impl Future for Durable {
             return Poll::Ready(Ok(this.lsn));
         }
         let mut st = this.shared.state.lock();
-        if st.durable_lsn >= this.target {
+        if st.durable_lsn.0 >= this.target {
             this.key = None;
             return Poll::Ready(Ok(this.lsn));
         }

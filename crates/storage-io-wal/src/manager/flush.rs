@@ -4,9 +4,48 @@
 use super::*;
 use crate::segio::SEGMENTS_OPEN_AT_ONCE;
 
+/// Bytes queued for one segment, starting at `offset` in it (0 = the segment's header: the
+/// flush creates the file).
+#[derive(Debug)]
+pub(super) struct Piece {
+    pub(super) segment: u64,
+    pub(super) offset: u64,
+    pub(super) bytes: Vec<u8>,
+}
+
+/// A flush started and not yet published (`State::in_flight`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Flight {
+    /// Its number (`State::flushes_started` when it started).
+    pub(super) number: u64,
+    /// The LSN its batch ends at: `Lsn(u64::MAX)` while the leader still gathers.
+    pub(super) end: Lsn,
+    /// Its writes and syncs are done: published once every flush before it is.
+    pub(super) done: bool,
+}
+
+impl State {
+    /// The order of the log's positions, checked where they move: the oldest kept record is
+    /// durable or older (or, before the first segment's header is durable, right behind it),
+    /// durable is written, and written is no further than the next record.
+    pub(super) fn check_lsns(&self) {
+        storage_io_core::invariant!(
+            (self.first_lsn <= self.durable_lsn
+                || self.first_lsn.0 == self.durable_lsn.0 + SEGMENT_HEADER_BYTES)
+                && self.durable_lsn <= self.written_lsn
+                && self.written_lsn <= self.next_lsn,
+            "wal positions out of order: first {} durable {} written {} next {}",
+            self.first_lsn,
+            self.durable_lsn,
+            self.written_lsn,
+            self.next_lsn
+        );
+    }
+}
+
 impl Shared {
     /// Waits until everything before `target` is durable, leading flushes as needed.
-    pub(super) fn sync_to(&self, st: &mut MutexGuard<'_, State>, target: u64) -> Result<(), WalError> {
+    pub(super) fn sync_to(&self, st: &mut MutexGuard<'_, State>, target: Lsn) -> Result<(), WalError> {
         let seen_full = st.disk_full_seq;
         loop {
             if let Some(cause) = &st.poisoned {
@@ -23,7 +62,7 @@ impl Shared {
                 return Err(WalError::DiskFull { cause });
             }
             // The flush that holds `target`, if one has taken it.
-            let holder = st.in_flight.iter().find(|f| f.1 >= target).map(|f| f.0);
+            let holder = st.in_flight.iter().find(|f| f.end >= target).map(|f| f.number);
             if holder.is_none() && self.may_start(st) {
                 self.lead(st)?;
                 continue;
@@ -62,19 +101,25 @@ impl Shared {
             return;
         }
         let mut advanced = false;
-        while let Some(&(n, end, true)) = st.in_flight.front() {
+        while let Some(&Flight {
+            number: n,
+            end,
+            done: true,
+        }) = st.in_flight.front()
+        {
             st.in_flight.pop_front();
             st.written_lsn = end;
             st.durable_lsn = end;
-            self.durable.store(end, Ordering::Release);
+            st.check_lsns();
+            self.durable.store(end.0, Ordering::Release);
             st.disk_full = None;
-            self.maybe_prepare_next(st, end);
+            self.maybe_prepare_next(st, end.0);
             self.covered[n as usize % self.covered.len()].notify_all();
             advanced = true;
         }
         if advanced {
             let durable = st.durable_lsn;
-            let ready = st.async_waiters.take_until(durable);
+            let ready = st.async_waiters.take_until(durable.0);
             if !ready.is_empty() {
                 MutexGuard::unlocked(st, || ready.into_iter().for_each(Waker::wake));
             }
@@ -90,7 +135,11 @@ impl Shared {
         st.flushes_started += 1;
         let this = st.flushes_started;
         // Records appended while the leader gathers join this flush.
-        st.in_flight.push_back((this, u64::MAX, false));
+        st.in_flight.push_back(Flight {
+            number: this,
+            end: Lsn(u64::MAX),
+            done: false,
+        });
         if let SyncMode::Group {
             max_delay_us,
             max_batch_bytes,
@@ -106,14 +155,14 @@ impl Shared {
             // the queue reaches past the window, wait for the earlier flushes (this one alone
             // in flight may be larger).
             while st.poisoned.is_none()
-                && let Some(&(front, _, _)) = st.in_flight.front()
+                && let Some(front) = st.in_flight.front().map(|f| f.number)
                 && front != this
                 && !in_window(st)
             {
                 self.covered[front as usize % self.covered.len()].wait(st);
             }
             if let Some(cause) = st.poisoned.clone() {
-                st.in_flight.retain(|f| f.0 != this);
+                st.in_flight.retain(|f| f.number != this);
                 st.flushing = false;
                 self.wake_everyone(st);
                 return Err(WalError::Poisoned { cause });
@@ -132,7 +181,7 @@ impl Shared {
             if st.pending_records >= 2 || st.in_flight.len() > 1 {
                 self.pad_to_block(st);
             }
-            st.tail_open = !st.next_lsn.is_multiple_of(PAD_BLOCK_BYTES);
+            st.tail_open = !st.next_lsn.0.is_multiple_of(PAD_BLOCK_BYTES);
         }
         let opened_tail = st.tail_open;
         st.pending_records = 0;
@@ -146,12 +195,13 @@ impl Shared {
         let bytes = std::mem::replace(&mut st.pending_bytes, 0);
         let end = st.next_lsn;
         debug_assert!(
-            st.in_flight.front().is_some_and(|f| f.0 == this) || end - st.durable_lsn <= TORN_WINDOW_BYTES,
+            st.in_flight.front().is_some_and(|f| f.number == this)
+                || end.0 - st.durable_lsn.0 <= TORN_WINDOW_BYTES,
             "flush {this} takes bytes up to {end}, past the torn window of the durable end {} while an earlier flush is in flight",
             st.durable_lsn
         );
-        if let Some(f) = st.in_flight.iter_mut().find(|f| f.0 == this) {
-            f.1 = end;
+        if let Some(f) = st.in_flight.iter_mut().find(|f| f.number == this) {
+            f.end = end;
         }
         let written = MutexGuard::unlocked(st, || self.write_batch(&pieces));
         st.flushing = false;
@@ -171,8 +221,8 @@ impl Shared {
         }
         let outcome = match result {
             Ok(()) => {
-                if let Some(f) = st.in_flight.iter_mut().find(|f| f.0 == this) {
-                    f.2 = true;
+                if let Some(f) = st.in_flight.iter_mut().find(|f| f.number == this) {
+                    f.done = true;
                 }
                 self.publish(st);
                 self.elect_next_leader(st);
@@ -182,7 +232,7 @@ impl Shared {
             // Only the newest flush can go back to the queue: a later one holds later bytes.
             Err(f) if f.error.errno() == ENOSPC && !f.op.is_sync() && st.flushes_started == this => {
                 // Nothing of this batch is known durable; keep it queued, in order, for a retry.
-                st.in_flight.retain(|f| f.0 != this);
+                st.in_flight.retain(|f| f.number != this);
                 let mut back = pieces;
                 back.append(&mut st.pieces);
                 st.pieces = back;
@@ -194,7 +244,7 @@ impl Shared {
             }
             Err(f) => {
                 tracing::error!(op = %f.op, error = %f.error, "wal failed; it accepts nothing more until reopened");
-                st.in_flight.retain(|f| f.0 != this);
+                st.in_flight.retain(|f| f.number != this);
                 st.pieces.clear();
                 st.pending_bytes = 0;
                 st.poisoned = Some(f.error.clone());
@@ -235,8 +285,8 @@ impl Shared {
     /// marker and the segment-end frame do not both fit).
     fn mark_batch(&self, st: &mut State) {
         let size = self.segment_size;
-        if st.next_lsn % size + MARKER_BYTES + RECORD_HEADER_BYTES > size {
-            if !self.segment_follows(st.next_lsn) {
+        if st.next_lsn.0 % size + MARKER_BYTES + RECORD_HEADER_BYTES > size {
+            if !self.segment_follows(st.next_lsn.0) {
                 // The last segment below 2^64 is never closed: this batch goes without a
                 // marker (recovery keeps the window rule for it, as for a version-1 log).
                 return;
@@ -246,11 +296,11 @@ impl Shared {
         // A mode that never syncs only wrote what it calls durable (a process crash keeps it,
         // a power cut need not): it claims nothing, and recovery keeps the window rule.
         let claimed = if self.config.sync_mode.syncs() {
-            st.durable_lsn
+            st.durable_lsn.0
         } else {
             0
         };
-        let (at, durable) = (st.next_lsn, claimed);
+        let (at, durable) = (st.next_lsn.0, claimed);
         debug_assert!(
             durable <= at,
             "the durable end {durable} is past the queue's end {at}"
@@ -267,23 +317,23 @@ impl Shared {
     fn pad_to_block(&self, st: &mut State) {
         let size = self.segment_size;
         let fits = |at: u64| size - at % size >= pad_bytes(at) + RECORD_HEADER_BYTES;
-        if pad_bytes(st.next_lsn) == 0 {
+        if pad_bytes(st.next_lsn.0) == 0 {
             return;
         }
-        if !fits(st.next_lsn) {
-            if !self.segment_follows(st.next_lsn) {
+        if !fits(st.next_lsn.0) {
+            if !self.segment_follows(st.next_lsn.0) {
                 // The last segment below 2^64: the batch ends unpadded (`tail_open`).
                 return;
             }
             self.close_segment(st);
-            if pad_bytes(st.next_lsn) == 0 || !fits(st.next_lsn) {
+            if pad_bytes(st.next_lsn.0) == 0 || !fits(st.next_lsn.0) {
                 return;
             }
         }
-        let at = st.next_lsn;
+        let at = st.next_lsn.0;
         self.queue(st, |buf| encode_pad(buf, at));
         debug_assert!(
-            !st.next_lsn.is_multiple_of(size) && size - st.next_lsn % size >= RECORD_HEADER_BYTES,
+            !st.next_lsn.0.is_multiple_of(size) && size - st.next_lsn.0 % size >= RECORD_HEADER_BYTES,
             "a pad left no room for the segment-end frame at {}",
             st.next_lsn
         );
@@ -469,7 +519,7 @@ fn group_end(pieces: &[Piece], max: usize) -> Option<usize> {
 /// end: what lets a flush go in flight beside earlier ones.
 fn in_window(st: &State) -> bool {
     // The difference first: near the end of the LSN space `next_lsn + 2 blocks` passes 2^64.
-    st.next_lsn - st.durable_lsn + 2 * PAD_BLOCK_BYTES <= TORN_WINDOW_BYTES
+    st.next_lsn.0 - st.durable_lsn.0 + 2 * PAD_BLOCK_BYTES <= TORN_WINDOW_BYTES
 }
 
 /// The flush slots of direct mode with several flushes in flight.
@@ -624,8 +674,13 @@ mod tests {
             wait_for(wal, "flush 2 stops gathering", |st| !st.gathering);
             {
                 let st = wal.shared.state.lock();
-                let durable = st.durable_lsn;
-                for &(n, end, _) in &st.in_flight {
+                let durable = st.durable_lsn.0;
+                for &Flight {
+                    number: n,
+                    end: Lsn(end),
+                    ..
+                } in &st.in_flight
+                {
                     if n > 1 && end != u64::MAX {
                         assert!(
                             end - durable <= TORN_WINDOW_BYTES,
