@@ -76,13 +76,8 @@ impl From<IoConfig> for AsyncFsConfig {
 }
 
 impl AsyncFsConfig {
-    /// Applies the `STORAGE_IO_*` overrides of the process environment: [`IoConfig`]'s to
-    /// `io`, and this table's own.
-    pub fn apply_env(&mut self) -> Result<()> {
-        self.apply_overrides(|name| std::env::var(name).ok())
-    }
-
-    /// Applies overrides from any lookup; unset names leave their field alone, and a value that
+    /// Applies `STORAGE_IO_*` overrides ([`IoConfig`]'s to `io`, and this table's own) from any
+    /// lookup — the façade's `open_async_fs` passes its environment reader; unset names leave their field alone, and a value that
     /// does not parse is an error naming the variable. Validates the result.
     pub fn apply_overrides(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<()> {
         self.io.apply_overrides(&lookup)?;

@@ -379,7 +379,7 @@ pub fn open_scheduler(
 
 /// Starts the async file API ([`AsyncFileSystem`]) on the backend `config.io` selects (io_uring
 /// where the probe passes, else the thread pool; `STORAGE_IO_BACKEND` and the other
-/// `STORAGE_IO_*` overrides apply, [`AsyncFsConfig::apply_env`]), logging the kernel version, the
+/// `STORAGE_IO_*` overrides apply, [`with_env`]), logging the kernel version, the
 /// backend chosen and why. On io_uring inside a tokio runtime (features `io-uring` and `tokio`,
 /// Linux, `config.caller_rings`), ops submit on the callers' threads.
 ///
@@ -394,7 +394,7 @@ pub fn open_scheduler(
 /// ```
 pub fn open_async_fs(config: &AsyncFsConfig) -> Result<AsyncFileSystem> {
     let mut config = config.clone();
-    config.apply_env()?;
+    config.apply_overrides(env_override)?;
     // One probe serves both the log line and the selection.
     let uring = uring_status();
     match &uring {
