@@ -56,6 +56,8 @@ mod inline_queue;
 mod nowait;
 mod op;
 pub mod platform;
+mod queued;
+mod queued_io;
 mod stats;
 mod wake;
 
@@ -90,8 +92,13 @@ pub use wake::WaitWaker;
 ///   [`validate_transfer`](backend_kit::validate_transfer), [`file_facts`](backend_kit::file_facts),
 ///   [`file_len_of`](backend_kit::file_len_of), [`FixedBufs`](backend_kit::FixedBufs)
 ///   (registered-buffer areas);
+/// - queued backends (ops handed to workers or a kernel ring):
+///   [`QueuedIo`](backend_kit::QueuedIo) over an [`OpTable`](backend_kit::OpTable) (slots,
+///   tokens, ready queue, per-file cursor, barrier and page-cache gate, staging) and the
+///   backend's [`OpDriver`](backend_kit::OpDriver), which only starts ops and hands their
+///   completions back; [`forward_storage_io!`] for a backend type wrapping one;
 /// - the page-cache fast path: [`NowaitGate`](backend_kit::NowaitGate),
-///   [`stage_cached_read`](backend_kit::stage_cached_read) and its helpers;
+///   [`read_nowait`](backend_kit::read_nowait);
 /// - waking a blocked wait: [`WakeState`](backend_kit::WakeState) (behind
 ///   [`WaitWaker`]);
 /// - directory defaults for `StorageIo`'s provided methods.
@@ -103,11 +110,11 @@ pub mod backend_kit {
     pub use crate::direct::{file_facts, file_len_of, plan_write, validate_transfer};
     pub use crate::fd_table::FdTable;
     pub use crate::inline_queue::{InlineBackend, InlineQueue, InlineWrite, deliver_ready};
-    pub use crate::nowait::{
-        NowaitGate, NowaitRead, cached_read_completion, stage_cached_read, try_cached_read_file,
-    };
     #[cfg(unix)]
-    pub use crate::nowait::{read_nowait, try_cached_read};
+    pub use crate::nowait::read_nowait;
+    pub use crate::nowait::{NowaitGate, NowaitRead};
     pub use crate::op::TokenCounter;
+    pub use crate::queued::{MAX_RETRIES, OpDriver, OpPayload, OpSlot, OpTable, registered_index};
+    pub use crate::queued_io::QueuedIo;
     pub use crate::wake::WakeState;
 }
