@@ -53,6 +53,7 @@ mod direct;
 mod error;
 mod fd_table;
 mod inline_queue;
+mod namespace;
 mod nowait;
 mod op;
 pub mod platform;
@@ -75,6 +76,7 @@ pub use direct::{
 pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 /// The `hdrhistogram` crate, re-exported: [`IoStats::latency_ns`] returns its `Histogram`.
 pub use hdrhistogram;
+pub use namespace::{FileMetadata, Namespace};
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};
 pub use wake::WaitWaker;
@@ -101,9 +103,9 @@ pub use wake::WaitWaker;
 ///   [`read_nowait`](backend_kit::read_nowait);
 /// - waking a blocked wait: [`WakeState`](backend_kit::WakeState) (behind
 ///   [`WaitWaker`]);
-/// - directory defaults for `StorageIo`'s provided methods.
+/// - [`lock_dir_default`](backend_kit::lock_dir_default), the real-directory lock behind
+///   [`Namespace::lock_dir`].
 pub mod backend_kit {
-    pub use crate::backend::{list_dir_default, sync_dir_default};
     pub use crate::barrier::DatasyncBarrier;
     pub use crate::buf::FixedBufs;
     pub use crate::dir_lock::lock_dir_default;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::backend::StorageIo;
 use crate::buf::{AlignedBuf, IoBuf};
 use crate::error::{Result, SubmitError};
+use crate::namespace::Namespace;
 use crate::nowait::NowaitRead;
 use crate::op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind};
 use crate::queued::{OpDriver, OpPayload, OpTable, registered_index};
@@ -68,6 +69,9 @@ impl<D: OpDriver> QueuedIo<D> {
             .map_err(|(e, _)| e)
     }
 }
+
+/// Real files: the `std::fs` defaults.
+impl<D: OpDriver> Namespace for QueuedIo<D> {}
 
 impl<D: OpDriver> StorageIo for QueuedIo<D> {
     fn capabilities(&self) -> Capabilities {
@@ -241,7 +245,7 @@ impl<D: OpDriver> Drop for QueuedIo<D> {
     }
 }
 
-/// Implements [`StorageIo`] for a struct by forwarding every method — provided ones included,
+/// Implements [`StorageIo`] and [`Namespace`] for a struct by forwarding every method — provided ones included,
 /// so none silently falls back to its default — to one of its fields: how a backend type of
 /// its own (`ThreadPoolStorageIo`, `UringStorageIo`) wraps a [`QueuedIo`].
 ///
@@ -254,6 +258,29 @@ impl<D: OpDriver> Drop for QueuedIo<D> {
 #[macro_export]
 macro_rules! forward_storage_io {
     ($ty:ty => $field:tt) => {
+        impl $crate::Namespace for $ty {
+            fn sync_dir(&mut self, dir: &::std::path::Path) -> $crate::Result<()> {
+                self.$field.sync_dir(dir)
+            }
+            fn remove_file(&mut self, path: &::std::path::Path) -> $crate::Result<()> {
+                self.$field.remove_file(path)
+            }
+            fn rename(&mut self, from: &::std::path::Path, to: &::std::path::Path) -> $crate::Result<()> {
+                self.$field.rename(from, to)
+            }
+            fn metadata(&mut self, path: &::std::path::Path) -> $crate::Result<$crate::FileMetadata> {
+                self.$field.metadata(path)
+            }
+            fn list_dir(&mut self, dir: &::std::path::Path) -> $crate::Result<Vec<::std::path::PathBuf>> {
+                self.$field.list_dir(dir)
+            }
+            fn create_dir_all(&mut self, dir: &::std::path::Path) -> $crate::Result<()> {
+                self.$field.create_dir_all(dir)
+            }
+            fn lock_dir(&mut self, dir: &::std::path::Path) -> $crate::Result<$crate::DirLock> {
+                self.$field.lock_dir(dir)
+            }
+        }
         impl $crate::StorageIo for $ty {
             fn capabilities(&self) -> $crate::Capabilities {
                 self.$field.capabilities()
@@ -283,21 +310,6 @@ macro_rules! forward_storage_io {
             }
             fn file_len(&mut self, fd: $crate::IoFd) -> $crate::Result<u64> {
                 self.$field.file_len(fd)
-            }
-            fn sync_dir(&mut self, dir: &::std::path::Path) -> $crate::Result<()> {
-                self.$field.sync_dir(dir)
-            }
-            fn remove_file(&mut self, path: &::std::path::Path) -> $crate::Result<()> {
-                self.$field.remove_file(path)
-            }
-            fn list_dir(&mut self, dir: &::std::path::Path) -> $crate::Result<Vec<::std::path::PathBuf>> {
-                self.$field.list_dir(dir)
-            }
-            fn create_dir_all(&mut self, dir: &::std::path::Path) -> $crate::Result<()> {
-                self.$field.create_dir_all(dir)
-            }
-            fn lock_dir(&mut self, dir: &::std::path::Path) -> $crate::Result<$crate::DirLock> {
-                self.$field.lock_dir(dir)
             }
             fn alloc_buf(&mut self, len: usize) -> $crate::Result<$crate::AlignedBuf> {
                 self.$field.alloc_buf(len)

@@ -5,8 +5,8 @@ use std::fs::File;
 use std::time::{Duration, Instant};
 
 use storage_io_core::{
-    Capabilities, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result, StorageIo,
-    SubmitError,
+    Capabilities, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, Namespace, OpKind, Result,
+    StorageIo, SubmitError,
 };
 
 use storage_io_core::backend_kit::{
@@ -79,6 +79,9 @@ impl InlineBackend for SyncStorageIo {
         Ok((op, offset, exec::write_all_at(&f.file, data, offset, op)))
     }
 }
+
+/// Real files: the `std::fs` defaults.
+impl Namespace for SyncStorageIo {}
 
 impl StorageIo for SyncStorageIo {
     fn capabilities(&self) -> Capabilities {

@@ -4,7 +4,11 @@
 //! Each file has a *volatile* state (what reads see: the page cache) and a *durable* state
 //! (what a crash leaves). A datasync or fsync makes the file's data durable, and so does each
 //! write to a file opened with `OpenOptions::dsync` (`O_DSYNC`); creating or removing
-//! a file becomes durable when its directory is synced with `sync_dir`. [`MemFs::crash`] throws
+//! a file becomes durable when its directory is synced with `sync_dir`. So does a rename: until
+//! the new name's directory is synced, a crash leaves the names as they were (the target's old
+//! contents, or no target), and the renamed file's data goes with the lost name; after it, the
+//! new name holds the file's durable data. (Handles address files by path: rename a file once
+//! its handles are closed.) [`MemFs::crash`] throws
 //! away everything volatile — optionally tearing each file's last unsynced write at 512-byte
 //! sector granularity — and invalidates every backend opened before it. Randomness comes from
 //! the seed given to [`MemFs::new`], so a crash is reproducible.
@@ -30,8 +34,9 @@ use storage_io_core::backend_kit::{
     FdTable, InlineBackend, InlineQueue, InlineWrite, plan_write, validate_transfer,
 };
 use storage_io_core::{
-    Capabilities, DIR_LOCK_FILE_NAME, DirLock, DirectMode, IoBuf, IoCompletion, IoConfig, IoFd, IoStats,
-    IoToken, OpKind, OpenOptions, OpenedFd, Result, StorageIo, StorageIoError, SubmitError,
+    Capabilities, DIR_LOCK_FILE_NAME, DirLock, DirectMode, FileMetadata, IoBuf, IoCompletion, IoConfig, IoFd,
+    IoStats, IoToken, Namespace, OpKind, OpenOptions, OpenedFd, Result, StorageIo, StorageIoError,
+    SubmitError,
 };
 
 /// The sector size a torn write is cut at.
@@ -76,6 +81,21 @@ struct MemFile {
     durable_exists: bool,
     /// Writes since the last sync, oldest first (the last one may be torn by a crash).
     unsynced: Vec<WriteRecord>,
+    /// Renamed here and the directory not synced since: the renamed file's durable data, which
+    /// becomes this name's at the next `sync_dir` (a crash before it drops it, and the name
+    /// keeps `durable`/`durable_exists` from before the rename).
+    renamed: Option<Vec<u8>>,
+}
+
+impl MemFile {
+    /// Where a sync puts the file's data: the renamed file's durable data while its new name
+    /// is not durable yet, else the name's.
+    fn durable_mut(&mut self) -> &mut Vec<u8> {
+        match &mut self.renamed {
+            Some(d) => d,
+            None => &mut self.durable,
+        }
+    }
 }
 
 /// An `O_DSYNC` write submitted and not yet delivered: a crash may land any part of it.
@@ -116,7 +136,7 @@ struct FsState {
 /// An in-memory file system shared by any number of [`MemIo`] backends (one per worker).
 ///
 /// ```
-/// use storage_io_core::{OpenOptions, StorageIo};
+/// use storage_io_core::{Namespace, OpenOptions, StorageIo};
 /// use storage_io_testkit::memio::{CrashOptions, MemFs};
 ///
 /// let fs = MemFs::new(7);
@@ -304,6 +324,10 @@ fn crash_locked(st: &mut FsState, options: CrashOptions) -> Vec<PathBuf> {
     // unsynced write.
     for w in in_flight.drain(..) {
         let Some(f) = files.get_mut(&w.path) else { continue };
+        if f.renamed.is_some() {
+            // The file's new name is lost in this crash, and its writes with it.
+            continue;
+        }
         match options.tear {
             TearMode::None => {
                 if rng.random_bool(0.5) {
@@ -315,6 +339,11 @@ fn crash_locked(st: &mut FsState, options: CrashOptions) -> Vec<PathBuf> {
     }
     let mut changed = Vec::new();
     files.retain(|path, f| {
+        if f.renamed.take().is_some() {
+            // A rename whose directory was not synced: the name reverts, and the unsynced
+            // writes belonged to the renamed file.
+            f.unsynced.clear();
+        }
         let mut after = f.durable.clone();
         if let (Some(last), true) = (f.unsynced.last(), f.durable_exists) {
             tear_into(&mut after, last, options.tear, rng);
@@ -509,7 +538,7 @@ impl MemIo {
                 return true;
             }
             if let Some(f) = files.get_mut(&w.path) {
-                apply(&mut f.durable, &w.write);
+                apply(f.durable_mut(), &w.write);
             }
             false
         });
@@ -525,8 +554,8 @@ impl MemIo {
         st.in_flight.retain(|w| &w.path != path);
         let result = match st.files.get_mut(path) {
             Some(f) => {
-                if let Some(live) = &f.live {
-                    f.durable.clone_from(live);
+                if let Some(live) = f.live.clone() {
+                    *f.durable_mut() = live;
                 }
                 f.unsynced.clear();
                 Ok(0)
@@ -590,93 +619,15 @@ impl InlineBackend for MemIo {
     }
 }
 
-impl StorageIo for MemIo {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            name: "mem",
-            max_in_flight: self.queue.limit(),
-            asynchronous: false,
-            worker_threads: 0,
-            registered_buffers: false,
-            registered_files: false,
-            sqpoll: false,
-            direct_io: false,
-            max_io_bytes: self.max_io_bytes,
-            notes: vec!["in-memory files; crash() drops unsynced writes".to_string()],
-        }
-    }
-
-    fn register_fd(&mut self, _file: File) -> Result<IoFd> {
-        Err(StorageIoError::unsupported(
-            "MemIo keeps its files in memory; open them by path with open_file",
-        ))
-    }
-
-    fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
-        self.check_alive()?;
-        let mut st = if options.create || options.create_new || (options.truncate && options.write) {
-            self.fs.tick(self.epoch)?
-        } else {
-            self.fs.state.lock()
-        };
-        let entry = st.files.entry(path.to_path_buf()).or_default();
-        match (&mut entry.live, options.create || options.create_new) {
-            (Some(_), _) if options.create_new => return Err(StorageIoError::os_at("open", path, EEXIST)),
-            (Some(data), _) => {
-                if options.truncate && options.write {
-                    data.clear();
-                }
-            }
-            (live @ None, true) => {
-                *live = Some(Vec::new());
-                // A new name, or one brought back after a removal, is durable only after sync_dir.
-                entry.durable_exists = false;
-                entry.durable.clear();
-            }
-            (None, false) => return Err(StorageIoError::os_at("open", path, ENOENT)),
-        }
-        let len = entry.live.as_ref().map_or(0, |d| d.len() as u64);
-        drop(st);
-        self.files.insert(MemHandle {
-            path: path.to_path_buf(),
-            readable: options.read,
-            writable: options.write,
-            dsync: options.dsync,
-            append_cursor: len,
-        })
-    }
-    /// An in-memory file: no OS handle, and buffered (the model has no page cache to bypass).
-    fn open_file_with_mode(&mut self, path: &Path, options: &OpenOptions) -> Result<OpenedFd> {
-        let fd = self.open_file(path, options)?;
-        let fallback_reason = options
-            .direct
-            .then(|| "an in-memory file has no direct I/O".to_string());
-        Ok(OpenedFd {
-            fd,
-            mode: DirectMode::Buffered { fallback_reason },
-            file: None,
-        })
-    }
-
-    fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
-        self.files.remove(fd).map(|_| ())
-    }
-
-    fn file_len(&mut self, fd: IoFd) -> Result<u64> {
-        self.check_alive()?;
-        let path = &self.files.get(fd)?.path;
-        let st = self.fs.state.lock();
-        st.files
-            .get(path)
-            .and_then(|f| f.live.as_ref())
-            .map(|d| d.len() as u64)
-            .ok_or(StorageIoError::os(OpKind::Read, ENOENT))
-    }
-
+/// MemFs's own names: no real file or directory is touched.
+impl Namespace for MemIo {
     fn sync_dir(&mut self, dir: &Path) -> Result<()> {
         let mut st = self.fs.tick(self.epoch)?;
         for (path, f) in st.files.iter_mut() {
             if path.parent() == Some(dir) {
+                if let Some(d) = f.renamed.take() {
+                    f.durable = d;
+                }
                 f.durable_exists = f.live.is_some();
             }
         }
@@ -730,6 +681,132 @@ impl StorageIo for MemIo {
             number,
         };
         Ok(DirLock::from_guard(path, guard))
+    }
+
+    /// Moves the file's data to `to` (replacing what was there); durable at the next
+    /// `sync_dir` of `to`'s directory (see the module docs).
+    fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
+        let mut st = self.fs.tick(self.epoch)?;
+        let moved = match st.files.get_mut(from) {
+            Some(f) if f.live.is_some() && from != to => MemFile {
+                live: f.live.take(),
+                unsynced: std::mem::take(&mut f.unsynced),
+                renamed: Some(f.renamed.take().unwrap_or_else(|| f.durable.clone())),
+                ..MemFile::default()
+            },
+            Some(f) if f.live.is_some() => return Ok(()),
+            _ => return Err(StorageIoError::os_at("rename", from, ENOENT)),
+        };
+        let target = st.files.entry(to.to_path_buf()).or_default();
+        target.live = moved.live;
+        target.unsynced = moved.unsynced;
+        target.renamed = moved.renamed;
+        Ok(())
+    }
+
+    /// A file's length; a directory is any path that is the parent of a live file.
+    fn metadata(&mut self, path: &Path) -> Result<FileMetadata> {
+        self.check_alive()?;
+        let st = self.fs.state.lock();
+        if let Some(data) = st.files.get(path).and_then(|f| f.live.as_ref()) {
+            return Ok(FileMetadata {
+                len: data.len() as u64,
+                is_dir: false,
+            });
+        }
+        let is_dir = st
+            .files
+            .iter()
+            .any(|(p, f)| f.live.is_some() && p.starts_with(path));
+        if is_dir {
+            return Ok(FileMetadata { len: 0, is_dir: true });
+        }
+        Err(StorageIoError::os_at("metadata", path, ENOENT))
+    }
+}
+
+impl StorageIo for MemIo {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            name: "mem",
+            max_in_flight: self.queue.limit(),
+            asynchronous: false,
+            worker_threads: 0,
+            registered_buffers: false,
+            registered_files: false,
+            sqpoll: false,
+            direct_io: false,
+            max_io_bytes: self.max_io_bytes,
+            notes: vec!["in-memory files; crash() drops unsynced writes".to_string()],
+        }
+    }
+
+    fn register_fd(&mut self, _file: File) -> Result<IoFd> {
+        Err(StorageIoError::unsupported(
+            "MemIo keeps its files in memory; open them by path with open_file",
+        ))
+    }
+
+    fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
+        self.check_alive()?;
+        let mut st = if options.create || options.create_new || (options.truncate && options.write) {
+            self.fs.tick(self.epoch)?
+        } else {
+            self.fs.state.lock()
+        };
+        let entry = st.files.entry(path.to_path_buf()).or_default();
+        match (&mut entry.live, options.create || options.create_new) {
+            (Some(_), _) if options.create_new => return Err(StorageIoError::os_at("open", path, EEXIST)),
+            (Some(data), _) => {
+                if options.truncate && options.write {
+                    data.clear();
+                }
+            }
+            (live @ None, true) => {
+                *live = Some(Vec::new());
+                // A new name, or one brought back after a removal, is durable only after sync_dir.
+                entry.durable_exists = false;
+                entry.durable.clear();
+                entry.renamed = None;
+            }
+            (None, false) => return Err(StorageIoError::os_at("open", path, ENOENT)),
+        }
+        let len = entry.live.as_ref().map_or(0, |d| d.len() as u64);
+        drop(st);
+        self.files.insert(MemHandle {
+            path: path.to_path_buf(),
+            readable: options.read,
+            writable: options.write,
+            dsync: options.dsync,
+            append_cursor: len,
+        })
+    }
+    /// An in-memory file: no OS handle, and buffered (the model has no page cache to bypass).
+    fn open_file_with_mode(&mut self, path: &Path, options: &OpenOptions) -> Result<OpenedFd> {
+        let fd = self.open_file(path, options)?;
+        let fallback_reason = options
+            .direct
+            .then(|| "an in-memory file has no direct I/O".to_string());
+        Ok(OpenedFd {
+            fd,
+            mode: DirectMode::Buffered { fallback_reason },
+            file: None,
+        })
+    }
+
+    fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
+        self.files.remove(fd).map(|_| ())
+    }
+
+    fn file_len(&mut self, fd: IoFd) -> Result<u64> {
+        self.check_alive()?;
+        let path = &self.files.get(fd)?.path;
+        let st = self.fs.state.lock();
+        st.files
+            .get(path)
+            .and_then(|f| f.live.as_ref())
+            .map(|d| d.len() as u64)
+            .ok_or(StorageIoError::os(OpKind::Read, ENOENT))
     }
 
     fn submit_read(&mut self, fd: IoFd, mut buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use std::path::Path;
+use storage_io_core::Namespace;
 
 use storage_io_core::{IoCompletion, OpenOptions, StorageIo, StorageIoError};
 use storage_io_testkit::memio::{CrashOptions, MemFs, SECTOR_BYTES, TearMode};

@@ -25,6 +25,24 @@ struct CountingIo<B> {
     read_bytes: Arc<AtomicU64>,
 }
 
+impl<B: StorageIo> storage_io_core::Namespace for CountingIo<B> {
+    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn remove_file(&mut self, path: &Path) -> Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
+        self.inner.list_dir(dir)
+    }
+    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
+        self.inner.lock_dir(dir)
+    }
+}
+
 impl<B: StorageIo> StorageIo for CountingIo<B> {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
@@ -43,21 +61,6 @@ impl<B: StorageIo> StorageIo for CountingIo<B> {
     }
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
         self.inner.file_len(fd)
-    }
-    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn remove_file(&mut self, path: &Path) -> Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
-        self.inner.list_dir(dir)
-    }
-    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
-        self.inner.lock_dir(dir)
     }
     fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
         self.inner.alloc_buf(len)

@@ -59,9 +59,10 @@ pub use storage_io_core::bytes;
 pub use storage_io_core::hdrhistogram;
 pub use storage_io_core::{
     AlignedBuf, BackendFactory, BackendKind, BufferPool, BufferPoolConfig, Capabilities, DEFAULT_ALIGNMENT,
-    DirectMode, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot, IoToken,
-    OpKind, OpKindSnapshot, OpenOptions, OpenedFd, OpenedFile, Result, StorageIo, StorageIoError,
-    SubmitError, WaitWaker, direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
+    DirectMode, FileMetadata, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot,
+    IoToken, Namespace, OpKind, OpKindSnapshot, OpenOptions, OpenedFd, OpenedFile, Result, StorageIo,
+    StorageIoError, SubmitError, WaitWaker, direct_alignment, dsync_trusted_at, dsync_trusted_magic,
+    open_file,
 };
 /// The page scheduler (`storage-io-scheduler`); [`open_scheduler`] opens one on the
 /// auto-selected backend.

@@ -168,7 +168,9 @@ macro_rules! conformance_tests {
             wait_completions_returns_when_idle,
             stats_count_every_op,
             random_ops_match_the_model,
-            alloc_buf_carries_io_and_outlives_the_backend
+            alloc_buf_carries_io_and_outlives_the_backend,
+            wait_waker_ends_a_wait,
+            namespace_rename_and_metadata
         );
     };
     // Inside the testkit: the table `run_case` looks cases up in.
@@ -304,6 +306,31 @@ impl WithRoom {
     }
 }
 
+/// Names pass through.
+impl storage_io_core::Namespace for WithRoom {
+    fn sync_dir(&mut self, dir: &Path) -> storage_io_core::Result<()> {
+        self.io.sync_dir(dir)
+    }
+    fn remove_file(&mut self, path: &Path) -> storage_io_core::Result<()> {
+        self.io.remove_file(path)
+    }
+    fn rename(&mut self, from: &Path, to: &Path) -> storage_io_core::Result<()> {
+        self.io.rename(from, to)
+    }
+    fn metadata(&mut self, path: &Path) -> storage_io_core::Result<storage_io_core::FileMetadata> {
+        self.io.metadata(path)
+    }
+    fn list_dir(&mut self, dir: &Path) -> storage_io_core::Result<Vec<PathBuf>> {
+        self.io.list_dir(dir)
+    }
+    fn create_dir_all(&mut self, dir: &Path) -> storage_io_core::Result<()> {
+        self.io.create_dir_all(dir)
+    }
+    fn lock_dir(&mut self, dir: &Path) -> storage_io_core::Result<storage_io_core::DirLock> {
+        self.io.lock_dir(dir)
+    }
+}
+
 impl StorageIo for WithRoom {
     fn capabilities(&self) -> storage_io_core::Capabilities {
         self.io.capabilities()
@@ -389,6 +416,9 @@ impl StorageIo for WithRoom {
             return Ok(kept + self.io.poll_completions(out));
         }
         Ok(kept + self.io.wait_completions(out, min - kept, timeout)?)
+    }
+    fn wait_waker(&mut self) -> Option<storage_io_core::WaitWaker> {
+        self.io.wait_waker()
     }
     fn pending_count(&self) -> usize {
         self.io.pending_count() + self.kept.len()
