@@ -116,7 +116,9 @@ pub mod backend_kit {
     pub use crate::nowait::read_nowait;
     pub use crate::nowait::{NowaitGate, NowaitRead};
     pub use crate::op::TokenCounter;
-    pub use crate::queued::{MAX_RETRIES, OpDriver, OpPayload, OpSlot, OpTable, registered_index};
+    pub use crate::queued::{
+        DriverOpened, MAX_RETRIES, OpDriver, OpFile, OpPayload, OpSlot, OpTable, registered_index,
+    };
     pub use crate::queued_io::QueuedIo;
     pub use crate::wake::WakeState;
 }

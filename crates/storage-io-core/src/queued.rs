@@ -13,7 +13,6 @@
 //! cache), *out* while the driver has it, *held* while the datasync barrier keeps it back, and
 //! *finished* once its completion is queued; `pending` = accepted − delivered.
 
-use std::borrow::Borrow;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::time::{Duration, Instant};
@@ -21,13 +20,15 @@ use std::time::{Duration, Instant};
 use crate::barrier::DatasyncBarrier;
 use crate::buf::{AlignedBuf, FixedBufs, IoBuf};
 use crate::config::IoConfig;
-use crate::direct::{file_facts, file_len_of, plan_write, validate_transfer};
+use crate::direct::OpenOptions;
+use crate::direct::{DirectMode, direct_alignment, file_len_of, open_file, plan_write, validate_transfer};
 use crate::error::{Result, StorageIoError};
 use crate::fd_table::FdTable;
 use crate::nowait::{NowaitGate, NowaitRead, cached_read_completion, try_cached_read_file};
 use crate::op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind, TokenCounter};
 use crate::stats::IoStats;
 use crate::wake::WaitWaker;
+use std::path::Path;
 
 /// How often one op may come back with `EAGAIN`/`EINTR` before the error is reported.
 pub const MAX_RETRIES: u32 = 64;
@@ -131,14 +132,70 @@ pub(crate) struct WritePlan {
     cursor: u64,
 }
 
+/// A driver's handle on an open file, as the op table needs it.
+pub trait OpFile: Send {
+    /// The file's length now.
+    fn file_len(&self) -> Result<u64>;
+
+    /// The OS file behind the handle, if there is one: its direct-I/O alignment is enforced,
+    /// and buffered reads may be answered from the page cache at submit. `None` (the
+    /// default): neither.
+    fn std_file(&self) -> Option<&File> {
+        None
+    }
+}
+
+impl OpFile for File {
+    fn file_len(&self) -> Result<u64> {
+        file_len_of(self)
+    }
+    fn std_file(&self) -> Option<&File> {
+        Some(self)
+    }
+}
+
+/// A file a driver opened by path: the handle, the I/O mode in effect, and a second OS handle
+/// when there is one (see [`OpenedFd`](crate::OpenedFd)).
+#[derive(Debug)]
+pub struct DriverOpened<H> {
+    /// The driver's handle.
+    pub handle: H,
+    /// Whether direct I/O is in effect.
+    pub mode: DirectMode,
+    /// A second OS handle on the file, when there is one.
+    pub file: Option<File>,
+}
+
 /// What a queued backend's executor supplies: starting an op, and waiting for completions
 /// (which it hands back with [`OpTable::complete`]). See the module docs.
 pub trait OpDriver: Send + Sized {
-    /// The driver's handle on an open file (an `Arc<File>` to share with workers, the `File`).
-    type File: From<File> + Borrow<File> + Send;
+    /// The driver's handle on an open file (the `File` itself, or a handle of the backend's
+    /// own).
+    type File: OpFile;
 
     /// What the backend is and can do, under `config`.
     fn capabilities(&self, config: &IoConfig) -> Capabilities;
+
+    /// Takes an open OS file as a handle (`register_fd`); a backend without OS files refuses.
+    fn adopt(&mut self, file: File) -> Result<Self::File>;
+
+    /// Opens `path` (`open_file`). The default opens a real file (falling back from direct to
+    /// buffered I/O where the file system refuses it) and adopts it.
+    fn open(&mut self, path: &Path, options: &OpenOptions) -> Result<DriverOpened<Self::File>> {
+        let opened = open_file(path, options)?;
+        let file = opened.file.try_clone().ok();
+        Ok(DriverOpened {
+            handle: self.adopt(opened.file)?,
+            mode: opened.mode,
+            file,
+        })
+    }
+
+    /// Closes a handle once every op on it is back (the default drops it).
+    fn close(&mut self, file: Self::File) -> Result<()> {
+        drop(file);
+        Ok(())
+    }
 
     /// Start the op in slot `idx` of `ops` (for its remaining bytes, see [`OpSlot::done`]). It
     /// counts as out from the call on; on `Err` it never started, and the table fails or
@@ -219,7 +276,7 @@ pub struct OpTable<H> {
     in_place_ops: u64,
 }
 
-impl<H: Borrow<File>> OpTable<H> {
+impl<H: OpFile> OpTable<H> {
     /// A table of `config.queue_depth` preallocated slots for `config.max_files` files.
     /// `barrier: false` drops the datasync barrier: a sync starts at once and later writes are
     /// not held behind it (for an owner that orders syncs itself).
@@ -420,7 +477,8 @@ impl<H: Borrow<File>> OpTable<H> {
 
     /// Registers an open file: its append cursor starts at its length.
     pub(crate) fn insert(&mut self, handle: H) -> Result<IoFd> {
-        let (append_cursor, align) = file_facts(handle.borrow())?;
+        let append_cursor = handle.file_len()?;
+        let align = handle.std_file().and_then(direct_alignment);
         self.files.insert(QueuedFile {
             handle,
             align,
@@ -446,7 +504,7 @@ impl<H: Borrow<File>> OpTable<H> {
 
     /// The file's length now.
     pub(crate) fn file_len(&self, fd: IoFd) -> Result<u64> {
-        file_len_of(self.files.get(fd)?.handle.borrow())
+        self.files.get(fd)?.handle.file_len()
     }
 
     /// Checks a read of `buf` at `offset` before it is accepted.
@@ -626,14 +684,8 @@ impl<H: Borrow<File>> OpTable<H> {
     ) -> Option<(NowaitRead, Instant)> {
         let enabled = self.config.nowait_reads;
         let f = self.files.get_mut(fd).ok()?;
-        try_cached_read_file(
-            enabled,
-            f.align,
-            &mut f.nowait,
-            f.handle.borrow(),
-            buf.as_mut_slice(),
-            offset,
-        )
+        let file = f.handle.std_file()?;
+        try_cached_read_file(enabled, f.align, &mut f.nowait, file, buf.as_mut_slice(), offset)
     }
 
     /// A read the page cache answered whole at submit: no slot, nothing at the driver; its

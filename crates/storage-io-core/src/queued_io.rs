@@ -2,10 +2,13 @@
 //! [`OpTable`] and the backend's [`OpDriver`].
 
 use std::fs::File;
+use std::path::Path;
 use std::time::Duration;
 
+use crate::backend::OpenedFd;
 use crate::backend::StorageIo;
 use crate::buf::{AlignedBuf, IoBuf};
+use crate::direct::OpenOptions;
 use crate::error::{Result, SubmitError};
 use crate::namespace::Namespace;
 use crate::nowait::NowaitRead;
@@ -46,6 +49,16 @@ impl<D: OpDriver> QueuedIo<D> {
     }
 
     /// A copied write (`offset` `None`: an append), staged in registered or heap memory.
+    /// Registers an adopted or opened handle with the table and the driver.
+    fn insert(&mut self, handle: D::File) -> Result<IoFd> {
+        let fd = self.ops.insert(handle)?;
+        if let Err(e) = self.driver.file_registered(fd, self.ops.file(fd)?) {
+            self.ops.remove(fd)?;
+            return Err(e);
+        }
+        Ok(fd)
+    }
+
     fn copied_write(&mut self, fd: IoFd, data: &[u8], offset: Option<u64>) -> Result<IoToken> {
         let plan = self.ops.plan(fd, data, offset)?;
         let payload = self.ops.stage_copy(self.driver.registered_bufs(), data)?;
@@ -79,12 +92,21 @@ impl<D: OpDriver> StorageIo for QueuedIo<D> {
     }
 
     fn register_fd(&mut self, file: File) -> Result<IoFd> {
-        let fd = self.ops.insert(D::File::from(file))?;
-        if let Err(e) = self.driver.file_registered(fd, self.ops.file(fd)?) {
-            self.ops.remove(fd)?;
-            return Err(e);
-        }
-        Ok(fd)
+        let handle = self.driver.adopt(file)?;
+        self.insert(handle)
+    }
+
+    fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
+        self.open_file_with_mode(path, options).map(|o| o.fd)
+    }
+
+    fn open_file_with_mode(&mut self, path: &Path, options: &OpenOptions) -> Result<OpenedFd> {
+        let opened = self.driver.open(path, options)?;
+        Ok(OpenedFd {
+            fd: self.insert(opened.handle)?,
+            mode: opened.mode,
+            file: opened.file,
+        })
     }
 
     fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
@@ -95,8 +117,8 @@ impl<D: OpDriver> StorageIo for QueuedIo<D> {
         }
         self.driver.file_deregistered(fd)?;
         // Every op of this fd is back: the table holds the last handle, and the file closes.
-        self.ops.remove(fd)?;
-        Ok(())
+        let handle = self.ops.remove(fd)?;
+        self.driver.close(handle)
     }
 
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
@@ -245,20 +267,19 @@ impl<D: OpDriver> Drop for QueuedIo<D> {
     }
 }
 
-/// Implements [`StorageIo`] and [`Namespace`] for a struct by forwarding every method — provided ones included,
-/// so none silently falls back to its default — to one of its fields: how a backend type of
-/// its own (`ThreadPoolStorageIo`, `UringStorageIo`) wraps a [`QueuedIo`].
+/// Implements [`Namespace`] for a struct by forwarding every method to one of its fields: how a
+/// wrapper of a backend (the testkit's `FaultyIo`, `GatedIo`) keeps the inner backend's names.
 ///
 /// ```
 /// use storage_io_core::StorageIo;
 ///
-/// struct Named(Box<dyn StorageIo>);
-/// storage_io_core::forward_storage_io!(Named => 0);
+/// struct Wrapper<B>(B);
+/// storage_io_core::forward_namespace!([B: StorageIo] Wrapper<B> => 0);
 /// ```
 #[macro_export]
-macro_rules! forward_storage_io {
-    ($ty:ty => $field:tt) => {
-        impl $crate::Namespace for $ty {
+macro_rules! forward_namespace {
+    ([$($generics:tt)*] $ty:ty => $field:tt) => {
+        impl<$($generics)*> $crate::Namespace for $ty {
             fn sync_dir(&mut self, dir: &::std::path::Path) -> $crate::Result<()> {
                 self.$field.sync_dir(dir)
             }
@@ -281,7 +302,30 @@ macro_rules! forward_storage_io {
                 self.$field.lock_dir(dir)
             }
         }
-        impl $crate::StorageIo for $ty {
+    };
+    ($ty:ty => $field:tt) => {
+        $crate::forward_namespace!([] $ty => $field);
+    };
+}
+
+/// Implements [`StorageIo`] and [`Namespace`] for a struct by forwarding every method — provided ones included,
+/// so none silently falls back to its default — to one of its fields: how a backend type of
+/// its own (`ThreadPoolStorageIo`, `UringStorageIo`) wraps a [`QueuedIo`].
+///
+/// ```
+/// use storage_io_core::StorageIo;
+///
+/// struct Named(Box<dyn StorageIo>);
+/// storage_io_core::forward_storage_io!(Named => 0);
+///
+/// struct Generic<T>(T);
+/// storage_io_core::forward_storage_io!([T: StorageIo] Generic<T> => 0);
+/// ```
+#[macro_export]
+macro_rules! forward_storage_io {
+    ([$($generics:tt)*] $ty:ty => $field:tt) => {
+        $crate::forward_namespace!([$($generics)*] $ty => $field);
+        impl<$($generics)*> $crate::StorageIo for $ty {
             fn capabilities(&self) -> $crate::Capabilities {
                 self.$field.capabilities()
             }
@@ -379,5 +423,8 @@ macro_rules! forward_storage_io {
                 self.$field.stats()
             }
         }
+    };
+    ($ty:ty => $field:tt) => {
+        $crate::forward_storage_io!([] $ty => $field);
     };
 }

@@ -256,20 +256,7 @@ impl Drop for HookIo {
     }
 }
 
-impl storage_io_core::Namespace for HookIo {
-    fn sync_dir(&mut self, dir: &Path) -> storage_io_core::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn remove_file(&mut self, path: &Path) -> storage_io_core::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn list_dir(&mut self, dir: &Path) -> storage_io_core::Result<Vec<PathBuf>> {
-        self.inner.list_dir(dir)
-    }
-    fn create_dir_all(&mut self, dir: &Path) -> storage_io_core::Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-}
+storage_io_core::forward_namespace!( HookIo => inner);
 
 impl StorageIo for HookIo {
     fn capabilities(&self) -> Capabilities {

@@ -13,6 +13,7 @@ use storage_io_core::backend_kit::{
     FdTable, InlineBackend, InlineQueue, InlineWrite, file_facts, file_len_of, plan_write, validate_transfer,
 };
 
+use crate::blocking::StdFiles;
 use crate::exec;
 
 struct SyncFile {
@@ -61,7 +62,7 @@ impl SyncStorageIo {
         self.queue.admit()?;
         let started = Instant::now();
         let f = self.files.get(fd)?;
-        let result = exec::sync(&f.file, op);
+        let result = exec::sync(&StdFiles, &f.file, op);
         Ok(self.queue.finish(started, (op, fd, 0, 0), result, None))
     }
 }
@@ -76,7 +77,11 @@ impl InlineBackend for SyncStorageIo {
         let max = self.config.max_io_bytes;
         let f = self.files.get_mut(fd)?;
         let (op, offset) = plan_write(&mut f.append_cursor, f.align, offset, data, max)?;
-        Ok((op, offset, exec::write_all_at(&f.file, data, offset, op)))
+        Ok((
+            op,
+            offset,
+            exec::write_all_at(&StdFiles, &f.file, data, offset, op),
+        ))
     }
 }
 
@@ -130,7 +135,7 @@ impl StorageIo for SyncStorageIo {
         };
         let started = Instant::now();
         let len = buf.len();
-        let result = exec::read_full_at(&f.file, &mut buf, offset);
+        let result = exec::read_full_at(&StdFiles, &f.file, &mut buf, offset);
         if let Ok(n) = result {
             buf.truncate(n);
         }

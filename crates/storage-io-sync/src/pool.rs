@@ -1,5 +1,6 @@
-//! [`ThreadPoolStorageIo`]: blocking `pread`/`pwrite`/`fdatasync` on worker threads, the way
-//! PostgreSQL's `io_method=worker` does it. The caller's thread only queues jobs and collects
+//! [`BlockingIo`] and [`ThreadPoolStorageIo`]: blocking calls on worker threads, the way
+//! PostgreSQL's `io_method=worker` does it — `pread`/`pwrite`/`fdatasync` on real files, or the
+//! calls of a [`BlockingBackend`] of your own. The caller's thread only queues jobs and collects
 //! results; it never blocks in `submit_*` or `poll_completions`.
 //!
 //! The op bookkeeping (slots, tokens, the datasync barrier, staging, the page-cache fast path)
@@ -11,16 +12,37 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use storage_io_core::backend_kit::{OpDriver, OpPayload, OpTable, QueuedIo, WakeState};
-use storage_io_core::{Capabilities, IoConfig, Result, StorageIoError, WaitWaker};
+use storage_io_core::backend_kit::{DriverOpened, OpDriver, OpFile, OpPayload, OpTable, QueuedIo, WakeState};
+use storage_io_core::{Capabilities, IoConfig, OpenOptions, Result, StorageIoError, WaitWaker};
 
+use crate::blocking::{BlockingBackend, StdFiles};
 use crate::exec;
 
+/// The thread pool on real files: `pread`/`pwrite`/`fdatasync` through the platform layer.
+pub type ThreadPoolStorageIo = BlockingIo<StdFiles>;
+
+/// A file of the pool's table: the backend's file, shared with the worker running an op on it.
+struct PoolFile<B: BlockingBackend> {
+    backend: Arc<B>,
+    file: Arc<B::File>,
+}
+
+impl<B: BlockingBackend> OpFile for PoolFile<B> {
+    fn file_len(&self) -> Result<u64> {
+        self.backend
+            .len(&self.file)
+            .map_err(|e| StorageIoError::from_os("file length", &e))
+    }
+    fn std_file(&self) -> Option<&File> {
+        self.backend.std_file(&self.file)
+    }
+}
+
 /// An op on its way to a worker: the slot it belongs to, and what the worker needs to run it.
-struct Job {
+struct Job<F> {
     idx: u32,
     op: storage_io_core::OpKind,
-    file: Arc<File>,
+    file: Arc<F>,
     /// Where the remaining bytes start in the file.
     offset: u64,
     /// Bytes already in place (a partial page-cache hit at submit).
@@ -35,7 +57,9 @@ struct Done {
     result: Result<usize>,
 }
 
-/// The thread-pool backend.
+/// The thread-pool backend: the calls of a [`BlockingBackend`] (real files for
+/// [`ThreadPoolStorageIo`], or a backend of your own through [`with_backend`](Self::with_backend))
+/// run on worker threads.
 ///
 /// `workers` threads share one job queue (so a slow op never strands others behind it) and send
 /// results back on one completion channel. Datasync and fsync are barriers per fd: a sync is
@@ -56,16 +80,17 @@ struct Done {
 /// io.wait_completions(&mut done, 9, None).unwrap();
 /// assert_eq!(done.last().unwrap().op, storage_io_core::OpKind::Datasync);
 /// ```
-pub struct ThreadPoolStorageIo {
-    io: QueuedIo<PoolDriver>,
+pub struct BlockingIo<B: BlockingBackend> {
+    io: QueuedIo<PoolDriver<B>>,
 }
 
-storage_io_core::forward_storage_io!(ThreadPoolStorageIo => io);
+storage_io_core::forward_storage_io!([B: BlockingBackend] BlockingIo<B> => io);
 
 /// The thread pool as an [`OpDriver`]: a job queue shared by the workers, and one channel of
 /// results back.
-struct PoolDriver {
-    jobs: Option<flume::Sender<Job>>,
+struct PoolDriver<B: BlockingBackend> {
+    backend: Arc<B>,
+    jobs: Option<flume::Sender<Job<B::File>>>,
     /// Completions from the workers; `None` is a kick from a [`WaitWaker`].
     results: flume::Receiver<Option<Done>>,
     /// Kept to hand to wakers.
@@ -76,19 +101,33 @@ struct PoolDriver {
 }
 
 impl ThreadPoolStorageIo {
-    /// Starts `config.effective_workers()` worker threads.
+    /// Starts `config.effective_workers()` worker threads on real files.
     pub fn new(config: &IoConfig) -> Result<Self> {
+        BlockingIo::with_backend(StdFiles, config)
+    }
+}
+
+impl<B: BlockingBackend> BlockingIo<B> {
+    /// The backend whose calls the workers run.
+    pub fn backend(&self) -> &B {
+        &self.io.driver().backend
+    }
+
+    /// Runs `backend`'s blocking calls on `config.effective_workers()` worker threads.
+    pub fn with_backend(backend: B, config: &IoConfig) -> Result<Self> {
         config.validate()?;
-        let (job_tx, job_rx) = flume::unbounded::<Job>();
+        let backend = Arc::new(backend);
+        let (job_tx, job_rx) = flume::unbounded::<Job<B::File>>();
         let (done_tx, done_rx) = flume::unbounded::<Option<Done>>();
         let n = config.effective_workers();
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
+            let backend = Arc::clone(&backend);
             let spawned = std::thread::Builder::new()
                 .name(format!("storage-io-worker-{i}"))
-                .spawn(move || worker_loop(&job_rx, &done_tx));
+                .spawn(move || worker_loop(&*backend, &job_rx, &done_tx));
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => {
@@ -98,13 +137,14 @@ impl ThreadPoolStorageIo {
             }
         }
         let driver = PoolDriver {
+            backend,
             jobs: Some(job_tx),
             results: done_rx,
             results_tx: done_tx,
             wake: None,
             workers,
         };
-        Ok(ThreadPoolStorageIo {
+        Ok(BlockingIo {
             io: QueuedIo::new(driver, OpTable::new(config, true)),
         })
     }
@@ -116,10 +156,10 @@ impl ThreadPoolStorageIo {
     }
 }
 
-impl PoolDriver {
+impl<B: BlockingBackend> PoolDriver<B> {
     /// Takes one worker result (or kick) into `ops`: blocks until `deadline` when one is given,
     /// forever when `None`; false when none can come.
-    fn receive_one(&mut self, ops: &mut OpTable<Arc<File>>, deadline: Option<Instant>) -> bool {
+    fn receive_one(&mut self, ops: &mut OpTable<PoolFile<B>>, deadline: Option<Instant>) -> bool {
         if ops.in_flight() == 0 {
             return false;
         }
@@ -138,26 +178,33 @@ impl PoolDriver {
         }
     }
 
-    fn on_done(&mut self, ops: &mut OpTable<Arc<File>>, done: Done) {
+    fn handle(&self, file: B::File) -> PoolFile<B> {
+        PoolFile {
+            backend: Arc::clone(&self.backend),
+            file: Arc::new(file),
+        }
+    }
+
+    fn on_done(&mut self, ops: &mut OpTable<PoolFile<B>>, done: Done) {
         ops.slot_mut(done.idx).payload = done.payload;
         ops.returned(done.idx);
         ops.complete(self, done.idx, done.result);
     }
 }
 
-impl OpDriver for PoolDriver {
-    type File = Arc<File>;
+impl<B: BlockingBackend> OpDriver for PoolDriver<B> {
+    type File = PoolFile<B>;
 
     fn capabilities(&self, config: &IoConfig) -> Capabilities {
         Capabilities {
-            name: "thread_pool",
+            name: B::NAME,
             max_in_flight: config.queue_depth,
             asynchronous: true,
             worker_threads: self.workers.len(),
             registered_buffers: false,
             registered_files: false,
             sqpoll: false,
-            direct_io: storage_io_core::platform::DIRECT_IO,
+            direct_io: B::DIRECT_IO,
             max_io_bytes: config.max_io_bytes,
             notes: Vec::new(),
         }
@@ -165,11 +212,11 @@ impl OpDriver for PoolDriver {
 
     /// Hands the slot's op to the workers: its payload travels with the job and comes back in
     /// the result.
-    fn start(&mut self, ops: &mut OpTable<Arc<File>>, idx: u32) -> std::io::Result<()> {
+    fn start(&mut self, ops: &mut OpTable<PoolFile<B>>, idx: u32) -> std::io::Result<()> {
         let Some(tx) = self.jobs.as_ref() else {
             return Err(std::io::Error::other("the I/O worker pool is shut down"));
         };
-        let file = Arc::clone(ops.file(ops.slot(idx).fd).map_err(std::io::Error::other)?);
+        let file = Arc::clone(&ops.file(ops.slot(idx).fd).map_err(std::io::Error::other)?.file);
         let slot = ops.slot_mut(idx);
         let job = Job {
             idx,
@@ -189,7 +236,36 @@ impl OpDriver for PoolDriver {
         })
     }
 
-    fn poll(&mut self, ops: &mut OpTable<Arc<File>>) {
+    fn adopt(&mut self, file: File) -> Result<PoolFile<B>> {
+        let file = self.backend.adopt(file).map_err(|e| match e.kind() {
+            // A backend that keeps no OS files: say so, as MemIo does.
+            std::io::ErrorKind::Unsupported => StorageIoError::Unsupported {
+                what: e.to_string().into(),
+            },
+            _ => StorageIoError::from_os("register_fd", &e),
+        })?;
+        Ok(self.handle(file))
+    }
+
+    fn open(&mut self, path: &std::path::Path, options: &OpenOptions) -> Result<DriverOpened<PoolFile<B>>> {
+        let (file, mode) = self.backend.open_with_mode(path, options)?;
+        let handle = self.handle(file);
+        let file = handle.std_file().and_then(|f| f.try_clone().ok());
+        Ok(DriverOpened { handle, mode, file })
+    }
+
+    /// Workers drop their handle before they reply, so the table's is the last one here.
+    fn close(&mut self, handle: PoolFile<B>) -> Result<()> {
+        match Arc::try_unwrap(handle.file) {
+            Ok(file) => self
+                .backend
+                .close(file)
+                .map_err(|e| StorageIoError::from_os("close", &e)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn poll(&mut self, ops: &mut OpTable<PoolFile<B>>) {
         // Nothing at a worker and no waker to send kicks: the channel is empty, and a poll of
         // reads answered at submit need not lock it to find out.
         if ops.in_flight() == 0 && self.wake.is_none() {
@@ -202,7 +278,7 @@ impl OpDriver for PoolDriver {
         }
     }
 
-    fn wait(&mut self, ops: &mut OpTable<Arc<File>>, min: usize, timeout: Option<Duration>) -> Result<()> {
+    fn wait(&mut self, ops: &mut OpTable<PoolFile<B>>, min: usize, timeout: Option<Duration>) -> Result<()> {
         self.poll(ops);
         if ops.ready_len() >= min {
             // Reads answered at submit: no clock needed.
@@ -223,7 +299,7 @@ impl OpDriver for PoolDriver {
         Ok(())
     }
 
-    fn wait_one(&mut self, ops: &mut OpTable<Arc<File>>) -> Result<bool> {
+    fn wait_one(&mut self, ops: &mut OpTable<PoolFile<B>>) -> Result<bool> {
         Ok(self.receive_one(ops, None))
     }
 
@@ -237,7 +313,7 @@ impl OpDriver for PoolDriver {
     }
 }
 
-impl Drop for PoolDriver {
+impl<B: BlockingBackend> Drop for PoolDriver<B> {
     fn drop(&mut self) {
         // `QueuedIo` waited for every op (every buffer a worker held came home) before this
         // runs: the workers are idle, and exit once the job queue closes.
@@ -250,7 +326,11 @@ impl Drop for PoolDriver {
     }
 }
 
-fn worker_loop(jobs: &flume::Receiver<Job>, done: &flume::Sender<Option<Done>>) {
+fn worker_loop<B: BlockingBackend>(
+    b: &B,
+    jobs: &flume::Receiver<Job<B::File>>,
+    done: &flume::Sender<Option<Done>>,
+) {
     while let Ok(job) = jobs.recv() {
         let Job {
             idx,
@@ -262,14 +342,14 @@ fn worker_loop(jobs: &flume::Receiver<Job>, done: &flume::Sender<Option<Done>>) 
         } = job;
         let at = offset + skip as u64;
         let result = match &mut payload {
-            OpPayload::Read(buf) => exec::read_full_at(&file, &mut buf[skip..], at).map(|n| skip + n),
+            OpPayload::Read(buf) => exec::read_full_at(b, &file, &mut buf[skip..], at).map(|n| skip + n),
             OpPayload::ReadStaged { staging, .. } => {
-                exec::read_full_at(&file, &mut staging[skip..], at).map(|n| skip + n)
+                exec::read_full_at(b, &file, &mut staging[skip..], at).map(|n| skip + n)
             }
-            OpPayload::WriteOwned(buf) => exec::write_all_at(&file, buf, offset, op),
-            OpPayload::WriteStaged(buf) => exec::write_all_at(&file, buf, offset, op),
-            OpPayload::WriteShared(data) => exec::write_all_at(&file, data, offset, op),
-            OpPayload::Sync => exec::sync(&file, op),
+            OpPayload::WriteOwned(buf) => exec::write_all_at(b, &file, buf, offset, op),
+            OpPayload::WriteStaged(buf) => exec::write_all_at(b, &file, buf, offset, op),
+            OpPayload::WriteShared(data) => exec::write_all_at(b, &file, data, offset, op),
+            OpPayload::Sync => exec::sync(b, &file, op),
             OpPayload::None => Ok(0),
         };
         // Drop our handle on the file before reporting, so deregister_fd can take it back.

@@ -25,8 +25,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use storage_io_core::backend_kit::{TokenCounter, WakeState, deliver_ready};
 use storage_io_core::{
-    AlignedBuf, Capabilities, DirLock, FileMetadata, IoBuf, IoCompletion, IoFd, IoStats, IoToken, Namespace,
-    OpKind, OpenOptions, OpenedFd, Result, StorageIo, StorageIoError, SubmitError, WaitWaker,
+    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd,
+    Result, StorageIo, StorageIoError, SubmitError, WaitWaker,
 };
 
 /// The errno values injected.
@@ -474,30 +474,7 @@ impl<B: StorageIo> FaultyIo<B> {
     }
 }
 
-/// Names pass through to the inner backend untouched (faults are injected on ops).
-impl<B: StorageIo> Namespace for FaultyIo<B> {
-    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn remove_file(&mut self, path: &Path) -> Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn metadata(&mut self, path: &Path) -> Result<FileMetadata> {
-        self.inner.metadata(path)
-    }
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-        self.inner.list_dir(dir)
-    }
-    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
-        self.inner.lock_dir(dir)
-    }
-}
+storage_io_core::forward_namespace!([B: StorageIo] FaultyIo<B> => inner);
 
 impl<B: StorageIo> StorageIo for FaultyIo<B> {
     fn capabilities(&self) -> Capabilities {

@@ -4,14 +4,14 @@
 //! without sleeps.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use storage_io_core::{
-    AlignedBuf, Capabilities, DirLock, FileMetadata, IoBuf, IoCompletion, IoFd, IoStats, IoToken, Namespace,
-    OpKind, OpenOptions, OpenedFd, Result, StorageIo, SubmitError, WaitWaker,
+    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd,
+    Result, StorageIo, SubmitError, WaitWaker,
 };
 
 /// A switch shared between a test and its [`GatedIo`] backends. It starts closed. It also
@@ -129,30 +129,7 @@ impl<B: StorageIo> GatedIo<B> {
     }
 }
 
-/// Names pass through to the inner backend.
-impl<B: StorageIo> Namespace for GatedIo<B> {
-    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn remove_file(&mut self, path: &Path) -> Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn rename(&mut self, from: &Path, to: &Path) -> Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn metadata(&mut self, path: &Path) -> Result<FileMetadata> {
-        self.inner.metadata(path)
-    }
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
-        self.inner.list_dir(dir)
-    }
-    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
-        self.inner.lock_dir(dir)
-    }
-}
+storage_io_core::forward_namespace!([B: StorageIo] GatedIo<B> => inner);
 
 impl<B: StorageIo> StorageIo for GatedIo<B> {
     fn capabilities(&self) -> Capabilities {

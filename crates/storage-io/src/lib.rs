@@ -57,6 +57,8 @@ pub use fs::{TOKIO_FILE_MAX_BUF, TokioFile};
 pub use storage_io_core::bytes;
 /// The `hdrhistogram` crate, re-exported: [`IoStats::latency_ns`] returns its `Histogram`.
 pub use storage_io_core::hdrhistogram;
+/// Positional I/O, datasync and directory sync per OS (for a [`BlockingBackend`] of your own).
+pub use storage_io_core::platform;
 pub use storage_io_core::{
     AlignedBuf, BackendFactory, BackendKind, BufferPool, BufferPoolConfig, Capabilities, DEFAULT_ALIGNMENT,
     DirectMode, FileMetadata, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot,
@@ -67,7 +69,7 @@ pub use storage_io_core::{
 /// The page scheduler (`storage-io-scheduler`); [`open_scheduler`] opens one on the
 /// auto-selected backend.
 pub use storage_io_scheduler as scheduler;
-pub use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
+pub use storage_io_sync::{BlockingBackend, BlockingIo, StdFiles, SyncStorageIo, ThreadPoolStorageIo};
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
 pub use storage_io_uring::UringStorageIo;
 #[cfg(feature = "io-uring")]

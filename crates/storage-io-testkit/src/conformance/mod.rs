@@ -306,30 +306,7 @@ impl WithRoom {
     }
 }
 
-/// Names pass through.
-impl storage_io_core::Namespace for WithRoom {
-    fn sync_dir(&mut self, dir: &Path) -> storage_io_core::Result<()> {
-        self.io.sync_dir(dir)
-    }
-    fn remove_file(&mut self, path: &Path) -> storage_io_core::Result<()> {
-        self.io.remove_file(path)
-    }
-    fn rename(&mut self, from: &Path, to: &Path) -> storage_io_core::Result<()> {
-        self.io.rename(from, to)
-    }
-    fn metadata(&mut self, path: &Path) -> storage_io_core::Result<storage_io_core::FileMetadata> {
-        self.io.metadata(path)
-    }
-    fn list_dir(&mut self, dir: &Path) -> storage_io_core::Result<Vec<PathBuf>> {
-        self.io.list_dir(dir)
-    }
-    fn create_dir_all(&mut self, dir: &Path) -> storage_io_core::Result<()> {
-        self.io.create_dir_all(dir)
-    }
-    fn lock_dir(&mut self, dir: &Path) -> storage_io_core::Result<storage_io_core::DirLock> {
-        self.io.lock_dir(dir)
-    }
-}
+storage_io_core::forward_namespace!( WithRoom => io);
 
 impl StorageIo for WithRoom {
     fn capabilities(&self) -> storage_io_core::Capabilities {

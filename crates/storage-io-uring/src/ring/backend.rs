@@ -20,6 +20,10 @@ impl OpDriver for RingDriver {
         }
     }
 
+    fn adopt(&mut self, file: File) -> Result<File> {
+        Ok(file)
+    }
+
     fn start(&mut self, ops: &mut Ops, idx: u32) -> std::io::Result<()> {
         self.push_slot(ops, idx)
     }
