@@ -1,13 +1,13 @@
 //! The [`StorageIo`] trait: the contract every backend keeps.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::buf::{AlignedBuf, IoBuf};
-use crate::dir_lock::DirLock;
 use crate::direct::{DirectMode, OpenOptions, open_file};
-use crate::error::{Result, StorageIoError, SubmitError};
+use crate::error::{Result, SubmitError};
+use crate::namespace::Namespace;
 use crate::op::{Capabilities, IoCompletion, IoFd, IoToken};
 use crate::stats::IoStats;
 use crate::wake::WaitWaker;
@@ -39,6 +39,10 @@ use crate::wake::WaitWaker;
 /// 8. **Teardown is safe.** [`deregister_fd`] and `Drop` wait for that fd's (all) in-flight ops
 ///    before closing fds or freeing memory; a stale [`IoFd`] is refused, never aliased.
 ///
+/// Names and directories (creating, listing, renaming, removing, directory sync, locks) are the
+/// supertrait [`Namespace`], whose methods all default to the real file system: a backend of
+/// real files adds an empty `impl Namespace for MyIo {}`.
+///
 /// Appends: each file has an append cursor, starting at its length when registered. An append
 /// takes the next `len` bytes at the cursor at submit time (so appends in flight never overlap)
 /// and its completion says where it landed. Writes that end past the cursor move it too.
@@ -67,7 +71,7 @@ use crate::wake::WaitWaker;
 /// [`submit_write`]: StorageIo::submit_write
 /// [`submit_write_buf`]: StorageIo::submit_write_buf
 /// [`deregister_fd`]: StorageIo::deregister_fd
-pub trait StorageIo: Send {
+pub trait StorageIo: Namespace {
     /// What this backend is and can do.
     fn capabilities(&self) -> Capabilities;
 
@@ -110,42 +114,6 @@ pub trait StorageIo: Send {
 
     /// The file's current length in bytes, including writes completed but not yet synced.
     fn file_len(&mut self, fd: IoFd) -> Result<u64>;
-
-    /// Makes the directory entry of files created or removed in `dir` durable (fsync on the
-    /// directory). The default does it on the real directory.
-    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        sync_dir_default(dir)
-    }
-
-    /// Removes the file at `path` (the removal is durable once [`sync_dir`](StorageIo::sync_dir)
-    /// runs on its directory). The default removes a real file.
-    fn remove_file(&mut self, path: &Path) -> Result<()> {
-        std::fs::remove_file(path).map_err(|e| StorageIoError::from_os_at("remove_file", path, &e))
-    }
-
-    /// The paths of the entries directly inside `dir`, sorted. Components above the backend
-    /// (the WAL finding its segments) list directories through this, so in-memory backends can
-    /// answer for their own files. The default lists the real directory.
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
-        list_dir_default(dir)
-    }
-
-    /// Creates `dir` and its missing parents (no error if it exists). The default creates real
-    /// directories; in-memory backends, which have no directories, accept any path.
-    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| StorageIoError::from_os_at("create_dir_all", dir, &e))
-    }
-
-    /// Takes the exclusive lock of directory `dir` (which must exist), held until the returned
-    /// [`DirLock`] is dropped: a component that owns a directory (the WAL, a page scheduler)
-    /// takes it at open, so that a second owner in this process or another gets
-    /// [`StorageIoError::DirLocked`] naming the lock file. The default locks the real
-    /// directory (`dir/LOCK` with an exclusive `flock`, see
-    /// [`lock_dir_default`](crate::backend_kit::lock_dir_default)); in-memory backends keep a
-    /// lock table of their own, and wrappers forward it.
-    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
-        crate::dir_lock::lock_dir_default(dir)
-    }
 
     /// An aligned buffer of `len` bytes (capacity at least `len`) that suits this backend best.
     ///
@@ -224,8 +192,10 @@ pub trait StorageIo: Send {
     fn submit_fsync(&mut self, fd: IoFd) -> Result<IoToken>;
 
     /// Pushes queued submissions to the kernel or the workers; returns how many were pushed.
-    /// Backends that start every op at submit return 0.
-    fn flush(&mut self) -> Result<usize>;
+    /// Backends that start every op at submit return 0 (the default).
+    fn flush(&mut self) -> Result<usize> {
+        Ok(0)
+    }
 
     /// Moves every completion that is ready into `out` without blocking; returns how many.
     /// Reuse `out` between calls so that polling never allocates.
@@ -259,23 +229,6 @@ pub trait StorageIo: Send {
     fn stats(&self) -> &IoStats;
 }
 
-/// fsync on a directory, as the default [`StorageIo::sync_dir`] does ([`crate::platform::sync_dir`]:
-/// a no-op on Windows, where NTFS journals directory entries).
-pub fn sync_dir_default(dir: &Path) -> Result<()> {
-    crate::platform::sync_dir(dir).map_err(|e| StorageIoError::from_os_at("sync_dir", dir, &e))
-}
-
-/// The sorted entries of a real directory, as the default [`StorageIo::list_dir`] gives them.
-pub fn list_dir_default(dir: &Path) -> Result<Vec<PathBuf>> {
-    let to_err = |e: std::io::Error| StorageIoError::from_os_at("list_dir", dir, &e);
-    let mut paths = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(to_err)? {
-        paths.push(entry.map_err(to_err)?.path());
-    }
-    paths.sort();
-    Ok(paths)
-}
-
 /// A file opened through a backend by [`StorageIo::open_file_with_mode`].
 #[derive(Debug)]
 pub struct OpenedFd {
@@ -301,9 +254,6 @@ impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     fn deregister_fd(&mut self, fd: IoFd) -> Result<()> {
         (**self).deregister_fd(fd)
     }
-    fn remove_file(&mut self, path: &Path) -> Result<()> {
-        (**self).remove_file(path)
-    }
     fn open_file(&mut self, path: &Path, options: &OpenOptions) -> Result<IoFd> {
         (**self).open_file(path, options)
     }
@@ -312,18 +262,6 @@ impl<T: StorageIo + ?Sized> StorageIo for Box<T> {
     }
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
         (**self).file_len(fd)
-    }
-    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        (**self).sync_dir(dir)
-    }
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
-        (**self).list_dir(dir)
-    }
-    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
-        (**self).create_dir_all(dir)
-    }
-    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
-        (**self).lock_dir(dir)
     }
     fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
         (**self).alloc_buf(len)

@@ -61,9 +61,12 @@ mod fd_table;
 mod inline_queue;
 mod invariant;
 pub mod io_thread;
+mod namespace;
 mod nowait;
 mod op;
 pub mod platform;
+mod queued;
+mod queued_io;
 mod stats;
 mod wake;
 
@@ -82,6 +85,7 @@ pub use error::{InvalidArgument, Result, StorageIoError, SubmitError};
 /// The `hdrhistogram` crate, re-exported: [`IoStats::latency_ns`] returns its `Histogram`.
 pub use hdrhistogram;
 pub use invariant::invariant_broken;
+pub use namespace::{FileMetadata, Namespace};
 pub use op::{Capabilities, IoCompletion, IoFd, IoToken, OpKind};
 pub use stats::{IoStats, IoStatsSnapshot, OpKindSnapshot};
 pub use wake::WaitWaker;
@@ -99,24 +103,31 @@ pub use wake::WaitWaker;
 ///   [`validate_transfer`](backend_kit::validate_transfer), [`file_facts`](backend_kit::file_facts),
 ///   [`file_len_of`](backend_kit::file_len_of), [`FixedBufs`](backend_kit::FixedBufs)
 ///   (registered-buffer areas);
+/// - queued backends (ops handed to workers or a kernel ring):
+///   [`QueuedIo`](backend_kit::QueuedIo) over an [`OpTable`](backend_kit::OpTable) (slots,
+///   tokens, ready queue, per-file cursor, barrier and page-cache gate, staging) and the
+///   backend's [`OpDriver`](backend_kit::OpDriver), which only starts ops and hands their
+///   completions back; [`forward_storage_io!`] for a backend type wrapping one;
 /// - the page-cache fast path: [`NowaitGate`](backend_kit::NowaitGate),
-///   [`stage_cached_read`](backend_kit::stage_cached_read) and its helpers;
+///   [`read_nowait`](backend_kit::read_nowait);
 /// - waking a blocked wait: [`WakeState`](backend_kit::WakeState) (behind
 ///   [`WaitWaker`]);
-/// - directory defaults for `StorageIo`'s provided methods.
+/// - [`lock_dir_default`](backend_kit::lock_dir_default), the real-directory lock behind
+///   [`Namespace::lock_dir`].
 pub mod backend_kit {
-    pub use crate::backend::{list_dir_default, sync_dir_default};
     pub use crate::barrier::DatasyncBarrier;
     pub use crate::buf::FixedBufs;
     pub use crate::dir_lock::lock_dir_default;
     pub use crate::direct::{file_facts, file_len_of, plan_write, validate_transfer};
     pub use crate::fd_table::FdTable;
     pub use crate::inline_queue::{InlineBackend, InlineQueue, InlineWrite, deliver_ready};
-    pub use crate::nowait::{
-        NowaitGate, NowaitRead, cached_read_completion, stage_cached_read, try_cached_read_file,
-    };
     #[cfg(unix)]
-    pub use crate::nowait::{read_nowait, try_cached_read};
+    pub use crate::nowait::read_nowait;
+    pub use crate::nowait::{NowaitGate, NowaitRead};
     pub use crate::op::TokenCounter;
+    pub use crate::queued::{
+        DriverOpened, MAX_RETRIES, OpDriver, OpFile, OpPayload, OpSlot, OpTable, registered_index,
+    };
+    pub use crate::queued_io::QueuedIo;
     pub use crate::wake::WakeState;
 }

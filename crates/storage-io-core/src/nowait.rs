@@ -21,7 +21,7 @@ use crate::stats::IoStats;
 /// buffered (`align` is `None`) and its `gate` says so. Returns the outcome (already recorded in
 /// the gate) and when the attempt started, or `None` when it was not tried.
 #[cfg(unix)]
-pub fn try_cached_read(
+pub(crate) fn try_cached_read(
     enabled: bool,
     align: Option<usize>,
     gate: &mut NowaitGate,
@@ -40,7 +40,7 @@ pub fn try_cached_read(
 
 /// [`try_cached_read`] on a `File`, on every platform: where there is no `RWF_NOWAIT` (off
 /// Linux) the attempt answers `Unsupported` and the gate stops trying on the file.
-pub fn try_cached_read_file(
+pub(crate) fn try_cached_read_file(
     enabled: bool,
     align: Option<usize>,
     gate: &mut NowaitGate,
@@ -66,7 +66,7 @@ pub fn try_cached_read_file(
 
 /// The completion of a read the page cache answered whole at submit (`n` bytes of `buf`, read at
 /// `offset` of `fd`), counted in `stats` as submitted and completed.
-pub fn cached_read_completion(
+pub(crate) fn cached_read_completion(
     token: IoToken,
     stats: &mut IoStats,
     fd: IoFd,
@@ -88,25 +88,6 @@ pub fn cached_read_completion(
         result: Ok(n),
         buf: Some(buf),
     }
-}
-
-/// Stages the completion of a read the page cache answered whole at submit (see
-/// [`cached_read_completion`]) in `ready`, under the next token of `tokens`, for the next poll;
-/// returns the token. The caller counts the op as pending.
-#[allow(clippy::too_many_arguments)] // the parts of one completion, each from its own field
-pub fn stage_cached_read(
-    tokens: &mut crate::op::TokenCounter,
-    stats: &mut IoStats,
-    ready: &mut std::collections::VecDeque<IoCompletion>,
-    fd: IoFd,
-    buf: IoBuf,
-    offset: u64,
-    n: usize,
-    started: Instant,
-) -> IoToken {
-    let token = tokens.next_token();
-    ready.push_back(cached_read_completion(token, stats, fd, buf, offset, n, started));
-    token
 }
 
 /// What one non-blocking read attempt did.

@@ -7,6 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use storage_io_core::Namespace;
 
 use common::*;
 use storage_io_core::{OpenOptions, StorageIo};

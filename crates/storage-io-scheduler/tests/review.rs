@@ -256,6 +256,8 @@ impl Drop for HookIo {
     }
 }
 
+storage_io_core::forward_namespace!( HookIo => inner);
+
 impl StorageIo for HookIo {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
@@ -271,18 +273,6 @@ impl StorageIo for HookIo {
     }
     fn file_len(&mut self, fd: IoFd) -> storage_io_core::Result<u64> {
         self.inner.file_len(fd)
-    }
-    fn sync_dir(&mut self, dir: &Path) -> storage_io_core::Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn remove_file(&mut self, path: &Path) -> storage_io_core::Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn list_dir(&mut self, dir: &Path) -> storage_io_core::Result<Vec<PathBuf>> {
-        self.inner.list_dir(dir)
-    }
-    fn create_dir_all(&mut self, dir: &Path) -> storage_io_core::Result<()> {
-        self.inner.create_dir_all(dir)
     }
     fn submit_write_bytes(&mut self, fd: IoFd, data: Bytes, offset: u64) -> storage_io_core::Result<IoToken> {
         (self.hook)(OpKind::Write);

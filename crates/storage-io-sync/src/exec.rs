@@ -1,17 +1,22 @@
-//! Blocking positional I/O that finishes short transfers and retries `EINTR`: the one place both
-//! portable backends do their I/O.
+//! Blocking positional I/O that finishes short transfers and retries `EINTR`, over any
+//! [`BlockingBackend`]: the one place the portable backends do their I/O.
 
-use std::fs::File;
 use std::io;
 
-use storage_io_core::platform::{read_at, write_at};
 use storage_io_core::{OpKind, StorageIoError};
 
+use crate::blocking::BlockingBackend;
+
 /// Reads until `buf` is full or end of file; returns the bytes read (short only at EOF).
-pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> Result<usize, StorageIoError> {
+pub(crate) fn read_full_at<B: BlockingBackend + ?Sized>(
+    b: &B,
+    file: &B::File,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<usize, StorageIoError> {
     let mut done = 0;
     while done < buf.len() {
-        match read_at(file, &mut buf[done..], offset + done as u64) {
+        match b.read_at(file, &mut buf[done..], offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if retry(&e) => continue,
@@ -22,15 +27,16 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> Result<u
 }
 
 /// Writes all of `data` at `offset`, continuing after short writes.
-pub(crate) fn write_all_at(
-    file: &File,
+pub(crate) fn write_all_at<B: BlockingBackend + ?Sized>(
+    b: &B,
+    file: &B::File,
     data: &[u8],
     offset: u64,
     op: OpKind,
 ) -> Result<usize, StorageIoError> {
     let mut done = 0;
     while done < data.len() {
-        match write_at(file, &data[done..], offset + done as u64) {
+        match b.write_at(file, &data[done..], offset + done as u64) {
             // A write that makes no progress would loop forever; report it as an I/O error.
             Ok(0) => return Err(StorageIoError::os(op, EIO)),
             Ok(n) => done += n,
@@ -43,12 +49,16 @@ pub(crate) fn write_all_at(
 
 /// `fdatasync` (data) or `fsync` (data and metadata), retried on `EINTR`; per platform (macOS's
 /// `F_FULLFSYNC`, Windows' `FlushFileBuffers`) as [`storage_io_core::platform`] does them.
-pub(crate) fn sync(file: &File, op: OpKind) -> Result<usize, StorageIoError> {
+pub(crate) fn sync<B: BlockingBackend + ?Sized>(
+    b: &B,
+    file: &B::File,
+    op: OpKind,
+) -> Result<usize, StorageIoError> {
     loop {
         let r = if op == OpKind::Fsync {
-            storage_io_core::platform::full_sync(file)
+            b.fsync(file)
         } else {
-            storage_io_core::platform::datasync(file)
+            b.datasync(file)
         };
         match r {
             Ok(()) => return Ok(0),
@@ -67,15 +77,17 @@ const EIO: i32 = 5;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocking::StdFiles;
+    use std::fs::File;
 
     #[test]
     fn read_stops_at_eof_and_reports_the_short_count() {
         let f = tempfile::tempfile().unwrap();
-        write_all_at(&f, b"hello", 0, OpKind::Write).unwrap();
+        write_all_at(&StdFiles, &f, b"hello", 0, OpKind::Write).unwrap();
         let mut buf = [0u8; 16];
-        assert_eq!(read_full_at(&f, &mut buf, 0).unwrap(), 5);
+        assert_eq!(read_full_at(&StdFiles, &f, &mut buf, 0).unwrap(), 5);
         assert_eq!(&buf[..5], b"hello");
-        assert_eq!(read_full_at(&f, &mut buf, 100).unwrap(), 0);
+        assert_eq!(read_full_at(&StdFiles, &f, &mut buf, 100).unwrap(), 0);
     }
 
     #[test]
@@ -84,7 +96,7 @@ mod tests {
         let path = dir.path().join("ro");
         std::fs::write(&path, b"x").unwrap();
         let ro = File::open(&path).unwrap();
-        let err = write_all_at(&ro, b"y", 0, OpKind::Append).unwrap_err();
+        let err = write_all_at(&StdFiles, &ro, b"y", 0, OpKind::Append).unwrap_err();
         // EBADF on a read-only fd; Windows says ERROR_ACCESS_DENIED on a read-only handle.
         let errno = if cfg!(windows) { 5 } else { 9 };
         assert_eq!(

@@ -5,14 +5,15 @@ use std::fs::File;
 use std::time::{Duration, Instant};
 
 use storage_io_core::{
-    Capabilities, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result, StorageIo,
-    SubmitError,
+    Capabilities, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, Namespace, OpKind, Result,
+    StorageIo, SubmitError,
 };
 
 use storage_io_core::backend_kit::{
     FdTable, InlineBackend, InlineQueue, InlineWrite, file_facts, file_len_of, plan_write, validate_transfer,
 };
 
+use crate::blocking::StdFiles;
 use crate::exec;
 
 struct SyncFile {
@@ -61,7 +62,7 @@ impl SyncStorageIo {
         self.queue.admit()?;
         let started = Instant::now();
         let f = self.files.get(fd)?;
-        let result = exec::sync(&f.file, op);
+        let result = exec::sync(&StdFiles, &f.file, op);
         Ok(self.queue.finish(started, (op, fd, 0, 0), result, None))
     }
 }
@@ -76,10 +77,13 @@ impl InlineBackend for SyncStorageIo {
         let max = self.config.max_io_bytes;
         let f = self.files.get_mut(fd)?;
         let (op, offset) = plan_write(&mut f.append_cursor, f.align, offset, data, max)?;
-        let result = exec::write_all_at(&f.file, data, offset, op);
+        let result = exec::write_all_at(&StdFiles, &f.file, data, offset, op);
         Ok(InlineWrite { op, offset, result })
     }
 }
+
+/// Real files: the `std::fs` defaults.
+impl Namespace for SyncStorageIo {}
 
 impl StorageIo for SyncStorageIo {
     fn capabilities(&self) -> Capabilities {
@@ -128,7 +132,7 @@ impl StorageIo for SyncStorageIo {
         };
         let started = Instant::now();
         let len = buf.len();
-        let result = exec::read_full_at(&f.file, &mut buf, offset);
+        let result = exec::read_full_at(&StdFiles, &f.file, &mut buf, offset);
         if let Ok(n) = result {
             buf.truncate(n);
         }

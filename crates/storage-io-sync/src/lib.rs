@@ -33,9 +33,11 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod blocking;
 mod exec;
 mod inline;
 mod pool;
 
+pub use blocking::{BlockingBackend, StdFiles};
 pub use inline::SyncStorageIo;
-pub use pool::ThreadPoolStorageIo;
+pub use pool::{BlockingIo, ThreadPoolStorageIo};

@@ -148,3 +148,23 @@ mod thread_pool_queue_depth_1_max_io_4k {
         options()
     );
 }
+
+/// GatedIo (from the testkit) with its gate open over the thread pool: the wrapper passes the
+/// whole contract on, the waker included.
+mod gated_open_over_thread_pool {
+    use super::*;
+    use storage_io_testkit::gated::{Gate, GatedIo};
+    conformance_tests!(
+        || -> Box<dyn StorageIo> {
+            let gate = Gate::new();
+            gate.open();
+            let pool = ThreadPoolStorageIo::new(&IoConfig {
+                workers: 2,
+                ..IoConfig::default()
+            })
+            .unwrap();
+            Box::new(GatedIo::new(pool, gate, &[]))
+        },
+        options()
+    );
+}

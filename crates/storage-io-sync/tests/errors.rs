@@ -2,6 +2,7 @@
 //! the OS error printed once.
 #![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
+use storage_io_core::Namespace;
 use storage_io_core::{IoConfig, OpenOptions, StorageIo, StorageIoError};
 use storage_io_sync::SyncStorageIo;
 

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use storage_io_core::backend_kit::{TokenCounter, deliver_ready};
+use storage_io_core::backend_kit::{TokenCounter, WakeState, deliver_ready};
 use storage_io_core::{
-    AlignedBuf, Capabilities, DirLock, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions,
-    OpenedFd, Result, StorageIo, StorageIoError, SubmitError,
+    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd,
+    Result, StorageIo, StorageIoError, SubmitError, WaitWaker,
 };
 
 /// The errno values injected.
@@ -250,6 +250,9 @@ pub struct FaultyIo<B> {
     pending: usize,
     scratch: Vec<IoCompletion>,
     injected: u64,
+    /// The wake state of this wrapper's wakers (set up by the first `wait_waker`): a wake
+    /// ends this wrapper's wait loop, not only the inner backend's current wait.
+    wake: Option<Arc<WakeState>>,
 }
 
 impl<B: StorageIo> FaultyIo<B> {
@@ -266,6 +269,7 @@ impl<B: StorageIo> FaultyIo<B> {
             ready: VecDeque::new(),
             delayed: Vec::new(),
             polls: 0,
+            wake: None,
             pending: 0,
             scratch: Vec::new(),
             injected: 0,
@@ -470,6 +474,8 @@ impl<B: StorageIo> FaultyIo<B> {
     }
 }
 
+storage_io_core::forward_namespace!([B: StorageIo] FaultyIo<B> => inner);
+
 impl<B: StorageIo> StorageIo for FaultyIo<B> {
     fn capabilities(&self) -> Capabilities {
         let mut c = self.inner.capabilities();
@@ -505,25 +511,6 @@ impl<B: StorageIo> StorageIo for FaultyIo<B> {
 
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
         self.inner.file_len(fd)
-    }
-
-    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        self.inner.sync_dir(dir)
-    }
-
-    fn remove_file(&mut self, path: &Path) -> Result<()> {
-        self.inner.remove_file(path)
-    }
-
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-        self.inner.list_dir(dir)
-    }
-
-    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
-        self.inner.lock_dir(dir)
     }
 
     fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
@@ -566,6 +553,23 @@ impl<B: StorageIo> StorageIo for FaultyIo<B> {
         Ok(self.pass(inner, fault, short_len))
     }
 
+    /// Faults as for `submit_write`; the bytes pass to the inner backend's own
+    /// `submit_write_bytes` (a short fault sends their first half).
+    fn submit_write_bytes(&mut self, fd: IoFd, data: bytes::Bytes, offset: u64) -> Result<IoToken> {
+        let fault = self.decide(OpKind::Write);
+        if let Some(e) = fault.and_then(Fault::errno) {
+            return Ok(self.inject(OpKind::Write, fd, offset, data.len(), e, None));
+        }
+        let send = if fault == Some(Fault::Short) && !data.is_empty() {
+            data.slice(..data.len() / 2)
+        } else {
+            data
+        };
+        let len = send.len();
+        let inner = self.inner.submit_write_bytes(fd, send, offset)?;
+        Ok(self.pass(inner, fault, len))
+    }
+
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
         self.write_like(OpKind::Append, fd, data, 0)
     }
@@ -605,17 +609,33 @@ impl<B: StorageIo> StorageIo for FaultyIo<B> {
             } else {
                 0
             };
+            // A wake pending for this wrapper ends the wait before it blocks; one that comes
+            // while the inner backend waits ends the inner wait (the kick wakes it) and then
+            // this loop.
+            if want > 0 && self.wake.as_ref().is_some_and(|w| !w.arm()) {
+                self.scratch = scratch;
+                break;
+            }
             let r = self.inner.wait_completions(&mut scratch, want, left);
+            let woken = want > 0 && self.wake.as_ref().is_some_and(|w| w.disarm());
             self.scratch = scratch;
             r?;
             self.pump(0);
             let nothing_left = self.inner.pending_count() == 0 && self.delayed.is_empty();
             let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-            if self.ready.len() >= min || nothing_left || timed_out {
+            if self.ready.len() >= min || nothing_left || timed_out || woken {
                 break;
             }
         }
         Ok(self.deliver(out))
+    }
+
+    /// The inner backend's waker, behind a wake state of this wrapper's own (so that a wake
+    /// also ends this wrapper's wait loop); `None` when the inner backend has none.
+    fn wait_waker(&mut self) -> Option<WaitWaker> {
+        let inner = self.inner.wait_waker()?;
+        let state = Arc::clone(self.wake.get_or_insert_with(|| Arc::new(WakeState::new())));
+        Some(WaitWaker::new(state, move || inner.wake()))
     }
 
     fn pending_count(&self) -> usize {

@@ -4,14 +4,14 @@
 //! without sleeps.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use storage_io_core::{
-    AlignedBuf, Capabilities, DirLock, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions,
-    OpenedFd, Result, StorageIo, SubmitError,
+    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpKind, OpenOptions, OpenedFd,
+    Result, StorageIo, SubmitError, WaitWaker,
 };
 
 /// A switch shared between a test and its [`GatedIo`] backends. It starts closed. It also
@@ -129,6 +129,8 @@ impl<B: StorageIo> GatedIo<B> {
     }
 }
 
+storage_io_core::forward_namespace!([B: StorageIo] GatedIo<B> => inner);
+
 impl<B: StorageIo> StorageIo for GatedIo<B> {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
@@ -148,21 +150,6 @@ impl<B: StorageIo> StorageIo for GatedIo<B> {
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
         self.inner.file_len(fd)
     }
-    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn remove_file(&mut self, path: &Path) -> Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
-        self.inner.list_dir(dir)
-    }
-    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
-        self.inner.lock_dir(dir)
-    }
     fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
         self.inner.alloc_buf(len)
     }
@@ -176,6 +163,10 @@ impl<B: StorageIo> StorageIo for GatedIo<B> {
     }
     fn submit_write_buf(&mut self, fd: IoFd, buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {
         let result = self.inner.submit_write_buf(fd, buf, offset);
+        self.count(OpKind::Write, result)
+    }
+    fn submit_write_bytes(&mut self, fd: IoFd, data: bytes::Bytes, offset: u64) -> Result<IoToken> {
+        let result = self.inner.submit_write_bytes(fd, data, offset);
         self.count(OpKind::Write, result)
     }
     fn submit_append(&mut self, fd: IoFd, data: &[u8]) -> Result<IoToken> {
@@ -215,6 +206,10 @@ impl<B: StorageIo> StorageIo for GatedIo<B> {
             );
         }
         Ok(n)
+    }
+    /// The inner backend's waker: this wrapper's wait is one inner wait.
+    fn wait_waker(&mut self) -> Option<WaitWaker> {
+        self.inner.wait_waker()
     }
     fn pending_count(&self) -> usize {
         self.inner.pending_count() + self.held.len()

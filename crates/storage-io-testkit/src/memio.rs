@@ -4,7 +4,11 @@
 //! Each file has a *volatile* state (what reads see: the page cache) and a *durable* state
 //! (what a crash leaves). A datasync or fsync makes the file's data durable, and so does each
 //! write to a file opened with `OpenOptions::dsync` (`O_DSYNC`); creating or removing
-//! a file becomes durable when its directory is synced with `sync_dir`. [`MemFs::crash`] throws
+//! a file becomes durable when its directory is synced with `sync_dir`. So does a rename: until
+//! the new name's directory is synced, a crash leaves the names as they were (the target's old
+//! contents, or no target), and the renamed file's data goes with the lost name; after it, the
+//! new name holds the file's durable data. (Handles address files by path: rename a file once
+//! its handles are closed.) [`MemFs::crash`] throws
 //! away everything volatile — optionally tearing each file's last unsynced write at 512-byte
 //! sector granularity — and invalidates every backend opened before it. Randomness comes from
 //! the seed given to [`MemFs::new`], so a crash is reproducible.
@@ -30,9 +34,11 @@ use storage_io_core::backend_kit::{
     FdTable, InlineBackend, InlineQueue, InlineWrite, plan_write, validate_transfer,
 };
 use storage_io_core::{
-    Capabilities, DIR_LOCK_FILE_NAME, DirLock, DirectMode, IoBuf, IoCompletion, IoConfig, IoFd, IoStats,
-    IoToken, OpKind, OpenOptions, OpenedFd, Result, StorageIo, StorageIoError, SubmitError,
+    Capabilities, DirectMode, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, OpenOptions,
+    OpenedFd, Result, StorageIo, StorageIoError, SubmitError,
 };
+
+mod names;
 
 /// The sector size a torn write is cut at.
 pub const SECTOR_BYTES: usize = 512;
@@ -76,6 +82,21 @@ struct MemFile {
     durable_exists: bool,
     /// Writes since the last sync, oldest first (the last one may be torn by a crash).
     unsynced: Vec<WriteRecord>,
+    /// Renamed here and the directory not synced since: the renamed file's durable data, which
+    /// becomes this name's at the next `sync_dir` (a crash before it drops it, and the name
+    /// keeps `durable`/`durable_exists` from before the rename).
+    renamed: Option<Vec<u8>>,
+}
+
+impl MemFile {
+    /// Where a sync puts the file's data: the renamed file's durable data while its new name
+    /// is not durable yet, else the name's.
+    fn durable_mut(&mut self) -> &mut Vec<u8> {
+        match &mut self.renamed {
+            Some(d) => d,
+            None => &mut self.durable,
+        }
+    }
 }
 
 /// An `O_DSYNC` write submitted and not yet delivered: a crash may land any part of it.
@@ -116,7 +137,7 @@ struct FsState {
 /// An in-memory file system shared by any number of [`MemIo`] backends (one per worker).
 ///
 /// ```
-/// use storage_io_core::{OpenOptions, StorageIo};
+/// use storage_io_core::{Namespace, OpenOptions, StorageIo};
 /// use storage_io_testkit::memio::{CrashOptions, MemFs};
 ///
 /// let fs = MemFs::new(7);
@@ -304,6 +325,10 @@ fn crash_locked(st: &mut FsState, options: CrashOptions) -> Vec<PathBuf> {
     // unsynced write.
     for w in in_flight.drain(..) {
         let Some(f) = files.get_mut(&w.path) else { continue };
+        if f.renamed.is_some() {
+            // The file's new name is lost in this crash, and its writes with it.
+            continue;
+        }
         match options.tear {
             TearMode::None => {
                 if rng.random_bool(0.5) {
@@ -315,6 +340,11 @@ fn crash_locked(st: &mut FsState, options: CrashOptions) -> Vec<PathBuf> {
     }
     let mut changed = Vec::new();
     files.retain(|path, f| {
+        if f.renamed.take().is_some() {
+            // A rename whose directory was not synced: the name reverts, and the unsynced
+            // writes belonged to the renamed file.
+            f.unsynced.clear();
+        }
         let mut after = f.durable.clone();
         if let (Some(last), true) = (f.unsynced.last(), f.durable_exists) {
             tear_into(&mut after, last, options.tear, rng);
@@ -448,23 +478,6 @@ pub struct MemIo {
     queue: InlineQueue,
 }
 
-/// Holds a directory lock of a [`MemFs`] until dropped.
-struct MemDirLock {
-    fs: MemFs,
-    path: PathBuf,
-    number: u64,
-}
-
-impl Drop for MemDirLock {
-    fn drop(&mut self) {
-        let mut st = self.fs.state.lock();
-        // Only its own lock: after a crash the directory may have a new holder.
-        if st.dir_locks.get(&self.path) == Some(&self.number) {
-            st.dir_locks.remove(&self.path);
-        }
-    }
-}
-
 impl MemIo {
     /// The file system this backend works on.
     pub fn fs(&self) -> &MemFs {
@@ -509,7 +522,7 @@ impl MemIo {
                 return true;
             }
             if let Some(f) = files.get_mut(&w.path) {
-                apply(&mut f.durable, &w.write);
+                apply(f.durable_mut(), &w.write);
             }
             false
         });
@@ -525,8 +538,8 @@ impl MemIo {
         st.in_flight.retain(|w| &w.path != path);
         let result = match st.files.get_mut(path) {
             Some(f) => {
-                if let Some(live) = &f.live {
-                    f.durable.clone_from(live);
+                if let Some(live) = f.live.clone() {
+                    *f.durable_mut() = live;
                 }
                 f.unsynced.clear();
                 Ok(0)
@@ -632,6 +645,7 @@ impl StorageIo for MemIo {
                 // A new name, or one brought back after a removal, is durable only after sync_dir.
                 entry.durable_exists = false;
                 entry.durable.clear();
+                entry.renamed = None;
             }
             (None, false) => return Err(StorageIoError::os_at("open", path, ENOENT)),
         }
@@ -671,65 +685,6 @@ impl StorageIo for MemIo {
             .and_then(|f| f.live.as_ref())
             .map(|d| d.len() as u64)
             .ok_or(StorageIoError::os(OpKind::Read, ENOENT))
-    }
-
-    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        let mut st = self.fs.tick(self.epoch)?;
-        for (path, f) in st.files.iter_mut() {
-            if path.parent() == Some(dir) {
-                f.durable_exists = f.live.is_some();
-            }
-        }
-        Ok(())
-    }
-
-    fn remove_file(&mut self, path: &Path) -> Result<()> {
-        let mut st = self.fs.tick(self.epoch)?;
-        match st.files.get_mut(path) {
-            Some(f) if f.live.is_some() => {
-                f.live = None;
-                f.unsynced.clear();
-                Ok(())
-            }
-            _ => Err(StorageIoError::os_at("remove_file", path, ENOENT)),
-        }
-    }
-
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
-        self.check_alive()?;
-        let st = self.fs.state.lock();
-        Ok(st
-            .files
-            .iter()
-            .filter(|(p, f)| f.live.is_some() && p.parent() == Some(dir))
-            .map(|(p, _)| p.clone())
-            .collect())
-    }
-
-    fn create_dir_all(&mut self, _dir: &Path) -> Result<()> {
-        // MemFs has no directories: a file's directory is its path's parent.
-        self.check_alive()
-    }
-
-    /// An in-memory lock, shared by every backend of this file system (one "process"): a
-    /// second `lock_dir` of the same directory fails with `DirLocked` until the first guard is
-    /// dropped or the file system crashes. No `LOCK` file appears among the files.
-    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
-        self.check_alive()?;
-        let path = dir.join(DIR_LOCK_FILE_NAME);
-        let mut st = self.fs.state.lock();
-        if st.dir_locks.contains_key(&path) {
-            return Err(StorageIoError::DirLocked { path });
-        }
-        st.next_dir_lock += 1;
-        let number = st.next_dir_lock;
-        st.dir_locks.insert(path.clone(), number);
-        let guard = MemDirLock {
-            fs: self.fs.clone(),
-            path: path.clone(),
-            number,
-        };
-        Ok(DirLock::from_guard(path, guard))
     }
 
     fn submit_read(&mut self, fd: IoFd, mut buf: IoBuf, offset: u64) -> Result<IoToken, SubmitError<IoBuf>> {

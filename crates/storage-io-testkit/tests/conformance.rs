@@ -51,7 +51,7 @@ mod faulty_delays_over_memio {
 /// `run_with` runs the same table in one call, and `run_case` refuses a name that is no case.
 #[test]
 fn run_with_covers_every_case_and_run_case_refuses_unknown_names() {
-    assert_eq!(storage_io_testkit::conformance::CASES.len(), 16);
+    assert_eq!(storage_io_testkit::conformance::CASES.len(), 18);
     let fs = MemFs::new(6);
     storage_io_testkit::conformance::run_with(
         || -> Box<dyn StorageIo> { Box::new(fs.backend()) },

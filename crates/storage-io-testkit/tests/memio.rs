@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // test set-up that fails should panic right there
 
 use std::path::Path;
+use storage_io_core::Namespace;
 
 use storage_io_core::{IoCompletion, OpenOptions, StorageIo, StorageIoError};
 use storage_io_testkit::memio::{CrashOptions, MemFs, SECTOR_BYTES, TearMode};
@@ -310,4 +311,53 @@ fn a_directory_lock_is_shared_by_every_backend_of_a_file_system_and_by_wrappers(
     assert!(locked(fs.backend().lock_dir(dir)));
     drop(after);
     drop(fs.backend().lock_dir(dir).unwrap());
+}
+
+/// Write a temporary file, sync it, rename it over the live one: until the directory is synced
+/// a crash leaves the old live file (and the temporary name); after it, the new contents.
+#[test]
+fn memio_rename_is_durable_once_its_directory_is_synced() {
+    let fs = MemFs::new(11);
+    let dir = Path::new("/d");
+    let (tmp, live) = (Path::new("/d/state.tmp"), Path::new("/d/state"));
+    let replace = |contents: &[u8]| {
+        let mut io = fs.backend();
+        let fd = io.open_file(tmp, &OpenOptions::create()).unwrap();
+        io.submit_write(fd, contents, 0).unwrap();
+        io.submit_datasync(fd).unwrap();
+        drain(&mut io);
+        io.deregister_fd(fd).unwrap();
+        io.rename(tmp, live).unwrap();
+        io
+    };
+    let mut io = replace(b"old");
+    io.sync_dir(dir).unwrap();
+    assert_eq!(fs.durable_contents(live).unwrap(), b"old");
+    assert_eq!(
+        fs.durable_contents(tmp),
+        None,
+        "the old name is gone once the directory is synced"
+    );
+
+    let _io = replace(b"new");
+    assert_eq!(
+        fs.read_file(live).unwrap(),
+        b"new",
+        "reads see the rename at once"
+    );
+    fs.crash(CrashOptions::default());
+    assert_eq!(
+        fs.read_file(live).unwrap(),
+        b"old",
+        "a crash before sync_dir keeps the old file"
+    );
+
+    let mut io = replace(b"new");
+    io.sync_dir(dir).unwrap();
+    fs.crash(CrashOptions::default());
+    assert_eq!(fs.read_file(live).unwrap(), b"new");
+    let mut io = fs.backend();
+    assert_eq!(io.metadata(live).unwrap().len, 3);
+    assert!(io.metadata(dir).unwrap().is_dir);
+    assert!(io.metadata(tmp).unwrap_err().is_not_found());
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
+use storage_io_core::Namespace;
 
 use storage_io_core::{OpenOptions, StorageIo};
 

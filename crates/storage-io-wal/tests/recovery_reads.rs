@@ -5,14 +5,14 @@
 mod common;
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use storage_io_core::{
-    AlignedBuf, BackendFactory, Capabilities, DirLock, IoBuf, IoCompletion, IoFd, IoStats, IoToken,
-    OpenOptions, OpenedFd, Result, StorageIo, SubmitError,
+    AlignedBuf, BackendFactory, Capabilities, IoBuf, IoCompletion, IoFd, IoStats, IoToken, OpenOptions,
+    OpenedFd, Result, StorageIo, SubmitError,
 };
 use storage_io_testkit::memio::MemFs;
 use storage_io_wal::{SyncMode, WalConfig, WalManager};
@@ -37,6 +37,8 @@ struct Counts {
     reads_into_fresh_memory: AtomicU64,
 }
 
+storage_io_core::forward_namespace!([B: StorageIo] CountingIo<B> => inner);
+
 impl<B: StorageIo> StorageIo for CountingIo<B> {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
@@ -55,21 +57,6 @@ impl<B: StorageIo> StorageIo for CountingIo<B> {
     }
     fn file_len(&mut self, fd: IoFd) -> Result<u64> {
         self.inner.file_len(fd)
-    }
-    fn sync_dir(&mut self, dir: &Path) -> Result<()> {
-        self.inner.sync_dir(dir)
-    }
-    fn remove_file(&mut self, path: &Path) -> Result<()> {
-        self.inner.remove_file(path)
-    }
-    fn list_dir(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
-        self.inner.list_dir(dir)
-    }
-    fn create_dir_all(&mut self, dir: &Path) -> Result<()> {
-        self.inner.create_dir_all(dir)
-    }
-    fn lock_dir(&mut self, dir: &Path) -> Result<DirLock> {
-        self.inner.lock_dir(dir)
     }
     fn alloc_buf(&mut self, len: usize) -> Result<AlignedBuf> {
         self.counts.allocated_bufs.fetch_add(1, Ordering::Relaxed);

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use storage_io_core::Namespace;
 
 use storage_io_core::{BackendFactory, IoConfig, OpKind, OpenOptions, StorageIo};
 use storage_io_testkit::faulty::{Fault, FaultPlan, FaultSwitch};

@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use storage_io_core::Namespace;
 
 use storage_io_core::{OpenOptions, StorageIo};
 use storage_io_testkit::memio::MemFs;

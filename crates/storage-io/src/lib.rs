@@ -61,10 +61,12 @@ pub use storage_io_fs::{TOKIO_FILE_MAX_BUF, TokioFile};
 pub use storage_io_core::bytes;
 /// The `hdrhistogram` crate, re-exported: [`IoStats::latency_ns`] returns its `Histogram`.
 pub use storage_io_core::hdrhistogram;
+/// Positional I/O, datasync and directory sync per OS (for a [`BlockingBackend`] of your own).
+pub use storage_io_core::platform;
 pub use storage_io_core::{
     AlignedBuf, BackendFactory, BackendKind, BufferPool, BufferPoolConfig, Capabilities, DEFAULT_ALIGNMENT,
     DirectMode, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot, IoToken,
-    OpKind, OpKindSnapshot, OpenOptions, OpenedFd, OpenedFile, Result, StorageIo, StorageIoError,
+    Namespace, OpKind, OpKindSnapshot, OpenOptions, OpenedFd, OpenedFile, Result, StorageIo, StorageIoError,
     SubmitError, WaitWaker, direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
 };
 /// The page scheduler (`storage-io-scheduler`, all of it), and the factory of the small
@@ -74,7 +76,7 @@ pub mod scheduler {
     pub use crate::caller::caller_backend_factory;
     pub use storage_io_scheduler::*;
 }
-pub use storage_io_sync::{SyncStorageIo, ThreadPoolStorageIo};
+pub use storage_io_sync::{BlockingBackend, BlockingIo, StdFiles, SyncStorageIo, ThreadPoolStorageIo};
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
 pub use storage_io_uring::UringStorageIo;
 #[cfg(feature = "io-uring")]

@@ -66,6 +66,28 @@ storage_io_testkit::conformance::run(|| Box::new(MyBackend::new()));
 // end
 }
 
+#[rustfmt::skip]
+fn example_custom_backend() -> storage_io::Result<()> {
+// snippet
+use std::{fs::File, io, path::Path};
+use storage_io::{platform, BlockingBackend, BlockingIo, IoConfig, OpenOptions};
+
+struct MyFiles; // your storage behind five blocking calls; the workers run them
+impl BlockingBackend for MyFiles {
+    type File = File;
+    fn open(&self, path: &Path, o: &OpenOptions) -> io::Result<File> {
+        std::fs::OpenOptions::new().read(o.read).write(o.write).create(o.create).truncate(o.truncate).open(path)
+    }
+    fn read_at(&self, f: &File, buf: &mut [u8], at: u64) -> io::Result<usize> { platform::read_at(f, buf, at) }
+    fn write_at(&self, f: &File, data: &[u8], at: u64) -> io::Result<usize> { platform::write_at(f, data, at) }
+    fn datasync(&self, f: &File) -> io::Result<()> { platform::datasync(f) }
+    fn len(&self, f: &File) -> io::Result<u64> { Ok(f.metadata()?.len()) }
+}
+let io = BlockingIo::with_backend(MyFiles, &IoConfig::default())?; // a full StorageIo
+// end
+    Ok(())
+}
+
 /// The ```rust blocks of `markdown`, each as its lines.
 fn rust_blocks(markdown: &str) -> Vec<String> {
     let mut blocks = Vec::new();

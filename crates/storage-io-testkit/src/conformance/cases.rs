@@ -685,3 +685,69 @@ pub(super) fn alloc_buf_carries_io_and_outlives_the_backend(ctx: &mut Ctx<'_>) {
         "a buffer from alloc_buf stays valid after its backend is dropped"
     );
 }
+
+/// Rule 1 with a waker: a backend that hands out a [`storage_io_core::WaitWaker`] (wrappers
+/// included: they must pass the inner backend's on) ends a wait early after a wake — here one
+/// sent before the wait, asking for more completions than are pending — and keeps working.
+pub(super) fn wait_waker_ends_a_wait(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let Some(waker) = io.wait_waker() else {
+        if ctx.options.verbose {
+            eprintln!(
+                "conformance [{}] wait_waker_ends_a_wait: skipped, the backend gives no waker",
+                ctx.backend
+            );
+        }
+        return;
+    };
+    let (fd, _) = ctx.create(io.as_mut(), "waker");
+    io.submit_write(fd, b"woken", 0).expect("write");
+    io.submit_datasync(fd).expect("datasync");
+    let other = std::thread::spawn(move || waker.wake());
+    other.join().expect("the waking thread");
+    let mut out = Vec::new();
+    // Without the wake this would wait for all pending ops (min is more than pending): with
+    // it, the wait may return early with fewer, but it must return.
+    io.wait_completions(&mut out, usize::MAX, None)
+        .expect("a woken wait");
+    out.extend(drain(io.as_mut()));
+    assert_eq!(out.len(), 2, "every op completes once after a wake");
+    assert_eq!(read_back(io.as_mut(), fd, 0, 5), b"woken");
+}
+
+/// The namespace ([`storage_io_core::Namespace`]) answers for the backend's own files: a
+/// file written through the backend has its length in `metadata`, shows in `list_dir`, and
+/// moves with `rename`; a missing path is `NotFound`.
+pub(super) fn namespace_rename_and_metadata(ctx: &mut Ctx<'_>) {
+    let mut io = ctx.backend();
+    let dir = ctx.path("ns");
+    io.create_dir_all(&dir).expect("create_dir_all");
+    let tmp = dir.join("state.tmp");
+    let live = dir.join("state");
+    let fd = io.open_file(&tmp, &OpenOptions::create()).expect("open_file");
+    io.submit_write(fd, &pattern(9, 300), 0).expect("write");
+    io.submit_datasync(fd).expect("datasync");
+    drain(io.as_mut());
+    io.deregister_fd(fd).expect("deregister_fd");
+    let m = io.metadata(&tmp).expect("metadata of the written file");
+    assert_eq!(
+        (m.len, m.is_dir),
+        (300, false),
+        "metadata gives the file's length"
+    );
+    assert!(io.metadata(&dir).expect("metadata of its directory").is_dir);
+    io.rename(&tmp, &live).expect("rename");
+    io.sync_dir(&dir).expect("sync_dir");
+    assert_eq!(io.list_dir(&dir).expect("list_dir"), vec![live.clone()]);
+    assert_eq!(io.metadata(&live).expect("metadata after rename").len, 300);
+    let gone = io.metadata(&tmp).expect_err("the old name is gone");
+    assert!(gone.is_not_found(), "a missing path is NotFound: {gone}");
+    let fd = io
+        .open_file(&live, &OpenOptions::default())
+        .expect("open the new name");
+    assert_eq!(read_back(io.as_mut(), fd, 0, 300), pattern(9, 300));
+    io.deregister_fd(fd).expect("deregister_fd");
+    io.remove_file(&live).expect("remove_file");
+    io.sync_dir(&dir).expect("sync_dir");
+    assert!(io.list_dir(&dir).expect("list_dir").is_empty());
+}

@@ -168,7 +168,9 @@ macro_rules! conformance_tests {
             wait_completions_returns_when_idle,
             stats_count_every_op,
             random_ops_match_the_model,
-            alloc_buf_carries_io_and_outlives_the_backend
+            alloc_buf_carries_io_and_outlives_the_backend,
+            wait_waker_ends_a_wait,
+            namespace_rename_and_metadata
         );
     };
     // Inside the testkit: the table `run_case` looks cases up in.
@@ -304,6 +306,8 @@ impl WithRoom {
     }
 }
 
+storage_io_core::forward_namespace!( WithRoom => io);
+
 impl StorageIo for WithRoom {
     fn capabilities(&self) -> storage_io_core::Capabilities {
         self.io.capabilities()
@@ -389,6 +393,9 @@ impl StorageIo for WithRoom {
             return Ok(kept + self.io.poll_completions(out));
         }
         Ok(kept + self.io.wait_completions(out, min - kept, timeout)?)
+    }
+    fn wait_waker(&mut self) -> Option<storage_io_core::WaitWaker> {
+        self.io.wait_waker()
     }
     fn pending_count(&self) -> usize {
         self.io.pending_count() + self.kept.len()

@@ -10,17 +10,20 @@
 //! - a sparse fixed-file table of `max_files` entries: `register_fd` fills the slot with the same
 //!   index as the `IoFd`, and SQEs use `types::Fixed`;
 //! - a pool of `queue_depth` registered buffers of `buffer_size` bytes (a [`FixedBufs`] area).
-//!   [`StorageIo::alloc_buf`] lends them to callers, and I/O on a lent buffer is done in place
+//!   [`StorageIo::alloc_buf`](storage_io_core::StorageIo::alloc_buf) lends them to callers, and I/O on a lent buffer is done in place
 //!   with `ReadFixed`/`WriteFixed`. A read into any other buffer is staged in a free registered
 //!   buffer and copied out on completion, and a copied write (`submit_write`, `submit_append`)
 //!   is staged in one; with none free or a transfer too big, plain `Read`/`Write` on the
 //!   caller's memory. If registration fails (RLIMIT_MEMLOCK), the backend runs unregistered
 //!   and says so in `capabilities().notes`.
 //!
-//! Modules, one concern each: `setup` (probe, ring, registration), `sqe` (admitting an op,
-//! staging its bytes, building its entry), `reap` (entering the kernel, taking CQEs, continuing
-//! short transfers, finishing ops), `timers` (wait deadlines as ring timers), `wake` (the eventfd
-//! behind `wait_waker`) and `backend` (the `StorageIo` implementation and teardown).
+//! The op bookkeeping (slots, tokens, per-file state, the datasync barrier, staging, the
+//! page-cache fast path) is core's [`OpTable`]; this module is the [`OpDriver`] that turns a
+//! slot into an SQE and a CQE back into a completion. Modules, one concern each: `setup`
+//! (probe, ring, registration), `sqe` (building and pushing a slot's entry), `reap` (entering
+//! the kernel, taking CQEs, continuing short transfers), `timers` (wait deadlines as ring
+//! timers), `wake` (the eventfd behind `wait_waker`) and `backend` (the driver's waits and
+//! teardown).
 //!
 //! **Datasync barrier.** io_uring does not order SQEs. A datasync/fsync on fd F is held in user
 //! space while any write to F is in the kernel, and pushed when the last one is reaped; writes to
@@ -36,18 +39,11 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, squeue, types};
 use storage_io_core::backend_kit::{
-    DatasyncBarrier, FdTable, FixedBufs, NowaitGate, NowaitRead, TokenCounter, WakeState, deliver_ready,
-    file_facts, file_len_of, plan_write, stage_cached_read, try_cached_read, validate_transfer,
+    FixedBufs, OpDriver, OpPayload, OpTable, QueuedIo, WakeState, registered_index,
 };
-use storage_io_core::{
-    AlignedBuf, Capabilities, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoToken, OpKind, Result,
-    StorageIo, StorageIoError, SubmitError, WaitWaker,
-};
+use storage_io_core::{Capabilities, IoConfig, IoFd, OpKind, Result, StorageIoError, WaitWaker};
 
 use crate::probe::{ProbeReport, Unavailable, probe, unavailable_from};
-
-/// How often one op may come back with `EAGAIN`/`EINTR` before the error is reported.
-const MAX_RETRIES: u32 = 64;
 
 /// Tries to make room in a full SQ before the kernel is taken to refuse it for good.
 const SQ_FULL_ROUNDS: usize = 1024;
@@ -64,81 +60,6 @@ mod wake;
 use timers::RingTimers;
 use wake::{RingWake, WAKE_TAG, kick_eventfd};
 
-/// Where the bytes of an op live while the kernel has them.
-enum Payload {
-    /// Nothing (free slot, or a sync).
-    None,
-    /// A read straight into the caller's buffer (in place with `ReadFixed` when it is one of
-    /// our registered buffers).
-    Read(IoBuf),
-    /// A read into a registered staging buffer, copied into the caller's buffer on completion.
-    ReadStaged { staging: AlignedBuf, user: IoBuf },
-    /// A write of the caller's owned buffer (handed back; `WriteFixed` when it is registered).
-    WriteOwned(IoBuf),
-    /// A copied write, staged in a registered buffer or in backend heap memory (recycled).
-    WriteStaged(AlignedBuf),
-    /// A write straight from the caller's shared bytes, kept alive by this reference until the
-    /// completion is reaped.
-    WriteShared(bytes::Bytes),
-    /// datasync or fsync.
-    Sync,
-}
-
-struct Slot {
-    token: IoToken,
-    op: OpKind,
-    fd: IoFd,
-    offset: u64,
-    len: usize,
-    /// Bytes transferred so far (short transfers are continued).
-    done: usize,
-    retries: u32,
-    payload: Payload,
-    started: Instant,
-}
-
-impl Slot {
-    fn empty() -> Self {
-        Slot {
-            token: IoToken(0),
-            op: OpKind::Read,
-            fd: IoFd {
-                slot: 0,
-                generation: 0,
-            },
-            offset: 0,
-            len: 0,
-            done: 0,
-            retries: 0,
-            payload: Payload::None,
-            started: Instant::now(),
-        }
-    }
-}
-
-struct UringFile {
-    file: File,
-    raw: RawFd,
-    align: Option<usize>,
-    append_cursor: u64,
-    /// Ops of this fd in the kernel or held.
-    ops_in_flight: usize,
-    /// Writes of this fd in the kernel.
-    writes_in_kernel: usize,
-    /// Slots held back by the datasync barrier, in submission order.
-    held: DatasyncBarrier<u32>,
-    /// Whether to try this file's next read from the page cache (`nowait_reads`).
-    nowait: NowaitGate,
-}
-
-/// The registered-buffer index of `buf` when it is one of `fixed`'s buffers.
-fn registered_index(fixed: Option<&FixedBufs>, buf: &IoBuf) -> Option<u16> {
-    match (fixed, buf) {
-        (Some(f), IoBuf::Aligned(b)) => f.index_of(b),
-        _ => None,
-    }
-}
-
 /// The io_uring backend. Build it with [`UringStorageIo::new`]; it fails with a typed reason
 /// (never a panic) when io_uring is unavailable.
 ///
@@ -154,49 +75,36 @@ fn registered_index(fixed: Option<&FixedBufs>, buf: &IoBuf) -> Option<u16> {
 /// io.wait_completions(&mut done, 2, None).unwrap();
 /// ```
 pub struct UringStorageIo {
+    io: QueuedIo<RingDriver>,
+}
+
+storage_io_core::forward_storage_io!(UringStorageIo => io);
+
+/// The ring as an [`OpDriver`]: an SQ entry per started slot (`user_data` = the slot index),
+/// a CQE per transfer.
+struct RingDriver {
     // Field order matters for Drop: the ring closes (and unregisters buffers and files) before
-    // the buffer memory and the files are freed.
+    // the buffer memory is freed (the files live in the op table, which drops after the driver).
     ring: IoUring,
     /// The registered buffers. Lent buffers hold the memory alive past the ring, and the
     /// ring's close unregisters it before this field drops.
     fixed: Option<FixedBufs>,
-    files: FdTable<UringFile>,
-    config: IoConfig,
     registered_files: bool,
     sqpoll: bool,
     ext_arg: bool,
     notes: Vec<String>,
-    slots: Vec<Slot>,
-    free_slots: Vec<u32>,
-    tokens: TokenCounter,
-    ready: VecDeque<IoCompletion>,
-    /// Accepted and not yet delivered.
-    pending: usize,
-    /// SQEs the kernel owns or will own (pushed, not yet reaped).
-    in_kernel: usize,
-    /// Staging memory for copied writes that get no registered buffer.
-    heap_staging: Vec<AlignedBuf>,
     /// Reaped CQEs waiting to be processed (preallocated; no allocation while reaping).
     reaped: Vec<(u64, i32)>,
     /// `reap` is running: a nested call returns at once (the running one takes what is left).
     reaping: bool,
     /// Slots to push (continuations, released syncs) that came up while reaping. They are
     /// pushed after the batch, never from inside it: pushing into a full SQ may need an enter
-    /// that reaps. Empty whenever `reap` is not running. Counted in `in_kernel` already.
+    /// that reaps. Empty whenever `reap` is not running. Counted as out already.
     deferred: VecDeque<u32>,
-    /// Reads and writes done in place on a caller's lent registered buffer.
-    in_place_ops: u64,
-    /// Reads answered from the page cache at submit (`nowait_reads`), never in the ring.
-    nowait_hits: u64,
-    stats: IoStats,
     report: ProbeReport,
     /// Set up by the first `wait_waker` call.
     wake: Option<RingWake>,
     timers: RingTimers,
-    /// Hold a datasync while writes of its file are in the kernel, and writes behind a held
-    /// sync (the module docs' barrier). Off for a ring built with `for_reactor`, whose owner
-    /// orders syncs itself.
-    datasync_barrier: bool,
     /// Unit tests only: `io_uring_enter` failures to inject.
     #[cfg(test)]
     enter_fault: Option<EnterFault>,
@@ -213,73 +121,89 @@ struct EnterFault {
     calls: u32,
 }
 
-// SAFETY: UringStorageIo owns its ring, buffers and files outright; the raw pointers inside
-// (registered buffer memory, SQE addresses) point only into memory this struct owns. Nothing is
-// shared with another thread, so moving the whole instance to another thread is sound, which is
-// all `Send` permits (it is not `Sync`).
-unsafe impl Send for UringStorageIo {}
+// SAFETY: RingDriver owns its ring and registered buffers outright; the raw pointers inside
+// (registered buffer memory, SQE addresses) point only into memory it or its op table owns.
+// Nothing is shared with another thread, so moving the backend to another thread is sound,
+// which is all `Send` permits (it is not `Sync`).
+unsafe impl Send for RingDriver {}
+
+/// The op table of a ring.
+type Ops = OpTable<File>;
+
+fn enter_error(e: std::io::Error) -> StorageIoError {
+    StorageIoError::from_os("io_uring_enter", &e)
+}
 
 impl UringStorageIo {
     /// What the probe found when this instance was built.
     pub fn probe_report(&self) -> &ProbeReport {
-        &self.report
+        &self.io.driver().report
     }
 
     /// How many reads and writes were done in place on a buffer this backend lent
-    /// ([`StorageIo::alloc_buf`]), with no copy through its own registered memory.
+    /// ([`StorageIo::alloc_buf`](storage_io_core::StorageIo::alloc_buf)), with no copy through its own registered memory.
     pub fn in_place_ops(&self) -> u64 {
-        self.in_place_ops
+        self.io.ops().in_place_ops()
     }
 
     /// How many reads were answered from the page cache at submit (`IoConfig::nowait_reads`),
     /// without entering the ring.
     pub fn nowait_hits(&self) -> u64 {
-        self.nowait_hits
+        self.io.ops().nowait_hits()
     }
 
     /// The ring's file descriptor, for a reactor's epoll: it reads as readable while the
     /// completion queue holds entries (see [`for_reactor`](Self::for_reactor)). It stays open
     /// for as long as this instance lives.
     pub fn ring_fd(&self) -> RawFd {
-        self.ring.as_raw_fd()
+        self.io.driver().ring.as_raw_fd()
     }
 
     /// SQEs pushed and not yet handed to the kernel (they wait for [`submit_queued`](Self::submit_queued)).
     pub fn queued_sqes(&mut self) -> usize {
-        self.ring.submission().len()
+        self.io.parts_mut().0.ring.submission().len()
     }
 
     /// Ops handed to the kernel whose completions have not been reaped yet. An owner that
     /// leaves SQEs queued may count on each of these to post a completion, and so to make the
     /// ring's fd readable again, later.
     pub fn entered_ops(&mut self) -> usize {
+        let (ring, ops) = self.io.parts_mut();
         // A queued timer or wake SQE is not an op: subtracting it too can only undercount,
         // which makes an owner enter sooner, never later.
-        let queued = self.ring.submission().len();
-        self.in_kernel.saturating_sub(queued)
+        let queued = ring.ring.submission().len();
+        ops.out().saturating_sub(queued)
     }
 
-    /// As [`StorageIo::poll_completions`], but leaves queued SQEs queued: it takes what the
-    /// kernel has posted without a system call (unless the completion queue overflowed, which
-    /// only an enter flushes). For an owner that batches its SQEs into fewer enters.
-    pub fn poll_completions_unsubmitted(&mut self, out: &mut Vec<IoCompletion>) -> usize {
-        if self.ring.submission().cq_overflow() {
-            return self.poll_completions(out);
+    /// As [`StorageIo::poll_completions`](storage_io_core::StorageIo::poll_completions), but
+    /// leaves queued SQEs queued: it takes what the kernel has posted without a system call
+    /// (unless the completion queue overflowed, which only an enter flushes). For an owner that
+    /// batches its SQEs into fewer enters.
+    pub fn poll_completions_unsubmitted(&mut self, out: &mut Vec<storage_io_core::IoCompletion>) -> usize {
+        let (ring, ops) = self.io.parts_mut();
+        if ring.ring.submission().cq_overflow() {
+            return storage_io_core::StorageIo::poll_completions(self, out);
         }
-        if self.in_kernel > 0 {
-            self.reap();
+        if ops.out() > 0 {
+            ring.reap(ops);
         }
-        self.deliver(out)
+        ops.deliver(out)
     }
 
     /// Hands SQEs queued since the last enter (by `submit_*` under a `submit_batch` above 1, or
     /// by continuations that `poll_completions` queued) to the kernel. No system call when
     /// none are queued. Returns how many the kernel took.
     pub fn submit_queued(&mut self) -> Result<usize> {
-        if self.ring.submission().is_empty() {
+        let (ring, ops) = self.io.parts_mut();
+        if ring.ring.submission().is_empty() {
             return Ok(0);
         }
-        self.enter(0, None)
-            .map_err(|e| StorageIoError::from_os("io_uring_enter", &e))
+        ring.enter(ops, 0, None).map_err(enter_error)
+    }
+
+    /// Unit tests only: injects `io_uring_enter` failures (`None`: stops).
+    #[cfg(test)]
+    fn set_enter_fault(&mut self, fault: Option<EnterFault>) {
+        self.io.parts_mut().0.enter_fault = fault;
     }
 }

@@ -47,35 +47,26 @@ impl UringStorageIo {
             .fixed_buffers
             .then(|| register_buffer_pool(&ring, config, &mut notes))
             .flatten();
-        let slots = (0..config.queue_depth).map(|_| Slot::empty()).collect();
-        Ok(UringStorageIo {
+        let driver = RingDriver {
             sqpoll: config.sqpoll_idle_ms.is_some(),
             ext_arg: report.ext_arg,
             ring,
             fixed,
-            files: FdTable::with_capacity(config.max_files),
-            config: config.clone(),
             registered_files,
             notes,
-            slots,
-            free_slots: (0..config.queue_depth as u32).rev().collect(),
-            tokens: TokenCounter::new(),
-            ready: VecDeque::with_capacity(config.queue_depth),
-            pending: 0,
-            in_kernel: 0,
-            heap_staging: Vec::with_capacity(config.queue_depth),
             reaped: Vec::with_capacity(config.queue_depth * 2),
             reaping: false,
             deferred: VecDeque::with_capacity(config.queue_depth),
-            in_place_ops: 0,
-            nowait_hits: 0,
-            stats: IoStats::new(),
             report,
             wake: None,
             timers: RingTimers::new(),
-            datasync_barrier: blocking_owner,
             #[cfg(test)]
             enter_fault: None,
+        };
+        // A ring built for a reactor has no datasync barrier: its owner orders syncs itself.
+        let ops = OpTable::new(config, blocking_owner);
+        Ok(UringStorageIo {
+            io: QueuedIo::new(driver, ops),
         })
     }
 }

@@ -6,6 +6,7 @@ use std::io::Write;
 use super::setup::sqpoll_refusal;
 use super::*;
 use crate::usable_or_skip;
+use storage_io_core::{IoCompletion, StorageIo};
 
 const FILE_BYTES: usize = 4096;
 
@@ -67,12 +68,12 @@ fn uring_push_entry_returns_a_persistent_enter_error_instead_of_spinning() {
     }
     let (mut io, fd, _dir) = tiny_sq(8);
     io.submit_read(fd, vec![0u8; FILE_BYTES].into(), 0).unwrap(); // fills the SQ
-    io.enter_fault = Some(EnterFault {
+    io.set_enter_fault(Some(EnterFault {
         errno: libc::EINVAL,
         every: 1,
         left: u32::MAX,
         calls: 0,
-    });
+    }));
     let refused = io
         .submit_read(fd, vec![7u8; FILE_BYTES].into(), 0)
         .expect_err("the SQ is full and the kernel refuses it");
@@ -86,7 +87,7 @@ fn uring_push_entry_returns_a_persistent_enter_error_instead_of_spinning() {
         FILE_BYTES as u64,
         "the fd is still registered"
     );
-    io.enter_fault = None;
+    io.set_enter_fault(None);
     let mut done = Vec::new();
     while io.pending_count() > 0 {
         io.wait_completions(&mut done, 1, Some(Duration::from_secs(10)))
@@ -108,12 +109,12 @@ fn uring_reaping_is_not_reentrant_when_a_continuation_meets_a_full_sq_and_ebusy(
         let n = 48;
         let (mut io, fd, _dir) = tiny_sq(64);
         submit_eof_reads(&mut io, fd, n);
-        io.enter_fault = Some(EnterFault {
+        io.set_enter_fault(Some(EnterFault {
             errno: libc::EBUSY,
             every,
             left: 40,
             calls: 0,
-        });
+        }));
         let mut done = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
         while io.pending_count() > 0 {
@@ -151,12 +152,12 @@ fn uring_refused_append_or_write_does_not_move_the_append_cursor() {
         .open_file(&path, &storage_io_core::OpenOptions::default())
         .unwrap();
     io.submit_read(fd, vec![0u8; FILE_BYTES].into(), 0).unwrap(); // fills the SQ
-    io.enter_fault = Some(EnterFault {
+    io.set_enter_fault(Some(EnterFault {
         errno: libc::EINVAL,
         every: 1,
         left: u32::MAX,
         calls: 0,
-    });
+    }));
     io.submit_append(fd, &[1u8; 100])
         .expect_err("the SQ is full and the kernel refuses it");
     // 64-byte aligned bytes: written in place (shared_write), past the cursor.
@@ -164,7 +165,7 @@ fn uring_refused_append_or_write_does_not_move_the_append_cursor() {
     let far = FILE_BYTES as u64 + 8192;
     io.submit_write_bytes(fd, shared, far)
         .expect_err("the SQ is full and the kernel refuses it");
-    io.enter_fault = None;
+    io.set_enter_fault(None);
     let mut done = Vec::new();
     while io.pending_count() > 0 {
         io.wait_completions(&mut done, 1, Some(Duration::from_secs(10)))

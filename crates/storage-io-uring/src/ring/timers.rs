@@ -83,7 +83,7 @@ pub(super) fn monotonic_now() -> Duration {
     Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
 }
 
-impl UringStorageIo {
+impl RingDriver {
     /// How to block for `want` completions until `deadline` (`left` from now): the CQE count
     /// the kernel waits for and the timeout to hand it (EXT_ARG).
     ///
@@ -94,6 +94,7 @@ impl UringStorageIo {
     /// the ring and fire later than this deadline, the wait may end that much late.
     pub(super) fn plan_wait(
         &mut self,
+        ops: &mut Ops,
         want: usize,
         deadline: Option<(Instant, Duration)>,
     ) -> std::io::Result<(usize, Option<Duration>)> {
@@ -112,7 +113,7 @@ impl UringStorageIo {
             return Ok((1, None));
         }
         if let Some(entry) = self.timers.arm(deadline, left) {
-            if let Err(e) = self.push_entry(&entry) {
+            if let Err(e) = self.push_entry(ops, &entry) {
                 self.timers.disarm(&entry);
                 return Err(e);
             }

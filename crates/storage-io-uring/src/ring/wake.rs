@@ -5,7 +5,7 @@ use super::*;
 /// `user_data` of the read on the wake eventfd (op slots use their index, far below this).
 pub(super) const WAKE_TAG: u64 = u64::MAX;
 
-/// What [`StorageIo::wait_waker`] needs: an eventfd with a read on it in the ring while the
+/// What [`StorageIo::wait_waker`](storage_io_core::StorageIo::wait_waker) needs: an eventfd with a read on it in the ring while the
 /// owner blocks. A waker writes the eventfd, the read completes, and the CQE ends the wait.
 pub(super) struct RingWake {
     pub(super) state: Arc<WakeState>,
@@ -49,11 +49,11 @@ pub(super) fn kick_eventfd(fd: RawFd) {
     let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
 }
 
-impl UringStorageIo {
+impl RingDriver {
     /// Before blocking: puts the eventfd read in the ring if it is not there, then arms the
     /// wake state. `false` means a wake is pending (or the read could not be queued): do not
     /// block.
-    pub(super) fn arm_wake(&mut self) -> std::io::Result<bool> {
+    pub(super) fn arm_wake(&mut self, ops: &mut Ops) -> std::io::Result<bool> {
         let Some(w) = self.wake.as_mut() else {
             return Ok(true);
         };
@@ -66,7 +66,7 @@ impl UringStorageIo {
                 .build()
                 .user_data(WAKE_TAG);
             w.read_armed = true;
-            if let Err(e) = self.push_entry(&entry) {
+            if let Err(e) = self.push_entry(ops, &entry) {
                 if let Some(w) = self.wake.as_mut() {
                     w.read_armed = false;
                 }
