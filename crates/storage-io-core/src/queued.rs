@@ -457,12 +457,12 @@ impl<H: OpFile> OpTable<H> {
     /// Pair check of the counters: every pending op is in a slot or ready, and every op out
     /// holds a slot.
     fn check_counts(&self) {
-        debug_assert_eq!(
-            self.pending,
-            self.in_flight() + self.ready.len(),
-            "pending ops are exactly the slots in use plus the completions ready"
+        let (pending, in_flight, ready) = (self.pending, self.in_flight(), self.ready.len());
+        crate::invariant!(
+            pending == in_flight + ready,
+            "pending ops ({pending}) are exactly the slots in use ({in_flight}) plus the completions ready ({ready})"
         );
-        debug_assert!(self.out <= self.in_flight(), "every op out holds a slot");
+        crate::invariant!(self.out <= in_flight, "every op out ({}) holds a slot ({in_flight} in use)", self.out);
     }
 
     fn count_out(&mut self, idx: u32) {
