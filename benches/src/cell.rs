@@ -411,3 +411,16 @@ impl XorShift {
         self.0 % n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_tables_name_every_workload_and_backend_in_order() {
+        let cli_workloads: Vec<&str> = crate::cli::WORKLOADS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(cli_workloads, WORKLOADS);
+        let cli_backends: Vec<&str> = crate::cli::BACKENDS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(cli_backends, BACKENDS);
+    }
+}

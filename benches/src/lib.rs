@@ -3,6 +3,7 @@
 //!
 //! The binary `io-patterns` drives it; this library holds the parts that have tests:
 //!
+//! - [`cli`]: the command line, the names it accepts and `--list` (xtask compiles it too);
 //! - [`cell`]: what every cell of ours shares (the workload and backend names, building a
 //!   backend, CPU time, scratch directories, the row a cell makes);
 //! - [`engine`]: the raw cells (`seq_read`, `rand_read`, `rand_write`, `multistream_scan`) and
@@ -22,6 +23,7 @@ pub mod async_peers;
 pub mod async_report;
 pub mod cache;
 pub mod cell;
+pub mod cli;
 pub mod engine;
 pub mod fio;
 pub mod peers;

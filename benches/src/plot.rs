@@ -1,7 +1,7 @@
 //! SVG plots: IOPS and p99 latency against queue depth, one line per backend and I/O mode
 //! (fio's engines included), one pair of plots per workload and regime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
@@ -23,21 +23,19 @@ pub fn write_plots(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     let rows = &rows[..];
     let mut panels: BTreeMap<(String, String), (Series, Series)> = BTreeMap::new();
-    let buffered_regimes: Vec<String> = {
-        let mut v: Vec<String> = rows
-            .iter()
-            .filter(|r| r.io == "buffered")
-            .map(|r| r.regime.clone())
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    };
+    // Per workload: a direct cell joins each buffered regime of its own workload (a WAL's
+    // `fdatasync` rows never pull rand_read's direct cells into a plot of that name).
+    let mut buffered_regimes: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.io == "buffered") {
+        buffered_regimes
+            .entry(r.workload.as_str())
+            .or_default()
+            .insert(r.regime.as_str());
+    }
     for r in rows {
-        let regimes = if r.io == "direct" && !buffered_regimes.is_empty() {
-            buffered_regimes.clone()
-        } else {
-            vec![r.regime.clone()]
+        let regimes: Vec<String> = match buffered_regimes.get(r.workload.as_str()) {
+            Some(b) if r.io == "direct" => b.iter().map(|s| s.to_string()).collect(),
+            _ => vec![r.regime.clone()],
         };
         for regime in regimes {
             let (iops, p99) = panels.entry((r.workload.clone(), regime)).or_default();
@@ -50,15 +48,41 @@ pub fn write_plots(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
     for ((workload, regime), (iops, p99)) in panels {
         for (what, series, unit) in [("iops", iops, "IOPS"), ("p99", p99, "p99 latency (µs)")] {
             let path = dir.join(format!("{what}_{workload}_{regime}.svg"));
-            let title = format!("{workload}, {regime}: {unit} vs queue depth");
-            draw(&path, &title, unit, series).map_err(|e| anyhow!("plot {}: {e}", path.display()))?;
+            let x = x_axis(&workload);
+            let title = format!("{workload}, {regime}: {unit} vs {x}");
+            draw(&path, &title, (x, unit), series).map_err(|e| anyhow!("plot {}: {e}", path.display()))?;
             written.push(path);
         }
     }
     Ok(written)
 }
 
-fn draw(path: &Path, title: &str, unit: &str, mut series: Series) -> Result<(), Box<dyn std::error::Error>> {
+/// What a workload's `qd` counts, for the x axis.
+fn x_axis(workload: &str) -> &'static str {
+    match workload {
+        "wal_commit" => "committers",
+        "scheduler_client_read" | "raw_handoff_read" => "client threads",
+        "scheduler_task_read" => "tasks",
+        _ => "queue depth",
+    }
+}
+
+/// A y-axis label: whole numbers without a fraction (`50000`, not `50000.0`), others with up
+/// to two decimals and no trailing zeros.
+fn axis_label(y: f64) -> String {
+    if (y - y.round()).abs() < 1e-9 {
+        return format!("{y:.0}");
+    }
+    let s = format!("{y:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn draw(
+    path: &Path,
+    title: &str,
+    (x_unit, unit): (&str, &str),
+    mut series: Series,
+) -> Result<(), Box<dyn std::error::Error>> {
     for pts in series.values_mut() {
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
@@ -75,9 +99,12 @@ fn draw(path: &Path, title: &str, unit: &str, mut series: Series) -> Result<(), 
         .build_cartesian_2d((0.8f64..x_max).log_scale(), 0f64..y_max)?;
     chart
         .configure_mesh()
-        .x_desc("queue depth (log scale)")
+        .x_desc(format!("{x_unit} (log scale)"))
         .y_desc(unit)
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| axis_label(*y))
+        // No minor gridlines: on a log axis they crowd into a grey band between the labels.
+        .light_line_style(TRANSPARENT)
         .draw()?;
     for (i, (name, pts)) in series.into_iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -134,5 +161,60 @@ mod tests {
         ] {
             assert!(svg.contains(series), "{series} missing from the legend");
         }
+    }
+
+    #[test]
+    fn each_workload_is_plotted_under_its_own_regimes_and_title() {
+        // A direct-only rand_read run beside wal_commit (whose buffered rows are "fdatasync").
+        let dir = tempfile::tempdir().unwrap();
+        let mut rows = Vec::new();
+        for qd in [1, 4] {
+            rows.push(crate::test_row(
+                "storage-io",
+                "uring",
+                "direct",
+                "uncached",
+                qd,
+                1e4,
+            ));
+            let mut wal = crate::test_row("storage-io-wal", "uring", "buffered", "fdatasync", qd, 5e3);
+            wal.workload = "wal_commit".into();
+            rows.push(wal);
+        }
+        let paths = write_plots(&rows, dir.path()).unwrap();
+        let mut names: Vec<String> = paths
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "iops_rand_read_uncached.svg",
+                "iops_wal_commit_fdatasync.svg",
+                "p99_rand_read_uncached.svg",
+                "p99_wal_commit_fdatasync.svg"
+            ]
+        );
+        let wal = std::fs::read_to_string(dir.path().join("iops_wal_commit_fdatasync.svg")).unwrap();
+        assert!(
+            wal.contains("committers"),
+            "wal_commit's x axis counts committers"
+        );
+    }
+
+    #[test]
+    fn axis_labels_drop_the_fraction_of_whole_numbers() {
+        assert_eq!(axis_label(50000.0), "50000");
+        assert_eq!(axis_label(0.0), "0");
+        assert_eq!(axis_label(2.5), "2.5");
+        assert_eq!(axis_label(0.25), "0.25");
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<Row> = [(1, 10e3), (32, 50e3)]
+            .map(|(qd, iops)| crate::test_row("storage-io", "uring", "direct", "uncached", qd, iops))
+            .to_vec();
+        let paths = write_plots(&rows, dir.path()).unwrap();
+        let svg = std::fs::read_to_string(&paths[0]).unwrap();
+        assert!(!svg.contains(".0<"), "a label ends in .0");
     }
 }

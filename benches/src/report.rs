@@ -393,6 +393,10 @@ pub fn guidance(rows: &[Row]) -> String {
         s.push_str(&lines);
     }
     said |= fio_lines(&mut s, rows);
+    if let Some(choice) = backend_choice(rows) {
+        said = true;
+        let _ = writeln!(s, "{}", choice.facts);
+    }
     // The scheduler against its raw peer: the IOPS ratio, and where the missing depth went.
     for line in scheduler_lines(rows) {
         said = true;
@@ -587,14 +591,118 @@ fn advice(rows: &[Row], cold: &Cold) -> Vec<String> {
     if let Some(knee) = knee(rows) {
         advice.push(knee);
     }
-    if rows.iter().any(|r| r.backend == "uring") {
-        advice.push(
-            "keep `backend = auto` (io_uring where the probe passes); pin `thread_pool` only where the rows above show it ahead"
-                .into(),
-        );
+    if let Some(choice) = backend_choice(rows) {
+        advice.push(choice.advice);
     }
     advice
 }
+
+/// io_uring against the thread pool over every cell of the run that has both, and what that
+/// says about `backend`.
+struct BackendChoice {
+    /// The line of facts: where each was ahead, and where the run could not tell.
+    facts: String,
+    /// What to configure, from those facts alone.
+    advice: String,
+}
+
+/// Which of io_uring and the thread pool led, cell by cell: by the confidence interval of
+/// the per-round ratios from 6 rounds, by their whole spread from 2, and with one round by a
+/// margin beyond [`SINGLE_ROUND_MARGIN`] (flagged as one round). `None` without such a pair.
+fn backend_choice(rows: &[Row]) -> Option<BackendChoice> {
+    let (mut uring, mut pool, mut even) = (Vec::new(), Vec::new(), 0usize);
+    let mut single_rounds = false;
+    for u in rows.iter().filter(|r| r.backend == "uring" && r.engine != "fio") {
+        let Some(t) = rows.iter().find(|t| {
+            t.backend == "thread_pool"
+                && t.engine == u.engine
+                && t.workload == u.workload
+                && t.io == u.io
+                && t.regime == u.regime
+                && t.qd == u.qd
+                && t.block_size == u.block_size
+        }) else {
+            continue;
+        };
+        let Some(pr) = pair_ratio(u, t) else { continue };
+        let (lo, hi) = match (pr.ci95, pr.spread) {
+            (Some(ci), _) => ci,
+            (None, Some(spread)) => spread,
+            (None, None) => {
+                single_rounds = true;
+                (pr.median / SINGLE_ROUND_MARGIN, pr.median * SINGLE_ROUND_MARGIN)
+            }
+        };
+        let cell = format!("{} {} {} qd {} {}", u.workload, u.engine, u.io, u.qd, pr.text());
+        if lo > 1.0 {
+            uring.push((u.workload.clone(), cell));
+        } else if hi < 1.0 {
+            pool.push((u.workload.clone(), cell));
+        } else {
+            even += 1;
+        }
+    }
+    let total = uring.len() + pool.len() + even;
+    if total == 0 {
+        return None;
+    }
+    let list = |v: &[(String, String)]| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            let shown: Vec<&str> = v.iter().take(6).map(|(_, c)| c.as_str()).collect();
+            let more = v.len().saturating_sub(6);
+            let more = if more > 0 {
+                format!(", and {more} more")
+            } else {
+                String::new()
+            };
+            format!(" ({}{more})", shown.join("; "))
+        }
+    };
+    let facts = format!(
+        "- io_uring ÷ thread pool over the {total} cells of this run that have both: io_uring ahead in {}{}, \
+         thread pool ahead in {}{}, not told apart in {even}.",
+        uring.len(),
+        list(&uring),
+        pool.len(),
+        list(&pool)
+    );
+    let workloads = |v: &[(String, String)]| {
+        let w: BTreeSet<&str> = v.iter().map(|(w, _)| w.as_str()).collect();
+        w.into_iter().collect::<Vec<_>>().join(", ")
+    };
+    let mut advice = match (uring.is_empty(), pool.is_empty()) {
+        (true, true) => "this run cannot tell io_uring and the thread pool apart: `backend = auto` costs \
+                         nothing here, and nothing in it argues for pinning either"
+            .to_string(),
+        (false, true) => format!(
+            "`backend = auto` (io_uring where the probe passes) fits this run: io_uring led in {}, \
+             the thread pool nowhere",
+            workloads(&uring)
+        ),
+        (true, false) => format!(
+            "this run favours `backend = thread_pool` for {}: the thread pool led there and io_uring nowhere",
+            workloads(&pool)
+        ),
+        (false, false) => format!(
+            "choose per workload: `backend = thread_pool` led in {}, io_uring (`auto`) in {}",
+            workloads(&pool),
+            workloads(&uring)
+        ),
+    };
+    if single_rounds {
+        advice.push_str(
+            " (one round per cell: a lead counts only beyond ±5 %; rerun with `--rounds 6` or more for \
+             a confidence interval before pinning a backend)",
+        );
+    }
+    Some(BackendChoice { facts, advice })
+}
+
+/// With one round per cell, io_uring and the thread pool count as apart only when one is this
+/// factor ahead (a shared disk moves more than that between cells; see docs/benchmarks.md).
+const SINGLE_ROUND_MARGIN: f64 = 1.05;
 
 /// The smallest queue depth at which our io_uring backend reaches 90 % of its best random-read
 /// IOPS on direct I/O: deeper queues only add latency beyond it.
@@ -1203,5 +1311,33 @@ mod tests {
             "{}",
             lines[0]
         );
+    }
+
+    #[test]
+    fn backend_advice_follows_the_runs_figures_and_their_spread() {
+        // The direct-I/O WAL: the thread pool ahead of io_uring in every one of 6 rounds.
+        let wal = |backend: &str, qd: usize, rounds: [f64; 6]| Row {
+            workload: "wal_commit".into(),
+            engine: crate::ENGINE_WAL_ASYNC.into(),
+            regime: "fdatasync".into(),
+            iops: crate::median(&rounds),
+            iops_rounds: rounds.to_vec(),
+            ..row("storage-io-wal async", backend, "direct", "fdatasync", qd, 0.0)
+        };
+        let rows = vec![
+            wal("uring", 64, [19.9e3, 21e3, 18e3, 20e3, 22e3, 19e3]),
+            wal("thread_pool", 64, [58.8e3, 50e3, 61e3, 55e3, 57e3, 60e3]),
+        ];
+        let g = guidance(&rows);
+        assert!(!g.contains("keep `backend = auto`"), "a fixed preference: {g}");
+        assert!(
+            g.contains("thread pool ahead in 1 (wal_commit storage-io-wal async direct qd 64"),
+            "{g}"
+        );
+        assert!(g.contains("`backend = thread_pool`"), "{g}");
+        // One round each: no spread, so no lead is claimed beyond the noise rule.
+        let single: Vec<Row> = sample();
+        let g = guidance(&single);
+        assert!(g.contains("one round"), "{g}");
     }
 }

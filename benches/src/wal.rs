@@ -496,19 +496,23 @@ pub fn section(rows: &[Row]) -> String {
     }
     let fio_rows: Vec<&&Row> = wal.iter().filter(|r| r.engine == "fio").collect();
     if !fio_rows.is_empty() {
+        // By depth, numerically; "not run" where this run had no such cell.
         let line = |direct: bool| {
-            let mut cells: Vec<String> = fio_rows
+            let mut cells: Vec<&&&Row> = fio_rows.iter().filter(|r| (r.io == "direct") == direct).collect();
+            if cells.is_empty() {
+                return " not run".to_string();
+            }
+            cells.sort_by_key(|r| r.qd);
+            let cells: Vec<String> = cells
                 .iter()
-                .filter(|r| (r.io == "direct") == direct)
                 .map(|r| format!("{:.0}/s at qd {}", r.iops, r.qd))
                 .collect();
-            cells.sort();
-            cells.join(", ")
+            format!(" {}", cells.join(", "))
         };
         let _ = writeln!(
             s,
             "\nThe device's durable-write limit (fio, 4 KiB random writes in the same directory, each durable \
-             on its own): psync write + fdatasync {}; io_uring O_DIRECT | O_DSYNC {}.",
+             on its own): psync write + fdatasync{}; io_uring O_DIRECT | O_DSYNC{}.",
             line(false),
             line(true)
         );
@@ -659,5 +663,27 @@ mod tests {
         let text = section(&[buffered_raw, raw, wal]);
         assert!(text.contains("| 1.50 |"), "{text}");
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_device_limit_line_sorts_by_depth_and_says_what_was_not_run() {
+        let fio = |direct: bool, qd: usize, iops: f64| Row {
+            workload: Workload::WalCommit.name().into(),
+            engine: "fio".into(),
+            backend: "io_uring".into(),
+            io: if direct { "direct" } else { "buffered" }.into(),
+            regime: REGIME.into(),
+            qd,
+            iops,
+            ..Row::default()
+        };
+        // A direct-only run: no buffered fio row.
+        let text = section(&[fio(true, 16, 12427.0), fio(true, 1, 631.0), fio(true, 4, 7938.0)]);
+        assert!(
+            text.contains("631/s at qd 1, 7938/s at qd 4, 12427/s at qd 16"),
+            "depths in numeric order: {text}"
+        );
+        assert!(!text.contains("fdatasync ;"), "a missing value: {text}");
+        assert!(text.contains("psync write + fdatasync not run"), "{text}");
     }
 }

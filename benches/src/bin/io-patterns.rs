@@ -9,107 +9,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use storage_io_benches::async_cells::{self, AsyncCell};
 use storage_io_benches::async_peers::AsyncSystem;
 use storage_io_benches::cache::{self, MemCap};
 use storage_io_benches::cell::{BACKENDS, Backend, Cell, WORKLOADS, Workload};
+use storage_io_benches::cli::{self, Args, REGIMES, names};
 use storage_io_benches::engine;
 use storage_io_benches::fio::{self, FioEngine, FioJob};
 use storage_io_benches::{
     Machine, Report, Row, fold_rounds, peers, plot, recover, report, signal, timestamp, wal,
 };
 use storage_io_core::{OpenOptions, open_file};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "io-patterns",
-    about = "Queue-depth benchmark of storage-io backends, with fio beside them on the same file",
-    after_help = "Default: a quick run (several minutes; --workload narrows it) on a temp file under target/bench/.\n\
-                  Output: target/bench/<timestamp>/report.md, results.json and SVG plots."
-)]
-struct Args {
-    /// A tiny run that only proves the driver works (CI uses it).
-    #[arg(long, conflicts_with_all = ["quick", "full"])]
-    smoke: bool,
-    /// The default: every workload and the main backends, hot and thrash regimes, one round.
-    #[arg(long, conflicts_with = "full")]
-    quick: bool,
-    /// Everything: all backends and regimes, longer cells, a 1 GiB file, four rounds (median).
-    #[arg(long)]
-    full: bool,
-    /// Workloads: seq_read, rand_read, rand_write, multistream_scan, wal_commit (for wal_commit,
-    /// --qd is the number of concurrent committers; default 1, 8, 64), scheduler_rand_read,
-    /// scheduler_batch_read, raw_round_read, scheduler_seq_scan, scheduler_client_read (qd blocking
-    /// client threads), scheduler_task_read (qd async tasks), raw_handoff_read (the raw loop handing
-    /// each read to a client thread), raw_tagged_handoff_read (the raw loop serving one client
-    /// thread with qd reads outstanding), segment_append (qd appends + one sync per op), segment_read
-    /// (sequential reads through the async file API), async_rand_read, async_append_sync and
-    /// async_seq_read (the async file API beside tokio::fs and the Rust io_uring runtimes built in;
-    /// --qd is the number of tasks, default 1, 32, 256), wal_recover (reopening a 100-record log in
-    /// 4/64/256 MiB segments and a 1 GiB log, cold, with fio's sequential read and okaywal beside).
-    #[arg(long, value_delimiter = ',')]
-    workload: Vec<String>,
-    /// Backends: sync, thread_pool, uring, uring_nofixed (no registered buffers), uring_sqpoll, uring_heapbuf (the caller's own heap buffers: reads staged in registered memory and copied), uring_nowait_off and thread_pool_nowait_off (buffered reads never answered from the page cache at submit).
-    #[arg(long, value_delimiter = ',')]
-    backend: Vec<String>,
-    /// I/O mode: direct, buffered or both.
-    #[arg(long)]
-    io: Option<String>,
-    /// Queue depths.
-    #[arg(long, value_delimiter = ',')]
-    qd: Vec<usize>,
-    /// wal_commit: async committers, as task counts on a 2-thread tokio runtime (default 64,
-    /// 1024; --full adds 4096; --smoke 16). 0 runs none.
-    #[arg(long, value_delimiter = ',')]
-    wal_tasks: Vec<usize>,
-    /// Page-cache regimes for buffered cells: hot, pressure (cache ≈ file / 1.5), thrash (cache ≈ file / 4).
-    #[arg(long, value_delimiter = ',')]
-    regime: Vec<String>,
-    /// Run on this file (e.g. on the disk you care about). Created, filled and removed afterwards
-    /// if missing; an existing file is only read unless --allow-write.
-    #[arg(long)]
-    file: Option<PathBuf>,
-    /// Let rand_write cells overwrite an existing --file.
-    #[arg(long)]
-    allow_write: bool,
-    /// Size of the file in MiB (a new file is filled to this size).
-    #[arg(long)]
-    size_mib: Option<u64>,
-    /// Seconds per cell.
-    #[arg(long)]
-    duration: Option<f64>,
-    /// Rounds per cell: 1, or an even number so both sides of a comparison go first equally
-    /// often. The report shows the median round (ours and fio alternate within a round).
-    #[arg(long)]
-    rounds: Option<usize>,
-    /// Block size in bytes (a multiple of 4096 for direct I/O).
-    #[arg(long, default_value_t = 4096)]
-    block_size: usize,
-    /// Concurrent sequential streams of multistream_scan.
-    #[arg(long, default_value_t = 4)]
-    streams: usize,
-    /// Worker threads of the scheduler_* cells (default: the scheduler's own default,
-    /// max(1, cores / 2)); each worker owns one backend (one ring for io_uring).
-    #[arg(long)]
-    sched_workers: Option<usize>,
-    /// Do not run fio even if it is installed.
-    #[arg(long)]
-    no_fio: bool,
-    /// fio engines to run beside us: psync, io_uring, io_uring+fixed.
-    #[arg(long, value_delimiter = ',')]
-    fio_engine: Vec<String>,
-    /// Also write the JSON results here.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Compare with an earlier results.json and flag regressions (IOPS −10 %, p99 +25 %).
-    #[arg(long)]
-    compare: Option<PathBuf>,
-    /// Output directory (default `target/bench/<timestamp>`).
-    #[arg(long)]
-    out_dir: Option<PathBuf>,
-}
 
 /// What to run, after defaults.
 struct Plan {
@@ -153,8 +64,6 @@ fn widen_if_narrow(plan: &mut Plan, cells_per_round: usize) -> Option<String> {
     ))
 }
 
-const REGIMES: &[&str] = &["hot", "pressure", "thrash"];
-
 fn plan(args: &Args) -> Result<Plan> {
     let preset = Preset::of(args);
     let workloads: Vec<Workload> = names(&args.workload, preset.workloads, &WORKLOADS, "workload")?
@@ -165,14 +74,9 @@ fn plan(args: &Args) -> Result<Plan> {
         .iter()
         .map(|n| Backend::named(n))
         .collect::<Result<_>>()?;
-    let regimes = names(&args.regime, preset.regimes, REGIMES, "regime")?;
-    let modes = match args.io.as_deref().unwrap_or("both") {
-        "direct" => vec![true],
-        "buffered" => vec![false],
-        "both" => vec![true, false],
-        other => bail!("unknown --io {other:?}; expected direct, buffered or both"),
-    };
-    check_limits(args)?;
+    let regimes = names(&args.regime, preset.regimes, &REGIMES, "regime")?;
+    let modes = cli::io_modes(args.io.as_deref())?;
+    cli::validate(args)?;
     let qds = if args.qd.is_empty() {
         preset.qds.to_vec()
     } else {
@@ -253,7 +157,7 @@ impl Preset {
                 qds: &[1, 4, 16, 32],
                 workloads: &WORKLOADS,
                 backends: &BACKENDS,
-                regimes: REGIMES,
+                regimes: &REGIMES,
                 rounds: 4,
             }
         } else {
@@ -272,51 +176,9 @@ impl Preset {
     }
 }
 
-/// The names asked for (or the preset's), each checked against the known ones.
-fn names(given: &[String], default: &[&str], known: &[&str], what: &str) -> Result<Vec<String>> {
-    let v: Vec<String> = if given.is_empty() {
-        default.iter().map(|s| s.to_string()).collect()
-    } else {
-        given.iter().map(|s| s.trim().to_string()).collect()
-    };
-    for x in &v {
-        if !known.contains(&x.as_str()) {
-            bail!("unknown {what} {x:?}; expected one of {}", known.join(", "));
-        }
-    }
-    Ok(v)
-}
-
-/// The block size, streams and scheduler workers asked for are in range.
-fn check_limits(args: &Args) -> Result<()> {
-    if args.block_size == 0 || !args.block_size.is_multiple_of(512) || args.block_size > 64 << 20 {
-        bail!("--block-size must be a multiple of 512 up to 64 MiB (4096 for direct I/O on most disks)");
-    }
-    if args.streams == 0 || args.streams > 4096 {
-        bail!("--streams must be between 1 and 4096");
-    }
-    if args.sched_workers.is_some_and(|n| n == 0 || n > 256) {
-        bail!("--sched-workers must be between 1 and 256");
-    }
-    Ok(())
-}
-
-/// Rounds per cell: 1, or an even number up to 100 (the two sides of a comparison take turns
-/// going first).
+/// Rounds per cell: the preset's unless given (checked by [`cli::rounds_ok`]).
 fn rounds_of(args: &Args, preset: &Preset) -> Result<usize> {
-    let rounds = args.rounds.unwrap_or(preset.rounds);
-    if rounds == 0 || rounds > 100 {
-        bail!("--rounds must be between 1 and 100");
-    }
-    if rounds > 1 && rounds % 2 == 1 {
-        bail!(
-            "--rounds {rounds} is odd: the two sides of a comparison take turns going first, so \
-             an odd count lets one of them lead once more; use {} or {} (or 1 for a quick look)",
-            rounds - 1,
-            rounds + 1
-        );
-    }
-    Ok(rounds)
+    cli::rounds_ok(args.rounds.unwrap_or(preset.rounds))
 }
 
 /// The fio engines asked for (all by default).
@@ -769,7 +631,14 @@ fn main() {
 
 /// The whole bench; `Ok(true)` when it was interrupted (partial results are still written).
 fn run() -> Result<bool> {
-    let args = Args::parse();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(args) = cli::parse("io-patterns", &argv)? else {
+        return Ok(false); // --help or --version
+    };
+    if args.list {
+        print!("{}", cli::list_text(&built_here));
+        return Ok(false);
+    }
     let mut plan = plan(&args)?;
     let root = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -862,6 +731,25 @@ fn run() -> Result<bool> {
     };
     write_outputs(&report, &notes, &out_dir, &args, old.as_ref())?;
     Ok(interrupted)
+}
+
+/// Whether this build of the driver, on this machine, runs a peer (for `--list`).
+fn built_here(name: &str, needs: cli::Needs) -> std::result::Result<(), String> {
+    let missing = match name {
+        "okaywal" => peers::okaywal_missing().map(str::to_string),
+        "rocksdb" => peers::rocksdb_missing().map(str::to_string),
+        _ => AsyncSystem::ALL
+            .into_iter()
+            .find(|s| s.name() == name)
+            .and_then(AsyncSystem::missing),
+    };
+    match (missing, needs) {
+        (Some(why), _) => Err(why),
+        (None, cli::Needs::Program(p)) if !cli::program_found(p) => {
+            Err(format!("{p} not found (apt-get install {p})"))
+        }
+        (None, _) => Ok(()),
+    }
 }
 
 /// The earlier run `--compare` names, if any.
@@ -1158,7 +1046,8 @@ mod tests {
     use super::*;
 
     fn plan_of(argv: &[&str]) -> Result<Plan> {
-        let args = Args::try_parse_from(std::iter::once("io-patterns").chain(argv.iter().copied()))?;
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let args = cli::parse("io-patterns", &argv)?.expect("not --help");
         plan(&args)
     }
 
