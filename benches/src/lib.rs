@@ -16,7 +16,8 @@
 //! - [`wal`] and [`peers`]: `wal_commit`, with okaywal, RocksDB and fio's durable writes beside;
 //! - [`recover`]: `wal_recover`, reopening a log cold, with fio's sequential read and okaywal beside;
 //! - [`fio`]: fio's cells; [`cache`]: the page-cache regimes; [`report`] and [`plot`]: the
-//!   report, its guidance and its SVGs; [`signal`]: Ctrl-C.
+//!   report, its guidance and its SVGs; [`verdict`]: the thresholds of its verdicts in one
+//!   table; [`signal`]: Ctrl-C.
 
 pub mod async_cells;
 pub mod async_peers;
@@ -33,6 +34,7 @@ pub mod report;
 pub mod sched;
 pub mod segment;
 pub mod signal;
+pub mod verdict;
 pub mod wal;
 
 /// `Row::engine` of a WAL cell (the WAL cells live in `wal.rs`).

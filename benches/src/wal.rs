@@ -457,6 +457,16 @@ pub fn section(rows: &[Row]) -> String {
             ),
         );
     }
+    tasks_table(&mut s, &wal);
+    device_limit_line(&mut s, &wal);
+    peers_table(&mut s, &wal);
+    latency_line(&mut s, &wal);
+    s.push('\n');
+    s
+}
+
+/// The async committers' table, each beside the thread committers' best on its backend.
+fn tasks_table(s: &mut String, wal: &[&Row]) {
     let tasks: Vec<&&Row> = wal.iter().filter(|r| r.engine == ENGINE_WAL_ASYNC).collect();
     if !tasks.is_empty() {
         let _ = writeln!(
@@ -494,6 +504,10 @@ pub fn section(rows: &[Row]) -> String {
             );
         }
     }
+}
+
+/// The device's durable-write limit: fio's cells, by depth.
+fn device_limit_line(s: &mut String, wal: &[&Row]) {
     let fio_rows: Vec<&&Row> = wal.iter().filter(|r| r.engine == "fio").collect();
     if !fio_rows.is_empty() {
         // By depth, numerically; "not run" where this run had no such cell.
@@ -517,6 +531,10 @@ pub fn section(rows: &[Row]) -> String {
             line(true)
         );
     }
+}
+
+/// Ours against the best external WAL at each committer count.
+fn peers_table(s: &mut String, wal: &[&Row]) {
     let peer_rows: Vec<&&Row> = wal
         .iter()
         .filter(|r| r.engine == ENGINE_OKAYWAL || r.engine == ENGINE_ROCKSDB)
@@ -574,6 +592,10 @@ pub fn section(rows: &[Row]) -> String {
             );
         }
     }
+}
+
+/// One committer's append + sync latency, io_uring against the thread pool.
+fn latency_line(s: &mut String, wal: &[&Row]) {
     let mean = |b: &str| {
         wal.iter()
             .find(|r| r.engine == ENGINE_WAL && r.backend == b && r.io == "buffered" && r.qd == 1)
@@ -587,8 +609,6 @@ pub fn section(rows: &[Row]) -> String {
             mean("sync").map_or(String::new(), |x| format!("; inline sync: {x:.0} µs"))
         );
     }
-    s.push('\n');
-    s
 }
 
 #[cfg(test)]

@@ -111,15 +111,9 @@ const FUZZING_FEATURES: &str = "storage-io-wal/fuzzing,storage-io-scheduler/fuzz
 /// Workspace members that are never published (`publish = false`), left out of `cargo package`.
 const UNPUBLISHED: &[&str] = &["storage-io-benches", "xtask"];
 
-fn ci(root: &Path, args: &[String]) -> Result<()> {
-    let started = Instant::now();
-    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    if in_ci && std::env::var_os("STORAGE_IO_REQUIRE_URING").is_none() {
-        eprintln!(
-            "note: CI is set but STORAGE_IO_REQUIRE_URING is not; io_uring tests may skip instead of failing"
-        );
-    }
-    let skip_bench = args.iter().any(|a| a == "--no-bench");
+/// rustfmt, clippy with warnings denied (with the fuzzing features), and clippy of the façade
+/// without io_uring.
+fn lint(root: &Path) -> Result<()> {
     run_step(
         "rustfmt",
         cargo().current_dir(root).args(["fmt", "--all", "--", "--check"]),
@@ -151,6 +145,19 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
             "warnings",
         ]),
     )?;
+    Ok(())
+}
+
+fn ci(root: &Path, args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if in_ci && std::env::var_os("STORAGE_IO_REQUIRE_URING").is_none() {
+        eprintln!(
+            "note: CI is set but STORAGE_IO_REQUIRE_URING is not; io_uring tests may skip instead of failing"
+        );
+    }
+    let skip_bench = args.iter().any(|a| a == "--no-bench");
+    lint(root)?;
     cross::clippy_installed(root)?;
     run_step(
         "tests",
