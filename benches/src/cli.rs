@@ -77,6 +77,14 @@ pub struct Args {
     /// max(1, cores / 2)); each worker owns one backend (one ring for io_uring).
     #[arg(long)]
     pub sched_workers: Option<usize>,
+    /// Open loop: also run rand_read direct with Poisson arrivals at these rates, ops/s (fio
+    /// beside at the same rate); latency is timed from each op's intended arrival.
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
+    /// Open loop at these percentages of each backend's closed-loop rand_read direct peak
+    /// measured earlier in the same run (e.g. 25,50,75,90; --full runs those, --smoke 50).
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Vec<f64>,
     /// Print every workload and peer, one line each, with the peers this machine (and this
     /// build) can run, and exit.
     #[arg(long)]
@@ -327,6 +335,20 @@ pub fn validate(args: &Args) -> Result<()> {
     }
     if let Some(r) = args.rounds {
         rounds_ok(r)?;
+    }
+    if let Some(r) = args
+        .rate
+        .iter()
+        .find(|r| !(r.is_finite() && **r > 0.0 && **r <= 1e8))
+    {
+        bail!("--rate {r}: give ops per second, above 0 and at most 100000000");
+    }
+    if let Some(p) = args
+        .rates
+        .iter()
+        .find(|p| !(p.is_finite() && **p > 0.0 && **p <= 200.0))
+    {
+        bail!("--rates {p}: give percentages of the closed-loop peak, above 0 and at most 200");
     }
     Ok(())
 }

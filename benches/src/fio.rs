@@ -59,6 +59,9 @@ pub struct FioJob {
     /// Writes made durable one by one (the WAL's peers): none, an fdatasync after each write
     /// (`--fdatasync=1`), or the file opened `O_DSYNC` (`--sync=dsync`).
     pub sync: FioSync,
+    /// Open loop: issue at this many ops/s on a Poisson schedule (`--rate_iops`,
+    /// `--rate_process=poisson`) instead of keeping `qd` in flight.
+    pub rate_iops: Option<u64>,
 }
 
 /// How a fio write job makes each write durable.
@@ -119,6 +122,10 @@ impl FioJob {
         if rw.starts_with("rand") {
             // Uniform offsets with repetition, like our driver (fio's default visits each block once).
             a.push("--norandommap".to_string());
+        }
+        if let Some(r) = self.rate_iops {
+            a.push(format!("--rate_iops={}", r.max(1)));
+            a.push("--rate_process=poisson".to_string());
         }
         match self.sync {
             FioSync::None => {}
@@ -223,6 +230,7 @@ impl FioJob {
                 p50: us(num(&pct["50.000000"])),
                 p95: us(num(&pct["95.000000"])),
                 p99: us(num(&pct["99.000000"])),
+                p999: us(num(&pct["99.900000"])),
                 max: us(num(&side["lat_ns"]["max"])),
             },
             cpu_us_per_op: cpu_s * 1e6 / ios,
@@ -249,6 +257,7 @@ mod tests {
             file: "/data/f".into(),
             invalidate: false,
             sync: FioSync::None,
+            rate_iops: None,
         }
     }
 
@@ -297,6 +306,18 @@ mod tests {
         assert!(!p.contains("iodepth"), "{p}");
         let plain = job(FioEngine::IoUring, 1).args().join(" ");
         assert!(!plain.contains("fixedbufs"), "{plain}");
+        assert!(!plain.contains("rate"), "closed loop: {plain}");
+        let open = FioJob {
+            rate_iops: Some(20_000),
+            ..job(FioEngine::IoUringFixed, 128)
+        };
+        let o = open.args().join(" ");
+        assert!(
+            o.contains("--rate_iops=20000")
+                && o.contains("--rate_process=poisson")
+                && o.contains("--iodepth=128"),
+            "{o}"
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`async_cells`], [`async_peers`] and [`async_report`]: the async file API beside the Rust
 //!   async-I/O runtimes (`async_rand_read`, `async_append_sync`, `async_seq_read`);
 //! - [`wal`] and [`peers`]: `wal_commit`, with okaywal, RocksDB and fio's durable writes beside;
+//! - [`openloop`]: latency at a given load (Poisson arrivals, timed from the intended
+//!   arrival), with fio at the same rate;
 //! - [`recover`]: `wal_recover`, reopening a log cold, with fio's sequential read and okaywal beside;
 //! - [`fio`]: fio's cells; [`cache`]: the page-cache regimes; [`report`] and [`plot`]: the
 //!   report, its guidance and its SVGs; [`verdict`]: the thresholds of its verdicts in one
@@ -27,6 +29,7 @@ pub mod cell;
 pub mod cli;
 pub mod engine;
 pub mod fio;
+pub mod openloop;
 pub mod peers;
 pub mod plot;
 pub mod recover;
@@ -61,6 +64,9 @@ pub struct Latency {
     pub p95: f64,
     /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile (0 in rows from before it was recorded).
+    #[serde(default)]
+    pub p999: f64,
     /// Largest seen.
     pub max: f64,
 }
@@ -74,6 +80,7 @@ impl Latency {
             p50: us(hist.value_at_quantile(0.50)),
             p95: us(hist.value_at_quantile(0.95)),
             p99: us(hist.value_at_quantile(0.99)),
+            p999: us(hist.value_at_quantile(0.999)),
             max: us(hist.max()),
         }
     }
@@ -148,6 +155,14 @@ pub struct Row {
     /// Peak growth of the process's RSS during the cell, bytes (`wal_recover` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_peak_bytes: Option<u64>,
+    /// Open-loop cells: the offered arrival rate, ops/s (Poisson arrivals; latency from each
+    /// op's intended arrival). `None` for closed-loop cells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_rate: Option<f64>,
+    /// Open-loop cells given as `--rates`: the offered rate in percent of the cell's
+    /// closed-loop peak in the same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_pct: Option<f64>,
     /// IOPS of every round, when more than one was run; `iops` is their median.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub iops_rounds: Vec<f64>,
@@ -156,8 +171,11 @@ pub struct Row {
 impl Row {
     /// What identifies a cell across runs (for medians and `--compare`).
     pub fn key(&self) -> String {
+        let rate = self
+            .offered_rate
+            .map_or(String::new(), |r| format!("/rate{r:.0}"));
         format!(
-            "{}/{}/{}/{}/{}/qd{}/bs{}",
+            "{}/{}/{}/{}/{}/qd{}/bs{}{rate}",
             self.workload, self.engine, self.backend, self.io, self.regime, self.qd, self.block_size
         )
     }
@@ -290,7 +308,12 @@ pub fn fold_rounds(rows: Vec<Row>) -> Vec<Row> {
                 return g.pop();
             }
             let runs: Vec<f64> = g.iter().map(|r| r.iops).collect();
-            g.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+            if g[0].offered_rate.is_some() {
+                // Open loop: every round offers the same rate; the median round is by p99.
+                g.sort_by(|a, b| a.lat_us.p99.total_cmp(&b.lat_us.p99));
+            } else {
+                g.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+            }
             let mut row = g.swap_remove(g.len() / 2);
             row.iops_rounds = runs;
             Some(row)

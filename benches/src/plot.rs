@@ -15,10 +15,11 @@ type Series = BTreeMap<String, Vec<(f64, f64)>>;
 /// returns their paths. Direct cells (regime `uncached`) share the plot of each buffered regime,
 /// so every plot shows direct against buffered.
 pub fn write_plots(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
+    let all = rows;
     // The async cells have their own section, by task count and system, not by queue depth.
     let rows: Vec<Row> = rows
         .iter()
-        .filter(|r| !crate::async_cells::is_async_name(&r.workload))
+        .filter(|r| !crate::async_cells::is_async_name(&r.workload) && !crate::openloop::is_open(r))
         .cloned()
         .collect();
     let rows = &rows[..];
@@ -54,6 +55,13 @@ pub fn write_plots(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
             written.push(path);
         }
     }
+    // The open-loop cells: latency against offered load, one plot per cell.
+    let open: Vec<Row> = all
+        .iter()
+        .filter(|r| crate::openloop::is_open(r))
+        .cloned()
+        .collect();
+    written.extend(crate::openloop::write_plots(&open, dir)?);
     Ok(written)
 }
 
@@ -69,7 +77,7 @@ fn x_axis(workload: &str) -> &'static str {
 
 /// A y-axis label: whole numbers without a fraction (`50000`, not `50000.0`), others with up
 /// to two decimals and no trailing zeros.
-fn axis_label(y: f64) -> String {
+pub(crate) fn axis_label(y: f64) -> String {
     if (y - y.round()).abs() < 1e-9 {
         return format!("{y:.0}");
     }
@@ -115,6 +123,63 @@ fn draw(
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// A latency-against-load plot: each series' µs against the offered rate (ops/s), the knee
+/// (rate, µs) marked with a vertical line.
+pub(crate) fn draw_load_curve(
+    path: &Path,
+    title: &str,
+    series: Vec<(String, Vec<(f64, f64)>)>,
+    knee: Option<(f64, f64)>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let all = series.iter().flat_map(|(_, p)| p.iter());
+    let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max) * 1.1;
+    let y_max = all.map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("offered load (ops/s, Poisson arrivals)")
+        .y_desc("latency from intended arrival (µs)")
+        .x_label_formatter(&|x| axis_label(*x))
+        .y_label_formatter(&|y| axis_label(*y))
+        .light_line_style(TRANSPARENT)
+        .draw()?;
+    for (i, (name, pts)) in series.into_iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let width = if name.starts_with("fio") { 1 } else { 2 };
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    if let Some((x, y)) = knee {
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(x, 0.0), (x, y_max)],
+            BLACK.mix(0.5).stroke_width(1),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("knee ({} µs)", axis_label(y.round())),
+            (x, y_max * 0.95),
+            ("sans-serif", 14),
+        )))?;
     }
     chart
         .configure_series_labels()

@@ -303,6 +303,7 @@ pub fn run_cell(root: &Path, cell: &RecoverCell) -> Result<Row> {
             p50: us,
             p95: us,
             p99: us,
+            p999: us,
             max: us,
         },
         ops: 1,

@@ -160,7 +160,11 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
         s.push('\n');
     }
     let _ = writeln!(s, "{LEGEND}");
-    for ((workload, io, regime), rows) in groups(&report.results) {
+    let closed: Vec<Row> = (report.results.iter())
+        .filter(|r| !crate::openloop::is_open(r))
+        .cloned()
+        .collect();
+    for ((workload, io, regime), rows) in groups(&closed) {
         if !crate::async_cells::is_async_name(&workload) {
             cell_table(&mut s, report, (&workload, &io, &regime), &rows);
         }
@@ -168,8 +172,10 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
     s.push_str(&crate::wal::section(&report.results));
     s.push_str(&crate::async_report::section(&report.results));
     s.push_str(&crate::recover::section(&report.results));
-    let (_, rest): (Vec<Row>, Vec<Row>) =
-        (report.results.iter().cloned()).partition(|r| crate::async_cells::is_async_name(&r.workload));
+    s.push_str(&crate::openloop::section(&report.results));
+    let (_, rest): (Vec<Row>, Vec<Row>) = closed
+        .into_iter()
+        .partition(|r| crate::async_cells::is_async_name(&r.workload));
     if !rest.is_empty() {
         s.push_str(&guidance(&rest)); // a run of only async cells has its verdicts above
     }

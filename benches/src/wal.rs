@@ -389,6 +389,7 @@ pub fn run_fio_durable_cell(root: &Path, direct: bool, qd: usize, duration: Dura
         } else {
             FioSync::Fdatasync
         },
+        rate_iops: None,
     };
     let mut out = job.run()?;
     out.regime = REGIME.into();

@@ -9,6 +9,7 @@ use storage_io_benches::async_peers::AsyncSystem;
 use storage_io_benches::cell::{BACKENDS, Backend, Cell, WORKLOADS, Workload};
 use storage_io_benches::cli::{self, Args, REGIMES, names};
 use storage_io_benches::fio::{self, FioEngine, FioJob};
+use storage_io_benches::openloop::Rate;
 use storage_io_benches::{peers, recover, wal};
 
 /// What to run, after defaults.
@@ -25,6 +26,8 @@ pub(crate) struct Plan {
     /// The quick preset with the rounds and the duration left to it: a narrow selection gets
     /// [`NARROW_ROUNDS`] short rounds instead of one (see [`widen_if_narrow`]).
     pub(crate) widen_if_narrow: bool,
+    /// Open-loop rates of rand_read direct (`--rate`, `--rates`, or the preset's).
+    pub(crate) rates: Vec<Rate>,
 }
 
 /// A quick run of at most this many cells per round is narrow enough to repeat.
@@ -101,6 +104,7 @@ pub(crate) fn plan(args: &Args) -> Result<Plan> {
         size_bytes: size_mib << 20,
         rounds,
         widen_if_narrow: !args.smoke && !args.full && args.rounds.is_none() && args.duration.is_none(),
+        rates: rates_of(args, &preset),
     })
 }
 
@@ -113,6 +117,8 @@ pub(crate) struct Preset {
     backends: &'static [&'static str],
     regimes: &'static [&'static str],
     rounds: usize,
+    /// Open-loop rates, percent of peak.
+    rates: &'static [f64],
 }
 
 impl Preset {
@@ -136,6 +142,8 @@ impl Preset {
                 backends: &["sync", "thread_pool", "uring"],
                 regimes: &["hot", "thrash"],
                 rounds: 1,
+                // One open-loop rate: the path runs in CI, without fio's peers.
+                rates: &[50.0],
             }
         } else if args.full {
             Preset {
@@ -148,6 +156,7 @@ impl Preset {
                 backends: &BACKENDS,
                 regimes: &REGIMES,
                 rounds: 4,
+                rates: &[25.0, 50.0, 75.0, 90.0],
             }
         } else {
             Preset {
@@ -160,9 +169,22 @@ impl Preset {
                 backends: &["sync", "thread_pool", "uring"],
                 regimes: &["hot", "thrash"],
                 rounds: 1,
+                rates: &[],
             }
         }
     }
+}
+
+/// The open-loop rates asked for: `--rate` (ops/s) and `--rates` (percent of peak), or the
+/// preset's percentages when neither is given.
+fn rates_of(args: &Args, preset: &Preset) -> Vec<Rate> {
+    if args.rate.is_empty() && args.rates.is_empty() {
+        return preset.rates.iter().map(|&p| Rate::PercentOfPeak(p)).collect();
+    }
+    let absolute = args.rate.iter().map(|&r| Rate::PerSecond(r));
+    absolute
+        .chain(args.rates.iter().map(|&p| Rate::PercentOfPeak(p)))
+        .collect()
 }
 
 /// Rounds per cell: the preset's unless given (checked by [`cli::rounds_ok`]).
@@ -193,6 +215,8 @@ pub(crate) fn fio_engines_of(args: &Args) -> Result<Vec<FioEngine>> {
 /// One thing to run: a cell of ours or of fio's, in a regime.
 pub(crate) enum Job {
     Ours(Cell),
+    /// An open-loop rand_read direct cell, ours or fio's beside it (see `openloop.rs`).
+    OpenLoop(OpenStep),
     /// One round of an async cell of one system, in a child process.
     Async(AsyncCell),
     Fio(FioJob),
@@ -240,6 +264,18 @@ impl Step {
     pub(crate) fn label(&self) -> String {
         let (w, b, d, q) = match &self.job {
             Job::Async(c) => return c.label(),
+            Job::OpenLoop(o) => {
+                let who = if o.fio {
+                    "fio io_uring+fixed".to_string()
+                } else {
+                    o.backend.to_string()
+                };
+                let rate = match o.rate {
+                    Rate::PerSecond(r) => format!("{r:.0}/s"),
+                    Rate::PercentOfPeak(p) => format!("{p:.0}% of {} peak", o.backend),
+                };
+                return format!("rand_read open loop {who} direct {rate}");
+            }
             Job::Ours(c) => (
                 c.workload.name().to_string(),
                 c.backend.name().to_string(),
@@ -345,6 +381,9 @@ pub(crate) fn steps(
             }
             out.extend(cell_steps(w, round, plan, args, (file, size, fio_on, direct_ok)));
         }
+        if round < plan.rounds {
+            out.extend(open_steps(plan, args, round, (fio_on, direct_ok)));
+        }
     }
     out
 }
@@ -403,6 +442,7 @@ fn cell_steps(
                                 file: file.to_path_buf(),
                                 invalidate: regime != "hot",
                                 sync: fio::FioSync::None,
+                                rate_iops: None,
                             }),
                             regime: regime.clone(),
                         });
@@ -413,6 +453,50 @@ fn cell_steps(
                 }
                 out.append(&mut pair);
             }
+        }
+    }
+    out
+}
+
+/// An open-loop cell: Poisson arrivals at a rate resolved when it runs (a percentage needs
+/// the closed-loop peak measured before it in the same run).
+pub(crate) struct OpenStep {
+    /// Ours on this backend, or (`fio`) fio io_uring+fixed at the rate resolved from this
+    /// backend's peak.
+    pub(crate) backend: Backend,
+    pub(crate) fio: bool,
+    pub(crate) rate: Rate,
+    pub(crate) block: usize,
+    pub(crate) duration: Duration,
+}
+
+/// The open-loop cells of one round: per rate, each backend's cell and, beside `uring`'s, fio's
+/// at the same rate (fio first in every other round). Only with rand_read direct in the run.
+fn open_steps(plan: &Plan, args: &Args, round: usize, (fio_on, direct_ok): (bool, bool)) -> Vec<Step> {
+    let mut out = Vec::new();
+    if !(plan.workloads.contains(&Workload::RandRead) && plan.modes.contains(&true) && direct_ok) {
+        return out;
+    }
+    for &rate in &plan.rates {
+        for &backend in &plan.backends {
+            let step = |fio| Step {
+                job: Job::OpenLoop(OpenStep {
+                    backend,
+                    fio,
+                    rate,
+                    block: args.block_size,
+                    duration: plan.duration,
+                }),
+                regime: "uncached".into(),
+            };
+            let mut pair = vec![step(false)];
+            if fio_on && backend == Backend::Uring {
+                pair.push(step(true));
+                if round % 2 == 1 {
+                    pair.reverse();
+                }
+            }
+            out.extend(pair);
         }
     }
     out

@@ -11,9 +11,9 @@ use storage_io_benches::cell::Workload;
 use storage_io_benches::cli::{self, Args};
 use storage_io_benches::engine;
 use storage_io_benches::fio;
-use storage_io_benches::{Machine, Report, Row, peers, recover, signal, wal};
+use storage_io_benches::{Machine, Report, Row, openloop, peers, recover, signal, wal};
 
-use crate::plan::{Job, Plan, Step};
+use crate::plan::{Job, OpenStep, Plan, Step};
 
 /// The file under test; removed on drop when the bench created it.
 pub(crate) struct BenchFile {
@@ -181,6 +181,15 @@ pub(crate) fn missing_tools(
             notes.push(hint);
         }
     }
+    let open_loop_runs =
+        plan.workloads.contains(&Workload::RandRead) && plan.modes.contains(&true) && direct_ok;
+    if !plan.rates.is_empty() && !open_loop_runs {
+        notes.push(
+            "open-loop rates were skipped: they run rand_read direct, so keep rand_read in --workload \
+             and --io direct or both, on a file that grants O_DIRECT"
+                .into(),
+        );
+    }
     let fio_version = if args.no_fio { None } else { fio::version() };
     if !args.no_fio && fio_version.is_none() {
         eprintln!(
@@ -238,7 +247,10 @@ pub(crate) fn run_cells(
             break;
         }
         bar.set_message(step.label());
-        let row = run_step(step, file, size, cap.as_deref_mut());
+        let row = match &step.job {
+            Job::OpenLoop(o) => run_open(o, file, size, &rows),
+            _ => run_step(step, file, size, cap.as_deref_mut()),
+        };
         let mut row = match row {
             Ok(r) => r,
             Err(_) if signal::stopped() => {
@@ -294,6 +306,7 @@ pub(crate) fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut Mem
         Job::Fio(f) => (16 << 20) + (f.qd * f.block) as u64,
         Job::Ours(c) => (8 << 20) + 2 * (c.qd * c.block) as u64,
         Job::Async(_)
+        | Job::OpenLoop(_)
         | Job::Wal { .. }
         | Job::RawSync { .. }
         | Job::Peer { .. }
@@ -313,12 +326,13 @@ pub(crate) fn run_step(step: &Step, path: &Path, size: u64, cap: Option<&mut Mem
         Job::Ours(c) => engine::run_cell(path, c, &signal::stopped),
         Job::Fio(f) => f.run(),
         Job::Async(_)
+        | Job::OpenLoop(_)
         | Job::Wal { .. }
         | Job::RawSync { .. }
         | Job::Peer { .. }
         | Job::FioDurable { .. }
         | Job::Recover(_) => {
-            unreachable!("WAL, recovery and async cells returned above")
+            unreachable!("WAL, recovery, open-loop and async cells returned above")
         }
     };
     if let Some(c) = capped {
@@ -360,6 +374,7 @@ fn mem_total() -> u64 {
 fn run_without_cache(job: &Job, wal_root: &Path) -> Result<Row> {
     match job {
         Job::Async(c) => async_cells::run(c),
+        Job::OpenLoop(_) => bail!("open-loop cells run in run_cells: their rate needs the rows before them"),
         Job::Ours(_) | Job::Fio(_) => {
             bail!(
                 "{} needs its page-cache regime prepared (run_step)",
@@ -412,4 +427,32 @@ fn step_kind(job: &Job) -> &'static str {
         Job::Fio(_) => "a fio cell",
         _ => "a cell",
     }
+}
+
+/// Runs an open-loop cell at its rate, resolved from the closed-loop peak among `rows` (the
+/// run so far): ours on its backend, or fio io_uring+fixed at the same rate and depth.
+fn run_open(o: &OpenStep, file: &Path, size: u64, rows: &[Row]) -> Result<Row> {
+    let peak = openloop::closed_loop_peak(rows, o.backend.name());
+    let rate = o.rate.resolve(peak)?;
+    if !o.fio {
+        let run = (o.block, size, o.duration);
+        return openloop::run_rand_read(file, o.backend, (rate, o.rate.percent()), run, &signal::stopped);
+    }
+    let job = fio::FioJob {
+        workload: Workload::RandRead.name().into(),
+        engine: fio::FioEngine::IoUringFixed,
+        direct: true,
+        qd: openloop::MAX_IN_FLIGHT,
+        block: o.block,
+        duration: o.duration,
+        size,
+        file: file.to_path_buf(),
+        invalidate: false,
+        sync: fio::FioSync::None,
+        rate_iops: Some(rate.round() as u64),
+    };
+    let mut row = job.run()?;
+    row.offered_rate = Some(rate);
+    row.load_pct = o.rate.percent();
+    Ok(row)
 }
