@@ -123,10 +123,58 @@ impl std::fmt::Display for Workload {
     }
 }
 
-/// A row's workload (a name, as stored in results.json) against an enum value.
-impl PartialEq<Workload> for String {
-    fn eq(&self, w: &Workload) -> bool {
-        self == w.name()
+/// Serialised as its name, as results.json has always stored it.
+impl serde::Serialize for Workload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Workload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Workload, D::Error> {
+        let name = String::deserialize(d)?;
+        Workload::named(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown workload {name:?}")))
+    }
+}
+
+impl Default for Workload {
+    /// `rand_read`, the workload a row starts from in tests and builders.
+    fn default() -> Workload {
+        Workload::RandRead
+    }
+}
+
+/// O_DIRECT or the page cache: a row's `io`, serialised as `direct` / `buffered`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// O_DIRECT: no page cache in front of the disk.
+    #[default]
+    Direct,
+    /// Through the page cache.
+    Buffered,
+}
+
+impl IoMode {
+    /// `direct` for true, `buffered` for false.
+    pub fn of(direct: bool) -> IoMode {
+        if direct { IoMode::Direct } else { IoMode::Buffered }
+    }
+
+    /// Its name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            IoMode::Direct => "direct",
+            IoMode::Buffered => "buffered",
+        }
+    }
+}
+
+impl std::fmt::Display for IoMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -342,10 +390,10 @@ pub fn cell_row(
 ) -> Row {
     let iops = ops as f64 / secs;
     Row {
-        workload: cell.workload.name().into(),
+        workload: cell.workload,
         engine: "storage-io".into(),
         backend: cell.backend.name().into(),
-        io: if cell.direct { "direct" } else { "buffered" }.into(),
+        io: crate::cell::IoMode::of(cell.direct),
         regime: String::new(),
         qd: cell.qd,
         block_size: cell.block,

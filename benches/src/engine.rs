@@ -210,10 +210,10 @@ fn loop_row(
     let (submit_call_us, submit_calls_per_op) = submit_calls_of(stats, ops);
     let per_wait = |x: u64| if waits > 0 { x as f64 / waits as f64 } else { 0.0 };
     Row {
-        workload: cell.workload.name().into(),
+        workload: cell.workload,
         engine: "storage-io".into(),
         backend: cell.backend.name().into(),
-        io: if cell.direct { "direct" } else { "buffered" }.into(),
+        io: crate::cell::IoMode::of(cell.direct),
         regime: String::new(),
         qd,
         block_size: block,

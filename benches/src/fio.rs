@@ -38,8 +38,8 @@ impl FioEngine {
 /// One fio run.
 #[derive(Debug, Clone)]
 pub struct FioJob {
-    /// `seq_read`, `rand_read` or `rand_write`.
-    pub workload: String,
+    /// `seq_read`, `rand_read` or `rand_write` (or `wal_commit`'s durable writes).
+    pub workload: crate::cell::Workload,
     /// Which engine.
     pub engine: FioEngine,
     /// O_DIRECT or buffered.
@@ -95,9 +95,10 @@ pub fn supports(workload: &str) -> bool {
 impl FioJob {
     /// fio's command-line arguments for this job.
     pub fn args(&self) -> Vec<String> {
-        let rw = match self.workload.as_str() {
-            "seq_read" => "read",
-            "rand_write" | "wal_commit" => "randwrite",
+        use crate::cell::Workload;
+        let rw = match self.workload {
+            Workload::SeqRead => "read",
+            Workload::RandWrite | Workload::WalCommit => "randwrite",
             _ => "randread",
         };
         let mut a = vec![
@@ -184,7 +185,9 @@ impl FioJob {
         let start = text.find('{').context("fio printed no JSON")?;
         let v: Value = serde_json::from_str(&text[start..]).context("parse fio JSON")?;
         let job = &v["jobs"][0];
-        let side = if self.workload == "rand_write" || self.workload == "wal_commit" {
+        let side = if self.workload == crate::cell::Workload::RandWrite
+            || self.workload == crate::cell::Workload::WalCommit
+        {
             &job["write"]
         } else {
             &job["read"]
@@ -216,10 +219,10 @@ impl FioJob {
         let cpu_s = (num(&job["usr_cpu"]) + num(&job["sys_cpu"])) / 100.0 * runtime_ms / 1000.0;
         let iops = num(&side["iops"]);
         Ok(Row {
-            workload: self.workload.clone(),
+            workload: self.workload,
             engine: "fio".into(),
             backend: self.engine.name().into(),
-            io: if self.direct { "direct" } else { "buffered" }.into(),
+            io: crate::cell::IoMode::of(self.direct),
             regime: String::new(),
             qd: self.qd,
             block_size: self.block,
@@ -247,7 +250,7 @@ mod tests {
 
     fn job(engine: FioEngine, qd: usize) -> FioJob {
         FioJob {
-            workload: "rand_read".into(),
+            workload: crate::cell::Workload::RandRead,
             engine,
             direct: true,
             qd,
@@ -264,7 +267,7 @@ mod tests {
     #[test]
     fn durable_write_jobs_sync_each_write() {
         let mut j = job(FioEngine::Psync, 1);
-        j.workload = "wal_commit".into();
+        j.workload = crate::cell::Workload::WalCommit;
         j.direct = false;
         j.sync = FioSync::Fdatasync;
         let a = j.args().join(" ");

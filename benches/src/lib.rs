@@ -91,7 +91,7 @@ impl Latency {
 pub struct Row {
     /// One of [`cell::WORKLOADS`] (`seq_read`, `rand_read`, `rand_write`, `multistream_scan`,
     /// `wal_commit`, the `scheduler_*` and `raw_round_read` cells, `segment_append`, `segment_read`).
-    pub workload: String,
+    pub workload: cell::Workload,
     /// `storage-io` or `fio`.
     pub engine: String,
     /// Ours: `sync`, `thread_pool`, `uring`, `uring_nofixed`, `uring_sqpoll`, `uring_heapbuf`,
@@ -99,7 +99,7 @@ pub struct Row {
     /// `io_uring`, `io_uring+fixed`.
     pub backend: String,
     /// `direct` or `buffered`.
-    pub io: String,
+    pub io: cell::IoMode,
     /// `hot`, `pressure`, `thrash`, or `uncached` (direct I/O: no cache in front of the disk).
     pub regime: String,
     /// Queue depth asked for.
@@ -184,7 +184,7 @@ impl Row {
     pub fn series(&self) -> String {
         if self.engine == "fio" {
             format!("fio {}", self.backend)
-        } else if self.engine == ENGINE_RAW && self.io == "direct" {
+        } else if self.engine == ENGINE_RAW && self.io == crate::cell::IoMode::Direct {
             format!("{} raw 4K O_DIRECT|O_DSYNC write", self.backend)
         } else if self.engine == ENGINE_RAW {
             "raw 4K pwrite+fdatasync (caller's thread)".to_string()
@@ -349,10 +349,10 @@ pub fn timestamp() -> String {
 #[cfg(test)]
 pub(crate) fn test_row(engine: &str, backend: &str, io: &str, regime: &str, qd: usize, iops: f64) -> Row {
     Row {
-        workload: "rand_read".into(),
+        workload: crate::cell::Workload::RandRead,
         engine: engine.into(),
         backend: backend.into(),
-        io: io.into(),
+        io: crate::cell::IoMode::of(io == "direct"),
         regime: regime.into(),
         qd,
         block_size: 4096,
@@ -388,7 +388,7 @@ mod tests {
     #[test]
     fn scheduler_series_name_their_worker_count_and_keep_it_through_folding() {
         let sched = |workers, iops| Row {
-            workload: "scheduler_rand_read".into(),
+            workload: crate::cell::Workload::SchedulerRandRead,
             sched_workers: Some(workers),
             ..row("uring", iops)
         };
@@ -419,5 +419,46 @@ mod tests {
         assert_eq!(t.len(), 15, "{t}");
         assert_eq!(&t[8..9], "-");
         assert!(t.starts_with("20"), "{t}");
+    }
+
+    #[test]
+    fn typed_rows_read_and_write_the_results_json_of_earlier_runs() {
+        // Rows as results.json stored them before the row's fields were typed (no p999, no
+        // open-loop fields): every workload, engine and mode a smoke run writes.
+        let old_text = include_str!("../tests/data/results-before-typed-rows.json");
+        let old: Report = serde_json::from_str(old_text).expect("an earlier results.json parses");
+        assert!(old.results.len() > 20);
+        assert!(
+            old.results
+                .iter()
+                .any(|r| r.workload == cell::Workload::WalCommit)
+        );
+        assert!(old.results.iter().any(|r| r.io == cell::IoMode::Buffered));
+        assert!(
+            old.results
+                .iter()
+                .all(|r| r.lat_us.p999 == 0.0 && r.offered_rate.is_none())
+        );
+        // Written back, each row's names are the strings they were, so old and new compare.
+        let old_json: serde_json::Value = serde_json::from_str(old_text).unwrap();
+        let new_json = serde_json::to_value(&old).unwrap();
+        for (a, b) in old_json["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(new_json["results"].as_array().unwrap())
+        {
+            for field in ["workload", "engine", "backend", "io", "regime", "qd"] {
+                assert_eq!(a[field], b[field], "{field}");
+            }
+        }
+        let again: Report = serde_json::from_value(new_json).unwrap();
+        let keys = |r: &Report| r.results.iter().map(Row::key).collect::<Vec<_>>();
+        assert_eq!(keys(&old), keys(&again));
+        assert!(report::compare(&old, &again, 0.10, 0.25).is_empty());
+        // A name no build knows is an error that says so, not a silent default.
+        let bad = old_text.replacen("\"rand_read\"", "\"rand_reed\"", 1);
+        let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();
+        assert!(err.contains("unknown workload \"rand_reed\""), "{err}");
     }
 }

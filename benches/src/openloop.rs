@@ -180,7 +180,7 @@ pub fn closed_loop_peak(rows: &[Row], backend: &str) -> Option<f64> {
                 && r.workload == Workload::RandRead
                 && r.engine == "storage-io"
                 && r.backend == backend
-                && r.io == "direct"
+                && r.io == crate::cell::IoMode::Direct
         })
         .map(|r| r.iops)
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
@@ -352,15 +352,13 @@ pub fn knee(points: &[&Row]) -> Option<usize> {
 }
 
 /// The open-loop curves of ours, (workload, backend) → its points sorted by offered rate.
-type Curves<'a> = Vec<((String, String), Vec<&'a Row>)>;
+type Curves<'a> = Vec<((Workload, String), Vec<&'a Row>)>;
 
 /// Our open-loop curves, one per (workload, backend), each sorted by offered rate.
 pub fn curves(rows: &[Row]) -> Curves<'_> {
-    let mut by: std::collections::BTreeMap<(String, String), Vec<&Row>> = Default::default();
+    let mut by: std::collections::BTreeMap<(Workload, String), Vec<&Row>> = Default::default();
     for r in rows.iter().filter(|r| is_open(r) && r.engine != "fio") {
-        by.entry((r.workload.clone(), r.backend.clone()))
-            .or_default()
-            .push(r);
+        by.entry((r.workload, r.backend.clone())).or_default().push(r);
     }
     let mut out: Vec<_> = by.into_iter().collect();
     for (_, pts) in &mut out {

@@ -8,6 +8,7 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
 use crate::Row;
+use crate::cell::Workload;
 
 type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
@@ -19,27 +20,27 @@ pub fn write_plots(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
     // The async cells have their own section, by task count and system, not by queue depth.
     let rows: Vec<Row> = rows
         .iter()
-        .filter(|r| !crate::async_cells::is_async_name(&r.workload) && !crate::openloop::is_open(r))
+        .filter(|r| !crate::async_cells::is_async(r.workload) && !crate::openloop::is_open(r))
         .cloned()
         .collect();
     let rows = &rows[..];
-    let mut panels: BTreeMap<(String, String), (Series, Series)> = BTreeMap::new();
+    let mut panels: BTreeMap<(Workload, String), (Series, Series)> = BTreeMap::new();
     // Per workload: a direct cell joins each buffered regime of its own workload (a WAL's
     // `fdatasync` rows never pull rand_read's direct cells into a plot of that name).
-    let mut buffered_regimes: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.io == "buffered") {
+    let mut buffered_regimes: BTreeMap<Workload, BTreeSet<&str>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.io == crate::cell::IoMode::Buffered) {
         buffered_regimes
-            .entry(r.workload.as_str())
+            .entry(r.workload)
             .or_default()
             .insert(r.regime.as_str());
     }
     for r in rows {
-        let regimes: Vec<String> = match buffered_regimes.get(r.workload.as_str()) {
-            Some(b) if r.io == "direct" => b.iter().map(|s| s.to_string()).collect(),
+        let regimes: Vec<String> = match buffered_regimes.get(&r.workload) {
+            Some(b) if r.io == crate::cell::IoMode::Direct => b.iter().map(|s| s.to_string()).collect(),
             _ => vec![r.regime.clone()],
         };
         for regime in regimes {
-            let (iops, p99) = panels.entry((r.workload.clone(), regime)).or_default();
+            let (iops, p99) = panels.entry((r.workload, regime)).or_default();
             let name = format!("{} {}", r.series(), r.io);
             iops.entry(name.clone()).or_default().push((r.qd as f64, r.iops));
             p99.entry(name).or_default().push((r.qd as f64, r.lat_us.p99));
@@ -49,7 +50,7 @@ pub fn write_plots(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
     for ((workload, regime), (iops, p99)) in panels {
         for (what, series, unit) in [("iops", iops, "IOPS"), ("p99", p99, "p99 latency (µs)")] {
             let path = dir.join(format!("{what}_{workload}_{regime}.svg"));
-            let x = x_axis(&workload);
+            let x = x_axis(workload);
             let title = format!("{workload}, {regime}: {unit} vs {x}");
             draw(&path, &title, (x, unit), series).map_err(|e| anyhow!("plot {}: {e}", path.display()))?;
             written.push(path);
@@ -66,11 +67,11 @@ pub fn write_plots(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// What a workload's `qd` counts, for the x axis.
-fn x_axis(workload: &str) -> &'static str {
+fn x_axis(workload: Workload) -> &'static str {
     match workload {
-        "wal_commit" => "committers",
-        "scheduler_client_read" | "raw_handoff_read" => "client threads",
-        "scheduler_task_read" => "tasks",
+        Workload::WalCommit => "committers",
+        Workload::SchedulerClientRead | Workload::RawHandoffRead => "client threads",
+        Workload::SchedulerTaskRead => "tasks",
         _ => "queue depth",
     }
 }
@@ -243,7 +244,7 @@ mod tests {
                 1e4,
             ));
             let mut wal = crate::test_row("storage-io-wal", "uring", "buffered", "fdatasync", qd, 5e3);
-            wal.workload = "wal_commit".into();
+            wal.workload = crate::cell::Workload::WalCommit;
             rows.push(wal);
         }
         let paths = write_plots(&rows, dir.path()).unwrap();

@@ -289,10 +289,10 @@ pub fn run_cell(root: &Path, cell: &RecoverCell) -> Result<Row> {
     let secs = secs.max(1e-9);
     let us = secs * 1e6;
     Ok(Row {
-        workload: Workload::WalRecover.name().into(),
+        workload: Workload::WalRecover,
         engine: engine.into(),
         backend: log.label(),
-        io: "buffered".into(),
+        io: crate::cell::IoMode::Buffered,
         regime: REGIME.into(),
         qd: 1,
         block_size: log.segment_bytes() as usize,

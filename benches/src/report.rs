@@ -9,13 +9,14 @@ use crate::{Report, Row};
 mod guidance;
 pub use guidance::guidance;
 
+/// A table's rows: one workload, I/O mode and regime.
+type Group = (crate::cell::Workload, crate::cell::IoMode, String);
+
 /// Groups rows by (workload, io, regime) in a stable order.
-fn groups(rows: &[Row]) -> BTreeMap<(String, String, String), Vec<&Row>> {
-    let mut g: BTreeMap<(String, String, String), Vec<&Row>> = BTreeMap::new();
+fn groups(rows: &[Row]) -> BTreeMap<Group, Vec<&Row>> {
+    let mut g: BTreeMap<Group, Vec<&Row>> = BTreeMap::new();
     for r in rows {
-        g.entry((r.workload.clone(), r.io.clone(), r.regime.clone()))
-            .or_default()
-            .push(r);
+        g.entry((r.workload, r.io, r.regime.clone())).or_default().push(r);
     }
     g
 }
@@ -165,8 +166,8 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
         .cloned()
         .collect();
     for ((workload, io, regime), rows) in groups(&closed) {
-        if !crate::async_cells::is_async_name(&workload) {
-            cell_table(&mut s, report, (&workload, &io, &regime), &rows);
+        if !crate::async_cells::is_async(workload) {
+            cell_table(&mut s, report, (workload.name(), io.name(), &regime), &rows);
         }
     }
     s.push_str(&crate::wal::section(&report.results));
@@ -175,7 +176,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
     s.push_str(&crate::openloop::section(&report.results));
     let (_, rest): (Vec<Row>, Vec<Row>) = closed
         .into_iter()
-        .partition(|r| crate::async_cells::is_async_name(&r.workload));
+        .partition(|r| crate::async_cells::is_async(r.workload));
     if !rest.is_empty() {
         s.push_str(&guidance(&rest)); // a run of only async cells has its verdicts above
     }

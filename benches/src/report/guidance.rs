@@ -102,7 +102,7 @@ pub(super) fn fast_path_guidance(rows: &[Row], qds: &BTreeSet<usize>) -> Option<
                         );
                     }
                 }
-                if let Some(y) = of("sync", q).filter(|_| io == "buffered") {
+                if let Some(y) = of("sync", q).filter(|_| io == crate::cell::IoMode::Buffered) {
                     bits.push(format!("{} of sync", ours_vs(a, y)));
                     if on == "uring" && regime == "hot" {
                         hot += 1;
@@ -111,7 +111,7 @@ pub(super) fn fast_path_guidance(rows: &[Row], qds: &BTreeSet<usize>) -> Option<
                         );
                     }
                 }
-                if !bits.is_empty() && (io == "buffered" || of(off, q).is_some()) {
+                if !bits.is_empty() && (io == crate::cell::IoMode::Buffered || of(off, q).is_some()) {
                     parts.push(format!("{on} qd {q} {}", bits.join(", ")));
                 }
             }
@@ -199,20 +199,25 @@ pub(super) struct Cold {
 
 /// Direct vs buffered, per workload and buffered regime (best of ours at each depth).
 pub(super) fn direct_vs_buffered(s: &mut String, rows: &[Row], qds: &BTreeSet<usize>) -> Cold {
-    let workloads: BTreeSet<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
+    let workloads: BTreeSet<crate::cell::Workload> = rows.iter().map(|r| r.workload).collect();
     let mut cold = Cold::default();
     for &w in &workloads {
         let regimes: BTreeSet<&str> = rows
             .iter()
-            .filter(|r| r.workload == w && r.io == "buffered")
+            .filter(|r| r.workload == w && r.io == crate::cell::IoMode::Buffered)
             .map(|r| r.regime.as_str())
             .collect();
         for regime in regimes {
             let (mut wins, mut total, mut cells) = (0, 0, Vec::new());
             for &q in qds {
-                let d = best(rows, |r| r.workload == w && r.io == "direct" && r.qd == q);
+                let d = best(rows, |r| {
+                    r.workload == w && r.io == crate::cell::IoMode::Direct && r.qd == q
+                });
                 let b = best(rows, |r| {
-                    r.workload == w && r.io == "buffered" && r.regime == regime && r.qd == q
+                    r.workload == w
+                        && r.io == crate::cell::IoMode::Buffered
+                        && r.regime == regime
+                        && r.qd == q
                 });
                 if let (Some(d), Some(b)) = (d, b) {
                     total += 1;
@@ -410,9 +415,9 @@ pub(super) fn backend_choice(rows: &[Row]) -> Option<BackendChoice> {
         };
         let cell = format!("{} {} {} qd {} {}", u.workload, u.engine, u.io, u.qd, pr.text());
         if lo > 1.0 {
-            uring.push((u.workload.clone(), cell));
+            uring.push((u.workload, cell));
         } else if hi < 1.0 {
-            pool.push((u.workload.clone(), cell));
+            pool.push((u.workload, cell));
         } else {
             even += 1;
         }
@@ -421,7 +426,7 @@ pub(super) fn backend_choice(rows: &[Row]) -> Option<BackendChoice> {
     if total == 0 {
         return None;
     }
-    let list = |v: &[(String, String)]| {
+    let list = |v: &[(crate::cell::Workload, String)]| {
         if v.is_empty() {
             String::new()
         } else {
@@ -443,8 +448,8 @@ pub(super) fn backend_choice(rows: &[Row]) -> Option<BackendChoice> {
         pool.len(),
         list(&pool)
     );
-    let workloads = |v: &[(String, String)]| {
-        let w: BTreeSet<&str> = v.iter().map(|(w, _)| w.as_str()).collect();
+    let workloads = |v: &[(crate::cell::Workload, String)]| {
+        let w: BTreeSet<&str> = v.iter().map(|(w, _)| w.name()).collect();
         w.into_iter().collect::<Vec<_>>().join(", ")
     };
     let mut advice = match (uring.is_empty(), pool.is_empty()) {
@@ -481,7 +486,10 @@ pub(super) fn knee(rows: &[Row]) -> Option<String> {
     let mut pts: Vec<&Row> = rows
         .iter()
         .filter(|r| {
-            r.engine == "storage-io" && r.backend == "uring" && r.workload == "rand_read" && r.io == "direct"
+            r.engine == "storage-io"
+                && r.backend == "uring"
+                && r.workload == crate::cell::Workload::RandRead
+                && r.io == crate::cell::IoMode::Direct
         })
         .collect();
     if pts.len() < 2 {
@@ -514,7 +522,7 @@ pub(super) fn scheduler_lines(rows: &[Row]) -> Vec<String> {
     {
         let Some(raw) = rows.iter().find(|p| {
             p.engine == "storage-io"
-                && p.workload == "rand_read"
+                && p.workload == crate::cell::Workload::RandRead
                 && p.backend == r.backend
                 && p.io == r.io
                 && p.qd == r.qd

@@ -216,7 +216,7 @@ fn scheduler_reads_are_set_beside_the_raw_loop_with_the_depth_each_kept_in_the_b
         ..row("storage-io", "uring", "direct", "uncached", 32, 45.0)
     };
     let sched = Row {
-        workload: crate::cell::Workload::SchedulerRandRead.name().into(),
+        workload: crate::cell::Workload::SchedulerRandRead,
         sched_workers: Some(1),
         iops_rounds: vec![32.0, 45.0],
         backend_qd: 19.6,
@@ -302,13 +302,13 @@ fn compare_flags_drops_and_latency_rises_only() {
 fn guidance_states_what_a_hand_off_costs_and_where_the_clients_stand() {
     use crate::cell::Workload;
     let mut raw = row("storage-io", "uring", "direct", "uncached", 32, 100_000.0);
-    raw.workload = Workload::RandRead.name().into();
+    raw.workload = Workload::RandRead;
     let mut floor = row("storage-io", "uring", "direct", "uncached", 32, 70_000.0);
-    floor.workload = Workload::RawHandoffRead.name().into();
+    floor.workload = Workload::RawHandoffRead;
     let mut clients = row("storage-io", "uring", "direct", "uncached", 32, 63_000.0);
-    clients.workload = Workload::SchedulerClientRead.name().into();
+    clients.workload = Workload::SchedulerClientRead;
     let mut psync = row("fio", "psync", "direct", "uncached", 32, 90_000.0);
-    psync.workload = Workload::SchedulerClientRead.name().into();
+    psync.workload = Workload::SchedulerClientRead;
     let lines = handoff_lines(&[raw, floor, clients, psync]);
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
@@ -331,7 +331,7 @@ fn guidance_puts_the_tagged_client_beside_the_tagged_hand_off() {
     use crate::cell::Workload;
     let cell = |w: Workload, iops: f64, cpu: f64| {
         let mut r = row("storage-io", "uring", "direct", "uncached", 32, iops);
-        r.workload = w.name().into();
+        r.workload = w;
         r.cpu_us_per_op = cpu;
         r
     };
@@ -362,7 +362,7 @@ fn guidance_puts_the_tagged_client_beside_the_tagged_hand_off() {
 fn backend_advice_follows_the_runs_figures_and_their_spread() {
     // The direct-I/O WAL: the thread pool ahead of io_uring in every one of 6 rounds.
     let wal = |backend: &str, qd: usize, rounds: [f64; 6]| Row {
-        workload: "wal_commit".into(),
+        workload: crate::cell::Workload::WalCommit,
         engine: crate::ENGINE_WAL_ASYNC.into(),
         regime: "fdatasync".into(),
         iops: crate::median(&rounds),

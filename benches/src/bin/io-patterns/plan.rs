@@ -283,7 +283,7 @@ impl Step {
                 c.qd,
             ),
             Job::Fio(f) => (
-                f.workload.clone(),
+                f.workload.name().to_string(),
                 format!("fio {}", f.engine.name()),
                 f.direct,
                 f.qd,
@@ -432,7 +432,7 @@ fn cell_steps(
                     for &engine in &plan.fio_engines {
                         pair.push(Step {
                             job: Job::Fio(FioJob {
-                                workload: w.name().into(),
+                                workload: w,
                                 engine,
                                 direct,
                                 qd,

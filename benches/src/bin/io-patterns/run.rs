@@ -439,7 +439,7 @@ fn run_open(o: &OpenStep, file: &Path, size: u64, rows: &[Row]) -> Result<Row> {
         return openloop::run_rand_read(file, o.backend, (rate, o.rate.percent()), run, &signal::stopped);
     }
     let job = fio::FioJob {
-        workload: Workload::RandRead.name().into(),
+        workload: Workload::RandRead,
         engine: fio::FioEngine::IoUringFixed,
         direct: true,
         qd: openloop::MAX_IN_FLIGHT,
