@@ -5,8 +5,8 @@
 //! is installed. Writes `results.json`, `report.md` (tables, ours/fio ratios, guidance) and SVG
 //! plots under `target/bench/<timestamp>/`.
 //!
-//! The driver is three steps, a module each: [`plan`] (what to run), [`run`] (running it) and
-//! [`render`] (the files and the report).
+//! The driver is three steps, a module each: [`plan`](mod@plan) (what to run), [`run`](mod@run) (running it) and
+//! [`render`](mod@render) (the files and the report).
 
 mod plan;
 mod render;
