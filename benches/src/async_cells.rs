@@ -361,7 +361,7 @@ pub struct AsyncPlan {
 pub fn run(cell: &AsyncCell) -> Result<Row> {
     let workload = cell.workload()?;
     if !cell.direct && workload != Workload::AsyncAppendSync {
-        if cell.regime == "hot" {
+        if cell.regime == crate::cell::Regime::Hot.name() {
             if cache::residency(&cell.file)? < 0.95 {
                 cache::warm(&cell.file)?;
             }
@@ -402,7 +402,8 @@ pub fn row(cell: &AsyncCell, m: &Measured) -> Result<Row> {
         engine: cell.system.clone(),
         backend: cell.system.clone(),
         io: crate::cell::IoMode::of(cell.direct),
-        regime: cell.regime.clone(),
+        regime: crate::cell::Regime::named(&cell.regime)
+            .with_context(|| format!("{}: unknown regime {:?}", cell.label(), cell.regime))?,
         qd: cell.tasks,
         block_size: cell.block(),
         iops,
@@ -584,7 +585,7 @@ mod tests {
             workload: workload.name().into(),
             system: AsyncSystem::Ours.name().into(),
             direct: false,
-            regime: "hot".into(),
+            regime: crate::cell::Regime::Hot.name().into(),
             tasks,
             seconds: 0.05,
             file: PathBuf::from("/nonexistent"),

@@ -191,10 +191,11 @@ type CellRows<'a> = BTreeMap<String, &'a Row>;
 /// The section (empty without async rows).
 pub fn section(rows: &[Row]) -> String {
     // (workload, io, regime, tasks) → system → row.
-    let mut cells: BTreeMap<(Workload, crate::cell::IoMode, String, usize), CellRows<'_>> = BTreeMap::new();
+    let mut cells: BTreeMap<(Workload, crate::cell::IoMode, crate::cell::Regime, usize), CellRows<'_>> =
+        BTreeMap::new();
     for r in rows.iter().filter(|r| crate::async_cells::is_async(r.workload)) {
         cells
-            .entry((r.workload, r.io, r.regime.clone(), r.qd))
+            .entry((r.workload, r.io, r.regime, r.qd))
             .or_default()
             .insert(r.engine.clone(), r);
     }
@@ -314,7 +315,7 @@ mod tests {
             engine: system.name().into(),
             backend: system.name().into(),
             io: crate::cell::IoMode::Direct,
-            regime: "uncached".into(),
+            regime: crate::cell::Regime::Uncached,
             qd: tasks,
             block_size: 4096,
             iops: median(rounds),

@@ -144,6 +144,77 @@ impl Default for Workload {
     }
 }
 
+/// The state of the page cache (or the kind of cell) a row was measured in: a row's `regime`,
+/// serialised by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Regime {
+    /// `hot`: the file in the page cache.
+    Hot,
+    /// `pressure`: the cache capped at about file / 1.5.
+    Pressure,
+    /// `thrash`: the cache capped at about file / 4.
+    Thrash,
+    /// `uncached`: direct I/O, no cache in front of the disk.
+    #[default]
+    Uncached,
+    /// `cold`: the file dropped from the cache before the cell (async cells, `wal_recover`).
+    Cold,
+    /// `new_file`: appends to a file the cell creates (`async_append_sync`).
+    NewFile,
+    /// `fdatasync`: durable commits (`wal_commit`).
+    Fdatasync,
+}
+
+impl Regime {
+    /// Every regime.
+    pub const ALL: [Regime; 7] = [
+        Regime::Hot,
+        Regime::Pressure,
+        Regime::Thrash,
+        Regime::Uncached,
+        Regime::Cold,
+        Regime::NewFile,
+        Regime::Fdatasync,
+    ];
+
+    /// Its name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Regime::Hot => "hot",
+            Regime::Pressure => "pressure",
+            Regime::Thrash => "thrash",
+            Regime::Uncached => "uncached",
+            Regime::Cold => "cold",
+            Regime::NewFile => "new_file",
+            Regime::Fdatasync => "fdatasync",
+        }
+    }
+
+    /// The regime called `name`.
+    pub fn named(name: &str) -> Option<Regime> {
+        Regime::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl std::fmt::Display for Regime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Regime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Regime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Regime, D::Error> {
+        let name = String::deserialize(d)?;
+        Regime::named(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown regime {name:?}")))
+    }
+}
+
 /// O_DIRECT or the page cache: a row's `io`, serialised as `direct` / `buffered`.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
@@ -394,7 +465,7 @@ pub fn cell_row(
         engine: "storage-io".into(),
         backend: cell.backend.name().into(),
         io: crate::cell::IoMode::of(cell.direct),
-        regime: String::new(),
+        regime: crate::cell::Regime::default(),
         qd: cell.qd,
         block_size: cell.block,
         iops,

@@ -214,7 +214,7 @@ fn loop_row(
         engine: "storage-io".into(),
         backend: cell.backend.name().into(),
         io: crate::cell::IoMode::of(cell.direct),
-        regime: String::new(),
+        regime: crate::cell::Regime::default(),
         qd,
         block_size: block,
         iops,

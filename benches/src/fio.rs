@@ -223,7 +223,7 @@ impl FioJob {
             engine: "fio".into(),
             backend: self.engine.name().into(),
             io: crate::cell::IoMode::of(self.direct),
-            regime: String::new(),
+            regime: crate::cell::Regime::default(),
             qd: self.qd,
             block_size: self.block,
             iops,

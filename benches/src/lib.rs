@@ -101,7 +101,7 @@ pub struct Row {
     /// `direct` or `buffered`.
     pub io: cell::IoMode,
     /// `hot`, `pressure`, `thrash`, or `uncached` (direct I/O: no cache in front of the disk).
-    pub regime: String,
+    pub regime: cell::Regime,
     /// Queue depth asked for.
     pub qd: usize,
     /// Bytes per I/O.
@@ -353,7 +353,7 @@ pub(crate) fn test_row(engine: &str, backend: &str, io: &str, regime: &str, qd: 
         engine: engine.into(),
         backend: backend.into(),
         io: crate::cell::IoMode::of(io == "direct"),
-        regime: regime.into(),
+        regime: crate::cell::Regime::named(regime).expect("a test names a known regime"),
         qd,
         block_size: 4096,
         iops,

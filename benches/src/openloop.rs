@@ -304,7 +304,7 @@ fn open_row(
         sched_workers: None,
     };
     let mut row = crate::cell::cell_row(&cell, ops, 1, elapsed, cpu, open.histogram());
-    row.regime = "uncached".into();
+    row.regime = crate::cell::Regime::Uncached;
     row.qd_achieved = mean_in_flight;
     row.offered_rate = Some(rate);
     row.load_pct = load_pct;

@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
 use crate::Row;
-use crate::cell::Workload;
+use crate::cell::{Regime, Workload};
 
 type Series = BTreeMap<String, Vec<(f64, f64)>>;
 
@@ -24,20 +24,17 @@ pub fn write_plots(rows: &[Row], dir: &Path) -> Result<Vec<PathBuf>> {
         .cloned()
         .collect();
     let rows = &rows[..];
-    let mut panels: BTreeMap<(Workload, String), (Series, Series)> = BTreeMap::new();
+    let mut panels: BTreeMap<(Workload, Regime), (Series, Series)> = BTreeMap::new();
     // Per workload: a direct cell joins each buffered regime of its own workload (a WAL's
     // `fdatasync` rows never pull rand_read's direct cells into a plot of that name).
-    let mut buffered_regimes: BTreeMap<Workload, BTreeSet<&str>> = BTreeMap::new();
+    let mut buffered_regimes: BTreeMap<Workload, BTreeSet<Regime>> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.io == crate::cell::IoMode::Buffered) {
-        buffered_regimes
-            .entry(r.workload)
-            .or_default()
-            .insert(r.regime.as_str());
+        buffered_regimes.entry(r.workload).or_default().insert(r.regime);
     }
     for r in rows {
-        let regimes: Vec<String> = match buffered_regimes.get(&r.workload) {
-            Some(b) if r.io == crate::cell::IoMode::Direct => b.iter().map(|s| s.to_string()).collect(),
-            _ => vec![r.regime.clone()],
+        let regimes: Vec<Regime> = match buffered_regimes.get(&r.workload) {
+            Some(b) if r.io == crate::cell::IoMode::Direct => b.iter().copied().collect(),
+            _ => vec![r.regime],
         };
         for regime in regimes {
             let (iops, p99) = panels.entry((r.workload, regime)).or_default();

@@ -31,7 +31,7 @@ pub const BIG_SEGMENT: u64 = 64 << 20;
 /// Payload bytes of each record of the big log.
 const BIG_RECORD_BYTES: usize = 64 << 10;
 /// The regime label of recovery rows: every run starts with the log's pages dropped.
-pub const REGIME: &str = "cold";
+pub const REGIME: crate::cell::Regime = crate::cell::Regime::Cold;
 /// The engine label of the sequential-read floor without fio.
 pub const ENGINE_READ: &str = "read(2)";
 /// The engine label of fio's sequential read.
@@ -293,7 +293,7 @@ pub fn run_cell(root: &Path, cell: &RecoverCell) -> Result<Row> {
         engine: engine.into(),
         backend: log.label(),
         io: crate::cell::IoMode::Buffered,
-        regime: REGIME.into(),
+        regime: REGIME,
         qd: 1,
         block_size: log.segment_bytes() as usize,
         iops: 1.0 / secs,

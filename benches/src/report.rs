@@ -10,13 +10,13 @@ mod guidance;
 pub use guidance::guidance;
 
 /// A table's rows: one workload, I/O mode and regime.
-type Group = (crate::cell::Workload, crate::cell::IoMode, String);
+type Group = (crate::cell::Workload, crate::cell::IoMode, crate::cell::Regime);
 
 /// Groups rows by (workload, io, regime) in a stable order.
 fn groups(rows: &[Row]) -> BTreeMap<Group, Vec<&Row>> {
     let mut g: BTreeMap<Group, Vec<&Row>> = BTreeMap::new();
     for r in rows {
-        g.entry((r.workload, r.io, r.regime.clone())).or_default().push(r);
+        g.entry((r.workload, r.io, r.regime)).or_default().push(r);
     }
     g
 }
@@ -167,7 +167,7 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
         .collect();
     for ((workload, io, regime), rows) in groups(&closed) {
         if !crate::async_cells::is_async(workload) {
-            cell_table(&mut s, report, (workload.name(), io.name(), &regime), &rows);
+            cell_table(&mut s, report, (workload.name(), io.name(), regime.name()), &rows);
         }
     }
     s.push_str(&crate::wal::section(&report.results));

@@ -20,7 +20,7 @@ pub use crate::{ENGINE_OKAYWAL, ENGINE_RAW, ENGINE_ROCKSDB, ENGINE_WAL, ENGINE_W
 /// Payload bytes per committed record.
 pub const RECORD_BYTES: usize = 128;
 /// The regime label of WAL rows (they have no page-cache regime).
-pub const REGIME: &str = "fdatasync";
+pub const REGIME: crate::cell::Regime = crate::cell::Regime::Fdatasync;
 
 /// `(ops, seconds, CPU seconds)` of a cell.
 pub(crate) type Measured = (u64, f64, f64);
@@ -39,7 +39,7 @@ pub(crate) fn row(
         engine: engine.into(),
         backend: backend.into(),
         io: crate::cell::IoMode::Buffered,
-        regime: REGIME.into(),
+        regime: REGIME,
         qd,
         block_size: block,
         iops,
@@ -392,7 +392,7 @@ pub fn run_fio_durable_cell(root: &Path, direct: bool, qd: usize, duration: Dura
         rate_iops: None,
     };
     let mut out = job.run()?;
-    out.regime = REGIME.into();
+    out.regime = REGIME;
     Ok(out)
 }
 
@@ -705,7 +705,7 @@ mod tests {
             engine: "fio".into(),
             backend: "io_uring".into(),
             io: crate::cell::IoMode::of(direct),
-            regime: REGIME.into(),
+            regime: REGIME,
             qd,
             iops,
             ..Row::default()

@@ -95,7 +95,7 @@ pub(super) fn fast_path_guidance(rows: &[Row], qds: &BTreeSet<usize>) -> Option<
                 let mut bits = Vec::new();
                 if let Some(b) = of(off, q) {
                     bits.push(format!("{} of off", ours_vs(a, b)));
-                    if on == "uring" && regime != "hot" {
+                    if on == "uring" && regime != crate::cell::Regime::Hot {
                         cold += 1;
                         cold_ok += usize::from(
                             pair_ratio(a, b).is_some_and(|r| r.median >= THRESHOLDS.fast_path_on_vs_off),
@@ -104,7 +104,7 @@ pub(super) fn fast_path_guidance(rows: &[Row], qds: &BTreeSet<usize>) -> Option<
                 }
                 if let Some(y) = of("sync", q).filter(|_| io == crate::cell::IoMode::Buffered) {
                     bits.push(format!("{} of sync", ours_vs(a, y)));
-                    if on == "uring" && regime == "hot" {
+                    if on == "uring" && regime == crate::cell::Regime::Hot {
                         hot += 1;
                         hot_ok += usize::from(
                             pair_ratio(a, y).is_some_and(|r| r.median >= THRESHOLDS.hot_uring_vs_sync),
@@ -202,10 +202,10 @@ pub(super) fn direct_vs_buffered(s: &mut String, rows: &[Row], qds: &BTreeSet<us
     let workloads: BTreeSet<crate::cell::Workload> = rows.iter().map(|r| r.workload).collect();
     let mut cold = Cold::default();
     for &w in &workloads {
-        let regimes: BTreeSet<&str> = rows
+        let regimes: BTreeSet<crate::cell::Regime> = rows
             .iter()
             .filter(|r| r.workload == w && r.io == crate::cell::IoMode::Buffered)
-            .map(|r| r.regime.as_str())
+            .map(|r| r.regime)
             .collect();
         for regime in regimes {
             let (mut wins, mut total, mut cells) = (0, 0, Vec::new());
@@ -242,7 +242,7 @@ pub(super) fn direct_vs_buffered(s: &mut String, rows: &[Row], qds: &BTreeSet<us
             } else {
                 format!("direct I/O wins at {wins} of {total} queue depths")
             };
-            if regime != "hot" {
+            if regime != crate::cell::Regime::Hot {
                 if 2 * wins > total {
                     cold.direct.push(format!("{w} ({regime})"));
                 } else {

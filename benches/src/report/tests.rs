@@ -79,7 +79,10 @@ fn fast_path_guidance_compares_on_off_and_sync_and_gives_a_verdict() {
         "{g}"
     );
     // Only hot cells: no verdict on both.
-    let hot_only: Vec<Row> = rows.into_iter().filter(|r| r.regime == "hot").collect();
+    let hot_only: Vec<Row> = rows
+        .into_iter()
+        .filter(|r| r.regime == crate::cell::Regime::Hot)
+        .collect();
     assert!(guidance(&hot_only).contains("cannot say whether auto holds on both"));
 }
 
@@ -364,7 +367,7 @@ fn backend_advice_follows_the_runs_figures_and_their_spread() {
     let wal = |backend: &str, qd: usize, rounds: [f64; 6]| Row {
         workload: crate::cell::Workload::WalCommit,
         engine: crate::ENGINE_WAL_ASYNC.into(),
-        regime: "fdatasync".into(),
+        regime: crate::cell::Regime::Fdatasync,
         iops: crate::median(&rounds),
         iops_rounds: rounds.to_vec(),
         ..row("storage-io-wal async", backend, "direct", "fdatasync", qd, 0.0)

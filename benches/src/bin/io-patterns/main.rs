@@ -87,9 +87,9 @@ fn run() -> Result<bool> {
             all.retain(|s| {
                 s.regime == "hot"
                     || s.regime == "uncached"
-                    || s.regime == wal::REGIME
+                    || s.regime == wal::REGIME.name()
                     || matches!(s.job, Job::Async(_))
-                    || s.regime == recover::REGIME
+                    || s.regime == recover::REGIME.name()
             });
         }
         all

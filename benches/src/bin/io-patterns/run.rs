@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use storage_io_benches::async_cells;
 use storage_io_benches::async_peers::AsyncSystem;
 use storage_io_benches::cache::{self, MemCap};
-use storage_io_benches::cell::Workload;
+use storage_io_benches::cell::{Regime, Workload};
 use storage_io_benches::cli::{self, Args};
 use storage_io_benches::engine;
 use storage_io_benches::fio;
@@ -259,7 +259,8 @@ pub(crate) fn run_cells(
             }
             Err(e) => return Err(e.context(format!("cell {}", step.label()))),
         };
-        row.regime = step.regime.clone();
+        row.regime = Regime::named(&step.regime)
+            .with_context(|| format!("cell {}: unknown regime {:?}", step.label(), step.regime))?;
         if bar.is_hidden() {
             eprintln!(
                 "  {:<52} {:>9.0} IOPS  p99 {:>8.1} us  {:>5.2} CPU us/op",
