@@ -399,7 +399,8 @@ pub fn row(cell: &AsyncCell, m: &Measured) -> Result<Row> {
     };
     Ok(Row {
         workload: cell.workload()?,
-        engine: cell.system.clone(),
+        engine: crate::cell::Engine::named(&cell.system)
+            .with_context(|| format!("{}: unknown system {:?}", cell.label(), cell.system))?,
         backend: cell.system.clone(),
         io: crate::cell::IoMode::of(cell.direct),
         regime: crate::cell::Regime::named(&cell.regime)

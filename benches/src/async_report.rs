@@ -197,7 +197,7 @@ pub fn section(rows: &[Row]) -> String {
         cells
             .entry((r.workload, r.io, r.regime, r.qd))
             .or_default()
-            .insert(r.engine.clone(), r);
+            .insert(r.engine.name().to_string(), r);
     }
     if cells.is_empty() {
         return String::new();
@@ -298,7 +298,7 @@ fn verdict_columns(workload: &str, tasks: usize, by_system: &CellRows<'_>) -> St
     let text = |r: Option<Ratio>| r.map_or("–".into(), |r| r.text());
     format!(
         " {} | {} | {} | {} | {verdict} |",
-        best.map_or("–", |b| b.engine.as_str()),
+        best.map_or("–", |b| b.engine.name()),
         text(vs_best),
         text(vs_tokio),
         cpu.map_or("–".into(), |c| format!("{c:.2}×"))
@@ -312,7 +312,7 @@ mod tests {
     fn row(system: AsyncSystem, workload: Workload, tasks: usize, rounds: &[f64], cpu: f64) -> Row {
         Row {
             workload,
-            engine: system.name().into(),
+            engine: crate::cell::Engine::named(system.name()).expect("every system is an engine"),
             backend: system.name().into(),
             io: crate::cell::IoMode::Direct,
             regime: crate::cell::Regime::Uncached,

@@ -144,6 +144,100 @@ impl Default for Workload {
     }
 }
 
+/// Who ran a row's cell: a row's `engine`, serialised by name as results.json has always held it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Engine {
+    /// `storage-io`: our backends, scheduler and async file API.
+    #[default]
+    StorageIo,
+    /// `fio`.
+    Fio,
+    /// `storage-io-wal`: the WAL with thread committers.
+    Wal,
+    /// `storage-io-wal async`: the WAL with async-task committers.
+    WalAsync,
+    /// `okaywal`.
+    Okaywal,
+    /// `rocksdb`.
+    Rocksdb,
+    /// `raw`: the WAL cells' raw durable-write peer.
+    Raw,
+    /// `read(2)`: wal_recover's sequential-read floor.
+    Read,
+    /// `tokio::fs`.
+    TokioFs,
+    /// `tokio-uring`.
+    TokioUring,
+    /// `compio`.
+    Compio,
+    /// `monoio`.
+    Monoio,
+    /// `glommio`.
+    Glommio,
+}
+
+impl Engine {
+    /// Every engine.
+    pub const ALL: [Engine; 13] = [
+        Engine::StorageIo,
+        Engine::Fio,
+        Engine::Wal,
+        Engine::WalAsync,
+        Engine::Okaywal,
+        Engine::Rocksdb,
+        Engine::Raw,
+        Engine::Read,
+        Engine::TokioFs,
+        Engine::TokioUring,
+        Engine::Compio,
+        Engine::Monoio,
+        Engine::Glommio,
+    ];
+
+    /// Its name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Engine::StorageIo => "storage-io",
+            Engine::Fio => "fio",
+            Engine::Wal => "storage-io-wal",
+            Engine::WalAsync => "storage-io-wal async",
+            Engine::Okaywal => "okaywal",
+            Engine::Rocksdb => "rocksdb",
+            Engine::Raw => "raw",
+            Engine::Read => "read(2)",
+            Engine::TokioFs => "tokio::fs",
+            Engine::TokioUring => "tokio-uring",
+            Engine::Compio => "compio",
+            Engine::Monoio => "monoio",
+            Engine::Glommio => "glommio",
+        }
+    }
+
+    /// The engine called `name`.
+    pub fn named(name: &str) -> Option<Engine> {
+        Engine::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Engine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Engine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Engine, D::Error> {
+        let name = String::deserialize(d)?;
+        Engine::named(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown engine {name:?}")))
+    }
+}
+
 /// The state of the page cache (or the kind of cell) a row was measured in: a row's `regime`,
 /// serialised by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -462,7 +556,7 @@ pub fn cell_row(
     let iops = ops as f64 / secs;
     Row {
         workload: cell.workload,
-        engine: "storage-io".into(),
+        engine: crate::cell::Engine::StorageIo,
         backend: cell.backend.name().into(),
         io: crate::cell::IoMode::of(cell.direct),
         regime: crate::cell::Regime::default(),

@@ -211,7 +211,7 @@ fn loop_row(
     let per_wait = |x: u64| if waits > 0 { x as f64 / waits as f64 } else { 0.0 };
     Row {
         workload: cell.workload,
-        engine: "storage-io".into(),
+        engine: crate::cell::Engine::StorageIo,
         backend: cell.backend.name().into(),
         io: crate::cell::IoMode::of(cell.direct),
         regime: crate::cell::Regime::default(),

@@ -220,7 +220,7 @@ impl FioJob {
         let iops = num(&side["iops"]);
         Ok(Row {
             workload: self.workload,
-            engine: "fio".into(),
+            engine: crate::cell::Engine::Fio,
             backend: self.engine.name().into(),
             io: crate::cell::IoMode::of(self.direct),
             regime: crate::cell::Regime::default(),
@@ -332,7 +332,7 @@ mod tests {
                    "clat_ns": {"percentile": {"50.000000": 550000, "95.000000": 900000, "99.000000": 1200000}}},
           "write": {"iops": 0.0}}]}"#;
         let row = job(FioEngine::IoUring, 32).parse(text).unwrap();
-        assert_eq!(row.engine, "fio");
+        assert_eq!(row.engine, crate::cell::Engine::Fio);
         assert_eq!(row.backend, "io_uring");
         assert_eq!(row.iops, 50000.0);
         assert_eq!(row.lat_us.p99, 1200.0);

@@ -41,15 +41,15 @@ pub mod verdict;
 pub mod wal;
 
 /// `Row::engine` of a WAL cell (the WAL cells live in `wal.rs`).
-pub const ENGINE_WAL: &str = "storage-io-wal";
+pub const ENGINE_WAL: cell::Engine = cell::Engine::Wal;
 /// `Row::engine` of a WAL cell whose committers are async tasks (`commit_async`).
-pub const ENGINE_WAL_ASYNC: &str = "storage-io-wal async";
+pub const ENGINE_WAL_ASYNC: cell::Engine = cell::Engine::WalAsync;
 /// `Row::engine` of an okaywal cell (the peers live in `peers.rs`).
-pub const ENGINE_OKAYWAL: &str = "okaywal";
+pub const ENGINE_OKAYWAL: cell::Engine = cell::Engine::Okaywal;
 /// `Row::engine` of a RocksDB cell.
-pub const ENGINE_ROCKSDB: &str = "rocksdb";
+pub const ENGINE_ROCKSDB: cell::Engine = cell::Engine::Rocksdb;
 /// `Row::engine` of the raw write + fdatasync peer.
-pub const ENGINE_RAW: &str = "raw";
+pub const ENGINE_RAW: cell::Engine = cell::Engine::Raw;
 
 use serde::{Deserialize, Serialize};
 
@@ -92,8 +92,8 @@ pub struct Row {
     /// One of [`cell::WORKLOADS`] (`seq_read`, `rand_read`, `rand_write`, `multistream_scan`,
     /// `wal_commit`, the `scheduler_*` and `raw_round_read` cells, `segment_append`, `segment_read`).
     pub workload: cell::Workload,
-    /// `storage-io` or `fio`.
-    pub engine: String,
+    /// `storage-io`, `fio`, a WAL, or an async peer.
+    pub engine: cell::Engine,
     /// Ours: `sync`, `thread_pool`, `uring`, `uring_nofixed`, `uring_sqpoll`, `uring_heapbuf`,
     /// `uring_nowait_off`, `thread_pool_nowait_off`; fio: `psync`,
     /// `io_uring`, `io_uring+fixed`.
@@ -182,7 +182,7 @@ impl Row {
 
     /// "uring" or "fio io_uring+fixed": the series name in tables and plots.
     pub fn series(&self) -> String {
-        if self.engine == "fio" {
+        if self.engine == crate::cell::Engine::Fio {
             format!("fio {}", self.backend)
         } else if self.engine == ENGINE_RAW && self.io == crate::cell::IoMode::Direct {
             format!("{} raw 4K O_DIRECT|O_DSYNC write", self.backend)
@@ -350,7 +350,7 @@ pub fn timestamp() -> String {
 pub(crate) fn test_row(engine: &str, backend: &str, io: &str, regime: &str, qd: usize, iops: f64) -> Row {
     Row {
         workload: crate::cell::Workload::RandRead,
-        engine: engine.into(),
+        engine: crate::cell::Engine::named(engine).expect("a test names a known engine"),
         backend: backend.into(),
         io: crate::cell::IoMode::of(io == "direct"),
         regime: crate::cell::Regime::named(regime).expect("a test names a known regime"),
@@ -456,6 +456,10 @@ mod tests {
         let keys = |r: &Report| r.results.iter().map(Row::key).collect::<Vec<_>>();
         assert_eq!(keys(&old), keys(&again));
         assert!(report::compare(&old, &again, 0.10, 0.25).is_empty());
+        // Every async system's name is an engine (async_cells::row parses it).
+        for system in async_peers::AsyncSystem::ALL {
+            assert!(cell::Engine::named(system.name()).is_some(), "{}", system.name());
+        }
         // A name no build knows is an error that says so, not a silent default.
         let bad = old_text.replacen("\"rand_read\"", "\"rand_reed\"", 1);
         let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();

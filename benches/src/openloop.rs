@@ -178,7 +178,7 @@ pub fn closed_loop_peak(rows: &[Row], backend: &str) -> Option<f64> {
         .filter(|r| {
             r.offered_rate.is_none()
                 && r.workload == Workload::RandRead
-                && r.engine == "storage-io"
+                && r.engine == crate::cell::Engine::StorageIo
                 && r.backend == backend
                 && r.io == crate::cell::IoMode::Direct
         })
@@ -332,7 +332,7 @@ pub fn is_open(r: &Row) -> bool {
 /// fio's open-loop row at the same offered rate as `ours`.
 fn fio_beside<'a>(rows: &'a [Row], ours: &Row) -> Option<&'a Row> {
     rows.iter().find(|f| {
-        f.engine == "fio"
+        f.engine == crate::cell::Engine::Fio
             && f.workload == ours.workload
             && f.io == ours.io
             && f.offered_rate
@@ -357,7 +357,10 @@ type Curves<'a> = Vec<((Workload, String), Vec<&'a Row>)>;
 /// Our open-loop curves, one per (workload, backend), each sorted by offered rate.
 pub fn curves(rows: &[Row]) -> Curves<'_> {
     let mut by: std::collections::BTreeMap<(Workload, String), Vec<&Row>> = Default::default();
-    for r in rows.iter().filter(|r| is_open(r) && r.engine != "fio") {
+    for r in rows
+        .iter()
+        .filter(|r| is_open(r) && r.engine != crate::cell::Engine::Fio)
+    {
         by.entry((r.workload, r.backend.clone())).or_default().push(r);
     }
     let mut out: Vec<_> = by.into_iter().collect();
@@ -610,7 +613,7 @@ mod tests {
             r.load_pct = Some(pct);
             r.lat_us.p99 = p99;
             let mut f = r.clone();
-            f.engine = "fio".into();
+            f.engine = crate::cell::Engine::Fio;
             f.backend = "io_uring+fixed".into();
             f.load_pct = None;
             f.lat_us.p99 = fio_p99;

@@ -33,9 +33,9 @@ const BIG_RECORD_BYTES: usize = 64 << 10;
 /// The regime label of recovery rows: every run starts with the log's pages dropped.
 pub const REGIME: crate::cell::Regime = crate::cell::Regime::Cold;
 /// The engine label of the sequential-read floor without fio.
-pub const ENGINE_READ: &str = "read(2)";
+pub const ENGINE_READ: crate::cell::Engine = crate::cell::Engine::Read;
 /// The engine label of fio's sequential read.
-pub const ENGINE_FIO: &str = "fio";
+pub const ENGINE_FIO: crate::cell::Engine = crate::cell::Engine::Fio;
 
 /// Bytes of records in the big log: 1 GiB, 16 MiB in the smoke run.
 pub fn big_log_bytes(smoke: bool) -> u64 {
@@ -290,7 +290,7 @@ pub fn run_cell(root: &Path, cell: &RecoverCell) -> Result<Row> {
     let us = secs * 1e6;
     Ok(Row {
         workload: Workload::WalRecover,
-        engine: engine.into(),
+        engine,
         backend: log.label(),
         io: crate::cell::IoMode::Buffered,
         regime: REGIME,
@@ -417,7 +417,7 @@ pub fn section(rows: &[Row]) -> String {
     if ours.is_empty() {
         return String::new();
     }
-    let find = |engine: &str, log: &str| {
+    let find = |engine: crate::cell::Engine, log: &str| {
         rows.iter()
             .find(|r| r.workload == Workload::WalRecover && r.engine == engine && r.backend == log)
     };
@@ -438,7 +438,7 @@ pub fn section(rows: &[Row]) -> String {
             .or_else(|| find(ENGINE_OKAYWAL, &r.backend));
         let (who, theirs, ratio) = match reference {
             Some(p) => (
-                p.engine.clone(),
+                p.engine.to_string(),
                 format!("{:.2}", ms(p)),
                 format!("{:.2}", ms(r) / ms(p)),
             ),
@@ -477,7 +477,7 @@ mod tests {
         let text = section(&rows);
         assert!(text.contains("| 100 records | 4 MiB |"), "{text}");
         assert!(text.contains("| 16 MiB log | 64 MiB |"), "{text}");
-        assert!(text.contains(ENGINE_READ), "{text}");
+        assert!(text.contains(ENGINE_READ.name()), "{text}");
         let left: Vec<_> = std::fs::read_dir(root.path())
             .unwrap()
             .flatten()

@@ -22,7 +22,7 @@ fn groups(rows: &[Row]) -> BTreeMap<Group, Vec<&Row>> {
 }
 
 /// The row of `backend` (ours or fio's) in the same cell as `r`.
-fn peer<'a>(rows: &'a [Row], r: &Row, engine: &str, backend: &str) -> Option<&'a Row> {
+fn peer<'a>(rows: &'a [Row], r: &Row, engine: crate::cell::Engine, backend: &str) -> Option<&'a Row> {
     rows.iter().find(|p| {
         p.engine == engine
             && p.backend == backend
@@ -195,14 +195,14 @@ fn cell_table(s: &mut String, report: &Report, (workload, io, regime): (&str, &s
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut sorted = rows.to_vec();
-    sorted.sort_by(|a, b| (a.engine.as_str(), a.series(), a.qd).cmp(&(b.engine.as_str(), b.series(), b.qd)));
+    sorted.sort_by(|a, b| (a.engine.name(), a.series(), a.qd).cmp(&(b.engine.name(), b.series(), b.qd)));
     for r in sorted {
-        let fio_peer = if r.engine == "fio" {
+        let fio_peer = if r.engine == crate::cell::Engine::Fio {
             None
         } else if r.backend.starts_with("uring") {
-            peer(&report.results, r, "fio", "io_uring+fixed")
+            peer(&report.results, r, crate::cell::Engine::Fio, "io_uring+fixed")
         } else {
-            peer(&report.results, r, "fio", "psync")
+            peer(&report.results, r, crate::cell::Engine::Fio, "psync")
         };
         let (vs, cpu_vs) = match fio_peer {
             Some(p) => (

@@ -26,7 +26,7 @@ pub const REGIME: crate::cell::Regime = crate::cell::Regime::Fdatasync;
 pub(crate) type Measured = (u64, f64, f64);
 
 pub(crate) fn row(
-    engine: &str,
+    engine: crate::cell::Engine,
     backend: &str,
     qd: usize,
     block: usize,
@@ -36,7 +36,7 @@ pub(crate) fn row(
     let iops = ops as f64 / secs;
     Row {
         workload: Workload::WalCommit,
-        engine: engine.into(),
+        engine,
         backend: backend.into(),
         io: crate::cell::IoMode::Buffered,
         regime: REGIME,
@@ -509,7 +509,10 @@ fn tasks_table(s: &mut String, wal: &[&Row]) {
 
 /// The device's durable-write limit: fio's cells, by depth.
 fn device_limit_line(s: &mut String, wal: &[&Row]) {
-    let fio_rows: Vec<&&Row> = wal.iter().filter(|r| r.engine == "fio").collect();
+    let fio_rows: Vec<&&Row> = wal
+        .iter()
+        .filter(|r| r.engine == crate::cell::Engine::Fio)
+        .collect();
     if !fio_rows.is_empty() {
         // By depth, numerically; "not run" where this run had no such cell.
         let line = |direct: bool| {
@@ -675,10 +678,7 @@ mod tests {
         let never = || false;
         let short = Duration::from_millis(100);
         let raw = run_raw_cell(root.path(), Backend::Sync, true, short, &never).unwrap();
-        assert_eq!(
-            (raw.io, raw.engine.as_str()),
-            (crate::cell::IoMode::Direct, ENGINE_RAW)
-        );
+        assert_eq!((raw.io, raw.engine), (crate::cell::IoMode::Direct, ENGINE_RAW));
         assert!(raw.ops > 0 && raw.lat_us.mean > 0.0);
         let cell = WalCell {
             backend: Backend::Sync,
@@ -702,7 +702,7 @@ mod tests {
     fn the_device_limit_line_sorts_by_depth_and_says_what_was_not_run() {
         let fio = |direct: bool, qd: usize, iops: f64| Row {
             workload: Workload::WalCommit,
-            engine: "fio".into(),
+            engine: crate::cell::Engine::Fio,
             backend: "io_uring".into(),
             io: crate::cell::IoMode::of(direct),
             regime: REGIME,

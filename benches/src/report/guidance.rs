@@ -63,7 +63,7 @@ pub(super) fn fio_verdict(ratios: &[(PairRatio, &Row)]) -> Option<String> {
 /// Our best row (by IOPS) among `rows` matching the filter.
 pub(super) fn best(rows: &[Row], f: impl Fn(&Row) -> bool) -> Option<&Row> {
     rows.iter()
-        .filter(|r| r.engine == "storage-io" && f(r))
+        .filter(|r| r.engine == crate::cell::Engine::StorageIo && f(r))
         .max_by(|a, b| a.iops.total_cmp(&b.iops))
 }
 
@@ -82,7 +82,7 @@ pub(super) fn fast_path_guidance(rows: &[Row], qds: &BTreeSet<usize>) -> Option<
         let of = |b: &str, q: usize| {
             group
                 .iter()
-                .find(|r| r.engine == "storage-io" && r.backend == b && r.qd == q)
+                .find(|r| r.engine == crate::cell::Engine::StorageIo && r.backend == b && r.qd == q)
                 .copied()
         };
         let mut parts = Vec::new();
@@ -266,7 +266,7 @@ pub(super) fn backend_lines(s: &mut String, rows: &[Row], qds: &BTreeSet<usize>)
         let of = |b: &str, q: usize| {
             group
                 .iter()
-                .find(|r| r.engine == "storage-io" && r.backend == b && r.qd == q)
+                .find(|r| r.engine == crate::cell::Engine::StorageIo && r.backend == b && r.qd == q)
         };
         let mut crossing = None;
         let mut parts = Vec::new();
@@ -310,9 +310,11 @@ pub(super) fn fio_lines(s: &mut String, rows: &[Row]) -> bool {
     let mut ratios = Vec::new();
     for r in rows
         .iter()
-        .filter(|r| r.engine == "storage-io" && r.backend == "uring")
+        .filter(|r| r.engine == crate::cell::Engine::StorageIo && r.backend == "uring")
     {
-        if let Some(pr) = peer(rows, r, "fio", "io_uring+fixed").and_then(|p| pair_ratio(r, p)) {
+        if let Some(pr) =
+            peer(rows, r, crate::cell::Engine::Fio, "io_uring+fixed").and_then(|p| pair_ratio(r, p))
+        {
             ratios.push((pr, r));
         }
     }
@@ -389,7 +391,10 @@ pub(super) struct BackendChoice {
 pub(super) fn backend_choice(rows: &[Row]) -> Option<BackendChoice> {
     let (mut uring, mut pool, mut even) = (Vec::new(), Vec::new(), 0usize);
     let mut single_rounds = false;
-    for u in rows.iter().filter(|r| r.backend == "uring" && r.engine != "fio") {
+    for u in rows
+        .iter()
+        .filter(|r| r.backend == "uring" && r.engine != crate::cell::Engine::Fio)
+    {
         let Some(t) = rows.iter().find(|t| {
             t.backend == "thread_pool"
                 && t.engine == u.engine
@@ -486,7 +491,7 @@ pub(super) fn knee(rows: &[Row]) -> Option<String> {
     let mut pts: Vec<&Row> = rows
         .iter()
         .filter(|r| {
-            r.engine == "storage-io"
+            r.engine == crate::cell::Engine::StorageIo
                 && r.backend == "uring"
                 && r.workload == crate::cell::Workload::RandRead
                 && r.io == crate::cell::IoMode::Direct
@@ -516,12 +521,11 @@ pub(super) fn knee(rows: &[Row]) -> Option<String> {
 /// on average against the raw loop.
 pub(super) fn scheduler_lines(rows: &[Row]) -> Vec<String> {
     let mut out = Vec::new();
-    for r in rows
-        .iter()
-        .filter(|r| r.engine == "storage-io" && r.workload == crate::cell::Workload::SchedulerRandRead)
-    {
+    for r in rows.iter().filter(|r| {
+        r.engine == crate::cell::Engine::StorageIo && r.workload == crate::cell::Workload::SchedulerRandRead
+    }) {
         let Some(raw) = rows.iter().find(|p| {
-            p.engine == "storage-io"
+            p.engine == crate::cell::Engine::StorageIo
                 && p.workload == crate::cell::Workload::RandRead
                 && p.backend == r.backend
                 && p.io == r.io
@@ -563,18 +567,20 @@ fn clients_vs_psync(rows: &[Row], floor: &Row, raw: &Row) -> Option<String> {
     use crate::cell::Workload;
     // The blocking clients' own peer: fio psync with as many jobs, each its own pread.
     let same = |a: &Row, b: &Row| {
-        a.engine == "storage-io"
+        a.engine == crate::cell::Engine::StorageIo
             && a.backend == b.backend
             && a.io == b.io
             && a.qd == b.qd
             && a.block_size == b.block_size
     };
-    let clients = rows
-        .iter()
-        .find(|c| c.workload == Workload::SchedulerClientRead && c.engine == "storage-io" && same(c, floor));
+    let clients = rows.iter().find(|c| {
+        c.workload == Workload::SchedulerClientRead
+            && c.engine == crate::cell::Engine::StorageIo
+            && same(c, floor)
+    });
     let psync = rows.iter().find(|f| {
         f.workload == Workload::SchedulerClientRead
-            && f.engine == "fio"
+            && f.engine == crate::cell::Engine::Fio
             && f.backend == "psync"
             && f.io == floor.io
             && f.qd == floor.qd
@@ -603,7 +609,7 @@ fn clients_vs_psync(rows: &[Row], floor: &Row, raw: &Row) -> Option<String> {
 pub(super) fn handoff_lines(rows: &[Row]) -> Vec<String> {
     use crate::cell::Workload;
     let same = |a: &Row, b: &Row| {
-        a.engine == "storage-io"
+        a.engine == crate::cell::Engine::StorageIo
             && a.backend == b.backend
             && a.io == b.io
             && a.qd == b.qd
@@ -611,10 +617,9 @@ pub(super) fn handoff_lines(rows: &[Row]) -> Vec<String> {
     };
     let mut out = Vec::new();
     // The one-client floor: the worker thread's cost to a client with many reads in flight.
-    for floor in rows
-        .iter()
-        .filter(|r| r.engine == "storage-io" && r.workload == Workload::RawTaggedHandoffRead)
-    {
+    for floor in rows.iter().filter(|r| {
+        r.engine == crate::cell::Engine::StorageIo && r.workload == Workload::RawTaggedHandoffRead
+    }) {
         let find = |w: Workload| rows.iter().find(|p| p.workload == w && same(p, floor));
         let (Some(raw), Some(sched)) = (find(Workload::RandRead), find(Workload::SchedulerRandRead)) else {
             continue;
@@ -636,7 +641,7 @@ pub(super) fn handoff_lines(rows: &[Row]) -> Vec<String> {
     }
     for floor in rows
         .iter()
-        .filter(|r| r.engine == "storage-io" && r.workload == Workload::RawHandoffRead)
+        .filter(|r| r.engine == crate::cell::Engine::StorageIo && r.workload == Workload::RawHandoffRead)
     {
         let Some(raw) = rows
             .iter()
@@ -667,7 +672,7 @@ pub(super) fn handoff_lines(rows: &[Row]) -> Vec<String> {
         ] {
             if let Some(c) = rows.iter().find(|c| {
                 c.workload == w
-                    && c.engine == "storage-io"
+                    && c.engine == crate::cell::Engine::StorageIo
                     && c.backend == floor.backend
                     && c.io == floor.io
                     && c.qd == floor.qd

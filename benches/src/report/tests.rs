@@ -366,7 +366,7 @@ fn backend_advice_follows_the_runs_figures_and_their_spread() {
     // The direct-I/O WAL: the thread pool ahead of io_uring in every one of 6 rounds.
     let wal = |backend: &str, qd: usize, rounds: [f64; 6]| Row {
         workload: crate::cell::Workload::WalCommit,
-        engine: crate::ENGINE_WAL_ASYNC.into(),
+        engine: crate::ENGINE_WAL_ASYNC,
         regime: crate::cell::Regime::Fdatasync,
         iops: crate::median(&rounds),
         iops_rounds: rounds.to_vec(),

@@ -242,7 +242,7 @@ pub(crate) enum Job {
     /// An external WAL beside ours (`peers::ENGINE_OKAYWAL` or `peers::ENGINE_ROCKSDB`), with
     /// `committers` threads.
     Peer {
-        engine: &'static str,
+        engine: storage_io_benches::cell::Engine,
         committers: usize,
         duration: Duration,
     },
@@ -312,7 +312,7 @@ impl Step {
                 engine, committers, ..
             } => (
                 Workload::WalCommit.name().to_string(),
-                (*engine).into(),
+                engine.to_string(),
                 false,
                 *committers,
             ),
@@ -587,7 +587,7 @@ pub(crate) fn wal_steps(plan: &Plan, args: &Args, direct_ok: bool) -> Vec<Step> 
         for &c in &committers {
             out.push(Step {
                 job: Job::Peer {
-                    engine,
+                    engine: *engine,
                     committers: c,
                     duration: plan.duration,
                 },
