@@ -163,6 +163,10 @@ pub struct Row {
     /// closed-loop peak in the same run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_pct: Option<f64>,
+    /// Open-loop cells of ours: the 99th percentile of the wait from intended arrival to issue,
+    /// µs (the driver late, or the in-flight cap full); the rest of the latency is the backend's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_delay_us_p99: Option<f64>,
     /// IOPS of every round, when more than one was run; `iops` is their median.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub iops_rounds: Vec<f64>,

@@ -70,6 +70,9 @@ pub struct OpenLoop {
     /// Ops issued later than their intended time, and the most late one was (ns).
     late: u64,
     late_max_ns: u64,
+    /// Intended arrival → issue, ns: the part of the latency spent before the op reached the
+    /// backend (the driver late, or the in-flight cap full).
+    issue_delay: Histogram<u64>,
 }
 
 impl OpenLoop {
@@ -89,6 +92,7 @@ impl OpenLoop {
             hist: Histogram::new_with_bounds(1, 600_000_000_000, 3)?,
             late: 0,
             late_max_ns: 0,
+            issue_delay: Histogram::new_with_bounds(1, 600_000_000_000, 3)?,
         })
     }
 
@@ -103,6 +107,7 @@ impl OpenLoop {
         self.next_ns = self.arrivals.next_ns();
         self.in_flight += 1;
         let late = now_ns - intended;
+        self.issue_delay.saturating_record(late.max(1));
         if late > 0 {
             self.late += 1;
             self.late_max_ns = self.late_max_ns.max(late);
@@ -136,6 +141,11 @@ impl OpenLoop {
     /// The latency histogram, ns from intended arrival to completion.
     pub fn histogram(&self) -> &Histogram<u64> {
         &self.hist
+    }
+
+    /// The issue-delay histogram, ns from intended arrival to issue.
+    pub fn issue_delay(&self) -> &Histogram<u64> {
+        &self.issue_delay
     }
 }
 
@@ -308,6 +318,7 @@ fn open_row(
     row.qd_achieved = mean_in_flight;
     row.offered_rate = Some(rate);
     row.load_pct = load_pct;
+    row.issue_delay_us_p99 = Some(open.issue_delay().value_at_quantile(0.99) as f64 / 1e3);
     row
 }
 
@@ -385,7 +396,8 @@ pub fn section(rows: &[Row]) -> String {
     s.push_str(
         "Poisson arrivals at the offered rate, independent of completions; latency runs from each \
          op's *intended* arrival to its completion, so time spent waiting to be issued counts (no \
-         coordinated omission). fio runs beside at the same rate (`--rate_iops`, \
+         coordinated omission); `issue delay` is the part of it before the op reached the backend \
+         (the driver late, or the in-flight cap full). fio runs beside at the same rate (`--rate_iops`, \
          `--rate_process=poisson`, io_uring+fixed at the same depth); fio times an op from its own \
          submit, so where fio falls behind its schedule its figures leave that wait out.\n\n",
     );
@@ -393,18 +405,19 @@ pub fn section(rows: &[Row]) -> String {
         let _ = writeln!(s, "### {workload} · direct · {backend}\n");
         let _ = writeln!(
             s,
-            "| load | offered/s | done/s | in flight | p50 µs | p99 µs | p99.9 µs | max µs | fio p99 µs | ours ÷ fio p99 |"
+            "| load | offered/s | done/s | in flight | issue delay p99 µs | p50 µs | p99 µs | p99.9 µs | max µs | fio p99 µs | ours ÷ fio p99 |"
         );
-        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for r in &pts {
             let fio = fio_beside(rows, r);
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                "| {} | {:.0} | {:.0} | {:.1} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
                 r.load_pct.map_or("–".into(), |p| format!("{p:.0} %")),
                 r.offered_rate.unwrap_or(0.0),
                 r.iops,
                 r.qd_achieved,
+                r.issue_delay_us_p99.map_or("–".into(), |d| format!("{d:.0}")),
                 r.lat_us.p50,
                 r.lat_us.p99,
                 r.lat_us.p999,
@@ -564,6 +577,8 @@ mod tests {
             "the first arrival waited about the whole stall"
         );
         assert!(open.late >= backlog.len() as u64 - 1);
+        // The wait before issue is its own histogram: here it is the whole latency but 10 µs.
+        assert!(open.issue_delay().value_at_quantile(0.5) + 20_000 >= p50);
         // After the stall, on-time ops read their own service time.
         let at = open.take_due(open.next_due_ns().unwrap()).unwrap();
         open.complete(at, at + 10_000);
@@ -625,6 +640,7 @@ mod tests {
         assert_eq!(knee(&curves[0].1), Some(2), "p99 250 ≥ 2 × 100 at 75 %");
         let text = section(&rows);
         assert!(text.contains("| 50 % | 20000 |"), "{text}");
+        assert!(text.contains("issue delay p99 µs"), "{text}");
         assert!(text.contains("1.20×"), "ours ÷ fio p99 at 50 %: {text}");
         assert!(
             text.contains("Knee: p99 reaches 2× the lowest rate's at 30000 ops/s (75 % of peak)"),
