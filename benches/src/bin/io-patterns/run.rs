@@ -1,5 +1,6 @@
 //! Run: the bench file, the tools beside us, the page-cache cap, and each cell in turn.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -7,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use storage_io_benches::async_cells;
 use storage_io_benches::async_peers::AsyncSystem;
 use storage_io_benches::cache::{self, MemCap};
-use storage_io_benches::cell::{Regime, Workload};
+use storage_io_benches::cell::{Backend, Regime, Workload};
 use storage_io_benches::cli::{self, Args};
 use storage_io_benches::engine;
 use storage_io_benches::fio;
@@ -240,6 +241,10 @@ pub(crate) fn run_cells(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut rows = Vec::new();
+    // Each backend's closed-loop peak as its first open-loop cell found it: every round then
+    // offers the same rates (the peak of later rounds would move them, and rows of one
+    // percentage would no longer fold into one).
+    let mut peaks: HashMap<Backend, f64> = HashMap::new();
     let mut interrupted = false;
     for step in all {
         if signal::stopped() {
@@ -248,7 +253,7 @@ pub(crate) fn run_cells(
         }
         bar.set_message(step.label());
         let row = match &step.job {
-            Job::OpenLoop(o) => run_open(o, file, size, &rows),
+            Job::OpenLoop(o) => run_open(o, file, size, (&rows, &mut peaks)),
             _ => run_step(step, file, size, cap.as_deref_mut()),
         };
         let mut row = match row {
@@ -432,8 +437,13 @@ fn step_kind(job: &Job) -> &'static str {
 
 /// Runs an open-loop cell at its rate, resolved from the closed-loop peak among `rows` (the
 /// run so far): ours on its backend, or fio io_uring+fixed at the same rate and depth.
-fn run_open(o: &OpenStep, file: &Path, size: u64, rows: &[Row]) -> Result<Row> {
-    let peak = openloop::closed_loop_peak(rows, o.backend.name());
+fn run_open(
+    o: &OpenStep,
+    file: &Path,
+    size: u64,
+    (rows, peaks): (&[Row], &mut HashMap<Backend, f64>),
+) -> Result<Row> {
+    let peak = peak_for(o.backend, rows, peaks);
     let rate = o.rate.resolve(peak)?;
     if !o.fio {
         let run = (o.block, size, o.duration);
@@ -456,4 +466,46 @@ fn run_open(o: &OpenStep, file: &Path, size: u64, rows: &[Row]) -> Result<Row> {
     row.offered_rate = Some(rate);
     row.load_pct = o.rate.percent();
     Ok(row)
+}
+
+/// The closed-loop peak an open-loop cell of `backend` takes its percentage of: the best among
+/// `rows` when the backend's first open-loop cell runs (the end of round 1), kept in `peaks`
+/// for the later rounds so that each offers the same rates.
+fn peak_for(backend: Backend, rows: &[Row], peaks: &mut HashMap<Backend, f64>) -> Option<f64> {
+    if let Some(&p) = peaks.get(&backend) {
+        return Some(p);
+    }
+    let p = openloop::closed_loop_peak(rows, backend.name())?;
+    peaks.insert(backend, p);
+    Some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_round_offers_the_rates_of_the_first_peak() {
+        let closed = |iops: f64| {
+            let mut r = Row {
+                workload: Workload::RandRead,
+                backend: "uring".into(),
+                iops,
+                ..Row::default()
+            };
+            r.io = storage_io_benches::cell::IoMode::Direct;
+            r
+        };
+        let mut peaks = HashMap::new();
+        let mut rows = vec![closed(40_000.0)];
+        assert_eq!(peak_for(Backend::Uring, &rows, &mut peaks), Some(40_000.0));
+        // Round 2's closed cells measure a higher peak; its open cells keep round 1's rates.
+        rows.push(closed(50_000.0));
+        assert_eq!(peak_for(Backend::Uring, &rows, &mut peaks), Some(40_000.0));
+        assert_eq!(
+            peak_for(Backend::Sync, &rows, &mut peaks),
+            None,
+            "no sync cells ran"
+        );
+    }
 }
