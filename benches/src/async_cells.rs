@@ -361,7 +361,7 @@ pub struct AsyncPlan {
 pub fn run(cell: &AsyncCell) -> Result<Row> {
     let workload = cell.workload()?;
     if !cell.direct && workload != Workload::AsyncAppendSync {
-        if cell.regime == "hot" {
+        if cell.regime == crate::cell::Regime::Hot.name() {
             if cache::residency(&cell.file)? < 0.95 {
                 cache::warm(&cell.file)?;
             }
@@ -382,7 +382,7 @@ pub fn run(cell: &AsyncCell) -> Result<Row> {
     }
     let measured: Measured = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("{}: the child's answer is not a measurement", cell.label()))?;
-    let mut row = row(cell, &measured);
+    let mut row = row(cell, &measured)?;
     if !cell.direct && workload != Workload::AsyncAppendSync {
         row.cache_resident_pct = Some(cache::residency(&cell.file)? * 100.0);
     }
@@ -390,19 +390,21 @@ pub fn run(cell: &AsyncCell) -> Result<Row> {
 }
 
 /// The row of one round.
-pub fn row(cell: &AsyncCell, m: &Measured) -> Row {
+pub fn row(cell: &AsyncCell, m: &Measured) -> Result<Row> {
     let per_op = |x: f64| if m.ops > 0 { x / m.ops as f64 } else { 0.0 };
     let iops = if m.seconds > 0.0 {
         m.ops as f64 / m.seconds
     } else {
         0.0
     };
-    Row {
-        workload: cell.workload.clone(),
-        engine: cell.system.clone(),
+    Ok(Row {
+        workload: cell.workload()?,
+        engine: crate::cell::Engine::named(&cell.system)
+            .with_context(|| format!("{}: unknown system {:?}", cell.label(), cell.system))?,
         backend: cell.system.clone(),
-        io: if cell.direct { "direct" } else { "buffered" }.into(),
-        regime: cell.regime.clone(),
+        io: crate::cell::IoMode::of(cell.direct),
+        regime: crate::cell::Regime::named(&cell.regime)
+            .with_context(|| format!("{}: unknown regime {:?}", cell.label(), cell.regime))?,
         qd: cell.tasks,
         block_size: cell.block(),
         iops,
@@ -412,7 +414,7 @@ pub fn row(cell: &AsyncCell, m: &Measured) -> Row {
         ctx_switches_per_op: Some(per_op(m.context_switches as f64)),
         ops: m.ops,
         ..Row::default()
-    }
+    })
 }
 
 /// In a child: when the first argument is [`CHILD_ARG`], runs the cell the second describes,
@@ -584,7 +586,7 @@ mod tests {
             workload: workload.name().into(),
             system: AsyncSystem::Ours.name().into(),
             direct: false,
-            regime: "hot".into(),
+            regime: crate::cell::Regime::Hot.name().into(),
             tasks,
             seconds: 0.05,
             file: PathBuf::from("/nonexistent"),
@@ -684,7 +686,8 @@ mod tests {
                 cpu_seconds: 0.01,
                 context_switches: 1500,
             },
-        );
+        )
+        .unwrap();
         assert_eq!(r.iops, 2000.0);
         assert_eq!(r.block_size, SEQ_READ_BYTES);
         assert!((r.cpu_us_per_op - 10.0).abs() < 1e-9);

@@ -162,7 +162,7 @@ impl Ratio {
 
 /// ops/s (or MB/s for `async_seq_read`) of a row with its rounds' min–max, CPU and switches.
 fn figure(r: &Row) -> String {
-    let seq = r.workload == Workload::AsyncSeqRead.name();
+    let seq = r.workload == Workload::AsyncSeqRead;
     let scale = |iops: f64| {
         if seq {
             format!("{:.0}", iops * r.block_size as f64 / 1e6)
@@ -191,15 +191,13 @@ type CellRows<'a> = BTreeMap<String, &'a Row>;
 /// The section (empty without async rows).
 pub fn section(rows: &[Row]) -> String {
     // (workload, io, regime, tasks) → system → row.
-    let mut cells: BTreeMap<(String, String, String, usize), CellRows<'_>> = BTreeMap::new();
-    for r in rows
-        .iter()
-        .filter(|r| crate::async_cells::is_async_name(&r.workload))
-    {
+    let mut cells: BTreeMap<(Workload, crate::cell::IoMode, crate::cell::Regime, usize), CellRows<'_>> =
+        BTreeMap::new();
+    for r in rows.iter().filter(|r| crate::async_cells::is_async(r.workload)) {
         cells
-            .entry((r.workload.clone(), r.io.clone(), r.regime.clone(), r.qd))
+            .entry((r.workload, r.io, r.regime, r.qd))
             .or_default()
-            .insert(r.engine.clone(), r);
+            .insert(r.engine.name().to_string(), r);
     }
     if cells.is_empty() {
         return String::new();
@@ -231,13 +229,13 @@ pub fn section(rows: &[Row]) -> String {
         .collect();
     s.push_str(&targets.join("; "));
     s.push_str(".\n\n");
-    let mut current = String::new();
+    let mut current: Option<Workload> = None;
     for ((workload, io, regime, tasks), by_system) in &cells {
-        if *workload != current {
-            if !current.is_empty() {
+        if current != Some(*workload) {
+            if current.is_some() {
                 s.push('\n');
             }
-            current.clone_from(workload);
+            current = Some(*workload);
             let _ = writeln!(s, "### {workload}\n");
             let _ = write!(s, "| mode | tasks |");
             for name in &systems {
@@ -254,7 +252,7 @@ pub fn section(rows: &[Row]) -> String {
             let cell = by_system.get(*name).map_or("–".to_string(), |r| figure(r));
             let _ = write!(s, " {cell} |");
         }
-        let _ = writeln!(s, "{}", verdict_columns(workload, *tasks, by_system));
+        let _ = writeln!(s, "{}", verdict_columns(workload.name(), *tasks, by_system));
     }
     s.push('\n');
     s
@@ -300,7 +298,7 @@ fn verdict_columns(workload: &str, tasks: usize, by_system: &CellRows<'_>) -> St
     let text = |r: Option<Ratio>| r.map_or("–".into(), |r| r.text());
     format!(
         " {} | {} | {} | {} | {verdict} |",
-        best.map_or("–", |b| b.engine.as_str()),
+        best.map_or("–", |b| b.engine.name()),
         text(vs_best),
         text(vs_tokio),
         cpu.map_or("–".into(), |c| format!("{c:.2}×"))
@@ -313,11 +311,11 @@ mod tests {
 
     fn row(system: AsyncSystem, workload: Workload, tasks: usize, rounds: &[f64], cpu: f64) -> Row {
         Row {
-            workload: workload.name().into(),
-            engine: system.name().into(),
+            workload,
+            engine: crate::cell::Engine::named(system.name()).expect("every system is an engine"),
             backend: system.name().into(),
-            io: "direct".into(),
-            regime: "uncached".into(),
+            io: crate::cell::IoMode::Direct,
+            regime: crate::cell::Regime::Uncached,
             qd: tasks,
             block_size: 4096,
             iops: median(rounds),

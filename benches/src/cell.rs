@@ -123,10 +123,223 @@ impl std::fmt::Display for Workload {
     }
 }
 
-/// A row's workload (a name, as stored in results.json) against an enum value.
-impl PartialEq<Workload> for String {
-    fn eq(&self, w: &Workload) -> bool {
-        self == w.name()
+/// Serialised as its name, as results.json has always stored it.
+impl serde::Serialize for Workload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Workload {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Workload, D::Error> {
+        let name = String::deserialize(d)?;
+        Workload::named(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown workload {name:?}")))
+    }
+}
+
+impl Default for Workload {
+    /// `rand_read`, the workload a row starts from in tests and builders.
+    fn default() -> Workload {
+        Workload::RandRead
+    }
+}
+
+/// Who ran a row's cell: a row's `engine`, serialised by name as results.json has always held it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Engine {
+    /// `storage-io`: our backends, scheduler and async file API.
+    #[default]
+    StorageIo,
+    /// `fio`.
+    Fio,
+    /// `storage-io-wal`: the WAL with thread committers.
+    Wal,
+    /// `storage-io-wal async`: the WAL with async-task committers.
+    WalAsync,
+    /// `okaywal`.
+    Okaywal,
+    /// `rocksdb`.
+    Rocksdb,
+    /// `raw`: the WAL cells' raw durable-write peer.
+    Raw,
+    /// `read(2)`: wal_recover's sequential-read floor.
+    Read,
+    /// `tokio::fs`.
+    TokioFs,
+    /// `tokio-uring`.
+    TokioUring,
+    /// `compio`.
+    Compio,
+    /// `monoio`.
+    Monoio,
+    /// `glommio`.
+    Glommio,
+}
+
+impl Engine {
+    /// Every engine.
+    pub const ALL: [Engine; 13] = [
+        Engine::StorageIo,
+        Engine::Fio,
+        Engine::Wal,
+        Engine::WalAsync,
+        Engine::Okaywal,
+        Engine::Rocksdb,
+        Engine::Raw,
+        Engine::Read,
+        Engine::TokioFs,
+        Engine::TokioUring,
+        Engine::Compio,
+        Engine::Monoio,
+        Engine::Glommio,
+    ];
+
+    /// Its name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Engine::StorageIo => "storage-io",
+            Engine::Fio => "fio",
+            Engine::Wal => "storage-io-wal",
+            Engine::WalAsync => "storage-io-wal async",
+            Engine::Okaywal => "okaywal",
+            Engine::Rocksdb => "rocksdb",
+            Engine::Raw => "raw",
+            Engine::Read => "read(2)",
+            Engine::TokioFs => "tokio::fs",
+            Engine::TokioUring => "tokio-uring",
+            Engine::Compio => "compio",
+            Engine::Monoio => "monoio",
+            Engine::Glommio => "glommio",
+        }
+    }
+
+    /// The engine called `name`.
+    pub fn named(name: &str) -> Option<Engine> {
+        Engine::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Engine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Engine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Engine, D::Error> {
+        let name = String::deserialize(d)?;
+        Engine::named(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown engine {name:?}")))
+    }
+}
+
+/// The state of the page cache (or the kind of cell) a row was measured in: a row's `regime`,
+/// serialised by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Regime {
+    /// `hot`: the file in the page cache.
+    Hot,
+    /// `pressure`: the cache capped at about file / 1.5.
+    Pressure,
+    /// `thrash`: the cache capped at about file / 4.
+    Thrash,
+    /// `uncached`: direct I/O, no cache in front of the disk.
+    #[default]
+    Uncached,
+    /// `cold`: the file dropped from the cache before the cell (async cells, `wal_recover`).
+    Cold,
+    /// `new_file`: appends to a file the cell creates (`async_append_sync`).
+    NewFile,
+    /// `fdatasync`: durable commits (`wal_commit`).
+    Fdatasync,
+}
+
+impl Regime {
+    /// Every regime.
+    pub const ALL: [Regime; 7] = [
+        Regime::Hot,
+        Regime::Pressure,
+        Regime::Thrash,
+        Regime::Uncached,
+        Regime::Cold,
+        Regime::NewFile,
+        Regime::Fdatasync,
+    ];
+
+    /// Its name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Regime::Hot => "hot",
+            Regime::Pressure => "pressure",
+            Regime::Thrash => "thrash",
+            Regime::Uncached => "uncached",
+            Regime::Cold => "cold",
+            Regime::NewFile => "new_file",
+            Regime::Fdatasync => "fdatasync",
+        }
+    }
+
+    /// The regime called `name`.
+    pub fn named(name: &str) -> Option<Regime> {
+        Regime::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl std::fmt::Display for Regime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for Regime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Regime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Regime, D::Error> {
+        let name = String::deserialize(d)?;
+        Regime::named(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown regime {name:?}")))
+    }
+}
+
+/// O_DIRECT or the page cache: a row's `io`, serialised as `direct` / `buffered`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// O_DIRECT: no page cache in front of the disk.
+    #[default]
+    Direct,
+    /// Through the page cache.
+    Buffered,
+}
+
+impl IoMode {
+    /// `direct` for true, `buffered` for false.
+    pub fn of(direct: bool) -> IoMode {
+        if direct { IoMode::Direct } else { IoMode::Buffered }
+    }
+
+    /// Its name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            IoMode::Direct => "direct",
+            IoMode::Buffered => "buffered",
+        }
+    }
+}
+
+impl std::fmt::Display for IoMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -344,11 +557,11 @@ pub fn cell_row(
 ) -> Row {
     let iops = ops as f64 / secs;
     Row {
-        workload: cell.workload.name().into(),
-        engine: "storage-io".into(),
+        workload: cell.workload,
+        engine: crate::cell::Engine::StorageIo,
         backend: cell.backend.name().into(),
-        io: if cell.direct { "direct" } else { "buffered" }.into(),
-        regime: String::new(),
+        io: crate::cell::IoMode::of(cell.direct),
+        regime: crate::cell::Regime::default(),
         qd: cell.qd,
         block_size: cell.block,
         iops,
@@ -411,5 +624,18 @@ impl XorShift {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_tables_name_every_workload_and_backend_in_order() {
+        let cli_workloads: Vec<&str> = crate::cli::WORKLOADS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(cli_workloads, WORKLOADS);
+        let cli_backends: Vec<&str> = crate::cli::BACKENDS.iter().map(|(n, _)| *n).collect();
+        assert_eq!(cli_backends, BACKENDS);
     }
 }

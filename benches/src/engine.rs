@@ -52,33 +52,13 @@ impl Offsets {
     }
 }
 
-/// Runs one cell of ours on `path` and measures it. `stop` ends it early (Ctrl-C).
-pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
-    if crate::sched::runs(cell.workload) {
-        return crate::sched::run_cell(path, cell, stop);
-    }
-    if crate::segment::runs(cell.workload) {
-        return crate::segment::run_cell(path, cell, stop);
-    }
-    if crate::async_cells::is_async(cell.workload) {
-        bail!(
-            "{} runs through async_cells::run (a child process per system), not as a backend cell",
-            cell.workload
-        );
-    }
-    let (qd, block) = (cell.qd.max(1), cell.block);
-    let opened = open_file(path, &OpenOptions::default().with_direct(cell.direct))?;
-    if cell.direct && !opened.mode.is_direct() {
-        bail!("{} refuses O_DIRECT", path.display());
-    }
-    let mut io = make_backend(cell.backend, qd)?;
-    let fd = io.register_fd(opened.file)?;
-    let mut offsets = Offsets::new(cell);
+/// `qd` buffers of `block` bytes for a cell on `backend`, each filled with a non-zero byte.
+pub fn cell_buffers(io: &mut dyn StorageIo, backend: Backend, qd: usize, block: usize) -> Result<Vec<IoBuf>> {
     // Buffers from the backend (`alloc_buf`): io_uring lends its registered buffers, so reads
     // and writes on them need no copy, as with fio's fixedbufs. `uring_heapbuf` brings its own
     // heap buffers instead, which io_uring stages through registered memory and copies.
-    let own = cell.backend == Backend::UringHeapbuf;
-    let mut free: Vec<IoBuf> = (0..qd)
+    let own = backend == Backend::UringHeapbuf;
+    (0..qd)
         .map(|i| {
             let mut b = if own {
                 AlignedBuf::zeroed(block, 4096)?
@@ -88,7 +68,41 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
             b.fill(i as u8 | 1);
             Ok(IoBuf::from(b))
         })
-        .collect::<Result<_, storage_io_core::StorageIoError>>()?;
+        .collect::<Result<_, storage_io_core::StorageIoError>>()
+        .map_err(Into::into)
+}
+
+/// The cells of the workloads another module runs (the scheduler's, the async file API's).
+fn run_elsewhere(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Option<Result<Row>> {
+    if crate::sched::runs(cell.workload) {
+        return Some(crate::sched::run_cell(path, cell, stop));
+    }
+    if crate::segment::runs(cell.workload) {
+        return Some(crate::segment::run_cell(path, cell, stop));
+    }
+    if crate::async_cells::is_async(cell.workload) {
+        return Some(Err(anyhow::anyhow!(
+            "{} runs through async_cells::run (a child process per system), not as a backend cell",
+            cell.workload
+        )));
+    }
+    None
+}
+
+/// Runs one cell of ours on `path` and measures it. `stop` ends it early (Ctrl-C).
+pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row> {
+    if let Some(row) = run_elsewhere(path, cell, stop) {
+        return row;
+    }
+    let (qd, block) = (cell.qd.max(1), cell.block);
+    let opened = open_file(path, &OpenOptions::default().with_direct(cell.direct))?;
+    if cell.direct && !opened.mode.is_direct() {
+        bail!("{} refuses O_DIRECT", path.display());
+    }
+    let mut io = make_backend(cell.backend, qd)?;
+    let fd = io.register_fd(opened.file)?;
+    let mut offsets = Offsets::new(cell);
+    let mut free = cell_buffers(io.as_mut(), cell.backend, qd, block)?;
     let mut started_at: HashMap<IoToken, Instant> = HashMap::with_capacity(qd * 2);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let mut done: Vec<IoCompletion> = Vec::with_capacity(qd);
@@ -152,31 +166,71 @@ pub fn run_cell(path: &Path, cell: &Cell, stop: &dyn Fn() -> bool) -> Result<Row
     if let Some(e) = first_error {
         bail!("{errors} of {} ops failed; the first: {e}", ops + errors);
     }
+    let tally = Tally {
+        ops,
+        errors,
+        depth_sum,
+        waits,
+        elapsed,
+        cpu,
+    };
+    Ok(loop_row(
+        cell,
+        (qd, block),
+        &tally,
+        &hist,
+        io.stats(),
+        offsets.cursors.len(),
+    ))
+}
+
+/// What a cell's loop counted.
+struct Tally {
+    ops: u64,
+    errors: u64,
+    /// Ops in flight summed over the waits.
+    depth_sum: u64,
+    waits: u64,
+    elapsed: f64,
+    /// CPU seconds of the process over the cell.
+    cpu: f64,
+}
+
+/// The row of a raw cell's loop.
+fn loop_row(
+    cell: &Cell,
+    (qd, block): (usize, usize),
+    t: &Tally,
+    hist: &Histogram<u64>,
+    stats: &storage_io_core::IoStats,
+    streams: usize,
+) -> Row {
+    let (ops, elapsed, waits) = (t.ops, t.elapsed, t.waits);
     let iops = ops as f64 / elapsed;
-    let (submit_call_us, submit_calls_per_op) = submit_calls_of(io.stats(), ops);
+    let (submit_call_us, submit_calls_per_op) = submit_calls_of(stats, ops);
     let per_wait = |x: u64| if waits > 0 { x as f64 / waits as f64 } else { 0.0 };
-    Ok(Row {
-        workload: cell.workload.name().into(),
-        engine: "storage-io".into(),
+    Row {
+        workload: cell.workload,
+        engine: crate::cell::Engine::StorageIo,
         backend: cell.backend.name().into(),
-        io: if cell.direct { "direct" } else { "buffered" }.into(),
-        regime: String::new(),
+        io: crate::cell::IoMode::of(cell.direct),
+        regime: crate::cell::Regime::default(),
         qd,
         block_size: block,
         iops,
         mb_s: iops * block as f64 / 1e6,
-        lat_us: Latency::from_histogram_ns(&hist),
-        cpu_us_per_op: if ops > 0 { cpu * 1e6 / ops as f64 } else { 0.0 },
+        lat_us: Latency::from_histogram_ns(hist),
+        cpu_us_per_op: if ops > 0 { t.cpu * 1e6 / ops as f64 } else { 0.0 },
         ops,
-        errors,
-        qd_achieved: per_wait(depth_sum),
+        errors: t.errors,
+        qd_achieved: per_wait(t.depth_sum),
         completions_per_wait: per_wait(ops),
-        backend_qd: io.stats().mean_ops_held(Duration::from_secs_f64(elapsed)),
+        backend_qd: stats.mean_ops_held(Duration::from_secs_f64(elapsed)),
         submit_call_us,
         submit_calls_per_op,
-        streams: (cell.workload == Workload::MultistreamScan).then_some(offsets.cursors.len()),
+        streams: (cell.workload == Workload::MultistreamScan).then_some(streams),
         ..Row::default()
-    })
+    }
 }
 
 #[cfg(test)]

@@ -38,8 +38,8 @@ impl FioEngine {
 /// One fio run.
 #[derive(Debug, Clone)]
 pub struct FioJob {
-    /// `seq_read`, `rand_read` or `rand_write`.
-    pub workload: String,
+    /// `seq_read`, `rand_read` or `rand_write` (or `wal_commit`'s durable writes).
+    pub workload: crate::cell::Workload,
     /// Which engine.
     pub engine: FioEngine,
     /// O_DIRECT or buffered.
@@ -59,6 +59,9 @@ pub struct FioJob {
     /// Writes made durable one by one (the WAL's peers): none, an fdatasync after each write
     /// (`--fdatasync=1`), or the file opened `O_DSYNC` (`--sync=dsync`).
     pub sync: FioSync,
+    /// Open loop: issue at this many ops/s on a Poisson schedule (`--rate_iops`,
+    /// `--rate_process=poisson`) instead of keeping `qd` in flight.
+    pub rate_iops: Option<u64>,
 }
 
 /// How a fio write job makes each write durable.
@@ -92,9 +95,10 @@ pub fn supports(workload: &str) -> bool {
 impl FioJob {
     /// fio's command-line arguments for this job.
     pub fn args(&self) -> Vec<String> {
-        let rw = match self.workload.as_str() {
-            "seq_read" => "read",
-            "rand_write" | "wal_commit" => "randwrite",
+        use crate::cell::Workload;
+        let rw = match self.workload {
+            Workload::SeqRead => "read",
+            Workload::RandWrite | Workload::WalCommit => "randwrite",
             _ => "randread",
         };
         let mut a = vec![
@@ -119,6 +123,10 @@ impl FioJob {
         if rw.starts_with("rand") {
             // Uniform offsets with repetition, like our driver (fio's default visits each block once).
             a.push("--norandommap".to_string());
+        }
+        if let Some(r) = self.rate_iops {
+            a.push(format!("--rate_iops={}", r.max(1)));
+            a.push("--rate_process=poisson".to_string());
         }
         match self.sync {
             FioSync::None => {}
@@ -177,7 +185,9 @@ impl FioJob {
         let start = text.find('{').context("fio printed no JSON")?;
         let v: Value = serde_json::from_str(&text[start..]).context("parse fio JSON")?;
         let job = &v["jobs"][0];
-        let side = if self.workload == "rand_write" || self.workload == "wal_commit" {
+        let side = if self.workload == crate::cell::Workload::RandWrite
+            || self.workload == crate::cell::Workload::WalCommit
+        {
             &job["write"]
         } else {
             &job["read"]
@@ -209,11 +219,11 @@ impl FioJob {
         let cpu_s = (num(&job["usr_cpu"]) + num(&job["sys_cpu"])) / 100.0 * runtime_ms / 1000.0;
         let iops = num(&side["iops"]);
         Ok(Row {
-            workload: self.workload.clone(),
-            engine: "fio".into(),
+            workload: self.workload,
+            engine: crate::cell::Engine::Fio,
             backend: self.engine.name().into(),
-            io: if self.direct { "direct" } else { "buffered" }.into(),
-            regime: String::new(),
+            io: crate::cell::IoMode::of(self.direct),
+            regime: crate::cell::Regime::default(),
             qd: self.qd,
             block_size: self.block,
             iops,
@@ -223,6 +233,7 @@ impl FioJob {
                 p50: us(num(&pct["50.000000"])),
                 p95: us(num(&pct["95.000000"])),
                 p99: us(num(&pct["99.000000"])),
+                p999: us(num(&pct["99.900000"])),
                 max: us(num(&side["lat_ns"]["max"])),
             },
             cpu_us_per_op: cpu_s * 1e6 / ios,
@@ -239,7 +250,7 @@ mod tests {
 
     fn job(engine: FioEngine, qd: usize) -> FioJob {
         FioJob {
-            workload: "rand_read".into(),
+            workload: crate::cell::Workload::RandRead,
             engine,
             direct: true,
             qd,
@@ -249,13 +260,14 @@ mod tests {
             file: "/data/f".into(),
             invalidate: false,
             sync: FioSync::None,
+            rate_iops: None,
         }
     }
 
     #[test]
     fn durable_write_jobs_sync_each_write() {
         let mut j = job(FioEngine::Psync, 1);
-        j.workload = "wal_commit".into();
+        j.workload = crate::cell::Workload::WalCommit;
         j.direct = false;
         j.sync = FioSync::Fdatasync;
         let a = j.args().join(" ");
@@ -297,6 +309,18 @@ mod tests {
         assert!(!p.contains("iodepth"), "{p}");
         let plain = job(FioEngine::IoUring, 1).args().join(" ");
         assert!(!plain.contains("fixedbufs"), "{plain}");
+        assert!(!plain.contains("rate"), "closed loop: {plain}");
+        let open = FioJob {
+            rate_iops: Some(20_000),
+            ..job(FioEngine::IoUringFixed, 128)
+        };
+        let o = open.args().join(" ");
+        assert!(
+            o.contains("--rate_iops=20000")
+                && o.contains("--rate_process=poisson")
+                && o.contains("--iodepth=128"),
+            "{o}"
+        );
     }
 
     #[test]
@@ -308,7 +332,7 @@ mod tests {
                    "clat_ns": {"percentile": {"50.000000": 550000, "95.000000": 900000, "99.000000": 1200000}}},
           "write": {"iops": 0.0}}]}"#;
         let row = job(FioEngine::IoUring, 32).parse(text).unwrap();
-        assert_eq!(row.engine, "fio");
+        assert_eq!(row.engine, crate::cell::Engine::Fio);
         assert_eq!(row.backend, "io_uring");
         assert_eq!(row.iops, 50000.0);
         assert_eq!(row.lat_us.p99, 1200.0);

@@ -3,6 +3,7 @@
 //!
 //! The binary `io-patterns` drives it; this library holds the parts that have tests:
 //!
+//! - [`cli`]: the command line, the names it accepts and `--list` (xtask compiles it too);
 //! - [`cell`]: what every cell of ours shares (the workload and backend names, building a
 //!   backend, CPU time, scratch directories, the row a cell makes);
 //! - [`engine`]: the raw cells (`seq_read`, `rand_read`, `rand_write`, `multistream_scan`) and
@@ -13,17 +14,22 @@
 //! - [`async_cells`], [`async_peers`] and [`async_report`]: the async file API beside the Rust
 //!   async-I/O runtimes (`async_rand_read`, `async_append_sync`, `async_seq_read`);
 //! - [`wal`] and [`peers`]: `wal_commit`, with okaywal, RocksDB and fio's durable writes beside;
+//! - [`openloop`]: latency at a given load (Poisson arrivals, timed from the intended
+//!   arrival), with fio at the same rate;
 //! - [`recover`]: `wal_recover`, reopening a log cold, with fio's sequential read and okaywal beside;
 //! - [`fio`]: fio's cells; [`cache`]: the page-cache regimes; [`report`] and [`plot`]: the
-//!   report, its guidance and its SVGs; [`signal`]: Ctrl-C.
+//!   report, its guidance and its SVGs; [`verdict`]: the thresholds of its verdicts in one
+//!   table; [`signal`]: Ctrl-C.
 
 pub mod async_cells;
 pub mod async_peers;
 pub mod async_report;
 pub mod cache;
 pub mod cell;
+pub mod cli;
 pub mod engine;
 pub mod fio;
+pub mod openloop;
 pub mod peers;
 pub mod plot;
 pub mod recover;
@@ -31,18 +37,19 @@ pub mod report;
 pub mod sched;
 pub mod segment;
 pub mod signal;
+pub mod verdict;
 pub mod wal;
 
 /// `Row::engine` of a WAL cell (the WAL cells live in `wal.rs`).
-pub const ENGINE_WAL: &str = "storage-io-wal";
+pub const ENGINE_WAL: cell::Engine = cell::Engine::Wal;
 /// `Row::engine` of a WAL cell whose committers are async tasks (`commit_async`).
-pub const ENGINE_WAL_ASYNC: &str = "storage-io-wal async";
+pub const ENGINE_WAL_ASYNC: cell::Engine = cell::Engine::WalAsync;
 /// `Row::engine` of an okaywal cell (the peers live in `peers.rs`).
-pub const ENGINE_OKAYWAL: &str = "okaywal";
+pub const ENGINE_OKAYWAL: cell::Engine = cell::Engine::Okaywal;
 /// `Row::engine` of a RocksDB cell.
-pub const ENGINE_ROCKSDB: &str = "rocksdb";
+pub const ENGINE_ROCKSDB: cell::Engine = cell::Engine::Rocksdb;
 /// `Row::engine` of the raw write + fdatasync peer.
-pub const ENGINE_RAW: &str = "raw";
+pub const ENGINE_RAW: cell::Engine = cell::Engine::Raw;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +64,9 @@ pub struct Latency {
     pub p95: f64,
     /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile (0 in rows from before it was recorded).
+    #[serde(default)]
+    pub p999: f64,
     /// Largest seen.
     pub max: f64,
 }
@@ -70,6 +80,7 @@ impl Latency {
             p50: us(hist.value_at_quantile(0.50)),
             p95: us(hist.value_at_quantile(0.95)),
             p99: us(hist.value_at_quantile(0.99)),
+            p999: us(hist.value_at_quantile(0.999)),
             max: us(hist.max()),
         }
     }
@@ -80,17 +91,17 @@ impl Latency {
 pub struct Row {
     /// One of [`cell::WORKLOADS`] (`seq_read`, `rand_read`, `rand_write`, `multistream_scan`,
     /// `wal_commit`, the `scheduler_*` and `raw_round_read` cells, `segment_append`, `segment_read`).
-    pub workload: String,
-    /// `storage-io` or `fio`.
-    pub engine: String,
+    pub workload: cell::Workload,
+    /// `storage-io`, `fio`, a WAL, or an async peer.
+    pub engine: cell::Engine,
     /// Ours: `sync`, `thread_pool`, `uring`, `uring_nofixed`, `uring_sqpoll`, `uring_heapbuf`,
     /// `uring_nowait_off`, `thread_pool_nowait_off`; fio: `psync`,
     /// `io_uring`, `io_uring+fixed`.
     pub backend: String,
     /// `direct` or `buffered`.
-    pub io: String,
+    pub io: cell::IoMode,
     /// `hot`, `pressure`, `thrash`, or `uncached` (direct I/O: no cache in front of the disk).
-    pub regime: String,
+    pub regime: cell::Regime,
     /// Queue depth asked for.
     pub qd: usize,
     /// Bytes per I/O.
@@ -144,6 +155,18 @@ pub struct Row {
     /// Peak growth of the process's RSS during the cell, bytes (`wal_recover` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_peak_bytes: Option<u64>,
+    /// Open-loop cells: the offered arrival rate, ops/s (Poisson arrivals; latency from each
+    /// op's intended arrival). `None` for closed-loop cells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offered_rate: Option<f64>,
+    /// Open-loop cells given as `--rates`: the offered rate in percent of the cell's
+    /// closed-loop peak in the same run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_pct: Option<f64>,
+    /// Open-loop cells of ours: the 99th percentile of the wait from intended arrival to issue,
+    /// µs (the driver late, or the in-flight cap full); the rest of the latency is the backend's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_delay_us_p99: Option<f64>,
     /// IOPS of every round, when more than one was run; `iops` is their median.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub iops_rounds: Vec<f64>,
@@ -152,17 +175,20 @@ pub struct Row {
 impl Row {
     /// What identifies a cell across runs (for medians and `--compare`).
     pub fn key(&self) -> String {
+        let rate = self
+            .offered_rate
+            .map_or(String::new(), |r| format!("/rate{r:.0}"));
         format!(
-            "{}/{}/{}/{}/{}/qd{}/bs{}",
+            "{}/{}/{}/{}/{}/qd{}/bs{}{rate}",
             self.workload, self.engine, self.backend, self.io, self.regime, self.qd, self.block_size
         )
     }
 
     /// "uring" or "fio io_uring+fixed": the series name in tables and plots.
     pub fn series(&self) -> String {
-        if self.engine == "fio" {
+        if self.engine == crate::cell::Engine::Fio {
             format!("fio {}", self.backend)
-        } else if self.engine == ENGINE_RAW && self.io == "direct" {
+        } else if self.engine == ENGINE_RAW && self.io == crate::cell::IoMode::Direct {
             format!("{} raw 4K O_DIRECT|O_DSYNC write", self.backend)
         } else if self.engine == ENGINE_RAW {
             "raw 4K pwrite+fdatasync (caller's thread)".to_string()
@@ -286,7 +312,12 @@ pub fn fold_rounds(rows: Vec<Row>) -> Vec<Row> {
                 return g.pop();
             }
             let runs: Vec<f64> = g.iter().map(|r| r.iops).collect();
-            g.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+            if g[0].offered_rate.is_some() {
+                // Open loop: every round offers the same rate; the median round is by p99.
+                g.sort_by(|a, b| a.lat_us.p99.total_cmp(&b.lat_us.p99));
+            } else {
+                g.sort_by(|a, b| a.iops.total_cmp(&b.iops));
+            }
             let mut row = g.swap_remove(g.len() / 2);
             row.iops_rounds = runs;
             Some(row)
@@ -322,11 +353,11 @@ pub fn timestamp() -> String {
 #[cfg(test)]
 pub(crate) fn test_row(engine: &str, backend: &str, io: &str, regime: &str, qd: usize, iops: f64) -> Row {
     Row {
-        workload: "rand_read".into(),
-        engine: engine.into(),
+        workload: crate::cell::Workload::RandRead,
+        engine: crate::cell::Engine::named(engine).expect("a test names a known engine"),
         backend: backend.into(),
-        io: io.into(),
-        regime: regime.into(),
+        io: crate::cell::IoMode::of(io == "direct"),
+        regime: crate::cell::Regime::named(regime).expect("a test names a known regime"),
         qd,
         block_size: 4096,
         iops,
@@ -361,7 +392,7 @@ mod tests {
     #[test]
     fn scheduler_series_name_their_worker_count_and_keep_it_through_folding() {
         let sched = |workers, iops| Row {
-            workload: "scheduler_rand_read".into(),
+            workload: crate::cell::Workload::SchedulerRandRead,
             sched_workers: Some(workers),
             ..row("uring", iops)
         };
@@ -392,5 +423,50 @@ mod tests {
         assert_eq!(t.len(), 15, "{t}");
         assert_eq!(&t[8..9], "-");
         assert!(t.starts_with("20"), "{t}");
+    }
+
+    #[test]
+    fn typed_rows_read_and_write_the_results_json_of_earlier_runs() {
+        // Rows as results.json stored them before the row's fields were typed (no p999, no
+        // open-loop fields): every workload, engine and mode a smoke run writes.
+        let old_text = include_str!("../tests/data/results-before-typed-rows.json");
+        let old: Report = serde_json::from_str(old_text).expect("an earlier results.json parses");
+        assert!(old.results.len() > 20);
+        assert!(
+            old.results
+                .iter()
+                .any(|r| r.workload == cell::Workload::WalCommit)
+        );
+        assert!(old.results.iter().any(|r| r.io == cell::IoMode::Buffered));
+        assert!(
+            old.results
+                .iter()
+                .all(|r| r.lat_us.p999 == 0.0 && r.offered_rate.is_none())
+        );
+        // Written back, each row's names are the strings they were, so old and new compare.
+        let old_json: serde_json::Value = serde_json::from_str(old_text).unwrap();
+        let new_json = serde_json::to_value(&old).unwrap();
+        for (a, b) in old_json["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(new_json["results"].as_array().unwrap())
+        {
+            for field in ["workload", "engine", "backend", "io", "regime", "qd"] {
+                assert_eq!(a[field], b[field], "{field}");
+            }
+        }
+        let again: Report = serde_json::from_value(new_json).unwrap();
+        let keys = |r: &Report| r.results.iter().map(Row::key).collect::<Vec<_>>();
+        assert_eq!(keys(&old), keys(&again));
+        assert!(report::compare(&old, &again, 0.10, 0.25).is_empty());
+        // Every async system's name is an engine (async_cells::row parses it).
+        for system in async_peers::AsyncSystem::ALL {
+            assert!(cell::Engine::named(system.name()).is_some(), "{}", system.name());
+        }
+        // A name no build knows is an error that says so, not a silent default.
+        let bad = old_text.replacen("\"rand_read\"", "\"rand_reed\"", 1);
+        let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();
+        assert!(err.contains("unknown workload \"rand_reed\""), "{err}");
     }
 }

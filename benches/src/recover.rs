@@ -31,11 +31,11 @@ pub const BIG_SEGMENT: u64 = 64 << 20;
 /// Payload bytes of each record of the big log.
 const BIG_RECORD_BYTES: usize = 64 << 10;
 /// The regime label of recovery rows: every run starts with the log's pages dropped.
-pub const REGIME: &str = "cold";
+pub const REGIME: crate::cell::Regime = crate::cell::Regime::Cold;
 /// The engine label of the sequential-read floor without fio.
-pub const ENGINE_READ: &str = "read(2)";
+pub const ENGINE_READ: crate::cell::Engine = crate::cell::Engine::Read;
 /// The engine label of fio's sequential read.
-pub const ENGINE_FIO: &str = "fio";
+pub const ENGINE_FIO: crate::cell::Engine = crate::cell::Engine::Fio;
 
 /// Bytes of records in the big log: 1 GiB, 16 MiB in the smoke run.
 pub fn big_log_bytes(smoke: bool) -> u64 {
@@ -289,11 +289,11 @@ pub fn run_cell(root: &Path, cell: &RecoverCell) -> Result<Row> {
     let secs = secs.max(1e-9);
     let us = secs * 1e6;
     Ok(Row {
-        workload: Workload::WalRecover.name().into(),
-        engine: engine.into(),
+        workload: Workload::WalRecover,
+        engine,
         backend: log.label(),
-        io: "buffered".into(),
-        regime: REGIME.into(),
+        io: crate::cell::IoMode::Buffered,
+        regime: REGIME,
         qd: 1,
         block_size: log.segment_bytes() as usize,
         iops: 1.0 / secs,
@@ -303,6 +303,7 @@ pub fn run_cell(root: &Path, cell: &RecoverCell) -> Result<Row> {
             p50: us,
             p95: us,
             p99: us,
+            p999: us,
             max: us,
         },
         ops: 1,
@@ -416,7 +417,7 @@ pub fn section(rows: &[Row]) -> String {
     if ours.is_empty() {
         return String::new();
     }
-    let find = |engine: &str, log: &str| {
+    let find = |engine: crate::cell::Engine, log: &str| {
         rows.iter()
             .find(|r| r.workload == Workload::WalRecover && r.engine == engine && r.backend == log)
     };
@@ -437,7 +438,7 @@ pub fn section(rows: &[Row]) -> String {
             .or_else(|| find(ENGINE_OKAYWAL, &r.backend));
         let (who, theirs, ratio) = match reference {
             Some(p) => (
-                p.engine.clone(),
+                p.engine.to_string(),
                 format!("{:.2}", ms(p)),
                 format!("{:.2}", ms(r) / ms(p)),
             ),
@@ -476,7 +477,7 @@ mod tests {
         let text = section(&rows);
         assert!(text.contains("| 100 records | 4 MiB |"), "{text}");
         assert!(text.contains("| 16 MiB log | 64 MiB |"), "{text}");
-        assert!(text.contains(ENGINE_READ), "{text}");
+        assert!(text.contains(ENGINE_READ.name()), "{text}");
         let left: Vec<_> = std::fs::read_dir(root.path())
             .unwrap()
             .flatten()

@@ -1,24 +1,28 @@
 //! `report.md`: tables per workload × I/O mode × regime with ours/fio ratio columns, the
 //! guidance drawn from the same run, and the `--compare` check against an older run.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::{Report, Row};
 
+mod guidance;
+pub use guidance::guidance;
+
+/// A table's rows: one workload, I/O mode and regime.
+type Group = (crate::cell::Workload, crate::cell::IoMode, crate::cell::Regime);
+
 /// Groups rows by (workload, io, regime) in a stable order.
-fn groups(rows: &[Row]) -> BTreeMap<(String, String, String), Vec<&Row>> {
-    let mut g: BTreeMap<(String, String, String), Vec<&Row>> = BTreeMap::new();
+fn groups(rows: &[Row]) -> BTreeMap<Group, Vec<&Row>> {
+    let mut g: BTreeMap<Group, Vec<&Row>> = BTreeMap::new();
     for r in rows {
-        g.entry((r.workload.clone(), r.io.clone(), r.regime.clone()))
-            .or_default()
-            .push(r);
+        g.entry((r.workload, r.io, r.regime)).or_default().push(r);
     }
     g
 }
 
 /// The row of `backend` (ours or fio's) in the same cell as `r`.
-fn peer<'a>(rows: &'a [Row], r: &Row, engine: &str, backend: &str) -> Option<&'a Row> {
+fn peer<'a>(rows: &'a [Row], r: &Row, engine: crate::cell::Engine, backend: &str) -> Option<&'a Row> {
     rows.iter().find(|p| {
         p.engine == engine
             && p.backend == backend
@@ -99,54 +103,6 @@ fn cell_name(r: &Row) -> String {
     format!("{} {} {} qd {}", r.workload, r.io, r.regime, r.qd)
 }
 
-/// What the confidence intervals of ours ÷ fio say: which cells are ahead or behind beyond the
-/// run's noise, and which it cannot tell apart. `None` when no cell had 6 rounds.
-fn fio_verdict(ratios: &[(PairRatio, &Row)]) -> Option<String> {
-    let (mut ahead, mut behind, mut even) = (Vec::new(), Vec::new(), Vec::new());
-    for (pr, r) in ratios {
-        let Some((lo, hi)) = pr.ci95 else { continue };
-        let cell = format!("{} ({:.2}–{:.2})", cell_name(r), lo, hi);
-        if lo > 1.0 {
-            ahead.push(cell);
-        } else if hi < 1.0 {
-            behind.push(cell);
-        } else {
-            even.push(cell);
-        }
-    }
-    if ahead.is_empty() && behind.is_empty() && even.is_empty() {
-        return None;
-    }
-    let list = |v: &[String]| {
-        if v.is_empty() {
-            "none".to_string()
-        } else {
-            v.join(", ")
-        }
-    };
-    // Only where an interval straddles 1.0 and fewer pairs than the suggestion made it.
-    let hint = if !even.is_empty() && ratios.iter().any(|(pr, _)| pr.ci95.is_some() && pr.pairs < 40) {
-        " (more or shorter rounds narrow an interval: `--rounds 40 --duration 0.25`)"
-    } else {
-        ""
-    };
-    // The interval covers this run's rounds only. A disk with slow and fast phases changes the
-    // ratio itself from phase to phase, so runs minutes apart can disagree beyond it.
-    let confirm = if ahead.is_empty() && behind.is_empty() {
-        ""
-    } else {
-        " An interval speaks for this run's rounds only: where the disk has slow and fast phases \
-         (a VM's does), the ratio itself moves with them, so confirm a verdict with a second run."
-    };
-    Some(format!(
-        "- By the 95 % confidence intervals of those medians: ahead of fio in {}; behind in {}; \
-         not told apart in {}{hint}.{confirm}",
-        list(&ahead),
-        list(&behind),
-        list(&even)
-    ))
-}
-
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}×", a / b)
@@ -205,16 +161,22 @@ pub fn markdown(report: &Report, notes: &[String]) -> String {
         s.push('\n');
     }
     let _ = writeln!(s, "{LEGEND}");
-    for ((workload, io, regime), rows) in groups(&report.results) {
-        if !crate::async_cells::is_async_name(&workload) {
-            cell_table(&mut s, report, (&workload, &io, &regime), &rows);
+    let closed: Vec<Row> = (report.results.iter())
+        .filter(|r| !crate::openloop::is_open(r))
+        .cloned()
+        .collect();
+    for ((workload, io, regime), rows) in groups(&closed) {
+        if !crate::async_cells::is_async(workload) {
+            cell_table(&mut s, report, (workload.name(), io.name(), regime.name()), &rows);
         }
     }
     s.push_str(&crate::wal::section(&report.results));
     s.push_str(&crate::async_report::section(&report.results));
     s.push_str(&crate::recover::section(&report.results));
-    let (_, rest): (Vec<Row>, Vec<Row>) =
-        (report.results.iter().cloned()).partition(|r| crate::async_cells::is_async_name(&r.workload));
+    s.push_str(&crate::openloop::section(&report.results));
+    let (_, rest): (Vec<Row>, Vec<Row>) = closed
+        .into_iter()
+        .partition(|r| crate::async_cells::is_async(r.workload));
     if !rest.is_empty() {
         s.push_str(&guidance(&rest)); // a run of only async cells has its verdicts above
     }
@@ -233,14 +195,14 @@ fn cell_table(s: &mut String, report: &Report, (workload, io, regime): (&str, &s
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let mut sorted = rows.to_vec();
-    sorted.sort_by(|a, b| (a.engine.as_str(), a.series(), a.qd).cmp(&(b.engine.as_str(), b.series(), b.qd)));
+    sorted.sort_by(|a, b| (a.engine.name(), a.series(), a.qd).cmp(&(b.engine.name(), b.series(), b.qd)));
     for r in sorted {
-        let fio_peer = if r.engine == "fio" {
+        let fio_peer = if r.engine == crate::cell::Engine::Fio {
             None
         } else if r.backend.starts_with("uring") {
-            peer(&report.results, r, "fio", "io_uring+fixed")
+            peer(&report.results, r, crate::cell::Engine::Fio, "io_uring+fixed")
         } else {
-            peer(&report.results, r, "fio", "psync")
+            peer(&report.results, r, crate::cell::Engine::Fio, "psync")
         };
         let (vs, cpu_vs) = match fio_peer {
             Some(p) => (
@@ -294,333 +256,6 @@ const LEGEND: &str = "Latency is submit → completion as the caller sees it (µ
          much submitting in batches (`STORAGE_IO_SUBMIT_BATCH`) is worth. \
          `cached %` is the share of the file in the page cache when the cell ended (buffered cells).\n";
 
-/// Our best row (by IOPS) among `rows` matching the filter.
-fn best(rows: &[Row], f: impl Fn(&Row) -> bool) -> Option<&Row> {
-    rows.iter()
-        .filter(|r| r.engine == "storage-io" && f(r))
-        .max_by(|a, b| a.iops.total_cmp(&b.iops))
-}
-
-/// The median of the per-round ratios of two of our rows, as `text()` shows it.
-fn ours_vs(a: &Row, b: &Row) -> String {
-    pair_ratio(a, b).map_or_else(|| "–".into(), |r| r.text())
-}
-
-/// The guidance lines about the page-cache fast path, if the run has the cells for them.
-fn fast_path_guidance(rows: &[Row], qds: &BTreeSet<usize>) -> Option<String> {
-    let mut s = String::new();
-    // (hot cells where io_uring held ≥ 0.95× sync, hot cells) and (other cells where io_uring
-    // held ≥ 0.97× its fast path off, other cells).
-    let (mut hot_ok, mut hot, mut cold_ok, mut cold) = (0, 0, 0, 0);
-    for ((w, io, regime), group) in groups(rows) {
-        let of = |b: &str, q: usize| {
-            group
-                .iter()
-                .find(|r| r.engine == "storage-io" && r.backend == b && r.qd == q)
-                .copied()
-        };
-        let mut parts = Vec::new();
-        for &q in qds {
-            for (on, off) in [
-                ("uring", "uring_nowait_off"),
-                ("thread_pool", "thread_pool_nowait_off"),
-            ] {
-                let Some(a) = of(on, q) else { continue };
-                let mut bits = Vec::new();
-                if let Some(b) = of(off, q) {
-                    bits.push(format!("{} of off", ours_vs(a, b)));
-                    if on == "uring" && regime != "hot" {
-                        cold += 1;
-                        cold_ok += usize::from(pair_ratio(a, b).is_some_and(|r| r.median >= 0.97));
-                    }
-                }
-                if let Some(y) = of("sync", q).filter(|_| io == "buffered") {
-                    bits.push(format!("{} of sync", ours_vs(a, y)));
-                    if on == "uring" && regime == "hot" {
-                        hot += 1;
-                        hot_ok += usize::from(pair_ratio(a, y).is_some_and(|r| r.median >= 0.95));
-                    }
-                }
-                if !bits.is_empty() && (io == "buffered" || of(off, q).is_some()) {
-                    parts.push(format!("{on} qd {q} {}", bits.join(", ")));
-                }
-            }
-        }
-        if !parts.is_empty() {
-            let _ = writeln!(
-                s,
-                "- {w} · {io} · {regime}: page-cache fast path (`nowait_reads`, IOPS on ÷ off, and ÷ sync) — {}.",
-                parts.join("; ")
-            );
-        }
-    }
-    let mut facts = Vec::new();
-    if hot > 0 {
-        facts.push(format!(
-            "in {hot_ok} of {hot} hot cells io_uring held ≥ 0.95× the inline sync backend"
-        ));
-    }
-    if cold > 0 {
-        facts.push(format!(
-            "in {cold_ok} of {cold} uncached cells ≥ 0.97× io_uring with the fast path off"
-        ));
-    }
-    if !facts.is_empty() {
-        let verdict = match (hot > 0 && cold > 0, hot_ok == hot && cold_ok == cold) {
-            (true, true) => "auto (io_uring) now holds its own on hot and cold data alike",
-            (_, false) => "auto (io_uring) does not yet hold its own everywhere",
-            (false, true) => {
-                "this run has only hot or only uncached cells, so it cannot say whether auto holds on both"
-            }
-        };
-        let _ = writeln!(s, "- {verdict}: {}.", facts.join(", and "));
-    }
-    (!s.is_empty()).then_some(s)
-}
-
-/// The guidance section, drawn only from `rows`.
-pub fn guidance(rows: &[Row]) -> String {
-    let mut s = String::from("## Guidance (from this run's numbers)\n\n");
-    let qds: BTreeSet<usize> = rows.iter().map(|r| r.qd).collect();
-    let cold = direct_vs_buffered(&mut s, rows, &qds);
-    let mut said = cold.said;
-    said |= backend_lines(&mut s, rows, &qds);
-    // The page-cache fast path (`nowait_reads`): each queued backend with it on and off, and
-    // against the inline backend, in the buffered cells; then whether `auto` (io_uring with the
-    // fast path) now holds its own on hot and cold data alike.
-    if let Some(lines) = fast_path_guidance(rows, &qds) {
-        said = true;
-        s.push_str(&lines);
-    }
-    said |= fio_lines(&mut s, rows);
-    // The scheduler against its raw peer: the IOPS ratio, and where the missing depth went.
-    for line in scheduler_lines(rows) {
-        said = true;
-        let _ = writeln!(s, "{line}");
-    }
-    let advice = advice(rows, &cold);
-    if !advice.is_empty() {
-        said = true;
-        let _ = writeln!(s, "\n**What to configure:**\n");
-        for a in advice {
-            let _ = writeln!(s, "- {a}");
-        }
-    }
-    if !said {
-        s.push_str("Not enough cells in this run to compare (run with more backends, modes or depths).\n");
-    }
-    s
-}
-
-/// Which workloads direct I/O won with the page cache capped, and which buffered I/O won.
-#[derive(Default)]
-struct Cold {
-    /// Anything was said.
-    said: bool,
-    direct: Vec<String>,
-    buffered: Vec<String>,
-}
-
-/// Direct vs buffered, per workload and buffered regime (best of ours at each depth).
-fn direct_vs_buffered(s: &mut String, rows: &[Row], qds: &BTreeSet<usize>) -> Cold {
-    let workloads: BTreeSet<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
-    let mut cold = Cold::default();
-    for &w in &workloads {
-        let regimes: BTreeSet<&str> = rows
-            .iter()
-            .filter(|r| r.workload == w && r.io == "buffered")
-            .map(|r| r.regime.as_str())
-            .collect();
-        for regime in regimes {
-            let (mut wins, mut total, mut cells) = (0, 0, Vec::new());
-            for &q in qds {
-                let d = best(rows, |r| r.workload == w && r.io == "direct" && r.qd == q);
-                let b = best(rows, |r| {
-                    r.workload == w && r.io == "buffered" && r.regime == regime && r.qd == q
-                });
-                if let (Some(d), Some(b)) = (d, b) {
-                    total += 1;
-                    wins += usize::from(d.iops > b.iops);
-                    cells.push(format!(
-                        "qd {q}: {} {} vs {} {}",
-                        d.backend,
-                        kilo(d.iops),
-                        b.backend,
-                        kilo(b.iops)
-                    ));
-                }
-            }
-            if total == 0 {
-                continue;
-            }
-            cold.said = true;
-            let verdict = if wins == total {
-                "**direct I/O wins at every queue depth**".to_string()
-            } else if wins == 0 {
-                "**buffered I/O wins at every queue depth**".to_string()
-            } else {
-                format!("direct I/O wins at {wins} of {total} queue depths")
-            };
-            if regime != "hot" {
-                if 2 * wins > total {
-                    cold.direct.push(format!("{w} ({regime})"));
-                } else {
-                    cold.buffered.push(format!("{w} ({regime})"));
-                }
-            }
-            let _ = writeln!(
-                s,
-                "- {w}, page cache {regime}: {verdict} (best of ours, direct vs buffered IOPS; {}).",
-                cells.join("; ")
-            );
-        }
-    }
-    cold
-}
-
-/// io_uring vs the thread pool vs sync per cell group, and where the curves cross.
-fn backend_lines(s: &mut String, rows: &[Row], qds: &BTreeSet<usize>) -> bool {
-    let mut said = false;
-    for ((w, io, regime), group) in groups(rows) {
-        let of = |b: &str, q: usize| {
-            group
-                .iter()
-                .find(|r| r.engine == "storage-io" && r.backend == b && r.qd == q)
-        };
-        let mut crossing = None;
-        let mut parts = Vec::new();
-        for &q in qds {
-            if let (Some(u), Some(t)) = (of("uring", q), of("thread_pool", q)) {
-                parts.push(format!("qd {q} {}", ratio(u.iops, t.iops)));
-                if u.iops > t.iops {
-                    crossing.get_or_insert(q);
-                } else {
-                    crossing = None;
-                }
-            }
-        }
-        if parts.is_empty() {
-            continue;
-        }
-        said = true;
-        let cross = match crossing {
-            Some(q) if Some(&q) == qds.first() => "io_uring leads from the lowest depth".to_string(),
-            Some(q) => format!("io_uring overtakes the thread pool at qd {q} and stays ahead"),
-            None => "the thread pool ends ahead of io_uring".to_string(),
-        };
-        let sync_note = qds
-            .iter()
-            .rev()
-            .find_map(|&q| Some((q, of("uring", q)?, of("sync", q)?)))
-            .map(|(q, u, y)| format!("; vs sync at qd {q}: {}", ratio(u.iops, y.iops)))
-            .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "- {w} · {io} · {regime}: io_uring / thread pool IOPS {} — {cross}{sync_note}.",
-            parts.join(", ")
-        );
-    }
-    said
-}
-
-/// Our io_uring backend against fio io_uring+fixedbufs+registerfiles, and the verdict.
-fn fio_lines(s: &mut String, rows: &[Row]) -> bool {
-    let mut said = false;
-    let mut ratios = Vec::new();
-    for r in rows
-        .iter()
-        .filter(|r| r.engine == "storage-io" && r.backend == "uring")
-    {
-        if let Some(pr) = peer(rows, r, "fio", "io_uring+fixed").and_then(|p| pair_ratio(r, p)) {
-            ratios.push((pr, r));
-        }
-    }
-    if !ratios.is_empty() {
-        said = true;
-        let values: Vec<f64> = ratios.iter().map(|(pr, _)| pr.median).collect();
-        let (worst, at) = ratios
-            .iter()
-            .min_by(|a, b| a.0.median.total_cmp(&b.0.median))
-            .map(|(pr, r)| (pr.median, cell_name(r)))
-            .unwrap_or_default();
-        let spreads: Vec<(f64, f64)> = ratios.iter().filter_map(|(pr, _)| pr.spread).collect();
-        let spread = if spreads.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; single pairs ranged {:.2}–{:.2}×",
-                spreads.iter().map(|s| s.0).fold(f64::INFINITY, f64::min),
-                spreads.iter().map(|s| s.1).fold(0.0, f64::max)
-            )
-        };
-        let _ = writeln!(
-            s,
-            "- Our io_uring backend vs fio io_uring+fixedbufs+registerfiles: median {:.2}× over {} cells, lowest cell {:.2}× ({at}){spread}.",
-            crate::median(&values),
-            values.len(),
-            worst
-        );
-        if let Some(line) = fio_verdict(&ratios) {
-            let _ = writeln!(s, "{line}");
-        }
-    }
-    said
-}
-
-/// What to configure, from the cells above.
-fn advice(rows: &[Row], cold: &Cold) -> Vec<String> {
-    let mut advice = Vec::new();
-    if !cold.direct.is_empty() {
-        advice.push(format!(
-            "set `direct_io = true` when the working set is larger than the cache: direct I/O won at most \
-             queue depths in {}",
-            cold.direct.join(", ")
-        ));
-    }
-    if !cold.buffered.is_empty() {
-        advice.push(format!(
-            "keep `direct_io = false` for {}: even with the cache capped, buffered I/O won at most queue \
-             depths (read-ahead and the hits that remain)",
-            cold.buffered.join(", ")
-        ));
-    }
-    if let Some(knee) = knee(rows) {
-        advice.push(knee);
-    }
-    if rows.iter().any(|r| r.backend == "uring") {
-        advice.push(
-            "keep `backend = auto` (io_uring where the probe passes); pin `thread_pool` only where the rows above show it ahead"
-                .into(),
-        );
-    }
-    advice
-}
-
-/// The smallest queue depth at which our io_uring backend reaches 90 % of its best random-read
-/// IOPS on direct I/O: deeper queues only add latency beyond it.
-fn knee(rows: &[Row]) -> Option<String> {
-    let mut pts: Vec<&Row> = rows
-        .iter()
-        .filter(|r| {
-            r.engine == "storage-io" && r.backend == "uring" && r.workload == "rand_read" && r.io == "direct"
-        })
-        .collect();
-    if pts.len() < 2 {
-        return None;
-    }
-    pts.sort_by_key(|r| r.qd);
-    let top = pts.iter().map(|r| r.iops).fold(0.0, f64::max);
-    let k = pts.iter().find(|r| r.iops >= 0.9 * top)?;
-    Some(format!(
-        "random reads reach 90 % of their best IOPS at qd {} ({} of {}; p99 {:.0} µs there) — a `queue_depth` \
-         of about that many ops in flight per disk is enough",
-        k.qd,
-        kilo(k.iops),
-        kilo(top),
-        k.lat_us.p99
-    ))
-}
-
 /// A cell that got worse between two runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Regression {
@@ -665,168 +300,6 @@ pub fn compare(old: &Report, new: &Report, iops_drop: f64, p99_rise: f64) -> Vec
     out
 }
 
-/// One line per `scheduler_rand_read` cell that has its raw `rand_read` peer (same backend, I/O
-/// mode and qd): the IOPS ratio and, where both were measured, how many reads the backends held
-/// on average against the raw loop.
-fn scheduler_lines(rows: &[Row]) -> Vec<String> {
-    let mut out = Vec::new();
-    for r in rows
-        .iter()
-        .filter(|r| r.engine == "storage-io" && r.workload == crate::cell::Workload::SchedulerRandRead)
-    {
-        let Some(raw) = rows.iter().find(|p| {
-            p.engine == "storage-io"
-                && p.workload == "rand_read"
-                && p.backend == r.backend
-                && p.io == r.io
-                && p.qd == r.qd
-                && p.block_size == r.block_size
-        }) else {
-            continue;
-        };
-        let Some(PairRatio {
-            median: m, spread, ..
-        }) = pair_ratio(r, raw)
-        else {
-            continue;
-        };
-        let spread = spread.map_or(String::new(), |(lo, hi)| format!(" ({lo:.2}–{hi:.2})"));
-        let mut line = format!(
-            "- Scheduler random reads, {} {} qd {}: {m:.2}×{spread} the raw backend's IOPS",
-            r.series(),
-            r.io,
-            r.qd
-        );
-        if r.backend_qd > 0.0 && raw.backend_qd > 0.0 {
-            let _ = write!(
-                line,
-                "; the backends held {:.1} of the {} reads outstanding on average, the raw loop {:.1} \
-                 (the rest were on their way through the scheduler's threads or the caller)",
-                r.backend_qd, r.qd, raw.backend_qd
-            );
-        }
-        line.push('.');
-        out.push(line);
-    }
-    out.extend(handoff_lines(rows));
-    out
-}
-
-/// What a hand-off costs on this machine (`raw_handoff_read` against the raw loop at the same
-/// backend, mode and depth), and where the scheduler's client cells stand against that floor.
-fn handoff_lines(rows: &[Row]) -> Vec<String> {
-    use crate::cell::Workload;
-    let same = |a: &Row, b: &Row| {
-        a.engine == "storage-io"
-            && a.backend == b.backend
-            && a.io == b.io
-            && a.qd == b.qd
-            && a.block_size == b.block_size
-    };
-    let mut out = Vec::new();
-    // The one-client floor: the worker thread's cost to a client with many reads in flight.
-    for floor in rows
-        .iter()
-        .filter(|r| r.engine == "storage-io" && r.workload == Workload::RawTaggedHandoffRead)
-    {
-        let find = |w: Workload| rows.iter().find(|p| p.workload == w && same(p, floor));
-        let (Some(raw), Some(sched)) = (find(Workload::RandRead), find(Workload::SchedulerRandRead)) else {
-            continue;
-        };
-        out.push(format!(
-            "- The tagged hand-off, {} {} qd {}: one client thread with {} reads outstanding, served \
-             by the raw loop on another, {} the raw loop's IOPS at {:.1} µs CPU per read against \
-             {:.1}; the scheduler's tagged client (`scheduler_rand_read`) {} of it at {:.1} µs.",
-            floor.backend,
-            floor.io,
-            floor.qd,
-            floor.qd,
-            ratio(floor.iops, raw.iops),
-            floor.cpu_us_per_op,
-            raw.cpu_us_per_op,
-            ratio(sched.iops, floor.iops),
-            sched.cpu_us_per_op
-        ));
-    }
-    for floor in rows
-        .iter()
-        .filter(|r| r.engine == "storage-io" && r.workload == Workload::RawHandoffRead)
-    {
-        let Some(raw) = rows
-            .iter()
-            .find(|p| p.workload == Workload::RandRead && same(p, floor))
-        else {
-            continue;
-        };
-        let extra_us = if floor.iops > 0.0 && raw.iops > 0.0 {
-            (floor.qd as f64 / floor.iops - raw.qd as f64 / raw.iops) * 1e6
-        } else {
-            0.0
-        };
-        let mut line = format!(
-            "- The hand-off floor, {} {} qd {}: {} the raw loop's IOPS ({extra_us:.0} µs more per read, \
-             {:.1} µs more CPU): the least any dispatcher/worker design pays here",
-            floor.backend,
-            floor.io,
-            floor.qd,
-            ratio(floor.iops, raw.iops),
-            floor.cpu_us_per_op - raw.cpu_us_per_op
-        );
-        for (w, who) in [
-            (
-                Workload::SchedulerClientRead,
-                "blocking clients (`read_blocking`: on their own threads, no hand-off)",
-            ),
-            (Workload::SchedulerTaskRead, "async tasks (through the worker)"),
-        ] {
-            if let Some(c) = rows.iter().find(|c| {
-                c.workload == w
-                    && c.engine == "storage-io"
-                    && c.backend == floor.backend
-                    && c.io == floor.io
-                    && c.qd == floor.qd
-            }) {
-                let _ = write!(
-                    line,
-                    "; the scheduler with {} {who} {} of it",
-                    c.qd,
-                    ratio(c.iops, floor.iops)
-                );
-            }
-        }
-        line.push('.');
-        out.push(line);
-        // The blocking clients' own peer: fio psync with as many jobs, each its own pread.
-        let clients = rows.iter().find(|c| {
-            c.workload == Workload::SchedulerClientRead && c.engine == "storage-io" && same(c, floor)
-        });
-        let psync = rows.iter().find(|f| {
-            f.workload == Workload::SchedulerClientRead
-                && f.engine == "fio"
-                && f.backend == "psync"
-                && f.io == floor.io
-                && f.qd == floor.qd
-        });
-        if let (Some(c), Some(f)) = (clients, psync) {
-            out.push(format!(
-                "- {} blocking clients, {} {}: {} fio psync with {} jobs (the blocking fallback: each \
-                 thread its own pread), {} the raw loop; CPU per read {:.1} µs against fio psync's \
-                 {:.1} and the raw loop's {:.1}.",
-                c.qd,
-                c.backend,
-                c.io,
-                ratio(c.iops, f.iops),
-                f.qd,
-                ratio(c.iops, raw.iops),
-                c.cpu_us_per_op,
-                f.cpu_us_per_op,
-                raw.cpu_us_per_op
-            ));
-        }
-    }
-    out
-}
-
 /// The `--compare` section of the report.
 pub fn compare_section(old_name: &str, old: &Report, new: &Report, found: &[Regression]) -> String {
     let shared = new
@@ -836,7 +309,11 @@ pub fn compare_section(old_name: &str, old: &Report, new: &Report, found: &[Regr
         .count();
     let mut s = format!("\n## Compared with {old_name}\n\n{shared} cells in both runs; ");
     if found.is_empty() {
-        s.push_str("no regressions (IOPS −10 % or p99 +25 % would be flagged).\n");
+        s.push_str(&format!(
+            "no regressions (IOPS −{:.0} % or p99 +{:.0} % would be flagged).\n",
+            crate::verdict::THRESHOLDS.regression_iops_drop * 100.0,
+            crate::verdict::THRESHOLDS.regression_p99_rise * 100.0
+        ));
     } else {
         let _ = writeln!(s, "{} regression(s):\n", found.len());
         for r in found {
@@ -847,361 +324,4 @@ pub fn compare_section(old_name: &str, old: &Report, new: &Report, found: &[Regr
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Latency;
-
-    fn row(engine: &str, backend: &str, io: &str, regime: &str, qd: usize, iops: f64) -> Row {
-        Row {
-            cpu_us_per_op: 5.0,
-            lat_us: Latency {
-                p99: 100.0 * qd as f64,
-                ..Latency::default()
-            },
-            ..crate::test_row(engine, backend, io, regime, qd, iops)
-        }
-    }
-
-    fn sample() -> Vec<Row> {
-        let mut v = Vec::new();
-        for (q, u, t, f, b) in [
-            (1, 10e3, 12e3, 10e3, 30e3),
-            (4, 30e3, 25e3, 31e3, 31e3),
-            (16, 60e3, 40e3, 62e3, 32e3),
-        ] {
-            v.push(row("storage-io", "uring", "direct", "uncached", q, u));
-            v.push(row("storage-io", "thread_pool", "direct", "uncached", q, t));
-            v.push(row("fio", "io_uring+fixed", "direct", "uncached", q, f));
-            v.push(row("storage-io", "thread_pool", "buffered", "thrash", q, b));
-        }
-        v
-    }
-
-    #[test]
-    fn guidance_names_the_crossing_the_winner_and_the_fio_ratio() {
-        let g = guidance(&sample());
-        assert!(g.contains("io_uring overtakes the thread pool at qd 4"), "{g}");
-        assert!(
-            g.contains("page cache thrash: direct I/O wins at 1 of 3 queue depths"),
-            "{g}"
-        );
-        assert!(
-            g.contains("keep `direct_io = false` for rand_read (thrash)"),
-            "{g}"
-        );
-        assert!(g.contains("qd 16: uring 60.0k vs thread_pool 32.0k"), "{g}");
-        assert!(g.contains("median 0.97×"), "{g}");
-        assert!(!g.contains("set `direct_io = true`"), "{g}");
-        assert!(g.contains("90 % of their best IOPS at qd 16"), "{g}");
-    }
-
-    #[test]
-    fn fast_path_guidance_compares_on_off_and_sync_and_gives_a_verdict() {
-        let mut rows = Vec::new();
-        for (backend, hot, cold) in [
-            ("sync", 700e3, 0.0),
-            ("uring", 690e3, 90e3),
-            ("uring_nowait_off", 570e3, 91e3),
-            ("thread_pool", 600e3, 70e3),
-            ("thread_pool_nowait_off", 60e3, 70e3),
-        ] {
-            rows.push(row("storage-io", backend, "buffered", "hot", 1, hot));
-            if cold > 0.0 {
-                rows.push(row("storage-io", backend, "direct", "uncached", 1, cold));
-            }
-        }
-        let g = guidance(&rows);
-        assert!(
-            g.contains("rand_read · buffered · hot: page-cache fast path"),
-            "{g}"
-        );
-        assert!(g.contains("uring qd 1 1.21× of off, 0.99× of sync"), "{g}");
-        assert!(g.contains("thread_pool qd 1 10.00× of off, 0.86× of sync"), "{g}");
-        assert!(
-            g.contains("rand_read · direct · uncached: page-cache fast path"),
-            "{g}"
-        );
-        assert!(
-            g.contains("auto (io_uring) now holds its own on hot and cold data alike: in 1 of 1 hot cells"),
-            "{g}"
-        );
-        // Only hot cells: no verdict on both.
-        let hot_only: Vec<Row> = rows.into_iter().filter(|r| r.regime == "hot").collect();
-        assert!(guidance(&hot_only).contains("cannot say whether auto holds on both"));
-    }
-
-    #[test]
-    fn fio_ratio_is_the_median_of_back_to_back_pairs() {
-        // The disk drifted: round 2 was slow for both. Pairs 1.0, 1.0, 0.5 → median 1.0, while
-        // the ratio of the median rounds alone would say 20/20 = 1.0 only by luck.
-        let ours = Row {
-            iops_rounds: vec![30.0, 10.0, 20.0],
-            ..row("storage-io", "uring", "direct", "uncached", 32, 20.0)
-        };
-        let fio = Row {
-            iops_rounds: vec![30.0, 10.0, 40.0],
-            ..row("fio", "io_uring+fixed", "direct", "uncached", 32, 30.0)
-        };
-        assert_eq!(
-            pair_ratio(&ours, &fio),
-            Some(PairRatio {
-                median: 1.0,
-                spread: Some((0.5, 1.0)),
-                ci95: None,
-                pairs: 3
-            })
-        );
-        assert_eq!(pair_ratio_text(&ours, &fio), "1.00× (0.50–1.00)");
-        // One round (or rounds that do not pair up): the plain ratio.
-        let single = row("storage-io", "uring", "direct", "uncached", 32, 15.0);
-        assert_eq!(
-            pair_ratio(&single, &fio).map(|r| (r.median, r.spread)),
-            Some((0.5, None))
-        );
-        let zero = row("fio", "io_uring+fixed", "direct", "uncached", 32, 0.0);
-        assert_eq!(pair_ratio(&single, &zero), None);
-        let md = markdown(
-            &Report {
-                results: vec![ours, fio],
-                ..Report::default()
-            },
-            &[],
-        );
-        assert!(md.contains("1.00× (0.50–1.00) io_uring+fixed"), "{md}");
-        assert!(md.contains("single pairs ranged 0.50–1.00×"), "{md}");
-    }
-
-    #[test]
-    fn fio_verdict_sorts_cells_by_where_their_confidence_interval_lies() {
-        // Twelve rounds per cell. qd 1: every pair 0.9 → behind. qd 4: pairs around 1.0 → not
-        // told apart. qd 16: every pair 1.1 → ahead. qd 32 ran once: no interval, not listed.
-        let fio_rounds = vec![100.0; 12];
-        let cell = |qd: usize, ours: Vec<f64>| {
-            let fio = Row {
-                iops_rounds: fio_rounds.clone(),
-                ..row("fio", "io_uring+fixed", "direct", "uncached", qd, 100.0)
-            };
-            let ours = Row {
-                iops_rounds: ours,
-                ..row("storage-io", "uring", "direct", "uncached", qd, 100.0)
-            };
-            [ours, fio]
-        };
-        let mut rows = Vec::new();
-        rows.extend(cell(1, vec![90.0; 12]));
-        rows.extend(cell(
-            4,
-            vec![
-                95.0, 105.0, 96.0, 104.0, 97.0, 103.0, 98.0, 102.0, 99.0, 101.0, 100.0, 100.0,
-            ],
-        ));
-        rows.extend(cell(16, vec![110.0; 12]));
-        rows.push(row("storage-io", "uring", "direct", "uncached", 32, 100.0));
-        rows.push(row("fio", "io_uring+fixed", "direct", "uncached", 32, 100.0));
-        let g = guidance(&rows);
-        assert!(
-            g.contains("ahead of fio in rand_read direct uncached qd 16 (1.10–1.10)"),
-            "{g}"
-        );
-        assert!(
-            g.contains("behind in rand_read direct uncached qd 1 (0.90–0.90)"),
-            "{g}"
-        );
-        assert!(
-            g.contains("not told apart in rand_read direct uncached qd 4 (0.97–1.03)"),
-            "{g}"
-        );
-        assert!(!g.contains("qd 32 ("), "{g}");
-        assert!(g.contains("`--rounds 40 --duration 0.25`"), "{g}");
-        assert!(g.contains("confirm a verdict with a second run"), "{g}");
-        let pr = pair_ratio(&rows[2], &rows[3]).unwrap();
-        assert_eq!(pr.text(), "1.00× (0.95–1.05; CI 0.97–1.03)");
-        // Fewer than 6 rounds: no interval and no verdict line.
-        let short: Vec<Row> = rows
-            .iter()
-            .map(|r| Row {
-                iops_rounds: r.iops_rounds.iter().take(4).copied().collect(),
-                ..r.clone()
-            })
-            .collect();
-        assert!(!guidance(&short).contains("confidence intervals"));
-        // Forty rounds already: the verdict stands without the suggestion.
-        let long: Vec<Row> = rows
-            .iter()
-            .map(|r| Row {
-                iops_rounds: r
-                    .iops_rounds
-                    .iter()
-                    .cycle()
-                    .take(r.iops_rounds.len() * 4)
-                    .copied()
-                    .collect(),
-                ..r.clone()
-            })
-            .collect();
-        let g = guidance(&long);
-        assert!(
-            g.contains("not told apart in rand_read direct uncached qd 4"),
-            "{g}"
-        );
-        assert!(!g.contains("--rounds 40"), "{g}");
-        // Nothing called ahead or behind: nothing to confirm.
-        let even_only: Vec<Row> = long.iter().filter(|r| r.qd == 4).cloned().collect();
-        let g = guidance(&even_only);
-        assert!(
-            g.contains("not told apart in rand_read direct uncached qd 4"),
-            "{g}"
-        );
-        assert!(!g.contains("second run"), "{g}");
-    }
-
-    #[test]
-    fn scheduler_reads_are_set_beside_the_raw_loop_with_the_depth_each_kept_in_the_backend() {
-        let raw = Row {
-            iops_rounds: vec![40.0, 50.0],
-            backend_qd: 25.0,
-            ..row("storage-io", "uring", "direct", "uncached", 32, 45.0)
-        };
-        let sched = Row {
-            workload: crate::cell::Workload::SchedulerRandRead.name().into(),
-            sched_workers: Some(1),
-            iops_rounds: vec![32.0, 45.0],
-            backend_qd: 19.6,
-            ..row("storage-io", "uring", "direct", "uncached", 32, 38.0)
-        };
-        let g = guidance(&[raw.clone(), sched.clone()]);
-        assert!(
-            g.contains(
-                "Scheduler random reads, uring (1 scheduler worker) direct qd 32: 0.85× (0.80–0.90) \
-                 the raw backend's IOPS; the backends held 19.6 of the 32 reads outstanding on \
-                 average, the raw loop 25.0"
-            ),
-            "{g}"
-        );
-        // Without the held depth (a report from before it was measured) the ratio stays.
-        let old = Row {
-            backend_qd: 0.0,
-            ..sched
-        };
-        let g = guidance(&[raw, old]);
-        assert!(g.contains("0.85× (0.80–0.90) the raw backend's IOPS."), "{g}");
-        // No raw peer, no line.
-        assert!(!guidance(&sample()).contains("Scheduler random reads"));
-    }
-
-    #[test]
-    fn every_table_line_has_as_many_cells_as_the_header() {
-        let md = markdown(
-            &Report {
-                results: sample(),
-                ..Report::default()
-            },
-            &[],
-        );
-        let header = md.lines().find(|l| l.starts_with("| series |")).unwrap();
-        let cells = header.matches('|').count();
-        for line in md.lines().filter(|l| l.starts_with('|')) {
-            assert_eq!(line.matches('|').count(), cells, "{line}");
-        }
-    }
-
-    #[test]
-    fn markdown_has_a_table_per_group_with_ratio_columns() {
-        let report = Report {
-            results: sample(),
-            ..Report::default()
-        };
-        let md = markdown(&report, &["a note".into()]);
-        assert!(md.contains("## rand_read · direct · uncached"), "{md}");
-        assert!(md.contains("## rand_read · buffered · thrash"), "{md}");
-        assert!(md.contains("| uring | 16 | 60.0k |"), "{md}");
-        assert!(md.contains("0.97× io_uring+fixed"), "{md}");
-        assert!(md.contains("- a note"), "{md}");
-        assert!(md.contains("## Guidance"), "{md}");
-    }
-
-    #[test]
-    fn compare_flags_drops_and_latency_rises_only() {
-        let old = Report {
-            results: sample(),
-            ..Report::default()
-        };
-        let mut newer = old.clone();
-        newer.results[0].iops *= 0.5; // uring qd1 halves
-        newer.results[1].lat_us.p99 *= 2.0; // thread_pool qd1 p99 doubles
-        newer.results[2].iops *= 1.5; // an improvement is not flagged
-        newer
-            .results
-            .push(row("storage-io", "sync", "direct", "uncached", 1, 1.0)); // new cell
-        let found = compare(&old, &newer, 0.10, 0.25);
-        assert_eq!(found.len(), 2, "{found:?}");
-        assert!(
-            found[0].key.contains("uring") && found[0].what.contains("-50 %"),
-            "{found:?}"
-        );
-        assert!(found[1].what.starts_with("p99"), "{found:?}");
-        let text = compare_section("old.json", &old, &newer, &found);
-        assert!(text.contains("12 cells in both runs; 2 regression(s)"), "{text}");
-        assert!(compare(&old, &old, 0.10, 0.25).is_empty());
-    }
-
-    #[test]
-    fn guidance_states_what_a_hand_off_costs_and_where_the_clients_stand() {
-        use crate::cell::Workload;
-        let mut raw = row("storage-io", "uring", "direct", "uncached", 32, 100_000.0);
-        raw.workload = Workload::RandRead.name().into();
-        let mut floor = row("storage-io", "uring", "direct", "uncached", 32, 70_000.0);
-        floor.workload = Workload::RawHandoffRead.name().into();
-        let mut clients = row("storage-io", "uring", "direct", "uncached", 32, 63_000.0);
-        clients.workload = Workload::SchedulerClientRead.name().into();
-        let mut psync = row("fio", "psync", "direct", "uncached", 32, 90_000.0);
-        psync.workload = Workload::SchedulerClientRead.name().into();
-        let lines = handoff_lines(&[raw, floor, clients, psync]);
-        assert_eq!(lines.len(), 2, "{lines:?}");
-        assert!(
-            lines[0].contains("The hand-off floor, uring direct qd 32: 0.70×"),
-            "{}",
-            lines[0]
-        );
-        assert!(lines[0].contains("137 µs more per read"), "{}", lines[0]);
-        assert!(lines[0].contains("no hand-off) 0.90× of it"), "{}", lines[0]);
-        assert!(
-            lines[1].contains("32 blocking clients, uring direct: 0.70× fio psync with 32 jobs"),
-            "{}",
-            lines[1]
-        );
-        assert!(lines[1].contains("0.63× the raw loop"), "{}", lines[1]);
-    }
-
-    #[test]
-    fn guidance_puts_the_tagged_client_beside_the_tagged_hand_off() {
-        use crate::cell::Workload;
-        let cell = |w: Workload, iops: f64, cpu: f64| {
-            let mut r = row("storage-io", "uring", "direct", "uncached", 32, iops);
-            r.workload = w.name().into();
-            r.cpu_us_per_op = cpu;
-            r
-        };
-        let lines = handoff_lines(&[
-            cell(Workload::RandRead, 100_000.0, 3.0),
-            cell(Workload::RawTaggedHandoffRead, 90_000.0, 4.5),
-            cell(Workload::SchedulerRandRead, 81_000.0, 5.0),
-        ]);
-        assert_eq!(lines.len(), 1, "{lines:?}");
-        assert!(
-            lines[0].contains("The tagged hand-off, uring direct qd 32"),
-            "{}",
-            lines[0]
-        );
-        assert!(
-            lines[0].contains("0.90× the raw loop's IOPS at 4.5 µs"),
-            "{}",
-            lines[0]
-        );
-        assert!(
-            lines[0].contains("`scheduler_rand_read`) 0.90× of it at 5.0 µs"),
-            "{}",
-            lines[0]
-        );
-    }
-}
+mod tests;

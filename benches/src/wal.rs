@@ -20,13 +20,13 @@ pub use crate::{ENGINE_OKAYWAL, ENGINE_RAW, ENGINE_ROCKSDB, ENGINE_WAL, ENGINE_W
 /// Payload bytes per committed record.
 pub const RECORD_BYTES: usize = 128;
 /// The regime label of WAL rows (they have no page-cache regime).
-pub const REGIME: &str = "fdatasync";
+pub const REGIME: crate::cell::Regime = crate::cell::Regime::Fdatasync;
 
 /// `(ops, seconds, CPU seconds)` of a cell.
 pub(crate) type Measured = (u64, f64, f64);
 
 pub(crate) fn row(
-    engine: &str,
+    engine: crate::cell::Engine,
     backend: &str,
     qd: usize,
     block: usize,
@@ -35,11 +35,11 @@ pub(crate) fn row(
 ) -> Row {
     let iops = ops as f64 / secs;
     Row {
-        workload: Workload::WalCommit.name().into(),
-        engine: engine.into(),
+        workload: Workload::WalCommit,
+        engine,
         backend: backend.into(),
-        io: "buffered".into(),
-        regime: REGIME.into(),
+        io: crate::cell::IoMode::Buffered,
+        regime: REGIME,
         qd,
         block_size: block,
         iops,
@@ -84,7 +84,7 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell, stop: &(dyn Fn() -> bool + Sync
         direct,
         duration,
     } = *cell;
-    let mode = if direct { "direct" } else { "buffered" };
+    let mode = crate::cell::IoMode::of(direct);
     let kind = if tasks { "tasks" } else { "threads" };
     let dir = ScratchDir::new(root, &format!("wal-{backend}-{mode}-{committers}-{kind}"))?;
     let config = WalConfig {
@@ -113,7 +113,7 @@ pub fn run_wal_cell(root: &Path, cell: &WalCell, stop: &(dyn Fn() -> bool + Sync
         measured,
         &hist,
     );
-    out.io = mode.into();
+    out.io = mode;
     // Commits per fdatasync (per flush in direct mode, which issues none): how well group
     // commit batches.
     let syncs = if direct { stats.flushes } else { stats.datasyncs };
@@ -174,7 +174,7 @@ const SHARDS: usize = 32;
 fn run_task_cell(
     wal: WalManager,
     cell: &WalCell,
-    mode: &str,
+    mode: crate::cell::IoMode,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Row> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -241,7 +241,7 @@ fn run_task_cell(
         (ops, secs, cpu),
         &hist,
     );
-    out.io = mode.into();
+    out.io = mode;
     let syncs = if cell.direct {
         stats.flushes
     } else {
@@ -272,7 +272,7 @@ pub fn run_raw_cell(
 ) -> Result<Row> {
     const BLOCK: usize = 4096;
     const SPAN_BLOCKS: u64 = 256;
-    let mode = if direct { "direct" } else { "buffered" };
+    let mode = crate::cell::IoMode::of(direct);
     let dir = ScratchDir::new(root, &format!("wal-{backend}-{mode}-raw"))?;
     let path = dir.path().join("raw.dat");
     let mut io = make_backend(backend, 4)?;
@@ -314,7 +314,7 @@ pub fn run_raw_cell(
         let secs = t0.elapsed().as_secs_f64();
         let cpu = (cpu_time() - cpu0).as_secs_f64();
         let mut out = row(ENGINE_RAW, backend.name(), 1, BLOCK, (ops, secs, cpu), &hist);
-        out.io = mode.into();
+        out.io = mode;
         return Ok(out);
     }
     let fd = io.register_fd(opened.file)?;
@@ -351,7 +351,7 @@ pub fn run_raw_cell(
     let cpu = (cpu_time() - cpu0).as_secs_f64();
     io.deregister_fd(fd)?;
     let mut out = row(ENGINE_RAW, backend.name(), 1, BLOCK, (ops, secs, cpu), &hist);
-    out.io = mode.into();
+    out.io = mode;
     Ok(out)
 }
 
@@ -361,7 +361,7 @@ pub fn run_raw_cell(
 pub fn run_fio_durable_cell(root: &Path, direct: bool, qd: usize, duration: Duration) -> Result<Row> {
     use crate::fio::{FioEngine, FioJob, FioSync};
     const SIZE: usize = 16 << 20;
-    let mode = if direct { "direct" } else { "buffered" };
+    let mode = crate::cell::IoMode::of(direct);
     let dir = ScratchDir::new(root, &format!("wal-fio-{mode}-{qd}"))?;
     let path = dir.path().join("fio.dat");
     {
@@ -371,7 +371,7 @@ pub fn run_fio_durable_cell(root: &Path, direct: bool, qd: usize, duration: Dura
         f.sync_all()?;
     }
     let job = FioJob {
-        workload: Workload::WalCommit.name().into(),
+        workload: Workload::WalCommit,
         engine: if direct {
             FioEngine::IoUring
         } else {
@@ -389,9 +389,10 @@ pub fn run_fio_durable_cell(root: &Path, direct: bool, qd: usize, duration: Dura
         } else {
             FioSync::Fdatasync
         },
+        rate_iops: None,
     };
     let mut out = job.run()?;
-    out.regime = REGIME.into();
+    out.regime = REGIME;
     Ok(out)
 }
 
@@ -420,10 +421,10 @@ pub fn section(rows: &[Row]) -> String {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     // One line per backend and WAL mode (buffered + fdatasync, or direct_io's O_DSYNC writes).
-    let mut lines: Vec<(&str, &str)> = wal
+    let mut lines: Vec<(&str, crate::cell::IoMode)> = wal
         .iter()
         .filter(|r| r.engine == ENGINE_WAL)
-        .map(|r| (r.backend.as_str(), r.io.as_str()))
+        .map(|r| (r.backend.as_str(), r.io))
         .collect();
     lines.sort_unstable();
     lines.dedup();
@@ -435,7 +436,7 @@ pub fn section(rows: &[Row]) -> String {
             .iter()
             .find(|r| r.engine == ENGINE_RAW && r.backend == b && r.io == io);
         let f = |x: Option<f64>, d: usize| x.map_or("–".to_string(), |v| format!("{v:.d$}"));
-        let label = if io == "direct" {
+        let label = if io == crate::cell::IoMode::Direct {
             format!("{b} (direct_io)")
         } else {
             b.to_string()
@@ -457,6 +458,16 @@ pub fn section(rows: &[Row]) -> String {
             ),
         );
     }
+    tasks_table(&mut s, &wal);
+    device_limit_line(&mut s, &wal);
+    peers_table(&mut s, &wal);
+    latency_line(&mut s, &wal);
+    s.push('\n');
+    s
+}
+
+/// The async committers' table, each beside the thread committers' best on its backend.
+fn tasks_table(s: &mut String, wal: &[&Row]) {
     let tasks: Vec<&&Row> = wal.iter().filter(|r| r.engine == ENGINE_WAL_ASYNC).collect();
     if !tasks.is_empty() {
         let _ = writeln!(
@@ -476,7 +487,7 @@ pub fn section(rows: &[Row]) -> String {
                 .filter(|t| t.engine == ENGINE_WAL && t.backend == r.backend && t.io == r.io)
                 .map(|t| t.iops)
                 .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-            let label = if r.io == "direct" {
+            let label = if r.io == crate::cell::IoMode::Direct {
                 format!("{} (direct_io)", r.backend)
             } else {
                 r.backend.clone()
@@ -494,25 +505,43 @@ pub fn section(rows: &[Row]) -> String {
             );
         }
     }
-    let fio_rows: Vec<&&Row> = wal.iter().filter(|r| r.engine == "fio").collect();
+}
+
+/// The device's durable-write limit: fio's cells, by depth.
+fn device_limit_line(s: &mut String, wal: &[&Row]) {
+    let fio_rows: Vec<&&Row> = wal
+        .iter()
+        .filter(|r| r.engine == crate::cell::Engine::Fio)
+        .collect();
     if !fio_rows.is_empty() {
+        // By depth, numerically; "not run" where this run had no such cell.
         let line = |direct: bool| {
-            let mut cells: Vec<String> = fio_rows
+            let mut cells: Vec<&&&Row> = fio_rows
                 .iter()
-                .filter(|r| (r.io == "direct") == direct)
+                .filter(|r| (r.io == crate::cell::IoMode::Direct) == direct)
+                .collect();
+            if cells.is_empty() {
+                return " not run".to_string();
+            }
+            cells.sort_by_key(|r| r.qd);
+            let cells: Vec<String> = cells
+                .iter()
                 .map(|r| format!("{:.0}/s at qd {}", r.iops, r.qd))
                 .collect();
-            cells.sort();
-            cells.join(", ")
+            format!(" {}", cells.join(", "))
         };
         let _ = writeln!(
             s,
             "\nThe device's durable-write limit (fio, 4 KiB random writes in the same directory, each durable \
-             on its own): psync write + fdatasync {}; io_uring O_DIRECT | O_DSYNC {}.",
+             on its own): psync write + fdatasync{}; io_uring O_DIRECT | O_DSYNC{}.",
             line(false),
             line(true)
         );
     }
+}
+
+/// Ours against the best external WAL at each committer count.
+fn peers_table(s: &mut String, wal: &[&Row]) {
     let peer_rows: Vec<&&Row> = wal
         .iter()
         .filter(|r| r.engine == ENGINE_OKAYWAL || r.engine == ENGINE_ROCKSDB)
@@ -556,7 +585,11 @@ pub fn section(rows: &[Row]) -> String {
                 continue;
             };
             let what = if tasks { "tasks" } else { "threads" };
-            let mode = if ours.io == "direct" { " direct_io" } else { "" };
+            let mode = if ours.io == crate::cell::IoMode::Direct {
+                " direct_io"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 s,
                 "| {qd} {what} | {:.0} | {}{mode} | {:.2} | {} | {:.0} | {:.2} | {:.2}× |",
@@ -570,9 +603,15 @@ pub fn section(rows: &[Row]) -> String {
             );
         }
     }
+}
+
+/// One committer's append + sync latency, io_uring against the thread pool.
+fn latency_line(s: &mut String, wal: &[&Row]) {
     let mean = |b: &str| {
         wal.iter()
-            .find(|r| r.engine == ENGINE_WAL && r.backend == b && r.io == "buffered" && r.qd == 1)
+            .find(|r| {
+                r.engine == ENGINE_WAL && r.backend == b && r.io == crate::cell::IoMode::Buffered && r.qd == 1
+            })
             .map(|r| r.lat_us.mean)
     };
     if let (Some(u), Some(p)) = (mean("uring"), mean("thread_pool")) {
@@ -583,8 +622,6 @@ pub fn section(rows: &[Row]) -> String {
             mean("sync").map_or(String::new(), |x| format!("; inline sync: {x:.0} µs"))
         );
     }
-    s.push('\n');
-    s
 }
 
 #[cfg(test)]
@@ -624,7 +661,7 @@ mod tests {
         let text = section(&rows);
         assert!(text.contains("| sync |"), "{text}");
         assert!(text.contains("2.00"), "latency vs raw ratio: {text}");
-        assert_eq!(rows[3].io, "direct");
+        assert_eq!(rows[3].io, crate::cell::IoMode::Direct);
         assert!(text.contains("| sync (direct_io) | – | 4 |"), "{text}");
         assert_eq!(rows[4].engine, ENGINE_WAL_ASYNC);
         assert!(rows[4].completions_per_wait > 1.0, "64 tasks share flushes");
@@ -641,7 +678,7 @@ mod tests {
         let never = || false;
         let short = Duration::from_millis(100);
         let raw = run_raw_cell(root.path(), Backend::Sync, true, short, &never).unwrap();
-        assert_eq!((raw.io.as_str(), raw.engine.as_str()), ("direct", ENGINE_RAW));
+        assert_eq!((raw.io, raw.engine), (crate::cell::IoMode::Direct, ENGINE_RAW));
         assert!(raw.ops > 0 && raw.lat_us.mean > 0.0);
         let cell = WalCell {
             backend: Backend::Sync,
@@ -653,11 +690,33 @@ mod tests {
         let mut wal = run_wal_cell(root.path(), &cell, &never).unwrap();
         wal.lat_us.mean = raw.lat_us.mean * 1.5;
         let mut buffered_raw = raw.clone();
-        buffered_raw.io = "buffered".into();
+        buffered_raw.io = crate::cell::IoMode::Buffered;
         buffered_raw.lat_us.mean = raw.lat_us.mean * 100.0;
         // The direct line is compared with the direct peer, not the buffered one.
         let text = section(&[buffered_raw, raw, wal]);
         assert!(text.contains("| 1.50 |"), "{text}");
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_device_limit_line_sorts_by_depth_and_says_what_was_not_run() {
+        let fio = |direct: bool, qd: usize, iops: f64| Row {
+            workload: Workload::WalCommit,
+            engine: crate::cell::Engine::Fio,
+            backend: "io_uring".into(),
+            io: crate::cell::IoMode::of(direct),
+            regime: REGIME,
+            qd,
+            iops,
+            ..Row::default()
+        };
+        // A direct-only run: no buffered fio row.
+        let text = section(&[fio(true, 16, 12427.0), fio(true, 1, 631.0), fio(true, 4, 7938.0)]);
+        assert!(
+            text.contains("631/s at qd 1, 7938/s at qd 4, 12427/s at qd 16"),
+            "depths in numeric order: {text}"
+        );
+        assert!(!text.contains("fdatasync ;"), "a missing value: {text}");
+        assert!(text.contains("psync write + fdatasync not run"), "{text}");
     }
 }

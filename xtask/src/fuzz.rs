@@ -77,8 +77,8 @@ pub(crate) fn parse_libfuzzer(out: &str) -> FuzzRun {
     run
 }
 
-/// `cargo xtask fuzz [--target NAME] [--time SECONDS] [--sanitizer address|none]`.
-pub(crate) fn fuzz(root: &Path, args: &[String]) -> Result<()> {
+/// `cargo xtask fuzz`'s options: the targets (all by default), seconds per target, sanitizer.
+fn fuzz_args(args: &[String]) -> Result<(Vec<String>, u64, String)> {
     let mut targets: Vec<String> = Vec::new();
     let mut seconds: u64 = 60;
     // cargo-fuzz instruments with AddressSanitizer by default; `none` runs 2-3x faster.
@@ -120,6 +120,12 @@ pub(crate) fn fuzz(root: &Path, args: &[String]) -> Result<()> {
             known.join(", ")
         );
     }
+    Ok((targets, seconds, sanitizer))
+}
+
+/// `cargo xtask fuzz [--target NAME] [--time SECONDS] [--sanitizer address|none]`.
+pub(crate) fn fuzz(root: &Path, args: &[String]) -> Result<()> {
+    let (targets, seconds, sanitizer) = fuzz_args(args)?;
     require_nightly()?;
     let has_fuzz = nightly_cargo()
         .args(["fuzz", "--version"])

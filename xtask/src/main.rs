@@ -25,6 +25,14 @@ use anyhow::{Context, Result, bail};
 mod cross;
 mod fuzz;
 
+/// The bench driver's command line, the same file the driver compiles: help, `--list` and
+/// argument errors answer here, without building the release driver first.
+// The driver reads every field and uses every item; xtask checks the arguments only, and the
+// items are `pub` for the driver's library.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../benches/src/cli.rs"]
+mod bench_cli;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
@@ -103,15 +111,9 @@ const FUZZING_FEATURES: &str = "storage-io-wal/fuzzing,storage-io-scheduler/fuzz
 /// Workspace members that are never published (`publish = false`), left out of `cargo package`.
 const UNPUBLISHED: &[&str] = &["storage-io-benches", "xtask"];
 
-fn ci(root: &Path, args: &[String]) -> Result<()> {
-    let started = Instant::now();
-    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-    if in_ci && std::env::var_os("STORAGE_IO_REQUIRE_URING").is_none() {
-        eprintln!(
-            "note: CI is set but STORAGE_IO_REQUIRE_URING is not; io_uring tests may skip instead of failing"
-        );
-    }
-    let skip_bench = args.iter().any(|a| a == "--no-bench");
+/// rustfmt, clippy with warnings denied (with the fuzzing features), and clippy of the façade
+/// without io_uring.
+fn lint(root: &Path) -> Result<()> {
     run_step(
         "rustfmt",
         cargo().current_dir(root).args(["fmt", "--all", "--", "--check"]),
@@ -145,6 +147,19 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
             "warnings",
         ]),
     )?;
+    Ok(())
+}
+
+fn ci(root: &Path, args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if in_ci && std::env::var_os("STORAGE_IO_REQUIRE_URING").is_none() {
+        eprintln!(
+            "note: CI is set but STORAGE_IO_REQUIRE_URING is not; io_uring tests may skip instead of failing"
+        );
+    }
+    let skip_bench = args.iter().any(|a| a == "--no-bench");
+    lint(root)?;
     cross::clippy_installed(root)?;
     run_step(
         "tests",
@@ -214,6 +229,25 @@ fn ci(root: &Path, args: &[String]) -> Result<()> {
 
 fn bench(root: &Path, args: &[String], debug: bool) -> Result<()> {
     let (features, args) = split_features(args);
+    // Help, --list and a wrong argument answer at once; only a run builds the driver.
+    let parsed = match bench_cli::parse("cargo xtask bench", &args) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(()), // --help or --version, printed
+        Err(e) => {
+            // A usage error, as clap reports one: the message and exit status 2, no trace.
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if parsed.list {
+        let text = bench_cli::list_text(&|name, needs| peer_here(name, needs, &features));
+        print!("{text}");
+        println!(
+            "\n(peers behind a feature: `cargo xtask bench --features NAME`; `async-peers` turns on the four \
+             io_uring runtimes)"
+        );
+        return Ok(());
+    }
     let mut cmd = cargo();
     cmd.current_dir(root).args(["run", "--quiet", "--locked"]);
     if !debug {
@@ -226,6 +260,35 @@ fn bench(root: &Path, args: &[String], debug: bool) -> Result<()> {
     cmd.arg("--");
     cmd.args(args);
     run_step("io-patterns", &mut cmd)
+}
+
+/// Whether the driver built with `features` (plus its default, okaywal) runs a peer that needs `needs`
+/// on this machine.
+fn peer_here(_name: &str, needs: bench_cli::Needs, features: &[String]) -> std::result::Result<(), String> {
+    let on: Vec<&str> = features
+        .iter()
+        .flat_map(|f| f.split([',', ' ']))
+        .map(str::trim)
+        .collect();
+    match needs {
+        bench_cli::Needs::Nothing => Ok(()),
+        bench_cli::Needs::Program(p) if bench_cli::program_found(p) => Ok(()),
+        bench_cli::Needs::Program(p) => Err(format!("{p} not found (apt-get install {p})")),
+        bench_cli::Needs::Feature(f) => {
+            let via_group =
+                on.contains(&"async-peers") && ["tokio-uring", "compio", "monoio", "glommio"].contains(&f);
+            if f == "okaywal" || on.contains(&f) || via_group {
+                Ok(())
+            } else {
+                let extra = if f == "rocksdb" {
+                    " (apt-get install librocksdb-dev libclang-dev; ROCKSDB_LIB_DIR=/usr/lib/x86_64-linux-gnu)"
+                } else {
+                    ""
+                };
+                Err(format!("not built: add --features {f}{extra}"))
+            }
+        }
+    }
 }
 
 /// The bench's `--features LIST` (or `--features=LIST`) arguments, which go to cargo, and the
@@ -428,6 +491,40 @@ mod tests {
         let (features, rest) = split_features(&args);
         assert_eq!(features, ["async-peers", "rocksdb"]);
         assert_eq!(rest, ["--workload", "async_rand_read"]);
+    }
+
+    #[test]
+    fn bench_arguments_are_checked_before_the_driver_is_built() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let err = |a: &[&str]| {
+            bench_cli::parse("cargo xtask bench", &argv(a))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&["--workload", "rand_reed"]).contains("unknown workload \"rand_reed\""));
+        assert!(err(&["--rounds", "3"]).contains("is odd"));
+        assert!(err(&["--frobnicate"]).contains("--frobnicate"));
+        let ok = bench_cli::parse("cargo xtask bench", &argv(&["--list"])).unwrap();
+        assert!(ok.is_some_and(|a| a.list));
+        let text = bench_cli::list_text(&|name, needs| peer_here(name, needs, &["async-peers".into()]));
+        assert!(
+            text.contains("rand_read") && text.contains("wal_recover"),
+            "{text}"
+        );
+        let line = |peer: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(&format!("{peer} ")))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(
+            line("compio").contains("[yes]"),
+            "async-peers builds compio: {text}"
+        );
+        assert!(
+            line("rocksdb").contains("[no: not built: add --features rocksdb"),
+            "{text}"
+        );
     }
 
     fn meta(pkgs: serde_json::Value) -> serde_json::Value {
