@@ -462,7 +462,11 @@ impl<H: OpFile> OpTable<H> {
             pending == in_flight + ready,
             "pending ops ({pending}) are exactly the slots in use ({in_flight}) plus the completions ready ({ready})"
         );
-        crate::invariant!(self.out <= in_flight, "every op out ({}) holds a slot ({in_flight} in use)", self.out);
+        crate::invariant!(
+            self.out <= in_flight,
+            "every op out ({}) holds a slot ({in_flight} in use)",
+            self.out
+        );
     }
 
     fn count_out(&mut self, idx: u32) {
