@@ -38,6 +38,9 @@ pub struct AsyncFile {
     pub(crate) path: PathBuf,
     /// What every handle on this path shares: append cursor, writes in flight, group sync.
     pub(crate) file: Arc<FileShared>,
+    /// `set_len` can work on this handle (an OS file opened for writing): only then does it
+    /// move the append cursor.
+    pub(crate) resizable: bool,
     /// This handle's OS file for the rings on the callers' threads (none without them, or for
     /// files of in-memory backends).
     #[cfg_attr(
@@ -146,6 +149,28 @@ impl AsyncFile {
             self.file.wrote_to(offset.saturating_add(buf.len() as u64));
             self.file.begin_write()
         });
+        // A write called after a set_len that has not run yet waits for it (through the worker).
+        if let Some(seq) = ticket
+            .as_ref()
+            .filter(|t| self.file.behind_set_len(t))
+            .map(|t| t.seq())
+        {
+            let request = Request::Transfer {
+                kind,
+                fd: self.fd,
+                buf,
+                offset,
+                at: Instant::now(),
+                ticket,
+                reply,
+            };
+            self.send_behind_set_len(seq, request);
+            return BufOp {
+                waiting,
+                staged: None,
+                buf: PhantomData,
+            };
+        }
         #[cfg(caller_rings)]
         if let Some((ring, file)) = self.ring() {
             let op = LocalOp {
@@ -202,6 +227,25 @@ impl AsyncFile {
     pub(crate) fn send_append<B: OwnedBuf>(&self, buf: IoBuf, offset: u64) -> BufOp<u64, B> {
         let (reply, waiting) = slot();
         let ticket = self.file.begin_write();
+        // An append called after a set_len that has not run yet is written after it (its place,
+        // after the new length, is taken already), through the worker.
+        if self.file.behind_set_len(&ticket) {
+            let seq = ticket.seq();
+            let request = Request::Append {
+                fd: self.fd,
+                buf,
+                offset,
+                at: Instant::now(),
+                ticket,
+                reply,
+            };
+            self.send_behind_set_len(seq, request);
+            return BufOp {
+                waiting,
+                staged: None,
+                buf: PhantomData,
+            };
+        }
         #[cfg(caller_rings)]
         if let Some((ring, file)) = self.ring() {
             let op = LocalOp {
@@ -233,6 +277,16 @@ impl AsyncFile {
             waiting,
             staged: None,
             buf: PhantomData,
+        }
+    }
+
+    /// Sends `request` (a write numbered `seq`) to the worker once the set_len called before it
+    /// has run: from the thread that completes it, or now if it is done already.
+    fn send_behind_set_len(&self, seq: u64, request: Request) {
+        let (fs, worker) = (Arc::clone(&self.fs), self.worker);
+        let send: order::AfterWrites = Box::new(move || fs.send(worker, request));
+        if let Some(send) = self.file.defer_behind_set_len(seq, send) {
+            send();
         }
     }
 

@@ -312,6 +312,7 @@ impl AsyncFileSystem {
             mode: parts.mode,
             path,
             file: parts.file,
+            resizable: parts.resizable,
             local,
             closed: AtomicBool::new(false),
         })

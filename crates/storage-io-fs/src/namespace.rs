@@ -108,22 +108,39 @@ impl AsyncFileSystem {
 }
 
 impl AsyncFile {
-    /// Truncates or extends the file to `len` bytes (`ftruncate`), after every write and append
-    /// called on it before this call has completed; appends called after it completed land at
-    /// `len`. Needs an OS file (in-memory backends answer `Unsupported`). Dropping the future
-    /// before the earlier writes completed cancels it; once sent, it runs.
+    /// Truncates or extends the file to `len` bytes (`ftruncate`), in call order like every
+    /// other operation: it runs after every write and append called on this path before it
+    /// has completed (those are cut off by a truncation, as asked), and the appends called
+    /// after it land at `len` and after, in call order, and are written only once it has run
+    /// (so it never cuts them off); positional writes called after it also wait for it. Needs
+    /// an OS file opened for writing (in-memory backends answer `Unsupported`, a read-only
+    /// handle the OS's error; the append cursor is then left alone). If the OS refuses the
+    /// `ftruncate` of a writable file, the appends called after it still go at `len`. The
+    /// request is sent when this is called; dropping the future does not stop it.
     pub fn set_len(&self, len: u64) -> Op<()> {
         if let Some(e) = self.after_close() {
             return Op::boxed(std::future::ready(Err(e)));
         }
-        let fence = self.file.fence();
         let (fs, worker, fd) = (Arc::clone(&self.fs), self.worker, self.fd);
-        Op::boxed(async move {
-            fence.await;
-            let (reply, waiting) = slot();
-            fs.send(worker, Request::SetLen { fd, len, reply });
-            waiting.await.unwrap_or_else(|| Err(worker_gone()))
-        })
+        let (reply, waiting) = slot();
+        let send = move |ticket| {
+            fs.send(
+                worker,
+                Request::SetLen {
+                    fd,
+                    len,
+                    ticket,
+                    reply,
+                },
+            )
+        };
+        if self.resizable {
+            self.file.set_len(len, send);
+        } else {
+            // It fails on the worker with the reason; in order, but moving no cursor.
+            send(self.file.begin_write());
+        }
+        Op::boxed(async move { waiting.await.unwrap_or_else(|| Err(worker_gone())) })
     }
 }
 

@@ -39,6 +39,8 @@ pub(crate) struct Opened {
     /// A second OS handle on the file, for rings on the caller's threads (none for files of
     /// in-memory backends, and none where caller rings are not compiled in).
     pub(crate) os: Option<File>,
+    /// `set_len` can work: an OS file opened for writing.
+    pub(crate) resizable: bool,
     guard: CloseGuard,
 }
 
@@ -52,6 +54,7 @@ pub(crate) struct OpenedParts {
         allow(dead_code, reason = "always None without caller rings")
     )]
     pub(crate) os: Option<File>,
+    pub(crate) resizable: bool,
 }
 
 impl Opened {
@@ -69,6 +72,7 @@ impl Opened {
             mode,
             file: Arc::clone(&self.file),
             os: self.os.take(),
+            resizable: self.resizable,
         }
     }
 }
@@ -163,10 +167,13 @@ pub(crate) enum Request {
         len: u64,
         reply: Completer<Result<()>>,
     },
-    /// Truncates or extends the file (`set_len`), after the ops in flight on it.
+    /// Truncates or extends the file (`set_len`), sent once the writes called before it have
+    /// completed, and after the ops in flight on it; its ticket lets the writes called after
+    /// it go when it is done.
     SetLen {
         fd: IoFd,
         len: u64,
+        ticket: WriteTicket,
         reply: Completer<Result<()>>,
     },
     /// A call that runs on the worker thread with its backend when its turn comes (a namespace
@@ -469,23 +476,22 @@ impl Worker {
                 };
                 let _ = reply.complete(result);
             }
-            Request::SetLen { fd, len, reply } => {
+            Request::SetLen {
+                fd,
+                len,
+                ticket,
+                reply,
+            } => {
+                // The append cursor moved to `len` when set_len was called; the appends called
+                // after it wait for this ticket, so the truncation cannot cut them off.
                 let result = match (self.files.get(&fd), self.handles.get(&fd)) {
-                    (Some(Some(file)), Some(handle)) => match file.set_len(len) {
-                        // Appends called from here on go after the new end.
-                        Ok(()) => {
-                            if let Some(shared) =
-                                self.paths.get(&handle.key).and_then(std::sync::Weak::upgrade)
-                            {
-                                shared.opened_at(len, true);
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(StorageIoError::from_os_at("set_len", &handle.key, &e)),
-                    },
+                    (Some(Some(file)), Some(handle)) => file
+                        .set_len(len)
+                        .map_err(|e| StorageIoError::from_os_at("set_len", &handle.key, &e)),
                     (Some(_), _) => Err(no_os_file("set_len")),
                     (None, _) => Err(StorageIoError::BadFd { fd }),
                 };
+                drop(ticket);
                 let _ = reply.complete(result);
             }
             Request::Blocking(call) => call(Ok(self.io.as_mut())),
@@ -736,6 +742,7 @@ impl Worker {
             },
             None => None,
         };
+        let resizable = opened.file.is_some() && options.write;
         self.handles.insert(opened.fd, Handle { key, holds_lock });
         self.files.insert(opened.fd, opened.file);
         if options.create || options.create_new {
@@ -746,6 +753,7 @@ impl Worker {
             mode: opened.mode,
             file,
             os,
+            resizable,
             guard: CloseGuard {
                 fd: opened.fd,
                 inbox: Some((self.me.clone(), self.waker.clone())),
