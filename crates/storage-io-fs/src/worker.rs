@@ -238,7 +238,30 @@ struct AppendLock {
 /// What the worker knows of one open handle beyond the backend's fd.
 struct Handle {
     key: PathBuf,
+    /// The identity of the file it opened (see [`FileId`]).
+    id: FileId,
     holds_lock: bool,
+}
+
+/// A file's identity, beside its path: device and inode on Unix. A file created at the name of
+/// one that was removed or renamed away (while a handle on the old one is open) has another
+/// identity, so it gets state (cursor, append lock) of its own instead of the old file's.
+/// `None` for an in-memory backend's files (no OS file) and off Unix, where std offers no
+/// stable file identity: there the path alone keys the state, as it did before.
+type FileId = Option<(u64, u64)>;
+
+/// The identity of the OS file `file` ([`FileId`]).
+fn file_id(file: Option<&File>) -> FileId {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        file.and_then(|f| f.metadata().ok()).map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        None
+    }
 }
 
 /// The part of a worker other threads read: metrics and gauges.
@@ -285,10 +308,13 @@ pub(crate) struct Worker {
     /// handle on a path take their offsets from its one cursor (two handles on one file would
     /// otherwise overwrite each other). Every handle on a key is opened by this worker (the
     /// file system routes by key); a path whose handles are all closed stays here while its
-    /// writes are in flight, so a new open continues after them.
-    paths: HashMap<PathBuf, std::sync::Weak<FileShared>>,
-    /// The append locks this worker holds, per key.
-    append_locks: HashMap<PathBuf, AppendLock>,
+    /// writes are in flight, so a new open continues after them. With the identity of the file
+    /// the state belongs to: a new file at the key (the old one removed or renamed away) gets
+    /// state of its own, and the old file's handles keep theirs.
+    paths: HashMap<PathBuf, (FileId, std::sync::Weak<FileShared>)>,
+    /// The append locks this worker holds, per key and file identity (a new file at a key
+    /// takes its own lock).
+    append_locks: HashMap<(PathBuf, FileId), AppendLock>,
     /// The backend's waker: with one, the worker blocks for completions without a timeout and
     /// senders wake it; without one, it looks at its channel every [`POLL_INTERVAL`].
     waker: Option<WaitWaker>,
@@ -677,13 +703,15 @@ impl Worker {
             }
             Err(e)
         };
+        let id = file_id(opened.file.as_ref());
+        let lock_key = (key.clone(), id);
         let holds_lock = append_lock && opened.file.is_some();
-        if holds_lock && !self.append_locks.contains_key(&key) {
+        if holds_lock && !self.append_locks.contains_key(&lock_key) {
             let locked = opened.file.as_ref().map(|_| lock_for_append(path)).transpose();
             match locked {
                 Ok(Some(file)) => {
                     self.append_locks.insert(
-                        key.clone(),
+                        lock_key.clone(),
                         AppendLock {
                             _file: file,
                             holders: 0,
@@ -700,31 +728,37 @@ impl Worker {
                 None => Err(no_os_file("preallocation (allocate)")),
             };
             if let Err(e) = reserved {
-                self.release_lock(&key, holds_lock, false);
+                self.release_lock(&lock_key, holds_lock, false);
                 return undo(&mut self.io, e);
             }
         }
         let len = match self.io.file_len(opened.fd) {
             Ok(len) => len,
             Err(e) => {
-                self.release_lock(&key, holds_lock, false);
+                self.release_lock(&lock_key, holds_lock, false);
                 return undo(&mut self.io, e);
             }
         };
-        if let Some(lock) = self.append_locks.get_mut(&key).filter(|_| holds_lock) {
+        if let Some(lock) = self.append_locks.get_mut(&lock_key).filter(|_| holds_lock) {
             lock.holders += 1;
         }
         // A path whose last handle closed while its writes were in flight still has its state:
-        // new appends continue after those writes.
-        let file = match self.paths.get(&key).and_then(std::sync::Weak::upgrade) {
+        // new appends continue after those writes. State of another file that had this name
+        // (removed or renamed away, a handle on it still open) is not this file's.
+        let same_file = self
+            .paths
+            .get(&key)
+            .filter(|(of, _)| *of == id)
+            .and_then(|(_, w)| w.upgrade());
+        let file = match same_file {
             Some(file) => {
                 file.opened_at(len, options.truncate);
                 file
             }
             None => {
                 let file = FileShared::new(len);
-                self.paths.retain(|_, w| w.strong_count() > 0);
-                self.paths.insert(key.clone(), Arc::downgrade(&file));
+                self.paths.retain(|_, (_, w)| w.strong_count() > 0);
+                self.paths.insert(key.clone(), (id, Arc::downgrade(&file)));
                 file
             }
         };
@@ -733,7 +767,7 @@ impl Worker {
             Some(f) => match f.try_clone() {
                 Ok(dup) => Some(dup),
                 Err(e) => {
-                    self.release_lock(&key, holds_lock, true);
+                    self.release_lock(&lock_key, holds_lock, true);
                     return undo(
                         &mut self.io,
                         StorageIoError::from_os_at("open: duplicating the file handle", path, &e),
@@ -743,7 +777,7 @@ impl Worker {
             None => None,
         };
         let resizable = opened.file.is_some() && options.write;
-        self.handles.insert(opened.fd, Handle { key, holds_lock });
+        self.handles.insert(opened.fd, Handle { key, id, holds_lock });
         self.files.insert(opened.fd, opened.file);
         if options.create || options.create_new {
             file.created();
@@ -767,14 +801,14 @@ impl Worker {
         let result = self.io.deregister_fd(fd);
         self.files.remove(&fd);
         if let Some(handle) = self.handles.remove(&fd) {
-            self.release_lock(&handle.key, handle.holds_lock, true);
+            self.release_lock(&(handle.key, handle.id), handle.holds_lock, true);
         }
         result
     }
 
-    /// Gives up one hold of `key`'s append lock (`counted`: the holder was counted), releasing
-    /// the lock when nobody holds it any more.
-    fn release_lock(&mut self, key: &std::path::Path, holds_lock: bool, counted: bool) {
+    /// Gives up one hold of the append lock of `key` (a path and a file identity; `counted`:
+    /// the holder was counted), releasing the lock when nobody holds it any more.
+    fn release_lock(&mut self, key: &(PathBuf, FileId), holds_lock: bool, counted: bool) {
         if !holds_lock {
             return;
         }

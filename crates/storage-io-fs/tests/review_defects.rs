@@ -131,3 +131,109 @@ fn set_len_extend_then_append_lands_at_len_and_errors_name_call_and_path() {
         fs.shutdown();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 2. A new file at a removed or renamed-away name took over the old file's cursor and append lock
+// ---------------------------------------------------------------------------------------------
+
+/// A log's retention removes a segment while a handle on it is still open, and a new segment
+/// is created under the same name: the new file's first append must land at 0, not after the
+/// removed file's data (a hole of zeros).
+#[test]
+fn a_new_file_at_a_removed_name_starts_its_appends_at_zero() {
+    for kind in backends() {
+        let dir = real_dir();
+        let fs = fs_on(kind, &config(2));
+        let path = dir.path().join("seg");
+        block_on(async {
+            let old = fs.open_append(&path).await.unwrap();
+            old.append(vec![1u8; 100]).await.0.unwrap();
+            fs.remove_file(&path).await.unwrap();
+            let new = fs.open_append(&path).await.unwrap();
+            assert_eq!(new.size().await.unwrap(), 0, "{kind}: a new file");
+            let at = new.append(b"fresh".to_vec()).await.0.unwrap();
+            assert_eq!(at, 0, "{kind}: the new file's first append");
+            drop(old);
+        });
+        fs.shutdown();
+    }
+}
+
+/// The same with `rename` (a segment rotated to `seg.old` while its handle is open).
+#[test]
+fn a_new_file_at_a_renamed_away_name_starts_its_appends_at_zero() {
+    for kind in backends() {
+        let dir = real_dir();
+        let fs = fs_on(kind, &config(2));
+        let path = dir.path().join("seg");
+        block_on(async {
+            let old = fs.open_append(&path).await.unwrap();
+            old.append(vec![1u8; 100]).await.0.unwrap();
+            fs.rename(&path, dir.path().join("seg.old")).await.unwrap();
+            let new = fs.open_append(&path).await.unwrap();
+            let at = new.append(b"fresh".to_vec()).await.0.unwrap();
+            // And the old handle's appends keep going to the renamed file.
+            let old_at = old.append(vec![9u8; 10]).await.0.unwrap();
+            assert_eq!(
+                (at, old_at),
+                (0, 100),
+                "{kind}: new file's first append, old file's next"
+            );
+        });
+        let new_len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(new_len, 5, "{kind}: the new segment holds just its one record");
+        fs.shutdown();
+    }
+}
+
+/// `rename` onto the name of a file open under open_append: the replaced file's handle keeps
+/// its own cursor, and a new open_append of the name gets the moved-in file's length.
+#[test]
+fn rename_onto_an_open_appenders_name() {
+    for kind in backends() {
+        let dir = real_dir();
+        let fs = fs_on(kind, &config(2));
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        block_on(async {
+            let on_b = fs.open_append(&b).await.unwrap();
+            on_b.append(vec![1u8; 100]).await.0.unwrap();
+            std::fs::write(&a, [2u8; 7]).unwrap();
+            fs.rename(&a, &b).await.unwrap();
+            let again = fs.open_append(&b).await.unwrap();
+            let at = again.append(vec![3u8; 1]).await.0.unwrap();
+            assert_eq!(at, 7, "{kind}: the file now at b is 7 bytes long");
+            drop(on_b);
+        });
+        fs.shutdown();
+    }
+}
+
+/// The new file at a removed segment's name must take the append lock (open_append's docs:
+/// "across file systems in one process, open_append takes an exclusive advisory lock"): a
+/// second file system's open_append of it is refused.
+#[test]
+fn a_new_file_at_a_removed_name_is_append_locked_against_another_file_system() {
+    for kind in backends() {
+        let dir = real_dir();
+        let fs1 = fs_on(kind, &config(1));
+        let fs2 = fs_on(kind, &config(1));
+        let path = dir.path().join("seg");
+        block_on(async {
+            let old = fs1.open_append(&path).await.unwrap();
+            assert!(
+                fs2.open_append(&path).await.is_err(),
+                "{kind}: control: the lock works"
+            );
+            fs1.remove_file(&path).await.unwrap();
+            let _new = fs1.open_append(&path).await.unwrap();
+            let other = fs2.open_append(&path).await;
+            assert!(
+                other.is_err(),
+                "{kind}: a second file system got open_append of the new file: two appenders"
+            );
+            drop(old);
+        });
+        fs1.shutdown();
+        fs2.shutdown();
+    }
+}
