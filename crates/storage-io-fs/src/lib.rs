@@ -77,14 +77,13 @@ pub use file::AsyncFile;
 #[cfg(caller_rings)]
 use local::{LocalFile, LocalRings};
 pub use metrics::{AsyncIoMetrics, LATENCY_BUCKETS_SECONDS, OpMetrics, PoolClassMetrics};
-pub use namespace::FileMetadata;
 pub use op::{BufOp, Op, block_on};
 use slot::slot;
 /// The `bytes` crate, re-exported: `Bytes` and `BytesMut` are [`OwnedBuf`]s.
 pub use storage_io_core::bytes;
 pub use storage_io_core::{
-    AlignedBuf, BackendFactory, BackendKind, DirectMode, IoConfig, OpKind, OpenOptions, Result, StorageIo,
-    StorageIoError,
+    AlignedBuf, BackendFactory, BackendKind, DirectMode, FileMetadata, IoConfig, OpKind, OpenOptions, Result,
+    StorageIo, StorageIoError,
 };
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]

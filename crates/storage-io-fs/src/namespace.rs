@@ -1,31 +1,19 @@
 //! Namespace calls as futures (`remove_file`, `rename`, `read_dir`, `metadata`; `set_len` of an
 //! open file), and the resolution of the key under which the handles on one file share a worker
 //! and an append cursor. Each runs on an I/O worker thread, never on the caller's executor
-//! thread. Calls the backend has (`remove_file`, `list_dir`) go through it, so an in-memory
-//! backend answers for its own files; `rename` and `metadata` use the OS file system, each
-//! behind one small function here, until the backend's namespace trait offers them.
+//! thread, through the worker's backend ([`Namespace`]), so an in-memory backend answers for its
+//! own files and never touches the OS's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use storage_io_core::{Result, StorageIo, StorageIoError};
+#[cfg(doc)]
+use storage_io_core::Namespace;
+use storage_io_core::{FileMetadata, Result, StorageIo, StorageIoError};
 
 use crate::slot::slot;
 use crate::worker::Request;
 use crate::{AsyncFile, AsyncFileSystem, Op, path_key, worker_for, worker_gone};
-
-/// What [`AsyncFileSystem::metadata`] answers about a path (symlinks followed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct FileMetadata {
-    /// The length in bytes (of a file; for a directory, what the OS says).
-    pub len_bytes: u64,
-    /// True for a directory.
-    pub is_dir: bool,
-    /// The last modification time, where the platform records it.
-    pub modified: Option<SystemTime>,
-}
 
 impl AsyncFileSystem {
     /// Removes the file at `path`, through a worker's backend. The removal is durable once
@@ -41,12 +29,23 @@ impl AsyncFileSystem {
         })
     }
 
-    /// Renames `from` to `to` (replacing `to` if it is a file), on a worker thread. Make it
-    /// durable with [`AsyncFileSystem::sync_dir`] on both directories. Errors name `from`.
-    /// Cancellation as for [`AsyncFileSystem::remove_file`].
+    /// Renames `from` to `to` (replacing `to` if it is a file), through a worker's backend
+    /// ([`Namespace::rename`]). Make it durable with [`AsyncFileSystem::sync_dir`] on both
+    /// directories. Errors name both paths (`rename a -> b: ...`). Handles open on either file
+    /// keep their own file and cursor; a new open of `to` gets the moved file's. Cancellation as
+    /// for [`AsyncFileSystem::remove_file`].
     pub fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Op<()> {
         let (from, to) = (from.as_ref().to_path_buf(), to.as_ref().to_path_buf());
-        self.on_worker(&from.clone(), move |_io| os_rename(&from, &to))
+        self.on_worker(&from.clone(), move |io| {
+            io.rename(&from, &to).map_err(|e| {
+                // `Os` has room for one path: the pair, as the user would read it.
+                let both = PathBuf::from(format!("{} -> {}", from.display(), to.display()));
+                match e {
+                    StorageIoError::Os { errno, .. } => StorageIoError::os_at("rename", &both, errno),
+                    other => other,
+                }
+            })
+        })
     }
 
     /// The paths of the entries directly inside `dir`, sorted, through a worker's backend
@@ -59,11 +58,14 @@ impl AsyncFileSystem {
         })
     }
 
-    /// The length, kind and modification time of `path` (symlinks followed), on a worker
-    /// thread. Cancellation as for [`AsyncFileSystem::remove_file`].
+    /// The length and kind of `path` (symlinks followed), through a worker's backend
+    /// ([`Namespace::metadata`]: an in-memory backend answers for its own files).
+    /// Cancellation as for [`AsyncFileSystem::remove_file`].
     pub fn metadata(&self, path: impl AsRef<Path>) -> Op<FileMetadata> {
         let path = path.as_ref().to_path_buf();
-        self.on_worker(&path.clone(), move |_io| os_metadata(&path))
+        self.on_worker(&path.clone(), move |io| {
+            io.metadata(&path).map_err(|e| naming("metadata", &path, e))
+        })
     }
 
     /// Runs `call` on the worker that serves `route`'s (lexical) key, with its backend, and
@@ -161,19 +163,4 @@ fn naming(what: &'static str, path: &Path, e: StorageIoError) -> StorageIoError 
         } => StorageIoError::os_at(what, named.as_deref().unwrap_or(path), errno),
         other => other,
     }
-}
-
-/// `rename` on the OS file system (the backend's namespace trait has none yet).
-fn os_rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).map_err(|e| StorageIoError::from_os_at("rename", from, &e))
-}
-
-/// `metadata` from the OS file system (the backend's namespace trait has none yet).
-fn os_metadata(path: &Path) -> Result<FileMetadata> {
-    let m = std::fs::metadata(path).map_err(|e| StorageIoError::from_os_at("metadata", path, &e))?;
-    Ok(FileMetadata {
-        len_bytes: m.len(),
-        is_dir: m.is_dir(),
-        modified: m.modified().ok(),
-    })
 }

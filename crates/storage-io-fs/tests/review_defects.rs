@@ -4,7 +4,12 @@
 
 mod common;
 
-use storage_io_fs::{AsyncFileSystem, AsyncFsConfig, BackendKind, IoConfig, OpenOptions, block_on};
+use std::sync::Arc;
+
+use storage_io_fs::{
+    AsyncFileSystem, AsyncFsConfig, BackendFactory, BackendKind, IoConfig, OpenOptions, StorageIo, block_on,
+};
+use storage_io_testkit::memio::MemFs;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -329,6 +334,86 @@ fn staged_writes_data_metrics_and_misaligned_offsets() {
             );
         }))
         .unwrap();
+        fs.shutdown();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. rename and metadata went to the OS file system whatever the backend
+// ---------------------------------------------------------------------------------------------
+
+fn mem_fs(mem: &MemFs) -> AsyncFileSystem {
+    let mem = mem.clone();
+    let factory: BackendFactory = Arc::new(move |_| Ok(Box::new(mem.backend()) as Box<dyn StorageIo>));
+    AsyncFileSystem::with_factory(&config(1), factory).unwrap()
+}
+
+/// On an in-memory backend, `rename` must rename the backend's file (or refuse clearly), and
+/// must never touch the OS file system.
+#[test]
+fn rename_on_an_in_memory_backend_renames_the_backends_file_not_an_os_file() {
+    let dir = real_dir();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // An OS file that happens to have the same path as the in-memory one.
+    std::fs::write(&a, b"os file").unwrap();
+    let mem = MemFs::new(1);
+    let fs = mem_fs(&mem);
+    let result = block_on(async {
+        let f = fs.create(&a).await.unwrap();
+        f.write_at(b"mem file".to_vec(), 0).await.0.unwrap();
+        f.close().await.unwrap();
+        fs.rename(&a, &b).await
+    });
+    let os_a_still_there = a.exists();
+    let mem_list = mem.list();
+    fs.shutdown();
+    assert!(
+        os_a_still_there,
+        "rename on MemIo moved the OS file {} (result {result:?}); MemFs lists {mem_list:?}",
+        a.display()
+    );
+    if let Err(e) = result {
+        assert!(e.to_string().contains("rename"), "{e}");
+    } else {
+        assert!(mem_list.contains(&b), "renamed: MemFs lists {mem_list:?}");
+    }
+}
+
+/// `metadata` on an in-memory backend answers for the backend's file (or refuses), not the OS's.
+#[test]
+fn metadata_on_an_in_memory_backend_answers_for_the_backends_file() {
+    let dir = real_dir();
+    let a = dir.path().join("a");
+    std::fs::write(&a, b"os file, 20 bytes...").unwrap();
+    let mem = MemFs::new(1);
+    let fs = mem_fs(&mem);
+    let m = block_on(async {
+        let f = fs.create(&a).await.unwrap();
+        f.write_at(vec![1u8; 3], 0).await.0.unwrap();
+        f.close().await.unwrap();
+        fs.metadata(&a).await
+    });
+    fs.shutdown();
+    let m = m.unwrap();
+    assert_eq!(
+        (m.len, m.is_dir),
+        (3, false),
+        "metadata answered the OS file's length, not MemIo's"
+    );
+}
+
+/// A failed rename names the call and both paths.
+#[test]
+fn rename_errors_name_both_paths() {
+    for kind in backends() {
+        let dir = real_dir();
+        let fs = fs_on(kind, &config(2));
+        let (from, to) = (dir.path().join("from-missing"), dir.path().join("to-target"));
+        let e = block_on(fs.rename(&from, &to)).unwrap_err().to_string();
+        assert!(
+            e.contains("rename") && e.contains("from-missing") && e.contains("to-target"),
+            "{kind}: {e}"
+        );
         fs.shutdown();
     }
 }
