@@ -259,9 +259,10 @@ impl AsyncFile {
 
     /// Writes all of `buf` at the end of the file and answers the offset it landed at. Appends
     /// in flight at once never overlap: each takes its place when it is called, in call order.
-    /// Every handle on this path opened through this file system shares one append cursor, so
-    /// appends through two handles never overwrite each other (across processes, see
-    /// [`AsyncFileSystem::open_append`]).
+    /// Every handle on this file opened through this file system shares one append cursor (by
+    /// the file's identity, whatever name it was opened by; see
+    /// [`AsyncFileSystem::open_append`], also for other processes), so appends through two
+    /// handles never overwrite each other.
     ///
     /// An append is written even if its future is dropped: its place in the file is taken when
     /// it is called, and skipping it would leave a hole before the appends after it.

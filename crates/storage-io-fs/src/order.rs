@@ -1,4 +1,4 @@
-//! What every handle on one path shares: the append cursor, the writes in flight, and the
+//! What every handle on one file shares: the append cursor, the writes in flight, and the
 //! group sync that makes them durable.
 //!
 //! Operations reach the kernel through more than one queue (each runtime thread's ring, or an
@@ -34,7 +34,8 @@ use super::slot::Waiting;
 /// What [`FileShared::after_writes`] runs.
 pub(crate) type AfterWrites = Box<dyn FnOnce() + Send>;
 
-/// The shared state of one path (one key of [`path_key`](super::path_key)).
+/// The shared state of one file (found by its identity, or by its key ([`path_key`](super::path_key))
+/// where it has none: see the worker's `FileId`).
 pub(crate) struct FileShared {
     /// Where the next append goes. Set at open (the file's length) and moved by every append
     /// when it is called, so appends in flight at once never overlap.

@@ -243,12 +243,18 @@ struct Handle {
     holds_lock: bool,
 }
 
-/// A file's identity, beside its path: device and inode on Unix. A file created at the name of
-/// one that was removed or renamed away (while a handle on the old one is open) has another
-/// identity, so it gets state (cursor, append lock) of its own instead of the old file's.
-/// `None` for an in-memory backend's files (no OS file) and off Unix, where std offers no
-/// stable file identity: there the path alone keys the state, as it did before.
+/// A file's identity: device and inode on Unix. The state the handles on a file share (cursor,
+/// write order, group sync) is keyed by it, so a file created at the name of one that was
+/// removed or renamed away (while a handle on it is open) gets state of its own instead of the
+/// old file's, and one file reached by two names (a hard link, a directory renamed between two
+/// opens) has one state. The append lock is keyed by path and identity. `None` for an
+/// in-memory backend's files (no OS file) and off Unix, where std offers no stable file
+/// identity: there the path alone keys the state.
 type FileId = Option<(u64, u64)>;
+
+/// The shared state of every open file with an identity ([`FileId`]), for all the workers of
+/// one file system: two names of one file may be served by two workers.
+pub(crate) type FilesById = Arc<Mutex<HashMap<(u64, u64), std::sync::Weak<FileShared>>>>;
 
 /// The identity of the OS file `file` ([`FileId`]).
 fn file_id(file: Option<&File>) -> FileId {
@@ -304,14 +310,16 @@ pub(crate) struct Worker {
     files: HashMap<IoFd, Option<File>>,
     /// Each open handle's key and whether it holds the append lock.
     handles: HashMap<IoFd, Handle>,
-    /// The shared state of each path with a handle or a write in flight: appends through any
-    /// handle on a path take their offsets from its one cursor (two handles on one file would
-    /// otherwise overwrite each other). Every handle on a key is opened by this worker (the
-    /// file system routes by key); a path whose handles are all closed stays here while its
-    /// writes are in flight, so a new open continues after them. With the identity of the file
-    /// the state belongs to: a new file at the key (the old one removed or renamed away) gets
-    /// state of its own, and the old file's handles keep theirs.
-    paths: HashMap<PathBuf, (FileId, std::sync::Weak<FileShared>)>,
+    /// The shared state of each file with a handle or a write in flight: appends through any
+    /// handle on a file take their offsets from its one cursor (two handles on one file would
+    /// otherwise overwrite each other); a file whose handles are all closed keeps its state
+    /// while its writes are in flight, so a new open continues after them. Files with an
+    /// identity are found by it, across the workers ([`FilesById`]): a new file at a name (the
+    /// old one removed or renamed away) gets state of its own, the old file's handles keep
+    /// theirs. Files without one (in-memory backends) are found in `paths` by key; every handle
+    /// on a key is opened by this worker (the file system routes by key).
+    by_id: FilesById,
+    paths: HashMap<PathBuf, std::sync::Weak<FileShared>>,
     /// The append locks this worker holds, per key and file identity (a new file at a key
     /// takes its own lock).
     append_locks: HashMap<(PathBuf, FileId), AppendLock>,
@@ -375,6 +383,7 @@ impl Worker {
         rx: flume::Receiver<Request>,
         me: flume::WeakSender<Request>,
         shared: Arc<WorkerShared>,
+        by_id: FilesById,
         queue_depth: usize,
     ) -> Self {
         let queue_depth = queue_depth.min(io.capabilities().max_in_flight).max(1);
@@ -390,6 +399,7 @@ impl Worker {
             busy: HashMap::new(),
             files: HashMap::new(),
             handles: HashMap::new(),
+            by_id,
             paths: HashMap::new(),
             append_locks: HashMap::new(),
             waker,
@@ -742,25 +752,37 @@ impl Worker {
         if let Some(lock) = self.append_locks.get_mut(&lock_key).filter(|_| holds_lock) {
             lock.holders += 1;
         }
-        // A path whose last handle closed while its writes were in flight still has its state:
-        // new appends continue after those writes. State of another file that had this name
-        // (removed or renamed away, a handle on it still open) is not this file's.
-        let same_file = self
-            .paths
-            .get(&key)
-            .filter(|(of, _)| *of == id)
-            .and_then(|(_, w)| w.upgrade());
-        let file = match same_file {
-            Some(file) => {
-                file.opened_at(len, options.truncate);
-                file
+        // A file whose last handle closed while its writes were in flight still has its state:
+        // new appends continue after those writes. Looked up and added under one lock, so two
+        // workers opening one new file under two names give it one state.
+        let file = match id {
+            Some(id) => {
+                let mut ids = self.by_id.lock();
+                match ids.get(&id).and_then(std::sync::Weak::upgrade) {
+                    Some(file) => {
+                        file.opened_at(len, options.truncate);
+                        file
+                    }
+                    None => {
+                        let file = FileShared::new(len);
+                        ids.retain(|_, w| w.strong_count() > 0);
+                        ids.insert(id, Arc::downgrade(&file));
+                        file
+                    }
+                }
             }
-            None => {
-                let file = FileShared::new(len);
-                self.paths.retain(|_, (_, w)| w.strong_count() > 0);
-                self.paths.insert(key.clone(), (id, Arc::downgrade(&file)));
-                file
-            }
+            None => match self.paths.get(&key).and_then(std::sync::Weak::upgrade) {
+                Some(file) => {
+                    file.opened_at(len, options.truncate);
+                    file
+                }
+                None => {
+                    let file = FileShared::new(len);
+                    self.paths.retain(|_, w| w.strong_count() > 0);
+                    self.paths.insert(key.clone(), Arc::downgrade(&file));
+                    file
+                }
+            },
         };
         // A second OS handle for the rings on the callers' threads (where this is a real file).
         let os = match opened.file.as_ref().filter(|_| cfg!(caller_rings)) {

@@ -417,3 +417,31 @@ fn rename_errors_name_both_paths() {
         fs.shutdown();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. One file reached by two names (a directory renamed between opens) had two cursors
+// ---------------------------------------------------------------------------------------------
+
+/// A directory renamed between two opens of (what is then) one file, via open_rw: the second
+/// handle appends after the first handle's appends, never on them (the name says what it did
+/// before: two cursors; now the file's identity gives it one).
+#[test]
+fn a_directory_renamed_between_opens_gives_one_file_two_cursors() {
+    for kind in backends() {
+        let dir = real_dir();
+        let fs = fs_on(kind, &config(2));
+        let (d, e) = (dir.path().join("d"), dir.path().join("e"));
+        std::fs::create_dir(&d).unwrap();
+        block_on(async {
+            let first = fs.open_append(d.join("log")).await.unwrap();
+            first.append(vec![1u8; 100]).await.0.unwrap();
+            fs.rename(&d, &e).await.unwrap();
+            let second = fs.open_rw(e.join("log")).await.unwrap();
+            let x = first.append(vec![2u8; 10]).await.0.unwrap();
+            let y = second.append(vec![3u8; 10]).await.0.unwrap();
+            assert_ne!(x, y, "{kind}: two handles on one file appended over each other");
+            assert_eq!((x, y), (100, 110), "{kind}: one cursor for the file's two names");
+        });
+        fs.shutdown();
+    }
+}
