@@ -244,8 +244,9 @@ impl AsyncFileSystem {
     /// file created at the name of one removed or renamed away (a handle on it still open) has
     /// its own, starting at its own length. Where there is no identity (an in-memory backend's
     /// files; off Unix) the path is the key: there one file reached by two names has two
-    /// cursors (appends through them overwrite each other), and a new file at a reused name
-    /// continues the old one's cursor while a handle on the old one is open. Across processes
+    /// cursors (appends through them overwrite each other), and a new file at a name removed
+    /// or renamed away other than through this file system's `remove_file`/`rename` continues
+    /// the old one's cursor while a handle on the old one is open. Across processes
     /// (and across file systems in one process), `open_append` takes an exclusive advisory lock
     /// (`flock`; on Windows `LockFileEx` on one byte past any data) on the file, held until the
     /// last handle on it here is closed: a second appender elsewhere gets an `Os` error naming
@@ -524,6 +525,7 @@ fn refuse(request: Request, error: StorageIoError) {
             drop(reply.complete(Err(error)))
         }
         Request::Blocking(call) => call(Err(error)),
+        Request::Forget(_) => {}
         Request::Size { reply, .. } => drop(reply.complete(Err(error))),
         Request::SyncDir { reply, .. } => drop(reply.complete(Err(error))),
         Request::Close { reply, .. } => {

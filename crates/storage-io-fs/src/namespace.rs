@@ -24,7 +24,8 @@ impl AsyncFileSystem {
     /// removes nothing, one dropped later does not stop it.
     pub fn remove_file(&self, path: impl AsRef<Path>) -> Op<()> {
         let path = path.as_ref().to_path_buf();
-        self.on_worker(&path.clone(), move |io| {
+        let forget = vec![path_key(&path)];
+        self.on_worker_forgetting(&path.clone(), forget, move |io| {
             io.remove_file(&path).map_err(|e| naming("remove_file", &path, e))
         })
     }
@@ -36,7 +37,8 @@ impl AsyncFileSystem {
     /// for [`AsyncFileSystem::remove_file`].
     pub fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Op<()> {
         let (from, to) = (from.as_ref().to_path_buf(), to.as_ref().to_path_buf());
-        self.on_worker(&from.clone(), move |io| {
+        let forget = vec![path_key(&from), path_key(&to)];
+        self.on_worker_forgetting(&from.clone(), forget, move |io| {
             io.rename(&from, &to).map_err(|e| {
                 // `Os` has room for one path: the pair, as the user would read it.
                 let both = PathBuf::from(format!("{} -> {}", from.display(), to.display()));
@@ -75,15 +77,34 @@ impl AsyncFileSystem {
         route: &Path,
         call: impl FnOnce(&mut dyn StorageIo) -> Result<T> + Send + 'static,
     ) -> Op<T> {
+        self.on_worker_forgetting(route, Vec::new(), call)
+    }
+
+    /// [`AsyncFileSystem::on_worker`] for a call that removes or renames names away: when it
+    /// succeeds, the worker drops the state it keeps by those keys (`Request::Forget`, queued
+    /// before the caller hears of the success, so an open called after that finds it gone).
+    /// The keys are lexical: for the files kept by key (in-memory backends), that is the key
+    /// their opens resolved to, and the route's worker is the one that keeps them.
+    fn on_worker_forgetting<T: Send + 'static>(
+        &self,
+        route: &Path,
+        forget: Vec<PathBuf>,
+        call: impl FnOnce(&mut dyn StorageIo) -> Result<T> + Send + 'static,
+    ) -> Op<T> {
         let worker = worker_for(&path_key(route), self.shared.workers.len());
         let (reply, waiting) = slot();
+        let shared = Arc::clone(&self.shared);
         self.shared.send(
             worker,
             Request::Blocking(Box::new(move |io| {
                 if reply.is_abandoned() {
                     return;
                 }
-                let _ = reply.complete(io.and_then(call));
+                let result = io.and_then(call);
+                if result.is_ok() && !forget.is_empty() {
+                    shared.send(worker, Request::Forget(forget));
+                }
+                let _ = reply.complete(result);
             })),
         );
         Op::boxed(async move { waiting.await.unwrap_or_else(|| Err(worker_gone())) })

@@ -179,6 +179,10 @@ pub(crate) enum Request {
     /// A call that runs on the worker thread with its backend when its turn comes (a namespace
     /// call, resolving a path): it answers its own reply.
     Blocking(BlockingCall),
+    /// Names removed or renamed away through the file system (`remove_file`, `rename`): their
+    /// state by key is dropped, so a later open of a new file there starts afresh (handles
+    /// already open keep their state). Only files without an identity are kept by key.
+    Forget(Vec<PathBuf>),
     Close {
         fd: IoFd,
         reply: Option<Completer<Result<()>>>,
@@ -531,6 +535,11 @@ impl Worker {
                 let _ = reply.complete(result);
             }
             Request::Blocking(call) => call(Ok(self.io.as_mut())),
+            Request::Forget(keys) => {
+                for key in keys {
+                    self.paths.remove(&key);
+                }
+            }
             Request::Close { fd, reply } => {
                 // deregister_fd waits for this file's ops in flight; their completions stay
                 // queued for the next collect.

@@ -445,3 +445,38 @@ fn a_directory_renamed_between_opens_gives_one_file_two_cursors() {
         fs.shutdown();
     }
 }
+
+/// Item 2 on an in-memory backend (its files have no identity, so the path keys their state):
+/// `remove_file` and `rename` through the file system drop the name's state, so a new file at
+/// the name starts its appends at its own length; the old handle keeps its own cursor.
+#[test]
+fn a_new_file_at_a_removed_or_renamed_away_name_of_an_in_memory_backend_starts_at_zero() {
+    let mem = MemFs::new(1);
+    let fs = mem_fs(&mem);
+    block_on(async {
+        let old = fs.open_append("/m/seg").await.unwrap();
+        old.append(vec![1u8; 100]).await.0.unwrap();
+        fs.remove_file("/m/seg").await.unwrap();
+        let new = fs.open_append("/m/seg").await.unwrap();
+        assert_eq!(
+            new.append(b"fresh".to_vec()).await.0.unwrap(),
+            0,
+            "after remove_file"
+        );
+        assert_eq!(
+            old.append(vec![2u8; 10]).await.0.unwrap(),
+            100,
+            "the old handle's cursor"
+        );
+
+        fs.rename("/m/seg", "/m/seg.old").await.unwrap();
+        let newer = fs.open_append("/m/seg").await.unwrap();
+        assert_eq!(newer.append(b"x".to_vec()).await.0.unwrap(), 0, "after rename");
+        assert_eq!(
+            new.append(b"y".to_vec()).await.0.unwrap(),
+            5,
+            "the renamed file's cursor"
+        );
+    });
+    fs.shutdown();
+}
