@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use storage_io_core::{AlignedBuf, DirectMode, IoBuf, IoFd, OpKind, Result, StorageIoError};
+use storage_io_core::{AlignedBuf, DirectMode, InvalidArgument, IoBuf, IoFd, OpKind, Result, StorageIoError};
 
 #[cfg(caller_rings)]
 use crate::LocalRings;
@@ -38,6 +38,9 @@ pub struct AsyncFile {
     pub(crate) path: PathBuf,
     /// What every handle on this path shares: append cursor, writes in flight, group sync.
     pub(crate) file: Arc<FileShared>,
+    /// `set_len` can work on this handle (an OS file opened for writing): only then does it
+    /// move the append cursor.
+    pub(crate) resizable: bool,
     /// This handle's OS file for the rings on the callers' threads (none without them, or for
     /// files of in-memory backends).
     #[cfg_attr(
@@ -60,18 +63,19 @@ impl AsyncFile {
     /// Reads `buf.len()` bytes at `offset` into `buf`. The buffer comes back truncated to the
     /// bytes read (fewer than asked only at end of file), on success and on error.
     pub fn read_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> BufOp<usize, B> {
-        self.transfer(OpKind::Read, buf, offset)
+        self.transfer("read_at", OpKind::Read, buf, offset)
     }
 
     /// Writes all of `buf` at `offset` without copying it; the buffer comes back with the result.
     /// A write past the end moves the append cursor past it.
     ///
     /// On a direct-I/O file, `offset` and the length must be multiples of the file's alignment
-    /// ([`DirectMode::Direct`]); a buffer whose *address* is not (a `Vec`, `Bytes`) is copied
-    /// into aligned memory first rather than refused, and the copy is counted
+    /// ([`DirectMode::Direct`]; otherwise the write is refused with an `InvalidArgument` naming
+    /// the call, the path and your buffer's address); a buffer whose *address* is not (a `Vec`,
+    /// `Bytes`) is copied into aligned memory first rather than refused, and the copy is counted
     /// ([`AsyncIoMetrics::staged_bytes`](crate::AsyncIoMetrics::staged_bytes)). Use [`IoBufferPool`] buffers to write without it.
     pub fn write_at<B: OwnedBuf>(&self, buf: B, offset: u64) -> BufOp<usize, B> {
-        self.transfer(OpKind::Write, buf, offset)
+        self.transfer("write_at", OpKind::Write, buf, offset)
     }
 
     /// The error of an operation called after [`AsyncFile::close`].
@@ -92,16 +96,32 @@ impl AsyncFile {
         }
     }
 
-    fn transfer<B: OwnedBuf>(&self, kind: OpKind, buf: B, offset: u64) -> BufOp<usize, B> {
-        self.transfer_io(kind, buf.into_io_buf(), offset)
+    fn transfer<B: OwnedBuf>(
+        &self,
+        call: &'static str,
+        kind: OpKind,
+        buf: B,
+        offset: u64,
+    ) -> BufOp<usize, B> {
+        self.transfer_io(call, kind, buf.into_io_buf(), offset)
     }
 
-    /// [`AsyncFile::transfer`] of a buffer already in the backends' form.
-    pub(crate) fn transfer_io<B: OwnedBuf>(&self, kind: OpKind, buf: IoBuf, offset: u64) -> BufOp<usize, B> {
+    /// [`AsyncFile::transfer`] of a buffer already in the backends' form; `call` is the method
+    /// the caller called (for errors).
+    pub(crate) fn transfer_io<B: OwnedBuf>(
+        &self,
+        call: &'static str,
+        kind: OpKind,
+        buf: IoBuf,
+        offset: u64,
+    ) -> BufOp<usize, B> {
         if let Some(e) = self.after_close() {
             return Self::refused_now(buf, e);
         }
-        let (buf, staged) = match self.stage(kind, buf) {
+        if kind != OpKind::Write {
+            return self.send_transfer(kind, buf, offset);
+        }
+        let (buf, staged) = match self.stage(call, buf, Some(offset)) {
             Ok(staged) => staged,
             Err((e, buf)) => return Self::refused_now(buf, e),
         };
@@ -110,18 +130,52 @@ impl AsyncFile {
         op
     }
 
-    /// A write to a direct-I/O file from memory off its alignment goes out from an aligned
+    /// Whether a write of `buf` at `offset` (`None`: not known yet, an append's) can go to this
+    /// file: on a direct-I/O file, the offset and the length must be multiples of the
+    /// alignment. The error names the call, the path and the caller's buffer address.
+    pub(crate) fn check_direct_write(
+        &self,
+        call: &'static str,
+        buf: &IoBuf,
+        offset: Option<u64>,
+    ) -> Result<()> {
+        let DirectMode::Direct { align } = self.mode else {
+            return Ok(());
+        };
+        let offset_ok = offset.is_none_or(|o| o.is_multiple_of(align as u64));
+        if offset_ok && buf.len().is_multiple_of(align) {
+            return Ok(());
+        }
+        let at = offset.map_or_else(|| "the end".to_owned(), |o| format!("offset {o}"));
+        Err(StorageIoError::InvalidArgument(InvalidArgument::Message(
+            format!(
+                "{call} {}: direct I/O needs the offset and length aligned to {align} bytes \
+             (at {at}, length {}, your buffer at {:#x}); round the request",
+                self.path.display(),
+                buf.len(),
+                buf.as_ptr() as usize
+            ),
+        )))
+    }
+
+    /// A write (`write_at`, `append`, their vectored forms) to a direct-I/O file: refused if
+    /// its offset or length is off the alignment ([`AsyncFile::check_direct_write`]; nothing is
+    /// staged or counted then), and from memory off the alignment it goes out from an aligned
     /// copy: the copy, and the caller's buffer to give back. Anything else goes as it is.
     #[allow(clippy::type_complexity)] // the buffer comes back with the error
-    fn stage(
+    pub(crate) fn stage(
         &self,
-        kind: OpKind,
+        call: &'static str,
         buf: IoBuf,
+        offset: Option<u64>,
     ) -> std::result::Result<(IoBuf, Option<IoBuf>), (StorageIoError, IoBuf)> {
         let DirectMode::Direct { align } = self.mode else {
             return Ok((buf, None));
         };
-        if kind != OpKind::Write || (buf.as_ptr() as usize).is_multiple_of(align) {
+        if let Err(e) = self.check_direct_write(call, &buf, offset) {
+            return Err((e, buf));
+        }
+        if (buf.as_ptr() as usize).is_multiple_of(align) {
             return Ok((buf, None));
         }
         match AlignedBuf::from_slice(&buf, align) {
@@ -146,6 +200,28 @@ impl AsyncFile {
             self.file.wrote_to(offset.saturating_add(buf.len() as u64));
             self.file.begin_write()
         });
+        // A write called after a set_len that has not run yet waits for it (through the worker).
+        if let Some(seq) = ticket
+            .as_ref()
+            .filter(|t| self.file.behind_set_len(t))
+            .map(|t| t.seq())
+        {
+            let request = Request::Transfer {
+                kind,
+                fd: self.fd,
+                buf,
+                offset,
+                at: Instant::now(),
+                ticket,
+                reply,
+            };
+            self.send_behind_set_len(seq, request);
+            return BufOp {
+                waiting,
+                staged: None,
+                buf: PhantomData,
+            };
+        }
         #[cfg(caller_rings)]
         if let Some((ring, file)) = self.ring() {
             let op = LocalOp {
@@ -183,25 +259,69 @@ impl AsyncFile {
 
     /// Writes all of `buf` at the end of the file and answers the offset it landed at. Appends
     /// in flight at once never overlap: each takes its place when it is called, in call order.
-    /// Every handle on this path opened through this file system shares one append cursor, so
-    /// appends through two handles never overwrite each other (across processes, see
-    /// [`AsyncFileSystem::open_append`]).
+    /// Every handle on this file opened through this file system shares one append cursor (by
+    /// the file's identity, whatever name it was opened by; see
+    /// [`AsyncFileSystem::open_append`], also for other processes), so appends through two
+    /// handles never overwrite each other.
     ///
     /// An append is written even if its future is dropped: its place in the file is taken when
     /// it is called, and skipping it would leave a hole before the appends after it.
+    ///
+    /// On a direct-I/O file, a buffer off the alignment is staged as for [`AsyncFile::write_at`],
+    /// and a length (or an end of file) off it is refused.
     pub fn append<B: OwnedBuf>(&self, buf: B) -> BufOp<u64, B> {
         let buf = buf.into_io_buf();
         if let Some(e) = self.after_close() {
             return Self::refused_now(buf, e);
         }
+        // A length the file cannot take is refused before it takes a place.
+        if let Err(e) = self.check_direct_write("append", &buf, None) {
+            return Self::refused_now(buf, e);
+        }
         let offset = self.file.reserve_append(buf.len() as u64);
-        self.send_append(buf, offset)
+        self.append_at("append", buf, offset)
+    }
+
+    /// Sends an append of `buf` at `offset`, a place already taken from the path's cursor,
+    /// staged on a direct-I/O file as a write is ([`AsyncFile::stage`]).
+    pub(crate) fn append_at<B: OwnedBuf>(
+        &self,
+        call: &'static str,
+        buf: IoBuf,
+        offset: u64,
+    ) -> BufOp<u64, B> {
+        let (buf, staged) = match self.stage(call, buf, Some(offset)) {
+            Ok(staged) => staged,
+            Err((e, buf)) => return Self::refused_now(buf, e),
+        };
+        let mut op = self.send_append(buf, offset);
+        op.staged = staged;
+        op
     }
 
     /// Sends an append of `buf` at `offset`, a place already taken from the path's cursor.
     pub(crate) fn send_append<B: OwnedBuf>(&self, buf: IoBuf, offset: u64) -> BufOp<u64, B> {
         let (reply, waiting) = slot();
         let ticket = self.file.begin_write();
+        // An append called after a set_len that has not run yet is written after it (its place,
+        // after the new length, is taken already), through the worker.
+        if self.file.behind_set_len(&ticket) {
+            let seq = ticket.seq();
+            let request = Request::Append {
+                fd: self.fd,
+                buf,
+                offset,
+                at: Instant::now(),
+                ticket,
+                reply,
+            };
+            self.send_behind_set_len(seq, request);
+            return BufOp {
+                waiting,
+                staged: None,
+                buf: PhantomData,
+            };
+        }
         #[cfg(caller_rings)]
         if let Some((ring, file)) = self.ring() {
             let op = LocalOp {
@@ -233,6 +353,16 @@ impl AsyncFile {
             waiting,
             staged: None,
             buf: PhantomData,
+        }
+    }
+
+    /// Sends `request` (a write numbered `seq`) to the worker once the set_len called before it
+    /// has run: from the thread that completes it, or now if it is done already.
+    fn send_behind_set_len(&self, seq: u64, request: Request) {
+        let (fs, worker) = (Arc::clone(&self.fs), self.worker);
+        let send: order::AfterWrites = Box::new(move || fs.send(worker, request));
+        if let Some(send) = self.file.defer_behind_set_len(seq, send) {
+            send();
         }
     }
 

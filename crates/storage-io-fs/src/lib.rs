@@ -77,14 +77,13 @@ pub use file::AsyncFile;
 #[cfg(caller_rings)]
 use local::{LocalFile, LocalRings};
 pub use metrics::{AsyncIoMetrics, LATENCY_BUCKETS_SECONDS, OpMetrics, PoolClassMetrics};
-pub use namespace::FileMetadata;
 pub use op::{BufOp, Op, block_on};
 use slot::slot;
 /// The `bytes` crate, re-exported: `Bytes` and `BytesMut` are [`OwnedBuf`]s.
 pub use storage_io_core::bytes;
 pub use storage_io_core::{
-    AlignedBuf, BackendFactory, BackendKind, DirectMode, IoConfig, OpKind, OpenOptions, Result, StorageIo,
-    StorageIoError,
+    AlignedBuf, BackendFactory, BackendKind, DirectMode, FileMetadata, IoConfig, OpKind, OpenOptions, Result,
+    StorageIo, StorageIoError,
 };
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
@@ -174,10 +173,18 @@ impl AsyncFileSystem {
         let mut senders = Vec::with_capacity(count);
         let mut threads = Vec::with_capacity(count);
         let mut workers = Vec::with_capacity(count);
+        let by_id = worker::FilesById::default();
         for (w, io) in backends.into_iter().enumerate() {
             let (tx, rx) = flume::unbounded();
             let shared = Arc::new(WorkerShared::new());
-            let worker = Worker::new(io, rx, tx.downgrade(), Arc::clone(&shared), config.io.queue_depth);
+            let worker = Worker::new(
+                io,
+                rx,
+                tx.downgrade(),
+                Arc::clone(&shared),
+                Arc::clone(&by_id),
+                config.io.queue_depth,
+            );
             let waker = worker.waker();
             let handle = std::thread::Builder::new()
                 .name(format!("storage-io-worker-{w}"))
@@ -213,6 +220,9 @@ impl AsyncFileSystem {
     }
 
     /// Opens an existing file for reading and writing.
+    ///
+    /// Its appends share the cursor of every other handle on the same file opened through this
+    /// file system (see [`AsyncFileSystem::open_append`] for what "the same file" means).
     pub async fn open_rw(&self, path: impl AsRef<Path>) -> Result<AsyncFile> {
         self.open_with(path, OpenOptions::default(), None).await
     }
@@ -227,8 +237,16 @@ impl AsyncFileSystem {
     /// appends land after them). With `AsyncFsConfig::preallocate_appends` on,
     /// `AsyncFsConfig::preallocate_size` bytes are reserved first (see [`AsyncFile::allocate`]).
     ///
-    /// Within this file system, every handle on one path shares one append cursor (see
-    /// [`AsyncFile::append`]), so a second `open_append` of a path is fine. Across processes
+    /// Within this file system, every handle on one file shares one append cursor (see
+    /// [`AsyncFile::append`]), so a second `open_append` of a path is fine. "One file" is the
+    /// file's identity (device and inode on Unix), not its name: a file reached by two names —
+    /// a hard link, a directory renamed between two opens — still has one cursor, and a new
+    /// file created at the name of one removed or renamed away (a handle on it still open) has
+    /// its own, starting at its own length. Where there is no identity (an in-memory backend's
+    /// files; off Unix) the path is the key: there one file reached by two names has two
+    /// cursors (appends through them overwrite each other), and a new file at a name removed
+    /// or renamed away other than through this file system's `remove_file`/`rename` continues
+    /// the old one's cursor while a handle on the old one is open. Across processes
     /// (and across file systems in one process), `open_append` takes an exclusive advisory lock
     /// (`flock`; on Windows `LockFileEx` on one byte past any data) on the file, held until the
     /// last handle on it here is closed: a second appender elsewhere gets an `Os` error naming
@@ -252,8 +270,8 @@ impl AsyncFileSystem {
     /// `None` reserves nothing. (`open_append` passes `preallocate_size` here when
     /// `preallocate_appends` is on.)
     ///
-    /// Every handle on one path is served by the same worker (chosen by the path), which keeps
-    /// one append cursor for them all.
+    /// Every handle on one path is served by the same worker (chosen by the path), and every
+    /// handle on one file shares one append cursor (see [`AsyncFileSystem::open_append`]).
     ///
     /// ```no_run
     /// # async fn demo(fs: storage_io_fs::AsyncFileSystem) -> storage_io_fs::Result<()> {
@@ -312,6 +330,7 @@ impl AsyncFileSystem {
             mode: parts.mode,
             path,
             file: parts.file,
+            resizable: parts.resizable,
             local,
             closed: AtomicBool::new(false),
         })
@@ -506,6 +525,7 @@ fn refuse(request: Request, error: StorageIoError) {
             drop(reply.complete(Err(error)))
         }
         Request::Blocking(call) => call(Err(error)),
+        Request::Forget(_) => {}
         Request::Size { reply, .. } => drop(reply.complete(Err(error))),
         Request::SyncDir { reply, .. } => drop(reply.complete(Err(error))),
         Request::Close { reply, .. } => {
@@ -522,7 +542,8 @@ fn refuse(request: Request, error: StorageIoError) {
 /// resolution goes to, and the key itself where the directory cannot be resolved
 /// ([`AsyncFileSystem::resolved_key`]; lexically, `d/sub/../log` is `d/log` even when `sub` is
 /// a symlink to another directory, which is why an open's key is resolved by the OS). A file
-/// reached through a symlink or a hard link of its own has two keys: a second `open_append`
+/// reached through a symlink or a hard link of its own has two keys (its handles still share
+/// one state through the file's identity, see the worker's `FileId`): a second `open_append`
 /// under the other name is refused by the append lock.
 fn path_key(path: &Path) -> PathBuf {
     use std::path::Component;

@@ -1,31 +1,19 @@
 //! Namespace calls as futures (`remove_file`, `rename`, `read_dir`, `metadata`; `set_len` of an
 //! open file), and the resolution of the key under which the handles on one file share a worker
 //! and an append cursor. Each runs on an I/O worker thread, never on the caller's executor
-//! thread. Calls the backend has (`remove_file`, `list_dir`) go through it, so an in-memory
-//! backend answers for its own files; `rename` and `metadata` use the OS file system, each
-//! behind one small function here, until the backend's namespace trait offers them.
+//! thread, through the worker's backend ([`Namespace`]), so an in-memory backend answers for its
+//! own files and never touches the OS's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use storage_io_core::{Result, StorageIo, StorageIoError};
+#[cfg(doc)]
+use storage_io_core::Namespace;
+use storage_io_core::{FileMetadata, Result, StorageIo, StorageIoError};
 
 use crate::slot::slot;
 use crate::worker::Request;
 use crate::{AsyncFile, AsyncFileSystem, Op, path_key, worker_for, worker_gone};
-
-/// What [`AsyncFileSystem::metadata`] answers about a path (symlinks followed).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct FileMetadata {
-    /// The length in bytes (of a file; for a directory, what the OS says).
-    pub len_bytes: u64,
-    /// True for a directory.
-    pub is_dir: bool,
-    /// The last modification time, where the platform records it.
-    pub modified: Option<SystemTime>,
-}
 
 impl AsyncFileSystem {
     /// Removes the file at `path`, through a worker's backend. The removal is durable once
@@ -36,17 +24,30 @@ impl AsyncFileSystem {
     /// removes nothing, one dropped later does not stop it.
     pub fn remove_file(&self, path: impl AsRef<Path>) -> Op<()> {
         let path = path.as_ref().to_path_buf();
-        self.on_worker(&path.clone(), move |io| {
+        let forget = vec![path_key(&path)];
+        self.on_worker_forgetting(&path.clone(), forget, move |io| {
             io.remove_file(&path).map_err(|e| naming("remove_file", &path, e))
         })
     }
 
-    /// Renames `from` to `to` (replacing `to` if it is a file), on a worker thread. Make it
-    /// durable with [`AsyncFileSystem::sync_dir`] on both directories. Errors name `from`.
-    /// Cancellation as for [`AsyncFileSystem::remove_file`].
+    /// Renames `from` to `to` (replacing `to` if it is a file), through a worker's backend
+    /// ([`Namespace::rename`]). Make it durable with [`AsyncFileSystem::sync_dir`] on both
+    /// directories. Errors name both paths (`rename a -> b: ...`). Handles open on either file
+    /// keep their own file and cursor; a new open of `to` gets the moved file's. Cancellation as
+    /// for [`AsyncFileSystem::remove_file`].
     pub fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Op<()> {
         let (from, to) = (from.as_ref().to_path_buf(), to.as_ref().to_path_buf());
-        self.on_worker(&from.clone(), move |_io| os_rename(&from, &to))
+        let forget = vec![path_key(&from), path_key(&to)];
+        self.on_worker_forgetting(&from.clone(), forget, move |io| {
+            io.rename(&from, &to).map_err(|e| {
+                // `Os` has room for one path: the pair, as the user would read it.
+                let both = PathBuf::from(format!("{} -> {}", from.display(), to.display()));
+                match e {
+                    StorageIoError::Os { errno, .. } => StorageIoError::os_at("rename", &both, errno),
+                    other => other,
+                }
+            })
+        })
     }
 
     /// The paths of the entries directly inside `dir`, sorted, through a worker's backend
@@ -59,11 +60,14 @@ impl AsyncFileSystem {
         })
     }
 
-    /// The length, kind and modification time of `path` (symlinks followed), on a worker
-    /// thread. Cancellation as for [`AsyncFileSystem::remove_file`].
+    /// The length and kind of `path` (symlinks followed), through a worker's backend
+    /// ([`Namespace::metadata`]: an in-memory backend answers for its own files).
+    /// Cancellation as for [`AsyncFileSystem::remove_file`].
     pub fn metadata(&self, path: impl AsRef<Path>) -> Op<FileMetadata> {
         let path = path.as_ref().to_path_buf();
-        self.on_worker(&path.clone(), move |_io| os_metadata(&path))
+        self.on_worker(&path.clone(), move |io| {
+            io.metadata(&path).map_err(|e| naming("metadata", &path, e))
+        })
     }
 
     /// Runs `call` on the worker that serves `route`'s (lexical) key, with its backend, and
@@ -73,15 +77,34 @@ impl AsyncFileSystem {
         route: &Path,
         call: impl FnOnce(&mut dyn StorageIo) -> Result<T> + Send + 'static,
     ) -> Op<T> {
+        self.on_worker_forgetting(route, Vec::new(), call)
+    }
+
+    /// [`AsyncFileSystem::on_worker`] for a call that removes or renames names away: when it
+    /// succeeds, the worker drops the state it keeps by those keys (`Request::Forget`, queued
+    /// before the caller hears of the success, so an open called after that finds it gone).
+    /// The keys are lexical: for the files kept by key (in-memory backends), that is the key
+    /// their opens resolved to, and the route's worker is the one that keeps them.
+    fn on_worker_forgetting<T: Send + 'static>(
+        &self,
+        route: &Path,
+        forget: Vec<PathBuf>,
+        call: impl FnOnce(&mut dyn StorageIo) -> Result<T> + Send + 'static,
+    ) -> Op<T> {
         let worker = worker_for(&path_key(route), self.shared.workers.len());
         let (reply, waiting) = slot();
+        let shared = Arc::clone(&self.shared);
         self.shared.send(
             worker,
             Request::Blocking(Box::new(move |io| {
                 if reply.is_abandoned() {
                     return;
                 }
-                let _ = reply.complete(io.and_then(call));
+                let result = io.and_then(call);
+                if result.is_ok() && !forget.is_empty() {
+                    shared.send(worker, Request::Forget(forget));
+                }
+                let _ = reply.complete(result);
             })),
         );
         Op::boxed(async move { waiting.await.unwrap_or_else(|| Err(worker_gone())) })
@@ -108,22 +131,39 @@ impl AsyncFileSystem {
 }
 
 impl AsyncFile {
-    /// Truncates or extends the file to `len` bytes (`ftruncate`), after every write and append
-    /// called on it before this call has completed; appends called after it completed land at
-    /// `len`. Needs an OS file (in-memory backends answer `Unsupported`). Dropping the future
-    /// before the earlier writes completed cancels it; once sent, it runs.
+    /// Truncates or extends the file to `len` bytes (`ftruncate`), in call order like every
+    /// other operation: it runs after every write and append called on this path before it
+    /// has completed (those are cut off by a truncation, as asked), and the appends called
+    /// after it land at `len` and after, in call order, and are written only once it has run
+    /// (so it never cuts them off); positional writes called after it also wait for it. Needs
+    /// an OS file opened for writing (in-memory backends answer `Unsupported`, a read-only
+    /// handle the OS's error; the append cursor is then left alone). If the OS refuses the
+    /// `ftruncate` of a writable file, the appends called after it still go at `len`. The
+    /// request is sent when this is called; dropping the future does not stop it.
     pub fn set_len(&self, len: u64) -> Op<()> {
         if let Some(e) = self.after_close() {
             return Op::boxed(std::future::ready(Err(e)));
         }
-        let fence = self.file.fence();
         let (fs, worker, fd) = (Arc::clone(&self.fs), self.worker, self.fd);
-        Op::boxed(async move {
-            fence.await;
-            let (reply, waiting) = slot();
-            fs.send(worker, Request::SetLen { fd, len, reply });
-            waiting.await.unwrap_or_else(|| Err(worker_gone()))
-        })
+        let (reply, waiting) = slot();
+        let send = move |ticket| {
+            fs.send(
+                worker,
+                Request::SetLen {
+                    fd,
+                    len,
+                    ticket,
+                    reply,
+                },
+            )
+        };
+        if self.resizable {
+            self.file.set_len(len, send);
+        } else {
+            // It fails on the worker with the reason; in order, but moving no cursor.
+            send(self.file.begin_write());
+        }
+        Op::boxed(async move { waiting.await.unwrap_or_else(|| Err(worker_gone())) })
     }
 }
 
@@ -144,19 +184,4 @@ fn naming(what: &'static str, path: &Path, e: StorageIoError) -> StorageIoError 
         } => StorageIoError::os_at(what, named.as_deref().unwrap_or(path), errno),
         other => other,
     }
-}
-
-/// `rename` on the OS file system (the backend's namespace trait has none yet).
-fn os_rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).map_err(|e| StorageIoError::from_os_at("rename", from, &e))
-}
-
-/// `metadata` from the OS file system (the backend's namespace trait has none yet).
-fn os_metadata(path: &Path) -> Result<FileMetadata> {
-    let m = std::fs::metadata(path).map_err(|e| StorageIoError::from_os_at("metadata", path, &e))?;
-    Ok(FileMetadata {
-        len_bytes: m.len(),
-        is_dir: m.is_dir(),
-        modified: m.modified().ok(),
-    })
 }

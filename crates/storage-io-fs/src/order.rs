@@ -1,4 +1,4 @@
-//! What every handle on one path shares: the append cursor, the writes in flight, and the
+//! What every handle on one file shares: the append cursor, the writes in flight, and the
 //! group sync that makes them durable.
 //!
 //! Operations reach the kernel through more than one queue (each runtime thread's ring, or an
@@ -13,7 +13,11 @@
 //!   flight already covers joins it; the others wait for it and then share the next one, so a
 //!   storm of syncs costs at most two fdatasyncs at a time per file;
 //! - `size`, `allocate` and `close` wait the same way ([`Fence`]) for the writes called before
-//!   them.
+//!   them;
+//! - `set_len` is a write in this order ([`FileShared::set_len`]): it takes its number and moves
+//!   the append cursor to the new length when it is *called*, runs once the writes before it
+//!   completed, and the writes and appends called after it are held back
+//!   ([`FileShared::defer_behind_set_len`]) until it has run, so that it cannot cut them off.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -30,7 +34,8 @@ use super::slot::Waiting;
 /// What [`FileShared::after_writes`] runs.
 pub(crate) type AfterWrites = Box<dyn FnOnce() + Send>;
 
-/// The shared state of one path (one key of [`path_key`](super::path_key)).
+/// The shared state of one file (found by its identity, or by its key ([`path_key`](super::path_key))
+/// where it has none: see the worker's `FileId`).
 pub(crate) struct FileShared {
     /// Where the next append goes. Set at open (the file's length) and moved by every append
     /// when it is called, so appends in flight at once never overlap.
@@ -52,6 +57,9 @@ struct OrderState {
     waiters: Vec<Waker>,
     /// Actions waiting for every write below their number to complete ([`FileShared::after_writes`]).
     after: Vec<(u64, AfterWrites)>,
+    /// The numbers of the `set_len` calls not yet done (also in `in_flight`): a write called
+    /// while one is here waits for it ([`FileShared::defer_behind_set_len`]).
+    set_lens: BTreeSet<u64>,
     group: SyncGroup,
 }
 
@@ -87,6 +95,7 @@ impl FileShared {
                 in_flight: BTreeSet::new(),
                 waiters: Vec::new(),
                 after: Vec::new(),
+                set_lens: BTreeSet::new(),
                 group: SyncGroup::default(),
             }),
             group_waker: Waker::from(Arc::new(GroupWaker(me.clone()))),
@@ -142,6 +151,62 @@ impl FileShared {
         }
     }
 
+    /// A `set_len(len)` is being called: it takes the next number (a write, so syncs called
+    /// after it cover it), and appends called from now on go at `len` and after (the cursor is
+    /// moved now, in call order, not when the truncation runs). `send` gets the set_len's ticket
+    /// once every write called before it has completed: at once when none is in flight, else on
+    /// the thread that completes the last of them. Appends called before it that are still in
+    /// flight are covered by the truncation (they complete first), as the caller asked.
+    pub(crate) fn set_len(self: &Arc<Self>, len: u64, send: impl FnOnce(WriteTicket) + Send + 'static) {
+        let mut s = self.state.lock();
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        let fresh = s.in_flight.insert(seq);
+        debug_assert!(fresh, "write sequence numbers are unique");
+        s.set_lens.insert(seq);
+        self.cursor.store(len, Ordering::SeqCst);
+        let ticket = WriteTicket {
+            file: Arc::clone(self),
+            seq,
+        };
+        // The ticket's own number is in flight: `completed_below` counts only the writes before.
+        if s.completed_below() >= seq {
+            drop(s);
+            send(ticket);
+        } else {
+            s.after.push((seq, Box::new(move || send(ticket))));
+        }
+    }
+
+    /// Whether a `set_len` called before the write holding `ticket` has not run yet (then the
+    /// write must go through [`FileShared::defer_behind_set_len`]). `false` stays `false`: a
+    /// set_len called later takes a later number.
+    pub(crate) fn behind_set_len(&self, ticket: &WriteTicket) -> bool {
+        self.state
+            .lock()
+            .set_lens
+            .range(..ticket.seq)
+            .next_back()
+            .is_some()
+    }
+
+    /// Keeps `send`, the sending of a write or append numbered `seq` ([`WriteTicket::seq`]) that was called after a
+    /// `set_len`, until that set_len (and every write before it) has completed, so that the
+    /// truncation cannot cut off what was called after it; the writes in between are not
+    /// waited for. Gives `send` back to be run now if the set_len is done already.
+    pub(crate) fn defer_behind_set_len(&self, seq: u64, send: AfterWrites) -> Option<AfterWrites> {
+        let mut s = self.state.lock();
+        match s.set_lens.range(..seq).next_back() {
+            Some(&last) => {
+                let below = last + 1;
+                debug_assert!(s.completed_below() < below, "that set_len is in flight");
+                s.after.push((below, send));
+                None
+            }
+            None => Some(send),
+        }
+    }
+
     /// The number the next write will take: a fence made now waits for every write below it.
     pub(crate) fn fence(self: &Arc<Self>) -> Fence {
         Fence {
@@ -156,6 +221,7 @@ impl FileShared {
             let was_first = s.in_flight.first() == Some(&seq);
             let removed = s.in_flight.remove(&seq);
             debug_assert!(removed, "a write ticket completes once");
+            s.set_lens.remove(&seq);
             // Only the oldest write's completion can let a waiter through.
             if was_first {
                 let done = s.completed_below();
@@ -227,6 +293,13 @@ impl Wake for GroupWaker {
 pub(crate) struct WriteTicket {
     file: Arc<FileShared>,
     seq: u64,
+}
+
+impl WriteTicket {
+    /// The write's number in its path's order.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 impl Drop for WriteTicket {
@@ -473,5 +546,37 @@ mod tests {
         assert_eq!(file.reserve_append(1), 20);
         file.opened_at(0, true);
         assert_eq!(file.reserve_append(1), 0);
+    }
+
+    #[test]
+    fn a_set_len_runs_after_earlier_writes_and_writes_called_after_it_wait_for_it() {
+        let file = FileShared::new(100);
+        let before = file.begin_write();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let held = Arc::new(Mutex::new(None));
+        let (log, hold) = (Arc::clone(&ran), Arc::clone(&held));
+        file.set_len(0, move |ticket| {
+            log.lock().push("set_len");
+            *hold.lock() = Some(ticket);
+        });
+        assert_eq!(
+            file.reserve_append(10),
+            0,
+            "appends called after it go at the new length"
+        );
+        let after = file.begin_write();
+        assert!(file.behind_set_len(&after));
+        let log = Arc::clone(&ran);
+        let kept = file.defer_behind_set_len(after.seq(), Box::new(move || log.lock().push("append")));
+        assert!(kept.is_none(), "held back behind the set_len");
+        assert!(ran.lock().is_empty(), "the set_len waits for the write before it");
+        drop(before);
+        assert_eq!(*ran.lock(), vec!["set_len"]);
+        let set_len = held.lock().take();
+        drop(set_len);
+        assert_eq!(*ran.lock(), vec!["set_len", "append"]);
+        let later = file.begin_write();
+        assert!(!file.behind_set_len(&later), "the set_len is done");
+        drop((after, later));
     }
 }

@@ -20,8 +20,13 @@ impl AsyncFile {
     ) -> impl Future<Output = (Result<u64>, Vec<B>)> + Send + 'static {
         let bufs: Vec<IoBuf> = bufs.into_iter().map(OwnedBuf::into_io_buf).collect();
         let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        let closed = self.after_close().is_some();
-        let base = if closed {
+        // Closed, or a length a direct-I/O file cannot take: the whole run is refused before it
+        // takes a place.
+        let refused = self.after_close().or_else(|| {
+            bufs.iter()
+                .find_map(|b| self.check_direct_write("append_vectored", b, None).err())
+        });
+        let base = if refused.is_some() {
             0
         } else {
             self.file.reserve_append(total)
@@ -30,12 +35,12 @@ impl AsyncFile {
         let ops: Vec<BufOp<u64, B>> = bufs
             .into_iter()
             .map(|buf| {
-                if closed {
-                    return Self::refused_now(buf, storage_io_core::StorageIoError::BadFd { fd: self.fd });
+                if let Some(e) = &refused {
+                    return Self::refused_now(buf, e.clone());
                 }
                 let offset = at;
                 at += buf.len() as u64;
-                self.send_append(buf, offset)
+                self.append_at("append_vectored", buf, offset)
             })
             .collect();
         async move {
@@ -69,12 +74,17 @@ impl AsyncFile {
 
     /// One read or write per buffer, back to back from `offset`, sent now in order.
     fn transfers<B: OwnedBuf>(&self, kind: OpKind, bufs: Vec<B>, offset: u64) -> Vec<BufOp<usize, B>> {
+        let call = if kind == OpKind::Read {
+            "read_vectored_at"
+        } else {
+            "write_vectored_at"
+        };
         let mut at = offset;
         bufs.into_iter()
             .map(|buf| {
                 let buf = buf.into_io_buf();
                 let len = buf.len() as u64;
-                let op = self.transfer_io(kind, buf, at);
+                let op = self.transfer_io(call, kind, buf, at);
                 at = at.saturating_add(len);
                 op
             })

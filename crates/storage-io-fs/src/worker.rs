@@ -39,6 +39,8 @@ pub(crate) struct Opened {
     /// A second OS handle on the file, for rings on the caller's threads (none for files of
     /// in-memory backends, and none where caller rings are not compiled in).
     pub(crate) os: Option<File>,
+    /// `set_len` can work: an OS file opened for writing.
+    pub(crate) resizable: bool,
     guard: CloseGuard,
 }
 
@@ -52,6 +54,7 @@ pub(crate) struct OpenedParts {
         allow(dead_code, reason = "always None without caller rings")
     )]
     pub(crate) os: Option<File>,
+    pub(crate) resizable: bool,
 }
 
 impl Opened {
@@ -69,6 +72,7 @@ impl Opened {
             mode,
             file: Arc::clone(&self.file),
             os: self.os.take(),
+            resizable: self.resizable,
         }
     }
 }
@@ -163,15 +167,22 @@ pub(crate) enum Request {
         len: u64,
         reply: Completer<Result<()>>,
     },
-    /// Truncates or extends the file (`set_len`), after the ops in flight on it.
+    /// Truncates or extends the file (`set_len`), sent once the writes called before it have
+    /// completed, and after the ops in flight on it; its ticket lets the writes called after
+    /// it go when it is done.
     SetLen {
         fd: IoFd,
         len: u64,
+        ticket: WriteTicket,
         reply: Completer<Result<()>>,
     },
     /// A call that runs on the worker thread with its backend when its turn comes (a namespace
     /// call, resolving a path): it answers its own reply.
     Blocking(BlockingCall),
+    /// Names removed or renamed away through the file system (`remove_file`, `rename`): their
+    /// state by key is dropped, so a later open of a new file there starts afresh (handles
+    /// already open keep their state). Only files without an identity are kept by key.
+    Forget(Vec<PathBuf>),
     Close {
         fd: IoFd,
         reply: Option<Completer<Result<()>>>,
@@ -231,7 +242,36 @@ struct AppendLock {
 /// What the worker knows of one open handle beyond the backend's fd.
 struct Handle {
     key: PathBuf,
+    /// The identity of the file it opened (see [`FileId`]).
+    id: FileId,
     holds_lock: bool,
+}
+
+/// A file's identity: device and inode on Unix. The state the handles on a file share (cursor,
+/// write order, group sync) is keyed by it, so a file created at the name of one that was
+/// removed or renamed away (while a handle on it is open) gets state of its own instead of the
+/// old file's, and one file reached by two names (a hard link, a directory renamed between two
+/// opens) has one state. The append lock is keyed by path and identity. `None` for an
+/// in-memory backend's files (no OS file) and off Unix, where std offers no stable file
+/// identity: there the path alone keys the state.
+type FileId = Option<(u64, u64)>;
+
+/// The shared state of every open file with an identity ([`FileId`]), for all the workers of
+/// one file system: two names of one file may be served by two workers.
+pub(crate) type FilesById = Arc<Mutex<HashMap<(u64, u64), std::sync::Weak<FileShared>>>>;
+
+/// The identity of the OS file `file` ([`FileId`]).
+fn file_id(file: Option<&File>) -> FileId {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        file.and_then(|f| f.metadata().ok()).map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        None
+    }
 }
 
 /// The part of a worker other threads read: metrics and gauges.
@@ -274,14 +314,19 @@ pub(crate) struct Worker {
     files: HashMap<IoFd, Option<File>>,
     /// Each open handle's key and whether it holds the append lock.
     handles: HashMap<IoFd, Handle>,
-    /// The shared state of each path with a handle or a write in flight: appends through any
-    /// handle on a path take their offsets from its one cursor (two handles on one file would
-    /// otherwise overwrite each other). Every handle on a key is opened by this worker (the
-    /// file system routes by key); a path whose handles are all closed stays here while its
-    /// writes are in flight, so a new open continues after them.
+    /// The shared state of each file with a handle or a write in flight: appends through any
+    /// handle on a file take their offsets from its one cursor (two handles on one file would
+    /// otherwise overwrite each other); a file whose handles are all closed keeps its state
+    /// while its writes are in flight, so a new open continues after them. Files with an
+    /// identity are found by it, across the workers ([`FilesById`]): a new file at a name (the
+    /// old one removed or renamed away) gets state of its own, the old file's handles keep
+    /// theirs. Files without one (in-memory backends) are found in `paths` by key; every handle
+    /// on a key is opened by this worker (the file system routes by key).
+    by_id: FilesById,
     paths: HashMap<PathBuf, std::sync::Weak<FileShared>>,
-    /// The append locks this worker holds, per key.
-    append_locks: HashMap<PathBuf, AppendLock>,
+    /// The append locks this worker holds, per key and file identity (a new file at a key
+    /// takes its own lock).
+    append_locks: HashMap<(PathBuf, FileId), AppendLock>,
     /// The backend's waker: with one, the worker blocks for completions without a timeout and
     /// senders wake it; without one, it looks at its channel every [`POLL_INTERVAL`].
     waker: Option<WaitWaker>,
@@ -342,6 +387,7 @@ impl Worker {
         rx: flume::Receiver<Request>,
         me: flume::WeakSender<Request>,
         shared: Arc<WorkerShared>,
+        by_id: FilesById,
         queue_depth: usize,
     ) -> Self {
         let queue_depth = queue_depth.min(io.capabilities().max_in_flight).max(1);
@@ -357,6 +403,7 @@ impl Worker {
             busy: HashMap::new(),
             files: HashMap::new(),
             handles: HashMap::new(),
+            by_id,
             paths: HashMap::new(),
             append_locks: HashMap::new(),
             waker,
@@ -469,26 +516,30 @@ impl Worker {
                 };
                 let _ = reply.complete(result);
             }
-            Request::SetLen { fd, len, reply } => {
+            Request::SetLen {
+                fd,
+                len,
+                ticket,
+                reply,
+            } => {
+                // The append cursor moved to `len` when set_len was called; the appends called
+                // after it wait for this ticket, so the truncation cannot cut them off.
                 let result = match (self.files.get(&fd), self.handles.get(&fd)) {
-                    (Some(Some(file)), Some(handle)) => match file.set_len(len) {
-                        // Appends called from here on go after the new end.
-                        Ok(()) => {
-                            if let Some(shared) =
-                                self.paths.get(&handle.key).and_then(std::sync::Weak::upgrade)
-                            {
-                                shared.opened_at(len, true);
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(StorageIoError::from_os_at("set_len", &handle.key, &e)),
-                    },
+                    (Some(Some(file)), Some(handle)) => file
+                        .set_len(len)
+                        .map_err(|e| StorageIoError::from_os_at("set_len", &handle.key, &e)),
                     (Some(_), _) => Err(no_os_file("set_len")),
                     (None, _) => Err(StorageIoError::BadFd { fd }),
                 };
+                drop(ticket);
                 let _ = reply.complete(result);
             }
             Request::Blocking(call) => call(Ok(self.io.as_mut())),
+            Request::Forget(keys) => {
+                for key in keys {
+                    self.paths.remove(&key);
+                }
+            }
             Request::Close { fd, reply } => {
                 // deregister_fd waits for this file's ops in flight; their completions stay
                 // queued for the next collect.
@@ -671,13 +722,15 @@ impl Worker {
             }
             Err(e)
         };
+        let id = file_id(opened.file.as_ref());
+        let lock_key = (key.clone(), id);
         let holds_lock = append_lock && opened.file.is_some();
-        if holds_lock && !self.append_locks.contains_key(&key) {
+        if holds_lock && !self.append_locks.contains_key(&lock_key) {
             let locked = opened.file.as_ref().map(|_| lock_for_append(path)).transpose();
             match locked {
                 Ok(Some(file)) => {
                     self.append_locks.insert(
-                        key.clone(),
+                        lock_key.clone(),
                         AppendLock {
                             _file: file,
                             holders: 0,
@@ -694,40 +747,58 @@ impl Worker {
                 None => Err(no_os_file("preallocation (allocate)")),
             };
             if let Err(e) = reserved {
-                self.release_lock(&key, holds_lock, false);
+                self.release_lock(&lock_key, holds_lock, false);
                 return undo(&mut self.io, e);
             }
         }
         let len = match self.io.file_len(opened.fd) {
             Ok(len) => len,
             Err(e) => {
-                self.release_lock(&key, holds_lock, false);
+                self.release_lock(&lock_key, holds_lock, false);
                 return undo(&mut self.io, e);
             }
         };
-        if let Some(lock) = self.append_locks.get_mut(&key).filter(|_| holds_lock) {
+        if let Some(lock) = self.append_locks.get_mut(&lock_key).filter(|_| holds_lock) {
             lock.holders += 1;
         }
-        // A path whose last handle closed while its writes were in flight still has its state:
-        // new appends continue after those writes.
-        let file = match self.paths.get(&key).and_then(std::sync::Weak::upgrade) {
-            Some(file) => {
-                file.opened_at(len, options.truncate);
-                file
+        // A file whose last handle closed while its writes were in flight still has its state:
+        // new appends continue after those writes. Looked up and added under one lock, so two
+        // workers opening one new file under two names give it one state.
+        let file = match id {
+            Some(id) => {
+                let mut ids = self.by_id.lock();
+                match ids.get(&id).and_then(std::sync::Weak::upgrade) {
+                    Some(file) => {
+                        file.opened_at(len, options.truncate);
+                        file
+                    }
+                    None => {
+                        let file = FileShared::new(len);
+                        ids.retain(|_, w| w.strong_count() > 0);
+                        ids.insert(id, Arc::downgrade(&file));
+                        file
+                    }
+                }
             }
-            None => {
-                let file = FileShared::new(len);
-                self.paths.retain(|_, w| w.strong_count() > 0);
-                self.paths.insert(key.clone(), Arc::downgrade(&file));
-                file
-            }
+            None => match self.paths.get(&key).and_then(std::sync::Weak::upgrade) {
+                Some(file) => {
+                    file.opened_at(len, options.truncate);
+                    file
+                }
+                None => {
+                    let file = FileShared::new(len);
+                    self.paths.retain(|_, w| w.strong_count() > 0);
+                    self.paths.insert(key.clone(), Arc::downgrade(&file));
+                    file
+                }
+            },
         };
         // A second OS handle for the rings on the callers' threads (where this is a real file).
         let os = match opened.file.as_ref().filter(|_| cfg!(caller_rings)) {
             Some(f) => match f.try_clone() {
                 Ok(dup) => Some(dup),
                 Err(e) => {
-                    self.release_lock(&key, holds_lock, true);
+                    self.release_lock(&lock_key, holds_lock, true);
                     return undo(
                         &mut self.io,
                         StorageIoError::from_os_at("open: duplicating the file handle", path, &e),
@@ -736,7 +807,8 @@ impl Worker {
             },
             None => None,
         };
-        self.handles.insert(opened.fd, Handle { key, holds_lock });
+        let resizable = opened.file.is_some() && options.write;
+        self.handles.insert(opened.fd, Handle { key, id, holds_lock });
         self.files.insert(opened.fd, opened.file);
         if options.create || options.create_new {
             file.created();
@@ -746,6 +818,7 @@ impl Worker {
             mode: opened.mode,
             file,
             os,
+            resizable,
             guard: CloseGuard {
                 fd: opened.fd,
                 inbox: Some((self.me.clone(), self.waker.clone())),
@@ -759,14 +832,14 @@ impl Worker {
         let result = self.io.deregister_fd(fd);
         self.files.remove(&fd);
         if let Some(handle) = self.handles.remove(&fd) {
-            self.release_lock(&handle.key, handle.holds_lock, true);
+            self.release_lock(&(handle.key, handle.id), handle.holds_lock, true);
         }
         result
     }
 
-    /// Gives up one hold of `key`'s append lock (`counted`: the holder was counted), releasing
-    /// the lock when nobody holds it any more.
-    fn release_lock(&mut self, key: &std::path::Path, holds_lock: bool, counted: bool) {
+    /// Gives up one hold of the append lock of `key` (a path and a file identity; `counted`:
+    /// the holder was counted), releasing the lock when nobody holds it any more.
+    fn release_lock(&mut self, key: &(PathBuf, FileId), holds_lock: bool, counted: bool) {
         if !holds_lock {
             return;
         }

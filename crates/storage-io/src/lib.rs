@@ -47,8 +47,8 @@ pub mod fuzzing;
 
 // The async file API (`storage-io-fs`), by name; `open_async_fs` opens it on the selected backend.
 pub use storage_io_fs::{
-    AsyncFile, AsyncFileSystem, AsyncFsConfig, AsyncIoMetrics, BufOp, FileMetadata, IoBufferPool,
-    LATENCY_BUCKETS_SECONDS, Op, OpMetrics, OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
+    AsyncFile, AsyncFileSystem, AsyncFsConfig, AsyncIoMetrics, BufOp, IoBufferPool, LATENCY_BUCKETS_SECONDS,
+    Op, OpMetrics, OwnedBuf, POOL_CLASSES, PoolClassMetrics, block_on,
 };
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
@@ -65,9 +65,10 @@ pub use storage_io_core::hdrhistogram;
 pub use storage_io_core::platform;
 pub use storage_io_core::{
     AlignedBuf, BackendFactory, BackendKind, BufferPool, BufferPoolConfig, Capabilities, DEFAULT_ALIGNMENT,
-    DirectMode, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot, IoToken,
-    Namespace, OpKind, OpKindSnapshot, OpenOptions, OpenedFd, OpenedFile, Result, StorageIo, StorageIoError,
-    SubmitError, WaitWaker, direct_alignment, dsync_trusted_at, dsync_trusted_magic, open_file,
+    DirectMode, FileMetadata, InvalidArgument, IoBuf, IoCompletion, IoConfig, IoFd, IoStats, IoStatsSnapshot,
+    IoToken, Namespace, OpKind, OpKindSnapshot, OpenOptions, OpenedFd, OpenedFile, Result, StorageIo,
+    StorageIoError, SubmitError, WaitWaker, direct_alignment, dsync_trusted_at, dsync_trusted_magic,
+    open_file,
 };
 /// The page scheduler (`storage-io-scheduler`, all of it), and the factory of the small
 /// backends its `read_blocking` runs on ([`scheduler::caller_backend_factory`]), which only the
