@@ -86,7 +86,10 @@ pub struct OpSlot {
     /// The op's bytes.
     pub payload: OpPayload,
     token: IoToken,
-    #[cfg_attr(not(unix), allow(dead_code, reason = "read only by the unix-only `transferred`"))]
+    #[cfg_attr(
+        not(unix),
+        allow(dead_code, reason = "read only by the unix-only `transferred`")
+    )]
     retries: u32,
     started: Instant,
 }
