@@ -34,7 +34,7 @@ use crate::wake::WaitWaker;
 ///    `EINTR` are retried; a full queue is drained, never dropped.
 /// 6. **Ring-0 rules on the hot path.** After warm-up, `submit_*` and `poll_completions` do not
 ///    allocate, take no lock another thread holds for long, and do not panic.
-/// 7. **Errors keep their errno** inside one [`StorageIoError`]. Bad input — an unknown fd,
+/// 7. **Errors keep their errno** inside one [`StorageIoError`](crate::StorageIoError). Bad input — an unknown fd,
 ///    misaligned direct I/O, an oversized transfer — is an error at submit, never a panic.
 /// 8. **Teardown is safe.** [`deregister_fd`] and `Drop` wait for that fd's (all) in-flight ops
 ///    before closing fds or freeing memory; a stale [`IoFd`] is refused, never aliased.

@@ -1,6 +1,6 @@
 //! [`DirLock`]: one owner per directory. A component that keeps state in a directory (the
 //! WAL's segments, a page scheduler's files and allocation images) takes the directory's lock
-//! at open, through [`StorageIo::lock_dir`](crate::StorageIo::lock_dir), and holds it until
+//! at open, through [`Namespace::lock_dir`](crate::Namespace::lock_dir), and holds it until
 //! it closes; a second owner — in this process or another — is refused with
 //! [`StorageIoError::DirLocked`] instead of corrupting the first one's files (RocksDB, redb
 //! and sled do the same).
@@ -16,7 +16,7 @@ use crate::error::{Result, StorageIoError};
 /// it leaves no stale lock behind.
 pub const DIR_LOCK_FILE_NAME: &str = "LOCK";
 
-/// An exclusive lock on a directory, from [`StorageIo::lock_dir`](crate::StorageIo::lock_dir);
+/// An exclusive lock on a directory, from [`Namespace::lock_dir`](crate::Namespace::lock_dir);
 /// released when dropped (or when the process ends, however it ends).
 ///
 /// ```
@@ -39,7 +39,7 @@ pub struct DirLock {
 
 impl DirLock {
     /// A lock that `guard` holds until it is dropped, for a backend with a file system of its
-    /// own (the testkit's in-memory one) whose [`lock_dir`](crate::StorageIo::lock_dir) keeps
+    /// own (the testkit's in-memory one) whose [`lock_dir`](crate::Namespace::lock_dir) keeps
     /// its own lock table; `path` names the lock (`dir/LOCK`).
     pub fn from_guard(path: PathBuf, guard: impl Send + Sync + 'static) -> DirLock {
         DirLock {
@@ -62,7 +62,7 @@ impl fmt::Debug for DirLock {
     }
 }
 
-/// Locks the real directory `dir`, as the default [`StorageIo::lock_dir`](crate::StorageIo::lock_dir)
+/// Locks the real directory `dir`, as the default [`Namespace::lock_dir`](crate::Namespace::lock_dir)
 /// does: opens (creating) `dir/LOCK` and takes an exclusive lock on it without waiting —
 /// `flock(LOCK_EX | LOCK_NB)` on Unix, `LockFileEx` on Windows (std's `File::try_lock`). An
 /// `flock` belongs to the open file description, so a second lock of the same directory fails

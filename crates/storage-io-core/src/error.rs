@@ -73,7 +73,7 @@ pub enum StorageIoError {
     },
 
     /// The directory is in use: another owner — a WAL or page scheduler in this process, or
-    /// another process — holds its lock file (see [`StorageIo::lock_dir`](crate::StorageIo::lock_dir)).
+    /// another process — holds its lock file (see [`Namespace::lock_dir`](crate::Namespace::lock_dir)).
     #[error(
         "{} is locked: another WalManager, DiskScheduler or process has its directory open (one owner per directory); close that one first",
         path.display()

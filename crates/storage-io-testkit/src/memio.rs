@@ -128,7 +128,7 @@ struct FsState {
     scheduled: Option<(u64, CrashOptions)>,
     /// Mutating ops (writes, syncs, creations, removals) performed so far.
     mutations: u64,
-    /// Directory locks held ([`StorageIo::lock_dir`]), by lock path: the holder's lock number.
+    /// Directory locks held ([`Namespace::lock_dir`](storage_io_core::Namespace::lock_dir)), by lock path: the holder's lock number.
     dir_locks: BTreeMap<PathBuf, u64>,
     /// Numbers the next directory lock.
     next_dir_lock: u64,
@@ -246,7 +246,7 @@ impl MemFs {
         self.state.lock().crashes_with_writes_in_flight
     }
 
-    /// Releases every directory lock ([`StorageIo::lock_dir`]) held on this file system, as
+    /// Releases every directory lock ([`Namespace::lock_dir`](storage_io_core::Namespace::lock_dir)) held on this file system, as
     /// the death of the process holding them does: for a test that models a process crash
     /// without a power loss (forgetting a component) and reopens. [`MemFs::crash`] does it too.
     /// A guard from before still alive releases nothing when dropped later.

@@ -246,7 +246,7 @@ impl SegmentIo {
     }
 
     /// Creates the directory if needed and takes its exclusive lock (one owner per directory,
-    /// [`StorageIo::lock_dir`]): held until the returned guard is dropped.
+    /// [`Namespace::lock_dir`](storage_io_core::Namespace::lock_dir)): held until the returned guard is dropped.
     pub(crate) fn lock_dir(&mut self) -> Result<DirLock, WalError> {
         self.io.create_dir_all(&self.dir)?;
         self.io.lock_dir(&self.dir).map_err(|e| match e {
