@@ -1,6 +1,5 @@
 //! [`AsyncFile`]: one open file of an [`AsyncFileSystem`], its operations, and its close.
 
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,11 +88,7 @@ impl AsyncFile {
     pub(crate) fn refused_now<T, B: OwnedBuf>(buf: IoBuf, error: StorageIoError) -> BufOp<T, B> {
         let (reply, waiting) = slot();
         let _ = reply.complete((Err(error), buf));
-        BufOp {
-            waiting,
-            staged: None,
-            buf: PhantomData,
-        }
+        BufOp::sent(waiting)
     }
 
     fn transfer<B: OwnedBuf>(
@@ -216,11 +211,7 @@ impl AsyncFile {
                 reply,
             };
             self.send_behind_set_len(seq, request);
-            return BufOp {
-                waiting,
-                staged: None,
-                buf: PhantomData,
-            };
+            return BufOp::sent(waiting);
         }
         #[cfg(caller_rings)]
         if let Some((ring, file)) = self.ring() {
@@ -234,11 +225,7 @@ impl AsyncFile {
                 reply: LocalReply::Transfer(reply),
             };
             ring.submit(op, true);
-            return BufOp {
-                waiting,
-                staged: None,
-                buf: PhantomData,
-            };
+            return BufOp::sent(waiting);
         }
         let request = Request::Transfer {
             kind,
@@ -250,11 +237,7 @@ impl AsyncFile {
             reply,
         };
         self.fs.send(self.worker, request);
-        BufOp {
-            waiting,
-            staged: None,
-            buf: PhantomData,
-        }
+        BufOp::sent(waiting)
     }
 
     /// Writes all of `buf` at the end of the file and answers the offset it landed at. Appends
@@ -316,11 +299,7 @@ impl AsyncFile {
                 reply,
             };
             self.send_behind_set_len(seq, request);
-            return BufOp {
-                waiting,
-                staged: None,
-                buf: PhantomData,
-            };
+            return BufOp::sent(waiting);
         }
         #[cfg(caller_rings)]
         if let Some((ring, file)) = self.ring() {
@@ -334,11 +313,7 @@ impl AsyncFile {
                 reply: LocalReply::Append(offset, reply),
             };
             ring.submit(op, true);
-            return BufOp {
-                waiting,
-                staged: None,
-                buf: PhantomData,
-            };
+            return BufOp::sent(waiting);
         }
         let request = Request::Append {
             fd: self.fd,
@@ -349,11 +324,7 @@ impl AsyncFile {
             reply,
         };
         self.fs.send(self.worker, request);
-        BufOp {
-            waiting,
-            staged: None,
-            buf: PhantomData,
-        }
+        BufOp::sent(waiting)
     }
 
     /// Sends `request` (a write numbered `seq`) to the worker once the set_len called before it

@@ -64,6 +64,18 @@ pub struct BufOp<T, B> {
     pub(crate) buf: PhantomData<fn() -> B>,
 }
 
+impl<T, B> BufOp<T, B> {
+    /// The future of an op whose request went out with `waiting`'s other half, on the caller's
+    /// own buffer (nothing staged).
+    pub(crate) fn sent(waiting: Waiting<(Result<T>, IoBuf)>) -> Self {
+        BufOp {
+            waiting,
+            staged: None,
+            buf: PhantomData,
+        }
+    }
+}
+
 impl<T, B: OwnedBuf> Future for BufOp<T, B> {
     type Output = (Result<T>, B);
 
