@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::backends;
+
 use std::sync::Arc;
 
 use storage_io_fs::{
@@ -12,30 +14,7 @@ use storage_io_fs::{
 use storage_io_testkit::memio::MemFs;
 
 fn real_dir() -> tempfile::TempDir {
-    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new()
-        .prefix("async-open")
-        .tempdir_in(base)
-        .unwrap()
-}
-
-/// The backends to run on: sync, the thread pool, and io_uring where it works (in CI, where
-/// STORAGE_IO_REQUIRE_URING=1, a missing io_uring fails the test instead of skipping it).
-fn backends(test: &str) -> Vec<BackendKind> {
-    let mut kinds = vec![BackendKind::Sync, BackendKind::ThreadPool];
-    match common::uring_status() {
-        Ok(()) => kinds.push(BackendKind::IoUring),
-        Err(status) => {
-            let required = std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "io_uring required (STORAGE_IO_REQUIRE_URING=1) but {status}"
-            );
-            eprintln!("SKIPPED the io_uring case of {test}: {status}");
-        }
-    }
-    kinds
+    common::real_dir("async-open")
 }
 
 fn config(workers: usize, max_files: usize) -> AsyncFsConfig {

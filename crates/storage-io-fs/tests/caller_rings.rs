@@ -28,12 +28,7 @@ fn uring_or_skip(test: &str) -> bool {
 }
 
 fn real_dir() -> tempfile::TempDir {
-    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new()
-        .prefix("caller-rings")
-        .tempdir_in(base)
-        .unwrap()
+    common::real_dir("caller-rings")
 }
 
 fn uring_fs(caller_rings: bool) -> AsyncFileSystem {

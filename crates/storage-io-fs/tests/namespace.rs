@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::backends;
+
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -16,12 +18,7 @@ use storage_io_testkit::gated::{Gate, GatedIo};
 use storage_io_testkit::memio::MemFs;
 
 fn real_dir() -> tempfile::TempDir {
-    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new()
-        .prefix("namespace")
-        .tempdir_in(base)
-        .unwrap()
+    common::real_dir("namespace")
 }
 
 fn config(workers: usize) -> AsyncFsConfig {
@@ -34,22 +31,6 @@ fn config(workers: usize) -> AsyncFsConfig {
         },
         ..AsyncFsConfig::default()
     }
-}
-
-fn backends(test: &str) -> Vec<BackendKind> {
-    let mut kinds = vec![BackendKind::Sync, BackendKind::ThreadPool];
-    match common::uring_status() {
-        Ok(()) => kinds.push(BackendKind::IoUring),
-        Err(status) => {
-            let required = std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "io_uring required (STORAGE_IO_REQUIRE_URING=1) but {status}"
-            );
-            eprintln!("SKIPPED the io_uring case of {test}: {status}");
-        }
-    }
-    kinds
 }
 
 fn fs_on(kind: BackendKind, config: &AsyncFsConfig) -> AsyncFileSystem {

@@ -20,9 +20,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn real_dir() -> tempfile::TempDir {
-    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new().prefix("rev41").tempdir_in(base).unwrap()
+    common::real_dir("rev41")
 }
 
 fn config(workers: usize) -> AsyncFsConfig {

@@ -10,12 +10,7 @@ use std::sync::Arc;
 use storage_io_fs::{AsyncFileSystem, AsyncFsConfig, BackendFactory, BackendKind, IoConfig, block_on};
 
 fn real_dir() -> tempfile::TempDir {
-    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new()
-        .prefix("review-followup")
-        .tempdir_in(base)
-        .unwrap()
+    common::real_dir("review-followup")
 }
 
 fn config(workers: usize) -> AsyncFsConfig {

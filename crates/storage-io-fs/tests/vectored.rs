@@ -5,33 +5,14 @@
 
 mod common;
 
+use common::backends;
+
 use std::sync::Arc;
 
 use storage_io_fs::{AsyncFileSystem, AsyncFsConfig, BackendKind, IoConfig, block_on};
 
 fn real_dir() -> tempfile::TempDir {
-    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new()
-        .prefix("vectored")
-        .tempdir_in(base)
-        .unwrap()
-}
-
-fn backends(test: &str) -> Vec<BackendKind> {
-    let mut kinds = vec![BackendKind::Sync, BackendKind::ThreadPool];
-    match common::uring_status() {
-        Ok(()) => kinds.push(BackendKind::IoUring),
-        Err(status) => {
-            let required = std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "io_uring required (STORAGE_IO_REQUIRE_URING=1) but {status}"
-            );
-            eprintln!("SKIPPED the io_uring case of {test}: {status}");
-        }
-    }
-    kinds
+    common::real_dir("vectored")
 }
 
 fn fs_on(kind: BackendKind) -> AsyncFileSystem {

@@ -40,3 +40,29 @@ pub fn open_fs(config: &AsyncFsConfig) -> Result<AsyncFileSystem> {
     let factory: BackendFactory = Arc::new(move |_| build_backend(kind, &io));
     AsyncFileSystem::with_backend_kind(config, factory, kind)
 }
+
+/// A fresh directory under the test target's temporary directory (a real file system, ext4
+/// here, never /dev/shm: O_DIRECT needs one), named after `prefix`.
+pub fn real_dir(prefix: &str) -> tempfile::TempDir {
+    let base = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new().prefix(prefix).tempdir_in(base).unwrap()
+}
+
+/// The backends to run on: sync, the thread pool, and io_uring where it works (in CI, where
+/// STORAGE_IO_REQUIRE_URING=1, a missing io_uring fails the test instead of skipping it).
+pub fn backends(test: &str) -> Vec<BackendKind> {
+    let mut kinds = vec![BackendKind::Sync, BackendKind::ThreadPool];
+    match uring_status() {
+        Ok(()) => kinds.push(BackendKind::IoUring),
+        Err(status) => {
+            let required = std::env::var("STORAGE_IO_REQUIRE_URING").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "io_uring required (STORAGE_IO_REQUIRE_URING=1) but {status}"
+            );
+            eprintln!("SKIPPED the io_uring case of {test}: {status}");
+        }
+    }
+    kinds
+}
